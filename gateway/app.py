@@ -1,0 +1,169 @@
+"""The aiohttp application: routes, owned resources, start, reload and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from gateway.appkeys import OUTBOX, RUNTIME, SENDER, STARTED_AT, Runtime
+from gateway.delivery.graph import GraphClient
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.retry import RetryPolicy
+from gateway.delivery.seal import Sealer, load_key
+from gateway.delivery.sender import Sender, SenderOptions
+from gateway.edge.events_api import post_events
+from gateway.errors import json_error
+from gateway.ops.health import get_health
+from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
+
+log = logging.getLogger("gateway.app")
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The gateway's application for validated settings (not started)."""
+    # The events API reads its body itself with its own limit (413 as JSON).
+    app = web.Application(client_max_size=settings.max_body_bytes + 65536)
+    app[RUNTIME] = Runtime.from_settings(settings)
+    app[STARTED_AT] = time.time()
+    app.cleanup_ctx.append(_outbox_ctx)
+    app.cleanup_ctx.append(_sender_ctx)
+    prefix = settings.prefix
+    app.router.add_get(f"{prefix}/health", get_health)
+    app.router.add_post(f"{prefix}/events", post_events)
+    app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
+    return app
+
+
+async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
+    return json_error(404, "not found", f"no gateway endpoint at {request.path}")
+
+
+async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[RUNTIME].settings
+    sealer = Sealer(load_key(settings))
+    try:
+        outbox = await Outbox.open(
+            settings.buffer,
+            sealer,
+            group_commit_ms=settings.group_commit_ms,
+            max_buffer_mb=settings.max_buffer_mb,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(
+            f"buffer: cannot open {settings.buffer} ({exc}); point --buffer at a writable file"
+        ) from exc
+    app[OUTBOX] = outbox
+    yield
+    await outbox.close()
+
+
+async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[RUNTIME].settings
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max(8, settings.send_concurrency * 2)),
+        trust_env=False,
+    )
+    graph = GraphClient(
+        session,
+        graph_url=settings.graph_url,
+        graph_version=settings.graph_version,
+        timeout=settings.send_timeout,
+        partner_agent=PARTNER_AGENT,
+    )
+    sender = Sender(
+        app[OUTBOX],
+        graph,
+        settings.effective_pixels(),
+        SenderOptions.from_settings(settings),
+        _policy(settings),
+    )
+    app[SENDER] = sender
+    task = asyncio.create_task(sender.run(), name="sender")
+    yield
+    await sender.stop(settings.shutdown_grace)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await session.close()
+
+
+def _policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base=settings.retry_base, cap=settings.retry_cap, max_attempts=settings.max_attempts
+    )
+
+
+async def reload(app: web.Application, settings: Settings) -> None:
+    """Swap in new settings (SIGHUP): credentials, pixels and request limits."""
+    app[RUNTIME].settings = settings
+    app[RUNTIME].context = Runtime.from_settings(settings).context
+    sender = app[SENDER]
+    sender.pixels = {p.id: p for p in settings.effective_pixels()}
+    sender.policy = _policy(settings)
+    await sender.reconcile_blocks()
+    log.info("Reloaded the configuration.")
+
+
+async def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, reloading on SIGHUP when `load` is given."""
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_grace,
+    )
+    await runner.setup()
+    host, port = split_host_port(settings.listen)
+    site = web.TCPSite(runner, host, port, reuse_port=settings.workers > 1)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"listen: cannot listen on {settings.listen} ({exc.strerror}); "
+            "choose another --listen address"
+        ) from exc
+    log.info(
+        "capi-gateway listening on http://%s:%d%s (%s).",
+        host,
+        port,
+        settings.prefix,
+        "dry run" if settings.dry_run else "sending to Meta",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if load is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_from(app, load))
+    try:
+        await stop.wait()
+    finally:
+        log.info("Stopping: finishing requests, flushing the outbox, releasing leases.")
+        await runner.cleanup()
+        log.info("Stopped.")
+
+
+def _reload_from(app: web.Application, load: Callable[[], Settings]) -> Callable[[], None]:
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        try:
+            settings = load()
+        except ConfigError as exc:
+            log.error("Reload refused, keeping the running configuration: %s", exc)
+            return
+        task = asyncio.get_running_loop().create_task(reload(app, settings), name="reload")
+        tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(tasks.discard)
+
+    return on_sighup

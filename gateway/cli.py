@@ -1,0 +1,171 @@
+"""`capi-gateway` command line: serve, check and queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.settings import ConfigError, Settings, Sources, load_settings
+
+# flag dest -> settings key; flags left unset (None) do not override lower layers.
+_FLAG_KEYS = {
+    "upstream": "upstream",
+    "listen": "listen",
+    "pixel_id": "pixel_id",
+    "access_token": "access_token",
+    "test_event_code": "test_event_code",
+    "graph_url": "graph_url",
+    "graph_version": "graph_version",
+    "buffer": "buffer",
+    "rules": "rules",
+    "dry_run": "dry_run",
+    "workers": "workers",
+    "api_key": "events_api_keys",
+    "prefix": "prefix",
+    "key_file": "key_file",
+    "log_level": "log_level",
+    "log_format": "log_format",
+}
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file (overrides env)")
+    parser.add_argument("--upstream", help="the site to put the gateway in front of")
+    parser.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    parser.add_argument(
+        "--pixel-id", action="append", help="Meta pixel (dataset) id; repeat for several"
+    )
+    parser.add_argument("--access-token", help="Conversions API access token")
+    parser.add_argument("--test-event-code", help="send events as test events with this code")
+    parser.add_argument("--graph-url", help="Graph API base URL")
+    parser.add_argument("--graph-version", help="Graph API version, e.g. v26.0")
+    parser.add_argument("--buffer", type=Path, help="SQLite outbox file")
+    parser.add_argument("--rules", type=Path, help="directory of rule files")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="queue and record events but never call Meta",
+    )
+    parser.add_argument("--workers", type=int, help="worker processes")
+    parser.add_argument(
+        "--api-key", action="append", help="events API key (Bearer); repeat for several"
+    )
+    parser.add_argument("--prefix", help="path prefix of the gateway's endpoints")
+    parser.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument("--log-format", help="auto, json or text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="capi-gateway",
+        description="First-party gateway from a website to Meta's Conversions API.",
+    )
+    parser.add_argument("--version", action="version", version=f"capi-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    _config_flags(serve)
+    check = sub.add_parser("check", help="validate the configuration and exit")
+    _config_flags(check)
+
+    queue = sub.add_parser("queue", help="inspect and manage the outbox")
+    qsub = queue.add_subparsers(dest="queue_command", required=True)
+    for name, text in (
+        ("stats", "counts per state and event name"),
+        ("list", "events with their payload as sent"),
+        ("retry", "send dead or blocked events again"),
+        ("purge", "delete events"),
+        ("export", "all matching events as JSON lines"),
+    ):
+        q = qsub.add_parser(name, help=text)
+        q.add_argument("--buffer", type=Path, help="SQLite outbox file")
+        q.add_argument("--config", type=Path, help="TOML config file")
+        q.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        if name != "stats":
+            q.add_argument("--state", help="only rows in this state")
+            q.add_argument("--event-name", help="only rows of this event name")
+            q.add_argument("--pixel-id", help="only rows of this pixel")
+            q.add_argument("--id", type=int, action="append", help="only this row id")
+        if name in ("list", "export"):
+            q.add_argument("--limit", type=int, default=50 if name == "list" else None)
+            q.add_argument(
+                "--reveal",
+                action="store_true",
+                help="decrypt and show the clear fields (IP, user agent, fbp, fbc)",
+            )
+        if name == "purge":
+            q.add_argument(
+                "--yes", action="store_true", help="confirm deleting pending or blocked rows"
+            )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from env < --config file < flags."""
+    flags: dict[str, Any] = {}
+    for dest, key in _FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            flags[key] = value
+    return load_settings(Sources(config_file=getattr(args, "config", None), flags=flags))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `capi-gateway` script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "queue":
+            from gateway.ops.queue_cli import run_queue_command
+
+            return run_queue_command(args)
+        settings = settings_from_args(args)
+        settings.check_ready_to_send()
+        if args.command == "check":
+            _print_check(settings)
+            return 0
+        return _serve(args, settings)
+    except ConfigError as exc:
+        print(f"capi-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _print_check(settings: Settings) -> None:
+    pixels = settings.effective_pixels()
+    print(
+        f"config OK: {len(pixels)} pixel(s) "
+        f"[{', '.join(p.id[:4] + '****' for p in pixels)}], "
+        f"{'dry run' if settings.dry_run else 'sending to ' + settings.graph_url}, "
+        f"buffer {settings.buffer}, listen {settings.listen}"
+    )
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.app import serve
+    from gateway.delivery.schema import SchemaError
+    from gateway.log import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+
+    def reload() -> Settings:
+        fresh = settings_from_args(args)
+        fresh.check_ready_to_send()
+        return fresh
+
+    try:
+        asyncio.run(serve(settings, reload))
+    except SchemaError as exc:
+        print(f"capi-gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""The durable outbox: accepted events in, leased batches out, send results recorded.
+
+One writer task group-commits everything the API accepts (many events per transaction,
+waiting at most `group_commit_ms`), and `add` returns only once its transaction has
+committed. Senders claim due rows with a lease (`UPDATE ... RETURNING`), so several
+workers or processes can share one file and a crashed worker's rows come back when its
+lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.delivery.schema import connect
+from gateway.delivery.seal import Sealer
+from gateway.models import NewEvent, identity
+
+log = logging.getLogger("gateway.outbox")
+
+META_WINDOW = 7 * 86400
+# Rows per INSERT statement: 13 bound values each stays far below SQLite's variable limit.
+_INSERT_CHUNK = 500
+_COLUMNS = (
+    "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
+    "sealed, state, next_attempt_at, created_at, attempts"
+)
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0)"
+
+
+class OutboxFull(Exception):
+    """The buffer is over `max_buffer_mb`; callers answer 503 with Retry-After."""
+
+
+class OutboxClosed(Exception):
+    """The outbox is shutting down and accepts nothing more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A leased row, with its clear fields opened, ready to send."""
+
+    id: int
+    pixel_id: str
+    event_name: str
+    event_id: str
+    event_time: int
+    attempts: int
+    test_event_code: str | None
+    event: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: Sequence[NewEvent]
+    done: asyncio.Future[list[bool]] = field(default_factory=lambda: asyncio.Future())
+
+
+class Outbox:
+    """The SQLite outbox. Create with `await Outbox.open(...)`, end with `close()`."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        sealer: Sealer,
+        *,
+        path: Path,
+        group_commit_ms: float,
+        max_bytes: int,
+    ) -> None:
+        self.path = path
+        self.sealer = sealer
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._window = group_commit_ms / 1000.0
+        self._max_bytes = max_bytes
+        self._size_checked = 0.0
+        self._over_limit = False
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        # Set after each commit so an idle sender wakes at once instead of polling.
+        self.new_work = asyncio.Event()
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        sealer: Sealer,
+        *,
+        group_commit_ms: float = 5.0,
+        max_buffer_mb: float = 1024.0,
+        durable: bool = True,
+    ) -> Outbox:
+        """Open (and migrate) the buffer file and start the writer task."""
+        conn = await connect(path, durable=durable)
+        box = cls(
+            conn,
+            sealer,
+            path=path,
+            group_commit_ms=group_commit_ms,
+            max_bytes=int(max_buffer_mb * 1024 * 1024),
+        )
+        box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        return box
+
+    async def close(self) -> None:
+        """Flush what was accepted, stop the writer and close the file."""
+        self._closing = True
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        await self._conn.close()
+
+    # writing ------------------------------------------------------------------
+
+    async def add(self, events: Sequence[NewEvent]) -> list[bool]:
+        """Store events durably; True per event that is new, False for a duplicate."""
+        if self._closing:
+            raise OutboxClosed("the outbox is shutting down")
+        if not events:
+            return []
+        await self._check_size()
+        item = _Pending(events)
+        await self._queue.put(item)
+        return await asyncio.shield(item.done)
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._window
+            stop = False
+            # Group commit: gather whatever arrives within the window into one transaction.
+            while sum(len(p.events) for p in batch) < 5000:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            await self._commit(batch)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        rows: list[NewEvent] = [ev for p in batch for ev in p.events]
+        now = time.time()
+        try:
+            sealed = [self.sealer.seal(ev.clear, ev.identity()) for ev in rows]
+            inserted: set[tuple[str, str, str]] = set()
+            async with self._lock:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for start in range(0, len(rows), _INSERT_CHUNK):
+                        chunk = rows[start : start + _INSERT_CHUNK]
+                        params: list[Any] = []
+                        for ev, blob in zip(
+                            chunk, sealed[start : start + _INSERT_CHUNK], strict=True
+                        ):
+                            params += (
+                                ev.pixel_id,
+                                ev.event_name,
+                                ev.event_id,
+                                ev.event_time,
+                                ev.source,
+                                ev.rule,
+                                ev.test_event_code,
+                                json.dumps(ev.payload, separators=(",", ":")),
+                                blob,
+                                now,
+                                now,
+                            )
+                        sql = (
+                            f"INSERT INTO events ({_COLUMNS}) VALUES "
+                            + ",".join([_ROW_SQL] * len(chunk))
+                            + " ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING"
+                            " RETURNING pixel_id, event_name, event_id"
+                        )
+                        async with self._conn.execute(sql, params) as cur:
+                            for r in await cur.fetchall():
+                                inserted.add((r[0], r[1], r[2]))
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+        except Exception as exc:
+            log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        for p in batch:
+            flags = []
+            for ev in p.events:
+                key = (ev.pixel_id, ev.event_name, ev.event_id)
+                # The first occurrence of a key in the group takes the "new" flag.
+                flags.append(key in inserted)
+                inserted.discard(key)
+            if not p.done.done():
+                p.done.set_result(flags)
+        self.new_work.set()
+
+    async def _check_size(self) -> None:
+        now = time.monotonic()
+        if now - self._size_checked < 1.0:
+            if self._over_limit:
+                raise OutboxFull(f"buffer {self.path} is over max_buffer_mb")
+            return
+        self._size_checked = now
+        used = await self.used_bytes()
+        if used > self._max_bytes:
+            # Delivered rows are only kept for the record: give their room back first.
+            await self.purge_sent_oldest(fraction=0.5)
+            used = await self.used_bytes()
+        self._over_limit = used > self._max_bytes
+        if self._over_limit:
+            log.error(
+                "Outbox %s holds %.1f MiB, over max_buffer_mb: refusing new events.",
+                str(self.path),
+                used / 1048576,
+            )
+            raise OutboxFull(f"buffer {self.path} is over max_buffer_mb")
+
+    async def used_bytes(self) -> int:
+        """Bytes in use by the database pages plus the WAL file."""
+        async with self._lock:
+            pages = await self._scalar("PRAGMA page_count")
+            free = await self._scalar("PRAGMA freelist_count")
+            size = await self._scalar("PRAGMA page_size")
+        return int((pages - free) * size) + _file_size(Path(str(self.path) + "-wal"))
+
+    # leasing and results ------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, *, limit: int, lease: float, now: float | None = None
+    ) -> list[Claimed]:
+        """Lease up to `limit` due rows of unblocked pixels to `owner`."""
+        now = time.time() if now is None else now
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Leases of crashed or stuck workers come back to the pool.
+                await self._conn.execute(
+                    "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
+                    "WHERE state='inflight' AND lease_expires < ?",
+                    (now,),
+                )
+                await self._conn.execute(
+                    "UPDATE events SET state='blocked' WHERE state='pending' "
+                    "AND pixel_id IN (SELECT pixel_id FROM blocked_pixels)"
+                )
+                async with self._conn.execute(
+                    "UPDATE events SET state='inflight', lease_owner=?, lease_expires=?, "
+                    "attempts=attempts+1 WHERE id IN (SELECT id FROM events "
+                    "WHERE state='pending' AND next_attempt_at <= ? "
+                    "ORDER BY next_attempt_at, id LIMIT ?) "
+                    "RETURNING id, pixel_id, event_name, event_id, event_time, attempts, "
+                    "test_event_code, payload, sealed",
+                    (owner, now + lease, now, limit),
+                ) as cur:
+                    rows = list(await cur.fetchall())
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+        rows.sort(key=lambda r: int(r[0]))
+        return [self._open_row(r) for r in rows]
+
+    def _open_row(self, r: Any) -> Claimed:
+        event: dict[str, Any] = json.loads(r[7])
+        clear = self.sealer.open(r[8], identity(r[1], r[2], r[3]))
+        if clear:
+            event["user_data"] = {**event.get("user_data", {}), **clear}
+        return Claimed(
+            id=int(r[0]),
+            pixel_id=r[1],
+            event_name=r[2],
+            event_id=r[3],
+            event_time=int(r[4]),
+            attempts=int(r[5]),
+            test_event_code=r[6],
+            event=event,
+        )
+
+    async def next_due(self) -> float | None:
+        """Epoch seconds when the earliest pending row becomes due, None when none."""
+        async with (
+            self._lock,
+            self._conn.execute(
+                "SELECT MIN(next_attempt_at) FROM events WHERE state='pending'"
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def mark_sent(
+        self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False
+    ) -> None:
+        """Record a confirmed delivery (or a dry-run record)."""
+        state = "sent-dry" if dry else "sent"
+        await self._update(
+            ids,
+            owner,
+            "state=?, sent_at=?, fbtrace_id=?, last_error=NULL, lease_owner=NULL, "
+            "lease_expires=NULL",
+            (state, time.time(), fbtrace_id),
+        )
+
+    async def mark_retry(
+        self, ids: Iterable[int], owner: str, *, at: float, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Put rows back as pending, due at `at`."""
+        await self._update(
+            ids,
+            owner,
+            "state='pending', next_attempt_at=?, last_error=?, fbtrace_id=?, "
+            "lease_owner=NULL, lease_expires=NULL",
+            (at, error, fbtrace_id),
+        )
+
+    async def mark_dead(
+        self, ids: Iterable[int], owner: str, *, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Dead-letter rows with the reason (kept for `dead_retention`)."""
+        await self._update(
+            ids,
+            owner,
+            "state='dead', sent_at=?, last_error=?, fbtrace_id=?, lease_owner=NULL, "
+            "lease_expires=NULL",
+            (time.time(), error, fbtrace_id),
+        )
+
+    async def release(self, ids: Iterable[int], owner: str) -> None:
+        """Give leased rows back untouched (shutdown): the attempt did not happen."""
+        await self._update(
+            ids,
+            owner,
+            "state='pending', attempts=MAX(attempts-1, 0), lease_owner=NULL, lease_expires=NULL",
+            (),
+        )
+
+    async def _update(
+        self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
+    ) -> None:
+        id_list = list(ids)
+        if not id_list:
+            return
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(id_list), 900):
+                    part = id_list[start : start + 900]
+                    marks = ",".join("?" * len(part))
+                    # Only the lease holder may record a result: a row whose lease expired
+                    # and was taken by another worker belongs to that worker now.
+                    await self._conn.execute(
+                        f"UPDATE events SET {assignments} WHERE id IN ({marks}) "
+                        "AND state='inflight' AND lease_owner=?",
+                        (*values, *part, owner),
+                    )
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+
+    # blocked pixels -------------------------------------------------------------
+
+    async def block_pixel(
+        self,
+        pixel_id: str,
+        ids: Iterable[int],
+        owner: str,
+        *,
+        token_fingerprint: str,
+        reason: str,
+        fbtrace_id: str | None,
+    ) -> None:
+        """Park a pixel whose token Meta refused, with the rows of the failed batch."""
+        await self._update(
+            ids,
+            owner,
+            "state='blocked', last_error=?, fbtrace_id=?, lease_owner=NULL, lease_expires=NULL",
+            (reason, fbtrace_id),
+        )
+        async with self._lock:
+            await self._conn.execute(
+                "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, "
+                "since) VALUES (?,?,?,?,?) ON CONFLICT (pixel_id) DO UPDATE SET "
+                "token_fingerprint=excluded.token_fingerprint, reason=excluded.reason, "
+                "fbtrace_id=excluded.fbtrace_id",
+                (pixel_id, token_fingerprint, reason, fbtrace_id, time.time()),
+            )
+            await self._conn.execute(
+                "UPDATE events SET state='blocked' WHERE state='pending' AND pixel_id=?",
+                (pixel_id,),
+            )
+
+    async def blocked_pixels(self) -> dict[str, str]:
+        """Blocked pixel id -> fingerprint of the token that was refused."""
+        async with (
+            self._lock,
+            self._conn.execute("SELECT pixel_id, token_fingerprint FROM blocked_pixels") as cur,
+        ):
+            return {r[0]: r[1] for r in await cur.fetchall()}
+
+    async def unblock_pixel(self, pixel_id: str) -> int:
+        """Release a pixel's parked rows for sending now; returns how many."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.execute("DELETE FROM blocked_pixels WHERE pixel_id=?", (pixel_id,))
+                cur = await self._conn.execute(
+                    "UPDATE events SET state='pending', next_attempt_at=? "
+                    "WHERE state='blocked' AND pixel_id=?",
+                    (time.time(), pixel_id),
+                )
+                count = cur.rowcount
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+        self.new_work.set()
+        return int(count)
+
+    # housekeeping -----------------------------------------------------------------
+
+    async def expire_and_purge(
+        self, *, retention: float, dead_retention: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Dead-letter rows past Meta's window; delete old sent and dead rows."""
+        now = time.time() if now is None else now
+        async with self._lock:
+            cur = await self._conn.execute(
+                "UPDATE events SET state='dead', sent_at=?, last_error=? "
+                "WHERE state IN ('pending','blocked') AND event_time < ?",
+                (
+                    now,
+                    "expired: event_time is older than Meta's 7-day window",
+                    now - META_WINDOW,
+                ),
+            )
+            expired = cur.rowcount
+            cur = await self._conn.execute(
+                "DELETE FROM events WHERE (state IN ('sent','sent-dry') AND sent_at < ?) "
+                "OR (state='dead' AND sent_at < ?)",
+                (now - retention, now - dead_retention),
+            )
+            purged = cur.rowcount
+        return int(expired), int(purged)
+
+    async def purge_sent_oldest(self, *, fraction: float) -> int:
+        """Delete the oldest share of delivered rows to make room."""
+        async with self._lock:
+            cur = await self._conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
+                "('sent','sent-dry') ORDER BY sent_at LIMIT (SELECT CAST(COUNT(*) * ? AS "
+                "INTEGER) + 1 FROM events WHERE state IN ('sent','sent-dry')))",
+                (fraction,),
+            )
+            count = int(cur.rowcount)
+        if count:
+            log.warning("Outbox near max_buffer_mb: purged %d delivered rows early.", count)
+        return count
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts per state and per event name, oldest pending age, blocked pixels."""
+        async with self._lock:
+            return await queue_stats(self._conn)
+
+    async def _scalar(self, sql: str) -> int:
+        async with self._conn.execute(sql) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> dict[str, Any]:
+    """The numbers `queue stats` and the status endpoint show."""
+    now = time.time() if now is None else now
+    states: dict[str, int] = dict.fromkeys(
+        ("pending", "inflight", "sent", "sent-dry", "blocked", "dead"), 0
+    )
+    by_name: dict[str, dict[str, int]] = {}
+    async with conn.execute(
+        "SELECT event_name, state, COUNT(*) FROM events GROUP BY event_name, state"
+    ) as cur:
+        for name, state, count in await cur.fetchall():
+            states[state] = states.get(state, 0) + count
+            by_name.setdefault(name, {})[state] = count
+    async with conn.execute(
+        "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
+    ) as cur:
+        row = await cur.fetchone()
+    oldest = now - float(row[0]) if row and row[0] is not None else None
+    async with conn.execute(
+        "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
+    ) as cur:
+        blocked = [
+            {"pixel_id": r[0], "reason": r[1], "fbtrace_id": r[2], "since": r[3]}
+            for r in await cur.fetchall()
+        ]
+    return {
+        "states": states,
+        "by_event_name": dict(sorted(by_name.items())),
+        "oldest_pending_age": oldest,
+        "blocked_pixels": blocked,
+    }

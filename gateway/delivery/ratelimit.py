@@ -1,0 +1,36 @@
+"""Token buckets: smooth a burst (a backlog after an outage) into a steady rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self.waits = 0
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def try_take(self) -> float:
+        """Take a token now and return 0, or return the seconds until one is due."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    async def take(self) -> None:
+        """Wait until a token is available, then take it."""
+        while (wait := self.try_take()) > 0:
+            self.waits += 1
+            await asyncio.sleep(wait)

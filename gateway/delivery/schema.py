@@ -1,0 +1,105 @@
+"""The outbox's SQLite schema, its connection settings and its forward migrations.
+
+The schema version lives in `PRAGMA user_version`; each migration is applied once, in
+order, inside one transaction, so a buffer written by an older release opens in a newer one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+# Every state a row can be in; `sent-dry` is what --dry-run records instead of a send.
+STATES = ("pending", "inflight", "sent", "sent-dry", "blocked", "dead")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the outbox and the per-pixel block list
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        pixel_id TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_time INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        rule TEXT,
+        test_event_code TEXT,
+        payload TEXT NOT NULL,
+        sealed BLOB,
+        state TEXT NOT NULL DEFAULT 'pending',
+        lease_owner TEXT,
+        lease_expires REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        fbtrace_id TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        UNIQUE (pixel_id, event_name, event_id)
+    );
+    CREATE INDEX events_state_due ON events (state, next_attempt_at);
+    CREATE INDEX events_state_sent ON events (state, sent_at);
+    CREATE TABLE blocked_pixels (
+        pixel_id TEXT PRIMARY KEY,
+        token_fingerprint TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        fbtrace_id TEXT,
+        since REAL NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    """The buffer file cannot be used by this release."""
+
+
+async def connect(path: Path, *, durable: bool = True) -> aiosqlite.Connection:
+    """Open the buffer in WAL mode and bring its schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers never deadlock
+    # upgrading a read transaction.
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    try:
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        # FULL syncs the WAL at every commit: a 202 survives power loss, not just a crash.
+        # Group commit keeps that affordable.
+        await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        await migrate(conn, path)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    """Apply the migrations this file has not seen yet."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: buffer schema version {version} is newer than this release knows "
+            f"({SCHEMA_VERSION}); upgrade capi-gateway or point --buffer at another file"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read inside the write lock: another worker may have migrated meanwhile.
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+        await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,117 @@
+"""`POST {prefix}/events`: server-to-server conversions from backends, API-key protected."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway.appkeys import OUTBOX, RUNTIME
+from gateway.delivery.outbox import OutboxClosed, OutboxFull
+from gateway.errors import json_error
+from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
+
+log = logging.getLogger("gateway.events_api")
+
+
+def authorized(header: str | None, keys: list[str]) -> bool:
+    """True when `Authorization: Bearer <key>` names a configured key (constant time)."""
+    if not header or not header.startswith("Bearer ") or not keys:
+        return False
+    given = header[len("Bearer ") :].strip().encode()
+    # Compare against every key so the time taken does not tell which one nearly matched.
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode())
+    return found
+
+
+async def post_events(request: web.Request) -> web.StreamResponse:
+    """Validate a batch, store it durably, answer 202 with the event ids."""
+    runtime = request.app[RUNTIME]
+    settings = runtime.settings
+    if not settings.events_api_keys:
+        return json_error(
+            401,
+            "events API disabled",
+            "no API key is configured; set events_api_keys, CAPIGW_EVENTS_API_KEYS or --api-key",
+        )
+    if not authorized(request.headers.get("Authorization"), settings.events_api_keys):
+        return json_error(
+            401,
+            "unauthorized",
+            "send a configured key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": 'Bearer realm="capi-gateway"'},
+        )
+    body = await _read_json(request, settings.max_body_bytes)
+    if isinstance(body, web.Response):
+        return body
+    if not isinstance(body, dict) or "data" not in body:
+        return json_error(400, "invalid request", 'send a JSON object {"data": [event, ...]}')
+    unknown = sorted(set(body) - {"data", "test_event_code"})
+    if unknown:
+        return json_error(400, "invalid request", f"unknown top-level field(s): {unknown}")
+    data = body["data"]
+    if not isinstance(data, list) or not data:
+        return json_error(400, "invalid request", "data must be a non-empty list of events")
+    if len(data) > MAX_EVENTS:
+        return json_error(
+            400, "too many events", f"{len(data)} events; send at most {MAX_EVENTS} per request"
+        )
+    code = body.get("test_event_code")
+    if code is not None and not isinstance(code, str):
+        return json_error(400, "invalid request", "test_event_code must be a string")
+    result = prepare(data, runtime.context, test_event_code=code)
+    if isinstance(result, list):
+        return _invalid(result)
+    try:
+        await request.app[OUTBOX].add(result.rows)
+    except OutboxFull:
+        return json_error(
+            503,
+            "buffer full",
+            "the outbox is over max_buffer_mb; retry later",
+            headers={"Retry-After": "30"},
+        )
+    except OutboxClosed:
+        return json_error(
+            503, "shutting down", "the gateway is stopping; retry", headers={"Retry-After": "5"}
+        )
+    log.info("Accepted %d event(s) from the events API.", len(result.event_ids))
+    return web.json_response(
+        {"accepted": len(result.event_ids), "event_ids": result.event_ids}, status=202
+    )
+
+
+def _invalid(problems: list[Problem]) -> web.Response:
+    count = len({p.index for p in problems})
+    return json_error(
+        400,
+        f"{count} invalid event(s); nothing was stored",
+        [p.as_dict() for p in problems],
+    )
+
+
+async def _read_json(request: web.Request, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return _too_large(limit)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json_error(400, "invalid JSON", f"the body is not JSON: {exc}")
+
+
+def _too_large(limit: int) -> web.Response:
+    return json_error(
+        413, "body too large", f"send at most {limit} bytes per request (max_body_bytes)"
+    )

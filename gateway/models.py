@@ -1,0 +1,34 @@
+"""Plain data passed between stages: what the pipeline produces and the outbox stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def identity(pixel_id: str, event_name: str, event_id: str) -> str:
+    """The unique key of an outbox row, also the associated data of its sealed fields."""
+    return f"{pixel_id}\x1f{event_name}\x1f{event_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event ready to store: the CAPI payload with hashed user_data, plus clear fields.
+
+    `clear` holds the user_data fields Meta wants unhashed (IP, user agent, fbp, fbc, ...):
+    the outbox seals them at rest and merges them back only to send.
+    """
+
+    pixel_id: str
+    event_name: str
+    event_id: str
+    event_time: int
+    payload: dict[str, Any]
+    clear: dict[str, Any]
+    source: str
+    test_event_code: str | None = None
+    rule: str | None = None
+
+    def identity(self) -> str:
+        """See `identity`."""
+        return identity(self.pixel_id, self.event_name, self.event_id)

@@ -1,0 +1,407 @@
+"""Configuration: one pydantic model, loaded from env, a TOML file and CLI flags.
+
+Precedence, lowest first: environment (`META_*`, `CAPIGW_<KEY>`), the TOML file
+(`--config`), command-line flags. This is the order design.md fixes as the contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway import __version__
+
+PARTNER_AGENT = f"capi-gateway/{__version__}"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_PIXEL_ID = re.compile(r"^[0-9]{5,20}$")
+_DRY_RUN_PIXEL = "dry-run"
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix; the message names the key and the fix."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `90s`, `15m`, `7d`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 15m, 7d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"{value!r} is not a duration: use seconds or a string like 30s, 15m, 7d")
+
+
+class PixelSettings(BaseModel):
+    """One Meta pixel (dataset) and the credentials to send to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    access_token: str | None = None
+    test_event_code: str | None = None
+    app_secret: str | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _check_id(cls, value: Any) -> str:
+        text = str(value).strip()
+        if not _PIXEL_ID.match(text):
+            raise ValueError(
+                f"{text!r} is not a pixel id: use the numeric dataset id from Events Manager"
+            )
+        return text
+
+
+class Settings(BaseModel):
+    """Every setting of the gateway; README's reference lists each one."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    # where it listens and what it fronts
+    listen: str = "127.0.0.1:8080"
+    upstream: str | None = None
+    prefix: str = "/_capi"
+    workers: int = Field(default=1, ge=1, le=64)
+
+    # Meta
+    pixel_id: list[str] = Field(default_factory=list)
+    access_token: str | None = None
+    test_event_code: str | None = None
+    app_secret: str | None = None
+    pixels: list[PixelSettings] = Field(default_factory=list)
+    graph_url: str = "https://graph.facebook.com"
+    graph_version: str = "v26.0"
+    dry_run: bool = False
+
+    # events API
+    events_api_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_future_skew: float = 300.0
+    default_country: str | None = None
+
+    # outbox
+    buffer: Path = Path("capi-gateway.db")
+    encryption_key: str | None = None
+    key_file: Path | None = None
+    retention: float = 7 * 86400.0
+    dead_retention: float = 30 * 86400.0
+    max_buffer_mb: float = Field(default=1024.0, gt=0)
+    group_commit_ms: float = Field(default=5.0, ge=0, le=1000)
+
+    # sender
+    send_timeout: float = Field(default=1.5, gt=0)
+    send_concurrency: int = Field(default=4, ge=1, le=64)
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    lease: float = Field(default=60.0, gt=0)
+    retry_base: float = Field(default=1.0, gt=0)
+    retry_cap: float = Field(default=900.0, gt=0)
+    max_attempts: int = Field(default=50, ge=1)
+    pixel_rate: float = Field(default=20.0, gt=0)
+    pixel_burst: int = Field(default=40, ge=1)
+    poll_interval: float = Field(default=1.0, gt=0)
+    blocked_probe_interval: float = Field(default=900.0, gt=0)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+
+    # logging
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    rules: Path | None = None
+
+    @field_validator(
+        "retention",
+        "dead_retention",
+        "max_future_skew",
+        "send_timeout",
+        "lease",
+        "retry_base",
+        "retry_cap",
+        "poll_interval",
+        "blocked_probe_interval",
+        "shutdown_grace",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("pixel_id", "events_api_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, int):
+            return [str(value)]
+        return value
+
+    @field_validator("pixel_id")
+    @classmethod
+    def _pixel_ids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            PixelSettings(id=item)
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL such as http://127.0.0.1:3000")
+        return value.rstrip("/") if value else value
+
+    @field_validator("graph_url")
+    @classmethod
+    def _graph_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL such as https://graph.facebook.com")
+        return value.rstrip("/")
+
+    @field_validator("graph_version")
+    @classmethod
+    def _graph_version(cls, value: str) -> str:
+        if not re.match(r"^v\d+\.\d+$", value):
+            raise ValueError(f"{value!r} is not a Graph API version such as v26.0")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        if value == "/" or not re.match(r"^/[A-Za-z0-9._~/-]+$", value):
+            raise ValueError(f"{value!r} is not a path prefix such as /_capi")
+        return value
+
+    @field_validator("default_country")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^[A-Za-z]{2}$", value.strip()):
+            raise ValueError(f"{value!r} is not a 2-letter ISO 3166-1 country code such as us")
+        return value.strip().lower()
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None:
+            decode_key(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("use one of debug, info, warning, error")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in {"auto", "json", "text"}:
+            raise ValueError("use one of auto, json, text")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _pixels_unique(self) -> Settings:
+        ids = [p.id for p in self.pixels]
+        if len(ids) != len(set(ids)):
+            raise ValueError("pixels: a pixel id is listed twice; list each pixel once")
+        return self
+
+    # derived views -------------------------------------------------------
+
+    def effective_pixels(self) -> list[PixelSettings]:
+        """Pixels with credentials filled in from the top-level keys."""
+        out: dict[str, PixelSettings] = {}
+        for pixel_id in self.pixel_id:
+            out[pixel_id] = PixelSettings(
+                id=pixel_id,
+                access_token=self.access_token,
+                test_event_code=self.test_event_code,
+                app_secret=self.app_secret,
+            )
+        for pixel in self.pixels:
+            out[pixel.id] = PixelSettings(
+                id=pixel.id,
+                access_token=pixel.access_token or self.access_token,
+                test_event_code=pixel.test_event_code or self.test_event_code,
+                app_secret=pixel.app_secret or self.app_secret,
+            )
+        if not out and self.dry_run:
+            # Dry run needs no credentials: events are queued for a placeholder pixel.
+            out[_DRY_RUN_PIXEL] = PixelSettings.model_construct(id=_DRY_RUN_PIXEL)
+        return list(out.values())
+
+    def key_path(self) -> Path:
+        """Where the generated encryption key lives when none is configured."""
+        return self.key_file or self.buffer.with_name(self.buffer.name + ".key")
+
+    def check_ready_to_send(self) -> None:
+        """Raise ConfigError when the gateway could not deliver what it accepts."""
+        pixels = self.effective_pixels()
+        if not pixels:
+            raise ConfigError(
+                "pixel_id: no pixel configured; set META_PIXEL_ID, --pixel-id or [[pixels]] "
+                "in the config file, or run with --dry-run"
+            )
+        if self.dry_run:
+            return
+        for pixel in pixels:
+            if not pixel.access_token:
+                raise ConfigError(
+                    f"access_token: pixel {pixel.id} has no access token; set "
+                    "META_ACCESS_TOKEN, --access-token or access_token in [[pixels]], "
+                    "or run with --dry-run"
+                )
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """(host, port) from `HOST:PORT`, `[::1]:PORT` or `:PORT`."""
+    match = re.match(r"^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})$", listen.strip())
+    if not match or int(match.group(3)) > 65535:
+        raise ValueError(f"{listen!r} is not HOST:PORT such as 127.0.0.1:8080")
+    host = match.group(1) or match.group(2) or "0.0.0.0"  # noqa: S104 - ":8080" means all
+    return host, int(match.group(3))
+
+
+def decode_key(value: str) -> bytes:
+    """32 raw bytes from a base64 (standard or URL-safe) or 64-hex AES-256 key."""
+    text = value.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
+    try:
+        raw = base64.urlsafe_b64decode(
+            text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4)
+        )
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("encryption_key must be 32 bytes, base64 or hex encoded")
+    return raw
+
+
+# loading ------------------------------------------------------------------
+
+_META_ENV = {
+    "META_PIXEL_ID": "pixel_id",
+    "META_ACCESS_TOKEN": "access_token",
+    "META_TEST_EVENT_CODE": "test_event_code",
+    "META_APP_SECRET": "app_secret",
+}
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, key in _META_ENV.items():
+        if environ.get(name):
+            values[key] = environ[name]
+    for name, raw in environ.items():
+        if not name.startswith("CAPIGW_"):
+            continue
+        key = name[len("CAPIGW_") :].lower()
+        if key not in Settings.model_fields:
+            raise ConfigError(
+                f"{name}: unknown setting {key!r}; see the settings reference in README.md"
+            )
+        values[key] = _env_scalar(key, raw)
+    return values
+
+
+def _env_scalar(key: str, raw: str) -> Any:
+    # Lists and tables may be given as JSON; everything else stays a string for pydantic.
+    if key == "pixels" or (raw[:1] in "[{" and key not in {"pixel_id", "events_api_keys"}):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"CAPIGW_{key.upper()}: not valid JSON ({exc.msg})") from exc
+    return raw
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found; check --config") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    # `[gateway]` table or top-level keys: both read naturally.
+    if isinstance(data.get("gateway"), dict):
+        data = {**{k: v for k, v in data.items() if k != "gateway"}, **data["gateway"]}
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where each layer of configuration comes from."""
+
+    config_file: Path | None = None
+    environ: Mapping[str, str] | None = None
+    flags: Mapping[str, Any] | None = None
+
+
+def load_settings(sources: Sources) -> Settings:
+    """Merge env < file < flags and validate; ConfigError names the key and the fix."""
+    environ = os.environ if sources.environ is None else sources.environ
+    layers: list[tuple[str, dict[str, Any]]] = [("environment", _env_values(environ))]
+    config_file = sources.config_file
+    if config_file is None and environ.get("CAPIGW_CONFIG"):
+        config_file = Path(environ["CAPIGW_CONFIG"])
+    if config_file is not None:
+        layers.append((str(config_file), _file_values(config_file)))
+    layers.append(
+        ("command line", {k: v for k, v in (sources.flags or {}).items() if v is not None})
+    )
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, values in layers:
+        for key, value in values.items():
+            if key == "config":
+                continue
+            merged[key] = value
+            origin[key] = name
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def _describe(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"]) or "config"
+    top = str(err["loc"][0]) if err["loc"] else ""
+    where = origin.get(top, "")
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting; check the spelling against the settings reference in README.md"
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"{where + ': ' if where else ''}{loc}: {message}{more}"
