@@ -1,0 +1,208 @@
+"""The sender against the fake Graph API: retries, isolation, blocked tokens, dry run."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app, reload
+from gateway.appkeys import OUTBOX, SENDER
+from tests.conftest import (
+    PIXEL,
+    TOKEN,
+    GatewayFactory,
+    auth,
+    make_settings,
+    wait_for,
+    web_event,
+)
+from tests.fakes.graph import FakeGraph
+
+
+async def post(client: TestClient[Any, Any], events: list[dict[str, Any]]) -> list[str]:
+    resp = await client.post("/_capi/events", json={"data": events}, headers=auth())
+    assert resp.status == 202, await resp.text()
+    ids: list[str] = (await resp.json())["event_ids"]
+    return ids
+
+
+async def states(client: TestClient[Any, Any]) -> dict[str, int]:
+    result: dict[str, int] = (await client.app[OUTBOX].stats())["states"]
+    return result
+
+
+async def rows(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
+    conn = client.app[OUTBOX]._conn
+    async with conn.execute(
+        "SELECT event_id, state, attempts, last_error, fbtrace_id FROM events ORDER BY id"
+    ) as cur:
+        return [
+            dict(zip(("event_id", "state", "attempts", "last_error", "fbtrace_id"), r, strict=True))
+            for r in await cur.fetchall()
+        ]
+
+
+async def settled(client: TestClient[Any, Any], **expected: int) -> None:
+    async def check() -> bool:
+        s = await states(client)
+        return all(s[k.replace("_", "-")] == v for k, v in expected.items())
+
+    deadline = time.monotonic() + 5
+    while not await check():
+        assert time.monotonic() < deadline, await states(client)
+        await asyncio.sleep(0.02)
+
+
+async def test_transient_errors_are_retried(gateway: GatewayFactory, fake_graph: FakeGraph) -> None:
+    fake_graph.fail_next(1, status=500)
+    fake_graph.fail_next(1, status=400, code=2, message="Service temporarily unavailable")
+    fake_graph.fail_next(1, status=400, code=17, message="User request limit reached")
+    client = await gateway()
+    await post(client, [web_event(event_id="e1")])
+    await settled(client, sent=1)
+    assert fake_graph.event_ids() == ["e1"]
+    assert len(fake_graph.requests) == 4
+    (row,) = await rows(client)
+    assert row["attempts"] == 4
+
+
+async def test_timeout_is_retried(gateway: GatewayFactory, fake_graph: FakeGraph) -> None:
+    fake_graph.hang_next(1, 3.0)
+    client = await gateway(send_timeout=0.3)
+    await post(client, [web_event(event_id="slow")])
+    await settled(client, sent=1)
+    assert "slow" in fake_graph.event_ids()
+
+
+async def test_one_bad_event_does_not_sink_its_batch(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    fake_graph.reject_event_ids(["bad"])
+    client = await gateway()
+    events = [web_event(event_id=f"ok-{i}") for i in range(9)]
+    events.insert(4, web_event(event_id="bad"))
+    await post(client, events)
+    await settled(client, sent=9, dead=1)
+    assert sorted(fake_graph.event_ids()) == sorted(f"ok-{i}" for i in range(9))
+    dead = [r for r in await rows(client) if r["state"] == "dead"]
+    assert dead[0]["event_id"] == "bad"
+    assert "2804001" in dead[0]["last_error"]
+    assert dead[0]["fbtrace_id"]
+
+
+async def test_expired_token_parks_events_until_token_changes(
+    gateway: GatewayFactory, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    client = await gateway(access_token="EAAB-expired")
+    await post(client, [web_event(event_id="p1"), web_event(event_id="p2")])
+    await settled(client, blocked=2)
+    first_requests = len(fake_graph.requests)
+    # New events for the parked pixel are parked too, without burning requests.
+    await post(client, [web_event(event_id="p3")])
+    await settled(client, blocked=3)
+    assert len(fake_graph.requests) == first_requests == 1
+    stats = await client.app[OUTBOX].stats()
+    assert stats["blocked_pixels"][0]["pixel_id"] == PIXEL
+    assert "190" in stats["blocked_pixels"][0]["reason"]
+    assert fake_graph.events == []
+
+    # A reload with the same bad token keeps them parked; a new token releases them.
+    await reload(client.app, make_settings(tmp_path, fake_graph.url, access_token="EAAB-expired"))
+    await settled(client, blocked=3)
+    await reload(client.app, make_settings(tmp_path, fake_graph.url))
+    await settled(client, sent=3)
+    assert sorted(fake_graph.event_ids()) == ["p1", "p2", "p3"]
+
+
+async def test_blocked_events_are_released_by_a_restart_with_a_new_token(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    bad = TestClient(
+        TestServer(build_app(make_settings(tmp_path, fake_graph.url, access_token="x")))
+    )
+    await bad.start_server()
+    try:
+        await post(bad, [web_event(event_id="r1")])
+        await settled(bad, blocked=1)
+    finally:
+        await bad.close()
+    good = TestClient(TestServer(build_app(make_settings(tmp_path, fake_graph.url))))
+    await good.start_server()
+    try:
+        await settled(good, sent=1)
+        assert fake_graph.event_ids() == ["r1"]
+        assert fake_graph.requests[-1].access_token == TOKEN
+    finally:
+        await good.close()
+
+
+async def test_permanent_rejection_is_dead_lettered(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    fake_graph.fail_next(1, status=400, code=368, message="Blocked for policy")
+    client = await gateway(batch_size=1)
+    await post(client, [web_event(event_id="policy")])
+    await settled(client, dead=1)
+    (row,) = await rows(client)
+    assert "Blocked for policy" in row["last_error"]
+
+
+async def test_gives_up_after_max_attempts(gateway: GatewayFactory, fake_graph: FakeGraph) -> None:
+    fake_graph.fail_next(10, status=503)
+    client = await gateway(max_attempts=3)
+    await post(client, [web_event(event_id="tired")])
+    await settled(client, dead=1)
+    (row,) = await rows(client)
+    assert row["attempts"] == 3
+    assert "gave up after 3 attempts" in row["last_error"]
+
+
+async def test_event_aged_past_window_is_dead_lettered_alone(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway()
+    nearly_old = int(time.time()) - 7 * 86400 + 30
+    await post(
+        client, [web_event(event_id="old", event_time=nearly_old), web_event(event_id="new")]
+    )
+    await settled(client, sent=1, dead=1)
+    assert fake_graph.event_ids() == ["new"]
+    dead = [r for r in await rows(client) if r["state"] == "dead"]
+    assert "7-day" in dead[0]["last_error"]
+
+
+async def test_appsecret_proof_and_partner_agent(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway(app_secret="s3cret")
+    await post(client, [web_event()])
+    await wait_for(lambda: len(fake_graph.requests) == 1)
+    request = fake_graph.requests[0]
+    expected = hmac.new(b"s3cret", TOKEN.encode(), hashlib.sha256).hexdigest()
+    assert request.appsecret_proof == expected
+    assert request.body["partner_agent"].startswith("capi-gateway/")
+    assert request.version == "v26.0"
+
+
+async def test_dry_run_never_calls_meta(gateway: GatewayFactory, fake_graph: FakeGraph) -> None:
+    client = await gateway(dry_run=True)
+    await post(client, [web_event(), web_event()])
+    await settled(client, sent_dry=2)
+    assert fake_graph.requests == []
+
+
+async def test_pixel_rate_limit_spaces_requests(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway(batch_size=1, pixel_rate=20, pixel_burst=1)
+    await post(client, [web_event(event_id=f"r{i}") for i in range(4)])
+    await settled(client, sent=4)
+    assert len(fake_graph.requests) == 4
+    bucket = client.app[SENDER]._buckets[PIXEL]
+    assert bucket.waits >= 2
