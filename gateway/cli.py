@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"capi-gateway: config error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly.
+        sys.stderr.close()
+        return 0
 
 
 def _print_check(settings: Settings) -> None:
@@ -159,12 +163,22 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         fresh.check_ready_to_send()
         return fresh
 
-    try:
-        asyncio.run(serve(settings, reload))
-    except SchemaError as exc:
-        print(f"capi-gateway: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    def work() -> int:
+        try:
+            asyncio.run(serve(settings, reload))
+        except ConfigError as exc:
+            print(f"capi-gateway: config error: {exc}", file=sys.stderr)
+            return 2
+        except SchemaError as exc:
+            print(f"capi-gateway: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    if settings.workers > 1:
+        from gateway.workers import run_workers
+
+        return run_workers(settings.workers, work)
+    return work()
 
 
 if __name__ == "__main__":  # pragma: no cover

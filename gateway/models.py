@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Meta refuses events older than this (seconds); one stale event voids its whole request.
+META_WINDOW = 7 * 86400
+
 
 def identity(pixel_id: str, event_name: str, event_id: str) -> str:
     """The unique key of an outbox row, also the associated data of its sealed fields."""

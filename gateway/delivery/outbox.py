@@ -20,13 +20,13 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.delivery import housekeeping
 from gateway.delivery.schema import connect
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, identity
 
 log = logging.getLogger("gateway.outbox")
 
-META_WINDOW = 7 * 86400
 # Rows per INSERT statement: 13 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
@@ -447,36 +447,15 @@ class Outbox:
         self, *, retention: float, dead_retention: float, now: float | None = None
     ) -> tuple[int, int]:
         """Dead-letter rows past Meta's window; delete old sent and dead rows."""
-        now = time.time() if now is None else now
         async with self._lock:
-            cur = await self._conn.execute(
-                "UPDATE events SET state='dead', sent_at=?, last_error=? "
-                "WHERE state IN ('pending','blocked') AND event_time < ?",
-                (
-                    now,
-                    "expired: event_time is older than Meta's 7-day window",
-                    now - META_WINDOW,
-                ),
+            return await housekeeping.expire_and_purge(
+                self._conn, retention=retention, dead_retention=dead_retention, now=now
             )
-            expired = cur.rowcount
-            cur = await self._conn.execute(
-                "DELETE FROM events WHERE (state IN ('sent','sent-dry') AND sent_at < ?) "
-                "OR (state='dead' AND sent_at < ?)",
-                (now - retention, now - dead_retention),
-            )
-            purged = cur.rowcount
-        return int(expired), int(purged)
 
     async def purge_sent_oldest(self, *, fraction: float) -> int:
         """Delete the oldest share of delivered rows to make room."""
         async with self._lock:
-            cur = await self._conn.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
-                "('sent','sent-dry') ORDER BY sent_at LIMIT (SELECT CAST(COUNT(*) * ? AS "
-                "INTEGER) + 1 FROM events WHERE state IN ('sent','sent-dry')))",
-                (fraction,),
-            )
-            count = int(cur.rowcount)
+            count = await housekeeping.purge_sent_oldest(self._conn, fraction=fraction)
         if count:
             log.warning("Outbox near max_buffer_mb: purged %d delivered rows early.", count)
         return count
@@ -484,7 +463,7 @@ class Outbox:
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
         async with self._lock:
-            return await queue_stats(self._conn)
+            return await housekeeping.queue_stats(self._conn)
 
     async def _scalar(self, sql: str) -> int:
         async with self._conn.execute(sql) as cur:
@@ -497,36 +476,3 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> dict[str, Any]:
-    """The numbers `queue stats` and the status endpoint show."""
-    now = time.time() if now is None else now
-    states: dict[str, int] = dict.fromkeys(
-        ("pending", "inflight", "sent", "sent-dry", "blocked", "dead"), 0
-    )
-    by_name: dict[str, dict[str, int]] = {}
-    async with conn.execute(
-        "SELECT event_name, state, COUNT(*) FROM events GROUP BY event_name, state"
-    ) as cur:
-        for name, state, count in await cur.fetchall():
-            states[state] = states.get(state, 0) + count
-            by_name.setdefault(name, {})[state] = count
-    async with conn.execute(
-        "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
-    ) as cur:
-        row = await cur.fetchone()
-    oldest = now - float(row[0]) if row and row[0] is not None else None
-    async with conn.execute(
-        "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
-    ) as cur:
-        blocked = [
-            {"pixel_id": r[0], "reason": r[1], "fbtrace_id": r[2], "since": r[3]}
-            for r in await cur.fetchall()
-        ]
-    return {
-        "states": states,
-        "by_event_name": dict(sorted(by_name.items())),
-        "oldest_pending_age": oldest,
-        "blocked_pixels": blocked,
-    }

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
-from gateway.delivery.outbox import META_WINDOW, Claimed, Outbox
+from gateway.delivery.outbox import Claimed, Outbox
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
+from gateway.models import META_WINDOW
 from gateway.settings import PixelSettings, Settings
 
 log = logging.getLogger("gateway.sender")

@@ -80,7 +80,7 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         return json_error(
             503, "shutting down", "the gateway is stopping; retry", headers={"Retry-After": "5"}
         )
-    log.info("Accepted %d event(s) from the events API.", len(result.event_ids))
+    log.debug("Accepted %d event(s) from the events API.", len(result.event_ids))
     return web.json_response(
         {"accepted": len(result.event_ids), "event_ids": result.event_ids}, status=202
     )

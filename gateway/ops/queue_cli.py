@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery.outbox import queue_stats
+from gateway.delivery.housekeeping import queue_stats
 from gateway.delivery.schema import STATES, connect
 from gateway.delivery.seal import Sealer, load_key
 from gateway.models import identity

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.models import NewEvent
+from gateway.models import META_WINDOW, NewEvent
 from gateway.pipeline.currencies import CURRENCIES
 from gateway.pipeline.normalize import (
     CLEAR_FIELDS,
@@ -27,7 +27,6 @@ from gateway.pipeline.normalize import (
     weak_identifiers_problem,
 )
 
-META_WINDOW = 7 * 86400
 MAX_EVENTS = 1000
 STANDARD_EVENTS = frozenset(
     """AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact CustomizeProduct
