@@ -89,6 +89,9 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
         # Set after each commit so an idle sender wakes at once instead of polling.
         self.new_work = asyncio.Event()
+        # Group-commit figures: transactions and the rows they carried.
+        self.commits = 0
+        self.committed_rows = 0
 
     @classmethod
     async def open(
@@ -202,6 +205,8 @@ class Outbox:
                 except BaseException:
                     await self._conn.execute("ROLLBACK")
                     raise
+            self.commits += 1
+            self.committed_rows += len(rows)
         except Exception as exc:
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:

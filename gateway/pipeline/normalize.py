@@ -1,0 +1,508 @@
+"""Normalize and hash Conversions API customer information (capi-reference.md §3).
+
+Pure functions, no I/O. Meta matches on SHA-256 of a canonical form, so two spellings of the
+same email, phone or city must end up byte-identical before hashing; where Meta's written rules
+and the official SDK disagree, the written rules win (see §3.3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from datetime import date
+from types import MappingProxyType
+from typing import Any, Final
+
+import phonenumbers
+
+from gateway.pipeline.geo import (
+    ALPHA2,
+    ALPHA3_TO_ALPHA2,
+    COUNTRY_NAMES,
+    US_STATE_NAMES,
+    country_key,
+    state_key,
+)
+
+__all__ = [
+    "ALIASES",
+    "CLEAR_FIELDS",
+    "HASHED_FIELDS",
+    "WEAK_IDENTIFIER_SETS",
+    "NormalizationError",
+    "hash_value",
+    "normalize_user_data",
+    "normalize_value",
+    "weak_identifiers_problem",
+]
+
+
+class NormalizationError(ValueError):
+    """A user_data value that cannot be brought into the form Meta matches on."""
+
+    field: str
+    message: str
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[NormalizationError], tuple[str, str]]:
+        # The default reduce would replay the combined text as `field` and lose `message`.
+        return (type(self), (self.field, self.message))
+
+
+HASHED_FIELDS: Final[frozenset[str]] = frozenset(
+    {"em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id"}
+)
+CLEAR_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        "client_ip_address",
+        "client_user_agent",
+        "fbc",
+        "fbp",
+        "subscription_id",
+        "fb_login_id",
+        "lead_id",
+        "anon_id",
+        "madid",
+        "page_id",
+        "page_scoped_user_id",
+        "ctwa_clid",
+        "ig_account_id",
+        "ig_sid",
+    }
+)
+# Read-only so no caller can change how every later event is mapped.
+ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "email": "em",
+        "phone": "ph",
+        "first_name": "fn",
+        "last_name": "ln",
+        "gender": "ge",
+        "date_of_birth": "db",
+        "city": "ct",
+        "state": "st",
+        "zip": "zp",
+        "country": "country",
+        "external_id": "external_id",
+        "ip": "client_ip_address",
+        "user_agent": "client_user_agent",
+    }
+)
+WEAK_IDENTIFIER_SETS: Final[tuple[frozenset[str], ...]] = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+
+# Order used when naming fields in messages, so they read the same every time.
+_FIELD_ORDER: Final[tuple[str, ...]] = (
+    "em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id",
+    "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id",
+    "fb_login_id", "lead_id", "anon_id", "madid", "page_id", "page_scoped_user_id",
+    "ctwa_clid", "ig_account_id", "ig_sid",
+)  # fmt: skip
+_STRONG_HINT: Final = (
+    "add em, ph, external_id, client_ip_address with client_user_agent, fbp or fbc"
+)
+_INT_FIELDS: Final[frozenset[str]] = frozenset({"ph", "zp", "external_id"})
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
+_EMAIL: Final = re.compile(r"[^\s@]+@(?:[^\s@.]+\.)+[^\s@.]{2,}")
+_ZIP_DROP: Final = re.compile(r"[\s\-\u2010-\u2015\u2212]+")
+_US_ZIP: Final = re.compile(r"\d{5}(?:[\s-]?\d{4})?", re.ASCII)
+_US_ZIP_HEAD: Final = re.compile(r"\d{5}", re.ASCII)
+_DOB_YMD: Final = re.compile(r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?:[T ].*)?", re.ASCII)
+_DOB_COMPACT: Final = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
+_DOB_YEAR_LAST: Final = re.compile(r"(\d{1,2})([-/.])(\d{1,2})\2(\d{4})", re.ASCII)
+
+_FEMALE: Final = frozenset({"f", "female", "woman", "w", "girl", "frau", "femme", "mujer"})
+_MALE: Final = frozenset({"m", "male", "man", "boy", "mann", "homme", "hombre"})
+
+
+def _show(value: str) -> str:
+    """Quote a value for an error message without echoing an unbounded string."""
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
+def _is_letter(ch: str) -> bool:
+    # Combining marks count: Indic scripts spell vowels with them, dropping them changes the name.
+    return unicodedata.category(ch)[0] in "LM"
+
+
+def _letters(value: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFC", value).lower() if _is_letter(ch))
+
+
+def _email(value: str, country: str | None) -> str | None:
+    text = value.strip().lower()
+    if not text:
+        return None
+    if not _EMAIL.fullmatch(text):
+        raise NormalizationError("em", f"{_show(value)} does not look like an email address")
+    return text
+
+
+def _name(value: str, country: str | None) -> str | None:
+    return _letters(value) or None
+
+
+def _external_id(value: str, country: str | None) -> str | None:
+    # Only trim and lowercase: the browser pixel must produce the same string.
+    return value.strip().lower() or None
+
+
+def _gender(value: str, country: str | None) -> str | None:
+    text = value.strip().lower()
+    if not text:
+        return None
+    if text in _FEMALE:
+        return "f"
+    if text in _MALE:
+        return "m"
+    raise NormalizationError("ge", f"{_show(value)} is not a gender Meta accepts: send 'f' or 'm'")
+
+
+def _date_of_birth(value: str, country: str | None) -> str | None:
+    """Date of birth as YYYYMMDD.
+
+    Accepted: YYYY-MM-DD (also with / or . and an ISO time suffix), YYYYMMDD, and day/month
+    with the year last. For D/M/Y vs M/D/Y ambiguity, month-first (US) unless the first number
+    is > 12, then day-first; dot-separated dates with the year last (31.01.1990) are day-first,
+    the European convention. Two-digit years are refused: the century is a guess.
+    """
+    text = unicodedata.normalize("NFKC", value).strip()
+    if not text:
+        return None
+    if m := _DOB_YMD.fullmatch(text):
+        year, month, day = int(m[1]), int(m[3]), int(m[4])
+    elif m := _DOB_COMPACT.fullmatch(text):
+        year, month, day = int(m[1]), int(m[2]), int(m[3])
+    elif m := _DOB_YEAR_LAST.fullmatch(text):
+        first, second, year = int(m[1]), int(m[3]), int(m[4])
+        day_first = m[2] == "." or first > 12
+        day, month = (first, second) if day_first else (second, first)
+    else:
+        raise NormalizationError(
+            "db", f"{_show(value)} is not a date of birth we can read: use YYYY-MM-DD"
+        )
+    try:
+        born = date(year, month, day)
+    except ValueError:
+        raise NormalizationError("db", f"{_show(value)} is not a real calendar date") from None
+    if not date(1900, 1, 1) <= born <= date.today():
+        raise NormalizationError(
+            "db", f"{_show(value)} is not a plausible date of birth (1900 to today)"
+        )
+    return born.strftime("%Y%m%d")
+
+
+def _city(value: str, country: str | None) -> str | None:
+    return _letters(value) or None
+
+
+def _state(value: str, country: str | None) -> str | None:
+    if country in (None, "us") and (code := US_STATE_NAMES.get(state_key(value))):
+        return code
+    text = unicodedata.normalize("NFC", value).lower()
+    return "".join(ch for ch in text if _is_letter(ch) or ch.isdecimal()) or None
+
+
+def _zip(value: str, country: str | None) -> str | None:
+    text = unicodedata.normalize("NFKC", value).strip()
+    compact = _ZIP_DROP.sub("", text).lower()
+    us = country == "us" or (country is None and _US_ZIP.fullmatch(text) is not None)
+    # ZIP+4 narrows to a few houses; Meta matches on the 5-digit ZIP only.
+    if us and (head := _US_ZIP_HEAD.match(compact)):
+        return head.group()
+    return compact or None
+
+
+def _country_value(value: str, country: str | None) -> str | None:
+    key = country_key(value)
+    if not key:
+        return None
+    if len(key) == 2 and key in ALPHA2:
+        return key
+    if code := ALPHA3_TO_ALPHA2.get(key) or COUNTRY_NAMES.get(key):
+        return code
+    raise NormalizationError(
+        "country",
+        f"{_show(value)} is not a country we recognise: "
+        "use a 2-letter ISO 3166-1 code such as 'us'",
+    )
+
+
+def _digits(text: str) -> str:
+    # isdecimal covers every script's digits; decimal() maps them to 0-9.
+    return "".join(str(unicodedata.decimal(ch)) for ch in text if ch.isdecimal())
+
+
+def _national_prefix(calling_code: int) -> str | None:
+    region = phonenumbers.region_code_for_country_code(calling_code)
+    if region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY:
+        meta = phonenumbers.PhoneMetadata.metadata_for_nongeo_region(calling_code)
+    else:
+        meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return meta.national_prefix if meta is not None else None
+
+
+def _is_valid_phone(calling_code: int, national: str) -> bool:
+    zeros = len(national) - len(national.lstrip("0"))
+    number = phonenumbers.PhoneNumber(
+        country_code=calling_code,
+        national_number=int(national),
+        italian_leading_zero=zeros > 0 or None,
+        number_of_leading_zeros=zeros or None,
+    )
+    return bool(phonenumbers.is_valid_number(number))
+
+
+def _international(digits: str, value: str) -> str:
+    # Calling codes are prefix-free, so the first 1-3 digit match is the only match.
+    sizes = (1, 2, 3) if digits[:1] not in ("", "0") else ()
+    size = next(
+        (n for n in sizes if int(digits[:n]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), 0
+    )
+    if not size:
+        raise NormalizationError(
+            "ph", f"{_show(value)} does not start with a known country calling code"
+        )
+    code, rest = int(digits[:size]), digits[size:]
+    if not rest:
+        raise NormalizationError("ph", f"{_show(value)} has no number after the calling code")
+    # "+44 (0)20 ..." habitually keeps the trunk 0; it is not dialled from abroad. Only
+    # countries whose trunk prefix is 0 qualify (Italy has none: its 0 is part of the number),
+    # and a number that is only valid with the 0 keeps it.
+    if (
+        rest.startswith("0")
+        and _national_prefix(code) == "0"
+        and not (_is_valid_phone(code, rest) and not _is_valid_phone(code, rest[1:] or "0"))
+    ):
+        rest = rest[1:]
+    return f"{code}{rest}"
+
+
+def _national(digits: str, region: str, value: str) -> str:
+    code = phonenumbers.country_code_for_region(region)
+    if code == 1:
+        if digits.startswith("011"):  # NANP's international dialling prefix
+            return _international(digits[3:], value)
+        # NANP: 11 digits with a leading 1 already carry the country code.
+        return digits if len(digits) == 11 and digits.startswith("1") else f"1{digits}"
+    try:
+        number = phonenumbers.parse(digits, region)
+    except phonenumbers.NumberParseException:
+        prefix = _national_prefix(code)
+        if prefix and digits.startswith(prefix):
+            digits = digits[len(prefix) :]
+        return f"{code}{digits}"
+    # parse() strips trunk prefixes (0, 8, 06...) and spots a calling code already present.
+    return f"{number.country_code}{phonenumbers.national_significant_number(number)}"
+
+
+def _plausibly_international(digits: str) -> bool:
+    if digits.startswith("0"):
+        return False
+    try:
+        number = phonenumbers.parse(f"+{digits}", None)
+    except phonenumbers.NumberParseException:
+        return False
+    # About one 10-digit US national number in eight also reads as a valid foreign number
+    # (6505551212 as +65...), so a number needs 11+ digits before we take it as international;
+    # a short one is refused rather than hashed under a guessed country.
+    return len(digits) >= 11 and bool(phonenumbers.is_possible_number(number))
+
+
+def _phone(value: str, country: str | None) -> str | None:
+    text = unicodedata.normalize("NFKC", value).strip()
+    digits = _digits(text)
+    if not digits:
+        return None
+    international = text.startswith("+")
+    if digits.startswith("00"):
+        international, digits = True, digits[2:]
+    if not digits:
+        return None
+    if international:
+        return _international(digits, value)
+    region = country.upper() if country else None
+    if region and phonenumbers.country_code_for_region(region):
+        return _national(digits, region, value)
+    if _plausibly_international(digits):
+        return _international(digits, value)
+    raise NormalizationError(
+        "ph",
+        f"{_show(value)} has no country calling code and the event has no country: "
+        "add the country calling code (+44 20 7946 0958) or the event's country",
+    )
+
+
+_NORMALIZERS: Final[Mapping[str, Callable[[str, str | None], str | None]]] = MappingProxyType(
+    {
+        "em": _email,
+        "ph": _phone,
+        "fn": _name,
+        "ln": _name,
+        "db": _date_of_birth,
+        "ge": _gender,
+        "ct": _city,
+        "st": _state,
+        "zp": _zip,
+        "country": _country_value,
+        "external_id": _external_id,
+    }
+)
+
+
+def _resolve_country(country: str | None) -> str | None:
+    return _country_value(country, None) if country else None
+
+
+def normalize_value(field: str, value: str, *, country: str | None = None) -> str | None:
+    """Normalized (not hashed) value of one hashed field; None when nothing is left of it."""
+    normalizer = _NORMALIZERS.get(field)
+    if normalizer is None:
+        raise NormalizationError(field, f"{field!r} is not a hashed user_data field")
+    stripped = value.strip()
+    if _SHA256_HEX.fullmatch(stripped):
+        return stripped.lower()
+    return normalizer(value, _resolve_country(country))
+
+
+def hash_value(field: str, value: str, *, country: str | None = None) -> str | None:
+    """SHA-256 hex of the normalized value; a 64-hex value is taken as already hashed."""
+    stripped = value.strip()
+    if _SHA256_HEX.fullmatch(stripped) and field in HASHED_FIELDS:
+        return stripped.lower()
+    normalized = normalize_value(field, value, country=country)
+    if normalized is None:
+        return None
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def _strings(field: str, value: Any) -> tuple[list[str], bool]:
+    """The string items of a hashed field's value and whether it was given as a list."""
+    items, is_list = (list(value), True) if isinstance(value, list | tuple) else ([value], False)
+    out: list[str] = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and field in _INT_FIELDS:
+            out.append(str(item))
+        else:
+            raise NormalizationError(
+                field, f"{field} must be a string or a list of strings, not {type(item).__name__}"
+            )
+    return out, is_list
+
+
+def _ip(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise NormalizationError(
+            "client_ip_address", f"client_ip_address must be a string, not {type(value).__name__}"
+        )
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise NormalizationError(
+            "client_ip_address", f"{_show(text)} is not an IPv4 or IPv6 address"
+        ) from None
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; the pixel sees a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _event_country(value: Any, default_country: str | None) -> str | None:
+    """The alpha-2 country used for phones, states and zips: user_data's own, else the default."""
+    items, _ = _strings("country", value)
+    for item in items:
+        if _SHA256_HEX.fullmatch(item.strip()):
+            continue
+        if code := _country_value(item, None):
+            return code
+    return _resolve_country(default_country)
+
+
+def normalize_user_data(
+    user_data: Mapping[str, Any], *, default_country: str | None = None
+) -> dict[str, Any]:
+    """Map aliases to CAPI keys, hash the hashed fields and clean the clear ones."""
+    canonical: dict[str, tuple[str, Any]] = {}
+    for key, value in user_data.items():
+        capi = ALIASES.get(key, key)
+        if capi not in HASHED_FIELDS and capi not in CLEAR_FIELDS:
+            raise NormalizationError(
+                str(key),
+                f"unknown user_data field {key!r}: use a Conversions API key such as 'em' "
+                "or one of the aliases " + ", ".join(sorted(ALIASES)),
+            )
+        if capi in canonical:
+            raise NormalizationError(
+                capi, f"both {canonical[capi][0]!r} and {key!r} given: send only one of them"
+            )
+        canonical[capi] = (key, value)
+
+    country = _event_country(canonical.get("country", ("", None))[1], default_country)
+    out: dict[str, Any] = {}
+    for capi, (_, value) in canonical.items():
+        if capi in HASHED_FIELDS:
+            items, is_list = _strings(capi, value)
+            hashes: list[str] = []
+            for item in items:
+                hashed = hash_value(capi, item, country=country)
+                if hashed is not None and hashed not in hashes:
+                    hashes.append(hashed)
+            if hashes:
+                out[capi] = hashes if is_list else hashes[0]
+        elif capi == "client_ip_address":
+            if (address := _ip(value)) is not None:
+                out[capi] = address
+        elif isinstance(value, str):
+            if value.strip():
+                out[capi] = value.strip()
+        elif value is not None:
+            out[capi] = value
+    return out
+
+
+def _has_value(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, list | tuple):
+        return any(_has_value(item) for item in value)
+    return value is not None
+
+
+def _ordered(fields: frozenset[str] | set[str]) -> str:
+    rank = {name: i for i, name in enumerate(_FIELD_ORDER)}
+    return ", ".join(sorted(fields, key=lambda name: (rank.get(name, len(rank)), name)))
+
+
+def weak_identifiers_problem(user_data: Mapping[str, Any]) -> str | None:
+    """None when Meta would accept user_data's identifiers, else a sentence saying what to add."""
+    present = {ALIASES.get(key, key) for key, value in user_data.items() if _has_value(value)}
+    if not present:
+        return f"user_data carries no customer information: {_STRONG_HINT}"
+    for weak in WEAK_IDENTIFIER_SETS:
+        if present <= weak:
+            return (
+                f"user_data carries only {_ordered(present)}: Meta rejects events whose only "
+                f"identifiers are {_ordered(weak)} or a subset of them; {_STRONG_HINT}"
+            )
+    return None
