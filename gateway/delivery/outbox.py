@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ class Outbox:
         """Flush what was accepted, stop the writer and close the file."""
         self._closing = True
         if self._writer is not None:
-            await self._queue.put(None)
+            self._queue.put_nowait(None)
             await self._writer
             self._writer = None
         await self._conn.close()
@@ -128,13 +129,20 @@ class Outbox:
 
     async def add(self, events: Sequence[NewEvent]) -> list[bool]:
         """Store events durably; True per event that is new, False for a duplicate."""
-        if self._closing:
-            raise OutboxClosed("the outbox is shutting down")
         if not events:
             return []
-        await self._check_size()
+        try:
+            await self._check_size()
+        except (ValueError, sqlite3.ProgrammingError) as exc:
+            if self._closing:
+                raise OutboxClosed("the outbox is shutting down") from exc
+            raise
+        # No await between this check and the put: nothing can be queued behind the
+        # writer's stop marker, so every accepted item is committed by close().
+        if self._closing:
+            raise OutboxClosed("the outbox is shutting down")
         item = _Pending(events)
-        await self._queue.put(item)
+        self._queue.put_nowait(item)
         return await asyncio.shield(item.done)
 
     async def _write_loop(self) -> None:
@@ -246,12 +254,15 @@ class Outbox:
             raise OutboxFull(f"buffer {self.path} is over max_buffer_mb")
 
     async def used_bytes(self) -> int:
-        """Bytes in use by the database pages plus the WAL file."""
+        """Bytes of database pages in use.
+
+        Free pages and the WAL do not count: new rows reuse them rather than grow the file.
+        """
         async with self._lock:
             pages = await self._scalar("PRAGMA page_count")
             free = await self._scalar("PRAGMA freelist_count")
             size = await self._scalar("PRAGMA page_size")
-        return int((pages - free) * size) + _file_size(Path(str(self.path) + "-wal"))
+        return int((pages - free) * size)
 
     # leasing and results ------------------------------------------------------------
 
@@ -474,10 +485,3 @@ class Outbox:
         async with self._conn.execute(sql) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
