@@ -156,6 +156,9 @@ class Settings(BaseModel):
             return [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, int):
             return [str(value)]
+        if isinstance(value, list):
+            # TOML users write pixel ids as numbers: pixel_id = [1234567890]
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         return value
 
     @field_validator("pixel_id")
@@ -325,9 +328,11 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
         if environ.get(name):
             values[key] = environ[name]
     for name, raw in environ.items():
-        if not name.startswith("CAPIGW_"):
+        if not name.startswith("CAPIGW_") or name == "CAPIGW_CONFIG":
             continue
         key = name[len("CAPIGW_") :].lower()
+        if not raw.strip():
+            continue  # an empty variable is an unset one (shell and compose habit)
         if key not in Settings.model_fields:
             raise ConfigError(
                 f"{name}: unknown setting {key!r}; see the settings reference in README.md"
@@ -352,6 +357,10 @@ def _file_values(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file not found; check --config") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config file as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     # `[gateway]` table or top-level keys: both read naturally.
