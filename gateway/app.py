@@ -139,6 +139,9 @@ async def serve(settings: Settings, load: Callable[[], Settings] | None = None) 
         settings.prefix,
         "dry run" if settings.dry_run else "sending to Meta",
     )
+    for key in ("upstream", "rules"):
+        if getattr(settings, key) is not None:
+            log.warning("%s is set but not used by this release: only the events API runs.", key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
