@@ -123,6 +123,11 @@ class Sender:
                 self._slots.release()
                 await self._idle()
                 continue
+            if self._stopping.is_set():
+                # stop() came while we were claiming: hand these straight back.
+                await self.outbox.release([r.id for r in rows], self.owner)
+                self._slots.release()
+                break
             task = asyncio.create_task(self._deliver(rows), name="sender-batch")
             self._tasks.add(task)
             task.add_done_callback(self._finished)
