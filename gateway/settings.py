@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from gateway import __version__
@@ -157,8 +156,17 @@ class Settings(BaseModel):
         if isinstance(value, int):
             return [str(value)]
         if isinstance(value, list):
-            # TOML users write pixel ids as numbers: pixel_id = [1234567890]
-            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            # TOML users write pixel ids as numbers (pixel_id = [1234567890]); flags may
+            # repeat or comma-separate (--pixel-id 111,222).
+            out: list[Any] = []
+            for v in value:
+                if isinstance(v, int) and not isinstance(v, bool):
+                    out.append(str(v))
+                elif isinstance(v, str):
+                    out += [part.strip() for part in v.split(",") if part.strip()]
+                else:
+                    out.append(v)
+            return out
         return value
 
     @field_validator("pixel_id")
@@ -233,12 +241,13 @@ class Settings(BaseModel):
             raise ValueError("use one of auto, json, text")
         return value.lower()
 
-    @model_validator(mode="after")
-    def _pixels_unique(self) -> Settings:
-        ids = [p.id for p in self.pixels]
+    @field_validator("pixels")
+    @classmethod
+    def _pixels_unique(cls, value: list[PixelSettings]) -> list[PixelSettings]:
+        ids = [p.id for p in value]
         if len(ids) != len(set(ids)):
-            raise ValueError("pixels: a pixel id is listed twice; list each pixel once")
-        return self
+            raise ValueError("a pixel id is listed twice; list each pixel once")
+        return value
 
     # derived views -------------------------------------------------------
 

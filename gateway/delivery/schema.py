@@ -6,6 +6,7 @@ order, inside one transaction, so a buffer written by an older release opens in 
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
@@ -57,8 +58,12 @@ class SchemaError(Exception):
     """The buffer file cannot be used by this release."""
 
 
-async def connect(path: Path, *, durable: bool = True) -> aiosqlite.Connection:
-    """Open the buffer in WAL mode and bring its schema up to date."""
+async def connect(path: Path, *, durable: bool = True, create: bool = True) -> aiosqlite.Connection:
+    """Open the buffer in WAL mode and bring its schema up to date.
+
+    With `create=False` (the queue command) a file that is not already an outbox is
+    refused instead of being turned into one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers never deadlock
     # upgrading a read transaction.
@@ -69,18 +74,32 @@ async def connect(path: Path, *, durable: bool = True) -> aiosqlite.Connection:
         # FULL syncs the WAL at every commit: a 202 survives power loss, not just a crash.
         # Group commit keeps that affordable.
         await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-        await migrate(conn, path)
+        await migrate(conn, path, create=create)
+    except sqlite3.DatabaseError as exc:
+        await conn.close()
+        raise SchemaError(
+            f"{path} is not a capi-gateway outbox ({exc}); point --buffer at the outbox file"
+        ) from exc
     except BaseException:
         await conn.close()
         raise
     return conn
 
 
-async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
+async def migrate(conn: aiosqlite.Connection, path: Path, *, create: bool = True) -> None:
     """Apply the migrations this file has not seen yet."""
     async with conn.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
+    if version == 0:
+        async with conn.execute("SELECT COUNT(*) FROM sqlite_master") as cur:
+            row = await cur.fetchone()
+        if not create or (row and row[0]):
+            raise SchemaError(
+                f"{path} is not a capi-gateway outbox"
+                + (" (it holds another application's tables)" if row and row[0] else "")
+                + "; point --buffer at the outbox file, or at a new file to start one"
+            )
     if version > SCHEMA_VERSION:
         raise SchemaError(
             f"{path}: buffer schema version {version} is newer than this release knows "

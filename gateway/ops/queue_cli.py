@@ -17,8 +17,8 @@ from typing import Any
 import aiosqlite
 
 from gateway.delivery.housekeeping import queue_stats
-from gateway.delivery.schema import STATES, connect
-from gateway.delivery.seal import Sealer, load_key
+from gateway.delivery.schema import STATES, SchemaError, connect
+from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import identity
 from gateway.settings import ConfigError, Settings, Sources, load_settings
 
@@ -36,6 +36,8 @@ def run_queue_command(args: argparse.Namespace) -> int:
     settings = load_settings(Sources(config_file=args.config, flags=flags))
     if not settings.buffer.exists():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
+    if not settings.buffer.is_file():
+        raise ConfigError(f"buffer: {settings.buffer} is not a file; pass the outbox file")
     state = getattr(args, "state", None)
     if state is not None and state not in STATES:
         raise ConfigError(f"--state: {state!r} is not one of {', '.join(STATES)}")
@@ -43,7 +45,10 @@ def run_queue_command(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    conn = await connect(settings.buffer)
+    try:
+        conn = await connect(settings.buffer, create=False)
+    except SchemaError as exc:
+        raise ConfigError(f"buffer: {exc}") from exc
     try:
         command = args.queue_command
         if command == "stats":
@@ -51,7 +56,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         if command in ("list", "export"):
             sealer = Sealer(load_key(settings, create=False)) if args.reveal else None
             rows = await _select(conn, args, limit=args.limit)
-            return _print_rows(rows, sealer, as_json=args.json or command == "export")
+            try:
+                return _print_rows(rows, sealer, as_json=args.json or command == "export")
+            except SealError as exc:
+                raise ConfigError(
+                    f"key_file: the key at {settings.key_path()} does not open the sealed "
+                    f"fields of {settings.buffer}; pass the key this outbox was written with"
+                ) from exc
         if command == "retry":
             return await _retry(conn, args)
         return await _purge(conn, args)
