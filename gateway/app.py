@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sqlite3
@@ -86,12 +85,9 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
         _policy(settings),
     )
     app[SENDER] = sender
-    task = asyncio.create_task(sender.run(), name="sender")
+    sender.start()
     yield
     await sender.stop(settings.shutdown_grace)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
     await session.close()
 
 

@@ -123,7 +123,9 @@ class Outbox:
             self._queue.put_nowait(None)
             await self._writer
             self._writer = None
-        await self._conn.close()
+        # Wait out any statement still running (a late release) before closing under it.
+        async with self._lock:
+            await self._conn.close()
 
     # writing ------------------------------------------------------------------
 

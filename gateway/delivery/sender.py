@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
@@ -94,8 +94,17 @@ class Sender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._next_probe = 0.0
+        # Releases of rows whose send was cut short: stop() waits for every one of them,
+        # even when the task that started it was cancelled meanwhile.
+        self._releases: set[asyncio.Future[None]] = set()
+        self._run_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
         self.last_success: float | None = None
         self.last_error: dict[str, str | float | None] | None = None
+
+    def start(self) -> None:
+        """Start the claim loop in the background; end it with `stop()`."""
+        self._run_task = asyncio.create_task(self.run(), name="sender")
 
     async def run(self) -> None:
         """Claim and send until `stop()`."""
@@ -125,8 +134,8 @@ class Sender:
                 continue
             if self._stopping.is_set():
                 # stop() came while we were claiming: hand these straight back.
-                await self.outbox.release([r.id for r in rows], self.owner)
                 self._slots.release()
+                await self._release([r.id for r in rows])
                 break
             task = asyncio.create_task(self._deliver(rows), name="sender-batch")
             self._tasks.add(task)
@@ -139,15 +148,39 @@ class Sender:
             log.error("A send task failed: %r", task.exception())
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming; let sends in flight finish within `grace`, release the rest."""
+        """Stop claiming; let sends in flight finish within `grace`, release the rest.
+
+        Safe to call more than once: later calls wait for the first.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(grace), name="sender-stop")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
         self._stopping.set()
         self.outbox.new_work.set()
+        if self._run_task is not None:
+            # The loop ends on its own at the next check; cancel only a stuck one.
+            done, _ = await asyncio.wait({self._run_task}, timeout=max(grace, 0.1))
+            if not done:
+                self._run_task.cancel()
+                await asyncio.wait({self._run_task})
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            remaining = max(0.0, deadline - time.monotonic())
+            _, pending = await asyncio.wait(set(self._tasks), timeout=remaining)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        while self._releases:
+            await asyncio.wait(set(self._releases))
+
+    async def _release(self, ids: Iterable[int]) -> None:
+        release = asyncio.ensure_future(self.outbox.release(list(ids), self.owner))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+        await asyncio.shield(release)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -228,7 +261,7 @@ class Sender:
         finally:
             if open_ids:
                 # Cancelled at shutdown (or failed): these rows were never answered.
-                await asyncio.shield(self.outbox.release(open_ids, self.owner))
+                await self._release(open_ids)
 
     async def _deliver_group(self, pixel_id: str, items: list[Claimed], open_ids: set[int]) -> None:
         pixel = self.pixels.get(pixel_id)

@@ -1,0 +1,564 @@
+"""Throughput benchmark of the events API and the sender (not a test: prints a table).
+
+    python bench/bench_events.py [--seconds 5] [--concurrency 32] [--preload 50000]
+                                 [--json PATH]
+
+Everything runs on 127.0.0.1: the fake Graph API (`python -m tests.fakes.graph
+--count-only`) and `capi-gateway serve` are subprocesses on a fresh temp buffer, the
+clients are asyncio tasks in this process.
+
+- Phase A: accepted events/s through `POST /_capi/events` with batches of 1 (N clients).
+- Phase B: the same with batches of 100.
+- Phase C: delivered events/s. A backlog is built while Meta refuses the gateway's token
+  (the pixel is parked, nothing is sent); the gateway is then restarted with the right
+  token, it releases the backlog at once, and the rate at which events reach the fake
+  (`GET /_fake/stats` events_received) is measured until the backlog is gone.
+
+Peak RSS and CPU of the gateway process are sampled every 100 ms (psutil, from the
+`bench` extra). See bench/README.md for the figures measured on the reference machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - the bench extra is missing
+    sys.exit("bench_events.py needs psutil: pip install -e '.[bench]'")
+
+ROOT = Path(__file__).resolve().parent.parent
+PIXEL = "123456789012345"
+TOKEN = "EAAB-bench-token-not-real"
+API_KEY = "bench-api-key-0123456789"
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156 Safari/537.36"
+
+TARGET_ACCEPTED_100 = 5_000.0
+TARGET_DELIVERED = 20_000.0
+MAX_REQUESTS_PER_CLIENT = 1_000_000  # a bound on every client loop, never reached in practice
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def gateway_cmd() -> list[str]:
+    """The `capi-gateway` script next to this interpreter, else `python -m gateway.cli`."""
+    script = Path(sys.executable).with_name("capi-gateway")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without gateway settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPIGW_", "META_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "<no log>"
+
+
+def stop(proc: subprocess.Popen[bytes] | None, *, grace: float = 15.0) -> int | None:
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL; the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def start_fake(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The count-only fake Graph API accepting only TOKEN, and its URL."""
+    cmd = [sys.executable, "-m", "tests.fakes.graph", "--port", "0", "--count-only"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*cmd, "--token", TOKEN],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("listening on "):
+                return proc, line.removeprefix("listening on ").strip()
+        time.sleep(0.05)
+    stop(proc)
+    raise SystemExit(f"the fake Graph API did not start:\n{tail(log)}")
+
+
+@dataclass
+class Gateway:
+    """A `capi-gateway serve` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def start_gateway(
+    buffer: Path, graph_url: str, log: Path, *, token: str, log_level: str
+) -> Gateway:
+    """`capi-gateway serve` with the benchmark's settings on a free port."""
+    port = free_port()
+    env = clean_env(
+        CAPIGW_SEND_CONCURRENCY="4",
+        CAPIGW_PIXEL_RATE="1000",
+        CAPIGW_POLL_INTERVAL="0.05",
+        CAPIGW_SHUTDOWN_GRACE="5",
+        CAPIGW_LOG_LEVEL=log_level,
+    )
+    cmd = [
+        *gateway_cmd(),
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--pixel-id",
+        PIXEL,
+        "--access-token",
+        token,
+        "--graph-url",
+        graph_url,
+        "--buffer",
+        str(buffer),
+        "--api-key",
+        API_KEY,
+    ]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return Gateway(proc, f"http://127.0.0.1:{port}", log)
+
+
+async def wait_healthy(gw: Gateway, session: aiohttp.ClientSession) -> None:
+    """Poll the health endpoint until 200 (at most 20 s)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if gw.proc.poll() is not None:
+            raise SystemExit(f"the gateway exited with {gw.proc.returncode}:\n{tail(gw.log)}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{gw.url}/_capi/health") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"the gateway did not become healthy:\n{tail(gw.log)}")
+
+
+def queue_states(buffer: Path) -> dict[str, int]:
+    """`capi-gateway queue stats --json` -> counts per state."""
+    done = subprocess.run(
+        [*gateway_cmd(), "queue", "stats", "--json", "--buffer", str(buffer)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"queue stats failed: {done.stderr}")
+    states: dict[str, int] = json.loads(done.stdout)["states"]
+    return states
+
+
+class Sampler(threading.Thread):
+    """Peak RSS and CPU time of one process, sampled every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak_rss = 0
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak_rss = max(self.peak_rss, rss)
+            self.samples += 1
+            self._halt.wait(self.interval)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the process so far."""
+        try:
+            times = self.proc.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
+    def finish(self) -> None:
+        """Stop sampling."""
+        self._halt.set()
+        self.join(timeout=5)
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def event_json(event_id: str, now: int) -> str:
+    """One realistic website Purchase, as JSON text."""
+    return (
+        f'{{"event_name":"Purchase","event_time":{now},"event_id":"{event_id}",'
+        '"event_source_url":"https://shop.example/thanks",'
+        f'"user_data":{{"email":"jane.{event_id[:8]}@example.com","user_agent":"{UA}",'
+        f'"ip":"203.0.113.7","external_id":"cust-{event_id[:12]}"}},'
+        f'"custom_data":{{"value":19.9,"currency":"EUR","order_id":"o-{event_id}"}}}}'
+    )
+
+
+def body(batch: int) -> bytes:
+    """A request body of `batch` fresh events (unique event_ids)."""
+    now = int(time.time())
+    events = ",".join(event_json(uuid.uuid4().hex, now) for _ in range(batch))
+    return ('{"data":[' + events + "]}").encode()
+
+
+@dataclass
+class PhaseResult:
+    """What one load phase measured."""
+
+    events: int = 0
+    requests: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    client_cpu: float = 0.0  # CPU seconds of this (load generating) process
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_load(
+    url: str, *, batch: int, concurrency: int, seconds: float, total: int | None = None
+) -> PhaseResult:
+    """N clients post batches for `seconds` (or until `total` events were accepted)."""
+    result = PhaseResult()
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    stop_at = time.monotonic() + seconds
+
+    def done() -> bool:
+        return time.monotonic() >= stop_at or (total is not None and result.events >= total)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for _ in range(MAX_REQUESTS_PER_CLIENT):
+            if done():
+                return
+            payload = body(batch)
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=payload, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                result.failures += 1
+                await asyncio.sleep(0.01)
+                continue
+            result.latencies.append(time.perf_counter() - started)
+            result.requests += 1
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status == 202:
+                result.events += batch
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        began, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - began
+        result.client_cpu = time.process_time() - cpu
+    return result
+
+
+async def fake_stats(session: aiohttp.ClientSession, fake_url: str) -> dict[str, int]:
+    async with session.get(f"{fake_url}/_fake/stats") as resp:
+        stats: dict[str, int] = await resp.json()
+        return stats
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    metric: str
+    measured: float
+    unit: str
+    target: float | None = None
+    higher_is_better: bool = True
+
+    @property
+    def ratio(self) -> float | None:
+        if self.target is None or not self.measured:
+            return None
+        return self.measured / self.target if self.higher_is_better else self.target / self.measured
+
+
+async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    procs: list[subprocess.Popen[bytes]] = []
+    fake_proc, fake_url = start_fake(workdir / "fake.log")
+    procs.append(fake_proc)
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
+            # Phases A and B: one gateway, the sender delivering while clients post.
+            gw = start_gateway(
+                workdir / "ab.db",
+                fake_url,
+                workdir / "gateway-ab.log",
+                token=TOKEN,
+                log_level=args.log_level,
+            )
+            procs.append(gw.proc)
+            await wait_healthy(gw, control)
+            sampler = Sampler(gw.proc.pid)
+            sampler.start()
+            phases: dict[str, PhaseResult] = {}
+            cpu: dict[str, float] = {}
+            for name, batch in (("A", 1), ("B", 100)):
+                print(
+                    f"phase {name}: batches of {batch}, {args.concurrency} clients, "
+                    f"{args.seconds:g} s ...",
+                    flush=True,
+                )
+                cpu_before = sampler.cpu_seconds()
+                phases[name] = await run_load(
+                    f"{gw.url}/_capi/events",
+                    batch=batch,
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                )
+                cpu[name] = (sampler.cpu_seconds() - cpu_before) / phases[name].seconds
+            sampler.finish()
+            peak_ab = sampler.peak_rss
+            print(f"  stopping the gateway (exit {stop(gw.proc)})", flush=True)
+
+            # Phase C, preload: Meta refuses the token, the pixel is parked, nothing is sent.
+            buffer = workdir / "drain.db"
+            pre = start_gateway(
+                buffer,
+                fake_url,
+                workdir / "gateway-preload.log",
+                token="EAAB-wrong-token",  # deliberately refused by the fake
+                log_level=args.log_level,
+            )
+            procs.append(pre.proc)
+            await wait_healthy(pre, control)
+            print(
+                f"phase C: preloading {args.preload} events while the token is refused ...",
+                flush=True,
+            )
+            preload = await run_load(
+                f"{pre.url}/_capi/events",
+                batch=100,
+                concurrency=min(args.concurrency, 16),
+                seconds=args.drain_timeout,
+                total=args.preload,
+            )
+            print(f"  stopping the preload gateway (exit {stop(pre.proc)})", flush=True)
+            states = queue_states(buffer)
+            backlog = states["pending"] + states["blocked"]
+            print(f"  backlog: {backlog} events ({states})", flush=True)
+
+            # Phase C, drain: the right token releases the parked pixel at start.
+            base = (await fake_stats(control, fake_url))["events_received"]
+            drain = start_gateway(
+                buffer,
+                fake_url,
+                workdir / "gateway-drain.log",
+                token=TOKEN,
+                log_level=args.log_level,
+            )
+            procs.append(drain.proc)
+            sampler_c = Sampler(drain.proc.pid)
+            sampler_c.start()
+            # (when, events received so far, gateway CPU seconds so far)
+            samples: list[tuple[float, int, float]] = []
+            deadline = time.monotonic() + args.drain_timeout
+            while time.monotonic() < deadline:
+                received = (await fake_stats(control, fake_url))["events_received"] - base
+                samples.append((time.perf_counter(), received, sampler_c.cpu_seconds()))
+                if received >= backlog or drain.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            sampler_c.finish()
+            if not samples:
+                raise SystemExit("no drain sample was taken")
+            # From the last sample before the first delivery to the first sample with all.
+            first = max((i for i, s in enumerate(samples) if s[1] == 0), default=0)
+            t0, _, cpu_c0 = samples[first]
+            t1, delivered, cpu_c1 = samples[-1]
+            drain_seconds = max(t1 - t0, 1e-9)
+            drain_rate = delivered / drain_seconds
+            cpu_c = cpu_c1 - cpu_c0
+            await wait_healthy(drain, control)
+            print(f"  stopping the drain gateway (exit {stop(drain.proc)})", flush=True)
+            final = queue_states(buffer)
+
+        a, b = phases["A"], phases["B"]
+        rows = [
+            Row("accepted ev/s, batches of 1", a.rate, "ev/s"),
+            Row("accepted ev/s, batches of 100", b.rate, "ev/s", TARGET_ACCEPTED_100),
+            Row("delivered ev/s (drain)", drain_rate, "ev/s", TARGET_DELIVERED),
+            Row("/events p50, batches of 1", a.percentile(0.5) * 1000, "ms"),
+            Row("/events p99, batches of 1", a.percentile(0.99) * 1000, "ms"),
+            Row("/events p50, batches of 100", b.percentile(0.5) * 1000, "ms"),
+            Row("/events p99, batches of 100", b.percentile(0.99) * 1000, "ms"),
+            Row("gateway peak RSS, A+B", peak_ab / 2**20, "MiB"),
+            Row("gateway peak RSS, drain", sampler_c.peak_rss / 2**20, "MiB"),
+            Row("gateway CPU, A", cpu["A"] * 100, "%"),
+            Row("gateway CPU, B", cpu["B"] * 100, "%"),
+            Row("gateway CPU, drain", cpu_c / drain_seconds * 100, "%"),
+            Row("load generator CPU, A", a.client_cpu / a.seconds * 100, "%"),
+            Row("load generator CPU, B", b.client_cpu / b.seconds * 100, "%"),
+            Row("preload accepted ev/s (sender parked)", preload.rate, "ev/s"),
+        ]
+        details = {
+            "phases": {
+                name: {
+                    "batch": batch,
+                    "events": res.events,
+                    "requests": res.requests,
+                    "failures": res.failures,
+                    "seconds": round(res.seconds, 3),
+                    "statuses": res.statuses,
+                }
+                for name, batch, res in (("A", 1, a), ("B", 100, b), ("preload", 100, preload))
+            },
+            "drain": {
+                "backlog": backlog,
+                "delivered": delivered,
+                "seconds": round(drain_seconds, 3),
+                "final_states": final,
+            },
+        }
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+    return {"rows": rows, "details": details}
+
+
+def print_table(rows: list[Row]) -> None:
+    """metric | measured | target | ratio, side by side."""
+    width = max(len(r.metric) for r in rows)
+    print()
+    print(f"{'metric':<{width}}  {'measured':>14}  {'target':>14}  {'ratio':>7}")
+    print("-" * (width + 43))
+    for r in rows:
+        measured = f"{r.measured:,.1f} {r.unit}"
+        target = f">= {r.target:,.0f} {r.unit}" if r.target is not None else "-"
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        print(f"{r.metric:<{width}}  {measured:>14}  {target:>14}  {ratio:>7}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of phases A and B")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--preload", type=int, default=50_000, help="backlog for phase C")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=120.0, help="bound on preload and on drain"
+    )
+    parser.add_argument(
+        "--log-level", default="info", help="the gateway's log level (default: info, as shipped)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep buffers and logs here (default: a temp dir, removed)"
+    )
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.concurrency < 1 or args.preload < 1:
+        parser.error("--seconds, --concurrency and --preload must be positive")
+
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        outcome = asyncio.run(benchmark(args, args.workdir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="capigw-bench-") as tmp:
+            outcome = asyncio.run(benchmark(args, Path(tmp)))
+    rows: list[Row] = outcome["rows"]
+    print_table(rows)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "args": {
+                "seconds": args.seconds,
+                "concurrency": args.concurrency,
+                "preload": args.preload,
+                "log_level": args.log_level,
+            },
+            "results": [
+                {
+                    "metric": r.metric,
+                    "measured": round(r.measured, 2),
+                    "unit": r.unit,
+                    "target": r.target,
+                    "ratio": None if r.ratio is None else round(r.ratio, 3),
+                }
+                for r in rows
+            ],
+            **outcome["details"],
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
