@@ -10,11 +10,12 @@ lease expires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,12 @@ from typing import Any
 import aiosqlite
 
 from gateway.delivery import housekeeping
+from gateway.delivery import rows as rows_sql
 from gateway.delivery.schema import connect
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, identity
 
 log = logging.getLogger("gateway.outbox")
-
-# Rows per INSERT statement: 13 bound values each stays far below SQLite's variable limit.
-_INSERT_CHUNK = 500
-_COLUMNS = (
-    "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
-    "sealed, state, next_attempt_at, created_at, attempts"
-)
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0)"
 
 
 class OutboxFull(Exception):
@@ -127,6 +121,18 @@ class Outbox:
         async with self._lock:
             await self._conn.close()
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction on the shared connection, taken before any other writer's."""
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
     # writing ------------------------------------------------------------------
 
     async def add(self, events: Sequence[NewEvent]) -> list[bool]:
@@ -179,42 +185,8 @@ class Outbox:
         now = time.time()
         try:
             sealed = [self.sealer.seal(ev.clear, ev.identity()) for ev in rows]
-            inserted: set[tuple[str, str, str]] = set()
-            async with self._lock:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for start in range(0, len(rows), _INSERT_CHUNK):
-                        chunk = rows[start : start + _INSERT_CHUNK]
-                        params: list[Any] = []
-                        for ev, blob in zip(
-                            chunk, sealed[start : start + _INSERT_CHUNK], strict=True
-                        ):
-                            params += (
-                                ev.pixel_id,
-                                ev.event_name,
-                                ev.event_id,
-                                ev.event_time,
-                                ev.source,
-                                ev.rule,
-                                ev.test_event_code,
-                                json.dumps(ev.payload, separators=(",", ":")),
-                                blob,
-                                now,
-                                now,
-                            )
-                        sql = (
-                            f"INSERT INTO events ({_COLUMNS}) VALUES "
-                            + ",".join([_ROW_SQL] * len(chunk))
-                            + " ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING"
-                            " RETURNING pixel_id, event_name, event_id"
-                        )
-                        async with self._conn.execute(sql, params) as cur:
-                            for r in await cur.fetchall():
-                                inserted.add((r[0], r[1], r[2]))
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    await self._conn.execute("ROLLBACK")
-                    raise
+            async with self._transaction() as conn:
+                inserted = await rows_sql.insert(conn, rows, sealed, now)
             self.commits += 1
             self.committed_rows += len(rows)
         except Exception as exc:
@@ -273,33 +245,8 @@ class Outbox:
     ) -> list[Claimed]:
         """Lease up to `limit` due rows of unblocked pixels to `owner`."""
         now = time.time() if now is None else now
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Leases of crashed or stuck workers come back to the pool.
-                await self._conn.execute(
-                    "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
-                    "WHERE state='inflight' AND lease_expires < ?",
-                    (now,),
-                )
-                await self._conn.execute(
-                    "UPDATE events SET state='blocked' WHERE state='pending' "
-                    "AND pixel_id IN (SELECT pixel_id FROM blocked_pixels)"
-                )
-                async with self._conn.execute(
-                    "UPDATE events SET state='inflight', lease_owner=?, lease_expires=?, "
-                    "attempts=attempts+1 WHERE id IN (SELECT id FROM events "
-                    "WHERE state='pending' AND next_attempt_at <= ? "
-                    "ORDER BY next_attempt_at, id LIMIT ?) "
-                    "RETURNING id, pixel_id, event_name, event_id, event_time, attempts, "
-                    "test_event_code, payload, sealed",
-                    (owner, now + lease, now, limit),
-                ) as cur:
-                    rows = list(await cur.fetchall())
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction() as conn:
+            rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now)
         rows.sort(key=lambda r: int(r[0]))
         return [self._open_row(r) for r in rows]
 
@@ -380,25 +327,9 @@ class Outbox:
         self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
     ) -> None:
         id_list = list(ids)
-        if not id_list:
-            return
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(id_list), 900):
-                    part = id_list[start : start + 900]
-                    marks = ",".join("?" * len(part))
-                    # Only the lease holder may record a result: a row whose lease expired
-                    # and was taken by another worker belongs to that worker now.
-                    await self._conn.execute(
-                        f"UPDATE events SET {assignments} WHERE id IN ({marks}) "
-                        "AND state='inflight' AND lease_owner=?",
-                        (*values, *part, owner),
-                    )
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
+        if id_list:
+            async with self._transaction() as conn:
+                await rows_sql.update_leased(conn, id_list, owner, assignments, values)
 
     # blocked pixels -------------------------------------------------------------
 
@@ -413,23 +344,20 @@ class Outbox:
         fbtrace_id: str | None,
     ) -> None:
         """Park a pixel whose token Meta refused, with the rows of the failed batch."""
-        await self._update(
-            ids,
-            owner,
-            "state='blocked', last_error=?, fbtrace_id=?, lease_owner=NULL, lease_expires=NULL",
-            (reason, fbtrace_id),
-        )
-        async with self._lock:
-            await self._conn.execute(
-                "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, "
-                "since) VALUES (?,?,?,?,?) ON CONFLICT (pixel_id) DO UPDATE SET "
-                "token_fingerprint=excluded.token_fingerprint, reason=excluded.reason, "
-                "fbtrace_id=excluded.fbtrace_id",
-                (pixel_id, token_fingerprint, reason, fbtrace_id, time.time()),
+        async with self._transaction() as conn:
+            await rows_sql.update_leased(
+                conn,
+                list(ids),
+                owner,
+                "state='blocked', last_error=?, fbtrace_id=?, lease_owner=NULL, lease_expires=NULL",
+                (reason, fbtrace_id),
             )
-            await self._conn.execute(
-                "UPDATE events SET state='blocked' WHERE state='pending' AND pixel_id=?",
-                (pixel_id,),
+            await rows_sql.park_pixel(
+                conn,
+                pixel_id,
+                token_fingerprint=token_fingerprint,
+                reason=reason,
+                fbtrace_id=fbtrace_id,
             )
 
     async def blocked_pixels(self) -> dict[str, str]:
@@ -442,20 +370,8 @@ class Outbox:
 
     async def unblock_pixel(self, pixel_id: str) -> int:
         """Release a pixel's parked rows for sending now; returns how many."""
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                await self._conn.execute("DELETE FROM blocked_pixels WHERE pixel_id=?", (pixel_id,))
-                cur = await self._conn.execute(
-                    "UPDATE events SET state='pending', next_attempt_at=? "
-                    "WHERE state='blocked' AND pixel_id=?",
-                    (time.time(), pixel_id),
-                )
-                count = cur.rowcount
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
+        async with self._transaction() as conn:
+            count = await rows_sql.release_pixel(conn, pixel_id)
         self.new_work.set()
         return int(count)
 

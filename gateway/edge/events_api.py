@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -79,6 +80,15 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     except OutboxClosed:
         return json_error(
             503, "shutting down", "the gateway is stopping; retry", headers={"Retry-After": "5"}
+        )
+    except (OSError, sqlite3.Error) as exc:
+        # Disk full, I/O error: nothing was stored, and the caller must know to retry.
+        log.error("Storing %d event(s) failed: %s", len(result.rows), exc)
+        return json_error(
+            503,
+            "outbox unavailable",
+            "the events could not be stored; nothing was accepted, retry",
+            headers={"Retry-After": "10"},
         )
     log.debug("Accepted %d event(s) from the events API.", len(result.event_ids))
     return web.json_response(

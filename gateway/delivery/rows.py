@@ -1,0 +1,140 @@
+"""The SQL over the outbox's `events` and `blocked_pixels` tables.
+
+Plain functions on a connection, each meant to run inside a write transaction the
+caller holds (`Outbox._transaction`); the outbox decides when, these decide how.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+
+from gateway.models import NewEvent
+
+# Rows per INSERT statement: 11 bound values each stays far below SQLite's variable limit.
+_INSERT_CHUNK = 500
+_COLUMNS = (
+    "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
+    "sealed, state, next_attempt_at, created_at, attempts"
+)
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0)"
+# Claimed rows come back in this column order (see `claim`).
+CLAIMED_COLUMNS = (
+    "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed"
+)
+
+
+async def insert(
+    conn: aiosqlite.Connection,
+    rows: Sequence[NewEvent],
+    sealed: Sequence[bytes | None],
+    now: float,
+) -> set[tuple[str, str, str]]:
+    """Insert new rows as pending; the keys that were new (duplicates are skipped)."""
+    inserted: set[tuple[str, str, str]] = set()
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[start : start + _INSERT_CHUNK]
+        params: list[Any] = []
+        for ev, blob in zip(chunk, sealed[start : start + _INSERT_CHUNK], strict=True):
+            params += (
+                ev.pixel_id,
+                ev.event_name,
+                ev.event_id,
+                ev.event_time,
+                ev.source,
+                ev.rule,
+                ev.test_event_code,
+                json.dumps(ev.payload, separators=(",", ":")),
+                blob,
+                now,
+                now,
+            )
+        sql = (
+            f"INSERT INTO events ({_COLUMNS}) VALUES "
+            + ",".join([_ROW_SQL] * len(chunk))
+            + " ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING"
+            " RETURNING pixel_id, event_name, event_id"
+        )
+        async with conn.execute(sql, params) as cur:
+            for r in await cur.fetchall():
+                inserted.add((r[0], r[1], r[2]))
+    return inserted
+
+
+async def claim(
+    conn: aiosqlite.Connection, owner: str, *, limit: int, lease: float, now: float
+) -> list[Any]:
+    """Lease due rows of unblocked pixels; raw rows in CLAIMED_COLUMNS order."""
+    # Leases of crashed or stuck workers come back to the pool.
+    await conn.execute(
+        "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
+        "WHERE state='inflight' AND lease_expires < ?",
+        (now,),
+    )
+    await conn.execute(
+        "UPDATE events SET state='blocked' WHERE state='pending' "
+        "AND pixel_id IN (SELECT pixel_id FROM blocked_pixels)"
+    )
+    async with conn.execute(
+        "UPDATE events SET state='inflight', lease_owner=?, lease_expires=?, "
+        "attempts=attempts+1 WHERE id IN (SELECT id FROM events "
+        "WHERE state='pending' AND next_attempt_at <= ? "
+        f"ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}",
+        (owner, now + lease, now, limit),
+    ) as cur:
+        return list(await cur.fetchall())
+
+
+async def update_leased(
+    conn: aiosqlite.Connection,
+    ids: Sequence[int],
+    owner: str,
+    assignments: str,
+    values: tuple[Any, ...],
+) -> None:
+    """Apply `assignments` to the rows of `ids` that `owner` still holds."""
+    for start in range(0, len(ids), 900):
+        part = ids[start : start + 900]
+        marks = ",".join("?" * len(part))
+        # Only the lease holder may record a result: a row whose lease expired and was
+        # taken by another worker belongs to that worker now.
+        await conn.execute(
+            f"UPDATE events SET {assignments} WHERE id IN ({marks}) "
+            "AND state='inflight' AND lease_owner=?",
+            (*values, *part, owner),
+        )
+
+
+async def park_pixel(
+    conn: aiosqlite.Connection,
+    pixel_id: str,
+    *,
+    token_fingerprint: str,
+    reason: str,
+    fbtrace_id: str | None,
+) -> None:
+    """Record the pixel as blocked and park its pending rows."""
+    await conn.execute(
+        "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, since) "
+        "VALUES (?,?,?,?,?) ON CONFLICT (pixel_id) DO UPDATE SET "
+        "token_fingerprint=excluded.token_fingerprint, reason=excluded.reason, "
+        "fbtrace_id=excluded.fbtrace_id",
+        (pixel_id, token_fingerprint, reason, fbtrace_id, time.time()),
+    )
+    await conn.execute(
+        "UPDATE events SET state='blocked' WHERE state='pending' AND pixel_id=?", (pixel_id,)
+    )
+
+
+async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
+    """Lift a pixel's block; its parked rows are due now. Returns how many."""
+    await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id=?", (pixel_id,))
+    cur = await conn.execute(
+        "UPDATE events SET state='pending', next_attempt_at=? WHERE state='blocked' AND pixel_id=?",
+        (time.time(), pixel_id),
+    )
+    return int(cur.rowcount)
