@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +41,18 @@ try:
 except ImportError:  # pragma: no cover - the bench extra is missing
     sys.exit("bench_events.py needs psutil: pip install -e '.[bench]'")
 
-ROOT = Path(__file__).resolve().parent.parent
+# `python bench/bench_events.py` puts bench/ on sys.path, not the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.fakes.processes import (
+    Gateway,
+    queue_stats,
+    start_fake,
+    start_gateway,
+    stop_at_exit,
+    stop_process,
+    wait_healthy,
+)
+
 PIXEL = "123456789012345"
 TOKEN = "EAAB-bench-token-not-real"
 API_KEY = "bench-api-key-0123456789"
@@ -58,141 +65,21 @@ MAX_REQUESTS_PER_CLIENT = 1_000_000  # a bound on every client loop, never reach
 
 # -- processes ----------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def gateway_cmd() -> list[str]:
-    """The `capi-gateway` script next to this interpreter, else `python -m gateway.cli`."""
-    script = Path(sys.executable).with_name("capi-gateway")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+# The gateway's settings in every phase; CAPIGW_LOG_LEVEL comes from --log-level.
+GATEWAY_ENV = {
+    "CAPIGW_SEND_CONCURRENCY": "4",
+    "CAPIGW_PIXEL_RATE": "1000",
+    "CAPIGW_POLL_INTERVAL": "0.05",
+    "CAPIGW_SHUTDOWN_GRACE": "5",
+}
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without gateway settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPIGW_", "META_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "<no log>"
-
-
-def stop(proc: subprocess.Popen[bytes] | None, *, grace: float = 15.0) -> int | None:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL; the exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return proc.returncode
-
-
-def start_fake(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The count-only fake Graph API accepting only TOKEN, and its URL."""
-    cmd = [sys.executable, "-m", "tests.fakes.graph", "--port", "0", "--count-only"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--token", TOKEN],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and proc.poll() is None:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("listening on "):
-                return proc, line.removeprefix("listening on ").strip()
-        time.sleep(0.05)
-    stop(proc)
-    raise SystemExit(f"the fake Graph API did not start:\n{tail(log)}")
-
-
-@dataclass
-class Gateway:
-    """A `capi-gateway serve` subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
-def start_gateway(
+def bench_gateway(
     buffer: Path, graph_url: str, log: Path, *, token: str, log_level: str
 ) -> Gateway:
     """`capi-gateway serve` with the benchmark's settings on a free port."""
-    port = free_port()
-    env = clean_env(
-        CAPIGW_SEND_CONCURRENCY="4",
-        CAPIGW_PIXEL_RATE="1000",
-        CAPIGW_POLL_INTERVAL="0.05",
-        CAPIGW_SHUTDOWN_GRACE="5",
-        CAPIGW_LOG_LEVEL=log_level,
-    )
-    cmd = [
-        *gateway_cmd(),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--pixel-id",
-        PIXEL,
-        "--access-token",
-        token,
-        "--graph-url",
-        graph_url,
-        "--buffer",
-        str(buffer),
-        "--api-key",
-        API_KEY,
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    return Gateway(proc, f"http://127.0.0.1:{port}", log)
-
-
-async def wait_healthy(gw: Gateway, session: aiohttp.ClientSession) -> None:
-    """Poll the health endpoint until 200 (at most 20 s)."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if gw.proc.poll() is not None:
-            raise SystemExit(f"the gateway exited with {gw.proc.returncode}:\n{tail(gw.log)}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(f"{gw.url}/_capi/health") as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.05)
-    raise SystemExit(f"the gateway did not become healthy:\n{tail(gw.log)}")
-
-
-def queue_states(buffer: Path) -> dict[str, int]:
-    """`capi-gateway queue stats --json` -> counts per state."""
-    done = subprocess.run(
-        [*gateway_cmd(), "queue", "stats", "--json", "--buffer", str(buffer)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"queue stats failed: {done.stderr}")
-    states: dict[str, int] = json.loads(done.stdout)["states"]
-    return states
+    env = {**GATEWAY_ENV, "CAPIGW_LOG_LEVEL": log_level}
+    return start_gateway(buffer, graph_url, log, pixel=PIXEL, token=token, api_key=API_KEY, env=env)
 
 
 class Sampler(threading.Thread):
@@ -315,12 +202,6 @@ async def run_load(
     return result
 
 
-async def fake_stats(session: aiohttp.ClientSession, fake_url: str) -> dict[str, int]:
-    async with session.get(f"{fake_url}/_fake/stats") as resp:
-        stats: dict[str, int] = await resp.json()
-        return stats
-
-
 # -- the benchmark ------------------------------------------------------------------------------
 
 
@@ -342,23 +223,22 @@ class Row:
 
 
 async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    procs: list[subprocess.Popen[bytes]] = []
-    fake_proc, fake_url = start_fake(workdir / "fake.log")
-    procs.append(fake_proc)
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    try:
+    with stop_at_exit() as procs:
+        fake = start_fake(workdir / "fake.log", token=TOKEN, count_only=True)
+        procs.append(fake.proc)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
             # Phases A and B: one gateway, the sender delivering while clients post.
-            gw = start_gateway(
+            gw = bench_gateway(
                 workdir / "ab.db",
-                fake_url,
+                fake.url,
                 workdir / "gateway-ab.log",
                 token=TOKEN,
                 log_level=args.log_level,
             )
             procs.append(gw.proc)
-            await wait_healthy(gw, control)
+            await wait_healthy(gw, control, timeout=20)
             sampler = Sampler(gw.proc.pid)
             sampler.start()
             phases: dict[str, PhaseResult] = {}
@@ -379,19 +259,20 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 cpu[name] = (sampler.cpu_seconds() - cpu_before) / phases[name].seconds
             sampler.finish()
             peak_ab = sampler.peak_rss
-            print(f"  stopping the gateway (exit {stop(gw.proc)})", flush=True)
+            code = stop_process(gw.proc, grace=15)
+            print(f"  stopping the gateway (exit {code})", flush=True)
 
             # Phase C, preload: Meta refuses the token, the pixel is parked, nothing is sent.
             buffer = workdir / "drain.db"
-            pre = start_gateway(
+            pre = bench_gateway(
                 buffer,
-                fake_url,
+                fake.url,
                 workdir / "gateway-preload.log",
                 token="EAAB-wrong-token",  # deliberately refused by the fake
                 log_level=args.log_level,
             )
             procs.append(pre.proc)
-            await wait_healthy(pre, control)
+            await wait_healthy(pre, control, timeout=20)
             print(
                 f"phase C: preloading {args.preload} events while the token is refused ...",
                 flush=True,
@@ -403,16 +284,17 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 seconds=args.drain_timeout,
                 total=args.preload,
             )
-            print(f"  stopping the preload gateway (exit {stop(pre.proc)})", flush=True)
-            states = queue_states(buffer)
+            code = stop_process(pre.proc, grace=15)
+            print(f"  stopping the preload gateway (exit {code})", flush=True)
+            states = queue_stats(buffer)
             backlog = states["pending"] + states["blocked"]
             print(f"  backlog: {backlog} events ({states})", flush=True)
 
             # Phase C, drain: the right token releases the parked pixel at start.
-            base = (await fake_stats(control, fake_url))["events_received"]
-            drain = start_gateway(
+            base = (await fake.get(control, "stats"))["events_received"]
+            drain = bench_gateway(
                 buffer,
-                fake_url,
+                fake.url,
                 workdir / "gateway-drain.log",
                 token=TOKEN,
                 log_level=args.log_level,
@@ -424,7 +306,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             samples: list[tuple[float, int, float]] = []
             deadline = time.monotonic() + args.drain_timeout
             while time.monotonic() < deadline:
-                received = (await fake_stats(control, fake_url))["events_received"] - base
+                received = (await fake.get(control, "stats"))["events_received"] - base
                 samples.append((time.perf_counter(), received, sampler_c.cpu_seconds()))
                 if received >= backlog or drain.proc.poll() is not None:
                     break
@@ -439,9 +321,10 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             drain_seconds = max(t1 - t0, 1e-9)
             drain_rate = delivered / drain_seconds
             cpu_c = cpu_c1 - cpu_c0
-            await wait_healthy(drain, control)
-            print(f"  stopping the drain gateway (exit {stop(drain.proc)})", flush=True)
-            final = queue_states(buffer)
+            await wait_healthy(drain, control, timeout=20)
+            code = stop_process(drain.proc, grace=15)
+            print(f"  stopping the drain gateway (exit {code})", flush=True)
+            final = queue_stats(buffer)
 
         a, b = phases["A"], phases["B"]
         rows = [
@@ -480,12 +363,6 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "final_states": final,
             },
         }
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
     return {"rows": rows, "details": details}
 
 
@@ -521,12 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.concurrency < 1 or args.preload < 1:
         parser.error("--seconds, --concurrency and --preload must be positive")
 
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        outcome = asyncio.run(benchmark(args, args.workdir))
-    else:
-        with tempfile.TemporaryDirectory(prefix="capigw-bench-") as tmp:
-            outcome = asyncio.run(benchmark(args, Path(tmp)))
+    try:
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            outcome = asyncio.run(benchmark(args, args.workdir))
+        else:
+            with tempfile.TemporaryDirectory(prefix="capigw-bench-") as tmp:
+                outcome = asyncio.run(benchmark(args, Path(tmp)))
+    except AssertionError as exc:  # a subprocess did not start or a CLI call failed
+        raise SystemExit(str(exc)) from None
     rows: list[Row] = outcome["rows"]
     print_table(rows)
     if args.json is not None:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
+from tests.fakes.processes import CLI, free_port, serve_args, spawn, stop_process
 
 PIXEL = "123456789012345"
 TOKEN = "EAAB-cli-secret-token-do-not-print"
 
 
 def _script() -> str:
-    beside = Path(sys.executable).parent / "capi-gateway"
-    if beside.exists():
-        return str(beside)
+    if CLI.exists():
+        return str(CLI)
     found = shutil.which("capi-gateway")
     assert found, "the capi-gateway console script is not installed"
     return found
@@ -65,12 +64,6 @@ def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str)
         assert needle in line
     assert result.stdout == ""
     return line
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --version and check -----------------------------------------------------------------
@@ -200,17 +193,8 @@ def test_serve_on_a_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run(
-            tmp_path,
-            "serve",
-            "--dry-run",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--buffer",
-            str(tmp_path / "outbox.db"),
-            "--log-format",
-            "text",
-        )
+        buffer = tmp_path / "outbox.db"
+        result = run(tmp_path, *serve_args(port, buffer, "--dry-run", "--log-format", "text"))
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("capi-gateway:")]
@@ -225,28 +209,16 @@ def serving(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path
     """`serve --dry-run` with no credentials at all, on a free loopback port."""
     port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                SCRIPT,
-                "serve",
-                "--dry-run",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--buffer",
-                str(tmp_path / "outbox.db"),
-            ],
-            cwd=tmp_path,
-            env=clean_env(tmp_path, CAPIGW_SHUTDOWN_GRACE="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(
+        [SCRIPT, *serve_args(port, tmp_path / "outbox.db", "--dry-run")],
+        log,
+        env=clean_env(tmp_path, CAPIGW_SHUTDOWN_GRACE="2"),
+        cwd=tmp_path,
+    )
     try:
         yield proc, port, log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def get_health(port: int, timeout: float = 10.0) -> tuple[int, dict[str, object]]:

@@ -11,18 +11,14 @@ gateway is then restarted on the same buffer and must deliver every event it ans
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +26,15 @@ import aiohttp
 import pytest
 
 from tests.conftest import API_KEY, PIXEL, TOKEN, web_event
+from tests.fakes.processes import (
+    queue_stats,
+    start_fake,
+    start_gateway,
+    stop_at_exit,
+    tail,
+    wait_healthy,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("capi-gateway"))
 EVENT_NAMES = ("Purchase", "Lead", "ViewContent", "AddToCart")
 
 # The killed process's leases expire after CAPIGW_LEASE seconds: the lease length is
@@ -48,145 +50,8 @@ GATEWAY_ENV = {
     "CAPIGW_SEND_TIMEOUT": "5",
     "CAPIGW_SHUTDOWN_GRACE": "1",
 }
-
-
-# -- subprocess helpers --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without gateway settings, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPIGW_", "META_"))}
-    env.update(extra)
-    return env
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """Make sure `proc` is gone (kill if needed) and reaped."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a log file, for failure messages."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "<no log>"
-
-
-@dataclass
-class Fake:
-    """The fake Graph API subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-
-    async def control(self, session: aiohttp.ClientSession, spec: dict[str, Any]) -> None:
-        async with session.post(f"{self.url}/_fake/fail", json=spec) as resp:
-            assert resp.status == 200, await resp.text()
-
-    async def get(self, session: aiohttp.ClientSession, what: str) -> Any:
-        async with session.get(f"{self.url}/_fake/{what}") as resp:
-            assert resp.status == 200
-            return await resp.json()
-
-
-def start_fake(log: Path, *, count_only: bool = False) -> Fake:
-    """Start `python -m tests.fakes.graph` and read the URL it prints."""
-    cmd = [sys.executable, "-m", "tests.fakes.graph", "--port", "0", "--token", TOKEN]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, "--count-only"] if count_only else cmd,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-        )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("listening on "):
-                return Fake(proc, line.removeprefix("listening on ").strip())
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop_process(proc)
-    raise AssertionError(f"the fake Graph API did not start:\n{tail(log)}")
-
-
-@dataclass
-class Gateway:
-    """One `capi-gateway serve` subprocess."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
-def start_gateway(
-    buffer: Path, graph_url: str, log: Path, *, token: str = TOKEN, **env: str
-) -> Gateway:
-    """Start `capi-gateway serve` on a free port, logging to `log`."""
-    port = free_port()
-    cmd = [
-        CLI,
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--pixel-id",
-        PIXEL,
-        "--access-token",
-        token,
-        "--graph-url",
-        graph_url,
-        "--buffer",
-        str(buffer),
-        "--api-key",
-        API_KEY,
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=clean_env(**env))
-    return Gateway(proc, f"http://127.0.0.1:{port}", log)
-
-
-async def wait_healthy(gw: Gateway, session: aiohttp.ClientSession, timeout: float = 15) -> None:
-    """Poll `/_capi/health` until 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gw.proc.poll() is not None:
-            raise AssertionError(f"the gateway exited with {gw.proc.returncode}:\n{tail(gw.log)}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(f"{gw.url}/_capi/health") as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the gateway did not become healthy:\n{tail(gw.log)}")
-
-
-def queue_stats(buffer: Path) -> dict[str, int]:
-    """`capi-gateway queue stats --json` -> counts per state."""
-    done = subprocess.run(
-        [CLI, "queue", "stats", "--json", "--buffer", str(buffer)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    states: dict[str, int] = json.loads(done.stdout)["states"]
-    return states
+# start_gateway with the pixel, token and events API key of tests.conftest.
+serve = partial(start_gateway, pixel=PIXEL, token=TOKEN, api_key=API_KEY)
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -250,18 +115,17 @@ async def test_no_acknowledged_event_is_lost_across_sigkill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     buffer = tmp_path / "outbox.db"
-    fake: Fake | None = None
-    gateways: list[Gateway] = []
     started = time.monotonic()
-    try:
-        fake = start_fake(tmp_path / "fake.log")
+    with stop_at_exit() as procs:
+        fake = start_fake(tmp_path / "fake.log", token=TOKEN)
+        procs.append(fake.proc)
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             # Slow and flaky Meta: sends take a while (rows stay leased) and the first few
             # fail (rows go back to pending with a retry time).
             await fake.control(session, {"latency": 0.4, "fail_next": {"n": 3, "status": 503}})
-            gw = start_gateway(buffer, fake.url, tmp_path / "gateway-1.log", **GATEWAY_ENV)
-            gateways.append(gw)
+            gw = serve(buffer, fake.url, tmp_path / "gateway-1.log", env=GATEWAY_ENV)
+            procs.append(gw.proc)
             await wait_healthy(gw, session)
 
             load = Load()
@@ -297,8 +161,8 @@ async def test_no_acknowledged_event_is_lost_across_sigkill(
 
             # Meta is healthy again; restart on the same buffer.
             await fake.control(session, {"latency": 0})
-            gw2 = start_gateway(buffer, fake.url, tmp_path / "gateway-2.log", **GATEWAY_ENV)
-            gateways.append(gw2)
+            gw2 = serve(buffer, fake.url, tmp_path / "gateway-2.log", env=GATEWAY_ENV)
+            procs.append(gw2.proc)
             await wait_healthy(gw2, session)
 
             received: list[dict[str, Any]] = []
@@ -347,8 +211,3 @@ async def test_no_acknowledged_event_is_lost_across_sigkill(
                 f"{len(counts)} distinct events delivered, {duplicates} duplicate deliveries; "
                 f"{time.monotonic() - started:.1f} s"
             )
-    finally:
-        for gw in gateways:
-            stop_process(gw.proc)
-        if fake is not None:
-            stop_process(fake.proc)

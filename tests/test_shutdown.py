@@ -16,22 +16,21 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, web_event
-from tests.test_crash import (
-    CLI,
-    Fake,
+from tests.conftest import API_KEY, PIXEL, TOKEN, web_event
+from tests.fakes.processes import (
     Gateway,
-    clean_env,
     queue_stats,
+    run_cli,
     start_fake,
     start_gateway,
-    stop_process,
+    stop_at_exit,
     tail,
     wait_healthy,
 )
@@ -45,19 +44,13 @@ GATEWAY_ENV = {
     "CAPIGW_RETRY_BASE": "0.05",
     "CAPIGW_RETRY_CAP": "0.3",
 }
+# start_gateway with the pixel, token and events API key of tests.conftest.
+serve = partial(start_gateway, pixel=PIXEL, token=TOKEN, api_key=API_KEY)
 
 
 def queue_rows(buffer: Path) -> list[dict[str, Any]]:
     """`capi-gateway queue list --json` -> one dict per row."""
-    done = subprocess.run(
-        [CLI, "queue", "list", "--json", "--limit", "1000", "--buffer", str(buffer)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_cli("queue", "list", "--json", "--limit", "1000", "--buffer", str(buffer))
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -98,15 +91,14 @@ async def test_sigterm_releases_leased_events_and_restart_delivers_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     buffer = tmp_path / "outbox.db"
-    fake: Fake | None = None
-    gateways: list[Gateway] = []
-    try:
-        fake = start_fake(tmp_path / "fake.log")
+    with stop_at_exit() as procs:
+        fake = start_fake(tmp_path / "fake.log", token=TOKEN)
+        procs.append(fake.proc)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             # Every send hangs for far longer than the grace period.
             await fake.control(session, {"hang_next": {"n": 20, "seconds": 30}})
-            gw = start_gateway(buffer, fake.url, tmp_path / "gateway-1.log", **GATEWAY_ENV)
-            gateways.append(gw)
+            gw = serve(buffer, fake.url, tmp_path / "gateway-1.log", env=GATEWAY_ENV)
+            procs.append(gw.proc)
             await wait_healthy(gw, session)
 
             sent_ids: list[str] = []
@@ -141,8 +133,8 @@ async def test_sigterm_releases_leased_events_and_restart_delivers_them(
             # Meta answers again: a fresh gateway on the same buffer delivers them.
             async with session.post(f"{fake.url}/_fake/reset") as resp:
                 assert resp.status == 200
-            gw2 = start_gateway(buffer, fake.url, tmp_path / "gateway-2.log", **GATEWAY_ENV)
-            gateways.append(gw2)
+            gw2 = serve(buffer, fake.url, tmp_path / "gateway-2.log", env=GATEWAY_ENV)
+            procs.append(gw2.proc)
             await wait_healthy(gw2, session)
 
             async def all_delivered() -> list[dict[str, Any]] | None:
@@ -168,11 +160,6 @@ async def test_sigterm_releases_leased_events_and_restart_delivers_them(
                 f"{took:.2f} s, grace {GRACE:.0f} s), delivered after restart with "
                 f"{duplicates} duplicate(s); second stop took {took2:.2f} s"
             )
-    finally:
-        for gateway in gateways:
-            stop_process(gateway.proc)
-        if fake is not None:
-            stop_process(fake.proc)
 
 
 async def post_many(
@@ -203,13 +190,13 @@ SLOW_ENV = {
 async def test_sigterm_cutting_many_sends_releases_every_row(tmp_path: Path) -> None:
     """16 sends of 1000 events hang at SIGTERM while a request is in flight: none stays leased."""
     buffer = tmp_path / "outbox.db"
-    fake: Fake | None = None
-    gw: Gateway | None = None
-    try:
-        fake = start_fake(tmp_path / "fake.log", count_only=True)
+    with stop_at_exit() as procs:
+        fake = start_fake(tmp_path / "fake.log", token=TOKEN, count_only=True)
+        procs.append(fake.proc)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await fake.control(session, {"latency": 60})
-            gw = start_gateway(buffer, fake.url, tmp_path / "gateway.log", **SLOW_ENV)
+            gw = serve(buffer, fake.url, tmp_path / "gateway.log", env=SLOW_ENV)
+            procs.append(gw.proc)
             await wait_healthy(gw, session)
             await post_many(session, gw, total=16_000, batch=1000, clients=4)
 
@@ -230,33 +217,27 @@ async def test_sigterm_cutting_many_sends_releases_every_row(tmp_path: Path) -> 
         assert states["inflight"] == 0 and states["sent"] == 0, (
             f"rows left leased by a process that exited cleanly: {states}"
         )
-    finally:
-        if gw is not None:
-            stop_process(gw.proc)
-        if fake is not None:
-            stop_process(fake.proc)
 
 
 @pytest.mark.timeout(60)
 async def test_sigterm_while_draining_a_backlog_leaves_no_leased_rows(tmp_path: Path) -> None:
     """SIGTERM lands while the sender claims batch after batch: none stays leased."""
     buffer = tmp_path / "outbox.db"
-    fake: Fake | None = None
-    gateways: list[Gateway] = []
-    try:
-        fake = start_fake(tmp_path / "fake.log", count_only=True)
+    with stop_at_exit() as procs:
+        fake = start_fake(tmp_path / "fake.log", token=TOKEN, count_only=True)
+        procs.append(fake.proc)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             # The backlog: Meta refuses the token, the pixel is parked, nothing is sent.
             log = tmp_path / "gateway-refused.log"
-            parked = start_gateway(buffer, fake.url, log, token="EAAB-refused", **SLOW_ENV)
-            gateways.append(parked)
+            parked = serve(buffer, fake.url, log, token="EAAB-refused", env=SLOW_ENV)
+            procs.append(parked.proc)
             await wait_healthy(parked, session)
             await post_many(session, parked, total=20_000, batch=1000, clients=4)
             sigterm_and_wait(parked, GRACE + 5)
 
             # The right token releases the parked rows at start and the sender runs flat out.
-            gw = start_gateway(buffer, fake.url, tmp_path / "gateway.log", **SLOW_ENV)
-            gateways.append(gw)
+            gw = serve(buffer, fake.url, tmp_path / "gateway.log", env=SLOW_ENV)
+            procs.append(gw.proc)
             await wait_healthy(gw, session)
 
             async def sending() -> bool:
@@ -270,8 +251,3 @@ async def test_sigterm_while_draining_a_backlog_leaves_no_leased_rows(tmp_path: 
         assert states["inflight"] == 0, (
             f"rows left leased by a process that exited cleanly: {states}"
         )
-    finally:
-        for gateway in gateways:
-            stop_process(gateway.proc)
-        if fake is not None:
-            stop_process(fake.proc)

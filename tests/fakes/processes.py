@@ -1,0 +1,202 @@
+"""Start and stop `capi-gateway` and the fake Graph API as subprocesses on 127.0.0.1.
+
+Shared by the subprocess tests (crash, shutdown, CLI) and by bench/bench_events.py, so it
+needs only the standard library and aiohttp (no pytest). Failures raise AssertionError:
+a test reports them as failures, the benchmark turns them into an exit message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+CLI = Path(sys.executable).with_name("capi-gateway")
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without gateway settings (CAPIGW_*, META_*), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPIGW_", "META_"))}
+    env.update(extra)
+    return env
+
+
+def gateway_cmd() -> list[str]:
+    """The `capi-gateway` script beside this interpreter, else `python -m gateway.cli`."""
+    return [str(CLI)] if CLI.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def serve_args(port: int, buffer: Path, *more: str) -> list[str]:
+    """`serve` on 127.0.0.1:`port` with `buffer`, then `more` arguments."""
+    return ["serve", "--listen", f"{HOST}:{port}", "--buffer", str(buffer), *more]
+
+
+def spawn(
+    cmd: list[str], log: Path, *, env: Mapping[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` in `cwd` with stdout and stderr appended to `log` (default env: clean_env())."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else clean_env(),
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, *, grace: float = 0.0) -> int | None:
+    """SIGTERM and wait up to `grace` s (0: none), then SIGKILL and reap; the exit code."""
+    if proc is None:
+        return None
+    if grace > 0 and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def stop_at_exit() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to add subprocesses to; all are stopped (last first) when the block ends."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for failure messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "<no log>"
+
+
+@dataclass
+class Fake:
+    """The fake Graph API subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    async def control(self, session: aiohttp.ClientSession, spec: dict[str, Any]) -> None:
+        """POST `spec` to /_fake/fail (failures, hangs, latency, token)."""
+        async with session.post(f"{self.url}/_fake/fail", json=spec) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def get(self, session: aiohttp.ClientSession, what: str) -> Any:
+        """GET /_fake/`what` (events, requests, stats) as JSON."""
+        async with session.get(f"{self.url}/_fake/{what}") as resp:
+            assert resp.status == 200, f"GET /_fake/{what}: {resp.status}"
+            return await resp.json()
+
+
+def start_fake(log: Path, *, token: str, count_only: bool = False, timeout: float = 20) -> Fake:
+    """Start `python -m tests.fakes.graph` accepting only `token` and read the URL it prints."""
+    cmd = [sys.executable, "-m", "tests.fakes.graph", "--port", "0", "--token", token]
+    proc = spawn([*cmd, "--count-only"] if count_only else cmd, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("listening on "):
+                return Fake(proc, line.removeprefix("listening on ").strip())
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop_process(proc)
+    raise AssertionError(f"the fake Graph API did not start:\n{tail(log)}")
+
+
+@dataclass
+class Gateway:
+    """One `capi-gateway serve` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+def start_gateway(
+    buffer: Path,
+    graph_url: str,
+    log: Path,
+    *,
+    pixel: str,
+    token: str,
+    api_key: str,
+    env: Mapping[str, str] | None = None,
+) -> Gateway:
+    """Start `capi-gateway serve` on a free port with settings `env`, logging to `log`."""
+    port = free_port()
+    more = ["--pixel-id", pixel, "--access-token", token, "--graph-url", graph_url]
+    cmd = [*gateway_cmd(), *serve_args(port, buffer, *more, "--api-key", api_key)]
+    proc = spawn(cmd, log, env=clean_env(**(env or {})))
+    return Gateway(proc, f"http://{HOST}:{port}", log)
+
+
+async def wait_healthy(gw: Gateway, session: aiohttp.ClientSession, timeout: float = 15) -> None:
+    """Poll `/_capi/health` until 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gw.proc.poll() is not None:
+            raise AssertionError(f"the gateway exited with {gw.proc.returncode}:\n{tail(gw.log)}")
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{gw.url}/_capi/health") as resp:
+                if resp.status == 200:
+                    return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway did not become healthy:\n{tail(gw.log)}")
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `capi-gateway ARGS` to completion with clean_env(); fail unless it exits 0."""
+    done = subprocess.run(
+        [*gateway_cmd(), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(
+            f"capi-gateway {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+        )
+    return done
+
+
+def queue_stats(buffer: Path) -> dict[str, int]:
+    """`capi-gateway queue stats --json` -> counts per state."""
+    states: dict[str, int] = json.loads(
+        run_cli("queue", "stats", "--json", "--buffer", str(buffer)).stdout
+    )["states"]
+    return states
