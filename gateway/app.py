@@ -12,13 +12,16 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import OUTBOX, RUNTIME, SENDER, STARTED_AT, Runtime
+from gateway.appkeys import OUTBOX, PAGES, PROXY, RUNTIME, SENDER, STARTED_AT, Runtime
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.edge.events_api import post_events
+from gateway.edge.pages import PageViews, page_secret
+from gateway.edge.pixel import get_px_js
+from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
 from gateway.errors import json_error
 from gateway.ops.health import get_health
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
@@ -37,8 +40,28 @@ def build_app(settings: Settings) -> web.Application:
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_post(f"{prefix}/events", post_events)
+    app.router.add_get(f"{prefix}/px.js", get_px_js)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
+    if settings.upstream:
+        app.cleanup_ctx.append(_proxy_ctx)
+        # Everything outside the prefix belongs to the site.
+        app.router.add_route("*", "/{path:.*}", _proxy)
     return app
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].handle(request)
+
+
+async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[RUNTIME].settings
+    pages = PageViews(settings, app[OUTBOX], page_secret(settings, load_key(settings)))
+    session = upstream_session(settings)
+    app[PAGES] = pages
+    app[PROXY] = Proxy(session, ProxyOptions.from_settings(settings), pages)
+    yield
+    await pages.drain()
+    await session.close()
 
 
 async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
@@ -105,6 +128,8 @@ async def reload(app: web.Application, settings: Settings) -> None:
     sender.pixels = {p.id: p for p in settings.effective_pixels()}
     sender.policy = _policy(settings)
     await sender.reconcile_blocks()
+    if PAGES in app:
+        app[PAGES].configure(settings)
     log.info("Reloaded the configuration.")
 
 
@@ -116,6 +141,11 @@ async def serve(settings: Settings, load: Callable[[], Settings] | None = None) 
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_grace,
+        # Uploads go to the site byte for byte: never inflate them on the way.
+        auto_decompress=False,
+        keepalive_timeout=settings.keepalive_timeout,
+        max_field_size=settings.max_header_bytes,
+        max_line_size=settings.max_header_bytes,
     )
     await runner.setup()
     host, port = split_host_port(settings.listen)
@@ -135,9 +165,8 @@ async def serve(settings: Settings, load: Callable[[], Settings] | None = None) 
         settings.prefix,
         "dry run" if settings.dry_run else "sending to Meta",
     )
-    for key in ("upstream", "rules"):
-        if getattr(settings, key) is not None:
-            log.warning("%s is set but not used by this release: only the events API runs.", key)
+    if settings.rules is not None:
+        log.warning("rules is set but rule files are not supported by this release yet.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

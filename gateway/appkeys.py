@@ -8,6 +8,8 @@ from aiohttp import web
 
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.sender import Sender
+from gateway.edge.pages import PageViews
+from gateway.edge.proxy import Proxy
 from gateway.pipeline.events import Context, Target
 from gateway.settings import Settings
 
@@ -37,3 +39,5 @@ RUNTIME = web.AppKey("runtime", Runtime)
 OUTBOX = web.AppKey("outbox", Outbox)
 SENDER = web.AppKey("sender", Sender)
 STARTED_AT = web.AppKey("started_at", float)
+PROXY = web.AppKey("proxy", Proxy)
+PAGES = web.AppKey("pages", PageViews)

@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(serve)
     check = sub.add_parser("check", help="validate the configuration and exit")
     _config_flags(check)
+    demo = sub.add_parser(
+        "demo", help="run an example shop with the gateway in front of it (dry run, offline)"
+    )
+    demo.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the gateway")
+    demo.add_argument("--buffer", type=Path, default=Path("capi-gateway-demo.db"))
 
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
@@ -126,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.ops.queue_cli import run_queue_command
 
             return run_queue_command(args)
+        if args.command == "demo":
+            return _demo(args)
         settings = settings_from_args(args)
         settings.check_ready_to_send()
         if args.command == "check":
@@ -179,6 +186,32 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_workers(settings.workers, work)
     return work()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import DEMO_API_KEY, run_demo
+    from gateway.log import setup_logging
+
+    def make(upstream: str) -> Settings:
+        # The demo ignores the environment: no credentials, nothing leaves the machine.
+        return load_settings(
+            Sources(
+                environ={},
+                flags={
+                    "upstream": upstream,
+                    "listen": args.listen,
+                    "buffer": args.buffer,
+                    "dry_run": True,
+                    "events_api_keys": [DEMO_API_KEY],
+                    "log_format": "text",
+                },
+            )
+        )
+
+    make("http://127.0.0.1:1")  # validate the flags before starting anything
+    setup_logging("info", "text")
+    asyncio.run(run_demo(make))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

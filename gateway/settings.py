@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import re
@@ -125,6 +126,36 @@ class Settings(BaseModel):
     blocked_probe_interval: float = Field(default=900.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
 
+    # proxy
+    preserve_host: bool = True
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_read_timeout: float = Field(default=60.0, gt=0)
+    upstream_total_timeout: float = Field(default=0.0, ge=0)
+    upstream_keepalive: float = Field(default=4.0, gt=0)
+    upstream_connections: int = Field(default=256, ge=1)
+    max_header_bytes: int = Field(default=32768, ge=1024)
+    max_upload_mb: float = Field(default=2048.0, gt=0)
+    keepalive_timeout: float = Field(default=15.0, gt=0)
+
+    # identity and consent
+    cookie_domain: str | None = None
+    cookie_lifetime: float = Field(default=90 * 86400.0, gt=0)
+    consent: str = "none"
+    consent_values: list[str] = Field(
+        default_factory=lambda: ["1", "true", "yes", "granted", "accepted", "all"]
+    )
+    opt_out_cookie: str | None = None
+    gpc: str = "opt_out"
+    bot_user_agents: list[str] | None = None
+    scrub_query_params: list[str] | None = None
+
+    # injection
+    inject: bool = True
+    inject_max_scan: int = Field(default=65536, ge=1024)
+    secret: str | None = None
+    page_token_ttl: float = Field(default=4 * 3600.0, gt=0)
+
     # logging
     log_level: str = "info"
     log_format: str = "auto"
@@ -142,13 +173,28 @@ class Settings(BaseModel):
         "poll_interval",
         "blocked_probe_interval",
         "shutdown_grace",
+        "upstream_connect_timeout",
+        "upstream_read_timeout",
+        "upstream_total_timeout",
+        "upstream_keepalive",
+        "keepalive_timeout",
+        "cookie_lifetime",
+        "page_token_ttl",
         mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
-    @field_validator("pixel_id", "events_api_keys", mode="before")
+    @field_validator(
+        "pixel_id",
+        "events_api_keys",
+        "trusted_proxies",
+        "consent_values",
+        "bot_user_agents",
+        "scrub_query_params",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -225,6 +271,35 @@ class Settings(BaseModel):
     def _key(cls, value: str | None) -> str | None:
         if value is not None:
             decode_key(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not a CIDR network such as 10.0.0.0/8 or ::1/128"
+                ) from None
+        return value
+
+    @field_validator("gpc")
+    @classmethod
+    def _gpc(cls, value: str) -> str:
+        if value not in ("opt_out", "ldu", "ignore"):
+            raise ValueError("use opt_out, ldu or ignore")
+        return value
+
+    @field_validator("cookie_domain")
+    @classmethod
+    def _cookie_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lstrip(".").lower()
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", value):
+            raise ValueError(f"{value!r} is not a domain such as example.com")
         return value
 
     @field_validator("log_level")

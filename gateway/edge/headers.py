@@ -1,0 +1,137 @@
+"""Header rules of the proxy: what crosses it, what it adds, and what it rewrites.
+
+Pure functions over multidicts, so every rule of RFC 9110 §7.6.1 (hop-by-hop fields) and
+of the forwarding headers can be tested without a socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+# Fields that describe one connection, never the message (RFC 9110 §7.6.1), plus the
+# Proxy-* family and Expect (the gateway answers 100-continue itself).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_REQUEST_ONLY_DROP = frozenset({"expect", "content-length"})
+# Validators and digests of a body we rewrite are wrong afterwards.
+_REWRITTEN_DROP = ("Content-Length", "Content-MD5", "Digest", "Repr-Digest", "Content-Digest")
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def connection_tokens(headers: Headers) -> set[str]:
+    """Header names listed in every Connection line (they are hop-by-hop too)."""
+    names: set[str] = set()
+    for line in headers.getall("Connection", ()):
+        names.update(token.strip().lower() for token in line.split(",") if token.strip())
+    return names
+
+
+def end_to_end(headers: Headers, *, keep: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop fields; `keep` names survive (e.g. Upgrade for WebSocket)."""
+    kept = {k.lower() for k in keep}
+    drop = (HOP_BY_HOP | connection_tokens(headers)) - kept
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
+
+
+def upstream_request_headers(
+    incoming: Headers,
+    *,
+    peer: str | None,
+    peer_trusted: bool,
+    scheme: str,
+    host: str,
+    upstream_host: str,
+    preserve_host: bool,
+) -> CIMultiDict[str]:
+    """Headers for the upstream request: end-to-end fields plus X-Forwarded-*."""
+    out = end_to_end(incoming)
+    for name in _REQUEST_ONLY_DROP:
+        out.popall(name, None)
+    # Forwarding headers from an untrusted peer are the client's claims: drop them, so the
+    # site never sees a spoofed chain with our hop appended as if it vouched for it.
+    prior_for = out.popall("X-Forwarded-For", []) if peer_trusted else []
+    prior_proto = out.getone("X-Forwarded-Proto", None) if peer_trusted else None
+    prior_host = out.getone("X-Forwarded-Host", None) if peer_trusted else None
+    for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"):
+        if not peer_trusted or name == "X-Forwarded-For":
+            out.popall(name, None)
+    chain = [part.strip() for line in prior_for for part in line.split(",") if part.strip()]
+    if peer:
+        chain.append(peer)
+    if chain:
+        out["X-Forwarded-For"] = ", ".join(chain)
+    out["X-Forwarded-Proto"] = prior_proto or scheme
+    out["X-Forwarded-Host"] = prior_host or host
+    out["Host"] = host if preserve_host else upstream_host
+    return out
+
+
+def rewrite_location(value: str, upstream: URL, public_origin: str) -> str:
+    """Point an absolute URL on the upstream's own origin at the public origin instead."""
+    try:
+        target = URL(value)
+    except ValueError:
+        return value
+    if not target.is_absolute():
+        return value
+    if (target.scheme, target.host, target.port) != (upstream.scheme, upstream.host, upstream.port):
+        return value
+    # Keep the path and query as the upstream wrote them (no re-encoding).
+    origin_len = len(f"{target.scheme}://{target.raw_authority}")
+    return public_origin + value[origin_len:]
+
+
+def client_response_headers(
+    upstream_headers: Headers, *, upstream: URL, public_origin: str
+) -> CIMultiDict[str]:
+    """Upstream response headers for the client: end-to-end, redirects pointed at us."""
+    out = end_to_end(upstream_headers)
+    for name in ("Location", "Content-Location"):
+        values = out.popall(name, [])
+        for value in values:
+            out.add(name, rewrite_location(value, upstream, public_origin))
+    return out
+
+
+def prepare_rewritten(headers: CIMultiDict[str]) -> None:
+    """Adjust headers of a body the gateway rewrites (injected HTML)."""
+    for name in _REWRITTEN_DROP:
+        headers.popall(name, None)
+    # Byte ranges of the original no longer apply to what we send.
+    headers.popall("Accept-Ranges", None)
+    etags = headers.popall("ETag", [])
+    for etag in etags:
+        headers.add("ETag", etag if etag.startswith("W/") else f"W/{etag}")
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """The lowercase media type of Content-Type, without parameters."""
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+def content_type_param(headers: Mapping[str, str], name: str) -> str | None:
+    """A parameter of Content-Type (e.g. charset), unquoted and lowercased."""
+    for part in headers.get("Content-Type", "").split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == name:
+            return value.strip().strip('"').lower() or None
+    return None

@@ -1,0 +1,234 @@
+"""Every request outside the prefix in, the upstream's answer out — streamed, unchanged.
+
+The only change to a response is the one `pages` asks for on HTML documents (the
+injected tag and the first-party cookies). Bodies stream both ways through one pooled
+client session; an upstream fault is a 502/504 page, never a 500 from us.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.edge import headers as hdr
+from gateway.edge.encoding import RewriteError
+from gateway.edge.pages import PagePlan, PageViews
+from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.proxy")
+
+_NO_BODY_STATUS = frozenset({204, 304})
+_CHUNK = 65536
+
+
+class _BodyTooLarge(Exception):
+    """The client sent more than max_upload_mb."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    """The proxy's share of the settings."""
+
+    upstream: URL
+    preserve_host: bool
+    max_upload: int
+    timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> ProxyOptions:
+        """Pick the proxy's keys out of the settings."""
+        assert s.upstream is not None
+        return cls(
+            upstream=URL(s.upstream),
+            preserve_host=s.preserve_host,
+            max_upload=int(s.max_upload_mb * 1024 * 1024),
+            timeout=aiohttp.ClientTimeout(
+                total=s.upstream_total_timeout or None,
+                connect=s.upstream_connect_timeout,
+                sock_read=s.upstream_read_timeout,
+            ),
+        )
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one pooled client session of a worker, set up for a transparent proxy."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.upstream_connections,
+        # Shorter than the origin's own idle timeout (Node closes after 5 s): reusing a
+        # connection the origin is closing gives a spurious 502.
+        keepalive_timeout=settings.upstream_keepalive,
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        max_field_size=settings.max_header_bytes,
+        max_line_size=settings.max_header_bytes,
+        trust_env=False,
+    )
+
+
+class Proxy:
+    """The catch-all handler in front of the upstream."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, options: ProxyOptions, pages: PageViews
+    ) -> None:
+        self.session = session
+        self.options = options
+        self.pages = pages
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Forward one request and stream the answer back."""
+        if is_websocket_upgrade(request):
+            return await relay_websocket(
+                request, self._target(request), self._headers(request), session=self.session
+            )
+        limit = self.options.max_upload
+        if request.content_length is not None and request.content_length > limit:
+            return _error(request, 413, "Request body too large", f"at most {limit} bytes")
+        headers = self._headers(request)
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+        body = _limited(request.content, limit) if request.body_exists else None
+        try:
+            upstream = await self.session.request(
+                request.method,
+                self._target(request),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self.options.timeout,
+                compress=None,
+            )
+        except _BodyTooLarge:
+            return _error(request, 413, "Request body too large", f"at most {limit} bytes")
+        except TimeoutError:
+            log.warning("Upstream timed out for %s %s.", request.method, request.path)
+            return _error(request, 504, "Gateway Timeout", "the site took too long to answer")
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(
+                exc.__context__, _BodyTooLarge
+            ):
+                return _error(request, 413, "Request body too large", f"at most {limit} bytes")
+            log.warning(
+                "Upstream unreachable for %s %s: %s", request.method, request.path, _reason(exc)
+            )
+            return _error(request, 502, "Bad Gateway", "the site could not be reached")
+        try:
+            return await self._respond(request, upstream)
+        finally:
+            upstream.release()
+
+    def _target(self, request: web.Request) -> URL:
+        # raw_path keeps the path and query byte-identical (no decode/re-encode).
+        return URL(str(self.options.upstream.origin()) + request.raw_path, encoded=True)
+
+    def _headers(self, request: web.Request) -> CIMultiDict[str]:
+        peer = request.remote
+        return hdr.upstream_request_headers(
+            request.headers,
+            peer=peer,
+            peer_trusted=self.pages.trusted_peer(peer),
+            scheme=request.scheme,
+            host=request.host,
+            upstream_host=self.options.upstream.raw_authority,
+            preserve_host=self.options.preserve_host,
+        )
+
+    async def _respond(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        public_origin = self.pages.public_origin(request)
+        headers = hdr.client_response_headers(
+            upstream.headers, upstream=self.options.upstream, public_origin=public_origin
+        )
+        plan = self.pages.plan(request, upstream.status, headers)
+        if plan is not None:
+            hdr.prepare_rewritten(headers)
+            for cookie in plan.cookies:
+                headers.add("Set-Cookie", cookie)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers)
+        no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
+        await response.prepare(request)
+        if no_body:
+            await response.write_eof()
+            return response
+        try:
+            if plan is not None:
+                await _stream_rewritten(upstream, response, plan)
+            else:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError, RewriteError) as exc:
+            # The status line is out: the only honest signal left is a broken connection,
+            # never a clean end of a truncated body.
+            log.warning("Upstream body broke off for %s: %s", request.path, _reason(exc))
+            _abort(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+async def _stream_rewritten(
+    upstream: aiohttp.ClientResponse, response: web.StreamResponse, plan: PagePlan
+) -> None:
+    rewrite = plan.rewrite
+    async for chunk in upstream.content.iter_any():
+        out = rewrite.feed(chunk)
+        if rewrite.injected and not plan.submitted:
+            # The page now carries the event id: only now is the server twin worth storing.
+            plan.submit()
+        if out:
+            await response.write(out)
+    tail = rewrite.finish()
+    if rewrite.injected and not plan.submitted:
+        plan.submit()
+    if tail:
+        await response.write(tail)
+
+
+async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in content.iter_chunked(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise _BodyTooLarge
+        yield chunk
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _error(request: web.Request, status: int, title: str, detail: str) -> web.Response:
+    """A small error page: JSON for API clients, HTML for browsers."""
+    accept = request.headers.get("Accept", "")
+    if "application/json" in accept and "text/html" not in accept:
+        return web.json_response({"error": title, "detail": detail}, status=status)
+    body = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{status} {title}</title>"
+        f"</head><body><h1>{status} {title}</h1><p>{detail}.</p></body></html>"
+    )
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store"},
+    )
