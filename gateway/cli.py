@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server's event loop: uvloop when installed (the `uvloop` extra), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from env < --config file < flags."""
     flags: dict[str, Any] = {}
@@ -172,7 +183,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     def work() -> int:
         try:
-            asyncio.run(serve(settings, reload))
+            run(serve(settings, reload))
         except ConfigError as exc:
             print(f"capi-gateway: config error: {exc}", file=sys.stderr)
             return 2
@@ -210,7 +221,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     make("http://127.0.0.1:1")  # validate the flags before starting anything
     setup_logging("info", "text")
-    asyncio.run(run_demo(make))
+    run(run_demo(make))
     return 0
 
 

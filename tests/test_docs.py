@@ -21,7 +21,7 @@ def test_every_setting_is_documented() -> None:
 def test_readme_opens_with_run_and_test_commands_and_ci_runs_the_test_one() -> None:
     blocks = re.findall(r"```sh\n(.*?)\n```", README, flags=re.DOTALL)
     run, test = blocks[0], blocks[1]
-    assert "pip install" in run and "capi-gateway serve --dry-run" in run
+    assert "pip install" in run and "capi-gateway demo" in run
     assert "pip install -e '.[test]'" in test and "pytest" in test
     ci = (ROOT / ".ci" / "run").read_text()
     assert test in ci.splitlines()
