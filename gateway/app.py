@@ -45,12 +45,16 @@ def build_app(settings: Settings) -> web.Application:
     if settings.upstream:
         app.cleanup_ctx.append(_proxy_ctx)
         # Everything outside the prefix belongs to the site.
-        app.router.add_route("*", "/{path:.*}", _proxy)
+        app.router.add_route("*", "/{path:.*}", _proxy, expect_handler=_proxy_expect)
     return app
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
+
+
+async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
+    return await request.app[PROXY].expect(request)
 
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -123,6 +123,19 @@ def prepare_rewritten(headers: CIMultiDict[str]) -> None:
         headers.add("ETag", etag if etag.startswith("W/") else f"W/{etag}")
 
 
+def weaken_revalidated(headers: CIMultiDict[str], if_none_match: Iterable[str]) -> None:
+    """A 304 for a copy we rewrote (the client sent the weak ETag we gave it) stays weak.
+
+    Otherwise a cache would store the site's strong ETag next to the injected body, and a
+    later If-Range or If-Match would treat the two as byte-identical.
+    """
+    sent = {tag.strip() for line in if_none_match for tag in line.split(",")}
+    etags = headers.popall("ETag", [])
+    for etag in etags:
+        weak = not etag.startswith("W/") and f"W/{etag}" in sent
+        headers.add("ETag", f"W/{etag}" if weak else etag)
+
+
 def media_type(headers: Mapping[str, str]) -> str:
     """The lowercase media type of Content-Type, without parameters."""
     return headers.get("Content-Type", "").split(";", 1)[0].strip().lower()

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -269,7 +270,8 @@ class PageViews:
             "user_data": user_data,
         }
         referer = request.headers.get("Referer")
-        if referer:
+        if referer and _parses(referer):
+            # A Referer no URL parser accepts is dropped, not allowed to lose the PageView.
             event["referrer_url"] = scrub_url(referer, self.sensitive)
         if consent.opt_out:
             event["opt_out"] = True
@@ -317,6 +319,14 @@ def page_secret(settings: Settings, key: bytes) -> bytes:
     if settings.secret:
         return settings.secret.encode()
     return hmac.new(key, b"capi-gateway page token v1", hashlib.sha256).digest()
+
+
+def _parses(url: str) -> bool:
+    try:
+        urlsplit(url).port  # noqa: B018 - the port is parsed lazily
+    except ValueError:
+        return False
+    return True
 
 
 def _in(address: str | None, networks: Sequence[ident.Network]) -> bool:

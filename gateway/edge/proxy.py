@@ -70,7 +70,9 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
         connector=connector,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        # aiohttp would add Accept, Accept-Encoding and User-Agent (and a Content-Type for
+        # bodies) that the visitor never sent.
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         max_field_size=settings.max_header_bytes,
         max_line_size=settings.max_header_bytes,
         trust_env=False,
@@ -129,9 +131,30 @@ class Proxy:
         finally:
             upstream.release()
 
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: refuse a body over the limit instead of inviting it."""
+        limit = self.options.max_upload
+        if request.content_length is not None and request.content_length > limit:
+            # No "100 Continue" first: the client must not start sending what we refuse.
+            response = _error(request, 413, "Request body too large", f"at most {limit} bytes")
+            response.force_close()
+            return response
+        if request.version != aiohttp.HttpVersion11:
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _error(request, 417, "Expectation Failed", "only 100-continue is supported")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+        return None
+
     def _target(self, request: web.Request) -> URL:
         # raw_path keeps the path and query byte-identical (no decode/re-encode).
-        return URL(str(self.options.upstream.origin()) + request.raw_path, encoded=True)
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            # Absolute form ("GET http://host/path"): aiohttp took the host from it (it
+            # wins over Host, RFC 9112 §3.2.2); the site gets the origin form.
+            raw = request.rel_url.raw_path_qs
+        return URL(str(self.options.upstream.origin()) + raw, encoded=True)
 
     def _headers(self, request: web.Request) -> CIMultiDict[str]:
         peer = request.remote
@@ -152,7 +175,16 @@ class Proxy:
         headers = hdr.client_response_headers(
             upstream.headers, upstream=self.options.upstream, public_origin=public_origin
         )
-        plan = self.pages.plan(request, upstream.status, headers)
+        if upstream.status == 304:
+            hdr.weaken_revalidated(headers, request.headers.getall("If-None-Match", ()))
+        try:
+            plan = self.pages.plan(request, upstream.status, headers)
+        except ValueError as exc:
+            # A Host or URL no parser accepts (client-controlled): serve the page untagged
+            # rather than answer 500 for it.
+            log.warning("Not tagging %s: %s", request.path, exc)
+            self.pages.counters.skip("invalid")
+            plan = None
         if plan is not None:
             hdr.prepare_rewritten(headers)
             for cookie in plan.cookies:
@@ -160,6 +192,14 @@ class Proxy:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
+        if (
+            not no_body
+            and request.version < aiohttp.HttpVersion11
+            and "Content-Length" not in headers
+        ):
+            # HTTP/1.0 has no chunks: the body ends when the connection does. aiohttp sends it
+            # close-delimited but keeps a keep-alive connection open, so the client would wait.
+            response.force_close()
         await response.prepare(request)
         if no_body:
             await response.write_eof()

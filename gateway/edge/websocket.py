@@ -89,27 +89,62 @@ async def relay_websocket(
             await client_session.close()
 
 
+# RFC 6455 §7.4: codes a close frame may carry; others (1005, 1006, 1015, ...) are local.
+_GOING_AWAY = 1001
+_INTERNAL_ERROR = 1011
+# A close on one side ends the other direction by itself; this only bounds a peer that never
+# answers the close handshake (aiohttp gives up on its own after 10 s).
+_CLOSE_GRACE = 15.0
+
+
+def _sendable(code: int | None) -> bool:
+    return code is not None and (
+        code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+        or 3000 <= code <= 4999
+    )
+
+
 async def _pump_both(
     client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
 ) -> None:
-    to_upstream = asyncio.create_task(_pump(client, upstream), name="ws-to-upstream")
-    to_client = asyncio.create_task(_pump(upstream, client), name="ws-to-client")
-    done, pending = await asyncio.wait(
-        {to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED
+    to_upstream = asyncio.create_task(
+        _pump(client, upstream, gone=_GOING_AWAY), name="ws-to-upstream"
     )
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        task.result()
+    to_client = asyncio.create_task(
+        _pump(upstream, client, gone=_INTERNAL_ERROR), name="ws-to-client"
+    )
+    tasks = {to_upstream, to_client}
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if pending and all(task.exception() is None for task in done):
+            # The finished direction closed both sockets (or is about to, through the other
+            # one): let the close handshake finish instead of cutting it off.
+            _, pending = await asyncio.wait(pending, timeout=_CLOSE_GRACE)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task.cancelled():
+            continue
+        exc = task.exception()
+        if isinstance(exc, aiohttp.ClientError | ConnectionError):
+            log.info("Websocket relay ended: %s", exc)
+        elif exc is not None:
+            raise exc
 
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
-async def _pump(source: Socket, sink: Socket) -> None:
-    """Copy frames from source to sink; a close on one side closes the other with its code."""
-    async for msg in source:
+async def _pump(source: Socket, sink: Socket, *, gone: int) -> None:
+    """Copy frames from source to sink; a close on one side closes the other with its code.
+
+    Not `async for`: it stops at a close frame without handing it over, and the code and
+    reason would be lost.
+    """
+    while True:
+        msg = await source.receive()
         if msg.type is WSMsgType.TEXT:
             await sink.send_str(msg.data)
         elif msg.type is WSMsgType.BINARY:
@@ -119,10 +154,16 @@ async def _pump(source: Socket, sink: Socket) -> None:
         elif msg.type is WSMsgType.PONG:
             await sink.pong(msg.data)
         elif msg.type is WSMsgType.CLOSE:
-            await sink.close(code=msg.data or 1000, message=(msg.extra or "").encode())
-            await source.close()
+            code = msg.data if _sendable(msg.data) else 1000
+            reason = (msg.extra or "").encode()
+            # Pass the close on (this waits for the other side's answer), then answer the
+            # side that started it with the same code, as RFC 6455 §5.5.1 asks.
+            await sink.close(code=code, message=reason)
+            await source.close(code=code, message=reason)
             return
-        elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSED, WSMsgType.CLOSING):
-            break
-    # The source ended without a close frame: end the other side too.
-    await sink.close(code=source.close_code or 1011)
+        elif msg.type is WSMsgType.CLOSING:
+            return  # the other direction is closing both sockets
+        else:
+            # CLOSED or ERROR: the source went away without a close frame.
+            await sink.close(code=gone)
+            return
