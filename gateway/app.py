@@ -18,6 +18,7 @@ from gateway.delivery.outbox import Outbox
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
+from gateway.edge.collect import post_collect
 from gateway.edge.events_api import post_events
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
@@ -41,6 +42,9 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
+    if settings.upstream:
+        # Beacons come from pages the proxy tagged: the page token is the proxy's.
+        app.router.add_post(f"{prefix}/collect", post_collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
     if settings.upstream:
         app.cleanup_ctx.append(_proxy_ctx)

@@ -193,8 +193,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     if settings.workers > 1:
-        from gateway.workers import run_workers
+        from gateway.workers import prepare_buffer, run_workers
 
+        # Create the key and the schema once, before forking, so workers find them ready.
+        try:
+            run(prepare_buffer(settings))
+        except SchemaError as exc:
+            print(f"capi-gateway: {exc}", file=sys.stderr)
+            return 2
         return run_workers(settings.workers, work)
     return work()
 

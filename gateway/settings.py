@@ -150,6 +150,14 @@ class Settings(BaseModel):
     bot_user_agents: list[str] | None = None
     scrub_query_params: list[str] | None = None
 
+    # browser side
+    browser_pixel: str = "hook"
+    fbevents_url: str = "https://connect.facebook.net/en_US/fbevents.js"
+    collect_max_bytes: int = Field(default=65536, ge=1024)
+    collect_max_events: int = Field(default=20, ge=1, le=1000)
+    collect_rate: float = Field(default=10.0, gt=0)
+    collect_burst: int = Field(default=40, ge=1)
+
     # injection
     inject: bool = True
     inject_max_scan: int = Field(default=65536, ge=1024)
@@ -283,6 +291,13 @@ class Settings(BaseModel):
                 raise ValueError(
                     f"{item!r} is not a CIDR network such as 10.0.0.0/8 or ::1/128"
                 ) from None
+        return value
+
+    @field_validator("browser_pixel")
+    @classmethod
+    def _browser_pixel(cls, value: str) -> str:
+        if value not in ("hook", "load", "off"):
+            raise ValueError("use hook (the site loads the Meta pixel), load or off")
         return value
 
     @field_validator("gpc")

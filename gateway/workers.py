@@ -15,11 +15,22 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from gateway.delivery.schema import connect
+from gateway.delivery.seal import load_key
+from gateway.settings import Settings
+
 log = logging.getLogger("gateway.workers")
 
 # A worker that dies this soon after starting is failing at start-up (bad port, bad
 # buffer): replacing it in a loop would only spin.
 _MIN_LIFETIME = 2.0
+
+
+async def prepare_buffer(settings: Settings) -> None:
+    """Create the outbox key and schema in the parent, before any worker races for them."""
+    load_key(settings)
+    conn = await connect(settings.buffer)
+    await conn.close()
 
 
 def run_workers(count: int, work: Callable[[], int]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 
 
 class TokenBucket:
@@ -34,3 +35,23 @@ class TokenBucket:
         while (wait := self.try_take()) > 0:
             self.waits += 1
             await asyncio.sleep(wait)
+
+
+_MAX_KEYS = 10_000
+
+
+class RateLimits:
+    """One token bucket per client IP, the least recently seen forgotten first."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def wait(self, key: str) -> float:
+        """0 when the request may go ahead, else seconds until it may."""
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst)
+        self._buckets[key] = bucket
+        if len(self._buckets) > _MAX_KEYS:
+            self._buckets.popitem(last=False)
+        return bucket.try_take()

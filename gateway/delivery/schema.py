@@ -6,6 +6,7 @@ order, inside one transaction, so a buffer written by an older release opens in 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -70,7 +71,7 @@ async def connect(path: Path, *, durable: bool = True, create: bool = True) -> a
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     try:
         await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute("PRAGMA journal_mode = WAL")
+        await _wal(conn)
         # FULL syncs the WAL at every commit: a 202 survives power loss, not just a crash.
         # Group commit keeps that affordable.
         await conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
@@ -88,31 +89,28 @@ async def connect(path: Path, *, durable: bool = True, create: bool = True) -> a
 
 async def migrate(conn: aiosqlite.Connection, path: Path, *, create: bool = True) -> None:
     """Apply the migrations this file has not seen yet."""
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = int(row[0]) if row else 0
-    if version == 0:
-        async with conn.execute("SELECT COUNT(*) FROM sqlite_master") as cur:
-            row = await cur.fetchone()
-        if not create or (row and row[0]):
-            raise SchemaError(
-                f"{path} is not a capi-gateway outbox"
-                + (" (it holds another application's tables)" if row and row[0] else "")
-                + "; point --buffer at the outbox file, or at a new file to start one"
-            )
-    if version > SCHEMA_VERSION:
-        raise SchemaError(
-            f"{path}: buffer schema version {version} is newer than this release knows "
-            f"({SCHEMA_VERSION}); upgrade capi-gateway or point --buffer at another file"
-        )
-    if version == SCHEMA_VERSION:
+    if await _version(conn) == SCHEMA_VERSION:
         return
+    # Every decision below is taken under the write lock: workers opening a new file
+    # together must see either nothing or the finished schema, never each other's half.
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        # Re-read inside the write lock: another worker may have migrated meanwhile.
-        async with conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
+        version = await _version(conn)
+        if version == 0:
+            async with conn.execute("SELECT COUNT(*) FROM sqlite_master") as cur:
+                row = await cur.fetchone()
+            foreign = bool(row and row[0])
+            if not create or foreign:
+                raise SchemaError(
+                    f"{path} is not a capi-gateway outbox"
+                    + (" (it holds another application's tables)" if foreign else "")
+                    + "; point --buffer at the outbox file, or at a new file to start one"
+                )
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{path}: buffer schema version {version} is newer than this release knows "
+                f"({SCHEMA_VERSION}); upgrade capi-gateway or point --buffer at another file"
+            )
         for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
@@ -122,3 +120,22 @@ async def migrate(conn: aiosqlite.Connection, path: Path, *, create: bool = True
     except BaseException:
         await conn.execute("ROLLBACK")
         raise
+
+
+async def _wal(conn: aiosqlite.Connection) -> None:
+    # Switching a new file to WAL takes an exclusive lock without waiting on the busy
+    # handler: workers opening it together retry for a while instead of failing.
+    for attempt in range(100):
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            await asyncio.sleep(0.02)
+
+
+async def _version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 
 from gateway import __version__
 from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
+from gateway.delivery.ratelimit import RateLimits
 from gateway.edge import headers as hdr
 from gateway.edge import identity as ident
 from gateway.edge import pagetoken
@@ -116,6 +117,26 @@ class PageViews:
         # Only real pixel ids go into the page: the dry-run placeholder means "none".
         self.pixel_ids = ",".join(p.id for p in pixels if p.id.isdigit())
         self.script = f"{settings.prefix}/px.js?v={__version__}"
+        self.collect_context = Context(
+            targets=self.context.targets,
+            default_country=settings.default_country,
+            max_future_skew=settings.max_future_skew,
+            source="collect",
+        )
+        self.rate_limits = RateLimits(settings.collect_rate, settings.collect_burst)
+        consent_attr = ""
+        if self.consent_config.cookie:
+            consent_attr = f"{self.consent_config.cookie}=" + "|".join(self.consent_config.accepted)
+        # Page-independent attributes of the tag, rendered once.
+        self.static_attrs = {
+            "data-endpoint": f"{settings.prefix}/collect",
+            "data-pixels": self.pixel_ids,
+            "data-mode": settings.browser_pixel,
+        }
+        if settings.browser_pixel == "load":
+            self.static_attrs["data-fbevents"] = settings.fbevents_url
+        if consent_attr:
+            self.static_attrs["data-consent"] = consent_attr
 
     # identity -------------------------------------------------------------------
 
@@ -169,7 +190,7 @@ class PageViews:
         event_id = str(uuid.uuid4())
         ip = self.client_ip(request)
         ua = request.headers.get("User-Agent", "")
-        tag = self._tag(event_id, ip, ua, decision.nonce)
+        tag = self._tag(event_id, ip, ua, decision.nonce, ldu=consent.ldu)
         rewrite = open_rewrite(
             headers.get("Content-Encoding"),
             HeadInjector(tag, max_scan=settings.inject_max_scan),
@@ -204,17 +225,20 @@ class PageViews:
             return "bot"
         return ""
 
-    def _tag(self, event_id: str, ip: str | None, ua: str, nonce: str | None) -> bytes:
+    def _tag(
+        self, event_id: str, ip: str | None, ua: str, nonce: str | None, *, ldu: bool
+    ) -> bytes:
         token = pagetoken.sign(
             self.secret, event_id, issued=int(time.time()), client=f"{ip or ''}|{ua}"
         )
         attrs = {
             "src": self.script,
             "data-event-id": event_id,
-            "data-pixels": self.pixel_ids,
             "data-token": token,
-            "data-endpoint": f"{self.settings.prefix}/collect",
+            **self.static_attrs,
         }
+        if ldu:
+            attrs["data-ldu"] = "1"
         if nonce:
             attrs["nonce"] = nonce
         rendered = " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())

@@ -1,45 +1,112 @@
-/* capi-gateway px.js — gives the page's Meta pixel PageView the event id the server uses,
-   so Meta counts the view once. Loaded synchronously right after <head>, before the site's
-   own pixel code, so it can see the pixel's call queue being created. */
+/* capi-gateway px.js: every Meta pixel event of this page also reaches the Conversions API
+   through the site's own origin, under the same event id, so Meta counts it once.
+   Loaded synchronously right after <head> (before the site's own pixel code), configured by
+   its own tag's data attributes: no inline script, so a CSP with 'self' is enough. */
 (function (w, d) {
   "use strict";
   var me = d.currentScript;
-  if (!me || w.__capiGateway) return;
+  if (!me || w.capi) return;
+  function attr(name) { return me.getAttribute("data-" + name) || ""; }
   var cfg = {
-    eventId: me.getAttribute("data-event-id") || "",
-    pixels: (me.getAttribute("data-pixels") || "").split(",").filter(Boolean),
-    token: me.getAttribute("data-token") || "",
-    endpoint: me.getAttribute("data-endpoint") || ""
+    eventId: attr("event-id"),
+    pixels: attr("pixels").split(",").filter(Boolean),
+    token: attr("token"),
+    endpoint: attr("endpoint"),
+    mode: attr("mode") || "hook",
+    fbevents: attr("fbevents"),
+    consent: attr("consent"),
+    ldu: attr("ldu") === "1"
   };
-  w.__capiGateway = cfg;
+  var STANDARD = ("AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact " +
+    "CustomizeProduct Donate FindLocation InitiateCheckout Lead PageView Purchase Schedule " +
+    "Search StartTrial SubmitApplication Subscribe ViewContent").split(" ");
+  var seq = 0;
+  var mirrored = {};
+  var outbox = [];
+  var flushing = false;
 
-  // An fbq call's arguments with our event id added to a PageView that has none.
-  function withEventId(args) {
+  function newId() { seq += 1; return cfg.eventId + "." + seq; }
+
+  // The same rule as the server's `consent` setting: "cookie=v1|v2", or empty for none.
+  function consented() {
+    if (!cfg.consent) return true;
+    var parts = cfg.consent.split("=");
+    var accepted = (parts[1] || "").split("|");
+    var pairs = d.cookie ? d.cookie.split(";") : [];
+    for (var i = 0; i < pairs.length; i++) {
+      var kv = pairs[i].replace(/^\s+/, "").split("=");
+      if (kv[0] === parts[0]) return accepted.indexOf(decodeURIComponent(kv.slice(1).join("="))) >= 0;
+    }
+    return false;
+  }
+
+  function post(body) {
+    try {
+      if (navigator.sendBeacon && navigator.sendBeacon(cfg.endpoint, body)) return;
+    } catch (e) { /* fall through to fetch */ }
+    try {
+      w.fetch(cfg.endpoint, {
+        method: "POST", body: body, keepalive: true, credentials: "same-origin",
+        headers: { "Content-Type": "text/plain" }
+      });
+    } catch (e) { /* nothing else to try */ }
+  }
+
+  function flush() {
+    flushing = false;
+    while (outbox.length) {
+      post(JSON.stringify({
+        token: cfg.token, url: w.location.href, referrer: d.referrer, title: d.title,
+        events: outbox.splice(0, 20)
+      }));
+    }
+  }
+
+  // Events of one task go out together at its end: after a click handler, before the
+  // navigation it starts (sendBeacon outlives the page).
+  function queue(name, customData, eventId, pixelId) {
+    if (!cfg.endpoint || !consented()) return;
+    var key = name + "\u0000" + eventId;
+    if (mirrored[key]) return;
+    mirrored[key] = true;
+    var ev = { event_name: name, event_id: eventId, event_time: Math.floor(Date.now() / 1000) };
+    if (customData && typeof customData === "object") ev.custom_data = customData;
+    if (pixelId) ev.pixel_id = String(pixelId);
+    outbox.push(ev);
+    if (!flushing) { flushing = true; Promise.resolve().then(flush); }
+  }
+  w.addEventListener("pagehide", flush);
+
+  // An fbq call's arguments with an eventID added where missing; tracking calls mirrored.
+  function handle(args) {
     var a = Array.prototype.slice.call(args);
-    var isPageView = (a[0] === "track" && a[1] === "PageView") ||
-      (a[0] === "trackSingle" && a[2] === "PageView");
-    if (!isPageView || !cfg.eventId) return a;
-    var at = a[0] === "track" ? 3 : 4;
-    var opts = a[at] || {};
-    if (!opts.eventID) {
+    var single = a[0] === "trackSingle" || a[0] === "trackSingleCustom";
+    if (a[0] !== "track" && a[0] !== "trackCustom" && !single) return a;
+    var at = single ? 4 : 3;
+    var name = single ? a[2] : a[1];
+    if (typeof name !== "string") return a;
+    var opts = a[at] && typeof a[at] === "object" ? a[at] : {};
+    var id = opts.eventID;
+    if (!id) {
+      id = name === "PageView" ? cfg.eventId : newId();
       var copy = {};
       for (var k in opts) if (Object.prototype.hasOwnProperty.call(opts, k)) copy[k] = opts[k];
-      copy.eventID = cfg.eventId;
+      copy.eventID = id;
       while (a.length < at) a.push({});
       a[at] = copy;
     }
+    queue(name, single ? a[3] : a[2], String(id), single ? a[1] : null);
     return a;
   }
 
   // The pixel stub queues calls in fbq.queue until fbevents.js loads, then routes them
-  // through fbq.callMethod. Rewriting both keeps the site's own fbq object untouched.
+  // through fbq.callMethod. Rewriting both keeps the site's own fbq object in place.
   function patchQueue(q) {
     if (!q || q.__capi) return q;
-    for (var i = 0; i < q.length; i++) q[i] = withEventId(q[i]);
+    for (var i = 0; i < q.length; i++) q[i] = handle(q[i]);
     var push = q.push;
     q.push = function () {
-      var items = Array.prototype.map.call(arguments, withEventId);
-      return push.apply(q, items);
+      return push.apply(q, Array.prototype.map.call(arguments, handle));
     };
     q.__capi = true;
     return q;
@@ -47,7 +114,7 @@
 
   function wrap(fn) {
     if (typeof fn !== "function" || fn.__capi) return fn;
-    var wrapped = function () { return fn.apply(this, withEventId(arguments)); };
+    var wrapped = function () { return fn.apply(this, handle(arguments)); };
     wrapped.__capi = true;
     return wrapped;
   }
@@ -55,13 +122,13 @@
   function hook(stub) {
     if (!stub || stub.__capiHooked) return;
     stub.__capiHooked = true;
-    var queue = patchQueue(stub.queue);
+    var q = patchQueue(stub.queue);
     var callMethod = wrap(stub.callMethod);
     try {
       Object.defineProperty(stub, "queue", {
         configurable: true,
-        get: function () { return queue; },
-        set: function (q) { queue = patchQueue(q); }
+        get: function () { return q; },
+        set: function (value) { q = patchQueue(value); }
       });
       Object.defineProperty(stub, "callMethod", {
         configurable: true,
@@ -71,15 +138,13 @@
     } catch (e) { /* a frozen stub: leave it alone rather than break the page */ }
   }
 
-  if (w.fbq) {
-    hook(w.fbq);
-  } else {
-    // The base code runs `if (f.fbq) return; n = f.fbq = function () {...}`: catch that
+  function watchForPixel() {
+    if (w.fbq) { hook(w.fbq); return; }
+    // Meta's base code runs `if (f.fbq) return; n = f.fbq = function () {...}`: catch that
     // assignment, hook the stub, then make fbq a plain property again.
     try {
       Object.defineProperty(w, "fbq", {
-        configurable: true,
-        enumerable: true,
+        configurable: true, enumerable: true,
         get: function () { return undefined; },
         set: function (stub) {
           Object.defineProperty(w, "fbq", {
@@ -88,6 +153,43 @@
           hook(stub);
         }
       });
-    } catch (e) { /* fbq not configurable: nothing to hook */ }
+    } catch (e) { /* fbq is not configurable: nothing to hook */ }
   }
+
+  // `load` mode: Meta's own base code, run by us, for a site that has no pixel.
+  function loadPixel() {
+    if (w.fbq) return;
+    var n = w.fbq = function () {
+      n.callMethod ? n.callMethod.apply(n, arguments) : n.queue.push(arguments);
+    };
+    if (!w._fbq) w._fbq = n;
+    n.push = n; n.loaded = true; n.version = "2.0"; n.queue = [];
+    hook(n);
+    var s = d.createElement("script");
+    s.async = true;
+    s.src = cfg.fbevents;
+    var first = d.getElementsByTagName("script")[0];
+    (first && first.parentNode ? first.parentNode : d.head).insertBefore(s, first || null);
+    if (cfg.ldu) w.fbq("dataProcessingOptions", ["LDU"], 0, 0);
+    for (var i = 0; i < cfg.pixels.length; i++) w.fbq("init", cfg.pixels[i]);
+    w.fbq("track", "PageView");
+  }
+
+  if (cfg.mode === "load" && cfg.fbevents) loadPixel();
+  else if (cfg.mode !== "off") watchForPixel();
+
+  // For sites that send an event without the Meta pixel (or want the id back).
+  w.capi = {
+    eventId: cfg.eventId,
+    track: function (name, customData, options) {
+      var id = String((options && options.eventID) || newId());
+      var fbq = cfg.mode !== "off" ? w.fbq : null;
+      if (typeof fbq === "function") {
+        var kind = STANDARD.indexOf(name) >= 0 ? "track" : "trackCustom";
+        fbq(kind, name, customData || {}, { eventID: id });
+      }
+      queue(name, customData, id, options && options.pixelId);
+      return id;
+    }
+  };
 })(window, document);

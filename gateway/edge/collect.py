@@ -1,0 +1,188 @@
+"""`POST {prefix}/collect`: browser beacons from px.js in, outbox rows out.
+
+Only a page the gateway served can send: the beacon carries that page's signed token,
+bound to the visitor's IP and user agent, and must come from the site's own origin. What
+identifies the visitor (IP, user agent, _fbp, _fbc) is taken from the request, never from
+the beacon, so a script cannot speak for someone else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.delivery.outbox import OutboxClosed, OutboxFull
+from gateway.edge import identity as ident
+from gateway.edge import pagetoken
+from gateway.errors import json_error
+from gateway.pipeline.events import prepare
+from gateway.pipeline.urls import scrub_url
+
+log = logging.getLogger("gateway.collect")
+
+# user_data a page may add (a form field the visitor typed, hashed server-side); the
+# fields that identify the browser always come from the request itself.
+_BEACON_USER_FIELDS = frozenset(
+    {"em", "ph", "fn", "ln", "ct", "st", "zp", "country", "external_id", "ge", "db"}
+    | {"email", "phone", "first_name", "last_name", "city", "state", "zip", "gender"}
+)
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """True when the browser says the beacon comes from the site's own pages."""
+    sent = request.headers.get("Origin")
+    if sent is not None:
+        return sent == origin
+    return request.headers.get("Sec-Fetch-Site") == "same-origin"
+
+
+async def post_collect(request: web.Request) -> web.StreamResponse:
+    """Validate a beacon and store its events; 204 once they are durable."""
+    settings = request.app[RUNTIME].settings
+    pages = request.app[PAGES]
+    origin = pages.public_origin(request)
+    if not same_origin(request, origin):
+        return json_error(403, "forbidden", "beacons are accepted from the site's own pages only")
+    limit = settings.collect_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return json_error(413, "beacon too large", f"at most {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        return json_error(413, "beacon too large", f"at most {limit} bytes")
+    try:
+        beacon = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_error(400, "invalid beacon", "the body is not JSON")
+    if not isinstance(beacon, dict) or not isinstance(beacon.get("events"), list):
+        return json_error(400, "invalid beacon", 'send {"token": ..., "events": [...]}')
+    ip = pages.client_ip(request)
+    ua = request.headers.get("User-Agent", "")
+    now = int(time.time())
+    claims = pagetoken.verify(
+        pages.secret,
+        str(beacon.get("token", "")),
+        client=f"{ip or ''}|{ua}",
+        now=now,
+        ttl=int(settings.page_token_ttl),
+    )
+    if claims is None:
+        return json_error(403, "forbidden", "the page token is missing, forged or expired")
+    wait = pages.rate_limits.wait(ip or "")
+    if wait > 0:
+        return json_error(
+            429, "too many beacons", "slow down", headers={"Retry-After": str(int(wait) + 1)}
+        )
+    events = beacon["events"]
+    if not 1 <= len(events) <= settings.collect_max_events:
+        return json_error(
+            400, "invalid beacon", f"send 1 to {settings.collect_max_events} events per beacon"
+        )
+    consent = ident.consent(request.cookies, request.headers, pages.consent_config)
+    if not consent.track or ident.is_bot(ua, pages.bots):
+        return web.Response(status=204)
+    page_url = _page_url(beacon.get("url"), origin, request.headers.get("Referer"))
+    context = {
+        "ip": ip,
+        "ua": ua,
+        "fbp": request.cookies.get("_fbp"),
+        "fbc": request.cookies.get("_fbc"),
+        "url": scrub_url(page_url, pages.sensitive) if page_url else None,
+        "referrer": _referrer(beacon.get("referrer"), pages.sensitive),
+        "consent": consent,
+        "issued": claims.issued,
+        "now": now,
+    }
+    built: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        problem = _check(event, claims.event_id)
+        if problem:
+            return json_error(400, "invalid beacon", [{"index": index, **problem}])
+        built.append(_server_event(event, context))
+    result = prepare(built, pages.collect_context, now=now)
+    if isinstance(result, list):
+        return json_error(400, "invalid beacon", [p.as_dict() for p in result])
+    try:
+        await request.app[OUTBOX].add(result.rows)
+    except (OutboxFull, OutboxClosed):
+        return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
+    return web.Response(status=204)
+
+
+def _check(event: Any, page_event_id: str) -> dict[str, str] | None:
+    if not isinstance(event, Mapping):
+        return {"field": "", "message": "each event must be a JSON object"}
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not 1 <= len(event_id) <= 256:
+        return {"field": "event_id", "message": "every beacon event needs its event_id"}
+    # The page's own PageView id is fixed by the token: no beacon can mint other PageViews.
+    if event.get("event_name") == "PageView" and event_id != page_event_id:
+        return {"field": "event_id", "message": "a PageView must carry the page's event id"}
+    user_data = event.get("user_data") or {}
+    if not isinstance(user_data, Mapping) or set(user_data) - _BEACON_USER_FIELDS:
+        return {
+            "field": "user_data",
+            "message": "a beacon may send only customer fields (email, phone, names, ...)",
+        }
+    return None
+
+
+def _server_event(event: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
+    user_data: dict[str, Any] = dict(event.get("user_data") or {})
+    user_data["client_user_agent"] = ctx["ua"]
+    for key, value in (("client_ip_address", ctx["ip"]), ("fbp", ctx["fbp"]), ("fbc", ctx["fbc"])):
+        if value:
+            user_data[key] = value
+    # Browser clocks drift: never in the future, never before the page was served.
+    sent_time = event.get("event_time")
+    when = int(sent_time) if isinstance(sent_time, int | float) else ctx["now"]
+    out: dict[str, Any] = {
+        "event_name": event.get("event_name"),
+        "event_id": event["event_id"],
+        "event_time": max(ctx["issued"], min(when, ctx["now"])),
+        "action_source": "website",
+        "user_data": user_data,
+    }
+    if ctx["url"]:
+        out["event_source_url"] = ctx["url"]
+    if ctx["referrer"]:
+        out["referrer_url"] = ctx["referrer"]
+    if event.get("custom_data") is not None:
+        out["custom_data"] = event["custom_data"]
+    if event.get("pixel_id") is not None:
+        out["pixel_id"] = event["pixel_id"]
+    consent = ctx["consent"]
+    if consent.opt_out:
+        out["opt_out"] = True
+    if consent.ldu:
+        out.update(
+            data_processing_options=["LDU"],
+            data_processing_options_country=0,
+            data_processing_options_state=0,
+        )
+    return out
+
+
+def _page_url(sent: Any, origin: str, referer: str | None) -> str | None:
+    """The page the beacon speaks for: its own claim when on our origin, else the Referer."""
+    for candidate in (sent, referer):
+        if isinstance(candidate, str) and _origin_of(candidate) == origin:
+            return candidate
+    return None
+
+
+def _referrer(value: Any, sensitive: Any) -> str | None:
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return scrub_url(value[:4096], sensitive)
+    return None
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
