@@ -200,23 +200,26 @@ class Proxy:
             # HTTP/1.0 has no chunks: the body ends when the connection does. aiohttp sends it
             # close-delimited but keeps a keep-alive connection open, so the client would wait.
             response.force_close()
-        await response.prepare(request)
-        if no_body:
-            await response.write_eof()
-            return response
         try:
-            if plan is not None:
-                await _stream_rewritten(upstream, response, plan)
-            else:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+            await response.prepare(request)
+            if not no_body:
+                if plan is not None:
+                    await _stream_rewritten(upstream, response, plan)
+                else:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+            await response.write_eof()
+        except ConnectionResetError:
+            # The visitor went away (closed the tab, a load tester stopped): nothing to
+            # tell anyone; leaving the block closes the upstream request too.
+            log.debug("Client left during %s %s.", request.method, request.path)
+            return response
         except (aiohttp.ClientError, TimeoutError, RewriteError) as exc:
             # The status line is out: the only honest signal left is a broken connection,
             # never a clean end of a truncated body.
             log.warning("Upstream body broke off for %s: %s", request.path, _reason(exc))
             _abort(request)
             return response
-        await response.write_eof()
         return response
 
 
