@@ -137,6 +137,7 @@ class Settings(BaseModel):
     max_header_bytes: int = Field(default=32768, ge=1024)
     max_upload_mb: float = Field(default=2048.0, gt=0)
     keepalive_timeout: float = Field(default=15.0, gt=0)
+    client_body_timeout: float = Field(default=60.0, gt=0)
 
     # identity and consent
     cookie_domain: str | None = None
@@ -186,6 +187,7 @@ class Settings(BaseModel):
         "upstream_total_timeout",
         "upstream_keepalive",
         "keepalive_timeout",
+        "client_body_timeout",
         "cookie_lifetime",
         "page_token_ttl",
         mode="before",

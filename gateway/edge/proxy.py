@@ -7,8 +7,9 @@ client session; an upstream fault is a 502/504 page, never a 500 from us.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,11 +26,14 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.proxy")
 
 _NO_BODY_STATUS = frozenset({204, 304})
-_CHUNK = 65536
 
 
 class _BodyTooLarge(Exception):
     """The client sent more than max_upload_mb."""
+
+
+class _ClientTooSlow(Exception):
+    """The client stopped sending its body for longer than client_body_timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class ProxyOptions:
     preserve_host: bool
     max_upload: int
     timeout: aiohttp.ClientTimeout
+    client_body_timeout: float
 
     @classmethod
     def from_settings(cls, s: Settings) -> ProxyOptions:
@@ -49,6 +54,7 @@ class ProxyOptions:
             upstream=URL(s.upstream),
             preserve_host=s.preserve_host,
             max_upload=int(s.max_upload_mb * 1024 * 1024),
+            client_body_timeout=s.client_body_timeout,
             timeout=aiohttp.ClientTimeout(
                 total=s.upstream_total_timeout or None,
                 connect=s.upstream_connect_timeout,
@@ -101,27 +107,30 @@ class Proxy:
         headers = self._headers(request)
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        body = _limited(request.content, limit) if request.body_exists else None
+        body = (
+            _Body(request.content, limit, self.options.client_body_timeout)
+            if request.body_exists
+            else None
+        )
+        call = self.session.request(
+            request.method,
+            self._target(request),
+            headers=headers,
+            data=body.chunks() if body else None,
+            allow_redirects=False,
+            timeout=self.options.timeout,
+            compress=None,
+        )
         try:
-            upstream = await self.session.request(
-                request.method,
-                self._target(request),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=self.options.timeout,
-                compress=None,
-            )
+            upstream = await (body.guard(call) if body else call)
         except _BodyTooLarge:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
+        except _ClientTooSlow:
+            return self._too_slow(request)
         except TimeoutError:
             log.warning("Upstream timed out for %s %s.", request.method, request.path)
             return _error(request, 504, "Gateway Timeout", "the site took too long to answer")
         except (aiohttp.ClientError, OSError) as exc:
-            if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(
-                exc.__context__, _BodyTooLarge
-            ):
-                return _error(request, 413, "Request body too large", f"at most {limit} bytes")
             log.warning(
                 "Upstream unreachable for %s %s: %s", request.method, request.path, _reason(exc)
             )
@@ -130,6 +139,12 @@ class Proxy:
             return await self._respond(request, upstream)
         finally:
             upstream.release()
+
+    def _too_slow(self, request: web.Request) -> web.Response:
+        log.info("Client stalled its upload to %s; closing.", request.path)
+        response = _error(request, 408, "Request Timeout", "the request body stopped arriving")
+        response.force_close()
+        return response
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """`Expect: 100-continue`: refuse a body over the limit instead of inviting it."""
@@ -241,13 +256,62 @@ async def _stream_rewritten(
         await response.write(tail)
 
 
-async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    total = 0
-    async for chunk in content.iter_chunked(_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise _BodyTooLarge
-        yield chunk
+class _Body:
+    """The visitor's request body on its way up, with the size limit and stall deadline.
+
+    aiohttp does not reliably end the upstream call when the body generator fails, so
+    `guard` races the call against the generator's failure and reports ours first.
+    """
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int, stall: float) -> None:
+        self.content = content
+        self.limit = limit
+        self.stall = stall
+        self.failed: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk, as long as it stays within its bounds."""
+        total = 0
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self.content.readany(), self.stall)
+            except TimeoutError:
+                # A slow-body client must not hold a gateway and an upstream connection.
+                raise self._fail(_ClientTooSlow()) from None
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > self.limit:
+                # Raising (not ending) makes aiohttp abort the upstream request instead of
+                # finishing it with a truncated body.
+                raise self._fail(_BodyTooLarge())
+            yield chunk
+
+    def _fail(self, exc: Exception) -> Exception:
+        if not self.failed.done():
+            self.failed.set_result(exc)
+        return exc
+
+    async def _failure(self) -> aiohttp.ClientResponse:
+        # Same result type as the call, so the two can be raced with asyncio.wait.
+        # Shielded: cancelling this watcher must not cancel the shared future.
+        raise await asyncio.shield(self.failed)
+
+    async def guard(self, call: Awaitable[aiohttp.ClientResponse]) -> aiohttp.ClientResponse:
+        """The upstream response, unless the body failed first (then raise why)."""
+        task = asyncio.ensure_future(call)
+        watcher = asyncio.ensure_future(self._failure())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
+        if self.failed.done() and not self.failed.cancelled():
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().close()
+            raise self.failed.result()
+        return task.result()
 
 
 def _abort(request: web.Request) -> None:

@@ -550,6 +550,22 @@ async def test_body_over_the_limit_is_413_before_the_upstream(
     assert site.requests == []
 
 
+async def test_a_stalled_upload_is_cut_off_with_408(start: StartGateway) -> None:
+    gw = await start(client_body_timeout=0.3)
+    request = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        # Without the deadline the gateway would wait for the rest of the body forever.
+        status = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 3
+
+
 async def test_expect_100_continue_over_the_limit_is_413_without_100(
     start: StartGateway, site: Upstream
 ) -> None:
