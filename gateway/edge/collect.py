@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -57,8 +58,9 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
     if len(raw) > limit:
         return json_error(413, "beacon too large", f"at most {limit} bytes")
     try:
-        beacon = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        beacon = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        # Not JSON, not UTF-8, NaN/Infinity (not JSON either) or nested too deep to parse.
         return json_error(400, "invalid beacon", "the body is not JSON")
     if not isinstance(beacon, dict) or not isinstance(beacon.get("events"), list):
         return json_error(400, "invalid beacon", 'send {"token": ..., "events": [...]}')
@@ -115,6 +117,10 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _check(event: Any, page_event_id: str) -> dict[str, str] | None:
     if not isinstance(event, Mapping):
         return {"field": "", "message": "each event must be a JSON object"}
@@ -141,7 +147,10 @@ def _server_event(event: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str,
             user_data[key] = value
     # Browser clocks drift: never in the future, never before the page was served.
     sent_time = event.get("event_time")
-    when = int(sent_time) if isinstance(sent_time, int | float) else ctx["now"]
+    when: int = ctx["now"]
+    if isinstance(sent_time, int | float) and not isinstance(sent_time, bool):
+        # 1e400 is valid JSON and parses as infinity.
+        when = int(sent_time) if math.isfinite(sent_time) else when
     out: dict[str, Any] = {
         "event_name": event.get("event_name"),
         "event_id": event["event_id"],

@@ -119,6 +119,8 @@ async def _read_json(request: web.Request, limit: int) -> Any:
         return json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return json_error(400, "invalid JSON", f"the body is not JSON: {exc}")
+    except RecursionError:
+        return json_error(400, "invalid JSON", "the body nests too deeply")
 
 
 def _too_large(limit: int) -> web.Response:

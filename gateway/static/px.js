@@ -20,12 +20,24 @@
   var STANDARD = ("AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact " +
     "CustomizeProduct Donate FindLocation InitiateCheckout Lead PageView Purchase Schedule " +
     "Search StartTrial SubmitApplication Subscribe ViewContent").split(" ");
+  var NAME = /^[A-Za-z0-9_ -]{1,50}$/;
+  // The document's PageView is the one the server stored under the page's event id; a
+  // PageView on another route (a single-page app's path or "#/" hash) is another view. The
+  // query is left out: sites strip fbclid or utm_* from it with replaceState on load.
+  function route() {
+    var h = w.location.hash;
+    return w.location.pathname + (/^#!?\//.test(h) ? h : "");
+  }
+  var pageRoute = route();
   var seq = 0;
   var mirrored = {};
   var outbox = [];
   var flushing = false;
 
   function newId() { seq += 1; return cfg.eventId + "." + seq; }
+  function idFor(name) {
+    return name === "PageView" && route() === pageRoute ? cfg.eventId : newId();
+  }
 
   // The same rule as the server's `consent` setting: "cookie=v1|v2", or empty for none.
   function consented() {
@@ -66,6 +78,10 @@
   // navigation it starts (sendBeacon outlives the page).
   function queue(name, customData, eventId, pixelId) {
     if (!cfg.endpoint || !consented()) return;
+    // What /collect would refuse is not sent: one refused event loses its whole beacon.
+    // Only the page's own PageView may be mirrored (the server holds it already).
+    if (STANDARD.indexOf(name) < 0 && !NAME.test(name)) return;
+    if (name === "PageView" && eventId !== cfg.eventId) return;
     var key = name + "\u0000" + eventId;
     if (mirrored[key]) return;
     mirrored[key] = true;
@@ -88,7 +104,7 @@
     var opts = a[at] && typeof a[at] === "object" ? a[at] : {};
     var id = opts.eventID;
     if (!id) {
-      id = name === "PageView" ? cfg.eventId : newId();
+      id = idFor(name);
       var copy = {};
       for (var k in opts) if (Object.prototype.hasOwnProperty.call(opts, k)) copy[k] = opts[k];
       copy.eventID = id;
@@ -175,14 +191,18 @@
     w.fbq("track", "PageView");
   }
 
-  if (cfg.mode === "load" && cfg.fbevents) loadPixel();
+  // We load Meta's pixel only with the visitor's consent (as the server sets no cookie
+  // without it); consent given later on the page loads it at the next capi.track().
+  var loadMode = cfg.mode === "load" && !!cfg.fbevents;
+  if (loadMode) { if (consented()) loadPixel(); }
   else if (cfg.mode !== "off") watchForPixel();
 
   // For sites that send an event without the Meta pixel (or want the id back).
   w.capi = {
     eventId: cfg.eventId,
     track: function (name, customData, options) {
-      var id = String((options && options.eventID) || newId());
+      var id = String((options && options.eventID) || idFor(name));
+      if (loadMode && !w.fbq && consented()) loadPixel();
       var fbq = cfg.mode !== "off" ? w.fbq : null;
       if (typeof fbq === "function") {
         var kind = STANDARD.indexOf(name) >= 0 ? "track" : "trackCustom";

@@ -169,6 +169,12 @@ async def test_body_over_limit_is_413(gateway: GatewayFactory) -> None:
     assert (await resp.json())["error"]
 
 
+async def test_deeply_nested_json_is_400(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    resp = await client.post("/_capi/events", data=b"[" * 100_000, headers=auth())
+    assert resp.status == 400
+
+
 async def test_not_json_is_400(gateway: GatewayFactory) -> None:
     client = await gateway()
     resp = await client.post("/_capi/events", data=b"{nope", headers=auth())
