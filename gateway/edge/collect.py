@@ -166,15 +166,7 @@ def _server_event(event: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str,
         out["custom_data"] = event["custom_data"]
     if event.get("pixel_id") is not None:
         out["pixel_id"] = event["pixel_id"]
-    consent = ctx["consent"]
-    if consent.opt_out:
-        out["opt_out"] = True
-    if consent.ldu:
-        out.update(
-            data_processing_options=["LDU"],
-            data_processing_options_country=0,
-            data_processing_options_state=0,
-        )
+    out.update(ctx["consent"].event_fields())
     return out
 
 

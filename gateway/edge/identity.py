@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from publicsuffixlist import PublicSuffixList
@@ -409,6 +410,20 @@ class Consent:
     track: bool
     opt_out: bool
     ldu: bool
+
+    def event_fields(self) -> dict[str, Any]:
+        """What these choices add to a server event (opt_out, Limited Data Use)."""
+        fields: dict[str, Any] = {}
+        if self.opt_out:
+            fields["opt_out"] = True
+        if self.ldu:
+            # Country and state 0: Meta geolocates the visitor to apply the right law.
+            fields.update(
+                data_processing_options=["LDU"],
+                data_processing_options_country=0,
+                data_processing_options_state=0,
+            )
+        return fields
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

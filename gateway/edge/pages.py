@@ -297,14 +297,7 @@ class PageViews:
         if referer and _parses(referer):
             # A Referer no URL parser accepts is dropped, not allowed to lose the PageView.
             event["referrer_url"] = scrub_url(referer, self.sensitive)
-        if consent.opt_out:
-            event["opt_out"] = True
-        if consent.ldu:
-            event.update(
-                data_processing_options=["LDU"],
-                data_processing_options_country=0,
-                data_processing_options_state=0,
-            )
+        event.update(consent.event_fields())
         result = prepare([event], self.context)
         if isinstance(result, list):
             # A view Meta would refuse (no usable identifiers): counted, not stored.
