@@ -31,6 +31,8 @@ class NewEvent:
     source: str
     test_event_code: str | None = None
     rule: str | None = None
+    # Seconds to wait before the first send: a proxy PageView waits for its browser beacon.
+    hold: float = 0.0
 
     def identity(self) -> str:
         """See `identity`."""

@@ -164,6 +164,7 @@ class Settings(BaseModel):
     inject_max_scan: int = Field(default=65536, ge=1024)
     secret: str | None = None
     page_token_ttl: float = Field(default=4 * 3600.0, gt=0)
+    pageview_hold: float = Field(default=3.0, ge=0, le=300)
 
     # logging
     log_level: str = "info"
@@ -190,6 +191,7 @@ class Settings(BaseModel):
         "client_body_timeout",
         "cookie_lifetime",
         "page_token_ttl",
+        "pageview_hold",
         mode="before",
     )
     @classmethod

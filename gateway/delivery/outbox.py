@@ -323,6 +323,22 @@ class Outbox:
             (),
         )
 
+    async def enrich(self, rows: Sequence[NewEvent]) -> list[NewEvent]:
+        """Complete pending twins of `rows` with missing clear fields; the rows with no twin."""
+        orphans: list[NewEvent] = []
+        async with self._transaction() as conn:
+            for row in rows:
+                ident = row.identity()
+                found = await rows_sql.enrich_pending(
+                    conn,
+                    row,
+                    lambda blob, ident=ident: self.sealer.open(blob, ident),
+                    lambda fields, ident=ident: self.sealer.seal(fields, ident),
+                )
+                if found is None:
+                    orphans.append(row)
+        return orphans
+
     async def _update(
         self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
     ) -> None:

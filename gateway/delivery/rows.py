@@ -50,7 +50,7 @@ async def insert(
                 ev.test_event_code,
                 json.dumps(ev.payload, separators=(",", ":")),
                 blob,
-                now,
+                now + ev.hold,
                 now,
             )
         sql = (
@@ -128,6 +128,32 @@ async def park_pixel(
     await conn.execute(
         "UPDATE events SET state='blocked' WHERE state='pending' AND pixel_id=?", (pixel_id,)
     )
+
+
+async def enrich_pending(
+    conn: aiosqlite.Connection, row: NewEvent, open_sealed: Any, seal: Any
+) -> bool | None:
+    """Add the clear fields the stored twin of `row` lacks, while it waits to be sent.
+
+    True: enriched (or nothing to add); False: the twin was already sent; None: no twin.
+    Values already stored are never replaced: the server's own view of IP and user agent wins.
+    """
+    async with conn.execute(
+        "SELECT id, sealed, state FROM events WHERE pixel_id=? AND event_name=? AND event_id=?",
+        (row.pixel_id, row.event_name, row.event_id),
+    ) as cur:
+        found = await cur.fetchone()
+    if found is None:
+        return None
+    if found[2] != "pending":
+        return False
+    clear: dict[str, Any] = open_sealed(found[1])
+    missing = {k: v for k, v in row.clear.items() if k not in clear}
+    if missing:
+        await conn.execute(
+            "UPDATE events SET sealed=? WHERE id=?", (seal({**clear, **missing}), found[0])
+        )
+    return True
 
 
 async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:

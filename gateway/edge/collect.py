@@ -110,8 +110,14 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
     result = prepare(built, pages.collect_context, now=now)
     if isinstance(result, list):
         return json_error(400, "invalid beacon", [p.as_dict() for p in result])
+    outbox = request.app[OUTBOX]
     try:
-        await request.app[OUTBOX].add(result.rows)
+        # The page's PageView is already stored by the proxy: the beacon only completes it.
+        views = [row for row in result.rows if row.event_name == "PageView"]
+        others = [row for row in result.rows if row.event_name != "PageView"]
+        if views:
+            others += await outbox.enrich(views)
+        await outbox.add(others)
     except (OutboxFull, OutboxClosed):
         return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
     return web.Response(status=204)

@@ -9,6 +9,7 @@ report the same view under two ids.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import html
@@ -304,7 +305,8 @@ class PageViews:
             self.counters.skip("unmatchable")
             log.debug("PageView for %s not stored: %s", request.path, result[0].message)
             return []
-        return result.rows
+        hold = self.settings.pageview_hold
+        return [dataclasses.replace(row, hold=hold) for row in result.rows] if hold else result.rows
 
     # storing --------------------------------------------------------------------
 
