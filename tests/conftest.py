@@ -42,6 +42,8 @@ def make_settings(tmp_path: Path, graph_url: str, **overrides: Any) -> Settings:
         "send_timeout": 1.0,
         "group_commit_ms": 2,
         "shutdown_grace": 2,
+        # Tests that look at a PageView's delivery should not wait for a beacon first.
+        "pageview_hold": 0,
     }
     values.update(overrides)
     return Settings.model_validate(values)

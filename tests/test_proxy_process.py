@@ -29,6 +29,7 @@ from tests.fakes.processes import (
     Gateway,
     free_port,
     gateway_cmd,
+    listening_url,
     serve_args,
     spawn,
     stop_process,
@@ -55,16 +56,7 @@ class Site:
 
 def start_site(log: Path) -> Site:
     proc = spawn([sys.executable, "-m", "tests.fakes.upstream", "--port", "0"], log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("listening on "):
-                return Site(proc, line.removeprefix("listening on ").strip())
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop_process(proc)
-    raise AssertionError(f"the upstream did not start:\n{tail(log)}")
+    return Site(proc, listening_url(proc, log, "the upstream", 20))
 
 
 def start_proxy(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.app import build_app
 from gateway.settings import Settings
 from tests.browser.site import PIXEL, Site, start_site
 from tests.conftest import make_settings
+from tests.fakes import upstream
 from tests.fakes.graph import FakeGraph
 
 CHROMIUM = "/usr/bin/chromium"
@@ -101,9 +100,15 @@ class Gateway:
     app: web.Application
     collect: list[Answered] = field(default_factory=list)
 
-    async def _seen(self, request: web.Request, response: web.StreamResponse) -> None:
+
+@contextlib.asynccontextmanager
+async def run_gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """tests.fakes.upstream.run_gateway, recording the answers to /collect."""
+    collect: list[Answered] = []
+
+    async def seen(request: web.Request, response: web.StreamResponse) -> None:
         if request.path.endswith("/collect"):
-            self.collect.append(
+            collect.append(
                 Answered(
                     response.status,
                     request.headers.get("Origin"),
@@ -112,33 +117,8 @@ class Gateway:
                 )
             )
 
-
-@contextlib.asynccontextmanager
-async def run_gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    """`build_app(settings)` served as tests.fakes.upstream.run_gateway serves it."""
-    app = build_app(settings)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=1.0,
-        auto_decompress=False,
-        keepalive_timeout=settings.keepalive_timeout,
-        max_field_size=settings.max_header_bytes,
-        max_line_size=settings.max_header_bytes,
-    )
-    gateway = Gateway("", app)
-    app.on_response_prepare.append(gateway._seen)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        gateway.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        yield gateway
-    finally:
-        await runner.cleanup()
-        sock.close()
+    async with upstream.run_gateway(settings, on_response_prepare=[seen]) as front:
+        yield Gateway(front.url, front.app, collect)
 
 
 @pytest.fixture

@@ -13,54 +13,22 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.appkeys import PAGES
 from gateway.edge import pagetoken
-from tests.conftest import PIXEL, UA, make_settings, wait_for
+from tests.conftest import PIXEL, UA, wait_for
+from tests.edge.conftest import StartGateway
 from tests.fakes.graph import FakeGraph
-from tests.fakes.upstream import Front, Upstream, run_gateway, start_upstream
+from tests.fakes.upstream import Front
 
 IP = "203.0.113.7"  # the visitor, as told by the trusted loopback proxy in front
 TAG = re.compile(r'<script src="/_capi/px\.js[^>]*></script>')
 BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
-
-StartGateway = Callable[..., Awaitable[Front]]
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[Upstream]:
-    async with start_upstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def start(
-    tmp_path: Path, fake_graph: FakeGraph, site: Upstream
-) -> AsyncIterator[StartGateway]:
-    stack: list[Any] = []
-
-    async def go(**overrides: Any) -> Front:
-        values: dict[str, Any] = {"upstream": site.url}
-        values.update(overrides)
-        cm = run_gateway(make_settings(tmp_path, fake_graph.url, **values))
-        front = await cm.__aenter__()
-        stack.append(cm)
-        return front
-
-    yield go
-    for cm in reversed(stack):
-        await cm.__aexit__(None, None, None)
-
-
-@pytest.fixture
-async def gw(start: StartGateway) -> Front:
-    return await start()
 
 
 @dataclass
@@ -327,6 +295,26 @@ async def test_pageview_beacon_never_makes_a_second_pageview(
     await wait_for(lambda: len(fake_graph.events) == 1)
     await nothing_more(fake_graph, 1)
     assert fake_graph.events[0]["event_id"] == page.event_id
+
+
+async def test_pageview_beacon_completes_the_held_server_pageview(
+    start: StartGateway, fake_graph: FakeGraph
+) -> None:
+    # The page view waits pageview_hold for its beacon; an _fbc the browser pixel wrote
+    # after the page arrived (the server had none) joins the one PageView Meta gets.
+    gw = await start(pageview_hold=1.0)
+    page = await visit(gw)
+    await settle(gw)
+    page.cookies["_fbc"] = "fb.1.1700000000000.IwAR-from-the-pixel"
+    page.cookies["_fbp"] = "fb.1.1700000000000.999"  # the server's own value stays
+    answer = await beacon(gw, page, [event("PageView", page.event_id, custom_data=None)])
+    assert answer.status == 204
+    assert outbox_rows(gw) == [("PageView", page.event_id, "proxy")]
+    await wait_for(lambda: len(fake_graph.events) == 1, timeout=5)
+    await nothing_more(fake_graph, 1)
+    user = fake_graph.events[0]["user_data"]
+    assert user["fbc"] == "fb.1.1700000000000.IwAR-from-the-pixel"
+    assert user["fbp"] != "fb.1.1700000000000.999"
 
 
 async def test_pageview_beacon_is_the_view_when_the_server_had_no_consent(

@@ -10,55 +10,21 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from gateway.appkeys import OUTBOX, PAGES
 from gateway.edge import pagetoken
-from tests.conftest import UA, make_settings, wait_for
+from tests.conftest import UA, wait_for
+from tests.edge.conftest import StartGateway
 from tests.fakes.graph import FakeGraph
-from tests.fakes.upstream import COOKIES, Front, Upstream, run_gateway, start_upstream
+from tests.fakes.upstream import COOKIES, Front
 
 BROWSER = {"User-Agent": UA, "Accept": "text/html", "Host": "www.example.co.uk"}
 FBP = re.compile(r"fb\.(\d{1,2})\.(\d{13})\.(\d+)")
 TAG = re.compile(r'<script src="/_capi/px\.js[^>]*></script>')
 LIFETIME = str(90 * 86400)
-
-StartGateway = Callable[..., Awaitable[Front]]
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[Upstream]:
-    async with start_upstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def start(
-    tmp_path: Path, fake_graph: FakeGraph, site: Upstream
-) -> AsyncIterator[StartGateway]:
-    stack: list[Any] = []
-
-    async def go(**overrides: Any) -> Front:
-        values: dict[str, Any] = {"upstream": site.url}
-        values.update(overrides)
-        cm = run_gateway(make_settings(tmp_path, fake_graph.url, **values))
-        front = await cm.__aenter__()
-        stack.append(cm)
-        return front
-
-    yield go
-    for cm in reversed(stack):
-        await cm.__aexit__(None, None, None)
-
-
-@pytest.fixture
-async def gw(start: StartGateway) -> Front:
-    return await start()
 
 
 class Page:

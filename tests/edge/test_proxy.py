@@ -14,8 +14,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,8 +24,8 @@ from yarl import URL
 
 from gateway.appkeys import PAGES
 from gateway.edge import pagetoken
-from tests.conftest import UA, make_settings
-from tests.fakes.graph import FakeGraph
+from tests.conftest import UA
+from tests.edge.conftest import StartGateway
 from tests.fakes.processes import free_port
 from tests.fakes.upstream import (
     COOKIES,
@@ -37,9 +36,7 @@ from tests.fakes.upstream import (
     page,
     parse_responses,
     raw_exchange,
-    run_gateway,
     seeded_bytes,
-    start_upstream,
 )
 
 BROWSER = {"User-Agent": UA, "Accept": "text/html", "Accept-Encoding": "gzip, deflate, br"}
@@ -61,42 +58,6 @@ HOP_BY_HOP = {
 # busy machine while still failing a proxy that buffers (the site sends five events over
 # 250 ms, so buffering delays the first by 200 ms or more).
 UNBUFFERED = 0.15
-
-StartGateway = Callable[..., Awaitable[Front]]
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[Upstream]:
-    async with start_upstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def start(
-    tmp_path: Path, fake_graph: FakeGraph, site: Upstream
-) -> AsyncIterator[StartGateway]:
-    """Start a gateway in front of `site`; call with settings overrides."""
-    stack: list[Any] = []
-
-    async def go(**overrides: Any) -> Front:
-        values: dict[str, Any] = {
-            "upstream": site.url,
-            "buffer": tmp_path / f"outbox-{len(stack)}.db",
-        }
-        values.update(overrides)
-        cm = run_gateway(make_settings(tmp_path, fake_graph.url, **values))
-        front = await cm.__aenter__()
-        stack.append(cm)
-        return front
-
-    yield go
-    for cm in reversed(stack):
-        await cm.__aexit__(None, None, None)
-
-
-@pytest.fixture
-async def gw(start: StartGateway) -> Front:
-    return await start()
 
 
 def sha(data: bytes) -> str:

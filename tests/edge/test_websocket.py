@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from tests.conftest import UA, make_settings, wait_for
-from tests.fakes.graph import FakeGraph
-from tests.fakes.upstream import MIB, Front, Upstream, run_gateway, start_upstream
+from tests.conftest import UA, wait_for
+from tests.fakes.upstream import MIB, Front, Upstream
 
 TIMEOUT = 5.0
-
-
-@pytest.fixture
-async def site() -> AsyncIterator[Upstream]:
-    async with start_upstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def gw(tmp_path: Path, fake_graph: FakeGraph, site: Upstream) -> AsyncIterator[Front]:
-    settings = make_settings(tmp_path, fake_graph.url, upstream=site.url)
-    async with run_gateway(settings) as front:
-        yield front
 
 
 def connect(

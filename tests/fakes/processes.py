@@ -119,20 +119,29 @@ class Fake:
             return await resp.json()
 
 
-def start_fake(log: Path, *, token: str, count_only: bool = False, timeout: float = 20) -> Fake:
-    """Start `python -m tests.fakes.graph` accepting only `token` and read the URL it prints."""
-    cmd = [sys.executable, "-m", "tests.fakes.graph", "--port", "0", "--token", token]
-    proc = spawn([*cmd, "--count-only"] if count_only else cmd, log)
+def listening_url(proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float) -> str:
+    """The URL a `tests.fakes` server prints (``listening on URL``) to `log` once it serves.
+
+    If it exits or does not print it within `timeout` seconds, it is stopped and
+    AssertionError names `what` did not start, with the end of its log.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("listening on "):
-                return Fake(proc, line.removeprefix("listening on ").strip())
+                return line.removeprefix("listening on ").strip()
         if proc.poll() is not None:
             break
         time.sleep(0.05)
     stop_process(proc)
-    raise AssertionError(f"the fake Graph API did not start:\n{tail(log)}")
+    raise AssertionError(f"{what} did not start:\n{tail(log)}")
+
+
+def start_fake(log: Path, *, token: str, count_only: bool = False, timeout: float = 20) -> Fake:
+    """Start `python -m tests.fakes.graph` accepting only `token` and read the URL it prints."""
+    cmd = [sys.executable, "-m", "tests.fakes.graph", "--port", "0", "--token", token]
+    proc = spawn([*cmd, "--count-only"] if count_only else cmd, log)
+    return Fake(proc, listening_url(proc, log, "the fake Graph API", timeout))
 
 
 @dataclass

@@ -62,7 +62,7 @@ import signal
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -557,10 +557,23 @@ class Front:
         return int(self.url.rsplit(":", 1)[1])
 
 
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def run_gateway(settings: Settings, **session_options: Any) -> AsyncIterator[Front]:
-    """`build_app(settings)` served with the server options `gateway.app.serve` uses."""
+async def run_gateway(
+    settings: Settings,
+    *,
+    on_response_prepare: Sequence[ResponseHook] = (),
+    **session_options: Any,
+) -> AsyncIterator[Front]:
+    """`build_app(settings)` served with the server options `gateway.app.serve` uses.
+
+    `on_response_prepare` hooks are added to the app's signal of that name before it starts
+    (to record what the gateway answered); `session_options` go to the client session.
+    """
     app = build_app(settings)
+    app.on_response_prepare.extend(on_response_prepare)
     runner = web.AppRunner(
         app,
         access_log=None,
