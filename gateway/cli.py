@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.settings import ConfigError, Settings, Sources, load_settings
+from gateway.config import Sources, load_settings
+from gateway.settings import ConfigError, Settings
 
 # flag dest -> settings key; flags left unset (None) do not override lower layers.
 _FLAG_KEYS = {

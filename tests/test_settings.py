@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from gateway.appkeys import Runtime
+from gateway.config import Sources, load_settings
 from gateway.pipeline.events import Prepared, prepare
 from gateway.settings import (
     ConfigError,
     Settings,
-    Sources,
     decode_key,
-    load_settings,
     parse_duration,
     split_host_port,
 )

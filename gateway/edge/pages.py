@@ -28,9 +28,9 @@ from multidict import CIMultiDict
 from gateway import __version__
 from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
 from gateway.delivery.ratelimit import RateLimits
+from gateway.edge import cookies, pagetoken
 from gateway.edge import headers as hdr
 from gateway.edge import identity as ident
-from gateway.edge import pagetoken
 from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
@@ -249,24 +249,24 @@ class PageViews:
         self, request: web.Request, origin: str, secure: bool, out: list[str]
     ) -> tuple[str | None, str | None]:
         host = origin.split("://", 1)[1]
-        domain = ident.cookie_domain(host, self.settings.cookie_domain)
-        choice = ident.decide_cookies(
+        domain = cookies.cookie_domain(host, self.settings.cookie_domain)
+        choice = cookies.decide_cookies(
             request.cookies.get("_fbp"),
             request.cookies.get("_fbc"),
-            ident.fbclid_from(request.query_string, request.headers.get("Referer")),
+            cookies.fbclid_from(request.query_string, request.headers.get("Referer")),
             now_ms=int(time.time() * 1000),
-            index=ident.subdomain_index(domain),
+            index=cookies.subdomain_index(domain),
         )
         max_age = int(self.settings.cookie_lifetime)
         if choice.set_fbp and choice.fbp:
             out.append(
-                ident.set_cookie_header(
+                cookies.set_cookie_header(
                     "_fbp", choice.fbp, domain=domain, max_age=max_age, secure=secure
                 )
             )
         if choice.set_fbc and choice.fbc:
             out.append(
-                ident.set_cookie_header(
+                cookies.set_cookie_header(
                     "_fbc", choice.fbc, domain=domain, max_age=max_age, secure=secure
                 )
             )

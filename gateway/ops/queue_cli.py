@@ -16,11 +16,12 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.config import Sources, load_settings
 from gateway.delivery.housekeeping import queue_stats
 from gateway.delivery.schema import STATES, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import identity
-from gateway.settings import ConfigError, Settings, Sources, load_settings
+from gateway.settings import ConfigError, Settings
 
 _SEALED = "<sealed: use --reveal>"
 _DELIVERED = ("sent", "sent-dry", "dead")

@@ -1,0 +1,120 @@
+"""Loading configuration: env, a TOML file and CLI flags merged into one `Settings`.
+
+Precedence, lowest first: environment (`META_*`, `CAPIGW_<KEY>`), the TOML file
+(`--config`), command-line flags. This is the order design.md fixes as the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.settings import ConfigError, Settings
+
+_META_ENV = {
+    "META_PIXEL_ID": "pixel_id",
+    "META_ACCESS_TOKEN": "access_token",
+    "META_TEST_EVENT_CODE": "test_event_code",
+    "META_APP_SECRET": "app_secret",
+}
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, key in _META_ENV.items():
+        if environ.get(name):
+            values[key] = environ[name]
+    for name, raw in environ.items():
+        if not name.startswith("CAPIGW_") or name == "CAPIGW_CONFIG":
+            continue
+        key = name[len("CAPIGW_") :].lower()
+        if not raw.strip():
+            continue  # an empty variable is an unset one (shell and compose habit)
+        if key not in Settings.model_fields:
+            raise ConfigError(
+                f"{name}: unknown setting {key!r}; see the settings reference in README.md"
+            )
+        values[key] = _env_scalar(key, raw)
+    return values
+
+
+def _env_scalar(key: str, raw: str) -> Any:
+    # Lists and tables may be given as JSON; everything else stays a string for pydantic.
+    if key == "pixels" or (raw[:1] in "[{" and key not in {"pixel_id", "events_api_keys"}):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"CAPIGW_{key.upper()}: not valid JSON ({exc.msg})") from exc
+    return raw
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found; check --config") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config file as UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    # `[gateway]` table or top-level keys: both read naturally.
+    if isinstance(data.get("gateway"), dict):
+        data = {**{k: v for k, v in data.items() if k != "gateway"}, **data["gateway"]}
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Where each layer of configuration comes from."""
+
+    config_file: Path | None = None
+    environ: Mapping[str, str] | None = None
+    flags: Mapping[str, Any] | None = None
+
+
+def load_settings(sources: Sources) -> Settings:
+    """Merge env < file < flags and validate; ConfigError names the key and the fix."""
+    environ = os.environ if sources.environ is None else sources.environ
+    layers: list[tuple[str, dict[str, Any]]] = [("environment", _env_values(environ))]
+    config_file = sources.config_file
+    if config_file is None and environ.get("CAPIGW_CONFIG"):
+        config_file = Path(environ["CAPIGW_CONFIG"])
+    if config_file is not None:
+        layers.append((str(config_file), _file_values(config_file)))
+    layers.append(
+        ("command line", {k: v for k, v in (sources.flags or {}).items() if v is not None})
+    )
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, values in layers:
+        for key, value in values.items():
+            if key == "config":
+                continue
+            merged[key] = value
+            origin[key] = name
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def _describe(exc: ValidationError, origin: Mapping[str, str]) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"]) or "config"
+    top = str(err["loc"][0]) if err["loc"] else ""
+    where = origin.get(top, "")
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting; check the spelling against the settings reference in README.md"
+    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"{where + ': ' if where else ''}{loc}: {message}{more}"
