@@ -11,7 +11,7 @@ import binascii
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -141,12 +141,12 @@ class Settings(BaseModel):
         default_factory=lambda: ["1", "true", "yes", "granted", "accepted", "all"]
     )
     opt_out_cookie: str | None = None
-    gpc: str = "opt_out"
+    gpc: Literal["opt_out", "ldu", "ignore"] = "opt_out"
     bot_user_agents: list[str] | None = None
     scrub_query_params: list[str] | None = None
 
     # browser side
-    browser_pixel: str = "hook"
+    browser_pixel: Literal["hook", "load", "off"] = "hook"
     fbevents_url: str = "https://connect.facebook.net/en_US/fbevents.js"
     collect_max_bytes: int = Field(default=65536, ge=1024)
     collect_max_events: int = Field(default=20, ge=1, le=1000)
@@ -289,20 +289,6 @@ class Settings(BaseModel):
                 raise ValueError(
                     f"{item!r} is not a CIDR network such as 10.0.0.0/8 or ::1/128"
                 ) from None
-        return value
-
-    @field_validator("browser_pixel")
-    @classmethod
-    def _browser_pixel(cls, value: str) -> str:
-        if value not in ("hook", "load", "off"):
-            raise ValueError("use hook (the site loads the Meta pixel), load or off")
-        return value
-
-    @field_validator("gpc")
-    @classmethod
-    def _gpc(cls, value: str) -> str:
-        if value not in ("opt_out", "ldu", "ignore"):
-            raise ValueError("use opt_out, ldu or ignore")
         return value
 
     @field_validator("cookie_domain")

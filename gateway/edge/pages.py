@@ -164,8 +164,13 @@ class PageViews:
 
     # the plan -------------------------------------------------------------------
 
-    def plan(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> PagePlan | None:
-        """A plan for an HTML document the gateway should tag, else None."""
+    def plan(
+        self, request: web.Request, status: int, headers: CIMultiDict[str], *, origin: str
+    ) -> PagePlan | None:
+        """A plan for an HTML document the gateway should tag, else None.
+
+        `origin` is `public_origin(request)`, which the proxy has already worked out.
+        """
         settings = self.settings
         if not settings.inject or request.method != "GET" or status != 200:
             return None
@@ -175,7 +180,6 @@ class PageViews:
         if reason:
             self.counters.skip(reason)
             return None
-        origin = self.public_origin(request)
         decision = csp_decide(
             headers.getall("Content-Security-Policy", ()),
             script_path=self.script,

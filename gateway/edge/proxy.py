@@ -193,7 +193,7 @@ class Proxy:
         if upstream.status == 304:
             hdr.weaken_revalidated(headers, request.headers.getall("If-None-Match", ()))
         try:
-            plan = self.pages.plan(request, upstream.status, headers)
+            plan = self.pages.plan(request, upstream.status, headers, origin=public_origin)
         except ValueError as exc:
             # A Host or URL no parser accepts (client-controlled): serve the page untagged
             # rather than answer 500 for it.
