@@ -12,19 +12,38 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import OUTBOX, PAGES, PROXY, RUNTIME, SENDER, STARTED_AT, Runtime
+from gateway.appkeys import (
+    BUFFER_READER,
+    CONVERSIONS,
+    METRICS,
+    OUTBOX,
+    PAGES,
+    PROXY,
+    RUNTIME,
+    SENDER,
+    STARTED_AT,
+    STITCHES,
+    Runtime,
+)
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
+from gateway.delivery.stitch import Stitches
 from gateway.edge.collect import post_collect
+from gateway.edge.conversions import Conversions
 from gateway.edge.events_api import post_events
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
+from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
+from gateway.log import request_id_middleware
 from gateway.ops.health import get_health
+from gateway.ops.metrics import BufferReader, Metrics
+from gateway.ops.status import get_metrics, get_status
+from gateway.pipeline.rulefile import RuleError
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
 
 log = logging.getLogger("gateway.app")
@@ -36,11 +55,19 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes + 65536)
     app[RUNTIME] = Runtime.from_settings(settings)
     app[STARTED_AT] = time.time()
+    app[METRICS] = Metrics.for_settings(settings)
+    # Read per request so that a reload's trusted_proxies apply.
+    app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
     app.cleanup_ctx.append(_outbox_ctx)
+    app.cleanup_ctx.append(_stitches_ctx)
+    app.cleanup_ctx.append(_reader_ctx)
     app.cleanup_ctx.append(_sender_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
+    app.router.add_get(f"{prefix}/status", get_status)
+    app.router.add_get(f"{prefix}/metrics", get_metrics)
     app.router.add_post(f"{prefix}/events", post_events)
+    app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
     if settings.upstream:
         # Beacons come from pages the proxy tagged: the page token is the proxy's.
@@ -54,7 +81,9 @@ def build_app(settings: Settings) -> web.Application:
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle(request)
+    response = await request.app[PROXY].handle(request)
+    request.app[METRICS].proxied(response.status)
+    return response
 
 
 async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
@@ -63,12 +92,29 @@ async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[RUNTIME].settings
-    pages = PageViews(settings, app[OUTBOX], page_secret(settings, load_key(settings)))
+    pages = PageViews(
+        settings, app[OUTBOX], page_secret(settings, load_key(settings)), metrics=app[METRICS]
+    )
     session = upstream_session(settings)
+    runtime = app[RUNTIME]
+    conversions = Conversions(
+        lambda: runtime.rules,
+        app[OUTBOX],
+        app[STITCHES],
+        pages,
+        body_limit=settings.rules_body_bytes,
+        scan_limit=settings.rules_scan_bytes,
+        metrics=app[METRICS],
+    )
+    pages.triggers = conversions.triggers
     app[PAGES] = pages
-    app[PROXY] = Proxy(session, ProxyOptions.from_settings(settings), pages)
+    app[CONVERSIONS] = conversions
+    app[PROXY] = Proxy(
+        session, ProxyOptions.from_settings(settings), pages, conversions, metrics=app[METRICS]
+    )
     yield
     await pages.drain()
+    await conversions.drain()
     await session.close()
 
 
@@ -95,6 +141,27 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     await outbox.close()
 
 
+async def _stitches_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Visitor contexts kept by page rules for later webhooks, in the same buffer file.
+    settings = app[RUNTIME].settings
+    key = load_key(settings)
+    stitches = await Stitches.open(settings.buffer, Sealer(key), key=key)
+    app[STITCHES] = stitches
+    yield
+    await stitches.close()
+
+
+async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Health, status and metrics read the buffer on their own connection (see BufferReader).
+    settings = app[RUNTIME].settings
+    reader = await BufferReader.open(
+        settings.buffer, limit_bytes=int(settings.max_buffer_mb * 1024 * 1024)
+    )
+    app[BUFFER_READER] = reader
+    yield
+    await reader.close()
+
+
 async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[RUNTIME].settings
     session = aiohttp.ClientSession(
@@ -114,6 +181,7 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.effective_pixels(),
         SenderOptions.from_settings(settings),
         _policy(settings),
+        metrics=app[METRICS],
     )
     app[SENDER] = sender
     sender.start()
@@ -128,10 +196,12 @@ def _policy(settings: Settings) -> RetryPolicy:
     )
 
 
-async def reload(app: web.Application, settings: Settings) -> None:
-    """Swap in new settings (SIGHUP): credentials, pixels and request limits."""
+async def reload(app: web.Application, settings: Settings, fresh: Runtime | None = None) -> None:
+    """Swap in new settings and rules (SIGHUP): credentials, pixels, limits, rule files."""
+    fresh = fresh or Runtime.from_settings(settings)
     app[RUNTIME].settings = settings
-    app[RUNTIME].context = Runtime.from_settings(settings).context
+    app[RUNTIME].context = fresh.context
+    app[RUNTIME].rules = fresh.rules
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.effective_pixels()}
     sender.policy = _policy(settings)
@@ -173,18 +243,33 @@ async def serve(settings: Settings, load: Callable[[], Settings] | None = None) 
         settings.prefix,
         "dry run" if settings.dry_run else "sending to Meta",
     )
+    rules = app[RUNTIME].rules
     if settings.rules is not None:
-        log.warning("rules is set but rule files are not supported by this release yet.")
+        log.info(
+            "Loaded %d rule(s) and %d webhook(s) from %s.",
+            len(rules.rules),
+            len(rules.webhooks),
+            settings.rules,
+        )
+        for warning in rules.warnings():
+            log.warning("%s", warning)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
     if load is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_from(app, load))
+        loop.add_signal_handler(signal.SIGHUP, _reload_from(app, load, reloads))
+    # `capi-gateway serve` holds these until the handlers exist (gateway.workers):
+    # one that came while starting is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         await stop.wait()
     finally:
         log.info("Stopping: finishing requests, flushing the outbox, releasing leases.")
+        if reloads:
+            # A SIGTERM right after a SIGHUP: let the reload finish before its sender stops.
+            await asyncio.wait(set(reloads))
         # Sends in flight and requests in flight get the same grace period, side by side,
         # so the process exits within shutdown_grace rather than twice that.
         sender_stopped = asyncio.create_task(app[SENDER].stop(settings.shutdown_grace))
@@ -193,17 +278,29 @@ async def serve(settings: Settings, load: Callable[[], Settings] | None = None) 
         log.info("Stopped.")
 
 
-def _reload_from(app: web.Application, load: Callable[[], Settings]) -> Callable[[], None]:
-    tasks: set[asyncio.Task[None]] = set()
-
+def _reload_from(
+    app: web.Application, load: Callable[[], Settings], tasks: set[asyncio.Task[None]]
+) -> Callable[[], None]:
     def on_sighup() -> None:
         try:
             settings = load()
-        except ConfigError as exc:
-            log.error("Reload refused, keeping the running configuration: %s", exc)
+            fresh = Runtime.from_settings(settings)
+        except (ConfigError, RuleError) as exc:
+            log.error("Reload refused, keeping the running configuration and rules: %s", exc)
             return
-        task = asyncio.get_running_loop().create_task(reload(app, settings), name="reload")
+        task = asyncio.get_running_loop().create_task(
+            reload(app, settings, fresh), name="reload"
+        )
         tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(tasks.discard)
+        task.add_done_callback(_reload_done(tasks))
 
     return on_sighup
+
+
+def _reload_done(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Reload failed half-way: %r", task.exception())
+
+    return done

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.sender import Sender
+from gateway.delivery.stitch import Stitches
+from gateway.edge.conversions import Conversions
 from gateway.edge.pages import PageViews
 from gateway.edge.proxy import Proxy
+from gateway.ops.metrics import BufferReader, Metrics
 from gateway.pipeline.events import Context, Target
+from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import Settings
 
 
@@ -20,10 +24,11 @@ class Runtime:
 
     settings: Settings
     context: Context
+    rules: RuleSet = field(default_factory=RuleSet)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        """Derive what requests need from validated settings."""
+        """Derive what requests need from validated settings; RuleError for a bad rule file."""
         targets = [Target(p.id, p.test_event_code) for p in settings.effective_pixels()]
         return cls(
             settings=settings,
@@ -32,6 +37,7 @@ class Runtime:
                 default_country=settings.default_country,
                 max_future_skew=settings.max_future_skew,
             ),
+            rules=load_rules(settings.rules) if settings.rules is not None else RuleSet(),
         )
 
 
@@ -41,3 +47,7 @@ SENDER = web.AppKey("sender", Sender)
 STARTED_AT = web.AppKey("started_at", float)
 PROXY = web.AppKey("proxy", Proxy)
 PAGES = web.AppKey("pages", PageViews)
+METRICS = web.AppKey("metrics", Metrics)
+BUFFER_READER = web.AppKey("buffer_reader", BufferReader)
+CONVERSIONS = web.AppKey("conversions", Conversions)
+STITCHES = web.AppKey("stitches", Stitches)

@@ -1,9 +1,10 @@
-"""`capi-gateway` command line: serve, check and queue."""
+"""`capi-gateway` command line: serve, check, rules, demo and queue."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -11,7 +12,11 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import Sources, load_settings
+from gateway.pipeline.rulefile import RuleError
+from gateway.pipeline.rules import load_rules
 from gateway.settings import ConfigError, Settings
+
+log = logging.getLogger("gateway.cli")
 
 # flag dest -> settings key; flags left unset (None) do not override lower layers.
 _FLAG_KEYS = {
@@ -31,6 +36,7 @@ _FLAG_KEYS = {
     "key_file": "key_file",
     "log_level": "log_level",
     "log_format": "log_format",
+    "admin_token": "admin_token",
 }
 
 
@@ -61,6 +67,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
     parser.add_argument("--log-level", help="debug, info, warning or error")
     parser.add_argument("--log-format", help="auto, json or text")
+    parser.add_argument(
+        "--admin-token", help="Bearer token of /status, /metrics and /admin (else local only)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,11 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(serve)
     check = sub.add_parser("check", help="validate the configuration and exit")
     _config_flags(check)
+    doctor = sub.add_parser(
+        "doctor",
+        help="check config, rules, buffer, token and clock; exit 0 ok, 1 problems, 3 offline",
+    )
+    _config_flags(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    test_event = sub.add_parser(
+        "send-test-event", help="send one PageView in test mode and print Meta's answer"
+    )
+    _config_flags(test_event)  # includes --test-event-code, which wins over the config
+    from gateway.ops.rules_cli import add_parser as add_rules_parser
+
+    add_rules_parser(sub, _config_flags)
     demo = sub.add_parser(
         "demo", help="run an example shop with the gateway in front of it (dry run, offline)"
     )
     demo.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT of the gateway")
     demo.add_argument("--buffer", type=Path, default=Path("capi-gateway-demo.db"))
+    demo.add_argument(
+        "--rules", type=Path, help="rule files (default: the examples in the repository's rules/)"
+    )
 
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
@@ -146,13 +171,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         settings = settings_from_args(args)
+        if args.command == "doctor":
+            from gateway.ops.doctor import run_doctor
+
+            return run_doctor(settings, as_json=args.json)
+        if args.command == "send-test-event":
+            from gateway.ops.testevent import run_send_test_event
+
+            return run_send_test_event(settings, args.test_event_code)
+        if args.command == "rules":
+            from gateway.ops.rules_cli import run_rules_test
+
+            return run_rules_test(args, settings)
         settings.check_ready_to_send()
+        # Rule files are checked before anything starts (or forks): a typo is a clear
+        # message and exit 2, not a crashing worker.
+        rules = load_rules(settings.rules) if settings.rules is not None else None
         if args.command == "check":
             _print_check(settings)
+            if rules is not None:
+                print(
+                    f"rules OK: {len(rules.rules)} rule(s), {len(rules.webhooks)} webhook(s) "
+                    f"from {len(rules.files)} file(s) in {settings.rules}"
+                )
+                for warning in rules.warnings():
+                    print(f"warning: {warning}")
             return 0
         return _serve(args, settings)
     except ConfigError as exc:
         print(f"capi-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    except RuleError as exc:
+        print(f"capi-gateway: rule error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly.
@@ -174,17 +224,31 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.app import serve
     from gateway.delivery.schema import SchemaError
     from gateway.log import setup_logging
+    from gateway.workers import block_signals
 
+    # Held until serve() has its handlers: a SIGHUP or SIGTERM while starting is then
+    # handled once ready instead of killing the process (SIGHUP's default action).
+    block_signals()
     setup_logging(settings.log_level, settings.log_format)
+    # What a worker forked later starts with: the last configuration a SIGHUP accepted.
+    current = settings
 
     def reload() -> Settings:
         fresh = settings_from_args(args)
         fresh.check_ready_to_send()
         return fresh
 
+    def reload_parent() -> None:
+        nonlocal current
+        fresh = reload()
+        for key in ("workers", "listen", "buffer"):
+            if getattr(fresh, key) != getattr(settings, key):
+                log.warning("The new %s takes effect only after a restart.", key)
+        current = fresh
+
     def work() -> int:
         try:
-            run(serve(settings, reload))
+            run(serve(current, reload))
         except ConfigError as exc:
             print(f"capi-gateway: config error: {exc}", file=sys.stderr)
             return 2
@@ -202,12 +266,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         except SchemaError as exc:
             print(f"capi-gateway: {exc}", file=sys.stderr)
             return 2
-        return run_workers(settings.workers, work)
+        return run_workers(
+            settings.workers, work, reload=reload_parent, grace=settings.shutdown_grace
+        )
+    # One process: its metrics live in memory; files of an earlier --workers run are stale.
+    from gateway.ops.metrics import discard_multiprocess_dir
+
+    discard_multiprocess_dir(settings)
     return work()
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DEMO_API_KEY, run_demo
+    from gateway.demo import DEMO_API_KEY, default_rules_dir, run_demo
     from gateway.log import setup_logging
 
     def make(upstream: str) -> Settings:
@@ -221,6 +291,7 @@ def _demo(args: argparse.Namespace) -> int:
                     "buffer": args.buffer,
                     "dry_run": True,
                     "events_api_keys": [DEMO_API_KEY],
+                    "rules": args.rules or default_rules_dir(),
                     "log_format": "text",
                 },
             )

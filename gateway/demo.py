@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -12,6 +13,12 @@ from gateway.demo_shop import shop_app
 from gateway.settings import Settings
 
 DEMO_API_KEY = "demo-key"
+
+
+def default_rules_dir() -> Path | None:
+    """The example rules of a source checkout (`rules/` beside the package), if present."""
+    candidate = Path(__file__).resolve().parent.parent / "rules"
+    return candidate if (candidate / "shop.toml").is_file() else None
 
 
 def _free_port() -> int:
@@ -35,6 +42,7 @@ async def run_demo(make_settings: Callable[[str], Settings]) -> None:
         f"  events    curl -X POST {public}{settings.prefix}/events "
         f"-H 'Authorization: Bearer {DEMO_API_KEY}' -d '{{\"data\": [...]}}'\n"
         f"  queue     capi-gateway queue list --buffer {settings.buffer}\n"
+        f"  rules     {settings.rules or 'none (pass --rules DIR)'}\n"
         f"Stop with Ctrl-C.",
         flush=True,
     )

@@ -1,7 +1,10 @@
-"""A small example shop to put the gateway in front of: `capi-gateway demo` runs it.
+"""A small example site to put the gateway in front of: `capi-gateway demo` runs it.
 
-Home, product pages with schema.org JSON-LD, a cart in a cookie, a checkout form that
-redirects to a thank-you page with the order id and total — gzip on, like a real site.
+A shop (product pages with schema.org JSON-LD, search, a cart in a cookie, a checkout
+form that redirects to a thank-you page with the order id and total), a contact form, a
+booking flow priced in IDR and a signup form — gzip on, like a real site. Forms answer
+302 when they succeed and 200 with the errors when they do not, as most sites do. The
+example rule files in `rules/` are written against these pages.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def _page(title: str, body: str, *, head: str = "") -> web.Response:
 nav a{{margin-right:1rem}} .product{{border:1px solid #ddd;padding:1rem;margin:1rem 0}}</style>
 </head>
 <body>
-<nav><a href="/">Home</a><a href="/cart">Cart</a></nav>
+<nav><a href="/">Home</a><a href="/search">Search</a><a href="/cart">Cart</a>
+<a href="/contact">Contact</a><a href="/book">Book a fitting</a><a href="/signup">Sign up</a></nav>
 <h1>{html.escape(title)}</h1>
 {body}
 </body>
@@ -113,21 +117,40 @@ async def cart(request: web.Request) -> web.StreamResponse:
         return _page("Your cart", "<p>Your cart is empty.</p>")
     total = sum((_BY_SKU[s].price for s in skus), Decimal(0))
     lines = "".join(f"<li>{html.escape(_BY_SKU[s].name)} — {_BY_SKU[s].price}</li>" for s in skus)
-    form = (
-        '<form method="post" action="/checkout" id="checkout">'
+    return _page(
+        "Your cart",
+        f'<ul>{lines}</ul><p>Total: {total} {CURRENCY}</p><a href="/checkout">Checkout</a>',
+    )
+
+
+def _checkout_form(skus: list[str], error: str = "") -> web.Response:
+    total = sum((_BY_SKU[s].price for s in skus), Decimal(0))
+    form = (f'<p class="error">{html.escape(error)}</p>' if error else "") + (
+        f'<form method="post" action="/checkout" id="checkout" data-total="{total}" '
+        f'data-items="{len(skus)}" data-currency="{CURRENCY}">'
         '<label>Email <input type="email" name="email" required></label> '
         '<label>Phone <input type="tel" name="phone"></label> '
         '<button type="submit">Pay now</button></form>'
     )
-    return _page("Your cart", f"<ul>{lines}</ul><p>Total: {total} {CURRENCY}</p>{form}")
+    return _page("Checkout", f"<p>{len(skus)} item(s), {total} {CURRENCY}.</p>{form}")
+
+
+async def checkout_page(request: web.Request) -> web.StreamResponse:
+    """The checkout form (or back to the cart when it is empty)."""
+    skus = _cart(request)
+    if not skus:
+        raise web.HTTPSeeOther("/cart")
+    return _checkout_form(skus)
 
 
 async def checkout(request: web.Request) -> web.StreamResponse:
     """Take the order and redirect to the thank-you page (a 302, like most shops)."""
     form = await request.post()
     skus = _cart(request)
-    if not skus or "@" not in str(form.get("email", "")):
-        return _page("Your cart", "<p>Please enter your email.</p>")
+    if not skus:
+        raise web.HTTPSeeOther("/cart")
+    if "@" not in str(form.get("email", "")):
+        return _checkout_form(skus, "Please enter your email.")
     total = sum((_BY_SKU[s].price for s in skus), Decimal(0))
     order = "A" + secrets.token_hex(4).upper()
     response = web.HTTPFound(f"/thank-you?order={order}&total={quote(str(total))}")
@@ -154,13 +177,122 @@ async def thank_you(request: web.Request) -> web.StreamResponse:
     return _page("Thank you!", body, head=head)
 
 
+async def search(request: web.Request) -> web.StreamResponse:
+    """Products whose name contains `q`."""
+    q = request.query.get("q", "").strip()
+    found = [p for p in PRODUCTS if q and q.lower() in p.name.lower()]
+    items = "".join(f'<li><a href="/product/{p.sku}">{html.escape(p.name)}</a></li>' for p in found)
+    form = (
+        f'<form action="/search"><input name="q" value="{html.escape(q)}">'
+        "<button>Search</button></form>"
+    )
+    return _page("Search", form + (f"<ul>{items}</ul>" if q else ""))
+
+
+def _form_page(title: str, action: str, fields: str, error: str = "") -> web.Response:
+    note = f'<p class="error">{html.escape(error)}</p>' if error else ""
+    body = f'{note}<form method="post" action="{action}">{fields}<button>Send</button></form>'
+    return _page(title, body)
+
+
+_CONTACT_FIELDS = (
+    '<label>Name <input name="name"></label> '
+    '<label>Email <input type="email" name="email"></label> '
+    '<label>Phone <input type="tel" name="phone"></label> '
+    '<label>Message <textarea name="message"></textarea></label>'
+)
+
+
+async def contact(request: web.Request) -> web.StreamResponse:
+    """A lead form: 302 to a thank-you page when valid, the form with errors otherwise."""
+    if request.method == "POST":
+        form = await request.post()
+        if "@" in str(form.get("email", "")):
+            raise web.HTTPFound("/contact/thanks")
+        return _form_page("Contact us", "/contact", _CONTACT_FIELDS, "Please enter your email.")
+    return _form_page("Contact us", "/contact", _CONTACT_FIELDS)
+
+
+async def contact_thanks(request: web.Request) -> web.StreamResponse:
+    """Where a valid contact form lands."""
+    return _page("Thanks!", "<p>We will get back to you within a day.</p>")
+
+
+# Fittings are priced in Indonesian rupiah, written the Indonesian way (dots group thousands).
+SERVICES = {"fitting": "350.000", "tailoring": "1.250.000"}
+
+
+async def book(request: web.Request) -> web.StreamResponse:
+    """A booking form (service, date, contact) → 302 to the confirmation page."""
+    options = "".join(f'<option value="{k}">{k} — Rp {v}</option>' for k, v in SERVICES.items())
+    fields = (
+        f'<label>Service <select name="service">{options}</select></label> '
+        '<label>Date <input type="date" name="date"></label> '
+        '<label>Email <input type="email" name="email"></label> '
+        '<label>Phone <input type="tel" name="phone"></label>'
+    )
+    if request.method == "POST":
+        form = await request.post()
+        service = str(form.get("service", ""))
+        if service in SERVICES and "@" in str(form.get("email", "")) and form.get("date"):
+            booking = "B" + secrets.token_hex(3).upper()
+            raise web.HTTPFound(
+                f"/book/confirmed?booking={booking}&service={service}"
+                f"&amount={quote(SERVICES[service])}"
+            )
+        return _form_page("Book a fitting", "/book", fields, "Choose a service, a date and email.")
+    return _form_page("Book a fitting", "/book", fields)
+
+
+async def book_confirmed(request: web.Request) -> web.StreamResponse:
+    """The booking confirmation, its price in a data attribute."""
+    booking = html.escape(request.query.get("booking", ""))
+    amount = html.escape(request.query.get("amount", "0"))
+    body = (
+        f'<p id="booking" data-booking="{booking}" data-amount="{amount}" data-currency="IDR">'
+        f"Booking {booking} confirmed: Rp {amount}.</p>"
+    )
+    return _page("Booking confirmed", body)
+
+
+_SIGNUP_FIELDS = (
+    '<label>Email <input type="email" name="email"></label> '
+    '<label>Password <input type="password" name="password"></label>'
+)
+
+
+async def signup(request: web.Request) -> web.StreamResponse:
+    """Registration: 302 to /welcome when valid, the form again (200) with errors otherwise."""
+    if request.method == "POST":
+        form = await request.post()
+        if "@" in str(form.get("email", "")) and len(str(form.get("password", ""))) >= 8:
+            raise web.HTTPFound("/welcome")
+        return _form_page(
+            "Sign up", "/signup", _SIGNUP_FIELDS, "Use an email and 8+ character password."
+        )
+    return _form_page("Sign up", "/signup", _SIGNUP_FIELDS)
+
+
+async def welcome(request: web.Request) -> web.StreamResponse:
+    """Where a new account lands."""
+    return _page("Welcome!", "<p>Your account is ready.</p>")
+
+
 def shop_app() -> web.Application:
-    """The demo shop as an aiohttp application."""
+    """The demo site as an aiohttp application."""
     app = web.Application()
     app.router.add_get("/", home)
     app.router.add_get("/product/{sku}", product)
+    app.router.add_get("/search", search)
     app.router.add_post("/cart/add", cart_add)
     app.router.add_get("/cart", cart)
+    app.router.add_get("/checkout", checkout_page)
     app.router.add_post("/checkout", checkout)
     app.router.add_get("/thank-you", thank_you)
+    app.router.add_route("*", "/contact", contact)
+    app.router.add_get("/contact/thanks", contact_thanks)
+    app.router.add_route("*", "/book", book)
+    app.router.add_get("/book/confirmed", book_confirmed)
+    app.router.add_route("*", "/signup", signup)
+    app.router.add_get("/welcome", welcome)
     return app

@@ -73,98 +73,185 @@ class PixelSettings(BaseModel):
 class Settings(BaseModel):
     """Every setting of the gateway; README's reference lists each one."""
 
+    # The docstring under each field is its line in README's settings reference
+    # (gateway/ops/reference.py reads them from this source).
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
     # where it listens and what it fronts
     listen: str = "127.0.0.1:8080"
+    """address and port to serve on (`HOST:PORT`, `[::1]:PORT`, or `:PORT` for all)"""
     upstream: str | None = None
+    """the site to proxy; without it only the gateway's own endpoints are served"""
     prefix: str = "/_capi"
+    """path prefix of the gateway's own endpoints"""
     workers: int = Field(default=1, ge=1, le=64)
+    """worker processes sharing port and buffer"""
 
     # Meta
     pixel_id: list[str] = Field(default_factory=list)
+    """pixel (dataset) ids sharing the top-level credentials"""
     access_token: str | None = None
+    """Conversions API access token"""
     test_event_code: str | None = None
+    """send as test events (never leave on in production)"""
     app_secret: str | None = None
+    """adds `appsecret_proof` to every request"""
     pixels: list[PixelSettings] = Field(default_factory=list)
+    """`[[pixels]]` tables: `id`, `access_token`, `test_event_code`, `app_secret` per pixel"""
     graph_url: str = "https://graph.facebook.com"
+    """Graph API base URL"""
     graph_version: str = "v26.0"
+    """Graph API version"""
     dry_run: bool = False
+    """queue and record, never call Meta; no credentials needed"""
 
     # events API
     events_api_keys: list[str] = Field(default_factory=list)
+    """Bearer keys of `POST /events`; none = the API answers 401"""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """largest request body (413 above)"""
     max_future_skew: float = 300.0
+    """how far ahead of now an `event_time` may be"""
     default_country: str | None = None
+    """country for national phone numbers and zips without one"""
 
     # outbox
     buffer: Path = Path("capi-gateway.db")
+    """the SQLite outbox file"""
     encryption_key: str | None = None
+    """AES-256 key (base64 or hex) for clear fields at rest"""
     key_file: Path | None = None
+    """where the generated key lives"""
     retention: float = 7 * 86400.0
+    """how long sent rows are kept"""
     dead_retention: float = 30 * 86400.0
+    """how long dead rows are kept"""
     max_buffer_mb: float = Field(default=1024.0, gt=0)
+    """disk bound of the outbox (503 above it)"""
     group_commit_ms: float = Field(default=5.0, ge=0, le=1000)
+    """longest wait to gather events into one transaction"""
 
     # sender
     send_timeout: float = Field(default=1.5, gt=0)
+    """per-request timeout to the Graph API"""
     send_concurrency: int = Field(default=4, ge=1, le=64)
+    """requests in flight per worker"""
     batch_size: int = Field(default=1000, ge=1, le=1000)
+    """events per request (Meta's maximum is 1,000)"""
     lease: float = Field(default=60.0, gt=0)
+    """how long a claimed batch stays with its worker"""
     retry_base: float = Field(default=1.0, gt=0)
+    """first backoff step"""
     retry_cap: float = Field(default=900.0, gt=0)
+    """longest backoff"""
     max_attempts: int = Field(default=50, ge=1)
+    """attempts before an event is dead-lettered"""
     pixel_rate: float = Field(default=20.0, gt=0)
+    """requests per second per pixel"""
     pixel_burst: int = Field(default=40, ge=1)
+    """requests a pixel may burst"""
     poll_interval: float = Field(default=1.0, gt=0)
+    """how often an idle sender looks for due rows"""
     blocked_probe_interval: float = Field(default=900.0, gt=0)
+    """how often a blocked pixel's token is re-checked"""
     shutdown_grace: float = Field(default=10.0, ge=0)
+    """time given to sends in flight at shutdown"""
 
     # proxy
     preserve_host: bool = True
+    """forward the visitor's `Host` (else the upstream's own)"""
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """CIDRs whose `X-Forwarded-For`/`Forwarded` and `X-Request-ID` are believed"""
     upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    """connecting to the upstream (504 after)"""
     upstream_read_timeout: float = Field(default=60.0, gt=0)
+    """longest silence from the upstream, headers or body"""
     upstream_total_timeout: float = Field(default=0.0, ge=0)
+    """cap on a whole upstream exchange; 0 lets downloads run"""
     upstream_keepalive: float = Field(default=4.0, gt=0)
+    """idle upstream connections are closed after this (keep it below the site's own)"""
     upstream_connections: int = Field(default=256, ge=1)
+    """pooled connections to the upstream per worker"""
     max_header_bytes: int = Field(default=32768, ge=1024)
+    """longest request line / header field, both ways"""
     max_upload_mb: float = Field(default=2048.0, gt=0)
+    """largest request body passed to the site (413 above)"""
     keepalive_timeout: float = Field(default=15.0, gt=0)
+    """idle visitor connections are closed after this"""
     client_body_timeout: float = Field(default=60.0, gt=0)
+    """longest pause in a visitor's upload (408 and close after)"""
 
     # identity and consent
     cookie_domain: str | None = None
+    """domain of `_fbp`/`_fbc` (e.g. `example.co.uk` for `www.example.co.uk`)"""
     cookie_lifetime: float = Field(default=90 * 86400.0, gt=0)
+    """lifetime of `_fbp`/`_fbc`, refreshed on every page view"""
     consent: str = "none"
+    """`none` (always track) or the name of a consent cookie"""
     consent_values: list[str] = Field(
         default_factory=lambda: ["1", "true", "yes", "granted", "accepted", "all"]
     )
+    """values of that cookie that mean yes"""
     opt_out_cookie: str | None = None
+    """a cookie whose presence marks events `opt_out`"""
     gpc: Literal["opt_out", "ldu", "ignore"] = "opt_out"
+    """what `Sec-GPC: 1` does: `opt_out`, `ldu` (Limited Data Use) or `ignore`"""
     bot_user_agents: list[str] | None = None
+    """user-agent patterns that get no cookies and no events"""
     scrub_query_params: list[str] | None = None
+    """query parameters removed from URLs before they are stored"""
 
     # browser side
     browser_pixel: Literal["hook", "load", "off"] = "hook"
+    """`hook` (the site loads the Meta pixel; px.js adds event ids and mirrors its
+    events), `load` (px.js loads the pixel for the configured ids), `off` (beacons only)"""
     fbevents_url: str = "https://connect.facebook.net/en_US/fbevents.js"
+    """where `load` mode gets the pixel library"""
     collect_max_bytes: int = Field(default=65536, ge=1024)
+    """largest beacon body (413 above)"""
     collect_max_events: int = Field(default=20, ge=1, le=1000)
+    """events per beacon"""
     collect_rate: float = Field(default=10.0, gt=0)
+    """beacons per second per client IP (429 with Retry-After above)"""
     collect_burst: int = Field(default=40, ge=1)
+    """beacons a client IP may burst"""
 
     # injection
     inject: bool = True
+    """tag HTML pages, issue cookies and mirror PageViews"""
     inject_max_scan: int = Field(default=65536, ge=1024)
+    """bytes of a page searched for `<head>` before giving up"""
     secret: str | None = None
+    """HMAC secret of page tokens; replicas must share it"""
     page_token_ttl: float = Field(default=4 * 3600.0, gt=0)
+    """how long a page's token is accepted by `/collect`"""
     pageview_hold: float = Field(default=3.0, ge=0, le=300)
+    """a tagged page's PageView waits this long before its first send, so the
+    browser's beacon can complete it (e.g. an `_fbc` the pixel set)"""
+
+    # operator endpoints (status, metrics, admin)
+    admin_token: str | None = Field(default=None, repr=False)
+    """Bearer token of `/status`, `/metrics` and `/admin`; without one they answer only
+    peers in `admin_networks`"""
+    admin_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    """CIDRs whose TCP peers may use those endpoints while no `admin_token` is set (`[]`:
+    nobody); behind a reverse proxy every peer is the proxy, so set `admin_token` there"""
 
     # logging
     log_level: str = "info"
+    """`debug`, `info`, `warning`, `error`"""
     log_format: str = "auto"
+    """`json` (default off a TTY), `text`"""
 
     rules: Path | None = None
+    """directory of rule files (`*.toml`), validated at start-up and reloaded on SIGHUP"""
+    rules_body_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+    """bytes of a request body kept for rules that read form or JSON fields (the body
+    itself always reaches the site whole)"""
+    webhook_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """largest webhook payload accepted at {prefix}/hooks/<hook> (413 above)"""
+    rules_scan_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    """decoded bytes of a page scanned for rules that read meta tags, JSON-LD or selectors"""
 
     @field_validator(
         "retention",
@@ -196,6 +283,7 @@ class Settings(BaseModel):
         "pixel_id",
         "events_api_keys",
         "trusted_proxies",
+        "admin_networks",
         "consent_values",
         "bot_user_agents",
         "scrub_query_params",
@@ -279,7 +367,7 @@ class Settings(BaseModel):
             decode_key(value)
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "admin_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:

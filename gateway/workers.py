@@ -1,29 +1,62 @@
-"""`--workers N`: N forked processes sharing the listen socket (SO_REUSEPORT) and the buffer.
+"""`--workers N`: N forked processes listening on one port (SO_REUSEPORT), one buffer.
 
 Each worker is a whole gateway: it accepts requests and runs its own sender. Row leases
 in the shared SQLite file keep them from sending an event twice, and a worker that dies
 is replaced; its leases expire and its claimed rows are sent by the others.
+
+The parent only supervises. It handles its signals synchronously (blocked, then taken
+with `sigtimedwait`), so a signal never interrupts it half-way through forking or
+reaping: SIGHUP re-reads the configuration for the workers it will start later and is
+passed on to every worker; SIGTERM/SIGINT are passed on and the parent waits for the
+workers to stop (killing those that outlive the grace period); a dead worker is reaped
+and replaced, with a growing delay when replacements keep dying.
+
+A worker starts with SIGTERM, SIGINT and SIGHUP blocked and `gateway.app.serve` unblocks
+them once its handlers are installed: a reload or a stop that arrives while a worker is
+starting is delivered when it can be handled, instead of killing the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
-from types import FrameType
+from dataclasses import dataclass
 
 from gateway.delivery.schema import connect
 from gateway.delivery.seal import load_key
+from gateway.ops.metrics import prepare_multiprocess_dir, worker_exited
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.workers")
 
-# A worker that dies this soon after starting is failing at start-up (bad port, bad
-# buffer): replacing it in a loop would only spin.
+# The signals a worker handles itself (blocked until its handlers exist).
+WORKER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+_PARENT_SIGNALS = WORKER_SIGNALS | {signal.SIGCHLD}
+
+# A worker of the first generation that dies this soon after starting failed at start-up
+# (bad port, bad buffer): the configuration is at fault, so everything stops.
 _MIN_LIFETIME = 2.0
+# A replacement that lived less than this counts as one more failure in a row; each one
+# doubles the wait before the next replacement, up to _BACKOFF_CAP.
+_STABLE_LIFETIME = 30.0
+_BACKOFF_BASE = 0.5
+_BACKOFF_CAP = 30.0
+# Beyond the workers' own grace period, the time they get to exit before SIGKILL.
+_KILL_MARGIN = 5.0
+# Reap even if a SIGCHLD was somehow missed.
+_TICK = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def block_signals() -> None:
+    """Hold SIGTERM, SIGINT and SIGHUP until the process can handle them (see module doc)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
 
 
 async def prepare_buffer(settings: Settings) -> None:
@@ -31,57 +64,228 @@ async def prepare_buffer(settings: Settings) -> None:
     load_key(settings)
     conn = await connect(settings.buffer)
     await conn.close()
+    # Workers add up their metrics through files there: a fresh, empty directory per run.
+    prepare_multiprocess_dir(settings)
 
 
-def run_workers(count: int, work: Callable[[], int]) -> int:
-    """Fork `count` workers running `work`, replace dead ones, forward signals."""
-    children: dict[int, float] = {}
-    stopping = False
+@dataclass(slots=True)
+class _Slot:
+    """One of the N worker places: its process, or when its replacement is due."""
 
-    def spawn() -> None:
+    index: int
+    pid: int | None = None
+    started: float = 0.0
+    replacement: bool = False
+    failures: int = 0  # replacements in a row that died young
+    due: float | None = None  # monotonic time to start a replacement
+
+
+def exit_status(code: int) -> int:
+    """A worker's exit as the parent reports it: its code, or 128 + signal if killed."""
+    return 128 - code if code < 0 else code
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit {code}"
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        count: int,
+        work: Callable[[], int],
+        reload: Callable[[], None] | None,
+        grace: float,
+    ) -> None:
+        self.work = work
+        self.reload = reload
+        self.grace = grace
+        self.slots = [_Slot(i) for i in range(count)]
+        self.stopping = False
+        self.kill_at: float | None = None
+        self.exit_code = 0
+        self.parent_pid = os.getpid()
+
+    # -- children -------------------------------------------------------------------------
+
+    def spawn(self, slot: _Slot) -> None:
+        slot.due = None
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 1
-            try:
-                code = work()
-            finally:
-                os._exit(code)
-        children[pid] = time.monotonic()
+            self._child()
+        slot.pid = pid
+        slot.started = time.monotonic()
+        if slot.replacement:
+            log.info("Started worker %d in place of the one that died.", pid)
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for _ in range(count):
-        spawn()
-    log.info("Started %d workers.", count)
-    exit_code = 0
-    while children:
+    def _child(self) -> None:
+        code = 1
         try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        started = children.pop(pid, None)
-        if started is None:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            exit_code = max(exit_code, code if code > 0 else 0)
-            continue
-        if time.monotonic() - started < _MIN_LIFETIME:
-            log.error("Worker %d failed at start-up (exit %d); stopping the others.", pid, code)
-            stopping = True
-            forward(signal.SIGTERM, None)
-            exit_code = max(exit_code, code if code > 0 else 1)
-            continue
-        log.error("Worker %d died (exit %d); starting a replacement.", pid, code)
-        spawn()
-    return exit_code
+            # SIGCHLD back to normal; the worker's own signals stay blocked until
+            # gateway.app.serve has its handlers in place.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            _die_with_parent(self.parent_pid)
+            code = self.work()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            log.exception("Worker %d crashed.", os.getpid())
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(code)
+
+    def live(self) -> list[_Slot]:
+        return [s for s in self.slots if s.pid is not None]
+
+    def send(self, signum: int) -> None:
+        for slot in self.live():
+            assert slot.pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signum)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is not None:
+                self.died(slot, os.waitstatus_to_exitcode(status))
+
+    def died(self, slot: _Slot, code: int) -> None:
+        pid, lifetime = slot.pid, time.monotonic() - slot.started
+        slot.pid = None
+        if pid is not None:
+            worker_exited(pid)
+        if self.stopping:
+            if code != 0:
+                log.warning("Worker %d stopped with %s.", pid, _describe(code))
+            self.exit_code = max(self.exit_code, exit_status(code))
+            return
+        if not slot.replacement and lifetime < _MIN_LIFETIME:
+            log.error(
+                "Worker %d failed at start-up (%s); stopping the others.", pid, _describe(code)
+            )
+            self.exit_code = max(self.exit_code, exit_status(code) or 1)
+            self.stop(signal.SIGTERM)
+            return
+        slot.failures = 0 if lifetime >= _STABLE_LIFETIME else slot.failures + 1
+        delay = 0.0
+        if slot.failures > 1:
+            delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (slot.failures - 2))
+        slot.replacement = True
+        slot.due = time.monotonic() + delay
+        log.error(
+            "Worker %d died (%s) after %.1f s; starting a replacement%s.",
+            pid,
+            _describe(code),
+            lifetime,
+            f" in {delay:.1f} s ({slot.failures} early deaths in a row)" if delay else "",
+        )
+
+    # -- signals --------------------------------------------------------------------------
+
+    def stop(self, signum: int) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.kill_at = time.monotonic() + self.grace + _KILL_MARGIN
+            for slot in self.slots:
+                slot.due = None
+            log.info("Stopping %d worker(s).", len(self.live()))
+        self.send(signum)
+
+    def hangup(self) -> None:
+        if self.stopping:
+            return
+        if self.reload is not None:
+            try:
+                self.reload()
+            except Exception as exc:
+                # Each worker reads the configuration itself and says the same; here it
+                # only decides what a replacement worker would start with.
+                log.error(
+                    "Reload refused by the supervisor; replacement workers keep the running "
+                    "configuration: %s",
+                    exc,
+                )
+        self.send(signal.SIGHUP)
+
+    def on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop(signum)
+        elif signum == signal.SIGHUP:
+            self.hangup()
+        # SIGCHLD: reaped at the top of the loop.
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def timeout(self) -> float:
+        now = time.monotonic()
+        times = [s.due for s in self.slots if s.due is not None]
+        if self.kill_at is not None:
+            times.append(self.kill_at)
+        return max(0.0, min([now + _TICK, *times]) - now)
+
+    def run(self) -> int:
+        for slot in self.slots:
+            self.spawn(slot)
+        log.info("Started %d workers.", len(self.slots))
+        while True:
+            self.reap()
+            if self.stopping and not self.live():
+                return self.exit_code
+            now = time.monotonic()
+            if self.kill_at is not None and now >= self.kill_at:
+                for slot in self.live():
+                    log.error("Worker %d did not stop in time; killing it.", slot.pid)
+                self.send(signal.SIGKILL)
+                self.kill_at = None
+            for slot in self.slots:
+                if slot.due is not None and now >= slot.due and not self.stopping:
+                    self.spawn(slot)
+            info = signal.sigtimedwait(_PARENT_SIGNALS, self.timeout())
+            if info is not None:
+                self.on_signal(info.si_signo)
+
+
+def run_workers(
+    count: int,
+    work: Callable[[], int],
+    *,
+    reload: Callable[[], None] | None = None,
+    grace: float = 10.0,
+) -> int:
+    """Fork `count` workers running `work`, replace dead ones, pass signals on; the exit code.
+
+    `reload` runs in the parent on SIGHUP (before the workers get it) so that workers
+    started later use the new configuration; it may raise to refuse it. `grace` is the
+    workers' shutdown grace: one that has not exited `grace` + 5 s after SIGTERM is killed.
+    The exit code is 0 after a clean stop, else the highest worker exit status (128 + N
+    for a worker killed by signal N).
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
+    try:
+        return _Supervisor(count, work, reload, grace).run()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this worker when the parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:
+        # The parent died before the prctl took effect: nobody would stop this worker.
+        os._exit(1)

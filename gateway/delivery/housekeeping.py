@@ -7,6 +7,7 @@ the `queue` command (on its own connection) share them.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -32,6 +33,33 @@ async def expire_and_purge(
         (now - retention, now - dead_retention),
     )
     return expired, int(cur.rowcount)
+
+
+async def requeue(
+    conn: aiosqlite.Connection, where: str, values: Sequence[Any], *, now: float | None = None
+) -> int:
+    """Queue the rows `where` selects for sending now, with a fresh attempt budget.
+
+    `where` is a ` WHERE ...` clause over fixed column names, `values` its bound values; run
+    inside a write transaction. Returns how many rows were queued.
+    """
+    cur = await conn.execute(
+        "UPDATE events SET state='pending', attempts=0, next_attempt_at=?, lease_owner=NULL, "
+        f"lease_expires=NULL{where}",
+        [time.time() if now is None else now, *values],
+    )
+    # Retrying a blocked pixel's events by hand lifts the block: the operator says it's fixed.
+    await conn.execute(
+        "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
+        "(SELECT DISTINCT pixel_id FROM events WHERE state='blocked')"
+    )
+    return int(cur.rowcount)
+
+
+async def delete_rows(conn: aiosqlite.Connection, where: str, values: Sequence[Any]) -> int:
+    """Delete the rows `where` (a ` WHERE ...` clause) selects; returns how many."""
+    cur = await conn.execute(f"DELETE FROM events{where}", list(values))
+    return int(cur.rowcount)
 
 
 async def purge_sent_oldest(conn: aiosqlite.Connection, *, fraction: float) -> int:

@@ -410,6 +410,20 @@ class Outbox:
             log.warning("Outbox near max_buffer_mb: purged %d delivered rows early.", count)
         return count
 
+    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Queue dead letters (those of `ids`, or all) for sending now; returns how many."""
+        where, values = _dead(ids)
+        async with self._transaction() as conn:
+            count = await housekeeping.requeue(conn, where, values)
+        self.new_work.set()
+        return count
+
+    async def discard_dead(self, ids: Sequence[int]) -> int:
+        """Delete the dead letters of `ids`; returns how many."""
+        where, values = _dead(ids)
+        async with self._transaction() as conn:
+            return await housekeeping.delete_rows(conn, where, values)
+
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
         async with self._lock:
@@ -419,3 +433,11 @@ class Outbox:
         async with self._conn.execute(sql) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def _dead(ids: Sequence[int] | None) -> tuple[str, list[int]]:
+    """The WHERE clause selecting dead letters, all of them or those of `ids`."""
+    if ids is None:
+        return " WHERE state='dead'", []
+    values = [int(i) for i in ids]
+    return f" WHERE state='dead' AND id IN ({','.join('?' * len(values))})", values

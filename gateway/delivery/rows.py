@@ -8,20 +8,31 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiosqlite
 
 from gateway.models import NewEvent
 
-# Rows per INSERT statement: 11 bound values each stays far below SQLite's variable limit.
+# Rows per INSERT statement: 12 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
-    "sealed, state, next_attempt_at, created_at, attempts"
+    "sealed, state, next_attempt_at, created_at, attempts, match_keys"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0)"
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?)"
+# The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
+# source (proxy PageView, rule, /events, webhook) is the server's side.
+BROWSER_SOURCE = "collect"
+# A duplicate from the other side marks the kept row as a twin; RETURNING then yields the row
+# with twin=1, which is how `insert` tells it from a new row (always twin=0).
+_ON_CONFLICT = (
+    " ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET twin=1"
+    f" WHERE events.twin=0 AND (events.source='{BROWSER_SOURCE}')"
+    f" <> (excluded.source='{BROWSER_SOURCE}')"
+    " RETURNING pixel_id, event_name, event_id, twin"
+)
 # Claimed rows come back in this column order (see `claim`).
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed"
@@ -52,17 +63,19 @@ async def insert(
                 blob,
                 now + ev.hold,
                 now,
+                match_keys(ev.payload.get("user_data"), ev.clear),
             )
-        sql = (
-            f"INSERT INTO events ({_COLUMNS}) VALUES "
-            + ",".join([_ROW_SQL] * len(chunk))
-            + " ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING"
-            " RETURNING pixel_id, event_name, event_id"
-        )
-        async with conn.execute(sql, params) as cur:
+        sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
+        async with conn.execute(sql + _ON_CONFLICT, params) as cur:
             for r in await cur.fetchall():
-                inserted.add((r[0], r[1], r[2]))
+                if not r[3]:
+                    inserted.add((r[0], r[1], r[2]))
     return inserted
+
+
+def match_keys(hashed: Any, clear: Mapping[str, Any]) -> str:
+    """The `match_keys` column: the user_data keys an event carries, comma separated."""
+    return ",".join((*(hashed or ()), *clear))
 
 
 async def claim(
@@ -137,22 +150,31 @@ async def enrich_pending(
 
     True: enriched (or nothing to add); False: the twin was already sent; None: no twin.
     Values already stored are never replaced: the server's own view of IP and user agent wins.
+    A stored row from the other side (browser vs server) is marked as a twin either way.
     """
     async with conn.execute(
-        "SELECT id, sealed, state FROM events WHERE pixel_id=? AND event_name=? AND event_id=?",
+        "SELECT id, sealed, state, source, twin, match_keys FROM events "
+        "WHERE pixel_id=? AND event_name=? AND event_id=?",
         (row.pixel_id, row.event_name, row.event_id),
     ) as cur:
         found = await cur.fetchone()
     if found is None:
         return None
+    twin = int(found[4]) or int((found[3] == BROWSER_SOURCE) != (row.source == BROWSER_SOURCE))
     if found[2] != "pending":
+        if twin != found[4]:
+            await conn.execute("UPDATE events SET twin=? WHERE id=?", (twin, found[0]))
         return False
     clear: dict[str, Any] = open_sealed(found[1])
     missing = {k: v for k, v in row.clear.items() if k not in clear}
     if missing:
+        keys = [k for k in (found[5] or "").split(",") if k]
         await conn.execute(
-            "UPDATE events SET sealed=? WHERE id=?", (seal({**clear, **missing}), found[0])
+            "UPDATE events SET sealed=?, match_keys=?, twin=? WHERE id=?",
+            (seal({**clear, **missing}), ",".join([*keys, *missing]), twin, found[0]),
         )
+    elif twin != found[4]:
+        await conn.execute("UPDATE events SET twin=? WHERE id=?", (twin, found[0]))
     return True
 
 

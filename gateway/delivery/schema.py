@@ -50,6 +50,29 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     );
     """,
+    # 2: what the dashboard reads without unsealing: the user_data keys an event carries
+    # (comma list), whether the other side (browser vs server) sent it too, and a time index
+    # for its last-hour / last-24-hours windows
+    """
+    ALTER TABLE events ADD COLUMN match_keys TEXT;
+    ALTER TABLE events ADD COLUMN twin INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX events_created ON events (created_at);
+    """,
+    # 3: visitor context stored under an identifying key (order id, lead id, ...) for
+    # webhooks to stitch back; the key only as a keyed hash, the context sealed
+    # (gateway/delivery/stitch.py)
+    """
+    CREATE TABLE stitches (
+        key_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        event_id TEXT,
+        event_name TEXT,
+        seen_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX stitches_expires ON stitches (expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -23,6 +23,7 @@ from gateway.delivery.outbox import Claimed, Outbox
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
 from gateway.models import META_WINDOW
+from gateway.ops.metrics import Metrics
 from gateway.settings import PixelSettings, Settings
 
 log = logging.getLogger("gateway.sender")
@@ -82,8 +83,11 @@ class Sender:
         pixels: Sequence[PixelSettings],
         options: SenderOptions,
         policy: RetryPolicy,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
+        self.metrics = metrics or Metrics()
         self.graph = graph
         self.options = options
         self.policy = policy
@@ -301,13 +305,18 @@ class Sender:
         if self.options.dry_run:
             await self.outbox.mark_sent(ids, self.owner, fbtrace_id=None, dry=True)
             open_ids.difference_update(ids)
+            self.metrics.recorded_dry(len(ids))
             log.info("Dry run: recorded %d event(s) for pixel %s.", len(ids), pixel.id)
             return
         bucket = self._buckets.get(pixel.id)
         if bucket is None:
             bucket = TokenBucket(self.options.pixel_rate, self.options.pixel_burst)
             self._buckets[pixel.id] = bucket
+        waits, started = bucket.waits, time.monotonic()
         await bucket.take()
+        if bucket.waits != waits:
+            self.metrics.rate_limited(time.monotonic() - started)
+        started = time.monotonic()
         result = await self.graph.send(
             pixel.id,
             [r.event for r in items],
@@ -315,6 +324,7 @@ class Sender:
             test_event_code=items[0].test_event_code,
             app_secret=pixel.app_secret,
         )
+        self.metrics.sent(result, len(items), time.monotonic() - started)
         await self._record(pixel, items, result, open_ids)
 
     async def _record(

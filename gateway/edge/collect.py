@@ -8,25 +8,31 @@ the beacon, so a script cannot speak for someone else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.appkeys import METRICS, OUTBOX, PAGES, RUNTIME
 from gateway.delivery.outbox import OutboxClosed, OutboxFull
 from gateway.edge import identity as ident
 from gateway.edge import pagetoken
 from gateway.errors import json_error
 from gateway.pipeline.events import prepare
+from gateway.pipeline.extract import Facts
+from gateway.pipeline.rules import RuleSet
 from gateway.pipeline.urls import scrub_url
 
 log = logging.getLogger("gateway.collect")
+
+_MAX_NAMES = 50  # data-* values and form fields a click/submit beacon may carry
+_MAX_VALUE = 1000
 
 # user_data a page may add (a form field the visitor typed, hashed server-side); the
 # fields that identify the browser always come from the request itself.
@@ -87,7 +93,10 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
             400, "invalid beacon", f"send 1 to {settings.collect_max_events} events per beacon"
         )
     consent = ident.consent(request.cookies, request.headers, pages.consent_config)
+    metrics = request.app[METRICS]
     if not consent.track or ident.is_bot(ua, pages.bots):
+        reason = "bot" if consent.track else "consent"
+        metrics.dropped(reason, source="collect", count=len(events))
         return web.Response(status=204)
     page_url = _page_url(beacon.get("url"), origin, request.headers.get("Referer"))
     context = {
@@ -102,25 +111,87 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         "now": now,
     }
     built: list[dict[str, Any]] = []
+    rules = request.app[RUNTIME].rules
+    fired: dict[str, str] = {}  # event_id -> the click/submit rule that made it
     for index, event in enumerate(events):
         problem = _check(event, claims.event_id)
+        if problem is None and "rule" in event:
+            problem, event = _rule_event(event, rules, page_url)
+            if event is not None and problem is None:
+                fired[event["event_id"]] = event.pop("rule")
         if problem:
+            metrics.rejected("collect", events)
             return json_error(400, "invalid beacon", [{"index": index, **problem}])
-        built.append(_server_event(event, context))
+        if event is not None:
+            built.append(_server_event(event, context))
+    if not built:
+        return web.Response(status=204)
     result = prepare(built, pages.collect_context, now=now)
     if isinstance(result, list):
+        metrics.rejected("collect", built)
         return json_error(400, "invalid beacon", [p.as_dict() for p in result])
+    if fired:
+        result.rows[:] = [
+            dataclasses.replace(row, rule=fired[row.event_id]) if row.event_id in fired else row
+            for row in result.rows
+        ]
     outbox = request.app[OUTBOX]
     try:
         # The page's PageView is already stored by the proxy: the beacon only completes it.
         views = [row for row in result.rows if row.event_name == "PageView"]
         others = [row for row in result.rows if row.event_name != "PageView"]
         if views:
-            others += await outbox.enrich(views)
-        await outbox.add(others)
+            orphans = await outbox.enrich(views)
+            # A view that completed the proxy's own PageView is that event, not a new one.
+            twins = [v for v in views if not any(v is o for o in orphans)]
+            metrics.stored(twins, [False] * len(twins))
+            others += orphans
+        metrics.stored(others, await outbox.add(others))
     except (OutboxFull, OutboxClosed):
+        metrics.refused(others)
         return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
     return web.Response(status=204)
+
+
+def _rule_event(
+    event: Mapping[str, Any], rules: RuleSet, page_url: str | None
+) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+    """A click/submit rule's beacon made into the rule's event (None: a required value is
+    missing). What the browser sent is only raw input: the rule decides the event."""
+    rule = rules.by_name(str(event.get("rule")))
+    if rule is None or rule.trigger == "request":
+        return {"field": "rule", "message": "no click or submit rule by that name"}, None
+    data = event.get("data") or {}
+    fields = event.get("fields") or {}
+    if not isinstance(data, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return {"field": "data", "message": "data must map names to strings"}, None
+    if not isinstance(fields, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
+        for k, v in fields.items()
+    ):
+        return {"field": "fields", "message": "fields must map names to lists of strings"}, None
+    query = parse_qs(urlsplit(page_url).query) if page_url else {}
+    facts = Facts(
+        data={k: v[:_MAX_VALUE] for k, v in list(data.items())[:_MAX_NAMES]},
+        fields={k: [i[:_MAX_VALUE] for i in v[:20]] for k, v in list(fields.items())[:_MAX_NAMES]},
+        query=query,
+    )
+    draft = rule.draft(facts)
+    if draft is None:
+        return None, None
+    out: dict[str, Any] = {
+        "event_name": rule.event_name,
+        "event_id": event["event_id"],
+        "rule": rule.name,
+        "user_data": draft["user_data"],
+    }
+    if "custom_data" in draft:
+        out["custom_data"] = draft["custom_data"]
+    if "event_time" in event:
+        out["event_time"] = event["event_time"]
+    return None, out
 
 
 def _no_constant(name: str) -> Any:

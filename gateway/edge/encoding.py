@@ -17,14 +17,14 @@ abort it (never end it cleanly), as it would for an origin that breaks off mid-b
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Literal, Protocol
 
 import brotli  # type: ignore[import-untyped]
 
 from gateway.edge.inject import HeadInjector
 
-__all__ = ["MAX_PIECE", "RewriteError", "RewriteStream", "open_rewrite"]
+__all__ = ["MAX_PIECE", "Decoder", "RewriteError", "RewriteStream", "open_decoder", "open_rewrite"]
 
 MAX_PIECE = 256 * 1024  # decoded bytes handled at a time
 # Re-compression dominates the cost of a rewritten page. Measured on real 20 KiB HTML pages:
@@ -156,12 +156,14 @@ class _Brotli:
 class RewriteStream:
     """Decode per Content-Encoding, run the injector, re-encode in the same encoding, streaming."""
 
-    __slots__ = ("_codec", "_fed", "_injector")
+    __slots__ = ("_codec", "_fed", "_injector", "tap")
 
     def __init__(self, codec: _Codec | None, injector: HeadInjector) -> None:
         self._codec = codec
         self._injector = injector
         self._fed = False
+        # Sees the decoded page as it streams past (rule extraction), never changes it.
+        self.tap: Callable[[bytes], None] | None = None
 
     @property
     def injected(self) -> bool:
@@ -170,8 +172,12 @@ class RewriteStream:
     def feed(self, chunk: bytes) -> bytes:
         """Return the re-encoded output for `chunk` (flushed, so it can be sent now)."""
         codec = self._codec
+        tap = self.tap
         if codec is None:
-            return self._injector.feed(chunk)
+            text = self._injector.feed(chunk)
+            if tap is not None and text:
+                tap(text)
+            return text
         if not chunk:
             return b""
         self._fed = True
@@ -179,6 +185,8 @@ class RewriteStream:
         for piece in codec.decode(chunk):
             text = self._injector.feed(piece)
             if text:
+                if tap is not None:
+                    tap(text)
                 out.append(codec.encode(text))
         if out:
             out.append(codec.flush())
@@ -188,27 +196,66 @@ class RewriteStream:
         """Return the rest of the body and the encoding's end; RewriteError if truncated."""
         codec = self._codec
         if codec is None:
-            return self._injector.finish()
+            rest = self._injector.finish()
+            if self.tap is not None and rest:
+                self.tap(rest)
+            return rest
         if not self._fed:
             return b""  # an empty body stays empty
         codec.end()
-        return codec.encode(self._injector.finish()) + codec.finish()
+        rest = self._injector.finish()
+        if self.tap is not None and rest:
+            self.tap(rest)
+        return codec.encode(rest) + codec.finish()
+
+
+class Decoder:
+    """Decode a body per Content-Encoding for reading only; the bytes sent stay the origin's."""
+
+    __slots__ = ("_codec", "_failed")
+
+    def __init__(self, codec: _Codec | None) -> None:
+        self._codec = codec
+        self._failed = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The decoded pieces of `chunk`; nothing more once the body proved corrupt."""
+        if self._codec is None:
+            return [chunk] if chunk else []
+        if self._failed or not chunk:
+            return []
+        try:
+            return list(self._codec.decode(chunk))
+        except RewriteError:
+            # Only our reading fails: the visitor still gets the origin's bytes.
+            self._failed = True
+            return []
+
+
+def open_decoder(content_encoding: str | None) -> Decoder | None:
+    """A read-only decoder for the encodings `open_rewrite` handles, else None."""
+    codec = _codec_for(content_encoding)
+    return None if codec is False else Decoder(codec)
+
+
+def _codec_for(content_encoding: str | None) -> _Codec | Literal[False] | None:
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return _Zlib(gzip=True)
+    if coding == "deflate":
+        return _Zlib(gzip=False)
+    if coding == "br":
+        return _Brotli()
+    return False  # zstd, compress, "gzip, br", ...
 
 
 def open_rewrite(content_encoding: str | None, injector: HeadInjector) -> RewriteStream | None:
     """None when the encoding cannot be handled (unknown, or stacked like "gzip, br"): the caller
     then passes the body through untouched. Handles identity/absent, gzip (and x-gzip), deflate
     (zlib-wrapped, and raw deflate as some servers send), br."""
-    coding = (content_encoding or "").strip().lower()
-    codec: _Codec | None
-    if coding in ("", "identity"):
-        codec = None
-    elif coding in ("gzip", "x-gzip"):
-        codec = _Zlib(gzip=True)
-    elif coding == "deflate":
-        codec = _Zlib(gzip=False)
-    elif coding == "br":
-        codec = _Brotli()
-    else:
-        return None  # zstd, compress, "gzip, br", ...
+    codec = _codec_for(content_encoding)
+    if codec is False:
+        return None
     return RewriteStream(codec, injector)

@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import OUTBOX, RUNTIME
+from gateway.appkeys import METRICS, OUTBOX, RUNTIME, STITCHES
 from gateway.delivery.outbox import OutboxClosed, OutboxFull
+from gateway.edge.webhooks import stitch_events
 from gateway.errors import json_error
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 
@@ -65,12 +66,20 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     code = body.get("test_event_code")
     if code is not None and not isinstance(code, str):
         return json_error(400, "invalid request", "test_event_code must be a string")
+    metrics = request.app[METRICS]
+    if any(isinstance(e, dict) and "stitch_key" in e for e in data):
+        problems = await stitch_events(data, request.app[STITCHES], runtime.rules)
+        if problems:
+            metrics.rejected("api", data)
+            return _invalid(problems)
     result = prepare(data, runtime.context, test_event_code=code)
     if isinstance(result, list):
+        metrics.rejected("api", data)
         return _invalid(result)
     try:
-        await request.app[OUTBOX].add(result.rows)
+        metrics.stored(result.rows, await request.app[OUTBOX].add(result.rows))
     except OutboxFull:
+        metrics.refused(result.rows)
         return json_error(
             503,
             "buffer full",
@@ -78,11 +87,13 @@ async def post_events(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": "30"},
         )
     except OutboxClosed:
+        metrics.refused(result.rows)
         return json_error(
             503, "shutting down", "the gateway is stopping; retry", headers={"Retry-After": "5"}
         )
     except (OSError, sqlite3.Error) as exc:
         # Disk full, I/O error: nothing was stored, and the caller must know to retry.
+        metrics.refused(result.rows)
         log.error("Storing %d event(s) failed: %s", len(result.rows), exc)
         return json_error(
             503,

@@ -35,6 +35,7 @@ from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
 from gateway.models import NewEvent
+from gateway.ops.metrics import Metrics
 from gateway.pipeline.events import Context, Target, prepare
 from gateway.pipeline.urls import DEFAULT_SENSITIVE_PARAMS, scrub_url
 from gateway.settings import Settings
@@ -56,12 +57,15 @@ class PagePlan:
     rows: list[NewEvent]
     store: Callable[[list[NewEvent]], None]
     submitted: bool = False
+    # The visitor's _fbp/_fbc after this response (sent by the browser or issued now).
+    fbp: str | None = None
+    fbc: str | None = None
 
     def submit(self) -> None:
         """Hand the PageView to the outbox (once; it never delays the page)."""
         self.submitted = True
-        if self.rows:
-            self.store(self.rows)
+        # Also without a PageView (no consent, prefetch): `store` counts every tagged page.
+        self.store(self.rows)
 
 
 @dataclass(slots=True)
@@ -72,20 +76,44 @@ class PageCounters:
     skipped: dict[str, int] = field(default_factory=dict)
     stored: int = 0
     store_failed: int = 0
+    # The same decisions as Prometheus metrics, which add up every worker's.
+    metrics: Metrics = field(default_factory=Metrics)
 
     def skip(self, reason: str) -> None:
         """Count a page left as the upstream sent it."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.metrics.page_skipped(reason)
+        if reason == "bot":
+            self.metrics.dropped("bot")
+
+    def tagged(self) -> None:
+        """Count a page that got the tag."""
+        self.injected += 1
+        self.metrics.page_tagged()
+
+    def saved(self, rows: list[NewEvent], flags: list[bool]) -> None:
+        """Count a PageView the outbox took (flags: new or duplicate, per row)."""
+        self.stored += 1
+        self.metrics.stored(rows, flags)
+
+    def failed(self, rows: list[NewEvent]) -> None:
+        """Count a PageView the outbox could not take."""
+        self.store_failed += 1
+        self.metrics.refused(rows)
 
 
 class PageViews:
     """Decides, per HTML document, the tag, the cookies and the server PageView."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, secret: bytes) -> None:
+    def __init__(
+        self, settings: Settings, outbox: Outbox, secret: bytes, *, metrics: Metrics | None = None
+    ) -> None:
         self.outbox = outbox
         self.secret = secret
-        self.counters = PageCounters()
+        self.counters = PageCounters(metrics=metrics or Metrics())
         self._tasks: set[asyncio.Task[None]] = set()
+        # The page's click/submit rules as JSON for px.js (set when rule files are loaded).
+        self.triggers: Callable[[web.Request], str | None] | None = None
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -195,7 +223,8 @@ class PageViews:
         event_id = str(uuid.uuid4())
         ip = self.client_ip(request)
         ua = request.headers.get("User-Agent", "")
-        tag = self._tag(event_id, ip, ua, decision.nonce, ldu=consent.ldu)
+        triggers = self.triggers(request) if self.triggers is not None else None
+        tag = self._tag(event_id, ip, ua, decision.nonce, ldu=consent.ldu, triggers=triggers)
         rewrite = open_rewrite(
             headers.get("Content-Encoding"),
             HeadInjector(tag, max_scan=settings.inject_max_scan),
@@ -205,12 +234,19 @@ class PageViews:
             return None
         cookies: list[str] = []
         rows: list[NewEvent] = []
+        fbp = fbc = None
         if consent.track:
             secure = origin.startswith("https:")
             fbp, fbc = self._cookies(request, origin, secure, cookies)
             if not ident.is_prefetch(request.headers):
                 rows = self._pageview(request, origin, event_id, ip, ua, fbp, fbc, consent)
-        return PagePlan(rewrite=rewrite, cookies=cookies, rows=rows, store=self._store)
+            else:
+                self.counters.metrics.dropped("prefetch")
+        else:
+            self.counters.metrics.dropped("consent")
+        return PagePlan(
+            rewrite=rewrite, cookies=cookies, rows=rows, store=self._store, fbp=fbp, fbc=fbc
+        )
 
     def _skip_reason(self, request: web.Request, headers: CIMultiDict[str]) -> str:
         if any(name in request.headers for name in _FRAGMENT_HEADERS):
@@ -231,7 +267,14 @@ class PageViews:
         return ""
 
     def _tag(
-        self, event_id: str, ip: str | None, ua: str, nonce: str | None, *, ldu: bool
+        self,
+        event_id: str,
+        ip: str | None,
+        ua: str,
+        nonce: str | None,
+        *,
+        ldu: bool,
+        triggers: str | None = None,
     ) -> bytes:
         token = pagetoken.sign(
             self.secret, event_id, issued=int(time.time()), client=f"{ip or ''}|{ua}"
@@ -244,6 +287,8 @@ class PageViews:
         }
         if ldu:
             attrs["data-ldu"] = "1"
+        if triggers:
+            attrs["data-triggers"] = triggers
         if nonce:
             attrs["nonce"] = nonce
         rendered = " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
@@ -315,20 +360,22 @@ class PageViews:
     # storing --------------------------------------------------------------------
 
     def _store(self, rows: list[NewEvent]) -> None:
-        self.counters.injected += 1
+        self.counters.tagged()
+        if not rows:
+            return
         task = asyncio.get_running_loop().create_task(self._add(rows), name="pageview")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _add(self, rows: list[NewEvent]) -> None:
         try:
-            await self.outbox.add(rows)
-            self.counters.stored += 1
+            flags = await self.outbox.add(rows)
+            self.counters.saved(rows, flags)
         except (OutboxFull, OutboxClosed) as exc:
-            self.counters.store_failed += 1
+            self.counters.failed(rows)
             log.error("PageView %s not stored: %s", rows[0].event_id, exc)
         except Exception as exc:
-            self.counters.store_failed += 1
+            self.counters.failed(rows)
             log.error("PageView %s not stored: %r", rows[0].event_id, exc)
 
     async def drain(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
@@ -18,9 +19,11 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.edge import headers as hdr
+from gateway.edge.conversions import BodyCopy, Conversions, PageTap, Run
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
+from gateway.ops.metrics import Metrics
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.proxy")
@@ -89,11 +92,19 @@ class Proxy:
     """The catch-all handler in front of the upstream."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, options: ProxyOptions, pages: PageViews
+        self,
+        session: aiohttp.ClientSession,
+        options: ProxyOptions,
+        pages: PageViews,
+        conversions: Conversions | None = None,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.session = session
         self.options = options
         self.pages = pages
+        self.conversions = conversions
+        self.metrics = metrics or pages.counters.metrics
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request and stream the answer back."""
@@ -107,8 +118,14 @@ class Proxy:
         headers = self._headers(request)
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
+        run = self.conversions.begin(request) if self.conversions is not None else None
         body = (
-            _Body(request.content, limit, self.options.client_body_timeout)
+            _Body(
+                request.content,
+                limit,
+                self.options.client_body_timeout,
+                copy=run.body if run is not None else None,
+            )
             if request.body_exists
             else None
         )
@@ -121,6 +138,7 @@ class Proxy:
             timeout=self.options.timeout,
             compress=None,
         )
+        started = time.monotonic()
         try:
             upstream = await (body.guard(call) if body else call)
         except _BodyTooLarge:
@@ -135,8 +153,9 @@ class Proxy:
                 "Upstream unreachable for %s %s: %s", request.method, request.path, _reason(exc)
             )
             return _error(request, 502, "Bad Gateway", "the site could not be reached")
+        self.metrics.upstream_latency(time.monotonic() - started)
         try:
-            return await self._respond(request, upstream)
+            return await self._respond(request, upstream, run)
         finally:
             upstream.release()
 
@@ -184,7 +203,7 @@ class Proxy:
         )
 
     async def _respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: aiohttp.ClientResponse, run: Run | None
     ) -> web.StreamResponse:
         public_origin = self.pages.public_origin(request)
         headers = hdr.client_response_headers(
@@ -207,6 +226,46 @@ class Proxy:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
         no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
+        tap = self._tap(run, upstream.status, headers, plan, no_body)
+        try:
+            return await self._stream(request, upstream, response, headers, plan, tap, no_body)
+        finally:
+            if tap is not None:
+                tap.finish()
+
+    def _tap(
+        self,
+        run: Run | None,
+        status: int,
+        headers: CIMultiDict[str],
+        plan: PagePlan | None,
+        no_body: bool,
+    ) -> PageTap | None:
+        if run is None or self.conversions is None:
+            return None
+        fbp, fbc = (plan.fbp, plan.fbc) if plan is not None else (None, None)
+        try:
+            tap = self.conversions.respond(
+                run, status, headers, fbp=fbp, fbc=fbc, head_only=no_body
+            )
+        except Exception:
+            # Rules must never cost the visitor the page.
+            log.exception("Rules failed on %s.", run.request.path)
+            return None
+        if tap is not None and plan is not None:
+            plan.rewrite.tap = tap.decoded
+        return tap
+
+    async def _stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        headers: CIMultiDict[str],
+        plan: PagePlan | None,
+        tap: PageTap | None,
+        no_body: bool,
+    ) -> web.StreamResponse:
         if (
             not no_body
             and request.version < aiohttp.HttpVersion11
@@ -220,6 +279,10 @@ class Proxy:
             if not no_body:
                 if plan is not None:
                     await _stream_rewritten(upstream, response, plan)
+                elif tap is not None:
+                    async for chunk in upstream.content.iter_any():
+                        tap.raw(chunk)
+                        await response.write(chunk)
                 else:
                     async for chunk in upstream.content.iter_any():
                         await response.write(chunk)
@@ -263,10 +326,18 @@ class _Body:
     `guard` races the call against the generator's failure and reports ours first.
     """
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int, stall: float) -> None:
+    def __init__(
+        self,
+        content: aiohttp.StreamReader,
+        limit: int,
+        stall: float,
+        *,
+        copy: BodyCopy | None = None,
+    ) -> None:
         self.content = content
         self.limit = limit
         self.stall = stall
+        self.copy = copy
         self.failed: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -285,6 +356,8 @@ class _Body:
                 # Raising (not ending) makes aiohttp abort the upstream request instead of
                 # finishing it with a truncated body.
                 raise self._fail(_BodyTooLarge())
+            if self.copy is not None:
+                self.copy.feed(chunk)
             yield chunk
 
     def _fail(self, exc: Exception) -> Exception:

@@ -1,19 +1,108 @@
-"""`GET {prefix}/health`: the process is up and its outbox is open."""
+"""`GET {prefix}/health`: liveness, and readiness to accept events.
+
+Ready means an event offered now would be stored: the outbox's file can be read and
+written, and the buffer is within `max_buffer_mb` (or holds delivered rows the outbox
+purges first to make room). Not ready answers 503, so a load balancer sends traffic
+elsewhere; `?live` asks for liveness only (200 while the process serves), for probes
+that restart a process, which would not help a full disk.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import sqlite3
 import time
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from gateway import __version__
-from gateway.appkeys import STARTED_AT
+from gateway.appkeys import BUFFER_READER, RUNTIME, STARTED_AT
+from gateway.ops.metrics import BufferReader
+
+# SQLite needs room for the WAL to commit at all; below this the disk counts as full.
+_MIN_FREE_BYTES = 1024 * 1024
+# A health check answers promptly even if the buffer's file system hangs.
+_CHECK_TIMEOUT = 2.0
+_MIB = 1024 * 1024
 
 
 async def get_health(request: web.Request) -> web.StreamResponse:
-    """200 with a small JSON body while the process serves."""
+    """200 when live and ready, 503 with the failing check when not ready."""
     started = request.app[STARTED_AT]
-    return web.json_response(
-        {"status": "ok", "version": __version__, "uptime": round(time.time() - started, 3)},
-        headers={"Cache-Control": "no-store"},
-    )
+    body: dict[str, Any] = {
+        "status": "ok",
+        "version": __version__,
+        "uptime": round(time.time() - started, 3),
+        "live": True,
+    }
+    headers = {"Cache-Control": "no-store"}
+    if "live" in request.query:
+        return web.json_response(body, headers=headers)
+    buffer = request.app[RUNTIME].settings.buffer
+    checks = await readiness(request.app.get(BUFFER_READER), buffer)
+    ready = all(check["ok"] for check in checks.values())
+    body.update(ready=ready, checks=checks)
+    if not ready:
+        body["status"] = "not ready"
+    return web.json_response(body, status=200 if ready else 503, headers=headers)
+
+
+async def readiness(reader: BufferReader | None, buffer: Path) -> dict[str, dict[str, Any]]:
+    """The outcome of each readiness check: `{"outbox": {...}, "buffer": {...}}`."""
+    if reader is None:
+        return {
+            "outbox": {"ok": False, "detail": "the outbox is not open"},
+            "buffer": {"ok": False, "detail": "the outbox is not open"},
+        }
+    outbox = _writable(buffer)
+    try:
+        used, room = await asyncio.wait_for(_usage(reader), _CHECK_TIMEOUT)
+    except (sqlite3.Error, ValueError, OSError, TimeoutError) as exc:
+        detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+        return {
+            "outbox": {"ok": False, "detail": f"cannot read the buffer: {detail}"},
+            "buffer": {"ok": False, "detail": "unknown: the buffer could not be read"},
+        }
+    limit = reader.limit_bytes
+    over = used > limit and not room
+    check: dict[str, Any] = {
+        "ok": not over,
+        "used_mb": round(used / _MIB, 3),
+        "max_mb": round(limit / _MIB, 3),
+    }
+    if over:
+        check["detail"] = (
+            "the buffer is over max_buffer_mb with nothing delivered left to purge; "
+            "events are refused until it drains"
+        )
+    return {"outbox": outbox, "buffer": check}
+
+
+async def _usage(reader: BufferReader) -> tuple[int, bool]:
+    used = await reader.used_bytes()
+    # Over the bound, the outbox first purges delivered rows: only without any is it full.
+    room = used > reader.limit_bytes and await reader.has_delivered()
+    return used, room
+
+
+def _writable(buffer: Path) -> dict[str, Any]:
+    # The endpoint is public: details name the file's role, never its path.
+    paths = {
+        "the buffer file": buffer,
+        "the buffer's WAL file": buffer.with_name(buffer.name + "-wal"),
+        "the buffer's directory": buffer.parent,
+    }
+    for what, path in paths.items():
+        if path.exists() and not os.access(path, os.W_OK):
+            return {"ok": False, "detail": f"{what} is not writable by the gateway"}
+    try:
+        free = shutil.disk_usage(buffer.parent).free
+    except OSError as exc:
+        return {"ok": False, "detail": f"cannot check the buffer's disk: {exc.strerror}"}
+    if free < _MIN_FREE_BYTES:
+        return {"ok": False, "detail": "the disk holding the buffer is full"}
+    return {"ok": True, "disk_free_mb": round(free / _MIB, 1)}

@@ -10,14 +10,13 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
 
 from gateway.config import Sources, load_settings
-from gateway.delivery.housekeeping import queue_stats
+from gateway.delivery.housekeeping import delete_rows, queue_stats, requeue
 from gateway.delivery.schema import STATES, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import identity
@@ -185,17 +184,7 @@ async def _retry(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
     if args.state is None:
         where = _and(where, "state IN ('dead','blocked')")
     await conn.execute("BEGIN IMMEDIATE")
-    cur = await conn.execute(
-        "UPDATE events SET state='pending', attempts=0, next_attempt_at=?, lease_owner=NULL, "
-        f"lease_expires=NULL{where}",
-        [time.time(), *values],
-    )
-    count = cur.rowcount
-    # Retrying a blocked pixel's events by hand lifts the block: the operator says it's fixed.
-    await conn.execute(
-        "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
-        "(SELECT DISTINCT pixel_id FROM events WHERE state='blocked')"
-    )
+    count = await requeue(conn, where, values)
     await conn.execute("COMMIT")
     print(f"{count} event(s) queued for sending again")
     return 0
@@ -211,6 +200,5 @@ async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    cur = await conn.execute(f"DELETE FROM events{where}", values)
-    print(f"{cur.rowcount} event(s) purged")
+    print(f"{await delete_rows(conn, where, values)} event(s) purged")
     return 0

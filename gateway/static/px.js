@@ -15,7 +15,8 @@
     mode: attr("mode") || "hook",
     fbevents: attr("fbevents"),
     consent: attr("consent"),
-    ldu: attr("ldu") === "1"
+    ldu: attr("ldu") === "1",
+    triggers: attr("triggers")
   };
   var STANDARD = ("AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact " +
     "CustomizeProduct Donate FindLocation InitiateCheckout Lead PageView Purchase Schedule " +
@@ -76,7 +77,7 @@
 
   // Events of one task go out together at its end: after a click handler, before the
   // navigation it starts (sendBeacon outlives the page).
-  function queue(name, customData, eventId, pixelId) {
+  function queue(name, customData, eventId, pixelId, rule) {
     if (!cfg.endpoint || !consented()) return;
     // What /collect would refuse is not sent: one refused event loses its whole beacon.
     // Only the page's own PageView may be mirrored (the server holds it already).
@@ -88,6 +89,7 @@
     var ev = { event_name: name, event_id: eventId, event_time: Math.floor(Date.now() / 1000) };
     if (customData && typeof customData === "object") ev.custom_data = customData;
     if (pixelId) ev.pixel_id = String(pixelId);
+    if (rule) { ev.rule = rule.name; ev.data = rule.data; ev.fields = rule.fields; }
     outbox.push(ev);
     if (!flushing) { flushing = true; Promise.resolve().then(flush); }
   }
@@ -196,6 +198,101 @@
   var loadMode = cfg.mode === "load" && !!cfg.fbevents;
   if (loadMode) { if (consented()) loadPixel(); }
   else if (cfg.mode !== "off") watchForPixel();
+
+  // Click and submit rules from the site's rule files. The beacon carries the raw data-*
+  // values and form fields the rule names (the server converts and hashes them); the
+  // browser pixel gets only the custom_data recipes, never customer fields.
+  function number(text, decimal) {
+    var s = String(text).replace(/[^0-9,.\-]/g, "");
+    if (!s) return null;
+    if (decimal === "auto") {
+      var dot = s.lastIndexOf("."), comma = s.lastIndexOf(",");
+      if (dot >= 0 && comma >= 0) decimal = dot > comma ? "." : ",";
+      else if (comma >= 0) {
+        var head = s.replace("-", "").split(",")[0], tail = s.slice(comma + 1);
+        decimal = (s.split(",").length > 2 || (tail.length === 3 && head.length <= 3)) ? "." : ",";
+      } else decimal = s.split(".").length > 2 ? "," : ".";
+    }
+    var n = parseFloat(s.split(decimal === "." ? "," : ".").join("").replace(decimal, "."));
+    return isFinite(n) ? n : null;
+  }
+  function fieldValues(form, name) {
+    var out = [];
+    if (!form || !form.elements) return out;
+    var els = form.elements;
+    for (var i = 0; i < els.length; i++) {
+      var el = els[i];
+      if (el.name !== name || el.disabled || el.type === "file" || el.type === "password") continue;
+      if ((el.type === "checkbox" || el.type === "radio") && !el.checked) continue;
+      if (el.tagName === "SELECT" && el.multiple) {
+        for (var j = 0; j < el.options.length; j++) if (el.options[j].selected) out.push(el.options[j].value);
+      } else out.push(el.value);
+    }
+    return out;
+  }
+  function fire(t, el) {
+    var data = {}, fields = {}, i;
+    for (i = 0; i < t.d.length; i++) {
+      var holder = el.closest("[data-" + t.d[i] + "]");
+      if (holder) data[t.d[i]] = holder.getAttribute("data-" + t.d[i]);
+    }
+    var form = el.tagName === "FORM" ? el : (el.form || el.closest("form"));
+    for (i = 0; i < t.f.length; i++) {
+      var values = fieldValues(form, t.f[i]);
+      if (values.length) fields[t.f[i]] = values;
+    }
+    var query = new URLSearchParams(w.location.search);
+    var custom = {};
+    for (var target in t.c) {
+      var recipes = t.c[target];
+      for (i = 0; i < recipes.length; i++) {
+        var r = recipes[i], raw = null;
+        if (r[0] === "const") raw = r[1];
+        else if (r[0] === "data") raw = data[r[1]];
+        else if (r[0] === "field") raw = fields[r[1]] ? fields[r[1]][0] : null;
+        else if (r[0] === "query") raw = query.get(r[1]);
+        if (raw === null || raw === undefined || raw === "") continue;
+        if (r[2] === "number" || r[2] === "integer") {
+          raw = typeof raw === "number" ? raw : number(raw, r[4]);
+          if (raw === null) continue;
+          raw = raw / r[3];
+          if (r[2] === "integer") raw = Math.round(raw);
+        } else if (r[2] === "list" && !Array.isArray(raw)) raw = [String(raw)];
+        custom[target] = raw;
+        break;
+      }
+    }
+    var id = newId();
+    if (!consented()) return;
+    var fbq = cfg.mode !== "off" ? w.fbq : null;
+    if (typeof fbq === "function") {
+      // The hook would mirror this call without the rule's fields: mark it mirrored so
+      // the rule's own beacon below is the one that goes out.
+      var key = t.e + "\u0000" + id;
+      mirrored[key] = true;
+      fbq(STANDARD.indexOf(t.e) >= 0 ? "track" : "trackCustom", t.e, custom, { eventID: id });
+      delete mirrored[key];
+    }
+    queue(t.e, custom, id, null, { name: t.r, data: data, fields: fields });
+  }
+  function listen(triggers) {
+    var kinds = { click: [], submit: [] };
+    for (var i = 0; i < triggers.length; i++) if (kinds[triggers[i].t]) kinds[triggers[i].t].push(triggers[i]);
+    function on(kind) {
+      if (!kinds[kind].length) return;
+      d.addEventListener(kind, function (e) {
+        var target = e.target;
+        if (!target || !target.closest) return;
+        for (var j = 0; j < kinds[kind].length; j++) {
+          var t = kinds[kind][j];
+          var el = target.closest(t.s);
+          if (el) { try { fire(t, el); } catch (err) { /* never break the site's click */ } }
+        }
+      }, true);
+    }
+    on("click"); on("submit");
+  }
+  if (cfg.triggers) { try { listen(JSON.parse(cfg.triggers)); } catch (e) { /* bad JSON: no triggers */ } }
 
   // For sites that send an event without the Meta pixel (or want the id back).
   w.capi = {

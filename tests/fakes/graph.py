@@ -95,6 +95,7 @@ class RecordedRequest:
     form: bool
     status: int = 0
     received_at: float = field(default_factory=time.time)
+    answered_at: float | None = None  # when the answer was decided (time.time())
 
     @property
     def access_token(self) -> str | None:
@@ -342,6 +343,7 @@ class FakeGraph:
 
     def _finish(self, record: RecordedRequest, response: web.Response) -> web.Response:
         record.status = response.status
+        record.answered_at = time.time()
         if 200 <= response.status < 300:
             self.accepted_requests += 1
         else:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,11 +162,13 @@ def start_gateway(
     token: str,
     api_key: str,
     env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Gateway:
-    """Start `capi-gateway serve` on a free port with settings `env`, logging to `log`."""
+    """Start `capi-gateway serve` on a free port with settings `env` and more `args`, logging
+    to `log`."""
     port = free_port()
     more = ["--pixel-id", pixel, "--access-token", token, "--graph-url", graph_url]
-    cmd = [*gateway_cmd(), *serve_args(port, buffer, *more, "--api-key", api_key)]
+    cmd = [*gateway_cmd(), *serve_args(port, buffer, *more, "--api-key", api_key, *args)]
     proc = spawn(cmd, log, env=clean_env(**(env or {})))
     return Gateway(proc, f"http://{HOST}:{port}", log)
 

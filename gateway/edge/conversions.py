@@ -1,0 +1,525 @@
+"""Proxied requests in, rule-matched conversions out (stored in the outbox).
+
+The proxy asks `begin` before forwarding a request: the rules whose request-level
+conditions hold (host, path, method, query, content type, referrer) are kept, with a
+bounded copy of the request body when a rule reads form or JSON fields. When the
+response headers arrive, `respond` keeps the rules whose status and content type match;
+rules that read the page (meta, JSON-LD, selectors) get a streaming scanner fed the
+decoded body as it passes. The page is never held back: events are built and stored once
+the body has gone by. A failing rule never breaks a page — it is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
+from gateway.delivery.stitch import Stitches, VisitorContext
+from gateway.edge import headers as hdr
+from gateway.edge import identity as ident
+from gateway.edge.encoding import Decoder, open_decoder
+from gateway.edge.htmlscan import HtmlFound, HtmlScan, Wants
+from gateway.edge.pages import PageViews
+from gateway.models import NewEvent
+from gateway.pipeline.events import Context, prepare
+from gateway.pipeline.extract import Facts, parse_json_text
+from gateway.pipeline.rules import RequestFacts, Rule, RuleSet
+from gateway.pipeline.urls import scrub_url
+from gateway.pipeline.webhooks import stitch_values
+
+if TYPE_CHECKING:
+    from gateway.ops.metrics import Metrics
+
+log = logging.getLogger("gateway.conversions")
+
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+@dataclass(slots=True)
+class RuleCounters:
+    """Per rule: how often it matched, and what became of its events."""
+
+    matched: dict[str, int] = field(default_factory=dict)
+    stored: dict[str, int] = field(default_factory=dict)
+    duplicate: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def bump(self, table: dict[str, int], name: str, by: int = 1) -> None:
+        """Add to one counter."""
+        table[name] = table.get(name, 0) + by
+
+
+class BodyCopy:
+    """The first `limit` bytes of a request body, for form and JSON rules."""
+
+    __slots__ = ("data", "limit", "truncated")
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.truncated = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Keep what fits; note that the rest was cut."""
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
+
+
+@dataclass(slots=True)
+class Run:
+    """One request some rules may turn into events."""
+
+    request: web.Request
+    matched: list[tuple[Rule, dict[str, str]]]
+    body: BodyCopy | None
+
+
+class PageTap:
+    """Reads the decoded response as it streams by; builds the events at the end."""
+
+    def __init__(
+        self,
+        conversions: Conversions,
+        run: Run,
+        rules: list[tuple[Rule, dict[str, str]]],
+        facts: Facts,
+        scan: HtmlScan | None,
+        decoder: Decoder | None,
+        fbp: str | None,
+        fbc: str | None,
+    ) -> None:
+        self._conversions = conversions
+        self._run = run
+        self._rules = rules
+        self._facts = facts
+        self._scan = scan
+        self._decoder = decoder
+        self._ids = (fbp, fbc)
+        self._finished = False
+        self._found: HtmlFound | None = None
+
+    def decoded(self, piece: bytes) -> None:
+        """A piece of the decoded body (from the page rewriter's tap)."""
+        scan = self._scan
+        if scan is not None and not scan.done:
+            try:
+                scan.feed(piece)
+            except Exception:
+                self._give_up()
+
+    def raw(self, chunk: bytes) -> None:
+        """A chunk of the body as the origin sent it (decoded here when needed)."""
+        scan = self._scan
+        if scan is None or scan.done or self._decoder is None:
+            return
+        try:
+            for piece in self._decoder.feed(chunk):
+                scan.feed(piece)
+        except Exception:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        # Reading the page must never break it: stop reading, keep what was found.
+        log.exception("Reading %s for rules failed; using what was read.", self._run.request.path)
+        self._decoder = None
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            self._found = scan.finish()
+
+    def finish(self) -> None:
+        """The body has gone by: build the events and hand them to the outbox."""
+        if self._finished:
+            return
+        self._finished = True
+        facts = self._facts
+        found = self._scan.finish() if self._scan is not None else self._found
+        if found is not None:
+            facts = dataclasses.replace(facts, html=found)
+        self._conversions.emit(self._run, self._rules, facts, *self._ids)
+
+
+class Conversions:
+    """Turns proxied requests into rule-matched events."""
+
+    def __init__(
+        self,
+        rules: Callable[[], RuleSet],
+        outbox: Outbox,
+        stitches: Stitches,
+        pages: PageViews,
+        *,
+        body_limit: int,
+        scan_limit: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._rules = rules  # read per request: a reload swaps the rule set
+        self.outbox = outbox
+        self.stitches = stitches
+        self.metrics = metrics
+        self.pages = pages
+        self.body_limit = body_limit
+        self.scan_limit = scan_limit
+        self.counters = RuleCounters()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def rules(self) -> RuleSet:
+        """The rule set in force."""
+        return self._rules()
+
+    # before forwarding ----------------------------------------------------------
+
+    def begin(self, request: web.Request) -> Run | None:
+        """The rules that may fire for this request, or None (the common, cheap case)."""
+        rules = self.rules
+        if not rules.rules or not rules.candidates(request.path):
+            return None
+        facts = RequestFacts(
+            host=request.host.rsplit(":", 1)[0] if request.host else "",
+            method=request.method,
+            path=request.path,
+            query=_multi(request.query.items()),
+            content_type=_media(request.headers.get("Content-Type")),
+            referrer=request.headers.get("Referer"),
+        )
+        matched = rules.matching(facts)
+        if not matched:
+            return None
+        wants_body = request.body_exists and any(rule.needs_body for rule, _ in matched)
+        return Run(request, matched, BodyCopy(self.body_limit) if wants_body else None)
+
+    def triggers(self, request: web.Request) -> str | None:
+        """The click/submit rules for a page, as the JSON px.js reads (None when none)."""
+        rules = self.rules
+        if not rules.browser or not rules.candidates(request.path):
+            return None
+        facts = RequestFacts(
+            host=request.host.rsplit(":", 1)[0] if request.host else "",
+            method=request.method,
+            path=request.path,
+            query=_multi(request.query.items()),
+            referrer=request.headers.get("Referer"),
+        )
+        matched = [rule for rule, _ in rules.matching(facts, "browser")]
+        if not matched:
+            return None
+        return json.dumps([browser_trigger(rule) for rule in matched], separators=(",", ":"))
+
+    # when the response starts ---------------------------------------------------
+
+    def respond(
+        self,
+        run: Run,
+        status: int,
+        headers: CIMultiDict[str],
+        *,
+        fbp: str | None = None,
+        fbc: str | None = None,
+        head_only: bool = False,
+    ) -> PageTap | None:
+        """Keep the rules the response satisfies; a tap when they read the page, else emit now."""
+        media = hdr.media_type(headers)
+        request = run.request
+        form, json_body = self._body(run)
+        kept = [
+            (rule, groups)
+            for rule, groups in run.matched
+            if rule.match_response(status, media) and rule.match_body(form, json_body)
+        ]
+        if not kept:
+            return None
+        facts = Facts(
+            query=_multi(request.query.items()),
+            form=form,
+            json=json_body,
+            cookies=request.cookies,
+            headers=request.headers.getall,
+            response_headers=lambda name: headers.getall(name, []),
+        )
+        wants = _merge(rule.wants for rule, _ in kept)
+        scan: HtmlScan | None = None
+        decoder: Decoder | None = None
+        if not wants.empty and media in _HTML_TYPES and not head_only:
+            decoder = open_decoder(headers.get("Content-Encoding"))
+            scan = HtmlScan(wants, charset=_charset(headers), max_bytes=self.scan_limit)
+        tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc)
+        if scan is None:
+            tap.finish()
+            return None
+        return tap
+
+    def _body(self, run: Run) -> tuple[dict[str, list[str]], Any]:
+        copy = run.body
+        if copy is None or not copy.data:
+            return {}, None
+        media = _media(run.request.headers.get("Content-Type"))
+        data = bytes(copy.data)
+        if media == "application/x-www-form-urlencoded":
+            text = data.decode("utf-8", "replace")
+            return parse_qs(text, keep_blank_values=True, max_num_fields=1000), None
+        if media == "multipart/form-data":
+            return _multipart(data, run.request.headers.get("Content-Type", "")), None
+        if media == "application/json" or media.endswith("+json"):
+            if copy.truncated:
+                return {}, None
+            return {}, parse_json_text(data.decode("utf-8", "replace"))
+        return {}, None
+
+    # building and storing -------------------------------------------------------
+
+    def emit(
+        self,
+        run: Run,
+        rules: Sequence[tuple[Rule, dict[str, str]]],
+        facts: Facts,
+        fbp: str | None,
+        fbc: str | None,
+    ) -> None:
+        """Build each rule's event for the request and store them (never raises)."""
+        request = run.request
+        pages = self.pages
+        for rule, _ in rules:
+            self.counters.bump(self.counters.matched, rule.name)
+        ua = request.headers.get("User-Agent", "")
+        if ident.is_bot(ua, pages.bots):
+            self._dropped(rules, "bot")
+            return
+        consent = ident.consent(request.cookies, request.headers, pages.consent_config)
+        if not consent.track:
+            self._dropped(rules, "consent")
+            return
+        origin = pages.public_origin(request)
+        ip = pages.client_ip(request)
+        identity: dict[str, Any] = {"client_user_agent": ua}
+        fbp = fbp or request.cookies.get("_fbp")
+        fbc = fbc or request.cookies.get("_fbc")
+        for key, value in (("client_ip_address", ip), ("fbp", fbp), ("fbc", fbc)):
+            if value:
+                identity[key] = value
+        url = scrub_url(origin + request.raw_path, pages.sensitive)
+        rows: list[NewEvent] = []
+        for rule, groups in rules:
+            try:
+                built = self._build(rule, dataclasses.replace(facts, path=groups), identity, url)
+            except Exception:
+                # A rule must never break the page it watches.
+                log.exception("Rule %r failed on %s.", rule.name, request.path)
+                self.counters.bump(self.counters.rejected, rule.name)
+                continue
+            if built is None:
+                continue
+            event = built
+            event.update(consent.event_fields())
+            stitch_keys = stitch_values(rule.stitch_keys, _values(event))
+            referer = request.headers.get("Referer")
+            if referer and referer.startswith(("http://", "https://")):
+                event["referrer_url"] = scrub_url(referer[:4096], pages.sensitive)
+            result = prepare([event], self._context(), now=time.time())
+            if isinstance(result, list):
+                self.counters.bump(self.counters.rejected, rule.name)
+                if self.metrics is not None:
+                    self.metrics.event("rule", rule.event_name, "rejected")
+                log.warning(
+                    "Rule %r matched %s but its event is not valid: %s: %s",
+                    rule.name,
+                    request.path,
+                    result[0].field,
+                    result[0].message,
+                )
+                continue
+            rows += [dataclasses.replace(row, rule=rule.name) for row in result.rows]
+            if stitch_keys:
+                visit = VisitorContext(
+                    user_data={k: v for k, v in identity.items() if isinstance(v, str)},
+                    event_source_url=url,
+                    consent=consent.event_fields(),
+                    event_id=result.event_ids[0] if rule.stitch_event_id else None,
+                    event_name=rule.event_name,
+                    seen_at=time.time(),
+                )
+                self._spawn(self._keep(stitch_keys, visit, rule.stitch_ttl), "stitch")
+        if rows:
+            self._store(rows)
+
+    def _build(
+        self, rule: Rule, facts: Facts, identity: Mapping[str, Any], url: str
+    ) -> dict[str, Any] | None:
+        draft = rule.draft(facts)
+        if draft is None:
+            self.counters.bump(self.counters.skipped, f"{rule.name}:required")
+            return None
+        draft["user_data"] = {**draft["user_data"], **identity}
+        draft["event_source_url"] = url
+        return draft
+
+    def _context(self) -> Context:
+        return dataclasses.replace(self.pages.context, source="rule")
+
+    def _dropped(self, rules: Sequence[tuple[Rule, dict[str, str]]], reason: str) -> None:
+        for rule, _ in rules:
+            self.counters.bump(self.counters.skipped, f"{rule.name}:{reason}")
+        if self.metrics is not None:
+            self.metrics.dropped(reason, source="rule", count=len(rules))
+
+    def _store(self, rows: list[NewEvent]) -> None:
+        self._spawn(self._add(rows), "rule-events")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _keep(self, keys: dict[str, str], visit: VisitorContext, ttl: float) -> None:
+        try:
+            await self.stitches.put(keys, visit, ttl=ttl)
+        except Exception as exc:
+            # Losing a stitch costs match quality later, never the page or the event.
+            log.error("Visitor context not kept for a later webhook: %r", exc)
+
+    async def _add(self, rows: list[NewEvent]) -> None:
+        try:
+            fresh = await self.outbox.add(rows)
+        except (OutboxFull, OutboxClosed) as exc:
+            for row in rows:
+                self.counters.bump(self.counters.rejected, row.rule or "")
+            if self.metrics is not None:
+                self.metrics.refused(rows)
+            log.error("Rule events not stored: %s", exc)
+            return
+        except Exception as exc:
+            log.error("Rule events not stored: %r", exc)
+            return
+        if self.metrics is not None:
+            self.metrics.stored(rows, fresh)
+        for row, new in zip(rows, fresh, strict=True):
+            table = self.counters.stored if new else self.counters.duplicate
+            self.counters.bump(table, row.rule or "")
+
+    async def drain(self) -> None:
+        """Wait until every event handed over is in the outbox's queue or failed."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+def browser_trigger(rule: Rule) -> dict[str, Any]:
+    """What px.js needs to fire a click/submit rule: never how customer data is mapped.
+
+    The browser collects raw `data-*` values and form fields and sends them with the
+    beacon; the server converts them with the rule's full specs. For the browser pixel's
+    own call, px.js gets simple recipes for the custom_data fields only, so customer data
+    never reaches the pixel in clear.
+    """
+    data: dict[str, None] = {}
+    fields: dict[str, None] = {}
+    recipes: dict[str, list[list[Any]]] = {}
+    for ex in rule.extractors:
+        for pick in ex.picks:
+            if pick.spec.source == "data":
+                data[pick.key] = None
+            elif pick.spec.source == "field":
+                fields[pick.key] = None
+        if ex.section == "user_data":
+            continue
+        recipes[ex.target] = [
+            [
+                p.spec.source,
+                p.key if p.spec.source != "const" else p.spec.value,
+                p.number or ("list" if p.as_list else ""),
+                p.spec.divide or 1,
+                p.spec.decimal,
+            ]
+            for p in ex.picks
+            if p.spec.source in ("const", "data", "field", "query")
+        ]
+    return {
+        "r": rule.name,
+        "e": rule.event_name,
+        "t": rule.trigger,
+        "s": rule.selector,
+        "d": list(data),
+        "f": list(fields),
+        "c": recipes,
+    }
+
+
+def _values(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {**event.get("custom_data", {}), **event.get("user_data", {})}
+
+
+def _merge(wants: Any) -> Wants:
+    meta: set[str] = set()
+    jsonld = False
+    selectors: dict[Any, None] = {}
+    for w in wants:
+        meta |= w.meta
+        jsonld = jsonld or w.jsonld
+        selectors.update(dict.fromkeys(w.selectors))
+    return Wants(meta=frozenset(meta), jsonld=jsonld, selectors=tuple(selectors))
+
+
+def _multi(items: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in items:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _media(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _charset(headers: Mapping[str, str]) -> str:
+    for param in headers.get("Content-Type", "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or "utf-8"
+    return "utf-8"
+
+
+def _multipart(data: bytes, content_type: str) -> dict[str, list[str]]:
+    """Field values of a multipart/form-data body; file parts are skipped, never read."""
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        return {}
+    out: dict[str, list[str]] = {}
+    for part in data.split(b"--" + boundary.encode("utf-8", "replace"))[1:]:
+        head, sep, body = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        disposition = ""
+        for line in head.decode("latin-1").split("\r\n"):
+            if line.lower().startswith("content-disposition:"):
+                disposition = line.split(":", 1)[1]
+        params = _disposition(disposition)
+        if "name" not in params or "filename" in params:
+            continue
+        content = body[:-2] if body.endswith(b"\r\n") else body
+        out.setdefault(params["name"], []).append(content.decode("utf-8", "replace"))
+    return out
+
+
+def _disposition(value: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in value.split(";")[1:]:
+        name, _, raw = item.partition("=")
+        params[name.strip().lower()] = raw.strip().strip('"')
+    return params

@@ -1,0 +1,224 @@
+"""`POST {prefix}/hooks/<hook>`: a provider's signed webhook in, conversions out.
+
+The signature is checked on the raw body before anything is parsed; a bad or missing one
+is a 401 and nothing is stored. Every mapping of the hook whose conditions hold yields
+one event, completed with the visitor's context a page rule stored under the same key
+(order id, email, ...). A payload no mapping wants is acknowledged, so providers stop
+retrying it. Event ids come from the payload, so a retried delivery is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from gateway.appkeys import METRICS, OUTBOX, RUNTIME, STITCHES
+from gateway.delivery.outbox import OutboxClosed, OutboxFull
+from gateway.delivery.stitch import Stitches, VisitorContext, merge_context
+from gateway.edge.signatures import SignatureError, verify_hmac, verify_stripe
+from gateway.errors import json_error
+from gateway.models import NewEvent
+from gateway.pipeline.events import Context, Problem, prepare
+from gateway.pipeline.extract import Facts
+from gateway.pipeline.normalize import ALIASES
+from gateway.pipeline.rules import RuleSet
+from gateway.pipeline.webhooks import Verifier, Webhook, stitch_values
+
+log = logging.getLogger("gateway.webhooks")
+
+# Without the visitor's browser (nothing stitched), a "website" event lacks what Meta
+# requires of one (user agent, page URL): it is sent as what it is, a backend event.
+UNSTITCHED_ACTION_SOURCE = "system_generated"
+
+
+async def post_hook(request: web.Request) -> web.StreamResponse:
+    """Verify, map and store one webhook delivery."""
+    runtime = request.app[RUNTIME]
+    name = request.match_info["hook"]
+    mappings = runtime.rules.hook(name)
+    if not mappings:
+        return json_error(
+            404, "unknown hook", f"no [[webhook]] in the rule files uses hook {name!r}"
+        )
+    limit = runtime.settings.webhook_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return json_error(413, "payload too large", f"at most {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return json_error(413, "payload too large", f"at most {limit} bytes")
+    verifier = mappings[0].verifier
+    if verifier.missing:
+        return json_error(
+            503,
+            "hook not configured",
+            f"set {verifier.missing} in the gateway's environment and reload",
+            headers={"Retry-After": "300"},
+        )
+    try:
+        _verify(verifier, request, body)
+    except SignatureError as exc:
+        log.warning("Webhook %r refused: %s.", name, exc)
+        return json_error(401, "invalid signature", str(exc))
+    payload, form = _parse(body, request.headers.get("Content-Type", ""))
+    if payload is None and not form:
+        return json_error(400, "invalid payload", "send a JSON object or a form")
+    facts = Facts(
+        json=payload,
+        form=form,
+        query={k: request.query.getall(k) for k in request.query},
+        headers=request.headers.getall,
+    )
+    context = runtime.context
+    stitches = request.app[STITCHES]
+    rows: list[NewEvent] = []
+    report: list[dict[str, Any]] = []
+    for mapping in mappings:
+        subject = payload if payload is not None else form
+        if not mapping.applies(subject):
+            continue
+        built = await _event(mapping, facts, subject, stitches)
+        if built is None:
+            report.append({"webhook": mapping.name, "skipped": "a required value is missing"})
+            continue
+        event, stitched = built
+        result = prepare([event], _webhook_context(context))
+        if isinstance(result, list):
+            problem = result[0]
+            log.error(
+                "Webhook %r mapping %r made an invalid event: %s: %s",
+                name,
+                mapping.name,
+                problem.field,
+                problem.message,
+            )
+            report.append(
+                {"webhook": mapping.name, "rejected": f"{problem.field}: {problem.message}"}
+            )
+            continue
+        rows += [_tagged(row, mapping.name) for row in result.rows]
+        report.append(
+            {"webhook": mapping.name, "event_id": result.event_ids[0], "stitched": stitched}
+        )
+    metrics = request.app[METRICS]
+    if rows:
+        try:
+            fresh = await request.app[OUTBOX].add(rows)
+        except (OutboxFull, OutboxClosed):
+            metrics.refused(rows)
+            # A 503 makes the provider retry later, which is what we want.
+            return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
+        metrics.stored(rows, fresh)
+        ids = {row.event_id: new for row, new in zip(rows, fresh, strict=True)}
+        for item in report:
+            if "event_id" in item:
+                item["duplicate"] = not ids.get(item["event_id"], True)
+    elif not report:
+        log.info("Webhook %r: the payload matches no mapping; acknowledged.", name)
+    return web.json_response({"received": True, "events": report})
+
+
+async def _event(
+    mapping: Webhook, facts: Facts, payload: Any, stitches: Stitches
+) -> tuple[dict[str, Any], bool] | None:
+    event = mapping.draft(facts, payload)
+    if event is None:
+        return None
+    stitched = False
+    keys = mapping.stitch_keys(event)
+    if keys:
+        ctx = await stitches.find(keys)
+        if ctx is not None:
+            event = _merge(event, ctx, share_id=mapping.use_stitched_event_id)
+            stitched = True
+    if event["action_source"] == "website" and not event["user_data"].get("client_user_agent"):
+        event["action_source"] = UNSTITCHED_ACTION_SOURCE
+    return event, stitched
+
+
+def _merge(event: dict[str, Any], ctx: VisitorContext, *, share_id: bool) -> dict[str, Any]:
+    merged = merge_context(event, ctx)
+    if share_id and ctx.event_id:
+        # The browser-side event's id: Meta keeps one of the two.
+        merged["event_id"] = ctx.event_id
+    return merged
+
+
+def _webhook_context(context: Context) -> Context:
+    return Context(
+        targets=context.targets,
+        default_country=context.default_country,
+        max_future_skew=context.max_future_skew,
+        source="webhook",
+    )
+
+
+def _tagged(row: NewEvent, name: str) -> NewEvent:
+    return dataclasses.replace(row, rule=name)
+
+
+def _verify(verifier: Verifier, request: web.Request, body: bytes) -> None:
+    if verifier.kind == "stripe":
+        verify_stripe(
+            request.headers.get("Stripe-Signature"),
+            body,
+            verifier.secrets,
+            tolerance=verifier.tolerance,
+        )
+        return
+    assert verifier.scheme is not None
+    verify_hmac(verifier.scheme, request.headers, body)
+
+
+def _parse(body: bytes, content_type: str) -> tuple[Any, dict[str, list[str]]]:
+    """(JSON payload or None, form fields); never raises on client input."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    text = body.decode("utf-8", "replace")
+    if media == "application/x-www-form-urlencoded":
+        return None, parse_qs(text, keep_blank_values=True, max_num_fields=1000)
+    try:
+        payload = json.loads(text)
+    except (ValueError, RecursionError):
+        return None, {}
+    return (payload if isinstance(payload, Mapping | list) else None), {}
+
+
+async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> list[Problem]:
+    """`/events`: merge stored visitor context into events carrying `stitch_key`.
+
+    Events are changed in place (the key removed, the context merged, explicit values
+    winning); the problems found are returned (nothing is stored when there are any).
+    """
+    known = {_canonical(k) for rule in rules.rules for k in rule.stitch_keys}
+    problems: list[Problem] = []
+    for index, event in enumerate(data):
+        if not isinstance(event, dict) or "stitch_key" not in event:
+            continue
+        keys = event.pop("stitch_key")
+        if (
+            not isinstance(keys, Mapping)
+            or not keys
+            or not all(isinstance(k, str) and isinstance(v, str | int) for k, v in keys.items())
+        ):
+            message = 'use an object of key names to values, e.g. {"order_id": "A1"}'
+            problems.append(Problem(index, "stitch_key", message))
+            continue
+        unknown = sorted(k for k in keys if _canonical(k) not in known)
+        if unknown:
+            configured = ", ".join(sorted(known)) or "none"
+            message = f"no rule keeps visits under {unknown} (configured: {configured})"
+            problems.append(Problem(index, "stitch_key", message))
+            continue
+        ctx = await stitches.find(stitch_values(list(keys), dict(keys)))
+        if ctx is not None:
+            data[index] = merge_context(event, ctx, reuse_event_id=True)
+    return problems
+
+
+def _canonical(name: str) -> str:
+    return ALIASES.get(name, name)

@@ -1,0 +1,152 @@
+"""Plain-language hints from match-key coverage: the weakest key of an event, and where to fix it.
+
+The dashboard shows them next to its coverage table and `capi-gateway doctor` prints them.
+A hint names the rule file that produces the event when there is one, the events API when
+a backend sends it, and says "add a rule file" when no rules are configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# The match keys the dashboard tracks, in Meta's order of weight, with the words a site
+# owner knows them by.
+MATCH_KEYS: tuple[tuple[str, str], ...] = (
+    ("em", "email"),
+    ("ph", "phone"),
+    ("external_id", "external_id"),
+    ("fbp", "fbp"),
+    ("fbc", "fbc"),
+    ("client_ip_address", "client IP"),
+    ("client_user_agent", "user agent"),
+)
+LABELS = dict(MATCH_KEYS)
+# Below this share a key is worth a hint.
+WEAK = 0.9
+# fbc exists only for visitors who came from an ad click: a low share is normal, so it
+# never gets a hint. A PageView comes before the visitor says who they are.
+_CUSTOMER_KEYS = ("em", "ph", "external_id")
+_BROWSER_KEYS = ("fbp", "client_ip_address", "client_user_agent")
+_BACKEND_SOURCES = frozenset({"api"})
+_FORMS = {
+    "Purchase": "checkout form",
+    "InitiateCheckout": "checkout form",
+    "AddPaymentInfo": "checkout form",
+    "Lead": "lead form",
+    "Contact": "contact form",
+    "SubmitApplication": "application form",
+    "CompleteRegistration": "sign-up form",
+    "StartTrial": "sign-up form",
+    "Subscribe": "sign-up form",
+    "Schedule": "booking form",
+}
+
+
+class RuleLike(Protocol):
+    """What the dashboard needs of a loaded rule (gateway.pipeline.rules.Rule has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def event_name(self) -> str: ...
+    @property
+    def trigger(self) -> str: ...
+    @property
+    def file(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """The weakest match key of an event name and what to do about it."""
+
+    event_name: str
+    key: str
+    share: float
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def coverage_hint(
+    event_name: str,
+    shares: Mapping[str, float],
+    sources: Mapping[str, int],
+    rules: Sequence[RuleLike],
+    *,
+    rules_dir: Path | None,
+    prefix: str = "/_capi",
+) -> Hint | None:
+    """A hint for the weakest key of `event_name` under WEAK, or None when all are fine.
+
+    `shares`: match key -> share of events carrying it; `sources`: rows per source (the
+    largest decides where the fix belongs); `rules`: the loaded rules producing this event.
+    """
+    keys = _BROWSER_KEYS if event_name == "PageView" else _CUSTOMER_KEYS + _BROWSER_KEYS
+    weak = [(shares.get(k, 0.0), i, k) for i, k in enumerate(keys) if shares.get(k, 0.0) < WEAK]
+    if not weak:
+        return None
+    share, _, key = min(weak)
+    source = max(sources.items(), key=lambda item: item[1])[0] if sources else ""
+    files = sorted({r.file for r in rules if r.event_name == event_name})
+    fix = _fix(event_name, key, source, files, rules_dir, prefix)
+    return Hint(
+        event_name,
+        key,
+        share,
+        f"{event_name} events carry {LABELS[key]} in {_percent(share)} of cases: {fix}",
+    )
+
+
+def _fix(
+    event: str, key: str, source: str, files: list[str], rules_dir: Path | None, prefix: str
+) -> str:
+    backend = source in _BACKEND_SOURCES
+    if key in _CUSTOMER_KEYS:
+        if backend:
+            return f"send user_data.{key} with each {event} from your backend ({prefix}/events)"
+        what = _customer_field(event, key, webhook=source == "webhook")
+        if files:
+            return f"{what} in {', '.join(files)}"
+        if rules_dir is None:
+            return f"add a rule file that produces {event} and {what} (set `rules` to its folder)"
+        return f"add a rule for {event} to a file in {rules_dir}/ and {what}"
+    if key == "fbp":
+        if backend:
+            return "forward the visitor's _fbp cookie as user_data.fbp from your backend"
+        return (
+            "the gateway sets _fbp on the pages it tags, for visitors who consent: check that "
+            "pages are tagged (inject on, no CSP refusing px.js) and how many visitors consent"
+        )
+    if key == "client_ip_address":
+        if backend:
+            return (
+                "send the visitor's IP address (not your server's) as "
+                "user_data.client_ip_address from your backend"
+            )
+        return (
+            "if a load balancer or CDN sits in front of the gateway, list it in trusted_proxies "
+            "so the visitor's address is read from X-Forwarded-For"
+        )
+    if backend:
+        return "send the visitor's User-Agent header as user_data.client_user_agent"
+    return "these requests came without a User-Agent header (scripts or bots, most likely)"
+
+
+def _customer_field(event: str, key: str, *, webhook: bool) -> str:
+    if key == "external_id":
+        place = "the webhook payload's" if webhook else "your"
+        return f"map {place} customer or account id to external_id"
+    field = LABELS[key]
+    if webhook:
+        return f"map the {field} field of the webhook payload"
+    return f"map the {_FORMS.get(event, 'form')}'s {field} field"
+
+
+def _percent(share: float) -> str:
+    if 0 < share < 0.01:
+        return "under 1%"
+    return f"{share:.0%}"

@@ -1,0 +1,410 @@
+"""Extraction specs in (from a rule's `extract`/`custom`), event fields out of request facts.
+
+A spec names a source (query parameter, form field, JSON-LD path, ...) and how to convert
+what it finds (number with `,` or `.` decimals, cents to units, case, defaults). A target
+may list several specs: the first that yields a value wins. Everything is compiled once at
+load; `extract` runs per matching request and never raises on odd input — a value that
+does not convert is simply missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.edge.htmlscan import HtmlFound, Selector, jsonld_lookup, parse_selector
+from gateway.pipeline.normalize import ALIASES
+from gateway.pipeline.rulefile import (
+    ALL_SOURCES,
+    CUSTOM_DATA_TARGETS,
+    HTML_SOURCES,
+    LIST_TARGETS,
+    NUMBER_TARGETS,
+    TARGETS,
+    USER_DATA_TARGETS,
+    ItemField,
+    SourceSpec,
+    error_location,
+    specific_error,
+)
+
+_MAX_LIST = 200  # items kept from a list source (content_ids of a huge cart)
+_MAX_TEXT = 1000
+_NUMBER_CHARS = re.compile(r"[^0-9,.\-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything a rule can read about one request (and its response)."""
+
+    query: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    path: Mapping[str, str] = field(default_factory=dict)
+    form: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    json: Any = None
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    headers: Callable[[str], list[str]] = lambda _name: []
+    response_headers: Callable[[str], list[str]] = lambda _name: []
+    html: HtmlFound | None = None
+    data: Mapping[str, str] = field(default_factory=dict)
+    fields: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """One compiled source spec."""
+
+    spec: SourceSpec
+    key: str
+    selector: Selector | None
+    pattern: re.Pattern[str] | None
+    as_list: bool
+    number: str | None  # "number" | "integer" | None
+
+    def raw(self, facts: Facts) -> list[Any]:
+        """The values the source holds for this request, before conversion."""
+        source, key = self.spec.source, self.key
+        if source == "const":
+            value = self.spec.value
+            return list(value) if isinstance(value, list) else [value]
+        if source == "query":
+            return list(facts.query.get(key, ()))
+        if source == "path":
+            return [facts.path[key]] if key in facts.path else []
+        if source == "form":
+            return list(facts.form.get(key, ()))
+        if source == "json":
+            return dotted(facts.json, key)
+        if source == "cookie":
+            return [facts.cookies[key]] if key in facts.cookies else []
+        if source == "header":
+            return facts.headers(key)
+        if source == "response_header":
+            return facts.response_headers(key)
+        if source == "data":
+            return [facts.data[key]] if key in facts.data else []
+        if source == "field":
+            return list(facts.fields.get(key, ()))
+        html = facts.html
+        if html is None:
+            return []
+        if source == "meta":
+            return list(html.meta.get(key.lower(), ()))
+        if source == "jsonld":
+            return jsonld_lookup(html.jsonld, key)
+        assert self.selector is not None and self.spec.attr is not None
+        attr = self.spec.attr.lower()
+        return [a[attr] for a in html.elements.get(self.selector, ()) if attr in a]
+
+    def value(self, facts: Facts) -> Any:
+        """The converted value, or None when the source has nothing usable."""
+        found = self.raw(facts)
+        spec = self.spec
+        if self.as_list:
+            items: list[Any] = []
+            for item in found:
+                if isinstance(item, str) and spec.split is not None:
+                    items += [part for part in item.split(spec.split) if part.strip()]
+                elif isinstance(item, list):
+                    items += item
+                else:
+                    items.append(item)
+            out = [c for c in (self._one(i) for i in items[:_MAX_LIST]) if c is not None]
+            if out:
+                return out
+        else:
+            for item in found:
+                converted = self._one(item)
+                if converted is not None:
+                    return converted
+        return spec.default
+
+    def _one(self, item: Any) -> Any:
+        spec = self.spec
+        if spec.map is not None:
+            return _mapped(item, spec.map) if isinstance(item, Mapping) else None
+        if item is None or isinstance(item, Mapping | list):
+            return None
+        if isinstance(item, bool):
+            item = str(item).lower()
+        if self.number is not None and isinstance(item, int | float):
+            return _scaled(float(item), spec.divide, self.number)
+        text = str(item).strip()[:_MAX_TEXT]
+        if self.pattern is not None:
+            match = self.pattern.search(text)
+            if match is None:
+                return None
+            text = (match.groupdict().get("value") or match.group(match.lastindex or 0)).strip()
+        if not text:
+            return None
+        if spec.type == "boolean":
+            return text.lower() in ("1", "true", "yes", "on")
+        if self.number is not None:
+            number = parse_number(text, spec.decimal)
+            return None if number is None else _scaled(number, spec.divide, self.number)
+        if spec.lower:
+            text = text.lower()
+        if spec.upper:
+            text = text.upper()
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    """A target field and the picks that may fill it, in order."""
+
+    target: str
+    section: str  # "custom_data" | "user_data" | "custom"
+    picks: tuple[Pick, ...]
+
+    def value(self, facts: Facts) -> Any:
+        """The first pick's value that is not None."""
+        for pick in self.picks:
+            found = pick.value(facts)
+            if found is not None and found != []:
+                return found
+        return None
+
+
+def compile_extract(
+    extract: Mapping[str, Any], custom: Mapping[str, Any], sources: Sequence[str]
+) -> list[Extractor]:
+    """Compile a rule's `extract` and `custom` tables; ValueError("field: message") if wrong."""
+    out: list[Extractor] = []
+    for target, raw in extract.items():
+        where = f"extract.{target}"
+        if target == "custom":
+            raise ValueError(f"{where}: put custom properties in the rule's [rule.custom] table")
+        if target not in TARGETS:
+            raise ValueError(
+                f"{where}: unknown target {target!r} (custom_data: "
+                f"{', '.join(CUSTOM_DATA_TARGETS)}; user_data: {', '.join(USER_DATA_TARGETS)}; "
+                "anything else goes in [rule.custom])"
+            )
+        section = "user_data" if target in USER_DATA_TARGETS else "custom_data"
+        out.append(Extractor(target, section, _picks(raw, target, where, sources)))
+    for name, raw in custom.items():
+        if name in CUSTOM_DATA_TARGETS:
+            raise ValueError(f"custom.{name}: {name} is a standard field: set it in extract")
+        out.append(Extractor(name, "custom", _picks(raw, name, f"custom.{name}", sources)))
+    seen: dict[str, str] = {}
+    for ex in out:
+        if ex.section == "user_data":
+            canonical = ALIASES.get(ex.target, ex.target)
+            if canonical in seen:
+                raise ValueError(
+                    f"extract.{ex.target}: the same field as extract.{seen[canonical]}"
+                )
+            seen[canonical] = ex.target
+    return out
+
+
+def _picks(raw: Any, target: str, where: str, sources: Sequence[str]) -> tuple[Pick, ...]:
+    if isinstance(raw, dict):
+        return (_pick(raw, target, where, sources),)
+    if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw):
+        return tuple(_pick(r, target, f"{where}.{i}", sources) for i, r in enumerate(raw))
+    if isinstance(raw, str | int | float | bool) or (
+        isinstance(raw, list) and all(isinstance(r, str | int | float) for r in raw)
+    ):
+        return (_pick({"source": "const", "value": raw}, target, where, sources),)
+    raise ValueError(
+        f"{where}: expected a constant, a source table such as "
+        '{ source = "query", key = "q" }, or a list of source tables (first match wins)'
+    )
+
+
+def _pick(raw: dict[str, Any], target: str, where: str, sources: Sequence[str]) -> Pick:
+    source = raw.get("source")
+    if isinstance(source, str) and source not in sources:
+        # Checked before the model so the message lists the sources of this kind of rule.
+        if source in ALL_SOURCES:
+            raise ValueError(
+                f"{where}: source {source!r} is not available here "
+                f"(expected one of: {', '.join(sources)})"
+            )
+        raise ValueError(
+            f"{where}: unknown source {source!r} (expected one of: {', '.join(sources)})"
+        )
+    try:
+        spec = SourceSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = specific_error(exc)
+        loc = error_location(err)
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and err["loc"][0] == "map":
+            message = "unknown key (expected key, type, divide, decimal)"
+        elif err["type"] == "extra_forbidden":
+            message = (
+                "unknown key (expected source, key, value, attr, type, decimal, divide, "
+                "lower, upper, pattern, split, default, map)"
+            )
+        elif err["type"] == "missing":
+            message = 'required key is missing (e.g. source = "query")'
+        raise ValueError(f"{where}{'.' + loc if loc else ''}: {message}") from None
+    if spec.source not in sources:
+        raise ValueError(
+            f"{where}: source {spec.source!r} is not available here "
+            f"(expected one of: {', '.join(sources)})"
+        )
+    if spec.source == "const":
+        if spec.value is None:
+            raise ValueError(f"{where}: a const source needs value = ...")
+    elif not spec.key:
+        raise ValueError(f"{where}: source {spec.source!r} needs key = ...")
+    selector = None
+    if spec.source == "selector":
+        if not spec.attr:
+            raise ValueError(f'{where}: a selector source needs attr = (e.g. "data-sku")')
+        try:
+            selector = parse_selector(spec.key or "")
+        except ValueError as exc:
+            raise ValueError(f"{where}.key: {exc}") from None
+    if spec.source == "jsonld" and "" in (spec.key or "").split("."):
+        raise ValueError(f"{where}.key: use a path such as Product.offers.price")
+    if spec.lower and spec.upper:
+        raise ValueError(f"{where}: choose lower or upper, not both")
+    as_list = spec.type == "list" or (spec.type is None and target in LIST_TARGETS)
+    if target == "contents" and spec.map is None and spec.source != "const":
+        raise ValueError(
+            f'{where}: contents are objects: add map = {{ id = "sku", quantity = "qty" }}'
+        )
+    number: str | None = None
+    if spec.type in ("number", "integer"):
+        number = spec.type
+    elif spec.type is None and target in NUMBER_TARGETS:
+        number = "number"
+    elif spec.type is None and target == "num_items":
+        number = "integer"
+    if spec.divide is not None and number is None:
+        raise ValueError(f'{where}.divide: only numbers can be divided: add type = "number"')
+    pattern = re.compile(spec.pattern) if spec.pattern else None
+    key = (spec.key or "").removeprefix("data-") if spec.source == "data" else spec.key or ""
+    return Pick(spec, key, selector, pattern, as_list, number)
+
+
+def extract(extractors: Sequence[Extractor], facts: Facts) -> dict[str, dict[str, Any]]:
+    """{"custom_data": {...}, "user_data": {...}} for one request; missing values left out."""
+    out: dict[str, dict[str, Any]] = {"custom_data": {}, "user_data": {}}
+    for ex in extractors:
+        value = ex.value(facts)
+        if value is None:
+            continue
+        section = "user_data" if ex.section == "user_data" else "custom_data"
+        out[section][ex.target] = value
+    return out
+
+
+def html_needs(extractors: Sequence[Extractor]) -> list[Pick]:
+    """The picks that read the response's HTML."""
+    return [p for ex in extractors for p in ex.picks if p.spec.source in HTML_SOURCES]
+
+
+def parse_number(text: str, decimal: str = "auto") -> float | None:
+    """A number from text like "1.234,56", "1,234.56", "12,50 €" or "-3"; None if not one."""
+    cleaned = _NUMBER_CHARS.sub("", text.replace("\u2212", "-"))  # U+2212 is a minus sign too
+    if not cleaned or cleaned in "-.,":
+        return None
+    if decimal == "auto":
+        decimal = _guess_decimal(cleaned)
+    thousands = "," if decimal == "." else "."
+    cleaned = cleaned.replace(thousands, "").replace(decimal, ".")
+    if cleaned.count("-") > 1 or ("-" in cleaned and not cleaned.startswith("-")):
+        return None
+    try:
+        number = float(cleaned)
+    except ValueError:
+        return None
+    # "9" * 400 is inf: not an amount Meta (or JSON) takes.
+    return number if math.isfinite(number) else None
+
+
+def _guess_decimal(cleaned: str) -> str:
+    last_dot, last_comma = cleaned.rfind("."), cleaned.rfind(",")
+    if last_dot >= 0 and last_comma >= 0:
+        return "." if last_dot > last_comma else ","
+    if last_comma >= 0:
+        head, tail = cleaned.lstrip("-").split(",", 1)
+        # "1,234" and "1,234,567" group thousands; "12,5", "12,50", "1234,5" and "0,500"
+        # are decimals (no thousands group starts with 0).
+        if cleaned.count(",") > 1 or (
+            len(tail) == 3 and 1 <= len(head) <= 3 and not head.startswith("0")
+        ):
+            return "."
+        return ","
+    # "1.234.567" groups thousands; a single dot is a decimal point.
+    return "," if cleaned.count(".") > 1 else "."
+
+
+def _scaled(number: float, divide: float | None, kind: str) -> float | int:
+    if divide:
+        number = number / divide
+    if kind == "integer":
+        return round(number)
+    # Money: round away float noise from divisions (1999 / 100 = 19.990000000000002).
+    return round(number, 6)
+
+
+def _mapped(
+    item: Mapping[str, Any], mapping: Mapping[str, str | ItemField]
+) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for name, how in mapping.items():
+        item_field = how if isinstance(how, ItemField) else ItemField(key=how)
+        found = dotted(item, item_field.key)
+        if not found or isinstance(found[0], Mapping | list):
+            continue
+        value = found[0]
+        if item_field.type != "string":
+            number = (
+                float(value)
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else parse_number(str(value), item_field.decimal)
+            )
+            if number is None:
+                continue
+            out[name] = _scaled(number, item_field.divide, item_field.type)
+        else:
+            out[name] = str(value)
+    return out if "id" in out else None
+
+
+def dotted(data: Any, path: str) -> list[Any]:
+    """Values at a dotted path ("customer.email", "items.0.sku"); lists met are flattened."""
+    current: list[Any] = [data]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for node in current:
+            if isinstance(node, Mapping):
+                if part in node:
+                    nxt.append(node[part])
+            elif isinstance(node, list):
+                if part.isdigit():
+                    index = int(part)
+                    if index < len(node):
+                        nxt.append(node[index])
+                else:
+                    nxt += [n[part] for n in node if isinstance(n, Mapping) and part in n]
+        current = nxt
+        if not current:
+            return []
+    flat: list[Any] = []
+    for node in current:
+        if isinstance(node, list):
+            flat += node
+        else:
+            flat.append(node)
+    return flat
+
+
+def parse_json_text(text: str) -> Any:
+    """JSON or None; never raises (bodies are client-controlled)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
