@@ -1,7 +1,7 @@
 """Throughput benchmark of the events API and the sender (not a test: prints a table).
 
     python bench/bench_events.py [--seconds 5] [--concurrency 32] [--preload 50000]
-                                 [--json PATH]
+                                 [--workers 1,2] [--json PATH]
 
 Everything runs on 127.0.0.1: the fake Graph API (`python -m tests.fakes.graph
 --count-only`) and `capi-gateway serve` are subprocesses on a fresh temp buffer, the
@@ -14,14 +14,17 @@ clients are asyncio tasks in this process.
   token, it releases the backlog at once, and the rate at which events reach the fake
   (`GET /_fake/stats` events_received) is measured until the backlog is gone.
 
-Peak RSS and CPU of the gateway process are sampled every 100 ms (psutil, from the
-`bench` extra). See bench/README.md for the figures measured on the reference machine.
+All phases run once per `--workers` count (`serve --workers N`, default 1 and 2) and the
+table shows the counts side by side with the ratio of the last to the first. Peak RSS and
+CPU of the gateway (all its processes) are sampled every 100 ms (psutil, from the `bench`
+extra). See bench/README.md for the figures measured on the reference machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -75,15 +78,16 @@ GATEWAY_ENV = {
 
 
 def bench_gateway(
-    buffer: Path, graph_url: str, log: Path, *, token: str, log_level: str
+    buffer: Path, graph_url: str, log: Path, *, token: str, log_level: str, workers: int
 ) -> Gateway:
-    """`capi-gateway serve` with the benchmark's settings on a free port."""
-    env = {**GATEWAY_ENV, "CAPIGW_LOG_LEVEL": log_level}
+    """`capi-gateway serve --workers N` with the benchmark's settings on a free port."""
+    env = {**GATEWAY_ENV, "CAPIGW_LOG_LEVEL": log_level, "CAPIGW_WORKERS": str(workers)}
     return start_gateway(buffer, graph_url, log, pixel=PIXEL, token=token, api_key=API_KEY, env=env)
 
 
 class Sampler(threading.Thread):
-    """Peak RSS and CPU time of one process, sampled every `interval` seconds."""
+    """Peak RSS (summed) and CPU time of a process and its children (the workers), sampled
+    every `interval` seconds."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -91,25 +95,36 @@ class Sampler(threading.Thread):
         self.interval = interval
         self.peak_rss = 0
         self.samples = 0
+        self._kids: dict[int, psutil.Process] = {}
         self._halt = threading.Event()
+
+    def family(self) -> list[psutil.Process]:
+        """The process and its children now (workers forked since are picked up)."""
+        with contextlib.suppress(psutil.Error):
+            for kid in self.proc.children():
+                self._kids.setdefault(kid.pid, kid)
+        return [self.proc, *self._kids.values()]
 
     def run(self) -> None:
         while not self._halt.is_set():
-            try:
-                rss = self.proc.memory_info().rss
-            except psutil.Error:
+            rss = 0
+            for p in self.family():
+                with contextlib.suppress(psutil.Error):
+                    rss += p.memory_info().rss
+            if not self.proc.is_running():
                 return
             self.peak_rss = max(self.peak_rss, rss)
             self.samples += 1
             self._halt.wait(self.interval)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the process so far."""
-        try:
-            times = self.proc.cpu_times()
-        except psutil.Error:
-            return 0.0
-        return float(times.user + times.system)
+        """User + system CPU seconds of the process and its workers so far."""
+        total = 0.0
+        for p in self.family():
+            with contextlib.suppress(psutil.Error):
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
 
     def finish(self) -> None:
         """Stop sampling."""
@@ -222,9 +237,11 @@ class Row:
         return self.measured / self.target if self.higher_is_better else self.target / self.measured
 
 
-async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def benchmark(args: argparse.Namespace, workdir: Path, workers: int) -> dict[str, Any]:
+    """Phases A, B and C against `serve --workers {workers}`: the rows and the details."""
     rows: list[Row] = []
     details: dict[str, Any] = {}
+    print(f"-- --workers {workers} --", flush=True)
     with stop_at_exit() as procs:
         fake = start_fake(workdir / "fake.log", token=TOKEN, count_only=True)
         procs.append(fake.proc)
@@ -236,6 +253,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 workdir / "gateway-ab.log",
                 token=TOKEN,
                 log_level=args.log_level,
+                workers=workers,
             )
             procs.append(gw.proc)
             await wait_healthy(gw, control, timeout=20)
@@ -270,6 +288,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 workdir / "gateway-preload.log",
                 token="EAAB-wrong-token",  # deliberately refused by the fake
                 log_level=args.log_level,
+                workers=workers,
             )
             procs.append(pre.proc)
             await wait_healthy(pre, control, timeout=20)
@@ -298,6 +317,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 workdir / "gateway-drain.log",
                 token=TOKEN,
                 log_level=args.log_level,
+                workers=workers,
             )
             procs.append(drain.proc)
             sampler_c = Sampler(drain.proc.pid)
@@ -366,17 +386,40 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {"rows": rows, "details": details}
 
 
-def print_table(rows: list[Row]) -> None:
-    """metric | measured | target | ratio, side by side."""
-    width = max(len(r.metric) for r in rows)
+def print_table(results: dict[int, list[Row]]) -> None:
+    """metric | measured per worker count | ratio last/first | target | ratio to target."""
+    counts = sorted(results)
+    first = results[counts[0]]
+    width = max(len(r.metric) for r in first)
+    heads = "".join(f"  {f'workers={n}':>16}" for n in counts)
+    scale = f"{counts[-1]}/{counts[0]}" if len(counts) > 1 else ""
     print()
-    print(f"{'metric':<{width}}  {'measured':>14}  {'target':>14}  {'ratio':>7}")
-    print("-" * (width + 43))
-    for r in rows:
-        measured = f"{r.measured:,.1f} {r.unit}"
-        target = f">= {r.target:,.0f} {r.unit}" if r.target is not None else "-"
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-        print(f"{r.metric:<{width}}  {measured:>14}  {target:>14}  {ratio:>7}")
+    print(f"{'metric':<{width}}{heads}  {scale:>7}  {'target':>14}  {'to target':>9}")
+    print("-" * (width + 18 * len(counts) + 38))
+    for i, row in enumerate(first):
+        cells = [results[n][i] for n in counts]
+        values = "".join(f"  {f'{c.measured:,.1f} {c.unit}':>16}" for c in cells)
+        ratio = ""
+        if len(cells) > 1 and cells[0].measured:
+            ratio = f"{cells[-1].measured / cells[0].measured:.2f}x"
+        target = f">= {row.target:,.0f} {row.unit}" if row.target is not None else "-"
+        to_target = " / ".join(f"{c.ratio:.2f}x" for c in cells if c.ratio is not None) or "-"
+        print(f"{row.metric:<{width}}{values}  {ratio:>7}  {target:>14}  {to_target:>9}")
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def parse_workers(text: str) -> list[int]:
+    """`1,2` -> [1, 2]: the worker counts to compare, each run in turn."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of worker counts: {text!r}") from None
+    if not counts or counts[0] < 1 or counts[-1] > 64:
+        raise argparse.ArgumentTypeError("worker counts go from 1 to 64")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preload", type=int, default=50_000, help="backlog for phase C")
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="bound on preload and on drain"
+    )
+    parser.add_argument(
+        "--workers",
+        type=parse_workers,
+        default=[1, 2],
+        help="worker counts to compare, comma-separated (default: 1,2)",
     )
     parser.add_argument(
         "--log-level", default="info", help="the gateway's log level (default: info, as shipped)"
@@ -398,19 +447,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.concurrency < 1 or args.preload < 1:
         parser.error("--seconds, --concurrency and --preload must be positive")
 
+    outcomes: dict[int, dict[str, Any]] = {}
     try:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            outcome = asyncio.run(benchmark(args, args.workdir))
-        else:
-            with tempfile.TemporaryDirectory(prefix="capigw-bench-") as tmp:
-                outcome = asyncio.run(benchmark(args, Path(tmp)))
+        with contextlib.ExitStack() as stack:
+            if args.workdir is not None:
+                args.workdir.mkdir(parents=True, exist_ok=True)
+                root = args.workdir
+            else:
+                root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="capigw-")))
+            for workers in args.workers:
+                workdir = root / f"workers-{workers}"
+                workdir.mkdir(exist_ok=True)
+                for old in workdir.glob("*.db*"):  # a --workdir kept from an earlier run
+                    old.unlink()
+                outcomes[workers] = asyncio.run(benchmark(args, workdir, workers))
     except AssertionError as exc:  # a subprocess did not start or a CLI call failed
         raise SystemExit(str(exc)) from None
-    rows: list[Row] = outcome["rows"]
-    print_table(rows)
+    results: dict[int, list[Row]] = {n: o["rows"] for n, o in outcomes.items()}
+    print_table(results)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        counts = sorted(results)
         document = {
             "machine": {
                 "cpus": os.cpu_count(),
@@ -421,19 +478,20 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "concurrency": args.concurrency,
                 "preload": args.preload,
+                "workers": counts,
                 "log_level": args.log_level,
             },
             "results": [
                 {
-                    "metric": r.metric,
-                    "measured": round(r.measured, 2),
-                    "unit": r.unit,
-                    "target": r.target,
-                    "ratio": None if r.ratio is None else round(r.ratio, 3),
+                    "metric": row.metric,
+                    "unit": row.unit,
+                    "target": row.target,
+                    "measured": {str(n): round(results[n][i].measured, 2) for n in counts},
+                    "ratio_to_target": {str(n): _rounded(results[n][i].ratio) for n in counts},
                 }
-                for r in rows
+                for i, row in enumerate(results[counts[0]])
             ],
-            **outcome["details"],
+            "details": {str(n): o["details"] for n, o in outcomes.items()},
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {args.json}")

@@ -1,25 +1,29 @@
 """Reverse-proxy benchmark: the gateway beside nginx and the bare origin (not a test).
 
     python bench/bench_proxy.py [--seconds 5] [--concurrency 32] [--threads 2]
-                                [--rate 100] [--latency-seconds 5] [--json PATH]
+                                [--rate 100] [--latency-seconds 5] [--workers 1,2]
+                                [--json PATH]
 
 Everything runs on 127.0.0.1, as subprocesses of this script:
 
-- one nginx (`worker_processes 2`, config and logs in a temp dir) with two server blocks:
+- one nginx (`worker_processes` = the largest `--workers`, config and logs in a temp dir)
+  with two server blocks:
   the origin, serving a 20 KB HTML page, a 20 KB JavaScript file and a 100-byte CSS file
   from the temp dir, and a plain reverse proxy to that origin (upstream keep-alive);
-- `capi-gateway serve --upstream <origin> --workers 2 --dry-run`, settings as shipped
+- `capi-gateway serve --upstream <origin> --workers N --dry-run`, settings as shipped
   otherwise (every tagged page also stores a PageView), then a variant where no PageView is
   stored (`CAPIGW_CONSENT` names a cookie the client never sends: the page is still
-  tagged), then one with `CAPIGW_INJECT=false` (proxying alone); one gateway at a time;
+  tagged), then one with `CAPIGW_INJECT=false` (proxying alone); one gateway at a time,
+  each for every N of `--workers` (default 1 and 2, compared side by side at the end);
 - the load: `wrk` (closed loop, `--concurrency` connections for `--seconds`, no Lua) for
   requests/s and latency percentiles, and an open-loop asyncio client in this process sending
   `--rate` requests/s for `--latency-seconds` for the latency added at a low rate.
 
-Five paths per file: direct to the origin, through nginx, through the gateway and its two
-variants. CPU of nginx, of the gateway (all its processes) and of wrk is measured over each
-wrk run; load generator and servers share the machine's cores. nginx and wrk come from
-bench/install-nginx.sh. See bench/README.md for the figures measured on the reference machine.
+Per file: direct to the origin, through nginx, and through the gateway and its two variants
+with each worker count. CPU of nginx, of the gateway (all its processes) and of wrk is
+measured over each wrk run; load generator and servers share the machine's cores. nginx
+and wrk come from bench/install-nginx.sh. See bench/README.md for the figures measured on
+the reference machine.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ INSTALL = Path(__file__).resolve().with_name("install-nginx.sh")
 
 TARGET_HTML_VS_NGINX = 0.25  # gateway req/s >= 25 % of nginx's on the HTML page
 TARGET_ADDED_P50_MS = 2.0  # gateway p50 - direct p50 at --rate req/s
-WORKERS = 2
+TARGET_WORKERS = 2  # the req/s target is for `--workers 2`
 
 # -- the site --------------------------------------------------------------------------------
 
@@ -271,7 +275,7 @@ def ensure_tools() -> tuple[str, str]:
     return nginx, wrk
 
 
-def nginx_conf(tmp: Path, nginx: str, origin: int, proxy: int) -> str:
+def nginx_conf(tmp: Path, nginx: str, origin: int, proxy: int, workers: int) -> str:
     """One nginx, two server blocks: the static origin and a plain reverse proxy to it."""
     flags = subprocess.run([nginx, "-V"], capture_output=True, text=True, check=False).stderr
     # Temp paths default to /var/lib/nginx, writable by root only: keep them in `tmp`.
@@ -291,7 +295,7 @@ def nginx_conf(tmp: Path, nginx: str, origin: int, proxy: int) -> str:
     if os.geteuid() == 0:
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
     return f"""{user}
-worker_processes {WORKERS};
+worker_processes {workers};
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
@@ -419,11 +423,13 @@ def wait_listening(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: 
     asyncio.run(poll())
 
 
-def start_nginx(nginx: str, tmp: Path, procs: Procs) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_nginx(
+    nginx: str, tmp: Path, procs: Procs, workers: int
+) -> tuple[subprocess.Popen[bytes], str, str]:
     """nginx with the origin and the proxy; (process, origin URL, proxy URL)."""
     origin, proxy = free_port(), free_port()
     conf = tmp / "nginx.conf"
-    conf.write_text(nginx_conf(tmp, nginx, origin, proxy))
+    conf.write_text(nginx_conf(tmp, nginx, origin, proxy, workers))
     log = tmp / "nginx-error.log"
     cmd = [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(log), "-g", "daemon off;"]
     proc = spawn(cmd, tmp / "nginx-stdout.log")
@@ -445,13 +451,13 @@ async def create_outbox(buffer: Path) -> None:
 
 
 def start_bench_gateway(
-    workdir: Path, name: str, upstream: str, procs: Procs, extra: dict[str, str]
+    workdir: Path, name: str, upstream: str, procs: Procs, extra: dict[str, str], workers: int
 ) -> Gateway:
-    """`capi-gateway serve --upstream ... --workers 2 --dry-run`, waited for until every
+    """`capi-gateway serve --upstream ... --workers N --dry-run`, waited for until every
     worker listens."""
     env = {
         "CAPIGW_UPSTREAM": upstream,
-        "CAPIGW_WORKERS": str(WORKERS),
+        "CAPIGW_WORKERS": str(workers),
         "CAPIGW_DRY_RUN": "true",
         **extra,
     }
@@ -479,16 +485,18 @@ def start_bench_gateway(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # SO_REUSEPORT: connections go only to bound workers
         listening = 0
-        for kid in procs.family(gw.proc)[1:]:
+        family = procs.family(gw.proc)
+        # One worker is the process itself; with more, the parent only supervises.
+        for kid in family if workers == 1 else family[1:]:
             with contextlib.suppress(psutil.Error):
                 conns = kid.net_connections(kind="tcp")
                 listening += any(
                     c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns
                 )
-        if listening >= WORKERS:
+        if listening >= workers:
             return gw
         time.sleep(0.05)
-    raise AssertionError(f"the gateway's {WORKERS} workers did not listen:\n{tail(gw.log)}")
+    raise AssertionError(f"the gateway's {workers} workers did not listen:\n{tail(gw.log)}")
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -627,24 +635,41 @@ async def open_loop(url: str, headers: dict[str, str], rate: float, seconds: flo
 
 # -- the benchmark --------------------------------------------------------------------------------
 
-PATHS = (
-    ("direct", "direct (origin)"),
-    ("nginx", "nginx proxy"),
-    ("gateway", "gateway"),
-    ("gateway-nostore", "gateway, no PageView"),
-    ("gateway-noinject", "gateway, INJECT=false"),
-)
+BASE_PATHS = {"direct": "direct (origin)", "nginx": "nginx proxy"}
 # The gateway's variants, one at a time, each on a fresh buffer:
 # - as shipped: the page is tagged, gets the _fbp cookie, and a PageView is stored;
 # - no PageView: a consent cookie is required (CAPIGW_CONSENT) and the client sends none, so
 #   the page is still tagged but no cookie is set and nothing is stored;
 # - INJECT=false: the HTML streams through like any other response (proxying alone).
-GATEWAYS: tuple[tuple[str, dict[str, str]], ...] = (
-    ("gateway", {}),
-    ("gateway-nostore", {"CAPIGW_CONSENT": "bench_consent"}),
-    ("gateway-noinject", {"CAPIGW_INJECT": "false"}),
+VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("gateway", "gateway", {}),
+    ("gateway-nostore", "gateway, no PageView", {"CAPIGW_CONSENT": "bench_consent"}),
+    ("gateway-noinject", "gateway, INJECT=false", {"CAPIGW_INJECT": "false"}),
 )
 TAGGING = frozenset({"gateway", "gateway-nostore"})
+
+
+def gateway_path(variant: str, workers: int) -> str:
+    """The key of a gateway variant run with `workers` workers, e.g. `gateway-w2`."""
+    return f"{variant}-w{workers}"
+
+
+def variant_of(path: str) -> str:
+    """`gateway-nostore-w2` -> `gateway-nostore`; `direct` and `nginx` stay as they are."""
+    return path if path in BASE_PATHS else path.rsplit("-w", 1)[0]
+
+
+def label_of(path: str) -> str:
+    """The path as the tables show it, e.g. `gateway, no PageView [2w]`."""
+    if path in BASE_PATHS:
+        return BASE_PATHS[path]
+    variant, _, workers = path.rpartition("-w")
+    return f"{next(label for key, label, _ in VARIANTS if key == variant)} [{workers}w]"
+
+
+def all_paths(workers: list[int]) -> list[str]:
+    """Every path in table order: direct, nginx, then each variant per worker count."""
+    return [*BASE_PATHS, *(gateway_path(v, n) for n in workers for v, _, _ in VARIANTS)]
 
 
 @dataclass
@@ -708,7 +733,7 @@ def check_responses(urls: dict[str, str], bodies: dict[str, bytes]) -> dict[str,
                         if resp.status != 200:
                             raise AssertionError(f"{path} {f.path}: HTTP {resp.status}")
                         tagged = b"data-event-id=" in body
-                        want_tag = f.key == "html" and path in TAGGING
+                        want_tag = f.key == "html" and variant_of(path) in TAGGING
                         if tagged != want_tag:
                             raise AssertionError(f"{path} {f.path}: tagged={tagged}")
                         if not want_tag and body != bodies[f.key]:
@@ -734,7 +759,7 @@ def measure_path(
 ) -> tuple[list[Measure], int]:
     """Open-loop latency of each file first (quiet machine), then wrk for each file; the
     measures, and how many HTML pages were answered in all (warm-ups included)."""
-    label = dict(PATHS)[key]
+    label = label_of(key)
     latencies: dict[str, OpenLoop] = {}
     for f in FILES:
         print(f"  {label}: {f.label} at {args.rate:g} req/s for {args.latency_seconds:g} s ...")
@@ -770,16 +795,18 @@ def benchmark(args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> 
     measures: list[Measure] = []
     pageviews: dict[str, Any] = {}
     with processes() as procs:
-        nginx_proc, origin, proxy = start_nginx(nginx, workdir, procs)
+        nginx_proc, origin, proxy = start_nginx(nginx, workdir, procs, max(args.workers))
         nginx_family = procs.family(nginx_proc)
         print(f"nginx: origin {origin}, proxy {proxy} ({len(nginx_family) - 1} workers)")
         checks = check_responses({"direct": origin, "nginx": proxy}, bodies)
         for key, base in (("direct", origin), ("nginx", proxy)):
             measures += measure_path(key, base, wrk, args, nginx_family, None)[0]
-        for key, extra in GATEWAYS:
-            gw = start_bench_gateway(workdir, key, origin, procs, extra)
+        for key, workers, extra in (
+            (gateway_path(v, n), n, extra) for n in args.workers for v, _, extra in VARIANTS
+        ):
+            gw = start_bench_gateway(workdir, key, origin, procs, extra, workers)
             family = procs.family(gw.proc)
-            print(f"{dict(PATHS)[key]}: {gw.url} ({len(family) - 1} workers), upstream {origin}")
+            print(f"{label_of(key)}: {gw.url} ({workers} worker(s)), upstream {origin}")
             checks.update(check_responses({key: gw.url}, bodies))
             found, pages = measure_path(key, gw.url, wrk, args, nginx_family, family)
             measures += found
@@ -807,10 +834,9 @@ def _f(value: float | None, spec: str) -> str:
 def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[str, Any]]:
     """The matrix (file x path), then the ratios beside their targets; the targets as data."""
     rate = args.rate
-    labels = dict(PATHS)
     files = {f.key: f.label for f in FILES}
     head = (
-        f"{'file':<10} {'path':<21} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'err':>4} "
+        f"{'file':<10} {'path':<27} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'err':>4} "
         f"{'nginx':>6} {'gw':>6} {'wrk':>5} {'gw µs':>6}  {'@' + format(rate, 'g') + '/s p50':>11} "
         f"{'p99':>6}"
     )
@@ -824,15 +850,16 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
     print(head)
     print("-" * len(head))
     for f in FILES:
-        for key, label in PATHS:
+        for key in all_paths(args.workers):
             m = _get(measures, f.key, key)
             if m is None:
                 continue
+            label = label_of(key)
             w = m.wrk
             gw_pct = None if m.gateway_cpu is None else m.gateway_cpu / w.seconds * 100
             gw_us = None if m.gateway_cpu is None else m.gateway_cpu / max(w.requests, 1) * 1e6
             print(
-                f"{files[f.key] if key == 'direct' else '':<10} {label:<21} {w.rps:>8,.0f} "
+                f"{files[f.key] if key == 'direct' else '':<10} {label:<27} {w.rps:>8,.0f} "
                 f"{_f(w.p50, '.2f'):>7} {_f(w.p90, '.2f'):>7} {_f(w.p99, '.2f'):>7} "
                 f"{w.errors:>4} {m.nginx_cpu / w.seconds * 100:>5.0f}% "
                 f"{_f(gw_pct, '5.0f') + '%' if gw_pct is not None else '-':>6} "
@@ -844,7 +871,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
         share = busiest.other_cpu / busiest.wrk.seconds * 100
         print(
             f"CPU not used by nginx, the gateway or wrk during a run: at most {share:.0f}% of "
-            f"a core ({files[busiest.file]}, {labels[busiest.path]})"
+            f"a core ({files[busiest.file]}, {label_of(busiest.path)})"
             + (": other processes were busy, figures may be low" if share > 25 else "")
         )
     targets: list[dict[str, Any]] = []
@@ -855,7 +882,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
             return
         targets.append(
             {
-                "metric": f"{labels[a]} / {labels[b]} req/s, {files[file]}",
+                "metric": f"{label_of(a)} / {label_of(b)} req/s, {files[file]}",
                 "measured": ma.wrk.rps / mb.wrk.rps,
                 "unit": "x",
                 "target": target,
@@ -869,7 +896,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
             return
         targets.append(
             {
-                "metric": f"added p50 @{rate:g}/s, {labels[path]} - direct, {files[file]}",
+                "metric": f"added p50 @{rate:g}/s, {label_of(path)} - direct, {files[file]}",
                 "measured": m.latency.pct(0.5) - d.latency.pct(0.5),
                 "unit": "ms",
                 "target": target,
@@ -878,17 +905,23 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
         )
 
     variants = ("gateway-nostore", "gateway-noinject")
+    for n in args.workers:
+        gateway = gateway_path("gateway", n)
+        for f in FILES:
+            html = f.key == "html"
+            target = TARGET_HTML_VS_NGINX if html and n == TARGET_WORKERS else None
+            ratio(f.key, gateway, "nginx", target)
+            ratio(f.key, gateway, "direct", None)
+            for variant in variants if html else ():
+                ratio(f.key, gateway_path(variant, n), "nginx", None)
+    for n in args.workers:
+        gateway = gateway_path("gateway", n)
+        for f in FILES:
+            html = f.key == "html"
+            added(f.key, gateway, TARGET_ADDED_P50_MS if html else None)
+            for variant in variants if html else ():
+                added(f.key, gateway_path(variant, n), None)
     for f in FILES:
-        html = f.key == "html"
-        ratio(f.key, "gateway", "nginx", TARGET_HTML_VS_NGINX if html else None)
-        ratio(f.key, "gateway", "direct", None)
-        for variant in variants if html else ():
-            ratio(f.key, variant, "nginx", None)
-    for f in FILES:
-        html = f.key == "html"
-        added(f.key, "gateway", TARGET_ADDED_P50_MS if html else None)
-        for variant in variants if html else ():
-            added(f.key, variant, None)
         added(f.key, "nginx", None)
     width = max(len(t["metric"]) for t in targets) if targets else 10
     print()
@@ -908,6 +941,71 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
     return targets
 
 
+def print_scaling(measures: list[Measure], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each gateway variant and file with every worker count side by side, and the ratio of
+    the last count to the first; the same as data."""
+    counts = args.workers
+    if len(counts) < 2:
+        return []
+    rows: list[dict[str, Any]] = []
+    scale = f"{counts[-1]}/{counts[0]}"
+    cols = "".join(f" {f'w{n} req/s':>10}" for n in counts)
+    us = "".join(f" {f'w{n} µs':>7}" for n in counts)
+    p50 = "".join(f" {f'w{n} p50':>7}" for n in counts)
+    head = f"{'file':<10} {'gateway':<21}{cols} {scale:>6}{us}{p50}"
+    print()
+    print(
+        f"Worker counts side by side: wrk req/s, gateway CPU µs per request, and p50 (ms) at "
+        f"{args.rate:g} req/s; {scale} = req/s with {counts[-1]} workers / with {counts[0]}."
+    )
+    print(head)
+    print("-" * len(head))
+    files = {f.key: f.label for f in FILES}
+    for f in FILES:
+        for i, (variant, label, _) in enumerate(VARIANTS):
+            found = [_get(measures, f.key, gateway_path(variant, n)) for n in counts]
+            got = [m for m in found if m is not None]
+            if len(got) != len(counts):
+                continue
+            rps = [m.wrk.rps for m in got]
+            cpu = [(m.gateway_cpu or 0.0) / max(m.wrk.requests, 1) * 1e6 for m in got]
+            lat = [m.latency.pct(0.5) for m in got]
+            ratio = rps[-1] / rps[0] if rps[0] else float("nan")
+            print(
+                f"{files[f.key] if i == 0 else '':<10} {label:<21}"
+                + "".join(f" {r:>10,.0f}" for r in rps)
+                + f" {_f(ratio, '.2f') + 'x':>6}"
+                + "".join(f" {c:>7.0f}" for c in cpu)
+                + "".join(f" {_f(v, '.2f'):>7}" for v in lat)
+            )
+            rows.append(
+                {
+                    "file": f.key,
+                    "variant": variant,
+                    "rps": {str(n): round(r, 1) for n, r in zip(counts, rps, strict=True)},
+                    "ratio": round(ratio, 3),
+                    "gateway_cpu_us": {
+                        str(n): round(c, 1) for n, c in zip(counts, cpu, strict=True)
+                    },
+                    "open_loop_p50_ms": {
+                        str(n): round(v, 3) for n, v in zip(counts, lat, strict=True)
+                    },
+                }
+            )
+    return rows
+
+
+def parse_workers(text: str) -> list[int]:
+    """`1,2` -> [1, 2]: the worker counts to compare, each run in turn."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of worker counts: {text!r}") from None
+    if not counts or counts[0] < 1 or counts[-1] > 64:
+        raise argparse.ArgumentTypeError("worker counts go from 1 to 64")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -921,6 +1019,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s")
     parser.add_argument(
         "--latency-seconds", type=float, default=5.0, help="length of each open-loop run"
+    )
+    parser.add_argument(
+        "--workers",
+        type=parse_workers,
+        default=[1, 2],
+        help="gateway worker counts to compare, comma-separated (default: 1,2)",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
@@ -954,6 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     measures: list[Measure] = outcome["measures"]
     targets = print_table(measures, args)
+    scaling = print_scaling(measures, args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         results = [m.summary() for m in measures]
@@ -969,7 +1074,8 @@ def main(argv: list[str] | None = None) -> int:
                 ).stderr.strip(),
             },
             "args": {k: v for k, v in vars(args).items() if k not in {"json", "workdir"}},
-            "workers": WORKERS,
+            "workers": args.workers,
+            "workers_side_by_side": scaling,
             "results": results,
             "targets": [{**t, "measured": round(t["measured"], 3)} for t in targets],
             "checks": outcome["checks"],

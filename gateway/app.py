@@ -40,8 +40,10 @@ from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
+from gateway.ops.admin import add_admin_routes
+from gateway.ops.buffer_reader import BufferReader
 from gateway.ops.health import get_health
-from gateway.ops.metrics import BufferReader, Metrics
+from gateway.ops.metrics import Metrics
 from gateway.ops.status import get_metrics, get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
@@ -66,6 +68,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_get(f"{prefix}/status", get_status)
     app.router.add_get(f"{prefix}/metrics", get_metrics)
+    add_admin_routes(app, prefix)
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
@@ -288,9 +291,7 @@ def _reload_from(
         except (ConfigError, RuleError) as exc:
             log.error("Reload refused, keeping the running configuration and rules: %s", exc)
             return
-        task = asyncio.get_running_loop().create_task(
-            reload(app, settings, fresh), name="reload"
-        )
+        task = asyncio.get_running_loop().create_task(reload(app, settings, fresh), name="reload")
         tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(_reload_done(tasks))
 

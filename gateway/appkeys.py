@@ -12,7 +12,8 @@ from gateway.delivery.stitch import Stitches
 from gateway.edge.conversions import Conversions
 from gateway.edge.pages import PageViews
 from gateway.edge.proxy import Proxy
-from gateway.ops.metrics import BufferReader, Metrics
+from gateway.ops.buffer_reader import BufferReader
+from gateway.ops.metrics import Metrics
 from gateway.pipeline.events import Context, Target
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import Settings

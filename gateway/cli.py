@@ -255,6 +255,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         except SchemaError as exc:
             print(f"capi-gateway: {exc}", file=sys.stderr)
             return 2
+        except RuleError as exc:
+            # A replacement worker reads the rule files again: they may have broken since.
+            print(f"capi-gateway: rule error: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     if settings.workers > 1:

@@ -39,6 +39,7 @@ async def run_demo(make_settings: Callable[[str], Settings]) -> None:
     print(
         f"Demo shop behind capi-gateway (dry run, nothing is sent to Meta):\n"
         f"  open      {public}/\n"
+        f"  dashboard {public}{settings.prefix}/admin\n"
         f"  events    curl -X POST {public}{settings.prefix}/events "
         f"-H 'Authorization: Bearer {DEMO_API_KEY}' -d '{{\"data\": [...]}}'\n"
         f"  queue     capi-gateway queue list --buffer {settings.buffer}\n"

@@ -72,7 +72,6 @@ async def prepare_buffer(settings: Settings) -> None:
 class _Slot:
     """One of the N worker places: its process, or when its replacement is due."""
 
-    index: int
     pid: int | None = None
     started: float = 0.0
     replacement: bool = False
@@ -104,7 +103,7 @@ class _Supervisor:
         self.work = work
         self.reload = reload
         self.grace = grace
-        self.slots = [_Slot(i) for i in range(count)]
+        self.slots = [_Slot() for _ in range(count)]
         self.stopping = False
         self.kill_at: float | None = None
         self.exit_code = 0
@@ -114,7 +113,15 @@ class _Supervisor:
 
     def spawn(self, slot: _Slot) -> None:
         slot.due = None
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            # Out of processes or memory: the workers still running carry on; try later.
+            slot.failures += 1
+            delay = max(_BACKOFF_BASE, self.backoff(slot))
+            slot.due = time.monotonic() + delay
+            log.error("Cannot start a worker (%s); trying again in %.1f s.", exc, delay)
+            return
         if pid == 0:
             self._child()
         slot.pid = pid
@@ -168,10 +175,11 @@ class _Supervisor:
             worker_exited(pid)
         if self.stopping:
             if code != 0:
-                log.warning("Worker %d stopped with %s.", pid, _describe(code))
+                log.warning("Worker %d did not stop cleanly (%s).", pid, _describe(code))
             self.exit_code = max(self.exit_code, exit_status(code))
             return
-        if not slot.replacement and lifetime < _MIN_LIFETIME:
+        # Exit 0 is a worker told to stop (say, SIGTERM sent to it alone): replace it.
+        if code != 0 and not slot.replacement and lifetime < _MIN_LIFETIME:
             log.error(
                 "Worker %d failed at start-up (%s); stopping the others.", pid, _describe(code)
             )
@@ -179,9 +187,7 @@ class _Supervisor:
             self.stop(signal.SIGTERM)
             return
         slot.failures = 0 if lifetime >= _STABLE_LIFETIME else slot.failures + 1
-        delay = 0.0
-        if slot.failures > 1:
-            delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (slot.failures - 2))
+        delay = self.backoff(slot)
         slot.replacement = True
         slot.due = time.monotonic() + delay
         log.error(
@@ -191,6 +197,13 @@ class _Supervisor:
             lifetime,
             f" in {delay:.1f} s ({slot.failures} early deaths in a row)" if delay else "",
         )
+
+    @staticmethod
+    def backoff(slot: _Slot) -> float:
+        """No wait for a first death; then 0.5 s, doubling, up to 30 s."""
+        if slot.failures <= 1:
+            return 0.0
+        return float(min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (slot.failures - 2)))
 
     # -- signals --------------------------------------------------------------------------
 
@@ -238,8 +251,14 @@ class _Supervisor:
     def run(self) -> int:
         for slot in self.slots:
             self.spawn(slot)
-        log.info("Started %d workers.", len(self.slots))
+        log.info("Started %d workers.", len(self.live()))
         while True:
+            info = signal.sigtimedwait(_PARENT_SIGNALS, self.timeout())
+            # Every pending signal before reaping: a SIGTERM sent to the whole process group
+            # is seen before the workers it stopped, so they are not replaced.
+            while info is not None:
+                self.on_signal(info.si_signo)
+                info = signal.sigtimedwait(_PARENT_SIGNALS, 0)
             self.reap()
             if self.stopping and not self.live():
                 return self.exit_code
@@ -252,9 +271,6 @@ class _Supervisor:
             for slot in self.slots:
                 if slot.due is not None and now >= slot.due and not self.stopping:
                     self.spawn(slot)
-            info = signal.sigtimedwait(_PARENT_SIGNALS, self.timeout())
-            if info is not None:
-                self.on_signal(info.si_signo)
 
 
 def run_workers(

@@ -25,7 +25,7 @@ from gateway.config import Sources, load_settings
 from gateway.settings import Settings
 from tests.conftest import make_settings
 from tests.fakes.graph import FakeGraph
-from tests.fakes.processes import free_port
+from tests.fakes.processes import free_port, tail
 from tests.fakes.upstream import run_gateway, start_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,26 +281,29 @@ async def test_nginx_snippet_in_front_of_the_gateway(tmp_path: Path, fake_graph:
                 f"  proxy_temp_path {tmp_path}/proxy;\n  include {tmp_path}/site.conf;\n}}\n"
             )
             nginx = subprocess.Popen(
-                ["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                stderr=subprocess.PIPE,
+                ["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
             )
             try:
-                body, request_id = await _get_through(port, nginx)
+                body, request_id = await _get_through(port, nginx, tmp_path / "error.log")
             finally:
                 nginx.terminate()
                 nginx.wait(timeout=10)
     seen = dict(body["headers"])
     # nginx's $request_id reached the site through the gateway, which believed it (loopback).
     assert re.fullmatch(r"[0-9a-f]{32}", seen["X-Request-ID"])
-    assert seen["X-Forwarded-For"] == "127.0.0.1" and seen["X-Forwarded-Proto"] == "http"
+    # The client (as nginx saw it), then nginx (as the gateway saw it).
+    assert seen["X-Forwarded-For"] == "127.0.0.1, 127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "http"
     assert request_id is None  # the site's own response is passed on unchanged
 
 
-async def _get_through(port: int, nginx: subprocess.Popen[bytes]) -> tuple[Any, str | None]:
+async def _get_through(
+    port: int, nginx: subprocess.Popen[bytes], log: Path
+) -> tuple[Any, str | None]:
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
             if nginx.poll() is not None:
-                raise AssertionError(nginx.stderr.read().decode() if nginx.stderr else "")
+                raise AssertionError(f"nginx exited:\n{tail(log)}")
             try:
                 async with session.get(f"http://127.0.0.1:{port}/echo") as resp:
                     assert resp.status == 200, await resp.text()

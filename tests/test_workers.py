@@ -47,7 +47,7 @@ from tests.fakes.processes import (
     wait_healthy,
 )
 
-LEASE = 2.0
+LEASE = 3.0
 GATEWAY_ENV = {
     "CAPIGW_WORKERS": "2",
     "CAPIGW_LEASE": str(LEASE),
@@ -84,10 +84,14 @@ def said(log: Path, text: str) -> list[dict[str, Any]]:
 
 
 def workers(gw: Gateway) -> set[int]:
-    """Pids of the gateway's live workers."""
-    return {
-        p.pid for p in psutil.Process(gw.proc.pid).children() if p.status() != psutil.STATUS_ZOMBIE
-    }
+    """Pids of the gateway's live workers (none once the parent is gone)."""
+    pids = set()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(gw.proc.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(child.pid)
+    return pids
 
 
 async def eventually(check: Callable[[], Any], what: str, gw: Gateway, timeout: float) -> Any:
@@ -160,7 +164,7 @@ async def test_killed_worker_loses_nothing_its_leases_expire_and_it_is_replaced(
 ) -> None:
     buffer = tmp_path / "outbox.db"
     env = {**GATEWAY_ENV, "CAPIGW_LOG_LEVEL": "debug"}
-    with stop_at_exit() as procs:
+    with stop_at_exit() as procs, contextlib.ExitStack() as closing:
         fake = start_fake(tmp_path / "fake.log", token=TOKEN)
         procs.append(fake.proc)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -178,12 +182,13 @@ async def test_killed_worker_loses_nothing_its_leases_expire_and_it_is_replaced(
                 connector = aiohttp.TCPConnector(force_close=True)
                 async with aiohttp.ClientSession(connector=connector) as own:
                     for _ in range(2000):
-                        if stop.is_set() or len(acked) >= 4000:
+                        if stop.is_set() or len(acked) >= 8000:
                             return
                         events = [web_event(event_id=uuid.uuid4().hex) for _ in range(5)]
                         try:
                             status, body = await post(gw.url, events, session=own)
                         except (aiohttp.ClientError, ValueError):
+                            await asyncio.sleep(0.01)
                             continue  # cut by the kill: never acknowledged
                         if status == 202:
                             acked.update(body["event_ids"])
@@ -194,14 +199,14 @@ async def test_killed_worker_loses_nothing_its_leases_expire_and_it_is_replaced(
 
             # Kill a worker that holds leases at this very moment.
             db = sqlite3.connect(buffer, timeout=5)
-            owners: list[tuple[str]] = []
+            closing.callback(db.close)
 
             def leased() -> int | None:
-                nonlocal owners
                 owners = db.execute(
                     "SELECT DISTINCT lease_owner FROM events WHERE state='inflight'"
                 ).fetchall()
-                pids = {int(o.split(":")[-2]) for (o,) in owners}
+                # lease_owner is host:pid:nonce
+                pids = {int(owner.split(":")[-2]) for (owner,) in owners}
                 return next(iter(pids & original), None)
 
             victim: int = await eventually(leased, "a worker holding leases", gw, 5)
@@ -242,7 +247,6 @@ async def test_killed_worker_loses_nothing_its_leases_expire_and_it_is_replaced(
             )
             requests = await delivered(fake, session)
             sent_at = dict(db.execute("SELECT event_id, sent_at FROM events WHERE state='sent'"))
-            db.close()
             final = queue_stats(buffer)
             code = sigterm(gw, 10)
 
@@ -272,13 +276,15 @@ async def test_killed_worker_loses_nothing_its_leases_expire_and_it_is_replaced(
 
     # The window in which a crash causes a duplicate: Meta's 200 -> the row marked sent.
     answered = {e: r["answered_at"] for r in requests for e in r["event_ids"]}
-    window = sorted((sent_at[e] - answered[e]) * 1000 for e in sent_at if e in answered)
+    batches = {(answered[e], sent_at[e]) for e in sent_at if e in answered}
+    window = sorted((marked - answer) * 1000 for answer, marked in batches)
     with capsys.disabled():
         print(
             f"\n[workers] {len(acked)} events acknowledged by 2 workers "
-            f"(accepted per pid: {dict(accepted_by)}); killed {victim} holding "
+            f"(requests per pid: {dict(accepted_by)}); killed {victim} holding "
             f"{len(orphans)} leased rows; replacement {replacement}; {len(twice)} delivered "
-            f"twice; Meta's 200 -> marked sent: p50 {statistics.median(window):.1f} ms, "
+            f"twice; Meta's 200 -> marked sent, {len(window)} batches: "
+            f"p50 {statistics.median(window):.1f} ms, "
             f"p99 {window[int(len(window) * 0.99)]:.1f} ms, max {window[-1]:.1f} ms"
         )
 
@@ -498,3 +504,20 @@ async def test_replacements_that_keep_dying_back_off_until_the_cause_is_fixed(
             assert len(workers(gw)) == 2 and replacements_died() == 3, tail(log)
         assert sigterm(gw, 8) == 0, tail(log)
     assert "config error: key_file" in log.read_text()
+
+
+async def test_workers_stop_by_themselves_when_the_parent_is_killed(tmp_path: Path) -> None:
+    with stop_at_exit() as procs:
+        gw = dry_gateway(tmp_path)
+        procs.append(gw.proc)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            await wait_healthy(gw, session)
+        pids = await two_workers(gw)
+        gw.proc.kill()
+        gw.proc.wait(timeout=5)
+        orphans = [psutil.Process(pid) for pid in pids]
+        _, alive = psutil.wait_procs(orphans, timeout=8)
+        for proc in alive:  # do not leave them behind whatever happens
+            proc.kill()
+    assert not alive, f"workers outlived their parent: {alive}\n{tail(gw.log)}"
+    assert len(said(gw.log, "Stopped.")) == 2, tail(gw.log)

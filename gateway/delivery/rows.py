@@ -168,10 +168,11 @@ async def enrich_pending(
     clear: dict[str, Any] = open_sealed(found[1])
     missing = {k: v for k, v in row.clear.items() if k not in clear}
     if missing:
-        keys = [k for k in (found[5] or "").split(",") if k]
+        # NULL keys (a row from before the column) stay unknown rather than become partial.
+        keys = None if found[5] is None else ",".join(filter(None, (found[5], *missing)))
         await conn.execute(
             "UPDATE events SET sealed=?, match_keys=?, twin=? WHERE id=?",
-            (seal({**clear, **missing}), ",".join([*keys, *missing]), twin, found[0]),
+            (seal({**clear, **missing}), keys, twin, found[0]),
         )
     elif twin != found[4]:
         await conn.execute("UPDATE events SET twin=? WHERE id=?", (twin, found[0]))

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
 from gateway.delivery.outbox import Claimed, Outbox
@@ -341,6 +342,7 @@ class Sender:
                 len(ids),
                 pixel.id,
                 result.fbtrace_id,
+                extra=_log_ids(items, result),
             )
             return
         self._note_error(pixel.id, result)
@@ -359,6 +361,7 @@ class Sender:
                 len(ids),
                 pixel.id,
                 error,
+                extra=_log_ids(items, result),
             )
             return
         if outcome is Outcome.BLOCKED:
@@ -417,6 +420,7 @@ class Sender:
             pixel_id,
             error,
             delay,
+            extra=_log_ids(retry, result),
         )
 
     def _note_error(self, pixel_id: str, result: SendResult) -> None:
@@ -426,6 +430,12 @@ class Sender:
             "fbtrace_id": result.fbtrace_id,
             "at": time.time(),
         }
+
+
+def _log_ids(items: list[Claimed], result: SendResult) -> dict[str, Any]:
+    """Structured log fields: which events (at most 100 ids) and Meta's trace id."""
+    ids = [str(r.event.get("event_id", "")) for r in items[:100]]
+    return {"event_ids": ids, "fbtrace_id": result.fbtrace_id}
 
 
 def _describe(result: SendResult) -> str:

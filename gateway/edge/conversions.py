@@ -248,7 +248,7 @@ class Conversions:
             form=form,
             json=json_body,
             cookies=request.cookies,
-            headers=request.headers.getall,
+            headers=lambda name: request.headers.getall(name, []),
             response_headers=lambda name: headers.getall(name, []),
         )
         wants = _merge(rule.wants for rule, _ in kept)
@@ -271,7 +271,10 @@ class Conversions:
         data = bytes(copy.data)
         if media == "application/x-www-form-urlencoded":
             text = data.decode("utf-8", "replace")
-            return parse_qs(text, keep_blank_values=True, max_num_fields=1000), None
+            try:
+                return parse_qs(text, keep_blank_values=True, max_num_fields=1000), None
+            except ValueError:
+                return {}, None  # more fields than any real form has
         if media == "multipart/form-data":
             return _multipart(data, run.request.headers.get("Content-Type", "")), None
         if media == "application/json" or media.endswith("+json"):
@@ -298,6 +301,10 @@ class Conversions:
         ua = request.headers.get("User-Agent", "")
         if ident.is_bot(ua, pages.bots):
             self._dropped(rules, "bot")
+            return
+        if ident.is_prefetch(request.headers):
+            # A speculative load is not a visit (the browser may never show it).
+            self._dropped(rules, "prefetch")
             return
         consent = ident.consent(request.cookies, request.headers, pages.consent_config)
         if not consent.track:
@@ -330,29 +337,37 @@ class Conversions:
             if referer and referer.startswith(("http://", "https://")):
                 event["referrer_url"] = scrub_url(referer[:4096], pages.sensitive)
             result = prepare([event], self._context(), now=time.time())
-            if isinstance(result, list):
-                self.counters.bump(self.counters.rejected, rule.name)
-                if self.metrics is not None:
-                    self.metrics.event("rule", rule.event_name, "rejected")
-                log.warning(
-                    "Rule %r matched %s but its event is not valid: %s: %s",
-                    rule.name,
-                    request.path,
-                    result[0].field,
-                    result[0].message,
-                )
-                continue
-            rows += [dataclasses.replace(row, rule=rule.name) for row in result.rows]
             if stitch_keys:
+                # Kept even when Meta would refuse this event (say, a national phone number
+                # without a country): the visit is sound and the later webhook's event may be.
                 visit = VisitorContext(
                     user_data={k: v for k, v in identity.items() if isinstance(v, str)},
                     event_source_url=url,
                     consent=consent.event_fields(),
-                    event_id=result.event_ids[0] if rule.stitch_event_id else None,
+                    event_id=(
+                        result.event_ids[0]
+                        if not isinstance(result, list) and rule.stitch_event_id
+                        else None
+                    ),
                     event_name=rule.event_name,
                     seen_at=time.time(),
                 )
                 self._spawn(self._keep(stitch_keys, visit, rule.stitch_ttl), "stitch")
+            if isinstance(result, list):
+                self.counters.bump(self.counters.rejected, rule.name)
+                if self.metrics is not None:
+                    self.metrics.event("rule", rule.event_name, "rejected")
+                problem = result[0]
+                # A user_data message quotes the value (the phone number): not for the log.
+                log.warning(
+                    "Rule %r matched %s but its event is not valid: %s%s",
+                    rule.name,
+                    request.path,
+                    problem.field,
+                    "" if problem.field.startswith("user_data") else f": {problem.message}",
+                )
+                continue
+            rows += [dataclasses.replace(row, rule=rule.name) for row in result.rows]
         if rows:
             self._store(rows)
 

@@ -101,7 +101,11 @@ async def post_events(request: web.Request) -> web.StreamResponse:
             "the events could not be stored; nothing was accepted, retry",
             headers={"Retry-After": "10"},
         )
-    log.debug("Accepted %d event(s) from the events API.", len(result.event_ids))
+    log.debug(
+        "Accepted %d event(s) from the events API.",
+        len(result.event_ids),
+        extra={"event_ids": result.event_ids[:100]},
+    )
     return web.json_response(
         {"accepted": len(result.event_ids), "event_ids": result.event_ids}, status=202
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -46,33 +47,38 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         return json_error(
             404, "unknown hook", f"no [[webhook]] in the rule files uses hook {name!r}"
         )
+    metrics = request.app[METRICS]
     limit = runtime.settings.webhook_max_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return json_error(413, "payload too large", f"at most {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        return json_error(413, "payload too large", f"at most {limit} bytes")
+    body = await _read_bounded(request, limit)
+    if body is None:
+        metrics.webhook(name, "too_large")
+        return json_error(413, "payload too large", f"at most {limit} bytes (webhook_max_bytes)")
     verifier = mappings[0].verifier
     if verifier.missing:
+        metrics.webhook(name, "unconfigured")
         return json_error(
             503,
             "hook not configured",
-            f"set {verifier.missing} in the gateway's environment and reload",
+            # A reload (SIGHUP) re-reads rule files, not the process's own environment.
+            f"set {verifier.missing} in the gateway's environment and restart it",
             headers={"Retry-After": "300"},
         )
     try:
         _verify(verifier, request, body)
     except SignatureError as exc:
+        metrics.webhook(name, "unauthorized")
         log.warning("Webhook %r refused: %s.", name, exc)
         return json_error(401, "invalid signature", str(exc))
     payload, form = _parse(body, request.headers.get("Content-Type", ""))
     if payload is None and not form:
+        metrics.webhook(name, "invalid")
         return json_error(400, "invalid payload", "send a JSON object or a form")
     facts = Facts(
         json=payload,
         form=form,
         query={k: request.query.getall(k) for k in request.query},
-        headers=request.headers.getall,
+        # An absent header is a missing value, not a KeyError.
+        headers=lambda header: request.headers.getall(header, []),
     )
     context = runtime.context
     stitches = request.app[STITCHES]
@@ -90,12 +96,14 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         result = prepare([event], _webhook_context(context))
         if isinstance(result, list):
             problem = result[0]
-            log.error(
-                "Webhook %r mapping %r made an invalid event: %s: %s",
+            # The message may quote the value (an email that does not parse): customer
+            # data stays out of the log; the provider gets it back in the answer.
+            log.warning(
+                "Webhook %r mapping %r made an invalid event: %s%s",
                 name,
                 mapping.name,
                 problem.field,
-                problem.message,
+                "" if problem.field.startswith("user_data") else f": {problem.message}",
             )
             report.append(
                 {"webhook": mapping.name, "rejected": f"{problem.field}: {problem.message}"}
@@ -105,22 +113,44 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         report.append(
             {"webhook": mapping.name, "event_id": result.event_ids[0], "stitched": stitched}
         )
-    metrics = request.app[METRICS]
     if rows:
         try:
             fresh = await request.app[OUTBOX].add(rows)
-        except (OutboxFull, OutboxClosed):
+        except (OutboxFull, OutboxClosed, OSError, sqlite3.Error) as exc:
+            if not isinstance(exc, OutboxFull | OutboxClosed):
+                log.error("Storing webhook %r events failed: %s", name, exc)
             metrics.refused(rows)
+            metrics.webhook(name, "busy")
             # A 503 makes the provider retry later, which is what we want.
             return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
         metrics.stored(rows, fresh)
+        metrics.webhook(name, "mapped")
         ids = {row.event_id: new for row, new in zip(rows, fresh, strict=True)}
         for item in report:
             if "event_id" in item:
                 item["duplicate"] = not ids.get(item["event_id"], True)
-    elif not report:
+    elif report:
+        # Acknowledged all the same: a retry of the same payload would fail the same way.
+        metrics.webhook(name, "rejected")
+    else:
+        metrics.webhook(name, "unmatched")
         log.info("Webhook %r: the payload matches no mapping; acknowledged.", name)
     return web.json_response({"received": True, "events": report})
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is over `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    # read(n) returns what one network read brought, not n bytes: loop to the end.
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _event(
@@ -180,7 +210,10 @@ def _parse(body: bytes, content_type: str) -> tuple[Any, dict[str, list[str]]]:
     media = content_type.split(";", 1)[0].strip().lower()
     text = body.decode("utf-8", "replace")
     if media == "application/x-www-form-urlencoded":
-        return None, parse_qs(text, keep_blank_values=True, max_num_fields=1000)
+        try:
+            return None, parse_qs(text, keep_blank_values=True, max_num_fields=1000)
+        except ValueError:  # more than max_num_fields fields
+            return None, {}
     try:
         payload = json.loads(text)
     except (ValueError, RecursionError):
@@ -203,7 +236,10 @@ async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> 
         if (
             not isinstance(keys, Mapping)
             or not keys
-            or not all(isinstance(k, str) and isinstance(v, str | int) for k, v in keys.items())
+            or not all(
+                isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool)
+                for k, v in keys.items()
+            )
         ):
             message = 'use an object of key names to values, e.g. {"order_id": "A1"}'
             problems.append(Problem(index, "stitch_key", message))

@@ -1,28 +1,30 @@
 """What the admin dashboard shows, read from the outbox: bounded queries in, plain data out.
 
-Every query is bounded in time (the last hour, the last 24 hours, through the `created_at`
-and `(state, sent_at)` indexes) or by state, so a buffer holding a million rows still
-answers in well under a second. Nothing here unseals a row: match-key coverage comes from
-the `match_keys` column written at insert, twins from the `twin` column.
+Every query is bounded in time (the last hour; the last 24 hours, hour by hour, through the
+`created_at` index) or by state and `sent_at`. Settled hours are aggregated once and kept in
+a `DayCache`, so a page load scans the current hour and the last 60 minutes, whatever the
+buffer holds. Nothing here unseals a row: match-key coverage comes from the `match_keys`
+column written at insert, twins from the `twin` column.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosqlite
 
-from gateway.delivery.rows import BROWSER_SOURCE
+from gateway.ops.dashboard_day import DAY_S, Coverage, DayCache, Dedup, day_start, day_window
 from gateway.ops.hints import MATCH_KEYS, Hint, RuleLike, coverage_hint
 
 __all__ = [
     "MATCH_KEYS",
     "Coverage",
     "Dashboard",
+    "DayCache",
     "DeadLetter",
     "Dedup",
     "Delivery",
@@ -36,8 +38,6 @@ __all__ = [
     "reader",
 ]
 
-HOUR = 3600.0
-DAY = 86400.0
 DEAD_SHOWN = 100
 
 
@@ -101,41 +101,6 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
-class Coverage:
-    """The share of one event name's events (last 24 h) that carry each match key."""
-
-    event_name: str
-    events: int  # events whose keys are known (rows written before the column are not)
-    shares: Mapping[str, float]
-    sources: Mapping[str, int]  # rows per source, to tell where a fix belongs
-
-
-@dataclass(frozen=True, slots=True)
-class Dedup:
-    """Browser-pixel events and server events of one name (last 24 h), and their twins.
-
-    `browser`: events the browser pixel reported (mirrored to /collect); `server`: events the
-    server sent (proxy PageView, rule, /events, webhook); `both`: events both sides reported
-    with the same pixel, event name and event_id.
-    """
-
-    event_name: str
-    browser: int
-    server: int
-    both: int
-
-    @property
-    def browser_share(self) -> float | None:
-        """Of the browser's events, the share that has a server twin."""
-        return self.both / self.browser if self.browser else None
-
-    @property
-    def server_share(self) -> float | None:
-        """Of the server's events, the share that has a browser twin."""
-        return self.both / self.server if self.server else None
-
-
-@dataclass(frozen=True, slots=True)
 class RuleStat:
     """A loaded rule and the distinct events it produced in the last 24 h."""
 
@@ -151,6 +116,7 @@ class Dashboard:
     """Everything on the page, as of `now`."""
 
     now: float
+    day_start: float  # the 24-hour window: 23 whole hours before the current one
     timeline: Timeline
     delivery: Delivery
     dead_letters: tuple[DeadLetter, ...]
@@ -167,7 +133,8 @@ class Dashboard:
 @contextlib.asynccontextmanager
 async def reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
     """A read-only connection of its own: the dashboard never holds the outbox's writer lock."""
-    conn = await aiosqlite.connect(str(path))
+    # Each query reads in its own snapshot: a cold 24-hour scan must not pin the WAL.
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
         await conn.execute("PRAGMA query_only = ON")
@@ -183,14 +150,15 @@ async def load_dashboard(
     rules_dir: Path | None,
     prefix: str = "/_capi",
     now: float | None = None,
+    cache: DayCache | None = None,
 ) -> Dashboard:
     """Run the dashboard's queries on an outbox connection."""
     now = time.time() if now is None else now
-    coverage, dedup = await _day_scan(conn, now - DAY)
-    fired = await _rule_fires(conn, now - DAY)
+    coverage, dedup, fired = await day_window(conn, now, cache if cache is not None else DayCache())
     names = {r.name for r in rules}
     return Dashboard(
         now=now,
+        day_start=float(day_start(now)),
         timeline=await _timeline(conn, now),
         delivery=await _delivery(conn, now),
         dead_letters=await _dead_letters(conn),
@@ -218,9 +186,18 @@ async def coverage_hints(
     prefix: str = "/_capi",
     now: float | None = None,
 ) -> list[Hint]:
-    """The dashboard's plain-language hints for the weakest match key of each event name."""
+    """The dashboard's plain-language hints for the weakest match key of each event name.
+
+    [] for a buffer of an older schema (no `match_keys` yet): `doctor` reads files without
+    migrating them, and the gateway adds the column on its next start.
+    """
+    async with conn.execute(
+        "SELECT 1 FROM pragma_table_info('events') WHERE name='match_keys'"
+    ) as cur:
+        if await cur.fetchone() is None:
+            return []
     now = time.time() if now is None else now
-    coverage, _ = await _day_scan(conn, now - DAY)
+    coverage, _, _ = await day_window(conn, now, DayCache())
     return _hints(coverage, rules, rules_dir, prefix)
 
 
@@ -277,7 +254,7 @@ async def _delivery(conn: aiosqlite.Connection, now: float) -> Delivery:
     async with conn.execute(
         "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ? "
         "GROUP BY state",
-        (now - DAY,),
+        (now - DAY_S,),
     ) as cur:
         for state, count in await cur.fetchall():
             sent[state] = count
@@ -310,59 +287,3 @@ async def _dead_letters(
             DeadLetter(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8])
             for r in await cur.fetchall()
         )
-
-
-def _key_sums() -> str:
-    return ", ".join(f"SUM(instr(k, ',{key},') > 0)" for key, _ in MATCH_KEYS)
-
-
-async def _day_scan(conn: aiosqlite.Connection, since: float) -> tuple[list[Coverage], list[Dedup]]:
-    """Coverage and twins per event name, in one pass over the window's rows."""
-    keyed: dict[str, list[int]] = {}  # name -> [events with keys, count per key...]
-    sources: dict[str, dict[str, int]] = {}
-    sides: dict[str, list[int]] = {}  # name -> [browser, server, both]
-    async with conn.execute(
-        f"SELECT event_name, source, COUNT(*), SUM(twin), COUNT(k), {_key_sums()} "
-        "FROM (SELECT event_name, source, twin, ',' || match_keys || ',' AS k FROM events "
-        "WHERE created_at >= ?) GROUP BY event_name, source",
-        (since,),
-    ) as cur:
-        rows = await cur.fetchall()
-    for name, source, count, twins, known, *per_key in rows:
-        sources.setdefault(name, {})[source] = count
-        acc = keyed.setdefault(name, [0] * (1 + len(MATCH_KEYS)))
-        acc[0] += known
-        for i, n in enumerate(per_key, start=1):
-            acc[i] += n or 0
-        side = sides.setdefault(name, [0, 0, 0])
-        twins = twins or 0
-        # A kept row stands for its dropped (or merged) twin from the other side too.
-        if source == BROWSER_SOURCE:
-            side[0] += count
-            side[1] += twins
-        else:
-            side[1] += count
-            side[0] += twins
-        side[2] += twins
-    coverage = [
-        Coverage(
-            name,
-            acc[0],
-            {key: (acc[i] / acc[0] if acc[0] else 0.0) for i, (key, _) in enumerate(MATCH_KEYS, 1)},
-            sources[name],
-        )
-        for name, acc in sorted(keyed.items())
-        if acc[0]
-    ]
-    dedup = [Dedup(name, *side) for name, side in sorted(sides.items())]
-    return coverage, dedup
-
-
-async def _rule_fires(conn: aiosqlite.Connection, since: float) -> dict[str, int]:
-    # One event per pixel shares its event_id: count the firing once.
-    async with conn.execute(
-        "SELECT rule, COUNT(DISTINCT event_id) FROM events "
-        "WHERE created_at >= ? AND rule IS NOT NULL GROUP BY rule",
-        (since,),
-    ) as cur:
-        return {r[0]: int(r[1]) for r in await cur.fetchall()}

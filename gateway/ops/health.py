@@ -1,10 +1,13 @@
 """`GET {prefix}/health`: liveness, and readiness to accept events.
 
 Ready means an event offered now would be stored: the outbox's file can be read and
-written, and the buffer is within `max_buffer_mb` (or holds delivered rows the outbox
-purges first to make room). Not ready answers 503, so a load balancer sends traffic
-elsewhere; `?live` asks for liveness only (200 while the process serves), for probes
-that restart a process, which would not help a full disk.
+written, and the buffer is within `max_buffer_mb`. Over it, a check gives the room of
+delivered rows back first, as the outbox does before refusing an event, so a gateway
+taken out of rotation (and sent no events) still recovers. Not ready answers 503, so a
+load balancer sends traffic elsewhere; `?live` asks for liveness only (200 while the
+process serves), for probes that restart a process, which would not help a full disk.
+In front of a site, point the load balancer at `?live`: tracking must not take the
+site out of rotation.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, RUNTIME, STARTED_AT
-from gateway.ops.metrics import BufferReader
+from gateway.appkeys import BUFFER_READER, OUTBOX, RUNTIME, STARTED_AT
+from gateway.delivery.outbox import Outbox
+from gateway.ops.buffer_reader import BufferReader
 
 # SQLite needs room for the WAL to commit at all; below this the disk counts as full.
 _MIN_FREE_BYTES = 1024 * 1024
@@ -43,7 +47,7 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     if "live" in request.query:
         return web.json_response(body, headers=headers)
     buffer = request.app[RUNTIME].settings.buffer
-    checks = await readiness(request.app.get(BUFFER_READER), buffer)
+    checks = await readiness(request.app.get(BUFFER_READER), request.app.get(OUTBOX), buffer)
     ready = all(check["ok"] for check in checks.values())
     body.update(ready=ready, checks=checks)
     if not ready:
@@ -51,16 +55,22 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, status=200 if ready else 503, headers=headers)
 
 
-async def readiness(reader: BufferReader | None, buffer: Path) -> dict[str, dict[str, Any]]:
+async def readiness(
+    reader: BufferReader | None, outbox: Outbox | None, buffer: Path
+) -> dict[str, dict[str, Any]]:
     """The outcome of each readiness check: `{"outbox": {...}, "buffer": {...}}`."""
-    if reader is None:
+    if reader is None or outbox is None:
         return {
             "outbox": {"ok": False, "detail": "the outbox is not open"},
             "buffer": {"ok": False, "detail": "the outbox is not open"},
         }
-    outbox = _writable(buffer)
+    writable = _writable(buffer)
     try:
-        used, room = await asyncio.wait_for(_usage(reader), _CHECK_TIMEOUT)
+        used = await asyncio.wait_for(reader.used_bytes(), _CHECK_TIMEOUT)
+        if used > reader.limit_bytes and await reader.has_delivered():
+            # Shielded: a timed-out check must not cut a purge short inside the outbox.
+            await asyncio.shield(outbox.purge_sent_oldest(fraction=0.5))
+            used = await asyncio.wait_for(reader.used_bytes(), _CHECK_TIMEOUT)
     except (sqlite3.Error, ValueError, OSError, TimeoutError) as exc:
         detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         return {
@@ -68,7 +78,7 @@ async def readiness(reader: BufferReader | None, buffer: Path) -> dict[str, dict
             "buffer": {"ok": False, "detail": "unknown: the buffer could not be read"},
         }
     limit = reader.limit_bytes
-    over = used > limit and not room
+    over = used > limit
     check: dict[str, Any] = {
         "ok": not over,
         "used_mb": round(used / _MIB, 3),
@@ -76,17 +86,10 @@ async def readiness(reader: BufferReader | None, buffer: Path) -> dict[str, dict
     }
     if over:
         check["detail"] = (
-            "the buffer is over max_buffer_mb with nothing delivered left to purge; "
-            "events are refused until it drains"
+            "the buffer is over max_buffer_mb; events are refused until it drains "
+            "(sends succeed, or `capi-gateway queue purge`)"
         )
-    return {"outbox": outbox, "buffer": check}
-
-
-async def _usage(reader: BufferReader) -> tuple[int, bool]:
-    used = await reader.used_bytes()
-    # Over the bound, the outbox first purges delivered rows: only without any is it full.
-    room = used > reader.limit_bytes and await reader.has_delivered()
-    return used, room
+    return {"outbox": writable, "buffer": check}
 
 
 def _writable(buffer: Path) -> dict[str, Any]:

@@ -27,13 +27,25 @@ LABELS = dict(MATCH_KEYS)
 # Below this share a key is worth a hint.
 WEAK = 0.9
 # fbc exists only for visitors who came from an ad click: a low share is normal, so it
-# never gets a hint. A PageView comes before the visitor says who they are.
+# never gets a hint. Browsing events come before the visitor says who they are: they are
+# not asked for customer keys.
 _CUSTOMER_KEYS = ("em", "ph", "external_id")
 _BROWSER_KEYS = ("fbp", "client_ip_address", "client_user_agent")
+_BROWSING_EVENTS = frozenset(
+    {
+        "PageView",
+        "ViewContent",
+        "Search",
+        "AddToCart",
+        "AddToWishlist",
+        "CustomizeProduct",
+        "FindLocation",
+        "InitiateCheckout",
+    }
+)
 _BACKEND_SOURCES = frozenset({"api"})
 _FORMS = {
     "Purchase": "checkout form",
-    "InitiateCheckout": "checkout form",
     "AddPaymentInfo": "checkout form",
     "Lead": "lead form",
     "Contact": "contact form",
@@ -85,7 +97,7 @@ def coverage_hint(
     `shares`: match key -> share of events carrying it; `sources`: rows per source (the
     largest decides where the fix belongs); `rules`: the loaded rules producing this event.
     """
-    keys = _BROWSER_KEYS if event_name == "PageView" else _CUSTOMER_KEYS + _BROWSER_KEYS
+    keys = hinted_keys(event_name)
     weak = [(shares.get(k, 0.0), i, k) for i, k in enumerate(keys) if shares.get(k, 0.0) < WEAK]
     if not weak:
         return None
@@ -99,6 +111,13 @@ def coverage_hint(
         share,
         f"{event_name} events carry {LABELS[key]} in {_percent(share)} of cases: {fix}",
     )
+
+
+def hinted_keys(event_name: str) -> tuple[str, ...]:
+    """The keys an event of this name is expected to carry (fbc never is)."""
+    if event_name in _BROWSING_EVENTS:
+        return _BROWSER_KEYS
+    return _CUSTOMER_KEYS + _BROWSER_KEYS
 
 
 def _fix(

@@ -9,27 +9,30 @@ the outbox are read from the SQLite file at scrape time: the buffer is the share
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import aiosqlite
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway import __version__
 from gateway.delivery.graph import Outcome, SendResult
-from gateway.delivery.schema import STATES
 from gateway.models import NewEvent
+from gateway.ops.buffer_reader import BufferReader, QueueSnapshot
 from gateway.pipeline.events import STANDARD_EVENTS
 from gateway.settings import Settings
 
@@ -74,141 +77,6 @@ def worker_exited(pid: int) -> None:
     path = os.environ.get(MULTIPROC_ENV)
     if path and os.path.isdir(path):
         mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
-
-
-# the buffer, read on its own connection ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BlockedPixel:
-    """A pixel parked because Meta refused its token."""
-
-    pixel_id: str
-    reason: str
-    fbtrace_id: str | None
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """The newest dead-lettered event's error."""
-
-    pixel_id: str
-    error: str
-    fbtrace_id: str | None
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSnapshot:
-    """The outbox's numbers at one moment."""
-
-    states: dict[str, int]
-    oldest_pending_age: float | None
-    last_delivery: float | None
-    blocked: tuple[BlockedPixel, ...]
-    last_dead: DeadLetter | None
-    used_bytes: int
-    limit_bytes: int
-
-
-class BufferReader:
-    """Reads the buffer on a connection of its own, never taking the outbox's write path.
-
-    WAL lets it read while the workers write; scrapes and health checks therefore never
-    wait behind a group commit or a claim.
-    """
-
-    def __init__(self, conn: aiosqlite.Connection, limit_bytes: int) -> None:
-        self._conn = conn
-        self._lock = asyncio.Lock()
-        self.limit_bytes = limit_bytes
-
-    @classmethod
-    async def open(cls, path: Path, *, limit_bytes: int) -> BufferReader:
-        """Open a read-only view of the (already created) buffer file."""
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
-        try:
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            await conn.execute("PRAGMA query_only = 1")
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn, limit_bytes)
-
-    async def close(self) -> None:
-        """Close the connection."""
-        async with self._lock:
-            await self._conn.close()
-
-    async def used_bytes(self) -> int:
-        """Bytes of pages in use (free pages are reused before the file grows), as the outbox."""
-        async with self._lock:
-            return await self._used()
-
-    async def has_delivered(self) -> bool:
-        """True when delivered rows exist: the outbox purges those first to make room."""
-        async with self._lock:
-            return bool(
-                await self._scalar(
-                    "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('sent','sent-dry'))"
-                )
-            )
-
-    async def snapshot(self) -> QueueSnapshot:
-        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter."""
-        now = time.time()
-        async with self._lock:
-            # One read transaction: the numbers belong to the same moment.
-            await self._conn.execute("BEGIN")
-            try:
-                return await self._snapshot(now)
-            finally:
-                await self._conn.execute("COMMIT")
-
-    async def _snapshot(self, now: float) -> QueueSnapshot:
-        states = dict.fromkeys(STATES, 0)
-        async with self._conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state") as cur:
-            for state, count in await cur.fetchall():
-                states[str(state)] = int(count)
-        oldest = await self._scalar(
-            "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
-        )
-        last = await self._scalar("SELECT MAX(sent_at) FROM events WHERE state='sent'")
-        async with self._conn.execute(
-            "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
-        ) as cur:
-            blocked = tuple(
-                BlockedPixel(str(r[0]), str(r[1]), r[2], float(r[3])) for r in await cur.fetchall()
-            )
-        async with self._conn.execute(
-            "SELECT pixel_id, last_error, fbtrace_id, sent_at FROM events "
-            "WHERE state='dead' ORDER BY sent_at DESC LIMIT 1"
-        ) as cur:
-            row = await cur.fetchone()
-        dead = None
-        if row is not None:
-            dead = DeadLetter(str(row[0]), str(row[1] or ""), row[2], float(row[3] or 0.0))
-        return QueueSnapshot(
-            states=states,
-            oldest_pending_age=max(0.0, now - float(oldest)) if oldest is not None else None,
-            last_delivery=float(last) if last is not None else None,
-            blocked=blocked,
-            last_dead=dead,
-            used_bytes=await self._used(),
-            limit_bytes=self.limit_bytes,
-        )
-
-    async def _used(self) -> int:
-        pages = await self._scalar("PRAGMA page_count")
-        free = await self._scalar("PRAGMA freelist_count")
-        size = await self._scalar("PRAGMA page_size")
-        return int((pages - free) * size)
-
-    async def _scalar(self, sql: str) -> Any:
-        async with self._conn.execute(sql) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
 
 
 class _QueueCollector:
@@ -280,6 +148,9 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
+        # `_created` series double every counter's lines and multiprocess mode has none:
+        # leave them out in both modes so one dashboard fits either (process-wide switch).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         own: CollectorRegistry | None = self.registry
         if multiprocess_dir is not None:
@@ -327,8 +198,8 @@ class Metrics:
         )
         self._webhooks = counter(
             "capi_gateway_webhook_deliveries",
-            "Webhook deliveries by hook and outcome (mapped, unmatched, unauthorized, invalid, "
-            "too_large, unconfigured, busy).",
+            "Webhook deliveries by hook and outcome (mapped, unmatched, rejected, unauthorized, "
+            "invalid, too_large, unconfigured, busy).",
             ["hook", "outcome"],
         )
         self._requests = counter(
@@ -370,7 +241,9 @@ class Metrics:
     def for_settings(cls, settings: Settings) -> Metrics:
         """Shared across workers when `serve --workers N` prepared the directory, else own."""
         path = os.environ.get(MULTIPROC_ENV)
-        if settings.workers > 1 and path:
+        # Only the directory the parent prepared for this buffer: a variable left over from
+        # elsewhere must not make one process write files nobody reads.
+        if settings.workers > 1 and path and Path(path) == multiprocess_dir(settings):
             return cls(Path(path))
         return cls()
 

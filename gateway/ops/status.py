@@ -21,7 +21,7 @@ from yarl import URL
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, METRICS, PAGES, RUNTIME, SENDER, STARTED_AT
 from gateway.ops.access import require_admin
-from gateway.ops.metrics import QueueSnapshot
+from gateway.ops.buffer_reader import QueueSnapshot
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.status")

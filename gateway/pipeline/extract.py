@@ -133,7 +133,8 @@ class Pick:
         if isinstance(item, bool):
             item = str(item).lower()
         if self.number is not None and isinstance(item, int | float):
-            return _scaled(float(item), spec.divide, self.number)
+            number = _finite(item)
+            return None if number is None else _scaled(number, spec.divide, self.number)
         text = str(item).strip()[:_MAX_TEXT]
         if self.pattern is not None:
             match = self.pattern.search(text)
@@ -265,7 +266,8 @@ def _pick(raw: dict[str, Any], target: str, where: str, sources: Sequence[str]) 
             selector = parse_selector(spec.key or "")
         except ValueError as exc:
             raise ValueError(f"{where}.key: {exc}") from None
-    if spec.source == "jsonld" and "" in (spec.key or "").split("."):
+    # jsonld_lookup strips each part and raises on an empty one: refuse it here, not per page.
+    if spec.source == "jsonld" and not all(p.strip() for p in (spec.key or "").split(".")):
         raise ValueError(f"{where}.key: use a path such as Product.offers.price")
     if spec.lower and spec.upper:
         raise ValueError(f"{where}: choose lower or upper, not both")
@@ -341,6 +343,15 @@ def _guess_decimal(cleaned: str) -> str:
     return "," if cleaned.count(".") > 1 else "."
 
 
+def _finite(value: float) -> float | None:
+    """A JSON number as a float; None for NaN, infinities and ints beyond a float's range."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _scaled(number: float, divide: float | None, kind: str) -> float | int:
     if divide:
         number = number / divide
@@ -362,7 +373,7 @@ def _mapped(
         value = found[0]
         if item_field.type != "string":
             number = (
-                float(value)
+                _finite(value)
                 if isinstance(value, int | float) and not isinstance(value, bool)
                 else parse_number(str(value), item_field.decimal)
             )

@@ -108,7 +108,11 @@ class Rule:
 
     def match_request(self, facts: RequestFacts) -> dict[str, str] | None:
         """Path groups when the request-level conditions hold, else None."""
-        if self.methods is not None and facts.method not in self.methods:
+        if self.methods is None:
+            # HEAD and OPTIONS come from link checkers and CORS preflights, not visitors.
+            if facts.method in ("HEAD", "OPTIONS"):
+                return None
+        elif facts.method not in self.methods:
             return None
         if self.hosts and not any(h.fullmatch(facts.host.lower()) for h in self.hosts):
             return None
@@ -190,6 +194,8 @@ class RuleSet:
     files: tuple[str, ...] = ()
     _by_segment: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     _anywhere: tuple[Rule, ...] = ()
+    # True when some rule is a click or submit trigger (checked on every tagged page).
+    browser: bool = False
 
     @classmethod
     def build(
@@ -212,6 +218,7 @@ class RuleSet:
             files=tuple(files),
             _by_segment={k: tuple(v) for k, v in by_segment.items()},
             _anywhere=tuple(anywhere),
+            browser=any(rule.trigger != "request" for rule in ordered),
         )
 
     def candidates(self, path: str) -> list[Rule]:
@@ -236,11 +243,6 @@ class RuleSet:
             if groups is not None:
                 out.append((rule, groups))
         return out
-
-    @property
-    def browser(self) -> bool:
-        """True when some rule is a click or submit trigger."""
-        return any(rule.trigger != "request" for rule in self.rules)
 
     def warnings(self) -> list[str]:
         """What loads but will not work yet (a webhook whose secret is not set)."""
@@ -326,6 +328,12 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
         for key in ("form", "json_body", "status", "response_type", "content_type"):
             if getattr(model, key):
                 raise fail(f"{key.replace('_body', '')}: not available on a {model.trigger} rule")
+        if model.event_id is not None:
+            # px.js makes the id, so the browser pixel and the beacon share it.
+            raise fail(
+                f"event_id: not available on a {model.trigger} rule "
+                "(px.js gives the browser pixel and the server one id)"
+            )
     try:
         extractors = compile_extract(
             model.extract, model.custom, BROWSER_SOURCES if browser else REQUEST_SOURCES
@@ -436,9 +444,14 @@ def _segments(paths: list[str]) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(out)) or None
 
 
+# Without `status`: a success or a redirect, never an error page or a 304 revalidation
+# (a missing product or a cached thank-you page is no conversion).
+DEFAULT_STATUSES = ((200, 299), (300, 303), (305, 399))
+
+
 def _statuses(value: int | list[int] | str | None) -> tuple[tuple[int, int], ...] | None:
     if value is None:
-        return None
+        return DEFAULT_STATUSES
     if isinstance(value, int):
         return ((value, value),)
     if isinstance(value, list):

@@ -6,6 +6,7 @@ type; each whose `when` conditions hold yields one event. Pure: no aiohttp, no S
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -226,11 +227,18 @@ def _timestamp(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
+        # Payloads are the provider's: 1e400 (inf), NaN or a 300-digit int must not raise.
+        if isinstance(value, int):
+            if abs(value) > 10**15:
+                return None
+        elif not math.isfinite(value) or abs(value) > 1e15:
+            return None
         seconds = value / 1000 if value > 1e11 else value
         return int(seconds)
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        # "²" is a digit to isdigit() but not to int(); 5,000 digits are too many for int().
+        if text.isascii() and text.isdigit() and len(text) <= 16:
             return _timestamp(int(text))
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -203,14 +203,16 @@
   // values and form fields the rule names (the server converts and hashes them); the
   // browser pixel gets only the custom_data recipes, never customer fields.
   function number(text, decimal) {
-    var s = String(text).replace(/[^0-9,.\-]/g, "");
+    var s = String(text).replace(/\u2212/g, "-").replace(/[^0-9,.\-]/g, "");
     if (!s) return null;
     if (decimal === "auto") {
       var dot = s.lastIndexOf("."), comma = s.lastIndexOf(",");
       if (dot >= 0 && comma >= 0) decimal = dot > comma ? "." : ",";
       else if (comma >= 0) {
         var head = s.replace("-", "").split(",")[0], tail = s.slice(comma + 1);
-        decimal = (s.split(",").length > 2 || (tail.length === 3 && head.length <= 3)) ? "." : ",";
+        // As the server reads it: "1,234" groups thousands, "12,50" and "0,500" are decimals.
+        decimal = (s.split(",").length > 2 ||
+          (tail.length === 3 && head.length <= 3 && head.charAt(0) !== "0")) ? "." : ",";
       } else decimal = s.split(".").length > 2 ? "," : ".";
     }
     var n = parseFloat(s.split(decimal === "." ? "," : ".").join("").replace(decimal, "."));

@@ -198,11 +198,10 @@ async def test_unreachable_graph_api_is_offline_exit_3(tmp_path: Path) -> None:
 
 async def test_offline_does_not_hide_a_local_problem(tmp_path: Path) -> None:
     await make_outbox(tmp_path / "outbox.db", blocked=2)
-    url = f"http://127.0.0.1:{free_port()}"
-    result = await cli(*doctor_args(tmp_path, url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
-    assert result.code == 1, result.text
-    assert "offline: could not reach" in result.out
-    assert "is blocked since" in result.out
+    found = await diagnose(settings(tmp_path, f"http://127.0.0.1:{free_port()}"))
+    assert any(f.level is Level.OFFLINE for f in found)
+    assert any(f.level is Level.FAIL and "is blocked since" in f.message for f in found)
+    assert exit_code(found) == 1
 
 
 async def test_bad_config_file_names_the_key(tmp_path: Path, graph: FakeGraph) -> None:
@@ -221,12 +220,13 @@ async def test_bad_config_file_names_the_key(tmp_path: Path, graph: FakeGraph) -
     assert graph.requests == []
 
 
-async def test_missing_token_is_a_problem_named_by_key(tmp_path: Path, graph: FakeGraph) -> None:
-    result = await cli(*doctor_args(tmp_path, graph.url), cwd=tmp_path)
-    assert result.code == 1, result.text
-    assert "FAIL     config   access_token: pixel 123456789012345 has no access token" in (
-        result.out
-    )
+async def test_missing_token_is_a_problem_named_by_key(tmp_path: Path) -> None:
+    found = await diagnose(settings(tmp_path, "http://127.0.0.1:1", access_token=None))
+    (fail,) = [f for f in found if f.level is Level.FAIL]
+    assert fail.check == "config"
+    assert fail.message.startswith("access_token: pixel 123456789012345 has no access token")
+    # No token, nothing to ask Meta: not "offline" either.
+    assert levels(found, "graph") == [Level.NOTE]
 
 
 async def test_corrupt_buffer_exits_1_with_recovery_steps(tmp_path: Path, graph: FakeGraph) -> None:
@@ -250,11 +250,11 @@ async def test_corrupt_buffer_exits_1_with_recovery_steps(tmp_path: Path, graph:
     assert "Traceback" not in result.err
 
 
-async def test_not_a_database_file(tmp_path: Path, graph: FakeGraph) -> None:
+async def test_not_a_database_file(tmp_path: Path) -> None:
     (tmp_path / "outbox.db").write_bytes(b"this is a text file, not SQLite\n" * 100)
-    result = await cli(*doctor_args(tmp_path, graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
-    assert result.code == 1, result.text
-    assert "is damaged or not an outbox: file is not a database" in result.out
+    (found,) = await check_buffer(settings(tmp_path, "http://x"), [])
+    assert found.level is Level.FAIL
+    assert "is damaged or not an outbox: file is not a database" in found.message
 
 
 async def test_json_output(tmp_path: Path, graph: FakeGraph) -> None:

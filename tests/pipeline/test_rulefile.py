@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,11 @@ def test_unknown_keys_are_errors_at_every_level(in_tmp: Path, text: str, expecte
             "rule 'r': json: not available on a click rule",
         ),
         (
+            'trigger = "click"\nselector = "a"\nevent_id = "cart-1"\n',
+            "rule 'r': event_id: not available on a click rule (px.js gives the browser pixel "
+            "and the server one id)",
+        ),
+        (
             'trigger = "click"\nselector = "a["\n',
             "rule 'r': selector: selector 'a[': unbalanced "
             "brackets: '[' at position 1 is never closed",
@@ -638,94 +644,152 @@ def test_no_text_crashes_the_loader(
     assert_loads_or_rule_error(tmp_path_factory.mktemp("fuzz"), "\n".join(lines))
 
 
-# Structured fuzzing: real TOML (written by tomli-w) with keys and values a rule file uses.
-RULE_KEYS = [*sorted(RuleModel.model_fields), "json", "bogus", "Path"]
-SPEC_VALUES = {
-    "source": st.sampled_from([*REQUEST_SOURCES, "data", "field", "qury", ""]),
-    "key": st.sampled_from(["q", "order", "Product.offers.price", "items.0.sku", "#x", "a[", ""]),
-    "attr": st.sampled_from(["data-v", "content", ""]),
-    "type": st.sampled_from(["string", "number", "integer", "list", "boolean", "money"]),
-    "decimal": st.sampled_from(["auto", ".", ",", ";"]),
-    "pattern": st.sampled_from(["(?P<value>\\d+)", "(", "x"]),
-}
+# Structured fuzzing: real TOML (written by tomli-w) built from the keys a rule file has, each
+# with values that are mostly right and sometimes wrong, so that many files get deep into
+# compiling (and a fair share load) rather than all failing on their first key.
 scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True),
-    st.text(max_size=12),
-    st.sampled_from(
-        ["/a/{x}", "/a/*", "**", "3xx", "200-299", "x", "GET", "click", "{order_id}", "7d", "("]
-    ),
+    st.text(max_size=10),
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4),
-        st.dictionaries(
-            st.sampled_from([*SPEC_VALUES, "value", "id", "regex", "x"]), inner, max_size=4
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+def mostly(usual: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`usual` seven times in eight (one_of would give each distinct branch an equal share)."""
+    return st.integers(0, 7).flatmap(lambda n: rare if n == 5 else usual)
+
+
+def some(good: list[Any]) -> st.SearchStrategy[Any]:
+    """Mostly one of the good values, sometimes anything at all."""
+    return mostly(st.sampled_from(good), values)
+
+
+GOOD_SPECS: list[Any] = [
+    {"source": "query", "key": "order"},
+    {"source": "query", "key": "t", "type": "number", "divide": 100},
+    {"source": "path", "key": "sku"},
+    {"source": "form", "key": "email", "lower": True},
+    {"source": "json", "key": "items.0.sku"},
+    {
+        "source": "json",
+        "key": "items",
+        "map": {"id": "sku", "quantity": {"key": "q", "type": "integer"}},
+    },
+    {"source": "cookie", "key": "plan", "default": "free"},
+    {"source": "header", "key": "X-Order", "pattern": "(?P<value>[A-Z0-9]+)"},
+    {"source": "response_header", "key": "Location", "pattern": "order=(\\w+)"},
+    {"source": "meta", "key": "og:title"},
+    {"source": "jsonld", "key": "Product.offers.price", "decimal": ","},
+    {"source": "selector", "key": "#cart[data-total]", "attr": "data-total"},
+    {"source": "data", "key": "data-sku", "split": ","},
+    {"source": "field", "key": "email"},
+    {"source": "const", "value": "EUR", "upper": True},
+    {"source": "const", "value": [1, 2]},
+    "EUR",
+    19.9,
+]
+TARGETS = [
+    "value", "currency", "order_id", "content_ids", "contents", "num_items", "content_name",
+    "email", "phone", "em", "predicted_ltv", "status", "custom", "price",
+]  # fmt: skip
+specs = some(GOOD_SPECS).flatmap(
+    lambda spec: (
+        st.just(spec)
+        if not isinstance(spec, dict)
+        else st.dictionaries(
+            st.sampled_from(["type", "divide", "lower", "upper", "default", "split", "key"]),
+            some(["number", "integer", "list", "boolean", 100, True, "x", ","]),
+            max_size=1,
+        ).map(lambda extra: {**spec, **extra})
+    )
+)
+tables = st.dictionaries(
+    st.sampled_from(TARGETS), st.one_of(specs, st.lists(specs, min_size=1, max_size=3)), max_size=4
+)
+conditions = st.dictionaries(
+    st.sampled_from(["q", "order", "email", "a.b"]),
+    some([True, False, "x", 3, {"regex": "^\\d+$"}, {"regex": "("}]),
+    max_size=2,
+)
+RULE_KEYS: dict[str, st.SearchStrategy[Any]] = {
+    "enabled": some([True, False]),
+    "trigger": some(["request", "request", "click", "submit"]),
+    "selector": some(["button.buy", "form#signup", "a["]),
+    "host": some(["shop.example", "*.example.com", ["a.example", "b.example"]]),
+    "path": some(
+        ["/thank-you", "/product/{sku}", "/a/*", "/docs/**", ["/a/x", "/a/y"], "/{x}/{x}"]
+    ),
+    "path_regex": some(["^/p/(?P<sku>[^/]+)$", "/checkout", "(?P<"]),
+    "method": some(["GET", "post", ["POST", "PUT"], "FETCH"]),
+    "query": conditions,
+    "form": conditions,
+    "json": conditions,
+    "content_type": some(["application/x-www-form-urlencoded", ["application/json"]]),
+    "status": some([200, [301, 302], "3xx", "300-399", "200, 3xx", "6xx"]),
+    "response_type": some(["text/html", ["text/html", "application/json"]]),
+    "referrer": some(["https://*.google.*/*", {"regex": "google"}, {"regex": "["}]),
+    "event_id": some(["purchase-{order_id}", "{value}", "{email}", "static"]),
+    "require": some([["order_id"], ["value", "currency"], ["nope"]]),
+    "action_source": some(["website", "email"]),
+    "extract": tables,
+    "custom": tables,
+    "stitch": some([{"keys": ["order_id"]}, {"keys": ["email"], "ttl": "7d"}, {"keys": []}]),
+}
+rules = st.fixed_dictionaries(
+    {
+        "name": mostly(st.text("abcdefgh", min_size=1, max_size=6), st.sampled_from(["", "a b"])),
+        "event": some(["Purchase", "Lead"]),
+    },
+    optional=RULE_KEYS,
+)
+webhooks = st.fixed_dictionaries(
+    {
+        "name": st.text("abcdefgh", min_size=1, max_size=6),
+        "hook": some(["stripe", "shop"]),
+        "event": some(["Purchase"]),
+        "signature": some(
+            [
+                {"type": "stripe", "secrets": ["whsec_x"]},
+                {"type": "hmac", "secrets": ["s"], "header": "X-Sig"},
+                {"type": "hmac", "secrets": ["env:CAPIGW_TEST_UNSET_SECRET"]},
+                {"type": "hmac", "secrets": []},
+            ]
         ),
-    ),
-    max_leaves=12,
-)
-specs = st.fixed_dictionaries(
-    {"source": SPEC_VALUES["source"]},
-    optional={name: strategy for name, strategy in SPEC_VALUES.items() if name != "source"}
-    | {
-        "value": scalars,
-        "divide": scalars,
-        "lower": st.booleans(),
-        "upper": st.booleans(),
-        "split": st.text(max_size=2),
-        "default": scalars,
-        "map": values,
     },
-)
-extract_tables = st.dictionaries(
-    st.sampled_from(
-        [
-            "value",
-            "currency",
-            "order_id",
-            "content_ids",
-            "contents",
-            "email",
-            "num_items",
-            "custom",
-            "price",
-        ]
-    ),
-    st.one_of(specs, st.lists(specs, max_size=3), scalars),
-    max_size=4,
-)
-rules = st.dictionaries(
-    st.sampled_from(RULE_KEYS),
-    values,
-    max_size=6,
-).flatmap(
-    lambda base: st.fixed_dictionaries(
-        {},
-        optional={
-            "name": st.sampled_from(["a", "b", "bad name", ""]),
-            "event": st.sampled_from(["Purchase", "Lead", ""]),
-            "extract": extract_tables,
-            "custom": extract_tables,
-            "require": st.lists(st.sampled_from(["value", "order_id", "x"]), max_size=2),
-            "event_id": st.sampled_from(["p-{order_id}", "{value}", "{email}", "x"]),
-            "trigger": st.sampled_from(["request", "click", "submit"]),
-            "selector": st.sampled_from(["button", "a[", "#x.y"]),
-            "stitch": st.fixed_dictionaries(
-                {"keys": st.lists(st.sampled_from(["order_id", "x"]))}, optional={"ttl": scalars}
-            ),
-        },
-    ).map(lambda extra: {**base, **extra})
-)
-rule_files = st.fixed_dictionaries(
-    {},
     optional={
-        "rule": st.lists(rules, max_size=3),
-        "webhook": st.lists(st.dictionaries(st.text(max_size=8), values, max_size=4), max_size=2),
-        "other": values,
+        "delivery_id": some(["id"]),
+        "event_id": some(["purchase-{order_id}", "{email}"]),
+        "when": conditions,
+        "extract": tables,
+        "custom": tables,
+        "require": some([["order_id"]]),
+        "stitch": some([["order_id"], ["email"]]),
     },
+)
+
+
+def _spoil(data: dict[str, Any], how: int) -> dict[str, Any]:
+    """Now and then a key no rule file has, at the top or in each rule."""
+    if how == 5:
+        return {"other": 1, **data}
+    if how == 6:
+        return {**data, "rule": [{**r, "bogus": 1} for r in data["rule"]]}
+    return data
+
+
+rule_files = st.builds(
+    _spoil,
+    st.fixed_dictionaries(
+        {"rule": st.lists(rules, max_size=3)},
+        optional={"webhook": st.lists(webhooks, max_size=2)},
+    ),
+    st.integers(0, 15),
 )
 
 
@@ -747,3 +811,12 @@ def assert_loads_or_rule_error(directory: Path, text: str) -> None:
         assert str(exc).startswith(f"{path}: "), str(exc)
     else:
         assert isinstance(ruleset, RuleSet)
+
+
+def test_every_rule_example_in_the_readme_loads(tmp_path: Path) -> None:
+    guide = (ROOT / "README.md").read_text().split("\n## Rules\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", guide, re.S) if "[[rule]]" in b]
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        write(tmp_path / str(i), "example.toml", block)
+        assert len(load_rules(tmp_path / str(i)).rules) == 1

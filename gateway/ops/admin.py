@@ -1,0 +1,401 @@
+"""`{prefix}/admin`: the operator's dashboard, its login, and the dead-letter actions.
+
+Who gets in: with `admin_token` set, a browser signs in once with the token (a form) and
+then carries a signed session cookie (HttpOnly, SameSite=Strict, Path={prefix}/admin); a
+script may send `Authorization: Bearer <token>` instead. Without a token, peers in
+`admin_networks` (loopback: the demo) get a session cookie on their first visit without
+signing in, and everybody else a 403 saying how to set one (see `gateway.ops.access`).
+
+Actions (retry or discard a dead letter, retry them all) are POSTs that carry the
+session's CSRF token and are refused from another origin; Bearer requests need neither,
+as a browser never adds that header on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.delivery.ratelimit import RateLimits
+from gateway.delivery.seal import load_key
+from gateway.edge.pages import page_secret
+from gateway.errors import json_error
+from gateway.ops import admin_page
+from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
+from gateway.ops.admin_session import (
+    COOKIE,
+    SESSION_TTL,
+    Session,
+    csrf_ok,
+    csrf_token,
+    issue,
+    session_key,
+    verify,
+)
+from gateway.ops.dashboard import DayCache, RuleLike, load_dashboard, reader
+
+log = logging.getLogger("gateway.admin")
+
+_FORM_LIMIT = 64 * 1024
+_MAX_IDS = 1000
+_ASSETS = {
+    "admin.css": "text/css",
+    "admin.js": "application/javascript",
+}
+# The page runs only its own script and styles: no inline code, no other origin.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # no-referrer would make Chromium send `Origin: null` with the forms, which we refuse.
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+@dataclass(slots=True)
+class AdminState:
+    """What the dashboard keeps between requests."""
+
+    cache: DayCache = field(default_factory=DayCache)
+    # Guessing the token through the form: ten tries, then one every six seconds per peer.
+    logins: RateLimits = field(default_factory=lambda: RateLimits(1 / 6, 10))
+    key: bytes | None = None  # the outbox key, read on first use
+
+
+ADMIN = web.AppKey("admin", AdminState)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hook:
+    """A `[[webhook]]` mapping, listed with the rules."""
+
+    name: str
+    event_name: str
+    trigger: str
+    file: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Auth:
+    session: Session | None  # None: the request carried the admin token itself
+    cookie: str | None = None  # a new session's cookie to set
+
+
+def add_admin_routes(app: web.Application, prefix: str) -> None:
+    """Register the dashboard's routes (before the prefix's catch-all)."""
+    app[ADMIN] = AdminState()
+    app.router.add_get(f"{prefix}/admin", get_admin)
+    app.router.add_get(f"{prefix}/admin/login", get_login)
+    app.router.add_post(f"{prefix}/admin/login", post_login)
+    app.router.add_post(f"{prefix}/admin/logout", post_logout)
+    app.router.add_post(f"{prefix}/admin/retry", post_retry)
+    app.router.add_post(f"{prefix}/admin/discard", post_discard)
+    app.router.add_get(f"{prefix}/admin/assets/{{name}}", get_asset)
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+async def get_admin(request: web.Request) -> web.StreamResponse:
+    """The dashboard page."""
+    auth = _authenticate(request)
+    if isinstance(auth, web.Response):
+        return auth
+    if auth is None:
+        return _sign_in_first(request)
+    settings = request.app[RUNTIME].settings
+    rules = _rules(request)
+    try:
+        async with reader(settings.buffer) as conn:
+            data = await load_dashboard(
+                conn,
+                rules,
+                rules_dir=settings.rules,
+                prefix=settings.prefix,
+                cache=request.app[ADMIN].cache,
+            )
+    except (sqlite3.Error, OSError) as exc:
+        log.error("Reading the outbox for the dashboard failed: %s", exc)
+        return json_error(503, "buffer unavailable", f"cannot read the buffer: {exc}")
+    html = admin_page.render_dashboard(
+        data,
+        prefix=settings.prefix,
+        csrf=csrf_token(_key(request), auth.session) if auth.session else "",
+        notice=_notice(request),
+        signed_in=bool(settings.admin_token and auth.session),
+        dry_run=settings.dry_run,
+        version=__version__,
+    )
+    response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
+    if auth.cookie:
+        _set_cookie(request, response, auth.cookie)
+    return response
+
+
+async def get_login(request: web.Request) -> web.StreamResponse:
+    """The sign-in form (only when an admin token is configured)."""
+    settings = request.app[RUNTIME].settings
+    if not settings.admin_token or _session(request) is not None:
+        return _see_other(request, "/admin")
+    return _login_page(request, "", 200)
+
+
+async def post_login(request: web.Request) -> web.StreamResponse:
+    """Check the token from the form; a session cookie and the dashboard when it matches."""
+    settings = request.app[RUNTIME].settings
+    if not settings.admin_token:
+        return _see_other(request, "/admin")
+    if not _same_origin(request):
+        return json_error(403, "forbidden", "sign in from the dashboard's own page")
+    wait = request.app[ADMIN].logins.wait(socket_peer(request) or "")
+    if wait > 0:
+        response = _login_page(request, "Too many attempts: wait a little and try again.", 429)
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    form = await _form(request)
+    if isinstance(form, web.Response):
+        return form
+    given = (form.get("token") or [""])[0].strip()
+    if not bearer_matches(f"Bearer {given}", settings.admin_token):
+        log.warning("Dashboard sign-in refused: wrong admin token.")
+        return _login_page(request, "That is not the admin token.", 403)
+    value, _ = issue(_key(request), now=int(time.time()))
+    log.info("Dashboard sign-in.")
+    response = _see_other(request, "/admin")
+    _set_cookie(request, response, value)
+    return response
+
+
+async def post_logout(request: web.Request) -> web.StreamResponse:
+    """End the browser's session."""
+    checked = await _action(request)
+    if isinstance(checked, web.Response):
+        return checked
+    response = _see_other(request, "/admin/login")
+    response.del_cookie(COOKIE, path=_cookie_path(request))
+    return response
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+async def post_retry(request: web.Request) -> web.StreamResponse:
+    """Queue dead letters (`id` fields, or `all=1`) for sending again now."""
+    checked = await _action(request)
+    if isinstance(checked, web.Response):
+        return checked
+    ids = _ids(checked, allow_all=True)
+    if isinstance(ids, web.Response):
+        return ids
+    count = await request.app[OUTBOX].requeue_dead(ids)
+    log.info("Dashboard: %d dead letter(s) queued for sending again.", count)
+    return _done(request, "retried", count)
+
+
+async def post_discard(request: web.Request) -> web.StreamResponse:
+    """Delete the dead letters of the `id` fields."""
+    checked = await _action(request)
+    if isinstance(checked, web.Response):
+        return checked
+    ids = _ids(checked, allow_all=False)
+    if isinstance(ids, web.Response):
+        return ids
+    assert ids is not None
+    count = await request.app[OUTBOX].discard_dead(ids)
+    log.info("Dashboard: %d dead letter(s) discarded.", count)
+    return _done(request, "discarded", count)
+
+
+async def get_asset(request: web.Request) -> web.StreamResponse:
+    """The dashboard's stylesheet and script, from the package."""
+    name = request.match_info["name"]
+    if name not in _ASSETS:
+        return json_error(404, "not found", f"no dashboard asset {name!r}")
+    body = resources.files("gateway").joinpath(f"static/admin/{name}").read_bytes()
+    return web.Response(
+        body=body,
+        content_type=_ASSETS[name],
+        charset="utf-8",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def _action(request: web.Request) -> dict[str, list[str]] | web.Response:
+    """The form of an allowed, same-origin POST carrying its CSRF token; else the refusal."""
+    auth = _authenticate(request)
+    if isinstance(auth, web.Response):
+        return auth
+    if auth is None:
+        return _sign_in_first(request)
+    if auth.session is not None and not _same_origin(request):
+        return json_error(403, "forbidden", "dashboard actions come from the dashboard's page")
+    form = await _form(request)
+    if isinstance(form, web.Response):
+        return form
+    if auth.session is not None:
+        given = request.headers.get("X-CSRF-Token") or (form.get("csrf") or [""])[0]
+        if not csrf_ok(_key(request), auth.session, given):
+            return json_error(
+                403, "forbidden", "missing or stale CSRF token: reload the dashboard and retry"
+            )
+    return form
+
+
+def _ids(form: dict[str, list[str]], *, allow_all: bool) -> list[int] | web.Response | None:
+    if allow_all and (form.get("all") or [""])[0] == "1":
+        return None
+    raw = form.get("id") or []
+    if not raw:
+        return json_error(400, "invalid form", "name the dead letters with id=N fields")
+    if len(raw) > _MAX_IDS:
+        return json_error(400, "invalid form", f"at most {_MAX_IDS} ids per request")
+    try:
+        return [int(v) for v in raw]
+    except ValueError:
+        return json_error(400, "invalid form", "every id must be a row number")
+
+
+def _done(request: web.Request, what: str, count: int) -> web.StreamResponse:
+    if _wants_html(request):
+        return _see_other(request, f"/admin?done={what}&n={count}#delivery")
+    return web.json_response({what: count}, headers={"Cache-Control": "no-store"})
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def _authenticate(request: web.Request) -> _Auth | web.Response | None:
+    """The request's credentials; None when it must sign in; a 403 when it may not."""
+    settings = request.app[RUNTIME].settings
+    session = _session(request)
+    if settings.admin_token:
+        if session is not None:
+            return _Auth(session)
+        return _Auth(None) if admin_allowed(request) else None
+    denied = require_admin(request)
+    if denied is not None:
+        return denied
+    if session is not None:
+        return _Auth(session)
+    # A local visitor needs no sign-in, but its actions still need a session to bind
+    # their CSRF token to: one is issued on the first visit.
+    value, session = issue(_key(request), now=int(time.time()))
+    return _Auth(session, value)
+
+
+def _sign_in_first(request: web.Request) -> web.Response:
+    """A browser is sent to the sign-in form, a script gets the 401."""
+    if _wants_html(request):
+        return _see_other(request, "/admin/login")
+    denied = require_admin(request)
+    assert denied is not None
+    return denied
+
+
+def _session(request: web.Request) -> Session | None:
+    return verify(_key(request), request.cookies.get(COOKIE), now=int(time.time()))
+
+
+def _key(request: web.Request) -> bytes:
+    state = request.app[ADMIN]
+    settings = request.app[RUNTIME].settings
+    if state.key is None:
+        state.key = load_key(settings)
+    # Derived per request: a reload may change `secret` or `admin_token`.
+    return session_key(page_secret(settings, state.key), settings.admin_token)
+
+
+def _set_cookie(request: web.Request, response: web.StreamResponse, value: str) -> None:
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=SESSION_TTL,
+        path=_cookie_path(request),
+        httponly=True,
+        samesite="Strict",
+        secure=_origin(request).startswith("https:"),
+    )
+
+
+def _cookie_path(request: web.Request) -> str:
+    return f"{request.app[RUNTIME].settings.prefix}/admin"
+
+
+# -- request details ------------------------------------------------------------------------
+
+
+def _origin(request: web.Request) -> str:
+    pages = request.app.get(PAGES)
+    if pages is not None:
+        return pages.public_origin(request)
+    return f"{request.scheme}://{request.host}"
+
+
+def _same_origin(request: web.Request) -> bool:
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    return origin is None or origin == _origin(request)
+
+
+def _wants_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept or "application/json" not in accept
+
+
+async def _form(request: web.Request) -> dict[str, list[str]] | web.Response:
+    if request.content_length is not None and request.content_length > _FORM_LIMIT:
+        return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
+    raw = await request.content.read(_FORM_LIMIT + 1)
+    if len(raw) > _FORM_LIMIT:
+        return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
+    if raw and request.content_type != "application/x-www-form-urlencoded":
+        return json_error(415, "unsupported form", "send application/x-www-form-urlencoded")
+    try:
+        return parse_qs(raw.decode("utf-8"), max_num_fields=_MAX_IDS + 10)
+    except (UnicodeDecodeError, ValueError):
+        return json_error(400, "invalid form", "the form is not valid URL-encoded UTF-8")
+
+
+def _path(request: web.Request, tail: str) -> str:
+    return request.app[RUNTIME].settings.prefix + tail
+
+
+def _see_other(request: web.Request, tail: str) -> web.Response:
+    return web.Response(
+        status=303, headers={"Location": _path(request, tail), "Cache-Control": "no-store"}
+    )
+
+
+def _notice(request: web.Request) -> str:
+    what, count = request.query.get("done"), request.query.get("n", "")
+    if what not in ("retried", "discarded") or not count.isdigit():
+        return ""
+    if what == "retried":
+        return f"{int(count)} dead letter(s) queued for sending again."
+    return f"{int(count)} dead letter(s) discarded."
+
+
+def _login_page(request: web.Request, error: str, status: int) -> web.Response:
+    html = admin_page.render_login(prefix=_path(request, ""), error=error, version=__version__)
+    return web.Response(text=html, status=status, content_type="text/html", headers=_PAGE_HEADERS)
+
+
+def _rules(request: web.Request) -> list[RuleLike]:
+    ruleset = request.app[RUNTIME].rules
+    hooks = [_Hook(w.name, w.event_name, "webhook", w.file) for w in ruleset.webhooks]
+    return [*ruleset.rules, *hooks]
