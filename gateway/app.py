@@ -46,16 +46,17 @@ from gateway.ops.health import get_health
 from gateway.ops.metrics import Metrics
 from gateway.ops.status import get_metrics, get_status
 from gateway.pipeline.rulefile import RuleError
+from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
 
 log = logging.getLogger("gateway.app")
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Application:
     """The gateway's application for validated settings (not started)."""
     # The events API reads its body itself with its own limit (413 as JSON).
     app = web.Application(client_max_size=settings.max_body_bytes + 65536)
-    app[RUNTIME] = Runtime.from_settings(settings)
+    app[RUNTIME] = Runtime.from_settings(settings, rules)
     app[STARTED_AT] = time.time()
     app[METRICS] = Metrics.for_settings(settings)
     # Read per request so that a reload's trusted_proxies apply.
@@ -214,9 +215,13 @@ async def reload(app: web.Application, settings: Settings, fresh: Runtime | None
     log.info("Reloaded the configuration.")
 
 
-async def serve(settings: Settings, load: Callable[[], Settings] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    load: Callable[[], Settings] | None = None,
+    rules: RuleSet | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT, reloading on SIGHUP when `load` is given."""
-    app = build_app(settings)
+    app = build_app(settings, rules)
     runner = web.AppRunner(
         app,
         access_log=None,

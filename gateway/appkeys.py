@@ -28,8 +28,11 @@ class Runtime:
     rules: RuleSet = field(default_factory=RuleSet)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Runtime:
-        """Derive what requests need from validated settings; RuleError for a bad rule file."""
+    def from_settings(cls, settings: Settings, rules: RuleSet | None = None) -> Runtime:
+        """Derive what requests need from validated settings; RuleError for a bad rule file.
+
+        `rules` already loaded (by the supervisor of `--workers`) are used as they are.
+        """
         targets = [Target(p.id, p.test_event_code) for p in settings.effective_pixels()]
         return cls(
             settings=settings,
@@ -38,8 +41,12 @@ class Runtime:
                 default_country=settings.default_country,
                 max_future_skew=settings.max_future_skew,
             ),
-            rules=load_rules(settings.rules) if settings.rules is not None else RuleSet(),
+            rules=rules if rules is not None else _load(settings),
         )
+
+
+def _load(settings: Settings) -> RuleSet:
+    return load_rules(settings.rules) if settings.rules is not None else RuleSet()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

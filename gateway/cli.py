@@ -13,7 +13,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import Sources, load_settings
 from gateway.pipeline.rulefile import RuleError
-from gateway.pipeline.rules import load_rules
+from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway.cli")
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for warning in rules.warnings():
                     print(f"warning: {warning}")
             return 0
-        return _serve(args, settings)
+        return _serve(args, settings, rules)
     except ConfigError as exc:
         print(f"capi-gateway: config error: {exc}", file=sys.stderr)
         return 2
@@ -220,7 +220,7 @@ def _print_check(settings: Settings) -> None:
     )
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) -> int:
     from gateway.app import serve
     from gateway.delivery.schema import SchemaError
     from gateway.log import setup_logging
@@ -230,8 +230,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # handled once ready instead of killing the process (SIGHUP's default action).
     block_signals()
     setup_logging(settings.log_level, settings.log_format)
-    # What a worker forked later starts with: the last configuration a SIGHUP accepted.
-    current = settings
+    # What a worker forked later starts with: the last configuration and rules a SIGHUP
+    # accepted (rule files that broke since then must not stop a replacement).
+    current, current_rules = settings, rules
 
     def reload() -> Settings:
         fresh = settings_from_args(args)
@@ -239,16 +240,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return fresh
 
     def reload_parent() -> None:
-        nonlocal current
+        nonlocal current, current_rules
         fresh = reload()
+        rules = load_rules(fresh.rules) if fresh.rules is not None else None
         for key in ("workers", "listen", "buffer"):
             if getattr(fresh, key) != getattr(settings, key):
                 log.warning("The new %s takes effect only after a restart.", key)
-        current = fresh
+        current, current_rules = fresh, rules
 
     def work() -> int:
         try:
-            run(serve(current, reload))
+            run(serve(current, reload, current_rules))
         except ConfigError as exc:
             print(f"capi-gateway: config error: {exc}", file=sys.stderr)
             return 2

@@ -292,6 +292,14 @@ async def test_two_workers_both_serve(
             await asyncio.sleep(0.05)
         workers = parent.children()
         assert len(workers) == 2
+
+        def listening(w: psutil.Process) -> bool:
+            conns = w.net_connections("tcp")
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+
+        # SO_REUSEPORT spreads connections only over workers that have bound already.
+        while not all(listening(w) for w in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         site_port = int(site.url.rsplit(":", 1)[1])
 
         async def one(i: int) -> int:

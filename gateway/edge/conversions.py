@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -28,12 +26,14 @@ from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
 from gateway.delivery.stitch import Stitches, VisitorContext
 from gateway.edge import headers as hdr
 from gateway.edge import identity as ident
+from gateway.edge.bodies import BodyCopy, media_type, read_fields
 from gateway.edge.encoding import Decoder, open_decoder
 from gateway.edge.htmlscan import HtmlFound, HtmlScan, Wants
 from gateway.edge.pages import PageViews
+from gateway.edge.triggers import triggers_json
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, prepare
-from gateway.pipeline.extract import Facts, parse_json_text
+from gateway.pipeline.extract import Facts
 from gateway.pipeline.rules import RequestFacts, Rule, RuleSet
 from gateway.pipeline.urls import scrub_url
 from gateway.pipeline.webhooks import stitch_values
@@ -59,25 +59,6 @@ class RuleCounters:
     def bump(self, table: dict[str, int], name: str, by: int = 1) -> None:
         """Add to one counter."""
         table[name] = table.get(name, 0) + by
-
-
-class BodyCopy:
-    """The first `limit` bytes of a request body, for form and JSON rules."""
-
-    __slots__ = ("data", "limit", "truncated")
-
-    def __init__(self, limit: int) -> None:
-        self.data = bytearray()
-        self.limit = limit
-        self.truncated = False
-
-    def feed(self, chunk: bytes) -> None:
-        """Keep what fits; note that the rest was cut."""
-        room = self.limit - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        if len(chunk) > room:
-            self.truncated = True
 
 
 @dataclass(slots=True)
@@ -194,7 +175,7 @@ class Conversions:
             method=request.method,
             path=request.path,
             query=_multi(request.query.items()),
-            content_type=_media(request.headers.get("Content-Type")),
+            content_type=media_type(request.headers.get("Content-Type")),
             referrer=request.headers.get("Referer"),
         )
         matched = rules.matching(facts)
@@ -218,7 +199,7 @@ class Conversions:
         matched = [rule for rule, _ in rules.matching(facts, "browser")]
         if not matched:
             return None
-        return json.dumps([browser_trigger(rule) for rule in matched], separators=(",", ":"))
+        return triggers_json(matched)
 
     # when the response starts ---------------------------------------------------
 
@@ -235,7 +216,11 @@ class Conversions:
         """Keep the rules the response satisfies; a tap when they read the page, else emit now."""
         media = hdr.media_type(headers)
         request = run.request
-        form, json_body = self._body(run)
+        form, json_body = (
+            read_fields(run.body, request.headers.get("Content-Type"))
+            if run.body is not None
+            else ({}, None)
+        )
         kept = [
             (rule, groups)
             for rule, groups in run.matched
@@ -262,26 +247,6 @@ class Conversions:
             tap.finish()
             return None
         return tap
-
-    def _body(self, run: Run) -> tuple[dict[str, list[str]], Any]:
-        copy = run.body
-        if copy is None or not copy.data:
-            return {}, None
-        media = _media(run.request.headers.get("Content-Type"))
-        data = bytes(copy.data)
-        if media == "application/x-www-form-urlencoded":
-            text = data.decode("utf-8", "replace")
-            try:
-                return parse_qs(text, keep_blank_values=True, max_num_fields=1000), None
-            except ValueError:
-                return {}, None  # more fields than any real form has
-        if media == "multipart/form-data":
-            return _multipart(data, run.request.headers.get("Content-Type", "")), None
-        if media == "application/json" or media.endswith("+json"):
-            if copy.truncated:
-                return {}, None
-            return {}, parse_json_text(data.decode("utf-8", "replace"))
-        return {}, None
 
     # building and storing -------------------------------------------------------
 
@@ -431,47 +396,6 @@ class Conversions:
             await asyncio.wait(set(self._tasks))
 
 
-def browser_trigger(rule: Rule) -> dict[str, Any]:
-    """What px.js needs to fire a click/submit rule: never how customer data is mapped.
-
-    The browser collects raw `data-*` values and form fields and sends them with the
-    beacon; the server converts them with the rule's full specs. For the browser pixel's
-    own call, px.js gets simple recipes for the custom_data fields only, so customer data
-    never reaches the pixel in clear.
-    """
-    data: dict[str, None] = {}
-    fields: dict[str, None] = {}
-    recipes: dict[str, list[list[Any]]] = {}
-    for ex in rule.extractors:
-        for pick in ex.picks:
-            if pick.spec.source == "data":
-                data[pick.key] = None
-            elif pick.spec.source == "field":
-                fields[pick.key] = None
-        if ex.section == "user_data":
-            continue
-        recipes[ex.target] = [
-            [
-                p.spec.source,
-                p.key if p.spec.source != "const" else p.spec.value,
-                p.number or ("list" if p.as_list else ""),
-                p.spec.divide or 1,
-                p.spec.decimal,
-            ]
-            for p in ex.picks
-            if p.spec.source in ("const", "data", "field", "query")
-        ]
-    return {
-        "r": rule.name,
-        "e": rule.event_name,
-        "t": rule.trigger,
-        "s": rule.selector,
-        "d": list(data),
-        "f": list(fields),
-        "c": recipes,
-    }
-
-
 def _values(event: Mapping[str, Any]) -> dict[str, Any]:
     return {**event.get("custom_data", {}), **event.get("user_data", {})}
 
@@ -494,47 +418,9 @@ def _multi(items: Any) -> dict[str, list[str]]:
     return out
 
 
-def _media(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
 def _charset(headers: Mapping[str, str]) -> str:
     for param in headers.get("Content-Type", "").split(";")[1:]:
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset":
             return value.strip().strip('"') or "utf-8"
     return "utf-8"
-
-
-def _multipart(data: bytes, content_type: str) -> dict[str, list[str]]:
-    """Field values of a multipart/form-data body; file parts are skipped, never read."""
-    boundary = ""
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "boundary":
-            boundary = value.strip().strip('"')
-    if not boundary:
-        return {}
-    out: dict[str, list[str]] = {}
-    for part in data.split(b"--" + boundary.encode("utf-8", "replace"))[1:]:
-        head, sep, body = part.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        disposition = ""
-        for line in head.decode("latin-1").split("\r\n"):
-            if line.lower().startswith("content-disposition:"):
-                disposition = line.split(":", 1)[1]
-        params = _disposition(disposition)
-        if "name" not in params or "filename" in params:
-            continue
-        content = body[:-2] if body.endswith(b"\r\n") else body
-        out.setdefault(params["name"], []).append(content.decode("utf-8", "replace"))
-    return out
-
-
-def _disposition(value: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in value.split(";")[1:]:
-        name, _, raw = item.partition("=")
-        params[name.strip().lower()] = raw.strip().strip('"')
-    return params

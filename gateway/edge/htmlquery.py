@@ -203,7 +203,15 @@ def _get(obj: dict[str, Any], key: str) -> Any:
 
 
 def jsonld_lookup(docs: Sequence[Any], path: str) -> list[Any]:
-    """Values at 'Type.key.key' in parsed JSON-LD documents, in document order."""
+    """Values at 'Type.key.key' in parsed JSON-LD documents, in document order.
+
+    Every object whose "@type" (a string or a list) names Type is a start, wherever it is
+    nested (top-level lists, "@graph", inside other objects; nested matches count too). Types
+    compare case-insensitively and may be written 'schema:Product' or with the schema.org URL;
+    '*' matches any object. Keys are walked from each start (also found as 'schema:key' or
+    with the URL); a list met on the way is flattened, one on the last key is returned as is.
+    JSON null is no value. ValueError for an empty path or segment.
+    """
     parts = [p.strip() for p in path.split(".")]
     if not path.strip():
         raise ValueError("JSON-LD path is empty; use Type.key, e.g. 'Product.offers.price'")

@@ -19,7 +19,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.edge import headers as hdr
-from gateway.edge.conversions import BodyCopy, Conversions, PageTap, Run
+from gateway.edge.bodies import BodyCopy
+from gateway.edge.conversions import Conversions, PageTap, Run
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket

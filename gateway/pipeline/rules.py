@@ -16,14 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.edge.htmlscan import Wants
 from gateway.pipeline.extract import Extractor, Facts, compile_extract, dotted, extract
+from gateway.pipeline.matchers import (
+    Cond,
+    as_list,
+    compile_conditions,
+    first_segments,
+    glob,
+    lower_set,
+    referrer_pattern,
+    statuses,
+    text,
+)
 from gateway.pipeline.rulefile import (
     BODY_SOURCES,
     BROWSER_SOURCES,
     REQUEST_SOURCES,
     TEMPLATE_FIELD,
     USER_DATA_TARGETS,
-    Condition,
-    RegexCondition,
     RuleError,
     RuleModel,
     WebhookModel,
@@ -34,9 +43,6 @@ from gateway.pipeline.rulefile import (
 
 if TYPE_CHECKING:
     from gateway.pipeline.webhooks import Webhook
-
-_GLOB_TOKEN = re.compile(r"\*\*|\*|\?|\{[A-Za-z_][A-Za-z0-9_]*\}")
-_STATUS_RANGE = re.compile(r"^\s*([1-5])xx\s*$|^\s*(\d{3})\s*-\s*(\d{3})\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,28 +55,6 @@ class RequestFacts:
     query: Mapping[str, Sequence[str]]
     content_type: str = ""
     referrer: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cond:
-    """A compiled condition on one named value."""
-
-    name: str
-    present: bool = True
-    equals: str | None = None
-    regex: re.Pattern[str] | None = None
-
-    def test(self, values: Sequence[Any]) -> bool:
-        """True when the values satisfy the condition."""
-        if not self.present:
-            return not values
-        if not values:
-            return False
-        if self.equals is not None:
-            return any(_text(v) == self.equals for v in values)
-        if self.regex is not None:
-            return any(self.regex.search(_text(v)) for v in values)
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +165,7 @@ def render_event_id(template: str | None, values: Mapping[str, Any], rule: str) 
             # No key to deduplicate on: count the event rather than drop it.
             return f"{rule}-{uuid.uuid4()}"
     # One pass, so a value that itself reads "{other}" is not substituted again.
-    out = TEMPLATE_FIELD.sub(lambda m: _text(values[m.group(1)]), template)
+    out = TEMPLATE_FIELD.sub(lambda m: text(values[m.group(1)]), template)
     return out[:256]
 
 
@@ -206,7 +190,7 @@ class RuleSet:
         by_segment: dict[str, list[Rule]] = {}
         anywhere: list[Rule] = []
         for rule in ordered:
-            segments = _first_segments(rule)
+            segments = _firstfirst_segments(rule)
             if segments is None:
                 anywhere.append(rule)
             else:
@@ -269,7 +253,7 @@ def _order(rule: Rule) -> int:
     return rule.index
 
 
-def _first_segments(rule: Rule) -> tuple[str, ...] | None:
+def _firstfirst_segments(rule: Rule) -> tuple[str, ...] | None:
     return rule.segments
 
 
@@ -338,8 +322,8 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
         extractors = compile_extract(
             model.extract, model.custom, BROWSER_SOURCES if browser else REQUEST_SOURCES
         )
-        paths = tuple(_glob(p) for p in _as_list(model.path))
-        statuses = _statuses(model.status)
+        paths = tuple(glob(p) for p in as_list(model.path))
+        status_ranges = statuses(model.status)
     except ValueError as exc:
         raise fail(str(exc)) from None
     targets = {ex.target for ex in extractors}
@@ -378,17 +362,17 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
         index=index,
         trigger=model.trigger,
         selector=model.selector,
-        hosts=tuple(_glob(h.lower(), host=True) for h in _as_list(model.host)),
+        hosts=tuple(glob(h.lower(), host=True) for h in as_list(model.host)),
         paths=paths,
         path_regex=re.compile(model.path_regex) if model.path_regex else None,
-        methods=frozenset(m.upper() for m in _as_list(model.method)) or None,
+        methods=frozenset(m.upper() for m in as_list(model.method)) or None,
         query=compile_conditions(model.query),
-        content_types=_lower_set(model.content_type),
+        content_types=lower_set(model.content_type),
         form=compile_conditions(model.form),
         json_body=compile_conditions(model.json_body),
-        statuses=statuses,
-        response_types=_lower_set(model.response_type),
-        referrer=_referrer(model.referrer),
+        statuses=status_ranges,
+        response_types=lower_set(model.response_type),
+        referrer=referrer_pattern(model.referrer),
         event_id=model.event_id,
         require=tuple(model.require),
         action_source=model.action_source,
@@ -398,118 +382,5 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
         stitch_event_id=stitch.share_event_id if stitch else False,
         wants=wants,
         needs_body=needs_body,
-        segments=_segments(_as_list(model.path)),
+        segments=first_segments(as_list(model.path)),
     )
-
-
-def _glob(pattern: str, *, host: bool = False) -> re.Pattern[str]:
-    """`/product/{sku}`, `/blog/*`, `/docs/**`, `*.example.com` as an anchored regex."""
-    if not host and not pattern.startswith("/"):
-        raise ValueError(f"path: {pattern!r} must start with '/'")
-    out: list[str] = []
-    names: set[str] = set()
-    pos = 0
-    for token in _GLOB_TOKEN.finditer(pattern):
-        out.append(re.escape(pattern[pos : token.start()]))
-        text = token.group()
-        if text == "**":
-            out.append(".*")
-        elif text == "*":
-            out.append("[^.]*" if host else "[^/]*")
-        elif text == "?":
-            out.append("[^.]" if host else "[^/]")
-        elif text in names:
-            raise ValueError(f"path: {pattern!r}: {text} appears twice; name each part once")
-        else:
-            names.add(text)
-            out.append(f"(?P<{text[1:-1]}>[^/]+)")
-        pos = token.end()
-    out.append(re.escape(pattern[pos:]))
-    try:
-        compiled = re.compile("".join(out))
-    except re.error as exc:
-        raise ValueError(f"path: {pattern!r}: {exc}") from None
-    return compiled
-
-
-def _segments(paths: list[str]) -> tuple[str, ...] | None:
-    """The first path segment of each glob, or None when any of them is a wildcard."""
-    out = []
-    for pattern in paths:
-        segment = pattern[1:].split("/", 1)[0]
-        if _GLOB_TOKEN.search(segment):
-            return None
-        out.append(segment)
-    # Two globs under one segment ("/a/x", "/a/y") must not list the rule twice.
-    return tuple(dict.fromkeys(out)) or None
-
-
-# Without `status`: a success or a redirect, never an error page or a 304 revalidation
-# (a missing product or a cached thank-you page is no conversion).
-DEFAULT_STATUSES = ((200, 299), (300, 303), (305, 399))
-
-
-def _statuses(value: int | list[int] | str | None) -> tuple[tuple[int, int], ...] | None:
-    if value is None:
-        return DEFAULT_STATUSES
-    if isinstance(value, int):
-        return ((value, value),)
-    if isinstance(value, list):
-        return tuple((v, v) for v in value)
-    out = []
-    for part in value.split(","):
-        found = _STATUS_RANGE.match(part)
-        if part.strip().isdecimal():  # isdigit() also takes "²", which int() refuses
-            out.append((int(part), int(part)))
-        elif found and found.group(1):
-            base = int(found.group(1)) * 100
-            out.append((base, base + 99))
-        elif found:
-            out.append((int(found.group(2)), int(found.group(3))))
-        else:
-            raise ValueError(
-                f'status: {part.strip()!r} is not a status; use 302, [301, 302], "300-399" or "3xx"'
-            )
-    return tuple(out)
-
-
-def compile_conditions(table: Mapping[str, Condition]) -> tuple[Cond, ...]:
-    """`{ name = true | false | "value" | { regex = "..." } }` as conditions."""
-    out = []
-    for name, value in table.items():
-        if isinstance(value, bool):
-            out.append(Cond(name, present=value))
-        elif isinstance(value, RegexCondition):
-            out.append(Cond(name, regex=re.compile(value.regex)))
-        else:
-            out.append(Cond(name, equals=_text(value)))
-    return tuple(out)
-
-
-def _referrer(value: str | RegexCondition | None) -> re.Pattern[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, RegexCondition):
-        return re.compile(value.regex)
-    parts = (re.escape(p) for p in value.split("*"))
-    return re.compile("^" + ".*".join(parts) + "$")
-
-
-def _as_list(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _lower_set(value: str | list[str] | None) -> frozenset[str] | None:
-    items = _as_list(value)
-    return frozenset(i.strip().lower() for i in items) if items else None
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        # JSON bodies say true/false; `paid = "true"` must match {"paid": true}.
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

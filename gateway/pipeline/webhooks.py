@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.edge.signatures import HmacScheme
 from gateway.pipeline.extract import Extractor, Facts, compile_extract, dotted, extract
+from gateway.pipeline.matchers import Cond, compile_conditions
 from gateway.pipeline.normalize import ALIASES, HASHED_FIELDS, NormalizationError, hash_value
 from gateway.pipeline.rulefile import (
     WEBHOOK_SOURCES,
@@ -23,7 +24,7 @@ from gateway.pipeline.rulefile import (
     WebhookModel,
     template_fields,
 )
-from gateway.pipeline.rules import Cond, compile_conditions, render_event_id
+from gateway.pipeline.rules import render_event_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,11 @@ from gateway.edge.htmlscan import (
     HtmlScan,
     Selector,
     Wants,
-    _unwrap,
     jsonld_lookup,
     parse_selector,
     selector_matches,
 )
+from gateway.edge.htmltokens import unwrap
 
 PRICE = "product:price:amount"
 ALL_META = frozenset({"description", "og:title", PRICE, "price", "author"})
@@ -693,7 +693,7 @@ def browser_view(res: dict[str, Any]) -> tuple[Any, ...]:
             and kind.split(";")[0].strip(" \t\n\f\r").lower() == "application/ld+json"
         ):
             with contextlib.suppress(ValueError):
-                docs.append(json.loads(_unwrap(text)))
+                docs.append(json.loads(unwrap(text)))
     return metas, docs, [[dict(p) for p in found] for found in res["els"]]
 
 
