@@ -202,7 +202,28 @@ def _get(obj: dict[str, Any], key: str) -> Any:
     return _MISSING
 
 
-def jsonld_lookup(docs: Sequence[Any], path: str) -> list[Any]:
+@dataclass(frozen=True, slots=True)
+class JsonLdIndex:
+    """Every object of a page's JSON-LD with its normalized @types, in document order.
+
+    Built once per page, so several rules and fields reading the same page do not walk
+    and normalize its JSON-LD again for each path.
+    """
+
+    objects: tuple[tuple[frozenset[str], dict[str, Any]], ...]
+
+    @classmethod
+    def of(cls, docs: Sequence[Any]) -> JsonLdIndex:
+        """Index parsed JSON-LD documents."""
+        out = []
+        for obj in _objects(docs):
+            t = obj.get("@type")
+            types = [t] if isinstance(t, str) else t if isinstance(t, list) else []
+            out.append((frozenset(_type_key(x) for x in types if isinstance(x, str)), obj))
+        return cls(tuple(out))
+
+
+def jsonld_lookup(docs: Sequence[Any] | JsonLdIndex, path: str) -> list[Any]:
     """Values at 'Type.key.key' in parsed JSON-LD documents, in document order.
 
     Every object whose "@type" (a string or a list) names Type is a start, wherever it is
@@ -220,13 +241,11 @@ def jsonld_lookup(docs: Sequence[Any], path: str) -> list[Any]:
             f"JSON-LD path {path!r} has an empty segment; use Type.key, e.g. 'Product.offers.price'"
         )
     want = None if parts[0] == "*" else _type_key(parts[0])
+    index = docs if isinstance(docs, JsonLdIndex) else JsonLdIndex.of(docs)
     out: list[Any] = []
-    for obj in _objects(docs):
-        if want is not None:
-            t = obj.get("@type")
-            types = [t] if isinstance(t, str) else t if isinstance(t, list) else []
-            if not any(isinstance(x, str) and _type_key(x) == want for x in types):
-                continue
+    for types, obj in index.objects:
+        if want is not None and want not in types:
+            continue
         cur: list[Any] = [obj]
         for key in parts[1:]:
             cur = [

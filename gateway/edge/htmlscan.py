@@ -36,10 +36,16 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.edge.htmlquery import Selector, jsonld_lookup, parse_selector, selector_matches
+from gateway.edge.htmlquery import (
+    JsonLdIndex,
+    Selector,
+    jsonld_lookup,
+    parse_selector,
+    selector_matches,
+)
 from gateway.edge.htmltokens import (
     ATTR,
     COMMENT_END,
@@ -106,6 +112,13 @@ class HtmlFound:
     jsonld: list[Any]
     elements: dict[Selector, list[dict[str, str]]]
     truncated: bool
+    _index: JsonLdIndex | None = field(default=None, repr=False, compare=False)
+
+    def jsonld_index(self) -> JsonLdIndex:
+        """The JSON-LD objects by type, built on first use (then shared by every lookup)."""
+        if self._index is None:
+            self._index = JsonLdIndex.of(self.jsonld)
+        return self._index
 
 
 _MAX_MATCHES = 100

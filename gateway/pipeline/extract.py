@@ -96,7 +96,7 @@ class Pick:
         if source == "meta":
             return list(html.meta.get(key.lower(), ()))
         if source == "jsonld":
-            return jsonld_lookup(html.jsonld, key)
+            return jsonld_lookup(html.jsonld_index(), key)
         assert self.selector is not None and self.spec.attr is not None
         attr = self.spec.attr.lower()
         return [a[attr] for a in html.elements.get(self.selector, ()) if attr in a]

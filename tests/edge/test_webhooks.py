@@ -442,7 +442,10 @@ async def test_booking_webhook_becomes_a_schedule_in_idr(
     "header",
     [
         lambda h: h["X-Booking-Signature"].removeprefix("sha256="),  # prefix missing
-        lambda h: h["X-Booking-Signature"][:-2] + "00",  # one byte off
+        # One digit off, always (appending "00" would leave 1 signature in 256 unchanged).
+        lambda h: (
+            h["X-Booking-Signature"][:-1] + ("1" if h["X-Booking-Signature"][-1] != "1" else "2")
+        ),
         lambda h: "sha256=" + base64.b64encode(b"x" * 32).decode(),  # wrong encoding
     ],
     ids=["no prefix", "wrong digest", "base64"],
