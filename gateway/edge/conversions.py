@@ -83,6 +83,7 @@ class PageTap:
         decoder: Decoder | None,
         fbp: str | None,
         fbc: str | None,
+        consent: ident.Consent,
     ) -> None:
         self._conversions = conversions
         self._run = run
@@ -91,6 +92,7 @@ class PageTap:
         self._scan = scan
         self._decoder = decoder
         self._ids = (fbp, fbc)
+        self._consent = consent
         self._finished = False
         self._found: HtmlFound | None = None
 
@@ -131,7 +133,7 @@ class PageTap:
         found = self._scan.finish() if self._scan is not None else self._found
         if found is not None:
             facts = dataclasses.replace(facts, html=found)
-        self._conversions.emit(self._run, self._rules, facts, *self._ids)
+        self._conversions.emit(self._run, self._rules, facts, *self._ids, self._consent)
 
 
 class Conversions:
@@ -228,6 +230,9 @@ class Conversions:
         ]
         if not kept:
             return None
+        consent = self._admit(request, kept)
+        if consent is None:
+            return None  # decided before reading a byte of the page
         facts = Facts(
             query=_multi(request.query.items()),
             form=form,
@@ -242,13 +247,34 @@ class Conversions:
         if not wants.empty and media in _HTML_TYPES and not head_only:
             decoder = open_decoder(headers.get("Content-Encoding"))
             scan = HtmlScan(wants, charset=_charset(headers), max_bytes=self.scan_limit)
-        tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc)
+        tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc, consent)
         if scan is None:
             tap.finish()
             return None
         return tap
 
     # building and storing -------------------------------------------------------
+
+    def _admit(
+        self, request: web.Request, rules: Sequence[tuple[Rule, dict[str, str]]]
+    ) -> ident.Consent | None:
+        """The visitor's consent when the rules may fire; None (counted) for bots,
+        prefetches and visitors without consent."""
+        for rule, _ in rules:
+            self.counters.bump(self.counters.matched, rule.name)
+        pages = self.pages
+        if ident.is_bot(request.headers.get("User-Agent", ""), pages.bots):
+            self._dropped(rules, "bot")
+            return None
+        if ident.is_prefetch(request.headers):
+            # A speculative load is not a visit (the browser may never show it).
+            self._dropped(rules, "prefetch")
+            return None
+        consent = ident.consent(request.cookies, request.headers, pages.consent_config)
+        if not consent.track:
+            self._dropped(rules, "consent")
+            return None
+        return consent
 
     def emit(
         self,
@@ -257,24 +283,12 @@ class Conversions:
         facts: Facts,
         fbp: str | None,
         fbc: str | None,
+        consent: ident.Consent,
     ) -> None:
-        """Build each rule's event for the request and store them (never raises)."""
+        """Build each rule's event for an admitted request and store them (never raises)."""
         request = run.request
         pages = self.pages
-        for rule, _ in rules:
-            self.counters.bump(self.counters.matched, rule.name)
         ua = request.headers.get("User-Agent", "")
-        if ident.is_bot(ua, pages.bots):
-            self._dropped(rules, "bot")
-            return
-        if ident.is_prefetch(request.headers):
-            # A speculative load is not a visit (the browser may never show it).
-            self._dropped(rules, "prefetch")
-            return
-        consent = ident.consent(request.cookies, request.headers, pages.consent_config)
-        if not consent.track:
-            self._dropped(rules, "consent")
-            return
         origin = pages.public_origin(request)
         ip = pages.client_ip(request)
         identity: dict[str, Any] = {"client_user_agent": ua}
