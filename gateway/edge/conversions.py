@@ -172,15 +172,7 @@ class Conversions:
         rules = self.rules
         if not rules.rules or not rules.candidates(request.path):
             return None
-        facts = RequestFacts(
-            host=request.host.rsplit(":", 1)[0] if request.host else "",
-            method=request.method,
-            path=request.path,
-            query=_multi(request.query.items()),
-            content_type=media_type(request.headers.get("Content-Type")),
-            referrer=request.headers.get("Referer"),
-        )
-        matched = rules.matching(facts)
+        matched = rules.matching(_request_facts(request))
         if not matched:
             return None
         wants_body = request.body_exists and any(rule.needs_body for rule, _ in matched)
@@ -191,14 +183,7 @@ class Conversions:
         rules = self.rules
         if not rules.browser or not rules.candidates(request.path):
             return None
-        facts = RequestFacts(
-            host=request.host.rsplit(":", 1)[0] if request.host else "",
-            method=request.method,
-            path=request.path,
-            query=_multi(request.query.items()),
-            referrer=request.headers.get("Referer"),
-        )
-        matched = [rule for rule, _ in rules.matching(facts, "browser")]
+        matched = [rule for rule, _ in rules.matching(_request_facts(request), "browser")]
         if not matched:
             return None
         return triggers_json(matched)
@@ -423,6 +408,17 @@ def _merge(wants: Any) -> Wants:
         jsonld = jsonld or w.jsonld
         selectors.update(dict.fromkeys(w.selectors))
     return Wants(meta=frozenset(meta), jsonld=jsonld, selectors=tuple(selectors))
+
+
+def _request_facts(request: web.Request) -> RequestFacts:
+    return RequestFacts(
+        host=request.host.rsplit(":", 1)[0] if request.host else "",
+        method=request.method,
+        path=request.path,
+        query=_multi(request.query.items()),
+        content_type=media_type(request.headers.get("Content-Type")),
+        referrer=request.headers.get("Referer"),
+    )
 
 
 def _multi(items: Any) -> dict[str, list[str]]:

@@ -302,6 +302,17 @@ def extract(extractors: Sequence[Extractor], facts: Facts) -> dict[str, dict[str
     return out
 
 
+def extract_required(
+    extractors: Sequence[Extractor], facts: Facts, require: Sequence[str]
+) -> dict[str, dict[str, Any]] | None:
+    """`extract`, or None when one of the `require`d targets has no value."""
+    found = extract(extractors, facts)
+    values = {**found["custom_data"], **found["user_data"]}
+    if any(values.get(name) in (None, "", []) for name in require):
+        return None
+    return found
+
+
 def html_needs(extractors: Sequence[Extractor]) -> list[Pick]:
     """The picks that read the response's HTML."""
     return [p for ex in extractors for p in ex.picks if p.spec.source in HTML_SOURCES]

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.edge.htmlscan import Wants
-from gateway.pipeline.extract import Extractor, Facts, compile_extract, dotted, extract
+from gateway.pipeline.extract import (
+    Extractor,
+    Facts,
+    compile_extract,
+    dotted,
+    extract_required,
+)
 from gateway.pipeline.matchers import (
     Cond,
     as_list,
@@ -136,10 +142,10 @@ class Rule:
 
     def draft(self, facts: Facts) -> dict[str, Any] | None:
         """The event this rule makes of a matching request, None if a required value is missing."""
-        found = extract(self.extractors, facts)
-        values = {**found["custom_data"], **found["user_data"]}
-        if any(values.get(name) in (None, "", []) for name in self.require):
+        found = extract_required(self.extractors, facts, self.require)
+        if found is None:
             return None
+        values = {**found["custom_data"], **found["user_data"]}
         event: dict[str, Any] = {
             "event_name": self.event_name,
             "event_id": render_event_id(self.event_id, values, self.name),

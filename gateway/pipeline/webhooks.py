@@ -14,7 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from gateway.edge.signatures import HmacScheme
-from gateway.pipeline.extract import Extractor, Facts, compile_extract, dotted, extract
+from gateway.pipeline.extract import (
+    Extractor,
+    Facts,
+    compile_extract,
+    dotted,
+    extract_required,
+)
 from gateway.pipeline.matchers import Cond, compile_conditions
 from gateway.pipeline.normalize import ALIASES, HASHED_FIELDS, NormalizationError, hash_value
 from gateway.pipeline.rulefile import (
@@ -65,10 +71,10 @@ class Webhook:
 
     def draft(self, facts: Facts, payload: Any, now: float | None = None) -> dict[str, Any] | None:
         """The event for a payload, None when a required value is missing."""
-        found = extract(self.extractors, facts)
-        values = {**found["custom_data"], **found["user_data"]}
-        if any(values.get(name) in (None, "", []) for name in self.require):
+        found = extract_required(self.extractors, facts, self.require)
+        if found is None:
             return None
+        values = {**found["custom_data"], **found["user_data"]}
         event: dict[str, Any] = {
             "event_name": self.event_name,
             "action_source": self.action_source,

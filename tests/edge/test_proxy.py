@@ -116,7 +116,8 @@ async def test_compressed_non_html_passes_untouched(gw: Front, site: Upstream) -
     path = "/html?enc=gzip&ct=text/css&etag=1"
     resp, body = await fetch(gw, path, headers=BROWSER)
     want, want_body = await direct(site, path, headers=BROWSER)
-    assert body == want_body and not TAG.search(decode(body, "gzip"))
+    assert _without_gzip_mtime(body) == _without_gzip_mtime(want_body)
+    assert not TAG.search(decode(body, "gzip"))
     assert pairs(resp.headers) == pairs(want.headers)
     assert resp.headers["Content-Encoding"] == "gzip"
     assert resp.headers["ETag"] == '"page-v1"'
@@ -739,8 +740,16 @@ async def test_pages_left_alone(
     resp, body = await fetch(gw, path, headers=sent)
     want, want_body = await direct(site, path, headers=sent)
     assert resp.status == want.status
-    assert body == want_body
+    assert _without_gzip_mtime(body) == _without_gzip_mtime(want_body)
     assert pairs(resp.headers) == pairs(want.headers)
+
+
+def _without_gzip_mtime(body: bytes) -> bytes:
+    # The test site gzips each answer afresh, stamping the current second into bytes 4-7:
+    # two fetches a second apart differ there and nowhere else.
+    if body[:2] == b"\x1f\x8b" and len(body) >= 8:
+        return body[:4] + b"\0\0\0\0" + body[8:]
+    return body
 
 
 async def test_conditional_request_on_a_rewritten_page(gw: Front) -> None:
