@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -283,8 +284,13 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DEMO_API_KEY, default_rules_dir, run_demo
+    from gateway.demo import DEMO_API_KEY, DEMO_WEBHOOK_SECRETS, default_rules_dir, run_demo
     from gateway.log import setup_logging
+
+    # The example webhooks read their secrets from the environment: give the demo known
+    # ones, so signed webhooks can be tried against it (`rules/*.toml` say which).
+    for name, value in DEMO_WEBHOOK_SECRETS.items():
+        os.environ.setdefault(name, value)
 
     def make(upstream: str) -> Settings:
         # The demo ignores the environment: no credentials, nothing leaves the machine.

@@ -13,6 +13,12 @@ from gateway.demo_shop import shop_app
 from gateway.settings import Settings
 
 DEMO_API_KEY = "demo-key"
+# Secrets of the example webhooks in rules/ (demo only: set your own in production).
+DEMO_WEBHOOK_SECRETS = {
+    "STRIPE_WEBHOOK_SECRET": "whsec_demo",
+    "BOOKING_WEBHOOK_SECRET": "demo-booking-secret",
+    "CRM_WEBHOOK_SECRET": "demo-crm-secret",
+}
 
 
 def default_rules_dir() -> Path | None:
@@ -44,6 +50,8 @@ async def run_demo(make_settings: Callable[[str], Settings]) -> None:
         f"-H 'Authorization: Bearer {DEMO_API_KEY}' -d '{{\"data\": [...]}}'\n"
         f"  queue     capi-gateway queue list --buffer {settings.buffer}\n"
         f"  rules     {settings.rules or 'none (pass --rules DIR)'}\n"
+        f"  webhooks  {public}{settings.prefix}/hooks/stripe|bookings|crm, signed with "
+        f"{', '.join(f'{k}={v}' for k, v in DEMO_WEBHOOK_SECRETS.items())}\n"
         f"Stop with Ctrl-C.",
         flush=True,
     )

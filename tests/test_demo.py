@@ -1,0 +1,102 @@
+"""The README's first command: `capi-gateway demo`, as a newcomer runs it (a subprocess).
+
+It must serve the demo site tagged, fire the example rules and take a signed webhook with
+the secrets it prints — offline, without credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.demo import DEMO_WEBHOOK_SECRETS
+from gateway.edge.signatures import sign_stripe
+from tests.fakes.processes import (
+    HOST,
+    free_port,
+    gateway_cmd,
+    run_cli,
+    spawn,
+    stop_at_exit,
+    stop_process,
+    tail,
+)
+
+
+async def test_demo_serves_the_shop_fires_example_rules_and_takes_a_signed_webhook(
+    tmp_path: Path,
+) -> None:
+    port, buffer, log = free_port(), tmp_path / "demo.db", tmp_path / "demo.log"
+    base = f"http://{HOST}:{port}"
+    with stop_at_exit() as procs:
+        proc = spawn(
+            [*gateway_cmd(), "demo", "--listen", f"{HOST}:{port}", "--buffer", str(buffer)], log
+        )
+        procs.append(proc)
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as session:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    async with session.get(f"{base}/_capi/health?live") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert time.monotonic() < deadline, tail(log)
+                assert proc.poll() is None, tail(log)
+                await asyncio.sleep(0.1)
+            browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"}
+            async with session.get(f"{base}/product/tee-01", headers=browser) as resp:
+                assert resp.status == 200
+                assert "/_capi/px.js" in await resp.text()
+            async with session.get(f"{base}/search?q=mug", headers=browser) as resp:
+                assert resp.status == 200
+            body = json.dumps(
+                {
+                    "id": "evt_demo_1",
+                    "type": "checkout.session.completed",
+                    "created": int(time.time()),
+                    "data": {
+                        "object": {
+                            "payment_status": "paid",
+                            "amount_total": 1990,
+                            "currency": "eur",
+                            "metadata": {"order_id": "A1"},
+                            "customer_details": {"email": "ann@example.com"},
+                        }
+                    },
+                }
+            ).encode()
+            secret = DEMO_WEBHOOK_SECRETS["STRIPE_WEBHOOK_SECRET"]
+            signature = sign_stripe(body, secret, int(time.time()))
+            async with session.post(
+                f"{base}/_capi/hooks/stripe",
+                data=body,
+                headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                answer = await resp.json()
+            assert answer["events"][0]["event_id"] == "purchase-A1"
+        banner = log.read_text()
+        assert "dashboard" in banner and secret in banner
+        deadline = time.monotonic() + 15
+        while True:
+            listed = run_cli("queue", "list", "--buffer", str(buffer), "--json").stdout
+            rows = [json.loads(line) for line in listed.splitlines() if line.strip()]
+            rules = {(r["event_name"], r["rule"]) for r in rows}
+            wanted = {
+                ("ViewContent", "view-product"),
+                ("Search", "search"),
+                ("Purchase", "stripe-purchase"),
+            }
+            if wanted <= rules:
+                break
+            assert time.monotonic() < deadline, (rules, tail(log))
+            time.sleep(0.2)
+        assert stop_process(proc, grace=10) == 0
+        assert "Traceback" not in log.read_text()
