@@ -119,7 +119,7 @@ class Proxy:
         headers = self._headers(request)
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        run = self.conversions.begin(request) if self.conversions is not None else None
+        run = self._begin(request)
         body = (
             _Body(
                 request.content,
@@ -232,7 +232,24 @@ class Proxy:
             return await self._stream(request, upstream, response, headers, plan, tap, no_body)
         finally:
             if tap is not None:
-                tap.finish()
+                self._finish(tap, request)
+
+    def _begin(self, request: web.Request) -> Run | None:
+        if self.conversions is None:
+            return None
+        try:
+            return self.conversions.begin(request)
+        except Exception:
+            # Rules must never cost the visitor the page (a Host no parser accepts, ...).
+            log.exception("Rules failed on %s.", request.path)
+            return None
+
+    @staticmethod
+    def _finish(tap: PageTap, request: web.Request) -> None:
+        try:
+            tap.finish()
+        except Exception:
+            log.exception("Rule events for %s were not built.", request.path)
 
     def _tap(
         self,
