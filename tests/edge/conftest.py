@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings
+from tests.edge.rules_env import StartRules, rules_gateways
 from tests.fakes.graph import FakeGraph
 from tests.fakes.upstream import Front, Upstream, run_gateway, start_upstream
 
@@ -52,3 +53,10 @@ async def start(
 @pytest.fixture
 async def gw(start: StartGateway) -> Front:
     return await start()
+
+
+@pytest.fixture
+async def start_rules(tmp_path: Path, fake_graph: FakeGraph) -> AsyncIterator[StartRules]:
+    """Start a site and the gateway with rules in front of it (see rules_env)."""
+    async with rules_gateways(tmp_path, fake_graph) as go:
+        yield go

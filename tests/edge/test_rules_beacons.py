@@ -9,8 +9,6 @@ fields the browser sent. tests/browser/test_rule_triggers.py does the same with 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,17 +16,8 @@ import pytest
 from tests.edge.rules_env import (
     RuleSite,
     StartRules,
-    rules_gateways,
     sha256,
 )
-from tests.fakes.graph import FakeGraph
-
-
-@pytest.fixture
-async def start_rules(tmp_path: Path, fake_graph: FakeGraph) -> AsyncIterator[StartRules]:
-    """Start a site and the gateway with rules in front of it (see rules_env)."""
-    async with rules_gateways(tmp_path, fake_graph) as go:
-        yield go
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ passes untouched and its rules fire with what does not come from the page.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -25,16 +23,7 @@ from tests.edge.rules_env import (
     RuleSite,
     StartRules,
     product_page,
-    rules_gateways,
 )
-from tests.fakes.graph import FakeGraph
-
-
-@pytest.fixture
-async def start_rules(tmp_path: Path, fake_graph: FakeGraph) -> AsyncIterator[StartRules]:
-    """Start a site and the gateway with rules in front of it (see rules_env)."""
-    async with rules_gateways(tmp_path, fake_graph) as go:
-        yield go
 
 
 @pytest.fixture

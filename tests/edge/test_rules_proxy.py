@@ -13,8 +13,6 @@ test_rules_beacons.py.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,18 +25,9 @@ from tests.edge.rules_env import (
     PRODUCT_RULE,
     RuleSite,
     StartRules,
-    rules_gateways,
     sha256,
 )
-from tests.fakes.graph import FakeGraph
 from tests.fakes.processes import run_cli
-
-
-@pytest.fixture
-async def start_rules(tmp_path: Path, fake_graph: FakeGraph) -> AsyncIterator[StartRules]:
-    """Start a site and the gateway with rules in front of it (see rules_env)."""
-    async with rules_gateways(tmp_path, fake_graph) as go:
-        yield go
 
 
 @pytest.fixture
