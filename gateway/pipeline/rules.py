@@ -21,6 +21,7 @@ from gateway.pipeline.extract import (
     compile_extract,
     dotted,
     extract_required,
+    html_needs,
 )
 from gateway.pipeline.matchers import (
     Cond,
@@ -347,12 +348,7 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
         for name in stitch.keys:
             if name not in targets:
                 raise fail(f"stitch.keys: {name!r} is not extracted by this rule")
-    html = [
-        p
-        for ex in extractors
-        for p in ex.picks
-        if p.selector is not None or p.spec.source in ("meta", "jsonld")
-    ]
+    html = html_needs(extractors)
     wants = Wants(
         meta=frozenset(p.key.lower() for p in html if p.spec.source == "meta"),
         jsonld=any(p.spec.source == "jsonld" for p in html),
