@@ -24,7 +24,7 @@ import aiosqlite
 
 from gateway.delivery import housekeeping
 from gateway.delivery import rows as rows_sql
-from gateway.delivery.schema import connect
+from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, identity
 
@@ -124,14 +124,8 @@ class Outbox:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction on the shared connection, taken before any other writer's."""
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+        async with write_transaction(self._conn, self._lock) as conn:
+            yield conn
 
     # writing ------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ order, inside one transaction, so a buffer written by an older release opens in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -76,6 +78,22 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@contextlib.asynccontextmanager
+async def write_transaction(
+    conn: aiosqlite.Connection, lock: asyncio.Lock
+) -> AsyncIterator[aiosqlite.Connection]:
+    """One write transaction on a shared connection, taken before any other writer's
+    (BEGIN IMMEDIATE), rolled back when the body raises."""
+    async with lock:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
 
 
 class SchemaError(Exception):

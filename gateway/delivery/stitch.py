@@ -29,7 +29,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery.schema import connect
+from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError
 from gateway.models import META_WINDOW
 from gateway.pipeline.normalize import ALIASES
@@ -190,14 +190,8 @@ class Stitches:
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+        async with write_transaction(self._conn, self._lock) as conn:
+            yield conn
 
     # reading --------------------------------------------------------------------------------
 
