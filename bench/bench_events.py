@@ -46,6 +46,8 @@ except ImportError:  # pragma: no cover - the bench extra is missing
 
 # `python bench/bench_events.py` puts bench/ on sys.path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_proxy import parse_workers  # one parser for both benchmarks' --workers
+
 from tests.fakes.processes import (
     Gateway,
     queue_stats,
@@ -409,17 +411,6 @@ def print_table(results: dict[int, list[Row]]) -> None:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-def parse_workers(text: str) -> list[int]:
-    """`1,2` -> [1, 2]: the worker counts to compare, each run in turn."""
-    try:
-        counts = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of worker counts: {text!r}") from None
-    if not counts or counts[0] < 1 or counts[-1] > 64:
-        raise argparse.ArgumentTypeError("worker counts go from 1 to 64")
-    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
