@@ -27,6 +27,7 @@ from gateway.appkeys import (
 )
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.reads import BufferReader
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
@@ -41,10 +42,9 @@ from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
 from gateway.ops.admin import add_admin_routes
-from gateway.ops.buffer_reader import BufferReader
 from gateway.ops.health import get_health
-from gateway.ops.metrics import Metrics
-from gateway.ops.status import get_metrics, get_status
+from gateway.ops.prometheus import get_metrics, metrics_for_settings
+from gateway.ops.status import get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
@@ -58,7 +58,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app = web.Application(client_max_size=settings.max_body_bytes + 65536)
     app[RUNTIME] = Runtime.from_settings(settings, rules)
     app[STARTED_AT] = time.time()
-    app[METRICS] = Metrics.for_settings(settings)
+    app[METRICS] = metrics_for_settings(settings)
     # Read per request so that a reload's trusted_proxies apply.
     app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
     app.cleanup_ctx.append(_outbox_ctx)

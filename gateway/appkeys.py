@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.reads import BufferReader
 from gateway.delivery.sender import Sender
 from gateway.delivery.stitch import Stitches
 from gateway.edge.conversions import Conversions
 from gateway.edge.pages import PageViews
 from gateway.edge.proxy import Proxy
-from gateway.ops.buffer_reader import BufferReader
-from gateway.ops.metrics import Metrics
+from gateway.metrics import Metrics
 from gateway.pipeline.events import Context, Target
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import Settings

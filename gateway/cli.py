@@ -277,7 +277,7 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
             settings.workers, work, reload=reload_parent, grace=settings.shutdown_grace
         )
     # One process: its metrics live in memory; files of an earlier --workers run are stale.
-    from gateway.ops.metrics import discard_multiprocess_dir
+    from gateway.ops.prometheus import discard_multiprocess_dir
 
     discard_multiprocess_dir(settings)
     return work()

@@ -7,6 +7,12 @@ from typing import Any
 
 # Meta refuses events older than this (seconds); one stale event voids its whole request.
 META_WINDOW = 7 * 86400
+# Meta's standard event names; any other name is a custom event.
+STANDARD_EVENTS = frozenset(
+    """AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact CustomizeProduct
+    Donate FindLocation InitiateCheckout Lead PageView Purchase Schedule Search StartTrial
+    SubmitApplication Subscribe ViewContent""".split()
+)
 
 
 def identity(pixel_id: str, event_name: str, event_id: str) -> str:

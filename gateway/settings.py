@@ -74,7 +74,7 @@ class Settings(BaseModel):
     """Every setting of the gateway; README's reference lists each one."""
 
     # The docstring under each field is its line in README's settings reference
-    # (gateway/ops/reference.py reads them from this source).
+    # (gateway/reference.py reads them from this source).
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
     # where it listens and what it fronts

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from gateway.delivery.schema import connect
 from gateway.delivery.seal import load_key
-from gateway.ops.metrics import prepare_multiprocess_dir, worker_exited
+from gateway.ops.prometheus import prepare_multiprocess_dir, worker_exited
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.workers")

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.demo import DEMO_WEBHOOK_SECRETS
-from gateway.edge.signatures import sign_stripe
+from gateway.pipeline.signatures import sign_stripe
 from tests.fakes.processes import (
     HOST,
     free_port,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from gateway.ops import reference
+from gateway import reference
 from gateway.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def test_settings_reference_is_generated_from_the_model() -> None:
     if current != fresh:
         pytest.fail(
             "README.md's settings table is out of date with gateway/settings.py: run "
-            "`.venv/bin/python -m gateway.ops.reference --write`"
+            "`.venv/bin/python -m gateway.reference --write`"
         )
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", current, flags=re.MULTILINE))
     assert documented == set(Settings.model_fields)

@@ -23,8 +23,8 @@ from gateway.delivery.graph import GraphClient, Outcome, SendResult
 from gateway.delivery.outbox import Claimed, Outbox
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
+from gateway.metrics import Metrics
 from gateway.models import META_WINDOW
-from gateway.ops.metrics import Metrics
 from gateway.settings import PixelSettings, Settings
 
 log = logging.getLogger("gateway.sender")
@@ -325,7 +325,9 @@ class Sender:
             test_event_code=items[0].test_event_code,
             app_secret=pixel.app_secret,
         )
-        self.metrics.sent(result, len(items), time.monotonic() - started)
+        self.metrics.sent(
+            result.outcome.value, len(items), time.monotonic() - started, error=_error_label(result)
+        )
         await self._record(pixel, items, result, open_ids)
 
     async def _record(
@@ -445,3 +447,14 @@ def _describe(result: SendResult) -> str:
     if result.status is not None:
         parts.append(f"HTTP {result.status}")
     return "; ".join(parts)
+
+
+def _error_label(result: SendResult) -> str | None:
+    """None when Meta took the batch, else its error code, `http_N`, or `network`."""
+    if result.outcome is Outcome.SENT:
+        return None
+    if result.code is not None:
+        return str(result.code)
+    if result.status is not None:
+        return f"http_{result.status}"
+    return "network"

@@ -28,9 +28,9 @@ from gateway.edge import headers as hdr
 from gateway.edge import identity as ident
 from gateway.edge.bodies import BodyCopy, media_type, read_fields
 from gateway.edge.encoding import Decoder, open_decoder
-from gateway.edge.htmlscan import HtmlFound, HtmlScan, Wants
 from gateway.edge.pages import PageViews
 from gateway.edge.triggers import triggers_json
+from gateway.html.scan import HtmlFound, HtmlScan, Wants
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, prepare
 from gateway.pipeline.extract import Facts
@@ -39,7 +39,7 @@ from gateway.pipeline.urls import scrub_url
 from gateway.pipeline.webhooks import stitch_values
 
 if TYPE_CHECKING:
-    from gateway.ops.metrics import Metrics
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.conversions")
 

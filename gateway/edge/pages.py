@@ -34,8 +34,8 @@ from gateway.edge import identity as ident
 from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
+from gateway.metrics import Metrics
 from gateway.models import NewEvent
-from gateway.ops.metrics import Metrics
 from gateway.pipeline.events import Context, Target, prepare
 from gateway.pipeline.urls import DEFAULT_SENSITIVE_PARAMS, scrub_url
 from gateway.settings import Settings

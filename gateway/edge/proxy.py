@@ -24,7 +24,7 @@ from gateway.edge.conversions import Conversions, PageTap, Run
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
-from gateway.ops.metrics import Metrics
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.proxy")

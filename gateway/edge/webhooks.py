@@ -22,13 +22,13 @@ from aiohttp import web
 from gateway.appkeys import METRICS, OUTBOX, RUNTIME, STITCHES
 from gateway.delivery.outbox import OutboxClosed, OutboxFull
 from gateway.delivery.stitch import Stitches, VisitorContext, merge_context
-from gateway.edge.signatures import SignatureError, verify_hmac, verify_stripe
 from gateway.errors import json_error
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, Problem, prepare
 from gateway.pipeline.extract import Facts
 from gateway.pipeline.normalize import ALIASES
 from gateway.pipeline.rules import RuleSet
+from gateway.pipeline.signatures import SignatureError, verify_hmac, verify_stripe
 from gateway.pipeline.webhooks import Verifier, Webhook, stitch_values
 
 log = logging.getLogger("gateway.webhooks")

@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, OUTBOX, RUNTIME, STARTED_AT
 from gateway.delivery.outbox import Outbox
-from gateway.ops.buffer_reader import BufferReader
+from gateway.delivery.reads import BufferReader
 
 # SQLite needs room for the WAL to commit at all; below this the disk counts as full.
 _MIN_FREE_BYTES = 1024 * 1024

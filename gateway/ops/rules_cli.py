@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.edge.htmlscan import HtmlScan, Wants
 from gateway.edge.triggers import browser_trigger
+from gateway.html.scan import HtmlScan, Wants
 from gateway.pipeline.events import Context, Target, prepare
 from gateway.pipeline.extract import Facts, parse_json_text
 from gateway.pipeline.rules import RequestFacts, Rule, RuleSet, load_rules

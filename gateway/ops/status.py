@@ -19,9 +19,9 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, METRICS, PAGES, RUNTIME, SENDER, STARTED_AT
+from gateway.appkeys import BUFFER_READER, PAGES, RUNTIME, SENDER, STARTED_AT
+from gateway.delivery.reads import QueueSnapshot
 from gateway.ops.access import require_admin
-from gateway.ops.buffer_reader import QueueSnapshot
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.status")
@@ -70,19 +70,6 @@ async def get_status(request: web.Request) -> web.StreamResponse:
             "store_failed": counters.store_failed,
         }
     return web.json_response(_redact(body, settings), headers={"Cache-Control": "no-store"})
-
-
-async def get_metrics(request: web.Request) -> web.StreamResponse:
-    """Prometheus exposition of every worker's counters and the buffer's numbers."""
-    denied = require_admin(request)
-    if denied is not None:
-        return denied
-    body, content_type = await request.app[METRICS].render(
-        request.app.get(BUFFER_READER), request.headers.get("Accept", "")
-    )
-    return web.Response(
-        body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"}
-    )
 
 
 def _configuration(settings: Settings) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.models import META_WINDOW, NewEvent
+from gateway.models import META_WINDOW, STANDARD_EVENTS, NewEvent
 from gateway.pipeline.currencies import CURRENCIES
 from gateway.pipeline.normalize import (
     CLEAR_FIELDS,
@@ -28,11 +28,6 @@ from gateway.pipeline.normalize import (
 )
 
 MAX_EVENTS = 1000
-STANDARD_EVENTS = frozenset(
-    """AddPaymentInfo AddToCart AddToWishlist CompleteRegistration Contact CustomizeProduct
-    Donate FindLocation InitiateCheckout Lead PageView Purchase Schedule Search StartTrial
-    SubmitApplication Subscribe ViewContent""".split()
-)
 ACTION_SOURCES = frozenset(
     "email website app phone_call chat physical_store system_generated business_messaging "
     "other".split()

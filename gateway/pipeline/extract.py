@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.edge.htmlscan import HtmlFound, Selector, jsonld_lookup, parse_selector
+from gateway.html.scan import HtmlFound, Selector, jsonld_lookup, parse_selector
 from gateway.pipeline.normalize import ALIASES
 from gateway.pipeline.rulefile import (
     ALL_SOURCES,

@@ -8,13 +8,13 @@ that can match it rather than every rule loaded.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.edge.htmlscan import Wants
+from gateway.html.scan import Wants, parse_selector
+from gateway.pipeline.eventid import render_event_id
 from gateway.pipeline.extract import (
     Extractor,
     Facts,
@@ -32,13 +32,11 @@ from gateway.pipeline.matchers import (
     lower_set,
     referrer_pattern,
     statuses,
-    text,
 )
 from gateway.pipeline.rulefile import (
     BODY_SOURCES,
     BROWSER_SOURCES,
     REQUEST_SOURCES,
-    TEMPLATE_FIELD,
     USER_DATA_TARGETS,
     RuleError,
     RuleModel,
@@ -47,9 +45,7 @@ from gateway.pipeline.rulefile import (
     read_rule_file,
     template_fields,
 )
-
-if TYPE_CHECKING:
-    from gateway.pipeline.webhooks import Webhook
+from gateway.pipeline.webhooks import Webhook, compile_webhooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,19 +157,6 @@ class Rule:
         """The identifying keys this event carries, for session stitching."""
         values = {**event.get("custom_data", {}), **event.get("user_data", {})}
         return {k: str(values[k]) for k in self.stitch_keys if values.get(k) not in (None, "")}
-
-
-def render_event_id(template: str | None, values: Mapping[str, Any], rule: str) -> str:
-    """`purchase-{order_id}` filled in; a random id when there is no template or no value."""
-    if template is None:
-        return str(uuid.uuid4())
-    for name in template_fields(template):
-        if values.get(name) in (None, "", []):
-            # No key to deduplicate on: count the event rather than drop it.
-            return f"{rule}-{uuid.uuid4()}"
-    # One pass, so a value that itself reads "{other}" is not substituted again.
-    out = TEMPLATE_FIELD.sub(lambda m: text(values[m.group(1)]), template)
-    return out[:256]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +276,6 @@ def load_rules(directory: Path) -> RuleSet:
             hook_names[hook.name] = where
             if hook.enabled:
                 hooks.append((hook, where))
-    from gateway.pipeline.webhooks import compile_webhooks
-
     return RuleSet.build(rules, compile_webhooks(hooks), [str(p) for p in files])
 
 
@@ -310,8 +291,6 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
     if not browser and model.selector:
         raise fail('selector: only click and submit rules use a selector; add trigger = "click"')
     if browser:
-        from gateway.edge.htmlscan import parse_selector
-
         try:
             parse_selector(model.selector or "")
         except ValueError as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.edge.signatures import HmacScheme
+from gateway.pipeline.eventid import render_event_id
 from gateway.pipeline.extract import (
     Extractor,
     Facts,
@@ -30,7 +30,7 @@ from gateway.pipeline.rulefile import (
     WebhookModel,
     template_fields,
 )
-from gateway.pipeline.rules import render_event_id
+from gateway.pipeline.signatures import HmacScheme
 
 
 @dataclass(frozen=True, slots=True)

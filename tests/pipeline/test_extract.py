@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.edge.htmlscan import HtmlScan, Wants
+from gateway.html.scan import HtmlScan, Wants
 from gateway.pipeline.extract import (
     Extractor,
     Facts,

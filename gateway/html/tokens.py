@@ -1,4 +1,4 @@
-"""The HTML tokenizer's rules as byte regexes, for gateway.edge.htmlscan.
+"""The HTML tokenizer's rules as byte regexes, for gateway.html.scan.
 
 `skippers` builds the regexes that carry the scan over everything no rule wants to see; the
 rest is the tag grammar (`BODY`, `START`, `ATTR` and the streamed states `T_*`), raw-text
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from html import unescape
 from html.entities import html5
 
-from gateway.edge.htmlquery import Selector
+from gateway.html.query import Selector
 
 NAME_END = rb"[\t\n\f\r />]"
 # Tag body after the name, by the tokenizer's rules: a quote opens a value only after "=",

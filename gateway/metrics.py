@@ -1,19 +1,16 @@
-"""Prometheus metrics: the app's `Metrics` (counters the stages move) and the buffer's numbers.
+"""The gateway's counters: the stages call `Metrics`, Prometheus exposition reads its registry.
 
 One `Metrics` object per app, never a module-level registry, so tests can build many apps
-in one process. With `--workers N` every worker writes its counters to files in
-`<buffer>.metrics/` (prometheus_client's multiprocess mode) and a scrape, whichever worker
-it lands on, adds up all of them. Queue depth, oldest pending age and the other numbers of
-the outbox are read from the SQLite file at scrape time: the buffer is the shared truth.
+in one process. With `--workers N` every worker writes its counters to files in one
+directory (prometheus_client's multiprocess mode); gateway.ops.prometheus prepares that
+directory and renders the scrape. Stages pass plain values (names, counts, outcomes as
+text) so that this module sits below all of them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,18 +22,9 @@ from prometheus_client import (
     disable_created_metrics,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway import __version__
-from gateway.delivery.graph import Outcome, SendResult
-from gateway.models import NewEvent
-from gateway.ops.buffer_reader import BufferReader, QueueSnapshot
-from gateway.pipeline.events import STANDARD_EVENTS
-from gateway.settings import Settings
-
-log = logging.getLogger("gateway.metrics")
+from gateway.models import STANDARD_EVENTS, NewEvent
 
 EventOutcome = Literal["accepted", "duplicate", "rejected"]
 
@@ -47,96 +35,6 @@ _MAX_CUSTOM_NAMES = 50
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
-
-
-# the multiprocess directory ---------------------------------------------------------------
-
-
-def multiprocess_dir(settings: Settings) -> Path:
-    """Where the workers of `--workers N` keep their metric files: `<buffer>.metrics/`."""
-    return settings.buffer.with_name(settings.buffer.name + ".metrics")
-
-
-def prepare_multiprocess_dir(settings: Settings) -> Path:
-    """Empty `<buffer>.metrics/` and point the workers about to be forked at it (parent only)."""
-    path = multiprocess_dir(settings)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    # Inherited by every worker forked from now on; it also tells them to share counters.
-    os.environ[MULTIPROC_ENV] = str(path)
-    return path
-
-
-def discard_multiprocess_dir(settings: Settings) -> None:
-    """Remove a `<buffer>.metrics/` left by an earlier multi-worker run (single process)."""
-    shutil.rmtree(multiprocess_dir(settings), ignore_errors=True)
-
-
-def worker_exited(pid: int) -> None:
-    """Drop a dead worker's live gauges (its counters stay: totals never go back)."""
-    path = os.environ.get(MULTIPROC_ENV)
-    if path and os.path.isdir(path):
-        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
-
-
-class _QueueCollector:
-    """The buffer's numbers as gauges; the handler sets `snapshot` right before rendering."""
-
-    def __init__(self) -> None:
-        self.snapshot: QueueSnapshot | None = None
-
-    def describe(self) -> list[Metric]:
-        # Nothing to check for name clashes, and no scrape at registration time.
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        info = GaugeMetricFamily("capi_gateway_info", "The gateway's version.", labels=["version"])
-        info.add_metric([__version__], 1.0)
-        yield info
-        snap = self.snapshot
-        yield GaugeMetricFamily(
-            "capi_gateway_buffer_readable",
-            "1 when the outbox could be read for this scrape, else 0.",
-            value=0.0 if snap is None else 1.0,
-        )
-        if snap is None:
-            return
-        depth = GaugeMetricFamily(
-            "capi_gateway_queue_events", "Events in the outbox by state.", labels=["state"]
-        )
-        for state, count in snap.states.items():
-            depth.add_metric([state], float(count))
-        yield depth
-        if snap.oldest_pending_age is not None:
-            yield GaugeMetricFamily(
-                "capi_gateway_queue_oldest_pending_age_seconds",
-                "Age of the oldest event waiting to be sent.",
-                value=snap.oldest_pending_age,
-            )
-        if snap.last_delivery is not None:
-            yield GaugeMetricFamily(
-                "capi_gateway_last_delivery_timestamp_seconds",
-                "When Meta last confirmed a batch (Unix time).",
-                value=snap.last_delivery,
-            )
-        yield GaugeMetricFamily(
-            "capi_gateway_blocked_pixels",
-            "Pixels parked because Meta refused their token.",
-            value=float(len(snap.blocked)),
-        )
-        yield GaugeMetricFamily(
-            "capi_gateway_buffer_used_bytes",
-            "Bytes of the outbox in use.",
-            value=float(snap.used_bytes),
-        )
-        yield GaugeMetricFamily(
-            "capi_gateway_buffer_limit_bytes",
-            "max_buffer_mb in bytes.",
-            value=float(snap.limit_bytes),
-        )
-
-
-# the counters -----------------------------------------------------------------------------
 
 
 class Metrics:
@@ -162,8 +60,6 @@ class Metrics:
                 values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
             MultiProcessCollector(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
             own = None  # read back from the files, not from this process's objects
-        self._queue = _QueueCollector()
-        self.registry.register(self._queue)
         self._custom_names: set[str] = set()
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
@@ -237,16 +133,6 @@ class Metrics:
         )
         workers.set(1)
 
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Metrics:
-        """Shared across workers when `serve --workers N` prepared the directory, else own."""
-        path = os.environ.get(MULTIPROC_ENV)
-        # Only the directory the parent prepared for this buffer: a variable left over from
-        # elsewhere must not make one process write files nobody reads.
-        if settings.workers > 1 and path and Path(path) == multiprocess_dir(settings):
-            return cls(Path(path))
-        return cls()
-
     # what the stages report -------------------------------------------------------------
 
     def event(self, source: str, event_name: str, outcome: EventOutcome, count: int = 1) -> None:
@@ -294,21 +180,16 @@ class Metrics:
         """Count one HTML page left untagged."""
         self._skipped.labels(reason).inc()
 
-    def sent(self, result: SendResult, events: int, seconds: float) -> None:
-        """Count one Graph API request: outcome, batch size, latency, error code."""
-        self._requests.labels(result.outcome.value).inc()
+    def sent(self, outcome: str, events: int, seconds: float, *, error: str | None) -> None:
+        """Count one Graph API request: outcome, batch size, latency, and `error` (a Meta
+        error code, `http_N`, or `network`) when it failed, None when Meta took the batch."""
+        self._requests.labels(outcome).inc()
         self._batch.observe(events)
         self._latency.observe(seconds)
-        if result.outcome is Outcome.SENT:
+        if error is None:
             self._delivered.labels("live").inc(events)
-            return
-        if result.code is not None:
-            code = str(result.code)
-        elif result.status is not None:
-            code = f"http_{result.status}"
         else:
-            code = "network"
-        self._errors.labels(code).inc()
+            self._errors.labels(error).inc()
 
     def recorded_dry(self, events: int) -> None:
         """Count events --dry-run recorded instead of sending."""
@@ -318,22 +199,6 @@ class Metrics:
         """Count one send held back by the per-pixel rate limit, and for how long."""
         self._waits.inc()
         self._waited.inc(seconds)
-
-    # exposition -------------------------------------------------------------------------
-
-    async def render(self, reader: BufferReader | None, accept: str) -> tuple[bytes, str]:
-        """The exposition body and its content type (OpenMetrics when asked for)."""
-        snapshot = None
-        if reader is not None:
-            try:
-                snapshot = await reader.snapshot()
-            except (sqlite3.Error, ValueError, OSError) as exc:
-                # The scrape still answers: capi_gateway_buffer_readable 0 is the alert.
-                log.error("Reading the outbox for /metrics failed: %s", exc)
-        # No await from here on: concurrent scrapes cannot mix their snapshots.
-        self._queue.snapshot = snapshot
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
 
     def _name_label(self, name: str, *, new: bool) -> str:
         if not name:

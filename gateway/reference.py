@@ -1,7 +1,7 @@
 """The settings reference in README.md, generated from the `Settings` model and the CLI.
 
-    python -m gateway.ops.reference           # print the Markdown table
-    python -m gateway.ops.reference --write   # replace the table in README.md
+    python -m gateway.reference           # print the Markdown table
+    python -m gateway.reference --write   # replace the table in README.md
 
 Each row comes from one field: its name, the `serve` flag that sets it (from the argument
 parser), its default and its docstring. tests/test_docs.py fails when README.md's table
@@ -29,7 +29,7 @@ from gateway.settings import Settings
 
 START = (
     "<!-- settings reference: generated from gateway/settings.py by "
-    "`python -m gateway.ops.reference --write`; edit the field's docstring, not this table -->"
+    "`python -m gateway.reference --write`; edit the field's docstring, not this table -->"
 )
 END = "<!-- end of settings reference -->"
 HEADER = "| key | flag | default | meaning |\n|---|---|---|---|"
@@ -160,7 +160,7 @@ def rows(model: type[BaseModel] = Settings) -> list[tuple[str, str, str, str]]:
             "settings without a description: "
             + ", ".join(undocumented)
             + '; add a docstring line under each field in gateway/settings.py ("""what it '
-            'does"""), then run `python -m gateway.ops.reference --write`'
+            'does"""), then run `python -m gateway.reference --write`'
         )
     return out
 
@@ -201,11 +201,11 @@ def write(readme_path: Path) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the table, or with --write update README.md in place."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.ops.reference", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gateway.reference", description=__doc__)
     parser.add_argument(
         "--write", action="store_true", help="replace the table in README.md between its markers"
     )
-    parser.add_argument("--readme", type=Path, default=Path(__file__).parents[2] / "README.md")
+    parser.add_argument("--readme", type=Path, default=Path(__file__).parents[1] / "README.md")
     args = parser.parse_args(argv)
     try:
         if args.write:

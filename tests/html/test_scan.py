@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.edge.htmlscan import (
+from gateway.html.scan import (
     HtmlFound,
     HtmlScan,
     Selector,
@@ -23,7 +23,7 @@ from gateway.edge.htmlscan import (
     parse_selector,
     selector_matches,
 )
-from gateway.edge.htmltokens import unwrap
+from gateway.html.tokens import unwrap
 
 PRICE = "product:price:amount"
 ALL_META = frozenset({"description", "og:title", PRICE, "price", "author"})

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stripe import SignatureVerificationError, WebhookSignature
 
-from gateway.edge.signatures import (
+from gateway.pipeline.signatures import (
     HmacScheme,
     SignatureError,
     sign_hmac,

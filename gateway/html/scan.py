@@ -10,9 +10,9 @@ unwanted `<meta>`s and non-JSON-LD scripts/styles with their content; Python onl
 the tags that matter. That regex ends every tag at its first ">", which is the tokenizer's
 answer unless a quoted attribute value contains ">". Such a value always matches `DANGER`,
 so a stretch with one is re-read by the exact regex (which follows quotes like the tokenizer).
-The regexes live in gateway.edge.htmltokens; selectors and JSON-LD paths in htmlquery.
+The regexes live in gateway.html.tokens; selectors and JSON-LD paths in gateway.html.query.
 
-Browser behaviour followed (tests/edge/test_htmlscan.py checks it against Chromium):
+Browser behaviour followed (tests/html/test_scan.py checks it against Chromium):
 
 * Raw text (`script`, `style`, `title`, `textarea`, `xmp`, `iframe`, `noembed`, `noframes`,
   and `noscript` as with scripting on) is skipped up to its end tag; `plaintext` ends the scan.
@@ -39,14 +39,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.edge.htmlquery import (
+from gateway.html.query import (
     JsonLdIndex,
     Selector,
     jsonld_lookup,
     parse_selector,
     selector_matches,
 )
-from gateway.edge.htmltokens import (
+from gateway.html.tokens import (
     ATTR,
     COMMENT_END,
     DANGER,

@@ -1,0 +1,162 @@
+"""Prometheus exposition: `GET /metrics`, the buffer's numbers, and the workers' shared files.
+
+The counters themselves live in gateway.metrics (the stages move them). With `--workers N`
+every worker writes its counters to files in `<buffer>.metrics/` (prometheus_client's
+multiprocess mode) and a scrape, whichever worker it lands on, adds up all of them. Queue
+depth, oldest pending age and the other numbers of the outbox are read from the store at
+scrape time: the buffer is the shared truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import mark_process_dead
+
+from gateway import __version__
+from gateway.appkeys import BUFFER_READER, METRICS
+from gateway.delivery.reads import BufferReader, QueueSnapshot
+from gateway.metrics import MULTIPROC_ENV, Metrics
+from gateway.ops.access import require_admin
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.metrics")
+
+
+# the multiprocess directory ---------------------------------------------------------------
+
+
+def multiprocess_dir(settings: Settings) -> Path:
+    """Where the workers of `--workers N` keep their metric files: `<buffer>.metrics/`."""
+    return settings.buffer.with_name(settings.buffer.name + ".metrics")
+
+
+def prepare_multiprocess_dir(settings: Settings) -> Path:
+    """Empty `<buffer>.metrics/` and point the workers about to be forked at it (parent only)."""
+    path = multiprocess_dir(settings)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    # Inherited by every worker forked from now on; it also tells them to share counters.
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
+
+
+def discard_multiprocess_dir(settings: Settings) -> None:
+    """Remove a `<buffer>.metrics/` left by an earlier multi-worker run (single process)."""
+    shutil.rmtree(multiprocess_dir(settings), ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay: totals never go back)."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path and os.path.isdir(path):
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+class _QueueCollector:
+    """The buffer's numbers as gauges, from one snapshot taken for one scrape."""
+
+    def __init__(self, snapshot: QueueSnapshot | None) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        # Nothing to check for name clashes, and no scrape at registration time.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("capi_gateway_info", "The gateway's version.", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+        snap = self.snapshot
+        yield GaugeMetricFamily(
+            "capi_gateway_buffer_readable",
+            "1 when the outbox could be read for this scrape, else 0.",
+            value=0.0 if snap is None else 1.0,
+        )
+        if snap is None:
+            return
+        depth = GaugeMetricFamily(
+            "capi_gateway_queue_events", "Events in the outbox by state.", labels=["state"]
+        )
+        for state, count in snap.states.items():
+            depth.add_metric([state], float(count))
+        yield depth
+        if snap.oldest_pending_age is not None:
+            yield GaugeMetricFamily(
+                "capi_gateway_queue_oldest_pending_age_seconds",
+                "Age of the oldest event waiting to be sent.",
+                value=snap.oldest_pending_age,
+            )
+        if snap.last_delivery is not None:
+            yield GaugeMetricFamily(
+                "capi_gateway_last_delivery_timestamp_seconds",
+                "When Meta last confirmed a batch (Unix time).",
+                value=snap.last_delivery,
+            )
+        yield GaugeMetricFamily(
+            "capi_gateway_blocked_pixels",
+            "Pixels parked because Meta refused their token.",
+            value=float(len(snap.blocked)),
+        )
+        yield GaugeMetricFamily(
+            "capi_gateway_buffer_used_bytes",
+            "Bytes of the outbox in use.",
+            value=float(snap.used_bytes),
+        )
+        yield GaugeMetricFamily(
+            "capi_gateway_buffer_limit_bytes",
+            "max_buffer_mb in bytes.",
+            value=float(snap.limit_bytes),
+        )
+
+
+def metrics_for_settings(settings: Settings) -> Metrics:
+    """Shared across workers when `serve --workers N` prepared the directory, else own."""
+    path = os.environ.get(MULTIPROC_ENV)
+    # Only the directory the parent prepared for this buffer: a variable left over from
+    # elsewhere must not make one process write files nobody reads.
+    if settings.workers > 1 and path and Path(path) == multiprocess_dir(settings):
+        return Metrics(Path(path))
+    return Metrics()
+
+
+# exposition -------------------------------------------------------------------------------
+
+
+async def render(metrics: Metrics, reader: BufferReader | None, accept: str) -> tuple[bytes, str]:
+    """The exposition body and its content type (OpenMetrics when asked for)."""
+    snapshot = None
+    if reader is not None:
+        try:
+            snapshot = await reader.snapshot()
+        except (sqlite3.Error, ValueError, OSError) as exc:
+            # The scrape still answers: capi_gateway_buffer_readable 0 is the alert.
+            log.error("Reading the outbox for /metrics failed: %s", exc)
+    # One registry per scrape: concurrent scrapes cannot mix their snapshots.
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_QueueCollector(snapshot))
+    scrape.register(metrics.registry)
+    encoder, content_type = choose_encoder(accept)
+    return encoder(scrape), content_type
+
+
+async def get_metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus exposition of every worker's counters and the buffer's numbers."""
+    denied = require_admin(request)
+    if denied is not None:
+        return denied
+    body, content_type = await render(
+        request.app[METRICS], request.app.get(BUFFER_READER), request.headers.get("Accept", "")
+    )
+    return web.Response(
+        body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"}
+    )

@@ -1,0 +1,1 @@
+"""Tests of gateway.html: the scanner checked against the HTML spec and Chromium."""
