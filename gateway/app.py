@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
     BUFFER_READER,
     CONVERSIONS,
@@ -41,7 +42,6 @@ from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
-from gateway.ops.admin import add_admin_routes
 from gateway.ops.health import get_health
 from gateway.ops.prometheus import get_metrics, metrics_for_settings
 from gateway.ops.status import get_status

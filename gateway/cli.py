@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "send-test-event", help="send one PageView in test mode and print Meta's answer"
     )
     _config_flags(test_event)  # includes --test-event-code, which wins over the config
-    from gateway.ops.rules_cli import add_parser as add_rules_parser
+    from gateway.commands.rules import add_parser as add_rules_parser
 
     add_rules_parser(sub, _config_flags)
     demo = sub.add_parser(
@@ -166,22 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "queue":
-            from gateway.ops.queue_cli import run_queue_command
+            from gateway.commands.queue import run_queue_command
 
             return run_queue_command(args)
         if args.command == "demo":
             return _demo(args)
         settings = settings_from_args(args)
         if args.command == "doctor":
-            from gateway.ops.doctor import run_doctor
+            from gateway.commands.doctor import run_doctor
 
             return run_doctor(settings, as_json=args.json)
         if args.command == "send-test-event":
-            from gateway.ops.testevent import run_send_test_event
+            from gateway.commands.testevent import run_send_test_event
 
             return run_send_test_event(settings, args.test_event_code)
         if args.command == "rules":
-            from gateway.ops.rules_cli import run_rules_test
+            from gateway.commands.rules import run_rules_test
 
             return run_rules_test(args, settings)
         settings.check_ready_to_send()

@@ -12,12 +12,12 @@ from typing import Any
 import aiosqlite
 import pytest
 
+from gateway.admin.data import DayCache, coverage_hints, load_dashboard, reader
+from gateway.admin.hints import coverage_hint
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
-from gateway.ops.dashboard import DayCache, coverage_hints, load_dashboard, reader
-from gateway.ops.hints import coverage_hint
 
 KEY = bytes(range(32))
 HASH = "ab" * 32

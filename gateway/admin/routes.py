@@ -23,14 +23,9 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from gateway import __version__
-from gateway.appkeys import OUTBOX, PAGES, RUNTIME
-from gateway.delivery.ratelimit import RateLimits
-from gateway.delivery.seal import load_key
-from gateway.edge.pages import page_secret
-from gateway.errors import json_error
-from gateway.ops import admin_page
-from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
-from gateway.ops.admin_session import (
+from gateway.admin import page as admin_page
+from gateway.admin.data import DayCache, RuleLike, load_dashboard, reader
+from gateway.admin.session import (
     COOKIE,
     SESSION_TTL,
     Session,
@@ -40,7 +35,12 @@ from gateway.ops.admin_session import (
     session_key,
     verify,
 )
-from gateway.ops.dashboard import DayCache, RuleLike, load_dashboard, reader
+from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.delivery.ratelimit import RateLimits
+from gateway.delivery.seal import load_key
+from gateway.edge.pages import page_secret
+from gateway.errors import json_error
+from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
 
 log = logging.getLogger("gateway.admin")
 
@@ -224,7 +224,7 @@ async def get_asset(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if name not in _ASSETS:
         return json_error(404, "not found", f"no dashboard asset {name!r}")
-    body = resources.files("gateway").joinpath(f"static/admin/{name}").read_bytes()
+    body = resources.files("gateway").joinpath(f"admin/static/{name}").read_bytes()
     return web.Response(
         body=body,
         content_type=_ASSETS[name],

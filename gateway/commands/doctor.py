@@ -2,9 +2,9 @@
 
 Checks the configuration, the rule files, the outbox file (schema, integrity, size, dead
 letters, backlog, blocked pixels, key), that each pixel's token reaches the Graph API and
-the clock against Meta's (gateway.ops.graphcheck), then prints the dashboard's match-key
+the clock against Meta's (gateway.commands.graphcheck), then prints the dashboard's match-key
 hints. It only reads: the outbox is opened without migrating it, and the only request to
-Meta is a token check. Exit codes: see gateway.ops.findings.
+Meta is a token check. Exit codes: see gateway.commands.findings.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.commands.findings import Finding, Level, exit_code, mask, render
+from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
 from gateway.delivery.housekeeping import queue_stats
 from gateway.delivery.schema import SCHEMA_VERSION
-from gateway.ops.findings import Finding, Level, exit_code, mask, render
-from gateway.ops.graphcheck import GRAPH_TIMEOUT, check_graph
 from gateway.settings import ConfigError, Settings
 
 # Backlog: a pending event this old means delivery is stuck (Meta drops them at 7 days).
@@ -334,7 +334,7 @@ async def _key_findings(conn: aiosqlite.Connection, settings: Settings) -> list[
 async def _hint_findings(
     conn: aiosqlite.Connection, settings: Settings, rules: Sequence[Any]
 ) -> list[Finding]:
-    from gateway.ops.dashboard import coverage_hints
+    from gateway.admin.data import coverage_hints
 
     hints = await coverage_hints(conn, rules, rules_dir=settings.rules, prefix=settings.prefix)
     return [Finding("coverage", Level.HINT, str(hint)) for hint in hints]

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from gateway.admin.hints import MATCH_KEYS
 from gateway.delivery.rows import BROWSER_SOURCE
-from gateway.ops.hints import MATCH_KEYS
 
 HOUR_S = 3600
 DAY_S = 86400

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from html import escape
 
-from gateway.ops.dashboard import Timeline
+from gateway.admin.data import Timeline
 
 _COLORS = 8  # series classes s0..s7 in admin.css; the last one is "other"
 

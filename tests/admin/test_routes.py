@@ -13,11 +13,11 @@ from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import __version__
+from gateway.admin import session as admin_session
+from gateway.admin.chart import chart, series_groups
+from gateway.admin.data import Series, Timeline
 from gateway.app import build_app, reload
 from gateway.appkeys import RUNTIME
-from gateway.ops import admin_session
-from gateway.ops.admin_chart import chart, series_groups
-from gateway.ops.dashboard import Series, Timeline
 from tests.conftest import GatewayFactory, auth, make_settings, wait_for, web_event
 from tests.fakes.graph import FakeGraph
 

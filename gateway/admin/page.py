@@ -1,7 +1,7 @@
 """The dashboard's HTML: one server-rendered page, an inline SVG chart, no inline script.
 
 Everything a row or a rule file supplies is escaped. Styles and the small script come from
-`{prefix}/admin/assets/` (gateway/static/admin), which the page's CSP allows and nothing
+`{prefix}/admin/assets/` (gateway/admin/static), which the page's CSP allows and nothing
 else; bars and meters are sized by attributes, never by inline styles.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from html import escape
 
-from gateway.ops.admin_chart import chart, series_groups
-from gateway.ops.dashboard import Coverage, Dashboard, DeadLetter, Dedup, RuleStat, Timeline
-from gateway.ops.hints import MATCH_KEYS, WEAK, hinted_keys
+from gateway.admin.chart import chart, series_groups
+from gateway.admin.data import Coverage, Dashboard, DeadLetter, Dedup, RuleStat, Timeline
+from gateway.admin.hints import MATCH_KEYS, WEAK, hinted_keys
 
 
 def render_dashboard(

@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.admin.data import coverage_hints, reader
+from gateway.commands.doctor import check_buffer, diagnose
+from gateway.commands.findings import EXIT_OFFLINE, Finding, Level, exit_code
+from gateway.commands.graphcheck import check_graph, clock_finding
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.schema import SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
-from gateway.ops.dashboard import coverage_hints, reader
-from gateway.ops.doctor import check_buffer, diagnose
-from gateway.ops.findings import EXIT_OFFLINE, Finding, Level, exit_code
-from gateway.ops.graphcheck import check_graph, clock_finding
 from gateway.settings import Settings
 from tests.fakes.graph import FakeGraph, start_fake_graph
 from tests.fakes.processes import clean_env, free_port, gateway_cmd

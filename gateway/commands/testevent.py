@@ -4,7 +4,7 @@ The event is built by the same pipeline as the events API (normalized, hashed), 
 straight to the Graph API (not through the outbox) with a test event code, and Meta's
 answer is printed: `events_received` and `fbtrace_id`, or the error with its fix. It is
 sent even under `dry_run`: it cannot reach production data without a test event code, and
-the command refuses to run without one. Exit codes as for `doctor` (gateway.ops.findings).
+the command refuses to run without one. Exit codes as for `doctor` (gateway.commands.findings).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
+from gateway.commands.findings import EXIT_OFFLINE, EXIT_OK, EXIT_PROBLEMS, mask
+from gateway.commands.graphcheck import GRAPH_TIMEOUT, describe, refusal_hint
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
-from gateway.ops.findings import EXIT_OFFLINE, EXIT_OK, EXIT_PROBLEMS, mask
-from gateway.ops.graphcheck import GRAPH_TIMEOUT, describe, refusal_hint
 from gateway.pipeline.events import Context, Prepared, Target, prepare
 from gateway.settings import PARTNER_AGENT, ConfigError, PixelSettings, Settings
 

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import aiohttp
 
+from gateway.commands.findings import Finding, Level, mask
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
-from gateway.ops.findings import Finding, Level, mask
 from gateway.settings import PARTNER_AGENT, PixelSettings, Settings
 
 # Long enough for a slow network; a diagnosis is run by hand, not on the hot path.

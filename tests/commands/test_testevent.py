@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops.testevent import TEST_EXTERNAL_ID, build_event
+from gateway.commands.testevent import TEST_EXTERNAL_ID, build_event
 from gateway.settings import PARTNER_AGENT, Settings
+from tests.commands.test_doctor import cli
 from tests.fakes.graph import FakeGraph, start_fake_graph
 from tests.fakes.processes import free_port
-from tests.ops.test_doctor import cli
 
 PIXEL = "123456789012345"
 PIXEL_2 = "543210987654321"

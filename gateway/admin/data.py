@@ -17,8 +17,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from gateway.ops.dashboard_day import DAY_S, Coverage, DayCache, Dedup, day_start, day_window
-from gateway.ops.hints import MATCH_KEYS, Hint, RuleLike, coverage_hint
+from gateway.admin.day import DAY_S, Coverage, DayCache, Dedup, day_start, day_window
+from gateway.admin.hints import MATCH_KEYS, Hint, RuleLike, coverage_hint
 
 __all__ = [
     "MATCH_KEYS",

@@ -1,0 +1,1 @@
+"""Tests of gateway.commands: the CLI commands, run against real stores and fakes."""
