@@ -1,18 +1,59 @@
 """The dashboard's chart: events per minute as stacked bars, one colour per event name, in SVG.
 
 Inline SVG sized by attributes and coloured by classes (admin.css), so the page's CSP needs
-no inline styles; each bar carries a <title> for its tooltip.
+no inline styles; each bar carries a <title> for its tooltip. The geometry is worked out
+here; templates/chart.svg draws it, escaping every name.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from html import escape
+from dataclasses import dataclass
 
 from gateway.admin.data import Timeline
+from gateway.admin.render import render
 
 _COLORS = 8  # series classes s0..s7 in admin.css; the last one is "other"
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    y: str
+    label_y: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Bar:
+    series: int
+    x: str
+    y: str
+    width: str
+    height: str
+    name: str
+    at: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    x: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """The chart's geometry, numbers already formatted for the SVG."""
+
+    width: int
+    height: int
+    left: int
+    right: int
+    total: int
+    grid: tuple[_Grid, ...]
+    bars: tuple[_Bar, ...]
+    marks: tuple[_Mark, ...]
 
 
 def series_groups(t: Timeline) -> list[tuple[str, int, Sequence[int]]]:
@@ -27,6 +68,11 @@ def series_groups(t: Timeline) -> list[tuple[str, int, Sequence[int]]]:
 
 def chart(t: Timeline, *, width: int = 720, height: int = 220) -> str:
     """Stacked bars of events per minute, one colour per event name, as inline SVG."""
+    return render("chart.svg", c=layout(t, width, height)).strip()
+
+
+def layout(t: Timeline, width: int = 720, height: int = 220) -> Chart:
+    """Where each grid line, bar and label goes, for templates/chart.svg to draw."""
     left, right, top, bottom = 44, 8, 10, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     groups = series_groups(t)
@@ -34,14 +80,11 @@ def chart(t: Timeline, *, width: int = 720, height: int = 220) -> str:
     totals = [sum(c[m] for c in counts) for m in range(t.minutes)]
     peak = _nice(max(totals, default=0))
     slot = plot_w / t.minutes
-    parts: list[str] = []
+    grid = []
     for tick in (0, peak / 2, peak):
         y = top + plot_h - plot_h * tick / peak
-        parts.append(
-            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_tick(tick)}</text>"
-        )
+        grid.append(_Grid(f"{y:.1f}", f"{y + 4:.1f}", _tick(tick)))
+    bars = []
     for m in range(t.minutes):
         base = float(top + plot_h)
         at = _clock(t.start + 60 * m)
@@ -51,23 +94,20 @@ def chart(t: Timeline, *, width: int = 720, height: int = 220) -> str:
                 continue
             h = plot_h * n / peak
             base -= h
-            parts.append(
-                f'<rect class="s{k}" x="{left + m * slot + 1:.1f}" y="{base:.1f}" '
-                f'width="{max(slot - 2, 1):.1f}" height="{h:.1f}">'
-                f"<title>{_e(groups[k][0])} at {at}: {n:,}</title></rect>"
+            x, w = left + m * slot + 1, max(slot - 2, 1)
+            bars.append(
+                _Bar(k, f"{x:.1f}", f"{base:.1f}", f"{w:.1f}", f"{h:.1f}", groups[k][0], at, n)
             )
     marks = ((0, "-60 min"), (15, "-45"), (30, "-30"), (45, "-15"), (t.minutes - 1, "now"))
-    for m, label in marks:
-        x = left + (m + 0.5) * slot
-        parts.append(
-            f'<text class="axis" x="{x:.1f}" y="{height - 8}" text-anchor="middle">{label}</text>'
-        )
-    total = sum(totals)
-    return (
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="Events per minute over the last hour: {total:,} in all">'
-        + "".join(parts)
-        + "</svg>"
+    return Chart(
+        width=width,
+        height=height,
+        left=left,
+        right=width - right,
+        total=sum(totals),
+        grid=tuple(grid),
+        bars=tuple(bars),
+        marks=tuple(_Mark(f"{left + (m + 0.5) * slot:.1f}", label) for m, label in marks),
     )
 
 
@@ -85,7 +125,3 @@ def _tick(value: float) -> str:
 
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M UTC", time.gmtime(ts))
-
-
-def _e(text: str) -> str:
-    return escape(text, quote=True)
