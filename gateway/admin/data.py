@@ -9,9 +9,8 @@ column written at insert, twins from the `twin` column.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +18,16 @@ import aiosqlite
 
 from gateway.admin.day import DAY_S, Coverage, DayCache, Dedup, day_start, day_window
 from gateway.admin.hints import MATCH_KEYS, Hint, RuleLike, coverage_hint
+from gateway.delivery import reads
+from gateway.delivery.reads import BlockedPixel, DeadRow
 
 __all__ = [
     "MATCH_KEYS",
+    "BlockedPixel",
     "Coverage",
     "Dashboard",
     "DayCache",
-    "DeadLetter",
+    "DeadRow",
     "Dedup",
     "Delivery",
     "Hint",
@@ -35,7 +37,6 @@ __all__ = [
     "Timeline",
     "coverage_hints",
     "load_dashboard",
-    "reader",
 ]
 
 DEAD_SHOWN = 100
@@ -64,15 +65,6 @@ class Timeline:
 
 
 @dataclass(frozen=True, slots=True)
-class BlockedPixel:
-    """A pixel whose token Meta refused: its events wait until the token is replaced."""
-
-    pixel_id: str
-    reason: str
-    fbtrace_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Delivery:
     """Where the outbox's events stand."""
 
@@ -83,21 +75,6 @@ class Delivery:
     dead: int  # dead letters, kept for dead_retention
     blocked: int  # parked behind a blocked pixel
     blocked_pixels: tuple[BlockedPixel, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An event Meta refused for good (or that expired), with Meta's reason."""
-
-    id: int
-    pixel_id: str
-    event_name: str
-    event_id: str
-    source: str
-    attempts: int
-    error: str | None
-    fbtrace_id: str | None
-    died_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +96,7 @@ class Dashboard:
     day_start: float  # the 24-hour window: 23 whole hours before the current one
     timeline: Timeline
     delivery: Delivery
-    dead_letters: tuple[DeadLetter, ...]
+    dead_letters: tuple[DeadRow, ...]
     coverage: tuple[Coverage, ...]
     hints: tuple[Hint, ...]
     dedup: tuple[Dedup, ...]
@@ -128,19 +105,6 @@ class Dashboard:
     # Rule names that fired in the last 24 h but are not among the loaded rules (a webhook
     # mapping, or a rule since removed), with their counts.
     other_rules: tuple[tuple[str, int], ...] = field(default=())
-
-
-@contextlib.asynccontextmanager
-async def reader(path: Path) -> AsyncIterator[aiosqlite.Connection]:
-    """A read-only connection of its own: the dashboard never holds the outbox's writer lock."""
-    # Each query reads in its own snapshot: a cold 24-hour scan must not pin the WAL.
-    conn = await aiosqlite.connect(str(path), isolation_level=None)
-    try:
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        await conn.execute("PRAGMA query_only = ON")
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def load_dashboard(
@@ -161,7 +125,7 @@ async def load_dashboard(
         day_start=float(day_start(now)),
         timeline=await _timeline(conn, now),
         delivery=await _delivery(conn, now),
-        dead_letters=await _dead_letters(conn),
+        dead_letters=await reads.dead_letters(conn, DEAD_SHOWN),
         coverage=tuple(coverage),
         hints=tuple(_hints(coverage, rules, rules_dir, prefix)),
         dedup=tuple(dedup),
@@ -191,11 +155,8 @@ async def coverage_hints(
     [] for a buffer of an older schema (no `match_keys` yet): `doctor` reads files without
     migrating them, and the gateway adds the column on its next start.
     """
-    async with conn.execute(
-        "SELECT 1 FROM pragma_table_info('events') WHERE name='match_keys'"
-    ) as cur:
-        if await cur.fetchone() is None:
-            return []
+    if not await reads.has_match_keys(conn):
+        return []
     now = time.time() if now is None else now
     coverage, _, _ = await day_window(conn, now, DayCache())
     return _hints(coverage, rules, rules_dir, prefix)
@@ -227,14 +188,9 @@ async def _timeline(conn: aiosqlite.Connection, now: float, minutes: int = 60) -
     end = (int(now) // 60 + 1) * 60
     start = end - minutes * 60
     per_name: dict[str, list[int]] = {}
-    async with conn.execute(
-        "SELECT event_name, CAST((created_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) "
-        "FROM events WHERE created_at >= ? GROUP BY event_name, minute",
-        (start, start),
-    ) as cur:
-        for name, minute, count in await cur.fetchall():
-            if 0 <= minute < minutes:
-                per_name.setdefault(name, [0] * minutes)[minute] += count
+    for name, minute, count in await reads.events_per_minute(conn, start):
+        if 0 <= minute < minutes:
+            per_name.setdefault(name, [0] * minutes)[minute] += count
     series = sorted(
         (Series(name, tuple(counts)) for name, counts in per_name.items()),
         key=lambda s: (-s.total, s.event_name),
@@ -243,25 +199,8 @@ async def _timeline(conn: aiosqlite.Connection, now: float, minutes: int = 60) -
 
 
 async def _delivery(conn: aiosqlite.Connection, now: float) -> Delivery:
-    counts: dict[tuple[str, bool], int] = {}
-    async with conn.execute(
-        "SELECT state, attempts > 0, COUNT(*) FROM events "
-        "WHERE state IN ('pending','inflight','dead','blocked') GROUP BY 1, 2"
-    ) as cur:
-        for state, tried, count in await cur.fetchall():
-            counts[(state, bool(tried))] = count
-    sent: dict[str, int] = {}
-    async with conn.execute(
-        "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ? "
-        "GROUP BY state",
-        (now - DAY_S,),
-    ) as cur:
-        for state, count in await cur.fetchall():
-            sent[state] = count
-    async with conn.execute(
-        "SELECT pixel_id, reason, fbtrace_id FROM blocked_pixels ORDER BY pixel_id"
-    ) as cur:
-        blocked = tuple(BlockedPixel(r[0], r[1], r[2]) for r in await cur.fetchall())
+    counts = await reads.undelivered_counts(conn)
+    sent = await reads.delivered_since(conn, now - DAY_S)
     return Delivery(
         sent=sent.get("sent", 0) + sent.get("sent-dry", 0),
         sent_dry=sent.get("sent-dry", 0),
@@ -271,19 +210,5 @@ async def _delivery(conn: aiosqlite.Connection, now: float) -> Delivery:
         retrying=counts.get(("pending", True), 0),
         dead=counts.get(("dead", False), 0) + counts.get(("dead", True), 0),
         blocked=counts.get(("blocked", False), 0) + counts.get(("blocked", True), 0),
-        blocked_pixels=blocked,
+        blocked_pixels=await reads.blocked_pixels(conn),
     )
-
-
-async def _dead_letters(
-    conn: aiosqlite.Connection, limit: int = DEAD_SHOWN
-) -> tuple[DeadLetter, ...]:
-    async with conn.execute(
-        "SELECT id, pixel_id, event_name, event_id, source, attempts, last_error, fbtrace_id, "
-        "sent_at FROM events WHERE state='dead' ORDER BY sent_at DESC, id DESC LIMIT ?",
-        (limit,),
-    ) as cur:
-        return tuple(
-            DeadLetter(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8])
-            for r in await cur.fetchall()
-        )

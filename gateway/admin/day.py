@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from gateway.admin.hints import MATCH_KEYS
+from gateway.delivery import reads
 from gateway.delivery.rows import BROWSER_SOURCE
 
 HOUR_S = 3600
@@ -146,27 +147,15 @@ def _summarize(groups: _Groups) -> tuple[list[Coverage], list[Dedup]]:
     return coverage, [Dedup(name, *side) for name, side in sides.items()]
 
 
-_KEY_SUMS = ", ".join(f"SUM(instr(k, ',{key},') > 0)" for key, _ in MATCH_KEYS)
-
-
 async def _scan_hour(conn: aiosqlite.Connection, start: float, end: float) -> _Hour:
     """One pass over an hour's rows: per name and source, and the rules that fired."""
     groups: _Groups = {}
     fired: dict[str, int] = {}
-    # Rows written before the match_keys column existed have NULL keys: COUNT(k) leaves
-    # them out of the coverage denominator instead of counting them as carrying nothing.
-    # One event per pixel shares its event_id: a rule's firing is counted once.
-    async with conn.execute(
-        f"SELECT event_name, source, rule, COUNT(DISTINCT CASE WHEN rule IS NOT NULL "
-        f"THEN event_id END), COUNT(*), SUM(twin), COUNT(k), {_KEY_SUMS} "
-        "FROM (SELECT event_name, source, rule, event_id, twin, ',' || match_keys || ',' AS k "
-        "FROM events WHERE created_at >= ? AND created_at < ?) GROUP BY event_name, source, rule",
-        (start, end),
-    ) as cur:
-        for name, source, rule, fires, *values in await cur.fetchall():
-            acc = groups.setdefault((name, source), [0] * len(values))
-            for i, n in enumerate(values):
-                acc[i] += int(n or 0)
-            if rule is not None:
-                fired[rule] = fired.get(rule, 0) + int(fires)
+    keys = [key for key, _ in MATCH_KEYS]
+    for name, source, rule, fires, *values in await reads.hour_groups(conn, start, end, keys):
+        acc = groups.setdefault((name, source), [0] * len(values))
+        for i, n in enumerate(values):
+            acc[i] += int(n or 0)
+        if rule is not None:
+            fired[rule] = fired.get(rule, 0) + int(fires)
     return _Hour(groups, fired)

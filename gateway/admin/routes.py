@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.admin import page as admin_page
-from gateway.admin.data import DayCache, RuleLike, load_dashboard, reader
+from gateway.admin.data import DayCache, RuleLike, load_dashboard
 from gateway.admin.session import (
     COOKIE,
     SESSION_TTL,
@@ -37,6 +37,7 @@ from gateway.admin.session import (
 )
 from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.ratelimit import RateLimits
+from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
 from gateway.edge.pages import page_secret
 from gateway.errors import json_error
@@ -119,7 +120,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     settings = request.app[RUNTIME].settings
     rules = _rules(request)
     try:
-        async with reader(settings.buffer) as conn:
+        async with reading(settings.buffer) as conn:
             data = await load_dashboard(
                 conn,
                 rules,

@@ -23,7 +23,7 @@ import aiosqlite
 
 from gateway.commands.findings import Finding, Level, exit_code, mask, render
 from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
-from gateway.delivery.housekeeping import queue_stats
+from gateway.delivery import reads
 from gateway.delivery.schema import SCHEMA_VERSION
 from gateway.settings import ConfigError, Settings
 
@@ -123,13 +123,11 @@ async def check_buffer(settings: Settings, rules: Sequence[Any]) -> list[Finding
     if not path.is_file():
         return [Finding("buffer", Level.FAIL, f"{path} is not a file", "point --buffer at one")]
     try:
-        # mode=rw: never create a file, never migrate; query_only: never write to it.
-        conn = await aiosqlite.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
+        # Never create a file, never migrate, never write to it.
+        conn = await reads.open_reader(path, must_exist=True)
     except sqlite3.Error as exc:
         return [Finding("buffer", Level.FAIL, f"cannot open {path} ({exc})", _OWNER_FIX)]
     try:
-        await conn.execute("PRAGMA busy_timeout = 5000")
-        await conn.execute("PRAGMA query_only = ON")
         return await _inspect(conn, settings, rules)
     except sqlite3.OperationalError as exc:
         # Locked past the busy timeout, or unreadable: not a sign of damage.
@@ -172,20 +170,13 @@ def _corrupt(path: Path, detail: str) -> Finding:
     )
 
 
-async def _scalar(conn: aiosqlite.Connection, sql: str) -> Any:
-    async with conn.execute(sql) as cur:
-        row = await cur.fetchone()
-    return row[0] if row else None
-
-
 async def _inspect(
     conn: aiosqlite.Connection, settings: Settings, rules: Sequence[Any]
 ) -> list[Finding]:
     path = settings.buffer
-    version = int(await _scalar(conn, "PRAGMA user_version") or 0)
+    version = await reads.schema_version(conn)
     if version == 0:
-        tables = int(await _scalar(conn, "SELECT COUNT(*) FROM sqlite_master") or 0)
-        if tables:
+        if await reads.table_count(conn):
             return [_corrupt(path, "it holds another application's tables")]
         return [Finding("buffer", Level.NOTE, f"{path} is empty; `serve` sets it up")]
     if version > SCHEMA_VERSION:
@@ -198,8 +189,7 @@ async def _inspect(
                 "upgrade capi-gateway to the release that wrote it",
             )
         ]
-    async with conn.execute("PRAGMA quick_check(5)") as cur:
-        problems = [str(row[0]) for row in await cur.fetchall()]
+    problems = await reads.integrity_problems(conn, 5)
     if problems != ["ok"]:
         return [_corrupt(path, "integrity check failed: " + "; ".join(problems))]
     out: list[Finding] = []
@@ -212,12 +202,8 @@ async def _inspect(
             )
         )
         return out
-    page = int(await _scalar(conn, "PRAGMA page_size"))
-    used = (
-        int(await _scalar(conn, "PRAGMA page_count"))
-        - int(await _scalar(conn, "PRAGMA freelist_count"))
-    ) * page
-    stats = await queue_stats(conn)
+    used = await reads.used_bytes(conn)
+    stats = await reads.queue_stats(conn)
     out += _buffer_findings(settings, used, stats)
     out += await _key_findings(conn, settings)
     out += await _hint_findings(conn, settings, rules)
@@ -310,14 +296,7 @@ async def _key_findings(conn: aiosqlite.Connection, settings: Settings) -> list[
                 )
             ]
         return []
-    sealed = int(
-        await _scalar(
-            conn,
-            "SELECT COUNT(*) FROM events WHERE sealed IS NOT NULL AND state IN "
-            "('pending','inflight','blocked')",
-        )
-        or 0
-    )
+    sealed = await reads.sealed_undelivered(conn)
     if not sealed:
         return []
     return [

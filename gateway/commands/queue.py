@@ -16,8 +16,9 @@ from typing import Any
 import aiosqlite
 
 from gateway.config import Sources, load_settings
-from gateway.delivery.housekeeping import delete_rows, queue_stats, requeue
-from gateway.delivery.schema import STATES, SchemaError, connect
+from gateway.delivery.housekeeping import delete_rows, requeue
+from gateway.delivery.reads import EventFilter, list_events, queue_stats
+from gateway.delivery.schema import STATES, SchemaError, connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import identity
 from gateway.settings import ConfigError, Settings
@@ -55,7 +56,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             return _print_stats(await queue_stats(conn), as_json=args.json)
         if command in ("list", "export"):
             sealer = Sealer(load_key(settings, create=False)) if args.reveal else None
-            rows = await _select(conn, args, limit=args.limit)
+            rows = await list_events(conn, _which(args), limit=args.limit)
             try:
                 return _print_rows(rows, sealer, as_json=args.json or command == "export")
             except SealError as exc:
@@ -70,41 +71,15 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await conn.close()
 
 
-def _filters(args: argparse.Namespace) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    values: list[Any] = []
-    for column, value in (
-        ("state", args.state),
-        ("event_name", args.event_name),
-        ("pixel_id", args.pixel_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            values.append(value)
-    if args.id:
-        clauses.append(f"id IN ({','.join('?' * len(args.id))})")
-        values += args.id
-    return (" WHERE " + " AND ".join(clauses)) if clauses else "", values
-
-
-def _and(where: str, clause: str) -> str:
-    return f"{where} AND {clause}" if where else f" WHERE {clause}"
-
-
-async def _select(
-    conn: aiosqlite.Connection, args: argparse.Namespace, *, limit: int | None
-) -> list[aiosqlite.Row]:
-    where, values = _filters(args)
-    sql = (
-        "SELECT id, pixel_id, event_name, event_id, event_time, source, rule, "
-        "test_event_code, payload, sealed, state, attempts, next_attempt_at, last_error, "
-        f"fbtrace_id, created_at, sent_at FROM events{where} ORDER BY id DESC"
+def _which(args: argparse.Namespace, *, otherwise: tuple[str, ...] = ()) -> EventFilter:
+    """The rows the arguments select; `otherwise`: the states meant when --state is absent."""
+    return EventFilter(
+        state=args.state,
+        event_name=args.event_name,
+        pixel_id=args.pixel_id,
+        ids=tuple(args.id or ()),
+        states=otherwise,
     )
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    conn.row_factory = aiosqlite.Row
-    async with conn.execute(sql, values) as cur:
-        return list(await cur.fetchall())
 
 
 def _as_sent(row: aiosqlite.Row, sealer: Sealer | None) -> dict[str, Any]:
@@ -180,21 +155,16 @@ async def _retry(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
     if args.state not in (None, "dead", "blocked"):
         print("capi-gateway: retry takes --state dead or blocked", file=sys.stderr)
         return 2
-    where, values = _filters(args)
-    if args.state is None:
-        where = _and(where, "state IN ('dead','blocked')")
-    await conn.execute("BEGIN IMMEDIATE")
-    count = await requeue(conn, where, values)
-    await conn.execute("COMMIT")
+    where, values = _which(args, otherwise=("dead", "blocked")).where()
+    async with write_transaction(conn, asyncio.Lock()):
+        count = await requeue(conn, where, values)
     print(f"{count} event(s) queued for sending again")
     return 0
 
 
 async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
-    where, values = _filters(args)
-    if args.state is None:
-        where = _and(where, "state IN ('sent','sent-dry','dead')")
-    elif args.state not in _DELIVERED and not args.yes:
+    where, values = _which(args, otherwise=_DELIVERED).where()
+    if args.state is not None and args.state not in _DELIVERED and not args.yes:
         print(
             f"capi-gateway: purging {args.state} events loses them for good; add --yes",
             file=sys.stderr,

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery.schema import STATES
 from gateway.models import META_WINDOW
 
 
@@ -71,34 +70,3 @@ async def purge_sent_oldest(conn: aiosqlite.Connection, *, fraction: float) -> i
         (fraction,),
     )
     return int(cur.rowcount)
-
-
-async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> dict[str, Any]:
-    """The numbers `queue stats` and the status endpoint show."""
-    now = time.time() if now is None else now
-    states: dict[str, int] = dict.fromkeys(STATES, 0)
-    by_name: dict[str, dict[str, int]] = {}
-    async with conn.execute(
-        "SELECT event_name, state, COUNT(*) FROM events GROUP BY event_name, state"
-    ) as cur:
-        for name, state, count in await cur.fetchall():
-            states[state] = states.get(state, 0) + count
-            by_name.setdefault(name, {})[state] = count
-    async with conn.execute(
-        "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
-    ) as cur:
-        row = await cur.fetchone()
-    oldest = now - float(row[0]) if row and row[0] is not None else None
-    async with conn.execute(
-        "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
-    ) as cur:
-        blocked = [
-            {"pixel_id": r[0], "reason": r[1], "fbtrace_id": r[2], "since": r[3]}
-            for r in await cur.fetchall()
-        ]
-    return {
-        "states": states,
-        "by_event_name": dict(sorted(by_name.items())),
-        "oldest_pending_age": oldest,
-        "blocked_pixels": blocked,
-    }

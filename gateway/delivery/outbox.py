@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import housekeeping
+from gateway.delivery import housekeeping, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
@@ -421,7 +421,7 @@ class Outbox:
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
         async with self._lock:
-            return await housekeeping.queue_stats(self._conn)
+            return await reads.queue_stats(self._conn)
 
     async def _scalar(self, sql: str) -> int:
         async with self._conn.execute(sql) as cur:

@@ -1,15 +1,19 @@
-"""The buffer as the operator endpoints see it: one read-only connection, numbers out.
+"""The store's read side: every query the operator side runs, on connections of its own.
 
-Health, status and metrics read the outbox file on a connection of their own instead of
-the outbox's: WAL lets them read while every worker writes, so a scrape or a health check
-never waits behind a group commit or a claim, and the numbers are the same whichever
-worker answers (the file is the shared truth).
+/status, /health and /metrics (through `BufferReader`), the dashboard, `queue` and `doctor`
+read the outbox file here and nowhere else. They read on a read-only connection of their
+own instead of the outbox's: WAL lets them read while every worker writes, so a scrape, a
+page load or a health check never waits behind a group commit or a claim, and the numbers
+are the same whichever worker answers (the file is the shared truth). The writes live
+beside the outbox (rows.py, housekeeping.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,9 @@ from typing import Any
 import aiosqlite
 
 from gateway.delivery.schema import STATES
+
+# The states of an event that is still to be delivered.
+UNDELIVERED = ("pending", "inflight", "blocked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +74,7 @@ class BufferReader:
     @classmethod
     async def open(cls, path: Path, *, limit_bytes: int) -> BufferReader:
         """Open a read-only view of the (already created) buffer file."""
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
-        try:
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            await conn.execute("PRAGMA query_only = 1")
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn, limit_bytes)
+        return cls(await open_reader(path), limit_bytes)
 
     async def close(self) -> None:
         """Close the connection."""
@@ -84,14 +84,15 @@ class BufferReader:
     async def used_bytes(self) -> int:
         """Bytes of pages in use (free pages are reused before the file grows), as the outbox."""
         async with self._lock:
-            return await self._used()
+            return await used_bytes(self._conn)
 
     async def has_delivered(self) -> bool:
         """True when delivered rows exist: the outbox purges those first to make room."""
         async with self._lock:
             return bool(
-                await self._scalar(
-                    "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('sent','sent-dry'))"
+                await _scalar(
+                    self._conn,
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('sent','sent-dry'))",
                 )
             )
 
@@ -107,21 +108,10 @@ class BufferReader:
                 await self._conn.execute("COMMIT")
 
     async def _snapshot(self, now: float) -> QueueSnapshot:
-        states = dict.fromkeys(STATES, 0)
-        async with self._conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state") as cur:
-            for state, count in await cur.fetchall():
-                states[str(state)] = int(count)
-        oldest = await self._scalar(
-            "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
-        )
-        last = await self._scalar("SELECT MAX(sent_at) FROM events WHERE state='sent'")
-        async with self._conn.execute(
-            "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
-        ) as cur:
-            blocked = tuple(
-                BlockedPixel(str(r[0]), str(r[1]), r[2], float(r[3])) for r in await cur.fetchall()
-            )
-        async with self._conn.execute(
+        conn = self._conn
+        oldest = await oldest_pending(conn)
+        last = await _scalar(conn, "SELECT MAX(sent_at) FROM events WHERE state='sent'")
+        async with conn.execute(
             "SELECT pixel_id, last_error, fbtrace_id, sent_at FROM events "
             "WHERE state='dead' ORDER BY sent_at DESC LIMIT 1"
         ) as cur:
@@ -130,22 +120,286 @@ class BufferReader:
         if row is not None:
             dead = DeadLetter(str(row[0]), str(row[1] or ""), row[2], float(row[3] or 0.0))
         return QueueSnapshot(
-            states=states,
-            oldest_pending_age=max(0.0, now - float(oldest)) if oldest is not None else None,
+            states=await state_counts(conn),
+            oldest_pending_age=max(0.0, now - oldest) if oldest is not None else None,
             last_delivery=float(last) if last is not None else None,
-            blocked=blocked,
+            blocked=await blocked_pixels(conn),
             last_dead=dead,
-            used_bytes=await self._used(),
+            used_bytes=await used_bytes(conn),
             limit_bytes=self.limit_bytes,
         )
 
-    async def _used(self) -> int:
-        pages = await self._scalar("PRAGMA page_count")
-        free = await self._scalar("PRAGMA freelist_count")
-        size = await self._scalar("PRAGMA page_size")
-        return int((pages - free) * size)
 
-    async def _scalar(self, sql: str) -> Any:
-        async with self._conn.execute(sql) as cur:
-            row = await cur.fetchone()
-        return row[0] if row else None
+# -- connections ----------------------------------------------------------------------------
+
+
+async def open_reader(path: Path, *, must_exist: bool = False) -> aiosqlite.Connection:
+    """A read-only connection to the outbox file; `must_exist`: never create a missing one."""
+    where = _existing(path) if must_exist else str(path)
+    conn = await aiosqlite.connect(where, uri=must_exist, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def reading(path: Path, *, must_exist: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+    """`open_reader` for the length of a block: the reader never holds the writer's lock."""
+    # Each query reads in its own snapshot: a cold 24-hour scan must not pin the WAL.
+    conn = await open_reader(path, must_exist=must_exist)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+# -- the queue's numbers (status, health, /metrics, `queue stats`, doctor) --------------------
+
+
+async def state_counts(conn: aiosqlite.Connection) -> dict[str, int]:
+    """Rows per state, every state present."""
+    states = dict.fromkeys(STATES, 0)
+    async with conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state") as cur:
+        for state, count in await cur.fetchall():
+            states[str(state)] = int(count)
+    return states
+
+
+async def oldest_pending(conn: aiosqlite.Connection) -> float | None:
+    """When the oldest event still waiting to be sent was stored (Unix time)."""
+    oldest = await _scalar(
+        conn, "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
+    )
+    return None if oldest is None else float(oldest)
+
+
+async def blocked_pixels(conn: aiosqlite.Connection) -> tuple[BlockedPixel, ...]:
+    """Pixels parked because Meta refused their token, by pixel id."""
+    async with conn.execute(
+        "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
+    ) as cur:
+        return tuple(
+            BlockedPixel(str(r[0]), str(r[1]), r[2], float(r[3])) for r in await cur.fetchall()
+        )
+
+
+async def used_bytes(conn: aiosqlite.Connection) -> int:
+    """Bytes of pages in use (free pages are reused before the file grows)."""
+    pages = await _scalar(conn, "PRAGMA page_count")
+    free = await _scalar(conn, "PRAGMA freelist_count")
+    size = await _scalar(conn, "PRAGMA page_size")
+    return int((pages - free) * size)
+
+
+async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> dict[str, Any]:
+    """The numbers `queue stats` and doctor show: per state, per event name, oldest, blocks."""
+    now = time.time() if now is None else now
+    states: dict[str, int] = dict.fromkeys(STATES, 0)
+    by_name: dict[str, dict[str, int]] = {}
+    async with conn.execute(
+        "SELECT event_name, state, COUNT(*) FROM events GROUP BY event_name, state"
+    ) as cur:
+        for name, state, count in await cur.fetchall():
+            states[state] = states.get(state, 0) + count
+            by_name.setdefault(name, {})[state] = count
+    oldest = await oldest_pending(conn)
+    return {
+        "states": states,
+        "by_event_name": dict(sorted(by_name.items())),
+        "oldest_pending_age": now - oldest if oldest is not None else None,
+        "blocked_pixels": [
+            {
+                "pixel_id": b.pixel_id,
+                "reason": b.reason,
+                "fbtrace_id": b.fbtrace_id,
+                "since": b.since,
+            }
+            for b in await blocked_pixels(conn)
+        ],
+    }
+
+
+# -- the dashboard ----------------------------------------------------------------------------
+
+
+async def events_per_minute(conn: aiosqlite.Connection, start: float) -> list[tuple[str, int, int]]:
+    """(event name, minute since `start`, rows) for the rows stored since `start`."""
+    async with conn.execute(
+        "SELECT event_name, CAST((created_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) "
+        "FROM events WHERE created_at >= ? GROUP BY event_name, minute",
+        (start, start),
+    ) as cur:
+        return [(str(n), int(m), int(c)) for n, m, c in await cur.fetchall()]
+
+
+async def undelivered_counts(conn: aiosqlite.Connection) -> dict[tuple[str, bool], int]:
+    """Rows not delivered, by (state, tried at least once)."""
+    async with conn.execute(
+        "SELECT state, attempts > 0, COUNT(*) FROM events "
+        "WHERE state IN ('pending','inflight','dead','blocked') GROUP BY 1, 2"
+    ) as cur:
+        return {(str(s), bool(tried)): int(n) for s, tried, n in await cur.fetchall()}
+
+
+async def delivered_since(conn: aiosqlite.Connection, since: float) -> dict[str, int]:
+    """Rows sent (or recorded by --dry-run) since `since`, by state."""
+    async with conn.execute(
+        "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ? "
+        "GROUP BY state",
+        (since,),
+    ) as cur:
+        return {str(s): int(n) for s, n in await cur.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRow:
+    """A dead letter as the dashboard lists it."""
+
+    id: int
+    pixel_id: str
+    event_name: str
+    event_id: str
+    source: str
+    attempts: int
+    error: str | None
+    fbtrace_id: str | None
+    died_at: float | None
+
+
+async def dead_letters(conn: aiosqlite.Connection, limit: int) -> tuple[DeadRow, ...]:
+    """The newest `limit` dead letters, newest first."""
+    async with conn.execute(
+        "SELECT id, pixel_id, event_name, event_id, source, attempts, last_error, fbtrace_id, "
+        "sent_at FROM events WHERE state='dead' ORDER BY sent_at DESC, id DESC LIMIT ?",
+        (limit,),
+    ) as cur:
+        return tuple(
+            DeadRow(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8])
+            for r in await cur.fetchall()
+        )
+
+
+async def has_match_keys(conn: aiosqlite.Connection) -> bool:
+    """False for an outbox of an older schema, written before the `match_keys` column."""
+    return (
+        await _scalar(conn, "SELECT 1 FROM pragma_table_info('events') WHERE name='match_keys'")
+        is not None
+    )
+
+
+async def hour_groups(
+    conn: aiosqlite.Connection, start: float, end: float, keys: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """One pass over the rows stored in [start, end), grouped by event name, source and rule.
+
+    Each row: event name, source, rule, distinct event ids the rule made, rows, rows with a
+    twin, rows with known keys, then rows carrying each of `keys` (match keys, in order).
+    """
+    sums = ", ".join("SUM(instr(k, ',' || ? || ',') > 0)" for _ in keys)
+    # Rows written before the match_keys column existed have NULL keys: COUNT(k) leaves
+    # them out of the coverage denominator instead of counting them as carrying nothing.
+    # One event per pixel shares its event_id: a rule's firing is counted once.
+    async with conn.execute(
+        f"SELECT event_name, source, rule, COUNT(DISTINCT CASE WHEN rule IS NOT NULL "
+        f"THEN event_id END), COUNT(*), SUM(twin), COUNT(k), {sums} "
+        "FROM (SELECT event_name, source, rule, event_id, twin, ',' || match_keys || ',' AS k "
+        "FROM events WHERE created_at >= ? AND created_at < ?) GROUP BY event_name, source, rule",
+        (*keys, start, end),
+    ) as cur:
+        return [tuple(r) for r in await cur.fetchall()]
+
+
+# -- the queue command ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which rows a `queue` subcommand acts on; `states` applies when `state` is None."""
+
+    state: str | None = None
+    event_name: str | None = None
+    pixel_id: str | None = None
+    ids: tuple[int, ...] = ()
+    states: tuple[str, ...] = ()
+
+    def where(self) -> tuple[str, list[Any]]:
+        """A ` WHERE ...` clause over fixed column names, and its bound values."""
+        clauses: list[str] = []
+        values: list[Any] = []
+        for column, value in (
+            ("state", self.state),
+            ("event_name", self.event_name),
+            ("pixel_id", self.pixel_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if self.ids:
+            clauses.append(f"id IN ({','.join('?' * len(self.ids))})")
+            values += self.ids
+        if self.state is None and self.states:
+            clauses.append(f"state IN ({','.join('?' * len(self.states))})")
+            values += self.states
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", values
+
+
+async def list_events(
+    conn: aiosqlite.Connection, which: EventFilter, *, limit: int | None
+) -> list[aiosqlite.Row]:
+    """The rows `which` selects, newest first, every column `queue list|export` shows."""
+    where, values = which.where()
+    sql = (
+        "SELECT id, pixel_id, event_name, event_id, event_time, source, rule, "
+        "test_event_code, payload, sealed, state, attempts, next_attempt_at, last_error, "
+        f"fbtrace_id, created_at, sent_at FROM events{where} ORDER BY id DESC"
+    )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    conn.row_factory = aiosqlite.Row
+    async with conn.execute(sql, values) as cur:
+        return list(await cur.fetchall())
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    """The file's `user_version`: 0 for a file no release of the gateway has set up."""
+    return int(await _scalar(conn, "PRAGMA user_version") or 0)
+
+
+async def table_count(conn: aiosqlite.Connection) -> int:
+    """Tables, indexes and views in the file (another application's, at version 0)."""
+    return int(await _scalar(conn, "SELECT COUNT(*) FROM sqlite_master") or 0)
+
+
+async def integrity_problems(conn: aiosqlite.Connection, limit: int = 5) -> list[str]:
+    """SQLite's quick check: ["ok"], or up to `limit` problems."""
+    async with conn.execute(f"PRAGMA quick_check({int(limit)})") as cur:
+        return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def sealed_undelivered(conn: aiosqlite.Connection) -> int:
+    """Rows still to be delivered whose clear fields are sealed (they need the key)."""
+    marks = ",".join("?" * len(UNDELIVERED))
+    async with conn.execute(
+        f"SELECT COUNT(*) FROM events WHERE sealed IS NOT NULL AND state IN ({marks})",
+        UNDELIVERED,
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _existing(path: Path) -> str:
+    # mode=rw: a missing file is an error, not a new empty outbox.
+    return f"{path.resolve().as_uri()}?mode=rw"
+
+
+async def _scalar(conn: aiosqlite.Connection, sql: str) -> Any:
+    async with conn.execute(sql) as cur:
+        row = await cur.fetchone()
+    return row[0] if row else None

@@ -12,9 +12,10 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from gateway.admin.data import DayCache, coverage_hints, load_dashboard, reader
+from gateway.admin.data import DayCache, coverage_hints, load_dashboard
 from gateway.admin.hints import coverage_hint
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.reads import reading as reader
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent

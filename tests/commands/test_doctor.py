@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.admin.data import coverage_hints, reader
+from gateway.admin.data import coverage_hints
 from gateway.commands.doctor import check_buffer, diagnose
 from gateway.commands.findings import EXIT_OFFLINE, Finding, Level, exit_code
 from gateway.commands.graphcheck import check_graph, clock_finding
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.reads import reading as reader
 from gateway.delivery.schema import SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
