@@ -35,8 +35,8 @@ class Dedup:
     """Browser-pixel events and server events of one name (last 24 h), and their twins.
 
     `browser`: events the browser pixel reported (mirrored to /collect); `server`: events the
-    server sent (proxy PageView, rule, /events, webhook); `both`: events both sides reported
-    with the same pixel, event name and event_id.
+    gateway sent, its own (proxy PageView, rule, /events, webhook) and the mirrored ones;
+    `both`: events both sides reported with the same pixel, event name and event_id.
     """
 
     event_name: str
@@ -126,14 +126,19 @@ def _summarize(groups: _Groups) -> tuple[list[Coverage], list[Dedup]]:
         for i, n in enumerate(per_key, start=1):
             acc[i] += n
         side = sides.setdefault(name, [0, 0, 0])
-        # A kept row stands for its dropped (or merged) twin from the other side too.
         if source == BROWSER_SOURCE:
+            # px.js mirrors what the browser pixel sends (hooked fbq calls, capi.track,
+            # click and submit rules) and the gateway sends the same event under the same
+            # id: each such row is a pair Meta counts once, whether or not the server side
+            # also made a copy of its own (merged into it as a twin).
             side[0] += count
-            side[1] += twins
+            side[1] += count
+            side[2] += count
         else:
+            # A kept server row stands for its dropped (or merged) browser twin too.
             side[1] += count
             side[0] += twins
-        side[2] += twins
+            side[2] += twins
     coverage = [
         Coverage(
             name,

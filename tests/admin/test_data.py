@@ -218,17 +218,37 @@ async def test_dashboard_numbers(box: Outbox, tmp_path: Path) -> None:
         "Purchase events carry external_id in 0% of cases: send user_data.external_id with "
         "each Purchase from your backend (/_capi/events)"
     )
-    # Dedup: v0, v1 have both sides; v2 server only; b0 browser only.
+    # Dedup: v0, v1 have both sides; v2 server only; b0, a beacon the gateway sent on, both.
     pv = next(x for x in data.dedup if x.event_name == "PageView")
-    assert (pv.browser, pv.server, pv.both) == (3, 3, 2)
-    assert pv.browser_share == pytest.approx(2 / 3) and pv.server_share == pytest.approx(2 / 3)
+    assert (pv.browser, pv.server, pv.both) == (3, 4, 3)
+    assert pv.browser_share == 1.0 and pv.server_share == pytest.approx(3 / 4)
     purchase_dedup = next(x for x in data.dedup if x.event_name == "Purchase")
     assert purchase_dedup.browser_share is None and purchase_dedup.server_share == 0.0
-    assert (data.dedup_total.browser, data.dedup_total.server, data.dedup_total.both) == (3, 10, 2)
+    assert (data.dedup_total.browser, data.dedup_total.server, data.dedup_total.both) == (3, 11, 3)
     # Rules: lead-form fired once (two pixels, one event id); never did not; the webhook is
     # not among the rules passed.
     assert [(r.name, r.fired) for r in data.rules] == [("lead-form", 1), ("never", 0)]
     assert data.other_rules == (("crm-hook", 1),)
+
+
+async def test_browser_events_mirrored_through_collect_are_pairs(box: Outbox) -> None:
+    # Hooked fbq calls, capi.track and click rules reach the outbox as /collect rows: the
+    # pixel sent each one and the gateway sends it too, under the pixel's event id.
+    await box.add(
+        [
+            event("m1", name="AddToCart", source="collect", hashed={}),
+            event("m2", name="Lead", source="collect", rule="lead-click"),
+            event("m3", name="Lead", source="collect"),
+        ]
+    )
+    # A server copy of m2 (a rule on the form's POST) merges into the beacon's row.
+    assert await box.add([event("m2", name="Lead", source="rule", rule="lead-form")]) == [False]
+    async with reader(box.path) as conn:
+        data = await load_dashboard(conn, [], rules_dir=None)
+    sides = {x.event_name: (x.browser, x.server, x.both) for x in data.dedup}
+    assert sides == {"AddToCart": (1, 1, 1), "Lead": (2, 2, 2)}
+    cart = next(x for x in data.dedup if x.event_name == "AddToCart")
+    assert cart.browser_share == 1.0 and cart.server_share == 1.0
 
 
 async def test_windows_leave_older_rows_out(box: Outbox) -> None:

@@ -112,10 +112,11 @@ async def test_dashboard_in_chromium_sign_in_read_retry_discard(
         "Purchase events carry phone in 0% of cases: send user_data.ph with each Purchase "
         "from your backend (/_capi/events)"
     ) in hints
-    # Deduplication: every PageView was seen by both sides, the AddToCart by the browser only.
+    # Deduplication: every PageView was seen by both sides; the AddToCart, mirrored from the
+    # pixel by px.js and sent on by the gateway under the same id, is a pair too.
     dedup = page.locator("table.dedup")
     assert "PageView 2 2 2 100% 100%" in " ".join((await dedup.inner_text()).split())
-    assert "AddToCart 1 0 0 0% —" in " ".join((await dedup.inner_text()).split())
+    assert "AddToCart 1 1 1 100% 100%" in " ".join((await dedup.inner_text()).split())
     # Rules: one fired, one never did.
     assert await page.locator('tr[data-rule="view-product"] td').last.inner_text() == "1"
     assert "never fired" in await page.locator('tr[data-rule="contact-form"]').inner_text()
