@@ -168,12 +168,7 @@ def _hints(
     out: list[Hint] = []
     for cov in coverage:
         hint = coverage_hint(
-            cov.event_name,
-            cov.shares,
-            cov.sources,
-            [r for r in rules if r.event_name == cov.event_name],
-            rules_dir=rules_dir,
-            prefix=prefix,
+            cov.event_name, cov.shares, cov.sources, rules, rules_dir=rules_dir, prefix=prefix
         )
         if hint is not None:
             out.append(hint)

@@ -2,7 +2,9 @@
 
 The dashboard shows them next to its coverage table and `capi-gateway doctor` prints them.
 A hint names the rule file that produces the event when there is one, the events API when
-a backend sends it, and says "add a rule file" when no rules are configured.
+a backend sends it, and says "add a rule file" when no rules are configured. It never asks
+for a mapping that exists: where the rule that makes the event maps the key already, the
+value is what is missing; where only a rule for another event maps it, the hint says so.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from gateway.pipeline.extract import Extractor
+from gateway.pipeline.normalize import ALIASES
 
 # The match keys the dashboard tracks, in Meta's order of weight, with the words a site
 # owner knows them by.
@@ -68,6 +73,8 @@ class RuleLike(Protocol):
     def trigger(self) -> str: ...
     @property
     def file(self) -> str: ...
+    @property
+    def extractors(self) -> Sequence[Extractor]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +102,8 @@ def coverage_hint(
     """A hint for the weakest key of `event_name` under WEAK, or None when all are fine.
 
     `shares`: match key -> share of events carrying it; `sources`: rows per source (the
-    largest decides where the fix belongs); `rules`: the loaded rules producing this event.
+    largest decides where the fix belongs); `rules`: the loaded rules (those producing this
+    event say where the fix goes; the others, whether a field is mapped elsewhere).
     """
     keys = hinted_keys(event_name)
     weak = [(shares.get(k, 0.0), i, k) for i, k in enumerate(keys) if shares.get(k, 0.0) < WEAK]
@@ -103,8 +111,7 @@ def coverage_hint(
         return None
     share, _, key = min(weak)
     source = max(sources.items(), key=lambda item: item[1])[0] if sources else ""
-    files = sorted({r.file for r in rules if r.event_name == event_name})
-    fix = _fix(event_name, key, source, files, rules_dir, prefix)
+    fix = _fix(event_name, key, source, rules, rules_dir, prefix)
     return Hint(
         event_name,
         key,
@@ -121,13 +128,25 @@ def hinted_keys(event_name: str) -> tuple[str, ...]:
 
 
 def _fix(
-    event: str, key: str, source: str, files: list[str], rules_dir: Path | None, prefix: str
+    event: str,
+    key: str,
+    source: str,
+    rules: Sequence[RuleLike],
+    rules_dir: Path | None,
+    prefix: str,
 ) -> str:
     backend = source in _BACKEND_SOURCES
     if key in _CUSTOMER_KEYS:
         if backend:
             return f"send user_data.{key} with each {event} from your backend ({prefix}/events)"
-        what = _customer_field(event, key, webhook=source == "webhook")
+        webhook = source == "webhook"
+        what = _customer_field(event, key, webhook=webhook)
+        makers = [r for r in rules if r.event_name == event]
+        files = sorted({r.file for r in makers})
+        if makers and not webhook:
+            mapped = _mapped_fix(event, key, makers, [r for r in rules if r.event_name != event])
+            if mapped is not None:
+                return mapped
         if files:
             return f"{what} in {', '.join(files)}"
         if rules_dir is None:
@@ -153,6 +172,72 @@ def _fix(
     if backend:
         return "send the visitor's User-Agent header as user_data.client_user_agent"
     return "these requests came without a User-Agent header (scripts or bots, most likely)"
+
+
+def _mapped_fix(
+    event: str, key: str, makers: Sequence[RuleLike], others: Sequence[RuleLike]
+) -> str | None:
+    """What is missing when some rule maps the key already; None when none does."""
+    field = LABELS[key]
+    mapping = [(r, _mapped(r)[key]) for r in makers if key in _mapped(r)]
+    if mapping:
+        rule, where = mapping[0]
+        return (
+            f"rule {_named(rule)} maps {field} from {where}; the {event} events without it "
+            f"came from requests with no value there: check that they carry it under that "
+            f"name, or map {field} from where they do"
+        )
+    files = {r.file for r in makers}
+    # The makers' own files first: a form mapped next door is the likeliest mix-up.
+    near = sorted((r.file not in files, r.event_name, r.name) for r in others if key in _mapped(r))
+    if not near:
+        return None
+    shown = ", ".join(f"{event_name} (rule {name!r})" for _, event_name, name in near[:2])
+    if len(near) > 2:
+        shown += f" and {len(near) - 2} more"
+    one = len(makers) == 1
+    return (
+        f"{'rule' if one else 'rules'} {' and '.join(_named(r) for r in makers)}, which "
+        f"make{'s' if one else ''} them, map{'s' if one else ''} no {field} (it is mapped only "
+        f"for {shown}): map {'an' if field[0] in 'aeiou' else 'a'} {field} "
+        f"that the {event} request carries in {'that rule' if one else 'those rules'}"
+    )
+
+
+def _mapped(rule: RuleLike) -> dict[str, str]:
+    """The match keys a rule fills, each with where its first source reads it."""
+    out: dict[str, str] = {}
+    for ex in rule.extractors:
+        if ex.section == "user_data" and ex.picks:
+            out.setdefault(ALIASES.get(ex.target, ex.target), _source(ex))
+    return out
+
+
+def _source(ex: Extractor) -> str:
+    spec = ex.picks[0].spec
+    words = _SOURCE_WORDS.get(spec.source, spec.source)
+    return f"the {words} {spec.key!r}" if spec.key else f"the {words}"
+
+
+_SOURCE_WORDS = {
+    "form": "form field",
+    "json": "JSON field",
+    "query": "query parameter",
+    "path": "path segment",
+    "cookie": "cookie",
+    "header": "request header",
+    "response_header": "response header",
+    "meta": "page's meta tag",
+    "jsonld": "page's JSON-LD",
+    "selector": "page element",
+    "data": "element's data attribute",
+    "field": "form field",
+    "const": "constant",
+}
+
+
+def _named(rule: RuleLike) -> str:
+    return f"{rule.name!r} ({rule.file})"
 
 
 def _customer_field(event: str, key: str, *, webhook: bool) -> str:

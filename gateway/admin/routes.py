@@ -42,6 +42,7 @@ from gateway.delivery.seal import load_key
 from gateway.edge.pages import page_secret
 from gateway.errors import json_error
 from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
+from gateway.pipeline.extract import Extractor
 
 log = logging.getLogger("gateway.admin")
 
@@ -87,6 +88,8 @@ class _Hook:
     event_name: str
     trigger: str
     file: str
+    # A webhook maps its payload, not a request: no extractors for the hints to read.
+    extractors: tuple[Extractor, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from gateway.delivery.reads import reading as reader
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
+from gateway.pipeline.extract import Extractor
 
 KEY = bytes(range(32))
 HASH = "ab" * 32
@@ -32,6 +33,7 @@ class FakeRule:
     event_name: str
     trigger: str = "request"
     file: str = "rules/shop.toml"
+    extractors: tuple[Extractor, ...] = ()
 
 
 def event(
