@@ -1,14 +1,15 @@
 """Imports point one way: no lower layer imports a higher one, no modules import in a circle.
 
-Read from the source with `ast`, so imports inside functions and under TYPE_CHECKING count
-too: a lazy import is still an arrow, it only hides it from a start-up check. The layers,
-bottom to top, are `LAYERS` below; a module that is in none of them fails the test until it
-is given one.
+And SQL stays in the store modules (gateway/delivery). Read from the source with `ast`, so
+imports inside functions and under TYPE_CHECKING count too: a lazy import is still an arrow,
+it only hides it from a start-up check. The layers, bottom to top, are `LAYERS` below; a
+module that is in none of them fails the test until it is given one.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,18 @@ def arrows(root: Path) -> Iterator[Arrow]:
                     f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
                     for alias in node.names
                 ]
-            for target in targets:
-                while target and target not in known:
-                    target = target.rpartition(".")[0]
+            where = f"{path.relative_to(root.parent)}:{getattr(node, 'lineno', 0)}"
+            # `from m import a, b` is one arrow, however many names it takes.
+            for target in dict.fromkeys(_known(t, known) for t in targets):
                 if target.split(".")[0] == top and target != name:
-                    where = f"{path.relative_to(root.parent)}:{node.lineno}"
                     yield Arrow(name, target, where)
+
+
+def _known(target: str, known: dict[str, Path]) -> str:
+    """The module itself, or the package that holds the name imported from it."""
+    while target and target not in known:
+        target = target.rpartition(".")[0]
+    return target
 
 
 def layer_of(module: str) -> int | None:
@@ -189,6 +196,39 @@ def circles(root: Path) -> list[str]:
         ]
         out.append(f"circle between {', '.join(group)}: " + "; ".join(ties))
     return out
+
+
+# Statements, not words: "DELETE" alone is an HTTP method.
+_SQL = re.compile(
+    r"\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|PRAGMA\s+\w"
+    r"|BEGIN(\s+IMMEDIATE)?\s*$|COMMIT\s*$|CREATE\s+(TABLE|INDEX)\s)"
+)
+
+
+def sql_outside_the_store(root: Path) -> list[str]:
+    """file:line of each string that starts an SQL statement outside gateway/delivery."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "delivery":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and _SQL.match(text):
+                where = f"{path.relative_to(root.parent)}:{node.lineno}"
+                found.append(f"{where}: SQL outside gateway/delivery: {text[:40]!r}")
+    return found
+
+
+def test_no_sql_outside_the_store_modules() -> None:
+    found = sql_outside_the_store(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_sql_in_another_layer_is_found(tmp_path: Path) -> None:
+    root = _package(tmp_path, {"admin/data.py": 'Q = "SELECT 1 FROM events"\n'})
+    (found,) = sql_outside_the_store(root)
+    assert found.startswith("gateway/admin/data.py:1: SQL outside gateway/delivery")
 
 
 def test_no_import_points_from_a_lower_layer_to_a_higher_one() -> None:

@@ -14,8 +14,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import __version__
 from gateway.admin import session as admin_session
-from gateway.admin.chart import chart, series_groups
-from gateway.admin.data import Series, Timeline
 from gateway.app import build_app, reload
 from gateway.appkeys import RUNTIME
 from tests.conftest import GatewayFactory, auth, make_settings, wait_for, web_event
@@ -420,16 +418,3 @@ def _dead(client: Client) -> list[Any]:
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
         return list(conn.execute("SELECT * FROM events WHERE state='dead'").fetchall())
-
-
-def test_the_chart_has_eight_colours_the_quietest_names_share_one() -> None:
-    counts = {f"Event{n}": n for n in range(10, 0, -1)}  # the busiest first, as loaded
-    series = tuple(Series(name, (n, *([0] * 58), 1)) for name, n in counts.items())
-    timeline = Timeline(start=0.0, minutes=60, series=series)
-    groups = series_groups(timeline)
-    assert [g[0] for g in groups] == [f"Event{n}" for n in range(10, 3, -1)] + ["other"]
-    assert groups[-1][1] == 3 + 2 + 1 + 3  # Event3..Event1, in both minutes
-    svg = chart(timeline)
-    assert set(re.findall(r'<rect class="(s\d)"', svg)) == {f"s{i}" for i in range(8)}
-    # 55 events in the first minute: the axis goes to 100.
-    assert ">100</text>" in svg and "<title>other at 00:00 UTC: 6</title>" in svg

@@ -1,0 +1,1 @@
+"""Tests of gateway.edge: the proxy, page tagging, /collect, /events and webhooks."""

@@ -1,0 +1,1 @@
+"""Stand-ins on loopback: the upstream site, the fake Graph API, gateway subprocesses."""

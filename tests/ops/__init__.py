@@ -1,0 +1,1 @@
+"""Tests of gateway.ops: /status, /health and /metrics (Prometheus exposition)."""

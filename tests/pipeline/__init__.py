@@ -1,0 +1,1 @@
+"""Tests of gateway.pipeline: rule files, matching, extraction, events, normalization."""
