@@ -23,8 +23,8 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from gateway import __version__
-from gateway.admin import page as admin_page
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
+from gateway.admin.page import render_dashboard, render_login
 from gateway.admin.session import (
     COOKIE,
     SESSION_TTL,
@@ -134,7 +134,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     except (sqlite3.Error, OSError) as exc:
         log.error("Reading the outbox for the dashboard failed: %s", exc)
         return json_error(503, "buffer unavailable", f"cannot read the buffer: {exc}")
-    html = admin_page.render_dashboard(
+    html = render_dashboard(
         data,
         prefix=settings.prefix,
         csrf=csrf_token(_key(request), auth.session) if auth.session else "",
@@ -395,7 +395,7 @@ def _notice(request: web.Request) -> str:
 
 
 def _login_page(request: web.Request, error: str, status: int) -> web.Response:
-    html = admin_page.render_login(prefix=_path(request, ""), error=error, version=__version__)
+    html = render_login(prefix=_path(request, ""), error=error, version=__version__)
     return web.Response(text=html, status=status, content_type="text/html", headers=_PAGE_HEADERS)
 
 
