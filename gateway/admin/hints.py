@@ -143,8 +143,10 @@ def _fix(
         what = _customer_field(event, key, webhook=webhook)
         makers = [r for r in rules if r.event_name == event]
         files = sorted({r.file for r in makers})
-        if makers and not webhook:
-            mapped = _mapped_fix(event, key, makers, [r for r in rules if r.event_name != event])
+        # Webhook mappings (listed with the rules) read a payload, not a request.
+        requests = [r for r in makers if r.trigger != "webhook"]
+        if requests and not webhook:
+            mapped = _mapped_fix(event, key, requests, [r for r in rules if r.event_name != event])
             if mapped is not None:
                 return mapped
         if files:
