@@ -59,6 +59,16 @@ class SendResult:
     retry_after: float | None
     body: dict[str, Any] | None
 
+    def error_label(self) -> str | None:
+        """None when Meta took the batch, else its error code, `http_N`, or `network`."""
+        if self.outcome is Outcome.SENT:
+            return None
+        if self.code is not None:
+            return str(self.code)
+        if self.status is not None:
+            return f"http_{self.status}"
+        return "network"
+
 
 def classify(status: int | None, body: Mapping[str, Any] | None) -> Outcome:
     """Map an HTTP status and a Graph API answer to what the sender should do next."""

@@ -326,7 +326,7 @@ class Sender:
             app_secret=pixel.app_secret,
         )
         self.metrics.sent(
-            result.outcome.value, len(items), time.monotonic() - started, error=_error_label(result)
+            result.outcome.value, len(items), time.monotonic() - started, error=result.error_label()
         )
         await self._record(pixel, items, result, open_ids)
 
@@ -447,14 +447,3 @@ def _describe(result: SendResult) -> str:
     if result.status is not None:
         parts.append(f"HTTP {result.status}")
     return "; ".join(parts)
-
-
-def _error_label(result: SendResult) -> str | None:
-    """None when Meta took the batch, else its error code, `http_N`, or `network`."""
-    if result.outcome is Outcome.SENT:
-        return None
-    if result.code is not None:
-        return str(result.code)
-    if result.status is not None:
-        return f"http_{result.status}"
-    return "network"

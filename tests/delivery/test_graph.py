@@ -513,3 +513,13 @@ def _err(code: int | str | None = None, **extra: Any) -> dict[str, Any]:
 )
 def test_classify_table(status: int | None, body: dict[str, Any] | None, outcome: Outcome) -> None:
     assert classify(status, body) is outcome
+
+
+def test_error_label_names_what_metrics_count_a_failure_by() -> None:
+    def result(outcome: Outcome, status: int | None, code: int | None) -> SendResult:
+        return SendResult(outcome, status, None, None, code, None, "", None, None)
+
+    assert result(Outcome.SENT, 200, None).error_label() is None
+    assert result(Outcome.INVALID, 400, 100).error_label() == "100"
+    assert result(Outcome.RETRY, 503, None).error_label() == "http_503"
+    assert result(Outcome.RETRY, None, None).error_label() == "network"
