@@ -251,6 +251,9 @@ async def serve(
         settings.prefix,
         "dry run" if settings.dry_run else "sending to Meta",
     )
+    testing = settings.test_mode_warning()
+    if testing:
+        log.warning("%s.", testing[:1].upper() + testing[1:])
     rules = app[RUNTIME].rules
     if settings.rules is not None:
         log.info(

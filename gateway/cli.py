@@ -171,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_queue_command(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "check":
+            from gateway.ops.check import run_check
+
+            return run_check(args, settings_from_args)
         settings = settings_from_args(args)
         if args.command == "doctor":
             from gateway.ops.doctor import run_doctor
@@ -188,19 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Rule files are checked before anything starts (or forks): a typo is a clear
         # message and exit 2, not a crashing worker.
         rules = load_rules(settings.rules) if settings.rules is not None else None
-        if args.command == "check":
-            _print_check(settings)
-            if rules is not None:
-                print(
-                    f"rules OK: {len(rules.rules)} rule(s), {len(rules.webhooks)} webhook(s) "
-                    f"from {len(rules.files)} file(s) in {settings.rules}"
-                )
-                for warning in rules.warnings():
-                    print(f"warning: {warning}")
-            return 0
         return _serve(args, settings, rules)
     except ConfigError as exc:
-        print(f"capi-gateway: config error: {exc}", file=sys.stderr)
+        _print_config_error(exc)
         return 2
     except RuleError as exc:
         print(f"capi-gateway: rule error: {exc}", file=sys.stderr)
@@ -211,14 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _print_check(settings: Settings) -> None:
-    pixels = settings.effective_pixels()
-    print(
-        f"config OK: {len(pixels)} pixel(s) "
-        f"[{', '.join(p.id[:4] + '****' for p in pixels)}], "
-        f"{'dry run' if settings.dry_run else 'sending to ' + settings.graph_url}, "
-        f"buffer {settings.buffer}, listen {settings.listen}"
-    )
+def _print_config_error(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(f"capi-gateway: config error: {problem}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) -> int:
@@ -253,7 +242,7 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
         try:
             run(serve(current, reload, current_rules))
         except ConfigError as exc:
-            print(f"capi-gateway: config error: {exc}", file=sys.stderr)
+            _print_config_error(exc)
             return 2
         except SchemaError as exc:
             print(f"capi-gateway: {exc}", file=sys.stderr)

@@ -187,10 +187,14 @@ HOOK = (
     [
         pytest.param(
             '[[rules]]\nname = "r"\n',
-            f"rules: {UNKNOWN} (a rule file holds [[rule]] and [[webhook]] tables)",
+            "rules: unknown key; did you mean `rule`? (a rule file holds [[rule]] and "
+            "[[webhook]] tables)",
             id="top",
         ),
-        pytest.param(HEAD + "paht = '/a'\n", f"rule 'r': paht: {UNKNOWN}", id="rule"),
+        pytest.param(
+            HEAD + "paht = '/a'\n", "rule 'r': paht: unknown key; did you mean `path`?", id="rule"
+        ),
+        pytest.param(HEAD + "xyzzy = '/a'\n", f"rule 'r': xyzzy: {UNKNOWN}", id="rule-far"),
         pytest.param(
             HEAD + "[rule.extract]\nvalue = { source = 'query', key = 'v', tpye = 'number' }\n",
             f"rule 'r': extract.value.tpye: unknown key ({SPEC_KEYS})",
@@ -229,7 +233,11 @@ HOOK = (
             f"rule 'r': stitch.share: {UNKNOWN}",
             id="stitch",
         ),
-        pytest.param(HOOK + "evnt_id = 'x'\n", f"webhook 'h': evnt_id: {UNKNOWN}", id="webhook"),
+        pytest.param(
+            HOOK + "evnt_id = 'x'\n",
+            "webhook 'h': evnt_id: unknown key; did you mean `event_id`?",
+            id="webhook",
+        ),
         pytest.param(
             HOOK.replace('type = "stripe"', 'type = "hmac", algo = "sha1"'),
             f"webhook 'h': signature.algo: {UNKNOWN}",
