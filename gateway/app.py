@@ -253,7 +253,7 @@ async def serve(
     )
     testing = settings.test_mode_warning()
     if testing:
-        log.warning("%s.", testing[:1].upper() + testing[1:])
+        log.warning("Test mode: %s.", testing)
     rules = app[RUNTIME].rules
     if settings.rules is not None:
         log.info(

@@ -141,6 +141,6 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
 
 
 def did_you_mean(key: str, known: Iterable[str]) -> str | None:
-    """"did you mean `x`?" for the closest known key, or None when none is close."""
+    """ "did you mean `x`?" for the closest known key, or None when none is close."""
     found = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.6)
     return f"did you mean `{found[0]}`?" if found else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def run_check(args: argparse.Namespace, load: Callable[[argparse.Namespace], Set
         settings = load(args)
     except ConfigError as exc:
         problems += [f"config error: {p}" for p in exc.problems]
-    rules_dir: Path | None = args.rules
+    rules_dir: Path | None = args.rules or _rules_in_file(args.config)
     if settings is not None:
         rules_dir = settings.rules
         problems += _check_settings(settings, rules_only=_rules_only(args, settings))
@@ -42,6 +43,22 @@ def run_check(args: argparse.Namespace, load: Callable[[argparse.Namespace], Set
     if len(problems) > 1:
         print(f"capi-gateway: {len(problems)} problems found", file=sys.stderr)
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _rules_in_file(config: Path | None) -> Path | None:
+    """The config file's `rules` when the configuration as a whole did not load."""
+    config = config or (
+        Path(os.environ["CAPIGW_CONFIG"]) if os.environ.get("CAPIGW_CONFIG") else None
+    )
+    if config is None:
+        return None
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None  # already reported as a config error
+    table = data.get("gateway")
+    value = data.get("rules") or (table.get("rules") if isinstance(table, dict) else None)
+    return Path(value) if isinstance(value, str) else None
 
 
 def _rules_only(args: argparse.Namespace, settings: Settings) -> bool:

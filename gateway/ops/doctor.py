@@ -25,6 +25,7 @@ from gateway.delivery.housekeeping import queue_stats
 from gateway.delivery.schema import SCHEMA_VERSION
 from gateway.ops.findings import Finding, Level, exit_code, mask, render
 from gateway.ops.graphcheck import GRAPH_TIMEOUT, check_graph
+from gateway.ops.upstreamcheck import check_upstream
 from gateway.settings import ConfigError, Settings
 
 # Backlog: a pending event this old means delivery is stuck (Meta drops them at 7 days).
@@ -50,6 +51,7 @@ async def diagnose(settings: Settings, *, graph_timeout: float = GRAPH_TIMEOUT) 
     rules, found = check_rules(settings)
     findings += found
     findings += await check_buffer(settings, rules)
+    findings += await check_upstream(settings)
     findings += await check_graph(settings, graph_timeout=graph_timeout)
     return findings
 

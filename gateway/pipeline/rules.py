@@ -351,8 +351,7 @@ def _stray_files(directory: Path, files: Sequence[Path]) -> tuple[str, ...]:
         )
     ]
     notes = [
-        f"{display_path(p)}: not read: rule files must end in .toml (rename it to "
-        f"{_toml_name(p)})"
+        f"{display_path(p)}: not read: rule files must end in .toml (rename it to {_toml_name(p)})"
         for p in stray
     ]
     if not files:
