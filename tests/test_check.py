@@ -160,7 +160,5 @@ async def test_test_mode_is_said_at_start_up_and_in_status(tmp_path: Path) -> No
                     await asyncio.sleep(0.1)
     assert status["test_mode"] is True
     assert any("test_event_code is set for pixel(s) 1234****" in w for w in status["warnings"])
-    assert (
-        "Test_event_code is set" in log.read_text() or "test_event_code is set" in log.read_text()
-    )
+    assert "Test mode: test_event_code is set for pixel(s) 1234****" in log.read_text()
     assert TOKEN not in log.read_text()
