@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "purge":
             q.add_argument(
-                "--yes", action="store_true", help="confirm deleting pending or blocked rows"
+                "--yes", action="store_true", help="confirm deleting dead, pending or blocked rows"
             )
     return parser
 
@@ -216,6 +216,9 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
     from gateway.log import setup_logging
     from gateway.workers import block_signals
 
+    from gateway.listen import check_can_listen
+
+    check_can_listen(settings.listen)  # before the outbox and its key are created
     # Held until serve() has its handlers: a SIGHUP or SIGTERM while starting is then
     # handled once ready instead of killing the process (SIGHUP's default action).
     block_signals()
@@ -294,11 +297,16 @@ def _demo(args: argparse.Namespace) -> int:
                     "events_api_keys": [DEMO_API_KEY],
                     "rules": args.rules or default_rules_dir(),
                     "log_format": "text",
+                    # `curl` is a bot to the gateway: the demo says why a page has no tag.
+                    "debug_headers": True,
                 },
             )
         )
 
-    make("http://127.0.0.1:1")  # validate the flags before starting anything
+    from gateway.listen import check_can_listen
+
+    # Validate the flags and the port before starting anything (or printing the banner).
+    check_can_listen(make("http://127.0.0.1:1").listen)
     setup_logging("info", "text")
     run(run_demo(make))
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.config import Sources, load_settings
-from gateway.delivery.housekeeping import delete_rows, queue_stats, requeue
+from gateway.delivery.housekeeping import count_rows, delete_rows, queue_stats, requeue
 from gateway.delivery.schema import STATES, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import identity
@@ -192,13 +192,40 @@ async def _retry(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
 
 async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
     where, values = _filters(args)
-    if args.state is None:
-        where = _and(where, "state IN ('sent','sent-dry','dead')")
-    elif args.state not in _DELIVERED and not args.yes:
+    if args.state not in (None, *_DELIVERED) and not args.yes:
         print(
             f"capi-gateway: purging {args.state} events loses them for good; add --yes",
             file=sys.stderr,
         )
         return 2
+    if args.state is None:
+        where = _and(where, "state IN ('sent','sent-dry','dead')")
+    kept = 0
+    if args.state in (None, "dead") and not args.yes:
+        # Dead letters are events Meta never received: deleting them is asked for too.
+        dead = await count_rows(conn, _and(where, "state = 'dead'"), values)
+        if dead and not _confirm(f"Delete {dead} dead letter(s), events Meta never received?"):
+            if args.state == "dead":
+                print(
+                    "capi-gateway: purging dead events loses them for good; add --yes",
+                    file=sys.stderr,
+                )
+                return 2
+            where, kept = _and(where, "state != 'dead'"), dead
     print(f"{await delete_rows(conn, where, values)} event(s) purged")
+    if kept:
+        print(
+            f"kept {kept} dead letter(s): `capi-gateway queue list --state dead` shows Meta's "
+            "reason; add --yes to purge them too"
+        )
     return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; anywhere else (scripts, pipes) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
