@@ -213,10 +213,9 @@ def _print_config_error(exc: ConfigError) -> None:
 def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) -> int:
     from gateway.app import serve
     from gateway.delivery.schema import SchemaError
+    from gateway.listen import check_can_listen
     from gateway.log import setup_logging
     from gateway.workers import block_signals
-
-    from gateway.listen import check_can_listen
 
     check_can_listen(settings.listen)  # before the outbox and its key are created
     # Held until serve() has its handlers: a SIGHUP or SIGTERM while starting is then

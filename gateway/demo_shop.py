@@ -38,13 +38,19 @@ CURRENCY = "EUR"
 _BY_SKU = {p.sku: p for p in PRODUCTS}
 
 
+SHOP_NAME = "Demo Shop"
+
+
 def _page(title: str, body: str, *, head: str = "") -> web.Response:
+    full = title if title == SHOP_NAME else f"{title} · {SHOP_NAME}"
+    # An empty icon: no /favicon.ico request, so no 404 in the browser's console.
     doc = f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)} · Demo Shop</title>
+<title>{html.escape(full)}</title>
+<link rel="icon" href="data:,">
 {head}
 <style>body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem}}
 nav a{{margin-right:1rem}} .product{{border:1px solid #ddd;padding:1rem;margin:1rem 0}}</style>
@@ -74,7 +80,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         f"— {p.price} {CURRENCY}</div>"
         for p in PRODUCTS
     )
-    return _page("Demo Shop", f"<p>Everything here is on loopback.</p>{items}")
+    return _page(SHOP_NAME, f"<p>Everything here is on loopback.</p>{items}")
 
 
 async def product(request: web.Request) -> web.StreamResponse:
@@ -278,10 +284,16 @@ async def welcome(request: web.Request) -> web.StreamResponse:
     return _page("Welcome!", "<p>Your account is ready.</p>")
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """No icon, said without an error (pages that ask anyway, like the dashboard's)."""
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+
 def shop_app() -> web.Application:
     """The demo site as an aiohttp application."""
     app = web.Application()
     app.router.add_get("/", home)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/product/{sku}", product)
     app.router.add_get("/search", search)
     app.router.add_post("/cart/add", cart_add)

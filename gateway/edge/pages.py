@@ -205,11 +205,13 @@ class PageViews:
         if hdr.media_type(headers) not in _HTML_TYPES:
             return None
         if not settings.inject:
-            return self._skipped(headers, "inject-off")
+            self._skipped(headers, "inject-off")
+            return None
         reason = self._skip_reason(request, headers)
         if reason:
             self.counters.skip(reason)
-            return self._skipped(headers, reason)
+            self._skipped(headers, reason)
+            return None
         decision = csp_decide(
             headers.getall("Content-Security-Policy", ()),
             script_path=self.script,
@@ -220,7 +222,8 @@ class PageViews:
                 "Not tagging %s: its CSP blocks our script (%s).", request.path, decision.reason
             )
             self.counters.skip("csp")
-            return self._skipped(headers, "csp")
+            self._skipped(headers, "csp")
+            return None
         consent = ident.consent(request.cookies, request.headers, self.consent_config)
         event_id = str(uuid.uuid4())
         ip = self.client_ip(request)
@@ -233,7 +236,8 @@ class PageViews:
         )
         if rewrite is None:
             self.counters.skip("encoding")
-            return self._skipped(headers, "encoding")
+            self._skipped(headers, "encoding")
+            return None
         cookies: list[str] = []
         rows: list[NewEvent] = []
         fbp = fbc = None
