@@ -275,7 +275,13 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import DEMO_API_KEY, DEMO_WEBHOOK_SECRETS, default_rules_dir, run_demo
+    from gateway.demo import (
+        DEMO_API_KEY,
+        DEMO_PIXEL_ID,
+        DEMO_WEBHOOK_SECRETS,
+        default_rules_dir,
+        run_demo,
+    )
     from gateway.log import setup_logging
 
     # The example webhooks read their secrets from the environment: give the demo known
@@ -293,6 +299,7 @@ def _demo(args: argparse.Namespace) -> int:
                     "listen": args.listen,
                     "buffer": args.buffer,
                     "dry_run": True,
+                    "pixel_id": [DEMO_PIXEL_ID],
                     "events_api_keys": [DEMO_API_KEY],
                     "rules": args.rules or default_rules_dir(),
                     "log_format": "text",

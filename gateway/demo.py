@@ -17,6 +17,8 @@ from gateway.demo_shop import shop_app
 from gateway.settings import Settings
 
 DEMO_API_KEY = "demo-key"
+# The pixel of the demo shop's pages (a local stand-in of fbevents.js) and of the gateway.
+DEMO_PIXEL_ID = "1234567890"
 # Secrets of the example webhooks in rules/ (demo only: set your own in production).
 DEMO_WEBHOOK_SECRETS = {
     "STRIPE_WEBHOOK_SECRET": "whsec_demo",
@@ -85,7 +87,8 @@ def banner(settings: Settings, public: str) -> str:
     return (
         f"Demo shop behind capi-gateway (dry run, nothing is sent to Meta):\n"
         f"  open      {public}/\n"
-        f"  dashboard {public}{settings.prefix}/admin\n"
+        f"  dashboard {public}{settings.prefix}/admin  (browse the shop, then see its "
+        f"deduplication: the pages carry a local stand-in of Meta's pixel)\n"
         f"  events    curl -s -X POST {public}{settings.prefix}/events "
         f"-H 'Authorization: Bearer {DEMO_API_KEY}' -H 'Content-Type: application/json' "
         f"-d {shlex.quote(example_event(public))}\n"
@@ -101,7 +104,7 @@ def banner(settings: Settings, public: str) -> str:
 
 async def run_demo(make_settings: Callable[[str], Settings]) -> None:
     """Start the shop, then serve the gateway in front of it until SIGTERM/SIGINT."""
-    runner = web.AppRunner(shop_app(), access_log=None)
+    runner = web.AppRunner(shop_app(DEMO_PIXEL_ID), access_log=None)
     await runner.setup()
     port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

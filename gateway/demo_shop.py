@@ -14,9 +14,11 @@ import json
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,9 +291,45 @@ async def favicon(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
 
-def shop_app() -> web.Application:
-    """The demo site as an aiohttp application."""
-    app = web.Application()
+# Meta's pixel base code as sites paste it (capi-reference §7), loading the local stand-in.
+_BASE_CODE = (
+    "!function(f,b,e,v,n,t,s){{if(f.fbq)return;n=f.fbq=function(){{n.callMethod?"
+    "n.callMethod.apply(n,arguments):n.queue.push(arguments)}};if(!f._fbq)f._fbq=n;"
+    "n.push=n;n.loaded=!0;n.version='2.0';n.queue=[];t=b.createElement(e);t.async=!0;"
+    "t.src=v;s=b.getElementsByTagName(e)[0];s.parentNode.insertBefore(t,s)}}(window,"
+    "document,'script','/fbevents.js');\nfbq('init', '{pixel}');\nfbq('track', 'PageView');"
+)
+_FBEVENTS = Path(__file__).resolve().parent / "static" / "demo" / "fbevents.js"
+
+
+def _with_pixel(pixel_id: str) -> Middleware:
+    head = f"<script>\n{_BASE_CODE.format(pixel=pixel_id)}\n</script>\n</head>"
+
+    @web.middleware
+    async def add_pixel(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if isinstance(response, web.Response) and response.content_type == "text/html":
+            response.text = (response.text or "").replace("</head>", head, 1)
+        return response
+
+    return add_pixel
+
+
+async def fbevents(request: web.Request) -> web.StreamResponse:
+    """The stand-in for Meta's fbevents.js (gateway/static/demo/fbevents.js)."""
+    return web.Response(
+        body=_FBEVENTS.read_bytes(),
+        content_type="application/javascript",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def shop_app(pixel_id: str | None = None) -> web.Application:
+    """The demo site as an aiohttp application; with `pixel_id`, its pages carry a Meta
+    pixel (base code and a local fbevents.js stand-in: no network)."""
+    app = web.Application(middlewares=[_with_pixel(pixel_id)] if pixel_id else [])
+    if pixel_id:
+        app.router.add_get("/fbevents.js", fbevents)
     app.router.add_get("/", home)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/product/{sku}", product)
