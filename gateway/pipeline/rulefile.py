@@ -331,7 +331,7 @@ def read_rule_file(
                 if problems is None or not isinstance(exc.__cause__, ValidationError):
                     raise
                 # Every key of the table that is wrong, not only the one said first.
-                label = str(exc).split(": ", 2)[1]
+                label = _label(raw, kind, i)
                 problems += [
                     f"{where}: {label}: {text}" for text in _each_error(exc.__cause__, model)
                 ]
@@ -345,10 +345,14 @@ def _each_error(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     return [_describe(_most_specific(errors), model) for errors in by_key.values()]
 
 
-def _model(model: type[Any], raw: dict[str, Any], where: str, kind: str, index: int) -> Any:
-    label = f"{kind} #{index + 1}"
+def _label(raw: dict[str, Any], kind: str, index: int) -> str:
     if isinstance(raw.get("name"), str):
-        label = f"{kind} {raw['name']!r}"
+        return f"{kind} {raw['name']!r}"
+    return f"{kind} #{index + 1}"
+
+
+def _model(model: type[Any], raw: dict[str, Any], where: str, kind: str, index: int) -> Any:
+    label = _label(raw, kind, index)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
