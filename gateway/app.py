@@ -251,6 +251,9 @@ async def serve(
         settings.prefix,
         "dry run" if settings.dry_run else "sending to Meta",
     )
+    testing = settings.test_mode_warning()
+    if testing:
+        log.warning("Test mode: %s.", testing)
     rules = app[RUNTIME].rules
     if settings.rules is not None:
         log.info(

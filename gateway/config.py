@@ -6,17 +6,19 @@ Precedence, lowest first: environment (`META_*`, `CAPIGW_<KEY>`), the TOML file
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
-from gateway.settings import ConfigError, Settings
+from gateway.settings import ConfigError, PixelSettings, Settings
 
 _META_ENV = {
     "META_PIXEL_ID": "pixel_id",
@@ -38,9 +40,13 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
         if not raw.strip():
             continue  # an empty variable is an unset one (shell and compose habit)
         if key not in Settings.model_fields:
-            raise ConfigError(
-                f"{name}: unknown setting {key!r}; see the settings reference in README.md"
+            close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean `CAPIGW_{close[0].upper()}`?"
+                if close
+                else "see the settings reference in README.md"
             )
+            raise ConfigError(f"{name}: unknown setting {key!r}; {hint}")
         values[key] = _env_scalar(key, raw)
     return values
 
@@ -105,16 +111,36 @@ def load_settings(sources: Sources) -> Settings:
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise _describe(exc, origin) from None
 
 
-def _describe(exc: ValidationError, origin: Mapping[str, str]) -> str:
-    err = exc.errors()[0]
+def _describe(exc: ValidationError, origin: Mapping[str, str]) -> ConfigError:
+    problems = [_problem(err, origin) for err in exc.errors()]
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return ConfigError(problems[0] + more, problems)
+
+
+def _problem(err: ErrorDetails, origin: Mapping[str, str]) -> str:
     loc = ".".join(str(part) for part in err["loc"]) or "config"
     top = str(err["loc"][0]) if err["loc"] else ""
     where = origin.get(top, "")
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        message = "unknown setting; check the spelling against the settings reference in README.md"
-    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    return f"{where + ': ' if where else ''}{loc}: {message}{more}"
+        message = "unknown setting; " + (
+            did_you_mean(str(err["loc"][-1]), _known_keys(err["loc"]))
+            or "check the spelling against the settings reference in README.md"
+        )
+    return f"{where + ': ' if where else ''}{loc}: {message}"
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    # `[[pixels]]` tables have their own keys; everything else is a top-level setting.
+    if len(loc) == 3 and loc[0] == "pixels":
+        return list(PixelSettings.model_fields)
+    return list(Settings.model_fields)
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str | None:
+    """ "did you mean `x`?" for the closest known key, or None when none is close."""
+    found = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=0.6)
+    return f"did you mean `{found[0]}`?" if found else None

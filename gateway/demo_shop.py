@@ -14,9 +14,11 @@ import json
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +40,19 @@ CURRENCY = "EUR"
 _BY_SKU = {p.sku: p for p in PRODUCTS}
 
 
+SHOP_NAME = "Demo Shop"
+
+
 def _page(title: str, body: str, *, head: str = "") -> web.Response:
+    full = title if title == SHOP_NAME else f"{title} · {SHOP_NAME}"
+    # An empty icon: no /favicon.ico request, so no 404 in the browser's console.
     doc = f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)} · Demo Shop</title>
+<title>{html.escape(full)}</title>
+<link rel="icon" href="data:,">
 {head}
 <style>body{{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem}}
 nav a{{margin-right:1rem}} .product{{border:1px solid #ddd;padding:1rem;margin:1rem 0}}</style>
@@ -74,7 +82,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         f"— {p.price} {CURRENCY}</div>"
         for p in PRODUCTS
     )
-    return _page("Demo Shop", f"<p>Everything here is on loopback.</p>{items}")
+    return _page(SHOP_NAME, f"<p>Everything here is on loopback.</p>{items}")
 
 
 async def product(request: web.Request) -> web.StreamResponse:
@@ -278,10 +286,52 @@ async def welcome(request: web.Request) -> web.StreamResponse:
     return _page("Welcome!", "<p>Your account is ready.</p>")
 
 
-def shop_app() -> web.Application:
-    """The demo site as an aiohttp application."""
-    app = web.Application()
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """No icon, said without an error (pages that ask anyway, like the dashboard's)."""
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
+
+
+# Meta's pixel base code as sites paste it (capi-reference §7), loading the local stand-in.
+_BASE_CODE = (
+    "!function(f,b,e,v,n,t,s){{if(f.fbq)return;n=f.fbq=function(){{n.callMethod?"
+    "n.callMethod.apply(n,arguments):n.queue.push(arguments)}};if(!f._fbq)f._fbq=n;"
+    "n.push=n;n.loaded=!0;n.version='2.0';n.queue=[];t=b.createElement(e);t.async=!0;"
+    "t.src=v;s=b.getElementsByTagName(e)[0];s.parentNode.insertBefore(t,s)}}(window,"
+    "document,'script','/fbevents.js');\nfbq('init', '{pixel}');\nfbq('track', 'PageView');"
+)
+_FBEVENTS = Path(__file__).resolve().parent / "static" / "demo" / "fbevents.js"
+
+
+def _with_pixel(pixel_id: str) -> Middleware:
+    head = f"<script>\n{_BASE_CODE.format(pixel=pixel_id)}\n</script>\n</head>"
+
+    @web.middleware
+    async def add_pixel(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if isinstance(response, web.Response) and response.content_type == "text/html":
+            response.text = (response.text or "").replace("</head>", head, 1)
+        return response
+
+    return add_pixel
+
+
+async def fbevents(request: web.Request) -> web.StreamResponse:
+    """The stand-in for Meta's fbevents.js (gateway/static/demo/fbevents.js)."""
+    return web.Response(
+        body=_FBEVENTS.read_bytes(),
+        content_type="application/javascript",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+def shop_app(pixel_id: str | None = None) -> web.Application:
+    """The demo site as an aiohttp application; with `pixel_id`, its pages carry a Meta
+    pixel (base code and a local fbevents.js stand-in: no network)."""
+    app = web.Application(middlewares=[_with_pixel(pixel_id)] if pixel_id else [])
+    if pixel_id:
+        app.router.add_get("/fbevents.js", fbevents)
     app.router.add_get("/", home)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/product/{sku}", product)
     app.router.add_get("/search", search)
     app.router.add_post("/cart/add", cart_add)

@@ -31,7 +31,23 @@ _DRY_RUN_PIXEL = "dry-run"
 
 
 class ConfigError(Exception):
-    """A configuration problem a user can fix; the message names the key and the fix."""
+    """A configuration problem a user can fix; the message names the key and the fix.
+
+    `problems` holds every problem found, one line each (the message is the first).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def check_token(value: str | None) -> str | None:
+    """A token as pasted, refused when it carries an HTTP scheme word (`Bearer EAAB...`)."""
+    if value is not None and re.match(r"^\s*(bearer|oauth)\s+", value, re.IGNORECASE):
+        raise ValueError(
+            "starts with 'Bearer ': give the token alone (the gateway adds the scheme)"
+        )
+    return value
 
 
 def parse_duration(value: Any) -> float:
@@ -68,6 +84,11 @@ class PixelSettings(BaseModel):
                 f"{text!r} is not a pixel id: use the numeric dataset id from Events Manager"
             )
         return text
+
+    @field_validator("access_token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        return check_token(value)
 
 
 class Settings(BaseModel):
@@ -225,6 +246,9 @@ class Settings(BaseModel):
     """HMAC secret of page tokens; replicas must share it"""
     page_token_ttl: float = Field(default=4 * 3600.0, gt=0)
     """how long a page's token is accepted by `/collect`"""
+    debug_headers: bool = False
+    """adds `X-Capi-Skipped: <reason>` to HTML pages left untagged (`bot`, `consent`, ...),
+    to see with curl why a page has no tag; off in production"""
     pageview_hold: float = Field(default=3.0, ge=0, le=300)
     """a tagged page's PageView waits this long before its first send, so the
     browser's beacon can complete it (e.g. an `_fbc` the pixel set)"""
@@ -314,6 +338,18 @@ class Settings(BaseModel):
     def _pixel_ids(cls, value: list[str]) -> list[str]:
         for item in value:
             PixelSettings(id=item)
+        return value
+
+    @field_validator("access_token", "admin_token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        return check_token(value)
+
+    @field_validator("events_api_keys")
+    @classmethod
+    def _api_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            check_token(key)
         return value
 
     @field_validator("listen")
@@ -434,6 +470,17 @@ class Settings(BaseModel):
             # Dry run needs no credentials: events are queued for a placeholder pixel.
             out[_DRY_RUN_PIXEL] = PixelSettings.model_construct(id=_DRY_RUN_PIXEL)
         return list(out.values())
+
+    def test_mode_warning(self) -> str | None:
+        """The warning to give when events go to Meta's Test events only, else None."""
+        testing = [p.id[:4] + "****" for p in self.effective_pixels() if p.test_event_code]
+        if not testing or self.dry_run:
+            return None
+        return (
+            f"test_event_code is set for pixel(s) {', '.join(testing)}: their events go to "
+            "Events Manager's Test events only and do not count for ads; remove "
+            "test_event_code (META_TEST_EVENT_CODE) once testing is done"
+        )
 
     def key_path(self) -> Path:
         """Where the generated encryption key lives when none is configured."""

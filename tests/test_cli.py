@@ -254,3 +254,18 @@ def test_serve_dry_run_without_credentials_starts_and_stops_on_sigterm(
     # The outbox and its generated key were created where --buffer points.
     assert (tmp_path / "outbox.db").exists()
     assert (tmp_path / "outbox.db.key").exists()
+
+
+def test_serve_on_a_port_in_use_leaves_no_files_behind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = run(
+                tmp_path,
+                *serve_args(port, tmp_path / "outbox.db", "--dry-run", "--workers", workers),
+            )
+            assert result.returncode == 2, result.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert list(tmp_path.iterdir()) == []

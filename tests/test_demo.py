@@ -100,3 +100,84 @@ async def test_demo_serves_the_shop_fires_example_rules_and_takes_a_signed_webho
             time.sleep(0.2)
         assert stop_process(proc, grace=10) == 0
         assert "Traceback" not in log.read_text()
+
+
+def _banner_line(text: str, label: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.startswith(f"  {label} ")]
+    return line[len(label) + 2 :].strip()
+
+
+async def test_the_banner_commands_run_as_printed_and_a_second_demo_fails_first(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+
+    from tests.fakes.processes import ROOT, clean_env
+
+    port, buffer, log = free_port(), tmp_path / "demo.db", tmp_path / "demo.log"
+    base = f"http://{HOST}:{port}"
+    cmd = [*gateway_cmd(), "demo", "--listen", f"{HOST}:{port}", "--buffer", str(buffer)]
+    with stop_at_exit() as procs:
+        procs.append(spawn(cmd, log))
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    async with session.get(f"{base}/_capi/health?live") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert time.monotonic() < deadline, tail(log)
+                await asyncio.sleep(0.1)
+            # The shop's own title once, and an icon request that is no error.
+            async with session.get(base + "/", headers={"User-Agent": "Mozilla/5.0"}) as resp:
+                page = await resp.text()
+            assert "<title>Demo Shop</title>" in page and 'rel="icon"' in page
+            async with session.get(base + "/favicon.ico") as resp:
+                assert resp.status == 204
+
+        banner = log.read_text()
+
+        def sh(command: str) -> subprocess.CompletedProcess[str]:
+            # In the directory the demo was started from, as a user pastes it.
+            return subprocess.run(
+                ["bash", "-c", command],
+                cwd=ROOT,
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+
+        events = sh(_banner_line(banner, "events"))
+        assert events.returncode == 0, events.stderr
+        assert json.loads(events.stdout) == {"accepted": 1, "event_ids": ["order-1001"]}
+        queue = sh(_banner_line(banner, "queue"))
+        assert queue.returncode == 0, queue.stderr
+        assert "order-1001" in queue.stdout
+        page_cmd = _banner_line(banner, "page")
+        assert "px.js" in sh(page_cmd).stdout
+        # curl as it comes is a bot: the demo says so in a header.
+        bare = sh(f"curl -si {base}/")
+        assert "X-Capi-Skipped: bot" in bare.stdout
+        assert "px.js" not in bare.stdout
+
+        # A second demo on the same port: one clear line, no banner, no files left behind.
+        second = tmp_path / "second"
+        second.mkdir()
+        other = subprocess.run(
+            [*cmd[:-1], str(second / "demo.db")],
+            cwd=second,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert other.returncode == 2, other.stdout + other.stderr
+        assert "open" not in other.stdout
+        assert f"cannot listen on {HOST}:{port}" in other.stderr
+        assert "Traceback" not in other.stderr
+        assert list(second.iterdir()) == []

@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.demo",
             "gateway.demo_shop",
             "gateway.log",
+            "gateway.listen",
             "gateway.reference",
         ),
     ),

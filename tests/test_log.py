@@ -126,7 +126,8 @@ async def test_log_lines_are_json_with_the_request_id(
     gw = GatewayProcess(spawn(cmd, log, cwd=ROOT), f"http://127.0.0.1:{port}", log)
     log_process.append(gw)
     async with aiohttp.ClientSession() as session:
-        await wait_healthy(gw, session)
+        # Its upstream is closed on purpose: live, never ready.
+        await wait_healthy(gw, session, live=True)
         async with session.get(f"{gw.url}/shop?email=jane@example.com") as resp:
             assert resp.status == 502
             generated = resp.headers[REQUEST_ID_HEADER]

@@ -240,7 +240,7 @@ def test_unknown_capigw_variable_names_it(tmp_path: Path) -> None:
     message = config_error(tmp_path, env={"CAPIGW_LISTN": "127.0.0.1:1"})
     assert "CAPIGW_LISTN" in message
     assert "unknown setting" in message
-    assert "README" in message
+    assert "did you mean `CAPIGW_LISTEN`?" in message
 
 
 def test_capigw_config_names_the_config_file(tmp_path: Path) -> None:

@@ -452,10 +452,12 @@ async def test_a_worker_that_does_not_stop_is_killed_and_the_exit_code_says_so(
     assert not psutil.pid_exists(stuck)
 
 
-async def test_workers_failing_at_start_up_stop_the_gateway_with_their_exit_code(
+async def test_a_busy_port_stops_the_gateway_before_any_worker_starts(
     tmp_path: Path,
 ) -> None:
-    with socket.socket() as taken:  # no SO_REUSEPORT: the workers cannot share it
+    # The parent checks the address before it creates the outbox or forks: one line, exit
+    # 2, nothing left behind (it used to fork workers that each failed to bind).
+    with socket.socket() as taken:  # no SO_REUSEPORT: the workers could not share it
         taken.bind((HOST, 0))
         taken.listen()
         port = taken.getsockname()[1]
@@ -468,7 +470,9 @@ async def test_workers_failing_at_start_up_stop_the_gateway_with_their_exit_code
             if proc.poll() is None:
                 proc.kill()
     assert code == 2, tail(log)
-    assert "cannot listen" in log.read_text() and said(log, "failed at start-up"), tail(log)
+    assert "cannot listen" in log.read_text(), tail(log)
+    assert not said(log, "failed at start-up"), tail(log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.log"]
 
 
 @pytest.mark.timeout(60)

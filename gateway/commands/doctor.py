@@ -23,6 +23,7 @@ import aiosqlite
 
 from gateway.commands.findings import Finding, Level, exit_code, mask, render
 from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
+from gateway.commands.upstreamcheck import check_upstream
 from gateway.delivery import reads
 from gateway.delivery.schema import SCHEMA_VERSION
 from gateway.settings import ConfigError, Settings
@@ -50,6 +51,7 @@ async def diagnose(settings: Settings, *, graph_timeout: float = GRAPH_TIMEOUT) 
     rules, found = check_rules(settings)
     findings += found
     findings += await check_buffer(settings, rules)
+    findings += await check_upstream(settings)
     findings += await check_graph(settings, graph_timeout=graph_timeout)
     return findings
 

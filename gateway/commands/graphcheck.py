@@ -23,6 +23,7 @@ GRAPH_TIMEOUT = 10.0
 CLOCK_WARN = 5.0
 CLOCK_FAIL = 60.0
 
+OFFLINE_FIX = "check DNS, the firewall or an egress proxy for this host (and graph_url)"
 REISSUE_HINT = (
     "The token is invalid, expired or revoked. In Events Manager open the dataset, "
     "Settings → Conversions API → Generate access token; put the new token in "
@@ -93,8 +94,7 @@ def offline_finding(graph_url: str, reason: str) -> Finding:
         "graph",
         Level.OFFLINE,
         f"offline: could not reach {graph_url} ({reason})",
-        "check DNS, the firewall or an egress proxy for this host; the token and the clock "
-        "were not checked",
+        f"{OFFLINE_FIX}; the token and the clock were not checked",
     )
 
 

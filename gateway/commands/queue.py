@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.config import Sources, load_settings
-from gateway.delivery.housekeeping import delete_rows, requeue
+from gateway.delivery.housekeeping import count_rows, delete_rows, requeue
 from gateway.delivery.reads import EventFilter, list_events, queue_stats
 from gateway.delivery.schema import STATES, SchemaError, connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError, load_key
@@ -163,12 +164,39 @@ async def _retry(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
 
 
 async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
-    where, values = _which(args, otherwise=_DELIVERED).where()
     if args.state is not None and args.state not in _DELIVERED and not args.yes:
         print(
             f"capi-gateway: purging {args.state} events loses them for good; add --yes",
             file=sys.stderr,
         )
         return 2
-    print(f"{await delete_rows(conn, where, values)} event(s) purged")
+    which = _which(args, otherwise=_DELIVERED)
+    kept = 0
+    if args.state in (None, "dead") and not args.yes:
+        # Dead letters are events Meta never received: deleting them is asked for too.
+        dead = await count_rows(conn, *dataclasses.replace(which, state="dead").where())
+        if dead and not _confirm(f"Delete {dead} dead letter(s), events Meta never received?"):
+            if args.state == "dead":
+                print(
+                    "capi-gateway: purging dead events loses them for good; add --yes",
+                    file=sys.stderr,
+                )
+                return 2
+            which, kept = dataclasses.replace(which, states=("sent", "sent-dry")), dead
+    print(f"{await delete_rows(conn, *which.where())} event(s) purged")
+    if kept:
+        print(
+            f"kept {kept} dead letter(s): `capi-gateway queue list --state dead` shows Meta's "
+            "reason; add --yes to purge them too"
+        )
     return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; anywhere else (scripts, pipes) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False

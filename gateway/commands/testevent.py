@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from gateway.commands.findings import EXIT_OFFLINE, EXIT_OK, EXIT_PROBLEMS, mask
-from gateway.commands.graphcheck import GRAPH_TIMEOUT, describe, refusal_hint
+from gateway.commands.graphcheck import GRAPH_TIMEOUT, OFFLINE_FIX, describe, refusal_hint
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
 from gateway.pipeline.events import Context, Prepared, Target, prepare
 from gateway.settings import PARTNER_AGENT, ConfigError, PixelSettings, Settings
@@ -119,7 +119,10 @@ def report(sent: Sent, graph_url: str) -> tuple[int, list[str]]:
     who = f"pixel {mask(sent.pixel_id)}"
     result = sent.result
     if result.status is None:
-        return EXIT_OFFLINE, [f"offline: could not reach {graph_url} ({result.message})"]
+        return EXIT_OFFLINE, [
+            f"offline: could not reach {graph_url} ({result.message})",
+            f"  fix: {OFFLINE_FIX}; nothing was sent",
+        ]
     if result.outcome is Outcome.SENT:
         lines = [
             f"{who}: Meta received it: events_received={result.events_received} "

@@ -61,6 +61,13 @@ async def delete_rows(conn: aiosqlite.Connection, where: str, values: Sequence[A
     return int(cur.rowcount)
 
 
+async def count_rows(conn: aiosqlite.Connection, where: str, values: Sequence[Any]) -> int:
+    """How many rows `where` (a ` WHERE ...` clause) selects."""
+    async with conn.execute(f"SELECT COUNT(*) FROM events{where}", list(values)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 async def purge_sent_oldest(conn: aiosqlite.Connection, *, fraction: float) -> int:
     """Delete the oldest `fraction` of delivered rows (they are kept only for the record)."""
     cur = await conn.execute(

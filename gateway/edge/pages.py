@@ -200,13 +200,17 @@ class PageViews:
         `origin` is `public_origin(request)`, which the proxy has already worked out.
         """
         settings = self.settings
-        if not settings.inject or request.method != "GET" or status != 200:
+        if request.method != "GET" or status != 200:
             return None
         if hdr.media_type(headers) not in _HTML_TYPES:
+            return None
+        if not settings.inject:
+            self._skipped(headers, "inject-off")
             return None
         reason = self._skip_reason(request, headers)
         if reason:
             self.counters.skip(reason)
+            self._skipped(headers, reason)
             return None
         decision = csp_decide(
             headers.getall("Content-Security-Policy", ()),
@@ -218,6 +222,7 @@ class PageViews:
                 "Not tagging %s: its CSP blocks our script (%s).", request.path, decision.reason
             )
             self.counters.skip("csp")
+            self._skipped(headers, "csp")
             return None
         consent = ident.consent(request.cookies, request.headers, self.consent_config)
         event_id = str(uuid.uuid4())
@@ -231,6 +236,7 @@ class PageViews:
         )
         if rewrite is None:
             self.counters.skip("encoding")
+            self._skipped(headers, "encoding")
             return None
         cookies: list[str] = []
         rows: list[NewEvent] = []
@@ -244,9 +250,16 @@ class PageViews:
                 self.counters.metrics.dropped("prefetch")
         else:
             self.counters.metrics.dropped("consent")
+            # Tagged, but no cookies and no PageView: say why as for an untagged page.
+            self._skipped(headers, "consent")
         return PagePlan(
             rewrite=rewrite, cookies=cookies, rows=rows, store=self._store, fbp=fbp, fbc=fbc
         )
+
+    def _skipped(self, headers: CIMultiDict[str], reason: str) -> None:
+        """No tag (or no tracking) for this page: say why when `debug_headers` is on."""
+        if self.settings.debug_headers:
+            headers["X-Capi-Skipped"] = reason
 
     def _skip_reason(self, request: web.Request, headers: CIMultiDict[str]) -> str:
         if any(name in request.headers for name in _FRAGMENT_HEADERS):

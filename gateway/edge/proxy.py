@@ -23,6 +23,7 @@ from gateway.edge.bodies import BodyCopy
 from gateway.edge.conversions import Conversions, PageTap, Run
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
+from gateway.edge.upstream_health import UpstreamHealth
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -106,6 +107,7 @@ class Proxy:
         self.pages = pages
         self.conversions = conversions
         self.metrics = metrics or pages.counters.metrics
+        self.health = UpstreamHealth(str(options.upstream))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request and stream the answer back."""
@@ -147,14 +149,17 @@ class Proxy:
         except _ClientTooSlow:
             return self._too_slow(request)
         except TimeoutError:
+            self.health.record("timeout", status=504)
             log.warning("Upstream timed out for %s %s.", request.method, request.path)
             return _error(request, 504, "Gateway Timeout", "the site took too long to answer")
         except (aiohttp.ClientError, OSError) as exc:
+            self.health.record("unreachable", status=502)
             log.warning(
                 "Upstream unreachable for %s %s: %s", request.method, request.path, _reason(exc)
             )
             return _error(request, 502, "Bad Gateway", "the site could not be reached")
         self.metrics.upstream_latency(time.monotonic() - started)
+        self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
         try:
             return await self._respond(request, upstream, run)
         finally:

@@ -1,9 +1,11 @@
 """`GET {prefix}/health`: liveness, and readiness to accept events.
 
 Ready means an event offered now would be stored: the outbox's file can be read and
-written, and the buffer is within `max_buffer_mb`. Over it, a check gives the room of
+written, and the buffer is within `max_buffer_mb` (over it, a check gives the room of
 delivered rows back first, as the outbox does before refusing an event, so a gateway
-taken out of rotation (and sent no events) still recovers. Not ready answers 503, so a
+taken out of rotation (and sent no events) still recovers); in front of a site, also that
+the site is reachable and most recent proxied requests did not fail
+(gateway.edge.upstream_health). Not ready answers 503, so a
 load balancer sends traffic elsewhere; `?live` asks for liveness only (200 while the
 process serves), for probes that restart a process, which would not help a full disk.
 In front of a site, point the load balancer at `?live`: tracking must not take the
@@ -23,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, OUTBOX, RUNTIME, STARTED_AT
+from gateway.appkeys import BUFFER_READER, OUTBOX, PROXY, RUNTIME, STARTED_AT
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.reads import BufferReader
 
@@ -48,6 +50,9 @@ async def get_health(request: web.Request) -> web.StreamResponse:
         return web.json_response(body, headers=headers)
     buffer = request.app[RUNTIME].settings.buffer
     checks = await readiness(request.app.get(BUFFER_READER), request.app.get(OUTBOX), buffer)
+    if PROXY in request.app:
+        # Visitors get 502s while the site is down: not ready, though still alive.
+        checks["upstream"] = await request.app[PROXY].health.report()
     ready = all(check["ok"] for check in checks.values())
     body.update(ready=ready, checks=checks)
     if not ready:

@@ -19,7 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, PAGES, RUNTIME, SENDER, STARTED_AT
+from gateway.appkeys import BUFFER_READER, PAGES, PROXY, RUNTIME, SENDER, STARTED_AT
 from gateway.delivery.reads import QueueSnapshot
 from gateway.ops.access import require_admin
 from gateway.settings import Settings
@@ -61,6 +61,13 @@ async def get_status(request: web.Request) -> web.StreamResponse:
         "last_success": _last_success(app, snapshot),
         "last_error": _last_error(app, snapshot),
     }
+    warnings = [w for w in [settings.test_mode_warning()] if w]
+    if PROXY in app:
+        upstream = await app[PROXY].health.report()
+        body["upstream_health"] = upstream
+        if not upstream["ok"]:
+            warnings.append(upstream["detail"])
+    body["warnings"] = warnings
     if PAGES in app:
         counters = app[PAGES].counters
         body["pages"] = {

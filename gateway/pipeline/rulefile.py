@@ -8,6 +8,7 @@ are errors, never ignored. Compiling the models into matchers lives in `rules`.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from gateway.models import STANDARD_EVENTS
 from gateway.pipeline.normalize import ALIASES, HASHED_FIELDS
 from gateway.settings import parse_duration
 
@@ -69,6 +71,20 @@ _STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", 
 
 class RuleError(Exception):
     """A rule file a user must fix; the message names file, rule and field."""
+
+
+def check_event_name(value: str) -> str:
+    """An event name, refused when it is a standard one written in another case.
+
+    `purchase` would otherwise be sent as a custom event that no ads optimisation uses.
+    """
+    for standard in STANDARD_EVENTS:
+        if value != standard and value.lower() == standard.lower():
+            raise ValueError(
+                f"{value!r} is not a standard event (names are case-sensitive); did you mean "
+                f"{standard!r}? A custom event must not differ from a standard one by case only"
+            )
+    return value
 
 
 class _Strict(BaseModel):
@@ -192,6 +208,11 @@ class RuleModel(_Strict):
             raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
         return value
 
+    @field_validator("event")
+    @classmethod
+    def _event(cls, value: str) -> str:
+        return check_event_name(value)
+
     @field_validator("path_regex")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
@@ -253,6 +274,11 @@ class WebhookModel(_Strict):
             raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
         return value
 
+    @field_validator("event")
+    @classmethod
+    def _event(cls, value: str) -> str:
+        return check_event_name(value)
+
 
 class RuleFile(_Strict):
     """The top level of a rule file."""
@@ -261,55 +287,106 @@ class RuleFile(_Strict):
     webhook: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def read_rule_file(path: Path) -> tuple[list[RuleModel], list[WebhookModel]]:
-    """Parse and validate one file; RuleError naming file, rule and field otherwise."""
+def read_rule_file(
+    path: Path, problems: list[str] | None = None
+) -> tuple[list[RuleModel], list[WebhookModel]]:
+    """Parse and validate one file; RuleError naming file, rule and field otherwise.
+
+    With a `problems` list, every invalid table is reported there (and left out) instead.
+    """
     where = display_path(path)
+
+    def fail(message: str) -> tuple[list[RuleModel], list[WebhookModel]]:
+        if problems is None:
+            raise RuleError(message)
+        problems.append(message)
+        return [], []
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RuleError(f"{where}: cannot read the file ({exc.strerror})") from exc
+        return fail(f"{where}: cannot read the file ({exc.strerror})")
     except UnicodeDecodeError as exc:
-        raise RuleError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        return fail(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})")
     except tomllib.TOMLDecodeError as exc:
-        raise RuleError(f"{where}: TOML syntax error: {exc}") from exc
+        return fail(f"{where}: TOML syntax error: {exc}")
     except RecursionError:
         # tomllib parses nested arrays and tables recursively.
-        raise RuleError(f"{where}: arrays or tables nested too deeply") from None
+        return fail(f"{where}: arrays or tables nested too deeply")
     try:
         top = RuleFile.model_validate(data)
     except ValidationError as exc:
-        raise RuleError(
-            f"{where}: {_first_error(exc)} (a rule file holds [[rule]] and [[webhook]] tables)"
-        ) from exc
-    rules = [_model(RuleModel, raw, where, "rule", i) for i, raw in enumerate(top.rule)]
-    hooks = [_model(WebhookModel, raw, where, "webhook", i) for i, raw in enumerate(top.webhook)]
+        return fail(
+            f"{where}: {_first_error(exc, RuleFile)} (a rule file holds [[rule]] and "
+            "[[webhook]] tables)"
+        )
+    rules: list[RuleModel] = []
+    hooks: list[WebhookModel] = []
+    for kind, raws, out in (("rule", top.rule, rules), ("webhook", top.webhook, hooks)):
+        model = RuleModel if kind == "rule" else WebhookModel
+        for i, raw in enumerate(raws):
+            try:
+                out.append(_model(model, raw, where, kind, i))
+            except RuleError as exc:
+                if problems is None or not isinstance(exc.__cause__, ValidationError):
+                    raise
+                # Every key of the table that is wrong, not only the one said first.
+                label = _label(raw, kind, i)
+                problems += [
+                    f"{where}: {label}: {text}" for text in _each_error(exc.__cause__, model)
+                ]
     return rules, hooks
 
 
-def _model(model: type[Any], raw: dict[str, Any], where: str, kind: str, index: int) -> Any:
-    label = f"{kind} #{index + 1}"
+def _each_error(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    by_key: dict[str, list[ErrorDetails]] = {}
+    for err in exc.errors():
+        by_key.setdefault(str(err["loc"][0]) if err["loc"] else "", []).append(err)
+    return [_describe(_most_specific(errors), model) for errors in by_key.values()]
+
+
+def _label(raw: dict[str, Any], kind: str, index: int) -> str:
     if isinstance(raw.get("name"), str):
-        label = f"{kind} {raw['name']!r}"
+        return f"{kind} {raw['name']!r}"
+    return f"{kind} #{index + 1}"
+
+
+def _model(model: type[Any], raw: dict[str, Any], where: str, kind: str, index: int) -> Any:
+    label = _label(raw, kind, index)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise RuleError(f"{where}: {label}: {_first_error(exc)}") from exc
+        raise RuleError(f"{where}: {label}: {_first_error(exc, model)}") from exc
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = specific_error(exc)
+def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    return _describe(specific_error(exc), model)
+
+
+def _describe(err: ErrorDetails, model: type[BaseModel] | None) -> str:
     loc = error_location(err)
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key (check its spelling against the rules guide in README.md)"
+        known = _known_keys(model) if model is not None and len(err["loc"]) == 1 else []
+        close = difflib.get_close_matches(str(err["loc"][0]), known, n=1, cutoff=0.6)
+        if close:
+            message = f"unknown key; did you mean `{close[0]}`?"
     elif err["type"] == "missing":
         message = "required key is missing"
     return f"{loc}: {message}" if loc else message
 
 
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
 def specific_error(exc: ValidationError) -> ErrorDetails:
     """The error that says most: for a union, the member that got furthest into the value."""
-    errors = exc.errors()
+    return _most_specific(exc.errors())
+
+
+def _most_specific(errors: list[ErrorDetails]) -> ErrorDetails:
     # A table with a misspelt key fails as "not a string" too; its location is the longer one.
     # A misspelt key is also a missing one: naming the misspelling says more.
     return max(

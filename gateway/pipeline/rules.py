@@ -7,6 +7,7 @@ that can match it rather than every rule loaded.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,10 +171,17 @@ class RuleSet:
     _anywhere: tuple[Rule, ...] = ()
     # True when some rule is a click or submit trigger (checked on every tagged page).
     browser: bool = False
+    # Files in the directory that look meant as rule files but are not read, or no file.
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def build(
-        cls, rules: Iterable[Rule], webhooks: Iterable[Webhook] = (), files: Sequence[str] = ()
+        cls,
+        rules: Iterable[Rule],
+        webhooks: Iterable[Webhook] = (),
+        files: Sequence[str] = (),
+        *,
+        notes: Sequence[str] = (),
     ) -> RuleSet:
         """Index compiled rules by the first literal segment of their paths."""
         ordered = tuple(rules)
@@ -193,6 +201,7 @@ class RuleSet:
             _by_segment={k: tuple(v) for k, v in by_segment.items()},
             _anywhere=tuple(anywhere),
             browser=any(rule.trigger != "request" for rule in ordered),
+            notes=tuple(notes),
         )
 
     def candidates(self, path: str) -> list[Rule]:
@@ -219,8 +228,8 @@ class RuleSet:
         return out
 
     def warnings(self) -> list[str]:
-        """What loads but will not work yet (a webhook whose secret is not set)."""
-        return [
+        """What loads but will not work yet (a webhook whose secret is not set, files not read)."""
+        return [*self.notes] + [
             f"{w.file}: webhook {w.name!r}: hook {w.hook!r} answers 503 until "
             f"{w.verifier.missing} is set"
             for w in self.webhooks
@@ -247,8 +256,18 @@ def _firstfirst_segments(rule: Rule) -> tuple[str, ...] | None:
     return rule.segments
 
 
-def load_rules(directory: Path) -> RuleSet:
-    """Every `*.toml` in a directory, compiled; RuleError naming file, rule and field."""
+def load_rules(directory: Path, problems: list[str] | None = None) -> RuleSet:
+    """Every `*.toml` in a directory, compiled; RuleError naming file, rule and field.
+
+    With a `problems` list, every problem found is reported there instead of raising at the
+    first (what `check` wants); the rules that are valid are still returned.
+    """
+
+    def fail(exc: RuleError) -> None:
+        if problems is None:
+            raise exc
+        problems.append(str(exc))
+
     if not directory.is_dir():
         raise RuleError(f"rules: {directory} is not a directory; point --rules at one")
     rules: list[Rule] = []
@@ -257,26 +276,78 @@ def load_rules(directory: Path) -> RuleSet:
     names: dict[str, str] = {}
     hook_names: dict[str, str] = {}
     for path in files:
-        models, webhooks = read_rule_file(path)
+        models, webhooks = read_rule_file(path, problems)
         where = display_path(path)
         for model in models:
             if model.name in names:
-                raise RuleError(
-                    f"{where}: rule {model.name!r}: name already used in {names[model.name]}; "
-                    "rule names must be unique"
+                fail(
+                    RuleError(
+                        f"{where}: rule {model.name!r}: name already used in "
+                        f"{names[model.name]}; rule names must be unique"
+                    )
                 )
+                continue
             names[model.name] = where
             if model.enabled:
-                rules.append(compile_rule(model, where, len(rules)))
+                try:
+                    rules.append(compile_rule(model, where, len(rules)))
+                except RuleError as exc:
+                    fail(exc)
         for hook in webhooks:
             if hook.name in hook_names:
-                raise RuleError(
-                    f"{where}: webhook {hook.name!r}: name already used in {hook_names[hook.name]}"
+                fail(
+                    RuleError(
+                        f"{where}: webhook {hook.name!r}: name already used in "
+                        f"{hook_names[hook.name]}"
+                    )
                 )
+                continue
             hook_names[hook.name] = where
             if hook.enabled:
                 hooks.append((hook, where))
-    return RuleSet.build(rules, compile_webhooks(hooks), [str(p) for p in files])
+    compiled: tuple[Webhook, ...] = ()
+    try:
+        compiled = compile_webhooks(hooks)
+    except RuleError as exc:
+        fail(exc)
+    return RuleSet.build(
+        rules, compiled, [str(p) for p in files], notes=_stray_files(directory, files)
+    )
+
+
+# Backups and editor files beside rule files are normal; a near-miss extension is not.
+_BACKUP_SUFFIXES = (".bak", ".orig", ".swp", ".old", "~", ".disabled")
+
+
+def _stray_files(directory: Path, files: Sequence[Path]) -> tuple[str, ...]:
+    """What the user most likely meant as rule files but are not read (or that none are)."""
+    others = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix != ".toml")
+    stray = [
+        p
+        for p in others
+        if not p.name.lower().endswith(_BACKUP_SUFFIXES)
+        and (
+            ".toml" in p.name.lower()
+            or difflib.get_close_matches(p.suffix.lower().lstrip("."), ["toml"], cutoff=0.5)
+        )
+    ]
+    notes = [
+        f"{display_path(p)}: not read: rule files must end in .toml (rename it to {_toml_name(p)})"
+        for p in stray
+    ]
+    if not files:
+        seen = ", ".join(p.name for p in others[:5]) + (" ..." if len(others) > 5 else "")
+        notes.append(
+            f"rules: no rule file (*.toml) in {display_path(directory)}"
+            + (f" (it holds {seen})" if others else " (the directory is empty)")
+            + ": no rule will fire"
+        )
+    return tuple(notes)
+
+
+def _toml_name(path: Path) -> str:
+    at = path.name.lower().find(".toml")
+    return (path.name[:at] if at > 0 else path.stem) + ".toml"
 
 
 def compile_rule(model: RuleModel, where: str, index: int) -> Rule:

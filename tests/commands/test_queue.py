@@ -466,12 +466,17 @@ def test_retry_refuses_other_states(
 # purge ----------------------------------------------------------------------------
 
 
-def test_purge_deletes_delivered_and_dead_by_default(
+def test_purge_deletes_delivered_rows_and_keeps_dead_letters_without_yes(
     buffer: Buffer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = queue(capsys, buffer, "purge")
     assert code == 0
-    assert "2 event(s) purged" in out
+    assert "1 event(s) purged" in out
+    assert "kept 1 dead letter(s)" in out and "--yes" in out
+    assert sorted(rows(buffer)) == ["e2", "e3", "e4", "e5", "e6"]
+    code, out, _ = queue(capsys, buffer, "purge", "--yes")
+    assert code == 0
+    assert "1 event(s) purged" in out
     assert sorted(rows(buffer)) == ["e3", "e4", "e5", "e6"]
 
 
@@ -485,7 +490,9 @@ def test_purge_sent_needs_no_confirmation(
     assert "e2" in rows(buffer)
 
 
-@pytest.mark.parametrize(("state", "event_ids"), [("pending", ["e6"]), ("blocked", ["e3", "e4"])])
+@pytest.mark.parametrize(
+    ("state", "event_ids"), [("pending", ["e6"]), ("blocked", ["e3", "e4"]), ("dead", ["e2"])]
+)
 def test_purge_of_undelivered_rows_needs_yes(
     buffer: Buffer, capsys: pytest.CaptureFixture[str], state: str, event_ids: list[str]
 ) -> None:

@@ -138,6 +138,8 @@ async def test_unreachable_graph_api_is_offline(tmp_path: Path) -> None:
     result = await cli(*args(url, "--test-event-code", "T1"), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
     assert result.code == 3, result.text
     assert result.out.startswith(f"offline: could not reach {url} (connection refused")
+    # The same fix line as doctor's offline finding.
+    assert "\n  fix: check DNS, the firewall or an egress proxy for this host" in result.out
 
 
 def test_the_event_passes_the_events_pipeline() -> None:

@@ -173,14 +173,16 @@ def start_gateway(
     return Gateway(proc, f"http://{HOST}:{port}", log)
 
 
-async def wait_healthy(gw: Gateway, session: aiohttp.ClientSession, timeout: float = 15) -> None:
-    """Poll `/_capi/health` until 200."""
+async def wait_healthy(
+    gw: Gateway, session: aiohttp.ClientSession, timeout: float = 15, *, live: bool = False
+) -> None:
+    """Poll `/_capi/health` until 200 (`live`: `?live`, for a gateway whose site is down)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if gw.proc.poll() is not None:
             raise AssertionError(f"the gateway exited with {gw.proc.returncode}:\n{tail(gw.log)}")
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(f"{gw.url}/_capi/health") as resp:
+            async with session.get(f"{gw.url}/_capi/health{'?live' if live else ''}") as resp:
                 if resp.status == 200:
                     return
         await asyncio.sleep(0.05)

@@ -187,10 +187,14 @@ HOOK = (
     [
         pytest.param(
             '[[rules]]\nname = "r"\n',
-            f"rules: {UNKNOWN} (a rule file holds [[rule]] and [[webhook]] tables)",
+            "rules: unknown key; did you mean `rule`? (a rule file holds [[rule]] and "
+            "[[webhook]] tables)",
             id="top",
         ),
-        pytest.param(HEAD + "paht = '/a'\n", f"rule 'r': paht: {UNKNOWN}", id="rule"),
+        pytest.param(
+            HEAD + "paht = '/a'\n", "rule 'r': paht: unknown key; did you mean `path`?", id="rule"
+        ),
+        pytest.param(HEAD + "xyzzy = '/a'\n", f"rule 'r': xyzzy: {UNKNOWN}", id="rule-far"),
         pytest.param(
             HEAD + "[rule.extract]\nvalue = { source = 'query', key = 'v', tpye = 'number' }\n",
             f"rule 'r': extract.value.tpye: unknown key ({SPEC_KEYS})",
@@ -229,7 +233,11 @@ HOOK = (
             f"rule 'r': stitch.share: {UNKNOWN}",
             id="stitch",
         ),
-        pytest.param(HOOK + "evnt_id = 'x'\n", f"webhook 'h': evnt_id: {UNKNOWN}", id="webhook"),
+        pytest.param(
+            HOOK + "evnt_id = 'x'\n",
+            "webhook 'h': evnt_id: unknown key; did you mean `event_id`?",
+            id="webhook",
+        ),
         pytest.param(
             HOOK.replace('type = "stripe"', 'type = "hmac", algo = "sha1"'),
             f"webhook 'h': signature.algo: {UNKNOWN}",
@@ -820,3 +828,39 @@ def test_every_rule_example_in_the_readme_loads(tmp_path: Path) -> None:
     for i, block in enumerate(blocks):
         write(tmp_path / str(i), "example.toml", block)
         assert len(load_rules(tmp_path / str(i)).rules) == 1
+
+
+# Collecting every problem (what `check` does) ------------------------------------------------
+
+
+def test_with_a_problems_list_every_problem_is_collected_and_valid_rules_still_load(
+    in_tmp: Path,
+) -> None:
+    rules = in_tmp / "rules"
+    write(rules, "a.toml", '[[rule]]\nname = "a"\nevent = "purchase"\npaht = "/x"\n' + HEAD)
+    write(rules, "b.toml", "x = [\n")
+    write(rules, "c.toml", '[[rule]]\nname = "r"\nevent = "Lead"\n')
+    problems: list[str] = []
+    ruleset = load_rules(rules, problems)
+    assert problems == [
+        "rules/a.toml: rule 'a': event: 'purchase' is not a standard event (names are "
+        "case-sensitive); did you mean 'Purchase'? A custom event must not differ from a "
+        "standard one by case only",
+        "rules/a.toml: rule 'a': paht: unknown key; did you mean `path`?",
+        "rules/b.toml: TOML syntax error: Invalid value (at end of document)",
+        "rules/c.toml: rule 'r': name already used in rules/a.toml; rule names must be unique",
+    ]
+    assert [rule.name for rule in ruleset.rules] == ["r"]
+    # Without the list, the first problem is raised, as `serve` wants.
+    with pytest.raises(RuleError, match=r"^rules/a\.toml: rule 'a': paht: "):
+        load_rules(rules)
+
+
+def test_an_empty_directory_loads_with_a_note(tmp_path: Path) -> None:
+    write(tmp_path, "shop.tml", HEAD)
+    ruleset = load_rules(tmp_path)
+    assert ruleset.rules == ()
+    assert ruleset.warnings() == [
+        f"{tmp_path}/shop.tml: not read: rule files must end in .toml (rename it to shop.toml)",
+        f"rules: no rule file (*.toml) in {tmp_path} (it holds shop.tml): no rule will fire",
+    ]
