@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+# Where Debian puts each major version's server programs (not on PATH).
+DEBIAN_INITDB = "/usr/lib/postgresql/*/bin/initdb"
 RUN_AS = ("capigw-pg", "nobody")
 SUPERUSER = "capigw"
 INSTALL_HINT = "run `bash scripts/install-postgres.sh` (installs Debian's postgresql package)"
@@ -52,7 +54,7 @@ def find_bindir() -> Path:
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).resolve().parent
     found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        glob.glob(DEBIAN_INITDB),
         key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
     )
     if not found:
