@@ -31,17 +31,16 @@ DEBIAN_INITDB = "/usr/lib/postgresql/*/bin/initdb"
 RUN_AS = ("capigw-pg", "nobody")
 SUPERUSER = "capigw"
 INSTALL_HINT = "run `bash scripts/install-postgres.sh` (installs Debian's postgresql package)"
-# A test server: durability off (a crash loses nothing we keep), small and quick to start.
 SERVER_OPTIONS = (
     "listen_addresses=127.0.0.1",
     "unix_socket_directories=",
-    "fsync=off",
-    "synchronous_commit=off",
-    "full_page_writes=off",
     "max_connections=200",
     "shared_buffers=32MB",
     "log_min_messages=warning",
 )
+# For tests: durability off (a crash loses nothing we keep), quicker on a shared machine.
+# Benchmarks keep PostgreSQL's defaults (`durable=True`) to measure what production costs.
+FAST_OPTIONS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 
 class PostgresMissing(Exception):
@@ -78,6 +77,7 @@ class Cluster:
     port: int
     password: str
     user: pwd.struct_passwd | None
+    options: tuple[str, ...] = SERVER_OPTIONS + FAST_OPTIONS
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class Cluster:
 
     def pg_ctl(self, *args: str, timeout: float = 60.0) -> None:
         """Run pg_ctl on this cluster (as its user); raises with the server log on failure."""
-        options = " ".join(f"-c {opt}" for opt in (f"port={self.port}", *SERVER_OPTIONS))
+        options = " ".join(f"-c {opt}" for opt in (f"port={self.port}", *self.options))
         self._run(
             [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log)]
             + (["-o", options] if args[0] in ("start", "restart") else [])
@@ -161,8 +161,11 @@ def _run_as() -> pwd.struct_passwd | None:
 
 
 @contextlib.contextmanager
-def throwaway_cluster() -> Iterator[Cluster]:
-    """initdb a cluster in a temp dir, start it on a free port; stop and delete it after."""
+def throwaway_cluster(*, durable: bool = False) -> Iterator[Cluster]:
+    """initdb a cluster in a temp dir, start it on a free port; stop and delete it after.
+
+    `durable=False` (tests) turns fsync and synchronous commit off.
+    """
     bindir = find_bindir()
     user = _run_as()
     # Not under pytest's tmp_path: that is private to root, and the server's user must
@@ -177,7 +180,8 @@ def throwaway_cluster() -> Iterator[Cluster]:
         pwfile.write_text(password + "\n")
         if user is not None:
             os.chown(pwfile, user.pw_uid, user.pw_gid)
-        cluster = Cluster(bindir, root, 0, password, user)
+        options = SERVER_OPTIONS if durable else SERVER_OPTIONS + FAST_OPTIONS
+        cluster = Cluster(bindir, root, 0, password, user, options)
         cluster._run(
             [
                 str(bindir / "initdb"),
