@@ -4,7 +4,8 @@ The server is the one `CAPIGW_TEST_POSTGRES` names (a libpq URL of a role that m
 databases), else a throwaway cluster of our own (tests/fakes/pgcluster.py) in a temp dir on a
 free loopback port — never whatever may already listen on 5432. Each test that asks for
 `postgres_dsn` gets a database of its own, created from an empty session template and
-dropped after the test.
+dropped after the test; `postgres_store_dsn` likewise, cloned from a template that holds
+the store's schema already migrated (quicker than migrating in every test).
 
 Without PostgreSQL on the machine the tests that need it are skipped with a message naming
 scripts/install-postgres.sh; under CI (`CI=true`) they fail instead: CI must run them.
@@ -25,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from gateway.delivery.postgres.migrations import migrate
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from tests.fakes.pgcluster import Cluster, PostgresMissing, throwaway_cluster
 
 ENV = "CAPIGW_TEST_POSTGRES"
@@ -38,6 +41,11 @@ class PostgresServer:
     template: str
     cluster: Cluster | None
 
+    @property
+    def store_template(self) -> str:
+        """The template database that holds the migrated store schema."""
+        return f"{self.template}_store"
+
     def dsn(self, database: str) -> str:
         """The admin DSN pointed at `database`."""
         parts = urlsplit(self.admin_dsn)
@@ -48,6 +56,19 @@ def _unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run here)", pytrace=False)
     pytest.skip(reason)
+
+
+async def _prepare_templates(server: PostgresServer) -> None:
+    await _execute(
+        server.admin_dsn,
+        f"CREATE DATABASE {server.template}",
+        f"CREATE DATABASE {server.store_template}",
+    )
+    db = await Database.open(server.dsn(server.store_template), health_interval=0)
+    try:
+        await migrate(db)
+    finally:
+        await db.close()
 
 
 async def _execute(dsn: str, *statements: str) -> None:
@@ -68,13 +89,21 @@ def postgres_server() -> Iterator[PostgresServer]:
     if external:
         server = PostgresServer(external, template, None)
         try:
-            asyncio.run(_execute(external, f"CREATE DATABASE {template}"))
-        except (OSError, asyncpg.PostgresError) as exc:
+            asyncio.run(_prepare_templates(server))
+        except (OSError, asyncpg.PostgresError, DatabaseUnavailable) as exc:
             pytest.fail(f"{ENV} does not name a usable PostgreSQL server: {exc}", pytrace=False)
         try:
             yield server
         finally:
-            asyncio.run(_execute(external, f"DROP DATABASE IF EXISTS {template} WITH (FORCE)"))
+            asyncio.run(
+                _execute(
+                    external,
+                    *(
+                        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        for name in (server.template, server.store_template)
+                    ),
+                )
+            )
         return
     with contextlib.ExitStack() as stack:
         try:
@@ -87,8 +116,9 @@ def postgres_server() -> Iterator[PostgresServer]:
                 f"starting a throwaway PostgreSQL cluster failed: {exc}\n{exc.stderr.decode()}",
                 pytrace=False,
             )
-        asyncio.run(_execute(cluster.dsn(), f"CREATE DATABASE {template}"))
-        yield PostgresServer(cluster.dsn(), template, cluster)
+        server = PostgresServer(cluster.dsn(), template, cluster)
+        asyncio.run(_prepare_templates(server))
+        yield server
 
 
 @pytest.fixture
@@ -102,10 +132,22 @@ def postgres_cluster(postgres_server: PostgresServer) -> Cluster:
 @pytest.fixture
 async def postgres_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A fresh, empty database for this test; its libpq URL."""
+    async with _database(postgres_server, postgres_server.template) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def postgres_store_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database holding the store's migrated schema (no rows) for this test."""
+    async with _database(postgres_server, postgres_server.store_template) as dsn:
+        yield dsn
+
+
+@contextlib.asynccontextmanager
+async def _database(server: PostgresServer, template: str) -> AsyncIterator[str]:
     name = f"capigw_test_{secrets.token_hex(6)}"
-    admin = postgres_server.admin_dsn
-    await _execute(admin, f"CREATE DATABASE {name} TEMPLATE {postgres_server.template}")
+    await _execute(server.admin_dsn, f"CREATE DATABASE {name} TEMPLATE {template}")
     try:
-        yield postgres_server.dsn(name)
+        yield server.dsn(name)
     finally:
-        await _execute(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await _execute(server.admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gateway.delivery.postgres.pool import SCHEMA, Database, DatabaseUnavailable
+from gateway.delivery.postgres.pool import LOST, SCHEMA, Database, DatabaseUnavailable
 from gateway.delivery.postgres.schema import MIGRATIONS, Migration
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ async def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS) ->
                 # A lost connection has freed the lock with its session already.
                 with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
-    except (OSError, asyncpg.exceptions.PostgresConnectionError) as exc:
+    except LOST as exc:
         raise DatabaseUnavailable(
             f"PostgreSQL at {db.name} went away while its schema was being migrated ({exc}); "
             "the next start continues from the last migration committed"

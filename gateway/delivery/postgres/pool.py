@@ -42,7 +42,7 @@ SCHEMA = "capigw"
 # A health check slower than this counts as a failure.
 PING_TIMEOUT = 2.0
 # The server going away, not coming back yet, or cutting us off.
-_LOST: tuple[type[BaseException], ...] = (
+LOST: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable
     TimeoutError,  # connect timeout
     pg_errors.PostgresConnectionError,  # class 08, incl. ConnectionDoesNotExistError
@@ -57,7 +57,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     pg_errors.SerializationError,
 )
 
-_PING_FAILED: tuple[type[BaseException], ...] = (*_LOST, asyncpg.PostgresError)
+_PING_FAILED: tuple[type[BaseException], ...] = (*LOST, asyncpg.PostgresError)
 
 
 class DatabaseUnavailable(Exception):
@@ -125,7 +125,7 @@ class Database:
                     server_settings={"search_path": SCHEMA, "application_name": "capi-gateway"},
                 )
                 break
-            except _LOST as exc:
+            except LOST as exc:
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise DatabaseUnavailable(
@@ -167,10 +167,14 @@ class Database:
             try:
                 async with self._pool.acquire() as conn:
                     if not transaction:
-                        return await work(conn)
-                    async with conn.transaction():
-                        return await work(conn)
-            except _LOST as exc:
+                        result = await work(conn)
+                    else:
+                        async with conn.transaction():
+                            result = await work(conn)
+                if not self.healthy:
+                    self.healthy, self.last_error = True, None
+                return result
+            except LOST as exc:
                 await self._lost(exc)
                 error: BaseException = exc
             except _TRANSIENT as exc:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from gateway.delivery.postgres.migrations import migrate
 from gateway.delivery.postgres.pool import Database
 
 if TYPE_CHECKING:
@@ -17,11 +16,10 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-async def db(postgres_dsn: str) -> AsyncIterator[Database]:
+async def db(postgres_store_dsn: str) -> AsyncIterator[Database]:
     """The store's pool on this test's own database, schema migrated."""
-    database = await Database.open(postgres_dsn, health_interval=0)
+    database = await Database.open(postgres_store_dsn, health_interval=0)
     try:
-        await migrate(database)
         yield database
     finally:
         await database.close()
