@@ -9,10 +9,19 @@ set -euo pipefail
 
 PG_USER=capigw-pg
 
+# Debian keeps the server programs out of PATH, one folder per major version: the newest.
+find_initdb() {
+    local found
+    found=$(compgen -G "/usr/lib/postgresql/*/bin/initdb" | sort -V | tail -n 1 || true)
+    if [ -n "$found" ]; then
+        echo "$found"
+    else
+        command -v initdb || true
+    fi
+}
+
 have_initdb() {
-    command -v initdb >/dev/null 2>&1 && return 0
-    # Debian keeps the server programs out of PATH, one folder per major version.
-    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+    [ -n "$(find_initdb)" ]
 }
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -24,7 +33,7 @@ else
 fi
 
 if have_initdb; then
-    echo "postgresql is installed: $(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 || command -v initdb)"
+    echo "postgresql is installed: $(find_initdb)"
 else
     if [ "${SUDO[0]:-}" = false ]; then
         echo "PostgreSQL's initdb is missing and this is not root (no sudo either). As root, run:" >&2
@@ -38,7 +47,7 @@ else
         echo "apt-get installed postgresql but initdb is still missing" >&2
         exit 1
     fi
-    echo "postgresql is installed: $(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1)"
+    echo "postgresql is installed: $(find_initdb)"
 fi
 
 # Only root needs the unprivileged user: anyone else runs the cluster as themselves.
