@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable, describe
 from tests.fakes.pgcluster import Cluster
+
+if TYPE_CHECKING:
+    from gateway.delivery.postgres.pool import Conn
 
 
 @contextlib.contextmanager
@@ -136,3 +140,32 @@ async def _until(predicate: object, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+async def test_a_deadlocked_transaction_runs_again(postgres_dsn: str) -> None:
+    db = await Database.open(postgres_dsn, health_interval=0)
+    try:
+        await db.fetchval("CREATE SCHEMA capigw")
+        await db.fetchval("CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)")
+        await db.fetchval("INSERT INTO t VALUES (1, 0), (2, 0)")
+        both_hold_one = asyncio.Barrier(2)
+        runs = 0
+
+        def crossing(first: int, second: int) -> Callable[[Conn], Awaitable[None]]:
+            async def work(conn: Conn) -> None:
+                nonlocal runs
+                runs += 1
+                first_try = runs <= 2
+                await conn.execute("UPDATE t SET n = n + 1 WHERE id = $1", first)
+                if first_try:
+                    await both_hold_one.wait()
+                await conn.execute("UPDATE t SET n = n + 1 WHERE id = $1", second)
+
+            return work
+
+        # Each holds the row the other wants next: PostgreSQL aborts one of them.
+        await asyncio.wait_for(asyncio.gather(db.run(crossing(1, 2)), db.run(crossing(2, 1))), 20)
+        assert runs == 3  # the victim ran twice
+        assert await db.fetchval("SELECT string_agg(n::text, ',' ORDER BY id) FROM t") == "2,2"
+    finally:
+        await db.close()
