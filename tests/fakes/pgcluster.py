@@ -18,9 +18,11 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,11 @@ SERVER_OPTIONS = (
 # For tests: durability off (a crash loses nothing we keep), quicker on a shared machine.
 # Benchmarks keep PostgreSQL's defaults (`durable=True`) to measure what production costs.
 FAST_OPTIONS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+PREFIX = "capigw-pg-"
+# The pid of the process that made the cluster: when it is gone, so is the cluster's use.
+OWNER_FILE = "owner.pid"
 
 
 class PostgresMissing(Exception):
@@ -160,19 +167,59 @@ def _run_as() -> pwd.struct_passwd | None:
     raise PostgresMissing(f"no unprivileged user to run PostgreSQL as: {INSTALL_HINT}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(tmpdir: Path | None = None) -> list[Path]:
+    """Stop and delete the throwaway clusters whose maker is gone; the dirs removed.
+
+    A test run killed by a timeout (SIGTERM, SIGKILL) never reaches its teardown and leaves
+    its server running; the next run cleans up after it. A dir without an owner file (one
+    being set up this instant) or whose owner lives (another run) is left alone.
+    """
+    reaped = []
+    for root in Path(tmpdir or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            owner = int((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(owner):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            postmaster = int((root / "data" / "postmaster.pid").read_text().split()[0])
+            # SIGQUIT: PostgreSQL's immediate shutdown; its children follow it.
+            os.kill(postmaster, signal.SIGQUIT)
+            deadline = time.monotonic() + 10
+            while _alive(postmaster) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
 @contextlib.contextmanager
 def throwaway_cluster(*, durable: bool = False) -> Iterator[Cluster]:
     """initdb a cluster in a temp dir, start it on a free port; stop and delete it after.
 
-    `durable=False` (tests) turns fsync and synchronous commit off.
+    `durable=False` (tests) turns fsync and synchronous commit off. Clusters earlier runs
+    left behind (see `reap_orphans`) are removed first.
     """
     bindir = find_bindir()
     user = _run_as()
+    reap_orphans()
     # Not under pytest's tmp_path: that is private to root, and the server's user must
     # reach its data dir.
-    root = Path(tempfile.mkdtemp(prefix="capigw-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=PREFIX))
     cluster: Cluster | None = None
     try:
+        (root / OWNER_FILE).write_text(str(os.getpid()))
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
         password = secrets.token_urlsafe(18)
