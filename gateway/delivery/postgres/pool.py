@@ -55,6 +55,9 @@ LOST: tuple[type[BaseException], ...] = (
 _TRANSIENT: tuple[type[BaseException], ...] = (
     pg_errors.DeadlockDetectedError,
     pg_errors.SerializationError,
+    # Another replica migrated the schema under a statement this connection had prepared;
+    # asyncpg drops the stale statement, the next run prepares it afresh.
+    pg_errors.InvalidCachedStatementError,
 )
 
 _PING_FAILED: tuple[type[BaseException], ...] = (*LOST, asyncpg.PostgresError)

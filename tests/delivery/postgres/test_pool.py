@@ -169,3 +169,25 @@ async def test_a_deadlocked_transaction_runs_again(postgres_dsn: str) -> None:
         assert await db.fetchval("SELECT string_agg(n::text, ',' ORDER BY id) FROM t") == "2,2"
     finally:
         await db.close()
+
+
+async def test_a_statement_prepared_before_another_replica_migrated_runs_again(
+    postgres_dsn: str,
+) -> None:
+    replica = await Database.open(postgres_dsn, min_size=1, max_size=1, health_interval=0)
+    other = await Database.open(postgres_dsn, health_interval=0)
+    try:
+        await replica.fetchval("CREATE SCHEMA capigw")
+        await replica.fetchval("CREATE TABLE t (id int, n int)")
+        await replica.fetchval("INSERT INTO t VALUES (1, 2)")
+
+        async def read(conn: Conn) -> list[object]:
+            return [tuple(r) for r in await conn.fetch("SELECT * FROM t")]
+
+        assert await replica.run(read) == [(1, 2)]
+        # The column list of `SELECT *` changes under the prepared statement.
+        await other.fetchval("ALTER TABLE t ADD COLUMN note text")
+        assert await replica.run(read) == [(1, 2, None)]
+    finally:
+        await replica.close()
+        await other.close()
