@@ -15,6 +15,8 @@ from gateway.app import build_app
 from gateway.settings import Settings
 from tests.fakes.graph import FakeGraph, start_fake_graph
 
+pytest_plugins = ["tests.postgres"]  # PostgreSQL: postgres_dsn, postgres_cluster fixtures
+
 PIXEL = "123456789012345"
 TOKEN = "EAAB-test-token-not-real"
 API_KEY = "test-api-key-0123456789"

@@ -1,0 +1,91 @@
+"""The outbox queue's claim and depth queries on PostgreSQL, shared by every replica.
+
+Plain functions on a connection, run inside the caller's transaction (`Database.run`), like
+the SQLite store's `rows.py`: the store decides when, these decide how. A claim locks due
+rows with `FOR UPDATE SKIP LOCKED`, so replicas claiming at the same moment each get other
+rows instead of waiting on one another, and leases them: a replica that dies holding rows
+loses them when the lease expires, to whichever replica claims next.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.delivery.postgres.schema import STATES
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.delivery.postgres.pool import Conn
+
+# Claimed rows come back in this column order: the SQLite store's `rows.CLAIMED_COLUMNS`.
+CLAIMED_COLUMNS = (
+    "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed"
+)
+# Expired leases taken back per claim: a dead replica's rows return over a few claims
+# rather than in one long statement.
+RECLAIM_BATCH = 1000
+
+_RECLAIM = """
+WITH expired AS (
+    SELECT id FROM events
+    WHERE state = 'inflight' AND lease_expires < $1
+    ORDER BY lease_expires LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE events AS e SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+FROM expired WHERE e.id = expired.id
+"""
+_PARK = """
+WITH parked AS (
+    SELECT e.id FROM events AS e JOIN blocked_pixels AS b ON b.pixel_id = e.pixel_id
+    WHERE e.state = 'pending'
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE events AS e SET state = 'blocked' FROM parked WHERE e.id = parked.id
+"""
+_CLAIM = f"""
+WITH due AS (
+    SELECT id FROM events
+    WHERE state = 'pending' AND next_attempt_at <= $3
+    ORDER BY next_attempt_at, id LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE events AS e
+SET state = 'inflight', lease_owner = $1, lease_expires = $2, attempts = e.attempts + 1
+FROM due WHERE e.id = due.id
+RETURNING {", ".join(f"e.{c.strip()}" for c in CLAIMED_COLUMNS.split(","))}
+"""
+
+
+async def claim(
+    conn: Conn, owner: str, *, limit: int, lease: float, now: float
+) -> list[asyncpg.Record]:
+    """Lease up to `limit` due rows of unblocked pixels to `owner`; rows in id order.
+
+    Rows another transaction holds (a claim, a merge) are skipped, never waited for.
+    """
+    await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
+    await conn.execute(_PARK)
+    rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit)
+    return sorted(rows, key=lambda r: int(r["id"]))
+
+
+async def queue_depth(conn: Conn) -> dict[str, dict[str, int]]:
+    """Rows per event name and state, from the trigger-kept counters (no COUNT(*) scan)."""
+    out: dict[str, dict[str, int]] = {}
+    for r in await conn.fetch(
+        "SELECT event_name, state, sum(n)::bigint AS n FROM queue_counts "
+        "GROUP BY event_name, state HAVING sum(n) <> 0 ORDER BY event_name, state"
+    ):
+        out.setdefault(r["event_name"], {})[r["state"]] = int(r["n"])
+    return out
+
+
+def totals(depth: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Rows per state over all event names, every state present (0 when none)."""
+    states = dict.fromkeys(STATES, 0)
+    for by_state in depth.values():
+        for state, n in by_state.items():
+            states[state] = states.get(state, 0) + n
+    return states

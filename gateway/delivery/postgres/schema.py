@@ -1,0 +1,176 @@
+"""The PostgreSQL store's schema, as numbered forward migrations (applied by `migrations`).
+
+The tables are those of the SQLite store (gateway/delivery/schema.py) at its newest, event
+assembly's columns and visitor profiles included, so one store interface fits both:
+the same columns, names and states; times stay epoch seconds in `double precision` (the
+store code passes `time.time()` floats both ways); JSON columns are `jsonb`, sealed clear
+fields `bytea`. They live in the schema `capigw` (the pool's search_path), apart from any
+application tables in the same database.
+
+What PostgreSQL adds:
+- partial indexes for the hot paths: claims (`FOR UPDATE SKIP LOCKED` over due pending
+  rows in `next_attempt_at, id` order), expired leases, retention purges in batches;
+- the merge key (pixel_id, event_name, event_id) is a unique constraint, the target of
+  `INSERT ... ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE`;
+- `queue_counts`: rows per (event_name, state), kept by statement-level triggers in the
+  writing transaction, so queue depth is a read of a few dozen rows rather than COUNT(*)
+  over millions. Each backend adds to its own shard (`pg_backend_pid() % 16`), so replicas
+  writing at once do not queue behind one counter row; readers sum the shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Every state a row can be in; the same as the SQLite store's.
+STATES = ("pending", "inflight", "sent", "sent-dry", "blocked", "dead")
+COUNTER_SHARDS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One forward step: its number, what it does, and its SQL (run in one transaction)."""
+
+    version: int
+    description: str
+    sql: str
+
+
+_V1 = f"""
+CREATE TABLE events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pixel_id text NOT NULL,
+    event_name text NOT NULL,
+    event_id text NOT NULL,
+    event_time bigint NOT NULL,
+    source text NOT NULL,
+    rule text,
+    test_event_code text,
+    payload jsonb NOT NULL,
+    sealed bytea,
+    state text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ({", ".join(f"'{s}'" for s in STATES)})),
+    lease_owner text,
+    lease_expires double precision,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision NOT NULL,
+    last_error text,
+    fbtrace_id text,
+    created_at double precision NOT NULL,
+    sent_at double precision,
+    match_keys text,
+    twin boolean NOT NULL DEFAULT false,
+    -- event assembly: the copies' source labels, where each contested field came from,
+    -- the match keys of the first copy, and copies that arrived after the send
+    sources jsonb,
+    ranks jsonb,
+    received_keys text,
+    late jsonb,
+    CONSTRAINT events_key UNIQUE (pixel_id, event_name, event_id)
+) WITH (
+    -- A queue turns its rows over fast: vacuum after 2% of them changed, not the default 20%
+    -- (which over millions of delivered rows lets dead tuples pile up for hours).
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02
+);
+-- Claims: due pending rows, oldest due first (the hold before the first send is
+-- next_attempt_at, so holding costs no poll per event).
+CREATE INDEX events_due ON events (next_attempt_at, id) WHERE state = 'pending';
+-- Leases of dead replicas come back when they expire.
+CREATE INDEX events_leases ON events (lease_expires) WHERE state = 'inflight';
+-- Retention: delivered and dead rows leave in batches, oldest first.
+CREATE INDEX events_done ON events (sent_at) WHERE state IN ('sent', 'sent-dry', 'dead');
+-- The dashboard's last-hour / last-24-hours windows.
+CREATE INDEX events_created ON events (created_at);
+-- The oldest undelivered event's age, without walking delivered rows.
+CREATE INDEX events_open ON events (created_at) WHERE state IN ('pending', 'inflight');
+-- A blocked pixel's parked rows (release, requeue).
+CREATE INDEX events_blocked ON events (pixel_id) WHERE state = 'blocked';
+
+CREATE TABLE blocked_pixels (
+    pixel_id text PRIMARY KEY,
+    token_fingerprint text NOT NULL,
+    reason text NOT NULL,
+    fbtrace_id text,
+    since double precision NOT NULL
+);
+
+-- Visitor context under a keyed hash of an order id, lead id, ... (gateway/delivery/stitch.py)
+CREATE TABLE stitches (
+    key_hash text PRIMARY KEY,
+    kind text NOT NULL,
+    sealed bytea NOT NULL,
+    event_id text,
+    event_name text,
+    seen_at double precision NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE INDEX stitches_expires ON stitches (expires_at);
+
+-- Visitor profiles: hashed identifiers under a keyed hash of the visitor's first-party id
+CREATE TABLE profiles (
+    key_hash text PRIMARY KEY,
+    ids jsonb NOT NULL,
+    updated_at double precision NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE INDEX profiles_expires ON profiles (expires_at);
+CREATE INDEX profiles_updated ON profiles (updated_at);
+
+CREATE TABLE queue_counts (
+    event_name text NOT NULL,
+    state text NOT NULL,
+    shard smallint NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (event_name, state, shard)
+);
+
+CREATE FUNCTION queue_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Rows are upserted in key order so two writers sharing a shard lock them in the
+    -- same order (a deadlock would cost a retry, not a count).
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO queue_counts AS q (event_name, state, shard, n)
+        SELECT event_name, state, pg_backend_pid() % {COUNTER_SHARDS}, count(*)
+        FROM new_rows GROUP BY event_name, state ORDER BY event_name, state
+        ON CONFLICT (event_name, state, shard) DO UPDATE SET n = q.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO queue_counts AS q (event_name, state, shard, n)
+        SELECT event_name, state, pg_backend_pid() % {COUNTER_SHARDS}, -count(*)
+        FROM old_rows GROUP BY event_name, state ORDER BY event_name, state
+        ON CONFLICT (event_name, state, shard) DO UPDATE SET n = q.n + excluded.n;
+    ELSE
+        INSERT INTO queue_counts AS q (event_name, state, shard, n)
+        SELECT event_name, state, pg_backend_pid() % {COUNTER_SHARDS}, sum(d)
+        FROM (
+            SELECT event_name, state, 1 AS d FROM new_rows
+            UNION ALL
+            SELECT event_name, state, -1 AS d FROM old_rows
+        ) AS moves
+        GROUP BY event_name, state HAVING sum(d) <> 0 ORDER BY event_name, state
+        ON CONFLICT (event_name, state, shard) DO UPDATE SET n = q.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_count_insert AFTER INSERT ON events
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+CREATE TRIGGER events_count_update AFTER UPDATE ON events
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+CREATE TRIGGER events_count_delete AFTER DELETE ON events
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "outbox events (with event assembly's columns), blocked pixels, stitches, "
+        "profiles, queue counters",
+        _V1,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
