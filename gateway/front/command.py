@@ -113,7 +113,7 @@ def coverage_warnings(text: str, rules: RuleSet | None, prefix: str) -> list[str
     if flavor == "nginx":
         prefix_line = ng_quote("^[^ ]+ [^ ]* " + prefix_pattern(prefix)[1:]) + " 1;"
     else:
-        prefix_line = f'@capi_prefix path_regexp "{prefix_pattern(prefix)}"'
+        prefix_line = f'not path_regexp "{prefix_pattern(prefix)}"'
     if prefix_line not in lines:
         out.append(f"the front config does not send {prefix} to the gateway (px.js, /collect)")
     blocks = _caddy_blocks(text) if flavor == "caddy" else []
@@ -135,7 +135,7 @@ def _caddy_blocks(text: str) -> list[list[str]]:
     current: list[str] | None = None
     for raw in text.splitlines():
         line = raw.strip()
-        if line.startswith("@capi_rule_") and line.endswith("{"):
+        if line == "not {":
             current = []
         elif current is not None and line == "}":
             blocks.append(current)

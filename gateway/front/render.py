@@ -189,7 +189,8 @@ def nginx(front: Front) -> str:
         f"{_TAB * 2}proxy_set_header Host {host};",
         f"{_TAB * 2}proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
         f"{_TAB * 2}proxy_set_header X-Forwarded-Proto $scheme;",
-        f"{_TAB * 2}proxy_set_header X-Forwarded-Host $host;",
+        # As the visitor sent it, port included: /collect compares it with Origin.
+        f"{_TAB * 2}proxy_set_header X-Forwarded-Host $http_host;",
         f"{_TAB * 2}proxy_set_header X-Request-ID $request_id;",
         f"{_TAB * 2}proxy_set_header Upgrade $http_upgrade;",
         f"{_TAB * 2}proxy_set_header Connection $capi_connection_upgrade;",
@@ -223,42 +224,41 @@ def _cq(pattern: str) -> str:
 
 
 def caddy(front: Front) -> str:
-    """The Caddyfile: named matchers set {vars.capi}; two reverse_proxy directives."""
+    """The Caddyfile: one matcher for what may skip the gateway; two reverse_proxy directives."""
     out = _header(front, "caddy")
-    address = front.listen
     tab = "\t"
     dests = "|".join(DOCUMENT_DESTS)
+    # CEL string literal: the regex's backslashes doubled; it has no quote or brace.
+    odd = ODD_PATH.replace("\\", "\\\\")
     out += [
+        "# Caddy sets X-Forwarded-For/-Proto/-Host itself.",
         "",
-        f"{address} {{",
-        f"{tab}@capi_prefix path_regexp {_cq(prefix_pattern(front.prefix))}",
-        f"{tab}@capi_document header_regexp Sec-Fetch-Dest {_cq('^(?:' + dests + ')$')}",
-        f"{tab}@capi_navigation {{",
-        f"{tab * 2}not header Sec-Fetch-Dest *",
-        f"{tab * 2}header_regexp Accept text/html",
-        f"{tab}}}",
-        f"{tab}# Paths Caddy would match decoded or normalized while rules see them as sent.",
-        f"{tab}@capi_odd_path vars_regexp {{http.request.uri}} {_cq(ODD_PATH)}",
+        f"{front.listen} {{",
+        f"{tab}# Requests that need nothing from the gateway: none of the cases below.",
+        f"{tab}@capi_skip {{",
+        f"{tab * 2}not path_regexp {_cq(prefix_pattern(front.prefix))}",
+        f"{tab * 2}# Document navigations; Accept: text/html only counts without Sec-Fetch-Dest.",
+        f"{tab * 2}not header_regexp Sec-Fetch-Dest {_cq('^(?:' + dests + ')$')}",
+        f"{tab * 2}not {{",
+        f"{tab * 3}not header Sec-Fetch-Dest *",
+        f"{tab * 3}header_regexp Accept text/html",
+        f"{tab * 2}}}",
+        f"{tab * 2}# Paths Caddy would match decoded or normalized while rules see them as sent.",
+        f'{tab * 2}not expression `{{http.request.uri}}.matches("{odd}")`',
     ]
-    names = ["capi_prefix", "capi_document", "capi_navigation", "capi_odd_path"]
-    for i, route in enumerate(front.routes):
-        name = f"capi_rule_{i}"
-        names.append(name)
-        out += [f"{tab}# {describe(route)}", f"{tab}@{name} {{"]
-        out += [f"{tab * 2}{line}" for line in caddy_rule_matchers(route)]
-        out.append(f"{tab}}}")
-    out.append("")
-    out += [f"{tab}vars @{name} capi gateway" for name in names]
-    site_host = "{host}" if front.preserve_host else front.site.authority
+    for route in front.routes:
+        out += [f"{tab * 2}# {describe(route)}", f"{tab * 2}not {{"]
+        out += [f"{tab * 3}{line}" for line in caddy_rule_matchers(route)]
+        out.append(f"{tab * 2}}}")
+    out.append(f"{tab}}}")
+    out.append(f"{tab}reverse_proxy @capi_skip {front.site.scheme}://{front.site.authority}")
+    if not front.preserve_host:
+        out[-1] += f" {{\n{tab * 2}header_up Host {{upstream_hostport}}\n{tab}}}"
     out += [
-        f"{tab}@capi vars {{vars.capi}} gateway",
-        f"{tab}reverse_proxy @capi {front.gateway.scheme}://{front.gateway.authority} {{",
+        f"{tab}reverse_proxy {front.gateway.scheme}://{front.gateway.authority} {{",
         f"{tab * 2}header_up X-Request-ID {{http.request.uuid}}",
         f"{tab * 2}# Pages stream through the gateway; do not hold them back here.",
         f"{tab * 2}flush_interval -1",
-        f"{tab}}}",
-        f"{tab}reverse_proxy {front.site.scheme}://{front.site.authority} {{",
-        f"{tab * 2}header_up Host {site_host}",
         f"{tab}}}",
         "}",
         "",
@@ -267,13 +267,14 @@ def caddy(front: Front) -> str:
 
 
 def caddy_rule_matchers(route: Route) -> list[str]:
-    """The matcher lines of one route's named matcher (all must hold)."""
+    """The matcher lines of one route (all must hold)."""
     lines = []
     if route.methods:
         lines.append("method " + " ".join(route.methods))
     host = host_pattern(route).text
     if host is not None:
-        lines.append(f"vars_regexp {{http.request.host}} {_cq('^' + host + '$')}")
+        # Caddy keeps the Host as sent; the gateway compares it lowercased.
+        lines.append(f"header_regexp Host {_cq('(?i)^' + host + '$')}")
     path = path_pattern(route).text
     lines.append(f"path_regexp {_cq('^' + (path or ''))}")
     return lines
