@@ -137,29 +137,14 @@ def nginx(front: Front) -> str:
     for route in front.routes:
         out.append(f"{_TAB}# {describe(route)}")
         out.append(f"{_TAB}{ng_quote(nginx_rule_regex(route))} 1;")
-    gateway = f"{front.gateway.scheme}://capi_gateway"
-    site = f"{front.site.scheme}://capi_site"
     out += [
         "}",
         "",
-        'map "$capi_document$capi_odd_path$capi_rule" $capi_backend {',
-        f"{_TAB}default {gateway};",
-        f"{_TAB}000 {site};",
+        'map "$capi_document$capi_odd_path$capi_rule" $capi_to_gateway {',
+        f"{_TAB}default 1;",
+        f"{_TAB}000 0;",
         "}",
         "",
-    ]
-    host = "$host"
-    if not front.preserve_host:
-        # preserve_host = false: the gateway sends the site its own host; so does nginx.
-        out += [
-            "map $capi_backend $capi_host {",
-            f"{_TAB}default {front.site.authority};",
-            f"{_TAB}{gateway} $host;",
-            "}",
-            "",
-        ]
-        host = "$capi_host"
-    out += [
         "upstream capi_gateway {",
         f"{_TAB}server {front.gateway.authority};",
         f"{_TAB}keepalive 64;",
@@ -179,12 +164,44 @@ def nginx(front: Front) -> str:
             f"{_TAB}ssl_certificate     /etc/ssl/example/fullchain.pem;  # your certificate",
             f"{_TAB}ssl_certificate_key /etc/ssl/example/privkey.pem;",
         ]
+    # preserve_host = false: the gateway sends the site its own host; so does nginx.
+    site_host = "$host" if front.preserve_host else front.site.authority
     out += [
         f"{_TAB}# The gateway enforces its own limits (max_upload_mb, max_body_bytes).",
         f"{_TAB}client_max_body_size 0;",
+        f"{_TAB}# What the gateway needs is handed to @capi_gateway (418 never reaches anyone).",
+        f"{_TAB}error_page 418 = @capi_gateway;",
         "",
         f"{_TAB}location / {{",
-        f"{_TAB * 2}proxy_pass $capi_backend;",
+        f"{_TAB * 2}if ($capi_to_gateway) {{",
+        f"{_TAB * 3}return 418;",
+        f"{_TAB * 2}}}",
+        f"{_TAB * 2}# Straight to the site, with nginx's usual buffering.",
+        f"{_TAB * 2}proxy_pass {front.site.scheme}://capi_site;",
+        *_nginx_proxy_headers(site_host),
+    ]
+    if front.site.scheme == "https":
+        out.append(f"{_TAB * 2}proxy_ssl_server_name on;")
+    out += [
+        f"{_TAB}}}",
+        "",
+        f"{_TAB}location @capi_gateway {{",
+        f"{_TAB * 2}proxy_pass {front.gateway.scheme}://capi_gateway;",
+        *_nginx_proxy_headers("$host"),
+        f"{_TAB * 2}# Pages stream through the gateway; do not hold them back here.",
+        f"{_TAB * 2}proxy_buffering off;",
+        f"{_TAB * 2}proxy_request_buffering off;",
+        f"{_TAB * 2}# Longer than the gateway's upstream_read_timeout (60 s): its 504 answers.",
+        f"{_TAB * 2}proxy_read_timeout 65s;",
+        f"{_TAB}}}",
+        "}",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _nginx_proxy_headers(host: str) -> list[str]:
+    return [
         f"{_TAB * 2}proxy_http_version 1.1;",
         f"{_TAB * 2}proxy_set_header Host {host};",
         f"{_TAB * 2}proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
@@ -194,16 +211,7 @@ def nginx(front: Front) -> str:
         f"{_TAB * 2}proxy_set_header X-Request-ID $request_id;",
         f"{_TAB * 2}proxy_set_header Upgrade $http_upgrade;",
         f"{_TAB * 2}proxy_set_header Connection $capi_connection_upgrade;",
-        f"{_TAB * 2}# Pages stream through the gateway; do not hold them back here.",
-        f"{_TAB * 2}proxy_buffering off;",
-        f"{_TAB * 2}proxy_request_buffering off;",
-        f"{_TAB * 2}# Longer than the gateway's upstream_read_timeout (60 s): its 504 answers.",
-        f"{_TAB * 2}proxy_read_timeout 65s;",
     ]
-    if front.site.scheme == "https":
-        out.append(f"{_TAB * 2}proxy_ssl_server_name on;")
-    out += [f"{_TAB}}}", "}", ""]
-    return "\n".join(out)
 
 
 def nginx_rule_regex(route: Route) -> str:
