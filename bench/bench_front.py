@@ -33,8 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_proxy import (  # noqa: E402 - after the path set-up
-    HOST,
+from bench_proxy import (
     UA,
     Procs,
     cpu_seconds,
@@ -44,12 +43,11 @@ from bench_proxy import (  # noqa: E402 - after the path set-up
     js_file,
     nginx_conf,
     processes,
-    spawn,
     start_bench_gateway,
     wait_listening,
 )
 
-from tests.fakes.processes import ROOT, free_port, run_cli  # noqa: E402
+from tests.fakes.processes import HOST, ROOT, free_port, run_cli, spawn
 
 TARGET = 0.8  # nginx + gateway page views/s >= 0.8 x nginx alone
 DOCUMENT = "/products/merino-crew.html"
