@@ -1,13 +1,14 @@
 """Site-wide benchmark: whole page views through nginx alone, nginx + gateway, the gateway alone.
 
-    python bench/bench_front.py [--seconds 10] [--concurrency 32] [--threads 2]
+    python bench/bench_front.py [--seconds 5] [--rounds 3] [--concurrency 32] [--threads 2]
                                 [--assets 40] [--workers 1] [--json PATH]
 
 A page view is one tagged HTML document (20 KB, `Sec-Fetch-Dest: document`, a browser's
 User-Agent: the gateway tags it, issues `_fbp` and stores a PageView, as shipped) and
 `--assets` assets (JS 20 KB, CSS 2 KB, images 8 KB, with the `Sec-Fetch-Dest` a browser
 sends). wrk (a Lua script cycling through the page's requests on each connection, closed
-loop, `--concurrency` connections for `--seconds`) loads each setup in turn, all on
+loop, `--concurrency` connections for `--seconds`) loads each setup in turn, `--rounds`
+times interleaved (the median is shown), all on
 127.0.0.1, nginx and the gateway as subprocesses of this script:
 
 - nginx alone: a plain reverse proxy to the origin (itself a static nginx server block);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +67,8 @@ class Result:
     errors: int = 0
     gateway_cpu: float = 0.0  # CPU seconds of the gateway per wall second
     nginx_cpu: float = 0.0
+    low: float = 0.0  # page views/s, worst and best round
+    high: float = 0.0
 
 
 def write_site(root: Path, assets: int) -> list[tuple[str, str]]:
@@ -192,26 +196,50 @@ def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> lis
             ("nginx + gateway (front-config)", f"http://{HOST}:{front}", gw.proc),
             ("gateway alone", gw.url, gw.proc),
         ]
-        return [
-            measure(name, url, wrk, script, args, procs, gproc, ng, per_view)
-            for name, url, gproc in setups
-        ]
+        # Rounds interleave the setups, so a load spike from elsewhere on the machine hits
+        # them alike; each figure is the median over the rounds.
+        runs: dict[str, list[Result]] = {name: [] for name, _, _ in setups}
+        for _ in range(args.rounds):
+            for name, url, gproc in setups:
+                runs[name].append(measure(name, url, wrk, script, args, procs, gproc, ng, per_view))
+        return [_median(name, found) for name, found in runs.items()]
+
+
+def _median(name: str, found: list[Result]) -> Result:
+    def mid(values: list[float]) -> float:
+        return statistics.median(values)
+
+    views = [r.page_views for r in found]
+    return Result(
+        setup=name,
+        page_views=mid(views),
+        rps=mid([r.rps for r in found]),
+        p50=mid([r.p50 for r in found]),
+        p99=mid([r.p99 for r in found]),
+        errors=sum(r.errors for r in found),
+        gateway_cpu=mid([r.gateway_cpu for r in found]),
+        nginx_cpu=mid([r.nginx_cpu for r in found]),
+        low=min(views),
+        high=max(views),
+    )
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     base = results[0].page_views or float("nan")
     print(
         f"\nSite-wide: 1 tagged document + {args.assets} assets per page view; wrk "
-        f"-c{args.concurrency} -t{args.threads} {args.seconds}s; gateway --workers "
+        f"-c{args.concurrency} -t{args.threads} {args.seconds}s, median of {args.rounds} "
+        f"interleaved rounds; gateway --workers "
         f"{args.workers}; nginx worker_processes {args.nginx_workers}\n"
     )
     head = f"{'setup':<32}{'page views/s':>14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-    head += f"{'errors':>8}{'gw CPU':>8}{'nginx CPU':>10}{'vs nginx':>10}"
+    head += f"{'errors':>8}{'gw CPU':>8}{'nginx CPU':>10}{'vs nginx':>10}  rounds (views/s)"
     print(head)
     for r in results:
         print(
             f"{r.setup:<32}{r.page_views:>14,.0f}{r.rps:>10,.0f}{r.p50:>9.2f}{r.p99:>9.2f}"
             f"{r.errors:>8}{r.gateway_cpu:>8.0%}{r.nginx_cpu:>10.0%}{r.page_views / base:>9.2f}x"
+            f"  {r.low:,.0f}-{r.high:,.0f}"
         )
     front = results[1].page_views / base
     verdict = "met" if front >= TARGET else "NOT met"
@@ -220,7 +248,8 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--concurrency", type=int, default=32, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--assets", type=int, default=40, help="assets per page view")
@@ -231,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (1 <= args.seconds <= 600 and 1 <= args.concurrency <= 1000 and args.assets >= 0):
         parser.error("--seconds 1..600, --concurrency 1..1000, --assets >= 0")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds 1..20")
     nginx, wrk = ensure_tools()
     with tempfile.TemporaryDirectory(prefix="bench-front-") as tmp:
         work = args.workdir or Path(tmp)
