@@ -123,7 +123,12 @@ def prefix_pattern(prefix: str) -> str:
 def describe(route: Route) -> str:
     """One comment line for the config: the rule and what the front tests more loosely."""
     methods = "|".join(route.methods) if route.methods else "any method"
-    loose = f"; front skips {', '.join(route.widened)}" if route.widened else ""
+    widened = list(route.widened)
+    if not host_pattern(route).exact:
+        widened.append("host (widened)")
+    if not path_pattern(route).exact:
+        widened.append("path (widened)")
+    loose = f"; front is looser on {', '.join(widened)}" if widened else ""
     return comment_safe(f"{route.label}: {methods}{loose}")
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from gateway.front.command import coverage_warnings
 from gateway.front.portable import Untranslatable, translate
 from gateway.front.render import Backend, Front, FrontError, caddy, nginx, nginx_rule_regex
-from gateway.front.routes import ODD_PATH, rule_routes
+from gateway.front.routes import ODD_PATH, page_rules, rule_routes
 from gateway.pipeline.rules import RequestFacts, RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,16 @@ def test_a_translation_matches_at_least_what_python_matches(pattern: str, path: 
         assert re.search(found.pattern, path), (pattern, found.pattern, path)
     elif found.exact:
         assert not re.search(found.pattern, path), (pattern, found.pattern, path)
+
+
+def test_the_config_says_which_rules_it_routes_more_loosely(tmp_path: Path) -> None:
+    ruleset = _rules(
+        tmp_path, RULES_TOML + '[[rule]]\nname = "lb"\nevent = "Lead"\npath_regex = "(?<=/a)/b"\n'
+    )
+    text = nginx(_front(ruleset))
+    assert "rule 'lb' (" in text and "looser on path (widened)" in text
+    assert "rule 'both' (" in text and "looser on path_regex" in text
+    assert "rule 'tap' (" in text and "no route needed" in text
 
 
 def test_what_no_engine_takes_is_widened_and_says_so() -> None:
@@ -137,6 +147,7 @@ def _front(ruleset: RuleSet, **more: object) -> Front:
         "server_name": "_",
         "preserve_host": True,
         "origin": "test rules",
+        "page_rules": tuple(f"rule {r.name!r} ({r.file})" for r in page_rules(ruleset)),
     }
     options.update(more)
     return Front(**options)  # type: ignore[arg-type]
