@@ -229,3 +229,22 @@ def test_coverage_names_the_rules_a_config_misses(
     [warning] = coverage_warnings(text, newer, "/_capi")
     assert "rule 'cart'" in warning and "front-config" in warning
     assert "does not send /shop-capi" in coverage_warnings(text, old, "/shop-capi")[0]
+
+
+def test_the_command_prints_a_config_or_names_what_is_missing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import main
+
+    for name in ("CAPIGW_UPSTREAM", "CAPIGW_CONFIG", "CAPIGW_RULES"):
+        monkeypatch.delenv(name, raising=False)
+    rules = str(ROOT / "rules")
+    assert main(["front-config", "nginx", "--rules", rules]) == 2
+    assert "upstream: no site to send assets to; pass --upstream URL" in capsys.readouterr().err
+    bad = ["--upstream", "http://127.0.0.1:3000", "--gateway", "127.0.0.1:8080"]
+    assert main(["front-config", "caddy", "--rules", rules, *bad]) == 2
+    assert "--gateway: '127.0.0.1:8080' is not a URL" in capsys.readouterr().err
+    assert main(["front-config", "nginx", "--rules", rules, *bad[:2]]) == 0
+    text = capsys.readouterr().out
+    assert "server 127.0.0.1:8080;" in text and "server 127.0.0.1:3000;" in text
+    assert "rule 'purchase' (" in text and "listen 80;" in text
