@@ -67,6 +67,7 @@ class Result:
     errors: int = 0
     gateway_cpu: float = 0.0  # CPU seconds of the gateway per wall second
     nginx_cpu: float = 0.0
+    cpu_per_view: float = 0.0  # µs of nginx + gateway CPU per page view
     low: float = 0.0  # page views/s, worst and best round
     high: float = 0.0
 
@@ -148,7 +149,7 @@ def measure(
     gw0, ng0, t0 = cpu_seconds(gw_family), cpu_seconds(ng_family), time.monotonic()
     rps, p50, p99, errors = run_wrk(wrk, url, script, args)
     wall = time.monotonic() - t0
-    return Result(
+    res = Result(
         setup=name,
         page_views=rps / per_view,
         rps=rps,
@@ -158,6 +159,8 @@ def measure(
         gateway_cpu=(cpu_seconds(gw_family) - gw0) / wall if gateway is not None else 0.0,
         nginx_cpu=(cpu_seconds(ng_family) - ng0) / wall,
     )
+    res.cpu_per_view = (res.gateway_cpu + res.nginx_cpu) / max(res.page_views, 1e-9) * 1e6
+    return res
 
 
 def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> list[Result]:
@@ -219,6 +222,7 @@ def _median(name: str, found: list[Result]) -> Result:
         errors=sum(r.errors for r in found),
         gateway_cpu=mid([r.gateway_cpu for r in found]),
         nginx_cpu=mid([r.nginx_cpu for r in found]),
+        cpu_per_view=mid([r.cpu_per_view for r in found]),
         low=min(views),
         high=max(views),
     )
@@ -233,12 +237,14 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         f"{args.workers}; nginx worker_processes {args.nginx_workers}\n"
     )
     head = f"{'setup':<32}{'page views/s':>14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-    head += f"{'errors':>8}{'gw CPU':>8}{'nginx CPU':>10}{'vs nginx':>10}  rounds (views/s)"
+    head += f"{'errors':>8}{'gw CPU':>8}{'nginx CPU':>10}{'CPU us/pv':>11}{'vs nginx':>10}"
+    head += "  rounds (views/s)"
     print(head)
     for r in results:
         print(
             f"{r.setup:<32}{r.page_views:>14,.0f}{r.rps:>10,.0f}{r.p50:>9.2f}{r.p99:>9.2f}"
-            f"{r.errors:>8}{r.gateway_cpu:>8.0%}{r.nginx_cpu:>10.0%}{r.page_views / base:>9.2f}x"
+            f"{r.errors:>8}{r.gateway_cpu:>8.0%}{r.nginx_cpu:>10.0%}{r.cpu_per_view:>11,.0f}"
+            f"{r.page_views / base:>9.2f}x"
             f"  {r.low:,.0f}-{r.high:,.0f}"
         )
     front = results[1].page_views / base
