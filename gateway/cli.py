@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flags(serve)
     check = sub.add_parser("check", help="validate the configuration and exit")
     _config_flags(check)
+    check.add_argument("--front-config", type=Path, help="warn about rules this file misses")
     doctor = sub.add_parser(
         "doctor",
         help="check config, rules, buffer, token and clock; exit 0 ok, 1 problems, 3 offline",
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commands.rules import add_parser as add_rules_parser
 
     add_rules_parser(sub, _config_flags)
+    from gateway.front.command import add_parser as add_front_parser
+
+    add_front_parser(sub)
     demo = sub.add_parser(
         "demo", help="run an example shop with the gateway in front of it (dry run, offline)"
     )
@@ -175,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.commands.check import run_check
 
             return run_check(args, settings_from_args)
+        if args.command == "front-config":
+            from gateway.front.command import run_front_config
+
+            return run_front_config(args)
         settings = settings_from_args(args)
         if args.command == "doctor":
             from gateway.commands.doctor import run_doctor

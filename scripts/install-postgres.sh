@@ -40,6 +40,12 @@ else
         echo "    apt-get update && apt-get install -y postgresql" >&2
         exit 1
     fi
+    # The package would start Debian's own cluster: the tests start theirs, so refuse it.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        "${SUDO[@]}" sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+        trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+    fi
     export DEBIAN_FRONTEND=noninteractive
     "${SUDO[@]}" apt-get update
     "${SUDO[@]}" apt-get install -y --no-install-recommends postgresql

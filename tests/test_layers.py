@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("delivery", ("gateway.delivery.",)),
     # appkeys types the app state that the edge's handlers read.
     ("edge", ("gateway.edge.", "gateway.appkeys")),
-    ("operator side", ("gateway.ops.", "gateway.admin.", "gateway.commands.")),
+    ("operator side", ("gateway.ops.", "gateway.admin.", "gateway.commands.", "gateway.front.")),
     (
         "app",
         (

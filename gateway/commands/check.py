@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.front.command import check_front_config
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings
@@ -36,8 +37,16 @@ def run_check(args: argparse.Namespace, load: Callable[[argparse.Namespace], Set
     if settings is not None:
         rules_dir = settings.rules
         problems += _check_settings(settings, rules_only=_rules_only(args, settings))
+    rules: RuleSet | None = None
     if rules_dir is not None:
-        problems += _check_rules(rules_dir)
+        found, rules = _check_rules(rules_dir)
+        problems += found
+    if getattr(args, "front_config", None) is not None and settings is not None:
+        try:
+            for warning in check_front_config(args.front_config, rules, settings):
+                print(f"warning: {warning}")
+        except ConfigError as exc:
+            problems.append(f"config error: {exc}")
     for problem in problems:
         print(f"capi-gateway: {problem}", file=sys.stderr)
     if len(problems) > 1:
@@ -93,12 +102,13 @@ def _check_settings(settings: Settings, *, rules_only: bool) -> list[str]:
     return []
 
 
-def _check_rules(directory: Path) -> list[str]:
+def _check_rules(directory: Path) -> tuple[list[str], RuleSet | None]:
+    """The rule files' problems, and the rules as loaded (None when they could not be)."""
     found: list[str] = []
     try:
         rules = load_rules(directory, found)
     except RuleError as exc:
-        return [f"rule error: {exc}"]
+        return [f"rule error: {exc}"], None
     if not rules.files:
         # An empty directory (or one of `shop.tml`s) would fire nothing: that is no pass.
         found += [n for n in rules.notes if n.startswith("rules: no rule file")]
@@ -109,7 +119,7 @@ def _check_rules(directory: Path) -> list[str]:
         )
     for warning in _warnings(rules, found):
         print(f"warning: {warning}")
-    return [f"rule error: {p}" for p in found]
+    return [f"rule error: {p}" for p in found], rules
 
 
 def _warnings(rules: RuleSet, problems: list[str]) -> list[str]:

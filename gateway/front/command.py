@@ -1,0 +1,154 @@
+"""`capi-gateway front-config nginx|caddy` and the coverage check of `check --front-config`.
+
+The config is generated from the loaded rules; the check reads a generated file back and
+names every loaded rule whose route is not in it (the file predates the rule), so a new
+rule is not silently starved of the requests it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Sources, load_settings
+from gateway.front.render import (
+    Backend,
+    Front,
+    FrontError,
+    caddy,
+    caddy_rule_matchers,
+    ng_quote,
+    nginx,
+    nginx_rule_regex,
+)
+from gateway.front.routes import page_rules, prefix_pattern, rule_routes
+from gateway.pipeline.rules import RuleSet, load_rules
+from gateway.settings import ConfigError, Settings, split_host_port
+
+FLAVORS = {"nginx": nginx, "caddy": caddy}
+_DEFAULT_LISTEN = {"nginx": "80", "caddy": ":80"}
+
+
+def add_parser(sub: Any) -> None:
+    """The `front-config` subcommand."""
+    cmd = sub.add_parser(
+        "front-config",
+        help="print an nginx or Caddy config that sends only what the gateway needs through it",
+    )
+    cmd.add_argument("flavor", choices=sorted(FLAVORS), help="which front proxy")
+    cmd.add_argument("--config", type=Path, help="TOML config file (overrides env)")
+    cmd.add_argument("--rules", type=Path, help="directory of rule files")
+    cmd.add_argument("--prefix", help="path prefix of the gateway's endpoints")
+    cmd.add_argument(
+        "--gateway", help="the gateway as the front reaches it (default: http://<listen setting>)"
+    )
+    cmd.add_argument("--upstream", help="the site (default: the upstream setting)")
+    cmd.add_argument(
+        "--listen",
+        help="nginx: the `listen` parameters (default 80, e.g. '443 ssl'); "
+        "Caddy: the site address (default :80, e.g. shop.example)",
+    )
+    cmd.add_argument("--server-name", default="_", help="nginx server_name (default _)")
+
+
+def run_front_config(args: argparse.Namespace) -> int:
+    """Print the config; 2 with a message when an address cannot be used."""
+    flags = {"rules": args.rules, "prefix": args.prefix, "upstream": args.upstream}
+    settings = load_settings(Sources(config_file=args.config, flags=flags))
+    try:
+        front = build_front(
+            settings,
+            gateway=args.gateway,
+            listen=args.listen or _DEFAULT_LISTEN[args.flavor],
+            server_name=args.server_name,
+        )
+    except FrontError as exc:
+        raise ConfigError(str(exc)) from None
+    print(FLAVORS[args.flavor](front), end="")
+    return 0
+
+
+def build_front(
+    settings: Settings, *, gateway: str | None, listen: str, server_name: str = "_"
+) -> Front:
+    """What a config is generated from: the settings' rules, prefix, upstream and listen."""
+    if settings.upstream is None:
+        raise FrontError("upstream: no site to send assets to; pass --upstream URL or set upstream")
+    rules = load_rules(settings.rules) if settings.rules is not None else RuleSet()
+    origin = (
+        f"{len(rules.rules)} rule(s) in {settings.rules}"
+        if settings.rules is not None
+        else "no rule files (the rules setting is empty)"
+    )
+    return Front(
+        gateway=Backend.parse(gateway or _listen_url(settings.listen), "--gateway"),
+        site=Backend.parse(settings.upstream, "upstream"),
+        prefix=settings.prefix,
+        routes=tuple(rule_routes(rules)),
+        listen=listen,
+        server_name=server_name,
+        preserve_host=settings.preserve_host,
+        origin=origin,
+        page_rules=tuple(f"rule {r.name!r} ({r.file})" for r in page_rules(rules)),
+    )
+
+
+def _listen_url(listen: str) -> str:
+    host, port = split_host_port(listen)
+    if host in ("0.0.0.0", ""):  # noqa: S104 - listening on all: reach it on loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def coverage_warnings(text: str, rules: RuleSet | None, prefix: str) -> list[str]:
+    """What a generated config (nginx or Caddy) misses of the loaded rules and the prefix."""
+    flavor = "caddy" if "reverse_proxy" in text else "nginx"
+    lines = {line.strip() for line in text.splitlines()}
+    out: list[str] = []
+    if flavor == "nginx":
+        prefix_line = ng_quote("^[^ ]+ [^ ]* " + prefix_pattern(prefix)[1:]) + " 1;"
+    else:
+        prefix_line = f'not path_regexp "{prefix_pattern(prefix)}"'
+    if prefix_line not in lines:
+        out.append(f"the front config does not send {prefix} to the gateway (px.js, /collect)")
+    blocks = _caddy_blocks(text) if flavor == "caddy" else []
+    for route in rule_routes(rules) if rules is not None else []:
+        if flavor == "nginx":
+            covered = ng_quote(nginx_rule_regex(route)) + " 1;" in lines
+        else:
+            covered = caddy_rule_matchers(route) in blocks
+        if not covered:
+            out.append(
+                f"{route.label} is not covered by the front config: its requests would "
+                f"bypass the gateway; regenerate it with `capi-gateway front-config {flavor}`"
+            )
+    return out
+
+
+def _caddy_blocks(text: str) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line == "not {":
+            current = []
+        elif current is not None and line == "}":
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def check_front_config(path: Path, rules: RuleSet | None, settings: Settings) -> list[str]:
+    """`check --front-config FILE`: the coverage warnings, or a ConfigError if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--front-config: cannot read {path} ({exc})") from None
+    return coverage_warnings(text, rules, settings.prefix)
