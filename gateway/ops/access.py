@@ -25,7 +25,9 @@ def bearer_matches(header: str | None, token: str) -> bool:
     """True when `header` is `Bearer <token>` (compared in constant time)."""
     if not header or not header.startswith("Bearer "):
         return False
-    given = header[len("Bearer ") :].strip().encode()
+    # Header bytes that are not UTF-8 arrive as surrogates: they match no key, and must
+    # not make encoding fail (a 500).
+    given = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
     return hmac.compare_digest(given, token.encode())
 
 

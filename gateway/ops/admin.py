@@ -26,6 +26,7 @@ from gateway import __version__
 from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.seal import load_key
+from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
 from gateway.errors import json_error
 from gateway.ops import admin_page
@@ -360,8 +361,8 @@ def _wants_html(request: web.Request) -> bool:
 async def _form(request: web.Request) -> dict[str, list[str]] | web.Response:
     if request.content_length is not None and request.content_length > _FORM_LIMIT:
         return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
-    raw = await request.content.read(_FORM_LIMIT + 1)
-    if len(raw) > _FORM_LIMIT:
+    raw = await read_whole(request.content, _FORM_LIMIT)
+    if raw is None:
         return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
     if raw and request.content_type != "application/x-www-form-urlencoded":
         return json_error(415, "unsupported form", "send application/x-www-form-urlencoded")
