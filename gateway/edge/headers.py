@@ -123,6 +123,29 @@ def prepare_rewritten(headers: CIMultiDict[str]) -> None:
         headers.add("ETag", etag if etag.startswith("W/") else f"W/{etag}")
 
 
+# Directives that let a shared cache (a CDN) store the response, and headers that speak to
+# CDNs alone (RFC 9213 and its vendor cousins).
+_SHARED_ONLY = ("public", "s-maxage", "proxy-revalidate")
+_CDN_CONTROLS = ("CDN-Cache-Control", "Surrogate-Control", "Cloudflare-CDN-Cache-Control")
+
+
+def keep_private(headers: CIMultiDict[str]) -> None:
+    """Cache-Control for a page personalised for one visitor (page token, Set-Cookie).
+
+    A shared cache must not hand one visitor's token and cookie to another: `private`,
+    without `public` or `s-maxage`; the browser's own cache keeps its max-age.
+    """
+    kept: list[str] = []
+    for line in headers.popall("Cache-Control", []):
+        for directive in line.split(","):
+            name = directive.split("=", 1)[0].strip().lower()
+            if name and name not in _SHARED_ONLY and name != "private":
+                kept.append(directive.strip())
+    headers["Cache-Control"] = ", ".join(["private", *kept])
+    for name in _CDN_CONTROLS:
+        headers.popall(name, None)
+
+
 def weaken_revalidated(headers: CIMultiDict[str], if_none_match: Iterable[str]) -> None:
     """A 304 for a copy we rewrote (the client sent the weak ETag we gave it) stays weak.
 

@@ -220,8 +220,11 @@ class Proxy:
             log.warning("Not tagging %s: %s", request.path, exc)
             self.pages.counters.skip("invalid")
             plan = None
-        if plan is not None:
+        if plan is not None or self._tags_head(request, upstream.status, headers, public_origin):
+            # HEAD answers the headers GET would (without the cookies of a page view).
             hdr.prepare_rewritten(headers)
+            hdr.keep_private(headers)
+        if plan is not None:
             for cookie in plan.cookies:
                 headers.add("Set-Cookie", cookie)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -233,6 +236,14 @@ class Proxy:
         finally:
             if tap is not None:
                 self._finish(tap, request)
+
+    def _tags_head(
+        self, request: web.Request, status: int, headers: CIMultiDict[str], origin: str
+    ) -> bool:
+        try:
+            return self.pages.tags_head(request, status, headers, origin=origin)
+        except ValueError:
+            return False  # a Host no parser accepts: the page is not tagged either
 
     def _begin(self, request: web.Request) -> Run | None:
         if self.conversions is None:

@@ -320,6 +320,9 @@ class Upstream:
             headers["Content-Disposition"] = 'attachment; filename="page.html"'
         if q.get("notransform"):
             headers["Cache-Control"] = "no-transform"
+        if "cache" in q:
+            headers["Cache-Control"] = q["cache"]
+            headers["CDN-Cache-Control"] = "max-age=600"
         if q.get("etag"):
             headers["ETag"] = '"page-v1"'
             # Weak comparison, as If-None-Match asks (RFC 9110 §13.1.2).
