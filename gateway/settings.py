@@ -234,8 +234,9 @@ class Settings(BaseModel):
     """Bearer token of `/status`, `/metrics` and `/admin`; without one they answer only
     peers in `admin_networks`"""
     admin_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    """CIDRs whose TCP peers may use those endpoints while no `admin_token` is set (`[]`:
-    nobody); behind a reverse proxy every peer is the proxy, so set `admin_token` there"""
+    """CIDRs of clients that may use those endpoints while no `admin_token` is set (`[]`:
+    nobody); a forwarded request counts as the client its trusted proxy names, and from an
+    untrusted peer it is refused — still, set `admin_token` behind a proxy"""
 
     # logging
     log_level: str = "info"

@@ -30,7 +30,7 @@ from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
 from gateway.errors import json_error
 from gateway.ops import admin_page
-from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
+from gateway.ops.access import admin_allowed, bearer_matches, client_address, require_admin
 from gateway.ops.admin_session import (
     COOKIE,
     SESSION_TTL,
@@ -161,7 +161,10 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         return _see_other(request, "/admin")
     if not _same_origin(request):
         return json_error(403, "forbidden", "sign in from the dashboard's own page")
-    wait = request.app[ADMIN].logins.wait(socket_peer(request) or "")
+    # Keyed on the client the trusted proxies name (behind nginx every socket peer is the
+    # same), and only wrong tokens count: nobody else's guesses lock an operator out.
+    client = client_address(request) or ""
+    wait = request.app[ADMIN].logins.due(client)
     if wait > 0:
         response = _login_page(request, "Too many attempts: wait a little and try again.", 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
@@ -171,6 +174,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         return form
     given = (form.get("token") or [""])[0].strip()
     if not bearer_matches(f"Bearer {given}", settings.admin_token):
+        request.app[ADMIN].logins.wait(client)
         log.warning("Dashboard sign-in refused: wrong admin token.")
         return _login_page(request, "That is not the admin token.", 403)
     value, _ = issue(_key(request), now=int(time.time()))
