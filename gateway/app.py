@@ -32,8 +32,10 @@ from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
 from gateway.edge.collect import post_collect
+from gateway.edge.connlimit import LimitedSite
 from gateway.edge.conversions import Conversions
 from gateway.edge.events_api import post_events
+from gateway.edge.identity import parse_networks
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
@@ -235,7 +237,15 @@ async def serve(
     )
     await runner.setup()
     host, port = split_host_port(settings.listen)
-    site = web.TCPSite(runner, host, port, reuse_port=settings.workers > 1)
+    site = LimitedSite(
+        runner,
+        host,
+        port,
+        total=settings.max_connections,
+        per_peer=settings.max_connections_per_client,
+        exempt=parse_networks(settings.trusted_proxies),
+        reuse_port=settings.workers > 1,
+    )
     try:
         await site.start()
     except OSError as exc:

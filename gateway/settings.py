@@ -180,6 +180,19 @@ class Settings(BaseModel):
     """idle visitor connections are closed after this"""
     client_body_timeout: float = Field(default=60.0, gt=0)
     """longest pause in a visitor's upload (408 and close after)"""
+    client_body_min_rate: int = Field(default=1024, ge=0)
+    """slowest upload allowed, bytes/s on average once `client_body_timeout` has passed (408
+    below; 0: none) — a body trickling in byte by byte cannot hold a connection for long"""
+    request_buffer_kb: int = Field(default=64, ge=0)
+    """request bodies up to this size are read whole before the site is contacted, so a slow
+    upload holds no upstream connection (0: always stream)"""
+    upstream_connections_per_client: int = Field(default=32, ge=1)
+    """upstream exchanges one client address may hold at once (503 above): no single
+    address can take the pool"""
+    max_connections: int = Field(default=4096, ge=1)
+    """open visitor connections per worker; more are refused with a 503"""
+    max_connections_per_client: int = Field(default=256, ge=1)
+    """open connections per socket peer (`trusted_proxies` exempt); more are refused"""
 
     # identity and consent
     cookie_domain: str | None = None
