@@ -36,6 +36,7 @@ from gateway.edge.connlimit import LimitedSite
 from gateway.edge.conversions import Conversions
 from gateway.edge.events_api import post_events
 from gateway.edge.identity import parse_networks
+from gateway.edge.limits import header_size_middleware
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
@@ -63,6 +64,9 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app[METRICS] = Metrics.for_settings(settings)
     # Read per request so that a reload's trusted_proxies apply.
     app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
+    app.middlewares.append(
+        header_size_middleware(lambda: app[RUNTIME].settings.max_request_headers_kb * 1024)
+    )
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_stitches_ctx)
     app.cleanup_ctx.append(_reader_ctx)

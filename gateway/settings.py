@@ -174,6 +174,8 @@ class Settings(BaseModel):
     """pooled connections to the upstream per worker"""
     max_header_bytes: int = Field(default=32768, ge=1024)
     """longest request line / header field, both ways"""
+    max_request_headers_kb: int = Field(default=64, ge=1)
+    """all of a request's header lines together (431 above, before the site is contacted)"""
     max_upload_mb: float = Field(default=2048.0, gt=0)
     """largest request body passed to the site (413 above)"""
     keepalive_timeout: float = Field(default=15.0, gt=0)

@@ -95,9 +95,12 @@ def rewrite_location(value: str, upstream: URL, public_origin: str) -> str:
         return value
     if (target.scheme, target.host, target.port) != (upstream.scheme, upstream.host, upstream.port):
         return value
-    # Keep the path and query as the upstream wrote them (no re-encoding).
-    origin_len = len(f"{target.scheme}://{target.raw_authority}")
-    return public_origin + value[origin_len:]
+    # Keep the path and query as the upstream wrote them (no re-encoding). The authority
+    # ends where the original text says: yarl normalises it (":018082" is ":18082"), so
+    # its length would cut the path in the wrong place.
+    rest = value[value.index("://") + 3 :]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return public_origin + rest[min(ends, default=len(rest)) :]
 
 
 def client_response_headers(

@@ -13,7 +13,7 @@ from typing import Any
 from tests.conftest import API_KEY, web_event
 from tests.edge.conftest import StartGateway
 from tests.edge.test_collect import Page, beacon, event, visit
-from tests.fakes.upstream import Front
+from tests.fakes.upstream import Front, Upstream
 
 
 async def exchange(gw: Front, parts: list[bytes], *, gap: float = 0.0) -> tuple[int, bytes]:
@@ -133,3 +133,19 @@ async def test_a_beacon_event_time_with_hundreds_of_digits_is_not_a_500(gw: Fron
         body = raw.replace('"event_time": 123', f'"event_time": {digits}')
         answer = await beacon(gw, page, raw=body.encode())
         assert answer.status < 500, (digits, answer.body)
+
+
+async def test_headers_past_the_total_bound_are_refused_before_the_site(
+    gw: Front, site: Upstream
+) -> None:
+    before = len(site.requests)
+    many = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(100))
+    request = b"GET /echo HTTP/1.1\r\nHost: shop\r\n" + many + b"Connection: close\r\n\r\n"
+    status, body = await exchange(gw, [request])
+    assert status == 431, body
+    assert "max_request_headers_kb" in json.loads(body)["detail"]
+    assert len(site.requests) == before  # the site saw nothing
+    some = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(40))
+    request = b"GET /echo HTTP/1.1\r\nHost: shop\r\n" + some + b"Connection: close\r\n\r\n"
+    status, _ = await exchange(gw, [request])
+    assert status == 200

@@ -391,6 +391,10 @@ class Upstream:
             location = f"{self.url}/landing/%E2%82%AC?x=1&y=%20"
         elif to == "foreign":
             location = FOREIGN
+        elif to == "zero-port":
+            # The site's own origin with its port written with a leading zero.
+            origin, _, port = self.url.rpartition(":")
+            location = f"{origin}:0{port}/landing?x=1"
         else:
             location = "/relative?z=3"
         headers = {"Location": location, "Content-Location": location}
