@@ -9,6 +9,9 @@ per-peer bound: behind nginx every connection comes from it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import ipaddress
 import logging
 from collections import Counter
@@ -46,6 +49,8 @@ class ConnectionLimits:
         self.open = 0
         self.by_peer: Counter[str] = Counter()
         self.refused = 0
+        self.peak = 0  # most connections open at once since memory was last given back
+        self.trims = 0
 
     def __call__(self) -> asyncio.Protocol:
         """A guard for one new connection."""
@@ -67,6 +72,7 @@ class ConnectionLimits:
                 )
             return False
         self.open += 1
+        self.peak = max(self.peak, self.open)
         self.by_peer[peer] += 1
         return True
 
@@ -78,6 +84,22 @@ class ConnectionLimits:
             self.by_peer[peer] = left
         else:
             del self.by_peer[peer]
+        if self.peak >= _STORM and self.open <= self.peak // 8:
+            # A storm of connections is over: hand the heap pages it left free back to the
+            # system, or the worker keeps its peak size for good.
+            self.peak = self.open
+            self.trims += 1
+            asyncio.get_running_loop().call_soon(give_memory_back)
+
+
+_STORM = 256  # connections open at once that count as a storm worth trimming after
+
+
+def give_memory_back() -> None:
+    """`malloc_trim(0)`: return free heap pages to the system (glibc only; else nothing)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _in(peer: str, networks: Sequence[Network]) -> bool:
