@@ -12,8 +12,9 @@ against slow and greedy clients turned off ("open": `request_buffer_kb=0`,
 1. Slow bodies: N clients (each from its own X-Forwarded-For address) POST with
    `Content-Length: 4096` and send one byte every 2 s; meanwhile 20 page requests from
    another address. The site is "up" when all 20 answer 200 within 3 s.
-2. Slow readers: N clients GET a 2 MB tagged HTML page and stop reading after 16 KiB (a
-   small receive buffer) for 10 s, then leave. The gateway's RSS idle, at the peak and 5 s
+2. Slow readers: N clients GET a 2 MB tagged HTML page (plain, and brotli-encoded, which
+   the gateway decodes and re-encodes) and stop reading after 16 KiB (a small receive
+   buffer) for 10 s, then leave. The gateway's RSS idle, at the peak and 5 s
    after they left.
 3. Fuzz: requests to `/events`, `/collect` and `/hooks/<name>` with mutated bodies (NaN,
    1e400, 400-digit integers, lists for strings, "http://[" URLs, cut and non-UTF-8 bytes)
@@ -202,13 +203,17 @@ async def slow_bodies(gw: Running, count: int, hold: float) -> tuple[int, float]
 # -- 2. slow readers --------------------------------------------------------------------------
 
 
-async def slow_readers(gw: Running, count: int, hold: float) -> tuple[int, int, int]:
+PAGES = {"plain": "/bytes/2000000?ct=text/html", "br": "/html?pad=2000000&enc=br"}
+
+
+async def slow_readers(gw: Running, count: int, hold: float, path: str) -> tuple[int, int, int]:
     """RSS (idle, peak, 5 s after) around `count` clients that stop reading a 2 MB page."""
     idle = gw.rss()
     socks: list[socket.socket] = []
+    reading: list[bool] = []
     loop = asyncio.get_running_loop()
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -216,20 +221,24 @@ async def slow_readers(gw: Running, count: int, hold: float) -> tuple[int, int, 
             await loop.sock_connect(sock, (HOST, gw.port))
             await loop.sock_sendall(
                 sock,
-                b"GET /bytes/2000000?ct=text/html HTTP/1.1\r\nHost: shop\r\n"
-                b"Accept: text/html\r\nUser-Agent: " + UA.encode() + b"\r\n\r\n",
+                f"GET {path} HTTP/1.1\r\nHost: shop\r\nAccept: text/html\r\n"
+                f"X-Forwarded-For: 10.1.{i // 256}.{i % 256}\r\n"  # visitors, not one
+                f"Accept-Encoding: br\r\nUser-Agent: {UA}\r\n\r\n".encode(),
             )
-            got = 0
+            first = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+            got = len(first)
             while got < 16384:
                 chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
                 if not chunk:
                     break
                 got += len(chunk)
+            reading.append(got >= 16384 and b" 200 " in first)
         except (OSError, TimeoutError):
             pass
         socks.append(sock)
 
-    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.gather(*(one(i) for i in range(count)))
+    print(f"  ({sum(reading)} of {count} readers got the page's first 16 KiB)", flush=True)
     peak = gw.rss()
     began = time.monotonic()
     while time.monotonic() - began < hold:
@@ -401,14 +410,19 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         f" (slowest {worst:.2f} s)",
                         flush=True,
                     )
-                idle, peak, after = await slow_readers(gw, args.readers, hold=10)
-                results["slow_readers"][variant] = {"idle": idle, "peak": peak, "after": after}
-                print(
-                    f"slow readers {variant:8} {args.readers} clients:"
-                    f" RSS idle {idle / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB,"
-                    f" 5 s after {after / MIB:.0f} MiB",
-                    flush=True,
-                )
+                for kind, path in PAGES.items():
+                    idle, peak, after = await slow_readers(gw, args.readers, 10, path)
+                    results["slow_readers"][f"{variant}/{kind}"] = {
+                        "idle": idle,
+                        "peak": peak,
+                        "after": after,
+                    }
+                    print(
+                        f"slow readers {variant:8} {args.readers} clients, {kind} page:"
+                        f" RSS idle {idle / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB,"
+                        f" 5 s after {after / MIB:.0f} MiB",
+                        flush=True,
+                    )
                 total, fivexx, tracebacks = await fuzz(gw, args.fuzz, seed=12)
                 results["fuzz"][variant] = {
                     "requests": total,
@@ -430,14 +444,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         o = results["slow_bodies"][f"open/{n}"]["pages_ok"]
         g = results["slow_bodies"][f"guarded/{n}"]["pages_ok"]
         print(f"pages ok, {n:5} slow bodies     {o:2}/20     {g:2}/20")
-    o, g = results["slow_readers"]["open"], results["slow_readers"]["guarded"]
-    print(
-        f"RSS peak, {args.readers} slow readers    {o['peak'] / MIB:5.0f} MiB"
-        f"  {g['peak'] / MIB:5.0f} MiB   (ratio {g['peak'] / o['peak']:.2f})"
-    )
-    print(
-        f"RSS 5 s after                  {o['after'] / MIB:5.0f} MiB  {g['after'] / MIB:5.0f} MiB"
-    )
+    for kind in PAGES:
+        o = results["slow_readers"][f"open/{kind}"]
+        g = results["slow_readers"][f"guarded/{kind}"]
+        print(
+            f"RSS peak, {args.readers} slow readers ({kind:5}) {o['peak'] / MIB:5.0f} MiB"
+            f"  {g['peak'] / MIB:5.0f} MiB   (ratio {g['peak'] / o['peak']:.2f})"
+        )
+        print(
+            f"RSS 5 s after ({kind:5})           {o['after'] / MIB:5.0f} MiB"
+            f"  {g['after'] / MIB:5.0f} MiB"
+        )
     print(
         f"fuzz 5xx                       {results['fuzz']['open']['5xx']:5}      "
         f"{results['fuzz']['guarded']['5xx']:5}"
