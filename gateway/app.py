@@ -34,8 +34,11 @@ from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
 from gateway.edge.collect import post_collect
+from gateway.edge.connlimit import LimitedSite
 from gateway.edge.conversions import Conversions
 from gateway.edge.events_api import post_events
+from gateway.edge.identity import parse_networks
+from gateway.edge.limits import header_size_middleware
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
@@ -61,6 +64,9 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app[METRICS] = metrics_for_settings(settings)
     # Read per request so that a reload's trusted_proxies apply.
     app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
+    app.middlewares.append(
+        header_size_middleware(lambda: app[RUNTIME].settings.max_request_headers_kb * 1024)
+    )
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_stitches_ctx)
     app.cleanup_ctx.append(_reader_ctx)
@@ -235,7 +241,15 @@ async def serve(
     )
     await runner.setup()
     host, port = split_host_port(settings.listen)
-    site = web.TCPSite(runner, host, port, reuse_port=settings.workers > 1)
+    site = LimitedSite(
+        runner,
+        host,
+        port,
+        total=settings.max_connections,
+        per_peer=settings.max_connections_per_client,
+        exempt=parse_networks(settings.trusted_proxies),
+        reuse_port=settings.workers > 1,
+    )
     try:
         await site.start()
     except OSError as exc:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.edge.identity import Network, parse_networks
@@ -109,6 +110,56 @@ class TextFormatter(logging.Formatter):
         return f"{first} [{' '.join(extras)}]{newline}{rest}"
 
 
+class ClientNoiseFilter(logging.Filter):
+    """What clients cause in aiohttp's server log, counted and summed up in a quiet line.
+
+    A malformed request (aiohttp answers 400) or a visitor leaving mid-response is the
+    Internet being itself, not a fault: neither may write a traceback, and a parser error
+    quotes the request line and headers (cookies, emails in query strings), which never
+    reach the log. At most one line per kind and `interval` seconds, with the count.
+    """
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.counts: dict[str, int] = {"malformed": 0, "disconnect": 0}
+        self._unreported: dict[str, int] = {"malformed": 0, "disconnect": 0}
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a record to drop; a client's record is rewritten into the summary."""
+        kind = _client_noise(record)
+        if kind is None:
+            return True
+        self.counts[kind] += 1
+        self._unreported[kind] += 1
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            return False
+        self._last[kind] = now
+        count, self._unreported[kind] = self._unreported[kind], 0
+        name = type(record.exc_info[1]).__name__ if record.exc_info else "?"
+        what = (
+            "malformed request(s) answered 400"
+            if kind == "malformed"
+            else "client(s) left before their response was complete"
+        )
+        record.msg = "%d %s (last: %s); the next are summed up after %d s."
+        record.args = (count, what, name, int(self.interval))
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def _client_noise(record: logging.LogRecord) -> str | None:
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        return "malformed"
+    if isinstance(exc, ConnectionError):
+        return "disconnect"
+    return None
+
+
 def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure the root logger once for the process."""
     handler = logging.StreamHandler(sys.stderr)
@@ -120,6 +171,9 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would log every proxied URL, query strings included.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, ClientNoiseFilter)]
+    server.addFilter(ClientNoiseFilter())
     # aiosqlite's debug records repeat every statement with its parameters: event payloads
     # (hashed identifiers, page URLs) and lease owners, at several lines per request.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -195,12 +195,27 @@ class Settings(BaseModel):
     """pooled connections to the upstream per worker"""
     max_header_bytes: int = Field(default=32768, ge=1024)
     """longest request line / header field, both ways"""
+    max_request_headers_kb: int = Field(default=64, ge=1)
+    """all of a request's header lines together (431 above, before the site is contacted)"""
     max_upload_mb: float = Field(default=2048.0, gt=0)
     """largest request body passed to the site (413 above)"""
     keepalive_timeout: float = Field(default=15.0, gt=0)
     """idle visitor connections are closed after this"""
     client_body_timeout: float = Field(default=60.0, gt=0)
     """longest pause in a visitor's upload (408 and close after)"""
+    client_body_min_rate: int = Field(default=1024, ge=0)
+    """slowest upload allowed, bytes/s on average once `client_body_timeout` has passed (408
+    below; 0: none) — a body trickling in byte by byte cannot hold a connection for long"""
+    request_buffer_kb: int = Field(default=64, ge=0)
+    """request bodies up to this size are read whole before the site is contacted, so a slow
+    upload holds no upstream connection (0: always stream)"""
+    upstream_connections_per_client: int = Field(default=32, ge=1)
+    """upstream exchanges one client address may hold at once (503 above): no single
+    address can take the pool"""
+    max_connections: int = Field(default=4096, ge=1)
+    """open visitor connections per worker; more are refused with a 503"""
+    max_connections_per_client: int = Field(default=256, ge=1)
+    """open connections per socket peer (`trusted_proxies` exempt); more are refused"""
 
     # identity and consent
     cookie_domain: str | None = None
@@ -258,8 +273,9 @@ class Settings(BaseModel):
     """Bearer token of `/status`, `/metrics` and `/admin`; without one they answer only
     peers in `admin_networks`"""
     admin_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    """CIDRs whose TCP peers may use those endpoints while no `admin_token` is set (`[]`:
-    nobody); behind a reverse proxy every peer is the proxy, so set `admin_token` there"""
+    """CIDRs of clients that may use those endpoints while no `admin_token` is set (`[]`:
+    nobody); a forwarded request counts as the client its trusted proxy names, and from an
+    untrusted peer it is refused — still, set `admin_token` behind a proxy"""
 
     # logging
     log_level: str = "info"

@@ -179,7 +179,8 @@ class _Supervisor:
             self.exit_code = max(self.exit_code, exit_status(code))
             return
         # Exit 0 is a worker told to stop (say, SIGTERM sent to it alone): replace it.
-        if code != 0 and not slot.replacement and lifetime < _MIN_LIFETIME:
+        # Killed by a signal (the OOM killer, an operator) is not a bad configuration.
+        if code > 0 and not slot.replacement and lifetime < _MIN_LIFETIME:
             log.error(
                 "Worker %d failed at start-up (%s); stopping the others.", pid, _describe(code)
             )

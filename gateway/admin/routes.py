@@ -39,9 +39,15 @@ from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
+from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
 from gateway.errors import json_error
-from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
+from gateway.ops.access import (
+    admin_allowed,
+    bearer_matches,
+    client_address,
+    require_admin,
+)
 from gateway.pipeline.extract import Extractor
 
 log = logging.getLogger("gateway.admin")
@@ -164,7 +170,10 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         return _see_other(request, "/admin")
     if not _same_origin(request):
         return json_error(403, "forbidden", "sign in from the dashboard's own page")
-    wait = request.app[ADMIN].logins.wait(socket_peer(request) or "")
+    # Keyed on the client the trusted proxies name (behind nginx every socket peer is the
+    # same), and only wrong tokens count: nobody else's guesses lock an operator out.
+    client = client_address(request) or ""
+    wait = request.app[ADMIN].logins.due(client)
     if wait > 0:
         response = _login_page(request, "Too many attempts: wait a little and try again.", 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
@@ -174,6 +183,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         return form
     given = (form.get("token") or [""])[0].strip()
     if not bearer_matches(f"Bearer {given}", settings.admin_token):
+        request.app[ADMIN].logins.wait(client)
         log.warning("Dashboard sign-in refused: wrong admin token.")
         return _login_page(request, "That is not the admin token.", 403)
     value, _ = issue(_key(request), now=int(time.time()))
@@ -364,8 +374,8 @@ def _wants_html(request: web.Request) -> bool:
 async def _form(request: web.Request) -> dict[str, list[str]] | web.Response:
     if request.content_length is not None and request.content_length > _FORM_LIMIT:
         return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
-    raw = await request.content.read(_FORM_LIMIT + 1)
-    if len(raw) > _FORM_LIMIT:
+    raw = await read_whole(request.content, _FORM_LIMIT)
+    if raw is None:
         return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
     if raw and request.content_type != "application/x-www-form-urlencoded":
         return json_error(415, "unsupported form", "send application/x-www-form-urlencoded")

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -108,7 +110,21 @@ class Outbox:
             max_bytes=int(max_buffer_mb * 1024 * 1024),
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        await box.reclaim_dead_leases()
         return box
+
+    async def reclaim_dead_leases(self) -> int:
+        """Rows leased by processes of this host that no longer exist go back to pending.
+
+        After a SIGKILL a restarted gateway resends its in-flight rows at once instead of
+        after the whole lease; a live process keeps its leases (a reused pid only delays).
+        """
+        async with self._transaction() as conn:
+            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), _pid_gone)
+        if count:
+            log.info("Took back %d event(s) leased by stopped processes of this host.", count)
+            self.new_work.set()
+        return count
 
     async def close(self) -> None:
         """Flush what was accepted, stop the writer and close the file."""
@@ -435,3 +451,16 @@ def _dead(ids: Sequence[int] | None) -> tuple[str, list[int]]:
         return " WHERE state='dead'", []
     values = [int(i) for i in ids]
     return f" WHERE state='dead' AND id IN ({','.join('?' * len(values))})", values
+
+
+def _pid_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        # Our own pid on a lease older than this outbox (pid 1 in a restarted container).
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # someone else's live process
+    return False

@@ -22,6 +22,11 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
+    def due(self) -> float:
+        """0 when a token is available now (none is taken), else the seconds until one is."""
+        self._refill()
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
     def try_take(self) -> float:
         """Take a token now and return 0, or return the seconds until one is due."""
         self._refill()
@@ -55,3 +60,8 @@ class RateLimits:
         if len(self._buckets) > _MAX_KEYS:
             self._buckets.popitem(last=False)
         return bucket.try_take()
+
+    def due(self, key: str) -> float:
+        """Like `wait`, without using up a token: 0 when a request may go ahead now."""
+        bucket = self._buckets.get(key)
+        return bucket.due() if bucket is not None else 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiosqlite
@@ -100,6 +100,34 @@ async def claim(
         (owner, now + lease, now, limit),
     ) as cur:
         return list(await cur.fetchall())
+
+
+async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[int], bool]) -> int:
+    """Give back rows leased by processes of `host` that `dead(pid)` says are gone."""
+    async with conn.execute(
+        "SELECT DISTINCT lease_owner FROM events WHERE state='inflight'"
+    ) as cur:
+        owners = [str(r[0]) for r in await cur.fetchall() if r[0] is not None]
+    count = 0
+    for owner in owners:
+        pid = _pid_of(owner, host)
+        if pid is None or not dead(pid):
+            continue
+        cur = await conn.execute(
+            "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
+            "WHERE state='inflight' AND lease_owner=?",
+            (owner,),
+        )
+        count += cur.rowcount
+    return count
+
+
+def _pid_of(owner: str, host: str) -> int | None:
+    """The pid in an owner `host:pid:nonce` (gateway.delivery.sender) of this host."""
+    if not owner.startswith(host + ":"):
+        return None
+    parts = owner[len(host) + 1 :].split(":")
+    return int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
 
 
 async def update_leased(

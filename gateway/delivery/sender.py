@@ -119,6 +119,8 @@ class Sender:
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + _MAINTENANCE_EVERY
                 await self._maintain()
+            # On its own clock: a probe interval under a minute is kept, not rounded up.
+            await self._probe_if_due()
             await self._slots.acquire()
             if self._stopping.is_set():
                 self._slots.release()
@@ -211,11 +213,17 @@ class Sender:
                 )
             if purged:
                 log.info("Purged %d delivered or dead event(s) past retention.", purged)
-            if time.monotonic() >= self._next_probe:
-                self._next_probe = time.monotonic() + self.options.probe_interval
-                await self._probe_blocked()
         except Exception as exc:
             log.error("Outbox maintenance failed: %s", exc)
+
+    async def _probe_if_due(self) -> None:
+        if time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + self.options.probe_interval
+        try:
+            await self._probe_blocked()
+        except Exception as exc:
+            log.error("Checking blocked pixels failed: %s", exc)
 
     # blocked pixels ------------------------------------------------------------
 

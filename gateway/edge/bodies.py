@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
+from aiohttp import StreamReader
+
 from gateway.pipeline.extract import parse_json_text
 
 
@@ -89,3 +91,19 @@ def _disposition(value: str) -> dict[str, str]:
         name, _, raw = item.partition("=")
         params[name.strip().lower()] = raw.strip().strip('"')
     return params
+
+
+async def read_whole(content: StreamReader, limit: int) -> bytes | None:
+    """The whole body, however many reads it takes, or None as soon as it passes `limit`.
+
+    `StreamReader.read(n)` answers with what one network read brought, so a body split
+    across TCP segments (a 5 ms gap is enough) would otherwise arrive cut short.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

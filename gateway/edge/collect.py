@@ -23,6 +23,7 @@ from gateway.appkeys import METRICS, OUTBOX, PAGES, RUNTIME
 from gateway.delivery.outbox import OutboxClosed, OutboxFull
 from gateway.edge import identity as ident
 from gateway.edge import pagetoken
+from gateway.edge.bodies import read_whole
 from gateway.errors import json_error
 from gateway.pipeline.events import prepare
 from gateway.pipeline.extract import Facts
@@ -60,8 +61,8 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
     limit = settings.collect_max_bytes
     if request.content_length is not None and request.content_length > limit:
         return json_error(413, "beacon too large", f"at most {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
+    raw = await read_whole(request.content, limit)
+    if raw is None:
         return json_error(413, "beacon too large", f"at most {limit} bytes")
     try:
         beacon = json.loads(raw, parse_constant=_no_constant)
@@ -225,9 +226,12 @@ def _server_event(event: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str,
     # Browser clocks drift: never in the future, never before the page was served.
     sent_time = event.get("event_time")
     when: int = ctx["now"]
-    if isinstance(sent_time, int | float) and not isinstance(sent_time, bool):
+    if isinstance(sent_time, int) and not isinstance(sent_time, bool):
+        # Hundreds of digits parse as an int too large for any float: clamped below.
+        when = sent_time
+    elif isinstance(sent_time, float) and math.isfinite(sent_time):
         # 1e400 is valid JSON and parses as infinity.
-        when = int(sent_time) if math.isfinite(sent_time) else when
+        when = int(sent_time)
     out: dict[str, Any] = {
         "event_name": event.get("event_name"),
         "event_id": event["event_id"],
@@ -256,11 +260,14 @@ def _page_url(sent: Any, origin: str, referer: str | None) -> str | None:
 
 
 def _referrer(value: Any, sensitive: Any) -> str | None:
-    if isinstance(value, str) and value.startswith(("http://", "https://")):
+    if isinstance(value, str) and value.startswith(("http://", "https://")) and _origin_of(value):
         return scrub_url(value[:4096], sensitive)
     return None
 
 
 def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""  # "http://[": no URL parser accepts it, so it names no origin
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""

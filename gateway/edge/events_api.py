@@ -15,6 +15,7 @@ from gateway.delivery.outbox import OutboxClosed, OutboxFull
 from gateway.edge.webhooks import stitch_events
 from gateway.errors import json_error
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
+from gateway.pipeline.jsonsafe import non_finite_path
 
 log = logging.getLogger("gateway.events_api")
 
@@ -23,7 +24,9 @@ def authorized(header: str | None, keys: list[str]) -> bool:
     """True when `Authorization: Bearer <key>` names a configured key (constant time)."""
     if not header or not header.startswith("Bearer ") or not keys:
         return False
-    given = header[len("Bearer ") :].strip().encode()
+    # Header bytes that are not UTF-8 arrive as surrogates: they match no key, and must
+    # not make encoding fail (a 500).
+    given = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
     # Compare against every key so the time taken does not tell which one nearly matched.
     found = False
     for key in keys:
@@ -131,11 +134,22 @@ async def _read_json(request: web.Request, limit: int) -> Any:
             return _too_large(limit)
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        document = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return json_error(400, "invalid JSON", f"the body is not JSON: {exc}")
+    except ValueError as exc:
+        # An integer past Python's digit limit (thousands of digits).
+        return json_error(400, "invalid JSON", f"the body is not usable JSON: {exc}")
     except RecursionError:
         return json_error(400, "invalid JSON", "the body nests too deeply")
+    bad = non_finite_path(document)
+    if bad is not None:
+        return json_error(
+            400,
+            "invalid JSON",
+            f"{bad}: NaN and Infinity are not JSON numbers; send a finite number or leave it out",
+        )
+    return document
 
 
 def _too_large(limit: int) -> web.Response:

@@ -95,9 +95,12 @@ def rewrite_location(value: str, upstream: URL, public_origin: str) -> str:
         return value
     if (target.scheme, target.host, target.port) != (upstream.scheme, upstream.host, upstream.port):
         return value
-    # Keep the path and query as the upstream wrote them (no re-encoding).
-    origin_len = len(f"{target.scheme}://{target.raw_authority}")
-    return public_origin + value[origin_len:]
+    # Keep the path and query as the upstream wrote them (no re-encoding). The authority
+    # ends where the original text says: yarl normalises it (":018082" is ":18082"), so
+    # its length would cut the path in the wrong place.
+    rest = value[value.index("://") + 3 :]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return public_origin + rest[min(ends, default=len(rest)) :]
 
 
 def client_response_headers(
@@ -121,6 +124,29 @@ def prepare_rewritten(headers: CIMultiDict[str]) -> None:
     etags = headers.popall("ETag", [])
     for etag in etags:
         headers.add("ETag", etag if etag.startswith("W/") else f"W/{etag}")
+
+
+# Directives that let a shared cache (a CDN) store the response, and headers that speak to
+# CDNs alone (RFC 9213 and its vendor cousins).
+_SHARED_ONLY = ("public", "s-maxage", "proxy-revalidate")
+_CDN_CONTROLS = ("CDN-Cache-Control", "Surrogate-Control", "Cloudflare-CDN-Cache-Control")
+
+
+def keep_private(headers: CIMultiDict[str]) -> None:
+    """Cache-Control for a page personalised for one visitor (page token, Set-Cookie).
+
+    A shared cache must not hand one visitor's token and cookie to another: `private`,
+    without `public` or `s-maxage`; the browser's own cache keeps its max-age.
+    """
+    kept: list[str] = []
+    for line in headers.popall("Cache-Control", []):
+        for directive in line.split(","):
+            name = directive.split("=", 1)[0].strip().lower()
+            if name and name not in _SHARED_ONLY and name != "private":
+                kept.append(directive.strip())
+    headers["Cache-Control"] = ", ".join(["private", *kept])
+    for name in _CDN_CONTROLS:
+        headers.popall(name, None)
 
 
 def weaken_revalidated(headers: CIMultiDict[str], if_none_match: Iterable[str]) -> None:

@@ -31,6 +31,7 @@ from gateway.delivery.ratelimit import RateLimits
 from gateway.edge import cookies, pagetoken
 from gateway.edge import headers as hdr
 from gateway.edge import identity as ident
+from gateway.edge.csp import CspDecision
 from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
@@ -200,29 +201,10 @@ class PageViews:
         `origin` is `public_origin(request)`, which the proxy has already worked out.
         """
         settings = self.settings
-        if request.method != "GET" or status != 200:
+        if request.method != "GET":
             return None
-        if hdr.media_type(headers) not in _HTML_TYPES:
-            return None
-        if not settings.inject:
-            self._skipped(headers, "inject-off")
-            return None
-        reason = self._skip_reason(request, headers)
-        if reason:
-            self.counters.skip(reason)
-            self._skipped(headers, reason)
-            return None
-        decision = csp_decide(
-            headers.getall("Content-Security-Policy", ()),
-            script_path=self.script,
-            origin=origin,
-        )
-        if not decision.allowed:
-            log.info(
-                "Not tagging %s: its CSP blocks our script (%s).", request.path, decision.reason
-            )
-            self.counters.skip("csp")
-            self._skipped(headers, "csp")
+        decision = self._taggable(request, status, headers, origin, count=True)
+        if decision is None:
             return None
         consent = ident.consent(request.cookies, request.headers, self.consent_config)
         event_id = str(uuid.uuid4())
@@ -260,6 +242,51 @@ class PageViews:
         """No tag (or no tracking) for this page: say why when `debug_headers` is on."""
         if self.settings.debug_headers:
             headers["X-Capi-Skipped"] = reason
+
+    def tags_head(
+        self, request: web.Request, status: int, headers: CIMultiDict[str], *, origin: str
+    ) -> bool:
+        """For a HEAD: True when a GET of the page would be tagged, so it gets GET's headers."""
+        if request.method != "HEAD" or self._taggable(request, status, headers, origin) is None:
+            return False
+        probe = HeadInjector(b"", max_scan=self.settings.inject_max_scan)
+        return open_rewrite(headers.get("Content-Encoding"), probe) is not None
+
+    def _taggable(
+        self,
+        request: web.Request,
+        status: int,
+        headers: CIMultiDict[str],
+        origin: str,
+        *,
+        count: bool = False,
+    ) -> CspDecision | None:
+        """The CSP decision for a page the gateway may tag, else None (counted if `count`)."""
+        if status != 200 or hdr.media_type(headers) not in _HTML_TYPES:
+            return None
+        if not self.settings.inject:
+            self._skipped(headers, "inject-off")
+            return None
+        reason = self._skip_reason(request, headers)
+        if reason:
+            if count:
+                self.counters.skip(reason)
+            self._skipped(headers, reason)
+            return None
+        decision = csp_decide(
+            headers.getall("Content-Security-Policy", ()),
+            script_path=self.script,
+            origin=origin,
+        )
+        if not decision.allowed:
+            if count:
+                log.info(
+                    "Not tagging %s: its CSP blocks our script (%s).", request.path, decision.reason
+                )
+                self.counters.skip("csp")
+            self._skipped(headers, "csp")
+            return None
+        return decision
 
     def _skip_reason(self, request: web.Request, headers: CIMultiDict[str]) -> str:
         if any(name in request.headers for name in _FRAGMENT_HEADERS):

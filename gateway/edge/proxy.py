@@ -23,6 +23,7 @@ from gateway.edge.bodies import BodyCopy
 from gateway.edge.conversions import Conversions, PageTap, Run
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
+from gateway.edge.shares import ClientShares
 from gateway.edge.upstream_health import UpstreamHealth
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
 from gateway.metrics import Metrics
@@ -50,6 +51,9 @@ class ProxyOptions:
     max_upload: int
     timeout: aiohttp.ClientTimeout
     client_body_timeout: float
+    client_body_min_rate: int = 0
+    buffer_body: int = 0
+    per_client: int = 1 << 30
 
     @classmethod
     def from_settings(cls, s: Settings) -> ProxyOptions:
@@ -60,6 +64,9 @@ class ProxyOptions:
             preserve_host=s.preserve_host,
             max_upload=int(s.max_upload_mb * 1024 * 1024),
             client_body_timeout=s.client_body_timeout,
+            client_body_min_rate=s.client_body_min_rate,
+            buffer_body=s.request_buffer_kb * 1024,
+            per_client=s.upstream_connections_per_client,
             timeout=aiohttp.ClientTimeout(
                 total=s.upstream_total_timeout or None,
                 connect=s.upstream_connect_timeout,
@@ -108,6 +115,7 @@ class Proxy:
         self.conversions = conversions
         self.metrics = metrics or pages.counters.metrics
         self.health = UpstreamHealth(str(options.upstream))
+        self.shares = ClientShares(options.per_client)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request and stream the answer back."""
@@ -115,6 +123,20 @@ class Proxy:
             return await relay_websocket(
                 request, self._target(request), self._headers(request), session=self.session
             )
+        client = self.pages.client_ip(request) or ""
+        if not self.shares.take(client):
+            log.info("A client holds its whole upstream share; answering 503 for %s.", request.path)
+            response = _error(
+                request, 503, "Service Unavailable", "too many requests from your address at once"
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        try:
+            return await self._forward(request)
+        finally:
+            self.shares.give_back(client)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         limit = self.options.max_upload
         if request.content_length is not None and request.content_length > limit:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
@@ -127,23 +149,37 @@ class Proxy:
                 request.content,
                 limit,
                 self.options.client_body_timeout,
+                min_rate=self.options.client_body_min_rate,
                 copy=run.body if run is not None else None,
             )
             if request.body_exists
             else None
         )
+        data: bytes | AsyncIterator[bytes] | None = None
+        complete_body = False
+        if body is not None:
+            # A small body is read whole before the site is contacted (as nginx does): a
+            # slow upload then holds no pooled upstream connection while it trickles in.
+            try:
+                complete = await body.buffer(self.options.buffer_body)
+            except _BodyTooLarge:
+                return _error(request, 413, "Request body too large", f"at most {limit} bytes")
+            except _ClientTooSlow:
+                return self._too_slow(request)
+            data = bytes(body.prefix) if complete else body.chunks()
+            complete_body = complete
         call = self.session.request(
             request.method,
             self._target(request),
             headers=headers,
-            data=body.chunks() if body else None,
+            data=data,
             allow_redirects=False,
             timeout=self.options.timeout,
             compress=None,
         )
         started = time.monotonic()
         try:
-            upstream = await (body.guard(call) if body else call)
+            upstream = await (body.guard(call) if body is not None and not complete_body else call)
         except _BodyTooLarge:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
         except _ClientTooSlow:
@@ -225,8 +261,11 @@ class Proxy:
             log.warning("Not tagging %s: %s", request.path, exc)
             self.pages.counters.skip("invalid")
             plan = None
-        if plan is not None:
+        if plan is not None or self._tags_head(request, upstream.status, headers, public_origin):
+            # HEAD answers the headers GET would (without the cookies of a page view).
             hdr.prepare_rewritten(headers)
+            hdr.keep_private(headers)
+        if plan is not None:
             for cookie in plan.cookies:
                 headers.add("Set-Cookie", cookie)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -238,6 +277,14 @@ class Proxy:
         finally:
             if tap is not None:
                 self._finish(tap, request)
+
+    def _tags_head(
+        self, request: web.Request, status: int, headers: CIMultiDict[str], origin: str
+    ) -> bool:
+        try:
+            return self.pages.tags_head(request, status, headers, origin=origin)
+        except ValueError:
+            return False  # a Host no parser accepts: the page is not tagged either
 
     def _begin(self, request: web.Request) -> Run | None:
         if self.conversions is None:
@@ -355,33 +402,59 @@ class _Body:
         limit: int,
         stall: float,
         *,
+        min_rate: int = 0,
         copy: BodyCopy | None = None,
     ) -> None:
         self.content = content
         self.limit = limit
         self.stall = stall
+        self.min_rate = min_rate
         self.copy = copy
+        self.prefix = bytearray()
+        self.total = 0
+        self.started = time.monotonic()
         self.failed: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk, as long as it stays within its bounds."""
-        total = 0
-        while True:
-            try:
-                chunk = await asyncio.wait_for(self.content.readany(), self.stall)
-            except TimeoutError:
-                # A slow-body client must not hold a gateway and an upstream connection.
-                raise self._fail(_ClientTooSlow()) from None
+    async def buffer(self, bound: int) -> bool:
+        """Read up to `bound` bytes into `prefix`; True when that was the whole body."""
+        while len(self.prefix) <= bound:
+            chunk = await self._next()
             if not chunk:
-                return
-            total += len(chunk)
-            if total > self.limit:
-                # Raising (not ending) makes aiohttp abort the upstream request instead of
-                # finishing it with a truncated body.
-                raise self._fail(_BodyTooLarge())
-            if self.copy is not None:
-                self.copy.feed(chunk)
+                return True
+            self.prefix += chunk
+        return False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk (what `buffer` read first), while within its bounds."""
+        if self.prefix:
+            yield bytes(self.prefix)
+            self.prefix = bytearray()
+        while chunk := await self._next():
             yield chunk
+
+    async def _next(self) -> bytes:
+        try:
+            chunk = await asyncio.wait_for(self.content.readany(), self._patience())
+        except TimeoutError:
+            # A slow-body client must not hold a gateway and an upstream connection.
+            raise self._fail(_ClientTooSlow()) from None
+        self.total += len(chunk)
+        if self.total > self.limit:
+            # Raising (not ending) makes aiohttp abort the upstream request instead of
+            # finishing it with a truncated body.
+            raise self._fail(_BodyTooLarge())
+        if chunk and self.copy is not None:
+            self.copy.feed(chunk)
+        return chunk
+
+    def _patience(self) -> float:
+        """How long the next read may take: the stall bound, and the minimum average rate
+        (after a grace of one stall bound), so a byte every few seconds is not enough."""
+        if not self.min_rate:
+            return self.stall
+        allowed = self.stall + self.total / self.min_rate
+        left = allowed - (time.monotonic() - self.started)
+        return max(0.0, min(self.stall, left))
 
     def _fail(self, exc: Exception) -> Exception:
         if not self.failed.done():

@@ -1,19 +1,22 @@
 """Who may use the operator endpoints (`/status`, `/metrics`, `/admin`).
 
 With `admin_token` set, only a request carrying `Authorization: Bearer <admin_token>`.
-Without it, only peers in `admin_networks` (loopback by default). The peer is the TCP
-socket's, never a forwarded header: behind a reverse proxy on the same host every peer
-is loopback, so such a setup needs `admin_token` (or `admin_networks = []`).
+Without it, only clients in `admin_networks` (loopback by default). A request that came
+through a proxy (it carries `X-Forwarded-For` or `Forwarded`) is not local: behind nginx
+on the same host every socket peer is loopback, so such a request counts as the client
+address the trusted proxies name, and from an untrusted peer it is refused outright.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 
 from aiohttp import web
 
 from gateway.appkeys import RUNTIME
+from gateway.edge.identity import Network, client_ip, parse_networks
 from gateway.errors import json_error
 
 _HOW = (
@@ -25,7 +28,9 @@ def bearer_matches(header: str | None, token: str) -> bool:
     """True when `header` is `Bearer <token>` (compared in constant time)."""
     if not header or not header.startswith("Bearer "):
         return False
-    given = header[len("Bearer ") :].strip().encode()
+    # Header bytes that are not UTF-8 arrive as surrogates: they match no key, and must
+    # not make encoding fail (a 500).
+    given = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
     return hmac.compare_digest(given, token.encode())
 
 
@@ -38,6 +43,40 @@ def socket_peer(request: web.Request) -> str | None:
     if isinstance(peer, tuple | list) and peer:
         return str(peer[0])
     return None
+
+
+def proxied(request: web.Request) -> bool:
+    """True when the request says it came through a proxy."""
+    return "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+
+
+def client_address(request: web.Request) -> str | None:
+    """The client the gateway trusts: the socket peer, or what trusted proxies say it is."""
+    trusted = _networks(tuple(request.app[RUNTIME].settings.trusted_proxies))
+    return client_ip(
+        socket_peer(request),
+        request.headers.getall("X-Forwarded-For", ()),
+        request.headers.getall("Forwarded", ()),
+        trusted,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    # Settings change only on reload: parse each list once, not per request.
+    return parse_networks(cidrs)
+
+
+def _local(request: web.Request, networks: list[str]) -> bool:
+    peer = socket_peer(request)
+    if not _in_networks(peer, networks):
+        return False
+    if not proxied(request):
+        return True
+    if not _in_networks(peer, request.app[RUNTIME].settings.trusted_proxies):
+        return False  # an untrusted peer relaying someone else: not a local request
+    # A trusted proxy appends the address it saw: a visitor cannot pass for loopback.
+    return _in_networks(client_address(request), networks)
 
 
 def _in_networks(address: str | None, networks: list[str]) -> bool:
@@ -57,7 +96,7 @@ def admin_allowed(request: web.Request) -> bool:
     settings = request.app[RUNTIME].settings
     if settings.admin_token:
         return bearer_matches(request.headers.get("Authorization"), settings.admin_token)
-    return _in_networks(socket_peer(request), settings.admin_networks)
+    return _local(request, settings.admin_networks)
 
 
 def require_admin(request: web.Request) -> web.Response | None:
@@ -74,5 +113,6 @@ def require_admin(request: web.Request) -> web.Response | None:
     return json_error(
         403,
         "forbidden",
-        f"without an admin token this endpoint answers local peers only; {_HOW}",
+        f"without an admin token this endpoint answers local clients only (a request through "
+        f"a proxy is not local); {_HOW}",
     )

@@ -307,7 +307,7 @@ def _custom_data(name: str, data: dict[str, Any] | None, bad: Any) -> dict[str, 
             bad("custom_data.num_items", f"{out['num_items']!r} is not a whole number")
         else:
             out["num_items"] = int(count)
-    if "delivery_category" in out and out["delivery_category"] not in _DELIVERY:
+    if "delivery_category" in out and not _delivery_ok(out["delivery_category"]):
         bad("custom_data.delivery_category", f"use one of {', '.join(sorted(_DELIVERY))}")
     for key in _TEXT_FIELDS:
         if key in out and isinstance(out[key], int | float) and not isinstance(out[key], bool):
@@ -315,6 +315,11 @@ def _custom_data(name: str, data: dict[str, Any] | None, bad: Any) -> dict[str, 
         elif key in out and not isinstance(out[key], str):
             bad(f"custom_data.{key}", "must be a string")
     return out
+
+
+def _delivery_ok(value: Any) -> bool:
+    # A list or object is unhashable: test the type before the set.
+    return isinstance(value, str) and value in _DELIVERY
 
 
 def _contents(items: Any, bad: Any) -> Any:
@@ -336,7 +341,7 @@ def _contents(items: Any, bad: Any) -> Any:
                     bad(f"{field}.{key}", f"{entry[key]!r} is not a number")
                 else:
                     entry[key] = int(number) if key == "quantity" else number
-        if "delivery_category" in entry and entry["delivery_category"] not in _DELIVERY:
+        if "delivery_category" in entry and not _delivery_ok(entry["delivery_category"]):
             bad(f"{field}.delivery_category", f"use one of {', '.join(sorted(_DELIVERY))}")
         out.append(entry)
     return out

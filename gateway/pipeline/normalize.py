@@ -282,7 +282,8 @@ def hash_value(field: str, value: str, *, country: str | None = None) -> str | N
     normalized = normalize_value(field, value, country=country)
     if normalized is None:
         return None
-    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+    # JSON may carry a lone surrogate ("\\udcff"): not UTF-8, but still a value to hash.
+    return hashlib.sha256(normalized.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _strings(field: str, value: Any) -> tuple[list[str], bool]:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import json
@@ -103,6 +104,15 @@ def page(title: str = "Upstream page", body: str = "<p>Grüße, café.</p>") -> 
         "<!doctype html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
         f"<title>{title}</title>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
+
+
+@functools.lru_cache(maxsize=8)
+def padded_page(size: int, charset: str, coding: str) -> bytes:
+    """A large page (`?pad=2000000`): paragraphs of varied text, encoded once, then reused."""
+    filler = "".join(
+        f"<p>Item {i}: {i * 7919 % 10007} in stock.</p>\n" for i in range(size // 32 + 1)
+    )
+    return encode(page(body=filler[:size]).encode(charset), coding)
 
 
 def encode(data: bytes, coding: str) -> bytes:
@@ -320,6 +330,9 @@ class Upstream:
             headers["Content-Disposition"] = 'attachment; filename="page.html"'
         if q.get("notransform"):
             headers["Cache-Control"] = "no-transform"
+        if "cache" in q:
+            headers["Cache-Control"] = q["cache"]
+            headers["CDN-Cache-Control"] = "max-age=600"
         if q.get("etag"):
             headers["ETag"] = '"page-v1"'
             # Weak comparison, as If-None-Match asks (RFC 9110 §13.1.2).
@@ -333,7 +346,10 @@ class Upstream:
         body = page().encode(charset)
         if q.get("md5"):
             headers["Content-MD5"] = "Q2hlY2sgSW50ZWdyaXR5IQ=="
-        data = encode(body, coding)
+        if q.get("pad", "").isdigit():
+            data = padded_page(int(q["pad"]), charset, coding)
+        else:
+            data = encode(body, coding)
         spec = request.headers.get("Range", "")
         if spec.startswith("bytes=") and "," not in spec and spec[6:].split("-")[0].isdigit():
             start = int(spec[6:].split("-")[0])
@@ -388,6 +404,10 @@ class Upstream:
             location = f"{self.url}/landing/%E2%82%AC?x=1&y=%20"
         elif to == "foreign":
             location = FOREIGN
+        elif to == "zero-port":
+            # The site's own origin with its port written with a leading zero.
+            origin, _, port = self.url.rpartition(":")
+            location = f"{origin}:0{port}/landing?x=1"
         else:
             location = "/relative?z=3"
         headers = {"Location": location, "Content-Location": location}
