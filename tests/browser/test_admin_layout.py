@@ -124,6 +124,9 @@ async def test_a_test_mode_badge_for_each_pixel_in_test_mode_and_none_for_live_o
     assert box is not None and box["y"] + box["height"] < 900 and box["height"] >= 20
     chart = await tab.page.locator("#traffic").bounding_box()
     assert chart is not None and box["y"] < chart["y"]
+    # ...and as wide as the sections below it, edge to edge.
+    assert abs(box["x"] - chart["x"]) < 1
+    assert abs(box["x"] + box["width"] - chart["x"] - chart["width"]) < 1
     colours = await badge.evaluate(
         "(e) => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]"
     )
@@ -199,7 +202,10 @@ async def test_the_dashboard_reads_well_at_phone_width(
     assert all(x["left"] >= 0 and x["right"] <= width for x in labels), labels
     # The test-mode badge wraps inside the screen.
     badge = await page.locator(".test-mode li").bounding_box()
-    assert badge is not None and badge["x"] >= 0 and badge["x"] + badge["width"] <= width
+    section = await page.locator("#traffic").bounding_box()
+    assert badge is not None and section is not None
+    assert abs(badge["x"] - section["x"]) < 1 and abs(badge["width"] - section["width"]) < 1
+    assert badge["x"] >= 0 and badge["x"] + badge["width"] <= width
     # Wide tables scroll inside their own box; the page around them does not move.
     boxes = await page.evaluate(
         """() => [...document.querySelectorAll('main table')].map((t) => {
