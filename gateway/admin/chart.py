@@ -1,8 +1,14 @@
 """The dashboard's chart: events per minute as stacked bars, one colour per event name, in SVG.
 
-Inline SVG sized by attributes and coloured by classes (admin.css), so the page's CSP needs
-no inline styles; each bar carries a <title> for its tooltip. The geometry is worked out
-here; templates/chart.svg draws it, escaping every name.
+Inline SVG coloured by classes (admin.css), so the page's CSP needs no inline styles; each
+bar carries a <title> for its tooltip. The geometry is worked out here; templates/chart.html
+draws it, escaping every name.
+
+The chart is as wide as its box, from a phone to a desktop, and its text never shrinks with
+it: only the bars sit in a viewBox that stretches sideways (`preserveAspectRatio="none"`),
+while the tick labels are drawn unscaled in CSS pixels: the counts in an axis of their own to
+the left, the times at percentages of the plot's width. Heights are fixed, so nothing is
+squashed vertically either.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from gateway.admin.data import Timeline
 from gateway.admin.render import render
 
 _COLORS = 8  # series classes s0..s7 in admin.css; the last one is "other"
+_UNIT = 10  # viewBox units per minute in the bars' own coordinates; a bar leaves 1 to each side
+_CHAR_PX = 8  # a generous width of one tick-label character at the phone's 13 px font
+# The times under the plot: (minute, label, minor). Minor ones are hidden on narrow screens.
+_MARKS = ((0, "-60 min", False), (15, "-45", True), (30, "-30", False), (45, "-15", True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +37,9 @@ class _Grid:
 @dataclass(frozen=True, slots=True)
 class _Bar:
     series: int
-    x: str
+    x: int
     y: str
-    width: str
+    width: int
     height: str
     name: str
     at: str
@@ -38,18 +48,25 @@ class _Bar:
 
 @dataclass(frozen=True, slots=True)
 class _Mark:
-    x: str
+    x: str  # percent of the plot's width
+    anchor: str
     label: str
+    minor: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Chart:
-    """The chart's geometry, numbers already formatted for the SVG."""
+    """The chart's geometry, numbers already formatted for the SVG.
 
-    width: int
+    Pixel values (`height`, `top`, `plot_h`, `axis_w`, grid and label positions) are CSS
+    pixels; bars are in the bars' viewBox, `units` wide and `plot_h` high.
+    """
+
     height: int
-    left: int
-    right: int
+    top: int
+    plot_h: int
+    axis_w: int
+    units: int
     total: int
     grid: tuple[_Grid, ...]
     bars: tuple[_Bar, ...]
@@ -66,27 +83,26 @@ def series_groups(t: Timeline) -> list[tuple[str, int, Sequence[int]]]:
     return [*head, ("other", sum(other), other)]
 
 
-def chart(t: Timeline, *, width: int = 720, height: int = 220) -> str:
+def chart(t: Timeline, *, height: int = 220) -> str:
     """Stacked bars of events per minute, one colour per event name, as inline SVG."""
-    return render("chart.svg", c=layout(t, width, height)).strip()
+    return render("chart.html", c=layout(t, height)).strip()
 
 
-def layout(t: Timeline, width: int = 720, height: int = 220) -> Chart:
-    """Where each grid line, bar and label goes, for templates/chart.svg to draw."""
-    left, right, top, bottom = 44, 8, 10, 26
-    plot_w, plot_h = width - left - right, height - top - bottom
+def layout(t: Timeline, height: int = 220) -> Chart:
+    """Where each grid line, bar and label goes, for templates/chart.html to draw."""
+    top, bottom = 10, 26
+    plot_h = height - top - bottom
     groups = series_groups(t)
     counts = [g[2] for g in groups]
     totals = [sum(c[m] for c in counts) for m in range(t.minutes)]
     peak = _nice(max(totals, default=0))
-    slot = plot_w / t.minutes
     grid = []
     for tick in (0, peak / 2, peak):
         y = top + plot_h - plot_h * tick / peak
         grid.append(_Grid(f"{y:.1f}", f"{y + 4:.1f}", _tick(tick)))
     bars = []
     for m in range(t.minutes):
-        base = float(top + plot_h)
+        base = float(plot_h)
         at = _clock(t.start + 60 * m)
         for k, series in enumerate(counts):
             n = series[m]
@@ -94,21 +110,31 @@ def layout(t: Timeline, width: int = 720, height: int = 220) -> Chart:
                 continue
             h = plot_h * n / peak
             base -= h
-            x, w = left + m * slot + 1, max(slot - 2, 1)
             bars.append(
-                _Bar(k, f"{x:.1f}", f"{base:.1f}", f"{w:.1f}", f"{h:.1f}", groups[k][0], at, n)
+                _Bar(k, m * _UNIT + 1, f"{base:.2f}", _UNIT - 2, f"{h:.2f}", groups[k][0], at, n)
             )
-    marks = ((0, "-60 min"), (15, "-45"), (30, "-30"), (45, "-15"), (t.minutes - 1, "now"))
+    marks = [
+        _Mark("0", "start", label, minor) if m == 0 else _mark(m, t.minutes, label, minor)
+        for m, label, minor in _MARKS
+        if m < t.minutes
+    ]
+    marks.append(_Mark("100", "end", "now", False))
     return Chart(
-        width=width,
         height=height,
-        left=left,
-        right=width - right,
+        top=top,
+        plot_h=plot_h,
+        axis_w=6 + _CHAR_PX * max(len(g.label) for g in grid),
+        units=t.minutes * _UNIT,
         total=sum(totals),
         grid=tuple(grid),
         bars=tuple(bars),
-        marks=tuple(_Mark(f"{left + (m + 0.5) * slot:.1f}", label) for m, label in marks),
+        marks=tuple(marks),
     )
+
+
+def _mark(minute: int, minutes: int, label: str, minor: bool) -> _Mark:
+    """A time label centred under its minute's bar."""
+    return _Mark(f"{100 * (minute + 0.5) / minutes:.2f}", "middle", label, minor)
 
 
 def _nice(n: int) -> int:

@@ -9,10 +9,31 @@ sized by attributes, never by inline styles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from gateway.admin.chart import layout, series_groups
 from gateway.admin.data import Coverage, Dashboard
 from gateway.admin.hints import MATCH_KEYS, WEAK, hinted_keys
 from gateway.admin.render import render
+from gateway.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class PixelInTestMode:
+    """A pixel whose events go to Meta's Test Events tab, and the code that sends them there."""
+
+    pixel_id: str
+    code: str
+
+
+def pixels_in_test_mode(settings: Settings) -> tuple[PixelInTestMode, ...]:
+    """The configured pixels in test mode: a `test_event_code` of their own or the top level's."""
+    return tuple(
+        PixelInTestMode(p.id, p.test_event_code)
+        for p in settings.effective_pixels()
+        if p.test_event_code
+    )
 
 
 def render_dashboard(
@@ -24,11 +45,12 @@ def render_dashboard(
     signed_in: bool,
     dry_run: bool,
     version: str,
+    testing: Sequence[PixelInTestMode] = (),
 ) -> str:
     """The whole dashboard page."""
     s = d.delivery
     tiles = [
-        ("sent", "Sent", s.sent, "delivered in the last 24 h"),
+        ("sent", "Sent", s.sent, "delivered in the last 24\u00a0h"),
         ("pending", "Pending", s.pending, "waiting for their first attempt"),
         ("retrying", "Retrying", s.retrying, "waiting for another attempt"),
         ("dead", "Dead", s.dead, "refused for good or expired"),
@@ -45,6 +67,7 @@ def render_dashboard(
         signed_in=signed_in,
         dry_run=dry_run,
         version=version,
+        testing=testing,
         c=layout(d.timeline),
         series=series_groups(d.timeline),
         tiles=tiles,

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
-from gateway.admin.page import render_dashboard, render_login
+from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
 from gateway.admin.session import (
     COOKIE,
     SESSION_TTL,
@@ -148,6 +148,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         signed_in=bool(settings.admin_token and auth.session),
         dry_run=settings.dry_run,
         version=__version__,
+        testing=pixels_in_test_mode(settings),
     )
     response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
     if auth.cookie:
