@@ -14,10 +14,11 @@ from aiohttp import web
 
 from gateway.appkeys import (
     BUFFER_READER,
-    CONVERSIONS,
+    INTAKE,
     METRICS,
     OUTBOX,
     PAGES,
+    PROXIED_RULES,
     PROXY,
     RUNTIME,
     SENDER,
@@ -32,11 +33,13 @@ from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
 from gateway.edge.collect import post_collect
-from gateway.edge.conversions import Conversions
 from gateway.edge.events_api import post_events
+from gateway.edge.intake import Intake
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
+from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
+from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
@@ -59,6 +62,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app[RUNTIME] = Runtime.from_settings(settings, rules)
     app[STARTED_AT] = time.time()
     app[METRICS] = Metrics.for_settings(settings)
+    app[VISITOR_RULES] = lambda: app[RUNTIME].visitors
     # Read per request so that a reload's trusted_proxies apply.
     app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
     app.cleanup_ctx.append(_outbox_ctx)
@@ -96,29 +100,25 @@ async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[RUNTIME].settings
-    pages = PageViews(
-        settings, app[OUTBOX], page_secret(settings, load_key(settings)), metrics=app[METRICS]
-    )
+    pages = PageViews(settings, app[INTAKE], page_secret(settings, load_key(settings)))
     session = upstream_session(settings)
     runtime = app[RUNTIME]
-    conversions = Conversions(
+    proxied_rules = ProxiedRules(
         lambda: runtime.rules,
-        app[OUTBOX],
+        app[INTAKE],
         app[STITCHES],
         pages,
         body_limit=settings.rules_body_bytes,
         scan_limit=settings.rules_scan_bytes,
-        metrics=app[METRICS],
     )
-    pages.triggers = conversions.triggers
+    pages.triggers = proxied_rules.triggers
     app[PAGES] = pages
-    app[CONVERSIONS] = conversions
+    app[PROXIED_RULES] = proxied_rules
     app[PROXY] = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, conversions, metrics=app[METRICS]
+        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
     )
     yield
-    await pages.drain()
-    await conversions.drain()
+    await proxied_rules.drain()
     await session.close()
 
 
@@ -141,7 +141,10 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
             f"buffer: cannot open {settings.buffer} ({exc}); point --buffer at a writable file"
         ) from exc
     app[OUTBOX] = outbox
+    # Every accepted event is stored through this one object (see gateway.edge.intake).
+    app[INTAKE] = Intake(outbox, app[METRICS])
     yield
+    await app[INTAKE].drain()
     await outbox.close()
 
 
@@ -206,6 +209,7 @@ async def reload(app: web.Application, settings: Settings, fresh: Runtime | None
     app[RUNTIME].settings = settings
     app[RUNTIME].context = fresh.context
     app[RUNTIME].rules = fresh.rules
+    app[RUNTIME].visitors = fresh.visitors
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.effective_pixels()}
     sender.policy = _policy(settings)

@@ -9,11 +9,11 @@ is loopback, so such a setup needs `admin_token` (or `admin_networks = []`).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 
 from aiohttp import web
 
 from gateway.appkeys import RUNTIME
+from gateway.edge.identity import networks, trusted_peer
 from gateway.errors import json_error
 
 _HOW = (
@@ -40,24 +40,12 @@ def socket_peer(request: web.Request) -> str | None:
     return None
 
 
-def _in_networks(address: str | None, networks: list[str]) -> bool:
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
-
-
 def admin_allowed(request: web.Request) -> bool:
     """True when the request may use the operator endpoints."""
     settings = request.app[RUNTIME].settings
     if settings.admin_token:
         return bearer_matches(request.headers.get("Authorization"), settings.admin_token)
-    return _in_networks(socket_peer(request), settings.admin_networks)
+    return trusted_peer(socket_peer(request), networks(tuple(settings.admin_networks)))
 
 
 def require_admin(request: web.Request) -> web.Response | None:

@@ -27,6 +27,7 @@ from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.seal import load_key
 from gateway.edge.pages import page_secret
+from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.ops import admin_page
 from gateway.ops.access import admin_allowed, bearer_matches, require_admin, socket_peer
@@ -338,9 +339,8 @@ def _cookie_path(request: web.Request) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    pages = request.app.get(PAGES)
-    if pages is not None:
-        return pages.public_origin(request)
+    if PAGES in request.app:
+        return visitor(request).origin
     return f"{request.scheme}://{request.host}"
 
 

@@ -19,7 +19,7 @@ from gateway.config import Sources, load_settings
 from gateway.delivery.housekeeping import delete_rows, queue_stats, requeue
 from gateway.delivery.schema import STATES, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError, load_key
-from gateway.models import identity
+from gateway.models import row_key
 from gateway.settings import ConfigError, Settings
 
 _SEALED = "<sealed: use --reveal>"
@@ -114,7 +114,7 @@ def _as_sent(row: aiosqlite.Row, sealer: Sealer | None) -> dict[str, Any]:
         if sealer is None:
             user_data["_sealed"] = _SEALED
         else:
-            ident = identity(row["pixel_id"], row["event_name"], row["event_id"])
+            ident = row_key(row["pixel_id"], row["event_name"], row["event_id"])
             user_data.update(sealer.open(row["sealed"], ident))
         payload["user_data"] = user_data
     return payload
