@@ -99,6 +99,11 @@ class Visitor:
         return cast(T, found)
 
     @property
+    def computed(self) -> frozenset[str]:
+        """The facts worked out on first read so far (cheap requests leave them unread)."""
+        return frozenset(self._memo)
+
+    @property
     def _req(self) -> web.Request:
         assert self._request is not None, "a Visitor made by hand has only its fields"
         return self._request
