@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
 from gateway.edge.intake import Refused
-from gateway.edge.stitching import stitch_events
+from gateway.edge.stitching import StitchLookupFailed, stitch_events
 from gateway.errors import json_error
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 
@@ -67,7 +67,10 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         return json_error(400, "invalid request", "test_event_code must be a string")
     metrics = request.app[METRICS]
     if any(isinstance(e, dict) and "stitch_key" in e for e in data):
-        problems = await stitch_events(data, request.app[STITCHES], runtime.rules)
+        try:
+            problems = await stitch_events(data, request.app[STITCHES], runtime.rules)
+        except StitchLookupFailed as exc:
+            return request.app[INTAKE].fault(exc, "Stitching /events").response()
         if problems:
             metrics.rejected("api", data)
             return _invalid(problems)

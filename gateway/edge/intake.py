@@ -19,6 +19,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
+from gateway.delivery.stitch import StitchesClosed
 from gateway.errors import json_error
 from gateway.models import NewEvent
 from gateway.ops.metrics import Metrics
@@ -60,10 +61,10 @@ class Refused:
         )
 
 
-def _refusal(exc: Exception) -> Refused:
+def _refusal(exc: BaseException) -> Refused:
     if isinstance(exc, OutboxFull):
         return Refused("buffer full", "the outbox is over max_buffer_mb; retry later", 30)
-    if isinstance(exc, OutboxClosed):
+    if isinstance(exc, OutboxClosed | StitchesClosed):
         return Refused("shutting down", "the gateway is stopping; retry", 5)
     # Disk full, I/O error, a database gone: nothing was stored and the caller must know.
     return Refused(
@@ -119,6 +120,13 @@ class Intake:
         else:
             log.error("Storing %s failed: %r", what, exc)
         return refusal
+
+    def fault(self, exc: Exception, what: str) -> Refused:
+        """The refusal for a store fault met before storing (a stitch lookup); logged."""
+        self.refusals += 1
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        log.error("%s failed: %r", what, cause)
+        return _refusal(cause)
 
     def later(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run a background store (a PageView, rule events) without holding the page."""

@@ -28,6 +28,18 @@ log = logging.getLogger("gateway.stitching")
 UNSTITCHED_ACTION_SOURCE = "system_generated"
 
 
+class StitchLookupFailed(Exception):
+    """The stitch store could not be read (closed or failing): a storage fault, not a miss."""
+
+
+async def _find(stitches: Stitches, keys: Mapping[str, str]) -> VisitorContext | None:
+    try:
+        return await stitches.find(keys)
+    except Exception as exc:
+        # Guessing "no visit" would send a worse event for good; the caller retries instead.
+        raise StitchLookupFailed(str(exc) or type(exc).__name__) from exc
+
+
 # keeping ------------------------------------------------------------------------------------
 
 
@@ -90,11 +102,14 @@ def merge_context(
 async def stitch_hook_event(
     mapping: Webhook, event: dict[str, Any], stitches: Stitches
 ) -> tuple[dict[str, Any], bool]:
-    """A webhook mapping's event completed with its visit, if one was kept; (event, found)."""
+    """A webhook mapping's event completed with its visit, if one was kept; (event, found).
+
+    StitchLookupFailed when the store cannot be read.
+    """
     stitched = False
     keys = mapping.stitch_keys(event)
     if keys:
-        ctx = await stitches.find(keys)
+        ctx = await _find(stitches, keys)
         if ctx is not None:
             event = merge_context(event, ctx)
             if mapping.use_stitched_event_id and ctx.event_id:
@@ -111,6 +126,7 @@ async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> 
 
     Events are changed in place (the key removed, the context merged, explicit values
     winning); the problems found are returned (nothing is stored when there are any).
+    StitchLookupFailed when the store cannot be read.
     """
     known = {_canonical(k) for rule in rules.rules for k in rule.stitch_keys}
     problems: list[Problem] = []
@@ -135,7 +151,7 @@ async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> 
             message = f"no rule keeps visits under {unknown} (configured: {configured})"
             problems.append(Problem(index, "stitch_key", message))
             continue
-        ctx = await stitches.find(stitch_values(list(keys), dict(keys)))
+        ctx = await _find(stitches, stitch_values(list(keys), dict(keys)))
         if ctx is not None:
             data[index] = merge_context(event, ctx, reuse_event_id=True)
     return problems

@@ -22,7 +22,7 @@ from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
 from gateway.delivery.stitch import Stitches
 from gateway.edge.intake import Refused
 from gateway.edge.signatures import SignatureError, verify_hmac, verify_stripe
-from gateway.edge.stitching import stitch_hook_event
+from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
 from gateway.errors import json_error
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, prepare
@@ -82,7 +82,11 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         subject = payload if payload is not None else form
         if not mapping.applies(subject):
             continue
-        built = await _event(mapping, facts, subject, stitches)
+        try:
+            built = await _event(mapping, facts, subject, stitches)
+        except StitchLookupFailed as exc:
+            metrics.webhook(name, "busy")
+            return request.app[INTAKE].fault(exc, f"Stitching webhook {name!r}").response()
         if built is None:
             report.append({"webhook": mapping.name, "skipped": "a required value is missing"})
             continue

@@ -31,8 +31,9 @@ EVENTS = "capi_gateway_events_total"
 
 
 @contextlib.asynccontextmanager
-async def broken_store(buffer: Path) -> AsyncIterator[None]:
-    """Every outbox write fails while inside: the events table is renamed away and back.
+async def broken_store(buffer: Path, table: str = "events") -> AsyncIterator[None]:
+    """Every outbox write (or stitch lookup, with `table="stitches"`) fails while inside:
+    the table is renamed away and back.
 
     Run in a thread: the gateway's own transactions need the event loop to finish."""
 
@@ -40,11 +41,11 @@ async def broken_store(buffer: Path) -> AsyncIterator[None]:
         with contextlib.closing(sqlite3.connect(buffer, timeout=10)) as conn:
             conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
 
-    await asyncio.to_thread(rename, "events", "events_away")
+    await asyncio.to_thread(rename, table, f"{table}_away")
     try:
         yield
     finally:
-        await asyncio.to_thread(rename, "events_away", "events")
+        await asyncio.to_thread(rename, f"{table}_away", table)
 
 
 def refused(samples: Samples, source: str, name: str) -> float:
@@ -130,6 +131,25 @@ async def test_a_webhook_answers_503_when_the_outbox_is_closed(
     resp = await client.post("/_capi/hooks/stripe", data=body, headers=stripe_headers(body))
     assert resp.status == 503
     assert (await resp.json())["error"] == "shutting down"
+
+
+async def test_a_failing_stitch_lookup_is_503_not_a_guess(
+    gateway: GatewayFactory, secrets: None
+) -> None:
+    client = await gateway(rules=RULES)
+    body = body_of(stripe_event("STITCHFAIL1"))
+    async with broken_store(client.server.app[RUNTIME].settings.buffer, "stitches"):
+        hook = await client.post("/_capi/hooks/stripe", data=body, headers=stripe_headers(body))
+        api = await client.post(
+            "/_capi/events",
+            json={"data": [web_event(stitch_key={"order_id": "A1"})]},
+            headers=auth(),
+        )
+    for resp in (hook, api):
+        assert resp.status == 503
+        assert (await resp.json())["error"] == "outbox unavailable"
+        assert int(resp.headers["Retry-After"]) > 0
+    assert client.server.app[INTAKE].refusals == 2
 
 
 async def test_the_events_api_answers_503_when_the_store_fails(gateway: GatewayFactory) -> None:
