@@ -189,8 +189,7 @@ class PageViews:
         rows: list[NewEvent] = []
         fbp = fbc = None
         if consent.track:
-            secure = origin.startswith("https:")
-            fbp, fbc = self._cookies(request, origin, secure, cookies)
+            fbp, fbc = self._cookies(request, who, cookies)
             if not who.prefetch:
                 rows = self._pageview(request, who, event_id, fbp, fbc)
             else:
@@ -247,13 +246,13 @@ class PageViews:
         return f"<script {rendered}></script>".encode("ascii")
 
     def _cookies(
-        self, request: web.Request, origin: str, secure: bool, out: list[str]
+        self, request: web.Request, who: Visitor, out: list[str]
     ) -> tuple[str | None, str | None]:
-        host = origin.split("://", 1)[1]
-        domain = cookies.cookie_domain(host, self.settings.cookie_domain)
+        secure = who.scheme == "https"
+        domain = cookies.cookie_domain(who.host, self.settings.cookie_domain)
         choice = cookies.decide_cookies(
-            request.cookies.get("_fbp"),
-            request.cookies.get("_fbc"),
+            who.fbp,
+            who.fbc,
             cookies.fbclid_from(request.query_string, request.headers.get("Referer")),
             now_ms=int(time.time() * 1000),
             index=cookies.subdomain_index(domain),
