@@ -19,6 +19,8 @@ from aiohttp import web
 from gateway.edge import identity as ident
 from gateway.settings import Settings
 
+_PEER_CACHE = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class VisitorRules:
@@ -27,6 +29,20 @@ class VisitorRules:
     trusted: tuple[ident.Network, ...]
     bots: re.Pattern[str]
     consent: ident.ConsentConfig
+    # `trusted_peer`'s answers by peer address: a handful of peers (the front proxy's
+    # keep-alive connections) ask on every request; parsing each time costs more.
+    _peers: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
+
+    def peer_trusted(self, peer: str | None) -> bool:
+        """`identity.trusted_peer` for these rules, remembered per peer address."""
+        if peer is None:
+            return False
+        found = self._peers.get(peer)
+        if found is None:
+            if len(self._peers) >= _PEER_CACHE:
+                self._peers.clear()  # crude but bounded: many distinct peers, no proxy
+            found = self._peers[peer] = ident.trusted_peer(peer, self.trusted)
+        return found
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VisitorRules:
@@ -72,7 +88,7 @@ class Visitor:
     @classmethod
     def of(cls, request: web.Request, rules: VisitorRules) -> Visitor:
         """Build the visitor of `request` (use `visitor(request)`, which builds it once)."""
-        trusted = ident.trusted_peer(request.remote, rules.trusted)
+        trusted = rules.peer_trusted(request.remote)
         scheme, host = request.scheme, request.host
         if trusted:
             headers = request.headers
@@ -192,7 +208,9 @@ _KEY = web.RequestKey("visitor", Visitor)
 
 def visitor(request: web.Request) -> Visitor:
     """The request's `Visitor`, built on the first call and kept on the request."""
-    found = request.get(_KEY)
-    if found is None:
+    try:
+        return request[_KEY]
+    except KeyError:
+        # Not `request.get`: that is the same try, one Python frame deeper, on every call.
         found = request[_KEY] = Visitor.of(request, request.app[VISITOR_RULES]())
-    return found
+        return found
