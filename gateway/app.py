@@ -15,10 +15,11 @@ from aiohttp import web
 from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
     BUFFER_READER,
-    CONVERSIONS,
+    INTAKE,
     METRICS,
     OUTBOX,
     PAGES,
+    PROXIED_RULES,
     PROXY,
     RUNTIME,
     SENDER,
@@ -35,13 +36,15 @@ from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
-from gateway.edge.conversions import Conversions
 from gateway.edge.events_api import post_events
-from gateway.edge.identity import parse_networks
+from gateway.edge.identity import networks
+from gateway.edge.intake import Intake
 from gateway.edge.limits import header_size_middleware
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
+from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
+from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
@@ -62,6 +65,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app[RUNTIME] = Runtime.from_settings(settings, rules)
     app[STARTED_AT] = time.time()
     app[METRICS] = metrics_for_settings(settings)
+    app[VISITOR_RULES] = lambda: app[RUNTIME].visitors
     # Read per request so that a reload's trusted_proxies apply.
     app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
     app.middlewares.append(
@@ -102,29 +106,25 @@ async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[RUNTIME].settings
-    pages = PageViews(
-        settings, app[OUTBOX], page_secret(settings, load_key(settings)), metrics=app[METRICS]
-    )
+    pages = PageViews(settings, app[INTAKE], page_secret(settings, load_key(settings)))
     session = upstream_session(settings)
     runtime = app[RUNTIME]
-    conversions = Conversions(
+    proxied_rules = ProxiedRules(
         lambda: runtime.rules,
-        app[OUTBOX],
+        app[INTAKE],
         app[STITCHES],
         pages,
         body_limit=settings.rules_body_bytes,
         scan_limit=settings.rules_scan_bytes,
-        metrics=app[METRICS],
     )
-    pages.triggers = conversions.triggers
+    pages.triggers = proxied_rules.triggers
     app[PAGES] = pages
-    app[CONVERSIONS] = conversions
+    app[PROXIED_RULES] = proxied_rules
     app[PROXY] = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, conversions, metrics=app[METRICS]
+        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
     )
     yield
-    await pages.drain()
-    await conversions.drain()
+    await proxied_rules.drain()
     await session.close()
 
 
@@ -147,7 +147,10 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
             f"buffer: cannot open {settings.buffer} ({exc}); point --buffer at a writable file"
         ) from exc
     app[OUTBOX] = outbox
+    # Every accepted event is stored through this one object (see gateway.edge.intake).
+    app[INTAKE] = Intake(outbox, app[METRICS])
     yield
+    await app[INTAKE].drain()
     await outbox.close()
 
 
@@ -212,6 +215,7 @@ async def reload(app: web.Application, settings: Settings, fresh: Runtime | None
     app[RUNTIME].settings = settings
     app[RUNTIME].context = fresh.context
     app[RUNTIME].rules = fresh.rules
+    app[RUNTIME].visitors = fresh.visitors
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.effective_pixels()}
     sender.policy = _policy(settings)
@@ -247,7 +251,7 @@ async def serve(
         port,
         total=settings.max_connections,
         per_peer=settings.max_connections_per_client,
-        exempt=parse_networks(settings.trusted_proxies),
+        exempt=networks(tuple(settings.trusted_proxies)),
         reuse_port=settings.workers > 1,
     )
     try:

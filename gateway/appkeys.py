@@ -10,9 +10,11 @@ from gateway.delivery.outbox import Outbox
 from gateway.delivery.reads import BufferReader
 from gateway.delivery.sender import Sender
 from gateway.delivery.stitch import Stitches
-from gateway.edge.conversions import Conversions
+from gateway.edge.intake import Intake
 from gateway.edge.pages import PageViews
+from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy
+from gateway.edge.visitor import VisitorRules
 from gateway.metrics import Metrics
 from gateway.pipeline.events import Context, Target
 from gateway.pipeline.rules import RuleSet, load_rules
@@ -25,6 +27,8 @@ class Runtime:
 
     settings: Settings
     context: Context
+    # Trusted proxies, bot patterns and consent, parsed once per settings.
+    visitors: VisitorRules
     rules: RuleSet = field(default_factory=RuleSet)
 
     @classmethod
@@ -41,6 +45,7 @@ class Runtime:
                 default_country=settings.default_country,
                 max_future_skew=settings.max_future_skew,
             ),
+            visitors=VisitorRules.from_settings(settings),
             rules=rules if rules is not None else _load(settings),
         )
 
@@ -57,5 +62,6 @@ PROXY = web.AppKey("proxy", Proxy)
 PAGES = web.AppKey("pages", PageViews)
 METRICS = web.AppKey("metrics", Metrics)
 BUFFER_READER = web.AppKey("buffer_reader", BufferReader)
-CONVERSIONS = web.AppKey("conversions", Conversions)
+PROXIED_RULES = web.AppKey("proxied_rules", ProxiedRules)
+INTAKE = web.AppKey("intake", Intake)
 STITCHES = web.AppKey("stitches", Stitches)

@@ -11,8 +11,6 @@ masked as a last line of defence: callers must still never log tokens or custome
 from __future__ import annotations
 
 import contextvars
-import functools
-import ipaddress
 import json
 import logging
 import re
@@ -26,7 +24,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.edge.identity import Network, parse_networks
+from gateway.edge.identity import networks, trusted_peer
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -195,12 +193,6 @@ def valid_request_id(value: str | None) -> str | None:
     return value if _VALID_REQUEST_ID.fullmatch(value) else None
 
 
-@functools.lru_cache(maxsize=8)
-def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
-    # Settings change only on reload: parse each list of CIDRs once, not per request.
-    return parse_networks(cidrs)
-
-
 def request_id_middleware(
     trusted_proxies: Callable[[], Sequence[str]],
 ) -> Middleware:
@@ -236,12 +228,4 @@ def request_id_middleware(
 
 
 def _peer_trusted(peer: str | None, cidrs: Sequence[str]) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in net for net in _networks(tuple(cidrs)))
+    return trusted_peer(peer, networks(tuple(cidrs)))

@@ -15,7 +15,7 @@ STANDARD_EVENTS = frozenset(
 )
 
 
-def identity(pixel_id: str, event_name: str, event_id: str) -> str:
+def row_key(pixel_id: str, event_name: str, event_id: str) -> str:
     """The unique key of an outbox row, also the associated data of its sealed fields."""
     return f"{pixel_id}\x1f{event_name}\x1f{event_id}"
 
@@ -40,6 +40,6 @@ class NewEvent:
     # Seconds to wait before the first send: a proxy PageView waits for its browser beacon.
     hold: float = 0.0
 
-    def identity(self) -> str:
-        """See `identity`."""
-        return identity(self.pixel_id, self.event_name, self.event_id)
+    def row_key(self) -> str:
+        """See `row_key`."""
+        return row_key(self.pixel_id, self.event_name, self.event_id)

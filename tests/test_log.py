@@ -69,6 +69,22 @@ async def test_a_trusted_proxys_request_id_is_kept(gateway: GatewayFactory) -> N
         assert GENERATED.fullmatch(resp.headers[REQUEST_ID_HEADER]), bad
 
 
+async def test_a_trusted_proxy_seen_as_ipv4_mapped_keeps_its_request_id(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    # A dual-stack listener sees the loopback proxy as ::ffff:127.0.0.1: still trusted.
+    settings = make_settings(tmp_path, fake_graph.url)
+    async with run_gateway(settings, dual_stack=True) as gw:
+        url = gw.url + "/_capi/health"
+        async with gw.session.get(url, headers={REQUEST_ID_HEADER: "lb-mapped.1"}) as resp:
+            assert resp.headers[REQUEST_ID_HEADER] == "lb-mapped.1"
+    settings = make_settings(tmp_path, fake_graph.url, trusted_proxies=["10.0.0.0/8"])
+    async with run_gateway(settings, dual_stack=True) as gw:
+        url = gw.url + "/_capi/health"
+        async with gw.session.get(url, headers={REQUEST_ID_HEADER: "lb-mapped.1"}) as resp:
+            assert GENERATED.fullmatch(resp.headers[REQUEST_ID_HEADER])
+
+
 async def test_an_untrusted_peers_request_id_is_ignored(gateway: GatewayFactory) -> None:
     client = await gateway(trusted_proxies=["10.0.0.0/8"])
     resp = await client.get("/_capi/health", headers={REQUEST_ID_HEADER: "forged-by-client"})

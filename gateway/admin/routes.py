@@ -41,6 +41,7 @@ from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
 from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
+from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.ops.access import (
     admin_allowed,
@@ -353,9 +354,8 @@ def _cookie_path(request: web.Request) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    pages = request.app.get(PAGES)
-    if pages is not None:
-        return pages.public_origin(request)
+    if PAGES in request.app:
+        return visitor(request).origin
     return f"{request.scheme}://{request.host}"
 
 

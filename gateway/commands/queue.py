@@ -21,7 +21,7 @@ from gateway.delivery.housekeeping import count_rows, delete_rows, requeue
 from gateway.delivery.reads import EventFilter, list_events, queue_stats
 from gateway.delivery.schema import STATES, SchemaError, connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError, load_key
-from gateway.models import identity
+from gateway.models import row_key
 from gateway.settings import ConfigError, Settings
 
 _SEALED = "<sealed: use --reveal>"
@@ -90,7 +90,7 @@ def _as_sent(row: aiosqlite.Row, sealer: Sealer | None) -> dict[str, Any]:
         if sealer is None:
             user_data["_sealed"] = _SEALED
         else:
-            ident = identity(row["pixel_id"], row["event_name"], row["event_id"])
+            ident = row_key(row["pixel_id"], row["event_name"], row["event_id"])
             user_data.update(sealer.open(row["sealed"], ident))
         payload["user_data"] = user_data
     return payload

@@ -28,7 +28,7 @@ from gateway.delivery import housekeeping, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
-from gateway.models import NewEvent, identity
+from gateway.models import NewEvent, row_key
 
 log = logging.getLogger("gateway.outbox")
 
@@ -194,7 +194,7 @@ class Outbox:
         rows: list[NewEvent] = [ev for p in batch for ev in p.events]
         now = time.time()
         try:
-            sealed = [self.sealer.seal(ev.clear, ev.identity()) for ev in rows]
+            sealed = [self.sealer.seal(ev.clear, ev.row_key()) for ev in rows]
             async with self._transaction() as conn:
                 inserted = await rows_sql.insert(conn, rows, sealed, now)
             self.commits += 1
@@ -262,7 +262,7 @@ class Outbox:
 
     def _open_row(self, r: Any) -> Claimed:
         event: dict[str, Any] = json.loads(r[7])
-        clear = self.sealer.open(r[8], identity(r[1], r[2], r[3]))
+        clear = self.sealer.open(r[8], row_key(r[1], r[2], r[3]))
         if clear:
             event["user_data"] = {**event.get("user_data", {}), **clear}
         return Claimed(
@@ -338,7 +338,7 @@ class Outbox:
         orphans: list[NewEvent] = []
         async with self._transaction() as conn:
             for row in rows:
-                ident = row.identity()
+                ident = row.row_key()
                 found = await rows_sql.enrich_pending(
                     conn,
                     row,

@@ -1,7 +1,7 @@
 """Encryption at rest for the clear-text fields of an event (IP, user agent, fbp, fbc, ...).
 
-AES-256-GCM with a random 96-bit nonce per row; the row's identity is the associated
-data, so a sealed blob copied onto another row fails to open instead of leaking.
+AES-256-GCM with a random 96-bit nonce per row; the row's key (`models.row_key`) is the
+associated data, so a sealed blob copied onto another row fails to open instead of leaking.
 """
 
 from __future__ import annotations
@@ -27,25 +27,25 @@ class SealError(Exception):
 
 
 class Sealer:
-    """Seal and open small JSON objects bound to a row identity."""
+    """Seal and open small JSON objects bound to a row key (`models.row_key`)."""
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
 
-    def seal(self, fields: dict[str, Any], identity: str) -> bytes | None:
+    def seal(self, fields: dict[str, Any], row_key: str) -> bytes | None:
         """Nonce + ciphertext of `fields` as JSON, or None when there is nothing to hide."""
         if not fields:
             return None
         nonce = os.urandom(_NONCE)
         plain = json.dumps(fields, separators=(",", ":")).encode()
-        return nonce + self._aead.encrypt(nonce, plain, identity.encode())
+        return nonce + self._aead.encrypt(nonce, plain, row_key.encode())
 
-    def open(self, blob: bytes | None, identity: str) -> dict[str, Any]:
+    def open(self, blob: bytes | None, row_key: str) -> dict[str, Any]:
         """The fields sealed into `blob`; raises SealError when it does not authenticate."""
         if not blob:
             return {}
         try:
-            plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], identity.encode())
+            plain = self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], row_key.encode())
         except InvalidTag as exc:
             raise SealError("sealed fields do not open with this key") from exc
         value = json.loads(plain)

@@ -2,7 +2,8 @@
 
 When a page or form rule fires with an order id, lead id, hashed email, ... the visitor's
 clear context (fbp, fbc, IP, user agent, page URL, consent) is kept under that key in the
-buffer file; a webhook or `/events` call carrying the same key gets it merged back.
+buffer file; a webhook or `/events` call carrying the same key gets it merged back
+(`gateway.edge.stitching` decides what is kept and how it merges).
 
 The store treats key values as opaque strings: callers normalize them first (an email as
 its lowercase trimmed address or its SHA-256 hex, the same way on both sides). A key is
@@ -32,7 +33,6 @@ import aiosqlite
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError
 from gateway.models import META_WINDOW
-from gateway.pipeline.normalize import ALIASES
 
 log = logging.getLogger("gateway.stitch")
 
@@ -292,31 +292,6 @@ class Stitches:
         self._closed = True
         async with self._lock:
             await self._conn.close()
-
-
-def merge_context(
-    event: Mapping[str, Any], ctx: VisitorContext, *, reuse_event_id: bool = False
-) -> dict[str, Any]:
-    """`event` (the `/events` shape) completed with a stored context; its own values win.
-
-    A user_data field counts as given under any alias (`ip` for client_ip_address). The
-    consent fields and event_source_url are added when the event has none; the browser
-    event id only with `reuse_event_id`, so Meta deduplicates the two.
-    """
-    merged = dict(event)
-    user_data = event.get("user_data", {})
-    if isinstance(user_data, Mapping):
-        given = {ALIASES.get(name, name) for name in user_data}
-        extra = {k: v for k, v in ctx.user_data.items() if k not in given}
-        merged["user_data"] = {**user_data, **extra}
-    if ctx.event_source_url and not event.get("event_source_url"):
-        merged["event_source_url"] = ctx.event_source_url
-    for name, value in ctx.consent.items():
-        if event.get(name) is None:
-            merged[name] = value
-    if reuse_event_id and ctx.event_id and not event.get("event_id"):
-        merged["event_id"] = ctx.event_id
-    return merged
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

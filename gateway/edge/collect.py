@@ -19,11 +19,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from gateway.appkeys import METRICS, OUTBOX, PAGES, RUNTIME
-from gateway.delivery.outbox import OutboxClosed, OutboxFull
-from gateway.edge import identity as ident
+from gateway.appkeys import INTAKE, METRICS, PAGES, RUNTIME
 from gateway.edge import pagetoken
 from gateway.edge.bodies import read_whole
+from gateway.edge.intake import Refused
+from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.pipeline.events import prepare
 from gateway.pipeline.extract import Facts
@@ -55,7 +55,8 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
     """Validate a beacon and store its events; 204 once they are durable."""
     settings = request.app[RUNTIME].settings
     pages = request.app[PAGES]
-    origin = pages.public_origin(request)
+    who = visitor(request)
+    origin = who.origin
     if not same_origin(request, origin):
         return json_error(403, "forbidden", "beacons are accepted from the site's own pages only")
     limit = settings.collect_max_bytes
@@ -71,13 +72,12 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         return json_error(400, "invalid beacon", "the body is not JSON")
     if not isinstance(beacon, dict) or not isinstance(beacon.get("events"), list):
         return json_error(400, "invalid beacon", 'send {"token": ..., "events": [...]}')
-    ip = pages.client_ip(request)
-    ua = request.headers.get("User-Agent", "")
+    ip = who.client_ip
     now = int(time.time())
     claims = pagetoken.verify(
         pages.secret,
         str(beacon.get("token", "")),
-        client=f"{ip or ''}|{ua}",
+        client=who.page_client(),
         now=now,
         ttl=int(settings.page_token_ttl),
     )
@@ -93,18 +93,15 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         return json_error(
             400, "invalid beacon", f"send 1 to {settings.collect_max_events} events per beacon"
         )
-    consent = ident.consent(request.cookies, request.headers, pages.consent_config)
+    consent = who.consent
     metrics = request.app[METRICS]
-    if not consent.track or ident.is_bot(ua, pages.bots):
+    if not consent.track or who.bot:
         reason = "bot" if consent.track else "consent"
         metrics.dropped(reason, source="collect", count=len(events))
         return web.Response(status=204)
     page_url = _page_url(beacon.get("url"), origin, request.headers.get("Referer"))
     context = {
-        "ip": ip,
-        "ua": ua,
-        "fbp": request.cookies.get("_fbp"),
-        "fbc": request.cookies.get("_fbc"),
+        "user_data": who.user_data(),
         "url": scrub_url(page_url, pages.sensitive) if page_url else None,
         "referrer": _referrer(beacon.get("referrer"), pages.sensitive),
         "consent": consent,
@@ -136,21 +133,10 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
             dataclasses.replace(row, rule=fired[row.event_id]) if row.event_id in fired else row
             for row in result.rows
         ]
-    outbox = request.app[OUTBOX]
-    try:
-        # The page's PageView is already stored by the proxy: the beacon only completes it.
-        views = [row for row in result.rows if row.event_name == "PageView"]
-        others = [row for row in result.rows if row.event_name != "PageView"]
-        if views:
-            orphans = await outbox.enrich(views)
-            # A view that completed the proxy's own PageView is that event, not a new one.
-            twins = [v for v in views if not any(v is o for o in orphans)]
-            metrics.stored(twins, [False] * len(twins))
-            others += orphans
-        metrics.stored(others, await outbox.add(others))
-    except (OutboxFull, OutboxClosed):
-        metrics.refused(others)
-        return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
+    # The page's PageView is already stored by the proxy: the beacon only completes it.
+    stored = await request.app[INTAKE].store(result.rows, twins=True)
+    if isinstance(stored, Refused):
+        return stored.response()
     return web.Response(status=204)
 
 
@@ -218,11 +204,8 @@ def _check(event: Any, page_event_id: str) -> dict[str, str] | None:
 
 
 def _server_event(event: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
-    user_data: dict[str, Any] = dict(event.get("user_data") or {})
-    user_data["client_user_agent"] = ctx["ua"]
-    for key, value in (("client_ip_address", ctx["ip"]), ("fbp", ctx["fbp"]), ("fbc", ctx["fbc"])):
-        if value:
-            user_data[key] = value
+    # What identifies the browser comes from the request, never from the beacon.
+    user_data: dict[str, Any] = {**(event.get("user_data") or {}), **ctx["user_data"]}
     # Browser clocks drift: never in the future, never before the page was served.
     sent_time = event.get("event_time")
     when: int = ctx["now"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import sqlite3
 from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import METRICS, OUTBOX, RUNTIME, STITCHES
-from gateway.delivery.outbox import OutboxClosed, OutboxFull
-from gateway.edge.webhooks import stitch_events
+from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
+from gateway.edge.intake import Refused
+from gateway.edge.stitching import StitchLookupFailed, stitch_events
 from gateway.errors import json_error
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 from gateway.pipeline.jsonsafe import non_finite_path
@@ -71,7 +70,10 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         return json_error(400, "invalid request", "test_event_code must be a string")
     metrics = request.app[METRICS]
     if any(isinstance(e, dict) and "stitch_key" in e for e in data):
-        problems = await stitch_events(data, request.app[STITCHES], runtime.rules)
+        try:
+            problems = await stitch_events(data, request.app[STITCHES], runtime.rules)
+        except StitchLookupFailed as exc:
+            return request.app[INTAKE].fault(exc, "Stitching /events").response()
         if problems:
             metrics.rejected("api", data)
             return _invalid(problems)
@@ -79,31 +81,9 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     if isinstance(result, list):
         metrics.rejected("api", data)
         return _invalid(result)
-    try:
-        metrics.stored(result.rows, await request.app[OUTBOX].add(result.rows))
-    except OutboxFull:
-        metrics.refused(result.rows)
-        return json_error(
-            503,
-            "buffer full",
-            "the outbox is over max_buffer_mb; retry later",
-            headers={"Retry-After": "30"},
-        )
-    except OutboxClosed:
-        metrics.refused(result.rows)
-        return json_error(
-            503, "shutting down", "the gateway is stopping; retry", headers={"Retry-After": "5"}
-        )
-    except (OSError, sqlite3.Error) as exc:
-        # Disk full, I/O error: nothing was stored, and the caller must know to retry.
-        metrics.refused(result.rows)
-        log.error("Storing %d event(s) failed: %s", len(result.rows), exc)
-        return json_error(
-            503,
-            "outbox unavailable",
-            "the events could not be stored; nothing was accepted, retry",
-            headers={"Retry-After": "10"},
-        )
+    stored = await request.app[INTAKE].store(result.rows)
+    if isinstance(stored, Refused):
+        return stored.response()
     log.debug(
         "Accepted %d event(s) from the events API.",
         len(result.event_ids),

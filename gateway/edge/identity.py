@@ -130,6 +130,27 @@ def _trusted(addr: _Address, trusted: Sequence[Network]) -> bool:
     return any(addr in net for net in trusted)
 
 
+def trusted_peer(peer: str | None, trusted: Sequence[Network]) -> bool:
+    """True when the socket peer `peer` is in `trusted` (the one answer for every caller).
+
+    An IPv4-mapped IPv6 peer (`::ffff:127.0.0.1`, what a dual-stack socket reports for an
+    IPv4 client) is its IPv4 address; an IPv6 zone (`fe80::1%eth0`) is ignored.
+    """
+    if not peer:
+        return False
+    try:
+        addr = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    return _trusted(_unmap(addr), trusted)
+
+
+@functools.lru_cache(maxsize=16)
+def networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    """`parse_networks` kept per list: settings change on reload only, never per request."""
+    return parse_networks(cidrs)
+
+
 def client_ip(
     peer: str | None,
     x_forwarded_for: Sequence[str],

@@ -8,12 +8,10 @@ report the same view under two ids.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import hmac
 import html
-import ipaddress
 import logging
 import time
 import uuid
@@ -26,15 +24,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import __version__
-from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
 from gateway.delivery.ratelimit import RateLimits
 from gateway.edge import cookies, pagetoken
 from gateway.edge import headers as hdr
-from gateway.edge import identity as ident
 from gateway.edge.csp import CspDecision
 from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
+from gateway.edge.intake import Intake, Stored
+from gateway.edge.visitor import Visitor, visitor
 from gateway.metrics import Metrics
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, Target, prepare
@@ -92,27 +90,22 @@ class PageCounters:
         self.injected += 1
         self.metrics.page_tagged()
 
-    def saved(self, rows: list[NewEvent], flags: list[bool]) -> None:
-        """Count a PageView the outbox took (flags: new or duplicate, per row)."""
+    def saved(self) -> None:
+        """Count a PageView the store took (the intake counts its rows)."""
         self.stored += 1
-        self.metrics.stored(rows, flags)
 
-    def failed(self, rows: list[NewEvent]) -> None:
-        """Count a PageView the outbox could not take."""
+    def failed(self) -> None:
+        """Count a PageView the store refused (the intake counts and logs its rows)."""
         self.store_failed += 1
-        self.metrics.refused(rows)
 
 
 class PageViews:
     """Decides, per HTML document, the tag, the cookies and the server PageView."""
 
-    def __init__(
-        self, settings: Settings, outbox: Outbox, secret: bytes, *, metrics: Metrics | None = None
-    ) -> None:
-        self.outbox = outbox
+    def __init__(self, settings: Settings, intake: Intake, secret: bytes) -> None:
+        self.intake = intake
         self.secret = secret
-        self.counters = PageCounters(metrics=metrics or Metrics())
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters = PageCounters(metrics=intake.metrics)
         # The page's click/submit rules as JSON for px.js (set when rule files are loaded).
         self.triggers: Callable[[web.Request], str | None] | None = None
         self.configure(settings)
@@ -120,18 +113,6 @@ class PageViews:
     def configure(self, settings: Settings) -> None:
         """(Re)read the settings this stage uses; called again on reload."""
         self.settings = settings
-        self.trusted = ident.parse_networks(settings.trusted_proxies)
-        self.bots = ident.compile_bots(
-            settings.bot_user_agents
-            if settings.bot_user_agents is not None
-            else ident.DEFAULT_BOT_PATTERNS
-        )
-        self.consent_config = ident.ConsentConfig(
-            cookie=None if settings.consent == "none" else settings.consent,
-            accepted=tuple(settings.consent_values),
-            opt_out_cookie=settings.opt_out_cookie,
-            gpc=settings.gpc,
-        )
         self.sensitive: Sequence[str] = (
             settings.scrub_query_params
             if settings.scrub_query_params is not None
@@ -155,8 +136,8 @@ class PageViews:
         )
         self.rate_limits = RateLimits(settings.collect_rate, settings.collect_burst)
         consent_attr = ""
-        if self.consent_config.cookie:
-            consent_attr = f"{self.consent_config.cookie}=" + "|".join(self.consent_config.accepted)
+        if settings.consent != "none":
+            consent_attr = f"{settings.consent}=" + "|".join(settings.consent_values)
         # Page-independent attributes of the tag, rendered once.
         self.static_attrs = {
             "data-endpoint": f"{settings.prefix}/collect",
@@ -168,50 +149,21 @@ class PageViews:
         if consent_attr:
             self.static_attrs["data-consent"] = consent_attr
 
-    # identity -------------------------------------------------------------------
-
-    def trusted_peer(self, peer: str | None) -> bool:
-        """True when the socket peer is one of `trusted_proxies`."""
-        return _in(peer, self.trusted)
-
-    def public_origin(self, request: web.Request) -> str:
-        """scheme://host as the visitor sees it (trusted proxies may tell us)."""
-        scheme, host = request.scheme, request.host
-        if _in(request.remote, self.trusted):
-            scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
-            host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
-        return f"{scheme}://{host}"
-
-    def client_ip(self, request: web.Request) -> str | None:
-        """The visitor's address: the peer, or the right-most untrusted forwarded hop."""
-        return ident.client_ip(
-            request.remote,
-            request.headers.getall("X-Forwarded-For", ()),
-            request.headers.getall("Forwarded", ()),
-            self.trusted,
-        )
-
     # the plan -------------------------------------------------------------------
 
-    def plan(
-        self, request: web.Request, status: int, headers: CIMultiDict[str], *, origin: str
-    ) -> PagePlan | None:
-        """A plan for an HTML document the gateway should tag, else None.
-
-        `origin` is `public_origin(request)`, which the proxy has already worked out.
-        """
+    def plan(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> PagePlan | None:
+        """A plan for an HTML document the gateway should tag, else None."""
         settings = self.settings
-        if request.method != "GET":
+        if request.method != "GET" or hdr.media_type(headers) not in _HTML_TYPES:
             return None
-        decision = self._taggable(request, status, headers, origin, count=True)
+        who = visitor(request)
+        decision = self._taggable(request, status, headers, who, count=True)
         if decision is None:
             return None
-        consent = ident.consent(request.cookies, request.headers, self.consent_config)
+        consent = who.consent
         event_id = str(uuid.uuid4())
-        ip = self.client_ip(request)
-        ua = request.headers.get("User-Agent", "")
         triggers = self.triggers(request) if self.triggers is not None else None
-        tag = self._tag(event_id, ip, ua, decision.nonce, ldu=consent.ldu, triggers=triggers)
+        tag = self._tag(event_id, who, decision.nonce, ldu=consent.ldu, triggers=triggers)
         rewrite = open_rewrite(
             headers.get("Content-Encoding"),
             HeadInjector(tag, max_scan=settings.inject_max_scan),
@@ -224,10 +176,9 @@ class PageViews:
         rows: list[NewEvent] = []
         fbp = fbc = None
         if consent.track:
-            secure = origin.startswith("https:")
-            fbp, fbc = self._cookies(request, origin, secure, cookies)
-            if not ident.is_prefetch(request.headers):
-                rows = self._pageview(request, origin, event_id, ip, ua, fbp, fbc, consent)
+            fbp, fbc = self._cookies(request, who, cookies)
+            if not who.prefetch:
+                rows = self._pageview(request, who, event_id, fbp, fbc)
             else:
                 self.counters.metrics.dropped("prefetch")
         else:
@@ -243,11 +194,11 @@ class PageViews:
         if self.settings.debug_headers:
             headers["X-Capi-Skipped"] = reason
 
-    def tags_head(
-        self, request: web.Request, status: int, headers: CIMultiDict[str], *, origin: str
-    ) -> bool:
+    def tags_head(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> bool:
         """For a HEAD: True when a GET of the page would be tagged, so it gets GET's headers."""
-        if request.method != "HEAD" or self._taggable(request, status, headers, origin) is None:
+        if request.method != "HEAD":
+            return False
+        if self._taggable(request, status, headers, visitor(request)) is None:
             return False
         probe = HeadInjector(b"", max_scan=self.settings.inject_max_scan)
         return open_rewrite(headers.get("Content-Encoding"), probe) is not None
@@ -257,7 +208,7 @@ class PageViews:
         request: web.Request,
         status: int,
         headers: CIMultiDict[str],
-        origin: str,
+        who: Visitor,
         *,
         count: bool = False,
     ) -> CspDecision | None:
@@ -267,7 +218,7 @@ class PageViews:
         if not self.settings.inject:
             self._skipped(headers, "inject-off")
             return None
-        reason = self._skip_reason(request, headers)
+        reason = self._skip_reason(request, headers, who)
         if reason:
             if count:
                 self.counters.skip(reason)
@@ -276,7 +227,7 @@ class PageViews:
         decision = csp_decide(
             headers.getall("Content-Security-Policy", ()),
             script_path=self.script,
-            origin=origin,
+            origin=who.origin,
         )
         if not decision.allowed:
             if count:
@@ -288,7 +239,7 @@ class PageViews:
             return None
         return decision
 
-    def _skip_reason(self, request: web.Request, headers: CIMultiDict[str]) -> str:
+    def _skip_reason(self, request: web.Request, headers: CIMultiDict[str], who: Visitor) -> str:
         if any(name in request.headers for name in _FRAGMENT_HEADERS):
             return "fragment"
         dest = request.headers.get("Sec-Fetch-Dest")
@@ -302,22 +253,21 @@ class PageViews:
             return "range"
         if not html_charset_is_ascii_compatible(headers.get("Content-Type")):
             return "charset"
-        if ident.is_bot(request.headers.get("User-Agent"), self.bots):
+        if who.bot:
             return "bot"
         return ""
 
     def _tag(
         self,
         event_id: str,
-        ip: str | None,
-        ua: str,
+        who: Visitor,
         nonce: str | None,
         *,
         ldu: bool,
         triggers: str | None = None,
     ) -> bytes:
         token = pagetoken.sign(
-            self.secret, event_id, issued=int(time.time()), client=f"{ip or ''}|{ua}"
+            self.secret, event_id, issued=int(time.time()), client=who.page_client()
         )
         attrs = {
             "src": self.script,
@@ -335,13 +285,13 @@ class PageViews:
         return f"<script {rendered}></script>".encode("ascii")
 
     def _cookies(
-        self, request: web.Request, origin: str, secure: bool, out: list[str]
+        self, request: web.Request, who: Visitor, out: list[str]
     ) -> tuple[str | None, str | None]:
-        host = origin.split("://", 1)[1]
-        domain = cookies.cookie_domain(host, self.settings.cookie_domain)
+        secure = who.scheme == "https"
+        domain = cookies.cookie_domain(who.host, self.settings.cookie_domain)
         choice = cookies.decide_cookies(
-            request.cookies.get("_fbp"),
-            request.cookies.get("_fbc"),
+            who.fbp,
+            who.fbc,
             cookies.fbclid_from(request.query_string, request.headers.get("Referer")),
             now_ms=int(time.time() * 1000),
             index=cookies.subdomain_index(domain),
@@ -364,30 +314,23 @@ class PageViews:
     def _pageview(
         self,
         request: web.Request,
-        origin: str,
+        who: Visitor,
         event_id: str,
-        ip: str | None,
-        ua: str,
         fbp: str | None,
         fbc: str | None,
-        consent: ident.Consent,
     ) -> list[NewEvent]:
-        user_data: dict[str, Any] = {"client_user_agent": ua}
-        for key, value in (("client_ip_address", ip), ("fbp", fbp), ("fbc", fbc)):
-            if value:
-                user_data[key] = value
         event: dict[str, Any] = {
             "event_name": "PageView",
             "event_id": event_id,
             "action_source": "website",
-            "event_source_url": scrub_url(origin + request.raw_path, self.sensitive),
-            "user_data": user_data,
+            "event_source_url": scrub_url(who.origin + request.raw_path, self.sensitive),
+            "user_data": who.user_data((fbp, fbc)),
         }
         referer = request.headers.get("Referer")
         if referer and _parses(referer):
             # A Referer no URL parser accepts is dropped, not allowed to lose the PageView.
             event["referrer_url"] = scrub_url(referer, self.sensitive)
-        event.update(consent.event_fields())
+        event.update(who.consent.event_fields())
         result = prepare([event], self.context)
         if isinstance(result, list):
             # A view Meta would refuse (no usable identifiers): counted, not stored.
@@ -401,27 +344,19 @@ class PageViews:
 
     def _store(self, rows: list[NewEvent]) -> None:
         self.counters.tagged()
-        if not rows:
-            return
-        task = asyncio.get_running_loop().create_task(self._add(rows), name="pageview")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if rows:
+            self.intake.later(self._add(rows), "pageview")
 
     async def _add(self, rows: list[NewEvent]) -> None:
-        try:
-            flags = await self.outbox.add(rows)
-            self.counters.saved(rows, flags)
-        except (OutboxFull, OutboxClosed) as exc:
-            self.counters.failed(rows)
-            log.error("PageView %s not stored: %s", rows[0].event_id, exc)
-        except Exception as exc:
-            self.counters.failed(rows)
-            log.error("PageView %s not stored: %r", rows[0].event_id, exc)
+        # The intake counts and logs a refusal; the page has long gone out either way.
+        if isinstance(await self.intake.store(rows), Stored):
+            self.counters.saved()
+        else:
+            self.counters.failed()
 
     async def drain(self) -> None:
-        """Wait until every PageView handed over is in the outbox's queue or failed."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        """Wait until every PageView handed over is stored or refused."""
+        await self.intake.drain()
 
 
 def page_secret(settings: Settings, key: bytes) -> bytes:
@@ -437,13 +372,3 @@ def _parses(url: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _in(address: str | None, networks: Sequence[ident.Network]) -> bool:
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)

@@ -20,11 +20,12 @@ from yarl import URL
 
 from gateway.edge import headers as hdr
 from gateway.edge.bodies import BodyCopy
-from gateway.edge.conversions import Conversions, PageTap, Run
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
+from gateway.edge.proxied_rules import PageTap, ProxiedRules, Run
 from gateway.edge.shares import ClientShares
 from gateway.edge.upstream_health import UpstreamHealth
+from gateway.edge.visitor import visitor
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -105,14 +106,14 @@ class Proxy:
         session: aiohttp.ClientSession,
         options: ProxyOptions,
         pages: PageViews,
-        conversions: Conversions | None = None,
+        proxied_rules: ProxiedRules | None = None,
         *,
         metrics: Metrics | None = None,
     ) -> None:
         self.session = session
         self.options = options
         self.pages = pages
-        self.conversions = conversions
+        self.proxied_rules = proxied_rules
         self.metrics = metrics or pages.counters.metrics
         self.health = UpstreamHealth(str(options.upstream))
         self.shares = ClientShares(options.per_client)
@@ -123,7 +124,7 @@ class Proxy:
             return await relay_websocket(
                 request, self._target(request), self._headers(request), session=self.session
             )
-        client = self.pages.client_ip(request) or ""
+        client = visitor(request).client_ip or ""
         if not self.shares.take(client):
             log.info("A client holds its whole upstream share; answering 503 for %s.", request.path)
             response = _error(
@@ -233,11 +234,10 @@ class Proxy:
         return URL(str(self.options.upstream.origin()) + raw, encoded=True)
 
     def _headers(self, request: web.Request) -> CIMultiDict[str]:
-        peer = request.remote
         return hdr.upstream_request_headers(
             request.headers,
-            peer=peer,
-            peer_trusted=self.pages.trusted_peer(peer),
+            peer=request.remote,
+            peer_trusted=visitor(request).peer_trusted,
             scheme=request.scheme,
             host=request.host,
             upstream_host=self.options.upstream.raw_authority,
@@ -247,21 +247,21 @@ class Proxy:
     async def _respond(
         self, request: web.Request, upstream: aiohttp.ClientResponse, run: Run | None
     ) -> web.StreamResponse:
-        public_origin = self.pages.public_origin(request)
+        public_origin = visitor(request).origin
         headers = hdr.client_response_headers(
             upstream.headers, upstream=self.options.upstream, public_origin=public_origin
         )
         if upstream.status == 304:
             hdr.weaken_revalidated(headers, request.headers.getall("If-None-Match", ()))
         try:
-            plan = self.pages.plan(request, upstream.status, headers, origin=public_origin)
+            plan = self.pages.plan(request, upstream.status, headers)
         except ValueError as exc:
             # A Host or URL no parser accepts (client-controlled): serve the page untagged
             # rather than answer 500 for it.
             log.warning("Not tagging %s: %s", request.path, exc)
             self.pages.counters.skip("invalid")
             plan = None
-        if plan is not None or self._tags_head(request, upstream.status, headers, public_origin):
+        if plan is not None or self._tags_head(request, upstream.status, headers):
             # HEAD answers the headers GET would (without the cookies of a page view).
             hdr.prepare_rewritten(headers)
             hdr.keep_private(headers)
@@ -278,19 +278,17 @@ class Proxy:
             if tap is not None:
                 self._finish(tap, request)
 
-    def _tags_head(
-        self, request: web.Request, status: int, headers: CIMultiDict[str], origin: str
-    ) -> bool:
+    def _tags_head(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> bool:
         try:
-            return self.pages.tags_head(request, status, headers, origin=origin)
+            return self.pages.tags_head(request, status, headers)
         except ValueError:
             return False  # a Host no parser accepts: the page is not tagged either
 
     def _begin(self, request: web.Request) -> Run | None:
-        if self.conversions is None:
+        if self.proxied_rules is None:
             return None
         try:
-            return self.conversions.begin(request)
+            return self.proxied_rules.begin(request)
         except Exception:
             # Rules must never cost the visitor the page (a Host no parser accepts, ...).
             log.exception("Rules failed on %s.", request.path)
@@ -311,11 +309,11 @@ class Proxy:
         plan: PagePlan | None,
         no_body: bool,
     ) -> PageTap | None:
-        if run is None or self.conversions is None:
+        if run is None or self.proxied_rules is None:
             return None
         fbp, fbc = (plan.fbp, plan.fbc) if plan is not None else (None, None)
         try:
-            tap = self.conversions.respond(
+            tap = self.proxied_rules.respond(
                 run, status, headers, fbp=fbp, fbc=fbc, head_only=no_body
             )
         except Exception:

@@ -12,30 +12,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from gateway.appkeys import METRICS, OUTBOX, RUNTIME, STITCHES
-from gateway.delivery.outbox import OutboxClosed, OutboxFull
-from gateway.delivery.stitch import Stitches, VisitorContext, merge_context
+from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
+from gateway.delivery.stitch import Stitches
+from gateway.edge.intake import Refused
+from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
 from gateway.errors import json_error
 from gateway.models import NewEvent
-from gateway.pipeline.events import Context, Problem, prepare
+from gateway.pipeline.events import Context, prepare
 from gateway.pipeline.extract import Facts
-from gateway.pipeline.normalize import ALIASES
-from gateway.pipeline.rules import RuleSet
 from gateway.pipeline.signatures import SignatureError, verify_hmac, verify_stripe
-from gateway.pipeline.webhooks import Verifier, Webhook, stitch_values
+from gateway.pipeline.webhooks import Verifier, Webhook
 
 log = logging.getLogger("gateway.webhooks")
-
-# Without the visitor's browser (nothing stitched), a "website" event lacks what Meta
-# requires of one (user agent, page URL): it is sent as what it is, a backend event.
-UNSTITCHED_ACTION_SOURCE = "system_generated"
 
 
 async def post_hook(request: web.Request) -> web.StreamResponse:
@@ -88,7 +82,11 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         subject = payload if payload is not None else form
         if not mapping.applies(subject):
             continue
-        built = await _event(mapping, facts, subject, stitches)
+        try:
+            built = await _event(mapping, facts, subject, stitches)
+        except StitchLookupFailed as exc:
+            metrics.webhook(name, "busy")
+            return request.app[INTAKE].fault(exc, f"Stitching webhook {name!r}").response()
         if built is None:
             report.append({"webhook": mapping.name, "skipped": "a required value is missing"})
             continue
@@ -114,21 +112,15 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
             {"webhook": mapping.name, "event_id": result.event_ids[0], "stitched": stitched}
         )
     if rows:
-        try:
-            fresh = await request.app[OUTBOX].add(rows)
-        except (OutboxFull, OutboxClosed, OSError, sqlite3.Error) as exc:
-            if not isinstance(exc, OutboxFull | OutboxClosed):
-                log.error("Storing webhook %r events failed: %s", name, exc)
-            metrics.refused(rows)
+        stored = await request.app[INTAKE].store(rows)
+        if isinstance(stored, Refused):
             metrics.webhook(name, "busy")
             # A 503 makes the provider retry later, which is what we want.
-            return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
-        metrics.stored(rows, fresh)
+            return stored.response()
         metrics.webhook(name, "mapped")
-        ids = {row.event_id: new for row, new in zip(rows, fresh, strict=True)}
         for item in report:
             if "event_id" in item:
-                item["duplicate"] = not ids.get(item["event_id"], True)
+                item["duplicate"] = stored.outcome_of(item["event_id"]) == "duplicate"
     elif report:
         # Acknowledged all the same: a retry of the same payload would fail the same way.
         metrics.webhook(name, "rejected")
@@ -159,24 +151,7 @@ async def _event(
     event = mapping.draft(facts, payload)
     if event is None:
         return None
-    stitched = False
-    keys = mapping.stitch_keys(event)
-    if keys:
-        ctx = await stitches.find(keys)
-        if ctx is not None:
-            event = _merge(event, ctx, share_id=mapping.use_stitched_event_id)
-            stitched = True
-    if event["action_source"] == "website" and not event["user_data"].get("client_user_agent"):
-        event["action_source"] = UNSTITCHED_ACTION_SOURCE
-    return event, stitched
-
-
-def _merge(event: dict[str, Any], ctx: VisitorContext, *, share_id: bool) -> dict[str, Any]:
-    merged = merge_context(event, ctx)
-    if share_id and ctx.event_id:
-        # The browser-side event's id: Meta keeps one of the two.
-        merged["event_id"] = ctx.event_id
-    return merged
+    return await stitch_hook_event(mapping, event, stitches)
 
 
 def _webhook_context(context: Context) -> Context:
@@ -219,42 +194,3 @@ def _parse(body: bytes, content_type: str) -> tuple[Any, dict[str, list[str]]]:
     except (ValueError, RecursionError):
         return None, {}
     return (payload if isinstance(payload, Mapping | list) else None), {}
-
-
-async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> list[Problem]:
-    """`/events`: merge stored visitor context into events carrying `stitch_key`.
-
-    Events are changed in place (the key removed, the context merged, explicit values
-    winning); the problems found are returned (nothing is stored when there are any).
-    """
-    known = {_canonical(k) for rule in rules.rules for k in rule.stitch_keys}
-    problems: list[Problem] = []
-    for index, event in enumerate(data):
-        if not isinstance(event, dict) or "stitch_key" not in event:
-            continue
-        keys = event.pop("stitch_key")
-        if (
-            not isinstance(keys, Mapping)
-            or not keys
-            or not all(
-                isinstance(k, str) and isinstance(v, str | int) and not isinstance(v, bool)
-                for k, v in keys.items()
-            )
-        ):
-            message = 'use an object of key names to values, e.g. {"order_id": "A1"}'
-            problems.append(Problem(index, "stitch_key", message))
-            continue
-        unknown = sorted(k for k in keys if _canonical(k) not in known)
-        if unknown:
-            configured = ", ".join(sorted(known)) or "none"
-            message = f"no rule keeps visits under {unknown} (configured: {configured})"
-            problems.append(Problem(index, "stitch_key", message))
-            continue
-        ctx = await stitches.find(stitch_values(list(keys), dict(keys)))
-        if ctx is not None:
-            data[index] = merge_context(event, ctx, reuse_event_id=True)
-    return problems
-
-
-def _canonical(name: str) -> str:
-    return ALIASES.get(name, name)

@@ -9,14 +9,13 @@ address the trusted proxies name, and from an untrusted peer it is refused outri
 
 from __future__ import annotations
 
-import functools
 import hmac
-import ipaddress
 
 from aiohttp import web
 
 from gateway.appkeys import RUNTIME
-from gateway.edge.identity import Network, client_ip, parse_networks
+from gateway.edge.identity import networks, trusted_peer
+from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 
 _HOW = (
@@ -52,43 +51,20 @@ def proxied(request: web.Request) -> bool:
 
 def client_address(request: web.Request) -> str | None:
     """The client the gateway trusts: the socket peer, or what trusted proxies say it is."""
-    trusted = _networks(tuple(request.app[RUNTIME].settings.trusted_proxies))
-    return client_ip(
-        socket_peer(request),
-        request.headers.getall("X-Forwarded-For", ()),
-        request.headers.getall("Forwarded", ()),
-        trusted,
-    )
+    return visitor(request).client_ip
 
 
-@functools.lru_cache(maxsize=8)
-def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
-    # Settings change only on reload: parse each list once, not per request.
-    return parse_networks(cidrs)
-
-
-def _local(request: web.Request, networks: list[str]) -> bool:
+def _local(request: web.Request, admin_networks: list[str]) -> bool:
     peer = socket_peer(request)
-    if not _in_networks(peer, networks):
+    allowed = networks(tuple(admin_networks))
+    if not trusted_peer(peer, allowed):
         return False
     if not proxied(request):
         return True
-    if not _in_networks(peer, request.app[RUNTIME].settings.trusted_proxies):
+    if not trusted_peer(peer, networks(tuple(request.app[RUNTIME].settings.trusted_proxies))):
         return False  # an untrusted peer relaying someone else: not a local request
     # A trusted proxy appends the address it saw: a visitor cannot pass for loopback.
-    return _in_networks(client_address(request), networks)
-
-
-def _in_networks(address: str | None, networks: list[str]) -> bool:
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+    return trusted_peer(client_address(request), allowed)
 
 
 def admin_allowed(request: web.Request) -> bool:

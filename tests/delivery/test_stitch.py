@@ -20,7 +20,6 @@ from gateway.delivery.stitch import (
     StitchesClosed,
     VisitorContext,
     derive_lookup_key,
-    merge_context,
 )
 from gateway.edge.identity import Consent
 from gateway.models import NewEvent
@@ -291,32 +290,3 @@ async def test_closed_store_refuses_and_close_flushes(tmp_path: Path) -> None:
     with pytest.raises(StitchesClosed):
         await stitches.get("order_id", ORDER)
     await stitches.close()  # twice is fine
-
-
-def test_merge_context_explicit_values_win() -> None:
-    ctx = context()
-    event = {
-        "event_name": "Purchase",
-        "user_data": {"em": "x@example.com", "ip": "198.51.100.1"},
-        "opt_out": None,
-        "data_processing_options": [],
-    }
-    merged = merge_context(event, ctx)
-    assert merged["user_data"] == {
-        "em": "x@example.com",
-        "ip": "198.51.100.1",  # given under its alias: the stored IP is not added
-        "fbp": FBP,
-        "fbc": FBC,
-        "client_user_agent": UA,
-    }
-    assert merged["event_source_url"] == ctx.event_source_url
-    assert merged["data_processing_options"] == []  # explicit, kept
-    assert merged["data_processing_options_country"] == 0
-    assert "event_id" not in merged
-    assert event["user_data"] == {"em": "x@example.com", "ip": "198.51.100.1"}  # not mutated
-    assert (
-        merge_context({"event_name": "Purchase"}, ctx, reuse_event_id=True)["event_id"] == "ic.42"
-    )
-    own = {"event_name": "Purchase", "event_id": "mine", "event_source_url": "https://b/"}
-    kept = merge_context(own, ctx, reuse_event_id=True)
-    assert kept["event_id"] == "mine" and kept["event_source_url"] == "https://b/"

@@ -1,7 +1,8 @@
 """Fixtures for the edge tests: the gateway in-process in front of tests.fakes.upstream.
 
 `site` is the recording upstream, `start` starts a gateway in front of it (call with
-settings overrides; each gateway gets its own outbox file) and `gw` is one started with
+settings overrides, and `dual_stack=True` to be seen as `::ffff:127.0.0.1`; each gateway
+gets its own outbox file) and `gw` is one started with
 the defaults.
 """
 
@@ -36,7 +37,7 @@ async def start(
     async with contextlib.AsyncExitStack() as stack:
         started = 0
 
-        async def go(**overrides: Any) -> Front:
+        async def go(*, dual_stack: bool = False, **overrides: Any) -> Front:
             nonlocal started
             values: dict[str, Any] = {
                 "upstream": site.url,
@@ -45,7 +46,7 @@ async def start(
             values.update(overrides)
             started += 1
             settings = make_settings(tmp_path, fake_graph.url, **values)
-            return await stack.enter_async_context(run_gateway(settings))
+            return await stack.enter_async_context(run_gateway(settings, dual_stack=dual_stack))
 
         yield go
 

@@ -26,7 +26,7 @@ import brotli  # type: ignore[import-untyped]
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.appkeys import CONVERSIONS, PAGES
+from gateway.appkeys import PAGES, PROXIED_RULES
 from tests.browser.site import serve
 from tests.conftest import UA, make_settings, wait_for
 from tests.fakes.graph import FakeGraph
@@ -121,7 +121,7 @@ class RulesGateway:
         A page's events are built once its body has gone by, just after the client read its
         last byte: a moment's pause, then the hand-overs to the outbox are awaited."""
         await asyncio.sleep(0.05)
-        await self.front.app[CONVERSIONS].drain()
+        await self.front.app[PROXIED_RULES].drain()
         await self.front.app[PAGES].drain()
 
     def rows(self, *, rule_only: bool = True) -> list[Row]:

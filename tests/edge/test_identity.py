@@ -16,7 +16,9 @@ from gateway.edge.identity import (
     consent,
     is_bot,
     is_prefetch,
+    networks,
     parse_networks,
+    trusted_peer,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -267,3 +269,40 @@ def test_compile_bots_custom_and_errors() -> None:
 )
 def test_is_prefetch(headers: dict[str, str], expected: bool) -> None:
     assert is_prefetch(headers) is expected
+
+
+# -- the one trusted-peer check ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "trusted"),
+    [
+        ("127.0.0.1", True),
+        ("::ffff:127.0.0.1", True),  # a dual-stack socket's spelling of the same peer
+        ("::1", True),
+        ("fe80::1%eth0", False),
+        ("10.1.2.3", True),
+        ("::ffff:10.1.2.3", True),
+        ("203.0.113.9", False),
+        ("::ffff:203.0.113.9", False),
+        ("", False),
+        (None, False),
+        ("not-an-address", False),
+    ],
+)
+def test_trusted_peer_gives_one_answer_for_mapped_addresses(
+    peer: str | None, trusted: bool
+) -> None:
+    nets = networks(("127.0.0.0/8", "::1/128", "10.0.0.0/8"))
+    assert trusted_peer(peer, nets) is trusted
+
+
+def test_networks_are_parsed_once_per_list() -> None:
+    cidrs = ("192.0.2.0/24", "2001:db8::/32")
+    assert networks(cidrs) is networks(tuple(list(cidrs)))
+
+
+def test_client_ip_behind_an_ipv4_mapped_trusted_proxy() -> None:
+    nets = networks(("127.0.0.0/8",))
+    assert client_ip("::ffff:127.0.0.1", ["203.0.113.9"], [], nets) == "203.0.113.9"
+    assert client_ip("::ffff:198.51.100.1", ["203.0.113.9"], [], nets) == "198.51.100.1"

@@ -182,6 +182,16 @@ async def test_secure_behind_a_trusted_tls_proxy(gw: Front) -> None:
     assert "secure" in fbp
 
 
+async def test_secure_behind_a_trusted_tls_proxy_seen_as_ipv4_mapped(
+    start: StartGateway, fake_graph: FakeGraph
+) -> None:
+    gw = await start(dual_stack=True)
+    page = await visit(gw, X_Forwarded_Proto="https", X_Forwarded_Host="shop.example")
+    assert "secure" in page.cookie("_fbp")
+    await wait_for(lambda: len(fake_graph.events) == 1)
+    assert fake_graph.events[0]["event_source_url"].startswith("https://shop.example/")
+
+
 async def test_forwarded_proto_from_an_untrusted_peer_does_not_make_cookies_secure(
     start: StartGateway,
 ) -> None:

@@ -211,6 +211,23 @@ async def test_forwarding_headers_from_a_trusted_proxy_are_extended(
     assert values(echo, "Host") == ["shop.example"]
 
 
+async def test_an_ipv4_mapped_trusted_proxy_is_trusted_too(start: StartGateway) -> None:
+    # A dual-stack listener sees the loopback proxy as ::ffff:127.0.0.1: still 127.0.0.0/8.
+    gw = await start(dual_stack=True)
+    headers = {
+        **BROWSER,
+        "Host": "shop.example",
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "www.shop.example",
+    }
+    _, body = await fetch(gw, "/echo", headers=headers)
+    echo = echoed(body)
+    assert values(echo, "X-Forwarded-For") == ["203.0.113.9, ::ffff:127.0.0.1"]
+    assert values(echo, "X-Forwarded-Proto") == ["https"]
+    assert values(echo, "X-Forwarded-Host") == ["www.shop.example"]
+
+
 async def test_forwarding_headers_are_set_without_incoming_ones(gw: Front) -> None:
     _, body = await fetch(gw, "/echo", headers={**BROWSER, "Host": "shop.example:8443"})
     echo = echoed(body)

@@ -25,8 +25,11 @@ import aiohttp
 import pytest
 
 from gateway.demo_shop import shop_app
+from gateway.edge.stitching import merge_context
 from tests.browser.site import serve
 from tests.conftest import UA, auth, make_settings, wait_for
+from tests.delivery.test_stitch import FBC, FBP, context
+from tests.delivery.test_stitch import UA as STITCH_UA
 from tests.edge.test_webhooks import (
     ENV,
     body_of,
@@ -501,3 +504,35 @@ async def test_events_api_refuses_a_stitch_key_no_rule_keeps(
     [problem] = answer["detail"]
     assert problem["field"] == "stitch_key"
     assert message in problem["message"]
+
+
+# -- merging a found context (gateway.edge.stitching) ------------------------------------
+
+
+def test_merge_context_explicit_values_win() -> None:
+    ctx = context()
+    event = {
+        "event_name": "Purchase",
+        "user_data": {"em": "x@example.com", "ip": "198.51.100.1"},
+        "opt_out": None,
+        "data_processing_options": [],
+    }
+    merged = merge_context(event, ctx)
+    assert merged["user_data"] == {
+        "em": "x@example.com",
+        "ip": "198.51.100.1",  # given under its alias: the stored IP is not added
+        "fbp": FBP,
+        "fbc": FBC,
+        "client_user_agent": STITCH_UA,
+    }
+    assert merged["event_source_url"] == ctx.event_source_url
+    assert merged["data_processing_options"] == []  # explicit, kept
+    assert merged["data_processing_options_country"] == 0
+    assert "event_id" not in merged
+    assert event["user_data"] == {"em": "x@example.com", "ip": "198.51.100.1"}  # not mutated
+    assert (
+        merge_context({"event_name": "Purchase"}, ctx, reuse_event_id=True)["event_id"] == "ic.42"
+    )
+    own = {"event_name": "Purchase", "event_id": "mine", "event_source_url": "https://b/"}
+    kept = merge_context(own, ctx, reuse_event_id=True)
+    assert kept["event_id"] == "mine" and kept["event_source_url"] == "https://b/"

@@ -585,12 +585,15 @@ async def run_gateway(
     settings: Settings,
     *,
     on_response_prepare: Sequence[ResponseHook] = (),
+    dual_stack: bool = False,
     **session_options: Any,
 ) -> AsyncIterator[Front]:
     """`build_app(settings)` served with the server options `gateway.app.serve` uses.
 
     `on_response_prepare` hooks are added to the app's signal of that name before it starts
     (to record what the gateway answered); `session_options` go to the client session.
+    With `dual_stack` the gateway listens on a dual-stack IPv6 socket, so a client on
+    127.0.0.1 is seen as the IPv4-mapped peer `::ffff:127.0.0.1`.
     """
     app = build_app(settings)
     app.on_response_prepare.extend(on_response_prepare)
@@ -605,7 +608,14 @@ async def run_gateway(
         max_line_size=settings.max_header_bytes,
     )
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site: web.BaseSite
+    if dual_stack:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+        site = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     server = site._server
     assert server is not None

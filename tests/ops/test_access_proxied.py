@@ -3,8 +3,8 @@ so a forwarded request is judged by the client the trusted proxy names."""
 
 from __future__ import annotations
 
-from tests.conftest import GatewayFactory
 from tests.admin.test_routes import ADMIN, ADMIN_TOKEN, HTML, Client
+from tests.conftest import GatewayFactory
 
 VISITOR = "203.0.113.9"
 

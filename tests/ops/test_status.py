@@ -35,6 +35,7 @@ from tests.conftest import (
     web_event,
 )
 from tests.fakes.graph import FakeGraph
+from tests.fakes.upstream import run_gateway
 
 ADMIN = "admin-token-0123456789abcdef"
 APP_SECRET = "app-secret-value-987654321"
@@ -142,6 +143,24 @@ async def test_a_local_peer_forwarding_a_visitor_is_not_local(gateway: GatewayFa
     client = await gateway()
     resp = await client.get("/_capi/status", headers={"X-Forwarded-For": "203.0.113.9"})
     assert resp.status == 403
+
+
+async def test_a_local_peer_seen_as_ipv4_mapped_is_local(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    # A dual-stack listener sees a local client as ::ffff:127.0.0.1: inside 127.0.0.0/8.
+    settings = make_settings(tmp_path, fake_graph.url)
+    async with (
+        run_gateway(settings, dual_stack=True) as gw,
+        gw.session.get(gw.url + "/_capi/status") as resp,
+    ):
+        assert resp.status == 200
+    settings = make_settings(tmp_path, fake_graph.url, admin_networks=["::1/128"])
+    async with (
+        run_gateway(settings, dual_stack=True) as gw,
+        gw.session.get(gw.url + "/_capi/status") as resp,
+    ):
+        assert resp.status == 403
 
 
 async def test_admin_networks_empty_lets_nobody_in_without_a_token(

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from gateway.appkeys import CONVERSIONS
+from gateway.appkeys import PROXIED_RULES
 from tests.conftest import PIXEL
 from tests.edge.rules_env import (
     PRODUCT_RULE,
@@ -466,7 +466,7 @@ extract.currency = "EUR"
     events = await gw.all_delivered()
     assert sorted(e["event_id"] for e in events) == ["purchase-A1", "purchase-A2"]
     assert [r.event_id for r in gw.rows()] == ["purchase-A1", "purchase-A2"]
-    counters = gw.front.app[CONVERSIONS].counters
+    counters = gw.front.app[PROXIED_RULES].counters
     assert counters.duplicate == {"purchase": 2}
     assert counters.stored == {"purchase": 2}
     assert counters.skipped == {"purchase:required": 1}

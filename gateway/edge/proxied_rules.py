@@ -1,4 +1,4 @@
-"""Proxied requests in, rule-matched conversions out (stored in the outbox).
+"""Rules applied to proxied traffic: proxied requests in, rule-matched events out (stored).
 
 The proxy asks `begin` before forwarding a request: the rules whose request-level
 conditions hold (host, path, method, query, content type, referrer) are kept, with a
@@ -17,19 +17,20 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
-from gateway.delivery.stitch import Stitches, VisitorContext
+from gateway.delivery.stitch import Stitches
 from gateway.edge import headers as hdr
-from gateway.edge import identity as ident
 from gateway.edge.bodies import BodyCopy, media_type, read_fields
 from gateway.edge.encoding import Decoder, open_decoder
+from gateway.edge.intake import Intake, Stored
 from gateway.edge.pages import PageViews
+from gateway.edge.stitching import keep, visit_context
 from gateway.edge.triggers import triggers_json
+from gateway.edge.visitor import visitor
 from gateway.html.scan import HtmlFound, HtmlScan, Wants
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, prepare
@@ -38,10 +39,7 @@ from gateway.pipeline.rules import RequestFacts, Rule, RuleSet
 from gateway.pipeline.urls import scrub_url
 from gateway.pipeline.webhooks import stitch_values
 
-if TYPE_CHECKING:
-    from gateway.metrics import Metrics
-
-log = logging.getLogger("gateway.conversions")
+log = logging.getLogger("gateway.proxied_rules")
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
@@ -75,7 +73,7 @@ class PageTap:
 
     def __init__(
         self,
-        conversions: Conversions,
+        proxied_rules: ProxiedRules,
         run: Run,
         rules: list[tuple[Rule, dict[str, str]]],
         facts: Facts,
@@ -83,16 +81,14 @@ class PageTap:
         decoder: Decoder | None,
         fbp: str | None,
         fbc: str | None,
-        consent: ident.Consent,
     ) -> None:
-        self._conversions = conversions
+        self._proxied_rules = proxied_rules
         self._run = run
         self._rules = rules
         self._facts = facts
         self._scan = scan
         self._decoder = decoder
         self._ids = (fbp, fbc)
-        self._consent = consent
         self._finished = False
         self._found: HtmlFound | None = None
 
@@ -133,27 +129,26 @@ class PageTap:
         found = self._scan.finish() if self._scan is not None else self._found
         if found is not None:
             facts = dataclasses.replace(facts, html=found)
-        self._conversions.emit(self._run, self._rules, facts, *self._ids, self._consent)
+        self._proxied_rules.emit(self._run, self._rules, facts, *self._ids)
 
 
-class Conversions:
+class ProxiedRules:
     """Turns proxied requests into rule-matched events."""
 
     def __init__(
         self,
         rules: Callable[[], RuleSet],
-        outbox: Outbox,
+        intake: Intake,
         stitches: Stitches,
         pages: PageViews,
         *,
         body_limit: int,
         scan_limit: int,
-        metrics: Metrics | None = None,
     ) -> None:
         self._rules = rules  # read per request: a reload swaps the rule set
-        self.outbox = outbox
+        self.intake = intake
         self.stitches = stitches
-        self.metrics = metrics
+        self.metrics = intake.metrics
         self.pages = pages
         self.body_limit = body_limit
         self.scan_limit = scan_limit
@@ -215,8 +210,7 @@ class Conversions:
         ]
         if not kept:
             return None
-        consent = self._admit(request, kept)
-        if consent is None:
+        if not self._admit(request, kept):
             return None  # decided before reading a byte of the page
         facts = Facts(
             query=_multi(request.query.items()),
@@ -232,7 +226,7 @@ class Conversions:
         if not wants.empty and media in _HTML_TYPES and not head_only:
             decoder = open_decoder(headers.get("Content-Encoding"))
             scan = HtmlScan(wants, charset=_charset(headers), max_bytes=self.scan_limit)
-        tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc, consent)
+        tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc)
         if scan is None:
             tap.finish()
             return None
@@ -240,26 +234,23 @@ class Conversions:
 
     # building and storing -------------------------------------------------------
 
-    def _admit(
-        self, request: web.Request, rules: Sequence[tuple[Rule, dict[str, str]]]
-    ) -> ident.Consent | None:
-        """The visitor's consent when the rules may fire; None (counted) for bots,
-        prefetches and visitors without consent."""
+    def _admit(self, request: web.Request, rules: Sequence[tuple[Rule, dict[str, str]]]) -> bool:
+        """True when the rules may fire; False (counted) for bots, prefetches and visitors
+        without consent."""
         for rule, _ in rules:
             self.counters.bump(self.counters.matched, rule.name)
-        pages = self.pages
-        if ident.is_bot(request.headers.get("User-Agent", ""), pages.bots):
+        who = visitor(request)
+        if who.bot:
             self._dropped(rules, "bot")
-            return None
-        if ident.is_prefetch(request.headers):
+            return False
+        if who.prefetch:
             # A speculative load is not a visit (the browser may never show it).
             self._dropped(rules, "prefetch")
-            return None
-        consent = ident.consent(request.cookies, request.headers, pages.consent_config)
-        if not consent.track:
+            return False
+        if not who.consent.track:
             self._dropped(rules, "consent")
-            return None
-        return consent
+            return False
+        return True
 
     def emit(
         self,
@@ -268,25 +259,21 @@ class Conversions:
         facts: Facts,
         fbp: str | None,
         fbc: str | None,
-        consent: ident.Consent,
     ) -> None:
-        """Build each rule's event for an admitted request and store them (never raises)."""
+        """Build each rule's event for an admitted request and store them (never raises).
+
+        `fbp`/`fbc`: the ids the proxy settled on for this response (else the cookies).
+        """
         request = run.request
         pages = self.pages
-        ua = request.headers.get("User-Agent", "")
-        origin = pages.public_origin(request)
-        ip = pages.client_ip(request)
-        identity: dict[str, Any] = {"client_user_agent": ua}
-        fbp = fbp or request.cookies.get("_fbp")
-        fbc = fbc or request.cookies.get("_fbc")
-        for key, value in (("client_ip_address", ip), ("fbp", fbp), ("fbc", fbc)):
-            if value:
-                identity[key] = value
-        url = scrub_url(origin + request.raw_path, pages.sensitive)
+        who = visitor(request)
+        consent = who.consent
+        user_data = who.user_data((fbp or who.fbp, fbc or who.fbc))
+        url = scrub_url(who.origin + request.raw_path, pages.sensitive)
         rows: list[NewEvent] = []
         for rule, groups in rules:
             try:
-                built = self._build(rule, dataclasses.replace(facts, path=groups), identity, url)
+                built = self._build(rule, dataclasses.replace(facts, path=groups), user_data, url)
             except Exception:
                 # A rule must never break the page it watches.
                 log.exception("Rule %r failed on %s.", rule.name, request.path)
@@ -304,23 +291,21 @@ class Conversions:
             if stitch_keys:
                 # Kept even when Meta would refuse this event (say, a national phone number
                 # without a country): the visit is sound and the later webhook's event may be.
-                visit = VisitorContext(
-                    user_data={k: v for k, v in identity.items() if isinstance(v, str)},
-                    event_source_url=url,
-                    consent=consent.event_fields(),
+                visit = visit_context(
+                    user_data,
+                    url,
+                    consent,
                     event_id=(
                         result.event_ids[0]
                         if not isinstance(result, list) and rule.stitch_event_id
                         else None
                     ),
                     event_name=rule.event_name,
-                    seen_at=time.time(),
                 )
-                self._spawn(self._keep(stitch_keys, visit, rule.stitch_ttl), "stitch")
+                self._spawn(keep(self.stitches, stitch_keys, visit, rule.stitch_ttl), "stitch")
             if isinstance(result, list):
                 self.counters.bump(self.counters.rejected, rule.name)
-                if self.metrics is not None:
-                    self.metrics.event("rule", rule.event_name, "rejected")
+                self.metrics.event("rule", rule.event_name, "rejected")
                 problem = result[0]
                 # A user_data message quotes the value (the phone number): not for the log.
                 log.warning(
@@ -336,13 +321,13 @@ class Conversions:
             self._store(rows)
 
     def _build(
-        self, rule: Rule, facts: Facts, identity: Mapping[str, Any], url: str
+        self, rule: Rule, facts: Facts, user_data: Mapping[str, Any], url: str
     ) -> dict[str, Any] | None:
         draft = rule.draft(facts)
         if draft is None:
             self.counters.bump(self.counters.skipped, f"{rule.name}:required")
             return None
-        draft["user_data"] = {**draft["user_data"], **identity}
+        draft["user_data"] = {**draft["user_data"], **user_data}
         draft["event_source_url"] = url
         return draft
 
@@ -352,47 +337,32 @@ class Conversions:
     def _dropped(self, rules: Sequence[tuple[Rule, dict[str, str]]], reason: str) -> None:
         for rule, _ in rules:
             self.counters.bump(self.counters.skipped, f"{rule.name}:{reason}")
-        if self.metrics is not None:
-            self.metrics.dropped(reason, source="rule", count=len(rules))
+        self.metrics.dropped(reason, source="rule", count=len(rules))
 
     def _store(self, rows: list[NewEvent]) -> None:
-        self._spawn(self._add(rows), "rule-events")
+        self.intake.later(self._add(rows), "rule-events")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _keep(self, keys: dict[str, str], visit: VisitorContext, ttl: float) -> None:
-        try:
-            await self.stitches.put(keys, visit, ttl=ttl)
-        except Exception as exc:
-            # Losing a stitch costs match quality later, never the page or the event.
-            log.error("Visitor context not kept for a later webhook: %r", exc)
-
     async def _add(self, rows: list[NewEvent]) -> None:
-        try:
-            fresh = await self.outbox.add(rows)
-        except (OutboxFull, OutboxClosed) as exc:
+        # The intake counts and logs a refusal; the page has long gone out either way.
+        result = await self.intake.store(rows)
+        if not isinstance(result, Stored):
             for row in rows:
                 self.counters.bump(self.counters.rejected, row.rule or "")
-            if self.metrics is not None:
-                self.metrics.refused(rows)
-            log.error("Rule events not stored: %s", exc)
             return
-        except Exception as exc:
-            log.error("Rule events not stored: %r", exc)
-            return
-        if self.metrics is not None:
-            self.metrics.stored(rows, fresh)
-        for row, new in zip(rows, fresh, strict=True):
-            table = self.counters.stored if new else self.counters.duplicate
+        for row, outcome in zip(result.rows, result.outcomes, strict=True):
+            table = self.counters.stored if outcome == "new" else self.counters.duplicate
             self.counters.bump(table, row.rule or "")
 
     async def drain(self) -> None:
-        """Wait until every event handed over is in the outbox's queue or failed."""
+        """Wait until every event and visit handed over is stored or failed."""
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+        await self.intake.drain()
 
 
 def _values(event: Mapping[str, Any]) -> dict[str, Any]:

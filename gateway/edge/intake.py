@@ -1,0 +1,140 @@
+"""Accepted events in, stored rows (or one refusal) out: the only way events reach the store.
+
+Every source — the proxy's PageView, rules on proxied traffic, `/collect` beacons,
+webhooks, the events API — stores through one `Intake`, which owns the outbox handle, the
+counting, and the one policy for a store that is full, closing or failing: nothing is
+stored, the rows are counted as refused, the fault is logged, and a request gets a 503
+with Retry-After (never a 500). Background stores (PageViews, rule events) take the same
+path and never raise into the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
+from gateway.delivery.stitch import StitchesClosed
+from gateway.errors import json_error
+from gateway.metrics import Metrics
+from gateway.models import NewEvent
+
+log = logging.getLogger("gateway.intake")
+
+# What became of one row. The outbox answers per row; `_outcomes` is the one place that
+# reads its answer (event assembly will add "merged" and "late" there).
+Outcome = Literal["new", "duplicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The rows are in the store (or will be within one group-commit window)."""
+
+    rows: list[NewEvent]
+    outcomes: list[Outcome]
+
+    def outcome_of(self, event_id: str) -> Outcome | None:
+        """What became of the event `event_id` ("new" when any pixel's row is; None: absent)."""
+        found = [o for r, o in zip(self.rows, self.outcomes, strict=True) if r.event_id == event_id]
+        if not found:
+            return None
+        return "new" if "new" in found else found[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Nothing was stored; the caller should retry after `retry_after` seconds."""
+
+    title: str
+    detail: str
+    retry_after: int
+
+    def response(self) -> web.Response:
+        """The 503 answer to a request whose events were refused."""
+        return json_error(
+            503, self.title, self.detail, headers={"Retry-After": str(self.retry_after)}
+        )
+
+
+def _refusal(exc: BaseException) -> Refused:
+    if isinstance(exc, OutboxFull):
+        return Refused("buffer full", "the outbox is over max_buffer_mb; retry later", 30)
+    if isinstance(exc, OutboxClosed | StitchesClosed):
+        return Refused("shutting down", "the gateway is stopping; retry", 5)
+    # Disk full, I/O error, a database gone: nothing was stored and the caller must know.
+    return Refused(
+        "outbox unavailable", "the events could not be stored; nothing was accepted, retry", 10
+    )
+
+
+def _outcomes(answer: Sequence[bool]) -> list[Outcome]:
+    return ["new" if new else "duplicate" for new in answer]
+
+
+class Intake:
+    """Stores accepted events with one policy for store faults; counts what happened."""
+
+    def __init__(self, outbox: Outbox, metrics: Metrics) -> None:
+        self.outbox = outbox
+        self.metrics = metrics
+        self.refusals = 0  # stores refused since start (any source)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def store(self, rows: list[NewEvent], *, twins: bool = False) -> Stored | Refused:
+        """Store `rows`; a refusal (counted, logged) instead of raising on a store fault.
+
+        With `twins`, PageViews first complete the proxy's pending PageView of the same
+        page (the beacon's copy adds what only the browser knew): those count as duplicates.
+        """
+        if not rows:
+            return Stored([], [])
+        try:
+            completed: list[NewEvent] = []
+            fresh = rows
+            if twins:
+                views = [row for row in rows if row.event_name == "PageView"]
+                if views:
+                    orphans = await self.outbox.enrich(views)
+                    completed = [v for v in views if not any(v is o for o in orphans)]
+                    fresh = [row for row in rows if row.event_name != "PageView"] + orphans
+            answer = await self.outbox.add(fresh)
+        except Exception as exc:
+            return self._refused(rows, exc)
+        twin: list[Outcome] = ["duplicate"] * len(completed)
+        stored = Stored(completed + fresh, twin + _outcomes(answer))
+        self.metrics.stored(stored.rows, [o == "new" for o in stored.outcomes])
+        return stored
+
+    def _refused(self, rows: list[NewEvent], exc: Exception) -> Refused:
+        self.refusals += 1
+        self.metrics.refused(rows)
+        refusal = _refusal(exc)
+        what = f"{len(rows)} {rows[0].source} event(s)"
+        if isinstance(exc, OutboxFull | OutboxClosed):
+            log.error("Not storing %s: %s", what, exc)
+        else:
+            log.error("Storing %s failed: %r", what, exc)
+        return refusal
+
+    def fault(self, exc: Exception, what: str) -> Refused:
+        """The refusal for a store fault met before storing (a stitch lookup); logged."""
+        self.refusals += 1
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        log.error("%s failed: %r", what, cause)
+        return _refusal(cause)
+
+    def later(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a background store (a PageView, rule events) without holding the page."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until every background store handed over is stored or refused."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))

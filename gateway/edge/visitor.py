@@ -1,0 +1,216 @@
+"""One request in, one `Visitor` out: who is asking, worked out once per request.
+
+The proxy, page tagging, proxied rules, `/collect`, webhooks and the events API all read
+the same `Visitor`, built on first use by `visitor(request)` and kept on the request. The
+facts every request needs (is the peer a trusted proxy, the public origin) are taken at
+once; the ones only tracking needs (client IP, consent, bot, prefetch, `_fbp`/`_fbc`) are
+worked out on first read, so an asset the gateway only forwards pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from aiohttp import web
+
+from gateway.edge import identity as ident
+from gateway.settings import Settings
+
+_PEER_CACHE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorRules:
+    """What visitor facts are read with, compiled once per settings (start and reload)."""
+
+    trusted: tuple[ident.Network, ...]
+    bots: re.Pattern[str]
+    consent: ident.ConsentConfig
+    # `trusted_peer`'s answers by peer address: a handful of peers (the front proxy's
+    # keep-alive connections) ask on every request; parsing each time costs more.
+    _peers: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
+
+    def peer_trusted(self, peer: str | None) -> bool:
+        """`identity.trusted_peer` for these rules, remembered per peer address."""
+        if peer is None:
+            return False
+        found = self._peers.get(peer)
+        if found is None:
+            if len(self._peers) >= _PEER_CACHE:
+                self._peers.clear()  # crude but bounded: many distinct peers, no proxy
+            found = self._peers[peer] = ident.trusted_peer(peer, self.trusted)
+        return found
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VisitorRules:
+        """Parse trusted proxies, bot patterns and the consent settings."""
+        return cls(
+            trusted=ident.parse_networks(settings.trusted_proxies),
+            bots=ident.compile_bots(
+                settings.bot_user_agents
+                if settings.bot_user_agents is not None
+                else ident.DEFAULT_BOT_PATTERNS
+            ),
+            consent=ident.ConsentConfig(
+                cookie=None if settings.consent == "none" else settings.consent,
+                accepted=tuple(settings.consent_values),
+                opt_out_cookie=settings.opt_out_cookie,
+                gpc=settings.gpc,
+            ),
+        )
+
+
+_UNSET: Any = object()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """The visitor behind one request, as the gateway may believe it.
+
+    Forwarded headers (`X-Forwarded-*`, `Forwarded`) count only from a trusted proxy.
+    """
+
+    peer_trusted: bool
+    scheme: str
+    host: str
+    user_agent: str
+    # The configured site this request is for; one site today (several sites: a later issue).
+    site: str | None = None
+    _request: web.Request | None = field(default=None, repr=False, compare=False)
+    _rules: VisitorRules | None = field(default=None, repr=False, compare=False)
+    # Facts worked out on first read (see the module docstring); never changed afterwards.
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, request: web.Request, rules: VisitorRules) -> Visitor:
+        """Build the visitor of `request` (use `visitor(request)`, which builds it once)."""
+        trusted = rules.peer_trusted(request.remote)
+        scheme, host = request.scheme, request.host
+        if trusted:
+            headers = request.headers
+            scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+            host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        return cls(
+            peer_trusted=trusted,
+            scheme=scheme,
+            host=host,
+            user_agent=request.headers.get("User-Agent", ""),
+            _request=request,
+            _rules=rules,
+        )
+
+    @property
+    def origin(self) -> str:
+        """scheme://host as the visitor sees it (trusted proxies may tell us)."""
+        return f"{self.scheme}://{self.host}"
+
+    def _once(self, name: str, compute: Callable[[], T]) -> T:
+        found = self._memo.get(name, _UNSET)
+        if found is _UNSET:
+            found = self._memo[name] = compute()
+        return cast(T, found)
+
+    @property
+    def computed(self) -> frozenset[str]:
+        """The facts worked out on first read so far (cheap requests leave them unread)."""
+        return frozenset(self._memo)
+
+    @property
+    def _req(self) -> web.Request:
+        assert self._request is not None, "a Visitor made by hand has only its fields"
+        return self._request
+
+    @property
+    def _rule_set(self) -> VisitorRules:
+        assert self._rules is not None, "a Visitor made by hand has only its fields"
+        return self._rules
+
+    @property
+    def client_ip(self) -> str | None:
+        """The visitor's address: the peer, or the right-most untrusted forwarded hop."""
+
+        def compute() -> str | None:
+            request = self._req
+            return ident.client_ip(
+                request.remote,
+                request.headers.getall("X-Forwarded-For", ()),
+                request.headers.getall("Forwarded", ()),
+                self._rule_set.trusted,
+            )
+
+        return self._once("ip", compute)
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        """The cookies the browser sent."""
+        return self._req.cookies
+
+    @property
+    def consent(self) -> ident.Consent:
+        """Whether to track this visitor, and with which restrictions (opt-out, LDU)."""
+        request = self._req
+        return self._once(
+            "consent",
+            lambda: ident.consent(request.cookies, request.headers, self._rule_set.consent),
+        )
+
+    @property
+    def gpc(self) -> bool:
+        """True when the browser sends Global Privacy Control (`Sec-GPC: 1`)."""
+        return self._req.headers.get("Sec-GPC", "").strip() == "1"
+
+    @property
+    def bot(self) -> bool:
+        """True for a crawler, monitor or HTTP library (or no User-Agent at all)."""
+        return self._once("bot", lambda: ident.is_bot(self.user_agent, self._rule_set.bots))
+
+    @property
+    def prefetch(self) -> bool:
+        """True for a speculative load (prefetch, prerender, preview): not a visit."""
+        return self._once("prefetch", lambda: ident.is_prefetch(self._req.headers))
+
+    @property
+    def fbp(self) -> str | None:
+        """The `_fbp` cookie the browser sent."""
+        return self.cookies.get("_fbp")
+
+    @property
+    def fbc(self) -> str | None:
+        """The `_fbc` cookie the browser sent."""
+        return self.cookies.get("_fbc")
+
+    def user_data(self, ids: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
+        """The visitor's `user_data` block: user agent, IP, `fbp` and `fbc` (those known).
+
+        `ids` are the `_fbp`/`_fbc` this response settled on (kept, refreshed or issued by
+        the proxy); without them, the cookies the browser sent.
+        """
+        fbp, fbc = ids if ids is not None else (self.fbp, self.fbc)
+        user_data: dict[str, Any] = {"client_user_agent": self.user_agent}
+        for key, value in (("client_ip_address", self.client_ip), ("fbp", fbp), ("fbc", fbc)):
+            if value:
+                user_data[key] = value
+        return user_data
+
+    def page_client(self) -> str:
+        """What a page token is bound to: this visitor's IP and user agent."""
+        return f"{self.client_ip or ''}|{self.user_agent}"
+
+
+# The rules in force, read per request so that a reload applies (the app owns them).
+VISITOR_RULES: web.AppKey[Callable[[], VisitorRules]] = web.AppKey("visitor_rules")
+_KEY = web.RequestKey("visitor", Visitor)
+
+
+def visitor(request: web.Request) -> Visitor:
+    """The request's `Visitor`, built on the first call and kept on the request."""
+    try:
+        return request[_KEY]
+    except KeyError:
+        # Not `request.get`: that is the same try, one Python frame deeper, on every call.
+        found = request[_KEY] = Visitor.of(request, request.app[VISITOR_RULES]())
+        return found
