@@ -2,7 +2,12 @@
 
 One writer task group-commits everything the API accepts (many events per transaction,
 waiting at most `group_commit_ms`), and `add` returns only once its transaction has
-committed. Senders claim due rows with a lease (`UPDATE ... RETURNING`), so several
+committed. A copy of an event already stored (same pixel, event_name, event_id) merges
+into it while it is unsent (event assembly, `gateway/pipeline/assembly.py`); each event is
+held `assembly_hold` seconds before its first send so that copies can meet, and the
+visitor profiles of the same file are learned in the same transaction.
+
+Senders claim due rows with a lease (`UPDATE ... RETURNING`), so several
 workers or processes can share one file and a crashed worker's rows come back when its
 lease expires.
 """
@@ -16,17 +21,20 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import housekeeping
+from gateway.delivery import housekeeping, profiles
 from gateway.delivery import rows as rows_sql
+from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, identity
+from gateway.pipeline import assembly
+from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
 
@@ -51,12 +59,14 @@ class Claimed:
     attempts: int
     test_event_code: str | None
     event: dict[str, Any]
+    # Identifiers the visitor's profile added to this event at claim time.
+    profile_added: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class _Pending:
     events: Sequence[NewEvent]
-    done: asyncio.Future[list[bool]] = field(default_factory=lambda: asyncio.Future())
+    done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
 
 
 class Outbox:
@@ -70,8 +80,12 @@ class Outbox:
         path: Path,
         group_commit_ms: float,
         max_bytes: int,
+        assembly_hold: float = 0.0,
+        profiles: ProfilePolicy | None = None,
     ) -> None:
         self.path = path
+        self.assembly_hold = assembly_hold
+        self.profiles = profiles if profiles is not None and profiles.enabled else None
         self.sealer = sealer
         self._conn = conn
         self._lock = asyncio.Lock()
@@ -87,6 +101,9 @@ class Outbox:
         # Group-commit figures: transactions and the rows they carried.
         self.commits = 0
         self.committed_rows = 0
+        # Copies of events merged into a pending event, and copies that came after the send.
+        self.merged = 0
+        self.late = 0
 
     @classmethod
     async def open(
@@ -97,8 +114,14 @@ class Outbox:
         group_commit_ms: float = 5.0,
         max_buffer_mb: float = 1024.0,
         durable: bool = True,
+        assembly_hold: float = 0.0,
+        profiles: ProfilePolicy | None = None,
     ) -> Outbox:
-        """Open (and migrate) the buffer file and start the writer task."""
+        """Open (and migrate) the buffer file and start the writer task.
+
+        `assembly_hold`: seconds an event other than a PageView waits before its first send
+        unless it names its own `hold`; `profiles`: visitor profiles (None: off).
+        """
         conn = await connect(path, durable=durable)
         box = cls(
             conn,
@@ -106,6 +129,8 @@ class Outbox:
             path=path,
             group_commit_ms=group_commit_ms,
             max_bytes=int(max_buffer_mb * 1024 * 1024),
+            assembly_hold=assembly_hold,
+            profiles=profiles,
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
         return box
@@ -129,8 +154,9 @@ class Outbox:
 
     # writing ------------------------------------------------------------------
 
-    async def add(self, events: Sequence[NewEvent]) -> list[bool]:
-        """Store events durably; True per event that is new, False for a duplicate."""
+    async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
+        """Store events durably; per event "new", "merged" (into the pending copy of the
+        same event) or "late" (that event was already sent: recorded, not sent again)."""
         if not events:
             return []
         try:
@@ -178,9 +204,8 @@ class Outbox:
         rows: list[NewEvent] = [ev for p in batch for ev in p.events]
         now = time.time()
         try:
-            sealed = [self.sealer.seal(ev.clear, ev.identity()) for ev in rows]
             async with self._transaction() as conn:
-                inserted = await rows_sql.insert(conn, rows, sealed, now)
+                outcomes = await self._store(conn, rows, now)
             self.commits += 1
             self.committed_rows += len(rows)
         except Exception as exc:
@@ -189,16 +214,85 @@ class Outbox:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        self.merged += outcomes.count("merged")
+        self.late += outcomes.count("late")
+        at = 0
         for p in batch:
-            flags = []
-            for ev in p.events:
-                key = (ev.pixel_id, ev.event_name, ev.event_id)
-                # The first occurrence of a key in the group takes the "new" flag.
-                flags.append(key in inserted)
-                inserted.discard(key)
             if not p.done.done():
-                p.done.set_result(flags)
+                p.done.set_result(outcomes[at : at + len(p.events)])
+            at += len(p.events)
         self.new_work.set()
+
+    def hold_of(self, ev: NewEvent) -> float:
+        """Seconds `ev` waits before its first send: its own hold, else the default."""
+        if ev.hold is not None:
+            return ev.hold
+        return 0.0 if ev.event_name == "PageView" else self.assembly_hold
+
+    async def _store(
+        self, conn: aiosqlite.Connection, rows: list[NewEvent], now: float
+    ) -> list[Outcome]:
+        """Insert new events, merge copies, learn profiles: one transaction's work."""
+        holds = [self.hold_of(ev) for ev in rows]
+        first: dict[tuple[str, str, str], int] = {}
+        for index, ev in enumerate(rows):
+            first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
+        heads = sorted(first.values())
+        inserted = await rows_sql.insert(
+            conn,
+            [rows[i] for i in heads],
+            [self.sealer.seal(rows[i].clear, rows[i].identity()) for i in heads],
+            [holds[i] for i in heads],
+            now,
+        )
+        outcomes: list[Outcome] = ["new"] * len(rows)
+        states: list[assembly.State | None] = [None] * len(rows)
+        copies = [
+            i
+            for i, ev in enumerate(rows)
+            if first[(ev.pixel_id, ev.event_name, ev.event_id)] != i
+            or (ev.pixel_id, ev.event_name, ev.event_id) not in inserted
+        ]
+        if copies:
+            results = await rows_sql.assemble(
+                conn,
+                [rows[i] for i in copies],
+                [holds[i] for i in copies],
+                self.sealer.open,
+                self.sealer.seal,
+                now,
+            )
+            for i, (outcome, state) in zip(copies, results, strict=True):
+                outcomes[i], states[i] = outcome, state
+                if outcome == "late":
+                    log.info(
+                        "A copy of event %s (%s) came after its send: recorded, not sent.",
+                        rows[i].event_id,
+                        rows[i].event_name,
+                    )
+        if self.profiles is not None:
+            await self._learn(conn, rows, outcomes, states, now)
+        return outcomes
+
+    async def _learn(
+        self,
+        conn: aiosqlite.Connection,
+        rows: list[NewEvent],
+        outcomes: list[Outcome],
+        states: list[assembly.State | None],
+        now: float,
+    ) -> None:
+        policy = self.profiles
+        assert policy is not None
+        items: list[tuple[str, dict[str, list[str]]]] = []
+        for ev, outcome, state in zip(rows, outcomes, states, strict=True):
+            if outcome == "late":
+                continue
+            payload, clear = (state.payload, state.clear) if state else (ev.payload, ev.clear)
+            ids = assembly.learnable(payload)
+            if ids:
+                items += [(key, ids) for key in profiles.visitor_keys(policy, clear)]
+        await profiles.learn(conn, items, ttl=policy.ttl, now=now)
 
     async def _check_size(self) -> None:
         now = time.monotonic()
@@ -237,12 +331,45 @@ class Outbox:
     async def claim(
         self, owner: str, *, limit: int, lease: float, now: float | None = None
     ) -> list[Claimed]:
-        """Lease up to `limit` due rows of unblocked pixels to `owner`."""
+        """Lease up to `limit` due rows of unblocked pixels to `owner`.
+
+        With profiles on, each event of a known visitor gets the identifiers it lacks from
+        the visitor's profile, recorded on the row (what is sent is what the row shows).
+        """
         now = time.time() if now is None else now
         async with self._transaction() as conn:
             rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now)
-        rows.sort(key=lambda r: int(r[0]))
-        return [self._open_row(r) for r in rows]
+            rows.sort(key=lambda r: int(r[0]))
+            claimed = [self._open_row(r) for r in rows]
+            if self.profiles is not None and claimed:
+                claimed = await self._complete(conn, claimed, now)
+        return claimed
+
+    async def _complete(
+        self, conn: aiosqlite.Connection, claimed: list[Claimed], now: float
+    ) -> list[Claimed]:
+        """Claimed events completed from their visitors' profiles (one lookup per batch)."""
+        policy = self.profiles
+        assert policy is not None
+        keys = {
+            row.id: profiles.visitor_keys(policy, row.event.get("user_data", {})) for row in claimed
+        }
+        found = await profiles.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
+        if not found:
+            return claimed
+        out: list[Claimed] = []
+        for row in claimed:
+            event, added = row.event, tuple[str, ...]()
+            for key in keys[row.id]:
+                if key in found:
+                    event, more = assembly.complete(event, found[key])
+                    added += more
+            if not added:
+                out.append(row)
+                continue
+            await rows_sql.record_completed(conn, row.id, event)
+            out.append(replace(row, event=event, profile_added=added))
+        return out
 
     def _open_row(self, r: Any) -> Claimed:
         event: dict[str, Any] = json.loads(r[7])
@@ -317,22 +444,6 @@ class Outbox:
             (),
         )
 
-    async def enrich(self, rows: Sequence[NewEvent]) -> list[NewEvent]:
-        """Complete pending twins of `rows` with missing clear fields; the rows with no twin."""
-        orphans: list[NewEvent] = []
-        async with self._transaction() as conn:
-            for row in rows:
-                ident = row.identity()
-                found = await rows_sql.enrich_pending(
-                    conn,
-                    row,
-                    lambda blob, ident=ident: self.sealer.open(blob, ident),
-                    lambda fields, ident=ident: self.sealer.seal(fields, ident),
-                )
-                if found is None:
-                    orphans.append(row)
-        return orphans
-
     async def _update(
         self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
     ) -> None:
@@ -390,11 +501,16 @@ class Outbox:
     async def expire_and_purge(
         self, *, retention: float, dead_retention: float, now: float | None = None
     ) -> tuple[int, int]:
-        """Dead-letter rows past Meta's window; delete old sent and dead rows."""
+        """Dead-letter rows past Meta's window; delete old sent and dead rows (and
+        expired visitor profiles, or the oldest past `profile_max`)."""
         async with self._lock:
-            return await housekeeping.expire_and_purge(
+            result = await housekeeping.expire_and_purge(
                 self._conn, retention=retention, dead_retention=dead_retention, now=now
             )
+        if self.profiles is not None:
+            async with self._transaction() as conn:
+                await profiles.purge(conn, max_profiles=self.profiles.max_profiles, now=now)
+        return result
 
     async def purge_sent_oldest(self, *, fraction: float) -> int:
         """Delete the oldest share of delivered rows to make room."""

@@ -137,18 +137,11 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         ]
     outbox = request.app[OUTBOX]
     try:
-        # The page's PageView is already stored by the proxy: the beacon only completes it.
-        views = [row for row in result.rows if row.event_name == "PageView"]
-        others = [row for row in result.rows if row.event_name != "PageView"]
-        if views:
-            orphans = await outbox.enrich(views)
-            # A view that completed the proxy's own PageView is that event, not a new one.
-            twins = [v for v in views if not any(v is o for o in orphans)]
-            metrics.stored(twins, [False] * len(twins))
-            others += orphans
-        metrics.stored(others, await outbox.add(others))
+        # The page's PageView is already stored by the proxy: the beacon's copy merges into
+        # it (completing what the proxy could not see) and makes it due at once.
+        metrics.stored(result.rows, await outbox.add(result.rows))
     except (OutboxFull, OutboxClosed):
-        metrics.refused(others)
+        metrics.refused(result.rows)
         return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
     return web.Response(status=204)
 

@@ -385,8 +385,8 @@ class Conversions:
             return
         if self.metrics is not None:
             self.metrics.stored(rows, fresh)
-        for row, new in zip(rows, fresh, strict=True):
-            table = self.counters.stored if new else self.counters.duplicate
+        for row, outcome in zip(rows, fresh, strict=True):
+            table = self.counters.stored if outcome == "new" else self.counters.duplicate
             self.counters.bump(table, row.rule or "")
 
     async def drain(self) -> None:

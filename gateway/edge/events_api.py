@@ -14,6 +14,7 @@ from gateway.appkeys import METRICS, OUTBOX, RUNTIME, STITCHES
 from gateway.delivery.outbox import OutboxClosed, OutboxFull
 from gateway.edge.webhooks import stitch_events
 from gateway.errors import json_error
+from gateway.pipeline.assembly import item_outcome
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 
 log = logging.getLogger("gateway.events_api")
@@ -77,7 +78,8 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         metrics.rejected("api", data)
         return _invalid(result)
     try:
-        metrics.stored(result.rows, await request.app[OUTBOX].add(result.rows))
+        outcomes = await request.app[OUTBOX].add(result.rows)
+        metrics.stored(result.rows, outcomes)
     except OutboxFull:
         metrics.refused(result.rows)
         return json_error(
@@ -106,8 +108,13 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         len(result.event_ids),
         extra={"event_ids": result.event_ids[:100]},
     )
+    by_id: dict[str, list[str]] = {}
+    for row, outcome in zip(result.rows, outcomes, strict=True):
+        by_id.setdefault(row.event_id, []).append(outcome)
+    items = [{"event_id": i, "outcome": item_outcome(by_id.get(i, []))} for i in result.event_ids]
     return web.json_response(
-        {"accepted": len(result.event_ids), "event_ids": result.event_ids}, status=202
+        {"accepted": len(result.event_ids), "event_ids": result.event_ids, "events": items},
+        status=202,
     )
 
 

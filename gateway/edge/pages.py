@@ -91,8 +91,8 @@ class PageCounters:
         self.injected += 1
         self.metrics.page_tagged()
 
-    def saved(self, rows: list[NewEvent], flags: list[bool]) -> None:
-        """Count a PageView the outbox took (flags: new or duplicate, per row)."""
+    def saved(self, rows: list[NewEvent], flags: Sequence[str]) -> None:
+        """Count a PageView the outbox took (per row: "new", "merged" or "late")."""
         self.stored += 1
         self.metrics.stored(rows, flags)
 

@@ -25,6 +25,7 @@ from gateway.delivery.stitch import Stitches, VisitorContext, merge_context
 from gateway.edge.signatures import SignatureError, verify_hmac, verify_stripe
 from gateway.errors import json_error
 from gateway.models import NewEvent
+from gateway.pipeline.assembly import item_outcome
 from gateway.pipeline.events import Context, Problem, prepare
 from gateway.pipeline.extract import Facts
 from gateway.pipeline.normalize import ALIASES
@@ -125,10 +126,14 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
             return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
         metrics.stored(rows, fresh)
         metrics.webhook(name, "mapped")
-        ids = {row.event_id: new for row, new in zip(rows, fresh, strict=True)}
+        by_id: dict[str, list[str]] = {}
+        for row, outcome in zip(rows, fresh, strict=True):
+            by_id.setdefault(row.event_id, []).append(outcome)
         for item in report:
             if "event_id" in item:
-                item["duplicate"] = not ids.get(item["event_id"], True)
+                item["outcome"] = item_outcome(by_id.get(item["event_id"], []))
+                # Kept for clients of earlier releases: a copy that was not stored anew.
+                item["duplicate"] = item["outcome"] != "new"
     elif report:
         # Acknowledged all the same: a retry of the same payload would fail the same way.
         metrics.webhook(name, "rejected")
