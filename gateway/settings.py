@@ -230,7 +230,10 @@ class Settings(BaseModel):
     browser's beacon can complete it (e.g. an `_fbc` the pixel set)"""
     assembly_hold: float = Field(default=60.0, ge=0, le=3600)
     """every other event waits this long before its first send, so that its copies
-    (thank-you page, payment webhook, backend call) merge into it first"""
+    (thank-you page, payment webhook, backend call) merge into it first. Payment webhooks
+    mostly arrive within seconds of the thank-you page, slow providers and busy days in
+    tens of seconds; 60 s covers that with margin, and Meta asks only for events within
+    the hour. Rules and webhooks can set their own `hold`; 0 sends at once"""
     profile_ttl: float = Field(default=30 * 86400.0, ge=0)
     """how long a visitor profile (hashed identifiers under the `_fbp` id) is kept; 0 off"""
     profile_max: int = Field(default=200_000, ge=1)

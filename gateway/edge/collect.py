@@ -132,7 +132,11 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         return json_error(400, "invalid beacon", [p.as_dict() for p in result])
     if fired:
         result.rows[:] = [
-            dataclasses.replace(row, rule=fired[row.event_id]) if row.event_id in fired else row
+            dataclasses.replace(
+                row, rule=fired[row.event_id], hold=_hold(rules, fired[row.event_id])
+            )
+            if row.event_id in fired
+            else row
             for row in result.rows
         ]
     outbox = request.app[OUTBOX]
@@ -144,6 +148,11 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         metrics.refused(result.rows)
         return json_error(503, "busy", "retry later", headers={"Retry-After": "30"})
     return web.Response(status=204)
+
+
+def _hold(rules: RuleSet, name: str) -> float | None:
+    rule = rules.by_name(name)
+    return rule.hold if rule is not None else None
 
 
 def _rule_event(

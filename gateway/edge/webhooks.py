@@ -110,7 +110,7 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
                 {"webhook": mapping.name, "rejected": f"{problem.field}: {problem.message}"}
             )
             continue
-        rows += [_tagged(row, mapping.name) for row in result.rows]
+        rows += [_tagged(row, mapping.name, mapping.hold) for row in result.rows]
         report.append(
             {"webhook": mapping.name, "event_id": result.event_ids[0], "stitched": stitched}
         )
@@ -193,8 +193,8 @@ def _webhook_context(context: Context) -> Context:
     )
 
 
-def _tagged(row: NewEvent, name: str) -> NewEvent:
-    return dataclasses.replace(row, rule=name)
+def _tagged(row: NewEvent, name: str, hold: float | None) -> NewEvent:
+    return dataclasses.replace(row, rule=name, hold=hold)
 
 
 def _verify(verifier: Verifier, request: web.Request, body: bytes) -> None:

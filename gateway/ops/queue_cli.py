@@ -20,6 +20,7 @@ from gateway.delivery.housekeeping import delete_rows, queue_stats, requeue
 from gateway.delivery.schema import STATES, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import identity
+from gateway.pipeline.assembly import label
 from gateway.settings import ConfigError, Settings
 
 _SEALED = "<sealed: use --reveal>"
@@ -98,7 +99,7 @@ async def _select(
     sql = (
         "SELECT id, pixel_id, event_name, event_id, event_time, source, rule, "
         "test_event_code, payload, sealed, state, attempts, next_attempt_at, last_error, "
-        f"fbtrace_id, created_at, sent_at FROM events{where} ORDER BY id DESC"
+        f"fbtrace_id, created_at, sent_at, sources, late FROM events{where} ORDER BY id DESC"
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -136,14 +137,21 @@ def _print_rows(rows: Sequence[aiosqlite.Row], sealer: Sealer | None, *, as_json
             "fbtrace_id": row["fbtrace_id"],
             "created_at": row["created_at"],
             "sent_at": row["sent_at"],
+            # The copies assembled into this event (rows of older releases: the first only).
+            "sources": json.loads(row["sources"])
+            if row["sources"]
+            else [label(row["source"], row["rule"])],
             "payload": _as_sent(row, sealer),
         }
+        if row["late"]:
+            record["late"] = json.loads(row["late"])
         if as_json:
             print(json.dumps(record, ensure_ascii=False))
         else:
             print(
                 f"#{row['id']} {row['state']:<8} pixel {row['pixel_id']} {row['event_name']} "
                 f"{row['event_id']} attempts={row['attempts']}"
+                + f" sources={','.join(record['sources'])}"
                 + (f" error={row['last_error']!r}" if row["last_error"] else "")
                 + (f" fbtrace_id={row['fbtrace_id']}" if row["fbtrace_id"] else "")
             )
