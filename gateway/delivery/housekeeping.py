@@ -102,3 +102,28 @@ async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> d
         "oldest_pending_age": oldest,
         "blocked_pixels": blocked,
     }
+
+
+async def match_key_coverage(
+    conn: aiosqlite.Connection, *, since: float
+) -> dict[str, dict[str, Any]]:
+    """Per event name: how many events since `since`, and per user_data key how many
+    carried it as received (the first copy) and as sent (after assembly and profiles).
+
+    `{"Purchase": {"events": 10, "keys": {"em": {"received": 0, "sent": 10}, ...}}}`;
+    rows of releases before assembly count their keys as both.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    async with conn.execute(
+        "SELECT event_name, received_keys, match_keys FROM events "
+        "WHERE created_at >= ? AND match_keys IS NOT NULL",
+        (since,),
+    ) as cur:
+        async for name, received, sent in cur:
+            entry = out.setdefault(name, {"events": 0, "keys": {}})
+            entry["events"] += 1
+            for column, keys in (("received", received or sent), ("sent", sent)):
+                for key in filter(None, keys.split(",")):
+                    counts = entry["keys"].setdefault(key, {"received": 0, "sent": 0})
+                    counts[column] += 1
+    return dict(sorted(out.items()))

@@ -534,6 +534,11 @@ class Outbox:
         async with self._transaction() as conn:
             return await housekeeping.delete_rows(conn, where, values)
 
+    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
+        """Match keys as received and as sent, per event name (see housekeeping)."""
+        async with self._lock:
+            return await housekeeping.match_key_coverage(self._conn, since=since)
+
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
         async with self._lock:

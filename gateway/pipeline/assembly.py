@@ -222,9 +222,10 @@ def _take(ranks: dict[str, int], key: str, present: bool, rank: int, differs: bo
     if not present:
         ranks[key] = rank
         return True
-    if differs and rank > ranks.get(key, 0):
+    if rank > ranks.get(key, 0):
+        # An equal value from a higher rank lifts the field's rank all the same.
         ranks[key] = rank
-        return True
+        return differs
     return False
 
 
