@@ -1,4 +1,4 @@
-"""`capi-gateway` command line: serve, check, rules, demo and queue."""
+"""`capi-gateway` command line: serve, check, rules, demo, queue and forget."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import Sources, load_settings
+from gateway.ops.forget_cli import add_forget_parser, run_forget_command
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules", type=Path, help="rule files (default: the examples in the repository's rules/)"
     )
 
+    add_forget_parser(sub)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -169,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.ops.queue_cli import run_queue_command
 
             return run_queue_command(args)
+        if args.command == "forget":
+            return run_forget_command(args)
         if args.command == "demo":
             return _demo(args)
         settings = settings_from_args(args)

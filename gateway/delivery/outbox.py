@@ -29,6 +29,8 @@ import aiosqlite
 
 from gateway.delivery import housekeeping, profiles
 from gateway.delivery import rows as rows_sql
+from gateway.delivery.forget import Person
+from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
@@ -538,6 +540,11 @@ class Outbox:
         """Match keys as received and as sent, per event name (see housekeeping)."""
         async with self._lock:
             return await housekeeping.match_key_coverage(self._conn, since=since)
+
+    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
+        """Erase a person from unsent events, profiles and stitched visits (see forget.py)."""
+        async with self._transaction() as conn:
+            return await forget_person(conn, self.sealer, key, person)
 
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
