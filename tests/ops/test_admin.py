@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -433,3 +434,28 @@ def test_the_chart_has_eight_colours_the_quietest_names_share_one() -> None:
     assert set(re.findall(r'<rect class="(s\d)"', svg)) == {f"s{i}" for i in range(8)}
     # 55 events in the first minute: the axis goes to 100.
     assert ">100</text>" in svg and "<title>other at 00:00 UTC: 6</title>" in svg
+
+
+async def test_forget_endpoint_erases_a_person_for_scripts_with_the_token(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway(admin_token=ADMIN_TOKEN, assembly_hold=600)
+    # Held for assembly: still unsent when the erasure comes.
+    resp = await client.post(
+        "/_capi/events", json={"data": [web_event(event_id="f-1")]}, headers=auth()
+    )
+    assert resp.status == 202
+    bearer = {**JSON, "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    forgot = await client.post(
+        f"{ADMIN}/forget", data={"email": " JANE@example.com"}, headers=bearer
+    )
+    assert forgot.status == 200
+    assert (await forgot.json())["forgotten"]["events"] == 1
+    path = client.app[RUNTIME].settings.buffer
+    with sqlite3.connect(path) as conn:
+        (payload,) = conn.execute("SELECT payload FROM events WHERE event_id='f-1'").fetchone()
+    assert "em" not in json.loads(payload)["user_data"]
+    empty = await client.post(f"{ADMIN}/forget", data={}, headers=bearer)
+    assert empty.status == 400 and "name the person" in (await empty.json())["detail"]
+    denied = await client.post(f"{ADMIN}/forget", data={"email": "a@b.c"}, headers=JSON)
+    assert denied.status == 401
