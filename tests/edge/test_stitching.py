@@ -82,13 +82,13 @@ class Visitor:
                 self.cookies[name] = value
         return resp
 
-    async def buy(self, email: str = "Ann@Example.com") -> str:
+    async def buy(self, email: str = "Ann@Example.com", phone: str = "") -> str:
         """Land from an ad, fill the cart, check out: the order id."""
         landing = await self.go("GET", f"/?fbclid={FBCLID}")
         assert landing.status == 200
         added = await self.go("POST", "/cart/add", data={"sku": "tee-01"})
         assert added.status == 303
-        paid = await self.go("POST", "/checkout", data={"email": email, "phone": ""})
+        paid = await self.go("POST", "/checkout", data={"email": email, "phone": phone})
         assert paid.status == 302, paid.status
         return parse_qs(urlsplit(paid.headers["Location"]).query)["order"][0]
 
