@@ -297,10 +297,11 @@ def _demo(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
 
     def make(upstream: str) -> Settings:
-        # The demo ignores the environment: no credentials, nothing leaves the machine.
+        # The demo takes the `CAPIGW_` settings (CAPIGW_ASSEMBLY_HOLD, ...) like `serve`, but
+        # no Meta credentials, and always runs dry: nothing leaves the machine.
         return load_settings(
             Sources(
-                environ={},
+                environ={k: v for k, v in os.environ.items() if k.startswith("CAPIGW_")},
                 flags={
                     "upstream": upstream,
                     "listen": args.listen,
