@@ -32,6 +32,7 @@ from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person
 from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, identity
@@ -125,6 +126,7 @@ class Outbox:
         unless it names its own `hold`; `profiles`: visitor profiles (None: off).
         """
         conn = await connect(path, durable=durable)
+        await register_profiles(conn)
         box = cls(
             conn,
             sealer,

@@ -79,6 +79,28 @@ async def lookup(
     return out
 
 
+UNION_FUNCTION = "capigw_profile_union"
+
+
+def union_ids(stored: str, added: str) -> str:
+    """SQL function `capigw_profile_union(stored, added)`: two profiles' JSON, united.
+
+    Values already known stay first; at most `MAX_VALUES` per identifier.
+    """
+    profile: dict[str, list[str]] = json.loads(stored)
+    for name, values in json.loads(added).items():
+        have = profile.setdefault(name, [])
+        for value in values:
+            if value not in have and len(have) < MAX_VALUES:
+                have.append(value)
+    return json.dumps(profile, separators=(",", ":"))
+
+
+async def register(conn: aiosqlite.Connection) -> None:
+    """Make `learn`'s SQL function known to a connection (once per connection)."""
+    await conn.create_function(UNION_FUNCTION, 2, union_ids, deterministic=True)
+
+
 async def learn(
     conn: aiosqlite.Connection,
     items: Sequence[tuple[str, Mapping[str, Sequence[str]]]],
@@ -86,36 +108,30 @@ async def learn(
     ttl: float,
     now: float,
 ) -> int:
-    """Add identifiers to profiles (created as needed); returns how many profiles changed.
+    """Add identifiers to profiles (created as needed; the connection must have been
+    through `register`); returns how many profile writes it made.
 
-    Values already known stay; at most `MAX_VALUES` per identifier.
+    One upsert per profile: a new one is inserted as is, a known one is united with it in
+    SQL (`union_ids`), so learning costs no read before the write.
     """
-    if not items:
-        return 0
-    known = await lookup(conn, (k for k, _ in items), now=now)
-    changed: dict[str, dict[str, list[str]]] = {}
+    merged: dict[str, dict[str, list[str]]] = {}
     for key_hash, ids in items:
-        profile = changed.get(key_hash) or {k: list(v) for k, v in known.get(key_hash, {}).items()}
-        grew = key_hash not in known
+        profile = merged.setdefault(key_hash, {})
         for name, values in ids.items():
             have = profile.setdefault(name, [])
-            for value in values:
-                if value not in have and len(have) < MAX_VALUES:
-                    have.append(value)
-                    grew = True
-        if grew or key_hash in changed:
-            changed[key_hash] = profile
-    rows = [
-        (key_hash, json.dumps(profile, separators=(",", ":"), sort_keys=True), now, now + ttl)
-        for key_hash, profile in changed.items()
-    ]
+            have += [v for v in values if v not in have][: MAX_VALUES - len(have)]
+    if not merged:
+        return 0
     await conn.executemany(
         "INSERT INTO profiles (key_hash, ids, updated_at, expires_at) VALUES (?,?,?,?) "
-        "ON CONFLICT (key_hash) DO UPDATE SET ids=excluded.ids, "
+        f"ON CONFLICT (key_hash) DO UPDATE SET ids={UNION_FUNCTION}(profiles.ids, excluded.ids), "
         "updated_at=excluded.updated_at, expires_at=excluded.expires_at",
-        rows,
+        [
+            (key_hash, json.dumps(profile, separators=(",", ":")), now, now + ttl)
+            for key_hash, profile in merged.items()
+        ],
     )
-    return len(rows)
+    return len(merged)
 
 
 async def purge(conn: aiosqlite.Connection, *, max_profiles: int, now: float | None = None) -> int:
@@ -123,9 +139,10 @@ async def purge(conn: aiosqlite.Connection, *, max_profiles: int, now: float | N
     now = time.time() if now is None else now
     cur = await conn.execute("DELETE FROM profiles WHERE expires_at <= ?", (now,))
     count = int(cur.rowcount)
+    # Every write sets expires_at = now + ttl: it orders profiles by last update too.
     cur = await conn.execute(
         "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
-        "ORDER BY updated_at DESC LIMIT -1 OFFSET ?)",
+        "ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
         (max_profiles,),
     )
     return count + int(cur.rowcount)

@@ -82,7 +82,8 @@ MIGRATIONS: tuple[str, ...] = (
     # came after the send (how many, the fields they would have added). The hold before
     # the first send is `next_attempt_at`: the sender claims what is due through
     # `events_state_due`, so holding costs no poll per event. Profiles: a visitor's hashed
-    # identifiers under a keyed hash of their first-party id.
+    # identifiers under a keyed hash of their first-party id (WITHOUT ROWID: one B-tree
+    # per write instead of two; `expires_at` also orders them by last update).
     """
     ALTER TABLE events ADD COLUMN sources TEXT;
     ALTER TABLE events ADD COLUMN ranks TEXT;
@@ -94,9 +95,8 @@ MIGRATIONS: tuple[str, ...] = (
         ids TEXT NOT NULL,
         updated_at REAL NOT NULL,
         expires_at REAL NOT NULL
-    );
+    ) WITHOUT ROWID;
     CREATE INDEX profiles_expires ON profiles (expires_at);
-    CREATE INDEX profiles_updated ON profiles (updated_at);
     """,
 )
 
