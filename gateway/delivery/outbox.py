@@ -27,7 +27,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import housekeeping, profiles
+from gateway.delivery import assembler, housekeeping, profiles
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person
 from gateway.delivery.forget import forget as forget_person
@@ -36,7 +36,6 @@ from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, identity
-from gateway.pipeline import assembly
 from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
@@ -209,7 +208,14 @@ class Outbox:
         now = time.time()
         try:
             async with self._transaction() as conn:
-                outcomes = await self._store(conn, rows, now)
+                outcomes = await assembler.store(
+                    conn,
+                    rows,
+                    [self.hold_of(ev) for ev in rows],
+                    sealer=self.sealer,
+                    policy=self.profiles,
+                    now=now,
+                )
             self.commits += 1
             self.committed_rows += len(rows)
         except Exception as exc:
@@ -232,71 +238,6 @@ class Outbox:
         if ev.hold is not None:
             return ev.hold
         return 0.0 if ev.event_name == "PageView" else self.assembly_hold
-
-    async def _store(
-        self, conn: aiosqlite.Connection, rows: list[NewEvent], now: float
-    ) -> list[Outcome]:
-        """Insert new events, merge copies, learn profiles: one transaction's work."""
-        holds = [self.hold_of(ev) for ev in rows]
-        first: dict[tuple[str, str, str], int] = {}
-        for index, ev in enumerate(rows):
-            first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
-        heads = sorted(first.values())
-        inserted = await rows_sql.insert(
-            conn,
-            [rows[i] for i in heads],
-            [self.sealer.seal(rows[i].clear, rows[i].identity()) for i in heads],
-            [holds[i] for i in heads],
-            now,
-        )
-        outcomes: list[Outcome] = ["new"] * len(rows)
-        states: list[assembly.State | None] = [None] * len(rows)
-        copies = [
-            i
-            for i, ev in enumerate(rows)
-            if first[(ev.pixel_id, ev.event_name, ev.event_id)] != i
-            or (ev.pixel_id, ev.event_name, ev.event_id) not in inserted
-        ]
-        if copies:
-            results = await rows_sql.assemble(
-                conn,
-                [rows[i] for i in copies],
-                [holds[i] for i in copies],
-                self.sealer.open,
-                self.sealer.seal,
-                now,
-            )
-            for i, (outcome, state) in zip(copies, results, strict=True):
-                outcomes[i], states[i] = outcome, state
-                if outcome == "late":
-                    log.info(
-                        "A copy of event %s (%s) came after its send: recorded, not sent.",
-                        rows[i].event_id,
-                        rows[i].event_name,
-                    )
-        if self.profiles is not None:
-            await self._learn(conn, rows, outcomes, states, now)
-        return outcomes
-
-    async def _learn(
-        self,
-        conn: aiosqlite.Connection,
-        rows: list[NewEvent],
-        outcomes: list[Outcome],
-        states: list[assembly.State | None],
-        now: float,
-    ) -> None:
-        policy = self.profiles
-        assert policy is not None
-        items: list[tuple[str, dict[str, list[str]]]] = []
-        for ev, outcome, state in zip(rows, outcomes, states, strict=True):
-            if outcome == "late":
-                continue
-            payload, clear = (state.payload, state.clear) if state else (ev.payload, ev.clear)
-            ids = assembly.learnable(payload)
-            if ids:
-                items += [(key, ids) for key in profiles.visitor_keys(policy, clear)]
-        await profiles.learn(conn, items, ttl=policy.ttl, now=now)
 
     async def _check_size(self) -> None:
         now = time.monotonic()
@@ -346,34 +287,16 @@ class Outbox:
             rows.sort(key=lambda r: int(r[0]))
             claimed = [self._open_row(r) for r in rows]
             if self.profiles is not None and claimed:
-                claimed = await self._complete(conn, claimed, now)
+                done = await assembler.complete(
+                    conn, {row.id: row.event for row in claimed}, self.profiles, now
+                )
+                claimed = [
+                    replace(row, event=done[row.id][0], profile_added=done[row.id][1])
+                    if row.id in done
+                    else row
+                    for row in claimed
+                ]
         return claimed
-
-    async def _complete(
-        self, conn: aiosqlite.Connection, claimed: list[Claimed], now: float
-    ) -> list[Claimed]:
-        """Claimed events completed from their visitors' profiles (one lookup per batch)."""
-        policy = self.profiles
-        assert policy is not None
-        keys = {
-            row.id: profiles.visitor_keys(policy, row.event.get("user_data", {})) for row in claimed
-        }
-        found = await profiles.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
-        if not found:
-            return claimed
-        out: list[Claimed] = []
-        for row in claimed:
-            event, added = row.event, tuple[str, ...]()
-            for key in keys[row.id]:
-                if key in found:
-                    event, more = assembly.complete(event, found[key])
-                    added += more
-            if not added:
-                out.append(row)
-                continue
-            await rows_sql.record_completed(conn, row.id, event)
-            out.append(replace(row, event=event, profile_added=added))
-        return out
 
     def _open_row(self, r: Any) -> Claimed:
         event: dict[str, Any] = json.loads(r[7])
