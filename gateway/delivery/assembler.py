@@ -94,15 +94,14 @@ async def _learn(
     await profiles.learn(conn, items, ttl=policy.ttl, now=now)
 
 
-async def complete(
+async def completions(
     conn: aiosqlite.Connection,
     events: Mapping[int, dict[str, Any]],
     policy: ProfilePolicy,
     now: float,
 ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
     """Claimed events (row id -> event as sent) completed from their visitors' profiles,
-    one lookup per batch; only those that gained identifiers, with the keys added. The
-    rows record the completed event."""
+    one read per batch: those that gained identifiers, with the keys added."""
     keys = {
         row_id: profiles.visitor_keys(policy, event.get("user_data", {}))
         for row_id, event in events.items()
@@ -118,6 +117,15 @@ async def complete(
                 event, more = assembly.complete(event, found[key])
                 added += more
         if added:
-            await rows_sql.record_completed(conn, row_id, event)
             out[row_id] = (event, added)
     return out
+
+
+async def record(
+    conn: aiosqlite.Connection,
+    done: Mapping[int, tuple[dict[str, Any], tuple[str, ...]]],
+    owner: str,
+) -> None:
+    """Record completed events on the rows `owner` holds (run in a write transaction)."""
+    for row_id, (event, _) in done.items():
+        await rows_sql.record_completed(conn, row_id, event, owner)

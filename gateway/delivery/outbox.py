@@ -284,19 +284,26 @@ class Outbox:
         now = time.time() if now is None else now
         async with self._transaction() as conn:
             rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now)
-            rows.sort(key=lambda r: int(r[0]))
-            claimed = [self._open_row(r) for r in rows]
-            if self.profiles is not None and claimed:
-                done = await assembler.complete(
-                    conn, {row.id: row.event for row in claimed}, self.profiles, now
-                )
-                claimed = [
-                    replace(row, event=done[row.id][0], profile_added=done[row.id][1])
-                    if row.id in done
-                    else row
-                    for row in claimed
-                ]
-        return claimed
+        rows.sort(key=lambda r: int(r[0]))
+        claimed = [self._open_row(r) for r in rows]
+        if self.profiles is None or not claimed:
+            return claimed
+        # Outside the claim's write transaction: the rows are ours now, and the group-commit
+        # writer should not wait for profile lookups.
+        async with self._lock:
+            done = await assembler.completions(
+                self._conn, {row.id: row.event for row in claimed}, self.profiles, now
+            )
+        if not done:
+            return claimed
+        async with self._transaction() as conn:
+            await assembler.record(conn, done, owner)
+        return [
+            replace(row, event=done[row.id][0], profile_added=done[row.id][1])
+            if row.id in done
+            else row
+            for row in claimed
+        ]
 
     def _open_row(self, r: Any) -> Claimed:
         event: dict[str, Any] = json.loads(r[7])

@@ -295,7 +295,7 @@ async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
 
 
 async def record_completed(
-    conn: aiosqlite.Connection, row_id: int, event: Mapping[str, Any]
+    conn: aiosqlite.Connection, row_id: int, event: Mapping[str, Any], owner: str
 ) -> None:
     """Record on a claimed row the identifiers its visitor's profile added (the event as
     sent, clear fields included; they stay sealed and out of the payload)."""
@@ -303,10 +303,11 @@ async def record_completed(
     hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
     clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
     await conn.execute(
-        "UPDATE events SET payload=?, match_keys=? WHERE id=?",
+        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?",
         (
             json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
             match_keys(hashed, clear),
             row_id,
+            owner,
         ),
     )
