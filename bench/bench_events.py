@@ -1,7 +1,7 @@
 """Throughput benchmark of the events API and the sender (not a test: prints a table).
 
     python bench/bench_events.py [--seconds 5] [--concurrency 32] [--preload 50000]
-                                 [--workers 1,2] [--json PATH]
+                                 [--workers 1,2] [--assembly on] [--json PATH]
 
 Everything runs on 127.0.0.1: the fake Graph API (`python -m tests.fakes.graph
 --count-only`) and `capi-gateway serve` are subprocesses on a fresh temp buffer, the
@@ -14,8 +14,12 @@ clients are asyncio tasks in this process.
   token, it releases the backlog at once, and the rate at which events reach the fake
   (`GET /_fake/stats` events_received) is measured until the backlog is gone.
 
-All phases run once per `--workers` count (`serve --workers N`, default 1 and 2) and the
-table shows the counts side by side with the ratio of the last to the first. Peak RSS and
+All phases run once per `--workers` count (`serve --workers N`, default 1 and 2) and per
+`--assembly` setting (`on`: visitor profiles on and a 1 s assembly hold; `off`: profiles
+off, no hold; `--assembly off,on` compares them), and the table shows the runs side by
+side with the ratio of the last to the first. Every event carries an `_fbp` (so profiles
+learn and are looked up) and one in ten is a copy of a recent event with a phone number
+added (so copies merge or come late). Peak RSS and
 CPU of the gateway (all its processes) are sampled every 100 ms (psutil, from the `bench`
 extra). See bench/README.md for the figures measured on the reference machine.
 """
@@ -28,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import threading
@@ -79,11 +84,30 @@ GATEWAY_ENV = {
 }
 
 
+# What `--assembly on|off` sets: profiles and a short hold, or neither.
+ASSEMBLY_ENV = {
+    "on": {"CAPIGW_ASSEMBLY_HOLD": "1"},
+    "off": {"CAPIGW_ASSEMBLY_HOLD": "0", "CAPIGW_PROFILE_TTL": "0"},
+}
+
+
 def bench_gateway(
-    buffer: Path, graph_url: str, log: Path, *, token: str, log_level: str, workers: int
+    buffer: Path,
+    graph_url: str,
+    log: Path,
+    *,
+    token: str,
+    log_level: str,
+    workers: int,
+    assembly: str = "on",
 ) -> Gateway:
     """`capi-gateway serve --workers N` with the benchmark's settings on a free port."""
-    env = {**GATEWAY_ENV, "CAPIGW_LOG_LEVEL": log_level, "CAPIGW_WORKERS": str(workers)}
+    env = {
+        **GATEWAY_ENV,
+        **ASSEMBLY_ENV[assembly],
+        "CAPIGW_LOG_LEVEL": log_level,
+        "CAPIGW_WORKERS": str(workers),
+    }
     return start_gateway(buffer, graph_url, log, pixel=PIXEL, token=token, api_key=API_KEY, env=env)
 
 
@@ -137,22 +161,36 @@ class Sampler(threading.Thread):
 # -- load -----------------------------------------------------------------------------------
 
 
-def event_json(event_id: str, now: int) -> str:
-    """One realistic website Purchase, as JSON text."""
+def event_json(event_id: str, now: int, *, phone: bool = False) -> str:
+    """One realistic website Purchase of a visitor (its `_fbp`), as JSON text."""
+    extra = ',"phone":"+4917012345678"' if phone else ""
     return (
         f'{{"event_name":"Purchase","event_time":{now},"event_id":"{event_id}",'
         '"event_source_url":"https://shop.example/thanks",'
         f'"user_data":{{"email":"jane.{event_id[:8]}@example.com","user_agent":"{UA}",'
-        f'"ip":"203.0.113.7","external_id":"cust-{event_id[:12]}"}},'
+        f'"ip":"203.0.113.7","external_id":"cust-{event_id[:12]}",'
+        f'"fbp":"fb.1.1700000000000.{int(event_id[:8], 16)}"{extra}}},'
         f'"custom_data":{{"value":19.9,"currency":"EUR","order_id":"o-{event_id}"}}}}'
     )
 
 
+_RECENT: list[str] = []
+
+
 def body(batch: int) -> bytes:
-    """A request body of `batch` fresh events (unique event_ids)."""
+    """A request body of `batch` events: nine in ten new, one a copy of a recent one."""
     now = int(time.time())
-    events = ",".join(event_json(uuid.uuid4().hex, now) for _ in range(batch))
-    return ('{"data":[' + events + "]}").encode()
+    events = []
+    for _ in range(batch):
+        if _RECENT and random.random() < 0.1:
+            events.append(event_json(random.choice(_RECENT), now, phone=True))
+            continue
+        event_id = uuid.uuid4().hex
+        _RECENT.append(event_id)
+        if len(_RECENT) > 1000:
+            del _RECENT[:500]
+        events.append(event_json(event_id, now))
+    return ('{"data":[' + ",".join(events) + "]}").encode()
 
 
 @dataclass
@@ -239,11 +277,13 @@ class Row:
         return self.measured / self.target if self.higher_is_better else self.target / self.measured
 
 
-async def benchmark(args: argparse.Namespace, workdir: Path, workers: int) -> dict[str, Any]:
+async def benchmark(
+    args: argparse.Namespace, workdir: Path, workers: int, assembly: str = "on"
+) -> dict[str, Any]:
     """Phases A, B and C against `serve --workers {workers}`: the rows and the details."""
     rows: list[Row] = []
     details: dict[str, Any] = {}
-    print(f"-- --workers {workers} --", flush=True)
+    print(f"-- --workers {workers}, assembly {assembly} --", flush=True)
     with stop_at_exit() as procs:
         fake = start_fake(workdir / "fake.log", token=TOKEN, count_only=True)
         procs.append(fake.proc)
@@ -256,6 +296,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path, workers: int) -> di
                 token=TOKEN,
                 log_level=args.log_level,
                 workers=workers,
+                assembly=assembly,
             )
             procs.append(gw.proc)
             await wait_healthy(gw, control, timeout=20)
@@ -291,6 +332,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path, workers: int) -> di
                 token="EAAB-wrong-token",  # deliberately refused by the fake
                 log_level=args.log_level,
                 workers=workers,
+                assembly=assembly,
             )
             procs.append(pre.proc)
             await wait_healthy(pre, control, timeout=20)
@@ -320,6 +362,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path, workers: int) -> di
                 token=TOKEN,
                 log_level=args.log_level,
                 workers=workers,
+                assembly=assembly,
             )
             procs.append(drain.proc)
             sampler_c = Sampler(drain.proc.pid)
@@ -388,13 +431,13 @@ async def benchmark(args: argparse.Namespace, workdir: Path, workers: int) -> di
     return {"rows": rows, "details": details}
 
 
-def print_table(results: dict[int, list[Row]]) -> None:
-    """metric | measured per worker count | ratio last/first | target | ratio to target."""
-    counts = sorted(results)
+def print_table(results: dict[str, list[Row]]) -> None:
+    """metric | measured per run | ratio last/first | target | ratio to target."""
+    counts = list(results)
     first = results[counts[0]]
     width = max(len(r.metric) for r in first)
-    heads = "".join(f"  {f'workers={n}':>16}" for n in counts)
-    scale = f"{counts[-1]}/{counts[0]}" if len(counts) > 1 else ""
+    heads = "".join(f"  {n:>16}" for n in counts)
+    scale = "last/1st" if len(counts) > 1 else ""
     print()
     print(f"{'metric':<{width}}{heads}  {scale:>7}  {'target':>14}  {'to target':>9}")
     print("-" * (width + 18 * len(counts) + 38))
@@ -428,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         help="worker counts to compare, comma-separated (default: 1,2)",
     )
     parser.add_argument(
+        "--assembly",
+        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+        default=["on"],
+        help="assembly settings to compare: on, off or off,on (default: on)",
+    )
+    parser.add_argument(
         "--log-level", default="info", help="the gateway's log level (default: info, as shipped)"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -438,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.concurrency < 1 or args.preload < 1:
         parser.error("--seconds, --concurrency and --preload must be positive")
 
-    outcomes: dict[int, dict[str, Any]] = {}
+    if not args.assembly or any(v not in ASSEMBLY_ENV for v in args.assembly):
+        parser.error("--assembly takes on, off or both, comma-separated")
+    outcomes: dict[str, dict[str, Any]] = {}
     try:
         with contextlib.ExitStack() as stack:
             if args.workdir is not None:
@@ -447,18 +498,20 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="capigw-")))
             for workers in args.workers:
-                workdir = root / f"workers-{workers}"
-                workdir.mkdir(exist_ok=True)
-                for old in workdir.glob("*.db*"):  # a --workdir kept from an earlier run
-                    old.unlink()
-                outcomes[workers] = asyncio.run(benchmark(args, workdir, workers))
+                for assembly in args.assembly:
+                    workdir = root / f"workers-{workers}-assembly-{assembly}"
+                    workdir.mkdir(exist_ok=True)
+                    for old in workdir.glob("*.db*"):  # a --workdir kept from an earlier run
+                        old.unlink()
+                    label = f"w{workers} asm={assembly}"
+                    outcomes[label] = asyncio.run(benchmark(args, workdir, workers, assembly))
     except AssertionError as exc:  # a subprocess did not start or a CLI call failed
         raise SystemExit(str(exc)) from None
-    results: dict[int, list[Row]] = {n: o["rows"] for n, o in outcomes.items()}
+    results: dict[str, list[Row]] = {n: o["rows"] for n, o in outcomes.items()}
     print_table(results)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        counts = sorted(results)
+        counts = list(results)
         document = {
             "machine": {
                 "cpus": os.cpu_count(),
@@ -469,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "concurrency": args.concurrency,
                 "preload": args.preload,
-                "workers": counts,
+                "workers": args.workers,
+                "assembly": args.assembly,
                 "log_level": args.log_level,
             },
             "results": [

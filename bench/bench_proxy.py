@@ -13,7 +13,8 @@ Everything runs on 127.0.0.1, as subprocesses of this script:
 - `capi-gateway serve --upstream <origin> --workers N --dry-run`, settings as shipped
   otherwise (every tagged page also stores a PageView), then a variant where no PageView is
   stored (`CAPIGW_CONSENT` names a cookie the client never sends: the page is still
-  tagged), then one with `CAPIGW_INJECT=false` (proxying alone); one gateway at a time,
+  tagged), one without visitor profiles or assembly hold (`CAPIGW_PROFILE_TTL=0`: what
+  they cost per page), then one with `CAPIGW_INJECT=false` (proxying alone); one gateway at a time,
   each for every N of `--workers` (default 1 and 2, compared side by side at the end);
 - the load: `wrk` (closed loop, `--concurrency` connections for `--seconds`, no Lua) for
   requests/s and latency percentiles, and an open-loop asyncio client in this process sending
@@ -640,13 +641,21 @@ BASE_PATHS = {"direct": "direct (origin)", "nginx": "nginx proxy"}
 # - as shipped: the page is tagged, gets the _fbp cookie, and a PageView is stored;
 # - no PageView: a consent cookie is required (CAPIGW_CONSENT) and the client sends none, so
 #   the page is still tagged but no cookie is set and nothing is stored;
-# - INJECT=false: the HTML streams through like any other response (proxying alone).
+# - INJECT=false: the HTML streams through like any other response (proxying alone);
+# - no assembly: as shipped, but without visitor profiles (`CAPIGW_PROFILE_TTL=0`) or a
+#   hold before the first send: what event assembly and profiles cost per page.
 VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("gateway", "gateway", {}),
+    (
+        "gateway-noassembly",
+        "gateway, no profiles/hold",
+        {"CAPIGW_PROFILE_TTL": "0", "CAPIGW_ASSEMBLY_HOLD": "0"},
+    ),
     ("gateway-nostore", "gateway, no PageView", {"CAPIGW_CONSENT": "bench_consent"}),
     ("gateway-noinject", "gateway, INJECT=false", {"CAPIGW_INJECT": "false"}),
 )
-TAGGING = frozenset({"gateway", "gateway-nostore"})
+TAGGING = frozenset({"gateway", "gateway-noassembly", "gateway-nostore"})
+TARGET_ASSEMBLY = 0.85
 
 
 def gateway_path(variant: str, workers: int) -> str:
@@ -904,7 +913,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
             }
         )
 
-    variants = ("gateway-nostore", "gateway-noinject")
+    variants = ("gateway-noassembly", "gateway-nostore", "gateway-noinject")
     for n in args.workers:
         gateway = gateway_path("gateway", n)
         for f in FILES:
@@ -912,6 +921,9 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
             target = TARGET_HTML_VS_NGINX if html and n == TARGET_WORKERS else None
             ratio(f.key, gateway, "nginx", target)
             ratio(f.key, gateway, "direct", None)
+            if html:
+                # Assembly and profiles must cost < 15% per page.
+                ratio(f.key, gateway, gateway_path("gateway-noassembly", n), TARGET_ASSEMBLY)
             for variant in variants if html else ():
                 ratio(f.key, gateway_path(variant, n), "nginx", None)
     for n in args.workers:

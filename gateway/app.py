@@ -29,6 +29,7 @@ from gateway.appkeys import (
 )
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.reads import BufferReader
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
@@ -134,13 +135,17 @@ async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
 
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[RUNTIME].settings
-    sealer = Sealer(load_key(settings))
+    key = load_key(settings)
     try:
         outbox = await Outbox.open(
             settings.buffer,
-            sealer,
+            Sealer(key),
             group_commit_ms=settings.group_commit_ms,
             max_buffer_mb=settings.max_buffer_mb,
+            assembly_hold=settings.assembly_hold,
+            profiles=ProfilePolicy.from_key(
+                key, ttl=settings.profile_ttl, max_profiles=settings.profile_max
+            ),
         )
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""`capi-gateway` command line: serve, check, rules, demo and queue."""
+"""`capi-gateway` command line: serve, check, rules, demo, queue and forget."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
+from gateway.commands.forget import add_forget_parser, run_forget_command
 from gateway.config import Sources, load_settings
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules", type=Path, help="rule files (default: the examples in the repository's rules/)"
     )
 
+    add_forget_parser(sub)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.commands.queue import run_queue_command
 
             return run_queue_command(args)
+        if args.command == "forget":
+            return run_forget_command(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "check":
@@ -298,10 +302,11 @@ def _demo(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
 
     def make(upstream: str) -> Settings:
-        # The demo ignores the environment: no credentials, nothing leaves the machine.
+        # The demo takes the `CAPIGW_` settings (CAPIGW_ASSEMBLY_HOLD, ...) like `serve`, but
+        # no Meta credentials, and always runs dry: nothing leaves the machine.
         return load_settings(
             Sources(
-                environ={},
+                environ={k: v for k, v in os.environ.items() if k.startswith("CAPIGW_")},
                 flags={
                     "upstream": upstream,
                     "listen": args.listen,

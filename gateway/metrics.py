@@ -119,6 +119,15 @@ class Metrics:
             "Duration of Graph API requests.",
             _SEND_BUCKETS,
         )
+        self._copies = counter(
+            "capi_gateway_assembly_copies",
+            "Copies of a stored event: merged into it while unsent, or late (after its send).",
+            ["outcome"],
+        )
+        self._profile_ids = counter(
+            "capi_gateway_profile_identifiers_added",
+            "Hashed identifiers visitor profiles added to events before their send.",
+        )
         self._waits = counter(
             "capi_gateway_rate_limit_waits", "Sends held back by the per-pixel rate limit."
         )
@@ -140,10 +149,18 @@ class Metrics:
         name = self._name_label(event_name, new=outcome != "rejected")
         self._events.labels(source, name, outcome).inc(count)
 
-    def stored(self, rows: Sequence[NewEvent], flags: Sequence[bool]) -> None:
-        """Count what `Outbox.add(rows)` answered: True accepted, False duplicate."""
-        for row, new in zip(rows, flags, strict=False):
-            self.event(row.source, row.event_name, "accepted" if new else "duplicate")
+    def stored(self, rows: Sequence[NewEvent], outcomes: Sequence[str]) -> None:
+        """Count what `Outbox.add(rows)` answered: "new" accepted, "merged"/"late" a
+        duplicate copy (also counted by assembly outcome)."""
+        for row, outcome in zip(rows, outcomes, strict=False):
+            self.event(row.source, row.event_name, "accepted" if outcome == "new" else "duplicate")
+            if outcome in ("merged", "late"):
+                self._copies.labels(outcome).inc()
+
+    def profile_identifiers(self, count: int) -> None:
+        """Count identifiers a visitor profile added to an event before its send."""
+        if count:
+            self._profile_ids.inc(count)
 
     def refused(self, rows: Iterable[NewEvent]) -> None:
         """Count prepared rows the outbox could not take (full, closing, failing)."""

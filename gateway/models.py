@@ -37,8 +37,10 @@ class NewEvent:
     source: str
     test_event_code: str | None = None
     rule: str | None = None
-    # Seconds to wait before the first send: a proxy PageView waits for its browser beacon.
-    hold: float = 0.0
+    # Seconds to wait before the first send, so that copies of the event can meet (a proxy
+    # PageView waits for its browser beacon, a Purchase for its payment webhook). None: the
+    # outbox's default (`assembly_hold`, or none for a PageView).
+    hold: float | None = None
 
     def row_key(self) -> str:
         """See `row_key`."""

@@ -267,6 +267,16 @@ class Settings(BaseModel):
     pageview_hold: float = Field(default=3.0, ge=0, le=300)
     """a tagged page's PageView waits this long before its first send, so the
     browser's beacon can complete it (e.g. an `_fbc` the pixel set)"""
+    assembly_hold: float = Field(default=60.0, ge=0, le=3600)
+    """every other event waits this long before its first send, so that its copies
+    (thank-you page, payment webhook, backend call) merge into it first. Payment webhooks
+    mostly arrive within seconds of the thank-you page, slow providers and busy days in
+    tens of seconds; 60 s covers that with margin, and Meta asks only for events within
+    the hour. Rules and webhooks can set their own `hold`; 0 sends at once"""
+    profile_ttl: float = Field(default=30 * 86400.0, ge=0)
+    """how long a visitor profile (hashed identifiers under the `_fbp` id) is kept; 0 off"""
+    profile_max: int = Field(default=200_000, ge=1)
+    """visitor profiles kept at most (least recently updated dropped first)"""
 
     # operator endpoints (status, metrics, admin)
     admin_token: str | None = Field(default=None, repr=False)
@@ -313,6 +323,8 @@ class Settings(BaseModel):
         "cookie_lifetime",
         "page_token_ttl",
         "pageview_hold",
+        "assembly_hold",
+        "profile_ttl",
         mode="before",
     )
     @classmethod

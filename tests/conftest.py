@@ -46,6 +46,8 @@ def make_settings(tmp_path: Path, graph_url: str, **overrides: Any) -> Settings:
         "shutdown_grace": 2,
         # Tests that look at a PageView's delivery should not wait for a beacon first.
         "pageview_hold": 0,
+        # Likewise an event does not wait for copies of it, unless a test asks.
+        "assembly_hold": 0,
     }
     values.update(overrides)
     return Settings.model_validate(values)

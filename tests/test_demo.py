@@ -95,6 +95,9 @@ async def test_demo_serves_the_shop_fires_example_rules_and_takes_a_signed_webho
                 ("Purchase", "stripe-purchase"),
             }
             if wanted <= rules:
+                purchase = next(r for r in rows if r["event_name"] == "Purchase")
+                # Event assembly records where the event came from.
+                assert purchase["sources"] == ["webhook:stripe-purchase"]
                 break
             assert time.monotonic() < deadline, (rules, tail(log))
             time.sleep(0.2)

@@ -36,6 +36,7 @@ from gateway.admin.session import (
     verify,
 )
 from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
@@ -114,6 +115,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/admin/logout", post_logout)
     app.router.add_post(f"{prefix}/admin/retry", post_retry)
     app.router.add_post(f"{prefix}/admin/discard", post_discard)
+    app.router.add_post(f"{prefix}/admin/forget", post_forget)
     app.router.add_get(f"{prefix}/admin/assets/{{name}}", get_asset)
 
 
@@ -233,6 +235,36 @@ async def post_discard(request: web.Request) -> web.StreamResponse:
     count = await request.app[OUTBOX].discard_dead(ids)
     log.info("Dashboard: %d dead letter(s) discarded.", count)
     return _done(request, "discarded", count)
+
+
+async def post_forget(request: web.Request) -> web.StreamResponse:
+    """Erase a person (`email`, `phone`, `external_id`, `fbp` fields): their profile,
+    stitched visits and the identifiers of unsent events. Answers the counts as JSON."""
+    checked = await _action(request)
+    if isinstance(checked, web.Response):
+        return checked
+    settings = request.app[RUNTIME].settings
+    try:
+        person = Person.of(
+            email=checked.get("email", []),
+            phone=checked.get("phone", []),
+            external_id=checked.get("external_id", []),
+            fbp=checked.get("fbp", []),
+            default_country=settings.default_country,
+        )
+    except PersonError as exc:
+        return json_error(400, "invalid form", str(exc))
+    _key(request)  # loads the outbox key into the admin state
+    key = request.app[ADMIN].key
+    assert key is not None
+    counts = await request.app[OUTBOX].forget(person, key)
+    log.info(
+        "Dashboard: forgot a person (%d event(s), %d profile(s), %d stitched visit(s)).",
+        counts["events"],
+        counts["profiles"],
+        counts["stitches"],
+    )
+    return web.json_response({"forgotten": counts}, headers={"Cache-Control": "no-store"})
 
 
 async def get_asset(request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from gateway.delivery.reads import EventFilter, list_events, queue_stats
 from gateway.delivery.schema import STATES, SchemaError, connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError, load_key
 from gateway.models import row_key
+from gateway.pipeline.assembly import label
 from gateway.settings import ConfigError, Settings
 
 _SEALED = "<sealed: use --reveal>"
@@ -112,14 +113,21 @@ def _print_rows(rows: Sequence[aiosqlite.Row], sealer: Sealer | None, *, as_json
             "fbtrace_id": row["fbtrace_id"],
             "created_at": row["created_at"],
             "sent_at": row["sent_at"],
+            # The copies assembled into this event (rows of older releases: the first only).
+            "sources": json.loads(row["sources"])
+            if row["sources"]
+            else [label(row["source"], row["rule"])],
             "payload": _as_sent(row, sealer),
         }
+        if row["late"]:
+            record["late"] = json.loads(row["late"])
         if as_json:
             print(json.dumps(record, ensure_ascii=False))
         else:
             print(
                 f"#{row['id']} {row['state']:<8} pixel {row['pixel_id']} {row['event_name']} "
                 f"{row['event_id']} attempts={row['attempts']}"
+                + f" sources={','.join(record['sources'])}"
                 + (f" error={row['last_error']!r}" if row["last_error"] else "")
                 + (f" fbtrace_id={row['fbtrace_id']}" if row["fbtrace_id"] else "")
             )

@@ -2,7 +2,12 @@
 
 One writer task group-commits everything the API accepts (many events per transaction,
 waiting at most `group_commit_ms`), and `add` returns only once its transaction has
-committed. Senders claim due rows with a lease (`UPDATE ... RETURNING`), so several
+committed. A copy of an event already stored (same pixel, event_name, event_id) merges
+into it while it is unsent (event assembly, `gateway/pipeline/assembly.py`); each event is
+held `assembly_hold` seconds before its first send so that copies can meet, and the
+visitor profiles of the same file are learned in the same transaction.
+
+Senders claim due rows with a lease (`UPDATE ... RETURNING`), so several
 workers or processes can share one file and a crashed worker's rows come back when its
 lease expires.
 """
@@ -18,17 +23,22 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import housekeeping, reads
+from gateway.delivery import assembler, housekeeping, profiles, reads
 from gateway.delivery import rows as rows_sql
+from gateway.delivery.forget import Person
+from gateway.delivery.forget import forget as forget_person
+from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent, row_key
+from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
 
@@ -53,12 +63,14 @@ class Claimed:
     attempts: int
     test_event_code: str | None
     event: dict[str, Any]
+    # Identifiers the visitor's profile added to this event at claim time.
+    profile_added: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class _Pending:
     events: Sequence[NewEvent]
-    done: asyncio.Future[list[bool]] = field(default_factory=lambda: asyncio.Future())
+    done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
 
 
 class Outbox:
@@ -72,8 +84,12 @@ class Outbox:
         path: Path,
         group_commit_ms: float,
         max_bytes: int,
+        assembly_hold: float = 0.0,
+        profiles: ProfilePolicy | None = None,
     ) -> None:
         self.path = path
+        self.assembly_hold = assembly_hold
+        self.profiles = profiles if profiles is not None and profiles.enabled else None
         self.sealer = sealer
         self._conn = conn
         self._lock = asyncio.Lock()
@@ -89,6 +105,9 @@ class Outbox:
         # Group-commit figures: transactions and the rows they carried.
         self.commits = 0
         self.committed_rows = 0
+        # Copies of events merged into a pending event, and copies that came after the send.
+        self.merged = 0
+        self.late = 0
 
     @classmethod
     async def open(
@@ -99,15 +118,24 @@ class Outbox:
         group_commit_ms: float = 5.0,
         max_buffer_mb: float = 1024.0,
         durable: bool = True,
+        assembly_hold: float = 0.0,
+        profiles: ProfilePolicy | None = None,
     ) -> Outbox:
-        """Open (and migrate) the buffer file and start the writer task."""
+        """Open (and migrate) the buffer file and start the writer task.
+
+        `assembly_hold`: seconds an event other than a PageView waits before its first send
+        unless it names its own `hold`; `profiles`: visitor profiles (None: off).
+        """
         conn = await connect(path, durable=durable)
+        await register_profiles(conn)
         box = cls(
             conn,
             sealer,
             path=path,
             group_commit_ms=group_commit_ms,
             max_bytes=int(max_buffer_mb * 1024 * 1024),
+            assembly_hold=assembly_hold,
+            profiles=profiles,
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
         await box.reclaim_dead_leases()
@@ -145,8 +173,9 @@ class Outbox:
 
     # writing ------------------------------------------------------------------
 
-    async def add(self, events: Sequence[NewEvent]) -> list[bool]:
-        """Store events durably; True per event that is new, False for a duplicate."""
+    async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
+        """Store events durably; per event "new", "merged" (into the pending copy of the
+        same event) or "late" (that event was already sent: recorded, not sent again)."""
         if not events:
             return []
         try:
@@ -194,9 +223,15 @@ class Outbox:
         rows: list[NewEvent] = [ev for p in batch for ev in p.events]
         now = time.time()
         try:
-            sealed = [self.sealer.seal(ev.clear, ev.row_key()) for ev in rows]
             async with self._transaction() as conn:
-                inserted = await rows_sql.insert(conn, rows, sealed, now)
+                outcomes = await assembler.store(
+                    conn,
+                    rows,
+                    [self.hold_of(ev) for ev in rows],
+                    sealer=self.sealer,
+                    policy=self.profiles,
+                    now=now,
+                )
             self.commits += 1
             self.committed_rows += len(rows)
         except Exception as exc:
@@ -205,16 +240,20 @@ class Outbox:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        self.merged += outcomes.count("merged")
+        self.late += outcomes.count("late")
+        at = 0
         for p in batch:
-            flags = []
-            for ev in p.events:
-                key = (ev.pixel_id, ev.event_name, ev.event_id)
-                # The first occurrence of a key in the group takes the "new" flag.
-                flags.append(key in inserted)
-                inserted.discard(key)
             if not p.done.done():
-                p.done.set_result(flags)
+                p.done.set_result(outcomes[at : at + len(p.events)])
+            at += len(p.events)
         self.new_work.set()
+
+    def hold_of(self, ev: NewEvent) -> float:
+        """Seconds `ev` waits before its first send: its own hold, else the default."""
+        if ev.hold is not None:
+            return ev.hold
+        return 0.0 if ev.event_name == "PageView" else self.assembly_hold
 
     async def _check_size(self) -> None:
         now = time.monotonic()
@@ -253,12 +292,34 @@ class Outbox:
     async def claim(
         self, owner: str, *, limit: int, lease: float, now: float | None = None
     ) -> list[Claimed]:
-        """Lease up to `limit` due rows of unblocked pixels to `owner`."""
+        """Lease up to `limit` due rows of unblocked pixels to `owner`.
+
+        With profiles on, each event of a known visitor gets the identifiers it lacks from
+        the visitor's profile, recorded on the row (what is sent is what the row shows).
+        """
         now = time.time() if now is None else now
         async with self._transaction() as conn:
             rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now)
         rows.sort(key=lambda r: int(r[0]))
-        return [self._open_row(r) for r in rows]
+        claimed = [self._open_row(r) for r in rows]
+        if self.profiles is None or not claimed:
+            return claimed
+        # Outside the claim's write transaction: the rows are ours now, and the group-commit
+        # writer should not wait for profile lookups.
+        async with self._lock:
+            done = await assembler.completions(
+                self._conn, {row.id: row.event for row in claimed}, self.profiles, now
+            )
+        if not done:
+            return claimed
+        async with self._transaction() as conn:
+            await assembler.record(conn, done, owner)
+        return [
+            replace(row, event=done[row.id][0], profile_added=done[row.id][1])
+            if row.id in done
+            else row
+            for row in claimed
+        ]
 
     def _open_row(self, r: Any) -> Claimed:
         event: dict[str, Any] = json.loads(r[7])
@@ -333,22 +394,6 @@ class Outbox:
             (),
         )
 
-    async def enrich(self, rows: Sequence[NewEvent]) -> list[NewEvent]:
-        """Complete pending twins of `rows` with missing clear fields; the rows with no twin."""
-        orphans: list[NewEvent] = []
-        async with self._transaction() as conn:
-            for row in rows:
-                ident = row.row_key()
-                found = await rows_sql.enrich_pending(
-                    conn,
-                    row,
-                    lambda blob, ident=ident: self.sealer.open(blob, ident),
-                    lambda fields, ident=ident: self.sealer.seal(fields, ident),
-                )
-                if found is None:
-                    orphans.append(row)
-        return orphans
-
     async def _update(
         self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
     ) -> None:
@@ -406,11 +451,16 @@ class Outbox:
     async def expire_and_purge(
         self, *, retention: float, dead_retention: float, now: float | None = None
     ) -> tuple[int, int]:
-        """Dead-letter rows past Meta's window; delete old sent and dead rows."""
+        """Dead-letter rows past Meta's window; delete old sent and dead rows (and
+        expired visitor profiles, or the oldest past `profile_max`)."""
         async with self._lock:
-            return await housekeeping.expire_and_purge(
+            result = await housekeeping.expire_and_purge(
                 self._conn, retention=retention, dead_retention=dead_retention, now=now
             )
+        if self.profiles is not None:
+            async with self._transaction() as conn:
+                await profiles.purge(conn, max_profiles=self.profiles.max_profiles, now=now)
+        return result
 
     async def purge_sent_oldest(self, *, fraction: float) -> int:
         """Delete the oldest share of delivered rows to make room."""
@@ -433,6 +483,16 @@ class Outbox:
         where, values = _dead(ids)
         async with self._transaction() as conn:
             return await housekeeping.delete_rows(conn, where, values)
+
+    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
+        """Match keys as received and as sent, per event name (see housekeeping)."""
+        async with self._lock:
+            return await reads.match_key_coverage(self._conn, since=since)
+
+    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
+        """Erase a person from unsent events, profiles and stitched visits (see forget.py)."""
+        async with self._transaction() as conn:
+            return await forget_person(conn, self.sealer, key, person)
 
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""

@@ -355,7 +355,7 @@ async def list_events(
     sql = (
         "SELECT id, pixel_id, event_name, event_id, event_time, source, rule, "
         "test_event_code, payload, sealed, state, attempts, next_attempt_at, last_error, "
-        f"fbtrace_id, created_at, sent_at FROM events{where} ORDER BY id DESC"
+        f"fbtrace_id, created_at, sent_at, sources, late FROM events{where} ORDER BY id DESC"
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -403,3 +403,28 @@ async def _scalar(conn: aiosqlite.Connection, sql: str) -> Any:
     async with conn.execute(sql) as cur:
         row = await cur.fetchone()
     return row[0] if row else None
+
+
+async def match_key_coverage(
+    conn: aiosqlite.Connection, *, since: float
+) -> dict[str, dict[str, Any]]:
+    """Per event name: how many events since `since`, and per user_data key how many
+    carried it as received (the first copy) and as sent (after assembly and profiles).
+
+    `{"Purchase": {"events": 10, "keys": {"em": {"received": 0, "sent": 10}, ...}}}`;
+    rows of releases before assembly count their keys as both.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    async with conn.execute(
+        "SELECT event_name, received_keys, match_keys FROM events "
+        "WHERE created_at >= ? AND match_keys IS NOT NULL",
+        (since,),
+    ) as cur:
+        async for name, received, sent in cur:
+            entry = out.setdefault(name, {"events": 0, "keys": {}})
+            entry["events"] += 1
+            for column, keys in (("received", received or sent), ("sent", sent)):
+                for key in filter(None, keys.split(",")):
+                    counts = entry["keys"].setdefault(key, {"received": 0, "sent": 0})
+                    counts[column] += 1
+    return dict(sorted(out.items()))

@@ -9,30 +9,32 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
-from gateway.models import NewEvent
+from gateway.models import NewEvent, row_key
+from gateway.pipeline import assembly
+from gateway.pipeline.normalize import CLEAR_FIELDS
 
 # Rows per INSERT statement: 12 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
-    "sealed, state, next_attempt_at, created_at, attempts, match_keys"
+    "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?)"
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?)"
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
-# A duplicate from the other side marks the kept row as a twin; RETURNING then yields the row
-# with twin=1, which is how `insert` tells it from a new row (always twin=0).
+# A copy of a stored event is not inserted: `assemble` merges it into the stored row.
 _ON_CONFLICT = (
-    " ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET twin=1"
-    f" WHERE events.twin=0 AND (events.source='{BROWSER_SOURCE}')"
-    f" <> (excluded.source='{BROWSER_SOURCE}')"
-    " RETURNING pixel_id, event_name, event_id, twin"
+    " ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING"
+    " RETURNING pixel_id, event_name, event_id"
 )
+# Rows a later copy may still merge into: not sent, not being sent.
+MERGEABLE_STATES = ("pending", "blocked")
 # Claimed rows come back in this column order (see `claim`).
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed"
@@ -43,14 +45,24 @@ async def insert(
     conn: aiosqlite.Connection,
     rows: Sequence[NewEvent],
     sealed: Sequence[bytes | None],
+    holds: Sequence[float],
     now: float,
 ) -> set[tuple[str, str, str]]:
-    """Insert new rows as pending; the keys that were new (duplicates are skipped)."""
+    """Insert rows as pending, due after their hold; the keys that were new.
+
+    A row whose key is already stored is skipped here (see `assemble`).
+    """
     inserted: set[tuple[str, str, str]] = set()
     for start in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[start : start + _INSERT_CHUNK]
         params: list[Any] = []
-        for ev, blob in zip(chunk, sealed[start : start + _INSERT_CHUNK], strict=True):
+        for ev, blob, hold in zip(
+            chunk,
+            sealed[start : start + _INSERT_CHUNK],
+            holds[start : start + _INSERT_CHUNK],
+            strict=True,
+        ):
+            keys = match_keys(ev.payload.get("user_data"), ev.clear)
             params += (
                 ev.pixel_id,
                 ev.event_name,
@@ -61,16 +73,145 @@ async def insert(
                 ev.test_event_code,
                 json.dumps(ev.payload, separators=(",", ":")),
                 blob,
-                now + ev.hold,
+                now + hold,
                 now,
-                match_keys(ev.payload.get("user_data"), ev.clear),
+                keys,
+                keys,
+                json.dumps([assembly.label(ev.source, ev.rule)]),
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         async with conn.execute(sql + _ON_CONFLICT, params) as cur:
             for r in await cur.fetchall():
-                if not r[3]:
-                    inserted.add((r[0], r[1], r[2]))
+                inserted.add((r[0], r[1], r[2]))
     return inserted
+
+
+@dataclass(slots=True)
+class _Stored:
+    id: int
+    state: str
+    attempts: int
+    due: float
+    twin: int
+    browser: bool  # the first copy came from the browser (a /collect beacon)
+    assembled: assembly.State
+    late: dict[str, Any] | None
+    changed: bool = False
+
+
+async def assemble(
+    conn: aiosqlite.Connection,
+    copies: Sequence[NewEvent],
+    holds: Sequence[float],
+    open_sealed: Callable[[bytes | None, str], dict[str, Any]],
+    seal: Callable[[dict[str, Any], str], bytes | None],
+    now: float,
+) -> list[tuple[assembly.Outcome, assembly.State | None]]:
+    """Merge copies of stored events into them, in order; per copy its outcome.
+
+    "merged": the stored row was unsent and now carries what the copy added (the state is
+    returned); "late": it was already sent or being sent, so the copy is only recorded in
+    the row's `late` column (how many, and the fields they would have added).
+    """
+    found: dict[tuple[str, str, str], _Stored] = {}
+    out: list[tuple[assembly.Outcome, assembly.State | None]] = []
+    for ev, hold in zip(copies, holds, strict=True):
+        key = (ev.pixel_id, ev.event_name, ev.event_id)
+        row = found.get(key)
+        if row is None:
+            row = await _load(conn, ev, open_sealed)
+            found[key] = row
+        browser = ev.source == BROWSER_SOURCE
+        if browser != row.browser and not row.twin:
+            # The browser's and the server's side of one event: the pair deduplicates.
+            row.twin, row.changed = 1, True
+        copy = assembly.Copy(ev.payload, ev.clear, ev.source, assembly.label(ev.source, ev.rule))
+        merged = assembly.merge(row.assembled, copy)
+        if row.state not in MERGEABLE_STATES:
+            late = row.late or {"copies": 0, "fields": []}
+            late["copies"] = int(late.get("copies", 0)) + 1
+            fields = list(late.get("fields", []))
+            late["fields"] = fields + [f for f in merged.added if f not in fields]
+            if copy.label not in late.setdefault("sources", []):
+                late["sources"].append(copy.label)
+            row.late, row.changed = late, True
+            out.append(("late", None))
+            continue
+        if merged.added or merged.state.sources != row.assembled.sources:
+            row.assembled, row.changed = merged.state, True
+        if row.attempts == 0 and now + hold < row.due:
+            # A copy that may go at once (hold 0: its source has nothing more to wait for).
+            row.due, row.changed = now + hold, True
+        out.append(("merged", row.assembled))
+    for (pixel_id, event_name, event_id), row in found.items():
+        if row.changed:
+            await _save(conn, row, row_key(pixel_id, event_name, event_id), seal)
+    return out
+
+
+_LOAD_SQL = (
+    "SELECT id, payload, sealed, state, source, rule, sources, ranks, twin, next_attempt_at, "
+    "attempts, late FROM events WHERE pixel_id=? AND event_name=? AND event_id=?"
+)
+
+
+async def _load(
+    conn: aiosqlite.Connection,
+    ev: NewEvent,
+    open_sealed: Callable[[bytes | None, str], dict[str, Any]],
+) -> _Stored:
+    async with conn.execute(_LOAD_SQL, (ev.pixel_id, ev.event_name, ev.event_id)) as cur:
+        r = await cur.fetchone()
+    if r is None:  # pragma: no cover - called only for keys the INSERT found stored
+        raise LookupError(f"event {ev.row_key()!r} vanished inside its transaction")
+    state = assembly.restore(
+        json.loads(r[1]),
+        open_sealed(r[2], ev.row_key()),
+        source=r[4],
+        rule=r[5],
+        sources=json.loads(r[6]) if r[6] else None,
+        ranks=json.loads(r[7]) if r[7] else None,
+    )
+    return _Stored(
+        id=int(r[0]),
+        state=str(r[3]),
+        attempts=int(r[10]),
+        due=float(r[9]),
+        twin=int(r[8]),
+        browser=r[4] == BROWSER_SOURCE,
+        assembled=state,
+        late=json.loads(r[11]) if r[11] else None,
+    )
+
+
+async def _save(
+    conn: aiosqlite.Connection,
+    row: _Stored,
+    ident: str,
+    seal: Callable[[dict[str, Any], str], bytes | None],
+) -> None:
+    state = row.assembled
+    if row.state in MERGEABLE_STATES:
+        await conn.execute(
+            "UPDATE events SET payload=?, sealed=?, sources=?, ranks=?, match_keys=?, "
+            "event_time=?, next_attempt_at=?, twin=? WHERE id=?",
+            (
+                json.dumps(state.payload, separators=(",", ":")),
+                seal(state.clear, ident),
+                json.dumps(list(state.sources)),
+                json.dumps(state.ranks, separators=(",", ":"), sort_keys=True),
+                match_keys(state.payload.get("user_data"), state.clear),
+                int(state.payload.get("event_time", 0)),
+                row.due,
+                row.twin,
+                row.id,
+            ),
+        )
+        return
+    await conn.execute(
+        "UPDATE events SET late=?, twin=? WHERE id=?",
+        (json.dumps(row.late, separators=(",", ":")), row.twin, row.id),
+    )
 
 
 def match_keys(hashed: Any, clear: Mapping[str, Any]) -> str:
@@ -171,42 +312,6 @@ async def park_pixel(
     )
 
 
-async def enrich_pending(
-    conn: aiosqlite.Connection, row: NewEvent, open_sealed: Any, seal: Any
-) -> bool | None:
-    """Add the clear fields the stored twin of `row` lacks, while it waits to be sent.
-
-    True: enriched (or nothing to add); False: the twin was already sent; None: no twin.
-    Values already stored are never replaced: the server's own view of IP and user agent wins.
-    A stored row from the other side (browser vs server) is marked as a twin either way.
-    """
-    async with conn.execute(
-        "SELECT id, sealed, state, source, twin, match_keys FROM events "
-        "WHERE pixel_id=? AND event_name=? AND event_id=?",
-        (row.pixel_id, row.event_name, row.event_id),
-    ) as cur:
-        found = await cur.fetchone()
-    if found is None:
-        return None
-    twin = int(found[4]) or int((found[3] == BROWSER_SOURCE) != (row.source == BROWSER_SOURCE))
-    if found[2] != "pending":
-        if twin != found[4]:
-            await conn.execute("UPDATE events SET twin=? WHERE id=?", (twin, found[0]))
-        return False
-    clear: dict[str, Any] = open_sealed(found[1])
-    missing = {k: v for k, v in row.clear.items() if k not in clear}
-    if missing:
-        # NULL keys (a row from before the column) stay unknown rather than become partial.
-        keys = None if found[5] is None else ",".join(filter(None, (found[5], *missing)))
-        await conn.execute(
-            "UPDATE events SET sealed=?, match_keys=?, twin=? WHERE id=?",
-            (seal({**clear, **missing}), keys, twin, found[0]),
-        )
-    elif twin != found[4]:
-        await conn.execute("UPDATE events SET twin=? WHERE id=?", (twin, found[0]))
-    return True
-
-
 async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
     """Lift a pixel's block; its parked rows are due now. Returns how many."""
     await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id=?", (pixel_id,))
@@ -215,3 +320,22 @@ async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
         (time.time(), pixel_id),
     )
     return int(cur.rowcount)
+
+
+async def record_completed(
+    conn: aiosqlite.Connection, row_id: int, event: Mapping[str, Any], owner: str
+) -> None:
+    """Record on a claimed row the identifiers its visitor's profile added (the event as
+    sent, clear fields included; they stay sealed and out of the payload)."""
+    user_data = dict(event.get("user_data") or {})
+    hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
+    clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
+    await conn.execute(
+        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?",
+        (
+            json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
+            match_keys(hashed, clear),
+            row_id,
+            owner,
+        ),
+    )

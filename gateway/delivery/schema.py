@@ -75,6 +75,29 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX stitches_expires ON stitches (expires_at);
     """,
+    # 4: event assembly and visitor profiles (gateway/pipeline/assembly.py,
+    # gateway/delivery/profiles.py). `sources`: JSON list of the copies' labels; `ranks`:
+    # where each contested field came from (NULL until a copy merged); `received_keys`:
+    # the match keys of the first copy (`match_keys` is what is sent); `late`: copies that
+    # came after the send (how many, the fields they would have added). The hold before
+    # the first send is `next_attempt_at`: the sender claims what is due through
+    # `events_state_due`, so holding costs no poll per event. Profiles: a visitor's hashed
+    # identifiers under a keyed hash of their first-party id (WITHOUT ROWID: one B-tree
+    # per write instead of two; `expires_at` also orders them by last update).
+    """
+    ALTER TABLE events ADD COLUMN sources TEXT;
+    ALTER TABLE events ADD COLUMN ranks TEXT;
+    ALTER TABLE events ADD COLUMN received_keys TEXT;
+    ALTER TABLE events ADD COLUMN late TEXT;
+    UPDATE events SET received_keys = match_keys;
+    CREATE TABLE profiles (
+        key_hash TEXT PRIMARY KEY,
+        ids TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX profiles_expires ON profiles (expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -307,6 +307,7 @@ class Sender:
             )
         fresh = [r for r in items if r.event_time >= limit]
         if fresh:
+            self.metrics.profile_identifiers(sum(len(r.profile_added) for r in fresh))
             await self._send(pixel, fresh, open_ids)
 
     async def _send(self, pixel: PixelSettings, items: list[Claimed], open_ids: set[int]) -> None:

@@ -77,6 +77,15 @@ def derive_lookup_key(key: bytes) -> bytes:
     return hmac.new(key, _LOOKUP_LABEL, hashlib.sha256).digest()
 
 
+def lookup_hash(lookup_key: bytes, kind: str, value: str) -> str:
+    """The stored form of a stitch key under `lookup_key` (see `derive_lookup_key`)."""
+    if not kind or _SEP in kind:
+        raise ValueError(f"stitch key kind must be a non-empty name, got {kind!r}")
+    # surrogatepass: JSON can carry lone surrogates; they must hash, not raise.
+    message = f"{kind}{_SEP}{value}".encode("utf-8", "surrogatepass")
+    return hmac.new(lookup_key, message, hashlib.sha256).hexdigest()
+
+
 @dataclass(slots=True)
 class _Put:
     rows: list[tuple[Any, ...]]
@@ -130,11 +139,7 @@ class Stitches:
 
     def key_hash(self, kind: str, value: str) -> str:
         """The stored form of a key: hex HMAC-SHA256 of kind and value."""
-        if not kind or _SEP in kind:
-            raise ValueError(f"stitch key kind must be a non-empty name, got {kind!r}")
-        # surrogatepass: JSON can carry lone surrogates; they must hash, not raise.
-        message = f"{kind}{_SEP}{value}".encode("utf-8", "surrogatepass")
-        return hmac.new(self._lookup_key, message, hashlib.sha256).hexdigest()
+        return lookup_hash(self._lookup_key, kind, value)
 
     # writing --------------------------------------------------------------------------------
 

@@ -130,14 +130,24 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         return json_error(400, "invalid beacon", [p.as_dict() for p in result])
     if fired:
         result.rows[:] = [
-            dataclasses.replace(row, rule=fired[row.event_id]) if row.event_id in fired else row
+            dataclasses.replace(
+                row, rule=fired[row.event_id], hold=_hold(rules, fired[row.event_id])
+            )
+            if row.event_id in fired
+            else row
             for row in result.rows
         ]
-    # The page's PageView is already stored by the proxy: the beacon only completes it.
-    stored = await request.app[INTAKE].store(result.rows, twins=True)
+    # The page's PageView is already stored by the proxy: the beacon's copy merges into it
+    # (completing what the proxy could not see) and makes it due at once.
+    stored = await request.app[INTAKE].store(result.rows)
     if isinstance(stored, Refused):
         return stored.response()
     return web.Response(status=204)
+
+
+def _hold(rules: RuleSet, name: str) -> float | None:
+    rule = rules.by_name(name)
+    return rule.hold if rule is not None else None
 
 
 def _rule_event(

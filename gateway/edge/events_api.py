@@ -89,8 +89,10 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         len(result.event_ids),
         extra={"event_ids": result.event_ids[:100]},
     )
+    items = [{"event_id": i, "outcome": stored.outcome_of(i)} for i in result.event_ids]
     return web.json_response(
-        {"accepted": len(result.event_ids), "event_ids": result.event_ids}, status=202
+        {"accepted": len(result.event_ids), "event_ids": result.event_ids, "events": items},
+        status=202,
     )
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
@@ -23,12 +23,9 @@ from gateway.delivery.stitch import StitchesClosed
 from gateway.errors import json_error
 from gateway.metrics import Metrics
 from gateway.models import NewEvent
+from gateway.pipeline.assembly import Outcome, item_outcome
 
 log = logging.getLogger("gateway.intake")
-
-# What became of one row. The outbox answers per row; `_outcomes` is the one place that
-# reads its answer (event assembly will add "merged" and "late" there).
-Outcome = Literal["new", "duplicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +35,11 @@ class Stored:
     rows: list[NewEvent]
     outcomes: list[Outcome]
 
-    def outcome_of(self, event_id: str) -> Outcome | None:
-        """What became of the event `event_id` ("new" when any pixel's row is; None: absent)."""
-        found = [o for r, o in zip(self.rows, self.outcomes, strict=True) if r.event_id == event_id]
-        if not found:
-            return None
-        return "new" if "new" in found else found[0]
+    def outcome_of(self, event_id: str) -> Outcome:
+        """What became of the event `event_id` over its target pixels (see `item_outcome`)."""
+        return item_outcome(
+            [o for r, o in zip(self.rows, self.outcomes, strict=True) if r.event_id == event_id]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +68,6 @@ def _refusal(exc: BaseException) -> Refused:
     )
 
 
-def _outcomes(answer: Sequence[bool]) -> list[Outcome]:
-    return ["new" if new else "duplicate" for new in answer]
-
-
 class Intake:
     """Stores accepted events with one policy for store faults; counts what happened."""
 
@@ -85,29 +77,21 @@ class Intake:
         self.refusals = 0  # stores refused since start (any source)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def store(self, rows: list[NewEvent], *, twins: bool = False) -> Stored | Refused:
+    async def store(self, rows: list[NewEvent]) -> Stored | Refused:
         """Store `rows`; a refusal (counted, logged) instead of raising on a store fault.
 
-        With `twins`, PageViews first complete the proxy's pending PageView of the same
-        page (the beacon's copy adds what only the browser knew): those count as duplicates.
+        Each row is "new", "merged" into the pending copy of the same event (event
+        assembly: a beacon completing the proxy's PageView, a webhook completing a page's
+        Purchase) or "late" (that event was already sent: recorded, never sent twice).
         """
         if not rows:
             return Stored([], [])
         try:
-            completed: list[NewEvent] = []
-            fresh = rows
-            if twins:
-                views = [row for row in rows if row.event_name == "PageView"]
-                if views:
-                    orphans = await self.outbox.enrich(views)
-                    completed = [v for v in views if not any(v is o for o in orphans)]
-                    fresh = [row for row in rows if row.event_name != "PageView"] + orphans
-            answer = await self.outbox.add(fresh)
+            outcomes = await self.outbox.add(rows)
         except Exception as exc:
             return self._refused(rows, exc)
-        twin: list[Outcome] = ["duplicate"] * len(completed)
-        stored = Stored(completed + fresh, twin + _outcomes(answer))
-        self.metrics.stored(stored.rows, [o == "new" for o in stored.outcomes])
+        stored = Stored(rows, list(outcomes))
+        self.metrics.stored(stored.rows, stored.outcomes)
         return stored
 
     def _refused(self, rows: list[NewEvent], exc: Exception) -> Refused:

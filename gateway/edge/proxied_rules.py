@@ -316,7 +316,9 @@ class ProxiedRules:
                     "" if problem.field.startswith("user_data") else f": {problem.message}",
                 )
                 continue
-            rows += [dataclasses.replace(row, rule=rule.name) for row in result.rows]
+            rows += [
+                dataclasses.replace(row, rule=rule.name, hold=rule.hold) for row in result.rows
+            ]
         if rows:
             self._store(rows)
 

@@ -107,7 +107,7 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
                 {"webhook": mapping.name, "rejected": f"{problem.field}: {problem.message}"}
             )
             continue
-        rows += [_tagged(row, mapping.name) for row in result.rows]
+        rows += [_tagged(row, mapping.name, mapping.hold) for row in result.rows]
         report.append(
             {"webhook": mapping.name, "event_id": result.event_ids[0], "stitched": stitched}
         )
@@ -120,7 +120,9 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         metrics.webhook(name, "mapped")
         for item in report:
             if "event_id" in item:
-                item["duplicate"] = stored.outcome_of(item["event_id"]) == "duplicate"
+                item["outcome"] = stored.outcome_of(item["event_id"])
+                # Kept for clients of earlier releases: a copy that was not stored anew.
+                item["duplicate"] = item["outcome"] != "new"
     elif report:
         # Acknowledged all the same: a retry of the same payload would fail the same way.
         metrics.webhook(name, "rejected")
@@ -163,8 +165,8 @@ def _webhook_context(context: Context) -> Context:
     )
 
 
-def _tagged(row: NewEvent, name: str) -> NewEvent:
-    return dataclasses.replace(row, rule=name)
+def _tagged(row: NewEvent, name: str, hold: float | None) -> NewEvent:
+    return dataclasses.replace(row, rule=name, hold=hold)
 
 
 def _verify(verifier: Verifier, request: web.Request, body: bytes) -> None:

@@ -160,6 +160,13 @@ class SourceSpec(_Strict):
         return value
 
 
+def _hold(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 3600:
+        raise ValueError('hold must be between 0 and 1h, e.g. hold = "2m"')
+    return seconds
+
+
 class StitchSpec(_Strict):
     """Keep the visitor's context under identifying keys, for later backend events."""
 
@@ -200,6 +207,13 @@ class RuleModel(_Strict):
     extract: dict[str, Any] = Field(default_factory=dict)
     custom: dict[str, Any] = Field(default_factory=dict)
     stitch: StitchSpec | None = None
+    # Wait before the first send, for copies to merge ("2m"; 0: none); unset: assembly_hold.
+    hold: float | None = None
+
+    @field_validator("hold", mode="before")
+    @classmethod
+    def _hold(cls, value: Any) -> float | None:
+        return None if value is None else _hold(value)
 
     @field_validator("name")
     @classmethod
@@ -266,6 +280,13 @@ class WebhookModel(_Strict):
     custom: dict[str, Any] = Field(default_factory=dict)
     stitch: list[str] = Field(default_factory=list)
     use_stitched_event_id: bool = False
+    # Wait before the first send, for copies to merge ("2m"; 0: none); unset: assembly_hold.
+    hold: float | None = None
+
+    @field_validator("hold", mode="before")
+    @classmethod
+    def _hold(cls, value: Any) -> float | None:
+        return None if value is None else _hold(value)
 
     @field_validator("name", "hook")
     @classmethod

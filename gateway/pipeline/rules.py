@@ -89,6 +89,7 @@ class Rule:
     stitch_keys: tuple[str, ...] = ()
     stitch_ttl: float = 7 * 86400.0
     stitch_event_id: bool = False
+    hold: float | None = None
     wants: Wants = field(default_factory=Wants)
     needs_body: bool = False
     # The literal first path segment of every `path` glob; None when one is a wildcard.
@@ -432,6 +433,7 @@ def compile_rule(model: RuleModel, where: str, index: int) -> Rule:
         stitch_keys=tuple(stitch.keys) if stitch else (),
         stitch_ttl=stitch.ttl if stitch else 7 * 86400.0,
         stitch_event_id=stitch.share_event_id if stitch else False,
+        hold=model.hold,
         wants=wants,
         needs_body=needs_body,
         segments=first_segments(as_list(model.path)),

@@ -64,6 +64,7 @@ class Webhook:
     stitch: tuple[str, ...]
     use_stitched_event_id: bool
     verifier: Verifier
+    hold: float | None = None
 
     def applies(self, payload: Any) -> bool:
         """True when every `when` condition holds for the payload."""
@@ -184,6 +185,7 @@ def compile_webhooks(models: Sequence[tuple[WebhookModel, str]]) -> tuple[Webhoo
                 stitch=tuple(model.stitch),
                 use_stitched_event_id=model.use_stitched_event_id,
                 verifier=verifier,
+                hold=model.hold,
             )
         )
     return tuple(out)

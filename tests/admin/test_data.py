@@ -92,29 +92,29 @@ async def test_insert_records_the_user_data_keys_present(box: Outbox) -> None:
 async def test_a_duplicate_from_the_other_side_marks_the_kept_row_as_twin(box: Outbox) -> None:
     # Server first, then the browser's copy; browser first, then the server's.
     assert await box.add([event("s1", source="api"), event("b1", source="collect")]) == [
-        True,
-        True,
+        "new",
+        "new",
     ]
     assert await box.add([event("s1", source="collect"), event("b1", source="rule")]) == [
-        False,
-        False,
+        "merged",
+        "merged",
     ]
-    # Same side again: a plain duplicate, not a twin.
-    assert await box.add([event("s2", source="api")]) == [True]
+    # Same side again: a copy merged in, not a twin.
+    assert await box.add([event("s2", source="api")]) == ["new"]
     assert await box.add([event("s2", source="webhook"), event("s2", source="api")]) == [
-        False,
-        False,
+        "merged",
+        "merged",
     ]
     twins = dict(column(box.path, "SELECT event_id, twin FROM events"))
     assert twins == {"s1": 1, "b1": 1, "s2": 0}
     # A twin seen twice stays one twin, and still counts as a duplicate.
-    assert await box.add([event("s1", source="collect")]) == [False]
+    assert await box.add([event("s1", source="collect")]) == ["merged"]
     assert dict(column(box.path, "SELECT event_id, twin FROM events"))["s1"] == 1
 
 
 async def test_twins_within_one_group_commit_keep_the_first_as_new(box: Outbox) -> None:
     flags = await box.add([event("g", source="proxy"), event("g", source="collect")])
-    assert flags == [True, False]
+    assert flags == ["new", "merged"]
     assert column(box.path, "SELECT source, twin FROM events") == [("proxy", 1)]
 
 
@@ -124,10 +124,10 @@ async def test_a_beacon_enriching_a_pageview_marks_it_and_adds_its_keys(box: Out
     )
     await box.add([view])
     beacon = replace(view, source="collect", clear={"client_user_agent": "U", "fbp": "fb.1.2.3"})
-    assert await box.enrich([beacon]) == []
+    assert await box.add([beacon]) == ["merged"]
     assert column(box.path, "SELECT match_keys, twin FROM events") == [("client_user_agent,fbp", 1)]
     # Another beacon from the same page adds nothing and changes nothing.
-    assert await box.enrich([beacon]) == []
+    assert await box.add([beacon]) == ["merged"]
     assert column(box.path, "SELECT match_keys, twin FROM events") == [("client_user_agent,fbp", 1)]
 
 
@@ -136,7 +136,7 @@ async def test_a_late_beacon_still_marks_a_sent_pageview_as_twin(box: Outbox) ->
     await box.add([view])
     claimed = await box.claim("w", limit=10, lease=30)
     await box.mark_sent([c.id for c in claimed], "w", fbtrace_id="T")
-    assert await box.enrich([replace(view, source="collect")]) == []
+    assert await box.add([replace(view, source="collect")]) == ["late"]
     assert column(box.path, "SELECT state, twin FROM events") == [("sent", 1)]
 
 
@@ -244,7 +244,7 @@ async def test_browser_events_mirrored_through_collect_are_pairs(box: Outbox) ->
         ]
     )
     # A server copy of m2 (a rule on the form's POST) merges into the beacon's row.
-    assert await box.add([event("m2", name="Lead", source="rule", rule="lead-form")]) == [False]
+    assert await box.add([event("m2", name="Lead", source="rule", rule="lead-form")]) == ["merged"]
     async with reader(box.path) as conn:
         data = await load_dashboard(conn, [], rules_dir=None)
     sides = {x.event_name: (x.browser, x.server, x.both) for x in data.dedup}

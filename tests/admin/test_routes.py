@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -402,3 +403,28 @@ def _dead(client: Client) -> list[Any]:
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
         return list(conn.execute("SELECT * FROM events WHERE state='dead'").fetchall())
+
+
+async def test_forget_endpoint_erases_a_person_for_scripts_with_the_token(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway(admin_token=ADMIN_TOKEN, assembly_hold=600)
+    # Held for assembly: still unsent when the erasure comes.
+    resp = await client.post(
+        "/_capi/events", json={"data": [web_event(event_id="f-1")]}, headers=auth()
+    )
+    assert resp.status == 202
+    bearer = {**JSON, "Authorization": f"Bearer {ADMIN_TOKEN}"}
+    forgot = await client.post(
+        f"{ADMIN}/forget", data={"email": " JANE@example.com"}, headers=bearer
+    )
+    assert forgot.status == 200
+    assert (await forgot.json())["forgotten"]["events"] == 1
+    path = client.app[RUNTIME].settings.buffer
+    with sqlite3.connect(path) as conn:
+        (payload,) = conn.execute("SELECT payload FROM events WHERE event_id='f-1'").fetchone()
+    assert "em" not in json.loads(payload)["user_data"]
+    empty = await client.post(f"{ADMIN}/forget", data={}, headers=bearer)
+    assert empty.status == 400 and "name the person" in (await empty.json())["detail"]
+    denied = await client.post(f"{ADMIN}/forget", data={"email": "a@b.c"}, headers=JSON)
+    assert denied.status == 401

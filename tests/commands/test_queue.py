@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -549,3 +549,25 @@ def test_buffer_that_is_a_directory(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.returncode == 2
     assert result.stderr.startswith("capi-gateway: config error: buffer:")
+
+
+def test_list_json_rows_carry_their_sources_and_late_copies(
+    buffer: Buffer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def copies() -> None:
+        box = await Outbox.open(buffer.path, Sealer(KEY), group_commit_ms=0, durable=False)
+        try:
+            hook = replace(new_event(PIXEL_1, "PageView", "e6"), source="webhook", rule="crm")
+            late = replace(new_event(PIXEL_1, "Purchase", "e1"), source="collect")
+            assert await box.add([hook, late]) == ["merged", "late"]
+        finally:
+            await box.close()
+
+    asyncio.run(copies())
+    code, out, _ = queue(capsys, buffer, "list", "--json")
+    assert code == 0
+    by_id = {row["event_id"]: row for row in json_lines(out)}
+    assert by_id["e6"]["sources"] == ["api", "webhook:crm"]
+    assert by_id["e5"]["sources"] == ["api"]
+    assert by_id["e1"]["late"]["copies"] == 1 and by_id["e1"]["late"]["sources"] == ["browser"]
+    assert "late" not in by_id["e6"]

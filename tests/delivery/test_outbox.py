@@ -45,13 +45,13 @@ def count(path: Path, where: str = "1=1") -> int:
 
 
 async def test_add_is_durable_when_it_returns(box: Outbox) -> None:
-    assert await box.add([event("a"), event("b")]) == [True, True]
+    assert await box.add([event("a"), event("b")]) == ["new", "new"]
     assert count(box.path) == 2
 
 
 async def test_group_commit_batches_concurrent_adds(box: Outbox) -> None:
     results = await asyncio.gather(*(box.add([event(f"e{i}")]) for i in range(200)))
-    assert all(r == [True] for r in results)
+    assert all(r == ["new"] for r in results)
     assert count(box.path) == 200
     # 200 concurrent requests must not cost 200 transactions.
     assert box.commits <= 20, box.commits
@@ -60,11 +60,11 @@ async def test_group_commit_batches_concurrent_adds(box: Outbox) -> None:
 
 async def test_duplicates_are_acknowledged_once(box: Outbox) -> None:
     assert await box.add([event("x"), event("x"), event("x", name="Purchase")]) == [
-        True,
-        False,
-        True,
+        "new",
+        "merged",
+        "new",
     ]
-    assert await box.add([event("x")]) == [False]
+    assert await box.add([event("x")]) == ["merged"]
     assert count(box.path) == 2
 
 
@@ -177,7 +177,7 @@ async def test_close_flushes_and_then_refuses(tmp_path: Path) -> None:
     pending = asyncio.ensure_future(outbox.add([event("late")]))
     await asyncio.sleep(0)
     await outbox.close()
-    assert await pending == [True]
+    assert await pending == ["new"]
     with pytest.raises(OutboxClosed):
         await outbox.add([event("after")])
     assert count(tmp_path / "c.db") == 1

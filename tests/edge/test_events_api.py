@@ -40,7 +40,11 @@ async def test_accepts_stores_and_delivers(gateway: GatewayFactory, fake_graph: 
     )
     resp = await client.post("/_capi/events", json={"data": [event]}, headers=auth())
     assert resp.status == 202
-    assert await resp.json() == {"accepted": 1, "event_ids": ["order-1001"]}
+    assert await resp.json() == {
+        "accepted": 1,
+        "event_ids": ["order-1001"],
+        "events": [{"event_id": "order-1001", "outcome": "new"}],
+    }
 
     await wait_for(lambda: len(fake_graph.events) == 1)
     sent = fake_graph.events[0]

@@ -85,13 +85,13 @@ class Visitor:
                 self.cookies[name] = value
         return resp
 
-    async def buy(self, email: str = "Ann@Example.com") -> str:
+    async def buy(self, email: str = "Ann@Example.com", phone: str = "") -> str:
         """Land from an ad, fill the cart, check out: the order id."""
         landing = await self.go("GET", f"/?fbclid={FBCLID}")
         assert landing.status == 200
         added = await self.go("POST", "/cart/add", data={"sku": "tee-01"})
         assert added.status == 303
-        paid = await self.go("POST", "/checkout", data={"email": email, "phone": ""})
+        paid = await self.go("POST", "/checkout", data={"email": email, "phone": phone})
         assert paid.status == 302, paid.status
         return parse_qs(urlsplit(paid.headers["Location"]).query)["order"][0]
 
@@ -186,6 +186,7 @@ async def test_a_paid_order_gets_the_visitors_browser_back(start: StartShop) -> 
             "webhook": "stripe-purchase",
             "event_id": f"purchase-{order}",
             "stitched": True,
+            "outcome": "new",
             "duplicate": False,
         }
     ]
@@ -366,6 +367,7 @@ async def test_a_booking_webhook_is_stitched_to_the_booking_form(start: StartSho
         "webhook": "booking-confirmed",
         "event_id": f"schedule-{booking_id}",
         "stitched": True,
+        "outcome": "new",
         "duplicate": False,
     }
     [schedule] = await shop.delivered("Schedule")
@@ -436,8 +438,10 @@ async def test_events_api_stitch_key_merges_the_visit(start: StartShop) -> None:
     assert status == 202, answer
     assert answer["event_ids"] == [f"call-{order}"]
     [contact] = await shop.delivered("Contact")
-    # The call's own values win; what it lacks comes from the visit.
+    # The call's own values win; what it lacks comes from the visit, and the email Ann's
+    # Purchase carried comes from her visitor profile (keyed by her _fbp).
     assert contact["user_data"] == {
+        "em": hashlib.sha256(b"ann@example.com").hexdigest(),
         "client_ip_address": "192.0.2.77",
         "client_user_agent": "CallCenter/2.0",
         "fbp": ann.cookies["_fbp"],

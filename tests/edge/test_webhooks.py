@@ -175,6 +175,7 @@ async def test_stripe_checkout_becomes_a_purchase(hooks: Client, fake_graph: Fak
                 "webhook": "stripe-purchase",
                 "event_id": "purchase-A1B2C3D4",
                 "stitched": False,
+                "outcome": "new",
                 "duplicate": False,
             }
         ],
@@ -197,8 +198,11 @@ async def test_stripe_retries_are_one_purchase(hooks: Client, fake_graph: FakeGr
     for _ in range(4):
         resp = await hooks.post("/_capi/hooks/stripe", data=body, headers=stripe_headers(body))
         assert resp.status == 200
-        answers.append((await resp.json())["events"][0]["duplicate"])
-    assert answers == [False, True, True, True]
+        item = (await resp.json())["events"][0]
+        answers.append((item["duplicate"], item["outcome"]))
+    # The first is stored; the retries merge into it until it is sent, then come late.
+    assert answers[0] == (False, "new")
+    assert all(dup and outcome in ("merged", "late") for dup, outcome in answers[1:])
     await wait_for(lambda: bool(graph_events(fake_graph, "purchase-RETRY1")))
     await asyncio.sleep(0.3)
     assert len(graph_events(fake_graph, "purchase-RETRY1")) == 1

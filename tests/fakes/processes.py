@@ -38,6 +38,9 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without gateway settings (CAPIGW_*, META_*), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPIGW_", "META_"))}
+    # Gateways under test send at once rather than hold events for copies (assembly_hold),
+    # unless a test asks for a hold.
+    env["CAPIGW_ASSEMBLY_HOLD"] = "0"
     env.update(extra)
     return env
 

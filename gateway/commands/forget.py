@@ -1,0 +1,81 @@
+"""`capi-gateway forget --email X | --phone X | --fbp X | --external-id X`: erase a person.
+
+Runs on the outbox file, also while the gateway serves it (one short write transaction);
+values are normalized like event fields. Prints what was removed (`--json`: the counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from gateway.config import Sources, load_settings
+from gateway.delivery.forget import Person, PersonError, forget
+from gateway.delivery.schema import SchemaError, connect, write_transaction
+from gateway.delivery.seal import Sealer, load_key
+from gateway.settings import ConfigError, Settings
+
+
+def add_forget_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `forget` subcommand and its flags."""
+    parser = sub.add_parser(
+        "forget",
+        help="erase a person: profile, stitched visits, identifiers of unsent events",
+    )
+    for flag, text in (
+        ("--email", "an email address"),
+        ("--phone", "a phone number (with country code, or default_country applies)"),
+        ("--external-id", "an external id as the backend sends it"),
+        ("--fbp", "a _fbp cookie value"),
+    ):
+        parser.add_argument(flag, action="append", default=[], help=text + " (repeatable)")
+    parser.add_argument("--buffer", type=Path, help="SQLite outbox file")
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+
+def run_forget_command(args: argparse.Namespace) -> int:
+    """Erase the person named by the flags; 0 on success."""
+    flags: dict[str, object] = {}
+    if args.buffer is not None:
+        flags["buffer"] = args.buffer
+    if args.key_file is not None:
+        flags["key_file"] = args.key_file
+    settings = load_settings(Sources(config_file=args.config, flags=flags))
+    if not settings.buffer.is_file():
+        raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
+    try:
+        person = Person.of(
+            email=args.email,
+            phone=args.phone,
+            external_id=args.external_id,
+            fbp=args.fbp,
+            default_country=settings.default_country,
+        )
+    except PersonError as exc:
+        raise ConfigError(f"forget: {exc}") from exc
+    counts = asyncio.run(_forget(settings, person))
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(
+            f"removed: identifiers from {counts['events']} unsent event(s), "
+            f"{counts['profiles']} visitor profile(s), {counts['stitches']} stitched visit(s)"
+        )
+    return 0
+
+
+async def _forget(settings: Settings, person: Person) -> dict[str, int]:
+    key = load_key(settings, create=False)
+    try:
+        conn = await connect(settings.buffer, create=False)
+    except SchemaError as exc:
+        raise ConfigError(f"buffer: {exc}") from exc
+    try:
+        async with write_transaction(conn, asyncio.Lock()) as tx:
+            return await forget(tx, Sealer(key), key, person)
+    finally:
+        await conn.close()

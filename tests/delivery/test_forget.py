@@ -1,0 +1,119 @@
+"""Erasure on a real buffer: unsent events, visitor profiles and stitched visits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cli import main
+from gateway.delivery.forget import Person, PersonError
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.seal import Sealer
+from gateway.delivery.stitch import Stitches, VisitorContext
+from gateway.models import NewEvent
+
+KEY = bytes(range(32))
+FBP = "fb.1.1700000000000.777"
+JANE = hashlib.sha256(b"jane@example.com").hexdigest()
+OTHER = hashlib.sha256(b"other@example.com").hexdigest()
+
+
+def event(event_id: str, hashed: dict[str, Any], fbp: str, name: str = "Lead") -> NewEvent:
+    return NewEvent(
+        pixel_id="111",
+        event_name=name,
+        event_id=event_id,
+        event_time=int(time.time()),
+        payload={"event_name": name, "event_id": event_id, "user_data": hashed},
+        clear={"client_user_agent": "UA/1", "fbp": fbp, "fbc": "fb.1.1.click"},
+        source="rule",
+        hold=0,
+    )
+
+
+async def fill(path: Path) -> None:
+    box = await Outbox.open(
+        path, Sealer(KEY), profiles=ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=100)
+    )
+    stitches = await Stitches.open(path, Sealer(KEY), key=KEY, purge_every=0)
+    try:
+        await box.add(
+            [
+                event("jane-1", {"em": JANE, "ph": "1" * 64}, FBP),
+                event("other-1", {"em": OTHER}, "fb.1.1.other"),
+            ]
+        )
+        visit = VisitorContext({"fbp": FBP}, "https://shop.example/", {}, None, None, time.time())
+        await stitches.put({"em": JANE}, visit, ttl=3600)
+        await stitches.put({"order_id": "A1"}, visit, ttl=3600)
+        other = VisitorContext({"fbp": "fb.1.1.other"}, None, {}, None, None, time.time())
+        await stitches.put({"order_id": "B2"}, other, ttl=3600)
+    finally:
+        await stitches.close()
+        await box.close()
+
+
+def table(path: Path, sql: str) -> list[Any]:
+    with sqlite3.connect(path) as conn:
+        return list(conn.execute(sql))
+
+
+def test_a_person_is_normalized_like_event_fields() -> None:
+    person = Person.of(email=["  Jane@Example.com "])
+    assert person.hashed == {"em": frozenset({JANE})}
+    with pytest.raises(PersonError, match="name the person"):
+        Person.of()
+
+
+async def test_forget_by_email_removes_everything_of_that_person(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "o.db"
+    (path.parent / "o.db.key").write_text(KEY.hex())
+    await fill(path)
+    assert len(table(path, "SELECT * FROM profiles")) == 2
+    code = await asyncio.to_thread(
+        main, ["forget", "--email", "Jane@Example.com", "--buffer", str(path), "--json"]
+    )
+    assert code == 0
+    # Her event, her profile (found by the email), her two stitched visits (under the email,
+    # and under an order id, found by the fbp her event carried).
+    assert json.loads(capsys.readouterr().out) == {"events": 1, "profiles": 1, "stitches": 2}
+    payloads = dict(table(path, "SELECT event_id, payload FROM events"))
+    assert json.loads(payloads["jane-1"])["user_data"] == {}
+    assert json.loads(payloads["other-1"])["user_data"] == {"em": OTHER}
+    keys = dict(table(path, "SELECT event_id, match_keys FROM events"))
+    assert keys["jane-1"] == "client_user_agent"
+    assert len(table(path, "SELECT * FROM profiles")) == 1
+    assert len(table(path, "SELECT * FROM stitches")) == 1
+    # Her later events get nothing from a profile.
+    box = await Outbox.open(
+        path, Sealer(KEY), profiles=ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=100)
+    )
+    try:
+        await box.add([event("jane-2", {}, FBP, name="PageView")])
+        claimed = {c.event_id: c for c in await box.claim("w", limit=10, lease=30)}
+        assert "em" not in claimed["jane-2"].event["user_data"]
+        assert "fbp" not in claimed["jane-1"].event["user_data"]
+    finally:
+        await box.close()
+
+
+async def test_forget_by_fbp_and_plain_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "o.db"
+    (path.parent / "o.db.key").write_text(KEY.hex())
+    await fill(path)
+    assert await asyncio.to_thread(main, ["forget", "--fbp", FBP, "--buffer", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 unsent event(s), 1 visitor profile(s), 2 stitched visit(s)" in out
+    assert await asyncio.to_thread(main, ["forget", "--buffer", str(path)]) != 0
