@@ -156,7 +156,11 @@ async def test_the_banner_commands_run_as_printed_and_a_second_demo_fails_first(
 
         events = sh(_banner_line(banner, "events"))
         assert events.returncode == 0, events.stderr
-        assert json.loads(events.stdout) == {"accepted": 1, "event_ids": ["order-1001"]}
+        assert json.loads(events.stdout) == {
+            "accepted": 1,
+            "event_ids": ["order-1001"],
+            "events": [{"event_id": "order-1001", "outcome": "new"}],
+        }
         queue = sh(_banner_line(banner, "queue"))
         assert queue.returncode == 0, queue.stderr
         assert "order-1001" in queue.stdout
