@@ -9,20 +9,25 @@ nginx snippet go through their own tools when those are installed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import yaml
 
 from gateway.cli import build_parser
 from gateway.config import Sources, load_settings
-from gateway.settings import Settings
+from gateway.settings import ConfigError, Settings
 from tests.conftest import make_settings
 from tests.fakes.graph import FakeGraph
 from tests.fakes.processes import free_port, tail
@@ -311,3 +316,313 @@ async def _get_through(
             except aiohttp.ClientConnectorError:
                 await asyncio.sleep(0.05)
     raise AssertionError("nginx did not start")
+
+
+# -- Kubernetes: replicas on one PostgreSQL ---------------------------------------------------
+
+REPLICAS = DEPLOY / "kubernetes" / "replicas.yaml"
+# The shared-store contract of issue 15: every replica takes these from one Secret.
+SHARED_KEYS = ("CAPIGW_BUFFER", "CAPIGW_ENCRYPTION_KEY", "CAPIGW_SECRET", "META_ACCESS_TOKEN")
+
+
+def replicas_documents() -> dict[str, dict[str, Any]]:
+    docs = [doc for doc in yaml.safe_load_all(REPLICAS.read_text()) if doc]
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert len(by_kind) == len(docs), "one document of each kind"
+    return by_kind
+
+
+def test_kubernetes_replicas_share_one_database_through_one_secret() -> None:
+    docs = replicas_documents()
+    assert sorted(docs) == ["Deployment", "PodDisruptionBudget", "Secret", "Service"]
+    deployment, secret = docs["Deployment"], docs["Secret"]
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 2
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    # Everything shared comes from the Secret, nothing of it from plain values.
+    assert container["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    values = {item["name"]: item["value"] for item in container.get("env", [])}
+    data = secret["stringData"]
+    for key in SHARED_KEYS:
+        assert data.get(key) and key not in values, key
+    url = urlsplit(data["CAPIGW_BUFFER"])
+    assert url.scheme == "postgresql" and url.hostname and url.path.strip("/"), url
+    # No volume for the buffer: the only one is /tmp, in memory.
+    assert "volumeClaimTemplates" not in spec
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+    assert [v.get("emptyDir", {}).get("medium") for v in pod["volumes"]] == ["Memory"]
+    # The placeholder key is refused (an unfilled Secret cannot start); a real one loads.
+    image_env = env_of(final_stage())
+    parsed = build_parser().parse_args(["serve", *container["args"]])
+    flags = {"upstream": parsed.upstream}
+    with pytest.raises(ConfigError, match="encryption_key"):
+        load_settings(Sources(environ={**image_env, **data, **values}, flags=flags))
+    filled = {**data, "CAPIGW_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode()}
+    settings = load_settings(Sources(environ={**image_env, **filled, **values}, flags=flags))
+    settings.check_ready_to_send()
+    assert settings.upstream == "http://shop:3000"
+    # Probes: liveness, both (see test_kubernetes_probe_paths_answer_as_the_manifest_says).
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == f"{settings.prefix}/health?live" and get["port"] == "http"
+    (port,) = container["ports"]
+    assert port["name"] == "http" and values["CAPIGW_LISTEN"].endswith(f":{port['containerPort']}")
+    # Graceful: the preStop pause plus shutdown_grace fit in the grace period.
+    pause = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > int(pause[1]) + settings.shutdown_grace
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    uid = int(dict(final_stage())["USER"].split(":")[0])
+    assert pod["securityContext"]["runAsUser"] == uid and pod["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_kubernetes_replicas_budget_and_service_select_the_pods() -> None:
+    docs = replicas_documents()
+    spec = docs["Deployment"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    budget = docs["PodDisruptionBudget"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    # A drain never takes every replica at once.
+    assert 0 < budget["maxUnavailable"] < spec["replicas"]
+    # A rollout never lowers capacity.
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    service = docs["Service"]["spec"]
+    assert service["selector"].items() <= labels.items()
+    (port,) = service["ports"]
+    assert port["targetPort"] == "http"
+
+
+async def test_kubernetes_probe_paths_answer_as_the_manifest_says(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    """The probes stay 200 while the gateway is not ready to store events: a full buffer (or
+    a shared database that is away) never takes the site out of rotation."""
+    (container,) = replicas_documents()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    paths = {container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")}
+    async with start_upstream() as site:
+        # A buffer bound smaller than an empty outbox file: never ready.
+        settings = make_settings(tmp_path, fake_graph.url, upstream=site.url, max_buffer_mb=0.001)
+        async with run_gateway(settings) as front, aiohttp.ClientSession() as session:
+            async with session.get(f"{front.url}{settings.prefix}/health") as resp:
+                assert resp.status == 503 and not (await resp.json())["ready"]
+            for path in paths:
+                async with session.get(f"{front.url}{path}") as resp:
+                    assert resp.status == 200, path
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kubernetes_replicas_manifest_builds(tmp_path: Path) -> None:
+    (tmp_path / "replicas.yaml").write_text(REPLICAS.read_text())
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - replicas.yaml\n")
+    done = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    kinds = re.findall(r"^kind: (\w+)$", done.stdout, flags=re.MULTILINE)
+    assert sorted(kinds) == ["Deployment", "PodDisruptionBudget", "Secret", "Service"]
+
+
+# -- docker compose: three replicas, PostgreSQL, nginx ----------------------------------------
+
+COMPOSE_DIR = DEPLOY / "compose"
+COMPOSE = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text())
+LB_CONF = (COMPOSE_DIR / "nginx.conf").read_text()
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${NAME:-default}` / `${NAME}` with nothing set: the defaults."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def gateway_services() -> dict[str, dict[str, Any]]:
+    services = COMPOSE["services"]
+    return {name: s for name, s in services.items() if s.get("command", [""])[0] == "--upstream"}
+
+
+def test_compose_runs_three_replicas_on_one_database() -> None:
+    services = COMPOSE["services"]
+    gateways = gateway_services()
+    count = sum(s.get("deploy", {}).get("replicas", 1) for s in gateways.values())
+    assert count == 3
+    first = next(iter(gateways.values()))
+    # One image, one database URL, one key, one secret, one set of rules for all of them.
+    for service in gateways.values():
+        assert service["environment"] == first["environment"]
+        assert service["image"] == first["image"] and service["build"] == first["build"]
+        assert service["volumes"] == first["volumes"] and service["read_only"] is True
+    env = {k: interpolate(str(v)) for k, v in first["environment"].items()}
+    for key in SHARED_KEYS[:3]:
+        assert env[key], key
+    # The URL names the compose database, its user, password and database name.
+    url = urlsplit(env["CAPIGW_BUFFER"])
+    postgres = services[url.hostname]
+    db_env = {k: interpolate(str(v)) for k, v in postgres["environment"].items()}
+    assert url.scheme == "postgresql" and url.port == 5432
+    assert (url.username, url.password) == (db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"])
+    assert url.path == f"/{db_env['POSTGRES_DB']}"
+    # The official image, a pinned major version, data on a named volume, a health check.
+    image, _, tag = postgres["image"].partition(":")
+    assert image == "postgres" and tag and tag != "latest"
+    (data,) = postgres["volumes"]
+    volume, _, mount = data.partition(":")
+    assert volume in COMPOSE["volumes"] and mount == "/var/lib/postgresql/data"
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    for service in gateways.values():
+        assert service["depends_on"][url.hostname] == {"condition": "service_healthy"}
+    # Graceful stop: longer than shutdown_grace.
+    assert int(first["stop_grace_period"].rstrip("s")) > DEFAULTS.shutdown_grace
+
+
+def test_compose_replica_settings_load(tmp_path: Path) -> None:
+    """The replicas' command and environment (with the file's defaults) are a valid config,
+    and the rules they mount are the repository's, which validate."""
+    first = next(iter(gateway_services().values()))
+    parsed = build_parser().parse_args(["serve", *first["command"]])
+    env = {k: interpolate(str(v)) for k, v in first["environment"].items()}
+    mounts = {}
+    for volume in first["volumes"]:
+        source, target, mode = volume.split(":")
+        assert mode == "ro"
+        mounts[target] = (COMPOSE_DIR / source).resolve()
+    env["CAPIGW_RULES"] = str(mounts[env["CAPIGW_RULES"]])
+    assert Path(env["CAPIGW_RULES"]) == ROOT / "rules"
+    settings = load_settings(
+        Sources(environ={**env_of(final_stage()), **env}, flags={"upstream": parsed.upstream})
+    )
+    settings.check_ready_to_send()
+    assert settings.dry_run, "out of the box nothing leaves the machine"
+    assert settings.upstream == f"http://shop:{shop_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "--rules", env["CAPIGW_RULES"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **env, "CAPIGW_BUFFER": str(tmp_path / "check.db")},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The example webhooks have their secrets: no hook answers 503.
+    assert "answers 503" not in done.stdout + done.stderr
+
+
+def shop_port() -> int:
+    entry = COMPOSE["services"]["shop"]["entrypoint"]
+    return int(entry[entry.index("-P") + 1])
+
+
+def test_compose_load_balancer_fronts_exactly_the_replicas() -> None:
+    services = COMPOSE["services"]
+    gateways = gateway_services()
+    (lb,) = (s for s in services.values() if str(s.get("image", "")).startswith("nginx:"))
+    (mount,) = lb["volumes"]
+    source, target, _ = mount.split(":")
+    assert (COMPOSE_DIR / source).resolve() == COMPOSE_DIR / "nginx.conf"
+    assert target.startswith("/etc/nginx/conf.d/")
+    assert lb["ports"], "the load balancer is what the user opens"
+    for name in gateways:
+        assert lb["depends_on"][name] == {"condition": "service_healthy"}
+        assert "ports" not in gateways[name], "replicas are reached through the balancer"
+    listen = DEFAULTS.listen.rsplit(":", 1)[1]
+    upstream_block = LB_CONF.split("upstream capi_gateway {", 1)[1].split("}", 1)[0]
+    servers = re.findall(r"^\s*server ([\w-]+):(\d+)", upstream_block, flags=re.MULTILINE)
+    assert sorted(servers) == sorted((name, listen) for name in gateways)
+    # Round robin: no hash, ip_hash or least_conn pins a visitor to one replica.
+    assert not re.search(r"^\s*(hash|ip_hash|least_conn|sticky)\b", upstream_block, re.M)
+    # The replicas trust the balancer's network, and only the balancer is on it from outside.
+    (network,) = lb["networks"]
+    (subnet,) = (c["subnet"] for c in COMPOSE["networks"][network]["ipam"]["config"])
+    for service in gateways.values():
+        assert service["environment"]["CAPIGW_TRUSTED_PROXIES"] == subnet
+        assert network in service["networks"]
+    on_network = {name for name, s in services.items() if network in s.get("networks", [])}
+    assert on_network == {*gateways, *(n for n, s in services.items() if s is lb)}
+    # The database and the site are on an internal network only.
+    for name in ("postgres", "shop"):
+        for net in services[name]["networks"]:
+            assert COMPOSE["networks"][net].get("internal") is True, (name, net)
+
+
+async def test_compose_shop_command_serves_the_demo_shop() -> None:
+    """The `shop` service's entrypoint, on loopback: the demo shop's pages answer."""
+    entry = list(COMPOSE["services"]["shop"]["entrypoint"])
+    assert entry[:3] == ["python", "-m", "aiohttp.web"]
+    port = free_port()
+    entry[entry.index("-H") + 1] = "127.0.0.1"
+    entry[entry.index("-P") + 1] = str(port)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *entry[1:], cwd=ROOT, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            # Bounded in time, not tries: a loaded machine starts Python slowly.
+            deadline = asyncio.get_running_loop().time() + 30
+            while asyncio.get_running_loop().time() < deadline:
+                assert proc.returncode is None, "the shop exited"
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/product/tee-01") as resp:
+                        assert resp.status == 200
+                        assert "Loopback T-shirt" in await resp.text()
+                        break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the shop did not start")
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
+async def test_compose_nginx_round_robins_over_the_replicas(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    """The compose file's nginx config (names swapped for loopback ports) in front of three
+    live gateways: requests go round robin, with the forwarded headers the replicas trust."""
+    names = sorted(gateway_services())
+    port = free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        sites, conf = [], LB_CONF.replace("listen 80;", f"listen 127.0.0.1:{port};")
+        for name in names:
+            # Each replica in front of its own site, so the site that answered names it.
+            site = await stack.enter_async_context(start_upstream())
+            (tmp_path / name).mkdir()
+            settings = make_settings(
+                tmp_path / name, fake_graph.url, upstream=site.url, inject=False
+            )
+            front = await stack.enter_async_context(run_gateway(settings))
+            conf = conf.replace(f"server {name}:8080", f"server 127.0.0.1:{front.port}")
+            sites.append(site)
+        assert "gateway-" not in conf
+        (tmp_path / "lb.conf").write_text(conf)
+        (tmp_path / "nginx.conf").write_text(
+            f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\n"
+            "daemon off;\nmaster_process off;\nevents {}\nhttp {\n"
+            f"  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
+            f"  proxy_temp_path {tmp_path}/proxy;\n  include {tmp_path}/lb.conf;\n}}\n"
+        )
+        test = subprocess.run(
+            ["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert test.returncode == 0, test.stderr
+        nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+        try:
+            bodies = [await _get_through(port, nginx, tmp_path / "error.log") for _ in range(6)]
+        finally:
+            nginx.terminate()
+            nginx.wait(timeout=10)
+        counts = [sum(1 for r in site.requests if r.path == "/echo") for site in sites]
+    assert counts == [2, 2, 2]
+    for body, _ in bodies:
+        seen = dict(body["headers"])
+        assert re.fullmatch(r"[0-9a-f]{32}", seen["X-Request-ID"])
+        assert seen["X-Forwarded-For"] == "127.0.0.1, 127.0.0.1"
+        assert seen["X-Forwarded-Proto"] == "http"
+        # The port the visitor used survives (redirects from the site keep it).
+        assert seen["X-Forwarded-Host"] == f"127.0.0.1:{port}"
