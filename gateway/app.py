@@ -45,7 +45,8 @@ from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
-from gateway.edge.visitor import VISITOR_RULES
+from gateway.edge.sites import SITES, SiteRouter, SiteStages, install, site_stages
+from gateway.edge.visitor import VISITOR_RULES, visitor
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
@@ -57,6 +58,9 @@ from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
 
 log = logging.getLogger("gateway.app")
+# Upstream pools of every site ever started (a reload's retired ones too): closed at exit,
+# never under a request still streaming through them.
+SITE_SESSIONS = web.AppKey("site_sessions", list[aiohttp.ClientSession])
 
 
 def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Application:
@@ -84,11 +88,18 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
-    if settings.upstream:
+    sites = settings.site_list()
+    if sites:
+        install(app, _router(app, settings))
+    proxied = bool(settings.upstream or sites)
+    if proxied:
         # Beacons come from pages the proxy tagged: the page token is the proxy's.
         app.router.add_post(f"{prefix}/collect", post_collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
-    if settings.upstream:
+    if sites:
+        app.cleanup_ctx.append(_sites_ctx)
+        app.router.add_route("*", "/{path:.*}", _site_proxy, expect_handler=_site_expect)
+    elif proxied:
         app.cleanup_ctx.append(_proxy_ctx)
         # Everything outside the prefix belongs to the site.
         app.router.add_route("*", "/{path:.*}", _proxy, expect_handler=_proxy_expect)
@@ -103,6 +114,75 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
     return await request.app[PROXY].expect(request)
+
+
+def _misdirected(request: web.Request) -> web.Response:
+    host = visitor(request).host
+    return json_error(
+        421,
+        "misdirected request",
+        f"no site answers for host {host!r}; add it to a site's `hosts` "
+        "(or mark one site `default = true`)",
+    )
+
+
+async def _site_proxy(request: web.Request) -> web.StreamResponse:
+    stages = site_stages(request)
+    if stages is None or stages.proxy is None:
+        return _misdirected(request)
+    response = await stages.proxy.handle(request)
+    request.app[METRICS].proxied(response.status)
+    return response
+
+
+async def _site_expect(request: web.Request) -> web.StreamResponse | None:
+    stages = site_stages(request)
+    if stages is None or stages.proxy is None:
+        return _misdirected(request)
+    return await stages.proxy.expect(request)
+
+
+def _router(app: web.Application, settings: Settings) -> SiteRouter:
+    """A router whose stages are started (when the app is) by `_start_site`."""
+    return SiteRouter(
+        (site.hosts, site.default, SiteStages(site.name, Runtime.from_settings(site.settings)))
+        for site in settings.site_list()
+    )
+
+
+def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSession:
+    """Give one site its page tagging, proxied rules and proxy (its own upstream pool)."""
+    runtime = stages.runtime
+    settings = runtime.settings
+    pages = PageViews(settings, app[INTAKE], page_secret(settings, load_key(settings)))
+    session = upstream_session(settings)
+    proxied_rules = ProxiedRules(
+        lambda: runtime.rules,
+        app[INTAKE],
+        app[STITCHES],
+        pages,
+        body_limit=settings.rules_body_bytes,
+        scan_limit=settings.rules_scan_bytes,
+    )
+    pages.triggers = proxied_rules.triggers
+    stages.pages = pages
+    stages.proxied_rules = proxied_rules
+    stages.proxy = Proxy(
+        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
+    )
+    return session
+
+
+async def _sites_ctx(app: web.Application) -> AsyncIterator[None]:
+    holder = app[SITES]
+    sessions = [_start_site(app, stages) for stages in holder.router.by_name.values()]
+    app[SITE_SESSIONS] = sessions
+    yield
+    for stages in holder.router.by_name.values():
+        if stages.proxied_rules is not None:
+            await stages.proxied_rules.drain()
+    for session in app[SITE_SESSIONS]:
+        await session.close()
 
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -196,7 +276,7 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
     sender = Sender(
         app[OUTBOX],
         graph,
-        settings.effective_pixels(),
+        settings.all_pixels(),
         SenderOptions.from_settings(settings),
         _policy(settings),
         metrics=app[METRICS],
@@ -222,7 +302,7 @@ async def reload(app: web.Application, settings: Settings, fresh: Runtime | None
     app[RUNTIME].rules = fresh.rules
     app[RUNTIME].visitors = fresh.visitors
     sender = app[SENDER]
-    sender.pixels = {p.id: p for p in settings.effective_pixels()}
+    sender.pixels = {p.id: p for p in settings.all_pixels()}
     sender.policy = _policy(settings)
     await sender.reconcile_blocks()
     if PAGES in app:
