@@ -145,7 +145,11 @@ async def _site_expect(request: web.Request) -> web.StreamResponse | None:
 def _router(app: web.Application, settings: Settings) -> SiteRouter:
     """A router whose stages are started (when the app is) by `_start_site`."""
     return SiteRouter(
-        (site.hosts, site.default, SiteStages(site.name, Runtime.from_settings(site.settings)))
+        (
+            site.hosts,
+            site.default,
+            SiteStages(site.name, Runtime.from_settings(site.settings, site=site.name)),
+        )
         for site in settings.site_list()
     )
 
@@ -154,7 +158,9 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
     """Give one site its page tagging, proxied rules and proxy (its own upstream pool)."""
     runtime = stages.runtime
     settings = runtime.settings
-    pages = PageViews(settings, app[INTAKE], page_secret(settings, load_key(settings)))
+    pages = PageViews(
+        settings, app[INTAKE], page_secret(settings, load_key(settings)), site=stages.name
+    )
     session = upstream_session(settings)
     proxied_rules = ProxiedRules(
         lambda: runtime.rules,

@@ -22,9 +22,10 @@ from gateway.pipeline.normalize import CLEAR_FIELDS
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
-    "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources"
+    "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
+    "site"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?)"
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?)"
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
@@ -78,6 +79,7 @@ async def insert(
                 keys,
                 keys,
                 json.dumps([assembly.label(ev.source, ev.rule)]),
+                ev.site,
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         async with conn.execute(sql + _ON_CONFLICT, params) as cur:

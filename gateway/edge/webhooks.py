@@ -168,6 +168,7 @@ def _webhook_context(context: Context) -> Context:
         targets=context.targets,
         default_country=context.default_country,
         max_future_skew=context.max_future_skew,
+        site=context.site,
         source="webhook",
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from gateway.appkeys import RUNTIME
 from gateway.config import Sources, load_settings
 from gateway.settings import ConfigError
 from tests.conftest import TOKEN, UA, make_settings, wait_for
@@ -359,3 +361,18 @@ async def test_an_expired_token_parks_only_its_own_sites_pixel(
                 assert status == 202
             await wait_for(lambda: len(fake_graph.events) == 3)
     assert sorted(e["event_id"] for e in fake_graph.events) == ["a0", "a1", "a2"]
+
+
+async def test_each_stored_event_carries_its_site(two: Two, fake_graph: FakeGraph) -> None:
+    await page(two.gw, HOST_A)
+    await page(two.gw, HOST_B)
+    assert (await post_events(two.gw, KEY_B, HOST_B, api_event(event_id="b1")))[0] == 202
+    await wait_for(lambda: len(fake_graph.events) == 3)
+    buffer = two.gw.app[RUNTIME].settings.buffer
+    with contextlib.closing(sqlite3.connect(buffer)) as conn:
+        rows = set(conn.execute("SELECT site, pixel_id, source FROM events"))
+    assert rows == {
+        ("alpha", PIXEL_A, "proxy"),
+        ("beta", PIXEL_B, "proxy"),
+        ("beta", PIXEL_B, "api"),
+    }
