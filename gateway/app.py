@@ -45,8 +45,8 @@ from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
-from gateway.edge.sites import SITES, SiteRouter, SiteStages, install, site_stages
-from gateway.edge.visitor import VISITOR_RULES, visitor
+from gateway.edge.sites import SITES, install
+from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
@@ -56,11 +56,9 @@ from gateway.ops.status import get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
+from gateway.siteapp import reload_sites, router, site_expect, site_proxy, site_runtimes, sites_ctx
 
 log = logging.getLogger("gateway.app")
-# Upstream pools of every site ever started (a reload's retired ones too): closed at exit,
-# never under a request still streaming through them.
-SITE_SESSIONS = web.AppKey("site_sessions", list[aiohttp.ClientSession])
 
 
 def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Application:
@@ -90,15 +88,15 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_get(f"{prefix}/px.js", get_px_js)
     sites = settings.site_list()
     if sites:
-        install(app, _router(app, settings))
+        install(app, router(settings))
     proxied = bool(settings.upstream or sites)
     if proxied:
         # Beacons come from pages the proxy tagged: the page token is the proxy's.
         app.router.add_post(f"{prefix}/collect", post_collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
     if sites:
-        app.cleanup_ctx.append(_sites_ctx)
-        app.router.add_route("*", "/{path:.*}", _site_proxy, expect_handler=_site_expect)
+        app.cleanup_ctx.append(sites_ctx)
+        app.router.add_route("*", "/{path:.*}", site_proxy, expect_handler=site_expect)
     elif proxied:
         app.cleanup_ctx.append(_proxy_ctx)
         # Everything outside the prefix belongs to the site.
@@ -114,81 +112,6 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
     return await request.app[PROXY].expect(request)
-
-
-def _misdirected(request: web.Request) -> web.Response:
-    host = visitor(request).host
-    return json_error(
-        421,
-        "misdirected request",
-        f"no site answers for host {host!r}; add it to a site's `hosts` "
-        "(or mark one site `default = true`)",
-    )
-
-
-async def _site_proxy(request: web.Request) -> web.StreamResponse:
-    stages = site_stages(request)
-    if stages is None or stages.proxy is None:
-        return _misdirected(request)
-    response = await stages.proxy.handle(request)
-    request.app[METRICS].proxied(response.status)
-    return response
-
-
-async def _site_expect(request: web.Request) -> web.StreamResponse | None:
-    stages = site_stages(request)
-    if stages is None or stages.proxy is None:
-        return _misdirected(request)
-    return await stages.proxy.expect(request)
-
-
-def _router(app: web.Application, settings: Settings) -> SiteRouter:
-    """A router whose stages are started (when the app is) by `_start_site`."""
-    return SiteRouter(
-        (
-            site.hosts,
-            site.default,
-            SiteStages(site.name, Runtime.from_settings(site.settings, site=site.name)),
-        )
-        for site in settings.site_list()
-    )
-
-
-def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSession:
-    """Give one site its page tagging, proxied rules and proxy (its own upstream pool)."""
-    runtime = stages.runtime
-    settings = runtime.settings
-    pages = PageViews(
-        settings, app[INTAKE], page_secret(settings, load_key(settings)), site=stages.name
-    )
-    session = upstream_session(settings)
-    proxied_rules = ProxiedRules(
-        lambda: runtime.rules,
-        app[INTAKE],
-        app[STITCHES],
-        pages,
-        body_limit=settings.rules_body_bytes,
-        scan_limit=settings.rules_scan_bytes,
-    )
-    pages.triggers = proxied_rules.triggers
-    stages.pages = pages
-    stages.proxied_rules = proxied_rules
-    stages.proxy = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
-    )
-    return session
-
-
-async def _sites_ctx(app: web.Application) -> AsyncIterator[None]:
-    holder = app[SITES]
-    sessions = [_start_site(app, stages) for stages in holder.router.by_name.values()]
-    app[SITE_SESSIONS] = sessions
-    yield
-    for stages in holder.router.by_name.values():
-        if stages.proxied_rules is not None:
-            await stages.proxied_rules.drain()
-    for session in app[SITE_SESSIONS]:
-        await session.close()
 
 
 async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -300,13 +223,20 @@ def _policy(settings: Settings) -> RetryPolicy:
     )
 
 
-async def reload(app: web.Application, settings: Settings, fresh: Runtime | None = None) -> None:
-    """Swap in new settings and rules (SIGHUP): credentials, pixels, limits, rule files."""
+async def reload(
+    app: web.Application,
+    settings: Settings,
+    fresh: Runtime | None = None,
+    sites: dict[str, Runtime] | None = None,
+) -> None:
+    """Swap in new settings and rules (SIGHUP): credentials, pixels, limits, rule files, sites."""
     fresh = fresh or Runtime.from_settings(settings)
     app[RUNTIME].settings = settings
     app[RUNTIME].context = fresh.context
     app[RUNTIME].rules = fresh.rules
     app[RUNTIME].visitors = fresh.visitors
+    if SITES in app:
+        reload_sites(app, settings, sites if sites is not None else site_runtimes(settings))
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.all_pixels()}
     sender.policy = _policy(settings)
@@ -405,10 +335,18 @@ def _reload_from(
         try:
             settings = load()
             fresh = Runtime.from_settings(settings)
+            sites = site_runtimes(settings)
+            if bool(sites) != (SITES in app):
+                raise ConfigError(
+                    "sites: adding the first [[sites]] table or removing the last one "
+                    "changes how every request is routed; restart the gateway for that"
+                )
         except (ConfigError, RuleError) as exc:
             log.error("Reload refused, keeping the running configuration and rules: %s", exc)
             return
-        task = asyncio.get_running_loop().create_task(reload(app, settings, fresh), name="reload")
+        task = asyncio.get_running_loop().create_task(
+            reload(app, settings, fresh, sites), name="reload"
+        )
         tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(_reload_done(tasks))
 

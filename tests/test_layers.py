@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "app",
         (
             "gateway.app",
+            "gateway.siteapp",
             "gateway.cli",
             "gateway.workers",
             "gateway.demo",

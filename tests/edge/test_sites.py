@@ -6,6 +6,7 @@ fake Graph API; the host a browser asks for picks the site.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from gateway.app import _reload_from, reload
 from gateway.appkeys import RUNTIME
 from gateway.config import Sources, load_settings
 from gateway.settings import ConfigError
@@ -376,3 +378,68 @@ async def test_each_stored_event_carries_its_site(two: Two, fake_graph: FakeGrap
         ("beta", PIXEL_B, "proxy"),
         ("beta", PIXEL_B, "api"),
     }
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+
+async def test_reload_adds_changes_and_removes_sites_under_load(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    async with start_upstream() as a, start_upstream() as b, start_upstream() as c:
+        tables = site_tables(a, b)
+        base: dict[str, Any] = {"pixel_id": [], "events_api_keys": []}
+        settings = make_settings(tmp_path, fake_graph.url, sites=tables, **base)
+        async with run_gateway(settings) as gw:
+            statuses: list[int] = []
+            stop = asyncio.Event()
+
+            async def load(host: str) -> None:
+                # Bounded: at most 400 requests, stopped as soon as the reload is checked.
+                for _ in range(400):
+                    if stop.is_set():
+                        return
+                    statuses.append((await page(gw, host))[0])
+
+            loaders = [asyncio.create_task(load(h)) for h in (HOST_A, HOST_B, HOST_A)]
+            await wait_for(lambda: len(statuses) >= 20)
+            gamma = {
+                "name": "gamma",
+                "hosts": ["gamma.example"],
+                "upstream": c.url,
+                "pixels": [{"id": "333333333333", "access_token": TOKEN}],
+            }
+            changed = [tables[0], {**tables[1], "consent": "cookie_ok"}, gamma]
+            await reload(gw.app, make_settings(tmp_path, fake_graph.url, sites=changed, **base))
+            assert (await page(gw, "gamma.example"))[0] == 200
+            assert len(c.requests) == 1
+            # beta's consent changed in place: no cookie without the consent cookie now.
+            assert not any(x.startswith("_fbp=") for x in (await page(gw, HOST_B))[2])
+            removed = [tables[0], gamma]
+            await reload(gw.app, make_settings(tmp_path, fake_graph.url, sites=removed, **base))
+            assert (await page(gw, HOST_B))[0] == 421
+            stop.set()
+            await asyncio.gather(*loaders)
+    # Every request during the reloads answered: 200, or 421 once beta was removed.
+    assert statuses and set(statuses) <= {200, 421}, statuses
+    assert statuses.count(200) >= 20
+
+
+async def test_a_broken_site_on_reload_is_refused_and_the_running_sites_stay(
+    tmp_path: Path, fake_graph: FakeGraph, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start_upstream() as a, start_upstream() as b:
+        tables = site_tables(a, b)
+        config = tmp_path / "gateway.toml"
+        settings = make_settings(
+            tmp_path, fake_graph.url, pixel_id=[], events_api_keys=[], sites=tables
+        )
+        async with run_gateway(settings) as gw:
+            config.write_text(SITE_A + SITE_A.replace('"alpha"', '"beta"'))
+            on_sighup = _reload_from(
+                gw.app, lambda: load_settings(Sources(config_file=config, environ={})), set()
+            )
+            on_sighup()
+            assert "sites.beta.hosts: 'a.example' is already claimed by site 'alpha'" in caplog.text
+            assert str(config) in caplog.text
+            assert (await page(gw, HOST_B))[0] == 200
