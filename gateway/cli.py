@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", type=Path, help="TOML config file")
         q.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
         q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.add_argument("--site", help="only events of this [[sites]] site")
         if name != "stats":
             q.add_argument("--state", help="only rows in this state")
             q.add_argument("--event-name", help="only rows of this event name")

@@ -443,3 +443,72 @@ async def test_a_broken_site_on_reload_is_refused_and_the_running_sites_stay(
             assert "sites.beta.hosts: 'a.example' is already claimed by site 'alpha'" in caplog.text
             assert str(config) in caplog.text
             assert (await page(gw, HOST_B))[0] == 200
+
+
+# -- tenants ---------------------------------------------------------------------------------
+
+GLOBAL_TOKEN = "global-admin-token-0123456789"
+TENANT_A = "tenant-a-admin-token-0123456789"
+
+
+@pytest.fixture
+async def tenants(tmp_path: Path, fake_graph: FakeGraph) -> AsyncIterator[Two]:
+    async with start_upstream() as a, start_upstream() as b:
+        tables = site_tables(a, b)
+        tables[0]["admin_token"] = TENANT_A
+        settings = make_settings(
+            tmp_path,
+            fake_graph.url,
+            pixel_id=[],
+            events_api_keys=[],
+            sites=tables,
+            admin_token=GLOBAL_TOKEN,
+        )
+        async with run_gateway(settings) as gw:
+            yield Two(gw, a, b)
+
+
+async def operator_get(gw: Front, path: str, token: str) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with gw.session.get(gw.url + "/_capi/" + path, headers=headers) as resp:
+        return resp.status, (await resp.read()).decode()
+
+
+async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
+    tenants: Two, fake_graph: FakeGraph
+) -> None:
+    gw = tenants.gw
+    for n in range(2):
+        assert (await post_events(gw, KEY_A, HOST_A, api_event(event_id=f"a{n}")))[0] == 202
+    for n in range(3):
+        assert (await post_events(gw, KEY_B, HOST_B, api_event(event_id=f"b{n}")))[0] == 202
+    await wait_for(lambda: len(fake_graph.events) == 5)
+
+    status, text = await operator_get(gw, "status", TENANT_A)
+    assert status == 200, text
+    body = json.loads(text)
+    assert list(body["sites"]) == ["alpha"]
+    assert body["queue"]["states"]["sent"] == 2
+    assert "beta" not in text and PIXEL_B[:4] not in text and TENANT_A not in text
+
+    status, text = await operator_get(gw, "metrics", TENANT_A)
+    assert status == 200
+    assert 'capi_gateway_site_queue_events{site="alpha",state="sent"} 2.0' in text
+    assert "beta" not in text
+    # Process-wide counters mix every site's traffic: not a tenant's to see.
+    assert "capi_gateway_events_total" not in text
+
+    status, text = await operator_get(gw, "metrics", GLOBAL_TOKEN)
+    assert status == 200
+    assert 'capi_gateway_site_queue_events{site="alpha",state="sent"} 2.0' in text
+    assert 'capi_gateway_site_queue_events{site="beta",state="sent"} 3.0' in text
+    assert "capi_gateway_events_total" in text
+    status, text = await operator_get(gw, "status", GLOBAL_TOKEN)
+    assert status == 200
+    assert sorted(json.loads(text)["sites"]) == ["alpha", "beta"]
+    assert json.loads(text)["queue"]["states"]["sent"] == 5
+
+
+async def test_a_wrong_token_opens_nothing(tenants: Two) -> None:
+    for path in ("status", "metrics"):
+        assert (await operator_get(tenants.gw, path, "not-a-token"))[0] == 401
