@@ -222,9 +222,15 @@ def match_keys(hashed: Any, clear: Mapping[str, Any]) -> str:
 
 
 async def claim(
-    conn: aiosqlite.Connection, owner: str, *, limit: int, lease: float, now: float
+    conn: aiosqlite.Connection,
+    owner: str,
+    *,
+    limit: int,
+    lease: float,
+    now: float,
+    skip: Sequence[str] = (),
 ) -> list[Any]:
-    """Lease due rows of unblocked pixels; raw rows in CLAIMED_COLUMNS order."""
+    """Lease due rows of unblocked pixels (none of `skip`); raw rows in CLAIMED_COLUMNS order."""
     # Leases of crashed or stuck workers come back to the pool.
     await conn.execute(
         "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
@@ -235,12 +241,13 @@ async def claim(
         "UPDATE events SET state='blocked' WHERE state='pending' "
         "AND pixel_id IN (SELECT pixel_id FROM blocked_pixels)"
     )
+    others = f" AND pixel_id NOT IN ({','.join('?' * len(skip))})" if skip else ""
     async with conn.execute(
         "UPDATE events SET state='inflight', lease_owner=?, lease_expires=?, "
         "attempts=attempts+1 WHERE id IN (SELECT id FROM events "
-        "WHERE state='pending' AND next_attempt_at <= ? "
+        f"WHERE state='pending' AND next_attempt_at <= ?{others} "
         f"ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}",
-        (owner, now + lease, now, limit),
+        (owner, now + lease, now, *skip, limit),
     ) as cur:
         return list(await cur.fetchall())
 
