@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
+import os
 import re
 import sqlite3
 import time
@@ -21,6 +24,7 @@ import pytest
 
 from gateway.app import _reload_from, reload
 from gateway.appkeys import RUNTIME
+from gateway.cli import main
 from gateway.config import Sources, load_settings
 from gateway.settings import ConfigError
 from tests.conftest import TOKEN, UA, make_settings, wait_for
@@ -512,3 +516,78 @@ async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
 async def test_a_wrong_token_opens_nothing(tenants: Two) -> None:
     for path in ("status", "metrics"):
         assert (await operator_get(tenants.gw, path, "not-a-token"))[0] == 401
+
+
+HOOK = """
+[[webhook]]
+name = "{name}-orders"
+hook = "orders"
+event = "Purchase"
+action_source = "system_generated"
+delivery_id = "order"
+[webhook.signature]
+type = "hmac"
+header = "X-Signature"
+encoding = "hex"
+secrets = ["{secret}"]
+[webhook.extract]
+external_id = {{ source = "json", key = "customer" }}
+value = {{ source = "json", key = "total", type = "number" }}
+currency = {{ source = "json", key = "currency" }}
+"""
+
+
+async def test_webhooks_are_per_site(tmp_path: Path, fake_graph: FakeGraph) -> None:
+    secrets = {"alpha": "alpha-webhook-secret", "beta": "beta-webhook-secret"}
+    async with start_upstream() as a, start_upstream() as b:
+        tables = site_tables(a, b)
+        for table in tables:
+            rules = tmp_path / f"rules-{table['name']}"
+            rules.mkdir()
+            name = str(table["name"])
+            (rules / "hooks.toml").write_text(HOOK.format(name=name, secret=secrets[name]))
+            table["rules"] = str(rules)
+        settings = make_settings(
+            tmp_path, fake_graph.url, pixel_id=[], events_api_keys=[], sites=tables
+        )
+        async with run_gateway(settings) as gw:
+
+            async def hook(host: str, secret: str, order: str) -> int:
+                body = json.dumps(
+                    {"order": order, "customer": "c1", "total": 12.5, "currency": "EUR"}
+                ).encode()
+                sig = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+                headers = {"Host": host, "X-Signature": sig, "Content-Type": "application/json"}
+                async with gw.session.post(
+                    gw.url + "/_capi/hooks/orders", data=body, headers=headers
+                ) as resp:
+                    return resp.status
+
+            # Alpha's delivery signed with alpha's secret, sent to beta's host: refused.
+            assert await hook(HOST_B, secrets["alpha"], "o1") == 401
+            assert await hook("elsewhere.example", secrets["alpha"], "o1") == 421
+            assert await hook(HOST_A, secrets["alpha"], "o2") < 300
+            assert await hook(HOST_B, secrets["beta"], "o3") < 300
+            await wait_for(lambda: len(fake_graph.events) == 2)
+    sent = sorted((r.pixel_id, r.data[0]["custom_data"]["value"]) for r in fake_graph.requests)
+    assert [pixel for pixel, _ in sent] == [PIXEL_A, PIXEL_B]
+
+
+def test_check_reads_each_sites_rule_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("META_", "CAPIGW_")):
+            monkeypatch.delenv(name)
+    rules = tmp_path / "rules-beta"
+    rules.mkdir()
+    (rules / "broken.toml").write_text('[[rule]]\nname = "x"\nevent = 12\n')
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "dry_run = true\n"
+        + SITE_A
+        + SITE_A.replace('"alpha"', '"beta"').replace("a.example", "b.example")
+        + f'rules = "{rules}"\n'
+    )
+    assert main(["check", "--config", str(config)]) == 2
+    assert "sites.beta.rules: rule error:" in capsys.readouterr().err
