@@ -591,3 +591,27 @@ def test_check_reads_each_sites_rule_files(
     )
     assert main(["check", "--config", str(config)]) == 2
     assert "sites.beta.rules: rule error:" in capsys.readouterr().err
+
+
+def test_doctor_checks_one_site_with_its_own_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("META_", "CAPIGW_")):
+            monkeypatch.delenv(name)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'dry_run = true\ngraph_url = "http://127.0.0.1:9"\nbuffer = "{tmp_path / "o.db"}"\n'
+        + SITE_A
+        + 'access_token = "EAAB-alpha"\n'
+        + SITE_A.replace('"alpha"', '"beta"')
+        .replace("a.example", "b.example")
+        .replace("111111111111", "222222222222")
+        + 'access_token = "EAAB-beta"\n'
+    )
+    main(["doctor", "--json", "--config", str(config), "--site", "beta"])
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    config_line = next(f for f in findings if f["check"] == "config")
+    assert "2222****" in config_line["message"] and "1111****" not in config_line["message"]
+    assert main(["doctor", "--config", str(config), "--site", "gamma"]) == 2
+    assert "--site: no site is named 'gamma'" in capsys.readouterr().err
