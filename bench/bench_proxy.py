@@ -672,6 +672,28 @@ def sites_env(count: int) -> dict[str, str]:
     return {"CAPIGW_SITES": json.dumps(tables)}
 
 
+def routing_cost(count: int, rounds: int = 200_000) -> float:
+    """µs per host lookup with `count` sites configured as `sites_env` configures them."""
+    from gateway.edge.sites import SiteRouter, SiteStages
+    from gateway.settings import Settings
+    from gateway.siteapp import site_runtimes
+
+    tables = json.loads(sites_env(count)["CAPIGW_SITES"])
+    settings = Settings.model_validate(
+        {"upstream": "http://127.0.0.1:9", "pixel_id": [PIXEL], "dry_run": True, "sites": tables}
+    )
+    runtimes = site_runtimes(settings)
+    router = SiteRouter(
+        (site.hosts, site.default, SiteStages(site.name, runtimes[site.name]))
+        for site in settings.site_list()
+    )
+    host = f"{HOST}:8080"
+    started = time.perf_counter()
+    for _ in range(rounds):
+        router.lookup(host)
+    return (time.perf_counter() - started) / rounds * 1e6
+
+
 # `--sites`: the shipped gateway without sites, with 1 site, and with 50, side by side.
 SITE_VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("gateway", "gateway", {}),
@@ -1106,6 +1128,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     measures: list[Measure] = outcome["measures"]
     targets = print_table(measures, args)
+    if args.sites:
+        # End-to-end req/s on a shared machine moves by more than 5% from run to run: the
+        # lookup itself, beside the gateway's CPU per request, says what routing costs.
+        one, fifty = routing_cost(1), routing_cost(50)
+        print(
+            f"\nhost lookup: {one:.2f} µs with 1 site, {fifty:.2f} µs with 50 sites "
+            f"({fifty / one:.2f}x); gateway CPU per request above: hundreds of µs"
+        )
     scaling = print_scaling(measures, args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
