@@ -42,6 +42,7 @@ from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
 from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
+from gateway.edge.sites import SITES
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.ops.access import (
@@ -386,7 +387,7 @@ def _cookie_path(request: web.Request) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    if PAGES in request.app:
+    if PAGES in request.app or SITES in request.app:
         return visitor(request).origin
     return f"{request.scheme}://{request.host}"
 

@@ -22,6 +22,7 @@ from yarl import URL
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, PAGES, PROXY, RUNTIME, SENDER, STARTED_AT
 from gateway.delivery.reads import QueueSnapshot
+from gateway.edge.sites import SITES
 from gateway.ops.access import operator_scope
 from gateway.settings import Settings
 
@@ -72,7 +73,7 @@ async def get_status(request: web.Request) -> web.StreamResponse:
             warnings.append(upstream["detail"])
     body["warnings"] = warnings
     if settings.site_list():
-        body["sites"] = {s.name: _configuration(s.settings) for s in settings.site_list()}
+        body["sites"] = await _sites(app, settings, warnings)
     if PAGES in app:
         counters = app[PAGES].counters
         body["pages"] = {
@@ -82,6 +83,22 @@ async def get_status(request: web.Request) -> web.StreamResponse:
             "store_failed": counters.store_failed,
         }
     return web.json_response(_redact(body, settings), headers={"Cache-Control": "no-store"})
+
+
+async def _sites(app: web.Application, settings: Settings, warnings: list[str]) -> dict[str, Any]:
+    """Each site's configuration and how its upstream is doing (its warning when down)."""
+    holder = app.get(SITES)
+    out: dict[str, Any] = {}
+    for site in settings.site_list():
+        entry = _configuration(site.settings)
+        stages = holder.router.by_name.get(site.name) if holder is not None else None
+        if stages is not None and stages.proxy is not None:
+            health = await stages.proxy.health.report()
+            entry["upstream_health"] = health
+            if not health["ok"]:
+                warnings.append(f"site {site.name!r}: {health['detail']}")
+        out[site.name] = entry
+    return out
 
 
 async def _tenant_status(
@@ -110,7 +127,11 @@ async def _tenant_status(
         queue = {"error": "cannot read the buffer"}
     body: dict[str, Any] = {
         "version": __version__,
-        "sites": {site.name: _configuration(site.settings) for site in mine},
+        "sites": {
+            name: entry
+            for name, entry in (await _sites(app, settings, [])).items()
+            if name in scope
+        },
         "queue": queue,
         "last_success": snapshot.last_delivery if snapshot else None,
     }

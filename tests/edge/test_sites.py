@@ -510,6 +510,7 @@ async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
     status, text = await operator_get(gw, "status", GLOBAL_TOKEN)
     assert status == 200
     assert sorted(json.loads(text)["sites"]) == ["alpha", "beta"]
+    assert json.loads(text)["sites"]["beta"]["upstream_health"]["ok"] is True
     assert json.loads(text)["queue"]["states"]["sent"] == 5
 
 
