@@ -275,31 +275,41 @@ async def queue_stats(
 # -- the dashboard ----------------------------------------------------------------------------
 
 
-async def events_per_minute(conn: aiosqlite.Connection, start: float) -> list[tuple[str, int, int]]:
+async def events_per_minute(
+    conn: aiosqlite.Connection, start: float, sites: Sequence[str] | None = None
+) -> list[tuple[str, int, int]]:
     """(event name, minute since `start`, rows) for the rows stored since `start`."""
+    only, values = site_filter(sites)
     async with conn.execute(
         "SELECT event_name, CAST((created_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) "
-        "FROM events WHERE created_at >= ? GROUP BY event_name, minute",
-        (start, start),
+        f"FROM events WHERE created_at >= ?{only} GROUP BY event_name, minute",
+        (start, start, *values),
     ) as cur:
         return [(str(n), int(m), int(c)) for n, m, c in await cur.fetchall()]
 
 
-async def undelivered_counts(conn: aiosqlite.Connection) -> dict[tuple[str, bool], int]:
+async def undelivered_counts(
+    conn: aiosqlite.Connection, sites: Sequence[str] | None = None
+) -> dict[tuple[str, bool], int]:
     """Rows not delivered, by (state, tried at least once)."""
+    only, values = site_filter(sites)
     async with conn.execute(
         "SELECT state, attempts > 0, COUNT(*) FROM events "
-        "WHERE state IN ('pending','inflight','dead','blocked') GROUP BY 1, 2"
+        f"WHERE state IN ('pending','inflight','dead','blocked'){only} GROUP BY 1, 2",
+        values,
     ) as cur:
         return {(str(s), bool(tried)): int(n) for s, tried, n in await cur.fetchall()}
 
 
-async def delivered_since(conn: aiosqlite.Connection, since: float) -> dict[str, int]:
+async def delivered_since(
+    conn: aiosqlite.Connection, since: float, sites: Sequence[str] | None = None
+) -> dict[str, int]:
     """Rows sent (or recorded by --dry-run) since `since`, by state."""
+    only, values = site_filter(sites)
     async with conn.execute(
-        "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ? "
-        "GROUP BY state",
-        (since,),
+        "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ?"
+        f"{only} GROUP BY state",
+        (since, *values),
     ) as cur:
         return {str(s): int(n) for s, n in await cur.fetchall()}
 
@@ -319,12 +329,15 @@ class DeadRow:
     died_at: float | None
 
 
-async def dead_letters(conn: aiosqlite.Connection, limit: int) -> tuple[DeadRow, ...]:
+async def dead_letters(
+    conn: aiosqlite.Connection, limit: int, sites: Sequence[str] | None = None
+) -> tuple[DeadRow, ...]:
     """The newest `limit` dead letters, newest first."""
+    only, values = site_filter(sites)
     async with conn.execute(
         "SELECT id, pixel_id, event_name, event_id, source, attempts, last_error, fbtrace_id, "
-        "sent_at FROM events WHERE state='dead' ORDER BY sent_at DESC, id DESC LIMIT ?",
-        (limit,),
+        f"sent_at FROM events WHERE state='dead'{only} ORDER BY sent_at DESC, id DESC LIMIT ?",
+        (*values, limit),
     ) as cur:
         return tuple(
             DeadRow(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8])
@@ -341,7 +354,11 @@ async def has_match_keys(conn: aiosqlite.Connection) -> bool:
 
 
 async def hour_groups(
-    conn: aiosqlite.Connection, start: float, end: float, keys: Sequence[str]
+    conn: aiosqlite.Connection,
+    start: float,
+    end: float,
+    keys: Sequence[str],
+    sites: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """One pass over the rows stored in [start, end), grouped by event name, source and rule.
 
@@ -349,6 +366,7 @@ async def hour_groups(
     twin, rows with known keys, then rows carrying each of `keys` (match keys, in order).
     """
     sums = ", ".join("SUM(instr(k, ',' || ? || ',') > 0)" for _ in keys)
+    only, values = site_filter(sites)
     # Rows written before the match_keys column existed have NULL keys: COUNT(k) leaves
     # them out of the coverage denominator instead of counting them as carrying nothing.
     # One event per pixel shares its event_id: a rule's firing is counted once.
@@ -356,8 +374,9 @@ async def hour_groups(
         f"SELECT event_name, source, rule, COUNT(DISTINCT CASE WHEN rule IS NOT NULL "
         f"THEN event_id END), COUNT(*), SUM(twin), COUNT(k), {sums} "
         "FROM (SELECT event_name, source, rule, event_id, twin, ',' || match_keys || ',' AS k "
-        "FROM events WHERE created_at >= ? AND created_at < ?) GROUP BY event_name, source, rule",
-        (*keys, start, end),
+        f"FROM events WHERE created_at >= ? AND created_at < ?{only}) "
+        "GROUP BY event_name, source, rule",
+        (*keys, start, end, *values),
     ) as cur:
         return [tuple(r) for r in await cur.fetchall()]
 
