@@ -42,7 +42,7 @@ async def site_proxy(request: web.Request) -> web.StreamResponse:
     if stages is None or stages.proxy is None:
         return _misdirected(request)
     response = await stages.proxy.handle(request)
-    request.app[METRICS].proxied(response.status)
+    request.app[METRICS].proxied(response.status, stages.name)
     return response
 
 

@@ -140,6 +140,27 @@ class _SiteCollector:
         yield depth
 
 
+class _TenantSeries:
+    """The `site`-labelled counters of `sites` only, out of the process-wide registry."""
+
+    def __init__(self, registry: CollectorRegistry, sites: Sequence[str]) -> None:
+        self.registry = registry
+        self.sites = frozenset(sites)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            if not metric.name.startswith("capi_gateway_site_"):
+                continue
+            samples = [s for s in metric.samples if s.labels.get("site") in self.sites]
+            if samples:
+                copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+                copy.samples = samples
+                yield copy
+
+
 def metrics_for_settings(settings: Settings) -> Metrics:
     """Shared across workers when `serve --workers N` prepared the directory, else own."""
     path = os.environ.get(MULTIPROC_ENV)
@@ -180,6 +201,8 @@ async def render(
     if not tenant:
         scrape.register(_QueueCollector(snapshot))
         scrape.register(metrics.registry)
+    else:
+        scrape.register(_TenantSeries(metrics.registry, sites))
     if per_site is not None:
         scrape.register(_SiteCollector(per_site))
     encoder, content_type = choose_encoder(accept)

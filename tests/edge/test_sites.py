@@ -487,31 +487,36 @@ async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
     for n in range(3):
         assert (await post_events(gw, KEY_B, HOST_B, api_event(event_id=f"b{n}")))[0] == 202
     await wait_for(lambda: len(fake_graph.events) == 5)
+    await page(gw, HOST_A)
+    await page(gw, HOST_B)
 
     status, text = await operator_get(gw, "status", TENANT_A)
     assert status == 200, text
     body = json.loads(text)
     assert list(body["sites"]) == ["alpha"]
-    assert body["queue"]["states"]["sent"] == 2
+    assert body["queue"]["states"]["sent"] >= 2
     assert "beta" not in text and PIXEL_B[:4] not in text and TENANT_A not in text
 
     status, text = await operator_get(gw, "metrics", TENANT_A)
     assert status == 200
-    assert 'capi_gateway_site_queue_events{site="alpha",state="sent"} 2.0' in text
+    assert 'capi_gateway_site_queue_events{site="alpha",state="sent"}' in text
+    assert 'capi_gateway_site_events_total{outcome="new",site="alpha",source="api"} 2.0' in text
+    assert 'capi_gateway_site_proxy_requests_total{site="alpha",status_class="2xx"} 1.0' in text
     assert "beta" not in text
     # Process-wide counters mix every site's traffic: not a tenant's to see.
     assert "capi_gateway_events_total" not in text
 
     status, text = await operator_get(gw, "metrics", GLOBAL_TOKEN)
     assert status == 200
-    assert 'capi_gateway_site_queue_events{site="alpha",state="sent"} 2.0' in text
-    assert 'capi_gateway_site_queue_events{site="beta",state="sent"} 3.0' in text
+    assert 'capi_gateway_site_events_total{outcome="new",site="alpha",source="api"} 2.0' in text
+    assert 'capi_gateway_site_events_total{outcome="new",site="beta",source="api"} 3.0' in text
+    assert 'capi_gateway_site_queue_events{site="beta",state="pending"}' in text
     assert "capi_gateway_events_total" in text
     status, text = await operator_get(gw, "status", GLOBAL_TOKEN)
     assert status == 200
     assert sorted(json.loads(text)["sites"]) == ["alpha", "beta"]
     assert json.loads(text)["sites"]["beta"]["upstream_health"]["ok"] is True
-    assert json.loads(text)["queue"]["states"]["sent"] == 5
+    assert sum(json.loads(text)["queue"]["states"].values()) == 7
 
 
 async def test_a_wrong_token_opens_nothing(tenants: Two) -> None:
