@@ -1,7 +1,7 @@
 """Reverse-proxy benchmark: the gateway beside nginx and the bare origin (not a test).
 
     python bench/bench_proxy.py [--seconds 5] [--concurrency 32] [--threads 2]
-                                [--rate 100] [--latency-seconds 5] [--workers 1,2]
+                                [--rate 100] [--latency-seconds 5] [--workers 1,2] [--sites]
                                 [--json PATH]
 
 Everything runs on 127.0.0.1, as subprocesses of this script:
@@ -654,8 +654,52 @@ VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("gateway-nostore", "gateway, no PageView", {"CAPIGW_CONSENT": "bench_consent"}),
     ("gateway-noinject", "gateway, INJECT=false", {"CAPIGW_INJECT": "false"}),
 )
-TAGGING = frozenset({"gateway", "gateway-noassembly", "gateway-nostore"})
+TAGGING = frozenset(
+    {"gateway", "gateway-noassembly", "gateway-nostore", "gateway-sites1", "gateway-sites50"}
+)
 TARGET_ASSEMBLY = 0.85
+TARGET_SITES = 0.95  # routing by host among 50 sites costs < 5% against 1 site
+
+
+def sites_env(count: int) -> dict[str, str]:
+    """`CAPIGW_SITES` with `count` sites; the one the load asks for (127.0.0.1) comes last,
+    after sites with exact and wildcard hosts, so that the lookup does all its work."""
+    tables: list[dict[str, Any]] = [
+        {"name": f"shop{i}", "hosts": [f"shop{i}.example", f"*.brand{i}.example"]}
+        for i in range(count - 1)
+    ]
+    tables.append({"name": "bench", "hosts": [HOST]})
+    return {"CAPIGW_SITES": json.dumps(tables)}
+
+
+def routing_cost(count: int, rounds: int = 200_000) -> float:
+    """µs per host lookup with `count` sites configured as `sites_env` configures them."""
+    from gateway.edge.sites import SiteRouter, SiteStages
+    from gateway.settings import Settings
+    from gateway.siteapp import site_runtimes
+
+    tables = json.loads(sites_env(count)["CAPIGW_SITES"])
+    settings = Settings.model_validate(
+        {"upstream": "http://127.0.0.1:9", "pixel_id": [PIXEL], "dry_run": True, "sites": tables}
+    )
+    runtimes = site_runtimes(settings)
+    router = SiteRouter(
+        (site.hosts, site.default, SiteStages(site.name, runtimes[site.name]))
+        for site in settings.site_list()
+    )
+    host = f"{HOST}:8080"
+    started = time.perf_counter()
+    for _ in range(rounds):
+        router.lookup(host)
+    return (time.perf_counter() - started) / rounds * 1e6
+
+
+# `--sites`: the shipped gateway without sites, with 1 site, and with 50, side by side.
+SITE_VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("gateway", "gateway", {}),
+    ("gateway-sites1", "gateway, 1 site", sites_env(1)),
+    ("gateway-sites50", "gateway, 50 sites", sites_env(50)),
+)
 
 
 def gateway_path(variant: str, workers: int) -> str:
@@ -915,6 +959,12 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
 
     variants = ("gateway-noassembly", "gateway-nostore", "gateway-noinject")
     for n in args.workers:
+        for f in FILES:
+            # Routing by host: 50 sites against 1 (and 1 site against none).
+            sites50, sites1 = gateway_path("gateway-sites50", n), gateway_path("gateway-sites1", n)
+            ratio(f.key, sites50, sites1, TARGET_SITES)
+            ratio(f.key, sites1, gateway_path("gateway", n), None)
+    for n in args.workers:
         gateway = gateway_path("gateway", n)
         for f in FILES:
             html = f.key == "html"
@@ -1038,11 +1088,19 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2],
         help="gateway worker counts to compare, comma-separated (default: 1,2)",
     )
+    parser.add_argument(
+        "--sites",
+        action="store_true",
+        help="compare the gateway with no, 1 and 50 [[sites]] instead of the usual variants",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--workdir", type=Path, help="keep the site, configs and logs here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
+    if args.sites:
+        global VARIANTS  # one run measures one set of variants
+        VARIANTS = SITE_VARIANTS
     if min(args.seconds, args.rate, args.latency_seconds) <= 0 or args.warmup < 0:
         parser.error("--seconds, --rate and --latency-seconds must be positive")
     if args.concurrency < 1 or args.threads < 1 or args.seconds > 600 or args.latency_seconds > 600:
@@ -1070,6 +1128,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     measures: list[Measure] = outcome["measures"]
     targets = print_table(measures, args)
+    if args.sites:
+        # End-to-end req/s on a shared machine moves by more than 5% from run to run: the
+        # lookup itself, beside the gateway's CPU per request, says what routing costs.
+        one, fifty = routing_cost(1), routing_cost(50)
+        print(
+            f"\nhost lookup: {one:.2f} µs with 1 site, {fifty:.2f} µs with 50 sites "
+            f"({fifty / one:.2f}x); gateway CPU per request above: hundreds of µs"
+        )
     scaling = print_scaling(measures, args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

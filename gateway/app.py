@@ -45,6 +45,7 @@ from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
+from gateway.edge.sites import SITES, install
 from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
@@ -55,6 +56,7 @@ from gateway.ops.status import get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
+from gateway.siteapp import reload_sites, router, site_expect, site_proxy, site_runtimes, sites_ctx
 
 log = logging.getLogger("gateway.app")
 
@@ -84,11 +86,18 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
-    if settings.upstream:
+    sites = settings.site_list()
+    if sites:
+        install(app, router(settings))
+    proxied = bool(settings.upstream or sites)
+    if proxied:
         # Beacons come from pages the proxy tagged: the page token is the proxy's.
         app.router.add_post(f"{prefix}/collect", post_collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
-    if settings.upstream:
+    if sites:
+        app.cleanup_ctx.append(sites_ctx)
+        app.router.add_route("*", "/{path:.*}", site_proxy, expect_handler=site_expect)
+    elif proxied:
         app.cleanup_ctx.append(_proxy_ctx)
         # Everything outside the prefix belongs to the site.
         app.router.add_route("*", "/{path:.*}", _proxy, expect_handler=_proxy_expect)
@@ -196,7 +205,7 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
     sender = Sender(
         app[OUTBOX],
         graph,
-        settings.effective_pixels(),
+        settings.all_pixels(),
         SenderOptions.from_settings(settings),
         _policy(settings),
         metrics=app[METRICS],
@@ -214,15 +223,22 @@ def _policy(settings: Settings) -> RetryPolicy:
     )
 
 
-async def reload(app: web.Application, settings: Settings, fresh: Runtime | None = None) -> None:
-    """Swap in new settings and rules (SIGHUP): credentials, pixels, limits, rule files."""
+async def reload(
+    app: web.Application,
+    settings: Settings,
+    fresh: Runtime | None = None,
+    sites: dict[str, Runtime] | None = None,
+) -> None:
+    """Swap in new settings and rules (SIGHUP): credentials, pixels, limits, rule files, sites."""
     fresh = fresh or Runtime.from_settings(settings)
     app[RUNTIME].settings = settings
     app[RUNTIME].context = fresh.context
     app[RUNTIME].rules = fresh.rules
     app[RUNTIME].visitors = fresh.visitors
+    if SITES in app:
+        reload_sites(app, settings, sites if sites is not None else site_runtimes(settings))
     sender = app[SENDER]
-    sender.pixels = {p.id: p for p in settings.effective_pixels()}
+    sender.pixels = {p.id: p for p in settings.all_pixels()}
     sender.policy = _policy(settings)
     await sender.reconcile_blocks()
     if PAGES in app:
@@ -319,10 +335,18 @@ def _reload_from(
         try:
             settings = load()
             fresh = Runtime.from_settings(settings)
+            sites = site_runtimes(settings)
+            if bool(sites) != (SITES in app):
+                raise ConfigError(
+                    "sites: adding the first [[sites]] table or removing the last one "
+                    "changes how every request is routed; restart the gateway for that"
+                )
         except (ConfigError, RuleError) as exc:
             log.error("Reload refused, keeping the running configuration and rules: %s", exc)
             return
-        task = asyncio.get_running_loop().create_task(reload(app, settings, fresh), name="reload")
+        task = asyncio.get_running_loop().create_task(
+            reload(app, settings, fresh, sites), name="reload"
+        )
         tasks.add(task)  # keep a reference until it is done
         task.add_done_callback(_reload_done(tasks))
 

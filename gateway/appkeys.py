@@ -32,10 +32,13 @@ class Runtime:
     rules: RuleSet = field(default_factory=RuleSet)
 
     @classmethod
-    def from_settings(cls, settings: Settings, rules: RuleSet | None = None) -> Runtime:
+    def from_settings(
+        cls, settings: Settings, rules: RuleSet | None = None, *, site: str | None = None
+    ) -> Runtime:
         """Derive what requests need from validated settings; RuleError for a bad rule file.
 
-        `rules` already loaded (by the supervisor of `--workers`) are used as they are.
+        `rules` already loaded (by the supervisor of `--workers`) are used as they are;
+        `site` names the `[[sites]]` site these settings are for.
         """
         targets = [Target(p.id, p.test_event_code) for p in settings.effective_pixels()]
         return cls(
@@ -44,6 +47,7 @@ class Runtime:
                 targets=targets,
                 default_country=settings.default_country,
                 max_future_skew=settings.max_future_skew,
+                site=site,
             ),
             visitors=VisitorRules.from_settings(settings),
             rules=rules if rules is not None else _load(settings),

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_flags(doctor)
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--site", help="check this [[sites]] site: its settings and events")
     test_event = sub.add_parser(
         "send-test-event", help="send one PageView in test mode and print Meta's answer"
     )
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", type=Path, help="TOML config file")
         q.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
         q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.add_argument("--site", help="only events of this [[sites]] site")
         if name != "stats":
             q.add_argument("--state", help="only rows in this state")
             q.add_argument("--event-name", help="only rows of this event name")
@@ -190,8 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         if args.command == "doctor":
             from gateway.commands.doctor import run_doctor
+            from gateway.commands.queue import check_site
 
-            return run_doctor(settings, as_json=args.json)
+            if args.site is None:
+                return run_doctor(settings, as_json=args.json)
+            check_site(settings, args.site)
+            (site,) = (s for s in settings.site_list() if s.name == args.site)
+            return run_doctor(site.settings, as_json=args.json, site=site.name)
         if args.command == "send-test-event":
             from gateway.commands.testevent import run_send_test_event
 

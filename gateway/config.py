@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from gateway.settings import ConfigError, PixelSettings, Settings
+from gateway.sitesettings import PER_SITE_KEYS
 
 _META_ENV = {
     "META_PIXEL_ID": "pixel_id",
@@ -125,6 +126,9 @@ def _problem(err: ErrorDetails, origin: Mapping[str, str]) -> str:
     top = str(err["loc"][0]) if err["loc"] else ""
     where = origin.get(top, "")
     message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"] and message.startswith("sites."):
+        # A site's problem already names `sites.<name>.<key>`; say which file holds it.
+        return f"{origin.get('sites', 'config')}: {message}"
     if err["type"] == "extra_forbidden":
         message = "unknown setting; " + (
             did_you_mean(str(err["loc"][-1]), _known_keys(err["loc"]))
@@ -137,6 +141,8 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     # `[[pixels]]` tables have their own keys; everything else is a top-level setting.
     if len(loc) == 3 and loc[0] == "pixels":
         return list(PixelSettings.model_fields)
+    if loc and loc[0] == "sites":
+        return ["name", "hosts", "default", *sorted(PER_SITE_KEYS), "events_api_keys"]
     return list(Settings.model_fields)
 
 

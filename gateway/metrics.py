@@ -73,6 +73,18 @@ class Metrics:
             "Requests proxied to the site, by status class.",
             ["status_class"],
         )
+        # With [[sites]]: `site` values are configured names only (the intake and the
+        # router set them from the config), so the series stay bounded.
+        self._site_proxied = counter(
+            "capi_gateway_site_proxy_requests",
+            "Requests proxied to each [[sites]] site, by status class.",
+            ["site", "status_class"],
+        )
+        self._site_events = counter(
+            "capi_gateway_site_events",
+            "Events stored for each [[sites]] site, by source and outcome.",
+            ["site", "source", "outcome"],
+        )
         self._upstream = histogram(
             "capi_gateway_upstream_latency_seconds",
             "Time until the site's response headers arrived.",
@@ -154,6 +166,8 @@ class Metrics:
         duplicate copy (also counted by assembly outcome)."""
         for row, outcome in zip(rows, outcomes, strict=False):
             self.event(row.source, row.event_name, "accepted" if outcome == "new" else "duplicate")
+            if row.site is not None:
+                self._site_events.labels(row.site, row.source, outcome).inc()
             if outcome in ("merged", "late"):
                 self._copies.labels(outcome).inc()
 
@@ -181,9 +195,12 @@ class Metrics:
         """Count one delivery to a configured hook (names come from rule files: bounded)."""
         self._webhooks.labels(hook, outcome).inc()
 
-    def proxied(self, status: int) -> None:
-        """Count one proxied request by the status class it was answered with."""
-        self._proxied.labels(f"{status // 100}xx").inc()
+    def proxied(self, status: int, site: str | None = None) -> None:
+        """Count one proxied request by the status class it was answered with (and site)."""
+        status_class = f"{status // 100}xx"
+        self._proxied.labels(status_class).inc()
+        if site is not None:
+            self._site_proxied.labels(site, status_class).inc()
 
     def upstream_latency(self, seconds: float) -> None:
         """Observe the time the site took to send its response headers."""

@@ -41,6 +41,8 @@ class NewEvent:
     # PageView waits for its browser beacon, a Purchase for its payment webhook). None: the
     # outbox's default (`assembly_hold`, or none for a PageView).
     hold: float | None = None
+    # The `[[sites]]` site the event came through (None without sites); stored with it.
+    site: str | None = None
 
     def row_key(self) -> str:
         """See `row_key`."""

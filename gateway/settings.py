@@ -17,10 +17,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
+    model_validator,
 )
 
 from gateway import __version__
+from gateway.sitesettings import Site, SiteTable, resolve_sites
 
 PARTNER_AGENT = f"capi-gateway/{__version__}"
 
@@ -303,6 +306,30 @@ class Settings(BaseModel):
     rules_scan_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
     """decoded bytes of a page scanned for rules that read meta tags, JSON-LD or selectors"""
 
+    sites: list[SiteTable] = Field(default_factory=list)
+    """`[[sites]]` tables: `name`, `hosts`, `default`, and the site's own per-site settings
+    (see "Several sites"); without them one implicit site uses the top-level settings"""
+    _sites: tuple[Site[Settings], ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _resolve_sites(self) -> Settings:
+        self._sites = resolve_sites(self)
+        return self
+
+    def site_list(self) -> tuple[Site[Settings], ...]:
+        """The configured `[[sites]]`, each with its settings filled in (empty: one site)."""
+        return self._sites
+
+    def all_pixels(self) -> list[PixelSettings]:
+        """Every pixel the gateway sends to: the top level's, or each site's."""
+        if not self._sites:
+            return self.effective_pixels()
+        out: dict[str, PixelSettings] = {}
+        for site in self._sites:
+            for pixel in site.settings.effective_pixels():
+                out.setdefault(pixel.id, pixel)
+        return list(out.values())
+
     @field_validator(
         "retention",
         "dead_retention",
@@ -516,7 +543,7 @@ class Settings(BaseModel):
 
     def check_ready_to_send(self) -> None:
         """Raise ConfigError when the gateway could not deliver what it accepts."""
-        pixels = self.effective_pixels()
+        pixels = self.all_pixels()
         if not pixels:
             raise ConfigError(
                 "pixel_id: no pixel configured; set META_PIXEL_ID, --pixel-id or [[pixels]] "

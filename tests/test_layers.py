@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.models",
             "gateway.errors",
             "gateway.settings",
+            "gateway.sitesettings",
             "gateway.config",
             "gateway.metrics",
             "gateway.html.",
@@ -42,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "app",
         (
             "gateway.app",
+            "gateway.siteapp",
             "gateway.cli",
             "gateway.workers",
             "gateway.demo",

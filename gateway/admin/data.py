@@ -115,17 +115,24 @@ async def load_dashboard(
     prefix: str = "/_capi",
     now: float | None = None,
     cache: DayCache | None = None,
+    sites: Sequence[str] | None = None,
+    pixels: frozenset[str] | None = None,
 ) -> Dashboard:
-    """Run the dashboard's queries on an outbox connection."""
+    """Run the dashboard's queries on an outbox connection.
+
+    With `sites`, the events of those sites only (and the blocks of `pixels` only); the
+    `cache` must then be one made for the same sites.
+    """
     now = time.time() if now is None else now
-    coverage, dedup, fired = await day_window(conn, now, cache if cache is not None else DayCache())
+    cache = cache if cache is not None else DayCache(sites)
+    coverage, dedup, fired = await day_window(conn, now, cache)
     names = {r.name for r in rules}
     return Dashboard(
         now=now,
         day_start=float(day_start(now)),
-        timeline=await _timeline(conn, now),
-        delivery=await _delivery(conn, now),
-        dead_letters=await reads.dead_letters(conn, DEAD_SHOWN),
+        timeline=await _timeline(conn, now, sites=sites),
+        delivery=await _delivery(conn, now, sites, pixels),
+        dead_letters=await reads.dead_letters(conn, DEAD_SHOWN, sites),
         coverage=tuple(coverage),
         hints=tuple(_hints(coverage, rules, rules_dir, prefix)),
         dedup=tuple(dedup),
@@ -178,12 +185,18 @@ def _hints(
 # -- the queries ---------------------------------------------------------------------------
 
 
-async def _timeline(conn: aiosqlite.Connection, now: float, minutes: int = 60) -> Timeline:
+async def _timeline(
+    conn: aiosqlite.Connection,
+    now: float,
+    minutes: int = 60,
+    *,
+    sites: Sequence[str] | None = None,
+) -> Timeline:
     # Whole minutes, the current one last, so bars do not shift within a minute.
     end = (int(now) // 60 + 1) * 60
     start = end - minutes * 60
     per_name: dict[str, list[int]] = {}
-    for name, minute, count in await reads.events_per_minute(conn, start):
+    for name, minute, count in await reads.events_per_minute(conn, start, sites):
         if 0 <= minute < minutes:
             per_name.setdefault(name, [0] * minutes)[minute] += count
     series = sorted(
@@ -193,9 +206,17 @@ async def _timeline(conn: aiosqlite.Connection, now: float, minutes: int = 60) -
     return Timeline(float(start), minutes, tuple(series))
 
 
-async def _delivery(conn: aiosqlite.Connection, now: float) -> Delivery:
-    counts = await reads.undelivered_counts(conn)
-    sent = await reads.delivered_since(conn, now - DAY_S)
+async def _delivery(
+    conn: aiosqlite.Connection,
+    now: float,
+    sites: Sequence[str] | None = None,
+    pixels: frozenset[str] | None = None,
+) -> Delivery:
+    counts = await reads.undelivered_counts(conn, sites)
+    sent = await reads.delivered_since(conn, now - DAY_S, sites)
+    blocked = await reads.blocked_pixels(conn)
+    if pixels is not None:
+        blocked = tuple(b for b in blocked if b.pixel_id in pixels)
     return Delivery(
         sent=sent.get("sent", 0) + sent.get("sent-dry", 0),
         sent_dry=sent.get("sent-dry", 0),
@@ -205,5 +226,5 @@ async def _delivery(conn: aiosqlite.Connection, now: float) -> Delivery:
         retrying=counts.get(("pending", True), 0),
         dead=counts.get(("dead", False), 0) + counts.get(("dead", True), 0),
         blocked=counts.get(("blocked", False), 0) + counts.get(("blocked", True), 0),
-        blocked_pixels=await reads.blocked_pixels(conn),
+        blocked_pixels=blocked,
     )

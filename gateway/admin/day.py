@@ -7,7 +7,7 @@ current hour whatever the buffer holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aiosqlite
@@ -75,15 +75,17 @@ class DayCache:
 
     SETTLE = 600.0
 
-    def __init__(self) -> None:
+    def __init__(self, sites: Sequence[str] | None = None) -> None:
         self._hours: dict[int, _Hour] = {}
+        # The sites whose events this cache aggregates (None: every event).
+        self.sites = tuple(sites) if sites is not None else None
 
     async def hour(self, conn: aiosqlite.Connection, start: int, now: float) -> _Hour:
         """The aggregates of the hour starting at `start`, from the cache once settled."""
         cached = self._hours.get(start)
         if cached is not None:
             return cached
-        found = await _scan_hour(conn, start, start + HOUR_S)
+        found = await _scan_hour(conn, start, start + HOUR_S, self.sites)
         if now >= start + HOUR_S + self.SETTLE:
             self._hours[start] = found
             # Hours that left the window are never asked for again.
@@ -152,12 +154,15 @@ def _summarize(groups: _Groups) -> tuple[list[Coverage], list[Dedup]]:
     return coverage, [Dedup(name, *side) for name, side in sides.items()]
 
 
-async def _scan_hour(conn: aiosqlite.Connection, start: float, end: float) -> _Hour:
+async def _scan_hour(
+    conn: aiosqlite.Connection, start: float, end: float, sites: Sequence[str] | None = None
+) -> _Hour:
     """One pass over an hour's rows: per name and source, and the rules that fired."""
     groups: _Groups = {}
     fired: dict[str, int] = {}
     keys = [key for key, _ in MATCH_KEYS]
-    for name, source, rule, fires, *values in await reads.hour_groups(conn, start, end, keys):
+    rows = await reads.hour_groups(conn, start, end, keys, sites)
+    for name, source, rule, fires, *values in rows:
         acc = groups.setdefault((name, source), [0] * len(values))
         for i, n in enumerate(values):
             acc[i] += int(n or 0)

@@ -46,8 +46,11 @@ def render_dashboard(
     dry_run: bool,
     version: str,
     testing: Sequence[PixelInTestMode] = (),
+    sites: Sequence[str] = (),
+    site: str | None = None,
+    tenant: bool = False,
 ) -> str:
-    """The whole dashboard page."""
+    """The whole dashboard page; `sites`: the site selector's choices, `site`: the one shown."""
     s = d.delivery
     tiles = [
         ("sent", "Sent", s.sent, "delivered in the last 24\u00a0h"),
@@ -68,6 +71,9 @@ def render_dashboard(
         dry_run=dry_run,
         version=version,
         testing=testing,
+        sites=sites,
+        site=site,
+        tenant=tenant,
         c=layout(d.timeline),
         series=series_groups(d.timeline),
         tiles=tiles,

@@ -35,6 +35,7 @@ from gateway.admin.session import (
     session_key,
     verify,
 )
+from gateway.admin.tenants import tenant_keys, tenant_session
 from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.ratelimit import RateLimits
@@ -42,6 +43,7 @@ from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
 from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
+from gateway.edge.sites import SITES
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.ops.access import (
@@ -49,6 +51,7 @@ from gateway.ops.access import (
     bearer_matches,
     client_address,
     require_admin,
+    tenant_sites,
 )
 from gateway.pipeline.extract import Extractor
 
@@ -80,6 +83,8 @@ class AdminState:
     """What the dashboard keeps between requests."""
 
     cache: DayCache = field(default_factory=DayCache)
+    # One cache per site selection (a tenant's sites, or one site picked): bounded by config.
+    site_caches: dict[tuple[str, ...], DayCache] = field(default_factory=dict)
     # Guessing the token through the form: ten tries, then one every six seconds per peer.
     logins: RateLimits = field(default_factory=lambda: RateLimits(1 / 6, 10))
     key: bytes | None = None  # the outbox key, read on first use
@@ -104,6 +109,8 @@ class _Hook:
 class _Auth:
     session: Session | None  # None: the request carried the admin token itself
     cookie: str | None = None  # a new session's cookie to set
+    # A tenant's sites (signed in with a site's own admin_token); None: the global operator.
+    sites: frozenset[str] | None = None
 
 
 def add_admin_routes(app: web.Application, prefix: str) -> None:
@@ -131,6 +138,18 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         return _sign_in_first(request)
     settings = request.app[RUNTIME].settings
     rules = _rules(request)
+    shown, choices = _site_selection(request, auth)
+    state = request.app[ADMIN]
+    cache = state.cache
+    pixels = None
+    if shown is not None:
+        cache = state.site_caches.setdefault(shown, DayCache(shown))
+        pixels = frozenset(
+            p.id
+            for site in settings.site_list()
+            if site.name in shown
+            for p in site.settings.effective_pixels()
+        )
     try:
         async with reading(settings.buffer) as conn:
             data = await load_dashboard(
@@ -138,7 +157,9 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
                 rules,
                 rules_dir=settings.rules,
                 prefix=settings.prefix,
-                cache=request.app[ADMIN].cache,
+                cache=cache,
+                sites=shown,
+                pixels=pixels,
             )
     except (sqlite3.Error, OSError) as exc:
         log.error("Reading the outbox for the dashboard failed: %s", exc)
@@ -146,9 +167,12 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     html = render_dashboard(
         data,
         prefix=settings.prefix,
-        csrf=csrf_token(_key(request), auth.session) if auth.session else "",
+        csrf=csrf_token(_auth_key(request, auth), auth.session) if auth.session else "",
         notice=_notice(request),
-        signed_in=bool(settings.admin_token and auth.session),
+        signed_in=bool((settings.admin_token or auth.sites) and auth.session),
+        sites=choices,
+        site=shown[0] if shown is not None and len(shown) == 1 else None,
+        tenant=auth.sites is not None,
         dry_run=settings.dry_run,
         version=__version__,
         testing=pixels_in_test_mode(settings),
@@ -159,10 +183,26 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _site_selection(
+    request: web.Request, auth: _Auth
+) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """The sites whose events to show (None: all) and the selector's choices.
+
+    A tenant sees its own sites, one of them when `?site=` picks it; the global operator
+    sees every event, or one site's when `?site=` names a configured one.
+    """
+    configured = tuple(site.name for site in request.app[RUNTIME].settings.site_list())
+    choices = configured if auth.sites is None else tuple(n for n in configured if n in auth.sites)
+    picked = request.query.get("site")
+    if picked in choices:
+        return (str(picked),), choices
+    return (None if auth.sites is None else choices), choices
+
+
 async def get_login(request: web.Request) -> web.StreamResponse:
     """The sign-in form (only when an admin token is configured)."""
-    settings = request.app[RUNTIME].settings
-    if not settings.admin_token or _session(request) is not None:
+    signed_in = _session(request) is not None or _tenant_session(request) is not None
+    if not _any_token(request) or signed_in:
         return _see_other(request, "/admin")
     return _login_page(request, "", 200)
 
@@ -170,7 +210,7 @@ async def get_login(request: web.Request) -> web.StreamResponse:
 async def post_login(request: web.Request) -> web.StreamResponse:
     """Check the token from the form; a session cookie and the dashboard when it matches."""
     settings = request.app[RUNTIME].settings
-    if not settings.admin_token:
+    if not _any_token(request):
         return _see_other(request, "/admin")
     if not _same_origin(request):
         return json_error(403, "forbidden", "sign in from the dashboard's own page")
@@ -186,11 +226,19 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     if isinstance(form, web.Response):
         return form
     given = (form.get("token") or [""])[0].strip()
-    if not bearer_matches(f"Bearer {given}", settings.admin_token):
+    key = None
+    if settings.admin_token and bearer_matches(f"Bearer {given}", settings.admin_token):
+        key = _key(request)
+    else:
+        # A site's own admin_token: a session for that tenant's sites, under its own key.
+        for token, (tenant_key, _) in _tenant_keys(request).items():
+            if bearer_matches(f"Bearer {given}", token):
+                key = tenant_key
+    if key is None:
         request.app[ADMIN].logins.wait(client)
         log.warning("Dashboard sign-in refused: wrong admin token.")
         return _login_page(request, "That is not the admin token.", 403)
-    value, _ = issue(_key(request), now=int(time.time()))
+    value, _ = issue(key, now=int(time.time()))
     log.info("Dashboard sign-in.")
     response = _see_other(request, "/admin")
     _set_cookie(request, response, value)
@@ -199,7 +247,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
 
 async def post_logout(request: web.Request) -> web.StreamResponse:
     """End the browser's session."""
-    checked = await _action(request)
+    checked = await _action(request, tenant=True)
     if isinstance(checked, web.Response):
         return checked
     response = _see_other(request, "/admin/login")
@@ -281,13 +329,22 @@ async def get_asset(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _action(request: web.Request) -> dict[str, list[str]] | web.Response:
-    """The form of an allowed, same-origin POST carrying its CSRF token; else the refusal."""
+async def _action(
+    request: web.Request, *, tenant: bool = False
+) -> dict[str, list[str]] | web.Response:
+    """The form of an allowed, same-origin POST carrying its CSRF token; else the refusal.
+
+    Tenants may only sign out (`tenant`): the actions reach every site's rows.
+    """
     auth = _authenticate(request)
     if isinstance(auth, web.Response):
         return auth
     if auth is None:
         return _sign_in_first(request)
+    if auth.sites is not None and not tenant:
+        return json_error(
+            403, "forbidden", "a site's dashboard is read-only; the global operator acts"
+        )
     if auth.session is not None and not _same_origin(request):
         return json_error(403, "forbidden", "dashboard actions come from the dashboard's page")
     form = await _form(request)
@@ -295,7 +352,7 @@ async def _action(request: web.Request) -> dict[str, list[str]] | web.Response:
         return form
     if auth.session is not None:
         given = request.headers.get("X-CSRF-Token") or (form.get("csrf") or [""])[0]
-        if not csrf_ok(_key(request), auth.session, given):
+        if not csrf_ok(_auth_key(request, auth), auth.session, given):
             return json_error(
                 403, "forbidden", "missing or stale CSRF token: reload the dashboard and retry"
             )
@@ -328,6 +385,12 @@ def _done(request: web.Request, what: str, count: int) -> web.StreamResponse:
 def _authenticate(request: web.Request) -> _Auth | web.Response | None:
     """The request's credentials; None when it must sign in; a 403 when it may not."""
     settings = request.app[RUNTIME].settings
+    tenant = tenant_sites(request)
+    if tenant:
+        return _Auth(None, sites=tenant)
+    tenant_session = _tenant_session(request)
+    if tenant_session is not None:
+        return _Auth(tenant_session[0], sites=tenant_session[1])
     session = _session(request)
     if settings.admin_token:
         if session is not None:
@@ -355,6 +418,38 @@ def _sign_in_first(request: web.Request) -> web.Response:
 
 def _session(request: web.Request) -> Session | None:
     return verify(_key(request), request.cookies.get(COOKIE), now=int(time.time()))
+
+
+def _any_token(request: web.Request) -> bool:
+    """True when someone signs in: a global or a site's admin token is configured."""
+    return bool(request.app[RUNTIME].settings.admin_token or _tenant_keys(request))
+
+
+def _tenant_keys(request: web.Request) -> dict[str, tuple[bytes, frozenset[str]]]:
+    settings = request.app[RUNTIME].settings
+    if not any(site.admin_token for site in settings.site_list()):
+        return {}
+    return tenant_keys(settings, page_secret(settings, _outbox_key(request)))
+
+
+def _tenant_session(request: web.Request) -> tuple[Session, frozenset[str]] | None:
+    return tenant_session(_tenant_keys(request), request.cookies.get(COOKIE))
+
+
+def _auth_key(request: web.Request, auth: _Auth) -> bytes:
+    """The key the session of `auth` is signed (and its CSRF token made) with."""
+    if auth.sites is not None:
+        for key, names in _tenant_keys(request).values():
+            if names == auth.sites:
+                return key
+    return _key(request)
+
+
+def _outbox_key(request: web.Request) -> bytes:
+    state = request.app[ADMIN]
+    if state.key is None:
+        state.key = load_key(request.app[RUNTIME].settings)
+    return state.key
 
 
 def _key(request: web.Request) -> bytes:
@@ -386,7 +481,7 @@ def _cookie_path(request: web.Request) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    if PAGES in request.app:
+    if PAGES in request.app or SITES in request.app:
         return visitor(request).origin
     return f"{request.scheme}://{request.host}"
 

@@ -41,6 +41,13 @@ def run_check(args: argparse.Namespace, load: Callable[[argparse.Namespace], Set
     if rules_dir is not None:
         found, rules = _check_rules(rules_dir)
         problems += found
+    checked = {rules_dir}
+    for site in settings.site_list() if settings is not None else ():
+        # Each site may have rule files of its own (and so its own webhooks).
+        if site.settings.rules not in checked and site.settings.rules is not None:
+            checked.add(site.settings.rules)
+            found, _ = _check_rules(site.settings.rules)
+            problems += [f"sites.{site.name}.rules: {p}" for p in found]
     if getattr(args, "front_config", None) is not None and settings is not None:
         try:
             for warning in check_front_config(args.front_config, rules, settings):

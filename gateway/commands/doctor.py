@@ -34,9 +34,12 @@ BACKLOG_FAIL = 86400.0
 BUFFER_WARN_SHARE = 0.8
 
 
-def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
-    """Diagnose, print the findings (text or JSON) and return the exit code."""
-    findings = asyncio.run(diagnose(settings))
+def run_doctor(settings: Settings, *, as_json: bool = False, site: str | None = None) -> int:
+    """Diagnose, print the findings (text or JSON) and return the exit code.
+
+    With `site`, `settings` are that site's and the queue numbers are its events'.
+    """
+    findings = asyncio.run(diagnose(settings, site=site))
     code = exit_code(findings)
     if as_json:
         print(json.dumps({"exit_code": code, "findings": [f.as_json() for f in findings]}))
@@ -45,12 +48,14 @@ def run_doctor(settings: Settings, *, as_json: bool = False) -> int:
     return code
 
 
-async def diagnose(settings: Settings, *, graph_timeout: float = GRAPH_TIMEOUT) -> list[Finding]:
+async def diagnose(
+    settings: Settings, *, graph_timeout: float = GRAPH_TIMEOUT, site: str | None = None
+) -> list[Finding]:
     """Every check, in the order they are printed."""
     findings = check_config(settings)
     rules, found = check_rules(settings)
     findings += found
-    findings += await check_buffer(settings, rules)
+    findings += await check_buffer(settings, rules, site=site)
     findings += await check_upstream(settings)
     findings += await check_graph(settings, graph_timeout=graph_timeout)
     return findings
@@ -117,7 +122,9 @@ def check_rules(settings: Settings) -> tuple[Sequence[Any], list[Finding]]:
 # -- the outbox ---------------------------------------------------------------------------
 
 
-async def check_buffer(settings: Settings, rules: Sequence[Any]) -> list[Finding]:
+async def check_buffer(
+    settings: Settings, rules: Sequence[Any], *, site: str | None = None
+) -> list[Finding]:
     """Schema, integrity, size, dead letters, backlog, blocked pixels, key, coverage hints."""
     path = settings.buffer
     if not path.exists():
@@ -130,7 +137,7 @@ async def check_buffer(settings: Settings, rules: Sequence[Any]) -> list[Finding
     except sqlite3.Error as exc:
         return [Finding("buffer", Level.FAIL, f"cannot open {path} ({exc})", _OWNER_FIX)]
     try:
-        return await _inspect(conn, settings, rules)
+        return await _inspect(conn, settings, rules, site)
     except sqlite3.OperationalError as exc:
         # Locked past the busy timeout, or unreadable: not a sign of damage.
         return [Finding("buffer", Level.FAIL, f"cannot read {path} ({exc})", _OWNER_FIX)]
@@ -173,7 +180,7 @@ def _corrupt(path: Path, detail: str) -> Finding:
 
 
 async def _inspect(
-    conn: aiosqlite.Connection, settings: Settings, rules: Sequence[Any]
+    conn: aiosqlite.Connection, settings: Settings, rules: Sequence[Any], site: str | None = None
 ) -> list[Finding]:
     path = settings.buffer
     version = await reads.schema_version(conn)
@@ -205,7 +212,7 @@ async def _inspect(
         )
         return out
     used = await reads.used_bytes(conn)
-    stats = await reads.queue_stats(conn)
+    stats = await reads.queue_stats(conn, site=site)
     out += _buffer_findings(settings, used, stats)
     out += await _key_findings(conn, settings)
     out += await _hint_findings(conn, settings, rules)

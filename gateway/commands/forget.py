@@ -11,6 +11,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from gateway.commands.queue import check_site
 from gateway.config import Sources, load_settings
 from gateway.delivery.forget import Person, PersonError, forget
 from gateway.delivery.schema import SchemaError, connect, write_transaction
@@ -35,6 +36,9 @@ def add_forget_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.add_argument(
+        "--site", help="only events of this [[sites]] site (profiles and stitches: all)"
+    )
 
 
 def run_forget_command(args: argparse.Namespace) -> int:
@@ -45,6 +49,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
     if args.key_file is not None:
         flags["key_file"] = args.key_file
     settings = load_settings(Sources(config_file=args.config, flags=flags))
+    check_site(settings, args.site)
     if not settings.buffer.is_file():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     try:
@@ -57,7 +62,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
         )
     except PersonError as exc:
         raise ConfigError(f"forget: {exc}") from exc
-    counts = asyncio.run(_forget(settings, person))
+    counts = asyncio.run(_forget(settings, person, args.site))
     if args.json:
         print(json.dumps(counts))
     else:
@@ -68,7 +73,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _forget(settings: Settings, person: Person) -> dict[str, int]:
+async def _forget(settings: Settings, person: Person, site: str | None) -> dict[str, int]:
     key = load_key(settings, create=False)
     try:
         conn = await connect(settings.buffer, create=False)
@@ -76,6 +81,6 @@ async def _forget(settings: Settings, person: Person) -> dict[str, int]:
         raise ConfigError(f"buffer: {exc}") from exc
     try:
         async with write_transaction(conn, asyncio.Lock()) as tx:
-            return await forget(tx, Sealer(key), key, person)
+            return await forget(tx, Sealer(key), key, person, site=site)
     finally:
         await conn.close()

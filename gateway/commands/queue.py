@@ -29,6 +29,16 @@ _SEALED = "<sealed: use --reveal>"
 _DELIVERED = ("sent", "sent-dry", "dead")
 
 
+def check_site(settings: Settings, site: str | None) -> None:
+    """ConfigError unless `site` (from `--site`) is None or names a configured site."""
+    if site is None:
+        return
+    names = [s.name for s in settings.site_list()]
+    if site not in names:
+        known = ", ".join(names) if names else "none: the config has no [[sites]]"
+        raise ConfigError(f"--site: no site is named {site!r} (configured: {known})")
+
+
 def run_queue_command(args: argparse.Namespace) -> int:
     """Run one queue subcommand; the exit code is 0 on success."""
     flags: dict[str, Any] = {}
@@ -41,6 +51,7 @@ def run_queue_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     if not settings.buffer.is_file():
         raise ConfigError(f"buffer: {settings.buffer} is not a file; pass the outbox file")
+    check_site(settings, args.site)
     state = getattr(args, "state", None)
     if state is not None and state not in STATES:
         raise ConfigError(f"--state: {state!r} is not one of {', '.join(STATES)}")
@@ -55,7 +66,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         command = args.queue_command
         if command == "stats":
-            return _print_stats(await queue_stats(conn), as_json=args.json)
+            return _print_stats(await queue_stats(conn, site=args.site), as_json=args.json)
         if command in ("list", "export"):
             sealer = Sealer(load_key(settings, create=False)) if args.reveal else None
             rows = await list_events(conn, _which(args), limit=args.limit)
@@ -81,6 +92,7 @@ def _which(args: argparse.Namespace, *, otherwise: tuple[str, ...] = ()) -> Even
         pixel_id=args.pixel_id,
         ids=tuple(args.id or ()),
         states=otherwise,
+        site=args.site,
     )
 
 

@@ -87,10 +87,19 @@ class Person:
 
 
 async def forget(
-    conn: aiosqlite.Connection, sealer: Sealer, key: bytes, person: Person
+    conn: aiosqlite.Connection,
+    sealer: Sealer,
+    key: bytes,
+    person: Person,
+    *,
+    site: str | None = None,
 ) -> dict[str, int]:
-    """Erase `person` (run inside a write transaction); counts of what was removed."""
-    events, seen_fbps = await _scrub_events(conn, sealer, person)
+    """Erase `person` (run inside a write transaction); counts of what was removed.
+
+    With `site`, only that site's events are scrubbed; profiles and stitched visits carry
+    no site and are erased whichever site they came through.
+    """
+    events, seen_fbps = await _scrub_events(conn, sealer, person, site)
     fbps = person.fbps | seen_fbps
     policy = ProfilePolicy.from_key(key, ttl=1, max_profiles=1)
     removed_profiles = await profiles.forget(
@@ -103,7 +112,7 @@ async def forget(
 
 
 async def _scrub_events(
-    conn: aiosqlite.Connection, sealer: Sealer, person: Person
+    conn: aiosqlite.Connection, sealer: Sealer, person: Person, site: str | None = None
 ) -> tuple[int, set[str]]:
     marks = ",".join("?" * len(_UNSENT))
     sql = (
@@ -111,6 +120,9 @@ async def _scrub_events(
         f"WHERE state IN ({marks})"
     )
     values: list[Any] = list(_UNSENT)
+    if site is not None:
+        sql += " AND site = ?"
+        values.append(site)
     if not person.fbps:
         # Hashes sit in the payload in clear: let SQLite skip the rows without them.
         sql += " AND (" + " OR ".join("instr(payload, ?) > 0" for _ in person.hashes) + ")"

@@ -290,16 +290,22 @@ class Outbox:
     # leasing and results ------------------------------------------------------------
 
     async def claim(
-        self, owner: str, *, limit: int, lease: float, now: float | None = None
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        skip: Sequence[str] = (),
     ) -> list[Claimed]:
-        """Lease up to `limit` due rows of unblocked pixels to `owner`.
+        """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`.
 
         With profiles on, each event of a known visitor gets the identifiers it lacks from
         the visitor's profile, recorded on the row (what is sent is what the row shows).
         """
         now = time.time() if now is None else now
         async with self._transaction() as conn:
-            rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now)
+            rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now, skip=skip)
         rows.sort(key=lambda r: int(r[0]))
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:

@@ -96,31 +96,55 @@ class BufferReader:
                 )
             )
 
-    async def snapshot(self) -> QueueSnapshot:
-        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter."""
+    async def site_states(self, sites: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Rows per state of each of `sites` (every state present, every site listed)."""
+        out = {site: dict.fromkeys(STATES, 0) for site in sites}
+        if not sites:
+            return out
+        only, values = site_filter(sites)
+        async with (
+            self._lock,
+            self._conn.execute(
+                f"SELECT site, state, COUNT(*) FROM events WHERE 1{only} GROUP BY site, state",
+                values,
+            ) as cur,
+        ):
+            for site, state, count in await cur.fetchall():
+                out[str(site)][str(state)] = int(count)
+        return out
+
+    async def snapshot(self, sites: Sequence[str] | None = None) -> QueueSnapshot:
+        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter.
+
+        With `sites`, the numbers of those sites' events only (a tenant's view).
+        """
         now = time.time()
         async with self._lock:
             # One read transaction: the numbers belong to the same moment.
             await self._conn.execute("BEGIN")
             try:
-                return await self._snapshot(now)
+                return await self._snapshot(now, sites)
             finally:
                 await self._conn.execute("COMMIT")
 
-    async def _snapshot(self, now: float) -> QueueSnapshot:
+    async def _snapshot(self, now: float, sites: Sequence[str] | None) -> QueueSnapshot:
         conn = self._conn
-        oldest = await oldest_pending(conn)
-        last = await _scalar(conn, "SELECT MAX(sent_at) FROM events WHERE state='sent'")
+        only, values = site_filter(sites)
+        oldest = await oldest_pending(conn, sites)
+        last = await _scalar(
+            conn, f"SELECT MAX(sent_at) FROM events WHERE state='sent'{only}", *values
+        )
         async with conn.execute(
             "SELECT pixel_id, last_error, fbtrace_id, sent_at FROM events "
-            "WHERE state='dead' ORDER BY sent_at DESC LIMIT 1"
+            f"WHERE state='dead'{only} ORDER BY sent_at DESC LIMIT 1",
+            values,
         ) as cur:
             row = await cur.fetchone()
         dead = None
         if row is not None:
             dead = DeadLetter(str(row[0]), str(row[1] or ""), row[2], float(row[3] or 0.0))
         return QueueSnapshot(
-            states=await state_counts(conn),
+            states=await state_counts(conn, sites),
             oldest_pending_age=max(0.0, now - oldest) if oldest is not None else None,
             last_delivery=float(last) if last is not None else None,
             blocked=await blocked_pixels(conn),
@@ -160,19 +184,36 @@ async def reading(path: Path, *, must_exist: bool = False) -> AsyncIterator[aios
 # -- the queue's numbers (status, health, /metrics, `queue stats`, doctor) --------------------
 
 
-async def state_counts(conn: aiosqlite.Connection) -> dict[str, int]:
-    """Rows per state, every state present."""
+def site_filter(sites: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """` AND site IN (...)` and its values for `sites` (None: every row, no clause)."""
+    if sites is None:
+        return "", []
+    return f" AND site IN ({','.join('?' * len(sites))})" if sites else " AND 0", list(sites)
+
+
+async def state_counts(
+    conn: aiosqlite.Connection, sites: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Rows per state, every state present (of `sites` only, when given)."""
     states = dict.fromkeys(STATES, 0)
-    async with conn.execute("SELECT state, COUNT(*) FROM events GROUP BY state") as cur:
+    only, values = site_filter(sites)
+    async with conn.execute(
+        f"SELECT state, COUNT(*) FROM events WHERE 1{only} GROUP BY state", values
+    ) as cur:
         for state, count in await cur.fetchall():
             states[str(state)] = int(count)
     return states
 
 
-async def oldest_pending(conn: aiosqlite.Connection) -> float | None:
+async def oldest_pending(
+    conn: aiosqlite.Connection, sites: Sequence[str] | None = None
+) -> float | None:
     """When the oldest event still waiting to be sent was stored (Unix time)."""
+    only, values = site_filter(sites)
     oldest = await _scalar(
-        conn, "SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight')"
+        conn,
+        f"SELECT MIN(created_at) FROM events WHERE state IN ('pending','inflight'){only}",
+        *values,
     )
     return None if oldest is None else float(oldest)
 
@@ -195,18 +236,26 @@ async def used_bytes(conn: aiosqlite.Connection) -> int:
     return int((pages - free) * size)
 
 
-async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> dict[str, Any]:
-    """The numbers `queue stats` and doctor show: per state, per event name, oldest, blocks."""
+async def queue_stats(
+    conn: aiosqlite.Connection, now: float | None = None, *, site: str | None = None
+) -> dict[str, Any]:
+    """The numbers `queue stats` and doctor show: per state, per event name, oldest, blocks.
+
+    With `site`, that site's events only (blocked pixels are listed whoever they belong to).
+    """
     now = time.time() if now is None else now
     states: dict[str, int] = dict.fromkeys(STATES, 0)
     by_name: dict[str, dict[str, int]] = {}
+    sites = None if site is None else (site,)
+    only, values = site_filter(sites)
     async with conn.execute(
-        "SELECT event_name, state, COUNT(*) FROM events GROUP BY event_name, state"
+        f"SELECT event_name, state, COUNT(*) FROM events WHERE 1{only} GROUP BY event_name, state",
+        values,
     ) as cur:
         for name, state, count in await cur.fetchall():
             states[state] = states.get(state, 0) + count
             by_name.setdefault(name, {})[state] = count
-    oldest = await oldest_pending(conn)
+    oldest = await oldest_pending(conn, sites)
     return {
         "states": states,
         "by_event_name": dict(sorted(by_name.items())),
@@ -226,31 +275,41 @@ async def queue_stats(conn: aiosqlite.Connection, now: float | None = None) -> d
 # -- the dashboard ----------------------------------------------------------------------------
 
 
-async def events_per_minute(conn: aiosqlite.Connection, start: float) -> list[tuple[str, int, int]]:
+async def events_per_minute(
+    conn: aiosqlite.Connection, start: float, sites: Sequence[str] | None = None
+) -> list[tuple[str, int, int]]:
     """(event name, minute since `start`, rows) for the rows stored since `start`."""
+    only, values = site_filter(sites)
     async with conn.execute(
         "SELECT event_name, CAST((created_at - ?) / 60 AS INTEGER) AS minute, COUNT(*) "
-        "FROM events WHERE created_at >= ? GROUP BY event_name, minute",
-        (start, start),
+        f"FROM events WHERE created_at >= ?{only} GROUP BY event_name, minute",
+        (start, start, *values),
     ) as cur:
         return [(str(n), int(m), int(c)) for n, m, c in await cur.fetchall()]
 
 
-async def undelivered_counts(conn: aiosqlite.Connection) -> dict[tuple[str, bool], int]:
+async def undelivered_counts(
+    conn: aiosqlite.Connection, sites: Sequence[str] | None = None
+) -> dict[tuple[str, bool], int]:
     """Rows not delivered, by (state, tried at least once)."""
+    only, values = site_filter(sites)
     async with conn.execute(
         "SELECT state, attempts > 0, COUNT(*) FROM events "
-        "WHERE state IN ('pending','inflight','dead','blocked') GROUP BY 1, 2"
+        f"WHERE state IN ('pending','inflight','dead','blocked'){only} GROUP BY 1, 2",
+        values,
     ) as cur:
         return {(str(s), bool(tried)): int(n) for s, tried, n in await cur.fetchall()}
 
 
-async def delivered_since(conn: aiosqlite.Connection, since: float) -> dict[str, int]:
+async def delivered_since(
+    conn: aiosqlite.Connection, since: float, sites: Sequence[str] | None = None
+) -> dict[str, int]:
     """Rows sent (or recorded by --dry-run) since `since`, by state."""
+    only, values = site_filter(sites)
     async with conn.execute(
-        "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ? "
-        "GROUP BY state",
-        (since,),
+        "SELECT state, COUNT(*) FROM events WHERE state IN ('sent','sent-dry') AND sent_at >= ?"
+        f"{only} GROUP BY state",
+        (since, *values),
     ) as cur:
         return {str(s): int(n) for s, n in await cur.fetchall()}
 
@@ -270,12 +329,15 @@ class DeadRow:
     died_at: float | None
 
 
-async def dead_letters(conn: aiosqlite.Connection, limit: int) -> tuple[DeadRow, ...]:
+async def dead_letters(
+    conn: aiosqlite.Connection, limit: int, sites: Sequence[str] | None = None
+) -> tuple[DeadRow, ...]:
     """The newest `limit` dead letters, newest first."""
+    only, values = site_filter(sites)
     async with conn.execute(
         "SELECT id, pixel_id, event_name, event_id, source, attempts, last_error, fbtrace_id, "
-        "sent_at FROM events WHERE state='dead' ORDER BY sent_at DESC, id DESC LIMIT ?",
-        (limit,),
+        f"sent_at FROM events WHERE state='dead'{only} ORDER BY sent_at DESC, id DESC LIMIT ?",
+        (*values, limit),
     ) as cur:
         return tuple(
             DeadRow(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8])
@@ -292,7 +354,11 @@ async def has_match_keys(conn: aiosqlite.Connection) -> bool:
 
 
 async def hour_groups(
-    conn: aiosqlite.Connection, start: float, end: float, keys: Sequence[str]
+    conn: aiosqlite.Connection,
+    start: float,
+    end: float,
+    keys: Sequence[str],
+    sites: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """One pass over the rows stored in [start, end), grouped by event name, source and rule.
 
@@ -300,6 +366,7 @@ async def hour_groups(
     twin, rows with known keys, then rows carrying each of `keys` (match keys, in order).
     """
     sums = ", ".join("SUM(instr(k, ',' || ? || ',') > 0)" for _ in keys)
+    only, values = site_filter(sites)
     # Rows written before the match_keys column existed have NULL keys: COUNT(k) leaves
     # them out of the coverage denominator instead of counting them as carrying nothing.
     # One event per pixel shares its event_id: a rule's firing is counted once.
@@ -307,8 +374,9 @@ async def hour_groups(
         f"SELECT event_name, source, rule, COUNT(DISTINCT CASE WHEN rule IS NOT NULL "
         f"THEN event_id END), COUNT(*), SUM(twin), COUNT(k), {sums} "
         "FROM (SELECT event_name, source, rule, event_id, twin, ',' || match_keys || ',' AS k "
-        "FROM events WHERE created_at >= ? AND created_at < ?) GROUP BY event_name, source, rule",
-        (*keys, start, end),
+        f"FROM events WHERE created_at >= ? AND created_at < ?{only}) "
+        "GROUP BY event_name, source, rule",
+        (*keys, start, end, *values),
     ) as cur:
         return [tuple(r) for r in await cur.fetchall()]
 
@@ -324,6 +392,7 @@ class EventFilter:
     event_name: str | None = None
     pixel_id: str | None = None
     ids: tuple[int, ...] = ()
+    site: str | None = None
     states: tuple[str, ...] = ()
 
     def where(self) -> tuple[str, list[Any]]:
@@ -334,6 +403,7 @@ class EventFilter:
             ("state", self.state),
             ("event_name", self.event_name),
             ("pixel_id", self.pixel_id),
+            ("site", self.site),
         ):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -399,8 +469,8 @@ def _existing(path: Path) -> str:
     return f"{path.resolve().as_uri()}?mode=rw"
 
 
-async def _scalar(conn: aiosqlite.Connection, sql: str) -> Any:
-    async with conn.execute(sql) as cur:
+async def _scalar(conn: aiosqlite.Connection, sql: str, *values: Any) -> Any:
+    async with conn.execute(sql, values) as cur:
         row = await cur.fetchone()
     return row[0] if row else None
 

@@ -22,9 +22,10 @@ from gateway.pipeline.normalize import CLEAR_FIELDS
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
-    "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources"
+    "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
+    "site"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?)"
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?)"
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
@@ -78,6 +79,7 @@ async def insert(
                 keys,
                 keys,
                 json.dumps([assembly.label(ev.source, ev.rule)]),
+                ev.site,
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         async with conn.execute(sql + _ON_CONFLICT, params) as cur:
@@ -220,9 +222,15 @@ def match_keys(hashed: Any, clear: Mapping[str, Any]) -> str:
 
 
 async def claim(
-    conn: aiosqlite.Connection, owner: str, *, limit: int, lease: float, now: float
+    conn: aiosqlite.Connection,
+    owner: str,
+    *,
+    limit: int,
+    lease: float,
+    now: float,
+    skip: Sequence[str] = (),
 ) -> list[Any]:
-    """Lease due rows of unblocked pixels; raw rows in CLAIMED_COLUMNS order."""
+    """Lease due rows of unblocked pixels (none of `skip`); raw rows in CLAIMED_COLUMNS order."""
     # Leases of crashed or stuck workers come back to the pool.
     await conn.execute(
         "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
@@ -233,12 +241,13 @@ async def claim(
         "UPDATE events SET state='blocked' WHERE state='pending' "
         "AND pixel_id IN (SELECT pixel_id FROM blocked_pixels)"
     )
+    others = f" AND pixel_id NOT IN ({','.join('?' * len(skip))})" if skip else ""
     async with conn.execute(
         "UPDATE events SET state='inflight', lease_owner=?, lease_expires=?, "
         "attempts=attempts+1 WHERE id IN (SELECT id FROM events "
-        "WHERE state='pending' AND next_attempt_at <= ? "
+        f"WHERE state='pending' AND next_attempt_at <= ?{others} "
         f"ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}",
-        (owner, now + lease, now, limit),
+        (owner, now + lease, now, *skip, limit),
     ) as cur:
         return list(await cur.fetchall())
 

@@ -98,6 +98,12 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX profiles_expires ON profiles (expires_at);
     """,
+    # The `[[sites]]` site each event came through (NULL: stored without sites), so that
+    # a tenant's views and `--site` commands read their own rows only.
+    """
+    ALTER TABLE events ADD COLUMN site TEXT;
+    CREATE INDEX events_site ON events (site, created_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

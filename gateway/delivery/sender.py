@@ -96,6 +96,10 @@ class Sender:
         self.pixels = {p.id: p for p in pixels}
         self._buckets: dict[str, TokenBucket] = {}
         self._slots = asyncio.Semaphore(options.concurrency)
+        # Batches in flight per pixel: a pixel at its share of the slots is left out of the
+        # next claim, so its backlog, rate limit or slow answers never hold another's sends.
+        self._busy: dict[str, int] = {}
+        self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._next_probe = 0.0
@@ -126,9 +130,11 @@ class Sender:
                 self._slots.release()
                 break
             self.outbox.new_work.clear()
+            self._freed.clear()
+            skip = self._saturated()
             try:
                 rows = await self.outbox.claim(
-                    self.owner, limit=self.options.batch_size, lease=self.options.lease
+                    self.owner, limit=self.options.batch_size, lease=self.options.lease, skip=skip
                 )
             except Exception as exc:
                 self._slots.release()
@@ -137,20 +143,45 @@ class Sender:
                 continue
             if not rows:
                 self._slots.release()
-                await self._idle()
+                # Rows of a saturated pixel may be due: wait for a send to end, not for them.
+                await (self._until_freed() if skip else self._idle())
                 continue
             if self._stopping.is_set():
                 # stop() came while we were claiming: hand these straight back.
                 self._slots.release()
                 await self._release([r.id for r in rows])
                 break
-            task = asyncio.create_task(self._deliver(rows), name="sender-batch")
+            pixels = {r.pixel_id for r in rows}
+            for pixel_id in pixels:
+                self._busy[pixel_id] = self._busy.get(pixel_id, 0) + 1
+            task = asyncio.create_task(self._deliver(rows, pixels), name="sender-batch")
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+
+    def _saturated(self) -> tuple[str, ...]:
+        """Pixels holding their share of the send slots (half of them, with several pixels)."""
+        if len(self.pixels) < 2:
+            return ()
+        share = max(1, self.options.concurrency // 2)
+        return tuple(sorted(p for p, n in self._busy.items() if n >= share))
+
+    async def _until_freed(self) -> None:
+        waits = {
+            asyncio.ensure_future(self._freed.wait()),
+            asyncio.ensure_future(self.outbox.new_work.wait()),
+        }
+        try:
+            await asyncio.wait(
+                waits, timeout=self.options.poll_interval, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
+        self._freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("A send task failed: %r", task.exception())
 
@@ -263,15 +294,26 @@ class Sender:
 
     # sending -------------------------------------------------------------------
 
-    async def _deliver(self, rows: list[Claimed]) -> None:
+    async def _deliver(self, rows: list[Claimed], pixels: set[str]) -> None:
         open_ids = {r.id for r in rows}
         try:
             groups: dict[tuple[str, str | None], list[Claimed]] = {}
             for row in rows:
                 groups.setdefault((row.pixel_id, row.test_event_code), []).append(row)
-            for (pixel_id, _), items in groups.items():
-                await self._deliver_group(pixel_id, items, open_ids)
+            # Side by side: one pixel's rate limit or slow answer does not hold the others'.
+            await asyncio.gather(
+                *(
+                    self._deliver_group(pixel_id, items, open_ids)
+                    for (pixel_id, _), items in groups.items()
+                )
+            )
         finally:
+            for pixel_id in pixels:
+                left = self._busy.get(pixel_id, 1) - 1
+                if left > 0:
+                    self._busy[pixel_id] = left
+                else:
+                    self._busy.pop(pixel_id, None)
             if open_ids:
                 # Cancelled at shutdown (or failed): these rows were never answered.
                 await self._release(open_ids)

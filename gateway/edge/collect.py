@@ -19,10 +19,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, PAGES, RUNTIME
+from gateway.appkeys import INTAKE, METRICS
 from gateway.edge import pagetoken
 from gateway.edge.bodies import read_whole
 from gateway.edge.intake import Refused
+from gateway.edge.sites import pages_for, runtime_for
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.pipeline.events import prepare
@@ -53,9 +54,13 @@ def same_origin(request: web.Request, origin: str) -> bool:
 
 async def post_collect(request: web.Request) -> web.StreamResponse:
     """Validate a beacon and store its events; 204 once they are durable."""
-    settings = request.app[RUNTIME].settings
-    pages = request.app[PAGES]
+    runtime = runtime_for(request)
+    settings = runtime.settings
+    pages = pages_for(request)
     who = visitor(request)
+    if pages is None:
+        # With `[[sites]]`, a host no site claims served no page: there is no token to check.
+        return json_error(421, "misdirected request", f"no site answers for host {who.host!r}")
     origin = who.origin
     if not same_origin(request, origin):
         return json_error(403, "forbidden", "beacons are accepted from the site's own pages only")
@@ -109,7 +114,7 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         "now": now,
     }
     built: list[dict[str, Any]] = []
-    rules = request.app[RUNTIME].rules
+    rules = runtime.rules
     fired: dict[str, str] = {}  # event_id -> the click/submit rule that made it
     for index, event in enumerate(events):
         problem = _check(event, claims.event_id)

@@ -9,9 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
+from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES, Runtime
 from gateway.edge.intake import Refused
+from gateway.edge.sites import SITES
 from gateway.edge.stitching import StitchLookupFailed, stitch_events
+from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 from gateway.pipeline.jsonsafe import non_finite_path
@@ -33,9 +35,59 @@ def authorized(header: str | None, keys: list[str]) -> bool:
     return found
 
 
+def _site_of_key(request: web.Request) -> Runtime | web.Response:
+    """With `[[sites]]`: the runtime of the site whose key was sent; 403 on another's host."""
+    holder = request.app[SITES]
+    header = request.headers.get("Authorization")
+    for name, stages in holder.router.by_name.items():
+        if authorized(header, stages.runtime.settings.events_api_keys):
+            host_site = visitor(request).site
+            if host_site is not None and host_site != name:
+                return json_error(
+                    403,
+                    "forbidden",
+                    f"this key belongs to site {name!r}, not to site {host_site!r} "
+                    f"that host {visitor(request).host!r} is for; post to your own site's host",
+                )
+            return stages.runtime
+    return json_error(
+        401,
+        "unauthorized",
+        "send one of your site's events_api_keys as 'Authorization: Bearer <key>'",
+        headers={"WWW-Authenticate": 'Bearer realm="capi-gateway"'},
+    )
+
+
+def _foreign_pixel(data: list[Any], runtime: Runtime) -> web.Response | None:
+    """403 naming the first event's pixel that is not one of the key's site's pixels."""
+    own = {t.pixel_id for t in runtime.context.targets}
+    for index, event in enumerate(data):
+        pixel = event.get("pixel_id") if isinstance(event, dict) else None
+        if pixel is not None and str(pixel) not in own:
+            return json_error(
+                403,
+                "forbidden",
+                [
+                    {
+                        "index": index,
+                        "field": "pixel_id",
+                        "message": f"pixel {pixel} is not one of this key's site's pixels "
+                        f"({', '.join(sorted(own))}); a key posts for its own site only",
+                    }
+                ],
+            )
+    return None
+
+
 async def post_events(request: web.Request) -> web.StreamResponse:
     """Validate a batch, store it durably, answer 202 with the event ids."""
-    runtime = request.app[RUNTIME]
+    if SITES in request.app:
+        found = _site_of_key(request)
+        if isinstance(found, web.Response):
+            return found
+        runtime = found
+    else:
+        runtime = request.app[RUNTIME]
     settings = runtime.settings
     if not settings.events_api_keys:
         return json_error(
@@ -65,6 +117,10 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         return json_error(
             400, "too many events", f"{len(data)} events; send at most {MAX_EVENTS} per request"
         )
+    if SITES in request.app:
+        foreign = _foreign_pixel(data, runtime)
+        if foreign is not None:
+            return foreign
     code = body.get("test_event_code")
     if code is not None and not isinstance(code, str):
         return json_error(400, "invalid request", "test_event_code must be a string")

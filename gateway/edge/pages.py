@@ -102,7 +102,10 @@ class PageCounters:
 class PageViews:
     """Decides, per HTML document, the tag, the cookies and the server PageView."""
 
-    def __init__(self, settings: Settings, intake: Intake, secret: bytes) -> None:
+    def __init__(
+        self, settings: Settings, intake: Intake, secret: bytes, *, site: str | None = None
+    ) -> None:
+        self.site = site
         self.intake = intake
         self.secret = secret
         self.counters = PageCounters(metrics=intake.metrics)
@@ -123,6 +126,7 @@ class PageViews:
             targets=[Target(p.id, p.test_event_code) for p in pixels],
             default_country=settings.default_country,
             max_future_skew=settings.max_future_skew,
+            site=self.site,
             source="proxy",
         )
         # Only real pixel ids go into the page: the dry-run placeholder means "none".
@@ -132,6 +136,7 @@ class PageViews:
             targets=self.context.targets,
             default_country=settings.default_country,
             max_future_skew=settings.max_future_skew,
+            site=self.site,
             source="collect",
         )
         self.rate_limits = RateLimits(settings.collect_rate, settings.collect_burst)

@@ -78,7 +78,7 @@ class Visitor:
     scheme: str
     host: str
     user_agent: str
-    # The configured site this request is for; one site today (several sites: a later issue).
+    # The `[[sites]]` site whose host this is (None: no sites configured, or an unclaimed host).
     site: str | None = None
     _request: web.Request | None = field(default=None, repr=False, compare=False)
     _rules: VisitorRules | None = field(default=None, repr=False, compare=False)
@@ -86,19 +86,30 @@ class Visitor:
     _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def of(cls, request: web.Request, rules: VisitorRules) -> Visitor:
-        """Build the visitor of `request` (use `visitor(request)`, which builds it once)."""
+    def of(
+        cls, request: web.Request, rules: VisitorRules, sites: SiteLookup | None = None
+    ) -> Visitor:
+        """Build the visitor of `request` (use `visitor(request)`, which builds it once).
+
+        With `sites`, the host picks the site, and that site's rules (consent, bots) apply.
+        """
         trusted = rules.peer_trusted(request.remote)
         scheme, host = request.scheme, request.host
         if trusted:
             headers = request.headers
             scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
             host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        site = None
+        if sites is not None:
+            found = sites(host)
+            if found is not None:
+                site, rules = found
         return cls(
             peer_trusted=trusted,
             scheme=scheme,
             host=host,
             user_agent=request.headers.get("User-Agent", ""),
+            site=site,
             _request=request,
             _rules=rules,
         )
@@ -197,12 +208,17 @@ class Visitor:
         return user_data
 
     def page_client(self) -> str:
-        """What a page token is bound to: this visitor's IP and user agent."""
-        return f"{self.client_ip or ''}|{self.user_agent}"
+        """What a page token is bound to: this visitor's IP and user agent (and site)."""
+        client = f"{self.client_ip or ''}|{self.user_agent}"
+        # A token from site A's page fails on site B's host: the site enters the MAC.
+        return client if self.site is None else f"{client}|{self.site}"
 
 
 # The rules in force, read per request so that a reload applies (the app owns them).
 VISITOR_RULES: web.AppKey[Callable[[], VisitorRules]] = web.AppKey("visitor_rules")
+# Host -> (site name, its rules); installed only with `[[sites]]` (gateway.edge.sites).
+SiteLookup = Callable[[str], "tuple[str, VisitorRules] | None"]
+SITE_LOOKUP: web.AppKey[SiteLookup] = web.AppKey("site_lookup")
 _KEY = web.RequestKey("visitor", Visitor)
 
 
@@ -212,5 +228,6 @@ def visitor(request: web.Request) -> Visitor:
         return request[_KEY]
     except KeyError:
         # Not `request.get`: that is the same try, one Python frame deeper, on every call.
-        found = request[_KEY] = Visitor.of(request, request.app[VISITOR_RULES]())
+        app = request.app
+        found = request[_KEY] = Visitor.of(request, app[VISITOR_RULES](), app.get(SITE_LOOKUP))
         return found

@@ -18,10 +18,12 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
+from gateway.appkeys import INTAKE, METRICS, STITCHES
 from gateway.delivery.stitch import Stitches
 from gateway.edge.intake import Refused
+from gateway.edge.sites import SITES, runtime_for, site_stages
 from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
+from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, prepare
@@ -34,7 +36,12 @@ log = logging.getLogger("gateway.webhooks")
 
 async def post_hook(request: web.Request) -> web.StreamResponse:
     """Verify, map and store one webhook delivery."""
-    runtime = request.app[RUNTIME]
+    if SITES in request.app and site_stages(request) is None:
+        # Webhooks are per site: the host says whose rule files (and secrets) apply.
+        return json_error(
+            421, "misdirected request", f"no site answers for host {visitor(request).host!r}"
+        )
+    runtime = runtime_for(request)
     name = request.match_info["hook"]
     mappings = runtime.rules.hook(name)
     if not mappings:
@@ -161,6 +168,7 @@ def _webhook_context(context: Context) -> Context:
         targets=context.targets,
         default_country=context.default_country,
         max_future_skew=context.max_future_skew,
+        site=context.site,
         source="webhook",
     )
 

@@ -5,6 +5,9 @@ Without it, only clients in `admin_networks` (loopback by default). A request th
 through a proxy (it carries `X-Forwarded-For` or `Forwarded`) is not local: behind nginx
 on the same host every socket peer is loopback, so such a request counts as the client
 address the trusted proxies name, and from an untrusted peer it is refused outright.
+
+With `[[sites]]`, a site's own `admin_token` opens `/status`, `/metrics` and the dashboard
+for that site alone (a tenant); `operator_scope` says which sites a request may see.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from aiohttp import web
 
 from gateway.appkeys import RUNTIME
 from gateway.edge.identity import networks, trusted_peer
+from gateway.edge.sites import SITES
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 
@@ -73,6 +77,35 @@ def admin_allowed(request: web.Request) -> bool:
     if settings.admin_token:
         return bearer_matches(request.headers.get("Authorization"), settings.admin_token)
     return _local(request, settings.admin_networks)
+
+
+def tenant_sites(request: web.Request) -> frozenset[str]:
+    """The sites whose own `admin_token` the request carries (empty: none, or no sites)."""
+    holder = request.app.get(SITES)
+    if holder is None:
+        return frozenset()
+    header = request.headers.get("Authorization")
+    if not header:
+        return frozenset()
+    return frozenset(
+        name
+        for name, stages in holder.router.by_name.items()
+        if stages.runtime.settings.admin_token
+        and bearer_matches(header, stages.runtime.settings.admin_token)
+    )
+
+
+def operator_scope(request: web.Request) -> frozenset[str] | web.Response | None:
+    """None: the global operator (sees all); a tenant's sites; else the refusal to answer.
+
+    A tenant token counts before the address: a tenant on the admin network still sees
+    its own sites only.
+    """
+    tenant = tenant_sites(request)
+    if tenant:
+        return tenant
+    denied = require_admin(request)
+    return denied if denied is not None else None
 
 
 def require_admin(request: web.Request) -> web.Response | None:

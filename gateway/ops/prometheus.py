@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -23,10 +23,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, METRICS
+from gateway.appkeys import BUFFER_READER, METRICS, RUNTIME
 from gateway.delivery.reads import BufferReader, QueueSnapshot
 from gateway.metrics import MULTIPROC_ENV, Metrics
-from gateway.ops.access import require_admin
+from gateway.ops.access import operator_scope
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.metrics")
@@ -119,6 +119,48 @@ class _QueueCollector:
         )
 
 
+class _SiteCollector:
+    """Each configured site's events by state: `site` values come from the config only."""
+
+    def __init__(self, states: dict[str, dict[str, int]]) -> None:
+        self.states = states
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "capi_gateway_site_queue_events",
+            "Events in the outbox by site and state.",
+            labels=["site", "state"],
+        )
+        for site, states in self.states.items():
+            for state, count in states.items():
+                depth.add_metric([site, state], float(count))
+        yield depth
+
+
+class _TenantSeries:
+    """The `site`-labelled counters of `sites` only, out of the process-wide registry."""
+
+    def __init__(self, registry: CollectorRegistry, sites: Sequence[str]) -> None:
+        self.registry = registry
+        self.sites = frozenset(sites)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            if not metric.name.startswith("capi_gateway_site_"):
+                continue
+            samples = [s for s in metric.samples if s.labels.get("site") in self.sites]
+            if samples:
+                copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+                copy.samples = samples
+                yield copy
+
+
 def metrics_for_settings(settings: Settings) -> Metrics:
     """Shared across workers when `serve --workers N` prepared the directory, else own."""
     path = os.environ.get(MULTIPROC_ENV)
@@ -132,30 +174,53 @@ def metrics_for_settings(settings: Settings) -> Metrics:
 # exposition -------------------------------------------------------------------------------
 
 
-async def render(metrics: Metrics, reader: BufferReader | None, accept: str) -> tuple[bytes, str]:
-    """The exposition body and its content type (OpenMetrics when asked for)."""
+async def render(
+    metrics: Metrics,
+    reader: BufferReader | None,
+    accept: str,
+    *,
+    sites: Sequence[str] = (),
+    tenant: bool = False,
+) -> tuple[bytes, str]:
+    """The exposition body and its content type (OpenMetrics when asked for).
+
+    `sites`: the configured sites to give `site`-labelled series for; a `tenant` gets those
+    only (the process-wide series mix every site's traffic).
+    """
     snapshot = None
+    per_site: dict[str, dict[str, int]] | None = None
     if reader is not None:
         try:
-            snapshot = await reader.snapshot()
+            snapshot = await reader.snapshot(sites if tenant else None)
+            per_site = await reader.site_states(sites) if sites else None
         except (sqlite3.Error, ValueError, OSError) as exc:
             # The scrape still answers: capi_gateway_buffer_readable 0 is the alert.
             log.error("Reading the outbox for /metrics failed: %s", exc)
     # One registry per scrape: concurrent scrapes cannot mix their snapshots.
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(_QueueCollector(snapshot))
-    scrape.register(metrics.registry)
+    if not tenant:
+        scrape.register(_QueueCollector(snapshot))
+        scrape.register(metrics.registry)
+    else:
+        scrape.register(_TenantSeries(metrics.registry, sites))
+    if per_site is not None:
+        scrape.register(_SiteCollector(per_site))
     encoder, content_type = choose_encoder(accept)
     return encoder(scrape), content_type
 
 
 async def get_metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus exposition of every worker's counters and the buffer's numbers."""
-    denied = require_admin(request)
-    if denied is not None:
-        return denied
+    scope = operator_scope(request)
+    if isinstance(scope, web.Response):
+        return scope
+    configured = [site.name for site in request.app[RUNTIME].settings.site_list()]
     body, content_type = await render(
-        request.app[METRICS], request.app.get(BUFFER_READER), request.headers.get("Accept", "")
+        request.app[METRICS],
+        request.app.get(BUFFER_READER),
+        request.headers.get("Accept", ""),
+        sites=configured if scope is None else sorted(scope),
+        tenant=scope is not None,
     )
     return web.Response(
         body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"}

@@ -9,6 +9,7 @@ this worker's (`pid` says which one answered).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -21,7 +22,8 @@ from yarl import URL
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, PAGES, PROXY, RUNTIME, SENDER, STARTED_AT
 from gateway.delivery.reads import QueueSnapshot
-from gateway.ops.access import require_admin
+from gateway.edge.sites import SITES
+from gateway.ops.access import operator_scope
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.status")
@@ -36,11 +38,13 @@ def mask(pixel_id: str) -> str:
 
 async def get_status(request: web.Request) -> web.StreamResponse:
     """The gateway's configuration (secrets as presence only), queue and last outcomes."""
-    denied = require_admin(request)
-    if denied is not None:
-        return denied
+    scope = operator_scope(request)
+    if isinstance(scope, web.Response):
+        return scope
     app = request.app
     settings = app[RUNTIME].settings
+    if scope is not None:
+        return await _tenant_status(app, settings, scope)
     snapshot: QueueSnapshot | None = None
     queue: dict[str, Any]
     reader = app.get(BUFFER_READER)
@@ -68,6 +72,8 @@ async def get_status(request: web.Request) -> web.StreamResponse:
         if not upstream["ok"]:
             warnings.append(upstream["detail"])
     body["warnings"] = warnings
+    if settings.site_list():
+        body["sites"] = await _sites(app, settings, warnings)
     if PAGES in app:
         counters = app[PAGES].counters
         body["pages"] = {
@@ -76,6 +82,59 @@ async def get_status(request: web.Request) -> web.StreamResponse:
             "stored": counters.stored,
             "store_failed": counters.store_failed,
         }
+    return web.json_response(_redact(body, settings), headers={"Cache-Control": "no-store"})
+
+
+async def _sites(app: web.Application, settings: Settings, warnings: list[str]) -> dict[str, Any]:
+    """Each site's configuration and how its upstream is doing (its warning when down)."""
+    holder = app.get(SITES)
+    out: dict[str, Any] = {}
+    for site in settings.site_list():
+        entry = _configuration(site.settings)
+        stages = holder.router.by_name.get(site.name) if holder is not None else None
+        if stages is not None and stages.proxy is not None:
+            health = await stages.proxy.health.report()
+            entry["upstream_health"] = health
+            if not health["ok"]:
+                warnings.append(f"site {site.name!r}: {health['detail']}")
+        out[site.name] = entry
+    return out
+
+
+async def _tenant_status(
+    app: web.Application, settings: Settings, scope: frozenset[str]
+) -> web.Response:
+    """A tenant's /status: its own sites' configuration and events, nobody else's."""
+    mine = [site for site in settings.site_list() if site.name in scope]
+    pixels = {p.id for site in mine for p in site.settings.effective_pixels()}
+    queue: dict[str, Any]
+    snapshot: QueueSnapshot | None = None
+    reader = app.get(BUFFER_READER)
+    try:
+        if reader is None:
+            raise ValueError("the outbox is not open")
+        snapshot = await reader.snapshot([site.name for site in mine])
+        # Blocks are per pixel: only the tenant's own pixels' are theirs to see.
+        snapshot = dataclasses.replace(
+            snapshot, blocked=tuple(b for b in snapshot.blocked if b.pixel_id in pixels)
+        )
+        queue = _queue(snapshot)
+        # The file's size is everyone's: not a tenant's number.
+        queue.pop("used_mb")
+        queue.pop("max_mb")
+    except (sqlite3.Error, ValueError, OSError) as exc:
+        log.error("Reading the outbox for /status failed: %s", exc)
+        queue = {"error": "cannot read the buffer"}
+    body: dict[str, Any] = {
+        "version": __version__,
+        "sites": {
+            name: entry
+            for name, entry in (await _sites(app, settings, [])).items()
+            if name in scope
+        },
+        "queue": queue,
+        "last_success": snapshot.last_delivery if snapshot else None,
+    }
     return web.json_response(_redact(body, settings), headers={"Cache-Control": "no-store"})
 
 
@@ -184,11 +243,14 @@ def _redact(value: Any, settings: Settings) -> Any:
     Error texts come from Meta and may quote a pixel id; nothing here should ever hold a
     token, but a status page is the last place one may leak from.
     """
-    secrets = [settings.admin_token, settings.access_token, settings.app_secret]
-    secrets += settings.events_api_keys
-    for pixel in settings.effective_pixels():
-        secrets += [pixel.access_token, pixel.app_secret]
-    pixel_ids = [p.id for p in settings.effective_pixels() if p.id.isdigit()]
+    secrets: list[str | None] = []
+    pixel_ids: list[str] = []
+    for each in [settings, *(site.settings for site in settings.site_list())]:
+        secrets += [each.admin_token, each.access_token, each.app_secret]
+        secrets += each.events_api_keys
+        for pixel in each.effective_pixels():
+            secrets += [pixel.access_token, pixel.app_secret]
+        pixel_ids += [p.id for p in each.effective_pixels() if p.id.isdigit()]
     swaps = [(s, "[redacted]") for s in secrets if s] + [(p, mask(p)) for p in pixel_ids]
     return _walk(value, swaps)
 

@@ -93,6 +93,8 @@ class Context:
     default_country: str | None = None
     max_future_skew: float = 300.0
     source: str = "api"
+    # The `[[sites]]` site the events are for (None: no sites configured).
+    site: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +134,7 @@ def prepare(
                         clear=clear,
                         source=ctx.source,
                         test_event_code=test_event_code or target.test_event_code,
+                        site=ctx.site,
                     )
                 )
     return problems or Prepared(rows=rows, event_ids=event_ids)

@@ -571,3 +571,41 @@ def test_list_json_rows_carry_their_sources_and_late_copies(
     assert by_id["e5"]["sources"] == ["api"]
     assert by_id["e1"]["late"]["copies"] == 1 and by_id["e1"]["late"]["sources"] == ["browser"]
     assert "late" not in by_id["e6"]
+
+
+def _site_config(tmp_path: Path) -> Path:
+    config = tmp_path / "sites.toml"
+    tables = "".join(
+        f'[[sites]]\nname = "{name}"\nhosts = ["{name}.example"]\n'
+        f'upstream = "http://127.0.0.1:9"\npixel_id = [{pixel}]\n'
+        for name, pixel in (("alpha", PIXEL_1), ("beta", PIXEL_2))
+    )
+    config.write_text(tables)
+    return config
+
+
+def test_site_narrows_stats_and_lists_to_one_sites_events(
+    buffer: Buffer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with sqlite3.connect(buffer.path) as db:
+        db.execute(
+            "UPDATE events SET site = CASE pixel_id WHEN ? THEN 'alpha' ELSE 'beta' END", (PIXEL_1,)
+        )
+    config = str(_site_config(tmp_path))
+    code, out, _ = queue(capsys, buffer, "stats", "--json", "--config", config, "--site", "beta")
+    assert code == 0
+    assert json.loads(out)["states"]["blocked"] == 2
+    assert sum(json.loads(out)["states"].values()) == 2
+    code, out, _ = queue(capsys, buffer, "list", "--json", "--config", config, "--site", "alpha")
+    assert code == 0
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert {row["pixel_id"] for row in listed} == {PIXEL_1} and len(listed) == 4
+
+
+def test_an_unknown_site_is_named(
+    buffer: Buffer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = str(_site_config(tmp_path))
+    code, _, err = queue(capsys, buffer, "stats", "--config", config, "--site", "gamma")
+    assert code != 0
+    assert "--site: no site is named 'gamma' (configured: alpha, beta)" in err

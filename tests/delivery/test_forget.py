@@ -7,6 +7,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,38 @@ async def test_forget_by_fbp_and_plain_output(
     out = capsys.readouterr().out
     assert "1 unsent event(s), 1 visitor profile(s), 2 stitched visit(s)" in out
     assert await asyncio.to_thread(main, ["forget", "--buffer", str(path)]) != 0
+
+
+async def test_forget_with_site_scrubs_that_sites_events_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "o.db"
+    (path.parent / "o.db.key").write_text(KEY.hex())
+    box = await Outbox.open(path, Sealer(KEY))
+    try:
+        await box.add(
+            [
+                replace(event("jane-a", {"em": JANE}, FBP), site="alpha"),
+                replace(event("jane-b", {"em": JANE}, FBP), site="beta"),
+            ]
+        )
+    finally:
+        await box.close()
+    config = tmp_path / "sites.toml"
+    config.write_text(
+        "".join(
+            f'[[sites]]\nname = "{name}"\nhosts = ["{name}.example"]\n'
+            'upstream = "http://127.0.0.1:9"\npixel_id = [111111]\n'
+            for name in ("alpha", "beta")
+        )
+    )
+    argv = ["forget", "--email", "jane@example.com", "--buffer", str(path), "--json"]
+    code = await asyncio.to_thread(main, [*argv, "--config", str(config), "--site", "beta"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["events"] == 1
+    payloads = dict(table(path, "SELECT event_id, payload FROM events"))
+    assert json.loads(payloads["jane-a"])["user_data"] == {"em": JANE}
+    assert json.loads(payloads["jane-b"])["user_data"] == {}
+    code = await asyncio.to_thread(main, [*argv, "--config", str(config), "--site", "gamma"])
+    assert code != 0
+    assert "--site: no site is named 'gamma'" in capsys.readouterr().err
