@@ -41,6 +41,9 @@ class NewEvent:
     # PageView waits for its browser beacon, a Purchase for its payment webhook). None: the
     # outbox's default (`assembly_hold`, or none for a PageView).
     hold: float | None = None
+    # The stitch keys (name, normalized value: an order id, a hashed email, ...) that tie
+    # the event to a visit: the visitor's profile is kept and found under them too.
+    links: tuple[tuple[str, str], ...] = ()
 
     def row_key(self) -> str:
         """See `row_key`."""
