@@ -173,5 +173,4 @@ async def record(
     owner: str,
 ) -> None:
     """Record completed events on the rows `owner` holds (run in a write transaction)."""
-    for row_id, (event, _) in done.items():
-        await rows_sql.record_completed(conn, row_id, event, owner)
+    await rows_sql.record_completed(conn, {i: event for i, (event, _) in done.items()}, owner)

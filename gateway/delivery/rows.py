@@ -339,19 +339,24 @@ async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
 
 
 async def record_completed(
-    conn: aiosqlite.Connection, row_id: int, event: Mapping[str, Any], owner: str
+    conn: aiosqlite.Connection, done: Mapping[int, Mapping[str, Any]], owner: str
 ) -> None:
-    """Record on a claimed row the identifiers its visitor's profile added (the event as
-    sent, clear fields included; they stay sealed and out of the payload)."""
-    user_data = dict(event.get("user_data") or {})
-    hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
-    clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
-    await conn.execute(
-        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?",
-        (
-            json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
-            match_keys(hashed, clear),
-            row_id,
-            owner,
-        ),
+    """Record on claimed rows (row id -> event as sent, clear fields included; they stay
+    sealed and out of the payload) the identifiers their visitors' profiles added, in one
+    statement."""
+    params = []
+    for row_id, event in done.items():
+        user_data = dict(event.get("user_data") or {})
+        hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
+        clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
+        params.append(
+            (
+                json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
+                match_keys(hashed, clear),
+                row_id,
+                owner,
+            )
+        )
+    await conn.executemany(
+        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?", params
     )
