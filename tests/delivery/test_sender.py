@@ -227,9 +227,10 @@ async def test_held_events_wake_the_sender_when_due_not_at_every_commit(
     for n in range(5):
         await post(client, [web_event(event_id=f"held-{n}")])
     await asyncio.sleep(0.5)
-    # Five commits of held rows: no claim yet (each would be an empty write transaction).
-    assert claims == 0
+    # Five commits of held rows: no claim per commit (each would be an empty write
+    # transaction); one at most, should the sender's first claim at start land this late.
+    assert claims <= 1
     # Yet the rows go when due, not after the 30 s poll interval.
-    await wait_for(lambda: len(fake_graph.event_ids()) == 5, timeout=10)
-    assert time.monotonic() - started < 5
+    await wait_for(lambda: len(fake_graph.event_ids()) == 5, timeout=15)
+    assert time.monotonic() - started < 15
     assert sorted(fake_graph.event_ids()) == [f"held-{n}" for n in range(5)]
