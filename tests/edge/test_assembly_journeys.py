@@ -10,6 +10,7 @@ learned, nothing added); and `forget`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -194,8 +195,9 @@ async def test_a_backend_call_with_only_a_stitch_key_finds_and_feeds_the_profile
     order = await ann.buy("Ann@Example.com", phone=PHONE)
     await wait_for(lambda: profiles(shop) == 1 and shop.stitched_keys() == 2)
     # The visit itself is gone (expired, say): only the profile's link knows the order.
-    with contextlib.closing(sqlite3.connect(shop.buffer)) as conn, conn:
-        conn.execute("DELETE FROM stitches")
+    # In a thread: the gateway runs on this event loop, and its writer must be able to
+    # commit while the delete waits for the write lock.
+    await asyncio.to_thread(_drop_visits, shop)
     status, _ = await shop.events_api(
         {
             "data": [
@@ -226,3 +228,11 @@ async def test_a_backend_call_with_only_a_stitch_key_finds_and_feeds_the_profile
     await wait_for(lambda: bool(later()), timeout=15)
     assert later()[0]["user_data"]["external_id"] == sha("cust-7")
     assert profiles(shop) == 1
+
+
+def _drop_visits(shop: Shop) -> None:
+    """Delete every kept visit, waiting for the gateway's writer (BEGIN IMMEDIATE)."""
+    with contextlib.closing(sqlite3.connect(shop.buffer, timeout=30, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM stitches")
+        conn.execute("COMMIT")
