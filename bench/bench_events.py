@@ -405,6 +405,10 @@ async def benchmark(
             Row("gateway CPU, A", cpu["A"] * 100, "%"),
             Row("gateway CPU, B", cpu["B"] * 100, "%"),
             Row("gateway CPU, drain", cpu_c / drain_seconds * 100, "%"),
+            # CPU per event: what a feature costs, whatever else shares the machine's cores.
+            Row("gateway CPU per event, A", _per_event(cpu["A"], a.rate), "µs"),
+            Row("gateway CPU per event, B", _per_event(cpu["B"], b.rate), "µs"),
+            Row("gateway CPU per event, drain", _per_event(cpu_c, delivered), "µs"),
             Row("load generator CPU, A", a.client_cpu / a.seconds * 100, "%"),
             Row("load generator CPU, B", b.client_cpu / b.seconds * 100, "%"),
             Row("preload accepted ev/s (sender parked)", preload.rate, "ev/s"),
@@ -450,6 +454,12 @@ def print_table(results: dict[str, list[Row]]) -> None:
         target = f">= {row.target:,.0f} {row.unit}" if row.target is not None else "-"
         to_target = " / ".join(f"{c.ratio:.2f}x" for c in cells if c.ratio is not None) or "-"
         print(f"{row.metric:<{width}}{values}  {ratio:>7}  {target:>14}  {to_target:>9}")
+
+
+def _per_event(cpu_seconds: float, events: float) -> float:
+    """Microseconds of gateway CPU per event (`cpu_seconds` per second and `events` per
+    second, or both totals)."""
+    return cpu_seconds / events * 1e6 if events else 0.0
 
 
 def _rounded(value: float | None) -> float | None:

@@ -93,6 +93,11 @@ def banner(settings: Settings, public: str) -> str:
         f"-H 'Authorization: Bearer {DEMO_API_KEY}' -H 'Content-Type: application/json' "
         f"-d {shlex.quote(example_event(public))}\n"
         f"  queue     {cli} queue list --buffer {buffer}\n"
+        f"  assembly  check out in the shop with an email and phone, then send Stripe's "
+        f"webhook for that order (metadata.order_id): `queue list` shows one Purchase with "
+        f"the email and phone typed, the webhook's amount and the browser's fbp (sources "
+        f"page:purchase, webhook:stripe-purchase); the dashboard's match keys show the lift. "
+        f"Events wait {_hold(settings)} for their copies first (CAPIGW_ASSEMBLY_HOLD)\n"
         f"  page      curl -s -A 'Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0' {public}/ "
         f"  # curl's own User-Agent is a bot's: no tag\n"
         f"  rules     {settings.rules or 'none (pass --rules DIR)'}\n"
@@ -100,6 +105,11 @@ def banner(settings: Settings, public: str) -> str:
         f"{', '.join(f'{k}={v}' for k, v in DEMO_WEBHOOK_SECRETS.items())}\n"
         f"Stop with Ctrl-C."
     )
+
+
+def _hold(settings: Settings) -> str:
+    seconds = settings.assembly_hold
+    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
 
 
 async def run_demo(make_settings: Callable[[str], Settings]) -> None:

@@ -43,6 +43,9 @@ class NewEvent:
     hold: float | None = None
     # The `[[sites]]` site the event came through (None without sites); stored with it.
     site: str | None = None
+    # The stitch keys (name, normalized value: an order id, a hashed email, ...) that tie
+    # the event to a visit: the visitor's profile is kept and found under them too.
+    links: tuple[tuple[str, str], ...] = ()
 
     def row_key(self) -> str:
         """See `row_key`."""

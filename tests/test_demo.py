@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
 from gateway.demo import DEMO_WEBHOOK_SECRETS
+from gateway.pipeline.normalize import hash_value
 from gateway.pipeline.signatures import sign_stripe
+from tests.edge.test_webhooks import body_of, stripe_event, stripe_headers
 from tests.fakes.processes import (
     HOST,
+    clean_env,
     free_port,
     gateway_cmd,
     run_cli,
@@ -103,6 +108,99 @@ async def test_demo_serves_the_shop_fires_example_rules_and_takes_a_signed_webho
             time.sleep(0.2)
         assert stop_process(proc, grace=10) == 0
         assert "Traceback" not in log.read_text()
+
+
+async def test_the_demo_checkout_thank_you_and_stripe_webhook_make_one_rich_purchase(
+    tmp_path: Path,
+) -> None:
+    """The demo's own journey, as the banner tells it: what the customer typed at checkout,
+    the webhook's amount and the browser's fbp reach the (dry-run) outbox in one Purchase."""
+    port, buffer, log = free_port(), tmp_path / "demo.db", tmp_path / "demo.log"
+    base = f"http://{HOST}:{port}"
+    with stop_at_exit() as procs:
+        proc = spawn(
+            [*gateway_cmd(), "demo", "--listen", f"{HOST}:{port}", "--buffer", str(buffer)],
+            log,
+            # Long enough for the webhook to meet the thank-you page's Purchase.
+            env=clean_env(CAPIGW_ASSEMBLY_HOLD="4"),
+        )
+        procs.append(proc)
+        jar = aiohttp.CookieJar(unsafe=True)
+        browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0"}
+        async with aiohttp.ClientSession(cookie_jar=jar, headers=browser) as session:
+            await _wait_live(session, base, proc, log)
+            async with session.get(f"{base}/product/tee-01") as resp:
+                assert resp.status == 200
+            async with session.post(f"{base}/cart/add", data={"sku": "tee-01"}) as resp:
+                assert resp.status == 200  # followed to the cart
+            async with session.post(
+                f"{base}/checkout",
+                data={"email": "Ann@Example.com", "phone": "+49 170 1234567"},
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 302, await resp.text()
+                thanks = resp.headers["Location"]
+            order = parse_qs(urlsplit(thanks).query)["order"][0]
+            async with session.get(f"{base}{thanks}" if thanks.startswith("/") else thanks) as r:
+                assert r.status == 200
+            fbp = next(c.value for c in jar if c.key == "_fbp")
+            payment = stripe_event(
+                order,
+                amount_total=2490,
+                customer_details={"email": "ann@example.com", "phone": None, "name": "Ann"},
+            )
+            body = body_of(payment)
+            secret = DEMO_WEBHOOK_SECRETS["STRIPE_WEBHOOK_SECRET"]
+            # Sent as Stripe's servers send it: another client, no cookies.
+            async with (
+                aiohttp.ClientSession() as provider,
+                provider.post(
+                    f"{base}/_capi/hooks/stripe", data=body, headers=stripe_headers(body, secret)
+                ) as resp,
+            ):
+                assert resp.status == 200, await resp.text()
+                answer = await resp.json()
+        assert answer["events"][0]["event_id"] == f"purchase-{order}"
+        assert answer["events"][0]["outcome"] == "merged"
+        # The banner says how to see it, and how long events wait for their copies.
+        told = _banner_line(log.read_text(), "assembly")
+        assert "queue list" in told and "webhook" in told and "wait 4 s" in told
+        deadline = time.monotonic() + 20
+        while True:
+            # --reveal: the clear fields (fbp) as they were sent, opened with the demo's key.
+            listed = run_cli("queue", "list", "--buffer", str(buffer), "--json", "--reveal").stdout
+            rows = [json.loads(line) for line in listed.splitlines() if line.strip()]
+            purchases = [r for r in rows if r["event_name"] == "Purchase"]
+            if purchases and purchases[0]["state"] == "sent-dry":
+                break
+            assert time.monotonic() < deadline, (purchases, tail(log))
+            await asyncio.sleep(0.2)
+        (purchase,) = purchases
+        assert purchase["sources"] == ["page:purchase", "webhook:stripe-purchase"]
+        sent = purchase["payload"]
+        assert sent["user_data"]["em"] == hash_value("em", "ann@example.com")
+        assert sent["user_data"]["ph"] == hash_value("ph", "+49 170 1234567")
+        assert sent["user_data"]["fbp"] == fbp
+        assert sent["custom_data"]["value"] == 24.9  # the webhook's, not the page's
+        assert sent["action_source"] == "website"
+        assert stop_process(proc, grace=10) == 0
+        assert "Traceback" not in log.read_text()
+
+
+async def _wait_live(
+    session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            async with session.get(f"{base}/_capi/health?live") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, tail(log)
+        assert proc.poll() is None, tail(log)
+        await asyncio.sleep(0.1)
 
 
 def _banner_line(text: str, label: str) -> str:

@@ -175,7 +175,13 @@ def _hints(
     out: list[Hint] = []
     for cov in coverage:
         hint = coverage_hint(
-            cov.event_name, cov.shares, cov.sources, rules, rules_dir=rules_dir, prefix=prefix
+            cov.event_name,
+            cov.shares,
+            cov.sources,
+            rules,
+            rules_dir=rules_dir,
+            prefix=prefix,
+            received=cov.received,
         )
         if hint is not None:
             out.append(hint)

@@ -8,7 +8,7 @@ current hour whatever the buffer holds.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosqlite
 
@@ -26,8 +26,19 @@ class Coverage:
 
     event_name: str
     events: int  # events whose keys are known (rows written before the column are not)
-    shares: Mapping[str, float]
+    shares: Mapping[str, float]  # as sent: after assembly merged copies and profiles added
     sources: Mapping[str, int]  # rows per source, to tell where a fix belongs
+    # As received: the first copy of each event, before assembly and profiles (empty: the
+    # same as `shares`).
+    received: Mapping[str, float] = field(default_factory=dict)
+
+    def received_share(self, key: str) -> float:
+        """The share of events whose first copy carried `key`."""
+        return self.received.get(key, self.shares.get(key, 0.0))
+
+    def lift(self, key: str) -> float:
+        """How much of `key`'s share assembly and profiles added (sent - received)."""
+        return self.shares.get(key, 0.0) - self.received_share(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +66,8 @@ class Dedup:
         return self.both / self.server if self.server else None
 
 
-# Per (event_name, source): rows, twins, rows with known keys, then rows per match key.
+# Per (event_name, source): rows, twins, rows with known keys, then rows per match key as
+# sent, then rows per match key as received.
 _Groups = dict[tuple[str, str], list[int]]
 
 
@@ -123,7 +135,7 @@ def _summarize(groups: _Groups) -> tuple[list[Coverage], list[Dedup]]:
     sides: dict[str, list[int]] = {}  # name -> [browser, server, both]
     for (name, source), (count, twins, known, *per_key) in sorted(groups.items()):
         sources.setdefault(name, {})[source] = count
-        acc = keyed.setdefault(name, [0] * (1 + len(MATCH_KEYS)))
+        acc = keyed.setdefault(name, [0] * (1 + 2 * len(MATCH_KEYS)))
         acc[0] += known
         for i, n in enumerate(per_key, start=1):
             acc[i] += n
@@ -147,6 +159,7 @@ def _summarize(groups: _Groups) -> tuple[list[Coverage], list[Dedup]]:
             acc[0],
             {key: acc[i] / acc[0] for i, (key, _) in enumerate(MATCH_KEYS, 1)},
             sources[name],
+            {key: acc[i] / acc[0] for i, (key, _) in enumerate(MATCH_KEYS, 1 + len(MATCH_KEYS))},
         )
         for name, acc in keyed.items()
         if acc[0]

@@ -98,12 +98,15 @@ def coverage_hint(
     *,
     rules_dir: Path | None,
     prefix: str = "/_capi",
+    received: Mapping[str, float] | None = None,
 ) -> Hint | None:
     """A hint for the weakest key of `event_name` under WEAK, or None when all are fine.
 
-    `shares`: match key -> share of events carrying it; `sources`: rows per source (the
+    `shares`: match key -> share of events carrying it as sent (after event assembly and
+    visitor profiles: a key they supply needs no mapping); `sources`: rows per source (the
     largest decides where the fix belongs); `rules`: the loaded rules (those producing this
-    event say where the fix goes; the others, whether a field is mapped elsewhere).
+    event say where the fix goes; the others, whether a field is mapped elsewhere);
+    `received`: the shares as received, to say how much assembly and profiles added.
     """
     keys = hinted_keys(event_name)
     weak = [(shares.get(k, 0.0), i, k) for i, k in enumerate(keys) if shares.get(k, 0.0) < WEAK]
@@ -112,12 +115,17 @@ def coverage_hint(
     share, _, key = min(weak)
     source = max(sources.items(), key=lambda item: item[1])[0] if sources else ""
     fix = _fix(event_name, key, source, rules, rules_dir, prefix)
-    return Hint(
-        event_name,
-        key,
-        share,
-        f"{event_name} events carry {LABELS[key]} in {_percent(share)} of cases: {fix}",
-    )
+    got = received.get(key, share) if received is not None else share
+    if got < share:
+        # What is missing is the rest: the copies and the profile already bring this much.
+        carry = (
+            f"carry {LABELS[key]} in {_percent(share)} of cases as sent ({_percent(got)} as "
+            "received; event assembly and visitor profiles add the rest), so the events "
+            f"without it had no copy or profile that knew it: {fix}"
+        )
+    else:
+        carry = f"carry {LABELS[key]} in {_percent(share)} of cases: {fix}"
+    return Hint(event_name, key, share, f"{event_name} events {carry}")
 
 
 def hinted_keys(event_name: str) -> tuple[str, ...]:

@@ -87,10 +87,30 @@ def render_login(*, prefix: str, error: str, version: str) -> str:
     return render("login.html", prefix=prefix, error=error, version=version)
 
 
-def _cells(c: Coverage) -> list[tuple[str, float, bool]]:
-    """(key, share, weak) per match key: weak where the event is expected to carry it."""
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One match key of one event name: its share as sent and as received."""
+
+    key: str
+    sent: float
+    received: float
+    weak: bool  # under WEAK as sent, where the event is expected to carry the key
+
+    @property
+    def lifted(self) -> bool:
+        """Assembly or profiles changed the share visibly (as whole percents)."""
+        return round(self.sent * 100) != round(self.received * 100)
+
+
+def _cells(c: Coverage) -> list[Cell]:
+    """A cell per match key: weak where the event is expected to carry it."""
     expected = hinted_keys(c.event_name)
     return [
-        (key, c.shares.get(key, 0.0), c.shares.get(key, 0.0) < WEAK and key in expected)
+        Cell(
+            key,
+            c.shares.get(key, 0.0),
+            c.received_share(key),
+            c.shares.get(key, 0.0) < WEAK and key in expected,
+        )
         for key, _ in MATCH_KEYS
     ]

@@ -38,12 +38,19 @@ async def store(
     for index, ev in enumerate(rows):
         first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
     heads = sorted(first.values())
+    # Hashed once here: learning below and the completion at claim both use them.
+    keys: list[list[str]] = (
+        [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
+        if policy is not None
+        else [[] for _ in rows]
+    )
     inserted = await rows_sql.insert(
         conn,
         [rows[i] for i in heads],
         [sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
         [holds[i] for i in heads],
         now,
+        [profiles.join_keys(keys[i]) for i in heads] if policy is not None else None,
     )
     outcomes: list[Outcome] = ["new"] * len(rows)
     states: list[assembly.State | None] = [None] * len(rows)
@@ -61,9 +68,12 @@ async def store(
             sealer.open,
             sealer.seal,
             now,
+            [keys[i] for i in copies] if policy is not None else None,
         )
-        for i, (outcome, state) in zip(copies, results, strict=True):
+        for i, (outcome, state, row_keys) in zip(copies, results, strict=True):
             outcomes[i], states[i] = outcome, state
+            if policy is not None:
+                keys[i] = row_keys
             if outcome == "late":
                 log.info(
                     "A copy of event %s (%s) came after its send: recorded, not sent.",
@@ -71,7 +81,7 @@ async def store(
                     rows[i].event_name,
                 )
     if policy is not None:
-        await _learn(conn, rows, outcomes, states, policy, now)
+        await _learn(conn, rows, outcomes, states, keys, policy, now)
     return outcomes
 
 
@@ -80,17 +90,43 @@ async def _learn(
     rows: Sequence[NewEvent],
     outcomes: Sequence[Outcome],
     states: Sequence[assembly.State | None],
+    keys: Sequence[Sequence[str]],
     policy: ProfilePolicy,
     now: float,
 ) -> None:
+    """One upsert per distinct profile of the batch (`profiles.learn` unites them).
+
+    A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
+    written when an event carries both), so an event with stitch keys and no fbp (a
+    webhook or backend call whose visit was not found) still feeds and finds it.
+    """
     items: list[tuple[str, dict[str, list[str]]]] = []
-    for ev, outcome, state in zip(rows, outcomes, states, strict=True):
-        if outcome == "late":
+    pairs: list[tuple[str, str]] = []  # (stitch key, fbp key)
+    orphans: list[tuple[dict[str, list[str]], list[str]]] = []  # no fbp: ids, stitch keys
+    for ev, outcome, state, event_keys in zip(rows, outcomes, states, keys, strict=True):
+        if outcome == "late" or not event_keys:
             continue
-        payload, clear = (state.payload, state.clear) if state else (ev.payload, ev.clear)
-        ids = assembly.learnable(payload)
-        if ids:
-            items += [(key, ids) for key in profiles.visitor_keys(policy, clear)]
+        payload = state.payload if state else ev.payload
+        if assembly.is_restricted(payload):
+            continue
+        ids = assembly.hashed_identifiers(payload)
+        fbps = [k for k in event_keys if not k.startswith(profiles.LINK)]
+        links = [k for k in event_keys if k.startswith(profiles.LINK)]
+        if fbps:
+            pairs += [(link, fbps[0]) for link in links]
+            if ids:
+                items += [(key, ids) for key in fbps]
+        elif ids and links:
+            orphans.append((ids, links))
+    if orphans:
+        # Links of this batch first (the checkout page just stored), then stored ones.
+        batch = dict(pairs)
+        wanted = [k for _, links in orphans for k in links if k not in batch]
+        stored = await profiles.resolve(conn, wanted, now=now) if wanted else {}
+        for ids, links in orphans:
+            targets = {batch.get(k) or stored.get(k) for k in links}
+            items += [(target, ids) for target in sorted(t for t in targets if t)]
+    await profiles.link(conn, pairs, ttl=policy.ttl, now=now)
     await profiles.learn(conn, items, ttl=policy.ttl, now=now)
 
 
@@ -99,11 +135,19 @@ async def completions(
     events: Mapping[int, dict[str, Any]],
     policy: ProfilePolicy,
     now: float,
+    stored_keys: Mapping[int, str | None] | None = None,
 ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
     """Claimed events (row id -> event as sent) completed from their visitors' profiles,
-    one read per batch: those that gained identifiers, with the keys added."""
+    one read per batch: those that gained identifiers, with the keys added.
+
+    `stored_keys`: the rows' `profile_keys` columns; a row without one (stored while
+    profiles were off) is found by its fbp.
+    """
+    stored = stored_keys or {}
     keys = {
-        row_id: profiles.visitor_keys(policy, event.get("user_data", {}))
+        row_id: profiles.split_keys(stored[row_id])
+        if stored.get(row_id) is not None
+        else profiles.visitor_keys(policy, event.get("user_data", {}))
         for row_id, event in events.items()
     }
     found = await profiles.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
@@ -113,8 +157,10 @@ async def completions(
     for row_id, event in events.items():
         added: tuple[str, ...] = ()
         for key in keys[row_id]:
-            if key in found:
-                event, more = assembly.complete(event, found[key])
+            profile = found.get(key)
+            # Most events of a known visitor carry what their profile holds already.
+            if profile is not None and not assembly.carries(event, profile):
+                event, more = assembly.complete(event, profile)
                 added += more
         if added:
             out[row_id] = (event, added)
@@ -127,5 +173,4 @@ async def record(
     owner: str,
 ) -> None:
     """Record completed events on the rows `owner` holds (run in a write transaction)."""
-    for row_id, (event, _) in done.items():
-        await rows_sql.record_completed(conn, row_id, event, owner)
+    await rows_sql.record_completed(conn, {i: event for i, (event, _) in done.items()}, owner)

@@ -146,7 +146,8 @@ async def _scrub_events(
         payload["user_data"] = {k: v for k, v in user_data.items() if k not in HASHED_FIELDS}
         kept = {k: v for k, v in clear.items() if k not in _CLEAR_IDS}
         await conn.execute(
-            "UPDATE events SET payload=?, sealed=?, match_keys=? WHERE id=?",
+            # profile_keys go too: what links the row to a profile was the person's.
+            "UPDATE events SET payload=?, sealed=?, match_keys=?, profile_keys=NULL WHERE id=?",
             (
                 json.dumps(payload, separators=(",", ":")),
                 sealer.seal(kept, ident),

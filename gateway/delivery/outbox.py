@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -100,8 +101,11 @@ class Outbox:
         self._over_limit = False
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
-        # Set after each commit so an idle sender wakes at once instead of polling.
+        # Set after each commit so an idle sender wakes at once instead of polling; with
+        # `_wake_at` (the earliest due time of what was committed since the sender last
+        # looked) it tells a sender whether the new rows are due yet or still held.
         self.new_work = asyncio.Event()
+        self._wake_at = math.inf
         # Group-commit figures: transactions and the rows they carried.
         self.commits = 0
         self.committed_rows = 0
@@ -151,7 +155,7 @@ class Outbox:
             count = await rows_sql.reclaim_leases(conn, socket.gethostname(), _pid_gone)
         if count:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
-            self.new_work.set()
+            self.wake()
         return count
 
     async def close(self) -> None:
@@ -247,7 +251,21 @@ class Outbox:
             if not p.done.done():
                 p.done.set_result(outcomes[at : at + len(p.events)])
             at += len(p.events)
+        self.wake(now + min(self.hold_of(ev) for ev in rows))
+
+    def wake(self, at: float = 0.0) -> None:
+        """Tell an idle sender that rows become due at epoch `at` (0: now)."""
+        self._wake_at = min(self._wake_at, at)
         self.new_work.set()
+
+    def take_wake_at(self) -> float:
+        """The earliest due time announced by `wake` since the last call (inf: none).
+
+        A sender woken by a commit of held rows goes back to sleep until they are due
+        instead of claiming nothing in a write transaction after every commit.
+        """
+        at, self._wake_at = self._wake_at, math.inf
+        return at
 
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""
@@ -310,11 +328,16 @@ class Outbox:
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed
+        stored_keys = {int(r[0]): r[9] for r in rows}
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
         # writer should not wait for profile lookups.
         async with self._lock:
             done = await assembler.completions(
-                self._conn, {row.id: row.event for row in claimed}, self.profiles, now
+                self._conn,
+                {row.id: row.event for row in claimed},
+                self.profiles,
+                now,
+                stored_keys,
             )
         if not done:
             return claimed
@@ -449,7 +472,7 @@ class Outbox:
         """Release a pixel's parked rows for sending now; returns how many."""
         async with self._transaction() as conn:
             count = await rows_sql.release_pixel(conn, pixel_id)
-        self.new_work.set()
+        self.wake()
         return int(count)
 
     # housekeeping -----------------------------------------------------------------
@@ -481,7 +504,7 @@ class Outbox:
         where, values = _dead(ids)
         async with self._transaction() as conn:
             count = await housekeeping.requeue(conn, where, values)
-        self.new_work.set()
+        self.wake()
         return count
 
     async def discard_dead(self, ids: Sequence[int]) -> int:

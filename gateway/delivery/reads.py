@@ -363,9 +363,12 @@ async def hour_groups(
     """One pass over the rows stored in [start, end), grouped by event name, source and rule.
 
     Each row: event name, source, rule, distinct event ids the rule made, rows, rows with a
-    twin, rows with known keys, then rows carrying each of `keys` (match keys, in order).
+    twin, rows with known keys, then rows carrying each of `keys` (match keys, in order) as
+    sent (after assembly and profiles), then as received (the first copy), in the same order.
     """
-    sums = ", ".join("SUM(instr(k, ',' || ? || ',') > 0)" for _ in keys)
+    sums = ", ".join(
+        [f"SUM(instr({col}, ',' || ? || ',') > 0)" for col in ("k", "r") for _ in keys]
+    )
     only, values = site_filter(sites)
     # Rows written before the match_keys column existed have NULL keys: COUNT(k) leaves
     # them out of the coverage denominator instead of counting them as carrying nothing.
@@ -373,10 +376,11 @@ async def hour_groups(
     async with conn.execute(
         f"SELECT event_name, source, rule, COUNT(DISTINCT CASE WHEN rule IS NOT NULL "
         f"THEN event_id END), COUNT(*), SUM(twin), COUNT(k), {sums} "
-        "FROM (SELECT event_name, source, rule, event_id, twin, ',' || match_keys || ',' AS k "
+        "FROM (SELECT event_name, source, rule, event_id, twin, ',' || match_keys || ',' AS k, "
+        "',' || COALESCE(received_keys, match_keys) || ',' AS r "
         f"FROM events WHERE created_at >= ? AND created_at < ?{only}) "
         "GROUP BY event_name, source, rule",
-        (*keys, start, end, *values),
+        (*keys, *keys, start, end, *values),
     ) as cur:
         return [tuple(r) for r in await cur.fetchall()]
 

@@ -18,14 +18,14 @@ from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
-# Rows per INSERT statement: 12 bound values each stays far below SQLite's variable limit.
+# Rows per INSERT statement: 17 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
-    "site"
+    "site, profile_keys"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?)"
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?)"
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
@@ -38,7 +38,8 @@ _ON_CONFLICT = (
 MERGEABLE_STATES = ("pending", "blocked")
 # Claimed rows come back in this column order (see `claim`).
 CLAIMED_COLUMNS = (
-    "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed"
+    "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
+    "profile_keys"
 )
 
 
@@ -48,19 +49,23 @@ async def insert(
     sealed: Sequence[bytes | None],
     holds: Sequence[float],
     now: float,
+    profile_keys: Sequence[str | None] | None = None,
 ) -> set[tuple[str, str, str]]:
     """Insert rows as pending, due after their hold; the keys that were new.
 
-    A row whose key is already stored is skipped here (see `assemble`).
+    A row whose key is already stored is skipped here (see `assemble`). `profile_keys`:
+    per row, its `profile_keys` column (see `profiles.join_keys`).
     """
+    pkeys = profile_keys if profile_keys is not None else [None] * len(rows)
     inserted: set[tuple[str, str, str]] = set()
     for start in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[start : start + _INSERT_CHUNK]
         params: list[Any] = []
-        for ev, blob, hold in zip(
+        for ev, blob, hold, pkey in zip(
             chunk,
             sealed[start : start + _INSERT_CHUNK],
             holds[start : start + _INSERT_CHUNK],
+            pkeys[start : start + _INSERT_CHUNK],
             strict=True,
         ):
             keys = match_keys(ev.payload.get("user_data"), ev.clear)
@@ -80,6 +85,7 @@ async def insert(
                 keys,
                 json.dumps([assembly.label(ev.source, ev.rule)]),
                 ev.site,
+                pkey,
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         async with conn.execute(sql + _ON_CONFLICT, params) as cur:
@@ -98,6 +104,7 @@ class _Stored:
     browser: bool  # the first copy came from the browser (a /collect beacon)
     assembled: assembly.State
     late: dict[str, Any] | None
+    profile_keys: list[str]
     changed: bool = False
 
 
@@ -108,16 +115,19 @@ async def assemble(
     open_sealed: Callable[[bytes | None, str], dict[str, Any]],
     seal: Callable[[dict[str, Any], str], bytes | None],
     now: float,
-) -> list[tuple[assembly.Outcome, assembly.State | None]]:
+    profile_keys: Sequence[Sequence[str]] | None = None,
+) -> list[tuple[assembly.Outcome, assembly.State | None, list[str]]]:
     """Merge copies of stored events into them, in order; per copy its outcome.
 
     "merged": the stored row was unsent and now carries what the copy added (the state is
-    returned); "late": it was already sent or being sent, so the copy is only recorded in
-    the row's `late` column (how many, and the fields they would have added).
+    returned, with the row's profile keys united with the copy's `profile_keys`); "late":
+    it was already sent or being sent, so the copy is only recorded in the row's `late`
+    column (how many, and the fields they would have added).
     """
     found: dict[tuple[str, str, str], _Stored] = {}
-    out: list[tuple[assembly.Outcome, assembly.State | None]] = []
-    for ev, hold in zip(copies, holds, strict=True):
+    out: list[tuple[assembly.Outcome, assembly.State | None, list[str]]] = []
+    copy_keys = profile_keys if profile_keys is not None else [()] * len(copies)
+    for ev, hold, keys in zip(copies, holds, copy_keys, strict=True):
         key = (ev.pixel_id, ev.event_name, ev.event_id)
         row = found.get(key)
         if row is None:
@@ -137,14 +147,17 @@ async def assemble(
             if copy.label not in late.setdefault("sources", []):
                 late["sources"].append(copy.label)
             row.late, row.changed = late, True
-            out.append(("late", None))
+            out.append(("late", None, []))
             continue
+        fresh = [k for k in keys if k not in row.profile_keys]
+        if fresh:
+            row.profile_keys, row.changed = row.profile_keys + fresh, True
         if merged.added or merged.state.sources != row.assembled.sources:
             row.assembled, row.changed = merged.state, True
         if row.attempts == 0 and now + hold < row.due:
             # A copy that may go at once (hold 0: its source has nothing more to wait for).
             row.due, row.changed = now + hold, True
-        out.append(("merged", row.assembled))
+        out.append(("merged", row.assembled, row.profile_keys))
     for (pixel_id, event_name, event_id), row in found.items():
         if row.changed:
             await _save(conn, row, row_key(pixel_id, event_name, event_id), seal)
@@ -153,7 +166,7 @@ async def assemble(
 
 _LOAD_SQL = (
     "SELECT id, payload, sealed, state, source, rule, sources, ranks, twin, next_attempt_at, "
-    "attempts, late FROM events WHERE pixel_id=? AND event_name=? AND event_id=?"
+    "attempts, late, profile_keys FROM events WHERE pixel_id=? AND event_name=? AND event_id=?"
 )
 
 
@@ -183,6 +196,7 @@ async def _load(
         browser=r[4] == BROWSER_SOURCE,
         assembled=state,
         late=json.loads(r[11]) if r[11] else None,
+        profile_keys=r[12].split(",") if r[12] else [],
     )
 
 
@@ -196,7 +210,7 @@ async def _save(
     if row.state in MERGEABLE_STATES:
         await conn.execute(
             "UPDATE events SET payload=?, sealed=?, sources=?, ranks=?, match_keys=?, "
-            "event_time=?, next_attempt_at=?, twin=? WHERE id=?",
+            "event_time=?, next_attempt_at=?, twin=?, profile_keys=? WHERE id=?",
             (
                 json.dumps(state.payload, separators=(",", ":")),
                 seal(state.clear, ident),
@@ -206,6 +220,7 @@ async def _save(
                 int(state.payload.get("event_time", 0)),
                 row.due,
                 row.twin,
+                ",".join(row.profile_keys) or None,
                 row.id,
             ),
         )
@@ -332,19 +347,24 @@ async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
 
 
 async def record_completed(
-    conn: aiosqlite.Connection, row_id: int, event: Mapping[str, Any], owner: str
+    conn: aiosqlite.Connection, done: Mapping[int, Mapping[str, Any]], owner: str
 ) -> None:
-    """Record on a claimed row the identifiers its visitor's profile added (the event as
-    sent, clear fields included; they stay sealed and out of the payload)."""
-    user_data = dict(event.get("user_data") or {})
-    hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
-    clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
-    await conn.execute(
-        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?",
-        (
-            json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
-            match_keys(hashed, clear),
-            row_id,
-            owner,
-        ),
+    """Record on claimed rows (row id -> event as sent, clear fields included; they stay
+    sealed and out of the payload) the identifiers their visitors' profiles added, in one
+    statement."""
+    params = []
+    for row_id, event in done.items():
+        user_data = dict(event.get("user_data") or {})
+        hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
+        clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
+        params.append(
+            (
+                json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
+                match_keys(hashed, clear),
+                row_id,
+                owner,
+            )
+        )
+    await conn.executemany(
+        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?", params
     )

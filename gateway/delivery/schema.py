@@ -98,7 +98,21 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX profiles_expires ON profiles (expires_at);
     """,
-    # The `[[sites]]` site each event came through (NULL: stored without sites), so that
+    # 5: profiles found by stitch keys too (gateway/delivery/profiles.py). `profile_keys`:
+    # the keyed hashes of an event's fbp and its stitch keys (`visitor_keys`), comma
+    # separated, united over merged copies; NULL for rows stored with profiles off (their
+    # fbp is hashed at claim). `profile_links`: a stitch key's hash -> the fbp key hash of
+    # the profile it leads to, written when an event carries both.
+    """
+    ALTER TABLE events ADD COLUMN profile_keys TEXT;
+    CREATE TABLE profile_links (
+        key_hash TEXT PRIMARY KEY,
+        profile TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX profile_links_profile ON profile_links (profile);
+    """,
+    # 6: the `[[sites]]` site each event came through (NULL: stored without sites), so that
     # a tenant's views and `--site` commands read their own rows only.
     """
     ALTER TABLE events ADD COLUMN site TEXT;

@@ -229,8 +229,23 @@ class Sender:
         due = await self.outbox.next_due()
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.time()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.outbox.new_work.wait(), timeout)
+        end = time.monotonic() + timeout
+        while not self._stopping.is_set():
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self.outbox.new_work.wait(), remaining)
+            except TimeoutError:
+                return
+            # Woken by a commit: claim only once something is due. Held rows (the
+            # assembly hold) would otherwise cost an empty claim transaction per commit.
+            wake_at = self.outbox.take_wake_at()
+            wait = wake_at - time.time()
+            if wait <= 0:
+                return
+            self.outbox.new_work.clear()
+            end = min(end, time.monotonic() + wait)
 
     async def _maintain(self) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -15,6 +16,7 @@ from gateway.edge.sites import SITES
 from gateway.edge.stitching import StitchLookupFailed, stitch_events
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
+from gateway.models import NewEvent
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 from gateway.pipeline.jsonsafe import non_finite_path
 
@@ -125,9 +127,10 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     if code is not None and not isinstance(code, str):
         return json_error(400, "invalid request", "test_event_code must be a string")
     metrics = request.app[METRICS]
+    links: dict[int, tuple[tuple[str, str], ...]] = {}
     if any(isinstance(e, dict) and "stitch_key" in e for e in data):
         try:
-            problems = await stitch_events(data, request.app[STITCHES], runtime.rules)
+            problems = await stitch_events(data, request.app[STITCHES], runtime.rules, links)
         except StitchLookupFailed as exc:
             return request.app[INTAKE].fault(exc, "Stitching /events").response()
         if problems:
@@ -137,7 +140,8 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     if isinstance(result, list):
         metrics.rejected("api", data)
         return _invalid(result)
-    stored = await request.app[INTAKE].store(result.rows)
+    rows = _linked(result.rows, result.event_ids, links) if links else result.rows
+    stored = await request.app[INTAKE].store(rows)
     if isinstance(stored, Refused):
         return stored.response()
     log.debug(
@@ -150,6 +154,19 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         {"accepted": len(result.event_ids), "event_ids": result.event_ids, "events": items},
         status=202,
     )
+
+
+def _linked(
+    rows: list[NewEvent], event_ids: list[str], links: dict[int, tuple[tuple[str, str], ...]]
+) -> list[NewEvent]:
+    """Rows with the stitch keys their event named (`prepare` keeps the events' order)."""
+    by_id: dict[str, tuple[tuple[str, str], ...]] = {}
+    for index, keys in links.items():
+        event_id = event_ids[index]
+        by_id[event_id] = tuple(sorted({*by_id.get(event_id, ()), *keys}))
+    return [
+        dataclasses.replace(r, links=by_id[r.event_id]) if r.event_id in by_id else r for r in rows
+    ]
 
 
 def _invalid(problems: list[Problem]) -> web.Response:

@@ -316,8 +316,10 @@ class ProxiedRules:
                     "" if problem.field.startswith("user_data") else f": {problem.message}",
                 )
                 continue
+            links = tuple(sorted(stitch_keys.items()))
             rows += [
-                dataclasses.replace(row, rule=rule.name, hold=rule.hold) for row in result.rows
+                dataclasses.replace(row, rule=rule.name, hold=rule.hold, links=links)
+                for row in result.rows
             ]
         if rows:
             self._store(rows)

@@ -121,12 +121,19 @@ async def stitch_hook_event(
     return event, stitched
 
 
-async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> list[Problem]:
+async def stitch_events(
+    data: list[Any],
+    stitches: Stitches,
+    rules: RuleSet,
+    links: dict[int, tuple[tuple[str, str], ...]] | None = None,
+) -> list[Problem]:
     """`/events`: merge stored visitor context into events carrying `stitch_key`.
 
     Events are changed in place (the key removed, the context merged, explicit values
     winning); the problems found are returned (nothing is stored when there are any).
-    StitchLookupFailed when the store cannot be read.
+    `links` receives, per event index, its normalized stitch keys (`NewEvent.links`: the
+    visitor's profile is kept and found under them). StitchLookupFailed when the store
+    cannot be read.
     """
     known = {_canonical(k) for rule in rules.rules for k in rule.stitch_keys}
     problems: list[Problem] = []
@@ -151,7 +158,10 @@ async def stitch_events(data: list[Any], stitches: Stitches, rules: RuleSet) -> 
             message = f"no rule keeps visits under {unknown} (configured: {configured})"
             problems.append(Problem(index, "stitch_key", message))
             continue
-        ctx = await _find(stitches, stitch_values(list(keys), dict(keys)))
+        values = stitch_values(list(keys), dict(keys))
+        if links is not None:
+            links[index] = tuple(sorted(values.items()))
+        ctx = await _find(stitches, values)
         if ctx is not None:
             data[index] = merge_context(event, ctx, reuse_event_id=True)
     return problems

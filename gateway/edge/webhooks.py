@@ -114,7 +114,8 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
                 {"webhook": mapping.name, "rejected": f"{problem.field}: {problem.message}"}
             )
             continue
-        rows += [_tagged(row, mapping.name, mapping.hold) for row in result.rows]
+        links = tuple(sorted(mapping.stitch_keys(event).items()))
+        rows += [_tagged(row, mapping.name, mapping.hold, links) for row in result.rows]
         report.append(
             {"webhook": mapping.name, "event_id": result.event_ids[0], "stitched": stitched}
         )
@@ -173,8 +174,10 @@ def _webhook_context(context: Context) -> Context:
     )
 
 
-def _tagged(row: NewEvent, name: str, hold: float | None) -> NewEvent:
-    return dataclasses.replace(row, rule=name, hold=hold)
+def _tagged(
+    row: NewEvent, name: str, hold: float | None, links: tuple[tuple[str, str], ...]
+) -> NewEvent:
+    return dataclasses.replace(row, rule=name, hold=hold, links=links)
 
 
 def _verify(verifier: Verifier, request: web.Request, body: bytes) -> None:

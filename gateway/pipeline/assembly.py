@@ -268,6 +268,13 @@ def learnable(payload: Mapping[str, Any]) -> dict[str, list[str]]:
     return {} if is_restricted(payload) else hashed_identifiers(payload)
 
 
+def carries(payload: Mapping[str, Any], profile: Mapping[str, Sequence[str]]) -> bool:
+    """True when `payload` has every identifier of `profile` already (`complete` would add
+    nothing): the cheap test before completing."""
+    user_data = payload.get("user_data") or {}
+    return all(user_data.get(name) or name not in HASHED_FIELDS for name in profile)
+
+
 def complete(
     payload: Mapping[str, Any], profile: Mapping[str, Sequence[str]]
 ) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.admin.data import DayCache, coverage_hints, load_dashboard
 from gateway.admin.hints import coverage_hint
+from gateway.admin.page import render_dashboard
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.reads import reading as reader
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
@@ -348,3 +349,51 @@ def test_hint_for_browser_keys_and_pageviews() -> None:
     fbp = coverage_hint("Purchase", {**FULL, "fbp": 0.004}, {"api": 9}, [], rules_dir=None)
     assert fbp is not None
     assert fbp.text.startswith("Purchase events carry fbp in under 1% of cases: forward")
+
+
+async def test_coverage_as_received_and_as_sent_and_hints_on_what_is_sent(
+    box: Outbox, tmp_path: Path
+) -> None:
+    ua = {"client_ip_address": "192.0.2.1", "client_user_agent": "UA/1", "fbp": "fb.1.1.1"}
+    full = {"ph": [HASH], "external_id": [HASH]}
+    # Two Purchases stored by the thank-you page without the email; a webhook's copy of
+    # each brings it (assembly); a third Purchase never gets one.
+    pages = [
+        event(f"o{i}", source="rule", rule="purchase", hashed=full, clear=ua, hold=60)
+        for i in range(3)
+    ]
+    await box.add(pages)
+    await box.add(
+        [
+            event(f"o{i}", source="webhook", rule="stripe", hashed={"em": [HASH]}, clear={})
+            for i in range(2)
+        ]
+    )
+    async with reader(box.path) as conn:
+        data = await load_dashboard(conn, [FakeRule("purchase", "Purchase")], rules_dir=None)
+    (purchase,) = data.coverage
+    assert purchase.received_share("em") == 0.0
+    assert purchase.shares["em"] == pytest.approx(2 / 3)
+    assert purchase.lift("em") == pytest.approx(2 / 3)
+    assert purchase.received_share("ph") == purchase.shares["ph"] == 1.0
+    # The hint is about what is still missing as sent, and says what assembly added.
+    (hint,) = data.hints
+    assert hint.key == "em" and hint.share == pytest.approx(2 / 3)
+    assert hint.text.startswith(
+        "Purchase events carry email in 67% of cases as sent (0% as received; event assembly "
+        "and visitor profiles add the rest)"
+    )
+    html = render_dashboard(
+        data, prefix="/_capi", csrf="x", notice="", signed_in=True, dry_run=True, version="t"
+    )
+    assert "0% received → 67% sent" in html
+    # A key the copies supply for every event needs no hint at all.
+    await box.add([event("o2", source="webhook", rule="stripe", hashed={"em": [HASH]}, clear={})])
+    async with reader(box.path) as conn:
+        data = await load_dashboard(conn, [FakeRule("purchase", "Purchase")], rules_dir=None)
+    assert data.coverage[0].shares["em"] == 1.0 and data.coverage[0].received_share("em") == 0.0
+    assert data.hints == ()
+    html = render_dashboard(
+        data, prefix="/_capi", csrf="x", notice="", signed_in=True, dry_run=True, version="t"
+    )
+    assert "0% received → 100% sent" in html

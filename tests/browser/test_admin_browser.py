@@ -161,3 +161,44 @@ def db_rows_of(buffer: Path) -> dict[str, str]:
     """event_id -> state in the gateway's buffer file."""
     with sqlite3.connect(buffer) as conn:
         return dict(conn.execute("SELECT event_id, state FROM events").fetchall())
+
+
+async def test_dashboard_in_chromium_shows_the_match_keys_assembly_adds(
+    start_gateway: StartGateway, open_tab: OpenTab
+) -> None:
+    # A hold long enough for the copies to meet before anything is sent.
+    gw = await start_gateway(admin_token=ADMIN_TOKEN, assembly_hold=60)
+    browserish = {"user_agent": "Mozilla/5.0 (X11) Chromium", "ip": "203.0.113.7"}
+    pages = [web_event(event_id=f"lift-{n}", user_data=browserish) for n in range(2)]
+    # The backend's copies of the same orders: the email the page never had.
+    copies = [
+        web_event(
+            event_id=f"lift-{n}",
+            action_source="system_generated",
+            user_data={"email": f"buyer{n}@example.com"},
+        )
+        for n in range(2)
+    ]
+    async with aiohttp.ClientSession() as http:
+        for batch in (pages, copies):
+            resp = await http.post(gw.url + "/_capi/events", json={"data": batch}, headers=auth())
+            assert resp.status == 202, await resp.text()
+            answer = await resp.json()
+        assert [e["outcome"] for e in answer["events"]] == ["merged", "merged"]
+
+    tab = await open_tab(viewport={"width": 1280, "height": 900})
+    await tab.page.goto(gw.url + "/_capi/admin")
+    await tab.page.fill("#token", ADMIN_TOKEN)
+    await tab.page.click("button[type=submit]")
+    await tab.page.wait_for_url("**/_capi/admin")
+    row = tab.page.locator("table.coverage tbody tr", has_text="Purchase")
+    email = row.locator('td[data-key="em"]')
+    assert " ".join((await email.inner_text()).split()) == "0% received → 100% sent"
+    assert await email.get_attribute("data-received") == "0.000"
+    assert await email.get_attribute("data-sent") == "1.000"
+    # Keys both copies agree on show one figure.
+    assert (await row.locator('td[data-key="client_user_agent"]').inner_text()).strip() == "100%"
+    # No hint asks for the email the copies supply; what is missing is said instead.
+    hints = await tab.page.locator("li.hint").all_inner_texts()
+    assert not [h for h in hints if "email" in h]
+    assert any(h.startswith("Purchase events carry phone in 0% of cases") for h in hints)

@@ -6,11 +6,13 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.delivery.forget import Person
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
@@ -262,3 +264,60 @@ async def test_an_outbox_of_schema_3_is_migrated_with_its_rows(tmp_path: Path) -
         assert row["received_keys"] == "fbp"
     finally:
         await box.close()
+
+
+ORDER = (("order_id", "A-1001"),)
+
+
+async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(box: Outbox) -> None:
+    # The checkout page: the visitor's fbp, their email, and the order id as stitch key.
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
+    await box.add([replace(checkout, links=ORDER)])
+    # A backend call for the same order whose visit was not found: no fbp, a phone number.
+    backend = copy("api", event_id="b1", name="Lead", hashed={"ph": PH}, clear={})
+    await box.add([replace(backend, links=ORDER)])
+    # A later page view of the visitor: fbp only.
+    await box.add([copy("proxy", event_id="pv", name="PageView", hold=0, clear=visitor)])
+    with sqlite3.connect(box.path) as conn:
+        # One profile (the visitor's, under their fbp); the order id leads to it.
+        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM profile_links").fetchone() == (1,)
+    claimed = {
+        c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
+    }
+    # The backend's event found the profile by the order id: the email typed at checkout.
+    assert claimed["b1"].event["user_data"]["em"] == EM
+    assert claimed["b1"].profile_added == ("em",)
+    # ... and fed it: the page view carries the phone the backend knew.
+    assert claimed["pv"].event["user_data"]["ph"] == PH
+    assert claimed["pv"].event["user_data"]["em"] == EM
+
+
+async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(box: Outbox) -> None:
+    backend = copy("api", event_id="b2", name="Lead", hashed={"ph": PH}, clear={})
+    other = copy("api", event_id="b3", name="Lead", hashed={}, clear={})
+    await box.add([replace(backend, links=ORDER), replace(other, links=ORDER)])
+    with sqlite3.connect(box.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (0,)
+    claimed = {
+        c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
+    }
+    assert "ph" not in claimed["b3"].event["user_data"]
+    assert claimed["b3"].profile_added == ()
+
+
+async def test_forget_by_email_cuts_the_stitch_links_of_the_profile(box: Outbox) -> None:
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
+    await box.add([replace(checkout, links=ORDER)])
+    await box.forget(Person(hashed={"em": frozenset({EM})}), KEY)
+    with sqlite3.connect(box.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM profile_links").fetchone() == (0,)
+    backend = copy("api", event_id="b4", name="Lead", hashed={}, clear={})
+    await box.add([replace(backend, links=ORDER)])
+    claimed = {
+        c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
+    }
+    assert "em" not in claimed["b4"].event["user_data"]

@@ -206,3 +206,31 @@ async def test_pixel_rate_limit_spaces_requests(
     assert len(fake_graph.requests) == 4
     bucket = client.app[SENDER]._buckets[PIXEL]
     assert bucket.waits >= 2
+
+
+async def test_held_events_wake_the_sender_when_due_not_at_every_commit(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway(assembly_hold=1.5, poll_interval=30)
+    outbox = client.app[OUTBOX]
+    await asyncio.sleep(0.2)  # the sender's first claim and maintenance at start
+    claims = 0
+    claim = outbox.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    outbox.claim = counted  # type: ignore[method-assign]
+    started = time.monotonic()
+    for n in range(5):
+        await post(client, [web_event(event_id=f"held-{n}")])
+    await asyncio.sleep(0.5)
+    # Five commits of held rows: no claim per commit (each would be an empty write
+    # transaction); one at most, should the sender's first claim at start land this late.
+    assert claims <= 1
+    # Yet the rows go when due, not after the 30 s poll interval.
+    await wait_for(lambda: len(fake_graph.event_ids()) == 5, timeout=15)
+    assert time.monotonic() - started < 15
+    assert sorted(fake_graph.event_ids()) == [f"held-{n}" for n in range(5)]

@@ -10,6 +10,7 @@ learned, nothing added); and `forget`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -184,3 +185,54 @@ def _stored(shop: Shop, event_id: str) -> bool:
     with contextlib.closing(sqlite3.connect(shop.buffer)) as conn:
         found = conn.execute("SELECT 1 FROM events WHERE event_id=?", (event_id,)).fetchone()
     return found is not None
+
+
+async def test_a_backend_call_with_only_a_stitch_key_finds_and_feeds_the_profile(
+    start: StartShop,
+) -> None:
+    shop = await start(assembly_hold=0.3)
+    ann = shop.visitor()
+    order = await ann.buy("Ann@Example.com", phone=PHONE)
+    await wait_for(lambda: profiles(shop) == 1 and shop.stitched_keys() == 2)
+    # The visit itself is gone (expired, say): only the profile's link knows the order.
+    # In a thread: the gateway runs on this event loop, and its writer must be able to
+    # commit while the delete waits for the write lock.
+    await asyncio.to_thread(_drop_visits, shop)
+    status, _ = await shop.events_api(
+        {
+            "data": [
+                {
+                    "event_name": "Subscribe",
+                    "event_id": f"sub-{order}",
+                    "action_source": "system_generated",
+                    "stitch_key": {"order_id": order},
+                    "user_data": {"external_id": "cust-7"},
+                }
+            ]
+        }
+    )
+    assert status == 202
+    [sub] = await shop.delivered("Subscribe")
+    # Found: no fbp, no visit, yet the email and phone typed at checkout.
+    assert "fbp" not in sub["user_data"]
+    assert sub["user_data"]["em"] == sha("ann@example.com")
+    assert sub["user_data"]["ph"] == hash_value("ph", PHONE)
+    # Fed: the visitor's next page view carries the backend's customer id.
+    await ann.go("GET", "/?after=subscribe")
+
+    def later() -> list[dict[str, Any]]:
+        return [
+            v for v in shop.sent("PageView") if v["event_source_url"].endswith("after=subscribe")
+        ]
+
+    await wait_for(lambda: bool(later()), timeout=15)
+    assert later()[0]["user_data"]["external_id"] == sha("cust-7")
+    assert profiles(shop) == 1
+
+
+def _drop_visits(shop: Shop) -> None:
+    """Delete every kept visit, waiting for the gateway's writer (BEGIN IMMEDIATE)."""
+    with contextlib.closing(sqlite3.connect(shop.buffer, timeout=30, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM stitches")
+        conn.execute("COMMIT")
