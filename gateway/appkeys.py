@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.delivery.outbox import Outbox
 from gateway.delivery.reads import BufferReader
 from gateway.delivery.sender import Sender
 from gateway.delivery.stitch import Stitches
+from gateway.delivery.store import OutboxStore
 from gateway.edge.intake import Intake
 from gateway.edge.pages import PageViews
 from gateway.edge.proxied_rules import ProxiedRules
@@ -55,7 +55,7 @@ def _load(settings: Settings) -> RuleSet:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
-OUTBOX = web.AppKey("outbox", Outbox)
+OUTBOX = web.AppKey("outbox", OutboxStore)
 SENDER = web.AppKey("sender", Sender)
 STARTED_AT = web.AppKey("started_at", float)
 PROXY = web.AppKey("proxy", Proxy)

@@ -37,34 +37,11 @@ from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer
+from gateway.delivery.store import Claimed, OutboxClosed, OutboxFull
 from gateway.models import NewEvent, row_key
 from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
-
-
-class OutboxFull(Exception):
-    """The buffer is over `max_buffer_mb`; callers answer 503 with Retry-After."""
-
-
-class OutboxClosed(Exception):
-    """The outbox is shutting down and accepts nothing more."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A leased row, with its clear fields opened, ready to send."""
-
-    id: int
-    pixel_id: str
-    event_name: str
-    event_id: str
-    event_time: int
-    attempts: int
-    test_event_code: str | None
-    event: dict[str, Any]
-    # Identifiers the visitor's profile added to this event at claim time.
-    profile_added: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -26,8 +26,8 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, OUTBOX, PROXY, RUNTIME, STARTED_AT
-from gateway.delivery.outbox import Outbox
 from gateway.delivery.reads import BufferReader
+from gateway.delivery.store import OutboxStore
 
 # SQLite needs room for the WAL to commit at all; below this the disk counts as full.
 _MIN_FREE_BYTES = 1024 * 1024
@@ -61,7 +61,7 @@ async def get_health(request: web.Request) -> web.StreamResponse:
 
 
 async def readiness(
-    reader: BufferReader | None, outbox: Outbox | None, buffer: Path
+    reader: BufferReader | None, outbox: OutboxStore | None, buffer: Path
 ) -> dict[str, dict[str, Any]]:
     """The outcome of each readiness check: `{"outbox": {...}, "buffer": {...}}`."""
     if reader is None or outbox is None:

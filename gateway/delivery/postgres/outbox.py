@@ -1,0 +1,677 @@
+"""The PostgreSQL outbox: the store interface (`gateway.delivery.store`) over a shared database.
+
+Each replica group-commits what its requests accept (one transaction per window of
+`group_commit_ms`, like the SQLite outbox) and `add` returns only after that commit; copies
+of a stored event merge into it under a row lock (`rows.assemble`). Any replica claims any
+due row (`FOR UPDATE SKIP LOCKED`, leases; `queue.claim`), so a dead replica's rows go to
+the others when its lease expires. Upkeep deletes in batches so no purge holds long locks;
+queue depth comes from the trigger-kept counters. A lost connection is retried by the pool
+for `reconnect_timeout`; then `DatabaseUnavailable`, which the intake answers with a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.delivery import profiles
+from gateway.delivery.forget import Person
+from gateway.delivery.postgres import queue
+from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres.migrations import migrate
+from gateway.delivery.postgres.pool import Database
+from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.seal import Sealer, SealError
+from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
+from gateway.models import META_WINDOW, NewEvent, row_key
+from gateway.pipeline import assembly
+from gateway.pipeline.assembly import Outcome
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.delivery.postgres.pool import Conn
+
+log = logging.getLogger("gateway.outbox")
+
+# Rows per upkeep statement: each batch is its own short transaction.
+PURGE_BATCH = 5000
+# Dead letters kept at most (the oldest go first): a token refused for days must not
+# grow the table without bound.
+MAX_DEAD = 100_000
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: Sequence[NewEvent]
+    done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
+
+
+class PgOutbox:
+    """The outbox on PostgreSQL. Create with `await PgOutbox.open(dsn, ...)`, end with `close()`."""
+
+    def __init__(
+        self,
+        db: Database,
+        sealer: Sealer,
+        *,
+        group_commit_ms: float,
+        max_bytes: int,
+        assembly_hold: float,
+        profiles: ProfilePolicy | None,
+    ) -> None:
+        self.db = db
+        self.path = db.name
+        self.sealer = sealer
+        self.assembly_hold = assembly_hold
+        self.profiles = profiles if profiles is not None and profiles.enabled else None
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._window = group_commit_ms / 1000.0
+        self._max_bytes = max_bytes
+        self._size_checked = 0.0
+        self._over_limit = False
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self.new_work = asyncio.Event()
+        self.commits = 0
+        self.committed_rows = 0
+        self.merged = 0
+        self.late = 0
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        sealer: Sealer,
+        *,
+        group_commit_ms: float = 5.0,
+        max_buffer_mb: float = 1024.0,
+        assembly_hold: float = 0.0,
+        profiles: ProfilePolicy | None = None,
+        reconnect_timeout: float = 10.0,
+        pool_size: int = 10,
+    ) -> PgOutbox:
+        """Connect, migrate (once across replicas), check the key and start the writer.
+
+        `KeyMismatch` when `sealer`'s key does not open the clear fields already stored.
+        """
+        db = await Database.open(dsn, max_size=pool_size, reconnect_timeout=reconnect_timeout)
+        try:
+            await migrate(db)
+            await check_key(db, sealer)
+        except BaseException:
+            await db.close()
+            raise
+        box = cls(
+            db,
+            sealer,
+            group_commit_ms=group_commit_ms,
+            max_bytes=int(max_buffer_mb * 1024 * 1024),
+            assembly_hold=assembly_hold,
+            profiles=profiles,
+        )
+        box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        return box
+
+    async def close(self) -> None:
+        """Flush what was accepted, stop the writer and close the pool."""
+        self._closing = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+            self._writer = None
+        await self.db.close()
+
+    async def reclaim_dead_leases(self) -> int:
+        """Nothing to do at start: leases expire for whichever replica claims next.
+
+        Replicas do not share a process table, so a lease cannot be judged dead by its pid.
+        """
+        return 0
+
+    # writing ------------------------------------------------------------------
+
+    async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
+        """Store events durably; per event "new", "merged" or "late"."""
+        if not events:
+            return []
+        if self._closing:
+            raise OutboxClosed("the outbox is shutting down")
+        await self._check_size()
+        if self._closing:
+            raise OutboxClosed("the outbox is shutting down")
+        item = _Pending(events)
+        self._queue.put_nowait(item)
+        return await asyncio.shield(item.done)
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._window
+            stop = False
+            while sum(len(p.events) for p in batch) < 5000:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            await self._commit(batch)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        rows = [ev for p in batch for ev in p.events]
+        holds = [self.hold_of(ev) for ev in rows]
+        now = time.time()
+
+        async def work(conn: Conn) -> list[Outcome]:
+            return await self._store(conn, rows, holds, now)
+
+        try:
+            outcomes = await self.db.run(work)
+        except Exception as exc:
+            log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        self.commits += 1
+        self.committed_rows += len(rows)
+        self.merged += outcomes.count("merged")
+        self.late += outcomes.count("late")
+        at = 0
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(outcomes[at : at + len(p.events)])
+            at += len(p.events)
+        self.new_work.set()
+
+    async def _store(
+        self, conn: Conn, rows: Sequence[NewEvent], holds: Sequence[float], now: float
+    ) -> list[Outcome]:
+        first: dict[tuple[str, str, str], int] = {}
+        for index, ev in enumerate(rows):
+            first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
+        # Key order: two replicas inserting overlapping batches take the index locks in one
+        # order, so they wait for each other instead of deadlocking.
+        heads = sorted(first.values(), key=lambda i: rows[i].row_key())
+        inserted = await pg_rows.insert(
+            conn,
+            [rows[i] for i in heads],
+            [self.sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
+            [holds[i] for i in heads],
+            now,
+        )
+        outcomes: list[Outcome] = ["new"] * len(rows)
+        states: list[assembly.State | None] = [None] * len(rows)
+        copies = [
+            i
+            for i, ev in enumerate(rows)
+            if first[(ev.pixel_id, ev.event_name, ev.event_id)] != i
+            or (ev.pixel_id, ev.event_name, ev.event_id) not in inserted
+        ]
+        if copies:
+            results = await pg_rows.assemble(
+                conn,
+                [rows[i] for i in copies],
+                [holds[i] for i in copies],
+                self.sealer.open,
+                self.sealer.seal,
+                now,
+            )
+            for i, (outcome, state) in zip(copies, results, strict=True):
+                outcomes[i], states[i] = outcome, state
+        if self.profiles is not None:
+            items: list[tuple[str, dict[str, list[str]]]] = []
+            for ev, outcome, state in zip(rows, outcomes, states, strict=True):
+                if outcome == "late":
+                    continue
+                payload, clear = (state.payload, state.clear) if state else (ev.payload, ev.clear)
+                ids = assembly.learnable(payload)
+                if ids:
+                    items += [(key, ids) for key in profiles.visitor_keys(self.profiles, clear)]
+            await pg_rows.learn(conn, items, ttl=self.profiles.ttl, now=now)
+        return outcomes
+
+    def hold_of(self, ev: NewEvent) -> float:
+        """Seconds `ev` waits before its first send: its own hold, else the default."""
+        if ev.hold is not None:
+            return ev.hold
+        return 0.0 if ev.event_name == "PageView" else self.assembly_hold
+
+    async def _check_size(self) -> None:
+        now = time.monotonic()
+        if now - self._size_checked < 5.0:
+            if self._over_limit:
+                raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
+            return
+        self._size_checked = now
+        used = await self.used_bytes()
+        if used > self._max_bytes:
+            await self.purge_sent_oldest(fraction=0.5)
+            used = await self.used_bytes()
+        self._over_limit = used > self._max_bytes
+        if self._over_limit:
+            raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
+
+    async def used_bytes(self) -> int:
+        """Bytes of the events table with its indexes and TOAST (PostgreSQL's own figure)."""
+        return int(str(await self.db.fetchval("SELECT pg_total_relation_size('events')")))
+
+    # leasing and results ------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, *, limit: int, lease: float, now: float | None = None
+    ) -> list[Claimed]:
+        """Lease up to `limit` due rows of unblocked pixels to `owner` (any replica's rows)."""
+        at = time.time() if now is None else now
+
+        async def work(conn: Conn) -> list[asyncpg.Record]:
+            return await queue.claim(conn, owner, limit=limit, lease=lease, now=at)
+
+        claimed = [self._open_row(r) for r in await self.db.run(work)]
+        if self.profiles is None or not claimed:
+            return claimed
+        policy = self.profiles
+        done = await self._completions({row.id: row.event for row in claimed}, policy, at)
+        if not done:
+            return claimed
+
+        async def record(conn: Conn) -> None:
+            await pg_rows.record_completed(conn, done, owner)
+
+        await self.db.run(record)
+        return [
+            replace(row, event=done[row.id][0], profile_added=done[row.id][1])
+            if row.id in done
+            else row
+            for row in claimed
+        ]
+
+    async def _completions(
+        self, events: dict[int, dict[str, Any]], policy: ProfilePolicy, now: float
+    ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
+        keys = {
+            row_id: profiles.visitor_keys(policy, event.get("user_data", {}))
+            for row_id, event in events.items()
+        }
+
+        async def read(conn: Conn) -> dict[str, dict[str, list[str]]]:
+            return await pg_rows.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
+
+        found = await self.db.run(read, transaction=False)
+        out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
+        for row_id, event in events.items():
+            added: tuple[str, ...] = ()
+            for key in keys[row_id]:
+                if key in found:
+                    event, more = assembly.complete(event, found[key])
+                    added += more
+            if added:
+                out[row_id] = (event, added)
+        return out
+
+    def _open_row(self, r: asyncpg.Record) -> Claimed:
+        event: dict[str, Any] = json.loads(r["payload"])
+        clear = self.sealer.open(
+            r["sealed"], row_key(r["pixel_id"], r["event_name"], r["event_id"])
+        )
+        if clear:
+            event["user_data"] = {**event.get("user_data", {}), **clear}
+        return Claimed(
+            id=int(r["id"]),
+            pixel_id=r["pixel_id"],
+            event_name=r["event_name"],
+            event_id=r["event_id"],
+            event_time=int(r["event_time"]),
+            attempts=int(r["attempts"]),
+            test_event_code=r["test_event_code"],
+            event=event,
+        )
+
+    async def next_due(self) -> float | None:
+        """Epoch seconds when the earliest pending row becomes due, None when none."""
+        due = await self.db.fetchval(
+            "SELECT min(next_attempt_at) FROM events WHERE state = 'pending'"
+        )
+        return float(str(due)) if due is not None else None
+
+    async def mark_sent(
+        self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False
+    ) -> None:
+        """Record a confirmed delivery (or a dry-run record)."""
+        await self._update(
+            ids,
+            owner,
+            "state = $3, sent_at = $4, fbtrace_id = $5, last_error = NULL",
+            ("sent-dry" if dry else "sent", time.time(), fbtrace_id),
+        )
+
+    async def mark_retry(
+        self, ids: Iterable[int], owner: str, *, at: float, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Put rows back as pending, due at `at`."""
+        await self._update(
+            ids,
+            owner,
+            "state = 'pending', next_attempt_at = $3, last_error = $4, fbtrace_id = $5",
+            (at, error, fbtrace_id),
+        )
+
+    async def mark_dead(
+        self, ids: Iterable[int], owner: str, *, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Dead-letter rows with the reason (kept for `dead_retention`)."""
+        await self._update(
+            ids,
+            owner,
+            "state = 'dead', sent_at = $3, last_error = $4, fbtrace_id = $5",
+            (time.time(), error, fbtrace_id),
+        )
+
+    async def release(self, ids: Iterable[int], owner: str) -> None:
+        """Give leased rows back untouched (shutdown): the attempt did not happen."""
+        await self._update(
+            ids, owner, "state = 'pending', attempts = greatest(attempts - 1, 0)", ()
+        )
+
+    async def _update(
+        self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
+    ) -> None:
+        id_list = [int(i) for i in ids]
+        if not id_list:
+            return
+
+        async def work(conn: Conn) -> None:
+            await _update_leased(conn, id_list, owner, assignments, values)
+
+        await self.db.run(work)
+
+    # blocked pixels -------------------------------------------------------------
+
+    async def block_pixel(
+        self,
+        pixel_id: str,
+        ids: Iterable[int],
+        owner: str,
+        *,
+        token_fingerprint: str,
+        reason: str,
+        fbtrace_id: str | None,
+    ) -> None:
+        """Park a pixel whose token Meta refused, with the rows of the failed batch."""
+        id_list = [int(i) for i in ids]
+
+        async def work(conn: Conn) -> None:
+            await _update_leased(
+                conn,
+                id_list,
+                owner,
+                "state = 'blocked', last_error = $3, fbtrace_id = $4",
+                (reason, fbtrace_id),
+            )
+            await conn.execute(
+                "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, "
+                "since) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pixel_id) DO UPDATE SET "
+                "token_fingerprint = excluded.token_fingerprint, reason = excluded.reason, "
+                "fbtrace_id = excluded.fbtrace_id",
+                pixel_id,
+                token_fingerprint,
+                reason,
+                fbtrace_id,
+                time.time(),
+            )
+            await conn.execute(
+                "UPDATE events SET state = 'blocked' WHERE state = 'pending' AND pixel_id = $1",
+                pixel_id,
+            )
+
+        await self.db.run(work)
+
+    async def blocked_pixels(self) -> dict[str, str]:
+        """Blocked pixel id -> fingerprint of the token that was refused."""
+
+        async def read(conn: Conn) -> dict[str, str]:
+            rows = await conn.fetch("SELECT pixel_id, token_fingerprint FROM blocked_pixels")
+            return {r["pixel_id"]: r["token_fingerprint"] for r in rows}
+
+        return await self.db.run(read, transaction=False)
+
+    async def unblock_pixel(self, pixel_id: str) -> int:
+        """Release a pixel's parked rows for sending now; returns how many."""
+
+        async def work(conn: Conn) -> int:
+            await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id = $1", pixel_id)
+            status = await conn.execute(
+                "UPDATE events SET state = 'pending', next_attempt_at = $1 "
+                "WHERE state = 'blocked' AND pixel_id = $2",
+                time.time(),
+                pixel_id,
+            )
+            return _affected(status)
+
+        count = await self.db.run(work)
+        self.new_work.set()
+        return count
+
+    # housekeeping -----------------------------------------------------------------
+
+    async def expire_and_purge(
+        self, *, retention: float, dead_retention: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Dead-letter rows past Meta's window; delete old sent and dead rows, in batches
+        (each its own short transaction); bound dead letters and profiles."""
+        now = time.time() if now is None else now
+        expired = await self._batched(
+            "UPDATE events SET state = 'dead', sent_at = $1, last_error = $2 WHERE id IN ("
+            "SELECT id FROM events WHERE state IN ('pending', 'blocked') AND event_time < $3 "
+            "LIMIT $4 FOR UPDATE SKIP LOCKED)",
+            now,
+            "expired: event_time is older than Meta's 7-day window",
+            now - META_WINDOW,
+        )
+        purged = await self._batched(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE "
+            "((state IN ('sent', 'sent-dry') AND sent_at < $1) "
+            "OR (state = 'dead' AND sent_at < $2))"
+            " LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            now - retention,
+            now - dead_retention,
+        )
+        purged += await self._batched(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = 'dead' "
+            "ORDER BY sent_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            MAX_DEAD,
+        )
+        if self.profiles is not None:
+            await self._batched(
+                "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
+                "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now,
+            )
+            await self._batched(
+                "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
+                "ORDER BY updated_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                self.profiles.max_profiles,
+            )
+        return expired, purged
+
+    async def _batched(self, sql: str, *args: object) -> int:
+        """Run `sql` (its last parameter the batch size) until a batch comes back short."""
+        total = 0
+        while True:
+
+            async def work(conn: Conn) -> int:
+                return _affected(await conn.execute(sql, *args, PURGE_BATCH))
+
+            count = await self.db.run(work)
+            total += count
+            if count < PURGE_BATCH:
+                return total
+
+    async def purge_sent_oldest(self, *, fraction: float) -> int:
+        """Delete the oldest share of delivered rows to make room."""
+
+        async def work(conn: Conn) -> int:
+            return _affected(
+                await conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
+                    "('sent', 'sent-dry') ORDER BY sent_at LIMIT (SELECT (count(*) * $1)::bigint"
+                    " + 1 FROM events WHERE state IN ('sent', 'sent-dry')))",
+                    fraction,
+                )
+            )
+
+        count = await self.db.run(work)
+        if count:
+            log.warning("Store near max_buffer_mb: purged %d delivered rows early.", count)
+        return count
+
+    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Queue dead letters (those of `ids`, or all) for sending now; returns how many."""
+        chosen = None if ids is None else [int(i) for i in ids]
+
+        async def work(conn: Conn) -> int:
+            status = await conn.execute(
+                "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = $1, "
+                "lease_owner = NULL, lease_expires = NULL WHERE state = 'dead' "
+                "AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
+                time.time(),
+                chosen,
+            )
+            await conn.execute(
+                "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
+                "(SELECT DISTINCT pixel_id FROM events WHERE state = 'blocked')"
+            )
+            return _affected(status)
+
+        count = await self.db.run(work)
+        self.new_work.set()
+        return count
+
+    async def discard_dead(self, ids: Sequence[int]) -> int:
+        """Delete the dead letters of `ids`; returns how many."""
+        chosen = [int(i) for i in ids]
+
+        async def work(conn: Conn) -> int:
+            return _affected(
+                await conn.execute(
+                    "DELETE FROM events WHERE state = 'dead' AND id = ANY($1::bigint[])", chosen
+                )
+            )
+
+        return await self.db.run(work)
+
+    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
+        """Match keys as received and as sent, per event name (as the SQLite store's)."""
+
+        async def read(conn: Conn) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT event_name, coalesce(received_keys, match_keys) AS received, "
+                "match_keys AS sent, count(*) AS n FROM events "
+                "WHERE created_at >= $1 AND match_keys IS NOT NULL GROUP BY 1, 2, 3",
+                since,
+            )
+
+        out: dict[str, dict[str, Any]] = {}
+        for r in await self.db.run(read, transaction=False):
+            entry = out.setdefault(r["event_name"], {"events": 0, "keys": {}})
+            entry["events"] += int(r["n"])
+            for column in ("received", "sent"):
+                for key in filter(None, (r[column] or "").split(",")):
+                    counts = entry["keys"].setdefault(key, {"received": 0, "sent": 0})
+                    counts[column] += int(r["n"])
+        return dict(sorted(out.items()))
+
+    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
+        """Erasure is not ported to PostgreSQL yet: refuse clearly rather than half-erase."""
+        raise NotImplementedError(
+            "forget on a PostgreSQL store is not available in this release; nothing was removed"
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts per state and per event name (from the counters), oldest pending age,
+        blocked pixels: the SQLite store's shape."""
+        now = time.time()
+
+        async def read(conn: Conn) -> dict[str, Any]:
+            depth = await queue.queue_depth(conn)
+            oldest = await conn.fetchval(
+                "SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight')"
+            )
+            blocked = await conn.fetch(
+                "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
+            )
+            return {
+                "states": queue.totals(depth),
+                "by_event_name": dict(sorted(depth.items())),
+                "oldest_pending_age": now - float(oldest) if oldest is not None else None,
+                "blocked_pixels": [
+                    {
+                        "pixel_id": b["pixel_id"],
+                        "reason": b["reason"],
+                        "fbtrace_id": b["fbtrace_id"],
+                        "since": float(b["since"]),
+                    }
+                    for b in blocked
+                ],
+            }
+
+        return await self.db.run(read, transaction=False)
+
+
+async def check_key(db: Database, sealer: Sealer) -> None:
+    """`KeyMismatch` unless `sealer` opens the newest sealed row (when there is one)."""
+
+    async def read(conn: Conn) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            "SELECT pixel_id, event_name, event_id, sealed FROM events "
+            "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
+
+    row = await db.run(read, transaction=False)
+    if row is None:
+        return
+    try:
+        sealer.open(row["sealed"], row_key(row["pixel_id"], row["event_name"], row["event_id"]))
+    except SealError as exc:
+        raise KeyMismatch(
+            f"the encryption key does not open the events already stored at {db.name}: "
+            "every replica must use the same encryption_key (CAPIGW_ENCRYPTION_KEY)"
+        ) from exc
+
+
+async def _update_leased(
+    conn: Conn, ids: list[int], owner: str, assignments: str, values: tuple[Any, ...]
+) -> None:
+    # Only the lease holder may record a result: a row whose lease expired and was taken
+    # by another replica belongs to that replica now.
+    await conn.execute(
+        f"UPDATE events SET {assignments}, lease_owner = NULL, lease_expires = NULL "
+        "WHERE id = ANY($1::bigint[]) AND state = 'inflight' AND lease_owner = $2",
+        ids,
+        owner,
+        *values,
+    )
+
+
+def _affected(status: str) -> int:
+    """Rows a statement touched, from asyncpg's status string ("UPDATE 3", "DELETE 0")."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
