@@ -8,8 +8,9 @@ both. `count_rows` reads what was committed on a connection of its own.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -70,5 +71,45 @@ async def fetch(box: OutboxStore, sql: str) -> list[tuple[object, ...]]:
 
     async def read(conn: asyncpg.Connection) -> list[tuple[object, ...]]:  # type: ignore[type-arg]
         return [tuple(r) for r in await conn.fetch(sql)]
+
+    return await box.db.run(read, transaction=False)
+
+
+Opener = Callable[..., Awaitable[OutboxStore]]
+
+
+@pytest.fixture
+async def open_store(store_location: Path | str, tmp_path: Path) -> AsyncIterator[Opener]:
+    """`await open_store(name, **options)`: an outbox of the test's backend, closed after it.
+
+    On SQLite each name is a file of its own; on PostgreSQL every name opens the test's one
+    database (the tests using it keep their event ids apart).
+    """
+    opened: list[OutboxStore] = []
+
+    async def opener(name: str = "o.db", **options: Any) -> OutboxStore:
+        box: OutboxStore
+        if isinstance(store_location, Path):
+            box = await Outbox.open(tmp_path / name, Sealer(KEY), **options)
+        else:
+            box = await PgOutbox.open(store_location, Sealer(KEY), **options)
+        opened.append(box)
+        return box
+
+    yield opener
+    for box in opened:
+        await box.close()
+
+
+async def event_rows(box: OutboxStore) -> list[dict[str, Any]]:
+    """Every row of the events table as a dict, in id order (JSON columns as text)."""
+    if isinstance(box, Outbox):
+        with sqlite3.connect(box.path) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute("SELECT * FROM events ORDER BY id")]
+    assert isinstance(box, PgOutbox)
+
+    async def read(conn: Any) -> list[dict[str, Any]]:
+        return [dict(r) for r in await conn.fetch("SELECT * FROM events ORDER BY id")]
 
     return await box.db.run(read, transaction=False)
