@@ -8,8 +8,7 @@ from aiohttp import web
 
 from gateway.delivery.reads import BufferReader
 from gateway.delivery.sender import Sender
-from gateway.delivery.stitch import Stitches
-from gateway.delivery.store import OutboxStore
+from gateway.delivery.store import OutboxStore, StitchStore
 from gateway.edge.intake import Intake
 from gateway.edge.pages import PageViews
 from gateway.edge.proxied_rules import ProxiedRules
@@ -64,4 +63,4 @@ METRICS = web.AppKey("metrics", Metrics)
 BUFFER_READER = web.AppKey("buffer_reader", BufferReader)
 PROXIED_RULES = web.AppKey("proxied_rules", ProxiedRules)
 INTAKE = web.AppKey("intake", Intake)
-STITCHES = web.AppKey("stitches", Stitches)
+STITCHES = web.AppKey("stitches", StitchStore)

@@ -11,11 +11,12 @@ Exceptions callers see from any backend: `OutboxFull` (over `max_buffer_mb`), `O
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.delivery.forget import Person
+from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
 
@@ -145,3 +146,32 @@ class OutboxStore(Protocol):
 
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
+
+
+class StitchStore(Protocol):
+    """Visitor contexts under keyed hashes, for webhooks to be stitched to their visit."""
+
+    commits: int
+    committed_rows: int
+
+    def key_hash(self, kind: str, value: str) -> str:
+        """The stored form of a key."""
+
+    async def put(self, keys: Mapping[str, str], ctx: VisitorContext, *, ttl: float) -> None:
+        """Store `ctx` under every non-empty (kind, value) of `keys` for `ttl` seconds."""
+
+    async def get(
+        self, kind: str, value: str, *, now: float | None = None
+    ) -> VisitorContext | None:
+        """The context stored under (kind, value)."""
+
+    async def find(
+        self, keys: Mapping[str, str], *, now: float | None = None
+    ) -> VisitorContext | None:
+        """The context under the first of `keys` that has one."""
+
+    async def purge_expired(self, now: float | None = None) -> int:
+        """Delete expired contexts; returns how many."""
+
+    async def close(self) -> None:
+        """Finish pending puts and close."""

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES
-from gateway.delivery.stitch import Stitches
+from gateway.delivery.store import StitchStore
 from gateway.edge.intake import Refused
 from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
 from gateway.errors import json_error
@@ -148,7 +148,7 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 async def _event(
-    mapping: Webhook, facts: Facts, payload: Any, stitches: Stitches
+    mapping: Webhook, facts: Facts, payload: Any, stitches: StitchStore
 ) -> tuple[dict[str, Any], bool] | None:
     event = mapping.draft(facts, payload)
     if event is None:
