@@ -36,8 +36,8 @@ from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
-from gateway.delivery.seal import Sealer
-from gateway.delivery.store import Claimed, OutboxClosed, OutboxFull
+from gateway.delivery.seal import Sealer, SealError
+from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
 from gateway.models import NewEvent, row_key
 from gateway.pipeline.assembly import Outcome
 
@@ -130,6 +130,26 @@ class Outbox:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.new_work.set()
         return count
+
+    async def check_key(self) -> None:
+        """`KeyMismatch` unless the key opens the newest sealed row (when there is one)."""
+        async with (
+            self._lock,
+            self._conn.execute(
+                "SELECT pixel_id, event_name, event_id, sealed FROM events "
+                "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None:
+            return
+        try:
+            self.sealer.open(row[3], row_key(row[0], row[1], row[2]))
+        except SealError as exc:
+            raise KeyMismatch(
+                f"the encryption key does not open the events already stored in {self.path}: "
+                "use the key they were written with (encryption_key or the key file)"
+            ) from exc
 
     async def close(self) -> None:
         """Flush what was accepted, stop the writer and close the file."""

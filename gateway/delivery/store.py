@@ -16,16 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.delivery.forget import Person
+from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres_url(buffer: object) -> bool:
-    """Whether a `--buffer` value names a PostgreSQL database rather than a file."""
-    return isinstance(buffer, str) and buffer.startswith(POSTGRES_SCHEMES)
 
 
 class OutboxFull(Exception):
@@ -175,3 +169,21 @@ class StitchStore(Protocol):
 
     async def close(self) -> None:
         """Finish pending puts and close."""
+
+
+class StoreReader(Protocol):
+    """Health, /status and /metrics numbers, read apart from the write path."""
+
+    limit_bytes: int
+
+    async def close(self) -> None:
+        """Release what the reader holds."""
+
+    async def used_bytes(self) -> int:
+        """Bytes the store occupies."""
+
+    async def has_delivered(self) -> bool:
+        """True when delivered rows exist."""
+
+    async def snapshot(self) -> QueueSnapshot:
+        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter."""

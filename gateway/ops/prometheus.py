@@ -24,7 +24,8 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, METRICS
-from gateway.delivery.reads import BufferReader, QueueSnapshot
+from gateway.delivery.reads import QueueSnapshot
+from gateway.delivery.store import StoreReader
 from gateway.metrics import MULTIPROC_ENV, Metrics
 from gateway.ops.access import require_admin
 from gateway.settings import Settings
@@ -132,7 +133,7 @@ def metrics_for_settings(settings: Settings) -> Metrics:
 # exposition -------------------------------------------------------------------------------
 
 
-async def render(metrics: Metrics, reader: BufferReader | None, accept: str) -> tuple[bytes, str]:
+async def render(metrics: Metrics, reader: StoreReader | None, accept: str) -> tuple[bytes, str]:
     """The exposition body and its content type (OpenMetrics when asked for)."""
     snapshot = None
     if reader is not None:

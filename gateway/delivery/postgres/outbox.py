@@ -23,14 +23,15 @@ from gateway.delivery import profiles
 from gateway.delivery.forget import Person
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
-from gateway.delivery.postgres.migrations import migrate
-from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.migrations import SchemaError, migrate
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
 from gateway.models import META_WINDOW, NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.assembly import Outcome
+from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     import asyncpg
@@ -675,3 +676,22 @@ def _affected(status: str) -> int:
     """Rows a statement touched, from asyncpg's status string ("UPDATE 3", "DELETE 0")."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+async def open_postgres(
+    settings: Settings, sealer: Sealer, policy: ProfilePolicy | None
+) -> PgOutbox:
+    """The outbox on the database `settings.store_url` names; ConfigError when it cannot be
+    used (unreachable, refused, a newer schema, another key)."""
+    assert settings.store_url is not None
+    try:
+        return await PgOutbox.open(
+            settings.store_url,
+            sealer,
+            group_commit_ms=settings.group_commit_ms,
+            max_buffer_mb=settings.max_buffer_mb,
+            assembly_hold=settings.assembly_hold,
+            profiles=policy,
+        )
+    except (DatabaseUnavailable, SchemaError, KeyMismatch) as exc:
+        raise ConfigError(f"buffer: {exc}") from exc

@@ -1,0 +1,81 @@
+"""Health, /status and /metrics reads of the PostgreSQL store: the numbers of `QueueSnapshot`.
+
+Queue depth comes from the trigger-kept counters (`queue.queue_depth`), never COUNT(*) over
+the events table; the other figures read small partial indexes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gateway.delivery.postgres import queue
+from gateway.delivery.postgres.pool import Database
+from gateway.delivery.reads import BlockedPixel, DeadLetter, QueueSnapshot
+
+if TYPE_CHECKING:
+    from gateway.delivery.postgres.pool import Conn
+
+
+class PgReader:
+    """The store's numbers, read on the outbox's pool (reads never wait for a group commit)."""
+
+    def __init__(self, db: Database, *, limit_bytes: int) -> None:
+        self.db = db
+        self.limit_bytes = limit_bytes
+
+    async def close(self) -> None:
+        """Nothing of its own to close: the pool belongs to the outbox."""
+
+    async def used_bytes(self) -> int:
+        """Bytes of the events table with its indexes."""
+        return int(str(await self.db.fetchval("SELECT pg_total_relation_size('events')")))
+
+    async def has_delivered(self) -> bool:
+        """True when delivered rows exist (the outbox purges those first to make room)."""
+        return bool(
+            await self.db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('sent', 'sent-dry'))"
+            )
+        )
+
+    async def snapshot(self) -> QueueSnapshot:
+        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter."""
+        now = time.time()
+
+        async def read(conn: Conn) -> QueueSnapshot:
+            states = queue.totals(await queue.queue_depth(conn))
+            oldest = await conn.fetchval(
+                "SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight')"
+            )
+            last = await conn.fetchval("SELECT max(sent_at) FROM events WHERE state = 'sent'")
+            dead = await conn.fetchrow(
+                "SELECT pixel_id, last_error, fbtrace_id, sent_at FROM events "
+                "WHERE state = 'dead' ORDER BY sent_at DESC LIMIT 1"
+            )
+            blocked = await conn.fetch(
+                "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
+            )
+            used = await conn.fetchval("SELECT pg_total_relation_size('events')")
+            return QueueSnapshot(
+                states=states,
+                oldest_pending_age=max(0.0, now - float(oldest)) if oldest is not None else None,
+                last_delivery=float(last) if last is not None else None,
+                blocked=tuple(
+                    BlockedPixel(b["pixel_id"], b["reason"], b["fbtrace_id"], float(b["since"]))
+                    for b in blocked
+                ),
+                last_dead=DeadLetter(
+                    str(dead["pixel_id"]),
+                    str(dead["last_error"] or ""),
+                    dead["fbtrace_id"],
+                    float(dead["sent_at"] or 0.0),
+                )
+                if dead is not None
+                else None,
+                used_bytes=int(used),
+                limit_bytes=self.limit_bytes,
+            )
+
+        # One transaction (REPEATABLE READ not needed: a scrape tolerates a moment's skew).
+        return await self.db.run(read)
