@@ -442,11 +442,6 @@ class Settings(BaseModel):
         if isinstance(buffer, str) and buffer.startswith(POSTGRES_SCHEMES):
             url = buffer
             data = {k: v for k, v in data.items() if k != "buffer"}
-            if not data.get("encryption_key") and not data.get("key_file"):
-                raise ValueError(
-                    "buffer: a PostgreSQL store needs encryption_key "
-                    "(CAPIGW_ENCRYPTION_KEY) or key_file, the same on every replica"
-                )
         settings = handler(data)
         if url is not None:
             settings._store_url = url

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from gateway.demo_shop import shop_app
 from tests.browser.site import serve
+from tests.commands.test_doctor import cli
 from tests.conftest import auth, make_settings, wait_for, web_event
 from tests.edge.test_stitching import FBCLID, RULES, VISITOR_IP, Visitor
 from tests.edge.test_webhooks import ENV, body_of, stripe_event, stripe_headers
@@ -123,7 +125,7 @@ async def _post(front: Front, events: list[dict[str, Any]]) -> tuple[int, dict[s
 
 
 async def test_events_spread_over_replicas_are_sent_once_and_counted_by_each(
-    replicas: Start, fake_graph: FakeGraph
+    replicas: Start, fake_graph: FakeGraph, postgres_dsn: str, tmp_path: Path
 ) -> None:
     fronts = await replicas()
     batches = [
@@ -147,6 +149,33 @@ async def test_events_spread_over_replicas_are_sent_once_and_counted_by_each(
         text = str(status)
         assert resp.status == 200, text
         assert "300" in text, text  # every replica sees all 300 sent events
+    # `queue stats` (of any replica's host) reads the shared counters: every replica's events.
+    result = await cli("queue", "stats", "--json", "--buffer", postgres_dsn, cwd=tmp_path)
+    assert result.code == 0, result.text
+    stats = json.loads(result.out)
+    assert stats["states"]["sent"] == 300 and stats["states"]["pending"] == 0
+    assert stats["by_event_name"] == {"Purchase": {"sent": 300}}
+    doctor = await cli(
+        "doctor", "--buffer", postgres_dsn, "--dry-run", cwd=tmp_path, CAPIGW_ENCRYPTION_KEY=KEY
+    )
+    assert "schema v2" in doctor.text and "0 pending" in doctor.text, doctor.text
+    assert "key" not in [line.split()[1] for line in doctor.out.splitlines() if "FAIL" in line]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_serve_exits_2_when_its_key_does_not_open_the_stored_events(
+    backend: str, tmp_path: Path, postgres_dsn: str, fake_graph: FakeGraph
+) -> None:
+    buffer = str(tmp_path / "outbox.db") if backend == "sqlite" else postgres_dsn
+    settings = make_settings(tmp_path, fake_graph.url, buffer=buffer, encryption_key=KEY)
+    async with run_gateway(settings) as front:
+        assert (await _post(front, [web_event(event_id="k1")]))[0] == 202
+    other = "cd" * 32
+    result = await cli(
+        "serve", "--buffer", buffer, "--dry-run", cwd=tmp_path, CAPIGW_ENCRYPTION_KEY=other
+    )
+    assert result.code == 2, result.text
+    assert "encryption key does not open the events already stored" in result.err
 
 
 async def test_a_database_outage_answers_503_and_the_gateway_reconnects(

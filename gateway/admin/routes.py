@@ -131,6 +131,13 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         return _sign_in_first(request)
     settings = request.app[RUNTIME].settings
     rules = _rules(request)
+    if settings.store_url is not None:
+        return json_error(
+            501,
+            "not available",
+            "the dashboard does not read a PostgreSQL store in this release; "
+            f"use {settings.prefix}/status and {settings.prefix}/metrics",
+        )
     try:
         async with reading(settings.buffer) as conn:
             data = await load_dashboard(
@@ -254,6 +261,10 @@ async def post_forget(request: web.Request) -> web.StreamResponse:
         )
     except PersonError as exc:
         return json_error(400, "invalid form", str(exc))
+    if settings.store_url is not None:
+        return json_error(
+            501, "not available", "forget on a PostgreSQL store is not available in this release"
+        )
     _key(request)  # loads the outbox key into the admin state
     key = request.app[ADMIN].key
     assert key is not None

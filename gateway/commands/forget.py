@@ -45,6 +45,10 @@ def run_forget_command(args: argparse.Namespace) -> int:
     if args.key_file is not None:
         flags["key_file"] = args.key_file
     settings = load_settings(Sources(config_file=args.config, flags=flags))
+    if settings.store_url is not None:
+        raise ConfigError(
+            "forget: not available on a PostgreSQL store in this release; nothing was removed"
+        )
     if not settings.buffer.is_file():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     try:

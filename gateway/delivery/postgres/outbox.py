@@ -25,6 +25,7 @@ from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.migrations import SchemaError, migrate
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
+from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
@@ -609,32 +610,7 @@ class PgOutbox:
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name (from the counters), oldest pending age,
         blocked pixels: the SQLite store's shape."""
-        now = time.time()
-
-        async def read(conn: Conn) -> dict[str, Any]:
-            depth = await queue.queue_depth(conn)
-            oldest = await conn.fetchval(
-                "SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight')"
-            )
-            blocked = await conn.fetch(
-                "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
-            )
-            return {
-                "states": queue.totals(depth),
-                "by_event_name": dict(sorted(depth.items())),
-                "oldest_pending_age": now - float(oldest) if oldest is not None else None,
-                "blocked_pixels": [
-                    {
-                        "pixel_id": b["pixel_id"],
-                        "reason": b["reason"],
-                        "fbtrace_id": b["fbtrace_id"],
-                        "since": float(b["since"]),
-                    }
-                    for b in blocked
-                ],
-            }
-
-        return await self.db.run(read, transaction=False)
+        return await queue_stats(self.db)
 
 
 async def check_key(db: Database, sealer: Sealer) -> None:
@@ -684,6 +660,12 @@ async def open_postgres(
     """The outbox on the database `settings.store_url` names; ConfigError when it cannot be
     used (unreachable, refused, a newer schema, another key)."""
     assert settings.store_url is not None
+    if not settings.encryption_key and not settings.key_file:
+        # A key generated beside each replica would differ from replica to replica.
+        raise ConfigError(
+            "buffer: a PostgreSQL store needs encryption_key (CAPIGW_ENCRYPTION_KEY) or "
+            "key_file, the same on every replica"
+        )
     try:
         return await PgOutbox.open(
             settings.store_url,

@@ -7,7 +7,7 @@ the events table; the other figures read small partial indexes.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres.pool import Database
@@ -79,3 +79,34 @@ class PgReader:
 
         # One transaction (REPEATABLE READ not needed: a scrape tolerates a moment's skew).
         return await self.db.run(read)
+
+
+async def queue_stats(db: Database) -> dict[str, Any]:
+    """The numbers `queue stats` shows, in the SQLite store's shape: per state and event name
+    (from the counters), oldest pending age, blocked pixels."""
+    now = time.time()
+
+    async def read(conn: Conn) -> dict[str, Any]:
+        depth = await queue.queue_depth(conn)
+        oldest = await conn.fetchval(
+            "SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight')"
+        )
+        blocked = await conn.fetch(
+            "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
+        )
+        return {
+            "states": queue.totals(depth),
+            "by_event_name": dict(sorted(depth.items())),
+            "oldest_pending_age": now - float(oldest) if oldest is not None else None,
+            "blocked_pixels": [
+                {
+                    "pixel_id": b["pixel_id"],
+                    "reason": b["reason"],
+                    "fbtrace_id": b["fbtrace_id"],
+                    "since": float(b["since"]),
+                }
+                for b in blocked
+            ],
+        }
+
+    return await db.run(read, transaction=False)
