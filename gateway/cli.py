@@ -16,7 +16,7 @@ from gateway.commands.forget import add_forget_parser, run_forget_command
 from gateway.config import Sources, load_settings
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
-from gateway.settings import POSTGRES_SCHEMES, ConfigError, Settings
+from gateway.settings import ConfigError, Settings, buffer_arg
 
 log = logging.getLogger("gateway.cli")
 
@@ -40,12 +40,6 @@ _FLAG_KEYS = {
     "log_format": "log_format",
     "admin_token": "admin_token",
 }
-
-
-def buffer_arg(value: str) -> Path | str:
-    """`--buffer`: a file path, or a postgresql:// URL kept as written (a Path would
-    collapse its `//`)."""
-    return value if value.startswith(POSTGRES_SCHEMES) else Path(value)
 
 
 def _config_flags(parser: argparse.ArgumentParser) -> None:

@@ -30,6 +30,13 @@ PARTNER_AGENT = f"capi-gateway/{__version__}"
 # `buffer` values naming a PostgreSQL database rather than a file.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
+
+def buffer_arg(value: str) -> Path | str:
+    """`--buffer`: a file path, or a postgresql:// URL kept as written (a Path would collapse
+    its `//`)."""
+    return value if value.startswith(POSTGRES_SCHEMES) else Path(value)
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _PIXEL_ID = re.compile(r"^[0-9]{5,20}$")

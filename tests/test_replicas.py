@@ -160,6 +160,19 @@ async def test_events_spread_over_replicas_are_sent_once_and_counted_by_each(
     )
     assert "schema v2" in doctor.text and "0 pending" in doctor.text, doctor.text
     assert "key" not in [line.split()[1] for line in doctor.out.splitlines() if "FAIL" in line]
+    # Erasure takes the URL too (the events are sent: nothing of them is left to scrub).
+    forgot = await cli(
+        "forget",
+        "--email",
+        "Jane@Example.com",
+        "--json",
+        "--buffer",
+        postgres_dsn,
+        cwd=tmp_path,
+        CAPIGW_ENCRYPTION_KEY=KEY,
+    )
+    assert forgot.code == 0, forgot.text
+    assert json.loads(forgot.out) == {"events": 0, "profiles": 0, "stitches": 0}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

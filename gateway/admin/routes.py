@@ -261,10 +261,6 @@ async def post_forget(request: web.Request) -> web.StreamResponse:
         )
     except PersonError as exc:
         return json_error(400, "invalid form", str(exc))
-    if settings.store_url is not None:
-        return json_error(
-            501, "not available", "forget on a PostgreSQL store is not available in this release"
-        )
     _key(request)  # loads the outbox key into the admin state
     key = request.app[ADMIN].key
     assert key is not None

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.seal import Sealer
-from tests.delivery.test_outbox import KEY, count, event
+from tests.delivery.test_outbox import KEY, event
+
+
+def count(path: Path, where: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM events WHERE {where}").fetchone()[0])
 
 
 def dead_pid() -> int:

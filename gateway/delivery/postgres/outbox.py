@@ -23,6 +23,7 @@ from gateway.delivery import profiles
 from gateway.delivery.forget import Person
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.migrations import SchemaError, migrate
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats
@@ -602,10 +603,13 @@ class PgOutbox:
         return dict(sorted(out.items()))
 
     async def forget(self, person: Person, key: bytes) -> dict[str, int]:
-        """Erasure is not ported to PostgreSQL yet: refuse clearly rather than half-erase."""
-        raise NotImplementedError(
-            "forget on a PostgreSQL store is not available in this release; nothing was removed"
-        )
+        """Erase a person from unsent events, profiles and stitched visits (see
+        postgres/forget.py), in one transaction."""
+
+        async def work(conn: Conn) -> dict[str, int]:
+            return await forget_person(conn, self.sealer, key, person)
+
+        return await self.db.run(work)
 
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name (from the counters), oldest pending age,
