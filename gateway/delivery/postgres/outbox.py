@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import profiles
 from gateway.delivery.forget import Person
+from gateway.delivery.outbox import _pid_gone as pid_gone
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
@@ -28,6 +30,7 @@ from gateway.delivery.postgres.migrations import SchemaError, migrate
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.rows import _pid_of as pid_of
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
 from gateway.models import META_WINDOW, NewEvent, row_key
@@ -119,10 +122,13 @@ class PgOutbox:
             profiles=profiles,
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        await box.reclaim_dead_leases()
         return box
 
     async def close(self) -> None:
-        """Flush what was accepted, stop the writer and close the pool."""
+        """Flush what was accepted, stop the writer and close the pool (once)."""
+        if self._closing:
+            return
         self._closing = True
         if self._writer is not None:
             self._queue.put_nowait(None)
@@ -131,11 +137,45 @@ class PgOutbox:
         await self.db.close()
 
     async def reclaim_dead_leases(self) -> int:
-        """Nothing to do at start: leases expire for whichever replica claims next.
+        """Rows leased by processes of this host that no longer exist go back to pending.
 
-        Replicas do not share a process table, so a lease cannot be judged dead by its pid.
+        As on SQLite: a replica (or a `--workers` worker) restarted after SIGKILL resends its
+        in-flight rows at once instead of after the whole lease. Only owners named after this
+        host (`host:pid:nonce`) are judged; other replicas' leases expire as usual.
         """
-        return 0
+        host = socket.gethostname()
+
+        async def owners(conn: Conn) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT DISTINCT lease_owner FROM events WHERE state = 'inflight' "
+                "AND starts_with(lease_owner, $1)",
+                host + ":",
+            )
+            return [str(r["lease_owner"]) for r in rows]
+
+        dead = [
+            owner
+            for owner in await self.db.run(owners, transaction=False)
+            if (pid := pid_of(owner, host)) is not None and pid_gone(pid)
+        ]
+        if not dead:
+            return 0
+
+        async def work(conn: Conn) -> int:
+            return _affected(
+                await conn.execute(
+                    "UPDATE events SET state = 'pending', lease_owner = NULL, "
+                    "lease_expires = NULL WHERE state = 'inflight' "
+                    "AND lease_owner = ANY($1::text[])",
+                    dead,
+                )
+            )
+
+        count = await self.db.run(work)
+        if count:
+            log.info("Took back %d event(s) leased by stopped processes of this host.", count)
+            self.new_work.set()
+        return count
 
     # writing ------------------------------------------------------------------
 
