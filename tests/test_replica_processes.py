@@ -40,7 +40,7 @@ SEND_CONCURRENCY = 2
 LOAD_SECONDS = 3.0
 
 
-def _start(dsn: str, graph_url: str, log: Path) -> Gateway:
+def _start(dsn: str, graph_url: str, log: Path, *more: str) -> Gateway:
     port = free_port()
     cmd = [
         *gateway_cmd(),
@@ -57,6 +57,7 @@ def _start(dsn: str, graph_url: str, log: Path) -> Gateway:
         graph_url,
         "--api-key",
         API_KEY,
+        *more,
     ]
     env = clean_env(
         CAPIGW_ENCRYPTION_KEY=KEY,
@@ -151,3 +152,30 @@ async def test_a_killed_replica_and_a_database_restart_lose_nothing_acknowledged
         for gw in gateways[1:]:
             with contextlib.suppress(ProcessLookupError):
                 gw.proc.terminate()
+
+
+async def test_serve_workers_on_postgresql_deliver_everything_once(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    fake = start_fake(tmp_path / "fake.log", token=TOKEN)
+    with stop_at_exit() as procs:
+        procs.append(fake.proc)
+        gw = _start(postgres_dsn, fake.url, tmp_path / "gw.log", "--workers", "2")
+        procs.append(gw.proc)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            await wait_healthy(gw, session, timeout=30)
+            ids = [f"wk-{i}" for i in range(200)]
+            for start in range(0, len(ids), 20):
+                async with session.post(
+                    f"{gw.url}/_capi/events",
+                    json={"data": [web_event(event_id=i) for i in ids[start : start + 20]]},
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                ) as resp:
+                    assert resp.status == 202, await resp.text()
+            deadline = time.monotonic() + 20
+            while True:
+                delivered = [e["event_id"] for e in await fake.get(session, "events")]
+                if set(ids) <= set(delivered) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted(delivered) == sorted(ids)
