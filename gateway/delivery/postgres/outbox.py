@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +29,13 @@ from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.migrations import SchemaError, migrate
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats
+from gateway.delivery.postgres.results import Results, affected
+from gateway.delivery.postgres.upkeep import Upkeep
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import _pid_of as pid_of
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
-from gateway.models import META_WINDOW, NewEvent, row_key
+from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.assembly import Outcome
 from gateway.settings import ConfigError, Settings
@@ -45,12 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.outbox")
 
-# Rows per upkeep statement: each batch is its own short transaction.
-PURGE_BATCH = 5000
-# Dead letters kept at most (the oldest go first): a token refused for days must not
-# grow the table without bound.
-MAX_DEAD = 100_000
-
 
 @dataclass(slots=True)
 class _Pending:
@@ -58,7 +54,7 @@ class _Pending:
     done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
 
 
-class PgOutbox:
+class PgOutbox(Results, Upkeep):
     """The outbox on PostgreSQL. Create with `await PgOutbox.open(dsn, ...)`, end with `close()`."""
 
     def __init__(
@@ -162,7 +158,7 @@ class PgOutbox:
             return 0
 
         async def work(conn: Conn) -> int:
-            return _affected(
+            return affected(
                 await conn.execute(
                     "UPDATE events SET state = 'pending', lease_owner = NULL, "
                     "lease_expires = NULL WHERE state = 'inflight' "
@@ -388,260 +384,6 @@ class PgOutbox:
             event=event,
         )
 
-    async def next_due(self) -> float | None:
-        """Epoch seconds when the earliest pending row becomes due, None when none."""
-        due = await self.db.fetchval(
-            "SELECT min(next_attempt_at) FROM events WHERE state = 'pending'"
-        )
-        return float(str(due)) if due is not None else None
-
-    async def mark_sent(
-        self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False
-    ) -> None:
-        """Record a confirmed delivery (or a dry-run record)."""
-        await self._update(
-            ids,
-            owner,
-            "state = $3, sent_at = $4, fbtrace_id = $5, last_error = NULL",
-            ("sent-dry" if dry else "sent", time.time(), fbtrace_id),
-        )
-
-    async def mark_retry(
-        self, ids: Iterable[int], owner: str, *, at: float, error: str, fbtrace_id: str | None
-    ) -> None:
-        """Put rows back as pending, due at `at`."""
-        await self._update(
-            ids,
-            owner,
-            "state = 'pending', next_attempt_at = $3, last_error = $4, fbtrace_id = $5",
-            (at, error, fbtrace_id),
-        )
-
-    async def mark_dead(
-        self, ids: Iterable[int], owner: str, *, error: str, fbtrace_id: str | None
-    ) -> None:
-        """Dead-letter rows with the reason (kept for `dead_retention`)."""
-        await self._update(
-            ids,
-            owner,
-            "state = 'dead', sent_at = $3, last_error = $4, fbtrace_id = $5",
-            (time.time(), error, fbtrace_id),
-        )
-
-    async def release(self, ids: Iterable[int], owner: str) -> None:
-        """Give leased rows back untouched (shutdown): the attempt did not happen."""
-        await self._update(
-            ids, owner, "state = 'pending', attempts = greatest(attempts - 1, 0)", ()
-        )
-
-    async def _update(
-        self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
-    ) -> None:
-        id_list = [int(i) for i in ids]
-        if not id_list:
-            return
-
-        async def work(conn: Conn) -> None:
-            await _update_leased(conn, id_list, owner, assignments, values)
-
-        await self.db.run(work)
-
-    # blocked pixels -------------------------------------------------------------
-
-    async def block_pixel(
-        self,
-        pixel_id: str,
-        ids: Iterable[int],
-        owner: str,
-        *,
-        token_fingerprint: str,
-        reason: str,
-        fbtrace_id: str | None,
-    ) -> None:
-        """Park a pixel whose token Meta refused, with the rows of the failed batch."""
-        id_list = [int(i) for i in ids]
-
-        async def work(conn: Conn) -> None:
-            await _update_leased(
-                conn,
-                id_list,
-                owner,
-                "state = 'blocked', last_error = $3, fbtrace_id = $4",
-                (reason, fbtrace_id),
-            )
-            await conn.execute(
-                "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, "
-                "since) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pixel_id) DO UPDATE SET "
-                "token_fingerprint = excluded.token_fingerprint, reason = excluded.reason, "
-                "fbtrace_id = excluded.fbtrace_id",
-                pixel_id,
-                token_fingerprint,
-                reason,
-                fbtrace_id,
-                time.time(),
-            )
-            await conn.execute(
-                "UPDATE events SET state = 'blocked' WHERE state = 'pending' AND pixel_id = $1",
-                pixel_id,
-            )
-
-        await self.db.run(work)
-
-    async def blocked_pixels(self) -> dict[str, str]:
-        """Blocked pixel id -> fingerprint of the token that was refused."""
-
-        async def read(conn: Conn) -> dict[str, str]:
-            rows = await conn.fetch("SELECT pixel_id, token_fingerprint FROM blocked_pixels")
-            return {r["pixel_id"]: r["token_fingerprint"] for r in rows}
-
-        return await self.db.run(read, transaction=False)
-
-    async def unblock_pixel(self, pixel_id: str) -> int:
-        """Release a pixel's parked rows for sending now; returns how many."""
-
-        async def work(conn: Conn) -> int:
-            await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id = $1", pixel_id)
-            status = await conn.execute(
-                "UPDATE events SET state = 'pending', next_attempt_at = $1 "
-                "WHERE state = 'blocked' AND pixel_id = $2",
-                time.time(),
-                pixel_id,
-            )
-            return _affected(status)
-
-        count = await self.db.run(work)
-        self.new_work.set()
-        return count
-
-    # housekeeping -----------------------------------------------------------------
-
-    async def expire_and_purge(
-        self, *, retention: float, dead_retention: float, now: float | None = None
-    ) -> tuple[int, int]:
-        """Dead-letter rows past Meta's window; delete old sent and dead rows, in batches
-        (each its own short transaction); bound dead letters and profiles."""
-        now = time.time() if now is None else now
-        expired = await self._batched(
-            "UPDATE events SET state = 'dead', sent_at = $1, last_error = $2 WHERE id IN ("
-            "SELECT id FROM events WHERE state IN ('pending', 'blocked') AND event_time < $3 "
-            "LIMIT $4 FOR UPDATE SKIP LOCKED)",
-            now,
-            "expired: event_time is older than Meta's 7-day window",
-            now - META_WINDOW,
-        )
-        purged = await self._batched(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE "
-            "((state IN ('sent', 'sent-dry') AND sent_at < $1) "
-            "OR (state = 'dead' AND sent_at < $2))"
-            " LIMIT $3 FOR UPDATE SKIP LOCKED)",
-            now - retention,
-            now - dead_retention,
-        )
-        purged += await self._batched(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = 'dead' "
-            "ORDER BY sent_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            MAX_DEAD,
-        )
-        if self.profiles is not None:
-            await self._batched(
-                "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
-                "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                now,
-            )
-            await self._batched(
-                "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
-                "ORDER BY updated_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                self.profiles.max_profiles,
-            )
-        return expired, purged
-
-    async def _batched(self, sql: str, *args: object) -> int:
-        """Run `sql` (its last parameter the batch size) until a batch comes back short."""
-        total = 0
-        while True:
-
-            async def work(conn: Conn) -> int:
-                return _affected(await conn.execute(sql, *args, PURGE_BATCH))
-
-            count = await self.db.run(work)
-            total += count
-            if count < PURGE_BATCH:
-                return total
-
-    async def purge_sent_oldest(self, *, fraction: float) -> int:
-        """Delete the oldest share of delivered rows to make room."""
-
-        async def work(conn: Conn) -> int:
-            return _affected(
-                await conn.execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
-                    "('sent', 'sent-dry') ORDER BY sent_at LIMIT (SELECT (count(*) * $1)::bigint"
-                    " + 1 FROM events WHERE state IN ('sent', 'sent-dry')))",
-                    fraction,
-                )
-            )
-
-        count = await self.db.run(work)
-        if count:
-            log.warning("Store near max_buffer_mb: purged %d delivered rows early.", count)
-        return count
-
-    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
-        """Queue dead letters (those of `ids`, or all) for sending now; returns how many."""
-        chosen = None if ids is None else [int(i) for i in ids]
-
-        async def work(conn: Conn) -> int:
-            status = await conn.execute(
-                "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = $1, "
-                "lease_owner = NULL, lease_expires = NULL WHERE state = 'dead' "
-                "AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
-                time.time(),
-                chosen,
-            )
-            await conn.execute(
-                "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
-                "(SELECT DISTINCT pixel_id FROM events WHERE state = 'blocked')"
-            )
-            return _affected(status)
-
-        count = await self.db.run(work)
-        self.new_work.set()
-        return count
-
-    async def discard_dead(self, ids: Sequence[int]) -> int:
-        """Delete the dead letters of `ids`; returns how many."""
-        chosen = [int(i) for i in ids]
-
-        async def work(conn: Conn) -> int:
-            return _affected(
-                await conn.execute(
-                    "DELETE FROM events WHERE state = 'dead' AND id = ANY($1::bigint[])", chosen
-                )
-            )
-
-        return await self.db.run(work)
-
-    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
-        """Match keys as received and as sent, per event name (as the SQLite store's)."""
-
-        async def read(conn: Conn) -> list[asyncpg.Record]:
-            return await conn.fetch(
-                "SELECT event_name, coalesce(received_keys, match_keys) AS received, "
-                "match_keys AS sent, count(*) AS n FROM events "
-                "WHERE created_at >= $1 AND match_keys IS NOT NULL GROUP BY 1, 2, 3",
-                since,
-            )
-
-        out: dict[str, dict[str, Any]] = {}
-        for r in await self.db.run(read, transaction=False):
-            entry = out.setdefault(r["event_name"], {"events": 0, "keys": {}})
-            entry["events"] += int(r["n"])
-            for column in ("received", "sent"):
-                for key in filter(None, (r[column] or "").split(",")):
-                    counts = entry["keys"].setdefault(key, {"received": 0, "sent": 0})
-                    counts[column] += int(r["n"])
-        return dict(sorted(out.items()))
-
     async def forget(self, person: Person, key: bytes) -> dict[str, int]:
         """Erase a person from unsent events, profiles and stitched visits (see
         postgres/forget.py), in one transaction."""
@@ -676,26 +418,6 @@ async def check_key(db: Database, sealer: Sealer) -> None:
             f"the encryption key does not open the events already stored at {db.name}: "
             "every replica must use the same encryption_key (CAPIGW_ENCRYPTION_KEY)"
         ) from exc
-
-
-async def _update_leased(
-    conn: Conn, ids: list[int], owner: str, assignments: str, values: tuple[Any, ...]
-) -> None:
-    # Only the lease holder may record a result: a row whose lease expired and was taken
-    # by another replica belongs to that replica now.
-    await conn.execute(
-        f"UPDATE events SET {assignments}, lease_owner = NULL, lease_expires = NULL "
-        "WHERE id = ANY($1::bigint[]) AND state = 'inflight' AND lease_owner = $2",
-        ids,
-        owner,
-        *values,
-    )
-
-
-def _affected(status: str) -> int:
-    """Rows a statement touched, from asyncpg's status string ("UPDATE 3", "DELETE 0")."""
-    tail = status.rsplit(" ", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 async def open_postgres(
