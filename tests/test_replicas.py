@@ -203,6 +203,14 @@ async def test_a_database_outage_answers_503_and_the_gateway_reconnects(
         assert status == 503, body
         assert retry and int(retry) > 0
         assert body["error"]
+        # Status and metrics still answer, at once, saying the store cannot be read.
+        began = time.monotonic()
+        async with front.session.get(f"{front.url}/_capi/status") as resp:
+            assert resp.status == 200
+            assert "cannot read the buffer" in str((await resp.json())["queue"])
+        async with front.session.get(f"{front.url}/_capi/metrics") as resp:
+            assert resp.status == 200
+        assert time.monotonic() - began < 5
         # The site itself is still served.
         async with (
             aiohttp.ClientSession() as session,

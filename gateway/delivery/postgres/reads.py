@@ -7,14 +7,19 @@ the events table; the other figures read small partial indexes.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
 
 from gateway.delivery.postgres import queue
-from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.reads import BlockedPixel, DeadLetter, QueueSnapshot
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
+
+T = TypeVar("T")
 
 
 class PgReader:
@@ -29,15 +34,31 @@ class PgReader:
 
     async def used_bytes(self) -> int:
         """Bytes of the events table with its indexes."""
-        return int(str(await self.db.fetchval("SELECT pg_total_relation_size('events')")))
+
+        async def read(conn: Conn) -> int:
+            return int(await conn.fetchval("SELECT pg_total_relation_size('events')"))
+
+        return await self._read(read)
 
     async def has_delivered(self) -> bool:
         """True when delivered rows exist (the outbox purges those first to make room)."""
-        return bool(
-            await self.db.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('sent', 'sent-dry'))"
+
+        async def read(conn: Conn) -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE state IN ('sent', 'sent-dry'))"
+                )
             )
-        )
+
+        return await self._read(read)
+
+    async def _read(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        # Scrapes and health checks answer at once while the database is away (no retry
+        # for reconnect_timeout), as the read errors of a SQLite file do: an OSError.
+        try:
+            return await self.db.run(work, transaction=False, retry=False)
+        except (DatabaseUnavailable, asyncpg.PostgresError) as exc:
+            raise OSError(f"the PostgreSQL store at {self.db.name}: {exc}") from exc
 
     async def snapshot(self) -> QueueSnapshot:
         """Depth per state, oldest pending age, last delivery, blocks, newest dead letter."""
@@ -77,8 +98,7 @@ class PgReader:
                 limit_bytes=self.limit_bytes,
             )
 
-        # One transaction (REPEATABLE READ not needed: a scrape tolerates a moment's skew).
-        return await self.db.run(read)
+        return await self._read(read)
 
 
 async def queue_stats(db: Database) -> dict[str, Any]:
