@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
+from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.schema import SCHEMA_VERSION, SchemaError
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import OutboxStore
@@ -204,3 +205,29 @@ async def test_generated_key_file_is_private(tmp_path: Path) -> None:
     assert os.stat(path).st_mode & 0o777 == 0o600
     # Loaded again, it is the same key.
     assert load_key(settings) == key
+
+
+async def test_postgres_purges_in_batches_and_bounds_dead_letters(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=5)
+    try:
+        box.purge_batch, box.max_dead = 2, 3
+        await box.add([event(f"s{i}") for i in range(5)] + [event(f"d{i}") for i in range(5)])
+        rows = {r.event_id: r for r in await box.claim("w", limit=20, lease=30)}
+        await box.mark_sent([rows[f"s{i}"].id for i in range(5)], "w", fbtrace_id=None)
+        for i in range(5):  # one at a time: each dead letter newer than the last
+            await box.mark_dead([rows[f"d{i}"].id], "w", error=f"bad {i}", fbtrace_id=None)
+        later = time.time() + 7200
+        # Five delivered rows past retention leave in batches of two; of five dead letters
+        # (all within dead_retention) the newest three stay.
+        assert await box.expire_and_purge(retention=3600, dead_retention=86400, now=later) == (
+            0,
+            7,
+        )
+        assert await count(box, "state='sent'") == 0
+        kept = await fetch(box, "SELECT event_id FROM events WHERE state='dead' ORDER BY 1")
+        assert [r[0] for r in kept] == ["d2", "d3", "d4"]
+        assert (await box.stats())["states"]["dead"] == 3
+    finally:
+        await box.close()

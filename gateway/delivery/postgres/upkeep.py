@@ -38,6 +38,9 @@ class Upkeep:
     db: Database
     new_work: asyncio.Event
     profiles: ProfilePolicy | None
+    # The bounds, per instance so that tests can make them small.
+    purge_batch: int = PURGE_BATCH
+    max_dead: int = MAX_DEAD
 
     # housekeeping -----------------------------------------------------------------
 
@@ -66,7 +69,7 @@ class Upkeep:
         purged += await self._batched(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = 'dead' "
             "ORDER BY sent_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            MAX_DEAD,
+            self.max_dead,
         )
         if self.profiles is not None:
             await self._batched(
@@ -87,11 +90,11 @@ class Upkeep:
         while True:
 
             async def work(conn: Conn) -> int:
-                return affected(await conn.execute(sql, *args, PURGE_BATCH))
+                return affected(await conn.execute(sql, *args, self.purge_batch))
 
             count = await self.db.run(work)
             total += count
-            if count < PURGE_BATCH:
+            if count < self.purge_batch:
                 return total
 
     async def purge_sent_oldest(self, *, fraction: float) -> int:
