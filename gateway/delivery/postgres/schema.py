@@ -164,6 +164,9 @@ CREATE TRIGGER events_count_delete AFTER DELETE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
 """
 
+# The site an event belongs to (issue 16's `[[sites]]`; NULL: the default site).
+_V2 = "ALTER TABLE events ADD COLUMN site text;"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -171,6 +174,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "profiles, queue counters",
         _V1,
     ),
+    Migration(2, "events.site", _V2),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
