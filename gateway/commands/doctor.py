@@ -135,7 +135,7 @@ async def check_buffer(
 ) -> list[Finding]:
     """Schema, integrity, size, dead letters, backlog, blocked pixels, key, coverage hints."""
     if settings.store_url is not None:
-        return await _check_postgres(settings)
+        return await _check_postgres(settings, site)
     path = settings.buffer
     if not path.exists():
         return [_missing_buffer(path)]
@@ -229,7 +229,7 @@ async def _inspect(
     return out
 
 
-async def _check_postgres(settings: Settings) -> list[Finding]:
+async def _check_postgres(settings: Settings, site: str | None = None) -> list[Finding]:
     """Reach the PostgreSQL store, its schema, numbers and key (read-only: never migrates)."""
     assert settings.store_url is not None
     name = settings.store_name
@@ -252,7 +252,9 @@ async def _check_postgres(settings: Settings) -> list[Finding]:
                 )
             ]
         out = _buffer_findings(
-            settings, await PgReader(db, limit_bytes=0).used_bytes(), await pg_queue_stats(db)
+            settings,
+            await PgReader(db, limit_bytes=0).used_bytes(),
+            await pg_queue_stats(db, site=site),
         )
         if settings.encryption_key or settings.key_file:
             try:

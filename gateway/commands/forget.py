@@ -85,7 +85,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
 async def _forget(settings: Settings, person: Person, site: str | None) -> dict[str, int]:
     key = load_key(settings, create=False)
     if settings.store_url is not None:
-        return await _forget_postgres(settings.store_url, Sealer(key), key, person)
+        return await _forget_postgres(settings.store_url, Sealer(key), key, person, site)
     try:
         conn = await connect(settings.buffer, create=False)
     except SchemaError as exc:
@@ -97,7 +97,9 @@ async def _forget(settings: Settings, person: Person, site: str | None) -> dict[
         await conn.close()
 
 
-async def _forget_postgres(url: str, sealer: Sealer, key: bytes, person: Person) -> dict[str, int]:
+async def _forget_postgres(
+    url: str, sealer: Sealer, key: bytes, person: Person, site: str | None
+) -> dict[str, int]:
     """The same erasure on a PostgreSQL store, in one transaction (never migrates)."""
     try:
         db = await Database.open(url, health_interval=0)
@@ -108,7 +110,7 @@ async def _forget_postgres(url: str, sealer: Sealer, key: bytes, person: Person)
             raise ConfigError(f"buffer: no capi-gateway store at {db.name}")
 
         async def work(conn: Conn) -> dict[str, int]:
-            return await forget_postgres(conn, sealer, key, person)
+            return await forget_postgres(conn, sealer, key, person, site=site)
 
         try:
             return await db.run(work)

@@ -106,7 +106,7 @@ async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(
                 f"buffer: no capi-gateway store at {settings.store_name}; start serve on it first"
             )
-        return _print_stats(await pg_queue_stats(db), as_json=args.json)
+        return _print_stats(await pg_queue_stats(db, site=args.site), as_json=args.json)
     finally:
         await db.close()
 

@@ -74,10 +74,22 @@ class OutboxStore(Protocol):
     async def used_bytes(self) -> int:
         """Bytes the store occupies (what `max_buffer_mb` bounds)."""
 
+    def wake(self, at: float = 0.0) -> None:
+        """Tell an idle sender that rows become due at epoch `at` (0: now)."""
+
+    def take_wake_at(self) -> float:
+        """The earliest due time announced by `wake` since the last call (inf: none)."""
+
     async def claim(
-        self, owner: str, *, limit: int, lease: float, now: float | None = None
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        skip: Sequence[str] = (),
     ) -> list[Claimed]:
-        """Lease up to `limit` due rows of unblocked pixels to `owner`."""
+        """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`."""
 
     async def next_due(self) -> float | None:
         """Epoch seconds when the earliest pending row becomes due, None when none."""
@@ -185,5 +197,9 @@ class StoreReader(Protocol):
     async def has_delivered(self) -> bool:
         """True when delivered rows exist."""
 
-    async def snapshot(self) -> QueueSnapshot:
-        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter."""
+    async def snapshot(self, sites: Sequence[str] | None = None) -> QueueSnapshot:
+        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter;
+        with `sites`, of those sites' events only."""
+
+    async def site_states(self, sites: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Rows per state of each of `sites` (every state present, every site listed)."""

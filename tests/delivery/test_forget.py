@@ -22,9 +22,9 @@ from gateway.delivery.postgres.stitches import PgStitches
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
 from gateway.delivery.stitch import Stitches, VisitorContext
-from gateway.delivery.store import StitchStore
+from gateway.delivery.store import OutboxStore, StitchStore
 from gateway.models import NewEvent
-from tests.delivery.stores import Opener
+from tests.delivery.stores import Opener, fetch
 
 KEY = bytes(range(32))
 FBP = "fb.1.1700000000000.777"
@@ -126,11 +126,17 @@ async def test_forget_by_fbp_and_plain_output(
 
 
 async def test_forget_with_site_scrubs_that_sites_events_only(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_location: Path | str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = tmp_path / "o.db"
-    (path.parent / "o.db.key").write_text(KEY.hex())
-    box = await Outbox.open(path, Sealer(KEY))
+    monkeypatch.setenv("CAPIGW_ENCRYPTION_KEY", KEY.hex())
+    box: OutboxStore
+    if isinstance(store_location, Path):
+        box = await Outbox.open(store_location, Sealer(KEY))
+    else:
+        box = await PgOutbox.open(store_location, Sealer(KEY))
     try:
         await box.add(
             [
@@ -148,13 +154,23 @@ async def test_forget_with_site_scrubs_that_sites_events_only(
             for name in ("alpha", "beta")
         )
     )
-    argv = ["forget", "--email", "jane@example.com", "--buffer", str(path), "--json"]
+    argv = ["forget", "--email", "jane@example.com", "--buffer", str(store_location), "--json"]
     code = await asyncio.to_thread(main, [*argv, "--config", str(config), "--site", "beta"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["events"] == 1
-    payloads = dict(table(path, "SELECT event_id, payload FROM events"))
-    assert json.loads(payloads["jane-a"])["user_data"] == {"em": JANE}
-    assert json.loads(payloads["jane-b"])["user_data"] == {}
+    box = await (
+        Outbox.open(store_location, Sealer(KEY))
+        if isinstance(store_location, Path)
+        else PgOutbox.open(store_location, Sealer(KEY))
+    )
+    try:
+        rows = await fetch(box, "SELECT event_id, site, payload FROM events ORDER BY event_id")
+    finally:
+        await box.close()
+    assert [(r[0], r[1]) for r in rows] == [("jane-a", "alpha"), ("jane-b", "beta")]
+    payloads = {str(r[0]): json.loads(str(r[2])) for r in rows}
+    assert payloads["jane-a"]["user_data"] == {"em": JANE}
+    assert payloads["jane-b"]["user_data"] == {}
     code = await asyncio.to_thread(main, [*argv, "--config", str(config), "--site", "gamma"])
     assert code != 0
     assert "--site: no site is named 'gamma'" in capsys.readouterr().err

@@ -28,9 +28,15 @@ _UNSENT = ["pending", "inflight", "blocked", "dead"]
 _CLEAR_IDS = ("fbp", "fbc")
 
 
-async def forget(conn: Conn, sealer: Sealer, key: bytes, person: Person) -> dict[str, int]:
-    """Erase `person` (inside the caller's transaction); counts of what was removed."""
-    events, seen = await _scrub_events(conn, sealer, person)
+async def forget(
+    conn: Conn, sealer: Sealer, key: bytes, person: Person, *, site: str | None = None
+) -> dict[str, int]:
+    """Erase `person` (inside the caller's transaction); counts of what was removed.
+
+    With `site`, only that site's events are scrubbed; profiles and stitched visits carry
+    no site and are erased whichever site they came through (as on SQLite).
+    """
+    events, seen = await _scrub_events(conn, sealer, person, site)
     fbps = person.fbps | seen
     policy = ProfilePolicy.from_key(key, ttl=1, max_profiles=1)
     status = await conn.execute(
@@ -45,16 +51,21 @@ async def forget(conn: Conn, sealer: Sealer, key: bytes, person: Person) -> dict
     return {"events": events, "profiles": profiles, "stitches": stitches}
 
 
-async def _scrub_events(conn: Conn, sealer: Sealer, person: Person) -> tuple[int, set[str]]:
+async def _scrub_events(
+    conn: Conn, sealer: Sealer, person: Person, site: str | None
+) -> tuple[int, set[str]]:
     sql = (
         "SELECT id, pixel_id, event_name, event_id, payload::text AS payload, sealed "
         "FROM events WHERE state = ANY($1::text[])"
     )
     args: list[Any] = [_UNSENT]
+    if site is not None:
+        args.append(site)
+        sql += f" AND site = ${len(args)}"
     if not person.fbps:
         # Hashes sit in the payload in clear: skip the rows without them in SQL.
-        sql += " AND payload::text LIKE ANY($2::text[])"
         args.append([f"%{h}%" for h in sorted(person.hashes)])
+        sql += f" AND payload::text LIKE ANY(${len(args)}::text[])"
     fbps: set[str] = set()
     updates: list[tuple[str, bytes | None, str, int]] = []
     for r in await conn.fetch(sql + " ORDER BY id FOR UPDATE", *args):

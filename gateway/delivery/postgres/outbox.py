@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import Sequence
@@ -80,6 +81,7 @@ class PgOutbox(Results, Upkeep):
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self.new_work = asyncio.Event()
+        self._wake_at = math.inf
         self.commits = 0
         self.committed_rows = 0
         self.merged = 0
@@ -170,7 +172,7 @@ class PgOutbox(Results, Upkeep):
         count = await self.db.run(work)
         if count:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
-            self.new_work.set()
+            self.wake()
         return count
 
     # writing ------------------------------------------------------------------
@@ -239,7 +241,7 @@ class PgOutbox(Results, Upkeep):
             if not p.done.done():
                 p.done.set_result(outcomes[at : at + len(p.events)])
             at += len(p.events)
-        self.new_work.set()
+        self.wake(now + min(holds))
 
     async def _store(
         self, conn: Conn, rows: Sequence[NewEvent], holds: Sequence[float], now: float
@@ -316,13 +318,20 @@ class PgOutbox(Results, Upkeep):
     # leasing and results ------------------------------------------------------------
 
     async def claim(
-        self, owner: str, *, limit: int, lease: float, now: float | None = None
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        skip: Sequence[str] = (),
     ) -> list[Claimed]:
-        """Lease up to `limit` due rows of unblocked pixels to `owner` (any replica's rows)."""
+        """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`
+        (any replica's rows)."""
         at = time.time() if now is None else now
 
         async def work(conn: Conn) -> list[asyncpg.Record]:
-            return await queue.claim(conn, owner, limit=limit, lease=lease, now=at)
+            return await queue.claim(conn, owner, limit=limit, lease=lease, now=at, skip=skip)
 
         claimed = [self._open_row(r) for r in await self.db.run(work)]
         if self.profiles is None or not claimed:

@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from gateway.delivery.postgres.queue import Wakes
 from gateway.delivery.postgres.pool import Database
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
 
 
-class Results:
+class Results(Wakes):
     """Send results and blocked pixels on the outbox's database."""
 
     db: Database
@@ -145,7 +146,7 @@ class Results:
             return affected(status)
 
         count = await self.db.run(work)
-        self.new_work.set()
+        self.wake()
         return count
 
 

@@ -31,11 +31,11 @@ Key = tuple[str, str, str]
 _INSERT = """
 INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
     payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
-    sources)
-SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb
+    sources, site)
+SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[])
-    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src)
+    $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[])
+    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st)
 ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
 RETURNING pixel_id, event_name, event_id
 """
@@ -95,6 +95,7 @@ async def insert(
         keys,
         [json.dumps([assembly.label(ev.source, ev.rule)]) for ev in rows],
         now,
+        [ev.site for ev in rows],
     )
     return {(r["pixel_id"], r["event_name"], r["event_id"]) for r in inserted}
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from gateway.delivery.postgres.queue import Wakes
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.profiles import ProfilePolicy
@@ -32,7 +33,7 @@ PURGE_BATCH = 5000
 MAX_DEAD = 100_000
 
 
-class Upkeep:
+class Upkeep(Wakes):
     """Upkeep and dead-letter handling on the outbox's database."""
 
     db: Database
@@ -134,7 +135,7 @@ class Upkeep:
             return affected(status)
 
         count = await self.db.run(work)
-        self.new_work.set()
+        self.wake()
         return count
 
     async def discard_dead(self, ids: Sequence[int]) -> int:
