@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery.postgres.queue import Wakes
 from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.queue import Wakes
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn

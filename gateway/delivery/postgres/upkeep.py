@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery.postgres.queue import Wakes
 from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.queue import Wakes
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.models import META_WINDOW
