@@ -69,6 +69,10 @@ async def profile_count(box: OutboxStore) -> int:
     return int(str((await fetch(box, "SELECT COUNT(*) FROM profiles"))[0][0]))
 
 
+async def link_count(box: OutboxStore) -> int:
+    return int(str((await fetch(box, "SELECT COUNT(*) FROM profile_links"))[0][0]))
+
+
 @pytest.fixture
 async def box(open_store: Opener) -> OutboxStore:
     policy = ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=100)
@@ -257,7 +261,9 @@ async def test_an_outbox_of_schema_3_is_migrated_with_its_rows(tmp_path: Path) -
 ORDER = (("order_id", "A-1001"),)
 
 
-async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(box: Outbox) -> None:
+async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(
+    box: OutboxStore,
+) -> None:
     # The checkout page: the visitor's fbp, their email, and the order id as stitch key.
     visitor = {"client_user_agent": "UA/1", "fbp": FBP}
     checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
@@ -267,10 +273,9 @@ async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(bo
     await box.add([replace(backend, links=ORDER)])
     # A later page view of the visitor: fbp only.
     await box.add([copy("proxy", event_id="pv", name="PageView", hold=0, clear=visitor)])
-    with sqlite3.connect(box.path) as conn:
-        # One profile (the visitor's, under their fbp); the order id leads to it.
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (1,)
-        assert conn.execute("SELECT COUNT(*) FROM profile_links").fetchone() == (1,)
+    # One profile (the visitor's, under their fbp); the order id leads to it.
+    assert await profile_count(box) == 1
+    assert await link_count(box) == 1
     claimed = {
         c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
     }
@@ -282,12 +287,13 @@ async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(bo
     assert claimed["pv"].event["user_data"]["em"] == EM
 
 
-async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(box: Outbox) -> None:
+async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(
+    box: OutboxStore,
+) -> None:
     backend = copy("api", event_id="b2", name="Lead", hashed={"ph": PH}, clear={})
     other = copy("api", event_id="b3", name="Lead", hashed={}, clear={})
     await box.add([replace(backend, links=ORDER), replace(other, links=ORDER)])
-    with sqlite3.connect(box.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (0,)
+    assert await profile_count(box) == 0
     claimed = {
         c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
     }
@@ -295,14 +301,13 @@ async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(box
     assert claimed["b3"].profile_added == ()
 
 
-async def test_forget_by_email_cuts_the_stitch_links_of_the_profile(box: Outbox) -> None:
+async def test_forget_by_email_cuts_the_stitch_links_of_the_profile(box: OutboxStore) -> None:
     visitor = {"client_user_agent": "UA/1", "fbp": FBP}
     checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
     await box.add([replace(checkout, links=ORDER)])
     await box.forget(Person(hashed={"em": frozenset({EM})}), KEY)
-    with sqlite3.connect(box.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (0,)
-        assert conn.execute("SELECT COUNT(*) FROM profile_links").fetchone() == (0,)
+    assert await profile_count(box) == 0
+    assert await link_count(box) == 0
     backend = copy("api", event_id="b4", name="Lead", hashed={}, clear={})
     await box.add([replace(backend, links=ORDER)])
     claimed = {

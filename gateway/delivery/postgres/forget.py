@@ -47,6 +47,11 @@ async def forget(
         sorted(person.hashes),
     )
     profiles = int(status.rsplit(" ", 1)[-1])
+    # Links lead nowhere once their profile is gone.
+    await conn.execute(
+        "DELETE FROM profile_links AS l WHERE NOT EXISTS "
+        "(SELECT 1 FROM profiles AS p WHERE p.key_hash = l.profile)"
+    )
     stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps)
     return {"events": events, "profiles": profiles, "stitches": stitches}
 
@@ -92,7 +97,9 @@ async def _scrub_events(
         )
     if updates:
         await conn.executemany(
-            "UPDATE events SET payload = $1::jsonb, sealed = $2, match_keys = $3 WHERE id = $4",
+            # profile_keys go too: what links the row to a profile was the person's.
+            "UPDATE events SET payload = $1::jsonb, sealed = $2, match_keys = $3, "
+            "profile_keys = NULL WHERE id = $4",
             updates,
         )
     return len(updates), fbps

@@ -252,12 +252,20 @@ class PgOutbox(Results, Upkeep):
         # Key order: two replicas inserting overlapping batches take the index locks in one
         # order, so they wait for each other instead of deadlocking.
         heads = sorted(first.values(), key=lambda i: rows[i].row_key())
+        policy = self.profiles
+        # Hashed once here: learning below and the completion at claim both use them.
+        keys: list[list[str]] = (
+            [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
+            if policy is not None
+            else [[] for _ in rows]
+        )
         inserted = await pg_rows.insert(
             conn,
             [rows[i] for i in heads],
             [self.sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
             [holds[i] for i in heads],
             now,
+            [profiles.join_keys(keys[i]) for i in heads] if policy is not None else None,
         )
         outcomes: list[Outcome] = ["new"] * len(rows)
         states: list[assembly.State | None] = [None] * len(rows)
@@ -275,19 +283,14 @@ class PgOutbox(Results, Upkeep):
                 self.sealer.open,
                 self.sealer.seal,
                 now,
+                [keys[i] for i in copies] if policy is not None else None,
             )
-            for i, (outcome, state) in zip(copies, results, strict=True):
+            for i, (outcome, state, row_keys) in zip(copies, results, strict=True):
                 outcomes[i], states[i] = outcome, state
-        if self.profiles is not None:
-            items: list[tuple[str, dict[str, list[str]]]] = []
-            for ev, outcome, state in zip(rows, outcomes, states, strict=True):
-                if outcome == "late":
-                    continue
-                payload, clear = (state.payload, state.clear) if state else (ev.payload, ev.clear)
-                ids = assembly.learnable(payload)
-                if ids:
-                    items += [(key, ids) for key in profiles.visitor_keys(self.profiles, clear)]
-            await pg_rows.learn(conn, items, ttl=self.profiles.ttl, now=now)
+                if policy is not None:
+                    keys[i] = row_keys
+        if policy is not None:
+            await _learn(conn, rows, outcomes, states, keys, policy, now)
         return outcomes
 
     def hold_of(self, ev: NewEvent) -> float:
@@ -333,11 +336,15 @@ class PgOutbox(Results, Upkeep):
         async def work(conn: Conn) -> list[asyncpg.Record]:
             return await queue.claim(conn, owner, limit=limit, lease=lease, now=at, skip=skip)
 
-        claimed = [self._open_row(r) for r in await self.db.run(work)]
+        rows = await self.db.run(work)
+        claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed
         policy = self.profiles
-        done = await self._completions({row.id: row.event for row in claimed}, policy, at)
+        stored_keys = {int(r["id"]): r["profile_keys"] for r in rows}
+        done = await self._completions(
+            {row.id: row.event for row in claimed}, policy, at, stored_keys
+        )
         if not done:
             return claimed
 
@@ -353,10 +360,17 @@ class PgOutbox(Results, Upkeep):
         ]
 
     async def _completions(
-        self, events: dict[int, dict[str, Any]], policy: ProfilePolicy, now: float
+        self,
+        events: dict[int, dict[str, Any]],
+        policy: ProfilePolicy,
+        now: float,
+        stored_keys: dict[int, str | None],
     ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
+        # A row without `profile_keys` (stored while profiles were off) is found by its fbp.
         keys = {
-            row_id: profiles.visitor_keys(policy, event.get("user_data", {}))
+            row_id: profiles.split_keys(stored_keys[row_id])
+            if stored_keys.get(row_id) is not None
+            else profiles.visitor_keys(policy, event.get("user_data", {}))
             for row_id, event in events.items()
         }
 
@@ -368,8 +382,10 @@ class PgOutbox(Results, Upkeep):
         for row_id, event in events.items():
             added: tuple[str, ...] = ()
             for key in keys[row_id]:
-                if key in found:
-                    event, more = assembly.complete(event, found[key])
+                profile = found.get(key)
+                # Most events of a known visitor carry what their profile holds already.
+                if profile is not None and not assembly.carries(event, profile):
+                    event, more = assembly.complete(event, profile)
                     added += more
             if added:
                 out[row_id] = (event, added)
@@ -406,6 +422,51 @@ class PgOutbox(Results, Upkeep):
         """Counts per state and per event name (from the counters), oldest pending age,
         blocked pixels: the SQLite store's shape."""
         return await queue_stats(self.db)
+
+
+async def _learn(
+    conn: Conn,
+    rows: Sequence[NewEvent],
+    outcomes: Sequence[Outcome],
+    states: Sequence[assembly.State | None],
+    keys: Sequence[Sequence[str]],
+    policy: ProfilePolicy,
+    now: float,
+) -> None:
+    """One upsert per distinct profile of the batch, as the SQLite store's `assembler._learn`.
+
+    A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
+    written when an event carries both), so an event with stitch keys and no fbp (a
+    webhook or backend call whose visit was not found) still feeds and finds it.
+    """
+    items: list[tuple[str, dict[str, list[str]]]] = []
+    pairs: list[tuple[str, str]] = []  # (stitch key, fbp key)
+    orphans: list[tuple[dict[str, list[str]], list[str]]] = []  # no fbp: ids, stitch keys
+    for ev, outcome, state, event_keys in zip(rows, outcomes, states, keys, strict=True):
+        if outcome == "late" or not event_keys:
+            continue
+        payload = state.payload if state else ev.payload
+        if assembly.is_restricted(payload):
+            continue
+        ids = assembly.hashed_identifiers(payload)
+        fbps = [k for k in event_keys if not k.startswith(profiles.LINK)]
+        links = [k for k in event_keys if k.startswith(profiles.LINK)]
+        if fbps:
+            pairs += [(link, fbps[0]) for link in links]
+            if ids:
+                items += [(key, ids) for key in fbps]
+        elif ids and links:
+            orphans.append((ids, links))
+    if orphans:
+        # Links of this batch first (the checkout page just stored), then stored ones.
+        batch = dict(pairs)
+        wanted = [k for _, links in orphans for k in links if k not in batch]
+        stored = await pg_rows.resolve(conn, wanted, now=now) if wanted else {}
+        for ids, links in orphans:
+            targets = {batch.get(k) or stored.get(k) for k in links}
+            items += [(target, ids) for target in sorted(t for t in targets if t)]
+    await pg_rows.link(conn, pairs, ttl=policy.ttl, now=now)
+    await pg_rows.learn(conn, items, ttl=policy.ttl, now=now)
 
 
 async def check_key(db: Database, sealer: Sealer) -> None:

@@ -83,6 +83,14 @@ class Upkeep(Wakes):
                 "ORDER BY updated_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 self.profiles.max_profiles,
             )
+            # Links lead nowhere once expired or once their profile is gone.
+            await self._batched(
+                "DELETE FROM profile_links WHERE key_hash IN (SELECT l.key_hash "
+                "FROM profile_links AS l WHERE l.expires_at <= $1 OR NOT EXISTS "
+                "(SELECT 1 FROM profiles AS p WHERE p.key_hash = l.profile) "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now,
+            )
         return expired, purged
 
     async def _batched(self, sql: str, *args: object) -> int:
