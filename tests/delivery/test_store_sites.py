@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
+
+from gateway.cli import main
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.reads import PgReader
 from gateway.delivery.reads import BufferReader
+from gateway.delivery.seal import Sealer
 from gateway.delivery.store import OutboxStore, StoreReader
 from gateway.models import NewEvent
+from tests.delivery.stores import KEY
 
 
 def event(event_id: str, *, pixel: str = "111", site: str | None = None) -> NewEvent:
@@ -84,3 +92,38 @@ async def test_a_commit_of_held_rows_announces_when_they_are_due(store: OutboxSt
     assert store.take_wake_at() == math.inf
     await store.add([event("now-1")])
     assert store.take_wake_at() <= time.time()
+
+
+async def test_queue_stats_with_site_counts_that_sites_events_only(
+    store_location: Path | str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CAPIGW_ENCRYPTION_KEY", KEY.hex())
+    box: OutboxStore
+    if isinstance(store_location, Path):
+        box = await Outbox.open(store_location, Sealer(KEY))
+    else:
+        box = await PgOutbox.open(store_location, Sealer(KEY))
+    try:
+        await box.add(
+            [event("a-1", site="alpha"), event("b-1", site="beta"), event("b-2", site="beta")]
+        )
+    finally:
+        await box.close()
+    config = tmp_path / "sites.toml"
+    config.write_text(
+        "".join(
+            f'[[sites]]\nname = "{name}"\nhosts = ["{name}.example"]\n'
+            'upstream = "http://127.0.0.1:9"\npixel_id = [111111]\n'
+            for name in ("alpha", "beta")
+        )
+    )
+    argv = ["queue", "stats", "--json", "--buffer", str(store_location), "--config", str(config)]
+    assert await asyncio.to_thread(main, [*argv, "--site", "beta"]) == 0
+    beta = json.loads(capsys.readouterr().out)
+    assert beta["states"]["pending"] == 2
+    assert beta["by_event_name"] == {"Lead": {"pending": 2}}
+    assert await asyncio.to_thread(main, argv) == 0
+    assert json.loads(capsys.readouterr().out)["states"]["pending"] == 3
