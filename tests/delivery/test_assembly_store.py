@@ -314,3 +314,14 @@ async def test_forget_by_email_cuts_the_stitch_links_of_the_profile(box: OutboxS
         c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
     }
     assert "em" not in claimed["b4"].event["user_data"]
+
+
+async def test_expired_stitch_links_are_purged_with_their_profiles(box: OutboxStore) -> None:
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
+    await box.add([replace(checkout, links=ORDER)])
+    assert (await profile_count(box), await link_count(box)) == (1, 1)
+    await box.expire_and_purge(retention=86400, dead_retention=86400, now=time.time() + 60)
+    assert (await profile_count(box), await link_count(box)) == (1, 1)
+    await box.expire_and_purge(retention=86400, dead_retention=86400, now=time.time() + 7200)
+    assert (await profile_count(box), await link_count(box)) == (0, 0)
