@@ -2,6 +2,7 @@
 
     python bench/bench_events.py [--seconds 5] [--concurrency 32] [--preload 50000]
                                  [--workers 1,2] [--assembly on] [--json PATH]
+    python bench/bench_events.py --store pg|postgresql://… [--seconds 5]  (bench_replicas.py)
 
 Everything runs on 127.0.0.1: the fake Graph API (`python -m tests.fakes.graph
 --count-only`) and `capi-gateway serve` are subprocesses on a fresh temp buffer, the
@@ -493,7 +494,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="keep buffers and logs here (default: a temp dir, removed)"
     )
+    parser.add_argument(
+        "--store",
+        help="compare SQLite with 1, 2, 3 replicas on PostgreSQL: a postgresql:// URL of a "
+        "server that may create databases, or `pg` for a throwaway cluster (bench_replicas.py)",
+    )
     args = parser.parse_args(argv)
+    if args.store is not None:
+        from bench_replicas import run_store_bench
+
+        with tempfile.TemporaryDirectory(prefix="capigw-") as tmp:
+            run_store_bench(args, args.workdir or Path(tmp))
+        return 0
     if args.seconds <= 0 or args.concurrency < 1 or args.preload < 1:
         parser.error("--seconds, --concurrency and --preload must be positive")
 

@@ -29,12 +29,16 @@ from gateway.appkeys import (
 )
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.outbox import PgOutbox, open_postgres
+from gateway.delivery.postgres.reads import PgReader
+from gateway.delivery.postgres.stitches import PgStitches
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.reads import BufferReader
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
+from gateway.delivery.store import KeyMismatch, OutboxStore, StitchStore, StoreReader
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
@@ -145,6 +149,18 @@ async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[RUNTIME].settings
     key = load_key(settings)
+    policy = ProfilePolicy.from_key(
+        key, ttl=settings.profile_ttl, max_profiles=settings.profile_max
+    )
+    outbox: OutboxStore
+    if settings.store_url is not None:
+        outbox = await open_postgres(settings, Sealer(key), policy)
+        app[OUTBOX] = outbox
+        app[INTAKE] = Intake(outbox, app[METRICS])
+        yield
+        await app[INTAKE].drain()
+        await outbox.close()
+        return
     try:
         outbox = await Outbox.open(
             settings.buffer,
@@ -152,14 +168,17 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
             group_commit_ms=settings.group_commit_ms,
             max_buffer_mb=settings.max_buffer_mb,
             assembly_hold=settings.assembly_hold,
-            profiles=ProfilePolicy.from_key(
-                key, ttl=settings.profile_ttl, max_profiles=settings.profile_max
-            ),
+            profiles=policy,
         )
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(
             f"buffer: cannot open {settings.buffer} ({exc}); point --buffer at a writable file"
         ) from exc
+    try:
+        await outbox.check_key()
+    except KeyMismatch as exc:
+        await outbox.close()
+        raise ConfigError(f"buffer: {exc}") from exc
     app[OUTBOX] = outbox
     # Every accepted event is stored through this one object (see gateway.edge.intake).
     app[INTAKE] = Intake(outbox, app[METRICS])
@@ -172,7 +191,12 @@ async def _stitches_ctx(app: web.Application) -> AsyncIterator[None]:
     # Visitor contexts kept by page rules for later webhooks, in the same buffer file.
     settings = app[RUNTIME].settings
     key = load_key(settings)
-    stitches = await Stitches.open(settings.buffer, Sealer(key), key=key)
+    stitches: StitchStore
+    outbox = app[OUTBOX]
+    if isinstance(outbox, PgOutbox):
+        stitches = PgStitches(outbox.db, Sealer(key), key=key)
+    else:
+        stitches = await Stitches.open(settings.buffer, Sealer(key), key=key)
     app[STITCHES] = stitches
     yield
     await stitches.close()
@@ -181,9 +205,13 @@ async def _stitches_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
     # Health, status and metrics read the buffer on their own connection (see BufferReader).
     settings = app[RUNTIME].settings
-    reader = await BufferReader.open(
-        settings.buffer, limit_bytes=int(settings.max_buffer_mb * 1024 * 1024)
-    )
+    limit = int(settings.max_buffer_mb * 1024 * 1024)
+    reader: StoreReader
+    outbox = app[OUTBOX]
+    if isinstance(outbox, PgOutbox):
+        reader = PgReader(outbox.db, limit_bytes=limit)
+    else:
+        reader = await BufferReader.open(settings.buffer, limit_bytes=limit)
     app[BUFFER_READER] = reader
     yield
     await reader.close()

@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.delivery.outbox import Outbox
-from gateway.delivery.reads import BufferReader
 from gateway.delivery.sender import Sender
-from gateway.delivery.stitch import Stitches
+from gateway.delivery.store import OutboxStore, StitchStore, StoreReader
 from gateway.edge.intake import Intake
 from gateway.edge.pages import PageViews
 from gateway.edge.proxied_rules import ProxiedRules
@@ -59,13 +57,13 @@ def _load(settings: Settings) -> RuleSet:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
-OUTBOX = web.AppKey("outbox", Outbox)
+OUTBOX = web.AppKey("outbox", OutboxStore)
 SENDER = web.AppKey("sender", Sender)
 STARTED_AT = web.AppKey("started_at", float)
 PROXY = web.AppKey("proxy", Proxy)
 PAGES = web.AppKey("pages", PageViews)
 METRICS = web.AppKey("metrics", Metrics)
-BUFFER_READER = web.AppKey("buffer_reader", BufferReader)
+BUFFER_READER = web.AppKey("buffer_reader", StoreReader)
 PROXIED_RULES = web.AppKey("proxied_rules", ProxiedRules)
 INTAKE = web.AppKey("intake", Intake)
-STITCHES = web.AppKey("stitches", Stitches)
+STITCHES = web.AppKey("stitches", StitchStore)

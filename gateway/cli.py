@@ -16,7 +16,7 @@ from gateway.commands.forget import add_forget_parser, run_forget_command
 from gateway.config import Sources, load_settings
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
-from gateway.settings import ConfigError, Settings
+from gateway.settings import ConfigError, Settings, buffer_arg
 
 log = logging.getLogger("gateway.cli")
 
@@ -53,7 +53,9 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-event-code", help="send events as test events with this code")
     parser.add_argument("--graph-url", help="Graph API base URL")
     parser.add_argument("--graph-version", help="Graph API version, e.g. v26.0")
-    parser.add_argument("--buffer", type=Path, help="SQLite outbox file")
+    parser.add_argument(
+        "--buffer", type=buffer_arg, help="the store: a SQLite file or a postgresql:// URL"
+    )
     parser.add_argument("--rules", type=Path, help="directory of rule files")
     parser.add_argument(
         "--dry-run",
@@ -124,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", "all matching events as JSON lines"),
     ):
         q = qsub.add_parser(name, help=text)
-        q.add_argument("--buffer", type=Path, help="SQLite outbox file")
+        q.add_argument(
+            "--buffer", type=buffer_arg, help="the store: a SQLite file or a postgresql:// URL"
+        )
         q.add_argument("--config", type=Path, help="TOML config file")
         q.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
         q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -254,7 +258,7 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
         nonlocal current, current_rules
         fresh = reload()
         rules = load_rules(fresh.rules) if fresh.rules is not None else None
-        for key in ("workers", "listen", "buffer"):
+        for key in ("workers", "listen", "buffer", "store_url"):
             if getattr(fresh, key) != getattr(settings, key):
                 log.warning("The new %s takes effect only after a restart.", key)
         current, current_rules = fresh, rules
@@ -282,6 +286,9 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
             run(prepare_buffer(settings))
         except SchemaError as exc:
             print(f"capi-gateway: {exc}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:
+            _print_config_error(exc)
             return 2
         return run_workers(
             settings.workers, work, reload=reload_parent, grace=settings.shutdown_grace

@@ -12,11 +12,13 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PrivateAttr,
     field_validator,
     model_validator,
@@ -26,6 +28,15 @@ from gateway import __version__
 from gateway.sitesettings import Site, SiteTable, resolve_sites
 
 PARTNER_AGENT = f"capi-gateway/{__version__}"
+# `buffer` values naming a PostgreSQL database rather than a file.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def buffer_arg(value: str) -> Path | str:
+    """`--buffer`: a file path, or a postgresql:// URL kept as written (a Path would collapse
+    its `//`)."""
+    return value if value.startswith(POSTGRES_SCHEMES) else Path(value)
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -141,7 +152,7 @@ class Settings(BaseModel):
 
     # outbox
     buffer: Path = Path("capi-gateway.db")
-    """the SQLite outbox file"""
+    """the store: a SQLite file, or a `postgresql://` URL of a database replicas share"""
     encryption_key: str | None = None
     """AES-256 key (base64 or hex) for clear fields at rest"""
     key_file: Path | None = None
@@ -450,6 +461,39 @@ class Settings(BaseModel):
         if not re.match(r"^[A-Za-z]{2}$", value.strip()):
             raise ValueError(f"{value!r} is not a 2-letter ISO 3166-1 country code such as us")
         return value.strip().lower()
+
+    # `buffer` given as a postgresql:// URL: the store is that database; `buffer` keeps its
+    # default path (the metrics directory is named after it).
+    _store_url: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _postgres_buffer(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        url = None
+        buffer = data.get("buffer") if isinstance(data, dict) else None
+        if isinstance(buffer, str) and buffer.startswith(POSTGRES_SCHEMES):
+            url = buffer
+            data = {k: v for k, v in data.items() if k != "buffer"}
+        settings = handler(data)
+        if url is not None:
+            settings._store_url = url
+        return settings
+
+    @property
+    def store_url(self) -> str | None:
+        """The PostgreSQL URL when `buffer` names one, else None (the store is the file)."""
+        return self._store_url
+
+    @property
+    def store_name(self) -> str:
+        """The store for messages: the file path, or the URL without its password."""
+        if self._store_url is None:
+            return str(self.buffer)
+        parts = urlsplit(self._store_url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
     @field_validator("encryption_key")
     @classmethod

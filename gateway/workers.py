@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.delivery.postgres.outbox import open_postgres
 from gateway.delivery.schema import connect
-from gateway.delivery.seal import load_key
+from gateway.delivery.seal import Sealer, load_key
 from gateway.ops.prometheus import prepare_multiprocess_dir, worker_exited
 from gateway.settings import Settings
 
@@ -61,9 +62,14 @@ def block_signals() -> None:
 
 async def prepare_buffer(settings: Settings) -> None:
     """Create the outbox key and schema in the parent, before any worker races for them."""
-    load_key(settings)
-    conn = await connect(settings.buffer)
-    await conn.close()
+    key = load_key(settings)
+    if settings.store_url is not None:
+        # Migrate once (and check the key) before the workers open their pools.
+        outbox = await open_postgres(settings, Sealer(key), None)
+        await outbox.close()
+    else:
+        conn = await connect(settings.buffer)
+        await conn.close()
     # Workers add up their metrics through files there: a fresh, empty directory per run.
     prepare_multiprocess_dir(settings)
 

@@ -15,7 +15,8 @@ from gateway.app import build_app
 from gateway.settings import Settings
 from tests.fakes.graph import FakeGraph, start_fake_graph
 
-pytest_plugins = ["tests.postgres"]  # PostgreSQL: postgres_dsn, postgres_cluster fixtures
+# PostgreSQL (postgres_dsn, postgres_cluster) and both store backends (store, store_location).
+pytest_plugins = ["tests.postgres", "tests.delivery.stores"]
 
 PIXEL = "123456789012345"
 TOKEN = "EAAB-test-token-not-real"

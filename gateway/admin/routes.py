@@ -137,6 +137,13 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     if auth is None:
         return _sign_in_first(request)
     settings = request.app[RUNTIME].settings
+    if settings.store_url is not None:
+        return json_error(
+            501,
+            "not available",
+            "the dashboard does not read a PostgreSQL store in this release; "
+            f"use {settings.prefix}/status and {settings.prefix}/metrics",
+        )
     rules = _rules(request)
     shown, choices = _site_selection(request, auth)
     state = request.app[ADMIN]

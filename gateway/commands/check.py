@@ -101,7 +101,7 @@ def _check_settings(settings: Settings, *, rules_only: bool) -> list[str]:
         f"config OK: {len(pixels)} pixel(s) "
         f"[{', '.join(p.id[:4] + '****' for p in pixels)}], "
         f"{'dry run' if settings.dry_run else 'sending to ' + settings.graph_url}, "
-        f"buffer {settings.buffer}, listen {settings.listen}"
+        f"buffer {settings.store_name}, listen {settings.listen}"
     )
     warning = settings.test_mode_warning()
     if warning:

@@ -25,7 +25,15 @@ from gateway.commands.findings import Finding, Level, exit_code, mask, render
 from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
 from gateway.commands.upstreamcheck import check_upstream
 from gateway.delivery import reads
+from gateway.delivery.postgres.migrations import current_version
+from gateway.delivery.postgres.outbox import check_key
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
+from gateway.delivery.postgres.reads import PgReader
+from gateway.delivery.postgres.reads import queue_stats as pg_queue_stats
+from gateway.delivery.postgres.schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from gateway.delivery.schema import SCHEMA_VERSION
+from gateway.delivery.seal import Sealer, load_key
+from gateway.delivery.store import KeyMismatch
 from gateway.settings import ConfigError, Settings
 
 # Backlog: a pending event this old means delivery is stuck (Meta drops them at 7 days).
@@ -126,6 +134,8 @@ async def check_buffer(
     settings: Settings, rules: Sequence[Any], *, site: str | None = None
 ) -> list[Finding]:
     """Schema, integrity, size, dead letters, backlog, blocked pixels, key, coverage hints."""
+    if settings.store_url is not None:
+        return await _check_postgres(settings, site)
     path = settings.buffer
     if not path.exists():
         return [_missing_buffer(path)]
@@ -219,6 +229,45 @@ async def _inspect(
     return out
 
 
+async def _check_postgres(settings: Settings, site: str | None = None) -> list[Finding]:
+    """Reach the PostgreSQL store, its schema, numbers and key (read-only: never migrates)."""
+    assert settings.store_url is not None
+    name = settings.store_name
+    try:
+        db = await Database.open(settings.store_url, health_interval=0, reconnect_timeout=3)
+    except DatabaseUnavailable as exc:
+        return [Finding("buffer", Level.FAIL, str(exc), "check the postgresql:// URL")]
+    try:
+        version = await current_version(db)
+        if version == 0:
+            return [Finding("buffer", Level.NOTE, f"no store at {name} yet; `serve` creates it")]
+        if version > PG_SCHEMA_VERSION:
+            return [
+                Finding(
+                    "buffer",
+                    Level.FAIL,
+                    f"{name}: store schema v{version} is newer than this release knows "
+                    f"({PG_SCHEMA_VERSION})",
+                    "upgrade capi-gateway",
+                )
+            ]
+        out = _buffer_findings(
+            settings,
+            await PgReader(db, limit_bytes=0).used_bytes(),
+            await pg_queue_stats(db, site=site),
+        )
+        if settings.encryption_key or settings.key_file:
+            try:
+                await check_key(db, Sealer(load_key(settings, create=False)))
+            except KeyMismatch as exc:
+                out.append(Finding("key", Level.FAIL, str(exc), "use the replicas' key"))
+        return out
+    except DatabaseUnavailable as exc:
+        return [Finding("buffer", Level.FAIL, str(exc), "check the database")]
+    finally:
+        await db.close()
+
+
 def _buffer_findings(settings: Settings, used: int, stats: dict[str, Any]) -> list[Finding]:
     out: list[Finding] = []
     states: dict[str, int] = stats["states"]
@@ -227,8 +276,9 @@ def _buffer_findings(settings: Settings, used: int, stats: dict[str, Any]) -> li
     oldest: float | None = stats["oldest_pending_age"]
     waiting = states.get("pending", 0) + states.get("inflight", 0)
     summary = (
-        f"{settings.buffer}: schema v{SCHEMA_VERSION}, integrity ok, "
-        f"{used / 1048576:.1f} of {settings.max_buffer_mb:g} MiB, {waiting} pending"
+        f"{settings.store_name}: schema v"
+        + (f"{PG_SCHEMA_VERSION}, " if settings.store_url else f"{SCHEMA_VERSION}, integrity ok, ")
+        + f"{used / 1048576:.1f} of {settings.max_buffer_mb:g} MiB, {waiting} pending"
         + (f" (oldest {_age(oldest)})" if oldest is not None else "")
         + f", {states.get('blocked', 0)} blocked, {states.get('dead', 0)} dead"
     )

@@ -10,13 +10,20 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.commands.queue import check_site
 from gateway.config import Sources, load_settings
 from gateway.delivery.forget import Person, PersonError, forget
+from gateway.delivery.postgres.forget import forget as forget_postgres
+from gateway.delivery.postgres.migrations import current_version
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.schema import SchemaError, connect, write_transaction
 from gateway.delivery.seal import Sealer, load_key
-from gateway.settings import ConfigError, Settings
+from gateway.settings import ConfigError, Settings, buffer_arg
+
+if TYPE_CHECKING:
+    from gateway.delivery.postgres.pool import Conn
 
 
 def add_forget_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +39,9 @@ def add_forget_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ("--fbp", "a _fbp cookie value"),
     ):
         parser.add_argument(flag, action="append", default=[], help=text + " (repeatable)")
-    parser.add_argument("--buffer", type=Path, help="SQLite outbox file")
+    parser.add_argument(
+        "--buffer", type=buffer_arg, help="the store: a SQLite file or a postgresql:// URL"
+    )
     parser.add_argument("--config", type=Path, help="TOML config file")
     parser.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
@@ -50,7 +59,7 @@ def run_forget_command(args: argparse.Namespace) -> int:
         flags["key_file"] = args.key_file
     settings = load_settings(Sources(config_file=args.config, flags=flags))
     check_site(settings, args.site)
-    if not settings.buffer.is_file():
+    if settings.store_url is None and not settings.buffer.is_file():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     try:
         person = Person.of(
@@ -75,6 +84,8 @@ def run_forget_command(args: argparse.Namespace) -> int:
 
 async def _forget(settings: Settings, person: Person, site: str | None) -> dict[str, int]:
     key = load_key(settings, create=False)
+    if settings.store_url is not None:
+        return await _forget_postgres(settings.store_url, Sealer(key), key, person, site)
     try:
         conn = await connect(settings.buffer, create=False)
     except SchemaError as exc:
@@ -84,3 +95,26 @@ async def _forget(settings: Settings, person: Person, site: str | None) -> dict[
             return await forget(tx, Sealer(key), key, person, site=site)
     finally:
         await conn.close()
+
+
+async def _forget_postgres(
+    url: str, sealer: Sealer, key: bytes, person: Person, site: str | None
+) -> dict[str, int]:
+    """The same erasure on a PostgreSQL store, in one transaction (never migrates)."""
+    try:
+        db = await Database.open(url, health_interval=0)
+    except DatabaseUnavailable as exc:
+        raise ConfigError(f"buffer: {exc}") from exc
+    try:
+        if await current_version(db) == 0:
+            raise ConfigError(f"buffer: no capi-gateway store at {db.name}")
+
+        async def work(conn: Conn) -> dict[str, int]:
+            return await forget_postgres(conn, sealer, key, person, site=site)
+
+        try:
+            return await db.run(work)
+        except DatabaseUnavailable as exc:
+            raise ConfigError(f"buffer: {exc}; nothing was removed") from exc
+    finally:
+        await db.close()

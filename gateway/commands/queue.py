@@ -18,6 +18,9 @@ import aiosqlite
 
 from gateway.config import Sources, load_settings
 from gateway.delivery.housekeeping import count_rows, delete_rows, requeue
+from gateway.delivery.postgres.migrations import current_version
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
+from gateway.delivery.postgres.reads import queue_stats as pg_queue_stats
 from gateway.delivery.reads import EventFilter, list_events, queue_stats
 from gateway.delivery.schema import STATES, SchemaError, connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError, load_key
@@ -47,6 +50,8 @@ def run_queue_command(args: argparse.Namespace) -> int:
     if args.key_file is not None:
         flags["key_file"] = args.key_file
     settings = load_settings(Sources(config_file=args.config, flags=flags))
+    if settings.store_url is not None:
+        return asyncio.run(_run_postgres(args, settings))
     if not settings.buffer.exists():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     if not settings.buffer.is_file():
@@ -82,6 +87,28 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         return await _purge(conn, args)
     finally:
         await conn.close()
+
+
+async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
+    """`queue stats` on a PostgreSQL store (every replica's events); the rest is SQLite-only."""
+    if args.queue_command != "stats":
+        raise ConfigError(
+            f"queue {args.queue_command}: not available on a PostgreSQL store in this release "
+            "(queue stats is)"
+        )
+    assert settings.store_url is not None
+    try:
+        db = await Database.open(settings.store_url, health_interval=0)
+    except DatabaseUnavailable as exc:
+        raise ConfigError(f"buffer: {exc}") from exc
+    try:
+        if await current_version(db) == 0:
+            raise ConfigError(
+                f"buffer: no capi-gateway store at {settings.store_name}; start serve on it first"
+            )
+        return _print_stats(await pg_queue_stats(db, site=args.site), as_json=args.json)
+    finally:
+        await db.close()
 
 
 def _which(args: argparse.Namespace, *, otherwise: tuple[str, ...] = ()) -> EventFilter:

@@ -37,35 +37,12 @@ from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
-from gateway.delivery.seal import Sealer
+from gateway.delivery.seal import Sealer, SealError
+from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
 from gateway.models import NewEvent, row_key
 from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
-
-
-class OutboxFull(Exception):
-    """The buffer is over `max_buffer_mb`; callers answer 503 with Retry-After."""
-
-
-class OutboxClosed(Exception):
-    """The outbox is shutting down and accepts nothing more."""
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A leased row, with its clear fields opened, ready to send."""
-
-    id: int
-    pixel_id: str
-    event_name: str
-    event_id: str
-    event_time: int
-    attempts: int
-    test_event_code: str | None
-    event: dict[str, Any]
-    # Identifiers the visitor's profile added to this event at claim time.
-    profile_added: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -157,6 +134,26 @@ class Outbox:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.wake()
         return count
+
+    async def check_key(self) -> None:
+        """`KeyMismatch` unless the key opens the newest sealed row (when there is one)."""
+        async with (
+            self._lock,
+            self._conn.execute(
+                "SELECT pixel_id, event_name, event_id, sealed FROM events "
+                "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if row is None:
+            return
+        try:
+            self.sealer.open(row[3], row_key(row[0], row[1], row[2]))
+        except SealError as exc:
+            raise KeyMismatch(
+                f"the encryption key does not open the events already stored in {self.path}: "
+                "use the key they were written with (encryption_key or the key file)"
+            ) from exc
 
     async def close(self) -> None:
         """Flush what was accepted, stop the writer and close the file."""

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
-from gateway.delivery.outbox import Claimed, Outbox
 from gateway.delivery.ratelimit import TokenBucket
 from gateway.delivery.retry import RetryPolicy
+from gateway.delivery.store import Claimed, OutboxStore
 from gateway.metrics import Metrics
 from gateway.models import META_WINDOW
 from gateway.settings import PixelSettings, Settings
@@ -79,7 +79,7 @@ class Sender:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxStore,
         graph: GraphClient,
         pixels: Sequence[PixelSettings],
         options: SenderOptions,

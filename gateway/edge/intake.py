@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
 from gateway.delivery.stitch import StitchesClosed
+from gateway.delivery.store import OutboxClosed, OutboxFull, OutboxStore
 from gateway.errors import json_error
 from gateway.metrics import Metrics
 from gateway.models import NewEvent
@@ -71,7 +71,7 @@ def _refusal(exc: BaseException) -> Refused:
 class Intake:
     """Stores accepted events with one policy for store faults; counts what happened."""
 
-    def __init__(self, outbox: Outbox, metrics: Metrics) -> None:
+    def __init__(self, outbox: OutboxStore, metrics: Metrics) -> None:
         self.outbox = outbox
         self.metrics = metrics
         self.refusals = 0  # stores refused since start (any source)

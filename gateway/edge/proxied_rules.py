@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.delivery.stitch import Stitches
+from gateway.delivery.store import StitchStore
 from gateway.edge import headers as hdr
 from gateway.edge.bodies import BodyCopy, media_type, read_fields
 from gateway.edge.encoding import Decoder, open_decoder
@@ -139,7 +139,7 @@ class ProxiedRules:
         self,
         rules: Callable[[], RuleSet],
         intake: Intake,
-        stitches: Stitches,
+        stitches: StitchStore,
         pages: PageViews,
         *,
         body_limit: int,

@@ -14,7 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.delivery.stitch import Stitches, VisitorContext
+from gateway.delivery.stitch import VisitorContext
+from gateway.delivery.store import StitchStore
 from gateway.edge.identity import Consent
 from gateway.pipeline.events import Problem
 from gateway.pipeline.normalize import ALIASES
@@ -32,7 +33,7 @@ class StitchLookupFailed(Exception):
     """The stitch store could not be read (closed or failing): a storage fault, not a miss."""
 
 
-async def _find(stitches: Stitches, keys: Mapping[str, str]) -> VisitorContext | None:
+async def _find(stitches: StitchStore, keys: Mapping[str, str]) -> VisitorContext | None:
     try:
         return await stitches.find(keys)
     except Exception as exc:
@@ -62,7 +63,9 @@ def visit_context(
     )
 
 
-async def keep(stitches: Stitches, keys: dict[str, str], visit: VisitorContext, ttl: float) -> None:
+async def keep(
+    stitches: StitchStore, keys: dict[str, str], visit: VisitorContext, ttl: float
+) -> None:
     """Keep `visit` under `keys` for `ttl` seconds; a failure is logged, never raised."""
     try:
         await stitches.put(keys, visit, ttl=ttl)
@@ -100,7 +103,7 @@ def merge_context(
 
 
 async def stitch_hook_event(
-    mapping: Webhook, event: dict[str, Any], stitches: Stitches
+    mapping: Webhook, event: dict[str, Any], stitches: StitchStore
 ) -> tuple[dict[str, Any], bool]:
     """A webhook mapping's event completed with its visit, if one was kept; (event, found).
 
@@ -123,7 +126,7 @@ async def stitch_hook_event(
 
 async def stitch_events(
     data: list[Any],
-    stitches: Stitches,
+    stitches: StitchStore,
     rules: RuleSet,
     links: dict[int, tuple[tuple[str, str], ...]] | None = None,
 ) -> list[Problem]:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from gateway.appkeys import INTAKE, METRICS, STITCHES
-from gateway.delivery.stitch import Stitches
+from gateway.delivery.store import StitchStore
 from gateway.edge.intake import Refused
 from gateway.edge.sites import SITES, runtime_for, site_stages
 from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
@@ -156,7 +156,7 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 async def _event(
-    mapping: Webhook, facts: Facts, payload: Any, stitches: Stitches
+    mapping: Webhook, facts: Facts, payload: Any, stitches: StitchStore
 ) -> tuple[dict[str, Any], bool] | None:
     event = mapping.draft(facts, payload)
     if event is None:

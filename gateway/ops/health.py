@@ -26,8 +26,8 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, OUTBOX, PROXY, RUNTIME, STARTED_AT
-from gateway.delivery.outbox import Outbox
-from gateway.delivery.reads import BufferReader
+from gateway.delivery.postgres.pool import DatabaseUnavailable
+from gateway.delivery.store import OutboxStore, StoreReader
 
 # SQLite needs room for the WAL to commit at all; below this the disk counts as full.
 _MIN_FREE_BYTES = 1024 * 1024
@@ -48,7 +48,9 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     headers = {"Cache-Control": "no-store"}
     if "live" in request.query:
         return web.json_response(body, headers=headers)
-    buffer = request.app[RUNTIME].settings.buffer
+    settings = request.app[RUNTIME].settings
+    # A PostgreSQL store has no file here to check: its reads below tell whether it answers.
+    buffer = None if settings.store_url else settings.buffer
     checks = await readiness(request.app.get(BUFFER_READER), request.app.get(OUTBOX), buffer)
     if PROXY in request.app:
         # Visitors get 502s while the site is down: not ready, though still alive.
@@ -61,7 +63,7 @@ async def get_health(request: web.Request) -> web.StreamResponse:
 
 
 async def readiness(
-    reader: BufferReader | None, outbox: Outbox | None, buffer: Path
+    reader: StoreReader | None, outbox: OutboxStore | None, buffer: Path | None
 ) -> dict[str, dict[str, Any]]:
     """The outcome of each readiness check: `{"outbox": {...}, "buffer": {...}}`."""
     if reader is None or outbox is None:
@@ -69,14 +71,14 @@ async def readiness(
             "outbox": {"ok": False, "detail": "the outbox is not open"},
             "buffer": {"ok": False, "detail": "the outbox is not open"},
         }
-    writable = _writable(buffer)
+    writable = _writable(buffer) if buffer is not None else {"ok": True}
     try:
         used = await asyncio.wait_for(reader.used_bytes(), _CHECK_TIMEOUT)
         if used > reader.limit_bytes and await reader.has_delivered():
             # Shielded: a timed-out check must not cut a purge short inside the outbox.
             await asyncio.shield(outbox.purge_sent_oldest(fraction=0.5))
             used = await asyncio.wait_for(reader.used_bytes(), _CHECK_TIMEOUT)
-    except (sqlite3.Error, ValueError, OSError, TimeoutError) as exc:
+    except (sqlite3.Error, ValueError, OSError, TimeoutError, DatabaseUnavailable) as exc:
         detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         return {
             "outbox": {"ok": False, "detail": f"cannot read the buffer: {detail}"},

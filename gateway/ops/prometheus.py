@@ -24,7 +24,8 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
 from gateway.appkeys import BUFFER_READER, METRICS, RUNTIME
-from gateway.delivery.reads import BufferReader, QueueSnapshot
+from gateway.delivery.reads import QueueSnapshot
+from gateway.delivery.store import StoreReader
 from gateway.metrics import MULTIPROC_ENV, Metrics
 from gateway.ops.access import operator_scope
 from gateway.settings import Settings
@@ -176,7 +177,7 @@ def metrics_for_settings(settings: Settings) -> Metrics:
 
 async def render(
     metrics: Metrics,
-    reader: BufferReader | None,
+    reader: StoreReader | None,
     accept: str,
     *,
     sites: Sequence[str] = (),

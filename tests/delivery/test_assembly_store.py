@@ -1,11 +1,10 @@
-"""Event assembly and visitor profiles in the outbox, on a real SQLite file."""
+"""Event assembly and visitor profiles in the outbox, on both backends (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ from gateway.delivery.forget import Person
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
+from gateway.delivery.store import OutboxStore
 from gateway.models import NewEvent
+from tests.delivery.stores import Opener, event_rows, fetch
 
 KEY = bytes(range(32))
 EM, PH = "e" * 64, "f" * 64
@@ -58,23 +59,27 @@ def copy(
     )
 
 
-def rows(path: Path, columns: str = "*") -> list[sqlite3.Row]:
+def rows(path: Path) -> list[sqlite3.Row]:
     with sqlite3.connect(path) as conn:
         conn.row_factory = sqlite3.Row
-        return list(conn.execute(f"SELECT {columns} FROM events ORDER BY id"))
+        return list(conn.execute("SELECT * FROM events ORDER BY id"))
+
+
+async def profile_count(box: OutboxStore) -> int:
+    return int(str((await fetch(box, "SELECT COUNT(*) FROM profiles"))[0][0]))
+
+
+async def link_count(box: OutboxStore) -> int:
+    return int(str((await fetch(box, "SELECT COUNT(*) FROM profile_links"))[0][0]))
 
 
 @pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Outbox]:
+async def box(open_store: Opener) -> OutboxStore:
     policy = ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=100)
-    outbox = await Outbox.open(
-        tmp_path / "o.db", Sealer(KEY), group_commit_ms=2, assembly_hold=60, profiles=policy
-    )
-    yield outbox
-    await outbox.close()
+    return await open_store(group_commit_ms=2, assembly_hold=60, profiles=policy)
 
 
-async def test_a_webhook_copy_merges_into_the_pending_page_event(box: Outbox) -> None:
+async def test_a_webhook_copy_merges_into_the_pending_page_event(box: OutboxStore) -> None:
     page = copy(
         "rule",
         rule="purchase",
@@ -92,7 +97,7 @@ async def test_a_webhook_copy_merges_into_the_pending_page_event(box: Outbox) ->
     assert await box.add([page]) == ["new"]
     assert await box.add([hook]) == ["merged"]
     assert (box.merged, box.late) == (1, 0)
-    (row,) = rows(box.path)
+    (row,) = await event_rows(box)
     assert json.loads(row["sources"]) == ["page:purchase", "webhook:stripe-purchase"]
     assert row["received_keys"] == "client_ip_address,client_user_agent,fbp"
     assert set(row["match_keys"].split(",")) == {
@@ -114,7 +119,9 @@ async def test_a_webhook_copy_merges_into_the_pending_page_event(box: Outbox) ->
     assert claimed.event["custom_data"] == {"value": 12.5, "currency": "EUR"}
 
 
-async def test_events_are_held_for_assembly_and_the_sender_claims_what_is_due(box: Outbox) -> None:
+async def test_events_are_held_for_assembly_and_the_sender_claims_what_is_due(
+    box: OutboxStore,
+) -> None:
     await box.add([copy("api"), copy("proxy", event_id="pv", name="PageView")])
     now = time.time()
     # The PageView (no hold of its own) is due; the Purchase waits assembly_hold.
@@ -129,7 +136,7 @@ async def test_events_are_held_for_assembly_and_the_sender_claims_what_is_due(bo
     ]
 
 
-async def test_a_copy_after_the_send_is_late_recorded_and_not_sent_again(box: Outbox) -> None:
+async def test_a_copy_after_the_send_is_late_recorded_and_not_sent_again(box: OutboxStore) -> None:
     await box.add([copy("rule", rule="purchase", hold=0)])
     (claimed,) = await box.claim("w", limit=10, lease=30)
     # Being sent counts as sent: the copy cannot join it any more.
@@ -137,7 +144,7 @@ async def test_a_copy_after_the_send_is_late_recorded_and_not_sent_again(box: Ou
     assert await box.add([hook]) == ["late"]
     await box.mark_sent([claimed.id], "w", fbtrace_id="T")
     assert await box.add([hook]) == ["late"]
-    (row,) = rows(box.path)
+    (row,) = await event_rows(box)
     assert row["state"] == "sent"
     late = json.loads(row["late"])
     assert late["copies"] == 2
@@ -148,17 +155,19 @@ async def test_a_copy_after_the_send_is_late_recorded_and_not_sent_again(box: Ou
     assert box.late == 2
 
 
-async def test_copies_in_one_group_commit_merge_in_order(box: Outbox) -> None:
+async def test_copies_in_one_group_commit_merge_in_order(box: OutboxStore) -> None:
     outcomes = await box.add(
         [copy("rule", rule="p"), copy("webhook", rule="h", hashed={"em": EM}), copy("collect")]
     )
     assert outcomes == ["new", "merged", "merged"]
-    (row,) = rows(box.path)
+    (row,) = await event_rows(box)
     assert json.loads(row["sources"]) == ["page:p", "webhook:h", "browser"]
     assert row["twin"] == 1
 
 
-async def test_profiles_learn_from_consenting_events_and_complete_later_ones(box: Outbox) -> None:
+async def test_profiles_learn_from_consenting_events_and_complete_later_ones(
+    box: OutboxStore,
+) -> None:
     visitor = {"client_user_agent": "UA/1", "fbp": FBP}
     checkout = copy(
         "rule", event_id="c1", name="InitiateCheckout", hashed={"em": EM, "ph": PH}, clear=visitor
@@ -182,7 +191,7 @@ async def test_profiles_learn_from_consenting_events_and_complete_later_ones(box
     assert "em" not in claimed["pv3"].event["user_data"]
     assert "em" not in claimed["pv4"].event["user_data"]  # opted out: nothing added
     # What is sent is what the row records; it was received without it.
-    by_id = {r["event_id"]: r for r in rows(box.path)}
+    by_id = {r["event_id"]: r for r in await event_rows(box)}
     assert "em" in by_id["pv2"]["match_keys"].split(",")
     assert "em" not in by_id["pv2"]["received_keys"].split(",")
     coverage = await box.match_key_coverage(since=0)
@@ -190,7 +199,7 @@ async def test_profiles_learn_from_consenting_events_and_complete_later_ones(box
     assert coverage["PageView"]["events"] == 3
 
 
-async def test_nothing_is_learned_from_a_restricted_event(box: Outbox) -> None:
+async def test_nothing_is_learned_from_a_restricted_event(box: OutboxStore) -> None:
     visitor = {"client_user_agent": "UA/1", "fbp": FBP}
     await box.add(
         [
@@ -207,39 +216,22 @@ async def test_nothing_is_learned_from_a_restricted_event(box: Outbox) -> None:
     await box.add([copy("proxy", event_id="pv", name="PageView", clear=visitor)])
     (pv,) = [c for c in await box.claim("w", limit=10, lease=30) if c.event_id == "pv"]
     assert pv.profile_added == ()
-    with sqlite3.connect(box.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 0
+    assert await profile_count(box) == 0
 
 
-async def test_profiles_off_with_ttl_zero_and_bounded_in_size(tmp_path: Path) -> None:
-    off = await Outbox.open(
-        tmp_path / "off.db",
-        Sealer(KEY),
-        profiles=ProfilePolicy.from_key(KEY, ttl=0, max_profiles=5),
+async def test_profiles_off_with_ttl_zero_and_bounded_in_size(open_store: Opener) -> None:
+    off = await open_store("off.db", profiles=ProfilePolicy.from_key(KEY, ttl=0, max_profiles=5))
+    await off.add([copy("api", hashed={"em": EM}, clear={"fbp": FBP})])
+    assert await profile_count(off) == 0
+    small = await open_store(
+        "small.db", profiles=ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=5)
     )
-    try:
-        await off.add([copy("api", hashed={"em": EM}, clear={"fbp": FBP})])
-        with sqlite3.connect(off.path) as conn:
-            assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 0
-    finally:
-        await off.close()
-    small = await Outbox.open(
-        tmp_path / "small.db",
-        Sealer(KEY),
-        profiles=ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=5),
-    )
-    try:
-        for i in range(12):
-            await small.add(
-                [copy("api", event_id=f"e{i}", hashed={"em": EM}, clear={"fbp": f"v{i}"})]
-            )
-        await small.expire_and_purge(retention=3600, dead_retention=3600)
-        with sqlite3.connect(small.path) as conn:
-            assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0] == 5
-            # Only keyed hashes: no fbp value in the table.
-            assert "v1" not in str(conn.execute("SELECT * FROM profiles").fetchall())
-    finally:
-        await small.close()
+    for i in range(12):
+        await small.add([copy("api", event_id=f"e{i}", hashed={"em": EM}, clear={"fbp": f"v{i}"})])
+    await small.expire_and_purge(retention=3600, dead_retention=3600)
+    assert await profile_count(small) == 5
+    # Only keyed hashes: no fbp value in the table.
+    assert "v1" not in str(await fetch(small, "SELECT * FROM profiles"))
 
 
 async def test_an_outbox_of_schema_3_is_migrated_with_its_rows(tmp_path: Path) -> None:
@@ -269,7 +261,9 @@ async def test_an_outbox_of_schema_3_is_migrated_with_its_rows(tmp_path: Path) -
 ORDER = (("order_id", "A-1001"),)
 
 
-async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(box: Outbox) -> None:
+async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(
+    box: OutboxStore,
+) -> None:
     # The checkout page: the visitor's fbp, their email, and the order id as stitch key.
     visitor = {"client_user_agent": "UA/1", "fbp": FBP}
     checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
@@ -279,10 +273,9 @@ async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(bo
     await box.add([replace(backend, links=ORDER)])
     # A later page view of the visitor: fbp only.
     await box.add([copy("proxy", event_id="pv", name="PageView", hold=0, clear=visitor)])
-    with sqlite3.connect(box.path) as conn:
-        # One profile (the visitor's, under their fbp); the order id leads to it.
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (1,)
-        assert conn.execute("SELECT COUNT(*) FROM profile_links").fetchone() == (1,)
+    # One profile (the visitor's, under their fbp); the order id leads to it.
+    assert await profile_count(box) == 1
+    assert await link_count(box) == 1
     claimed = {
         c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
     }
@@ -294,12 +287,13 @@ async def test_stitch_keys_lead_a_webhook_without_fbp_to_the_visitors_profile(bo
     assert claimed["pv"].event["user_data"]["em"] == EM
 
 
-async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(box: Outbox) -> None:
+async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(
+    box: OutboxStore,
+) -> None:
     backend = copy("api", event_id="b2", name="Lead", hashed={"ph": PH}, clear={})
     other = copy("api", event_id="b3", name="Lead", hashed={}, clear={})
     await box.add([replace(backend, links=ORDER), replace(other, links=ORDER)])
-    with sqlite3.connect(box.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (0,)
+    assert await profile_count(box) == 0
     claimed = {
         c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
     }
@@ -307,17 +301,27 @@ async def test_a_stitch_key_without_a_linked_profile_learns_and_adds_nothing(box
     assert claimed["b3"].profile_added == ()
 
 
-async def test_forget_by_email_cuts_the_stitch_links_of_the_profile(box: Outbox) -> None:
+async def test_forget_by_email_cuts_the_stitch_links_of_the_profile(box: OutboxStore) -> None:
     visitor = {"client_user_agent": "UA/1", "fbp": FBP}
     checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
     await box.add([replace(checkout, links=ORDER)])
     await box.forget(Person(hashed={"em": frozenset({EM})}), KEY)
-    with sqlite3.connect(box.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM profiles").fetchone() == (0,)
-        assert conn.execute("SELECT COUNT(*) FROM profile_links").fetchone() == (0,)
+    assert await profile_count(box) == 0
+    assert await link_count(box) == 0
     backend = copy("api", event_id="b4", name="Lead", hashed={}, clear={})
     await box.add([replace(backend, links=ORDER)])
     claimed = {
         c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
     }
     assert "em" not in claimed["b4"].event["user_data"]
+
+
+async def test_expired_stitch_links_are_purged_with_their_profiles(box: OutboxStore) -> None:
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    checkout = copy("rule", event_id="c1", name="AddPaymentInfo", hashed={"em": EM}, clear=visitor)
+    await box.add([replace(checkout, links=ORDER)])
+    assert (await profile_count(box), await link_count(box)) == (1, 1)
+    await box.expire_and_purge(retention=86400, dead_retention=86400, now=time.time() + 60)
+    assert (await profile_count(box), await link_count(box)) == (1, 1)
+    await box.expire_and_purge(retention=86400, dead_retention=86400, now=time.time() + 7200)
+    assert (await profile_count(box), await link_count(box)) == (0, 0)

@@ -1,4 +1,5 @@
-"""Erasure on a real buffer: unsent events, visitor profiles and stitched visits."""
+"""Erasure on a real buffer (and on PostgreSQL): unsent events, visitor profiles and stitched
+visits."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ import pytest
 from gateway.cli import main
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.postgres.stitches import PgStitches
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
 from gateway.delivery.stitch import Stitches, VisitorContext
+from gateway.delivery.store import OutboxStore, StitchStore
 from gateway.models import NewEvent
+from tests.delivery.stores import Opener, fetch
 
 KEY = bytes(range(32))
 FBP = "fb.1.1700000000000.777"
@@ -121,11 +126,17 @@ async def test_forget_by_fbp_and_plain_output(
 
 
 async def test_forget_with_site_scrubs_that_sites_events_only(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_location: Path | str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = tmp_path / "o.db"
-    (path.parent / "o.db.key").write_text(KEY.hex())
-    box = await Outbox.open(path, Sealer(KEY))
+    monkeypatch.setenv("CAPIGW_ENCRYPTION_KEY", KEY.hex())
+    box: OutboxStore
+    if isinstance(store_location, Path):
+        box = await Outbox.open(store_location, Sealer(KEY))
+    else:
+        box = await PgOutbox.open(store_location, Sealer(KEY))
     try:
         await box.add(
             [
@@ -143,13 +154,57 @@ async def test_forget_with_site_scrubs_that_sites_events_only(
             for name in ("alpha", "beta")
         )
     )
-    argv = ["forget", "--email", "jane@example.com", "--buffer", str(path), "--json"]
+    argv = ["forget", "--email", "jane@example.com", "--buffer", str(store_location), "--json"]
     code = await asyncio.to_thread(main, [*argv, "--config", str(config), "--site", "beta"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["events"] == 1
-    payloads = dict(table(path, "SELECT event_id, payload FROM events"))
-    assert json.loads(payloads["jane-a"])["user_data"] == {"em": JANE}
-    assert json.loads(payloads["jane-b"])["user_data"] == {}
+    box = await (
+        Outbox.open(store_location, Sealer(KEY))
+        if isinstance(store_location, Path)
+        else PgOutbox.open(store_location, Sealer(KEY))
+    )
+    try:
+        rows = await fetch(box, "SELECT event_id, site, payload FROM events ORDER BY event_id")
+    finally:
+        await box.close()
+    assert [(r[0], r[1]) for r in rows] == [("jane-a", "alpha"), ("jane-b", "beta")]
+    payloads = {str(r[0]): json.loads(str(r[2])) for r in rows}
+    assert payloads["jane-a"]["user_data"] == {"em": JANE}
+    assert payloads["jane-b"]["user_data"] == {}
     code = await asyncio.to_thread(main, [*argv, "--config", str(config), "--site", "gamma"])
     assert code != 0
     assert "--site: no site is named 'gamma'" in capsys.readouterr().err
+
+
+async def test_forget_erases_the_person_on_either_store(open_store: Opener) -> None:
+    box = await open_store(profiles=ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=100))
+    stitches: StitchStore
+    if isinstance(box, PgOutbox):
+        stitches = PgStitches(box.db, Sealer(KEY), key=KEY, purge_every=0)
+    else:
+        assert isinstance(box, Outbox)
+        stitches = await Stitches.open(box.path, Sealer(KEY), key=KEY, purge_every=0)
+    try:
+        await box.add(
+            [
+                event("jane-1", {"em": JANE, "ph": "1" * 64}, FBP),
+                event("other-1", {"em": OTHER}, "fb.1.1.other"),
+            ]
+        )
+        visit = VisitorContext({"fbp": FBP}, "https://shop.example/", {}, None, None, time.time())
+        await stitches.put({"em": JANE}, visit, ttl=3600)
+        await stitches.put({"order_id": "A1"}, visit, ttl=3600)
+        other = VisitorContext({"fbp": "fb.1.1.other"}, None, {}, None, None, time.time())
+        await stitches.put({"order_id": "B2"}, other, ttl=3600)
+        counts = await box.forget(Person.of(email=["Jane@Example.com"]), KEY)
+        assert counts == {"events": 1, "profiles": 1, "stitches": 2}
+        assert await stitches.get("order_id", "A1") is None
+        assert await stitches.get("order_id", "B2") is not None
+        await box.add([event("jane-2", {}, FBP, name="PageView")])
+        claimed = {c.event_id: c for c in await box.claim("w", limit=10, lease=30)}
+        assert "em" not in claimed["jane-2"].event["user_data"]
+        assert "fbp" not in claimed["jane-1"].event["user_data"]
+        assert claimed["jane-1"].event["user_data"] == {"client_user_agent": "UA/1"}
+        assert claimed["other-1"].event["user_data"]["em"] == OTHER
+    finally:
+        await stitches.close()

@@ -1,4 +1,5 @@
-"""The sender against the fake Graph API: retries, isolation, blocked tokens, dry run."""
+"""The sender against the fake Graph API, on both stores: retries, isolation, blocked tokens,
+dry run."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app, reload
@@ -22,6 +25,7 @@ from tests.conftest import (
     wait_for,
     web_event,
 )
+from tests.delivery.stores import KEY, fetch
 from tests.fakes.graph import FakeGraph
 
 
@@ -38,14 +42,39 @@ async def states(client: TestClient[Any, Any]) -> dict[str, int]:
 
 
 async def rows(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
-    conn = client.app[OUTBOX]._conn
-    async with conn.execute(
-        "SELECT event_id, state, attempts, last_error, fbtrace_id FROM events ORDER BY id"
-    ) as cur:
-        return [
-            dict(zip(("event_id", "state", "attempts", "last_error", "fbtrace_id"), r, strict=True))
-            for r in await cur.fetchall()
-        ]
+    found = await fetch(
+        client.app[OUTBOX],
+        "SELECT event_id, state, attempts, last_error, fbtrace_id FROM events ORDER BY id",
+    )
+    return [
+        dict(zip(("event_id", "state", "attempts", "last_error", "fbtrace_id"), r, strict=True))
+        for r in found
+    ]
+
+
+@pytest.fixture
+def store(store_location: Path | str) -> dict[str, Any]:
+    """The settings that put a gateway on this test's store (SQLite file or PostgreSQL)."""
+    return {"buffer": store_location, "encryption_key": KEY.hex()}
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, fake_graph: FakeGraph, store: dict[str, Any]
+) -> AsyncIterator[GatewayFactory]:
+    """conftest's gateway, on each store backend."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(**overrides: Any) -> TestClient[Any, Any]:
+        settings = make_settings(tmp_path, fake_graph.url, **{**store, **overrides})
+        client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
 
 
 async def settled(client: TestClient[Any, Any], **expected: int) -> None:
@@ -97,7 +126,7 @@ async def test_one_bad_event_does_not_sink_its_batch(
 
 
 async def test_expired_token_parks_events_until_token_changes(
-    gateway: GatewayFactory, fake_graph: FakeGraph, tmp_path: Path
+    gateway: GatewayFactory, fake_graph: FakeGraph, tmp_path: Path, store: dict[str, Any]
 ) -> None:
     client = await gateway(access_token="EAAB-expired")
     await post(client, [web_event(event_id="p1"), web_event(event_id="p2")])
@@ -113,18 +142,20 @@ async def test_expired_token_parks_events_until_token_changes(
     assert fake_graph.events == []
 
     # A reload with the same bad token keeps them parked; a new token releases them.
-    await reload(client.app, make_settings(tmp_path, fake_graph.url, access_token="EAAB-expired"))
+    await reload(
+        client.app, make_settings(tmp_path, fake_graph.url, access_token="EAAB-expired", **store)
+    )
     await settled(client, blocked=3)
-    await reload(client.app, make_settings(tmp_path, fake_graph.url))
+    await reload(client.app, make_settings(tmp_path, fake_graph.url, **store))
     await settled(client, sent=3)
     assert sorted(fake_graph.event_ids()) == ["p1", "p2", "p3"]
 
 
 async def test_blocked_events_are_released_by_a_restart_with_a_new_token(
-    tmp_path: Path, fake_graph: FakeGraph
+    tmp_path: Path, fake_graph: FakeGraph, store: dict[str, Any]
 ) -> None:
     bad = TestClient(
-        TestServer(build_app(make_settings(tmp_path, fake_graph.url, access_token="x")))
+        TestServer(build_app(make_settings(tmp_path, fake_graph.url, access_token="x", **store)))
     )
     await bad.start_server()
     try:
@@ -132,7 +163,7 @@ async def test_blocked_events_are_released_by_a_restart_with_a_new_token(
         await settled(bad, blocked=1)
     finally:
         await bad.close()
-    good = TestClient(TestServer(build_app(make_settings(tmp_path, fake_graph.url))))
+    good = TestClient(TestServer(build_app(make_settings(tmp_path, fake_graph.url, **store))))
     await good.start_server()
     try:
         await settled(good, sent=1)

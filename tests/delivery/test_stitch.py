@@ -1,4 +1,5 @@
-"""The stitch store on a real buffer file: round trip, expiry, upsert, secrecy, sharing."""
+"""The stitch store on both backends (a buffer file, PostgreSQL): round trip, expiry, upsert,
+secrecy, sharing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.migrations import migrate
+from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.stitches import PgStitches
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
 from gateway.delivery.stitch import (
@@ -21,6 +25,7 @@ from gateway.delivery.stitch import (
     VisitorContext,
     derive_lookup_key,
 )
+from gateway.delivery.store import StitchStore
 from gateway.edge.identity import Consent
 from gateway.models import NewEvent
 
@@ -53,7 +58,25 @@ def context(*, seen_at: float | None = None, fbp: str = FBP, **kw: object) -> Vi
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Stitches]:
+async def store(store_location: Path | str) -> AsyncIterator[StitchStore]:
+    """A stitch store of each backend (on PostgreSQL, over a migrated database's pool)."""
+    stitches: StitchStore
+    if isinstance(store_location, Path):
+        stitches = await Stitches.open(store_location, Sealer(KEY), key=KEY)
+        yield stitches
+        await stitches.close()
+        return
+    db = await Database.open(store_location, health_interval=0)
+    await migrate(db)
+    stitches = PgStitches(db, Sealer(KEY), key=KEY)
+    yield stitches
+    await stitches.close()
+    await db.close()
+
+
+@pytest.fixture
+async def file_store(tmp_path: Path) -> AsyncIterator[Stitches]:
+    """The SQLite store, for what only a file shows (bytes on disk, rows edited by hand)."""
     stitches = await Stitches.open(tmp_path / "buffer.db", Sealer(KEY), key=KEY)
     yield stitches
     await stitches.close()
@@ -64,7 +87,15 @@ def rows(path: Path) -> list[tuple[object, ...]]:
         return conn.execute("SELECT * FROM stitches").fetchall()
 
 
-async def test_put_get_round_trip(store: Stitches) -> None:
+async def count(store: StitchStore) -> int:
+    """Rows of the stitches table, expired ones included."""
+    if isinstance(store, Stitches):
+        return len(rows(store.path))
+    assert isinstance(store, PgStitches)
+    return int(str(await store.db.fetchval("SELECT count(*) FROM stitches")))
+
+
+async def test_put_get_round_trip(store: StitchStore) -> None:
     ctx = context()
     await store.put({"order_id": ORDER, "email": EMAIL_SHA}, ctx, ttl=DEFAULT_TTL)
     assert await store.get("order_id", ORDER) == ctx
@@ -77,12 +108,12 @@ async def test_put_get_round_trip(store: Stitches) -> None:
     # Another value, or the same value under another kind, is a different key.
     assert await store.get("order_id", ORDER + "x") is None
     assert await store.get("booking_id", ORDER) is None
-    assert len(rows(store.path)) == 2
+    assert await count(store) == 2
 
 
-async def test_empty_values_are_skipped_and_bad_input_refused(store: Stitches) -> None:
+async def test_empty_values_are_skipped_and_bad_input_refused(store: StitchStore) -> None:
     await store.put({"order_id": "", "lead_id": "L-1"}, context(), ttl=60)
-    assert len(rows(store.path)) == 1
+    assert await count(store) == 1
     await store.put({}, context(), ttl=60)
     with pytest.raises(ValueError, match="ttl"):
         await store.put({"lead_id": "L-2"}, context(), ttl=0)
@@ -91,7 +122,7 @@ async def test_empty_values_are_skipped_and_bad_input_refused(store: Stitches) -
     assert await store.get("order_id", "") is None
 
 
-async def test_expiry(store: Stitches) -> None:
+async def test_expiry(store: StitchStore) -> None:
     now = time.time()
     await store.put({"order_id": ORDER}, context(seen_at=now), ttl=DAY)
     assert await store.get("order_id", ORDER, now=now + DAY - 1) is not None
@@ -101,16 +132,16 @@ async def test_expiry(store: Stitches) -> None:
     await store.put({"lead_id": "L-9"}, context(seen_at=now), ttl=3 * DAY)
     assert await store.purge_expired(now=now + 2 * DAY) == 1
     assert await store.get("lead_id", "L-9", now=now + 2 * DAY) is not None
-    assert len(rows(store.path)) == 1
+    assert await count(store) == 1
 
 
-async def test_purge_works_in_chunks(store: Stitches) -> None:
+async def test_purge_works_in_chunks(store: StitchStore) -> None:
     now = time.time()
     keys = {f"k{i}": f"v{i}" for i in range(1200)}
     await store.put(keys, context(seen_at=now - 10), ttl=5)
     await store.put({"order_id": ORDER}, context(seen_at=now), ttl=DAY)
     assert await store.purge_expired(now=now) == 1200
-    assert len(rows(store.path)) == 1
+    assert await count(store) == 1
 
 
 async def test_background_purge(tmp_path: Path) -> None:
@@ -127,7 +158,7 @@ async def test_background_purge(tmp_path: Path) -> None:
         await stitches.close()
 
 
-async def test_upsert_newer_visit_wins(store: Stitches) -> None:
+async def test_upsert_newer_visit_wins(store: StitchStore) -> None:
     now = time.time()
     old = context(seen_at=now - 100, fbp="fb.1.1.old", event_id="old")
     new = context(seen_at=now, fbp="fb.1.1.new", event_id="new")
@@ -137,10 +168,10 @@ async def test_upsert_newer_visit_wins(store: Stitches) -> None:
     # A put that lands late with an older visit does not undo the newer one.
     await store.put({"order_id": ORDER}, old, ttl=DAY)
     assert await store.get("order_id", ORDER) == new
-    assert len(rows(store.path)) == 1
+    assert await count(store) == 1
 
 
-async def test_find_takes_the_first_key_in_order(store: Stitches) -> None:
+async def test_find_takes_the_first_key_in_order(store: StitchStore) -> None:
     by_order = context(event_id="from-order")
     by_email = context(event_id="from-email")
     await store.put({"order_id": ORDER}, by_order, ttl=DAY)
@@ -152,28 +183,28 @@ async def test_find_takes_the_first_key_in_order(store: Stitches) -> None:
     assert await store.find({}) is None
 
 
-async def test_concurrent_puts_are_batched(store: Stitches) -> None:
+async def test_concurrent_puts_are_batched(store: StitchStore) -> None:
     ctx = context()
     await asyncio.gather(*(store.put({"order_id": f"O-{i}"}, ctx, ttl=DAY) for i in range(200)))
     assert store.committed_rows == 200
     assert store.commits < 50, store.commits
-    assert len(rows(store.path)) == 200
+    assert await count(store) == 200
 
 
-async def test_key_and_clear_fields_never_stored_in_clear(store: Stitches) -> None:
-    await store.put({"order_id": ORDER, "email": EMAIL_SHA}, context(), ttl=DAY)
+async def test_key_and_clear_fields_never_stored_in_clear(file_store: Stitches) -> None:
+    await file_store.put({"order_id": ORDER, "email": EMAIL_SHA}, context(), ttl=DAY)
     # Everything on disk: the database file, its WAL and shared-memory index.
-    raw = b"".join(p.read_bytes() for p in store.path.parent.iterdir() if p.is_file())
+    raw = b"".join(p.read_bytes() for p in file_store.path.parent.iterdir() if p.is_file())
     assert raw, "nothing on disk"
     for secret in (ORDER, EMAIL_SHA, FBP, FBC, IP, UA, "shop.example", "data_processing"):
         assert secret.encode() not in raw, secret
-    for row in rows(store.path):
+    for row in rows(file_store.path):
         text = repr(row)
         assert ORDER not in text and FBP not in text and IP not in text
     # The stored hash is keyed: without the outbox key it cannot be recomputed.
-    hashes = {row[0] for row in rows(store.path)}
-    assert store.key_hash("order_id", ORDER) in hashes
-    other = await Stitches.open(store.path, Sealer(bytes(32)), key=bytes(32), purge_every=0)
+    hashes = {row[0] for row in rows(file_store.path)}
+    assert file_store.key_hash("order_id", ORDER) in hashes
+    other = await Stitches.open(file_store.path, Sealer(bytes(32)), key=bytes(32), purge_every=0)
     try:
         assert other.key_hash("order_id", ORDER) not in hashes
         assert await other.get("order_id", ORDER) is None
@@ -183,13 +214,13 @@ async def test_key_and_clear_fields_never_stored_in_clear(store: Stitches) -> No
 
 
 async def test_tampered_or_swapped_blob_is_absent_and_logged(
-    store: Stitches, caplog: pytest.LogCaptureFixture
+    file_store: Stitches, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await store.put({"order_id": ORDER}, context(event_id="a"), ttl=DAY)
-    await store.put({"lead_id": "L-1"}, context(event_id="b"), ttl=DAY)
-    order_hash = store.key_hash("order_id", ORDER)
-    lead_hash = store.key_hash("lead_id", "L-1")
-    with sqlite3.connect(store.path) as conn:
+    await file_store.put({"order_id": ORDER}, context(event_id="a"), ttl=DAY)
+    await file_store.put({"lead_id": "L-1"}, context(event_id="b"), ttl=DAY)
+    order_hash = file_store.key_hash("order_id", ORDER)
+    lead_hash = file_store.key_hash("lead_id", "L-1")
+    with sqlite3.connect(file_store.path) as conn:
         # Swap: the lead's blob copied onto the order's row must not open there.
         conn.execute(
             "UPDATE stitches SET sealed=(SELECT sealed FROM stitches WHERE key_hash=?) "
@@ -197,10 +228,10 @@ async def test_tampered_or_swapped_blob_is_absent_and_logged(
             (lead_hash, order_hash),
         )
     with caplog.at_level(logging.WARNING, logger="gateway.stitch"):
-        assert await store.get("order_id", ORDER) is None
+        assert await file_store.get("order_id", ORDER) is None
     assert "does not open" in caplog.text and "'order_id'" in caplog.text
     assert ORDER not in caplog.text
-    with sqlite3.connect(store.path) as conn:
+    with sqlite3.connect(file_store.path) as conn:
         (blob,) = conn.execute(
             "SELECT sealed FROM stitches WHERE key_hash=?", (lead_hash,)
         ).fetchone()
@@ -208,7 +239,7 @@ async def test_tampered_or_swapped_blob_is_absent_and_logged(
         conn.execute("UPDATE stitches SET sealed=? WHERE key_hash=?", (flipped, lead_hash))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="gateway.stitch"):
-        assert await store.find({"lead_id": "L-1", "order_id": ORDER}) is None
+        assert await file_store.find({"lead_id": "L-1", "order_id": ORDER}) is None
     assert caplog.text.count("does not open") == 2
 
 

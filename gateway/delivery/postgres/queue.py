@@ -9,6 +9,9 @@ loses them when the lease expires, to whichever replica claims next.
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway.delivery.postgres.schema import STATES
@@ -20,7 +23,8 @@ if TYPE_CHECKING:
 
 # Claimed rows come back in this column order: the SQLite store's `rows.CLAIMED_COLUMNS`.
 CLAIMED_COLUMNS = (
-    "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed"
+    "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
+    "profile_keys"
 )
 # Expired leases taken back per claim: a dead replica's rows return over a few claims
 # rather than in one long statement.
@@ -47,7 +51,7 @@ UPDATE events AS e SET state = 'blocked' FROM parked WHERE e.id = parked.id
 _CLAIM = f"""
 WITH due AS (
     SELECT id FROM events
-    WHERE state = 'pending' AND next_attempt_at <= $3
+    WHERE state = 'pending' AND next_attempt_at <= $3 AND pixel_id <> ALL($5::text[])
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
@@ -58,16 +62,39 @@ RETURNING {", ".join(f"e.{c.strip()}" for c in CLAIMED_COLUMNS.split(","))}
 """
 
 
+class Wakes:
+    """The outbox's wake-ups of an idle sender (the SQLite outbox's `wake`/`take_wake_at`)."""
+
+    new_work: asyncio.Event
+    # The earliest due time committed since the sender last looked (see `take_wake_at`).
+    _wake_at: float = math.inf
+
+    def wake(self, at: float = 0.0) -> None:
+        """Tell an idle sender that rows become due at epoch `at` (0: now)."""
+        self._wake_at = min(self._wake_at, at)
+        self.new_work.set()
+
+    def take_wake_at(self) -> float:
+        """The earliest due time announced by `wake` since the last call (inf: none).
+
+        Only this replica's commits announce theirs; rows another replica stored become due
+        without a wake here, so the sender's idle poll bounds how late it sees them.
+        """
+        at, self._wake_at = self._wake_at, math.inf
+        return at
+
+
 async def claim(
-    conn: Conn, owner: str, *, limit: int, lease: float, now: float
+    conn: Conn, owner: str, *, limit: int, lease: float, now: float, skip: Sequence[str] = ()
 ) -> list[asyncpg.Record]:
-    """Lease up to `limit` due rows of unblocked pixels to `owner`; rows in id order.
+    """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`; rows in
+    id order.
 
     Rows another transaction holds (a claim, a merge) are skipped, never waited for.
     """
     await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
     await conn.execute(_PARK)
-    rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit)
+    rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit, list(skip))
     return sorted(rows, key=lambda r: int(r["id"]))
 
 

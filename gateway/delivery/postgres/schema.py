@@ -164,6 +164,23 @@ CREATE TRIGGER events_count_delete AFTER DELETE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
 """
 
+# The site an event belongs to (issue 16's `[[sites]]`; NULL: the default site).
+_V2 = "ALTER TABLE events ADD COLUMN site text;"
+
+# Visitor profiles found by stitch keys too (SQLite's migration 5): `events.profile_keys`
+# holds a row's profile key hashes (fbp first, then `~`-marked stitch keys), and
+# `profile_links` leads a stitch key's hash to the fbp key hash of its visitor's profile.
+_V3 = """
+ALTER TABLE events ADD COLUMN profile_keys text;
+CREATE TABLE profile_links (
+    key_hash text PRIMARY KEY,
+    profile text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE INDEX profile_links_profile ON profile_links (profile);
+CREATE INDEX profile_links_expires ON profile_links (expires_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -171,6 +188,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         "profiles, queue counters",
         _V1,
     ),
+    Migration(2, "events.site", _V2),
+    Migration(3, "events.profile_keys, profile_links", _V3),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,7 +18,15 @@ from gateway.delivery.postgres.schema import MIGRATIONS, SCHEMA_VERSION, Migrati
 from tests.delivery.postgres.conftest import add_rows
 
 STARTERS = 6
-TABLES = {"events", "blocked_pixels", "stitches", "profiles", "queue_counts", "schema_migrations"}
+TABLES = {
+    "events",
+    "blocked_pixels",
+    "stitches",
+    "profiles",
+    "profile_links",
+    "queue_counts",
+    "schema_migrations",
+}
 
 
 async def _tables(db: Database) -> set[str]:

@@ -1,0 +1,223 @@
+"""`bench_events.py --store postgresql://…|pg`: replicas on one PostgreSQL beside SQLite.
+
+Accepted and delivered events/s with batches of 100 for SQLite (one `serve`) and for 1, 2
+and 3 `serve` replicas on one PostgreSQL database (a fresh database per count), in one run,
+with the CPU µs spent per accepted event by the gateways and by PostgreSQL, so the point
+where the cores run out is visible. `--store pg` starts a throwaway cluster with
+PostgreSQL's durable defaults (tests/fakes/pgcluster.py); a URL names a server whose user
+may create databases. Clients spread requests over the replicas round-robin, as a load
+balancer would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import psutil
+from bench_events import API_KEY, GATEWAY_ENV, PIXEL, TOKEN, Sampler, body
+
+from tests.fakes.pgcluster import throwaway_cluster
+from tests.fakes.processes import (
+    HOST,
+    Gateway,
+    clean_env,
+    free_port,
+    gateway_cmd,
+    spawn,
+    start_fake,
+    stop_at_exit,
+    stop_process,
+    wait_healthy,
+)
+
+KEY = "ab" * 32
+BATCH = 100
+
+
+@dataclass
+class StoreRun:
+    """What one configuration measured."""
+
+    label: str
+    accepted: float  # events/s while clients posted
+    delivered: float  # events/s from the first request until all had reached the fake
+    gateway_us: float  # gateway CPU µs per accepted event
+    database_us: float  # PostgreSQL CPU µs per accepted event (0 for SQLite)
+    errors: int
+
+
+def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
+    port = free_port()
+    cmd = [
+        *gateway_cmd(),
+        "serve",
+        "--listen",
+        f"{HOST}:{port}",
+        "--buffer",
+        buffer,
+        "--pixel-id",
+        PIXEL,
+        "--access-token",
+        TOKEN,
+        "--graph-url",
+        graph_url,
+        "--api-key",
+        API_KEY,
+    ]
+    env = clean_env(
+        **GATEWAY_ENV,
+        CAPIGW_ENCRYPTION_KEY=KEY,
+        CAPIGW_LOG_LEVEL="warning",
+        CAPIGW_ASSEMBLY_HOLD="0",
+    )
+    return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+
+
+async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
+    """Clients post batches round-robin over `urls` for `seconds`: (accepted, errors, s)."""
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    accepted = errors = 0
+    stop_at = time.monotonic() + seconds
+
+    async def client(n: int, session: aiohttp.ClientSession) -> None:
+        nonlocal accepted, errors
+        for i in range(1_000_000):
+            if time.monotonic() >= stop_at:
+                return
+            url = urls[(n + i) % len(urls)]
+            try:
+                async with session.post(url, data=body(BATCH), headers=headers) as resp:
+                    await resp.read()
+                    if resp.status == 202:
+                        accepted += BATCH
+                    else:
+                        errors += 1
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(n, session) for n in range(concurrency)))
+        return accepted, errors, time.perf_counter() - began
+
+
+async def _one(
+    label: str,
+    buffers: list[str],
+    workdir: Path,
+    args: argparse.Namespace,
+    postmaster: int | None,
+) -> StoreRun:
+    print(f"-- {label} --", flush=True)
+    with stop_at_exit() as procs:
+        fake = start_fake(workdir / f"fake-{label}.log", token=TOKEN, count_only=True)
+        procs.append(fake.proc)
+        gateways = []
+        for i, buffer in enumerate(buffers):
+            gw = _serve(buffer, fake.url, workdir / f"gw-{label}-{i}.log")
+            procs.append(gw.proc)
+            gateways.append(gw)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
+            for gw in gateways:
+                await wait_healthy(gw, control, timeout=30)
+            samplers = [Sampler(gw.proc.pid) for gw in gateways]
+            database = Sampler(postmaster) if postmaster is not None else None
+            for s in [*samplers, *([database] if database else [])]:
+                s.start()
+            gw_cpu0 = sum(s.cpu_seconds() for s in samplers)
+            db_cpu0 = database.cpu_seconds() if database else 0.0
+            base = (await fake.get(control, "stats"))["events_received"]
+            started = time.perf_counter()
+            accepted, errors, seconds = await _load(
+                [f"{gw.url}/_capi/events" for gw in gateways], args.concurrency, args.seconds
+            )
+            gw_cpu = sum(s.cpu_seconds() for s in samplers) - gw_cpu0
+            db_cpu = (database.cpu_seconds() - db_cpu0) if database else 0.0
+            deadline = time.monotonic() + args.drain_timeout
+            received = 0
+            while time.monotonic() < deadline:
+                received = (await fake.get(control, "stats"))["events_received"] - base
+                # Copies merge (one in ten events is a copy): fewer sends than posts.
+                if received >= accepted * 0.9 - BATCH:
+                    await asyncio.sleep(0.2)
+                    received = (await fake.get(control, "stats"))["events_received"] - base
+                    break
+                await asyncio.sleep(0.05)
+            drained = time.perf_counter() - started
+            for s in [*samplers, *([database] if database else [])]:
+                s.finish()
+        for gw in gateways:
+            stop_process(gw.proc, grace=10)
+    run = StoreRun(
+        label,
+        accepted / seconds,
+        received / drained,
+        gw_cpu / max(accepted, 1) * 1e6,
+        db_cpu / max(accepted, 1) * 1e6,
+        errors,
+    )
+    print(
+        f"   accepted {run.accepted:,.0f} ev/s, delivered {run.delivered:,.0f} ev/s, "
+        f"CPU {run.gateway_us:,.0f} + {run.database_us:,.0f} µs/event, errors {errors}",
+        flush=True,
+    )
+    return run
+
+
+@contextlib.contextmanager
+def _server(store: str) -> Iterator[tuple[str, int | None]]:
+    """(admin URL, postmaster pid or None) of the server `--store` names."""
+    if store == "pg":
+        with throwaway_cluster(durable=True) as cluster:
+            pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+            yield cluster.dsn(), pid
+        return
+    yield store, None
+
+
+async def _database(admin: str) -> str:
+    name = f"capigw_bench_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+
+
+def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
+    """SQLite, then 1, 2, 3 replicas on PostgreSQL; prints the table and returns the runs."""
+    runs = [asyncio.run(_one("sqlite", [str(root / "sqlite.db")], root, args, None))]
+    with _server(args.store) as (admin, postmaster):
+        for count in (1, 2, 3):
+            dsn = asyncio.run(_database(admin))
+            runs.append(asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster)))
+    one = runs[1].accepted or 1.0
+    print()
+    print(
+        f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
+        f"{'gw µs/ev':>10}{'db µs/ev':>10}{'errors':>8}"
+    )
+    for r in runs:
+        print(
+            f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}{r.accepted / one:>9.2f}x"
+            f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.errors:>8}"
+        )
+    print(
+        f"(batches of {BATCH}, {args.concurrency} clients, {args.seconds:g} s; "
+        f"{psutil.cpu_count()} CPUs shared by load generator, gateways and database)"
+    )
+    return runs

@@ -1,0 +1,515 @@
+"""The PostgreSQL outbox: the store interface (`gateway.delivery.store`) over a shared database.
+
+Each replica group-commits what its requests accept (one transaction per window of
+`group_commit_ms`, like the SQLite outbox) and `add` returns only after that commit; copies
+of a stored event merge into it under a row lock (`rows.assemble`). Any replica claims any
+due row (`FOR UPDATE SKIP LOCKED`, leases; `queue.claim`), so a dead replica's rows go to
+the others when its lease expires. Upkeep deletes in batches so no purge holds long locks;
+queue depth comes from the trigger-kept counters. A lost connection is retried by the pool
+for `reconnect_timeout`; then `DatabaseUnavailable`, which the intake answers with a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.delivery import profiles
+from gateway.delivery.forget import Person
+from gateway.delivery.outbox import _pid_gone as pid_gone
+from gateway.delivery.postgres import queue
+from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres.forget import forget as forget_person
+from gateway.delivery.postgres.migrations import SchemaError, migrate
+from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
+from gateway.delivery.postgres.reads import queue_stats
+from gateway.delivery.postgres.results import Results, affected
+from gateway.delivery.postgres.upkeep import Upkeep
+from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.rows import _pid_of as pid_of
+from gateway.delivery.seal import Sealer, SealError
+from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
+from gateway.models import NewEvent, row_key
+from gateway.pipeline import assembly
+from gateway.pipeline.assembly import Outcome
+from gateway.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.delivery.postgres.pool import Conn
+
+log = logging.getLogger("gateway.outbox")
+
+
+@dataclass(slots=True)
+class _Pending:
+    events: Sequence[NewEvent]
+    done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
+
+
+class PgOutbox(Results, Upkeep):
+    """The outbox on PostgreSQL. Create with `await PgOutbox.open(dsn, ...)`, end with `close()`."""
+
+    def __init__(
+        self,
+        db: Database,
+        sealer: Sealer,
+        *,
+        group_commit_ms: float,
+        max_bytes: int,
+        assembly_hold: float,
+        profiles: ProfilePolicy | None,
+    ) -> None:
+        self.db = db
+        self.path = db.name
+        self.sealer = sealer
+        self.assembly_hold = assembly_hold
+        self.profiles = profiles if profiles is not None and profiles.enabled else None
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._window = group_commit_ms / 1000.0
+        self._max_bytes = max_bytes
+        self._size_checked = 0.0
+        self._over_limit = False
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self.new_work = asyncio.Event()
+        self._wake_at = math.inf
+        self.commits = 0
+        self.committed_rows = 0
+        self.merged = 0
+        self.late = 0
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        sealer: Sealer,
+        *,
+        group_commit_ms: float = 5.0,
+        max_buffer_mb: float = 1024.0,
+        assembly_hold: float = 0.0,
+        profiles: ProfilePolicy | None = None,
+        reconnect_timeout: float = 10.0,
+        pool_size: int = 10,
+    ) -> PgOutbox:
+        """Connect, migrate (once across replicas), check the key and start the writer.
+
+        `KeyMismatch` when `sealer`'s key does not open the clear fields already stored.
+        """
+        db = await Database.open(dsn, max_size=pool_size, reconnect_timeout=reconnect_timeout)
+        try:
+            await migrate(db)
+            await check_key(db, sealer)
+        except BaseException:
+            await db.close()
+            raise
+        box = cls(
+            db,
+            sealer,
+            group_commit_ms=group_commit_ms,
+            max_bytes=int(max_buffer_mb * 1024 * 1024),
+            assembly_hold=assembly_hold,
+            profiles=profiles,
+        )
+        box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        await box.reclaim_dead_leases()
+        return box
+
+    async def close(self) -> None:
+        """Flush what was accepted, stop the writer and close the pool (once)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+            self._writer = None
+        await self.db.close()
+
+    async def reclaim_dead_leases(self) -> int:
+        """Rows leased by processes of this host that no longer exist go back to pending.
+
+        As on SQLite: a replica (or a `--workers` worker) restarted after SIGKILL resends its
+        in-flight rows at once instead of after the whole lease. Only owners named after this
+        host (`host:pid:nonce`) are judged; other replicas' leases expire as usual.
+        """
+        host = socket.gethostname()
+
+        async def owners(conn: Conn) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT DISTINCT lease_owner FROM events WHERE state = 'inflight' "
+                "AND starts_with(lease_owner, $1)",
+                host + ":",
+            )
+            return [str(r["lease_owner"]) for r in rows]
+
+        dead = [
+            owner
+            for owner in await self.db.run(owners, transaction=False)
+            if (pid := pid_of(owner, host)) is not None and pid_gone(pid)
+        ]
+        if not dead:
+            return 0
+
+        async def work(conn: Conn) -> int:
+            return affected(
+                await conn.execute(
+                    "UPDATE events SET state = 'pending', lease_owner = NULL, "
+                    "lease_expires = NULL WHERE state = 'inflight' "
+                    "AND lease_owner = ANY($1::text[])",
+                    dead,
+                )
+            )
+
+        count = await self.db.run(work)
+        if count:
+            log.info("Took back %d event(s) leased by stopped processes of this host.", count)
+            self.wake()
+        return count
+
+    # writing ------------------------------------------------------------------
+
+    async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
+        """Store events durably; per event "new", "merged" or "late"."""
+        if not events:
+            return []
+        if self._closing:
+            raise OutboxClosed("the outbox is shutting down")
+        await self._check_size()
+        if self._closing:
+            raise OutboxClosed("the outbox is shutting down")
+        item = _Pending(events)
+        self._queue.put_nowait(item)
+        return await asyncio.shield(item.done)
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self._window
+            stop = False
+            while sum(len(p.events) for p in batch) < 5000:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = (
+                        self._queue.get_nowait()
+                        if remaining <= 0
+                        else await asyncio.wait_for(self._queue.get(), remaining)
+                    )
+                except (asyncio.QueueEmpty, TimeoutError):
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            await self._commit(batch)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        rows = [ev for p in batch for ev in p.events]
+        holds = [self.hold_of(ev) for ev in rows]
+        now = time.time()
+
+        async def work(conn: Conn) -> list[Outcome]:
+            return await self._store(conn, rows, holds, now)
+
+        try:
+            outcomes = await self.db.run(work)
+        except Exception as exc:
+            log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        self.commits += 1
+        self.committed_rows += len(rows)
+        self.merged += outcomes.count("merged")
+        self.late += outcomes.count("late")
+        at = 0
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(outcomes[at : at + len(p.events)])
+            at += len(p.events)
+        self.wake(now + min(holds))
+
+    async def _store(
+        self, conn: Conn, rows: Sequence[NewEvent], holds: Sequence[float], now: float
+    ) -> list[Outcome]:
+        first: dict[tuple[str, str, str], int] = {}
+        for index, ev in enumerate(rows):
+            first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
+        # Key order: two replicas inserting overlapping batches take the index locks in one
+        # order, so they wait for each other instead of deadlocking.
+        heads = sorted(first.values(), key=lambda i: rows[i].row_key())
+        policy = self.profiles
+        # Hashed once here: learning below and the completion at claim both use them.
+        keys: list[list[str]] = (
+            [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
+            if policy is not None
+            else [[] for _ in rows]
+        )
+        inserted = await pg_rows.insert(
+            conn,
+            [rows[i] for i in heads],
+            [self.sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
+            [holds[i] for i in heads],
+            now,
+            [profiles.join_keys(keys[i]) for i in heads] if policy is not None else None,
+        )
+        outcomes: list[Outcome] = ["new"] * len(rows)
+        states: list[assembly.State | None] = [None] * len(rows)
+        copies = [
+            i
+            for i, ev in enumerate(rows)
+            if first[(ev.pixel_id, ev.event_name, ev.event_id)] != i
+            or (ev.pixel_id, ev.event_name, ev.event_id) not in inserted
+        ]
+        if copies:
+            results = await pg_rows.assemble(
+                conn,
+                [rows[i] for i in copies],
+                [holds[i] for i in copies],
+                self.sealer.open,
+                self.sealer.seal,
+                now,
+                [keys[i] for i in copies] if policy is not None else None,
+            )
+            for i, (outcome, state, row_keys) in zip(copies, results, strict=True):
+                outcomes[i], states[i] = outcome, state
+                if policy is not None:
+                    keys[i] = row_keys
+        if policy is not None:
+            await _learn(conn, rows, outcomes, states, keys, policy, now)
+        return outcomes
+
+    def hold_of(self, ev: NewEvent) -> float:
+        """Seconds `ev` waits before its first send: its own hold, else the default."""
+        if ev.hold is not None:
+            return ev.hold
+        return 0.0 if ev.event_name == "PageView" else self.assembly_hold
+
+    async def _check_size(self) -> None:
+        now = time.monotonic()
+        if now - self._size_checked < 5.0:
+            if self._over_limit:
+                raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
+            return
+        self._size_checked = now
+        used = await self.used_bytes()
+        if used > self._max_bytes:
+            await self.purge_sent_oldest(fraction=0.5)
+            used = await self.used_bytes()
+        self._over_limit = used > self._max_bytes
+        if self._over_limit:
+            raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
+
+    async def used_bytes(self) -> int:
+        """Bytes of the events table with its indexes and TOAST (PostgreSQL's own figure)."""
+        return int(str(await self.db.fetchval("SELECT pg_total_relation_size('events')")))
+
+    # leasing and results ------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        skip: Sequence[str] = (),
+    ) -> list[Claimed]:
+        """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`
+        (any replica's rows)."""
+        at = time.time() if now is None else now
+
+        async def work(conn: Conn) -> list[asyncpg.Record]:
+            return await queue.claim(conn, owner, limit=limit, lease=lease, now=at, skip=skip)
+
+        rows = await self.db.run(work)
+        claimed = [self._open_row(r) for r in rows]
+        if self.profiles is None or not claimed:
+            return claimed
+        policy = self.profiles
+        stored_keys = {int(r["id"]): r["profile_keys"] for r in rows}
+        done = await self._completions(
+            {row.id: row.event for row in claimed}, policy, at, stored_keys
+        )
+        if not done:
+            return claimed
+
+        async def record(conn: Conn) -> None:
+            await pg_rows.record_completed(conn, done, owner)
+
+        await self.db.run(record)
+        return [
+            replace(row, event=done[row.id][0], profile_added=done[row.id][1])
+            if row.id in done
+            else row
+            for row in claimed
+        ]
+
+    async def _completions(
+        self,
+        events: dict[int, dict[str, Any]],
+        policy: ProfilePolicy,
+        now: float,
+        stored_keys: dict[int, str | None],
+    ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
+        # A row without `profile_keys` (stored while profiles were off) is found by its fbp.
+        keys = {
+            row_id: profiles.split_keys(stored_keys[row_id])
+            if stored_keys.get(row_id) is not None
+            else profiles.visitor_keys(policy, event.get("user_data", {}))
+            for row_id, event in events.items()
+        }
+
+        async def read(conn: Conn) -> dict[str, dict[str, list[str]]]:
+            return await pg_rows.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
+
+        found = await self.db.run(read, transaction=False)
+        out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
+        for row_id, event in events.items():
+            added: tuple[str, ...] = ()
+            for key in keys[row_id]:
+                profile = found.get(key)
+                # Most events of a known visitor carry what their profile holds already.
+                if profile is not None and not assembly.carries(event, profile):
+                    event, more = assembly.complete(event, profile)
+                    added += more
+            if added:
+                out[row_id] = (event, added)
+        return out
+
+    def _open_row(self, r: asyncpg.Record) -> Claimed:
+        event: dict[str, Any] = json.loads(r["payload"])
+        clear = self.sealer.open(
+            r["sealed"], row_key(r["pixel_id"], r["event_name"], r["event_id"])
+        )
+        if clear:
+            event["user_data"] = {**event.get("user_data", {}), **clear}
+        return Claimed(
+            id=int(r["id"]),
+            pixel_id=r["pixel_id"],
+            event_name=r["event_name"],
+            event_id=r["event_id"],
+            event_time=int(r["event_time"]),
+            attempts=int(r["attempts"]),
+            test_event_code=r["test_event_code"],
+            event=event,
+        )
+
+    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
+        """Erase a person from unsent events, profiles and stitched visits (see
+        postgres/forget.py), in one transaction."""
+
+        async def work(conn: Conn) -> dict[str, int]:
+            return await forget_person(conn, self.sealer, key, person)
+
+        return await self.db.run(work)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts per state and per event name (from the counters), oldest pending age,
+        blocked pixels: the SQLite store's shape."""
+        return await queue_stats(self.db)
+
+
+async def _learn(
+    conn: Conn,
+    rows: Sequence[NewEvent],
+    outcomes: Sequence[Outcome],
+    states: Sequence[assembly.State | None],
+    keys: Sequence[Sequence[str]],
+    policy: ProfilePolicy,
+    now: float,
+) -> None:
+    """One upsert per distinct profile of the batch, as the SQLite store's `assembler._learn`.
+
+    A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
+    written when an event carries both), so an event with stitch keys and no fbp (a
+    webhook or backend call whose visit was not found) still feeds and finds it.
+    """
+    items: list[tuple[str, dict[str, list[str]]]] = []
+    pairs: list[tuple[str, str]] = []  # (stitch key, fbp key)
+    orphans: list[tuple[dict[str, list[str]], list[str]]] = []  # no fbp: ids, stitch keys
+    for ev, outcome, state, event_keys in zip(rows, outcomes, states, keys, strict=True):
+        if outcome == "late" or not event_keys:
+            continue
+        payload = state.payload if state else ev.payload
+        if assembly.is_restricted(payload):
+            continue
+        ids = assembly.hashed_identifiers(payload)
+        fbps = [k for k in event_keys if not k.startswith(profiles.LINK)]
+        links = [k for k in event_keys if k.startswith(profiles.LINK)]
+        if fbps:
+            pairs += [(link, fbps[0]) for link in links]
+            if ids:
+                items += [(key, ids) for key in fbps]
+        elif ids and links:
+            orphans.append((ids, links))
+    if orphans:
+        # Links of this batch first (the checkout page just stored), then stored ones.
+        batch = dict(pairs)
+        wanted = [k for _, links in orphans for k in links if k not in batch]
+        stored = await pg_rows.resolve(conn, wanted, now=now) if wanted else {}
+        for ids, links in orphans:
+            targets = {batch.get(k) or stored.get(k) for k in links}
+            items += [(target, ids) for target in sorted(t for t in targets if t)]
+    await pg_rows.link(conn, pairs, ttl=policy.ttl, now=now)
+    await pg_rows.learn(conn, items, ttl=policy.ttl, now=now)
+
+
+async def check_key(db: Database, sealer: Sealer) -> None:
+    """`KeyMismatch` unless `sealer` opens the newest sealed row (when there is one)."""
+
+    async def read(conn: Conn) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            "SELECT pixel_id, event_name, event_id, sealed FROM events "
+            "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
+
+    row = await db.run(read, transaction=False)
+    if row is None:
+        return
+    try:
+        sealer.open(row["sealed"], row_key(row["pixel_id"], row["event_name"], row["event_id"]))
+    except SealError as exc:
+        raise KeyMismatch(
+            f"the encryption key does not open the events already stored at {db.name}: "
+            "every replica must use the same encryption_key (CAPIGW_ENCRYPTION_KEY)"
+        ) from exc
+
+
+async def open_postgres(
+    settings: Settings, sealer: Sealer, policy: ProfilePolicy | None
+) -> PgOutbox:
+    """The outbox on the database `settings.store_url` names; ConfigError when it cannot be
+    used (unreachable, refused, a newer schema, another key)."""
+    assert settings.store_url is not None
+    if not settings.encryption_key and not settings.key_file:
+        # A key generated beside each replica would differ from replica to replica.
+        raise ConfigError(
+            "buffer: a PostgreSQL store needs encryption_key (CAPIGW_ENCRYPTION_KEY) or "
+            "key_file, the same on every replica"
+        )
+    try:
+        return await PgOutbox.open(
+            settings.store_url,
+            sealer,
+            group_commit_ms=settings.group_commit_ms,
+            max_buffer_mb=settings.max_buffer_mb,
+            assembly_hold=settings.assembly_hold,
+            profiles=policy,
+        )
+    except (DatabaseUnavailable, SchemaError, KeyMismatch) as exc:
+        raise ConfigError(f"buffer: {exc}") from exc

@@ -1,0 +1,170 @@
+"""The PostgreSQL outbox's send results: sent, retry, dead, release, blocked pixels.
+
+A mixin of `PgOutbox` (gateway/delivery/postgres/outbox.py), split out for size: every
+result is recorded only on rows the caller still holds the lease of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.queue import Wakes
+
+if TYPE_CHECKING:
+    from gateway.delivery.postgres.pool import Conn
+
+
+class Results(Wakes):
+    """Send results and blocked pixels on the outbox's database."""
+
+    db: Database
+    new_work: asyncio.Event
+
+    async def next_due(self) -> float | None:
+        """Epoch seconds when the earliest pending row becomes due, None when none."""
+        due = await self.db.fetchval(
+            "SELECT min(next_attempt_at) FROM events WHERE state = 'pending'"
+        )
+        return float(str(due)) if due is not None else None
+
+    async def mark_sent(
+        self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False
+    ) -> None:
+        """Record a confirmed delivery (or a dry-run record)."""
+        await self._update(
+            ids,
+            owner,
+            "state = $3, sent_at = $4, fbtrace_id = $5, last_error = NULL",
+            ("sent-dry" if dry else "sent", time.time(), fbtrace_id),
+        )
+
+    async def mark_retry(
+        self, ids: Iterable[int], owner: str, *, at: float, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Put rows back as pending, due at `at`."""
+        await self._update(
+            ids,
+            owner,
+            "state = 'pending', next_attempt_at = $3, last_error = $4, fbtrace_id = $5",
+            (at, error, fbtrace_id),
+        )
+
+    async def mark_dead(
+        self, ids: Iterable[int], owner: str, *, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Dead-letter rows with the reason (kept for `dead_retention`)."""
+        await self._update(
+            ids,
+            owner,
+            "state = 'dead', sent_at = $3, last_error = $4, fbtrace_id = $5",
+            (time.time(), error, fbtrace_id),
+        )
+
+    async def release(self, ids: Iterable[int], owner: str) -> None:
+        """Give leased rows back untouched (shutdown): the attempt did not happen."""
+        await self._update(
+            ids, owner, "state = 'pending', attempts = greatest(attempts - 1, 0)", ()
+        )
+
+    async def _update(
+        self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
+    ) -> None:
+        id_list = [int(i) for i in ids]
+        if not id_list:
+            return
+
+        async def work(conn: Conn) -> None:
+            await update_leased(conn, id_list, owner, assignments, values)
+
+        await self.db.run(work)
+
+    # blocked pixels -------------------------------------------------------------
+
+    async def block_pixel(
+        self,
+        pixel_id: str,
+        ids: Iterable[int],
+        owner: str,
+        *,
+        token_fingerprint: str,
+        reason: str,
+        fbtrace_id: str | None,
+    ) -> None:
+        """Park a pixel whose token Meta refused, with the rows of the failed batch."""
+        id_list = [int(i) for i in ids]
+
+        async def work(conn: Conn) -> None:
+            await update_leased(
+                conn,
+                id_list,
+                owner,
+                "state = 'blocked', last_error = $3, fbtrace_id = $4",
+                (reason, fbtrace_id),
+            )
+            await conn.execute(
+                "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, "
+                "since) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pixel_id) DO UPDATE SET "
+                "token_fingerprint = excluded.token_fingerprint, reason = excluded.reason, "
+                "fbtrace_id = excluded.fbtrace_id",
+                pixel_id,
+                token_fingerprint,
+                reason,
+                fbtrace_id,
+                time.time(),
+            )
+            await conn.execute(
+                "UPDATE events SET state = 'blocked' WHERE state = 'pending' AND pixel_id = $1",
+                pixel_id,
+            )
+
+        await self.db.run(work)
+
+    async def blocked_pixels(self) -> dict[str, str]:
+        """Blocked pixel id -> fingerprint of the token that was refused."""
+
+        async def read(conn: Conn) -> dict[str, str]:
+            rows = await conn.fetch("SELECT pixel_id, token_fingerprint FROM blocked_pixels")
+            return {r["pixel_id"]: r["token_fingerprint"] for r in rows}
+
+        return await self.db.run(read, transaction=False)
+
+    async def unblock_pixel(self, pixel_id: str) -> int:
+        """Release a pixel's parked rows for sending now; returns how many."""
+
+        async def work(conn: Conn) -> int:
+            await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id = $1", pixel_id)
+            status = await conn.execute(
+                "UPDATE events SET state = 'pending', next_attempt_at = $1 "
+                "WHERE state = 'blocked' AND pixel_id = $2",
+                time.time(),
+                pixel_id,
+            )
+            return affected(status)
+
+        count = await self.db.run(work)
+        self.wake()
+        return count
+
+
+async def update_leased(
+    conn: Conn, ids: list[int], owner: str, assignments: str, values: tuple[Any, ...]
+) -> None:
+    # Only the lease holder may record a result: a row whose lease expired and was taken
+    # by another replica belongs to that replica now.
+    await conn.execute(
+        f"UPDATE events SET {assignments}, lease_owner = NULL, lease_expires = NULL "
+        "WHERE id = ANY($1::bigint[]) AND state = 'inflight' AND lease_owner = $2",
+        ids,
+        owner,
+        *values,
+    )
+
+
+def affected(status: str) -> int:
+    """Rows a statement touched, from asyncpg's status string ("UPDATE 3", "DELETE 0")."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

@@ -1,0 +1,342 @@
+"""The SQL of the PostgreSQL outbox's writes: insert, merge copies, learn and read profiles.
+
+Plain functions on a connection inside the caller's transaction (`Database.run`), like the
+SQLite store's `rows.py`. A group commit's events go in with one `INSERT ... ON CONFLICT DO
+NOTHING RETURNING`; the copies of events already stored are locked (`SELECT ... FOR UPDATE`),
+merged by the same pure rules as on SQLite (`gateway/pipeline/assembly.py`), and written
+back. The merge is not one `ON CONFLICT DO UPDATE` because the clear fields are sealed: only
+Python holds the key that opens them. One transaction holding the row locks makes it just as
+atomic, and a replica merging the same event at once waits for the lock rather than losing
+a copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.delivery.profiles import LINK, union_ids
+from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
+from gateway.models import NewEvent, row_key
+from gateway.pipeline import assembly
+from gateway.pipeline.normalize import CLEAR_FIELDS
+
+if TYPE_CHECKING:
+    from gateway.delivery.postgres.pool import Conn
+
+Key = tuple[str, str, str]
+
+_INSERT = """
+INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
+    payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
+    sources, site, profile_keys)
+SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st, pk
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[],
+    $15::text[])
+    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk)
+ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
+RETURNING pixel_id, event_name, event_id
+"""
+_LOCK = """
+SELECT id, pixel_id, event_name, event_id, payload::text AS payload, sealed, state, source,
+    rule, sources::text AS sources, ranks::text AS ranks, twin, next_attempt_at, attempts,
+    late::text AS late, profile_keys
+FROM events
+WHERE (pixel_id, event_name, event_id) IN (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
+ORDER BY id
+FOR UPDATE
+"""
+_SAVE_MERGED = """
+UPDATE events AS e SET payload = u.payload::jsonb, sealed = u.sealed,
+    sources = u.sources::jsonb, ranks = u.ranks::jsonb, match_keys = u.match_keys,
+    event_time = u.event_time, next_attempt_at = u.due, twin = u.twin,
+    profile_keys = u.profile_keys
+FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[],
+    $7::bigint[], $8::float8[], $9::bool[], $10::text[])
+    AS u(id, payload, sealed, sources, ranks, match_keys, event_time, due, twin, profile_keys)
+WHERE e.id = u.id
+"""
+_SAVE_LATE = """
+UPDATE events AS e SET late = u.late::jsonb, twin = u.twin
+FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS u(id, late, twin)
+WHERE e.id = u.id
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def insert(
+    conn: Conn,
+    rows: Sequence[NewEvent],
+    sealed: Sequence[bytes | None],
+    holds: Sequence[float],
+    now: float,
+    profile_keys: Sequence[str | None] | None = None,
+) -> set[Key]:
+    """Insert rows as pending, due after their hold; the keys that were new.
+
+    `profile_keys`: per row, its `profile_keys` column (see `profiles.join_keys`).
+    """
+    if not rows:
+        return set()
+    keys = [match_keys(ev.payload.get("user_data"), ev.clear) for ev in rows]
+    inserted = await conn.fetch(
+        _INSERT,
+        [ev.pixel_id for ev in rows],
+        [ev.event_name for ev in rows],
+        [ev.event_id for ev in rows],
+        [ev.event_time for ev in rows],
+        [ev.source for ev in rows],
+        [ev.rule for ev in rows],
+        [ev.test_event_code for ev in rows],
+        [_dumps(ev.payload) for ev in rows],
+        list(sealed),
+        [now + hold for hold in holds],
+        keys,
+        [json.dumps([assembly.label(ev.source, ev.rule)]) for ev in rows],
+        now,
+        [ev.site for ev in rows],
+        list(profile_keys) if profile_keys is not None else [None] * len(rows),
+    )
+    return {(r["pixel_id"], r["event_name"], r["event_id"]) for r in inserted}
+
+
+@dataclass(slots=True)
+class _Stored:
+    id: int
+    state: str
+    attempts: int
+    due: float
+    twin: bool
+    browser: bool
+    assembled: assembly.State
+    late: dict[str, Any] | None
+    profile_keys: list[str]
+    changed: bool = False
+
+
+async def assemble(
+    conn: Conn,
+    copies: Sequence[NewEvent],
+    holds: Sequence[float],
+    open_sealed: Callable[[bytes | None, str], dict[str, Any]],
+    seal: Callable[[dict[str, Any], str], bytes | None],
+    now: float,
+    profile_keys: Sequence[Sequence[str]] | None = None,
+) -> list[tuple[assembly.Outcome, assembly.State | None, list[str]]]:
+    """Merge copies of stored events into them (rows locked), in order; per copy its outcome.
+
+    The same rules as the SQLite store's `rows.assemble`: "merged" into an unsent row (with
+    the row's profile keys united with the copy's `profile_keys`), "late" (recorded in the
+    row's `late` column) once it was sent or is being sent.
+    """
+    wanted = sorted({(ev.pixel_id, ev.event_name, ev.event_id) for ev in copies})
+    found: dict[Key, _Stored] = {}
+    for r in await conn.fetch(
+        _LOCK, [k[0] for k in wanted], [k[1] for k in wanted], [k[2] for k in wanted]
+    ):
+        key = (r["pixel_id"], r["event_name"], r["event_id"])
+        found[key] = _Stored(
+            id=int(r["id"]),
+            state=str(r["state"]),
+            attempts=int(r["attempts"]),
+            due=float(r["next_attempt_at"]),
+            twin=bool(r["twin"]),
+            browser=r["source"] == BROWSER_SOURCE,
+            assembled=assembly.restore(
+                json.loads(r["payload"]),
+                open_sealed(r["sealed"], row_key(*key)),
+                source=r["source"],
+                rule=r["rule"],
+                sources=json.loads(r["sources"]) if r["sources"] else None,
+                ranks=json.loads(r["ranks"]) if r["ranks"] else None,
+            ),
+            late=json.loads(r["late"]) if r["late"] else None,
+            profile_keys=str(r["profile_keys"]).split(",") if r["profile_keys"] else [],
+        )
+    out: list[tuple[assembly.Outcome, assembly.State | None, list[str]]] = []
+    copy_keys: Sequence[Sequence[str]] = (
+        profile_keys if profile_keys is not None else [()] * len(copies)
+    )
+    for ev, hold, keys in zip(copies, holds, copy_keys, strict=True):
+        row = found.get((ev.pixel_id, ev.event_name, ev.event_id))
+        if row is None:
+            # Deleted between the insert and the lock (a purge): nothing to merge into.
+            raise LookupError(f"event {ev.row_key()!r} vanished inside its transaction")
+        out.append(_merge_one(row, ev, hold, now, keys))
+    merged = [(k, r) for k, r in found.items() if r.changed and r.state in MERGEABLE_STATES]
+    late = [(k, r) for k, r in found.items() if r.changed and r.state not in MERGEABLE_STATES]
+    if merged:
+        states = [r.assembled for _, r in merged]
+        await conn.execute(
+            _SAVE_MERGED,
+            [r.id for _, r in merged],
+            [_dumps(s.payload) for s in states],
+            [seal(s.clear, row_key(*k)) for (k, _), s in zip(merged, states, strict=True)],
+            [json.dumps(list(s.sources)) for s in states],
+            [json.dumps(s.ranks, separators=(",", ":"), sort_keys=True) for s in states],
+            [match_keys(s.payload.get("user_data"), s.clear) for s in states],
+            [int(s.payload.get("event_time", 0)) for s in states],
+            [r.due for _, r in merged],
+            [r.twin for _, r in merged],
+            [",".join(r.profile_keys) or None for _, r in merged],
+        )
+    if late:
+        await conn.execute(
+            _SAVE_LATE,
+            [r.id for _, r in late],
+            [_dumps(r.late) for _, r in late],
+            [r.twin for _, r in late],
+        )
+    return out
+
+
+def _merge_one(
+    row: _Stored, ev: NewEvent, hold: float, now: float, keys: Sequence[str]
+) -> tuple[assembly.Outcome, assembly.State | None, list[str]]:
+    browser = ev.source == BROWSER_SOURCE
+    if browser != row.browser and not row.twin:
+        # The browser's and the server's side of one event: the pair deduplicates.
+        row.twin, row.changed = True, True
+    copy = assembly.Copy(ev.payload, ev.clear, ev.source, assembly.label(ev.source, ev.rule))
+    merged = assembly.merge(row.assembled, copy)
+    if row.state not in MERGEABLE_STATES:
+        late = row.late or {"copies": 0, "fields": []}
+        late["copies"] = int(late.get("copies", 0)) + 1
+        fields = list(late.get("fields", []))
+        late["fields"] = fields + [f for f in merged.added if f not in fields]
+        if copy.label not in late.setdefault("sources", []):
+            late["sources"].append(copy.label)
+        row.late, row.changed = late, True
+        return ("late", None, [])
+    fresh = [k for k in keys if k not in row.profile_keys]
+    if fresh:
+        row.profile_keys, row.changed = row.profile_keys + fresh, True
+    if merged.added or merged.state.sources != row.assembled.sources:
+        row.assembled, row.changed = merged.state, True
+    if row.attempts == 0 and now + hold < row.due:
+        # A copy that may go at once (hold 0: its source has nothing more to wait for).
+        row.due, row.changed = now + hold, True
+    return ("merged", row.assembled, row.profile_keys)
+
+
+async def learn(
+    conn: Conn,
+    items: Sequence[tuple[str, Mapping[str, Sequence[str]]]],
+    *,
+    ttl: float,
+    now: float,
+) -> int:
+    """Add identifiers to visitor profiles (locked in key order, united as on SQLite)."""
+    added: dict[str, str] = {}
+    for key_hash, ids in items:
+        profile = {name: list(values) for name, values in ids.items()}
+        added[key_hash] = union_ids(added.get(key_hash, "{}"), _dumps(profile))
+    if not added:
+        return 0
+    keys = sorted(added)
+    stored = {
+        r["key_hash"]: r["ids"]
+        for r in await conn.fetch(
+            "SELECT key_hash, ids::text AS ids FROM profiles WHERE key_hash = ANY($1::text[]) "
+            "ORDER BY key_hash FOR UPDATE",
+            keys,
+        )
+    }
+    await conn.execute(
+        "INSERT INTO profiles AS p (key_hash, ids, updated_at, expires_at) "
+        "SELECT k, i::jsonb, $3, $4 FROM unnest($1::text[], $2::text[]) AS u(k, i) "
+        "ON CONFLICT (key_hash) DO UPDATE SET ids = excluded.ids, "
+        "updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+        keys,
+        [union_ids(stored.get(k, "{}"), added[k]) for k in keys],
+        now,
+        now + ttl,
+    )
+    return len(keys)
+
+
+async def lookup(
+    conn: Conn, hashes: Iterable[str], *, now: float
+) -> dict[str, dict[str, list[str]]]:
+    """The live profiles under `hashes` (`profiles.visitor_keys`): key -> identifier ->
+    hashed values; a stitch key (`LINK`-marked) finds the profile its link leads to."""
+    wanted = {h for h in hashes if h}
+    plain = sorted(h for h in wanted if not h.startswith(LINK))
+    linked = sorted(h[1:] for h in wanted if h.startswith(LINK))
+    out: dict[str, dict[str, list[str]]] = {}
+    if plain:
+        for r in await conn.fetch(
+            "SELECT key_hash, ids::text AS ids FROM profiles "
+            "WHERE key_hash = ANY($1::text[]) AND expires_at > $2",
+            plain,
+            now,
+        ):
+            out[r["key_hash"]] = json.loads(r["ids"])
+    if linked:
+        for r in await conn.fetch(
+            "SELECT l.key_hash, p.ids::text AS ids FROM profile_links AS l "
+            "JOIN profiles AS p ON p.key_hash = l.profile "
+            "WHERE l.key_hash = ANY($1::text[]) AND l.expires_at > $2 AND p.expires_at > $2",
+            linked,
+            now,
+        ):
+            out[LINK + r["key_hash"]] = json.loads(r["ids"])
+    return out
+
+
+async def resolve(conn: Conn, links: Iterable[str], *, now: float) -> dict[str, str]:
+    """Stitch keys (`LINK`-marked) -> the fbp key of the profile each leads to, if any."""
+    wanted = sorted({h[1:] for h in links if h.startswith(LINK)})
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        "SELECT key_hash, profile FROM profile_links "
+        "WHERE key_hash = ANY($1::text[]) AND expires_at > $2",
+        wanted,
+        now,
+    )
+    return {LINK + r["key_hash"]: str(r["profile"]) for r in rows}
+
+
+async def link(conn: Conn, pairs: Iterable[tuple[str, str]], *, ttl: float, now: float) -> None:
+    """Let each stitch key (`LINK`-marked) lead to a profile's fbp key; the newest visit's
+    profile wins, as with stitched visits (and as on SQLite)."""
+    rows = {key[1:]: profile for key, profile in pairs if key.startswith(LINK)}
+    if not rows:
+        return
+    # Key order: replicas linking overlapping keys lock them in one order (no deadlock).
+    keys = sorted(rows)
+    await conn.execute(
+        "INSERT INTO profile_links AS l (key_hash, profile, expires_at) "
+        "SELECT k, p, $3 FROM unnest($1::text[], $2::text[]) AS u(k, p) "
+        "ON CONFLICT (key_hash) DO UPDATE SET profile = excluded.profile, "
+        "expires_at = excluded.expires_at",
+        keys,
+        [rows[k] for k in keys],
+        now + ttl,
+    )
+
+
+async def record_completed(
+    conn: Conn, done: Mapping[int, tuple[dict[str, Any], tuple[str, ...]]], owner: str
+) -> None:
+    """Record on claimed rows `owner` holds the identifiers their visitors' profiles added."""
+    params = []
+    for row_id, (event, _) in done.items():
+        user_data = dict(event.get("user_data") or {})
+        hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
+        clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
+        params.append(
+            (_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id, owner)
+        )
+    await conn.executemany(
+        "UPDATE events SET payload = $1::jsonb, match_keys = $2 WHERE id = $3 AND lease_owner = $4",
+        params,
+    )

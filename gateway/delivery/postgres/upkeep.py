@@ -1,0 +1,181 @@
+"""The PostgreSQL outbox's upkeep: expiry, retention and bounds in batches, dead letters,
+match-key coverage.
+
+A mixin of `PgOutbox` (gateway/delivery/postgres/outbox.py), split out for size. Every
+purge deletes at most `PURGE_BATCH` rows per transaction, so none holds long locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.queue import Wakes
+from gateway.delivery.postgres.results import affected
+from gateway.delivery.profiles import ProfilePolicy
+from gateway.models import META_WINDOW
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from gateway.delivery.postgres.pool import Conn
+
+log = logging.getLogger("gateway.outbox")
+
+# Rows per upkeep statement: each batch is its own short transaction.
+PURGE_BATCH = 5000
+# Dead letters kept at most (the oldest go first): a token refused for days must not
+# grow the table without bound.
+MAX_DEAD = 100_000
+
+
+class Upkeep(Wakes):
+    """Upkeep and dead-letter handling on the outbox's database."""
+
+    db: Database
+    new_work: asyncio.Event
+    profiles: ProfilePolicy | None
+    # The bounds, per instance so that tests can make them small.
+    purge_batch: int = PURGE_BATCH
+    max_dead: int = MAX_DEAD
+
+    # housekeeping -----------------------------------------------------------------
+
+    async def expire_and_purge(
+        self, *, retention: float, dead_retention: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Dead-letter rows past Meta's window; delete old sent and dead rows, in batches
+        (each its own short transaction); bound dead letters and profiles."""
+        now = time.time() if now is None else now
+        expired = await self._batched(
+            "UPDATE events SET state = 'dead', sent_at = $1, last_error = $2 WHERE id IN ("
+            "SELECT id FROM events WHERE state IN ('pending', 'blocked') AND event_time < $3 "
+            "LIMIT $4 FOR UPDATE SKIP LOCKED)",
+            now,
+            "expired: event_time is older than Meta's 7-day window",
+            now - META_WINDOW,
+        )
+        purged = await self._batched(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE "
+            "((state IN ('sent', 'sent-dry') AND sent_at < $1) "
+            "OR (state = 'dead' AND sent_at < $2))"
+            " LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            now - retention,
+            now - dead_retention,
+        )
+        purged += await self._batched(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = 'dead' "
+            "ORDER BY sent_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            self.max_dead,
+        )
+        if self.profiles is not None:
+            await self._batched(
+                "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
+                "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now,
+            )
+            await self._batched(
+                "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
+                "ORDER BY updated_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                self.profiles.max_profiles,
+            )
+            # Links lead nowhere once expired or once their profile is gone.
+            await self._batched(
+                "DELETE FROM profile_links WHERE key_hash IN (SELECT l.key_hash "
+                "FROM profile_links AS l WHERE l.expires_at <= $1 OR NOT EXISTS "
+                "(SELECT 1 FROM profiles AS p WHERE p.key_hash = l.profile) "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                now,
+            )
+        return expired, purged
+
+    async def _batched(self, sql: str, *args: object) -> int:
+        """Run `sql` (its last parameter the batch size) until a batch comes back short."""
+        total = 0
+        while True:
+
+            async def work(conn: Conn) -> int:
+                return affected(await conn.execute(sql, *args, self.purge_batch))
+
+            count = await self.db.run(work)
+            total += count
+            if count < self.purge_batch:
+                return total
+
+    async def purge_sent_oldest(self, *, fraction: float) -> int:
+        """Delete the oldest share of delivered rows to make room."""
+
+        async def work(conn: Conn) -> int:
+            return affected(
+                await conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
+                    "('sent', 'sent-dry') ORDER BY sent_at LIMIT (SELECT (count(*) * $1)::bigint"
+                    " + 1 FROM events WHERE state IN ('sent', 'sent-dry')))",
+                    fraction,
+                )
+            )
+
+        count = await self.db.run(work)
+        if count:
+            log.warning("Store near max_buffer_mb: purged %d delivered rows early.", count)
+        return count
+
+    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Queue dead letters (those of `ids`, or all) for sending now; returns how many."""
+        chosen = None if ids is None else [int(i) for i in ids]
+
+        async def work(conn: Conn) -> int:
+            status = await conn.execute(
+                "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = $1, "
+                "lease_owner = NULL, lease_expires = NULL WHERE state = 'dead' "
+                "AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
+                time.time(),
+                chosen,
+            )
+            await conn.execute(
+                "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
+                "(SELECT DISTINCT pixel_id FROM events WHERE state = 'blocked')"
+            )
+            return affected(status)
+
+        count = await self.db.run(work)
+        self.wake()
+        return count
+
+    async def discard_dead(self, ids: Sequence[int]) -> int:
+        """Delete the dead letters of `ids`; returns how many."""
+        chosen = [int(i) for i in ids]
+
+        async def work(conn: Conn) -> int:
+            return affected(
+                await conn.execute(
+                    "DELETE FROM events WHERE state = 'dead' AND id = ANY($1::bigint[])", chosen
+                )
+            )
+
+        return await self.db.run(work)
+
+    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
+        """Match keys as received and as sent, per event name (as the SQLite store's)."""
+
+        async def read(conn: Conn) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT event_name, coalesce(received_keys, match_keys) AS received, "
+                "match_keys AS sent, count(*) AS n FROM events "
+                "WHERE created_at >= $1 AND match_keys IS NOT NULL GROUP BY 1, 2, 3",
+                since,
+            )
+
+        out: dict[str, dict[str, Any]] = {}
+        for r in await self.db.run(read, transaction=False):
+            entry = out.setdefault(r["event_name"], {"events": 0, "keys": {}})
+            entry["events"] += int(r["n"])
+            for column in ("received", "sent"):
+                for key in filter(None, (r[column] or "").split(",")):
+                    counts = entry["keys"].setdefault(key, {"received": 0, "sent": 0})
+                    counts[column] += int(r["n"])
+        return dict(sorted(out.items()))

@@ -1,0 +1,205 @@
+"""The store interface: what the app, the sender and the intake need of an outbox.
+
+Two backends implement it: the SQLite file (`gateway.delivery.outbox.Outbox`, the embedded
+default) and PostgreSQL shared by replicas (`gateway.delivery.postgres.outbox.PgOutbox`).
+`--buffer` picks one: a file path or a `postgresql://` URL (`location`).
+
+Exceptions callers see from any backend: `OutboxFull` (over `max_buffer_mb`), `OutboxClosed`
+(shutting down); anything else from `add` is a store fault (the intake answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gateway.delivery.forget import Person
+from gateway.delivery.reads import QueueSnapshot
+from gateway.delivery.stitch import VisitorContext
+from gateway.models import NewEvent
+from gateway.pipeline.assembly import Outcome
+
+
+class OutboxFull(Exception):
+    """The buffer is over `max_buffer_mb`; callers answer 503 with Retry-After."""
+
+
+class OutboxClosed(Exception):
+    """The outbox is shutting down and accepts nothing more."""
+
+
+class KeyMismatch(Exception):
+    """The encryption key does not open the clear fields already stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A leased row, with its clear fields opened, ready to send."""
+
+    id: int
+    pixel_id: str
+    event_name: str
+    event_id: str
+    event_time: int
+    attempts: int
+    test_event_code: str | None
+    event: dict[str, Any]
+    # Identifiers the visitor's profile added to this event at claim time.
+    profile_added: tuple[str, ...] = ()
+
+
+class OutboxStore(Protocol):
+    """The outbox of either backend: accepted events in, leased batches out, results kept."""
+
+    new_work: asyncio.Event
+    commits: int
+    committed_rows: int
+    merged: int
+    late: int
+
+    async def close(self) -> None:
+        """Flush what was accepted and close."""
+
+    async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
+        """Store events durably; per event "new", "merged" or "late"."""
+
+    def hold_of(self, ev: NewEvent) -> float:
+        """Seconds `ev` waits before its first send."""
+
+    async def reclaim_dead_leases(self) -> int:
+        """Rows leased by stopped processes of this host go back to pending."""
+
+    async def used_bytes(self) -> int:
+        """Bytes the store occupies (what `max_buffer_mb` bounds)."""
+
+    def wake(self, at: float = 0.0) -> None:
+        """Tell an idle sender that rows become due at epoch `at` (0: now)."""
+
+    def take_wake_at(self) -> float:
+        """The earliest due time announced by `wake` since the last call (inf: none)."""
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        lease: float,
+        now: float | None = None,
+        skip: Sequence[str] = (),
+    ) -> list[Claimed]:
+        """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`."""
+
+    async def next_due(self) -> float | None:
+        """Epoch seconds when the earliest pending row becomes due, None when none."""
+
+    async def mark_sent(
+        self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False
+    ) -> None:
+        """Record a confirmed delivery (or a dry-run record)."""
+
+    async def mark_retry(
+        self, ids: Iterable[int], owner: str, *, at: float, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Put rows back as pending, due at `at`."""
+
+    async def mark_dead(
+        self, ids: Iterable[int], owner: str, *, error: str, fbtrace_id: str | None
+    ) -> None:
+        """Dead-letter rows with the reason."""
+
+    async def release(self, ids: Iterable[int], owner: str) -> None:
+        """Give leased rows back untouched (shutdown)."""
+
+    async def block_pixel(
+        self,
+        pixel_id: str,
+        ids: Iterable[int],
+        owner: str,
+        *,
+        token_fingerprint: str,
+        reason: str,
+        fbtrace_id: str | None,
+    ) -> None:
+        """Park a pixel whose token Meta refused, with the rows of the failed batch."""
+
+    async def blocked_pixels(self) -> dict[str, str]:
+        """Blocked pixel id -> fingerprint of the token that was refused."""
+
+    async def unblock_pixel(self, pixel_id: str) -> int:
+        """Release a pixel's parked rows for sending now; returns how many."""
+
+    async def expire_and_purge(
+        self, *, retention: float, dead_retention: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Dead-letter rows past Meta's window; delete old sent and dead rows."""
+
+    async def purge_sent_oldest(self, *, fraction: float) -> int:
+        """Delete the oldest share of delivered rows to make room."""
+
+    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
+        """Queue dead letters (those of `ids`, or all) for sending now."""
+
+    async def discard_dead(self, ids: Sequence[int]) -> int:
+        """Delete the dead letters of `ids`."""
+
+    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
+        """Match keys as received and as sent, per event name."""
+
+    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
+        """Erase a person from unsent events, profiles and stitched visits."""
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts per state and per event name, oldest pending age, blocked pixels."""
+
+
+class StitchStore(Protocol):
+    """Visitor contexts under keyed hashes, for webhooks to be stitched to their visit."""
+
+    commits: int
+    committed_rows: int
+
+    def key_hash(self, kind: str, value: str) -> str:
+        """The stored form of a key."""
+
+    async def put(self, keys: Mapping[str, str], ctx: VisitorContext, *, ttl: float) -> None:
+        """Store `ctx` under every non-empty (kind, value) of `keys` for `ttl` seconds."""
+
+    async def get(
+        self, kind: str, value: str, *, now: float | None = None
+    ) -> VisitorContext | None:
+        """The context stored under (kind, value)."""
+
+    async def find(
+        self, keys: Mapping[str, str], *, now: float | None = None
+    ) -> VisitorContext | None:
+        """The context under the first of `keys` that has one."""
+
+    async def purge_expired(self, now: float | None = None) -> int:
+        """Delete expired contexts; returns how many."""
+
+    async def close(self) -> None:
+        """Finish pending puts and close."""
+
+
+class StoreReader(Protocol):
+    """Health, /status and /metrics numbers, read apart from the write path."""
+
+    limit_bytes: int
+
+    async def close(self) -> None:
+        """Release what the reader holds."""
+
+    async def used_bytes(self) -> int:
+        """Bytes the store occupies."""
+
+    async def has_delivered(self) -> bool:
+        """True when delivered rows exist."""
+
+    async def snapshot(self, sites: Sequence[str] | None = None) -> QueueSnapshot:
+        """Depth per state, oldest pending age, last delivery, blocks, newest dead letter;
+        with `sites`, of those sites' events only."""
+
+    async def site_states(self, sites: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Rows per state of each of `sites` (every state present, every site listed)."""
