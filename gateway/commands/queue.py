@@ -1,6 +1,7 @@
-"""`capi-gateway queue stats|list|retry|purge|export` on the outbox file.
+"""`capi-gateway queue stats|list|retry|purge|export` on the outbox file or PostgreSQL store.
 
-Safe to run while the gateway serves the same file (WAL readers do not block it).
+Safe to run while the gateway serves the same store (WAL readers do not block it; on
+PostgreSQL, purges delete in short batches).
 Clear fields (IP, user agent, fbp, fbc) stay sealed in the output unless `--reveal`.
 """
 
@@ -11,13 +12,14 @@ import asyncio
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import aiosqlite
 
 from gateway.config import Sources, load_settings
 from gateway.delivery.housekeeping import count_rows, delete_rows, requeue
+from gateway.delivery.postgres import listing
 from gateway.delivery.postgres.migrations import current_version
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats as pg_queue_stats
@@ -29,6 +31,8 @@ from gateway.pipeline.assembly import label
 from gateway.settings import ConfigError, Settings
 
 _SEALED = "<sealed: use --reveal>"
+# A row of `queue list`: SQLite's rows, or PostgreSQL's as dicts of the same columns.
+_Row = aiosqlite.Row | Mapping[str, Any]
 _DELIVERED = ("sent", "sent-dry", "dead")
 
 
@@ -50,16 +54,16 @@ def run_queue_command(args: argparse.Namespace) -> int:
     if args.key_file is not None:
         flags["key_file"] = args.key_file
     settings = load_settings(Sources(config_file=args.config, flags=flags))
+    check_site(settings, args.site)
+    state = getattr(args, "state", None)
+    if state is not None and state not in STATES:
+        raise ConfigError(f"--state: {state!r} is not one of {', '.join(STATES)}")
     if settings.store_url is not None:
         return asyncio.run(_run_postgres(args, settings))
     if not settings.buffer.exists():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     if not settings.buffer.is_file():
         raise ConfigError(f"buffer: {settings.buffer} is not a file; pass the outbox file")
-    check_site(settings, args.site)
-    state = getattr(args, "state", None)
-    if state is not None and state not in STATES:
-        raise ConfigError(f"--state: {state!r} is not one of {', '.join(STATES)}")
     return asyncio.run(_run(args, settings))
 
 
@@ -73,29 +77,65 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         if command == "stats":
             return _print_stats(await queue_stats(conn, site=args.site), as_json=args.json)
         if command in ("list", "export"):
-            sealer = Sealer(load_key(settings, create=False)) if args.reveal else None
             rows = await list_events(conn, _which(args), limit=args.limit)
-            try:
-                return _print_rows(rows, sealer, as_json=args.json or command == "export")
-            except SealError as exc:
-                raise ConfigError(
-                    f"key_file: the key at {settings.key_path()} does not open the sealed "
-                    f"fields of {settings.buffer}; pass the key this outbox was written with"
-                ) from exc
+            return _show(rows, args, settings)
         if command == "retry":
-            return await _retry(conn, args)
-        return await _purge(conn, args)
+            return await _retry(_SqliteRows(conn), args)
+        return await _purge(_SqliteRows(conn), args)
     finally:
         await conn.close()
 
 
-async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
-    """`queue stats` on a PostgreSQL store (every replica's events); the rest is SQLite-only."""
-    if args.queue_command != "stats":
+def _show(rows: Sequence[_Row], args: argparse.Namespace, settings: Settings) -> int:
+    sealer = Sealer(load_key(settings, create=False)) if args.reveal else None
+    try:
+        return _print_rows(rows, sealer, as_json=args.json or args.queue_command == "export")
+    except SealError as exc:
         raise ConfigError(
-            f"queue {args.queue_command}: not available on a PostgreSQL store in this release "
-            "(queue stats is)"
-        )
+            f"key_file: the key at {settings.key_path()} does not open the sealed "
+            f"fields of {settings.store_name}; pass the key this store was written with"
+        ) from exc
+
+
+class _Rows(Protocol):
+    """The writes `retry` and `purge` make, on either backend."""
+
+    async def requeue(self, which: EventFilter) -> int: ...
+    async def delete(self, which: EventFilter) -> int: ...
+    async def count(self, which: EventFilter) -> int: ...
+
+
+class _SqliteRows:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def requeue(self, which: EventFilter) -> int:
+        async with write_transaction(self.conn, asyncio.Lock()):
+            return await requeue(self.conn, *which.where())
+
+    async def delete(self, which: EventFilter) -> int:
+        return await delete_rows(self.conn, *which.where())
+
+    async def count(self, which: EventFilter) -> int:
+        return await count_rows(self.conn, *which.where())
+
+
+class _PostgresRows:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def requeue(self, which: EventFilter) -> int:
+        return await listing.requeue(self.db, which)
+
+    async def delete(self, which: EventFilter) -> int:
+        return await listing.delete_rows(self.db, which)
+
+    async def count(self, which: EventFilter) -> int:
+        return await listing.count_rows(self.db, which)
+
+
+async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
+    """The queue subcommands on a PostgreSQL store (every replica's events)."""
     assert settings.store_url is not None
     try:
         db = await Database.open(settings.store_url, health_interval=0)
@@ -106,7 +146,15 @@ async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(
                 f"buffer: no capi-gateway store at {settings.store_name}; start serve on it first"
             )
-        return _print_stats(await pg_queue_stats(db, site=args.site), as_json=args.json)
+        command = args.queue_command
+        if command == "stats":
+            return _print_stats(await pg_queue_stats(db, site=args.site), as_json=args.json)
+        if command in ("list", "export"):
+            rows = await listing.list_events(db, _which(args), limit=args.limit)
+            return _show(rows, args, settings)
+        if command == "retry":
+            return await _retry(_PostgresRows(db), args)
+        return await _purge(_PostgresRows(db), args)
     finally:
         await db.close()
 
@@ -123,7 +171,7 @@ def _which(args: argparse.Namespace, *, otherwise: tuple[str, ...] = ()) -> Even
     )
 
 
-def _as_sent(row: aiosqlite.Row, sealer: Sealer | None) -> dict[str, Any]:
+def _as_sent(row: _Row, sealer: Sealer | None) -> dict[str, Any]:
     payload: dict[str, Any] = json.loads(row["payload"])
     if row["sealed"]:
         user_data = dict(payload.get("user_data", {}))
@@ -136,7 +184,7 @@ def _as_sent(row: aiosqlite.Row, sealer: Sealer | None) -> dict[str, Any]:
     return payload
 
 
-def _print_rows(rows: Sequence[aiosqlite.Row], sealer: Sealer | None, *, as_json: bool) -> int:
+def _print_rows(rows: Sequence[_Row], sealer: Sealer | None, *, as_json: bool) -> int:
     for row in rows:
         record = {
             "id": row["id"],
@@ -199,18 +247,16 @@ def _print_stats(stats: dict[str, Any], *, as_json: bool) -> int:
     return 0
 
 
-async def _retry(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
+async def _retry(store: _Rows, args: argparse.Namespace) -> int:
     if args.state not in (None, "dead", "blocked"):
         print("capi-gateway: retry takes --state dead or blocked", file=sys.stderr)
         return 2
-    where, values = _which(args, otherwise=("dead", "blocked")).where()
-    async with write_transaction(conn, asyncio.Lock()):
-        count = await requeue(conn, where, values)
+    count = await store.requeue(_which(args, otherwise=("dead", "blocked")))
     print(f"{count} event(s) queued for sending again")
     return 0
 
 
-async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
+async def _purge(store: _Rows, args: argparse.Namespace) -> int:
     if args.state is not None and args.state not in _DELIVERED and not args.yes:
         print(
             f"capi-gateway: purging {args.state} events loses them for good; add --yes",
@@ -221,7 +267,7 @@ async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
     kept = 0
     if args.state in (None, "dead") and not args.yes:
         # Dead letters are events Meta never received: deleting them is asked for too.
-        dead = await count_rows(conn, *dataclasses.replace(which, state="dead").where())
+        dead = await store.count(dataclasses.replace(which, state="dead"))
         if dead and not _confirm(f"Delete {dead} dead letter(s), events Meta never received?"):
             if args.state == "dead":
                 print(
@@ -230,7 +276,7 @@ async def _purge(conn: aiosqlite.Connection, args: argparse.Namespace) -> int:
                 )
                 return 2
             which, kept = dataclasses.replace(which, states=("sent", "sent-dry")), dead
-    print(f"{await delete_rows(conn, *which.where())} event(s) purged")
+    print(f"{await store.delete(which)} event(s) purged")
     if kept:
         print(
             f"kept {kept} dead letter(s): `capi-gateway queue list --state dead` shows Meta's "

@@ -1,4 +1,7 @@
-"""`capi-gateway queue ...` on a real outbox file with rows in every interesting state."""
+"""`capi-gateway queue ...` on a real store with rows in every interesting state.
+
+The tests taking `buffer` run on both backends: a SQLite file and a PostgreSQL database.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +18,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.cli import main
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres import listing
+from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.postgres.pool import SCHEMA
 from gateway.delivery.seal import Sealer
+from gateway.delivery.store import OutboxStore
 from gateway.models import NewEvent
 
 KEY = bytes(range(32))
@@ -34,8 +42,11 @@ OLD = 3600.0
 
 @dataclass(frozen=True)
 class Buffer:
-    path: Path
+    """A filled store of one backend: a SQLite file path or a PostgreSQL URL."""
+
+    location: Path | str
     ids: dict[str, int]  # event_id -> row id
+    key: Path  # where the queue command looks for the key when none is configured
 
 
 def new_event(pixel_id: str, event_name: str, event_id: str) -> NewEvent:
@@ -58,8 +69,33 @@ def new_event(pixel_id: str, event_name: str, event_id: str) -> NewEvent:
     )
 
 
-async def _fill(path: Path) -> None:
-    box = await Outbox.open(path, Sealer(KEY), group_commit_ms=0, durable=False)
+async def open_box(location: Path | str) -> OutboxStore:
+    """The outbox on `location`, either backend."""
+    if isinstance(location, Path):
+        return await Outbox.open(location, Sealer(KEY), group_commit_ms=0, durable=False)
+    return await PgOutbox.open(location, Sealer(KEY), group_commit_ms=0)
+
+
+def execute(location: Path | str, sql: str, *values: Any) -> list[tuple[Any, ...]]:
+    """Run the test's own SQL (`?` marks) on either backend; the rows it returns."""
+    if isinstance(location, Path):
+        with sqlite3.connect(location) as db:
+            return [tuple(r) for r in db.execute(sql, values)]
+    marks = iter(range(1, sql.count("?") + 1))
+    sql = re.sub(r"\?", lambda _: f"${next(marks)}", sql)
+
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(location, server_settings={"search_path": SCHEMA})
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *values)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+async def _fill(location: Path | str) -> None:
+    box = await open_box(location)
     try:
         await box.add(
             [
@@ -68,24 +104,24 @@ async def _fill(path: Path) -> None:
                 new_event(PIXEL_2, "Purchase", "e3"),  # -> blocked (pixel 2 blocked)
                 new_event(PIXEL_2, "Lead", "e4"),  # -> blocked
                 new_event(PIXEL_1, "Lead", "e5"),  # -> inflight
-                new_event(PIXEL_1, "PageView", "e6"),  # stays pending
             ]
         )
-        sent, dead = await box.claim("w1", limit=2, lease=60)
-        await box.mark_sent([sent.id], "w1", fbtrace_id="TRACE-SENT")
-        await box.mark_dead([dead.id], "w1", error="invalid parameter", fbtrace_id="TRACE-DEAD")
-        refused = await box.claim("w1", limit=2, lease=60)
-        assert {c.pixel_id for c in refused} == {PIXEL_2}
+        # One claim of them all: the backends pick claims in orders of their own.
+        claimed = {c.event_id: c for c in await box.claim("w1", limit=10, lease=600)}
+        assert sorted(claimed) == ["e1", "e2", "e3", "e4", "e5"]
+        await box.mark_sent([claimed["e1"].id], "w1", fbtrace_id="TRACE-SENT")
+        await box.mark_dead(
+            [claimed["e2"].id], "w1", error="invalid parameter", fbtrace_id="TRACE-DEAD"
+        )
         await box.block_pixel(
             PIXEL_2,
-            [c.id for c in refused],
+            [claimed["e3"].id, claimed["e4"].id],
             "w1",
             token_fingerprint="fp-1",
             reason="token expired",
             fbtrace_id="TRACE-BLOCK",
         )
-        (inflight,) = await box.claim("w1", limit=1, lease=600)
-        assert inflight.event_id == "e5"
+        await box.add([new_event(PIXEL_1, "PageView", "e6")])  # stays pending
     finally:
         await box.close()
 
@@ -99,34 +135,43 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def buffer(tmp_path: Path) -> Buffer:
-    path = tmp_path / "outbox.db"
-    asyncio.run(_fill(path))
-    # The key file where the gateway keeps it by default: beside the buffer.
-    (tmp_path / "outbox.db.key").write_text(KEY.hex() + "\n")
-    with sqlite3.connect(path) as db:
-        # Make the pending row an hour old so its age is measurable.
-        db.execute("UPDATE events SET created_at = ? WHERE event_id = 'e6'", (time.time() - OLD,))
-        ids = dict(db.execute("SELECT event_id, id FROM events"))
-    return Buffer(path, ids)
+def buffer(store_location: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Buffer:
+    """The rows of `_fill` on each backend, with the key where the command looks by default."""
+    location: Path | str
+    if isinstance(store_location, Path):
+        location = tmp_path / "outbox.db"
+        # The key file where the gateway keeps it by default: beside the buffer.
+        key = tmp_path / "outbox.db.key"
+    else:
+        location = store_location
+        # A URL has no file beside it: the default key file is in the working directory.
+        monkeypatch.chdir(tmp_path)
+        key = tmp_path / "capi-gateway.db.key"
+    asyncio.run(_fill(location))
+    key.write_text(KEY.hex() + "\n")
+    # Make the pending row an hour old so its age is measurable.
+    execute(location, "UPDATE events SET created_at = ? WHERE event_id = 'e6'", time.time() - OLD)
+    ids = {e: int(i) for e, i in execute(location, "SELECT event_id, id FROM events")}
+    return Buffer(location, ids, key)
 
 
 def rows(buf: Buffer) -> dict[str, tuple[str, int]]:
-    """event_id -> (state, attempts) straight from the file."""
-    with sqlite3.connect(buf.path) as db:
-        return {e: (s, a) for e, s, a in db.execute("SELECT event_id, state, attempts FROM events")}
+    """event_id -> (state, attempts) straight from the store."""
+    return {
+        e: (s, a)
+        for e, s, a in execute(buf.location, "SELECT event_id, state, attempts FROM events")
+    }
 
 
 def blocked(buf: Buffer) -> list[str]:
-    with sqlite3.connect(buf.path) as db:
-        return [r[0] for r in db.execute("SELECT pixel_id FROM blocked_pixels")]
+    return [r[0] for r in execute(buf.location, "SELECT pixel_id FROM blocked_pixels")]
 
 
 def queue(
     capsys: pytest.CaptureFixture[str], buf: Buffer | Path, *args: str
 ) -> tuple[int, str, str]:
-    path = buf.path if isinstance(buf, Buffer) else buf
-    code = main(["queue", args[0], "--buffer", str(path), *args[1:]])
+    location = buf.location if isinstance(buf, Buffer) else buf
+    code = main(["queue", args[0], "--buffer", str(location), *args[1:]])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -238,7 +283,7 @@ def test_list_reveal_with_key_file_flag(
     buffer: Buffer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     moved = tmp_path / "elsewhere.key"
-    (tmp_path / "outbox.db.key").rename(moved)
+    buffer.key.rename(moved)
     code, out, _ = queue(capsys, buffer, "list", "--reveal", "--key-file", str(moved))
     assert code == 0
     assert IP in out
@@ -250,7 +295,7 @@ def test_list_reveal_with_encryption_key_env(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "outbox.db.key").unlink()
+    buffer.key.unlink()
     monkeypatch.setenv("CAPIGW_ENCRYPTION_KEY", KEY.hex())
     code, out, _ = queue(capsys, buffer, "list", "--reveal", "--json")
     assert code == 0
@@ -261,13 +306,13 @@ def test_list_reveal_with_encryption_key_env(
 def test_list_reveal_without_any_key(
     buffer: Buffer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "outbox.db.key").unlink()
+    buffer.key.unlink()
     code, out, err = queue(capsys, buffer, "list", "--reveal")
     assert code == 2
     assert out == ""
     assert err.startswith("capi-gateway: config error: encryption_key:")
     assert "--key-file" in err
-    assert not (tmp_path / "outbox.db.key").exists(), "list must not generate a new key"
+    assert not buffer.key.exists(), "list must not generate a new key"
 
 
 def test_list_reveal_with_a_malformed_key_file(
@@ -307,7 +352,7 @@ def test_list_reveal_with_the_wrong_key_subprocess(buffer: Buffer, tmp_path: Pat
             "list",
             "--reveal",
             "--buffer",
-            str(buffer.path),
+            str(buffer.location),
             "--key-file",
             str(wrong),
         ],
@@ -555,7 +600,7 @@ def test_list_json_rows_carry_their_sources_and_late_copies(
     buffer: Buffer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async def copies() -> None:
-        box = await Outbox.open(buffer.path, Sealer(KEY), group_commit_ms=0, durable=False)
+        box = await open_box(buffer.location)
         try:
             hook = replace(new_event(PIXEL_1, "PageView", "e6"), source="webhook", rule="crm")
             late = replace(new_event(PIXEL_1, "Purchase", "e1"), source="collect")
@@ -587,10 +632,11 @@ def _site_config(tmp_path: Path) -> Path:
 def test_site_narrows_stats_and_lists_to_one_sites_events(
     buffer: Buffer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    with sqlite3.connect(buffer.path) as db:
-        db.execute(
-            "UPDATE events SET site = CASE pixel_id WHEN ? THEN 'alpha' ELSE 'beta' END", (PIXEL_1,)
-        )
+    execute(
+        buffer.location,
+        "UPDATE events SET site = CASE pixel_id WHEN ? THEN 'alpha' ELSE 'beta' END",
+        PIXEL_1,
+    )
     config = str(_site_config(tmp_path))
     code, out, _ = queue(capsys, buffer, "stats", "--json", "--config", config, "--site", "beta")
     assert code == 0
@@ -609,3 +655,38 @@ def test_an_unknown_site_is_named(
     code, _, err = queue(capsys, buffer, "stats", "--config", config, "--site", "gamma")
     assert code != 0
     assert "--site: no site is named 'gamma' (configured: alpha, beta)" in err
+
+
+def test_retry_and_purge_with_site_touch_that_sites_events_only(
+    buffer: Buffer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    execute(
+        buffer.location,
+        "UPDATE events SET site = CASE pixel_id WHEN ? THEN 'alpha' ELSE 'beta' END",
+        PIXEL_1,
+    )
+    config = str(_site_config(tmp_path))
+    code, out, _ = queue(capsys, buffer, "retry", "--config", config, "--site", "alpha")
+    assert code == 0 and "1 event(s)" in out
+    state = rows(buffer)
+    assert state["e2"] == ("pending", 0)
+    assert state["e3"] == state["e4"] == ("blocked", 1)
+    assert blocked(buffer) == [PIXEL_2]
+    code, out, _ = queue(capsys, buffer, "purge", "--yes", "--config", config, "--site", "beta")
+    assert code == 0 and "0 event(s) purged" in out
+    code, out, _ = queue(
+        capsys, buffer, "purge", "--state", "blocked", "--yes", "--config", config, "--site", "beta"
+    )
+    assert code == 0 and "2 event(s) purged" in out
+    assert sorted(rows(buffer)) == ["e1", "e2", "e5", "e6"]
+
+
+def test_purge_deletes_in_batches(
+    buffer: Buffer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL a purge deletes in batches (short locks): more rows than one batch all go.
+    monkeypatch.setattr(listing, "PURGE_BATCH", 1)
+    code, out, _ = queue(capsys, buffer, "purge", "--yes")
+    assert code == 0
+    assert "2 event(s) purged" in out
+    assert sorted(rows(buffer)) == ["e3", "e4", "e5", "e6"]
