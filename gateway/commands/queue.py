@@ -155,6 +155,10 @@ async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
         if command == "retry":
             return await _retry(_PostgresRows(db), args)
         return await _purge(_PostgresRows(db), args)
+    except DatabaseUnavailable as exc:
+        # Gone past the pool's reconnect window: a message, not a traceback (a retry or a
+        # purge batch either committed whole or not at all).
+        raise ConfigError(f"buffer: {exc}") from exc
     finally:
         await db.close()
 
