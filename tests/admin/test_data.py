@@ -415,3 +415,31 @@ async def test_coverage_as_received_and_as_sent_and_hints_on_what_is_sent(
         data, prefix="/_capi", csrf="x", notice="", signed_in=True, dry_run=True, version="t"
     )
     assert "0% received → 100% sent" in html
+
+
+async def test_a_site_selection_shows_those_sites_events_only(store: OutboxStore) -> None:
+    await store.add(
+        [
+            replace(event("s-a1"), site="a"),
+            replace(event("s-a2", name="Lead", rule="lead-form"), site="a"),
+            replace(event("s-b1"), site="b"),
+            event("s-none"),  # the implicit default site belongs to no named site
+        ]
+    )
+    claimed = {c.event_id: c.id for c in await store.claim("w", limit=10, lease=30)}
+    await store.mark_dead([claimed["s-a1"], claimed["s-b1"]], "w", error="bad", fbtrace_id=None)
+    async with dashboard_of(store) as reads:
+        only_a = await load_dashboard(
+            reads, [FakeRule("lead-form", "Lead")], rules_dir=None, sites=("a",)
+        )
+        every = await load_dashboard(reads, [FakeRule("lead-form", "Lead")], rules_dir=None)
+        none = await load_dashboard(reads, [], rules_dir=None, sites=())
+    assert {s.event_name: s.total for s in only_a.timeline.series} == {"Purchase": 1, "Lead": 1}
+    assert [d.event_id for d in only_a.dead_letters] == ["s-a1"]
+    assert (only_a.delivery.dead, only_a.delivery.pending) == (1, 1)
+    assert {c.event_name: c.events for c in only_a.coverage} == {"Purchase": 1, "Lead": 1}
+    assert [(r.name, r.fired) for r in only_a.rules] == [("lead-form", 1)]
+    assert {s.event_name: s.total for s in every.timeline.series} == {"Purchase": 3, "Lead": 1}
+    assert sorted(d.event_id for d in every.dead_letters) == ["s-a1", "s-b1"]
+    assert (every.delivery.dead, every.delivery.pending) == (2, 2)
+    assert none.timeline.series == () and none.dead_letters == () and none.coverage == ()
