@@ -444,8 +444,9 @@ async def pg_states(client: Client) -> dict[str, str]:
 
 
 async def test_the_page_and_its_actions_on_a_postgresql_store(
-    gateway: GatewayFactory, fake_graph: FakeGraph, postgres_dsn: str
+    postgres_dsn: str, gateway: GatewayFactory, fake_graph: FakeGraph
 ) -> None:
+    # postgres_dsn first: its database is dropped after the gateway has closed its pool.
     client = await gateway(buffer=postgres_dsn, encryption_key="ab" * 32)
     fake_graph.reject_event_ids(["pg-dead-1", "pg-dead-2"])
     resp = await client.post(
