@@ -177,7 +177,12 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
                 )
     except (sqlite3.Error, OSError) as exc:
         log.error("Reading the outbox for the dashboard failed: %s", exc)
-        return json_error(503, "buffer unavailable", f"cannot read the buffer: {exc}")
+        return json_error(
+            503,
+            "buffer unavailable",
+            f"cannot read the buffer: {exc}",
+            headers={"Retry-After": "5"},
+        )
     html = render_dashboard(
         data,
         prefix=settings.prefix,
