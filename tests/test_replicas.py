@@ -211,6 +211,13 @@ async def test_a_database_outage_answers_503_and_the_gateway_reconnects(
             assert "cannot read the buffer" in str((await resp.json())["queue"])
         async with front.session.get(f"{front.url}/_capi/metrics") as resp:
             assert resp.status == 200
+        # So does the dashboard (it reads the database): a 503 naming the store, not a 500.
+        async with front.session.get(
+            f"{front.url}/_capi/admin", headers={"Accept": "text/html"}
+        ) as resp:
+            assert resp.status == 503, await resp.text()
+            assert resp.headers["Retry-After"] == "5"
+            assert "cannot read the buffer" in (await resp.json())["detail"]
         assert time.monotonic() - began < 5
         # The site itself is still served.
         async with (

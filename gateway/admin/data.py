@@ -19,6 +19,7 @@ import aiosqlite
 from gateway.admin.day import DAY_S, Coverage, DayCache, Dedup, day_start, day_window
 from gateway.admin.hints import MATCH_KEYS, Hint, RuleLike, coverage_hint
 from gateway.delivery import reads
+from gateway.delivery.dashboard import DashboardReads, dashboard_reads
 from gateway.delivery.reads import BlockedPixel, DeadRow
 
 __all__ = [
@@ -108,7 +109,7 @@ class Dashboard:
 
 
 async def load_dashboard(
-    conn: aiosqlite.Connection,
+    source: DashboardReads | aiosqlite.Connection,
     rules: Sequence[RuleLike],
     *,
     rules_dir: Path | None,
@@ -118,21 +119,22 @@ async def load_dashboard(
     sites: Sequence[str] | None = None,
     pixels: frozenset[str] | None = None,
 ) -> Dashboard:
-    """Run the dashboard's queries on an outbox connection.
+    """Run the dashboard's queries on a store's reads (or a SQLite outbox connection).
 
     With `sites`, the events of those sites only (and the blocks of `pixels` only); the
     `cache` must then be one made for the same sites.
     """
+    store = dashboard_reads(source)
     now = time.time() if now is None else now
     cache = cache if cache is not None else DayCache(sites)
-    coverage, dedup, fired = await day_window(conn, now, cache)
+    coverage, dedup, fired = await day_window(store, now, cache)
     names = {r.name for r in rules}
     return Dashboard(
         now=now,
         day_start=float(day_start(now)),
-        timeline=await _timeline(conn, now, sites=sites),
-        delivery=await _delivery(conn, now, sites, pixels),
-        dead_letters=await reads.dead_letters(conn, DEAD_SHOWN, sites),
+        timeline=await _timeline(store, now, sites=sites),
+        delivery=await _delivery(store, now, sites, pixels),
+        dead_letters=await store.dead_letters(DEAD_SHOWN, sites),
         coverage=tuple(coverage),
         hints=tuple(_hints(coverage, rules, rules_dir, prefix)),
         dedup=tuple(dedup),
@@ -165,7 +167,7 @@ async def coverage_hints(
     if not await reads.has_match_keys(conn):
         return []
     now = time.time() if now is None else now
-    coverage, _, _ = await day_window(conn, now, DayCache())
+    coverage, _, _ = await day_window(dashboard_reads(conn), now, DayCache())
     return _hints(coverage, rules, rules_dir, prefix)
 
 
@@ -192,7 +194,7 @@ def _hints(
 
 
 async def _timeline(
-    conn: aiosqlite.Connection,
+    store: DashboardReads,
     now: float,
     minutes: int = 60,
     *,
@@ -202,7 +204,7 @@ async def _timeline(
     end = (int(now) // 60 + 1) * 60
     start = end - minutes * 60
     per_name: dict[str, list[int]] = {}
-    for name, minute, count in await reads.events_per_minute(conn, start, sites):
+    for name, minute, count in await store.events_per_minute(start, sites):
         if 0 <= minute < minutes:
             per_name.setdefault(name, [0] * minutes)[minute] += count
     series = sorted(
@@ -213,14 +215,14 @@ async def _timeline(
 
 
 async def _delivery(
-    conn: aiosqlite.Connection,
+    store: DashboardReads,
     now: float,
     sites: Sequence[str] | None = None,
     pixels: frozenset[str] | None = None,
 ) -> Delivery:
-    counts = await reads.undelivered_counts(conn, sites)
-    sent = await reads.delivered_since(conn, now - DAY_S, sites)
-    blocked = await reads.blocked_pixels(conn)
+    counts = await store.undelivered_counts(sites)
+    sent = await store.delivered_since(now - DAY_S, sites)
+    blocked = await store.blocked_pixels()
     if pixels is not None:
         blocked = tuple(b for b in blocked if b.pixel_id in pixels)
     return Delivery(

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from gateway.admin.hints import MATCH_KEYS
-from gateway.delivery import reads
+from gateway.delivery.dashboard import DashboardReads
 from gateway.delivery.rows import BROWSER_SOURCE
 
 HOUR_S = 3600
@@ -92,12 +90,12 @@ class DayCache:
         # The sites whose events this cache aggregates (None: every event).
         self.sites = tuple(sites) if sites is not None else None
 
-    async def hour(self, conn: aiosqlite.Connection, start: int, now: float) -> _Hour:
+    async def hour(self, store: DashboardReads, start: int, now: float) -> _Hour:
         """The aggregates of the hour starting at `start`, from the cache once settled."""
         cached = self._hours.get(start)
         if cached is not None:
             return cached
-        found = await _scan_hour(conn, start, start + HOUR_S, self.sites)
+        found = await _scan_hour(store, start, start + HOUR_S, self.sites)
         if now >= start + HOUR_S + self.SETTLE:
             self._hours[start] = found
             # Hours that left the window are never asked for again.
@@ -112,13 +110,13 @@ def day_start(now: float) -> int:
 
 
 async def day_window(
-    conn: aiosqlite.Connection, now: float, cache: DayCache
+    store: DashboardReads, now: float, cache: DayCache
 ) -> tuple[list[Coverage], list[Dedup], dict[str, int]]:
     """Coverage, twins and rule firings per name over the window, hour by hour."""
     groups: _Groups = {}
     fired: dict[str, int] = {}
     for start in range(day_start(now), int(now) + 1, HOUR_S):
-        hour = await cache.hour(conn, start, now)
+        hour = await cache.hour(store, start, now)
         for key, values in hour.groups.items():
             acc = groups.setdefault(key, [0] * len(values))
             for i, n in enumerate(values):
@@ -168,13 +166,13 @@ def _summarize(groups: _Groups) -> tuple[list[Coverage], list[Dedup]]:
 
 
 async def _scan_hour(
-    conn: aiosqlite.Connection, start: float, end: float, sites: Sequence[str] | None = None
+    store: DashboardReads, start: float, end: float, sites: Sequence[str] | None = None
 ) -> _Hour:
     """One pass over an hour's rows: per name and source, and the rules that fired."""
     groups: _Groups = {}
     fired: dict[str, int] = {}
     keys = [key for key, _ in MATCH_KEYS]
-    rows = await reads.hour_groups(conn, start, end, keys, sites)
+    rows = await store.hour_groups(start, end, keys, sites)
     for name, source, rule, fires, *values in rows:
         acc = groups.setdefault((name, source), [0] * len(values))
         for i, n in enumerate(values):

@@ -38,6 +38,8 @@ from gateway.admin.session import (
 from gateway.admin.tenants import tenant_keys, tenant_session
 from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.forget import Person, PersonError
+from gateway.delivery.postgres.dashboard import PgDashboard
+from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
@@ -137,13 +139,6 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     if auth is None:
         return _sign_in_first(request)
     settings = request.app[RUNTIME].settings
-    if settings.store_url is not None:
-        return json_error(
-            501,
-            "not available",
-            "the dashboard does not read a PostgreSQL store in this release; "
-            f"use {settings.prefix}/status and {settings.prefix}/metrics",
-        )
     rules = _rules(request)
     shown, choices = _site_selection(request, auth)
     state = request.app[ADMIN]
@@ -157,10 +152,11 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
             if site.name in shown
             for p in site.settings.effective_pixels()
         )
+    outbox = request.app[OUTBOX]
     try:
-        async with reading(settings.buffer) as conn:
+        if isinstance(outbox, PgOutbox):
             data = await load_dashboard(
-                conn,
+                PgDashboard(outbox.db),
                 rules,
                 rules_dir=settings.rules,
                 prefix=settings.prefix,
@@ -168,9 +164,25 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
                 sites=shown,
                 pixels=pixels,
             )
+        else:
+            async with reading(settings.buffer) as conn:
+                data = await load_dashboard(
+                    conn,
+                    rules,
+                    rules_dir=settings.rules,
+                    prefix=settings.prefix,
+                    cache=cache,
+                    sites=shown,
+                    pixels=pixels,
+                )
     except (sqlite3.Error, OSError) as exc:
         log.error("Reading the outbox for the dashboard failed: %s", exc)
-        return json_error(503, "buffer unavailable", f"cannot read the buffer: {exc}")
+        return json_error(
+            503,
+            "buffer unavailable",
+            f"cannot read the buffer: {exc}",
+            headers={"Retry-After": "5"},
+        )
     html = render_dashboard(
         data,
         prefix=settings.prefix,

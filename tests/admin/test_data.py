@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -15,10 +16,14 @@ import pytest
 from gateway.admin.data import DayCache, coverage_hints, load_dashboard
 from gateway.admin.hints import coverage_hint
 from gateway.admin.page import render_dashboard
+from gateway.delivery.dashboard import DashboardReads, SqliteDashboard
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.dashboard import PgDashboard
+from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.reads import reading as reader
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.seal import Sealer
+from gateway.delivery.store import OutboxStore
 from gateway.models import NewEvent
 from gateway.pipeline.extract import Extractor
 
@@ -69,6 +74,17 @@ async def box(tmp_path: Path) -> AsyncIterator[Outbox]:
     outbox = await Outbox.open(tmp_path / "o.db", Sealer(KEY), group_commit_ms=1)
     yield outbox
     await outbox.close()
+
+
+@contextlib.asynccontextmanager
+async def dashboard_of(box: OutboxStore) -> AsyncIterator[DashboardReads]:
+    """The dashboard's reads of either store, as the admin page opens them."""
+    if isinstance(box, Outbox):
+        async with reader(box.path) as conn:
+            yield SqliteDashboard(conn)
+    else:
+        assert isinstance(box, PgOutbox)
+        yield PgDashboard(box.db)
 
 
 def column(path: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -171,7 +187,7 @@ async def test_an_outbox_of_the_previous_schema_is_migrated(tmp_path: Path) -> N
 # -- the dashboard's numbers ---------------------------------------------------------------------
 
 
-async def seed(box: Outbox) -> None:
+async def seed(store: OutboxStore) -> None:
     """Four Purchases from /events (email in one), PageViews with and without browser twins,
     a rule firing for two pixels, one dead letter and one retrying row."""
     rows = [
@@ -183,23 +199,23 @@ async def seed(box: Outbox) -> None:
         event("r1", name="Lead", source="rule", rule="lead-form", pixel="222222"),
         event("w1", name="Lead", source="webhook", rule="crm-hook"),
     ]
-    await box.add(rows)
+    await store.add(rows)
     # Browser copies: of v0 and v1 (dropped as duplicates, marking the twins).
-    await box.add([event(f"v{i}", name="PageView", source="collect", hashed={}) for i in (0, 1)])
-    claimed = [(c.event_id, c.id) for c in await box.claim("w", limit=100, lease=30)]
+    await store.add([event(f"v{i}", name="PageView", source="collect", hashed={}) for i in (0, 1)])
+    claimed = [(c.event_id, c.id) for c in await store.claim("w", limit=100, lease=30)]
     assert len(claimed) == 11
     ids = dict(claimed)
-    await box.mark_dead([ids["p4"]], "w", error="Invalid parameter", fbtrace_id="TRACE-1")
-    await box.mark_retry([ids["p3"]], "w", at=time.time() + 600, error="500", fbtrace_id=None)
+    await store.mark_dead([ids["p4"]], "w", error="Invalid parameter", fbtrace_id="TRACE-1")
+    await store.mark_retry([ids["p3"]], "w", at=time.time() + 600, error="500", fbtrace_id=None)
     rest = [i for k, i in claimed if k not in ("p3", "p4")]
-    await box.mark_sent(rest, "w", fbtrace_id="OK")
+    await store.mark_sent(rest, "w", fbtrace_id="OK")
 
 
-async def test_dashboard_numbers(box: Outbox, tmp_path: Path) -> None:
-    await seed(box)
+async def test_dashboard_numbers(store: OutboxStore, tmp_path: Path) -> None:
+    await seed(store)
     rules = [FakeRule("lead-form", "Lead", "submit"), FakeRule("never", "Purchase")]
-    async with reader(box.path) as conn:
-        data = await load_dashboard(conn, rules, rules_dir=tmp_path / "rules")
+    async with dashboard_of(store) as reads:
+        data = await load_dashboard(reads, rules, rules_dir=tmp_path / "rules")
     # Events per minute: every stored row, in the current minute (the last bar).
     totals = {s.event_name: s.total for s in data.timeline.series}
     assert totals == {"PageView": 4, "Purchase": 4, "Lead": 3}
@@ -234,10 +250,10 @@ async def test_dashboard_numbers(box: Outbox, tmp_path: Path) -> None:
     assert data.other_rules == (("crm-hook", 1),)
 
 
-async def test_browser_events_mirrored_through_collect_are_pairs(box: Outbox) -> None:
+async def test_browser_events_mirrored_through_collect_are_pairs(store: OutboxStore) -> None:
     # Hooked fbq calls, capi.track and click rules reach the outbox as /collect rows: the
     # pixel sent each one and the gateway sends it too, under the pixel's event id.
-    await box.add(
+    await store.add(
         [
             event("m1", name="AddToCart", source="collect", hashed={}),
             event("m2", name="Lead", source="collect", rule="lead-click"),
@@ -245,42 +261,44 @@ async def test_browser_events_mirrored_through_collect_are_pairs(box: Outbox) ->
         ]
     )
     # A server copy of m2 (a rule on the form's POST) merges into the beacon's row.
-    assert await box.add([event("m2", name="Lead", source="rule", rule="lead-form")]) == ["merged"]
-    async with reader(box.path) as conn:
-        data = await load_dashboard(conn, [], rules_dir=None)
+    assert await store.add([event("m2", name="Lead", source="rule", rule="lead-form")]) == [
+        "merged"
+    ]
+    async with dashboard_of(store) as reads:
+        data = await load_dashboard(reads, [], rules_dir=None)
     sides = {x.event_name: (x.browser, x.server, x.both) for x in data.dedup}
     assert sides == {"AddToCart": (1, 1, 1), "Lead": (2, 2, 2)}
     cart = next(x for x in data.dedup if x.event_name == "AddToCart")
     assert cart.browser_share == 1.0 and cart.server_share == 1.0
 
 
-async def test_windows_leave_older_rows_out(box: Outbox) -> None:
-    await box.add([event("x1"), event("x2", rule="r")])
-    async with reader(box.path) as conn:
+async def test_windows_leave_older_rows_out(store: OutboxStore) -> None:
+    await store.add([event("x1"), event("x2", rule="r")])
+    async with dashboard_of(store) as reads:
         later = await load_dashboard(
-            conn, [FakeRule("r", "Purchase")], rules_dir=None, now=time.time() + 2 * 86400
+            reads, [FakeRule("r", "Purchase")], rules_dir=None, now=time.time() + 2 * 86400
         )
-        hour_later = await load_dashboard(conn, [], rules_dir=None, now=time.time() + 3700)
+        hour_later = await load_dashboard(reads, [], rules_dir=None, now=time.time() + 3700)
     assert later.timeline.series == () and later.coverage == () and later.dedup == ()
     assert later.rules[0].fired == 0
     assert hour_later.timeline.series == ()
     assert sum(c.events for c in hour_later.coverage) == 2
 
 
-async def test_settled_hours_are_read_once(box: Outbox) -> None:
-    await box.add([event("c1")])
+async def test_settled_hours_are_read_once(store: OutboxStore) -> None:
+    await store.add([event("c1")])
     cache = DayCache()
     later = time.time() + 2 * 3600  # the rows' hour has settled by then
-    async with reader(box.path) as conn:
+    async with dashboard_of(store) as reads:
         # The current hour is read again on every load.
-        now_first = await load_dashboard(conn, [], rules_dir=None, cache=cache)
-        await box.add([event("c2")])
-        now_again = await load_dashboard(conn, [], rules_dir=None, cache=cache)
+        now_first = await load_dashboard(reads, [], rules_dir=None, cache=cache)
+        await store.add([event("c2")])
+        now_again = await load_dashboard(reads, [], rules_dir=None, cache=cache)
         # Once settled, it is read once.
-        settled = await load_dashboard(conn, [], rules_dir=None, now=later, cache=cache)
-        await box.add([event("c3")])
-        cached = await load_dashboard(conn, [], rules_dir=None, now=later, cache=cache)
-        fresh = await load_dashboard(conn, [], rules_dir=None, now=later)
+        settled = await load_dashboard(reads, [], rules_dir=None, now=later, cache=cache)
+        await store.add([event("c3")])
+        cached = await load_dashboard(reads, [], rules_dir=None, now=later, cache=cache)
+        fresh = await load_dashboard(reads, [], rules_dir=None, now=later)
     assert now_first.coverage[0].events == 1 and now_again.coverage[0].events == 2
     assert settled.coverage[0].events == cached.coverage[0].events == 2
     assert fresh.coverage[0].events == 3
@@ -352,7 +370,7 @@ def test_hint_for_browser_keys_and_pageviews() -> None:
 
 
 async def test_coverage_as_received_and_as_sent_and_hints_on_what_is_sent(
-    box: Outbox, tmp_path: Path
+    store: OutboxStore, tmp_path: Path
 ) -> None:
     ua = {"client_ip_address": "192.0.2.1", "client_user_agent": "UA/1", "fbp": "fb.1.1.1"}
     full = {"ph": [HASH], "external_id": [HASH]}
@@ -362,15 +380,15 @@ async def test_coverage_as_received_and_as_sent_and_hints_on_what_is_sent(
         event(f"o{i}", source="rule", rule="purchase", hashed=full, clear=ua, hold=60)
         for i in range(3)
     ]
-    await box.add(pages)
-    await box.add(
+    await store.add(pages)
+    await store.add(
         [
             event(f"o{i}", source="webhook", rule="stripe", hashed={"em": [HASH]}, clear={})
             for i in range(2)
         ]
     )
-    async with reader(box.path) as conn:
-        data = await load_dashboard(conn, [FakeRule("purchase", "Purchase")], rules_dir=None)
+    async with dashboard_of(store) as reads:
+        data = await load_dashboard(reads, [FakeRule("purchase", "Purchase")], rules_dir=None)
     (purchase,) = data.coverage
     assert purchase.received_share("em") == 0.0
     assert purchase.shares["em"] == pytest.approx(2 / 3)
@@ -388,12 +406,40 @@ async def test_coverage_as_received_and_as_sent_and_hints_on_what_is_sent(
     )
     assert "0% received → 67% sent" in html
     # A key the copies supply for every event needs no hint at all.
-    await box.add([event("o2", source="webhook", rule="stripe", hashed={"em": [HASH]}, clear={})])
-    async with reader(box.path) as conn:
-        data = await load_dashboard(conn, [FakeRule("purchase", "Purchase")], rules_dir=None)
+    await store.add([event("o2", source="webhook", rule="stripe", hashed={"em": [HASH]}, clear={})])
+    async with dashboard_of(store) as reads:
+        data = await load_dashboard(reads, [FakeRule("purchase", "Purchase")], rules_dir=None)
     assert data.coverage[0].shares["em"] == 1.0 and data.coverage[0].received_share("em") == 0.0
     assert data.hints == ()
     html = render_dashboard(
         data, prefix="/_capi", csrf="x", notice="", signed_in=True, dry_run=True, version="t"
     )
     assert "0% received → 100% sent" in html
+
+
+async def test_a_site_selection_shows_those_sites_events_only(store: OutboxStore) -> None:
+    await store.add(
+        [
+            replace(event("s-a1"), site="a"),
+            replace(event("s-a2", name="Lead", rule="lead-form"), site="a"),
+            replace(event("s-b1"), site="b"),
+            event("s-none"),  # the implicit default site belongs to no named site
+        ]
+    )
+    claimed = {c.event_id: c.id for c in await store.claim("w", limit=10, lease=30)}
+    await store.mark_dead([claimed["s-a1"], claimed["s-b1"]], "w", error="bad", fbtrace_id=None)
+    async with dashboard_of(store) as reads:
+        only_a = await load_dashboard(
+            reads, [FakeRule("lead-form", "Lead")], rules_dir=None, sites=("a",)
+        )
+        every = await load_dashboard(reads, [FakeRule("lead-form", "Lead")], rules_dir=None)
+        none = await load_dashboard(reads, [], rules_dir=None, sites=())
+    assert {s.event_name: s.total for s in only_a.timeline.series} == {"Purchase": 1, "Lead": 1}
+    assert [d.event_id for d in only_a.dead_letters] == ["s-a1"]
+    assert (only_a.delivery.dead, only_a.delivery.pending) == (1, 1)
+    assert {c.event_name: c.events for c in only_a.coverage} == {"Purchase": 1, "Lead": 1}
+    assert [(r.name, r.fired) for r in only_a.rules] == [("lead-form", 1)]
+    assert {s.event_name: s.total for s in every.timeline.series} == {"Purchase": 3, "Lead": 1}
+    assert sorted(d.event_id for d in every.dead_letters) == ["s-a1", "s-b1"]
+    assert (every.delivery.dead, every.delivery.pending) == (2, 2)
+    assert none.timeline.series == () and none.dead_letters == () and none.coverage == ()

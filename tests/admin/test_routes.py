@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -16,8 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import __version__
 from gateway.admin import session as admin_session
 from gateway.app import build_app, reload
-from gateway.appkeys import RUNTIME
+from gateway.appkeys import OUTBOX, RUNTIME
+from gateway.delivery.postgres.outbox import PgOutbox
 from tests.conftest import GatewayFactory, auth, make_settings, wait_for, web_event
+from tests.delivery.stores import fetch
 from tests.fakes.graph import FakeGraph
 
 ADMIN = "/_capi/admin"
@@ -428,3 +431,70 @@ async def test_forget_endpoint_erases_a_person_for_scripts_with_the_token(
     assert empty.status == 400 and "name the person" in (await empty.json())["detail"]
     denied = await client.post(f"{ADMIN}/forget", data={"email": "a@b.c"}, headers=JSON)
     assert denied.status == 401
+
+
+# -- on a PostgreSQL store -----------------------------------------------------------------------
+
+
+async def pg_states(client: Client) -> dict[str, str]:
+    """event_id -> state, read from the PostgreSQL store the gateway writes."""
+    outbox = client.app[OUTBOX]
+    assert isinstance(outbox, PgOutbox)
+    return {str(e): str(s) for e, s in await fetch(outbox, "SELECT event_id, state FROM events")}
+
+
+async def test_the_page_and_its_actions_on_a_postgresql_store(
+    postgres_dsn: str, gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    # postgres_dsn first: its database is dropped after the gateway has closed its pool.
+    client = await gateway(buffer=postgres_dsn, encryption_key="ab" * 32)
+    fake_graph.reject_event_ids(["pg-dead-1", "pg-dead-2"])
+    resp = await client.post(
+        "/_capi/events",
+        json={
+            "data": [
+                web_event(event_id="pg-ok"),
+                web_event(event_id="pg-dead-1", event_name="Lead"),
+                web_event(event_id="pg-dead-2", event_name="Lead"),
+            ]
+        },
+        headers=auth(),
+    )
+    assert resp.status == 202, await resp.text()
+    want = {"pg-ok": "sent", "pg-dead-1": "dead", "pg-dead-2": "dead"}
+    for _ in range(250):
+        if await pg_states(client) == want:
+            break
+        await asyncio.sleep(0.02)
+    assert await pg_states(client) == want
+    first = await client.get(ADMIN, headers=HTML)
+    assert first.status == 200, await first.text()
+    session = set_cookie(first)
+    assert session is not None
+    html = await first.text()
+    # The store's events are on the page: the timeline's names, the dead letters with Meta's
+    # error, the numbers.
+    assert "pg-dead-1" in html and "pg-dead-2" in html and "Purchase" in html
+    assert "No dead letters." not in html
+    token = csrf_in(html)
+    headers = {**HTML, **cookie(session["value"])}
+    rows = await fetch(client.app[OUTBOX], "SELECT id FROM events WHERE event_id = 'pg-dead-1'")
+    resp = await client.post(
+        f"{ADMIN}/discard",
+        data={"id": str(rows[0][0]), "csrf": token},
+        headers=headers,
+        allow_redirects=False,
+    )
+    assert resp.status == 303 and "done=discarded&n=1" in resp.headers["Location"]
+    assert "pg-dead-1" not in await pg_states(client)
+    fake_graph.reset()
+    resp = await client.post(
+        f"{ADMIN}/retry", data={"all": "1", "csrf": token}, headers=headers, allow_redirects=False
+    )
+    assert resp.status == 303 and "done=retried&n=1" in resp.headers["Location"]
+    for _ in range(250):
+        if await pg_states(client) == {"pg-ok": "sent", "pg-dead-2": "sent"}:
+            break
+        await asyncio.sleep(0.02)
+    assert await pg_states(client) == {"pg-ok": "sent", "pg-dead-2": "sent"}
+    assert "No dead letters." in await page(client, session["value"])
