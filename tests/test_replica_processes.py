@@ -1,5 +1,6 @@
-"""Three `serve` processes on one PostgreSQL: one SIGKILLed and the database restarted under
-load, and still every acknowledged event reaches the fake Graph API.
+"""Three `serve` processes on one PostgreSQL: a visit spread over all three is one Purchase,
+and with one SIGKILLed and the database restarted under load every acknowledged event still
+reaches the fake Graph API.
 
 Duplicates can only come from batches Meta had accepted that their replica could not mark
 sent: the killed replica's batches in flight (sent again when their lease expires) and
@@ -15,10 +16,18 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import asyncpg
+from aiohttp import web
 
+from gateway.demo_shop import shop_app
+from tests.browser.site import serve
 from tests.conftest import API_KEY, PIXEL, TOKEN, web_event
+from tests.edge.test_assembly_journeys import PHONE, assert_the_richest_purchase, stripe_payment
+from tests.edge.test_stitching import FBCLID, RULES, Visitor
+from tests.edge.test_webhooks import ENV, stripe_headers
 from tests.fakes.pgcluster import Cluster
 from tests.fakes.processes import (
     HOST,
@@ -30,8 +39,10 @@ from tests.fakes.processes import (
     spawn,
     start_fake,
     stop_at_exit,
+    tail,
     wait_healthy,
 )
+from tests.fakes.upstream import Front
 
 KEY = "ab" * 32
 BATCH = 10  # events per /events request
@@ -40,7 +51,9 @@ SEND_CONCURRENCY = 2
 LOAD_SECONDS = 3.0
 
 
-def _start(dsn: str, graph_url: str, log: Path, *more: str) -> Gateway:
+def _start(
+    dsn: str, graph_url: str, log: Path, *more: str, env: dict[str, str] | None = None
+) -> Gateway:
     port = free_port()
     cmd = [
         *gateway_cmd(),
@@ -67,8 +80,92 @@ def _start(dsn: str, graph_url: str, log: Path, *more: str) -> Gateway:
         CAPIGW_RETRY_BASE="0.1",
         CAPIGW_RETRY_CAP="0.5",
         CAPIGW_POLL_INTERVAL="0.1",
+        **(env or {}),
     )
     return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+
+
+async def _stitches(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM capigw.stitches"))
+    finally:
+        await conn.close()
+
+
+async def test_a_visit_on_a_its_checkout_on_b_and_the_webhook_on_c_are_one_purchase(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    fake = start_fake(tmp_path / "fake.log", token=TOKEN)
+    # The page's Purchase waits this long for the webhook's copy (another replica's).
+    settings = {**ENV, "CAPIGW_ASSEMBLY_HOLD": "2", "CAPIGW_PAGEVIEW_HOLD": "0"}
+    with stop_at_exit() as procs:
+        procs.append(fake.proc)
+        async with serve(shop_app()) as shop:
+            a, b, c = gateways = [
+                _start(
+                    postgres_dsn,
+                    fake.url,
+                    tmp_path / f"gw{i}.log",
+                    "--upstream",
+                    shop,
+                    "--rules",
+                    str(RULES),
+                    env=settings,
+                )
+                for i in range(3)
+            ]
+            procs += [gw.proc for gw in gateways]
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                for gw in gateways:
+                    await wait_healthy(gw, session, timeout=30)
+
+                def front(gw: Gateway) -> Front:
+                    # A process: no app of ours in this one, only its URL.
+                    return Front(gw.url, web.Application(), session)
+
+                ann = Visitor(front(a))
+                assert (await ann.go("GET", f"/?fbclid={FBCLID}")).status == 200
+                assert "_fbp" in ann.cookies and "_fbc" in ann.cookies
+                # The load balancer sends the rest of the visit to B.
+                ann.front = front(b)
+                assert (await ann.go("POST", "/cart/add", data={"sku": "tee-01"})).status == 303
+                paid = await ann.go(
+                    "POST", "/checkout", data={"email": "Ann@Example.com", "phone": PHONE}
+                )
+                assert paid.status == 302, tail(b.log)
+                order = paid.headers["Location"].split("order=")[1].split("&")[0]
+                thanks = await ann.go("GET", f"/thank-you?order={order}&total=19.90")
+                assert thanks.status == 200
+                # B keeps the visit (order id and email) after answering: wait for it.
+                deadline = time.monotonic() + 5
+                while await _stitches(postgres_dsn) < 2:
+                    assert time.monotonic() < deadline, tail(b.log)
+                    await asyncio.sleep(0.05)
+                # Stripe's webhook lands on C, within the page Purchase's hold.
+                body = stripe_payment(order)
+                async with session.post(
+                    f"{c.url}/_capi/hooks/stripe", data=body, headers=stripe_headers(body)
+                ) as resp:
+                    answer = await resp.json()
+                assert resp.status == 200, answer
+                [event] = answer["events"]
+                assert event["event_id"] == f"purchase-{order}", answer
+                assert event["outcome"] == "merged", answer
+
+                def purchases(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                    return [e for e in events if e["event_name"] == "Purchase"]
+
+                deadline = time.monotonic() + 10
+                while not purchases(await fake.get(session, "events")):
+                    assert time.monotonic() < deadline, tail(a.log) + tail(c.log)
+                    await asyncio.sleep(0.1)
+                # A moment more: a second Purchase from any replica would show by now.
+                await asyncio.sleep(0.5)
+                [purchase] = purchases(await fake.get(session, "events"))
+                assert purchase["event_id"] == f"purchase-{order}"
+                assert_the_richest_purchase(purchase, ann.cookies)
 
 
 async def test_a_killed_replica_and_a_database_restart_lose_nothing_acknowledged(
