@@ -218,7 +218,8 @@ async def test_a_database_outage_answers_503_and_the_gateway_reconnects(
             assert resp.status == 503, await resp.text()
             assert resp.headers["Retry-After"] == "5"
             assert "cannot read the buffer" in (await resp.json())["detail"]
-        assert time.monotonic() - began < 5
+        # Well under the pool's 10 s reconnect wait: these reads fail fast, never hang.
+        assert time.monotonic() - began < 8
         # The site itself is still served.
         async with (
             aiohttp.ClientSession() as session,
@@ -229,5 +230,5 @@ async def test_a_database_outage_answers_503_and_the_gateway_reconnects(
         await asyncio.to_thread(postgres_cluster.start)
     status, _, _ = await _post(front, [web_event(event_id="after")])
     assert status == 202
-    await wait_for(lambda: {"before", "after"} <= set(fake_graph.event_ids()), timeout=15)
+    await wait_for(lambda: {"before", "after"} <= set(fake_graph.event_ids()), timeout=30)
     assert "during" not in fake_graph.event_ids()

@@ -489,6 +489,15 @@ async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
     await wait_for(lambda: len(fake_graph.events) == 5)
     await page(gw, HOST_A)
     await page(gw, HOST_B)
+    # Meta's answer is recorded, and the PageViews stored, just after: wait for the store
+    # to say so rather than race it.
+    deadline = time.monotonic() + 15
+    while True:
+        states = json.loads((await operator_get(gw, "status", GLOBAL_TOKEN))[1])["queue"]
+        if sum(states["states"].values()) == 7 and states["states"]["sent"] >= 5:
+            break
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(0.05)
 
     status, text = await operator_get(gw, "status", TENANT_A)
     assert status == 200, text
