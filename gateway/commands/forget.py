@@ -12,8 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.commands.queue import check_site
-from gateway.config import Sources, load_settings
+from gateway.commands.queue import store_settings
 from gateway.delivery.forget import Person, PersonError, forget
 from gateway.delivery.postgres.forget import forget as forget_postgres
 from gateway.delivery.postgres.migrations import current_version
@@ -52,13 +51,7 @@ def add_forget_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run_forget_command(args: argparse.Namespace) -> int:
     """Erase the person named by the flags; 0 on success."""
-    flags: dict[str, object] = {}
-    if args.buffer is not None:
-        flags["buffer"] = args.buffer
-    if args.key_file is not None:
-        flags["key_file"] = args.key_file
-    settings = load_settings(Sources(config_file=args.config, flags=flags))
-    check_site(settings, args.site)
+    settings = store_settings(args)
     if settings.store_url is None and not settings.buffer.is_file():
         raise ConfigError(f"buffer: no outbox at {settings.buffer}; pass --buffer PATH")
     try:

@@ -46,8 +46,9 @@ def check_site(settings: Settings, site: str | None) -> None:
         raise ConfigError(f"--site: no site is named {site!r} (configured: {known})")
 
 
-def run_queue_command(args: argparse.Namespace) -> int:
-    """Run one queue subcommand; the exit code is 0 on success."""
+def store_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command that reads the store: `--config`, `--buffer`, `--key-file`
+    and a `--site` that must name a configured site."""
     flags: dict[str, Any] = {}
     if args.buffer is not None:
         flags["buffer"] = args.buffer
@@ -55,6 +56,12 @@ def run_queue_command(args: argparse.Namespace) -> int:
         flags["key_file"] = args.key_file
     settings = load_settings(Sources(config_file=args.config, flags=flags))
     check_site(settings, args.site)
+    return settings
+
+
+def run_queue_command(args: argparse.Namespace) -> int:
+    """Run one queue subcommand; the exit code is 0 on success."""
+    settings = store_settings(args)
     state = getattr(args, "state", None)
     if state is not None and state not in STATES:
         raise ConfigError(f"--state: {state!r} is not one of {', '.join(STATES)}")
