@@ -226,7 +226,13 @@ class Sender:
 
     async def _idle(self) -> None:
         timeout = self.options.poll_interval
-        due = await self.outbox.next_due()
+        try:
+            due = await self.outbox.next_due()
+        except Exception as exc:
+            # A store that is away (a database restarting) must not end the sender: wait a
+            # poll interval and claim again, as after a failed claim.
+            log.error("Reading when the next event is due failed: %s", exc)
+            due = None
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.time()))
         end = time.monotonic() + timeout

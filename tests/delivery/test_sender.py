@@ -265,3 +265,28 @@ async def test_held_events_wake_the_sender_when_due_not_at_every_commit(
     await wait_for(lambda: len(fake_graph.event_ids()) == 5, timeout=15)
     assert time.monotonic() - started < 15
     assert sorted(fake_graph.event_ids()) == [f"held-{n}" for n in range(5)]
+
+
+async def test_a_store_away_while_the_sender_idles_does_not_end_it(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    # A database restarting while the sender waits for work: reading when the next event is
+    # due fails. The sender must go on (and send once the store is back), not die silently.
+    client = await gateway(poll_interval=0.1)
+    outbox = client.app[OUTBOX]
+    next_due = outbox.next_due
+    failures = 0
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise OSError("the store is away")
+        return await next_due(*args, **kwargs)
+
+    outbox.next_due = away  # type: ignore[method-assign]
+    await wait_for(lambda: failures == 3, timeout=10)
+    await post(client, [web_event(event_id="after-the-outage")])
+    await wait_for(lambda: "after-the-outage" in fake_graph.event_ids(), timeout=10)
+    task = client.app[SENDER]._run_task
+    assert task is not None and not task.done()
