@@ -24,7 +24,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from gateway.delivery import assembler, housekeeping, profiles, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person
 from gateway.delivery.forget import forget as forget_person
+from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
@@ -43,12 +44,6 @@ from gateway.models import NewEvent, row_key
 from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
-
-
-@dataclass(slots=True)
-class _Pending:
-    events: Sequence[NewEvent]
-    done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
 
 
 class Outbox:
@@ -71,7 +66,7 @@ class Outbox:
         self.sealer = sealer
         self._conn = conn
         self._lock = asyncio.Lock()
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._window = group_commit_ms / 1000.0
         self._max_bytes = max_bytes
         self._size_checked = 0.0
@@ -189,38 +184,19 @@ class Outbox:
         # writer's stop marker, so every accepted item is committed by close().
         if self._closing:
             raise OutboxClosed("the outbox is shutting down")
-        item = _Pending(events)
+        item = Pending(events)
         self._queue.put_nowait(item)
         return await asyncio.shield(item.done)
 
     async def _write_loop(self) -> None:
         while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + self._window
-            stop = False
-            # Group commit: gather whatever arrives within the window into one transaction.
-            while sum(len(p.events) for p in batch) < 5000:
-                remaining = deadline - time.monotonic()
-                try:
-                    nxt = (
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            await self._commit(batch)
+            batch, stop = await next_batch(self._queue, self._window)
+            if batch:
+                await self._commit(batch)
             if stop:
                 return
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         rows: list[NewEvent] = [ev for p in batch for ev in p.events]
         now = time.time()
         try:

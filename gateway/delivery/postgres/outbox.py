@@ -18,11 +18,12 @@ import math
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import profiles
 from gateway.delivery.forget import Person
+from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.outbox import _pid_gone as pid_gone
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
@@ -49,12 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.outbox")
 
 
-@dataclass(slots=True)
-class _Pending:
-    events: Sequence[NewEvent]
-    done: asyncio.Future[list[Outcome]] = field(default_factory=lambda: asyncio.Future())
-
-
 class PgOutbox(Results, Upkeep):
     """The outbox on PostgreSQL. Create with `await PgOutbox.open(dsn, ...)`, end with `close()`."""
 
@@ -73,7 +68,7 @@ class PgOutbox(Results, Upkeep):
         self.sealer = sealer
         self.assembly_hold = assembly_hold
         self.profiles = profiles if profiles is not None and profiles.enabled else None
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._window = group_commit_ms / 1000.0
         self._max_bytes = max_bytes
         self._size_checked = 0.0
@@ -186,37 +181,19 @@ class PgOutbox(Results, Upkeep):
         await self._check_size()
         if self._closing:
             raise OutboxClosed("the outbox is shutting down")
-        item = _Pending(events)
+        item = Pending(events)
         self._queue.put_nowait(item)
         return await asyncio.shield(item.done)
 
     async def _write_loop(self) -> None:
         while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + self._window
-            stop = False
-            while sum(len(p.events) for p in batch) < 5000:
-                remaining = deadline - time.monotonic()
-                try:
-                    nxt = (
-                        self._queue.get_nowait()
-                        if remaining <= 0
-                        else await asyncio.wait_for(self._queue.get(), remaining)
-                    )
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            await self._commit(batch)
+            batch, stop = await next_batch(self._queue, self._window)
+            if batch:
+                await self._commit(batch)
             if stop:
                 return
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         rows = [ev for p in batch for ev in p.events]
         holds = [self.hold_of(ev) for ev in rows]
         now = time.time()
