@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,10 @@ class Stitches:
         conn = await connect(path, durable=False)
         store = cls(conn, sealer, derive_lookup_key(key), path=path, purge_every=purge_every)
         if purge_every > 0:
-            store._janitor = asyncio.create_task(store._purge_loop(), name="stitch-purge")
+            store._janitor = asyncio.create_task(
+                purge_loop(store._stop, store._purge_every, store.purge_expired),
+                name="stitch-purge",
+            )
         return store
 
     def key_hash(self, kind: str, value: str) -> str:
@@ -272,19 +275,6 @@ class Stitches:
             # Leave a gap between chunks for the outbox writer waiting on the file lock.
             await asyncio.sleep(0.01)
 
-    async def _purge_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._purge_every)
-                return
-            try:
-                count = await self.purge_expired()
-            except Exception as exc:
-                log.error("Purging expired visitor contexts failed: %s", exc)
-                continue
-            if count:
-                log.info("Purged %d expired visitor context(s).", count)
-
     async def close(self) -> None:
         """Finish pending puts, stop purging and close the connection."""
         if self._closed:
@@ -308,3 +298,20 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     future.set_exception(error)
     # A caller cancelled meanwhile never reads it: mark it read so asyncio does not log it.
     future.add_done_callback(lambda f: f.exception())
+
+
+async def purge_loop(
+    stop: asyncio.Event, every: float, purge: Callable[[], Awaitable[int]]
+) -> None:
+    """Purge expired visitor contexts every `every` seconds until `stop` is set (both stores)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+            return
+        try:
+            count = await purge()
+        except Exception as exc:
+            log.error("Purging expired visitor contexts failed: %s", exc)
+            continue
+        if count:
+            log.info("Purged %d expired visitor context(s).", count)

@@ -9,7 +9,6 @@ webhook that needs it may reach different replicas: the shared table joins them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -17,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.seal import Sealer, SealError
-from gateway.delivery.stitch import StitchesClosed, VisitorContext, derive_lookup_key, lookup_hash
+from gateway.delivery.stitch import (
+    StitchesClosed,
+    VisitorContext,
+    derive_lookup_key,
+    lookup_hash,
+    purge_loop,
+)
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
@@ -52,7 +57,10 @@ class PgStitches:
         self._stop = asyncio.Event()
         self._janitor: asyncio.Task[None] | None = None
         if purge_every > 0:
-            self._janitor = asyncio.create_task(self._purge_loop(), name="stitch-purge")
+            self._janitor = asyncio.create_task(
+                purge_loop(self._stop, self._purge_every, self.purge_expired),
+                name="stitch-purge",
+            )
         self._closed = False
         self.commits = 0
         self.committed_rows = 0
@@ -192,19 +200,6 @@ class PgStitches:
             total += count
             if count < _PURGE_CHUNK:
                 return total
-
-    async def _purge_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._purge_every)
-                return
-            try:
-                count = await self.purge_expired()
-            except Exception as exc:
-                log.error("Purging expired visitor contexts failed: %s", exc)
-                continue
-            if count:
-                log.info("Purged %d expired visitor context(s).", count)
 
     async def close(self) -> None:
         """Finish pending puts and stop purging (the pool belongs to the outbox)."""
