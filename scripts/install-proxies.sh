@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs Debian's nginx and Caddy for the front-proxy tests (tests/front, tests/test_deploy.py),
-# if they are not there yet. The tests run their own nginx/Caddy on 127.0.0.1 with configs in a
+# Installs what the front-proxy and deployment tests run (tests/front, tests/test_deploy.py) when
+# it is not there yet: nginx, Caddy, kubectl (kustomize builds) and systemd-analyze (the unit). The tests run their own nginx/Caddy on 127.0.0.1 with configs in a
 # temp dir: the packages' own services are never started (a policy-rc.d refuses them during the
 # install when the machine has none).
 # Idempotent; only apt-get talks to the network.
@@ -11,8 +11,10 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 missing=()
 have nginx || missing+=(nginx)
 have caddy || missing+=(caddy)
+have kubectl || missing+=(kubectl)
+have systemd-analyze || missing+=(systemd)
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "nginx and caddy are installed"
+    echo "nginx, caddy, kubectl and systemd-analyze are installed"
     exit 0
 fi
 
@@ -35,7 +37,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-for tool in nginx caddy; do
+for tool in nginx caddy kubectl systemd-analyze; do
     have "$tool" || { echo "apt-get ran but $tool is still missing" >&2; exit 1; }
 done
-echo "nginx and caddy are installed"
+echo "nginx, caddy, kubectl and systemd-analyze are installed"
