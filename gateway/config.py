@@ -29,13 +29,18 @@ _META_ENV = {
 }
 
 
+# The test suite's own switches share the prefix; a developer who exported them for a test
+# run must still be able to start the gateway in the same shell.
+_HARNESS_ENV = frozenset({"CAPIGW_CONFIG", "CAPIGW_TEST_POSTGRES", "CAPIGW_SKIP_BROWSER"})
+
+
 def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, key in _META_ENV.items():
         if environ.get(name):
             values[key] = environ[name]
     for name, raw in environ.items():
-        if not name.startswith("CAPIGW_") or name == "CAPIGW_CONFIG":
+        if not name.startswith("CAPIGW_") or name in _HARNESS_ENV:
             continue
         key = name[len("CAPIGW_") :].lower()
         if not raw.strip():

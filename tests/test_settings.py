@@ -286,6 +286,14 @@ def test_empty_capigw_value_counts_as_unset(tmp_path: Path) -> None:
     assert settings.dry_run is False
 
 
+def test_the_test_suites_own_variables_do_not_stop_the_gateway(tmp_path: Path) -> None:
+    # Exported for a test run, they must not make `serve` or `demo` refuse to start.
+    env = {"CAPIGW_TEST_POSTGRES": "postgresql://x@127.0.0.1/db", "CAPIGW_SKIP_BROWSER": "1"}
+    assert load(tmp_path, env=env).upstream is None
+    with pytest.raises(ConfigError, match="CAPIGW_TEST_POSTGRE: unknown setting"):
+        load(tmp_path, env={"CAPIGW_TEST_POSTGRE": "x"})
+
+
 def test_empty_capigw_value_does_not_hide_a_lower_layer(tmp_path: Path) -> None:
     settings = load(tmp_path, env={"CAPIGW_LISTEN": ""}, toml='listen = "127.0.0.1:4000"')
     assert settings.listen == "127.0.0.1:4000"
