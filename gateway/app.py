@@ -60,7 +60,15 @@ from gateway.ops.status import get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
-from gateway.siteapp import reload_sites, router, site_expect, site_proxy, site_runtimes, sites_ctx
+from gateway.siteapp import (
+    pixel_sites,
+    reload_sites,
+    router,
+    site_expect,
+    site_proxy,
+    site_runtimes,
+    sites_ctx,
+)
 
 log = logging.getLogger("gateway.app")
 
@@ -238,6 +246,7 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
         _policy(settings),
         metrics=app[METRICS],
     )
+    sender.pixel_sites = pixel_sites(settings)
     app[SENDER] = sender
     sender.start()
     yield
@@ -267,6 +276,7 @@ async def reload(
         reload_sites(app, settings, sites if sites is not None else site_runtimes(settings))
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.all_pixels()}
+    sender.pixel_sites = pixel_sites(settings)
     sender.policy = _policy(settings)
     await sender.reconcile_blocks()
     if PAGES in app:

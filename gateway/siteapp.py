@@ -102,6 +102,15 @@ async def sites_ctx(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+def pixel_sites(settings: Settings) -> dict[str, str]:
+    """Each pixel's site (the first that lists it), for the `site` label of send series."""
+    out: dict[str, str] = {}
+    for site in settings.site_list():
+        for pixel in site.settings.effective_pixels():
+            out.setdefault(pixel.id, site.name)
+    return out
+
+
 def site_runtimes(settings: Settings) -> dict[str, Runtime]:
     """Each site's runtime by name; RuleError for a bad rule file of any site."""
     return {

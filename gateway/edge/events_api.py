@@ -134,11 +134,11 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         except StitchLookupFailed as exc:
             return request.app[INTAKE].fault(exc, "Stitching /events").response()
         if problems:
-            metrics.rejected("api", data)
+            metrics.rejected("api", data, site=runtime.context.site)
             return _invalid(problems)
     result = prepare(data, runtime.context, test_event_code=code)
     if isinstance(result, list):
-        metrics.rejected("api", data)
+        metrics.rejected("api", data, site=runtime.context.site)
         return _invalid(result)
     rows = _linked(result.rows, result.event_ids, links) if links else result.rows
     stored = await request.app[INTAKE].store(rows)

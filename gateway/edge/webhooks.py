@@ -49,14 +49,15 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
             404, "unknown hook", f"no [[webhook]] in the rule files uses hook {name!r}"
         )
     metrics = request.app[METRICS]
+    site = runtime.context.site
     limit = runtime.settings.webhook_max_bytes
     body = await _read_bounded(request, limit)
     if body is None:
-        metrics.webhook(name, "too_large")
+        metrics.webhook(name, "too_large", site=site)
         return json_error(413, "payload too large", f"at most {limit} bytes (webhook_max_bytes)")
     verifier = mappings[0].verifier
     if verifier.missing:
-        metrics.webhook(name, "unconfigured")
+        metrics.webhook(name, "unconfigured", site=site)
         return json_error(
             503,
             "hook not configured",
@@ -67,12 +68,12 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
     try:
         _verify(verifier, request, body)
     except SignatureError as exc:
-        metrics.webhook(name, "unauthorized")
+        metrics.webhook(name, "unauthorized", site=site)
         log.warning("Webhook %r refused: %s.", name, exc)
         return json_error(401, "invalid signature", str(exc))
     payload, form = _parse(body, request.headers.get("Content-Type", ""))
     if payload is None and not form:
-        metrics.webhook(name, "invalid")
+        metrics.webhook(name, "invalid", site=site)
         return json_error(400, "invalid payload", "send a JSON object or a form")
     facts = Facts(
         json=payload,
@@ -92,7 +93,7 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         try:
             built = await _event(mapping, facts, subject, stitches)
         except StitchLookupFailed as exc:
-            metrics.webhook(name, "busy")
+            metrics.webhook(name, "busy", site=site)
             return request.app[INTAKE].fault(exc, f"Stitching webhook {name!r}").response()
         if built is None:
             report.append({"webhook": mapping.name, "skipped": "a required value is missing"})
@@ -122,10 +123,10 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
     if rows:
         stored = await request.app[INTAKE].store(rows)
         if isinstance(stored, Refused):
-            metrics.webhook(name, "busy")
+            metrics.webhook(name, "busy", site=site)
             # A 503 makes the provider retry later, which is what we want.
             return stored.response()
-        metrics.webhook(name, "mapped")
+        metrics.webhook(name, "mapped", site=site)
         for item in report:
             if "event_id" in item:
                 item["outcome"] = stored.outcome_of(item["event_id"])
@@ -133,9 +134,9 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
                 item["duplicate"] = item["outcome"] != "new"
     elif report:
         # Acknowledged all the same: a retry of the same payload would fail the same way.
-        metrics.webhook(name, "rejected")
+        metrics.webhook(name, "rejected", site=site)
     else:
-        metrics.webhook(name, "unmatched")
+        metrics.webhook(name, "unmatched", site=site)
         log.info("Webhook %r: the payload matches no mapping; acknowledged.", name)
     return web.json_response({"received": True, "events": report})
 

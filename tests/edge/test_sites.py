@@ -511,16 +511,31 @@ async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
     assert 'capi_gateway_site_queue_events{site="alpha",state="sent"}' in text
     assert 'capi_gateway_site_events_total{outcome="new",site="alpha",source="api"} 2.0' in text
     assert 'capi_gateway_site_proxy_requests_total{site="alpha",status_class="2xx"} 1.0' in text
+    # Every per-event series carries `site`: the tenant gets its own site's samples of
+    # them, from intake to Meta's answer, and no sample without a site.
+    assert (
+        'capi_gateway_events_total{event_name="Purchase",outcome="accepted",site="alpha",'
+        'source="api"} 2.0' in text
+    )
+    assert 'capi_gateway_delivered_events_total{mode="live",site="alpha"}' in text
+    assert 'capi_gateway_send_requests_total{outcome="sent",site="alpha"}' in text
+    assert 'capi_gateway_pages_tagged_total{site="alpha"} 1.0' in text
+    assert 'capi_gateway_upstream_latency_seconds_count{site="alpha"} 1.0' in text
     assert "beta" not in text
-    # Process-wide counters mix every site's traffic: not a tenant's to see.
-    assert "capi_gateway_events_total" not in text
+    for line in text.splitlines():
+        if line.startswith("capi_gateway_"):
+            assert 'site="alpha"' in line, line
 
     status, text = await operator_get(gw, "metrics", GLOBAL_TOKEN)
     assert status == 200
     assert 'capi_gateway_site_events_total{outcome="new",site="alpha",source="api"} 2.0' in text
     assert 'capi_gateway_site_events_total{outcome="new",site="beta",source="api"} 3.0' in text
     assert 'capi_gateway_site_queue_events{site="beta",state="pending"}' in text
-    assert "capi_gateway_events_total" in text
+    assert (
+        'capi_gateway_events_total{event_name="Purchase",outcome="accepted",site="beta",'
+        'source="api"} 3.0' in text
+    )
+    assert 'capi_gateway_delivered_events_total{mode="live",site="beta"}' in text
     status, text = await operator_get(gw, "status", GLOBAL_TOKEN)
     assert status == 200
     assert sorted(json.loads(text)["sites"]) == ["alpha", "beta"]
