@@ -36,7 +36,7 @@ from gateway.admin.session import (
     verify,
 )
 from gateway.admin.tenants import tenant_keys, tenant_session
-from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.appkeys import OUTBOX, RUNTIME
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
@@ -45,7 +45,7 @@ from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
 from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
-from gateway.edge.sites import SITES
+from gateway.edge.sites import proxied
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.ops.access import (
@@ -500,7 +500,7 @@ def _cookie_path(request: web.Request) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    if PAGES in request.app or SITES in request.app:
+    if proxied(request.app):
         return visitor(request).origin
     return f"{request.scheme}://{request.host}"
 

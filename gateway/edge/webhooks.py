@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.appkeys import INTAKE, METRICS, STITCHES
 from gateway.delivery.store import StitchStore
 from gateway.edge.intake import Refused
-from gateway.edge.sites import SITES, runtime_for, site_stages
+from gateway.edge.sites import runtime_for, site_stages, sites_on
 from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
@@ -36,7 +36,7 @@ log = logging.getLogger("gateway.webhooks")
 
 async def post_hook(request: web.Request) -> web.StreamResponse:
     """Verify, map and store one webhook delivery."""
-    if SITES in request.app and site_stages(request) is None:
+    if sites_on(request.app) and site_stages(request) is None:
         # Webhooks are per site: the host says whose rule files (and secrets) apply.
         return json_error(
             421, "misdirected request", f"no site answers for host {visitor(request).host!r}"

@@ -645,3 +645,33 @@ def test_doctor_checks_one_site_with_its_own_settings(
     assert "2222****" in config_line["message"] and "1111****" not in config_line["message"]
     assert main(["doctor", "--config", str(config), "--site", "gamma"]) == 2
     assert "--site: no site is named 'gamma'" in capsys.readouterr().err
+
+
+async def test_health_reports_each_sites_upstream_and_stays_ready_while_one_answers(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+    from tests.fakes.processes import free_port
+
+    closed = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    base: dict[str, Any] = {"pixel_id": [], "events_api_keys": [], "access_token": None}
+    async with start_upstream() as a, start_upstream() as b:
+        tables = site_tables(a, b)
+        tables[1]["upstream"] = closed[1]
+        settings = make_settings(tmp_path / "one", fake_graph.url, **base, sites=tables)
+        async with run_gateway(settings) as gw:
+            async with gw.session.get(gw.url + "/_capi/health") as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+            upstream = body["checks"]["upstream"]
+            assert upstream["ok"] is True
+            assert upstream["sites"]["alpha"]["ok"] is True
+            assert upstream["sites"]["beta"]["ok"] is False
+            assert "'beta'" in upstream["detail"] and "'alpha'" not in upstream["detail"]
+        tables[0]["upstream"] = closed[0]
+        settings = make_settings(tmp_path / "two", fake_graph.url, **base, sites=tables)
+        async with run_gateway(settings) as gw:
+            async with gw.session.get(gw.url + "/_capi/health") as resp:
+                body = await resp.json()
+                assert resp.status == 503, body
+            assert body["checks"]["upstream"]["ok"] is False
+            assert "every site is down" in body["checks"]["upstream"]["detail"]
