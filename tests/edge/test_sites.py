@@ -29,6 +29,7 @@ from gateway.config import Sources, load_settings
 from gateway.settings import ConfigError
 from tests.conftest import TOKEN, UA, make_settings, wait_for
 from tests.fakes.graph import FakeGraph
+from tests.fakes.processes import free_port
 from tests.fakes.upstream import Front, Upstream, run_gateway, start_upstream
 
 PIXEL_A = "111111111111"
@@ -650,7 +651,6 @@ def test_doctor_checks_one_site_with_its_own_settings(
 async def test_health_reports_each_sites_upstream_and_stays_ready_while_one_answers(
     tmp_path: Path, fake_graph: FakeGraph
 ) -> None:
-    from tests.fakes.processes import free_port
 
     closed = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
     base: dict[str, Any] = {"pixel_id": [], "events_api_keys": [], "access_token": None}
