@@ -86,6 +86,15 @@ class Person:
         return clear.get("fbp") in self.fbps
 
 
+def add_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """The counts of several erasures (one per site) added up."""
+    out = {"events": 0, "profiles": 0, "stitches": 0}
+    for each in counts:
+        for name, value in each.items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
 async def forget(
     conn: aiosqlite.Connection,
     sealer: Sealer,

@@ -675,3 +675,41 @@ async def test_health_reports_each_sites_upstream_and_stays_ready_while_one_answ
                 assert resp.status == 503, body
             assert body["checks"]["upstream"]["ok"] is False
             assert "every site is down" in body["checks"]["upstream"]["detail"]
+
+
+async def test_a_tenant_acts_on_its_own_sites_rows_only(
+    tenants: Two, fake_graph: FakeGraph
+) -> None:
+    gw = tenants.gw
+    fake_graph.reject_event_ids(["a-dead", "b-dead"])
+    assert (await post_events(gw, KEY_A, HOST_A, api_event(event_id="a-dead")))[0] == 202
+    assert (await post_events(gw, KEY_B, HOST_B, api_event(event_id="b-dead")))[0] == 202
+    buffer = gw.app[RUNTIME].settings.buffer
+
+    def dead() -> dict[str, int]:
+        with sqlite3.connect(buffer) as conn:
+            rows = conn.execute("SELECT event_id, id FROM events WHERE state='dead'")
+            return dict(rows.fetchall())
+
+    await wait_for(lambda: sorted(dead()) == ["a-dead", "b-dead"], timeout=15)
+
+    async def act(token: str, path: str, form: dict[str, str]) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        url = f"{gw.url}/_capi/admin/{path}"
+        async with gw.session.post(url, data=form, headers=headers) as resp:
+            return resp.status, json.loads(await resp.read())
+
+    b_id = str(dead()["b-dead"])
+    assert await act(TENANT_A, "discard", {"id": b_id}) == (200, {"discarded": 0})
+    assert await act(TENANT_A, "retry", {"id": b_id}) == (200, {"retried": 0})
+    # Both events carry external_id cust-1: the tenant erases it from its own site's only.
+    status, body = await act(TENANT_A, "forget", {"external_id": "cust-1"})
+    assert status == 200 and body["forgotten"]["events"] == 1, body
+    with sqlite3.connect(buffer) as conn:
+        payloads = dict(conn.execute("SELECT event_id, payload FROM events").fetchall())
+    assert "external_id" not in json.loads(payloads["a-dead"])["user_data"]
+    assert "external_id" in json.loads(payloads["b-dead"])["user_data"]
+    assert "b-dead" in dead()
+    status, body = await act(GLOBAL_TOKEN, "forget", {"external_id": "cust-1"})
+    assert status == 200 and body["forgotten"]["events"] == 1, body
+    assert await act(GLOBAL_TOKEN, "discard", {"id": b_id}) == (200, {"discarded": 1})
