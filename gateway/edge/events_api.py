@@ -130,7 +130,9 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     links: dict[int, tuple[tuple[str, str], ...]] = {}
     if any(isinstance(e, dict) and "stitch_key" in e for e in data):
         try:
-            problems = await stitch_events(data, request.app[STITCHES], runtime.rules, links)
+            problems = await stitch_events(
+                data, request.app[STITCHES], runtime.rules, links, runtime.context.site
+            )
         except StitchLookupFailed as exc:
             return request.app[INTAKE].fault(exc, "Stitching /events").response()
         if problems:

@@ -302,7 +302,10 @@ class ProxiedRules:
                     ),
                     event_name=rule.event_name,
                 )
-                self._spawn(keep(self.stitches, stitch_keys, visit, rule.stitch_ttl), "stitch")
+                self._spawn(
+                    keep(self.stitches, stitch_keys, visit, rule.stitch_ttl, self.pages.site),
+                    "stitch",
+                )
             if isinstance(result, list):
                 self.counters.bump(self.counters.rejected, rule.name)
                 self.metrics.event("rule", rule.event_name, "rejected", site=self.pages.site)

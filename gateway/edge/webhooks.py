@@ -91,7 +91,7 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         if not mapping.applies(subject):
             continue
         try:
-            built = await _event(mapping, facts, subject, stitches)
+            built = await _event(mapping, facts, subject, stitches, site)
         except StitchLookupFailed as exc:
             metrics.webhook(name, "busy", site=site)
             return request.app[INTAKE].fault(exc, f"Stitching webhook {name!r}").response()
@@ -157,12 +157,12 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 async def _event(
-    mapping: Webhook, facts: Facts, payload: Any, stitches: StitchStore
+    mapping: Webhook, facts: Facts, payload: Any, stitches: StitchStore, site: str | None
 ) -> tuple[dict[str, Any], bool] | None:
     event = mapping.draft(facts, payload)
     if event is None:
         return None
-    return await stitch_hook_event(mapping, event, stitches)
+    return await stitch_hook_event(mapping, event, stitches, site)
 
 
 def _webhook_context(context: Context) -> Context:

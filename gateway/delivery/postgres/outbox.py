@@ -232,7 +232,7 @@ class PgOutbox(Results, Upkeep):
         policy = self.profiles
         # Hashed once here: learning below and the completion at claim both use them.
         keys: list[list[str]] = (
-            [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
+            [profiles.visitor_keys(policy, ev.clear, ev.links, ev.site) for ev in rows]
             if policy is not None
             else [[] for _ in rows]
         )
