@@ -44,8 +44,10 @@ def _misdirected(request: web.Request) -> web.Response:
 
 async def site_proxy(request: web.Request) -> web.StreamResponse:
     """Everything outside the prefix: to the host's site, or the one upstream without sites."""
-    if not sites_on(request.app):
-        single = single_stages(request.app)
+    holder = request.app[SITES]
+    if not holder.router.by_name:
+        # The hot path without sites: one look at the holder, as `_proxy` used to.
+        single = holder.single
         if single is None or single.proxy is None:
             raise web.HTTPNotFound()  # nothing proxied: as if there were no such route
         response = await single.proxy.handle(request)
