@@ -658,7 +658,9 @@ TAGGING = frozenset(
     {"gateway", "gateway-noassembly", "gateway-nostore", "gateway-sites1", "gateway-sites50"}
 )
 TARGET_ASSEMBLY = 0.85
-TARGET_SITES = 0.95  # routing by host among 50 sites costs < 5% against 1 site
+# Routing by host among 50 sites costs < 5% against 1 site: gateway CPU per request, which a
+# shared machine disturbs far less than req/s (the req/s ratio is printed beside it).
+TARGET_SITES_CPU = 1.05
 
 
 def sites_env(count: int) -> dict[str, str]:
@@ -943,6 +945,22 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
             }
         )
 
+    def cpu(file: str, a: str, b: str, target: float | None) -> None:
+        ma, mb = _get(measures, file, a), _get(measures, file, b)
+        if not ma or not mb or not ma.gateway_cpu or not mb.gateway_cpu:
+            return
+        per_a = ma.gateway_cpu / max(ma.wrk.requests, 1)
+        per_b = mb.gateway_cpu / max(mb.wrk.requests, 1)
+        targets.append(
+            {
+                "metric": f"{label_of(a)} / {label_of(b)} gw CPU per request, {files[file]}",
+                "measured": per_a / per_b,
+                "unit": "x",
+                "target": target,
+                "kind": "<=",
+            }
+        )
+
     def added(file: str, path: str, target: float | None) -> None:
         m, d = _get(measures, file, path), _get(measures, file, "direct")
         if not m or not d:
@@ -962,7 +980,9 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
         for f in FILES:
             # Routing by host: 50 sites against 1 (and 1 site against none).
             sites50, sites1 = gateway_path("gateway-sites50", n), gateway_path("gateway-sites1", n)
-            ratio(f.key, sites50, sites1, TARGET_SITES)
+            cpu(f.key, sites50, sites1, TARGET_SITES_CPU)
+            cpu(f.key, sites1, gateway_path("gateway", n), None)
+            ratio(f.key, sites50, sites1, None)
             ratio(f.key, sites1, gateway_path("gateway", n), None)
     for n in args.workers:
         gateway = gateway_path("gateway", n)

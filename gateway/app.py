@@ -18,9 +18,6 @@ from gateway.appkeys import (
     INTAKE,
     METRICS,
     OUTBOX,
-    PAGES,
-    PROXIED_RULES,
-    PROXY,
     RUNTIME,
     SENDER,
     STARTED_AT,
@@ -45,11 +42,8 @@ from gateway.edge.events_api import post_events
 from gateway.edge.identity import networks
 from gateway.edge.intake import Intake
 from gateway.edge.limits import header_size_middleware
-from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.pixel import get_px_js
-from gateway.edge.proxied_rules import ProxiedRules
-from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
-from gateway.edge.sites import SITES, install
+from gateway.edge.sites import install, proxied
 from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
@@ -60,7 +54,15 @@ from gateway.ops.status import get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
-from gateway.siteapp import reload_sites, router, site_expect, site_proxy, site_runtimes, sites_ctx
+from gateway.siteapp import (
+    pixel_sites,
+    reload_sites,
+    router,
+    site_expect,
+    site_proxy,
+    site_runtimes,
+    sites_ctx,
+)
 
 log = logging.getLogger("gateway.app")
 
@@ -90,56 +92,22 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
-    sites = settings.site_list()
-    if sites:
-        install(app, router(settings))
-    proxied = bool(settings.upstream or sites)
-    if proxied:
-        # Beacons come from pages the proxy tagged: the page token is the proxy's.
-        app.router.add_post(f"{prefix}/collect", post_collect)
+    # The router is empty without [[sites]]; installed all the same so that a reload can
+    # add the first site (or remove the last) without new routes (gateway.siteapp).
+    install(app, router(settings))
+    app.router.add_post(f"{prefix}/collect", _collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
-    if sites:
-        app.cleanup_ctx.append(sites_ctx)
-        app.router.add_route("*", "/{path:.*}", site_proxy, expect_handler=site_expect)
-    elif proxied:
-        app.cleanup_ctx.append(_proxy_ctx)
-        # Everything outside the prefix belongs to the site.
-        app.router.add_route("*", "/{path:.*}", _proxy, expect_handler=_proxy_expect)
+    app.cleanup_ctx.append(sites_ctx)
+    # Everything outside the prefix belongs to the site (the host's site with [[sites]]).
+    app.router.add_route("*", "/{path:.*}", site_proxy, expect_handler=site_expect)
     return app
 
 
-async def _proxy(request: web.Request) -> web.StreamResponse:
-    response = await request.app[PROXY].handle(request)
-    request.app[METRICS].proxied(response.status)
-    return response
-
-
-async def _proxy_expect(request: web.Request) -> web.StreamResponse | None:
-    return await request.app[PROXY].expect(request)
-
-
-async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[RUNTIME].settings
-    pages = PageViews(settings, app[INTAKE], page_secret(settings, load_key(settings)))
-    session = upstream_session(settings)
-    runtime = app[RUNTIME]
-    proxied_rules = ProxiedRules(
-        lambda: runtime.rules,
-        app[INTAKE],
-        app[STITCHES],
-        pages,
-        body_limit=settings.rules_body_bytes,
-        scan_limit=settings.rules_scan_bytes,
-    )
-    pages.triggers = proxied_rules.triggers
-    app[PAGES] = pages
-    app[PROXIED_RULES] = proxied_rules
-    app[PROXY] = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
-    )
-    yield
-    await proxied_rules.drain()
-    await session.close()
+async def _collect(request: web.Request) -> web.StreamResponse:
+    # Beacons come from pages the proxy tagged: the page token is the proxy's.
+    if not proxied(request.app):
+        return await _unknown_endpoint(request)
+    return await post_collect(request)
 
 
 async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
@@ -238,6 +206,7 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
         _policy(settings),
         metrics=app[METRICS],
     )
+    sender.pixel_sites = pixel_sites(settings)
     app[SENDER] = sender
     sender.start()
     yield
@@ -263,14 +232,12 @@ async def reload(
     app[RUNTIME].context = fresh.context
     app[RUNTIME].rules = fresh.rules
     app[RUNTIME].visitors = fresh.visitors
-    if SITES in app:
-        reload_sites(app, settings, sites if sites is not None else site_runtimes(settings))
+    reload_sites(app, settings, sites if sites is not None else site_runtimes(settings))
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.all_pixels()}
+    sender.pixel_sites = pixel_sites(settings)
     sender.policy = _policy(settings)
     await sender.reconcile_blocks()
-    if PAGES in app:
-        app[PAGES].configure(settings)
     log.info("Reloaded the configuration.")
 
 
@@ -364,10 +331,10 @@ def _reload_from(
             settings = load()
             fresh = Runtime.from_settings(settings)
             sites = site_runtimes(settings)
-            if bool(sites) != (SITES in app):
+            if not sites and settings.upstream is None and proxied(app):
                 raise ConfigError(
-                    "sites: adding the first [[sites]] table or removing the last one "
-                    "changes how every request is routed; restart the gateway for that"
+                    "upstream: the reloaded configuration has neither [[sites]] nor an "
+                    "upstream; keep one of them (or restart to stop proxying)"
                 )
         except (ConfigError, RuleError) as exc:
             log.error("Reload refused, keeping the running configuration and rules: %s", exc)

@@ -29,6 +29,9 @@ from gateway.models import STANDARD_EVENTS, NewEvent
 EventOutcome = Literal["accepted", "duplicate", "rejected"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The label every per-event series carries. Without [[sites]] its value is "" and the
+# exposition leaves it out (gateway.ops.prometheus), so a one-site scrape reads as before.
+SITE = "site"
 # Custom event names become label values: past this many per worker they count as "other",
 # so a client inventing names cannot grow the series without bound.
 _MAX_CUSTOM_NAMES = 50
@@ -65,8 +68,10 @@ class Metrics:
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=labels, registry=own)
 
-        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
-            return Histogram(name, doc, buckets=buckets, registry=own)
+        def histogram(
+            name: str, doc: str, buckets: Sequence[float], labels: Sequence[str] = ()
+        ) -> Histogram:
+            return Histogram(name, doc, labelnames=labels, buckets=buckets, registry=own)
 
         self._proxied = counter(
             "capi_gateway_proxy_requests",
@@ -89,62 +94,69 @@ class Metrics:
             "capi_gateway_upstream_latency_seconds",
             "Time until the site's response headers arrived.",
             _LATENCY_BUCKETS,
+            [SITE],
         )
-        self._tagged = counter("capi_gateway_pages_tagged", "HTML pages tagged with px.js.")
+        self._tagged = counter("capi_gateway_pages_tagged", "HTML pages tagged with px.js.", [SITE])
         self._skipped = counter(
-            "capi_gateway_pages_skipped", "HTML pages left untagged, by reason.", ["reason"]
+            "capi_gateway_pages_skipped", "HTML pages left untagged, by reason.", [SITE, "reason"]
         )
         self._events = counter(
             "capi_gateway_events",
             "Events offered to the outbox (one per target pixel), by source, name and outcome.",
-            ["source", "event_name", "outcome"],
+            [SITE, "source", "event_name", "outcome"],
         )
         self._dropped = counter(
             "capi_gateway_events_dropped",
             "Events not recorded on purpose (consent, bots, prefetch), by source and reason.",
-            ["source", "reason"],
+            [SITE, "source", "reason"],
         )
         self._webhooks = counter(
             "capi_gateway_webhook_deliveries",
             "Webhook deliveries by hook and outcome (mapped, unmatched, rejected, unauthorized, "
             "invalid, too_large, unconfigured, busy).",
-            ["hook", "outcome"],
+            [SITE, "hook", "outcome"],
         )
         self._requests = counter(
-            "capi_gateway_send_requests", "Requests to the Graph API, by outcome.", ["outcome"]
+            "capi_gateway_send_requests",
+            "Requests to the Graph API, by outcome.",
+            [SITE, "outcome"],
         )
         self._errors = counter(
             "capi_gateway_send_errors",
             "Failed Graph API requests, by Meta error code (http_N or network without one).",
-            ["code"],
+            [SITE, "code"],
         )
         self._delivered = counter(
             "capi_gateway_delivered_events",
             "Events Meta confirmed (mode live) or --dry-run recorded (mode dry_run).",
-            ["mode"],
+            [SITE, "mode"],
         )
         self._batch = histogram(
-            "capi_gateway_send_batch_size", "Events per Graph API request.", _BATCH_BUCKETS
+            "capi_gateway_send_batch_size", "Events per Graph API request.", _BATCH_BUCKETS, [SITE]
         )
         self._latency = histogram(
             "capi_gateway_send_latency_seconds",
             "Duration of Graph API requests.",
             _SEND_BUCKETS,
+            [SITE],
         )
         self._copies = counter(
             "capi_gateway_assembly_copies",
             "Copies of a stored event: merged into it while unsent, or late (after its send).",
-            ["outcome"],
+            [SITE, "outcome"],
         )
         self._profile_ids = counter(
             "capi_gateway_profile_identifiers_added",
             "Hashed identifiers visitor profiles added to events before their send.",
+            [SITE],
         )
         self._waits = counter(
-            "capi_gateway_rate_limit_waits", "Sends held back by the per-pixel rate limit."
+            "capi_gateway_rate_limit_waits", "Sends held back by the per-pixel rate limit.", [SITE]
         )
         self._waited = counter(
-            "capi_gateway_rate_limit_wait_seconds", "Time sends spent held by the rate limit."
+            "capi_gateway_rate_limit_wait_seconds",
+            "Time sends spent held by the rate limit.",
+            [SITE],
         )
         workers = Gauge(
             "capi_gateway_workers",
@@ -155,45 +167,58 @@ class Metrics:
         workers.set(1)
 
     # what the stages report -------------------------------------------------------------
+    # `site`: the [[sites]] name the work was for (None without sites, or when no site
+    # applies). Values come from the config only, never from a request.
 
-    def event(self, source: str, event_name: str, outcome: EventOutcome, count: int = 1) -> None:
+    def event(
+        self,
+        source: str,
+        event_name: str,
+        outcome: EventOutcome,
+        count: int = 1,
+        *,
+        site: str | None = None,
+    ) -> None:
         """Count events offered by `source` ("api", "collect", "proxy", "rules", ...)."""
         name = self._name_label(event_name, new=outcome != "rejected")
-        self._events.labels(source, name, outcome).inc(count)
+        self._events.labels(site or "", source, name, outcome).inc(count)
 
     def stored(self, rows: Sequence[NewEvent], outcomes: Sequence[str]) -> None:
         """Count what `Outbox.add(rows)` answered: "new" accepted, "merged"/"late" a
         duplicate copy (also counted by assembly outcome)."""
         for row, outcome in zip(rows, outcomes, strict=False):
-            self.event(row.source, row.event_name, "accepted" if outcome == "new" else "duplicate")
+            accepted: EventOutcome = "accepted" if outcome == "new" else "duplicate"
+            self.event(row.source, row.event_name, accepted, site=row.site)
             if row.site is not None:
                 self._site_events.labels(row.site, row.source, outcome).inc()
             if outcome in ("merged", "late"):
-                self._copies.labels(outcome).inc()
+                self._copies.labels(row.site or "", outcome).inc()
 
-    def profile_identifiers(self, count: int) -> None:
+    def profile_identifiers(self, count: int, *, site: str | None = None) -> None:
         """Count identifiers a visitor profile added to an event before its send."""
         if count:
-            self._profile_ids.inc(count)
+            self._profile_ids.labels(site or "").inc(count)
 
     def refused(self, rows: Iterable[NewEvent]) -> None:
         """Count prepared rows the outbox could not take (full, closing, failing)."""
         for row in rows:
-            self.event(row.source, row.event_name, "rejected")
+            self.event(row.source, row.event_name, "rejected", site=row.site)
 
-    def rejected(self, source: str, events: Iterable[Any]) -> None:
+    def rejected(self, source: str, events: Iterable[Any], *, site: str | None = None) -> None:
         """Count submitted events (raw JSON objects) that were refused."""
         for event in events:
             name = event.get("event_name") if isinstance(event, dict) else None
-            self.event(source, name if isinstance(name, str) else "", "rejected")
+            self.event(source, name if isinstance(name, str) else "", "rejected", site=site)
 
-    def dropped(self, reason: str, *, source: str = "proxy", count: int = 1) -> None:
+    def dropped(
+        self, reason: str, *, source: str = "proxy", count: int = 1, site: str | None = None
+    ) -> None:
         """Count events deliberately not recorded ("consent", "bot", "prefetch", ...)."""
-        self._dropped.labels(source, reason).inc(count)
+        self._dropped.labels(site or "", source, reason).inc(count)
 
-    def webhook(self, hook: str, outcome: str) -> None:
+    def webhook(self, hook: str, outcome: str, *, site: str | None = None) -> None:
         """Count one delivery to a configured hook (names come from rule files: bounded)."""
-        self._webhooks.labels(hook, outcome).inc()
+        self._webhooks.labels(site or "", hook, outcome).inc()
 
     def proxied(self, status: int, site: str | None = None) -> None:
         """Count one proxied request by the status class it was answered with (and site)."""
@@ -202,37 +227,47 @@ class Metrics:
         if site is not None:
             self._site_proxied.labels(site, status_class).inc()
 
-    def upstream_latency(self, seconds: float) -> None:
+    def upstream_latency(self, seconds: float, *, site: str | None = None) -> None:
         """Observe the time the site took to send its response headers."""
-        self._upstream.observe(seconds)
+        self._upstream.labels(site or "").observe(seconds)
 
-    def page_tagged(self) -> None:
+    def page_tagged(self, *, site: str | None = None) -> None:
         """Count one HTML page that got the tag."""
-        self._tagged.inc()
+        self._tagged.labels(site or "").inc()
 
-    def page_skipped(self, reason: str) -> None:
+    def page_skipped(self, reason: str, *, site: str | None = None) -> None:
         """Count one HTML page left untagged."""
-        self._skipped.labels(reason).inc()
+        self._skipped.labels(site or "", reason).inc()
 
-    def sent(self, outcome: str, events: int, seconds: float, *, error: str | None) -> None:
+    def sent(
+        self,
+        outcome: str,
+        events: int,
+        seconds: float,
+        *,
+        error: str | None,
+        site: str | None = None,
+    ) -> None:
         """Count one Graph API request: outcome, batch size, latency, and `error` (a Meta
         error code, `http_N`, or `network`) when it failed, None when Meta took the batch."""
-        self._requests.labels(outcome).inc()
-        self._batch.observe(events)
-        self._latency.observe(seconds)
+        label = site or ""
+        self._requests.labels(label, outcome).inc()
+        self._batch.labels(label).observe(events)
+        self._latency.labels(label).observe(seconds)
         if error is None:
-            self._delivered.labels("live").inc(events)
+            self._delivered.labels(label, "live").inc(events)
         else:
-            self._errors.labels(error).inc()
+            self._errors.labels(label, error).inc()
 
-    def recorded_dry(self, events: int) -> None:
+    def recorded_dry(self, events: int, *, site: str | None = None) -> None:
         """Count events --dry-run recorded instead of sending."""
-        self._delivered.labels("dry_run").inc(events)
+        self._delivered.labels(site or "", "dry_run").inc(events)
 
-    def rate_limited(self, seconds: float) -> None:
+    def rate_limited(self, seconds: float, *, site: str | None = None) -> None:
         """Count one send held back by the per-pixel rate limit, and for how long."""
-        self._waits.inc()
-        self._waited.inc(seconds)
+        label = site or ""
+        self._waits.labels(label).inc()
+        self._waited.labels(label).inc(seconds)
 
     def _name_label(self, name: str, *, new: bool) -> str:
         if not name:

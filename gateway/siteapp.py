@@ -1,5 +1,10 @@
-"""With `[[sites]]`: each site's stages started with the app, swapped on reload, and the
-catch-all handler that sends a request to its host's site (421 for a host none claims).
+"""Each site's stages started with the app, swapped on reload, and the catch-all handler
+that sends a request to its host's site (421 for a host none claims).
+
+Without `[[sites]]` the router is empty and the app's own stages (`SiteHolder.single`)
+serve every host. A reload (SIGHUP) may add the first site or remove the last: the
+catch-all asks the holder on every request, so the switch needs no new routes, and the
+stages of the other mode are started then (or kept, drained and closed at exit).
 """
 
 from __future__ import annotations
@@ -10,12 +15,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, STITCHES, Runtime
+from gateway.appkeys import INTAKE, METRICS, PAGES, PROXIED_RULES, PROXY, RUNTIME, STITCHES, Runtime
 from gateway.delivery.seal import load_key
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
-from gateway.edge.sites import SITES, SiteRouter, SiteStages, site_stages
+from gateway.edge.sites import SITES, SiteRouter, SiteStages, single_stages, site_stages, sites_on
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.settings import Settings
@@ -38,6 +43,16 @@ def _misdirected(request: web.Request) -> web.Response:
 
 
 async def site_proxy(request: web.Request) -> web.StreamResponse:
+    """Everything outside the prefix: to the host's site, or the one upstream without sites."""
+    holder = request.app[SITES]
+    if not holder.router.by_name:
+        # The hot path without sites: one look at the holder, as `_proxy` used to.
+        single = holder.single
+        if single is None or single.proxy is None:
+            raise web.HTTPNotFound()  # nothing proxied: as if there were no such route
+        response = await single.proxy.handle(request)
+        request.app[METRICS].proxied(response.status)
+        return response
     stages = site_stages(request)
     if stages is None or stages.proxy is None:
         return _misdirected(request)
@@ -47,6 +62,12 @@ async def site_proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def site_expect(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` answered by the stages that will take the body."""
+    if not sites_on(request.app):
+        single = single_stages(request.app)
+        if single is None or single.proxy is None:
+            return web.HTTPNotFound()
+        return await single.proxy.expect(request)
     stages = site_stages(request)
     if stages is None or stages.proxy is None:
         return _misdirected(request)
@@ -70,7 +91,10 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
     runtime = stages.runtime
     settings = runtime.settings
     pages = PageViews(
-        settings, app[INTAKE], page_secret(settings, load_key(settings)), site=stages.name
+        settings,
+        app[INTAKE],
+        page_secret(settings, load_key(settings)),
+        site=stages.name or None,
     )
     session = upstream_session(settings)
     proxied_rules = ProxiedRules(
@@ -90,16 +114,39 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
     return session
 
 
+def _single(app: web.Application) -> SiteStages:
+    """The app's own stages (no `[[sites]]`): named "", reading the app's runtime."""
+    return SiteStages("", app[RUNTIME])
+
+
 async def sites_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start every site's stages with the app; drain and close them (retired ones too) at exit."""
-    stages = app[SITES].router.by_name.values()
-    app[SITE_STARTED] = [(each, _start_site(app, each)) for each in stages]
+    holder = app[SITES]
+    app[SITE_STARTED] = [(each, _start_site(app, each)) for each in holder.router.by_name.values()]
+    if not holder.router.by_name and app[RUNTIME].settings.upstream:
+        single = holder.single = _single(app)
+        app[SITE_STARTED].append((single, _start_site(app, single)))
+        # Started without sites: the single stages under their own keys as well.
+        assert single.pages is not None and single.proxied_rules is not None
+        assert single.proxy is not None
+        app[PAGES] = single.pages
+        app[PROXIED_RULES] = single.proxied_rules
+        app[PROXY] = single.proxy
     yield
     for each, _ in app[SITE_STARTED]:
         if each.proxied_rules is not None:
             await each.proxied_rules.drain()
     for _, session in app[SITE_STARTED]:
         await session.close()
+
+
+def pixel_sites(settings: Settings) -> dict[str, str]:
+    """Each pixel's site (the first that lists it), for the `site` label of send series."""
+    out: dict[str, str] = {}
+    for site in settings.site_list():
+        for pixel in site.settings.effective_pixels():
+            out.setdefault(pixel.id, site.name)
+    return out
 
 
 def site_runtimes(settings: Settings) -> dict[str, Runtime]:
@@ -139,7 +186,35 @@ def reload_sites(app: web.Application, settings: Settings, fresh: dict[str, Runt
             stages = SiteStages(site.name, runtime)
             app[SITE_STARTED].append((stages, _start_site(app, stages)))
         entries.append((site.hosts, site.default, stages))
+    if not entries:
+        _reload_single(app, settings)
     gone = sorted(set(running) - {site.name for site in settings.site_list()})
+    if entries and not running:
+        log.info("Switched to [[sites]]: requests are routed by host from now on.")
+    elif running and not entries:
+        log.info("No [[sites]] any more: every host goes to upstream %s.", settings.upstream)
     holder.router = SiteRouter(entries)
     if gone:
         log.info("Removed site(s) %s.", ", ".join(repr(name) for name in gone))
+
+
+def _reload_single(app: web.Application, settings: Settings) -> None:
+    """Without `[[sites]]`: configure the app's own stages, or start them (a new upstream,
+    or the last site removed); the stages they replace close at exit, as a site's do."""
+    holder = app[SITES]
+    single = holder.single
+    if settings.upstream is None:
+        return
+    if (
+        single is not None
+        and single.proxy is not None
+        # The runtime holds the new settings already: the options say what it started with.
+        and single.proxy.options.upstream == ProxyOptions.from_settings(settings).upstream
+    ):
+        if single.pages is not None:
+            single.pages.configure(settings)
+        single.proxy.options = ProxyOptions.from_settings(settings)
+        return
+    single = _single(app)
+    app[SITE_STARTED].append((single, _start_site(app, single)))
+    holder.single = single

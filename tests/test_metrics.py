@@ -10,8 +10,9 @@ from gateway.metrics import Metrics
 
 def _samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = generate_latest(metrics.registry).decode()
+    # An empty label is no label to Prometheus (the exposition drops the empty `site`).
     return {
-        (s.name, frozenset(s.labels.items())): s.value
+        (s.name, frozenset((k, v) for k, v in s.labels.items() if v)): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
@@ -32,4 +33,22 @@ def test_two_apps_in_one_process_count_apart() -> None:
     first, second = Metrics(), Metrics()
     first.page_tagged()
     assert _samples(first)[("capi_gateway_pages_tagged_total", frozenset())] == 1
-    assert _samples(second)[("capi_gateway_pages_tagged_total", frozenset())] == 0
+    assert _samples(second).get(("capi_gateway_pages_tagged_total", frozenset()), 0) == 0
+
+
+async def test_the_site_label_is_left_out_without_sites_and_kept_with_them() -> None:
+    from gateway.ops.prometheus import render
+
+    metrics = Metrics()
+    metrics.page_tagged()
+    metrics.sent("sent", 2, 0.1, error=None)
+    metrics.sent("sent", 1, 0.1, error=None, site="shop")
+    body, _ = await render(metrics, None, "")
+    text = body.decode()
+    assert "capi_gateway_pages_tagged_total 1.0" in text
+    assert 'capi_gateway_delivered_events_total{mode="live"} 2.0' in text
+    assert 'capi_gateway_delivered_events_total{mode="live",site="shop"} 1.0' in text
+    assert 'site=""' not in text
+    tenant, _ = await render(metrics, None, "", sites=["shop"], tenant=True)
+    assert 'capi_gateway_delivered_events_total{mode="live",site="shop"} 1.0' in tenant.decode()
+    assert 'mode="live"} 2.0' not in tenant.decode()

@@ -36,7 +36,7 @@ from gateway.admin.session import (
     verify,
 )
 from gateway.admin.tenants import tenant_keys, tenant_session
-from gateway.appkeys import OUTBOX, PAGES, RUNTIME
+from gateway.appkeys import OUTBOX, RUNTIME
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
@@ -45,7 +45,7 @@ from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
 from gateway.edge.bodies import read_whole
 from gateway.edge.pages import page_secret
-from gateway.edge.sites import SITES
+from gateway.edge.sites import proxied
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.ops.access import (
@@ -266,7 +266,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
 
 async def post_logout(request: web.Request) -> web.StreamResponse:
     """End the browser's session."""
-    checked = await _action(request, tenant=True)
+    checked = await _action(request)
     if isinstance(checked, web.Response):
         return checked
     response = _see_other(request, "/admin/login")
@@ -282,11 +282,12 @@ async def post_retry(request: web.Request) -> web.StreamResponse:
     checked = await _action(request)
     if isinstance(checked, web.Response):
         return checked
-    ids = _ids(checked, allow_all=True)
+    form, sites = checked
+    ids = _ids(form, allow_all=True)
     if isinstance(ids, web.Response):
         return ids
-    count = await request.app[OUTBOX].requeue_dead(ids)
-    log.info("Dashboard: %d dead letter(s) queued for sending again.", count)
+    count = await request.app[OUTBOX].requeue_dead(ids, sites=sites)
+    log.info("Dashboard: %d dead letter(s) queued for sending again%s.", count, _by(sites))
     return _done(request, "retried", count)
 
 
@@ -295,12 +296,13 @@ async def post_discard(request: web.Request) -> web.StreamResponse:
     checked = await _action(request)
     if isinstance(checked, web.Response):
         return checked
-    ids = _ids(checked, allow_all=False)
+    form, sites = checked
+    ids = _ids(form, allow_all=False)
     if isinstance(ids, web.Response):
         return ids
     assert ids is not None
-    count = await request.app[OUTBOX].discard_dead(ids)
-    log.info("Dashboard: %d dead letter(s) discarded.", count)
+    count = await request.app[OUTBOX].discard_dead(ids, sites=sites)
+    log.info("Dashboard: %d dead letter(s) discarded%s.", count, _by(sites))
     return _done(request, "discarded", count)
 
 
@@ -310,13 +312,14 @@ async def post_forget(request: web.Request) -> web.StreamResponse:
     checked = await _action(request)
     if isinstance(checked, web.Response):
         return checked
+    form, sites = checked
     settings = request.app[RUNTIME].settings
     try:
         person = Person.of(
-            email=checked.get("email", []),
-            phone=checked.get("phone", []),
-            external_id=checked.get("external_id", []),
-            fbp=checked.get("fbp", []),
+            email=form.get("email", []),
+            phone=form.get("phone", []),
+            external_id=form.get("external_id", []),
+            fbp=form.get("fbp", []),
             default_country=settings.default_country,
         )
     except PersonError as exc:
@@ -324,12 +327,13 @@ async def post_forget(request: web.Request) -> web.StreamResponse:
     _key(request)  # loads the outbox key into the admin state
     key = request.app[ADMIN].key
     assert key is not None
-    counts = await request.app[OUTBOX].forget(person, key)
+    counts = await request.app[OUTBOX].forget(person, key, sites=sites)
     log.info(
-        "Dashboard: forgot a person (%d event(s), %d profile(s), %d stitched visit(s)).",
+        "Dashboard: forgot a person (%d event(s), %d profile(s), %d stitched visit(s))%s.",
         counts["events"],
         counts["profiles"],
         counts["stitches"],
+        _by(sites),
     )
     return web.json_response({"forgotten": counts}, headers={"Cache-Control": "no-store"})
 
@@ -349,21 +353,19 @@ async def get_asset(request: web.Request) -> web.StreamResponse:
 
 
 async def _action(
-    request: web.Request, *, tenant: bool = False
-) -> dict[str, list[str]] | web.Response:
-    """The form of an allowed, same-origin POST carrying its CSRF token; else the refusal.
+    request: web.Request,
+) -> tuple[dict[str, list[str]], frozenset[str] | None] | web.Response:
+    """The form of an allowed, same-origin POST carrying its CSRF token, and the sites it
+    may act on (None: the global operator, every row); else the refusal.
 
-    Tenants may only sign out (`tenant`): the actions reach every site's rows.
+    A tenant (a site's own admin_token) acts on its own sites' rows only: the store
+    leaves another site's rows alone even when their ids are sent.
     """
     auth = _authenticate(request)
     if isinstance(auth, web.Response):
         return auth
     if auth is None:
         return _sign_in_first(request)
-    if auth.sites is not None and not tenant:
-        return json_error(
-            403, "forbidden", "a site's dashboard is read-only; the global operator acts"
-        )
     if auth.session is not None and not _same_origin(request):
         return json_error(403, "forbidden", "dashboard actions come from the dashboard's page")
     form = await _form(request)
@@ -375,7 +377,11 @@ async def _action(
             return json_error(
                 403, "forbidden", "missing or stale CSRF token: reload the dashboard and retry"
             )
-    return form
+    return form, auth.sites
+
+
+def _by(sites: frozenset[str] | None) -> str:
+    return "" if sites is None else f" by the tenant of {', '.join(sorted(sites))}"
 
 
 def _ids(form: dict[str, list[str]], *, allow_all: bool) -> list[int] | web.Response | None:
@@ -500,7 +506,7 @@ def _cookie_path(request: web.Request) -> str:
 
 
 def _origin(request: web.Request) -> str:
-    if PAGES in request.app or SITES in request.app:
+    if proxied(request.app):
         return visitor(request).origin
     return f"{request.scheme}://{request.host}"
 

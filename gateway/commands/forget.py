@@ -45,7 +45,7 @@ def add_forget_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--key-file", type=Path, help="file holding the outbox encryption key")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.add_argument(
-        "--site", help="only events of this [[sites]] site (profiles and stitches: all)"
+        "--site", help="only this [[sites]] site's events, profiles and stitched visits"
     )
 
 

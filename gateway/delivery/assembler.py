@@ -40,7 +40,7 @@ async def store(
     heads = sorted(first.values())
     # Hashed once here: learning below and the completion at claim both use them.
     keys: list[list[str]] = (
-        [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
+        [profiles.visitor_keys(policy, ev.clear, ev.links, ev.site) for ev in rows]
         if policy is not None
         else [[] for _ in rows]
     )

@@ -22,7 +22,7 @@ from gateway.delivery import profiles
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import match_keys
 from gateway.delivery.seal import Sealer, SealError
-from gateway.delivery.stitch import derive_lookup_key, lookup_hash
+from gateway.delivery.stitch import derive_lookup_key, kind_site, lookup_hash
 from gateway.models import row_key
 from gateway.pipeline.normalize import HASHED_FIELDS, NormalizationError, normalize_user_data
 
@@ -86,6 +86,23 @@ class Person:
         return clear.get("fbp") in self.fbps
 
 
+def add_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """The counts of several erasures (one per site) added up."""
+    out = {"events": 0, "profiles": 0, "stitches": 0}
+    for each in counts:
+        for name, value in each.items():
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def stitch_kinds(stored: Iterable[str], hashed: Mapping[str, Any], site: str | None) -> list[str]:
+    """The stitch key kinds to erase the person's identifiers under: `em` and each site's
+    `em@site` that is stored (without `site`), or `em@site` only."""
+    if site is not None:
+        return [f"{kind}@{site}" for kind in hashed]
+    return sorted({k for k in stored if k.split("@", 1)[0] in hashed} | set(hashed))
+
+
 async def forget(
     conn: aiosqlite.Connection,
     sealer: Sealer,
@@ -96,8 +113,8 @@ async def forget(
 ) -> dict[str, int]:
     """Erase `person` (run inside a write transaction); counts of what was removed.
 
-    With `site`, only that site's events are scrubbed; profiles and stitched visits carry
-    no site and are erased whichever site they came through.
+    With `site`, only that site's events, profiles (keys `site:<hash>`) and stitched
+    visits (kinds `<kind>@site`) are erased; without, every site's and the unscoped ones.
     """
     events, seen_fbps = await _scrub_events(conn, sealer, person, site)
     fbps = person.fbps | seen_fbps
@@ -106,8 +123,9 @@ async def forget(
         conn,
         key_hashes=[policy.key_hash("fbp", fbp) for fbp in fbps],
         identifiers=person.hashes,
+        site=site,
     )
-    stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps)
+    stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps, site)
     return {"events": events, "profiles": removed_profiles, "stitches": stitches}
 
 
@@ -165,10 +183,13 @@ async def _forget_stitches(
     lookup_key: bytes,
     person: Person,
     fbps: frozenset[str] | set[str],
+    site: str | None = None,
 ) -> int:
+    async with conn.execute("SELECT DISTINCT kind FROM stitches") as cur:
+        kinds = [str(row[0]) for row in await cur.fetchall()]
     total = 0
-    for kind, values in person.hashed.items():
-        for value in values:
+    for kind in stitch_kinds(kinds, person.hashed, site):
+        for value in person.hashed[kind.split("@", 1)[0]]:
             cur = await conn.execute(
                 "DELETE FROM stitches WHERE key_hash=?", (lookup_hash(lookup_key, kind, value),)
             )
@@ -176,8 +197,8 @@ async def _forget_stitches(
     if not fbps:
         return total
     # Visits kept under an order id or a lead id: only their sealed context names the fbp.
-    async with conn.execute("SELECT key_hash, sealed FROM stitches") as cur:
-        rows = list(await cur.fetchall())
+    async with conn.execute("SELECT key_hash, kind, sealed FROM stitches") as cur:
+        rows = [(h, s) for h, k, s in await cur.fetchall() if site in (None, kind_site(k))]
     doomed = []
     for key_hash, sealed in rows:
         try:

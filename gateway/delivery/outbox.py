@@ -23,7 +23,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import aiosqlite
 
 from gateway.delivery import assembler, housekeeping, profiles, reads
 from gateway.delivery import rows as rows_sql
-from gateway.delivery.forget import Person
+from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.profiles import ProfilePolicy
@@ -472,17 +472,22 @@ class Outbox:
             log.warning("Outbox near max_buffer_mb: purged %d delivered rows early.", count)
         return count
 
-    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
-        """Queue dead letters (those of `ids`, or all) for sending now; returns how many."""
-        where, values = _dead(ids)
+    async def requeue_dead(
+        self, ids: Sequence[int] | None = None, *, sites: Collection[str] | None = None
+    ) -> int:
+        """Queue dead letters (those of `ids`, or all; of `sites` only) for sending now;
+        returns how many."""
+        where, values = _dead(ids, sites)
         async with self._transaction() as conn:
             count = await housekeeping.requeue(conn, where, values)
         self.wake()
         return count
 
-    async def discard_dead(self, ids: Sequence[int]) -> int:
-        """Delete the dead letters of `ids`; returns how many."""
-        where, values = _dead(ids)
+    async def discard_dead(
+        self, ids: Sequence[int], *, sites: Collection[str] | None = None
+    ) -> int:
+        """Delete the dead letters of `ids` (of `sites` only); returns how many."""
+        where, values = _dead(ids, sites)
         async with self._transaction() as conn:
             return await housekeeping.delete_rows(conn, where, values)
 
@@ -491,10 +496,17 @@ class Outbox:
         async with self._lock:
             return await reads.match_key_coverage(self._conn, since=since)
 
-    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
-        """Erase a person from unsent events, profiles and stitched visits (see forget.py)."""
+    async def forget(
+        self, person: Person, key: bytes, *, sites: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """Erase a person from unsent events, profiles and stitched visits (see forget.py);
+        `sites`: of those sites only (a tenant's erasure)."""
         async with self._transaction() as conn:
-            return await forget_person(conn, self.sealer, key, person)
+            if sites is None:
+                return await forget_person(conn, self.sealer, key, person)
+            return add_counts(
+                [await forget_person(conn, self.sealer, key, person, site=s) for s in sites]
+            )
 
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""
@@ -507,12 +519,17 @@ class Outbox:
         return int(row[0]) if row else 0
 
 
-def _dead(ids: Sequence[int] | None) -> tuple[str, list[int]]:
-    """The WHERE clause selecting dead letters, all of them or those of `ids`."""
-    if ids is None:
-        return " WHERE state='dead'", []
-    values = [int(i) for i in ids]
-    return f" WHERE state='dead' AND id IN ({','.join('?' * len(values))})", values
+def _dead(ids: Sequence[int] | None, sites: Collection[str] | None = None) -> tuple[str, list[Any]]:
+    """The WHERE clause selecting dead letters, all of them or those of `ids` (of `sites`)."""
+    where, values = " WHERE state='dead'", []
+    if ids is not None:
+        chosen: list[Any] = [int(i) for i in ids]
+        where += f" AND id IN ({','.join('?' * len(chosen))})"
+        values += chosen
+    if sites is not None:
+        where += f" AND site IN ({','.join('?' * len(sites))})"
+        values += sorted(sites)
+    return where, values
 
 
 def _pid_gone(pid: int) -> bool:

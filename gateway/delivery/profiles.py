@@ -62,14 +62,30 @@ LINK = "~"
 
 
 def visitor_keys(
-    policy: ProfilePolicy, clear: Mapping[str, Any], links: Iterable[tuple[str, str]] = ()
+    policy: ProfilePolicy,
+    clear: Mapping[str, Any],
+    links: Iterable[tuple[str, str]] = (),
+    site: str | None = None,
 ) -> list[str]:
     """The profile keys of an event: its `fbp`, hashed, then its stitch keys
-    (`NewEvent.links`: an order id, a hashed email), hashed and marked with `LINK`."""
+    (`NewEvent.links`: an order id, a hashed email), hashed and marked with `LINK`.
+
+    With `site` every key is that site's (`site_key`): one site's events never complete
+    from, or feed, another site's profiles, even under the same fbp or order id.
+    """
     fbp = clear.get("fbp")
-    keys = [policy.key_hash("fbp", fbp)] if isinstance(fbp, str) and fbp else []
-    keys += [LINK + policy.key_hash(f"stitch.{name}", value) for name, value in links if value]
+    keys = [site_key(site, policy.key_hash("fbp", fbp))] if isinstance(fbp, str) and fbp else []
+    keys += [
+        LINK + site_key(site, policy.key_hash(f"stitch.{name}", value))
+        for name, value in links
+        if value
+    ]
     return keys
+
+
+def site_key(site: str | None, key_hash: str) -> str:
+    """A profile (or link) key of one `[[sites]]` site: `alpha:<hash>`; as is without."""
+    return key_hash if site is None else f"{site}:{key_hash}"
 
 
 def join_keys(keys: Iterable[str]) -> str | None:
@@ -223,18 +239,33 @@ async def purge(conn: aiosqlite.Connection, *, max_profiles: int, now: float | N
 
 
 async def forget(
-    conn: aiosqlite.Connection, *, key_hashes: Iterable[str], identifiers: Iterable[str]
+    conn: aiosqlite.Connection,
+    *,
+    key_hashes: Iterable[str],
+    identifiers: Iterable[str],
+    site: str | None = None,
 ) -> int:
-    """Delete the profiles under `key_hashes` and those holding any of the hashed
-    `identifiers` (64-hex SHA-256 values); returns how many."""
+    """Delete the profiles under `key_hashes` (unscoped hashes, see `site_key`) and those
+    holding any of the hashed `identifiers` (64-hex SHA-256 values); returns how many.
+
+    With `site`, that site's profiles only; without, every site's and the unscoped ones.
+    """
     total = 0
     for key_hash in set(key_hashes):
-        cur = await conn.execute("DELETE FROM profiles WHERE key_hash=?", (key_hash,))
+        if site is not None:
+            sql, args = "DELETE FROM profiles WHERE key_hash=?", [site_key(site, key_hash)]
+        else:
+            # Any site's profile under that hash: `<site>:<hash>` ends with ":<hash>".
+            sql = "DELETE FROM profiles WHERE key_hash=? OR key_hash LIKE ?"
+            args = [key_hash, f"%:{key_hash}"]
+        cur = await conn.execute(sql, args)
         total += int(cur.rowcount)
+    mine = "" if site is None else " AND substr(key_hash, 1, ?) = ?"
+    scope = [] if site is None else [len(site) + 1, f"{site}:"]
     for value in set(identifiers):
         # A quoted 64-hex value only ever appears in `ids` as a whole identifier.
         cur = await conn.execute(
-            "DELETE FROM profiles WHERE instr(ids, ?) > 0", (json.dumps(value),)
+            f"DELETE FROM profiles WHERE instr(ids, ?) > 0{mine}", [json.dumps(value), *scope]
         )
         total += int(cur.rowcount)
     await conn.executemany(

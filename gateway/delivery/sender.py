@@ -94,6 +94,9 @@ class Sender:
         self.policy = policy
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pixels = {p.id: p for p in pixels}
+        # Pixel -> its [[sites]] site, for the `site` label of the send series (set by the
+        # app from the config, like `pixels`; empty without sites).
+        self.pixel_sites: dict[str, str] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._slots = asyncio.Semaphore(options.concurrency)
         # Batches in flight per pixel: a pixel at its share of the slots is left out of the
@@ -370,7 +373,9 @@ class Sender:
             )
         fresh = [r for r in items if r.event_time >= limit]
         if fresh:
-            self.metrics.profile_identifiers(sum(len(r.profile_added) for r in fresh))
+            self.metrics.profile_identifiers(
+                sum(len(r.profile_added) for r in fresh), site=self.pixel_sites.get(pixel_id)
+            )
             await self._send(pixel, fresh, open_ids)
 
     async def _send(self, pixel: PixelSettings, items: list[Claimed], open_ids: set[int]) -> None:
@@ -378,7 +383,7 @@ class Sender:
         if self.options.dry_run:
             await self.outbox.mark_sent(ids, self.owner, fbtrace_id=None, dry=True)
             open_ids.difference_update(ids)
-            self.metrics.recorded_dry(len(ids))
+            self.metrics.recorded_dry(len(ids), site=self.pixel_sites.get(pixel.id))
             log.info("Dry run: recorded %d event(s) for pixel %s.", len(ids), pixel.id)
             return
         bucket = self._buckets.get(pixel.id)
@@ -388,7 +393,9 @@ class Sender:
         waits, started = bucket.waits, time.monotonic()
         await bucket.take()
         if bucket.waits != waits:
-            self.metrics.rate_limited(time.monotonic() - started)
+            self.metrics.rate_limited(
+                time.monotonic() - started, site=self.pixel_sites.get(pixel.id)
+            )
         started = time.monotonic()
         result = await self.graph.send(
             pixel.id,
@@ -398,7 +405,11 @@ class Sender:
             app_secret=pixel.app_secret,
         )
         self.metrics.sent(
-            result.outcome.value, len(items), time.monotonic() - started, error=result.error_label()
+            result.outcome.value,
+            len(items),
+            time.monotonic() - started,
+            error=result.error_label(),
+            site=self.pixel_sites.get(pixel.id),
         )
         await self._record(pixel, items, result, open_ids)
 

@@ -72,6 +72,18 @@ class VisitorContext:
     seen_at: float
 
 
+def site_kind(kind: str, site: str | None) -> str:
+    """A stitch key kind as one `[[sites]]` site keeps it: `order_id@alpha` (as is without
+    sites). Site B's webhook never finds the visit site A kept under the same order id,
+    and `forget --site` tells each site's rows by their `kind`."""
+    return kind if site is None else f"{kind}@{site}"
+
+
+def kind_site(kind: str) -> str | None:
+    """The site a stored `kind` belongs to (None: kept without sites)."""
+    return kind.rsplit("@", 1)[1] if "@" in kind else None
+
+
 def derive_lookup_key(key: bytes) -> bytes:
     """The HMAC key for key hashes, derived from the outbox key (never used for both jobs)."""
     return hmac.new(key, _LOOKUP_LABEL, hashlib.sha256).digest()

@@ -11,7 +11,7 @@ Exceptions callers see from any backend: `OutboxFull` (over `max_buffer_mb`), `O
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -138,17 +138,23 @@ class OutboxStore(Protocol):
     async def purge_sent_oldest(self, *, fraction: float) -> int:
         """Delete the oldest share of delivered rows to make room."""
 
-    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
-        """Queue dead letters (those of `ids`, or all) for sending now."""
+    async def requeue_dead(
+        self, ids: Sequence[int] | None = None, *, sites: Collection[str] | None = None
+    ) -> int:
+        """Queue dead letters (those of `ids`, or all; of `sites` only) for sending now."""
 
-    async def discard_dead(self, ids: Sequence[int]) -> int:
-        """Delete the dead letters of `ids`."""
+    async def discard_dead(
+        self, ids: Sequence[int], *, sites: Collection[str] | None = None
+    ) -> int:
+        """Delete the dead letters of `ids` (of `sites` only)."""
 
     async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
         """Match keys as received and as sent, per event name."""
 
-    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
-        """Erase a person from unsent events, profiles and stitched visits."""
+    async def forget(
+        self, person: Person, key: bytes, *, sites: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """Erase a person from unsent events, profiles and stitched visits (of `sites`)."""
 
     async def stats(self) -> dict[str, Any]:
         """Counts per state and per event name, oldest pending age, blocked pixels."""

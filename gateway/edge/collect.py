@@ -102,7 +102,7 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
     metrics = request.app[METRICS]
     if not consent.track or who.bot:
         reason = "bot" if consent.track else "consent"
-        metrics.dropped(reason, source="collect", count=len(events))
+        metrics.dropped(reason, source="collect", count=len(events), site=who.site)
         return web.Response(status=204)
     page_url = _page_url(beacon.get("url"), origin, request.headers.get("Referer"))
     context = {
@@ -123,7 +123,7 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
             if event is not None and problem is None:
                 fired[event["event_id"]] = event.pop("rule")
         if problem:
-            metrics.rejected("collect", events)
+            metrics.rejected("collect", events, site=who.site)
             return json_error(400, "invalid beacon", [{"index": index, **problem}])
         if event is not None:
             built.append(_server_event(event, context))
@@ -131,7 +131,7 @@ async def post_collect(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204)
     result = prepare(built, pages.collect_context, now=now)
     if isinstance(result, list):
-        metrics.rejected("collect", built)
+        metrics.rejected("collect", built, site=who.site)
         return json_error(400, "invalid beacon", [p.as_dict() for p in result])
     if fired:
         result.rows[:] = [

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES, Runtime
 from gateway.edge.intake import Refused
-from gateway.edge.sites import SITES
+from gateway.edge.sites import SITES, sites_on
 from gateway.edge.stitching import StitchLookupFailed, stitch_events
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
@@ -83,7 +83,7 @@ def _foreign_pixel(data: list[Any], runtime: Runtime) -> web.Response | None:
 
 async def post_events(request: web.Request) -> web.StreamResponse:
     """Validate a batch, store it durably, answer 202 with the event ids."""
-    if SITES in request.app:
+    if sites_on(request.app):
         found = _site_of_key(request)
         if isinstance(found, web.Response):
             return found
@@ -119,7 +119,7 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         return json_error(
             400, "too many events", f"{len(data)} events; send at most {MAX_EVENTS} per request"
         )
-    if SITES in request.app:
+    if sites_on(request.app):
         foreign = _foreign_pixel(data, runtime)
         if foreign is not None:
             return foreign
@@ -130,15 +130,17 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     links: dict[int, tuple[tuple[str, str], ...]] = {}
     if any(isinstance(e, dict) and "stitch_key" in e for e in data):
         try:
-            problems = await stitch_events(data, request.app[STITCHES], runtime.rules, links)
+            problems = await stitch_events(
+                data, request.app[STITCHES], runtime.rules, links, runtime.context.site
+            )
         except StitchLookupFailed as exc:
             return request.app[INTAKE].fault(exc, "Stitching /events").response()
         if problems:
-            metrics.rejected("api", data)
+            metrics.rejected("api", data, site=runtime.context.site)
             return _invalid(problems)
     result = prepare(data, runtime.context, test_event_code=code)
     if isinstance(result, list):
-        metrics.rejected("api", data)
+        metrics.rejected("api", data, site=runtime.context.site)
         return _invalid(result)
     rows = _linked(result.rows, result.event_ids, links) if links else result.rows
     stored = await request.app[INTAKE].store(rows)

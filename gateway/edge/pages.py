@@ -77,18 +77,20 @@ class PageCounters:
     store_failed: int = 0
     # The same decisions as Prometheus metrics, which add up every worker's.
     metrics: Metrics = field(default_factory=Metrics)
+    # The [[sites]] site these pages belong to: the `site` label of their series.
+    site: str | None = None
 
     def skip(self, reason: str) -> None:
         """Count a page left as the upstream sent it."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        self.metrics.page_skipped(reason)
+        self.metrics.page_skipped(reason, site=self.site)
         if reason == "bot":
-            self.metrics.dropped("bot")
+            self.metrics.dropped("bot", site=self.site)
 
     def tagged(self) -> None:
         """Count a page that got the tag."""
         self.injected += 1
-        self.metrics.page_tagged()
+        self.metrics.page_tagged(site=self.site)
 
     def saved(self) -> None:
         """Count a PageView the store took (the intake counts its rows)."""
@@ -108,7 +110,7 @@ class PageViews:
         self.site = site
         self.intake = intake
         self.secret = secret
-        self.counters = PageCounters(metrics=intake.metrics)
+        self.counters = PageCounters(metrics=intake.metrics, site=site)
         # The page's click/submit rules as JSON for px.js (set when rule files are loaded).
         self.triggers: Callable[[web.Request], str | None] | None = None
         self.configure(settings)
@@ -185,9 +187,9 @@ class PageViews:
             if not who.prefetch:
                 rows = self._pageview(request, who, event_id, fbp, fbc)
             else:
-                self.counters.metrics.dropped("prefetch")
+                self.counters.metrics.dropped("prefetch", site=self.site)
         else:
-            self.counters.metrics.dropped("consent")
+            self.counters.metrics.dropped("consent", site=self.site)
             # Tagged, but no cookies and no PageView: say why as for an untagged page.
             self._skipped(headers, "consent")
         return PagePlan(

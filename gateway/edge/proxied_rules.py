@@ -302,10 +302,13 @@ class ProxiedRules:
                     ),
                     event_name=rule.event_name,
                 )
-                self._spawn(keep(self.stitches, stitch_keys, visit, rule.stitch_ttl), "stitch")
+                self._spawn(
+                    keep(self.stitches, stitch_keys, visit, rule.stitch_ttl, self.pages.site),
+                    "stitch",
+                )
             if isinstance(result, list):
                 self.counters.bump(self.counters.rejected, rule.name)
-                self.metrics.event("rule", rule.event_name, "rejected")
+                self.metrics.event("rule", rule.event_name, "rejected", site=self.pages.site)
                 problem = result[0]
                 # A user_data message quotes the value (the phone number): not for the log.
                 log.warning(
@@ -341,7 +344,7 @@ class ProxiedRules:
     def _dropped(self, rules: Sequence[tuple[Rule, dict[str, str]]], reason: str) -> None:
         for rule, _ in rules:
             self.counters.bump(self.counters.skipped, f"{rule.name}:{reason}")
-        self.metrics.dropped(reason, source="rule", count=len(rules))
+        self.metrics.dropped(reason, source="rule", count=len(rules), site=self.pages.site)
 
     def _store(self, rows: list[NewEvent]) -> None:
         self.intake.later(self._add(rows), "rule-events")

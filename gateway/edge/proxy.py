@@ -195,7 +195,7 @@ class Proxy:
                 "Upstream unreachable for %s %s: %s", request.method, request.path, _reason(exc)
             )
             return _error(request, 502, "Bad Gateway", "the site could not be reached")
-        self.metrics.upstream_latency(time.monotonic() - started)
+        self.metrics.upstream_latency(time.monotonic() - started, site=self.pages.site)
         self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
         try:
             return await self._respond(request, upstream, run)

@@ -2,8 +2,9 @@
 
 With `[[sites]]`, every site has its own runtime (settings, pixels, rules, consent), page
 tagging, proxied rules and proxy (its own upstream pool); the intake, the store and the
-sender stay shared. Without `[[sites]]` none of this is installed and the app's own stages
-serve every host, exactly as before.
+sender stay shared. Without `[[sites]]` the router is empty and the app's own stages (the
+holder's `single`) serve every host, exactly as before; a reload (SIGHUP) may fill or empty
+the router, so every request asks `sites_on` rather than the config it started with.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.appkeys import PAGES, RUNTIME, Runtime
+from gateway.appkeys import RUNTIME, Runtime
 from gateway.edge.pages import PageViews
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy
@@ -77,23 +78,49 @@ class SiteRouter:
 
 
 class SiteHolder:
-    """The router in force; a reload swaps it whole, requests read it once each."""
+    """The router in force; a reload swaps it whole, requests read it once each.
+
+    `single`: the stages that serve every host while the router is empty (no `[[sites]]`,
+    an `upstream` at the top level); None before they are started, or without upstream.
+    """
 
     def __init__(self, router: SiteRouter) -> None:
         self.router = router
+        self.single: SiteStages | None = None
 
     def lookup(self, host: str) -> tuple[str, VisitorRules] | None:
         """Delegate to the router in force (see `SiteRouter.lookup`)."""
-        return self.router.lookup(host)
+        router = self.router
+        return router.lookup(host) if router.by_name else None
 
 
 SITES = web.AppKey("sites", SiteHolder)
 
 
+def sites_on(app: web.Application) -> bool:
+    """True while `[[sites]]` are configured (the router has sites), False without."""
+    holder = app.get(SITES)
+    return holder is not None and bool(holder.router.by_name)
+
+
+def single_stages(app: web.Application) -> SiteStages | None:
+    """Without `[[sites]]`: the app's own proxy stages (None when nothing is proxied)."""
+    holder = app.get(SITES)
+    if holder is None or holder.router.by_name:
+        return None
+    single = holder.single
+    return single if single is not None and single.proxy is not None else None
+
+
+def proxied(app: web.Application) -> bool:
+    """True when the gateway proxies a site now (one upstream, or `[[sites]]`)."""
+    return sites_on(app) or single_stages(app) is not None
+
+
 def site_stages(request: web.Request) -> SiteStages | None:
     """The site the request's host belongs to (None: no `[[sites]]`, or no site claims it)."""
     holder = request.app.get(SITES)
-    if holder is None:
+    if holder is None or not holder.router.by_name:
         return None
     name = visitor(request).site
     return None if name is None else holder.router.by_name.get(name)
@@ -107,8 +134,9 @@ def runtime_for(request: web.Request) -> Runtime:
 
 def pages_for(request: web.Request) -> PageViews | None:
     """The page tagging stage of the request's site (the app's own without sites)."""
-    if SITES not in request.app:
-        return request.app.get(PAGES)
+    if not sites_on(request.app):
+        single = single_stages(request.app)
+        return None if single is None else single.pages
     found = site_stages(request)
     return None if found is None else found.pages
 

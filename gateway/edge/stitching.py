@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.delivery.stitch import VisitorContext
+from gateway.delivery.stitch import VisitorContext, site_kind
 from gateway.delivery.store import StitchStore
 from gateway.edge.identity import Consent
 from gateway.pipeline.events import Problem
@@ -33,9 +33,15 @@ class StitchLookupFailed(Exception):
     """The stitch store could not be read (closed or failing): a storage fault, not a miss."""
 
 
-async def _find(stitches: StitchStore, keys: Mapping[str, str]) -> VisitorContext | None:
+def _scoped(keys: Mapping[str, str], site: str | None) -> dict[str, str]:
+    return {site_kind(kind, site): value for kind, value in keys.items()}
+
+
+async def _find(
+    stitches: StitchStore, keys: Mapping[str, str], site: str | None
+) -> VisitorContext | None:
     try:
-        return await stitches.find(keys)
+        return await stitches.find(_scoped(keys, site))
     except Exception as exc:
         # Guessing "no visit" would send a worse event for good; the caller retries instead.
         raise StitchLookupFailed(str(exc) or type(exc).__name__) from exc
@@ -64,11 +70,16 @@ def visit_context(
 
 
 async def keep(
-    stitches: StitchStore, keys: dict[str, str], visit: VisitorContext, ttl: float
+    stitches: StitchStore,
+    keys: dict[str, str],
+    visit: VisitorContext,
+    ttl: float,
+    site: str | None = None,
 ) -> None:
-    """Keep `visit` under `keys` for `ttl` seconds; a failure is logged, never raised."""
+    """Keep `visit` under `keys` (of `site`) for `ttl` seconds; a failure is logged, never
+    raised."""
     try:
-        await stitches.put(keys, visit, ttl=ttl)
+        await stitches.put(_scoped(keys, site), visit, ttl=ttl)
     except Exception as exc:
         # Losing a stitch costs match quality later, never the page or the event.
         log.error("Visitor context not kept for a later webhook: %r", exc)
@@ -103,7 +114,7 @@ def merge_context(
 
 
 async def stitch_hook_event(
-    mapping: Webhook, event: dict[str, Any], stitches: StitchStore
+    mapping: Webhook, event: dict[str, Any], stitches: StitchStore, site: str | None = None
 ) -> tuple[dict[str, Any], bool]:
     """A webhook mapping's event completed with its visit, if one was kept; (event, found).
 
@@ -112,7 +123,7 @@ async def stitch_hook_event(
     stitched = False
     keys = mapping.stitch_keys(event)
     if keys:
-        ctx = await _find(stitches, keys)
+        ctx = await _find(stitches, keys, site)
         if ctx is not None:
             event = merge_context(event, ctx)
             if mapping.use_stitched_event_id and ctx.event_id:
@@ -129,6 +140,7 @@ async def stitch_events(
     stitches: StitchStore,
     rules: RuleSet,
     links: dict[int, tuple[tuple[str, str], ...]] | None = None,
+    site: str | None = None,
 ) -> list[Problem]:
     """`/events`: merge stored visitor context into events carrying `stitch_key`.
 
@@ -164,7 +176,7 @@ async def stitch_events(
         values = stitch_values(list(keys), dict(keys))
         if links is not None:
             links[index] = tuple(sorted(values.items()))
-        ctx = await _find(stitches, values)
+        ctx = await _find(stitches, values, site)
         if ctx is not None:
             data[index] = merge_context(event, ctx, reuse_event_id=True)
     return problems

@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.appkeys import INTAKE, METRICS, STITCHES
 from gateway.delivery.store import StitchStore
 from gateway.edge.intake import Refused
-from gateway.edge.sites import SITES, runtime_for, site_stages
+from gateway.edge.sites import runtime_for, site_stages, sites_on
 from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
@@ -36,7 +36,7 @@ log = logging.getLogger("gateway.webhooks")
 
 async def post_hook(request: web.Request) -> web.StreamResponse:
     """Verify, map and store one webhook delivery."""
-    if SITES in request.app and site_stages(request) is None:
+    if sites_on(request.app) and site_stages(request) is None:
         # Webhooks are per site: the host says whose rule files (and secrets) apply.
         return json_error(
             421, "misdirected request", f"no site answers for host {visitor(request).host!r}"
@@ -49,14 +49,15 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
             404, "unknown hook", f"no [[webhook]] in the rule files uses hook {name!r}"
         )
     metrics = request.app[METRICS]
+    site = runtime.context.site
     limit = runtime.settings.webhook_max_bytes
     body = await _read_bounded(request, limit)
     if body is None:
-        metrics.webhook(name, "too_large")
+        metrics.webhook(name, "too_large", site=site)
         return json_error(413, "payload too large", f"at most {limit} bytes (webhook_max_bytes)")
     verifier = mappings[0].verifier
     if verifier.missing:
-        metrics.webhook(name, "unconfigured")
+        metrics.webhook(name, "unconfigured", site=site)
         return json_error(
             503,
             "hook not configured",
@@ -67,12 +68,12 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
     try:
         _verify(verifier, request, body)
     except SignatureError as exc:
-        metrics.webhook(name, "unauthorized")
+        metrics.webhook(name, "unauthorized", site=site)
         log.warning("Webhook %r refused: %s.", name, exc)
         return json_error(401, "invalid signature", str(exc))
     payload, form = _parse(body, request.headers.get("Content-Type", ""))
     if payload is None and not form:
-        metrics.webhook(name, "invalid")
+        metrics.webhook(name, "invalid", site=site)
         return json_error(400, "invalid payload", "send a JSON object or a form")
     facts = Facts(
         json=payload,
@@ -90,9 +91,9 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
         if not mapping.applies(subject):
             continue
         try:
-            built = await _event(mapping, facts, subject, stitches)
+            built = await _event(mapping, facts, subject, stitches, site)
         except StitchLookupFailed as exc:
-            metrics.webhook(name, "busy")
+            metrics.webhook(name, "busy", site=site)
             return request.app[INTAKE].fault(exc, f"Stitching webhook {name!r}").response()
         if built is None:
             report.append({"webhook": mapping.name, "skipped": "a required value is missing"})
@@ -122,10 +123,10 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
     if rows:
         stored = await request.app[INTAKE].store(rows)
         if isinstance(stored, Refused):
-            metrics.webhook(name, "busy")
+            metrics.webhook(name, "busy", site=site)
             # A 503 makes the provider retry later, which is what we want.
             return stored.response()
-        metrics.webhook(name, "mapped")
+        metrics.webhook(name, "mapped", site=site)
         for item in report:
             if "event_id" in item:
                 item["outcome"] = stored.outcome_of(item["event_id"])
@@ -133,9 +134,9 @@ async def post_hook(request: web.Request) -> web.StreamResponse:
                 item["duplicate"] = item["outcome"] != "new"
     elif report:
         # Acknowledged all the same: a retry of the same payload would fail the same way.
-        metrics.webhook(name, "rejected")
+        metrics.webhook(name, "rejected", site=site)
     else:
-        metrics.webhook(name, "unmatched")
+        metrics.webhook(name, "unmatched", site=site)
         log.info("Webhook %r: the payload matches no mapping; acknowledged.", name)
     return web.json_response({"received": True, "events": report})
 
@@ -156,12 +157,12 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
 
 
 async def _event(
-    mapping: Webhook, facts: Facts, payload: Any, stitches: StitchStore
+    mapping: Webhook, facts: Facts, payload: Any, stitches: StitchStore, site: str | None
 ) -> tuple[dict[str, Any], bool] | None:
     event = mapping.draft(facts, payload)
     if event is None:
         return None
-    return await stitch_hook_event(mapping, event, stitches)
+    return await stitch_hook_event(mapping, event, stitches, site)
 
 
 def _webhook_context(context: Context) -> Context:

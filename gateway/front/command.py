@@ -18,11 +18,14 @@ from gateway.front.render import (
     FrontError,
     caddy,
     caddy_rule_matchers,
+    caddy_sites,
     ng_quote,
     nginx,
     nginx_rule_regex,
+    nginx_sites,
 )
 from gateway.front.routes import page_rules, prefix_pattern, rule_routes
+from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings, split_host_port
 
@@ -50,12 +53,19 @@ def add_parser(sub: Any) -> None:
         "Caddy: the site address (default :80, e.g. shop.example)",
     )
     cmd.add_argument("--server-name", default="_", help="nginx server_name (default _)")
+    cmd.add_argument(
+        "--site",
+        help="with [[sites]]: a config for this site only (its hosts, upstream and rules); "
+        "without it, one server block per site",
+    )
 
 
 def run_front_config(args: argparse.Namespace) -> int:
     """Print the config; 2 with a message when an address cannot be used."""
     flags = {"rules": args.rules, "prefix": args.prefix, "upstream": args.upstream}
     settings = load_settings(Sources(config_file=args.config, flags=flags))
+    if settings.site_list() or args.site is not None:
+        return _print_sites(settings, args)
     try:
         front = build_front(
             settings,
@@ -69,12 +79,52 @@ def run_front_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_sites(settings: Settings, args: argparse.Namespace) -> int:
+    sites = settings.site_list()
+    if args.site is not None:
+        names = [site.name for site in sites]
+        if args.site not in names:
+            raise ConfigError(
+                f"--site: no site named {args.site!r} in the configuration"
+                + (f" (sites: {', '.join(names)})" if names else " (it has no [[sites]])")
+            )
+        sites = tuple(site for site in sites if site.name == args.site)
+    listen = args.listen or _DEFAULT_LISTEN[args.flavor]
+    try:
+        fronts = [
+            build_front(
+                site.settings,
+                gateway=args.gateway or _listen_url(settings.listen),
+                listen=listen,
+                server_name=" ".join(site.hosts) or "_",
+                name=site.name,
+                default=site.default,
+            )
+            for site in sites
+        ]
+        if args.flavor == "nginx":
+            text = nginx_sites(fronts, standalone=args.site is not None)
+        else:
+            text = caddy_sites(fronts)
+    except FrontError as exc:
+        raise ConfigError(str(exc)) from None
+    print(text, end="")
+    return 0
+
+
 def build_front(
-    settings: Settings, *, gateway: str | None, listen: str, server_name: str = "_"
+    settings: Settings,
+    *,
+    gateway: str | None,
+    listen: str,
+    server_name: str = "_",
+    name: str | None = None,
+    default: bool = False,
 ) -> Front:
     """What a config is generated from: the settings' rules, prefix, upstream and listen."""
     if settings.upstream is None:
-        raise FrontError("upstream: no site to send assets to; pass --upstream URL or set upstream")
+        where = f"sites.{name}.upstream" if name else "upstream"
+        raise FrontError(f"{where}: no site to send assets to; pass --upstream URL or set upstream")
     rules = load_rules(settings.rules) if settings.rules is not None else RuleSet()
     origin = (
         f"{len(rules.rules)} rule(s) in {settings.rules}"
@@ -91,6 +141,8 @@ def build_front(
         preserve_host=settings.preserve_host,
         origin=origin,
         page_rules=tuple(f"rule {r.name!r} ({r.file})" for r in page_rules(rules)),
+        name=name,
+        default=default,
     )
 
 
@@ -105,17 +157,26 @@ def _listen_url(listen: str) -> str:
     return f"http://{host}:{port}"
 
 
-def coverage_warnings(text: str, rules: RuleSet | None, prefix: str) -> list[str]:
-    """What a generated config (nginx or Caddy) misses of the loaded rules and the prefix."""
+def coverage_warnings(
+    text: str, rules: RuleSet | None, prefix: str, site: str | None = None
+) -> list[str]:
+    """What a generated config (nginx or Caddy) misses of the loaded rules and the prefix.
+
+    `site`: only that site's part of a `[[sites]]` config counts (another site's server
+    block sending a path through the gateway does nothing for this site's requests).
+    """
     flavor = "caddy" if "reverse_proxy" in text else "nginx"
+    if site is not None:
+        text = _site_section(text, site)
     lines = {line.strip() for line in text.splitlines()}
     out: list[str] = []
+    of = f" of site {site!r}" if site is not None else ""
     if flavor == "nginx":
         prefix_line = ng_quote("^[^ ]+ [^ ]* " + prefix_pattern(prefix)[1:]) + " 1;"
     else:
         prefix_line = f'not path_regexp "{prefix_pattern(prefix)}"'
     if prefix_line not in lines:
-        out.append(f"the front config does not send {prefix} to the gateway (px.js, /collect)")
+        out.append(f"the front config{of} does not send {prefix} to the gateway (px.js, /collect)")
     blocks = _caddy_blocks(text) if flavor == "caddy" else []
     for route in rule_routes(rules) if rules is not None else []:
         if flavor == "nginx":
@@ -124,10 +185,21 @@ def coverage_warnings(text: str, rules: RuleSet | None, prefix: str) -> list[str
             covered = caddy_rule_matchers(route) in blocks
         if not covered:
             out.append(
-                f"{route.label} is not covered by the front config: its requests would "
+                f"{route.label} is not covered by the front config{of}: its requests would "
                 f"bypass the gateway; regenerate it with `capi-gateway front-config {flavor}`"
             )
     return out
+
+
+def _site_section(text: str, site: str) -> str:
+    """The lines between `# site: S` and `# end of site: S` (empty when there are none)."""
+    lines = text.splitlines()
+    try:
+        start = lines.index(f"# site: {site}")
+        end = lines.index(f"# end of site: {site}", start)
+    except ValueError:
+        return ""
+    return "\n".join(lines[start:end])
 
 
 def _caddy_blocks(text: str) -> list[list[str]]:
@@ -151,4 +223,21 @@ def check_front_config(path: Path, rules: RuleSet | None, settings: Settings) ->
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--front-config: cannot read {path} ({exc})") from None
-    return coverage_warnings(text, rules, settings.prefix)
+    sites = settings.site_list()
+    if not sites:
+        return coverage_warnings(text, rules, settings.prefix)
+    out: list[str] = []
+    for site in sites:
+        if f"# site: {site.name}" not in text.splitlines():
+            out.append(
+                f"site {site.name!r} has no server block in {path}; generate one with "
+                "`capi-gateway front-config nginx|caddy` (all sites) or `--site "
+                f"{site.name}`"
+            )
+            continue
+        try:
+            own = load_rules(site.settings.rules) if site.settings.rules is not None else None
+        except RuleError:
+            continue  # `check` reports the broken rule file itself
+        out += coverage_warnings(text, own, site.settings.prefix, site=site.name)
+    return out

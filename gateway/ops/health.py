@@ -5,7 +5,8 @@ written, and the buffer is within `max_buffer_mb` (over it, a check gives the ro
 delivered rows back first, as the outbox does before refusing an event, so a gateway
 taken out of rotation (and sent no events) still recovers); in front of a site, also that
 the site is reachable and most recent proxied requests did not fail
-(gateway.edge.upstream_health). Not ready answers 503, so a
+(gateway.edge.upstream_health); with `[[sites]]`, that at least one site's is (each site's
+upstream is reported under `checks.upstream.sites`). Not ready answers 503, so a
 load balancer sends traffic elsewhere; `?live` asks for liveness only (200 while the
 process serves), for probes that restart a process, which would not help a full disk.
 In front of a site, point the load balancer at `?live`: tracking must not take the
@@ -25,9 +26,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, OUTBOX, PROXY, RUNTIME, STARTED_AT
+from gateway.appkeys import BUFFER_READER, OUTBOX, RUNTIME, STARTED_AT
 from gateway.delivery.postgres.pool import DatabaseUnavailable
 from gateway.delivery.store import OutboxStore, StoreReader
+from gateway.edge.sites import SITES, single_stages, sites_on
 
 # SQLite needs room for the WAL to commit at all; below this the disk counts as full.
 _MIN_FREE_BYTES = 1024 * 1024
@@ -52,14 +54,36 @@ async def get_health(request: web.Request) -> web.StreamResponse:
     # A PostgreSQL store has no file here to check: its reads below tell whether it answers.
     buffer = None if settings.store_url else settings.buffer
     checks = await readiness(request.app.get(BUFFER_READER), request.app.get(OUTBOX), buffer)
-    if PROXY in request.app:
+    single = single_stages(request.app)
+    if single is not None and single.proxy is not None:
         # Visitors get 502s while the site is down: not ready, though still alive.
-        checks["upstream"] = await request.app[PROXY].health.report()
+        checks["upstream"] = await single.proxy.health.report()
+    elif sites_on(request.app):
+        checks["upstream"] = await sites_upstream(request.app)
     ready = all(check["ok"] for check in checks.values())
     body.update(ready=ready, checks=checks)
     if not ready:
         body["status"] = "not ready"
     return web.json_response(body, status=200 if ready else 503, headers=headers)
+
+
+async def sites_upstream(app: web.Application) -> dict[str, Any]:
+    """With `[[sites]]`: each site's upstream health and the readiness they add up to.
+
+    Not ready only when every site's upstream fails: a load balancer that takes the
+    gateway out of rotation takes all sites with it, so one tenant's broken site must not
+    (its own failure shows under `sites`, in /status and in its site's metrics).
+    """
+    stages = [s for s in app[SITES].router.by_name.values() if s.proxy is not None]
+    reports = await asyncio.gather(*(s.proxy.health.report() for s in stages if s.proxy))
+    sites = {s.name: report for s, report in zip(stages, reports, strict=True)}
+    down = sorted(name for name, report in sites.items() if not report["ok"])
+    out: dict[str, Any] = {"ok": len(down) < len(sites) or not sites, "sites": sites}
+    if down:
+        out["detail"] = f"the upstream of site(s) {', '.join(repr(n) for n in down)} fails" + (
+            "" if out["ok"] else ": every site is down"
+        )
+    return out
 
 
 async def readiness(

@@ -26,7 +26,7 @@ from gateway import __version__
 from gateway.appkeys import BUFFER_READER, METRICS, RUNTIME
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.store import StoreReader
-from gateway.metrics import MULTIPROC_ENV, Metrics
+from gateway.metrics import MULTIPROC_ENV, SITE, Metrics
 from gateway.ops.access import operator_scope
 from gateway.settings import Settings
 
@@ -141,8 +141,34 @@ class _SiteCollector:
         yield depth
 
 
+class _Unsited:
+    """The process-wide series with an empty `site` label left out of the labels.
+
+    Every per-event series carries `site`; without [[sites]] (and for work no site owns,
+    such as an events API key of the top level) its value is "", which Prometheus reads
+    as no label at all: dropping it keeps a one-site scrape exactly as it was.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            if any(s.labels.get(SITE) == "" for s in metric.samples):
+                metric.samples = [
+                    s._replace(labels={k: v for k, v in s.labels.items() if k != SITE})
+                    if s.labels.get(SITE) == ""
+                    else s
+                    for s in metric.samples
+                ]
+            yield metric
+
+
 class _TenantSeries:
-    """The `site`-labelled counters of `sites` only, out of the process-wide registry."""
+    """The `site`-labelled series of `sites` only, out of the process-wide registry."""
 
     def __init__(self, registry: CollectorRegistry, sites: Sequence[str]) -> None:
         self.registry = registry
@@ -153,9 +179,7 @@ class _TenantSeries:
 
     def collect(self) -> Iterator[Metric]:
         for metric in self.registry.collect():
-            if not metric.name.startswith("capi_gateway_site_"):
-                continue
-            samples = [s for s in metric.samples if s.labels.get("site") in self.sites]
+            samples = [s for s in metric.samples if s.labels.get(SITE) in self.sites]
             if samples:
                 copy = Metric(metric.name, metric.documentation, metric.type, metric.unit)
                 copy.samples = samples
@@ -201,7 +225,7 @@ async def render(
     scrape = CollectorRegistry(auto_describe=False)
     if not tenant:
         scrape.register(_QueueCollector(snapshot))
-        scrape.register(metrics.registry)
+        scrape.register(_Unsited(metrics.registry))
     else:
         scrape.register(_TenantSeries(metrics.registry, sites))
     if per_site is not None:

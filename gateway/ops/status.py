@@ -20,9 +20,9 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, PAGES, PROXY, RUNTIME, SENDER, STARTED_AT
+from gateway.appkeys import BUFFER_READER, RUNTIME, SENDER, STARTED_AT
 from gateway.delivery.reads import QueueSnapshot
-from gateway.edge.sites import SITES
+from gateway.edge.sites import SITES, single_stages, sites_on
 from gateway.ops.access import operator_scope
 from gateway.settings import Settings
 
@@ -66,16 +66,17 @@ async def get_status(request: web.Request) -> web.StreamResponse:
         "last_error": _last_error(app, snapshot),
     }
     warnings = [w for w in [settings.test_mode_warning()] if w]
-    if PROXY in app:
-        upstream = await app[PROXY].health.report()
+    single = single_stages(app)
+    if single is not None and single.proxy is not None:
+        upstream = await single.proxy.health.report()
         body["upstream_health"] = upstream
         if not upstream["ok"]:
             warnings.append(upstream["detail"])
     body["warnings"] = warnings
-    if settings.site_list():
+    if sites_on(app):
         body["sites"] = await _sites(app, settings, warnings)
-    if PAGES in app:
-        counters = app[PAGES].counters
+    if single is not None and single.pages is not None:
+        counters = single.pages.counters
         body["pages"] = {
             "tagged": counters.injected,
             "skipped": dict(counters.skipped),

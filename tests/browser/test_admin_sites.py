@@ -85,15 +85,26 @@ async def test_a_tenants_dashboard_shows_none_of_another_sites_events(
     assert len(rows) == 1 and "alpha-order" in rows[0]
     assert "beta" not in await page.content()
     assert await page.locator("select[name=site] option").all_inner_texts() == ["alpha"]
-    # Read-only: the actions are the global operator's.
+    # The tenant acts on its own site's rows: "retry all" is all of alpha's, none of beta's,
+    # and beta's row is out of reach even by its id.
     csrf = await page.locator("header").get_attribute("data-csrf")
-    answer = await page.evaluate(
-        """async (csrf) => (await fetch("/_capi/admin/retry", {method: "POST",
-            headers: {"X-CSRF-Token": csrf, "Content-Type": "application/x-www-form-urlencoded"},
-            body: "all=1"})).status""",
-        csrf,
-    )
-    assert answer == 403
+    with sqlite3.connect(buffer) as conn:
+        (beta_id,) = conn.execute("SELECT id FROM events WHERE event_id='beta-order'").fetchone()
+    for path, body, want in (
+        ("retry", "all=1", {"retried": 1}),
+        ("discard", f"id={beta_id}", {"discarded": 0}),
+        ("retry", f"id={beta_id}", {"retried": 0}),
+    ):
+        answer = await page.evaluate(
+            """async ([path, body, csrf]) => await (await fetch("/_capi/admin/" + path, {
+                method: "POST", body: body, headers: {"X-CSRF-Token": csrf,
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded"}})).json()""",
+            [path, body, csrf],
+        )
+        assert answer == want, (path, body, answer)
+    assert "beta-order" in dead_ids(buffer)
+    await wait_for(lambda: dead_ids(buffer) == ["alpha-order", "beta-order"], timeout=WAIT)
 
     operator = await open_tab(viewport={"width": 1280, "height": 900})
     await sign_in(operator, gw.url, GLOBAL)

@@ -23,6 +23,7 @@ from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
 from gateway.delivery.stitch import Stitches, VisitorContext
 from gateway.delivery.store import OutboxStore, StitchStore
+from gateway.edge.stitching import keep
 from gateway.models import NewEvent
 from tests.delivery.stores import Opener, fetch
 
@@ -206,5 +207,64 @@ async def test_forget_erases_the_person_on_either_store(open_store: Opener) -> N
         assert "fbp" not in claimed["jane-1"].event["user_data"]
         assert claimed["jane-1"].event["user_data"] == {"client_user_agent": "UA/1"}
         assert claimed["other-1"].event["user_data"]["em"] == OTHER
+    finally:
+        await stitches.close()
+
+
+async def test_profiles_and_stitches_are_per_site_and_forget_site_erases_that_sites_only(
+    open_store: Opener,
+) -> None:
+    box = await open_store(profiles=ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=100))
+    stitches: StitchStore
+    if isinstance(box, PgOutbox):
+        stitches = PgStitches(box.db, Sealer(KEY), key=KEY, purge_every=0)
+    else:
+        assert isinstance(box, Outbox)
+        stitches = await Stitches.open(box.path, Sealer(KEY), key=KEY, purge_every=0)
+    try:
+        # One visitor (one fbp, one email) on two sites of one gateway, and a stranger.
+        await box.add(
+            [
+                replace(event("s-a1", {"em": JANE}, FBP), site="alpha"),
+                replace(event("s-b1", {"em": JANE}, FBP), site="beta"),
+                replace(event("s-o1", {"em": OTHER}, "fb.1.1.other"), site="beta"),
+            ]
+        )
+        visit = VisitorContext({"fbp": FBP}, "https://shop.example/", {}, None, None, time.time())
+        for site in ("alpha", "beta"):
+            await keep(stitches, {"em": JANE, "order_id": "A1"}, visit, 3600, site)
+        # Site beta's webhook finds its own visit only: alpha's under the same order id
+        # is not beta's to read.
+        await keep(stitches, {"order_id": "ONLY-A"}, visit, 3600, "alpha")
+        assert await stitches.get("order_id@beta", "ONLY-A") is None
+        assert await stitches.get("order_id@alpha", "ONLY-A") is not None
+        keys = sorted(
+            str(r[0]).split(":")[0] for r in await fetch(box, "SELECT key_hash FROM profiles")
+        )
+        assert keys == ["alpha", "beta", "beta"]
+
+        counts = await box.forget(Person.of(email=["jane@example.com"]), KEY, sites={"beta"})
+        assert counts == {"events": 1, "profiles": 1, "stitches": 2}, counts
+        assert await stitches.get("order_id@beta", "A1") is None
+        assert await stitches.get("em@beta", JANE) is None
+        assert await stitches.get("order_id@alpha", "A1") is not None
+        assert await stitches.get("em@alpha", JANE) is not None
+        # alpha's profile still completes alpha's next event of the visitor; beta's is gone.
+        await box.add(
+            [
+                replace(event("s-a2", {}, FBP, name="PageView"), site="alpha"),
+                replace(event("s-b2", {}, FBP, name="PageView"), site="beta"),
+            ]
+        )
+        claimed = {c.event_id: c for c in await box.claim("w", limit=10, lease=30)}
+        assert claimed["s-a2"].event["user_data"].get("em") == JANE
+        assert "em" not in claimed["s-b2"].event["user_data"]
+        assert claimed["s-o1"].event["user_data"]["em"] == OTHER
+
+        counts = await box.forget(Person.of(email=["jane@example.com"]), KEY)
+        assert counts["profiles"] == 1 and counts["stitches"] == 3, counts
+        assert await stitches.get("em@alpha", JANE) is None
+        left = [str(r[0]).split(":")[0] for r in await fetch(box, "SELECT key_hash FROM profiles")]
+        assert left == ["beta"]  # the stranger's
     finally:
         await stitches.close()

@@ -127,3 +127,22 @@ async def test_queue_stats_with_site_counts_that_sites_events_only(
     assert beta["by_event_name"] == {"Lead": {"pending": 2}}
     assert await asyncio.to_thread(main, argv) == 0
     assert json.loads(capsys.readouterr().out)["states"]["pending"] == 3
+
+
+async def test_a_tenants_retry_and_discard_touch_its_own_sites_dead_letters_only(
+    store: OutboxStore,
+) -> None:
+    await store.add([event("a-1", site="alpha"), event("b-1", site="beta"), event("c-1")])
+    claimed = await store.claim("w", limit=10, lease=30)
+    ids = {c.event_id: c.id for c in claimed}
+    await store.mark_dead(list(ids.values()), "w", error="refused", fbtrace_id=None)
+
+    assert await store.discard_dead([ids["b-1"], ids["c-1"]], sites={"alpha"}) == 0
+    assert await store.requeue_dead(None, sites={"alpha"}) == 1
+    assert await store.requeue_dead([ids["b-1"]], sites={"alpha"}) == 0
+    again = await store.claim("w", limit=10, lease=30)
+    assert [c.event_id for c in again] == ["a-1"]
+    assert await store.discard_dead([ids["a-1"], ids["b-1"]], sites={"beta"}) == 1
+    # The global operator's actions reach every row, with or without a site.
+    assert await store.requeue_dead(None) == 1
+    assert [c.event_id for c in await store.claim("w", limit=10, lease=30)] == ["c-1"]

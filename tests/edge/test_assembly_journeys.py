@@ -50,6 +50,12 @@ def profiles(shop: Shop) -> int:
     return int(count)
 
 
+def stitches(shop: Shop) -> int:
+    with contextlib.closing(sqlite3.connect(shop.buffer)) as conn:
+        (count,) = conn.execute("SELECT COUNT(*) FROM stitches").fetchone()
+    return int(count)
+
+
 async def metric(shop: Shop, name: str) -> float:
     async with shop.front.session.get(f"{shop.front.url}/_capi/metrics") as resp:
         text = await resp.text()
@@ -165,7 +171,8 @@ async def test_forget_leaves_nothing_of_the_person_for_later_events(start: Start
     shop = await start(assembly_hold=0.3, admin_token=ADMIN_TOKEN)
     ann = shop.visitor()
     await ann.buy("Ann@Example.com", phone=PHONE)
-    await wait_for(lambda: profiles(shop) == 1)
+    # The visits are kept in the background of the pages: wait for them as for the profile.
+    await wait_for(lambda: profiles(shop) == 1 and stitches(shop) == 2)
     async with shop.front.session.post(
         f"{shop.front.url}/_capi/admin/forget",
         data={"email": "ANN@example.com"},

@@ -29,6 +29,7 @@ from gateway.config import Sources, load_settings
 from gateway.settings import ConfigError
 from tests.conftest import TOKEN, UA, make_settings, wait_for
 from tests.fakes.graph import FakeGraph
+from tests.fakes.processes import free_port
 from tests.fakes.upstream import Front, Upstream, run_gateway, start_upstream
 
 PIXEL_A = "111111111111"
@@ -511,16 +512,31 @@ async def test_a_tenant_sees_its_own_sites_status_and_metrics_only(
     assert 'capi_gateway_site_queue_events{site="alpha",state="sent"}' in text
     assert 'capi_gateway_site_events_total{outcome="new",site="alpha",source="api"} 2.0' in text
     assert 'capi_gateway_site_proxy_requests_total{site="alpha",status_class="2xx"} 1.0' in text
+    # Every per-event series carries `site`: the tenant gets its own site's samples of
+    # them, from intake to Meta's answer, and no sample without a site.
+    assert (
+        'capi_gateway_events_total{event_name="Purchase",outcome="accepted",site="alpha",'
+        'source="api"} 2.0' in text
+    )
+    assert 'capi_gateway_delivered_events_total{mode="live",site="alpha"}' in text
+    assert 'capi_gateway_send_requests_total{outcome="sent",site="alpha"}' in text
+    assert 'capi_gateway_pages_tagged_total{site="alpha"} 1.0' in text
+    assert 'capi_gateway_upstream_latency_seconds_count{site="alpha"} 1.0' in text
     assert "beta" not in text
-    # Process-wide counters mix every site's traffic: not a tenant's to see.
-    assert "capi_gateway_events_total" not in text
+    for line in text.splitlines():
+        if line.startswith("capi_gateway_"):
+            assert 'site="alpha"' in line, line
 
     status, text = await operator_get(gw, "metrics", GLOBAL_TOKEN)
     assert status == 200
     assert 'capi_gateway_site_events_total{outcome="new",site="alpha",source="api"} 2.0' in text
     assert 'capi_gateway_site_events_total{outcome="new",site="beta",source="api"} 3.0' in text
     assert 'capi_gateway_site_queue_events{site="beta",state="pending"}' in text
-    assert "capi_gateway_events_total" in text
+    assert (
+        'capi_gateway_events_total{event_name="Purchase",outcome="accepted",site="beta",'
+        'source="api"} 3.0' in text
+    )
+    assert 'capi_gateway_delivered_events_total{mode="live",site="beta"}' in text
     status, text = await operator_get(gw, "status", GLOBAL_TOKEN)
     assert status == 200
     assert sorted(json.loads(text)["sites"]) == ["alpha", "beta"]
@@ -630,3 +646,70 @@ def test_doctor_checks_one_site_with_its_own_settings(
     assert "2222****" in config_line["message"] and "1111****" not in config_line["message"]
     assert main(["doctor", "--config", str(config), "--site", "gamma"]) == 2
     assert "--site: no site is named 'gamma'" in capsys.readouterr().err
+
+
+async def test_health_reports_each_sites_upstream_and_stays_ready_while_one_answers(
+    tmp_path: Path, fake_graph: FakeGraph
+) -> None:
+
+    closed = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    base: dict[str, Any] = {"pixel_id": [], "events_api_keys": [], "access_token": None}
+    async with start_upstream() as a, start_upstream() as b:
+        tables = site_tables(a, b)
+        tables[1]["upstream"] = closed[1]
+        settings = make_settings(tmp_path / "one", fake_graph.url, **base, sites=tables)
+        async with run_gateway(settings) as gw:
+            async with gw.session.get(gw.url + "/_capi/health") as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+            upstream = body["checks"]["upstream"]
+            assert upstream["ok"] is True
+            assert upstream["sites"]["alpha"]["ok"] is True
+            assert upstream["sites"]["beta"]["ok"] is False
+            assert "'beta'" in upstream["detail"] and "'alpha'" not in upstream["detail"]
+        tables[0]["upstream"] = closed[0]
+        settings = make_settings(tmp_path / "two", fake_graph.url, **base, sites=tables)
+        async with run_gateway(settings) as gw:
+            async with gw.session.get(gw.url + "/_capi/health") as resp:
+                body = await resp.json()
+                assert resp.status == 503, body
+            assert body["checks"]["upstream"]["ok"] is False
+            assert "every site is down" in body["checks"]["upstream"]["detail"]
+
+
+async def test_a_tenant_acts_on_its_own_sites_rows_only(
+    tenants: Two, fake_graph: FakeGraph
+) -> None:
+    gw = tenants.gw
+    fake_graph.reject_event_ids(["a-dead", "b-dead"])
+    assert (await post_events(gw, KEY_A, HOST_A, api_event(event_id="a-dead")))[0] == 202
+    assert (await post_events(gw, KEY_B, HOST_B, api_event(event_id="b-dead")))[0] == 202
+    buffer = gw.app[RUNTIME].settings.buffer
+
+    def dead() -> dict[str, int]:
+        with sqlite3.connect(buffer) as conn:
+            rows = conn.execute("SELECT event_id, id FROM events WHERE state='dead'")
+            return dict(rows.fetchall())
+
+    await wait_for(lambda: sorted(dead()) == ["a-dead", "b-dead"], timeout=15)
+
+    async def act(token: str, path: str, form: dict[str, str]) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        url = f"{gw.url}/_capi/admin/{path}"
+        async with gw.session.post(url, data=form, headers=headers) as resp:
+            return resp.status, json.loads(await resp.read())
+
+    b_id = str(dead()["b-dead"])
+    assert await act(TENANT_A, "discard", {"id": b_id}) == (200, {"discarded": 0})
+    assert await act(TENANT_A, "retry", {"id": b_id}) == (200, {"retried": 0})
+    # Both events carry external_id cust-1: the tenant erases it from its own site's only.
+    status, body = await act(TENANT_A, "forget", {"external_id": "cust-1"})
+    assert status == 200 and body["forgotten"]["events"] == 1, body
+    with sqlite3.connect(buffer) as conn:
+        payloads = dict(conn.execute("SELECT event_id, payload FROM events").fetchall())
+    assert "external_id" not in json.loads(payloads["a-dead"])["user_data"]
+    assert "external_id" in json.loads(payloads["b-dead"])["user_data"]
+    assert "b-dead" in dead()
+    status, body = await act(GLOBAL_TOKEN, "forget", {"external_id": "cust-1"})
+    assert status == 200 and body["forgotten"]["events"] == 1, body
+    assert await act(GLOBAL_TOKEN, "discard", {"id": b_id}) == (200, {"discarded": 1})

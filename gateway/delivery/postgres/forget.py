@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery.forget import Person
-from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.forget import Person, stitch_kinds
+from gateway.delivery.profiles import ProfilePolicy, site_key
 from gateway.delivery.rows import match_keys
 from gateway.delivery.seal import Sealer, SealError
-from gateway.delivery.stitch import derive_lookup_key, lookup_hash
+from gateway.delivery.stitch import derive_lookup_key, kind_site, lookup_hash
 from gateway.models import row_key
 from gateway.pipeline.normalize import HASHED_FIELDS
 
@@ -33,26 +33,41 @@ async def forget(
 ) -> dict[str, int]:
     """Erase `person` (inside the caller's transaction); counts of what was removed.
 
-    With `site`, only that site's events are scrubbed; profiles and stitched visits carry
-    no site and are erased whichever site they came through (as on SQLite).
+    With `site`, only that site's events, profiles (keys `site:<hash>`) and stitched
+    visits (kinds `<kind>@site`) are erased; without, every site's (as on SQLite).
     """
     events, seen = await _scrub_events(conn, sealer, person, site)
     fbps = person.fbps | seen
     policy = ProfilePolicy.from_key(key, ttl=1, max_profiles=1)
-    status = await conn.execute(
-        "DELETE FROM profiles WHERE key_hash = ANY($1::text[]) OR EXISTS ("
-        "SELECT 1 FROM jsonb_each(ids) AS e, jsonb_array_elements_text(e.value) AS v "
-        "WHERE v = ANY($2::text[]))",
-        [policy.key_hash("fbp", fbp) for fbp in sorted(fbps)],
-        sorted(person.hashes),
+    hashes = [policy.key_hash("fbp", fbp) for fbp in sorted(fbps)]
+    held = (
+        "EXISTS (SELECT 1 FROM jsonb_each(ids) AS e, jsonb_array_elements_text(e.value) AS v "
+        "WHERE v = ANY($2::text[]))"
     )
+    if site is None:
+        # Any site's profile under those hashes: `<site>:<hash>` ends with ":<hash>".
+        status = await conn.execute(
+            "DELETE FROM profiles WHERE key_hash = ANY($1::text[]) "
+            f"OR split_part(key_hash, ':', 2) = ANY($1::text[]) OR {held}",
+            hashes,
+            sorted(person.hashes),
+        )
+    else:
+        status = await conn.execute(
+            f"DELETE FROM profiles WHERE key_hash = ANY($1::text[]) OR ({held} "
+            "AND left(key_hash, $3) = $4)",
+            [site_key(site, h) for h in hashes],
+            sorted(person.hashes),
+            len(site) + 1,
+            f"{site}:",
+        )
     profiles = int(status.rsplit(" ", 1)[-1])
     # Links lead nowhere once their profile is gone.
     await conn.execute(
         "DELETE FROM profile_links AS l WHERE NOT EXISTS "
         "(SELECT 1 FROM profiles AS p WHERE p.key_hash = l.profile)"
     )
-    stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps)
+    stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps, site)
     return {"events": events, "profiles": profiles, "stitches": stitches}
 
 
@@ -106,12 +121,18 @@ async def _scrub_events(
 
 
 async def _forget_stitches(
-    conn: Conn, sealer: Sealer, lookup_key: bytes, person: Person, fbps: frozenset[str] | set[str]
+    conn: Conn,
+    sealer: Sealer,
+    lookup_key: bytes,
+    person: Person,
+    fbps: frozenset[str] | set[str],
+    site: str | None,
 ) -> int:
+    kinds = [r["kind"] for r in await conn.fetch("SELECT DISTINCT kind FROM stitches")]
     named = [
         lookup_hash(lookup_key, kind, value)
-        for kind, values in person.hashed.items()
-        for value in values
+        for kind in stitch_kinds(kinds, person.hashed, site)
+        for value in person.hashed[kind.split("@", 1)[0]]
     ]
     status = await conn.execute("DELETE FROM stitches WHERE key_hash = ANY($1::text[])", named)
     total = int(status.rsplit(" ", 1)[-1])
@@ -119,7 +140,9 @@ async def _forget_stitches(
         return total
     # Visits kept under an order id or a lead id: only their sealed context names the fbp.
     doomed = []
-    for r in await conn.fetch("SELECT key_hash, sealed FROM stitches"):
+    for r in await conn.fetch("SELECT key_hash, kind, sealed FROM stitches"):
+        if site is not None and kind_site(r["kind"]) != site:
+            continue
         try:
             context = sealer.open(r["sealed"], r["key_hash"])
         except SealError:

@@ -17,12 +17,12 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import profiles
-from gateway.delivery.forget import Person
+from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.outbox import _pid_gone as pid_gone
 from gateway.delivery.postgres import queue
@@ -232,7 +232,7 @@ class PgOutbox(Results, Upkeep):
         policy = self.profiles
         # Hashed once here: learning below and the completion at claim both use them.
         keys: list[list[str]] = (
-            [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
+            [profiles.visitor_keys(policy, ev.clear, ev.links, ev.site) for ev in rows]
             if policy is not None
             else [[] for _ in rows]
         )
@@ -386,12 +386,18 @@ class PgOutbox(Results, Upkeep):
             event=event,
         )
 
-    async def forget(self, person: Person, key: bytes) -> dict[str, int]:
+    async def forget(
+        self, person: Person, key: bytes, *, sites: Collection[str] | None = None
+    ) -> dict[str, int]:
         """Erase a person from unsent events, profiles and stitched visits (see
-        postgres/forget.py), in one transaction."""
+        postgres/forget.py), in one transaction; `sites`: of those sites only."""
 
         async def work(conn: Conn) -> dict[str, int]:
-            return await forget_person(conn, self.sealer, key, person)
+            if sites is None:
+                return await forget_person(conn, self.sealer, key, person)
+            return add_counts(
+                [await forget_person(conn, self.sealer, key, person, site=s) for s in sites]
+            )
 
         return await self.db.run(work)
 

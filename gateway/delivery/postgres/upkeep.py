@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.postgres.pool import Database
@@ -124,17 +124,23 @@ class Upkeep(Wakes):
             log.warning("Store near max_buffer_mb: purged %d delivered rows early.", count)
         return count
 
-    async def requeue_dead(self, ids: Sequence[int] | None = None) -> int:
-        """Queue dead letters (those of `ids`, or all) for sending now; returns how many."""
+    async def requeue_dead(
+        self, ids: Sequence[int] | None = None, *, sites: Collection[str] | None = None
+    ) -> int:
+        """Queue dead letters (those of `ids`, or all; of `sites` only) for sending now;
+        returns how many."""
         chosen = None if ids is None else [int(i) for i in ids]
+        only = None if sites is None else sorted(sites)
 
         async def work(conn: Conn) -> int:
             status = await conn.execute(
                 "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = $1, "
                 "lease_owner = NULL, lease_expires = NULL WHERE state = 'dead' "
-                "AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))",
+                "AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[])) "
+                "AND ($3::text[] IS NULL OR site = ANY($3::text[]))",
                 time.time(),
                 chosen,
+                only,
             )
             await conn.execute(
                 "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
@@ -146,14 +152,20 @@ class Upkeep(Wakes):
         self.wake()
         return count
 
-    async def discard_dead(self, ids: Sequence[int]) -> int:
-        """Delete the dead letters of `ids`; returns how many."""
+    async def discard_dead(
+        self, ids: Sequence[int], *, sites: Collection[str] | None = None
+    ) -> int:
+        """Delete the dead letters of `ids` (of `sites` only); returns how many."""
         chosen = [int(i) for i in ids]
+        only = None if sites is None else sorted(sites)
 
         async def work(conn: Conn) -> int:
             return affected(
                 await conn.execute(
-                    "DELETE FROM events WHERE state = 'dead' AND id = ANY($1::bigint[])", chosen
+                    "DELETE FROM events WHERE state = 'dead' AND id = ANY($1::bigint[]) "
+                    "AND ($2::text[] IS NULL OR site = ANY($2::text[]))",
+                    chosen,
+                    only,
                 )
             )
 
