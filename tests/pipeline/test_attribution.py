@@ -229,8 +229,8 @@ def test_markov_worked_example() -> None:
     Transitions (A→A is one state visit, a self-loop changes no absorption probability):
     start→A 3/4, start→B 1/4; A→B 1/3, A→null 2/3; B→conv 1.
     P(conv) = 3/4·1/3·1 + 1/4·1 = 1/2.
-    Without A: only start→B→conv is left, 1/4: RE(A) = 1 − (1/4)/(1/2) = 1/2.
-    Without B: nothing converts, 0: RE(B) = 1 − 0 = 1.
+    Without A: only start→B→conv is left, 1/4: RE(A) = 1 - (1/4)/(1/2) = 1/2.
+    Without B: nothing converts, 0: RE(B) = 1 - 0 = 1.
     The first purchase (path A, B, 30 EUR) is split 1/2 : 1 → A 1/3, B 2/3 (10 and 20 EUR);
     the second (path B, 60 EUR) goes to B. Totals: A 1/3, B 5/3; A 10 EUR, B 80 EUR.
     """
@@ -249,7 +249,7 @@ def test_markov_with_a_cycle_solves_the_chain_exactly() -> None:
     p(A) = 2/3 + 1/3·p(B), p(B) = 1/2·p(A) → p(A) = 4/5, p(B) = 2/5;
     P(conv) = 2/3·4/5 + 1/3·2/5 = 2/3.
     Without A: p(B) = 0 → 0, RE(A) = 1.
-    Without B: p(A) = 2/3 → P = 2/3·2/3 = 4/9, RE(B) = 1 − (4/9)/(2/3) = 1/3.
+    Without B: p(A) = 2/3 → P = 2/3·2/3 = 4/9, RE(B) = 1 - (4/9)/(2/3) = 1/3.
     """
     journeys = [
         Journey(touches=(touch(0, "A"), touch(1, "B"), touch(2, "A")), conversions=(purchase(3),)),
