@@ -113,9 +113,15 @@ def _coverage(facts: InsightFacts, min_events: int) -> list[Recommendation]:
         em = keys.get("em", 0.0)
         label = f"{cov.event_name} events{_from(cov.channel)}"
         if cov.event_name in EMAIL_EVENTS and em < EMAIL_MIN:
-            best = max(
-                ((k, keys.get(k, 0.0)) for k in ("fbc", "fbp", "external_id", "ph")),
-                key=lambda item: item[1],
+            # The contrast that says "these buyers are known, just not by email": the ad
+            # click (fbc) first, else the best other identifier.
+            best = (
+                ("fbc", keys.get("fbc", 0.0))
+                if keys.get("fbc", 0.0) > em
+                else max(
+                    ((k, keys.get(k, 0.0)) for k in ("external_id", "fbp", "ph")),
+                    key=lambda item: item[1],
+                )
             )
             contrast = (
                 f"carry {best[0]} in {_pct(best[1])} of cases but email in {_pct(em)}"
