@@ -35,6 +35,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 MODELS: tuple[str, ...] = (
@@ -156,6 +157,15 @@ def credits(model: str, touches: Sequence[Touch], at: float, *, half_life: float
     )
 
 
+def _in_time_order(touches: Sequence[Touch]) -> tuple[Sequence[Touch], list[float]]:
+    """The touches and their times, sorted (stably) if a caller handed them out of order."""
+    times = [t.at for t in touches]
+    if any(later < earlier for earlier, later in pairwise(times)):
+        touches = sorted(touches, key=lambda t: t.at)
+        times.sort()
+    return touches, times
+
+
 def _last_non_direct(touches: Sequence[Touch], lo: int, hi: int) -> int:
     for i in range(hi - 1, lo - 1, -1):
         if touches[i].channel != DIRECT_CHANNEL:
@@ -229,8 +239,7 @@ def attribute(
         conversions = journey.conversions
         if not conversions:
             continue
-        touches = journey.touches
-        times = [t.at for t in touches]
+        touches, times = _in_time_order(journey.touches)
         for conversion in conversions:
             count += 1
             at = conversion.at
@@ -295,13 +304,13 @@ def journey_paths(
     never converted) give a path ending in null. Other touches are in no path.
     """
     for journey in journeys:
-        touches = journey.touches
-        times = [t.at for t in touches]
+        touches, times = _in_time_order(journey.touches)
         for conversion in journey.conversions:
             lo = bisect_left(times, conversion.at - lookback)
             hi = bisect_right(times, conversion.at)
             yield tuple(getattr(touches[i], by) for i in range(lo, hi)), True
-        start = bisect_right(times, journey.conversions[-1].at) if journey.conversions else 0
+        last = max((c.at for c in journey.conversions), default=None)
+        start = 0 if last is None else bisect_right(times, last)
         if start < len(touches):
             yield tuple(getattr(touches[i], by) for i in range(start, len(touches))), False
 
