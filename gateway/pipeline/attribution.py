@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from gateway.pipeline.markov import path_removal_effects
+
 MODELS: tuple[str, ...] = (
     "first_click",
     "last_click",
@@ -55,10 +57,6 @@ NO_TOUCH_KEY: Mapping[str, str] = {
     "source": "(direct)",
     "campaign": "(not set)",
 }
-
-# The data-driven chain keeps this many states (keys seen most often; the rest share one):
-# its exact solution costs O(n³) in pure Python, ~0.1 s at 120.
-MAX_STATES = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,114 +313,10 @@ def journey_paths(
             yield tuple(getattr(touches[i], by) for i in range(start, len(touches))), False
 
 
-def _build_chain(
-    paths: list[tuple[tuple[str, ...], bool]],
-) -> tuple[dict[str, int], int, list[list[float]], list[float], list[float], float]:
-    """Index keys into states and count transitions.
-
-    The `MAX_STATES - 1` keys seen most often keep a state of their own; the rest share one
-    last state. Gives (state of each key, number of states, Q = transient-to-transient
-    probabilities, c = one-step conversion probabilities, s = start's transitions to the
-    states, start's probability of converting in one step).
-    """
-    seen: defaultdict[str, int] = defaultdict(int)
-    for keys, _ in paths:
-        for key in keys:
-            seen[key] += 1
-    ranked = sorted(seen, key=lambda k: (-seen[k], k))
-    own = ranked[: MAX_STATES - 1] if len(ranked) > MAX_STATES else ranked
-    index = {key: i for i, key in enumerate(own)}
-    n = len(own) + (1 if len(ranked) > len(own) else 0)
-    for key in ranked[len(own) :]:
-        index[key] = n - 1
-    start = n  # the start state's row, after the transient ones
-    counts = [[0] * n for _ in range(n + 1)]
-    converted_counts = [0] * (n + 1)
-    outs = [0] * (n + 1)
-    for keys, converted in paths:
-        previous = start
-        for key in keys:
-            state = index[key]
-            if state == previous:
-                # A self-loop changes no absorption probability (p_i = Σ_{j≠i} P_ij p_j /
-                # (1 - P_ii)) and no hitting probability: leaving it out keeps I - Q regular.
-                continue
-            counts[previous][state] += 1
-            outs[previous] += 1
-            previous = state
-        if converted:
-            converted_counts[previous] += 1
-        outs[previous] += 1
-    q = [[(x / outs[i] if outs[i] else 0.0) for x in counts[i]] for i in range(n)]
-    c = [(converted_counts[i] / outs[i] if outs[i] else 0.0) for i in range(n)]
-    s_out = outs[start]
-    s = [(x / s_out if s_out else 0.0) for x in counts[start]]
-    return index, n, q, c, s, (converted_counts[start] / s_out if s_out else 0.0)
-
-
-def _inverse(matrix: list[list[float]]) -> list[list[float]]:
-    """Gauss-Jordan in place, without pivoting: fine for I - Q of an absorbing chain (an
-    M-matrix, weakly diagonally dominant by rows, regular because every state can reach an
-    absorbing one)."""
-    a = [row[:] for row in matrix]
-    n = len(a)
-    for k in range(n):
-        row_k = a[k]
-        pivot = row_k[k]
-        row_k[k] = 1.0
-        row_k = [x / pivot for x in row_k]
-        a[k] = row_k
-        for i in range(n):
-            if i == k:
-                continue
-            row_i = a[i]
-            factor = row_i[k]
-            if factor == 0.0:
-                continue
-            row_i[k] = 0.0
-            a[i] = [x - factor * y for x, y in zip(row_i, row_k, strict=True)]
-    return a
-
-
 def removal_effects(
     journeys: Iterable[Journey], *, by: str = "channel", lookback: float = 30 * 86400
 ) -> dict[str, float]:
-    """The removal effect of every key in a first-order Markov chain of all journeys.
-
-    States are start, the keys of the `by` dimension, conversion and null; the transition
-    probability P(a → b) is the number of a → b steps over all steps leaving a, counted on the
-    paths of `journey_paths` (consecutive repeats of one key are one state visit). With p(s)
-    the probability of reaching conversion from s (p(conv) = 1, p(null) = 0,
-    p(s) = Σ_b P(s → b) p(b)), P(conv) = p(start), and P_{-k}(conv) the same with k's
-    transitions sent to null, the removal effect is RE(k) = 1 - P_{-k}(conv) / P(conv)
-    (0 for every key when nothing converts).
-
-    Computed exactly, not by simulation: a conversion that avoids k is unaffected by its
-    removal, so P_{-k}(conv) = P(conv) - h(k)·p(k) with h(k) the probability of ever reaching
-    k from start, and RE(k) = h(k)·p(k) / P(conv). With N = (I - Q)^-1 the fundamental
-    matrix over the key states, p = N·c (c: one-step conversion probabilities) and
-    h(k) = (sᵀN)_k / N_kk (s: start's transitions; expected visits to k over the expected
-    visits per time k is reached). One inversion, O(n³) for n states: the `MAX_STATES - 1`
-    keys seen most often are states of their own, any others share one state and its effect.
-    """
-    paths = list(journey_paths(journeys, by=by, lookback=lookback))
-    index, n, q, c, s, start_converts = _build_chain(paths)
-    if n == 0:
-        return {}
-    fundamental = _inverse(
-        [[(1.0 if i == j else 0.0) - q[i][j] for j in range(n)] for i in range(n)]
-    )
-    p = [sum(x * y for x, y in zip(row, c, strict=True)) for row in fundamental]
-    total = start_converts + sum(x * y for x, y in zip(s, p, strict=True))
-    if total <= 0:
-        return dict.fromkeys(index, 0.0)
-    visits = [0.0] * n
-    for i, weight in enumerate(s):
-        if weight:
-            row = fundamental[i]
-            for j in range(n):
-                visits[j] += weight * row[j]
-    state_effect = [
-        min(1.0, max(0.0, visits[k] / fundamental[k][k] * p[k] / total)) for k in range(n)
-    ]
-    return {key: state_effect[state] for key, state in index.items()}
+    """The removal effect RE(k) = 1 - P_{-k}(conv) / P(conv) of every key of dimension `by`
+    in the first-order Markov chain of all journeys' paths (`journey_paths`); the chain and
+    how it is solved are described in `gateway.pipeline.markov`."""
+    return path_removal_effects(journey_paths(journeys, by=by, lookback=lookback))

@@ -367,27 +367,3 @@ def test_touches_out_of_order_are_put_in_time_order(model: str) -> None:
     assert attribute([shuffled], model=model, half_life=WEEK) == attribute(
         [THREE], model=model, half_life=WEEK
     )
-
-
-def test_markov_keys_beyond_max_states_share_one_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With room for 3 states, A and B (seen most) keep theirs; C and D share the third.
-
-    The chain is then the worked example's with "C or D" in place of B's rare cousins:
-    paths A→B→conv, A→null, B→conv, A→A→null, C→conv, D→null.
-    """
-    import gateway.pipeline.attribution as attribution
-
-    monkeypatch.setattr(attribution, "MAX_STATES", 3)
-    journeys = [
-        *MARKOV_EXAMPLE,
-        Journey(touches=(touch(0, "C"),), conversions=(purchase(1),)),
-        Journey(touches=(touch(0, "D"),), conversions=()),
-    ]
-    effects = removal_effects(journeys)
-    assert effects["C"] == effects["D"] > 0
-    # start→C|D 2/6, C|D→conv 1/2: removing that state loses 2/6·1/2 = 1/6 of P(conv).
-    # P(conv) = 3/6·1/3 + 1/6 + 2/6·1/2 = 1/2, so RE(C|D) = (1/6)/(1/2) = 1/3.
-    assert effects["C"] == pytest.approx(1 / 3)
-    result = attribute(journeys, model="data_driven")
-    assert math.fsum(r.conversions for r in result.rows) == pytest.approx(3.0)
-    assert table(result)["C"] == pytest.approx(1.0)
