@@ -47,6 +47,9 @@ from gateway.pipeline.channelgroups import (
     source_categories,
 )
 
+# Longest source, medium, campaign and landing path kept: they come from the visitor's URL.
+MAX_FIELD = 1000
+
 # Ad click ids, in the order they are looked for when a URL carries several.
 CLICK_IDS: tuple[str, ...] = (
     "gclid",
@@ -112,7 +115,7 @@ class VisitSource:
     campaign: str
     channel: str
     click_id: str | None
-    landing_path: str
+    landing_path: str  # the URL's path, no query (at most MAX_FIELD characters, like the others)
     referrer_host: str | None  # an external referrer's host; None for none or an internal one
 
 
@@ -158,7 +161,7 @@ def visit_source(
     """Where a page view with this landing URL and referrer came from (rules in the docstring)."""
     try:
         parts = urlsplit(url)
-        path = parts.path or "/"
+        path = parts.path if parts.path.startswith("/") else "/" + parts.path
         query = parse_qsl(parts.query, keep_blank_values=False)
     except ValueError:
         path, query = "/", []
@@ -197,12 +200,12 @@ def visit_source(
     else:
         source, medium = DIRECT_SOURCE, NONE_MEDIUM
     return VisitSource(
-        source=source,
-        medium=medium,
-        campaign=campaign,
+        source=source[:MAX_FIELD],
+        medium=medium[:MAX_FIELD],
+        campaign=campaign[:MAX_FIELD],
         channel=default_channel(source, medium, campaign, rules=rules),
         click_id=click_id,
-        landing_path=path,
+        landing_path=path[:MAX_FIELD],
         referrer_host=ref_host,
     )
 

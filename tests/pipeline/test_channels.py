@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from gateway.pipeline.channels import (
+    CHANNELS,
     CLICK_IDS,
     ChannelRule,
     ChannelRules,
@@ -135,6 +138,8 @@ def test_no_usable_referrer_is_direct(referrer: str | None) -> None:
 
 
 def test_landing_path_has_no_query_and_survives_a_bad_url() -> None:
+    assert vs("https://shop.example/" + "a" * 5000).landing_path == "/" + "a" * 999
+    assert vs("relative/page").landing_path == "/relative/page"
     assert vs("https://shop.example/a/b?email=x@y.z#top").landing_path == "/a/b"
     assert vs("https://shop.example").landing_path == "/"
     assert vs("http://[::1/x?utm_source=a").landing_path == "/"
@@ -229,3 +234,26 @@ def test_second_click_from_the_same_search_engine_continues() -> None:
         now=120.0,
         visit_timeout=TIMEOUT,
     )
+
+
+# --- never raises: it runs on every page view ----------------------------------------------
+
+_PARAM = st.sampled_from(
+    ["utm_source", "utm_medium", "utm_campaign", "gclid", "fbclid", "x", "SCCID"]
+)
+_QUERY = st.lists(st.tuples(_PARAM, st.text(max_size=12)), max_size=5).map(
+    lambda pairs: "&".join(f"{k}={v}" for k, v in pairs)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    url=st.one_of(st.text(max_size=60), _QUERY.map(lambda q: f"https://shop.example/p?{q}")),
+    referrer=st.one_of(st.none(), st.text(max_size=40), st.just("https://[bad")),
+)
+def test_any_input_gives_a_known_channel(url: str, referrer: str | None) -> None:
+    got = vs(url, referrer)
+    assert got.channel in CHANNELS
+    assert got.source and got.medium and got.campaign
+    assert got.landing_path.startswith("/")
+    assert len(got.landing_path) <= 1000
