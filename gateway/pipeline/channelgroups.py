@@ -39,8 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -218,64 +217,73 @@ UNASSIGNED = "Unassigned"
 CHANNELS: tuple[str, ...] = (*(name for name, _ in DEFAULT_CHANNEL_RULES), UNASSIGNED)
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    source: str
-    medium: str
-    campaign: str
-    categories: frozenset[str]
+def _index(categories: dict[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
+    """Name → the categories it is in (a name may be in two), built once at import."""
+    out: dict[str, set[str]] = {}
+    for category, names in categories.items():
+        for name in names:
+            out.setdefault(name, set()).add(category)
+    return {name: frozenset(found) for name, found in out.items()}
+
+
+_CATEGORY_OF = _index(SOURCE_CATEGORIES)
+_NONE: frozenset[str] = frozenset()
 
 
 def source_categories(source: str) -> frozenset[str]:
     """The GA4 source categories (search, social, video, shopping) a source belongs to."""
     lowered = source.strip().lower()
     if not lowered or lowered in _NOT_CATEGORISED:
-        return frozenset()
+        return _NONE
+    whole = _CATEGORY_OF.get(lowered)
     labels = lowered.split(".")
-    candidates = set(labels[:-1]) if len(labels) > 1 else {lowered}
-    found = set()
-    for category, names in SOURCE_CATEGORIES.items():
-        for name in names:
-            if "." in name or " " in name:
-                if lowered == name or lowered.endswith("." + name):
-                    found.add(category)
-                    break
-            elif name in candidates:
-                found.add(category)
-                break
-    return frozenset(found)
+    if len(labels) == 1:
+        return whole or _NONE
+    found = set(whole or ())
+    # A dotted name matches the source's tail ("t.co" in "x.t.co"), a plain one any label
+    # but the last ("google" in "www.google.co.uk").
+    for i in range(1, len(labels) - 1):
+        found.update(_CATEGORY_OF.get(".".join(labels[i:]), ()))
+    for label in labels[:-1]:
+        found.update(_CATEGORY_OF.get(label, ()))
+    return frozenset(found) if found else _NONE
 
 
-def _condition(cond: Condition) -> Callable[[_Facts], bool]:
+# A compiled condition: (op, field index into (source, medium, campaign), argument); "cat"
+# tests the source's categories, "re" a pattern compiled once.
+_Compiled = tuple[str, int, Any]
+_FIELDS = {"source": 0, "medium": 1, "campaign": 2, "category": -1}
+
+
+def _compile(cond: Condition) -> _Compiled:
     field, op, arg = cond
     if field == "category":
-        return lambda f: arg in f.categories
-
-    def value(f: _Facts) -> str:
-        return str(getattr(f, field))
-
-    if op == "is":
-        return lambda f: value(f) == arg
-    if op == "in":
-        return lambda f: value(f) in arg
-    if op == "contains":
-        return lambda f: str(arg) in value(f)
-    if op == "endswith":
-        return lambda f: value(f).endswith(str(arg))
-    pattern = re.compile(str(arg), re.IGNORECASE)
-    return lambda f: pattern.fullmatch(value(f)) is not None
+        return ("cat", -1, arg)
+    if op == "re":
+        return ("re", _FIELDS[field], re.compile(str(arg), re.IGNORECASE))
+    return (op, _FIELDS[field], arg)
 
 
-def _compile_rule(
-    alternatives: tuple[tuple[Condition, ...], ...],
-) -> Callable[[_Facts], bool]:
-    compiled = tuple(tuple(_condition(c) for c in alt) for alt in alternatives)
-    return lambda f: any(all(c(f) for c in alt) for alt in compiled)
-
-
-_DEFAULTS: tuple[tuple[str, Callable[[_Facts], bool]], ...] = tuple(
-    (name, _compile_rule(alts)) for name, alts in DEFAULT_CHANNEL_RULES
+_DEFAULTS: tuple[tuple[str, tuple[tuple[_Compiled, ...], ...]], ...] = tuple(
+    (name, tuple(tuple(_compile(c) for c in alt) for alt in alts))
+    for name, alts in DEFAULT_CHANNEL_RULES
 )
+
+
+def _holds(cond: _Compiled, values: tuple[str, str, str], categories: frozenset[str]) -> bool:
+    op, index, arg = cond
+    if op == "cat":
+        return arg in categories
+    value = values[index]
+    if op == "is":
+        return bool(value == arg)
+    if op == "in":
+        return value in arg
+    if op == "contains":
+        return arg in value
+    if op == "endswith":
+        return value.endswith(arg)
+    return arg.fullmatch(value) is not None
 
 
 class ChannelRule(BaseModel):
@@ -359,8 +367,9 @@ def default_channel(
         chosen = rules.channel_for(s, m, c)
         if chosen is not None:
             return chosen
-    facts = _Facts(s, m, c, source_categories(s))
-    for name, matches in _DEFAULTS:
-        if matches(facts):
-            return name
+    values, categories = (s, m, c), source_categories(s)
+    for name, alternatives in _DEFAULTS:
+        for conditions in alternatives:
+            if all(_holds(cond, values, categories) for cond in conditions):
+                return name
     return UNASSIGNED

@@ -31,7 +31,7 @@ or no referrer within the timeout continues the current visit.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
@@ -130,14 +130,18 @@ def _host(url: str) -> str | None:
     return host.lower().rstrip(".")
 
 
-def _is_within(host: str, domains: Iterable[str]) -> bool:
-    for domain in domains:
-        d = domain.strip().lower().rstrip(".")
-        if d.startswith("www."):
-            d = d[4:]
-        if d and (host == d or host.endswith("." + d)):
-            return True
-    return False
+def _domain(name: str) -> str:
+    d = name.strip().lower().rstrip(".")
+    return d[4:] if d.startswith("www.") else d
+
+
+_IGNORED = frozenset(_domain(d) for d in IGNORED_REFERRERS)
+
+
+def _is_within(host: str, domains: Collection[str]) -> bool:
+    """Whether host is one of the domains or under one (`www.` of a domain ignored)."""
+    labels = host.split(".")
+    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
 
 
 def _search_engine(host: str) -> str | None:
@@ -184,7 +188,8 @@ def visit_source(
 
     ref_host = _host(referrer) if referrer else None
     if ref_host is not None and (
-        _is_within(ref_host, own_hosts) or _is_within(ref_host, IGNORED_REFERRERS)
+        _is_within(ref_host, frozenset(_domain(h) for h in own_hosts))
+        or _is_within(ref_host, _IGNORED)
     ):
         ref_host = None
 
