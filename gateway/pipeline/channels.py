@@ -204,10 +204,12 @@ def visit_source(
         source, medium = (engine, "organic") if engine else (ref_host, "referral")
     else:
         source, medium = DIRECT_SOURCE, NONE_MEDIUM
+    # Capped before the channel rules see them: an override's regex runs on visitor input.
+    source, medium, campaign = source[:MAX_FIELD], medium[:MAX_FIELD], campaign[:MAX_FIELD]
     return VisitSource(
-        source=source[:MAX_FIELD],
-        medium=medium[:MAX_FIELD],
-        campaign=campaign[:MAX_FIELD],
+        source=source,
+        medium=medium,
+        campaign=campaign,
         channel=default_channel(source, medium, campaign, rules=rules),
         click_id=click_id,
         landing_path=path[:MAX_FIELD],
