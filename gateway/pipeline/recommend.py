@@ -21,6 +21,8 @@ The rules and their thresholds (module constants):
   email and ad links with utm parameters.
 - `unassigned_share`: more than 10% of last-click conversions are Unassigned
   (`UNASSIGNED_MAX`): use utm_medium values the channel grouping knows.
+- `no_conversions`: no conversion at all from at least 1,000 visitors (`SILENT_VISITORS`;
+  at a shop's usual 1-3% that would be 10 to 30): check the conversion rule fires.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ FUNNEL_INVERTED = 1.5
 CATALOG_MIN = 0.9
 DIRECT_MAX = 0.5
 UNASSIGNED_MAX = 0.1
+SILENT_VISITORS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,18 @@ def _catalog(facts: InsightFacts, min_events: int) -> list[Recommendation]:
 
 def _channels(facts: InsightFacts, min_events: int) -> list[Recommendation]:
     total = sum(facts.conversions_by_channel.values())
+    if total <= 0 and facts.visitors >= max(SILENT_VISITORS, min_events):
+        return [
+            Recommendation(
+                kind="no_conversions",
+                text=(
+                    f"No conversion was recorded from {facts.visitors} visitors: check that the "
+                    "rule or webhook that records the conversion (e.g. Purchase) fires, with "
+                    "`capi-gateway rules test` on the thank-you page."
+                ),
+                figure=f"0 conversions from {facts.visitors} visitors",
+            )
+        ]
     if total < min_events or total <= 0:
         return []
     out: list[Recommendation] = []

@@ -38,7 +38,7 @@ def facts(
         coverage=coverage,
         funnel=funnel,
         conversions_by_channel=by_channel or {},
-        visitors=1000,
+        visitors=500,
         content_ids_in_catalog=catalog,
     )
 
@@ -225,3 +225,14 @@ def test_every_recommendation_carries_its_figure() -> None:
     for item in found:
         assert any(ch.isdigit() for ch in item.figure)
         assert item.text.endswith(".")
+
+
+def test_no_conversions_from_many_visitors() -> None:
+    silent = InsightFacts(coverage=(), funnel=(), conversions_by_channel={}, visitors=1000)
+    (found,) = recommend(silent)
+    assert found.kind == "no_conversions"
+    assert found.figure == "0 conversions from 1000 visitors"
+    few = InsightFacts(coverage=(), funnel=(), conversions_by_channel={}, visitors=999)
+    assert recommend(few) == []
+    one = InsightFacts(coverage=(), funnel=(), conversions_by_channel={"Email": 1.0}, visitors=5000)
+    assert recommend(one) == []
