@@ -236,3 +236,38 @@ def test_no_conversions_from_many_visitors() -> None:
     assert recommend(few) == []
     one = InsightFacts(coverage=(), funnel=(), conversions_by_channel={"Email": 1.0}, visitors=5000)
     assert recommend(one) == []
+
+
+def test_an_all_channel_finding_stands_for_its_channel_rows() -> None:
+    # Reports give each event per channel and over all channels (channel "").
+    everywhere = (
+        KeyCoverage("Purchase", "", 300, keys(em=0.3)),
+        KeyCoverage("Purchase", "Paid Social", 100, keys(em=0.3)),
+        KeyCoverage("Purchase", "Organic Search", 200, keys(em=0.3)),
+    )
+    (found,) = recommend(facts(coverage=everywhere))
+    assert found.figure == "em on 30% of 300 Purchase events"
+    # Only one channel lacks emails: the whole is fine, the channel row is the finding.
+    one_channel = (
+        KeyCoverage("Purchase", "", 300, keys(em=0.7)),
+        KeyCoverage("Purchase", "Paid Social", 100, keys(em=0.3)),
+        KeyCoverage("Purchase", "Organic Search", 200, keys(em=0.9)),
+    )
+    (found,) = recommend(facts(coverage=one_channel))
+    assert found.figure == "em on 30% of 100 Purchase events from Paid Social"
+    # Another kind on a channel row is kept beside the all-channel finding.
+    mixed = (
+        KeyCoverage("Purchase", "", 300, keys(em=0.3)),
+        KeyCoverage("Purchase", "Paid Social", 100, keys(em=0.3, fbc=0.2)),
+    )
+    assert kinds(recommend(facts(coverage=mixed))) == ["email_coverage", "fbc_missing"]
+
+
+def test_catalog_counts_an_event_once_when_an_all_channel_row_exists() -> None:
+    coverage = (
+        KeyCoverage("ViewContent", "", 30, keys()),
+        KeyCoverage("ViewContent", "Direct", 15, keys()),
+        KeyCoverage("ViewContent", "Email", 15, keys()),
+    )
+    (found,) = recommend(facts(coverage=coverage, catalog={"ViewContent": 0.5}))
+    assert found.figure == "50% of 30 ViewContent events with catalog content ids"
