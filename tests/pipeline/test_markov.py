@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.pipeline import markov
 from gateway.pipeline.markov import path_removal_effects
@@ -70,3 +72,59 @@ def test_keys_beyond_max_states_share_one_state(monkeypatch: pytest.MonkeyPatch)
     ]
     effects = path_removal_effects(paths)
     assert effects == pytest.approx({"A": 1 / 3, "B": 2 / 3, "C": 1 / 3, "D": 1 / 3})
+
+
+def _reference(paths: list[tuple[tuple[str, ...], bool]]) -> dict[str, float]:
+    """RE(k) by the definition: build P from counts, solve p(conv) by plain fixed-point
+    iteration with and without k, no fundamental matrix, no state cap."""
+    counts: dict[str, dict[str, int]] = {}
+    for keys, converted in paths:
+        previous = "(start)"
+        for key in keys:
+            if key != previous:
+                counts.setdefault(previous, {}).setdefault(key, 0)
+                counts[previous][key] += 1
+                previous = key
+        end = "(conv)" if converted else "(null)"
+        counts.setdefault(previous, {}).setdefault(end, 0)
+        counts[previous][end] += 1
+    states = sorted({k for keys, _ in paths for k in keys})
+
+    def p_conv(removed: str | None) -> float:
+        p = dict.fromkeys(states, 0.0)
+        p["(conv)"], p["(null)"] = 1.0, 0.0
+        for _ in range(100_000):
+            moved = 0.0
+            for s in states:
+                if s == removed:
+                    continue
+                out = counts.get(s, {})
+                total = sum(out.values())
+                value = sum(n / total * p[t] for t, n in out.items()) if total else 0.0
+                moved, p[s] = max(moved, abs(value - p[s])), value
+            if moved < 1e-15:
+                break
+        out = counts.get("(start)", {})
+        total = sum(out.values())
+        return sum(n / total * p[t] for t, n in out.items() if t != removed) if total else 0.0
+
+    base = p_conv(None)
+    return {k: (1 - p_conv(k) / base if base > 0 else 0.0) for k in states}
+
+
+_paths = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from("ABCDE"), max_size=6).map(tuple),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(paths=_paths)
+def test_matches_the_definition_on_random_chains(
+    paths: list[tuple[tuple[str, ...], bool]],
+) -> None:
+    assert path_removal_effects(paths) == pytest.approx(_reference(paths), abs=1e-9)
