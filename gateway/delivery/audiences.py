@@ -149,7 +149,9 @@ class SqliteAudiences:
                 out.append(event_hit(visitor, event_name, event_time, json.loads(payload)))
         return out
 
-    async def profiles(self, visitors: Iterable[str], *, now: float) -> dict[str, dict[str, list[str]]]:
+    async def profiles(
+        self, visitors: Iterable[str], *, now: float
+    ) -> dict[str, dict[str, list[str]]]:
         """The live profiles (hashed identifiers) of `visitors` (fbp key hashes)."""
         return await profiles.lookup(self._conn, visitors, now=now)
 
@@ -223,15 +225,17 @@ class SqliteAudiences:
 
     async def claim(self, owner: str, *, lease: float, now: float) -> bool:
         """Take (or renew) the sync lease for `lease` seconds; False when another holds it."""
-        async with write_transaction(self._conn, self._lock):
-            async with self._conn.execute(
+        async with (
+            write_transaction(self._conn, self._lock),
+            self._conn.execute(
                 "INSERT INTO audience_lease (id, owner, expires) VALUES (1, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET owner=excluded.owner, expires=excluded.expires "
                 "WHERE audience_lease.expires < ? OR audience_lease.owner = excluded.owner "
                 "RETURNING owner",
                 (owner, now + lease, now),
-            ) as cur:
-                return await cur.fetchone() is not None
+            ) as cur,
+        ):
+            return await cur.fetchone() is not None
 
     async def release(self, owner: str) -> None:
         """Give the sync lease back."""

@@ -45,7 +45,18 @@ SCHEMA: tuple[str, ...] = (
     "GEN",
     "EXTERN_ID",
 )
-CAPI_KEYS: tuple[str, ...] = ("em", "ph", "fn", "ln", "ct", "st", "zp", "country", "ge", "external_id")
+CAPI_KEYS: tuple[str, ...] = (
+    "em",
+    "ph",
+    "fn",
+    "ln",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "ge",
+    "external_id",
+)
 # Meta's limit of rows per /users call.
 MAX_ROWS = 10_000
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import profiles
 from gateway.delivery.audiences import AudienceState, event_hit, site_key, visitor_of
@@ -26,7 +26,7 @@ _STATE_COLUMNS = (
 )
 
 
-def _state(r: Mapping[str, object]) -> AudienceState:
+def _state(r: Any) -> AudienceState:
     coverage, result = r["coverage"], r["last_result"]
     return AudienceState(
         site=str(r["site"]) or None,
@@ -72,7 +72,12 @@ class PgAudiences:
                 list(names),
             )
             keyed = [
-                (profiles.split_keys(r["profile_keys"]), r["event_name"], r["event_time"], r["payload"])
+                (
+                    profiles.split_keys(r["profile_keys"]),
+                    r["event_name"],
+                    r["event_time"],
+                    r["payload"],
+                )
                 for r in rows
             ]
             wanted = {
