@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
+    AUDIENCES,
     BUFFER_READER,
     INTAKE,
     METRICS,
@@ -27,8 +28,11 @@ from gateway.appkeys import (
     STITCHES,
     Runtime,
 )
+from gateway.delivery.audiences import SqliteAudiences
+from gateway.delivery.audiences_sync import AudienceSync, AudienceSyncer, targets
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.audiences import PgAudiences
 from gateway.delivery.postgres.outbox import PgOutbox, open_postgres
 from gateway.delivery.postgres.reads import PgReader
 from gateway.delivery.postgres.stitches import PgStitches
@@ -38,7 +42,13 @@ from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
-from gateway.delivery.store import KeyMismatch, OutboxStore, StitchStore, StoreReader
+from gateway.delivery.store import (
+    AudienceStore,
+    KeyMismatch,
+    OutboxStore,
+    StitchStore,
+    StoreReader,
+)
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
@@ -82,6 +92,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.cleanup_ctx.append(_stitches_ctx)
     app.cleanup_ctx.append(_reader_ctx)
     app.cleanup_ctx.append(_sender_ctx)
+    app.cleanup_ctx.append(_audiences_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_get(f"{prefix}/status", get_status)
@@ -243,6 +254,38 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await sender.stop(settings.shutdown_grace)
     await session.close()
+
+
+async def _audiences_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Custom Audiences: the store the dashboard reads, and the periodic sync (one process
+    # at a time holds its lease); nothing opens without [[audiences]].
+    settings = app[RUNTIME].settings
+    chosen = targets(settings)
+    if not chosen:
+        yield
+        return
+    outbox = app[OUTBOX]
+    store: AudienceStore
+    if isinstance(outbox, PgOutbox):
+        store = PgAudiences(outbox.db)
+    else:
+        store = await SqliteAudiences.open(settings.buffer)
+    app[AUDIENCES] = store
+    session = aiohttp.ClientSession(trust_env=False)
+    graph = GraphClient(
+        session,
+        graph_url=settings.graph_url,
+        graph_version=settings.graph_version,
+        timeout=max(settings.send_timeout, 60.0),
+        partner_agent=PARTNER_AGENT,
+    )
+    sync = AudienceSync(store, None if settings.dry_run else graph, _policy(settings))
+    syncer = AudienceSyncer(sync, chosen, interval=settings.audiences_sync_interval)
+    syncer.start()
+    yield
+    await syncer.stop()
+    await session.close()
+    await store.close()
 
 
 def _policy(settings: Settings) -> RetryPolicy:
