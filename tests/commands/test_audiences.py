@@ -202,7 +202,19 @@ async def test_serve_syncs_periodically(tmp_path: Path, fake: FakeAudiences) -> 
         ) as resp:
             assert resp.status in (200, 202), await resp.text()
         await wait_for(lambda: bool(fake.members("1001")), timeout=10)
+        # The dashboard's panel: size, the keys the members carry, the last sync.
+        async with front.session.get(
+            f"{front.url}/_capi/admin", headers={"Accept": "text/html"}
+        ) as resp:
+            assert resp.status == 200
+            page = await resp.text()
     assert fake.members("1001") == {meta_row(em="dana@example.com")}
+    panel = page[page.index('<section id="audiences">') :]
+    panel = panel[: panel.index("</section>")]
+    assert 'data-audience="Cart abandoners"' in panel and "<code>1001</code>" in panel
+    assert '<td>1</td>' in panel
+    assert 'data-key="EMAIL">EMAIL 100%' in panel and 'data-key="PHONE"' not in panel
+    assert "<time datetime=" in panel and "never" not in panel
 
 
 async def test_audiences_without_an_ad_account_are_a_start_up_error(
