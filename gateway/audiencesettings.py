@@ -86,6 +86,12 @@ def check_audiences(value: list[AudienceSettings], data: Mapping[str, Any]) -> N
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"the audience {twice[0]!r} is defined twice; give each a unique name")
+    if value and data.get("profile_ttl") == 0:
+        raise ValueError(
+            "audiences are configured but visitor profiles are off (profile_ttl = 0); "
+            "members' identifiers come from their profiles: set profile_ttl to at least "
+            "the longest window (default 30d)"
+        )
     if value and not data.get("ad_account_id") and not data.get("dry_run"):
         raise ValueError(
             "audiences are configured but no ad account is set; set ad_account_id "

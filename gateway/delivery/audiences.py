@@ -48,17 +48,13 @@ def site_key(site: str | None) -> str:
     return site or ""
 
 
-def event_hit(
-    visitor: str, event_name: str, event_time: int, payload: Mapping[str, Any]
-) -> tuple[Hit, dict[str, list[str]]]:
-    """A stored event as a `Hit`, with the hashed identifiers it carries (none when
-    restricted: nothing of an opted-out or LDU event is used)."""
-    restricted = assembly.is_restricted(payload)
+def event_hit(visitor: str, event_name: str, event_time: int, payload: Mapping[str, Any]) -> Hit:
+    """A stored event as a `Hit`: its visitor, name, time, value and whether it is
+    restricted (opt_out or Limited Data Use)."""
     custom = payload.get("custom_data")
     raw = custom.get("value") if isinstance(custom, Mapping) else None
     value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else 0.0
-    ids = {} if restricted else assembly.hashed_identifiers(payload)
-    return Hit(visitor, event_name, int(event_time), value, restricted), ids
+    return Hit(visitor, event_name, int(event_time), value, assembly.is_restricted(payload))
 
 
 def visitor_of(keys: Sequence[str], links: Mapping[str, str]) -> str | None:
@@ -120,9 +116,9 @@ class SqliteAudiences:
 
     async def hits(
         self, site: str | None, names: Sequence[str], *, since: float, now: float
-    ) -> list[tuple[Hit, dict[str, list[str]]]]:
-        """The site's events named `names` with `event_time` >= `since`, per event its
-        visitor (rows without one are left out) and the identifiers it carries."""
+    ) -> list[Hit]:
+        """The site's events named `names` with `event_time` >= `since`, each with its
+        visitor (rows without one are left out)."""
         if not names:
             return []
         # created_at >= event_time always (times are clamped to now): the site index

@@ -131,15 +131,13 @@ async def current_rows(store: AudienceStore, target: Target, *, now: float) -> d
     )
     names = sorted(spec.events | spec.exclude_events)
     hits = await store.hits(target.site, names, since=now - spec.window, now=now)
-    members = rule.members(spec, (hit for hit, _ in hits), now=now)
-    carried: dict[str, list[dict[str, list[str]]]] = {}
-    for hit, ids in hits:
-        if hit.visitor in members and ids:
-            carried.setdefault(hit.visitor, []).append(ids)
+    members = rule.members(spec, hits, now=now)
+    # Identifiers come from profiles alone: `forget` erases a person's profile, so the next
+    # sync takes them out, even while their delivered events are still kept.
     found = await store.profiles(sorted(members), now=now)
     out: dict[str, Row] = {}
     for visitor in sorted(members):
-        values = rule.row(rule.merge_ids(*carried.get(visitor, []), found.get(visitor, {})))
+        values = rule.row(found.get(visitor, {}))
         if values is not None:
             out[rule.row_hash(values)] = values
     return out

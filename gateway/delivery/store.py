@@ -216,9 +216,9 @@ class AudienceStore(Protocol):
 
     async def hits(
         self, site: str | None, names: Sequence[str], *, since: float, now: float
-    ) -> list[tuple[Hit, dict[str, list[str]]]]:
-        """The site's events named `names` since `since`, each with its visitor (fbp key
-        hash) and the hashed identifiers it carries."""
+    ) -> list[Hit]:
+        """The site's events named `names` since `since`, each with its visitor (the fbp
+        key hash of its profile)."""
 
     async def profiles(
         self, visitors: Iterable[str], *, now: float

@@ -19,9 +19,10 @@ lies in [now - window, now]:
 4. a member needs identifiers Meta can match: EMAIL, PHONE or EXTERN_ID, or FN and LN
    together (CT, ST, ZIP, COUNTRY, GEN only help a match, never make one).
 
-Rows follow Meta's multi-key schema (`SCHEMA`): one row per member, the first known hashed
-value of each key, "" where none is known. The values are the CAPI hashes already stored
-(SHA-256 of the same normalization Meta asks for customer files).
+Rows follow Meta's multi-key schema (`SCHEMA`): one row per member, the first hashed value of
+each key in the member's visitor profile (what their consenting events told the site; see
+gateway/delivery/profiles.py), "" where none is known. The values are the CAPI hashes already
+stored (SHA-256 of the same normalization Meta asks for customer files).
 """
 
 from __future__ import annotations
@@ -129,16 +130,6 @@ def row(ids: Mapping[str, Sequence[str]]) -> Row | None:
 def row_hash(values: Row) -> str:
     """A row's identity in the audience state (what was sent is kept under it)."""
     return hashlib.sha256("\x1f".join(values).encode()).hexdigest()
-
-
-def merge_ids(*sources: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Hashed identifiers of several sources (events, profile), first source first."""
-    out: dict[str, list[str]] = {}
-    for source in sources:
-        for key, values in source.items():
-            have = out.setdefault(key, [])
-            have += [v for v in values if v and v not in have]
-    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,7 +212,7 @@ async def test_serve_syncs_periodically(tmp_path: Path, fake: FakeAudiences) -> 
     panel = page[page.index('<section id="audiences">') :]
     panel = panel[: panel.index("</section>")]
     assert 'data-audience="Cart abandoners"' in panel and "<code>1001</code>" in panel
-    assert '<td>1</td>' in panel
+    assert "<td>1</td>" in panel
     assert 'data-key="EMAIL">EMAIL 100%' in panel and 'data-key="PHONE"' not in panel
     assert "<time datetime=" in panel and "never" not in panel
 
@@ -243,5 +243,7 @@ def test_audience_config_errors_name_the_key(tmp_path: Path) -> None:
     for spec in bad:
         with pytest.raises(ValueError, match="audiences"):
             Settings.model_validate({"dry_run": True, "audiences": [spec]})
+    with pytest.raises(ValueError, match="profile_ttl"):
+        Settings.model_validate({"dry_run": True, "profile_ttl": 0, "audiences": [AUDIENCE]})
     with pytest.raises(ValueError, match="defined twice"):
         Settings.model_validate({"dry_run": True, "audiences": [AUDIENCE, AUDIENCE]})

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.delivery.audiences import SqliteAudiences
 from gateway.delivery.audiences_sync import AudienceSync, AudienceSyncer, Target, targets
+from gateway.delivery.forget import Person
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.audiences import PgAudiences
@@ -219,7 +220,8 @@ async def test_consent_and_matchable_keys(stores: Any) -> None:
     now = time.time()
     await box.add(
         [
-            # Opted out (GPC): never a member, whatever it carries.
+            # Known from a consenting Lead, then opted out (GPC) on the cart: not a member.
+            event("Lead", "fb.1.1.gpc", at=now - 3 * DAY, em="gpc@example.com"),
             event("AddToCart", "fb.1.1.gpc", at=now - DAY, opt_out=True, em="gpc@example.com"),
             # Only a city and a zip: nothing Meta could match a person on.
             event("AddToCart", "fb.1.1.city", at=now - DAY, ct="paris", zp="75001"),
@@ -408,3 +410,26 @@ async def test_one_process_holds_the_sync_lease(stores: Any) -> None:
     assert not await syncer.run_once()  # b holds it
     await audiences.release("b")
     assert await syncer.run_once() and syncer.runs == 1
+
+
+async def test_forget_takes_a_person_out_at_the_next_sync(
+    stores: Any, fake: FakeAudiences, graph: GraphClient
+) -> None:
+    box, audiences = stores
+    now = time.time()
+    await box.add(
+        [
+            event("AddToCart", "fb.1.1.a", at=now - DAY, em="a@example.com"),
+            event("AddToCart", "fb.1.1.b", at=now - DAY, em="b@example.com"),
+        ]
+    )
+    (target,) = targets(settings(CART))
+    sync = AudienceSync(audiences, graph, POLICY)
+    await sync.sync(target, now=now)
+    assert len(fake.members("1001")) == 2
+    # Her events stay (delivered rows are kept for `retention`), her profile goes.
+    await box.forget(Person.of(email=["A@example.com"]), KEY)
+    report = await sync.sync(target, now=now)
+    assert report.removed == [meta_row(em="a@example.com")] and report.added == []
+    assert fake.users_calls()[-1].method == "DELETE"
+    assert fake.members("1001") == {meta_row(em="b@example.com")}

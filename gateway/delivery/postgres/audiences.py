@@ -55,12 +55,12 @@ class PgAudiences:
 
     async def hits(
         self, site: str | None, names: Sequence[str], *, since: float, now: float
-    ) -> list[tuple[Hit, dict[str, list[str]]]]:
+    ) -> list[Hit]:
         """See `SqliteAudiences.hits`."""
         if not names:
             return []
 
-        async def read(conn: Conn) -> list[tuple[Hit, dict[str, list[str]]]]:
+        async def read(conn: Conn) -> list[Hit]:
             rows = await conn.fetch(
                 "SELECT profile_keys, event_name, event_time, payload::text AS payload "
                 "FROM events WHERE site IS NOT DISTINCT FROM $1 AND created_at >= $2 "
