@@ -433,3 +433,25 @@ async def test_forget_takes_a_person_out_at_the_next_sync(
     assert report.removed == [meta_row(em="a@example.com")] and report.added == []
     assert fake.users_calls()[-1].method == "DELETE"
     assert fake.members("1001") == {meta_row(em="b@example.com")}
+
+
+async def test_a_refused_upload_keeps_the_audience_and_is_sent_again(
+    stores: Any, fake: FakeAudiences, graph: GraphClient
+) -> None:
+    box, audiences = stores
+    now = time.time()
+    await box.add([event("AddToCart", "fb.1.1.a", at=now - DAY, em="a@example.com")])
+    (target,) = targets(settings(CART))
+    sync = AudienceSync(audiences, graph, POLICY)
+    # The audience is created, then its upload refused (invalid parameter: not retried).
+    fake.fail_next(1, status=400, code=100, users_only=True)
+    failed = await sync.sync(target, now=now)
+    assert failed.error == "fake failure" and not failed.parked
+    assert failed.audience_id == "1001" and fake.members("1001") == set()
+    state = await audiences.state(None, CART["name"])
+    assert state.audience_id == "1001" and state.last_error == "fake failure"
+    assert state.size == 0 and state.synced_at is None
+    done = await sync.sync(target, now=now)
+    assert done.error is None and len(fake.creates) == 1
+    assert fake.members("1001") == {meta_row(em="a@example.com")}
+    assert (await audiences.state(None, CART["name"])).last_error is None

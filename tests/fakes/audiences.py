@@ -57,6 +57,7 @@ class FakeAudiences:
     requests: int = 0
     url: str = ""
     _failures: deque[_Failure] = field(default_factory=deque)
+    _users_failures: deque[_Failure] = field(default_factory=deque)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001))
 
     def fail_next(
@@ -66,10 +67,12 @@ class FakeAudiences:
         status: int = 500,
         code: int | None = 2,
         is_transient: bool | None = None,
+        users_only: bool = False,
     ) -> None:
-        """Answer the next `n` calls with this failure."""
+        """Answer the next `n` calls (of /users only, with `users_only`) with this failure."""
+        queue = self._users_failures if users_only else self._failures
         for _ in range(n):
-            self._failures.append(_Failure(status, code, is_transient))
+            queue.append(_Failure(status, code, is_transient))
 
     def members(self, audience_id: str) -> set[tuple[str, ...]]:
         """The rows the audience holds after the adds and removes received."""
@@ -87,10 +90,13 @@ class FakeAudiences:
         app.router.add_route("DELETE", "/{version}/{audience_id}/users", self._users)
         return app
 
-    def _refusal(self, request: web.Request, form: Any) -> web.Response | None:
+    def _refusal(
+        self, request: web.Request, form: Any, *, users: bool = False
+    ) -> web.Response | None:
         self.requests += 1
-        if self._failures:
-            failure = self._failures.popleft()
+        failures = self._users_failures if users and self._users_failures else self._failures
+        if failures:
+            failure = failures.popleft()
             error: dict[str, Any] = {"message": "fake failure", "type": "OAuthException"}
             if failure.code is not None:
                 error["code"] = failure.code
@@ -125,7 +131,7 @@ class FakeAudiences:
 
     async def _users(self, request: web.Request) -> web.Response:
         form = await request.post()
-        refused = self._refusal(request, form)
+        refused = self._refusal(request, form, users=True)
         if refused is not None:
             return refused
         audience_id = request.match_info["audience_id"]
