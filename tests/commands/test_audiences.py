@@ -177,6 +177,15 @@ async def test_a_visitor_who_gave_an_email_at_checkout_and_left_is_a_member(
     assert listed["id"] == "1001" and listed["size"] == 1 and listed["held_by_meta"] == 1
     assert listed["coverage"]["EMAIL"] == 1.0 and listed["coverage"]["PHONE"] == 0.0
     assert listed["last_sync"] is not None and listed["last_error"] is None
+    code, out = await cli(capsys, "audiences", "list", "--config", str(config))
+    assert code == 0
+    assert out.startswith("Cart abandoners: id 1001, 1 member(s) now, 1 sent; last sync 20")
+    assert "matched keys: EMAIL 100%" in out
+    code, out = await cli(capsys, "audiences", "export", "--config", str(config), "--json")
+    assert json.loads(out)[0]["data"] == [list(ann)]
+    # Unknown names and sites are errors that say what is configured.
+    assert main(["audiences", "sync", "--config", str(config), "--name", "Nope"]) == 2
+    assert "no audience is configured named 'Nope'" in capsys.readouterr().err
 
 
 async def test_serve_syncs_periodically(tmp_path: Path, fake: FakeAudiences) -> None:
