@@ -280,7 +280,9 @@ async def _audiences_ctx(app: web.Application) -> AsyncIterator[None]:
         partner_agent=PARTNER_AGENT,
     )
     sync = AudienceSync(store, None if settings.dry_run else graph, _policy(settings))
-    syncer = AudienceSyncer(sync, chosen, interval=settings.audiences_sync_interval)
+    syncer = AudienceSyncer(
+        sync, lambda: targets(app[RUNTIME].settings), interval=settings.audiences_sync_interval
+    )
     syncer.start()
     yield
     await syncer.stop()

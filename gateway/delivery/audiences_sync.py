@@ -28,7 +28,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -347,9 +347,16 @@ def _local_failure(message: str, *, blocked: bool = False) -> SendResult:
 class AudienceSyncer:
     """The periodic sync in `serve`: every `interval`, the process holding the lease syncs."""
 
-    def __init__(self, sync: AudienceSync, chosen: Sequence[Target], *, interval: float) -> None:
+    def __init__(
+        self,
+        sync: AudienceSync,
+        chosen: Sequence[Target] | Callable[[], Sequence[Target]],
+        *,
+        interval: float,
+    ) -> None:
         self.sync = sync
-        self.chosen = list(chosen)
+        # A callable is read at every run: a reload's new token or audiences apply.
+        self._chosen = chosen if callable(chosen) else (lambda: list(chosen))
         self.interval = interval
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.runs = 0
@@ -357,7 +364,7 @@ class AudienceSyncer:
 
     def start(self) -> None:
         """Start the loop (nothing to do without audiences)."""
-        if self.chosen and self._task is None:
+        if self._chosen() and self._task is None:
             self._task = asyncio.create_task(self._loop(), name="audience-sync")
 
     async def stop(self) -> None:
@@ -376,7 +383,7 @@ class AudienceSyncer:
         # The lease outlives one interval: a live holder renews it each run, a dead one's runs out.
         if not await self.sync.store.claim(self.owner, lease=self.interval * 1.5, now=time.time()):
             return False
-        await self.sync.sync_all(self.chosen)
+        await self.sync.sync_all(self._chosen())
         self.runs += 1
         return True
 

@@ -256,3 +256,36 @@ def test_audience_config_errors_name_the_key(tmp_path: Path) -> None:
         Settings.model_validate({"dry_run": True, "profile_ttl": 0, "audiences": [AUDIENCE]})
     with pytest.raises(ValueError, match="defined twice"):
         Settings.model_validate({"dry_run": True, "audiences": [AUDIENCE, AUDIENCE]})
+
+
+async def test_serve_parks_on_a_refused_token_and_resumes_after_a_reload(
+    tmp_path: Path, fake: FakeAudiences
+) -> None:
+    from gateway.app import reload
+
+    base: dict[str, Any] = {
+        "ad_account_id": ACCOUNT,
+        "audiences": [AUDIENCE],
+        "audiences_sync_interval": 0.1,
+    }
+    stale = make_settings(tmp_path, fake.url, audiences_access_token="EAAB-expired", **base)
+    async with run_gateway(stale) as front:
+        event = {
+            "event_name": "AddToCart",
+            "event_source_url": "https://shop.example/p/1",
+            "user_data": {
+                "email": "eve@example.com",
+                "fbp": "fb.1.1700000000000.7",
+                "user_agent": "UA",
+            },
+        }
+        async with front.session.post(
+            f"{front.url}/_capi/events", json={"data": [event]}, headers=auth()
+        ) as resp:
+            assert resp.status in (200, 202)
+        await wait_for(lambda: fake.requests >= 1)
+        await asyncio.sleep(0.5)  # several intervals: parked, so no further call
+        assert fake.requests == 1 and fake.creates == []
+        await reload(front.app, make_settings(tmp_path, fake.url, **base))
+        await wait_for(lambda: bool(fake.members("1001")), timeout=10)
+    assert fake.members("1001") == {meta_row(em="eve@example.com")}
