@@ -204,7 +204,11 @@ class AudienceSync:
             report.added, report.removed = [], []
             return report
         failure = await self._push(target, state, changes, report)
-        held = len(await self.store.sent_rows(target.site, name))
+        after = await self.store.sent_rows(target.site, name)
+        held = len(after)
+        # What Meta confirmed (all of it, unless a call failed part way).
+        report.added = [r for h, r in changes.add.items() if h in after]
+        report.removed = [r for h, r in changes.remove.items() if h not in after]
         done = replace(
             state,
             audience_id=report.audience_id,

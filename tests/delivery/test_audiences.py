@@ -448,6 +448,7 @@ async def test_a_refused_upload_keeps_the_audience_and_is_sent_again(
     failed = await sync.sync(target, now=now)
     assert failed.error == "fake failure" and not failed.parked
     assert failed.audience_id == "1001" and fake.members("1001") == set()
+    assert failed.added == [] and failed.removed == []  # nothing Meta confirmed
     state = await audiences.state(None, CART["name"])
     assert state.audience_id == "1001" and state.last_error == "fake failure"
     assert state.size == 0 and state.synced_at is None
