@@ -29,7 +29,8 @@ from gateway.appkeys import (
     Runtime,
 )
 from gateway.delivery.audiences import SqliteAudiences
-from gateway.delivery.audiences_sync import AudienceSync, AudienceSyncer, targets
+from gateway.delivery.audiences_sync import AudienceSync, targets
+from gateway.delivery.audiences_task import AudienceSyncer
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.audiences import PgAudiences

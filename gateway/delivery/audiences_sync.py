@@ -14,21 +14,19 @@ compare them with the rows Meta was last sent, and send only the difference:
 Transport failures, 5xx and throttling are retried with the gateway's backoff; a refused token
 (190, permissions) parks the audience until the token changes (its fingerprint is kept);
 any other refusal is recorded as the audience's last error and retried at the next sync.
-Dry run computes and records what would be sent and calls nothing.
+Dry run computes and records what would be sent and calls nothing. The periodic run in
+`serve` is gateway/delivery/audiences_task.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -346,56 +344,3 @@ def _local_failure(message: str, *, blocked: bool = False) -> SendResult:
         retry_after=None,
         body=None,
     )
-
-
-class AudienceSyncer:
-    """The periodic sync in `serve`: every `interval`, the process holding the lease syncs."""
-
-    def __init__(
-        self,
-        sync: AudienceSync,
-        chosen: Sequence[Target] | Callable[[], Sequence[Target]],
-        *,
-        interval: float,
-    ) -> None:
-        self.sync = sync
-        # A callable is read at every run: a reload's new token or audiences apply.
-        self._chosen = chosen if callable(chosen) else (lambda: list(chosen))
-        self.interval = interval
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.runs = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start the loop (nothing to do without audiences)."""
-        if self._chosen() and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="audience-sync")
-
-    async def stop(self) -> None:
-        """Stop the loop and give the lease back."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        with contextlib.suppress(Exception):
-            await self.sync.store.release(self.owner)
-
-    async def run_once(self) -> bool:
-        """Sync every audience if this process holds (or takes) the lease; True if it did."""
-        # The lease outlives one interval: a live holder renews it each run, a dead one's runs out.
-        if not await self.sync.store.claim(self.owner, lease=self.interval * 1.5, now=time.time()):
-            return False
-        await self.sync.sync_all(self._chosen())
-        self.runs += 1
-        return True
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                # A storage fault or a bug in one run must not end the loop.
-                log.exception("The audience sync failed; it runs again in %.0f s.", self.interval)
-            await asyncio.sleep(self.interval)

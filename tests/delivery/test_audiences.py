@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from gateway.delivery.audiences import SqliteAudiences
-from gateway.delivery.audiences_sync import AudienceSync, AudienceSyncer, Target, targets
+from gateway.delivery.audiences_sync import AudienceSync, Target, targets
+from gateway.delivery.audiences_task import AudienceSyncer
 from gateway.delivery.forget import Person
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
