@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ACCOUNT = re.compile(r"^(?:act_)?([0-9]{3,25})$")
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,100}$")
 
 
@@ -41,6 +42,8 @@ class AudienceSettings(BaseModel):
     window: float = 14 * 86400.0
     min_value: float | None = Field(default=None, ge=0)
     min_count: int = Field(default=1, ge=1)
+    # Values are never summed across currencies; this names the one `min_value` counts in.
+    currency: str | None = None
     description: str | None = Field(default=None, max_length=500)
 
     @field_validator("name")
@@ -61,6 +64,15 @@ class AudienceSettings(BaseModel):
                     raise ValueError(f"{item!r} is not an event name such as AddToCart")
         return value
 
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _CURRENCY.match(value.strip()):
+            raise ValueError(f"{value!r} is not a currency: use an ISO 4217 code such as EUR")
+        return value.strip().upper()
+
     @field_validator("window", mode="before")
     @classmethod
     def _window(cls, value: Any) -> float:
@@ -73,6 +85,11 @@ class AudienceSettings(BaseModel):
             raise ValueError(
                 f"{', '.join(both)} is in both events and exclude_events; an event either "
                 "puts a visitor in or takes them out"
+            )
+        if self.currency is not None and self.min_value is None:
+            raise ValueError(
+                "currency only says which values count towards min_value; set min_value "
+                "too, or remove currency"
             )
         return self
 

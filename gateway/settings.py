@@ -328,7 +328,7 @@ class Settings(BaseModel):
     """how often `serve` syncs the audiences to Meta (only changes are sent)"""
     audiences: list[AudienceSettings] = Field(default_factory=list)
     """`[[audiences]]` tables: `name`, `events`, `exclude_events`, `window`, `min_value`,
-    `min_count`, `description` (see "Audiences")"""
+    `currency`, `min_count`, `description` (see "Audiences")"""
 
     @field_validator("ad_account_id", mode="before")
     @classmethod

@@ -49,12 +49,16 @@ def site_key(site: str | None) -> str:
 
 
 def event_hit(visitor: str, event_name: str, event_time: int, payload: Mapping[str, Any]) -> Hit:
-    """A stored event as a `Hit`: its visitor, name, time, value and whether it is
-    restricted (opt_out or Limited Data Use)."""
+    """A stored event as a `Hit`: its visitor, name, time, value (and its currency) and
+    whether it is restricted (opt_out or Limited Data Use)."""
     custom = payload.get("custom_data")
     raw = custom.get("value") if isinstance(custom, Mapping) else None
     value = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else 0.0
-    return Hit(visitor, event_name, int(event_time), value, assembly.is_restricted(payload))
+    code = custom.get("currency") if isinstance(custom, Mapping) else None
+    currency = code.strip().upper() if isinstance(code, str) else ""
+    return Hit(
+        visitor, event_name, int(event_time), value, assembly.is_restricted(payload), currency
+    )
 
 
 def visitor_of(keys: Sequence[str], links: Mapping[str, str]) -> str | None:

@@ -126,6 +126,7 @@ async def current_rows(store: AudienceStore, target: Target, *, now: float) -> d
         window=audience.window,
         min_count=audience.min_count,
         min_value=audience.min_value,
+        currency=audience.currency,
     )
     names = sorted(spec.events | spec.exclude_events)
     hits = await store.hits(target.site, names, since=now - spec.window, now=now)

@@ -8,8 +8,10 @@ lies in [now - window, now]:
 
 1. a visitor (the keyed hash of their `_fbp`, see gateway/delivery/profiles.py) is a
    candidate with at least `min_count` events named in `events`, whose `custom_data.value`
-   summed is at least `min_value` when that is set (values are summed as stored, one
-   currency per site is assumed);
+   summed is at least `min_value` when that is set. Values are summed per currency, never
+   across two: with the audience's `currency` set only values in that currency count;
+   without it, the values of any one currency must reach `min_value` (an event's value
+   without a currency is a currency of its own, "");
 2. an event named in `exclude_events` at or after the candidate's last `events` event takes
    them out (a Purchase after the AddToCart; an AddToCart after the Purchase brings them
    back in);
@@ -73,6 +75,8 @@ class Rule:
     window: float
     min_count: int = 1
     min_value: float | None = None
+    # ISO 4217 code: only values in it count towards `min_value` (None: any one currency).
+    currency: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +88,16 @@ class Hit:
     event_time: int
     value: float
     restricted: bool
+    # `custom_data.currency` upper-cased, "" when the event has none.
+    currency: str = ""
 
 
 def members(rule: Rule, hits: Iterable[Hit], *, now: float) -> set[str]:
     """The visitors `hits` make members under `rule` (steps 1-3 of the module's rule)."""
     since = now - rule.window
     count: dict[str, int] = {}
-    value: dict[str, float] = {}
+    # Per visitor and currency: 10 EUR and 10 USD are not 20 of anything.
+    value: dict[str, dict[str, float]] = {}
     last_in: dict[str, int] = {}
     last_out: dict[str, int] = {}
     restricted: set[str] = set()
@@ -101,7 +108,9 @@ def members(rule: Rule, hits: Iterable[Hit], *, now: float) -> set[str]:
             restricted.add(hit.visitor)
         if hit.event_name in rule.events:
             count[hit.visitor] = count.get(hit.visitor, 0) + 1
-            value[hit.visitor] = value.get(hit.visitor, 0.0) + hit.value
+            if hit.value:
+                sums = value.setdefault(hit.visitor, {})
+                sums[hit.currency] = sums.get(hit.currency, 0.0) + hit.value
             last_in[hit.visitor] = max(last_in.get(hit.visitor, hit.event_time), hit.event_time)
         elif hit.event_name in rule.exclude_events:
             last_out[hit.visitor] = max(last_out.get(hit.visitor, hit.event_time), hit.event_time)
@@ -109,12 +118,21 @@ def members(rule: Rule, hits: Iterable[Hit], *, now: float) -> set[str]:
     for visitor, n in count.items():
         if n < rule.min_count or visitor in restricted:
             continue
-        if rule.min_value is not None and value[visitor] < rule.min_value:
+        if rule.min_value is not None and not _reaches(rule, value.get(visitor, {})):
             continue
         if visitor in last_out and last_out[visitor] >= last_in[visitor]:
             continue
         out.add(visitor)
     return out
+
+
+def _reaches(rule: Rule, sums: Mapping[str, float]) -> bool:
+    """Whether a visitor's value sums (by currency) reach `min_value` in one currency (the
+    rule's, when it names one)."""
+    assert rule.min_value is not None
+    if rule.currency is not None:
+        return sums.get(rule.currency, 0.0) >= rule.min_value
+    return max(sums.values(), default=0.0) >= rule.min_value
 
 
 def row(ids: Mapping[str, Sequence[str]]) -> Row | None:

@@ -65,6 +65,7 @@ def event(
     *,
     at: float,
     value: float | None = None,
+    currency: str = "EUR",
     opt_out: bool = False,
     site: str | None = None,
     **ids: str,
@@ -78,7 +79,7 @@ def event(
         "user_data": {k: [sha(v)] for k, v in ids.items()},
     }
     if value is not None:
-        payload["custom_data"] = {"value": value, "currency": "EUR"}
+        payload["custom_data"] = {"value": value, "currency": currency}
     if opt_out:
         payload["opt_out"] = True
     return NewEvent(
@@ -214,6 +215,48 @@ async def test_min_count_and_min_value(stores: Any) -> None:
     }
     (target,) = targets(settings(spec))
     assert await members(audiences, target, now) == {meta_row(em="big@example.com")}
+
+
+async def test_min_value_counts_per_currency(stores: Any) -> None:
+    box, audiences = stores
+    now = time.time()
+    await box.add(
+        [
+            # 60 EUR and 60 USD: neither currency reaches 100.
+            event("Purchase", "fb.1.1.mix", at=now - DAY, value=60, em="mix@example.com"),
+            event(
+                "Purchase",
+                "fb.1.1.mix",
+                at=now - DAY,
+                value=60,
+                currency="USD",
+                em="mix@example.com",
+            ),
+            # A lower-case code is the same currency.
+            event(
+                "Purchase",
+                "fb.1.1.usd",
+                at=now - DAY,
+                value=120,
+                currency="usd",
+                em="usd@example.com",
+            ),
+            event("Purchase", "fb.1.1.eur", at=now - DAY, value=101, em="eur@example.com"),
+        ]
+    )
+    spec: dict[str, Any] = {"name": "Big", "events": ["Purchase"], "min_value": 100}
+    (anyone,) = targets(settings(spec))
+    assert await members(audiences, anyone, now) == {
+        meta_row(em="usd@example.com"),
+        meta_row(em="eur@example.com"),
+    }
+    (in_usd,) = targets(settings({**spec, "name": "Big USD", "currency": "usd"}))
+    assert in_usd.audience.currency == "USD"
+    assert await members(audiences, in_usd, now) == {meta_row(em="usd@example.com")}
+    with pytest.raises(ValueError, match="currency"):
+        settings({**spec, "currency": "euro"})
+    with pytest.raises(ValueError, match="min_value"):
+        settings({"name": "X", "events": ["Purchase"], "currency": "EUR"})
 
 
 async def test_consent_and_matchable_keys(stores: Any) -> None:

@@ -23,8 +23,15 @@ CART = Rule(
 )
 
 
-def hit(visitor: str, name: str, ago: float, value: float = 0.0, restricted: bool = False) -> Hit:
-    return Hit(visitor, name, int(NOW - ago), value, restricted)
+def hit(
+    visitor: str,
+    name: str,
+    ago: float,
+    value: float = 0.0,
+    restricted: bool = False,
+    currency: str = "EUR",
+) -> Hit:
+    return Hit(visitor, name, int(NOW - ago), value, restricted, currency)
 
 
 def test_exclusion_at_the_same_second_as_the_cart_takes_out() -> None:
@@ -91,3 +98,21 @@ def test_diff_batches_and_coverage() -> None:
     cov = coverage([a, b])
     assert cov["EMAIL"] == 1.0 and cov["PHONE"] == 0.5 and cov["ZIP"] == 0.0
     assert coverage([]) == dict.fromkeys(SCHEMA, 0.0)
+
+
+def test_min_value_never_sums_two_currencies() -> None:
+    hits = [
+        # 60 EUR + 60 USD is not 120 of anything: out without a currency, out with EUR.
+        hit("mixed", "Purchase", DAY, 60, currency="EUR"),
+        hit("mixed", "Purchase", DAY, 60, currency="USD"),
+        hit("eur", "Purchase", DAY, 70, currency="EUR"),
+        hit("eur", "Purchase", 2 * DAY, 40, currency="EUR"),
+        hit("usd", "Purchase", DAY, 150, currency="USD"),
+        hit("usd", "Purchase", DAY, 5, currency="EUR"),
+    ]
+    anyone = Rule(frozenset({"Purchase"}), frozenset(), 30 * DAY, min_value=100)
+    assert members(anyone, hits, now=NOW) == {"eur", "usd"}
+    in_eur = Rule(frozenset({"Purchase"}), frozenset(), 30 * DAY, min_value=100, currency="EUR")
+    assert members(in_eur, hits, now=NOW) == {"eur"}
+    in_usd = Rule(frozenset({"Purchase"}), frozenset(), 30 * DAY, min_value=100, currency="USD")
+    assert members(in_usd, hits, now=NOW) == {"usd"}
