@@ -3,8 +3,9 @@
 - `list`: per audience its Meta id, members now, rows Meta holds, matched-key coverage, last
   sync and error;
 - `sync`: bring every audience (of `--site`) in step with Meta now, sending only changes
-  (`--dry-run`: compute and record, call nothing); `--json` prints per audience its id and
-  how many rows were added and removed;
+  (`--dry-run`: compute and record, call nothing); `--json` prints per audience its id,
+  how many rows were added and removed, and those rows as Meta got them (hashes only, at
+  most `--max-rows` each, `truncated` when more);
 - `export`: the members' hashed rows in Meta's schema, as CSV (a customer list for a manual
   upload) or JSON.
 """
@@ -59,6 +60,22 @@ def add_parser(sub: Any, buffer_arg: Callable[[str], Path | str]) -> None:
             p.add_argument(
                 "--dry-run", action="store_true", help="compute and record, never call Meta"
             )
+            p.add_argument(
+                "--max-rows",
+                type=_rows_cap,
+                default=1000,
+                help="--json lists at most this many added and removed rows each (default 1000)",
+            )
+
+
+def _rows_cap(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of rows (0 or more)")
+    return number
 
 
 def run_audiences_command(args: argparse.Namespace) -> int:
@@ -189,7 +206,7 @@ async def _sync(
         )
         reports = await AudienceSync(store, None if dry else graph, policy).sync_all(chosen)
     if args.json:
-        print(json.dumps([r.to_json() for r in reports], indent=2))
+        print(json.dumps([r.to_json(args.max_rows) for r in reports], indent=2))
     else:
         for r in reports:
             where = f"[{r.site}] " if r.site else ""

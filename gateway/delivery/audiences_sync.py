@@ -102,8 +102,10 @@ class SyncReport:
     parked: bool = False
     error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The `audiences sync --json` entry of this audience."""
+    def to_json(self, max_rows: int = 1000) -> dict[str, Any]:
+        """The `audiences sync --json` entry of this audience: counts, and the rows added and
+        removed as Meta received them (SHA-256 hashes in `schema` order, never a clear
+        value), at most `max_rows` of each; `truncated` says some were left out."""
         return {
             "site": self.site,
             "name": self.name,
@@ -111,6 +113,10 @@ class SyncReport:
             "size": self.size,
             "added": len(self.added),
             "removed": len(self.removed),
+            "schema": list(rule.SCHEMA),
+            "added_rows": [list(r) for r in self.added[:max_rows]],
+            "removed_rows": [list(r) for r in self.removed[:max_rows]],
+            "truncated": len(self.added) > max_rows or len(self.removed) > max_rows,
             "dry_run": self.dry_run,
             "parked": self.parked,
             "error": self.error,

@@ -164,12 +164,26 @@ async def test_a_visitor_who_gave_an_email_at_checkout_and_left_is_a_member(
         "size": 1,
         "added": 1,
         "removed": 0,
+        "schema": ["EMAIL", "PHONE", "FN", "LN", "CT", "ST", "ZIP", "COUNTRY", "GEN", "EXTERN_ID"],
+        "added_rows": [list(ann)],
+        "removed_rows": [],
+        "truncated": False,
         "dry_run": False,
         "parked": False,
         "error": None,
     }
     assert fake.creates[0]["account"] == ACCOUNT
     assert fake.members("1001") == {ann}
+    # Nothing left to send; --max-rows must be a count.
+    code, out = await cli(
+        capsys, "audiences", "sync", "--config", str(config), "--json", "--max-rows", "0"
+    )
+    assert code == 0
+    assert json.loads(out)[0]["added_rows"] == [] and json.loads(out)[0]["added"] == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["audiences", "sync", "--config", str(config), "--max-rows", "x"])
+    assert exited.value.code == 2
+    assert "not a number of rows" in capsys.readouterr().err
 
     code, out = await cli(capsys, "audiences", "list", "--config", str(config), "--json")
     assert code == 0

@@ -331,6 +331,16 @@ async def test_sync_creates_sends_hashed_rows_then_only_changes(
     assert [c.method for c in calls] == ["DELETE", "POST"]
     assert calls[0].data == [list(meta_row(em="b@example.com"))]
     assert calls[1].data == [list(meta_row(em="c@example.com"))]
+    # `sync --json`: the counts, and the rows themselves as Meta got them (hashes only).
+    shown = second.to_json()
+    assert (shown["added"], shown["removed"], shown["truncated"]) == (1, 1, False)
+    assert shown["added_rows"] == [list(meta_row(em="c@example.com"))]
+    assert shown["removed_rows"] == [list(meta_row(em="b@example.com"))]
+    assert "b@example.com" not in str(shown) and "c@example.com" not in str(shown)
+    assert shown["schema"] == list(SCHEMA)
+    capped = first.to_json(max_rows=1)
+    assert capped["added"] == 2 and len(capped["added_rows"]) == 1 and capped["truncated"]
+    assert tuple(capped["added_rows"][0]) in rows
     assert fake.members("1001") == {
         meta_row(em="a@example.com", ph="33612345678"),
         meta_row(em="c@example.com"),
