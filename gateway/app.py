@@ -29,8 +29,7 @@ from gateway.appkeys import (
     Runtime,
 )
 from gateway.delivery.audiences import SqliteAudiences
-from gateway.delivery.audiences_sync import AudienceSync, targets
-from gateway.delivery.audiences_task import AudienceSyncer
+from gateway.delivery.audiences_task import AudienceService
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.audiences import PgAudiences
@@ -259,36 +258,21 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _audiences_ctx(app: web.Application) -> AsyncIterator[None]:
     # Custom Audiences: the store the dashboard reads, and the periodic sync (one process
-    # at a time holds its lease); nothing opens without [[audiences]].
-    settings = app[RUNTIME].settings
-    chosen = targets(settings)
-    if not chosen:
-        yield
-        return
-    outbox = app[OUTBOX]
-    store: AudienceStore
-    if isinstance(outbox, PgOutbox):
-        store = PgAudiences(outbox.db)
-    else:
-        store = await SqliteAudiences.open(settings.buffer)
-    app[AUDIENCES] = store
-    session = aiohttp.ClientSession(trust_env=False)
-    graph = GraphClient(
-        session,
-        graph_url=settings.graph_url,
-        graph_version=settings.graph_version,
-        timeout=max(settings.send_timeout, 60.0),
-        partner_agent=PARTNER_AGENT,
+    # at a time holds its lease); opened once audiences are configured, at start or reload.
+    service = AudienceService(
+        lambda: _audience_store(app), lambda: app[RUNTIME].settings, metrics=app[METRICS]
     )
-    sync = AudienceSync(store, None if settings.dry_run else graph, _policy(settings))
-    syncer = AudienceSyncer(
-        sync, lambda: targets(app[RUNTIME].settings), interval=settings.audiences_sync_interval
-    )
-    syncer.start()
+    app[AUDIENCES] = service
+    await service.apply()
     yield
-    await syncer.stop()
-    await session.close()
-    await store.close()
+    await service.close()
+
+
+async def _audience_store(app: web.Application) -> AudienceStore:
+    outbox = app[OUTBOX]
+    if isinstance(outbox, PgOutbox):
+        return PgAudiences(outbox.db)
+    return await SqliteAudiences.open(app[RUNTIME].settings.buffer)
 
 
 def _policy(settings: Settings) -> RetryPolicy:
@@ -317,6 +301,8 @@ async def reload(
     await sender.reconcile_blocks()
     if PAGES in app:
         app[PAGES].configure(settings)
+    if AUDIENCES in app:
+        await app[AUDIENCES].apply()
     log.info("Reloaded the configuration.")
 
 

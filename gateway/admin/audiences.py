@@ -34,11 +34,12 @@ class AudienceRow:
 async def audience_rows(app: web.Application, sites: Sequence[str] | None) -> list[AudienceRow]:
     """The panel's rows for the sites shown (None: all); empty without audiences, and when
     the store cannot be read (the rest of the page still shows)."""
-    if AUDIENCES not in app:
+    store = app[AUDIENCES].store if AUDIENCES in app else None
+    if store is None:
         return []
     chosen = [t for t in targets(app[RUNTIME].settings) if sites is None or t.site in sites]
     try:
-        states = {(s.site, s.name): s for s in await app[AUDIENCES].states()}
+        states = {(s.site, s.name): s for s in await store.states()}
     except Exception as exc:
         log.error("Reading the audiences for the dashboard failed: %s", exc)
         return []

@@ -303,3 +303,48 @@ async def test_serve_parks_on_a_refused_token_and_resumes_after_a_reload(
         await reload(front.app, make_settings(tmp_path, fake.url, **base))
         await wait_for(lambda: bool(fake.members("1001")), timeout=10)
     assert fake.members("1001") == {meta_row(em="eve@example.com")}
+
+
+async def test_audiences_added_by_a_reload_start_the_sync_and_removing_them_stops_it(
+    tmp_path: Path, fake: FakeAudiences
+) -> None:
+    from gateway.app import reload
+    from gateway.appkeys import AUDIENCES
+
+    base: dict[str, Any] = {"ad_account_id": ACCOUNT, "audiences_sync_interval": 0.1}
+    async with run_gateway(make_settings(tmp_path, fake.url, **base)) as front:
+        service = front.app[AUDIENCES]
+        assert service.syncer is None and service.store is None
+        event = {
+            "event_name": "AddToCart",
+            "event_source_url": "https://shop.example/p/1",
+            "user_data": {
+                "email": "finn@example.com",
+                "fbp": "fb.1.1700000000000.8",
+                "user_agent": "UA",
+            },
+        }
+        async with front.session.post(
+            f"{front.url}/_capi/events", json={"data": [event]}, headers=auth()
+        ) as resp:
+            assert resp.status in (200, 202)
+        await asyncio.sleep(0.3)
+        assert fake.requests == 0  # no audiences: nothing syncs
+        await reload(front.app, make_settings(tmp_path, fake.url, audiences=[AUDIENCE], **base))
+        await wait_for(lambda: bool(fake.members("1001")), timeout=10)
+        assert fake.members("1001") == {meta_row(em="finn@example.com")}
+        syncer = service.syncer
+        assert syncer is not None
+        # A second reload with the same audiences keeps the one loop running.
+        await reload(front.app, make_settings(tmp_path, fake.url, audiences=[AUDIENCE], **base))
+        assert service.syncer is syncer
+        await reload(front.app, make_settings(tmp_path, fake.url, **base))
+        assert service.syncer is None
+        runs = syncer.runs
+        await asyncio.sleep(0.4)  # several intervals: no further run
+        assert syncer.runs == runs
+        # The dashboard still opens (the store stays for the state it holds).
+        async with front.session.get(
+            f"{front.url}/_capi/admin", headers={"Accept": "text/html"}
+        ) as resp:
+            assert resp.status == 200
