@@ -35,6 +35,7 @@ from gateway.delivery.audiences import AudienceState
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.store import AudienceStore
+from gateway.metrics import Metrics
 from gateway.pipeline import audiences as rule
 from gateway.pipeline.audiences import Row
 from gateway.settings import Settings
@@ -159,8 +160,10 @@ class AudienceSync:
         *,
         dry_run: bool = False,
         batch_rows: int = rule.MAX_ROWS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.graph = graph
         self.policy = policy
         self.dry_run = dry_run or graph is None
@@ -174,6 +177,27 @@ class AudienceSync:
 
     async def sync(self, target: Target, *, now: float | None = None) -> SyncReport:
         """Bring one audience in step with Meta (or record what would be sent)."""
+        report = await self._sync(target, now=now)
+        if self.metrics is not None:
+            outcome = (
+                "dry_run"
+                if report.dry_run
+                else "parked"
+                if report.parked
+                else "failed"
+                if report.error
+                else "synced"
+            )
+            self.metrics.audience_synced(
+                target.site,
+                target.audience.name,
+                outcome,
+                added=0 if report.dry_run else len(report.added),
+                removed=0 if report.dry_run else len(report.removed),
+            )
+        return report
+
+    async def _sync(self, target: Target, *, now: float | None) -> SyncReport:
         now = time.time() if now is None else now
         name = target.audience.name
         state = await self.store.state(target.site, name)
