@@ -241,3 +241,14 @@ class SqliteAudiences:
         """Give the sync lease back."""
         async with write_transaction(self._conn, self._lock):
             await self._conn.execute("DELETE FROM audience_lease WHERE owner = ?", (owner,))
+
+
+async def stored_states(conn: aiosqlite.Connection) -> list[AudienceState] | None:
+    """Every audience state on a read-only connection (doctor); None when the file has no
+    audience tables yet (an older schema that `serve` will migrate)."""
+    async with conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audiences'"
+    ) as cur:
+        if await cur.fetchone() is None:
+            return None
+    return await SqliteAudiences(conn).states()

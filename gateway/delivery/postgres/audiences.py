@@ -237,3 +237,11 @@ class PgAudiences:
             await conn.execute("DELETE FROM audience_lease WHERE owner = $1", owner)
 
         await self.db.run(write)
+
+
+async def stored_states(db: Database) -> list[AudienceState] | None:
+    """Every audience state, never migrating (doctor); None when the store has no audience
+    tables yet."""
+    if await db.fetchval("SELECT to_regclass('audiences')") is None:
+        return None
+    return await PgAudiences(db).states()
