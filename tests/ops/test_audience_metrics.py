@@ -128,3 +128,67 @@ async def test_with_sites_the_series_carry_the_configured_site_only() -> None:
         == 1
     )
     assert "beta" not in tenant.text
+
+
+async def test_sites_audience_series_through_the_gateway(
+    tmp_path: Path, fake: FakeAudiences
+) -> None:
+    from tests.edge.test_sites import (
+        GLOBAL_TOKEN,
+        HOST_A,
+        KEY_A,
+        TENANT_A,
+        operator_get,
+        post_events,
+        site_tables,
+    )
+    from tests.fakes.upstream import start_upstream
+
+    async with start_upstream() as a, start_upstream() as b:
+        tables = site_tables(a, b)
+        tables[0]["admin_token"] = TENANT_A
+        settings = make_settings(
+            tmp_path,
+            fake.url,
+            pixel_id=[],
+            events_api_keys=[],
+            sites=tables,
+            admin_token=GLOBAL_TOKEN,
+            ad_account_id=ACCOUNT,
+            audiences=[AUDIENCE],
+            audiences_sync_interval=0.1,
+        )
+        async with run_gateway(settings) as gw:
+            event = {
+                "event_name": "AddToCart",
+                "event_source_url": f"https://{HOST_A}/p/1",
+                "action_source": "website",
+                "user_data": {
+                    "email": "ida@example.com",
+                    "fbp": "fb.1.1700000000000.9",
+                    "client_user_agent": "UA",
+                },
+            }
+            status, body = await post_events(gw, KEY_A, HOST_A, event)
+            assert status == 202, body
+            for _ in range(200):
+                _, text = await operator_get(gw, "metrics", GLOBAL_TOKEN)
+                every = Samples(text)
+                alpha = {"site": "alpha", "audience": NAME}
+                if every.get("capi_gateway_site_audience_members", **alpha) == 1.0:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(text)
+            beta = {"site": "beta", "audience": NAME}
+            assert every.has("capi_gateway_site_audience_last_sync_timestamp_seconds")
+            assert every.get("capi_gateway_site_audience_members", **beta) == 0.0
+            assert every.get("capi_gateway_site_audience_rows_total", change="added", **alpha) == 1
+            assert not every.has("capi_gateway_audience_members")
+
+            status, text = await operator_get(gw, "metrics", TENANT_A)
+            assert status == 200
+            own = Samples(text)
+            assert own.get("capi_gateway_site_audience_members", **alpha) == 1.0
+            assert own.get("capi_gateway_site_audience_parked", **alpha) == 0.0
+            assert "beta" not in text
