@@ -502,6 +502,9 @@ class Settings(BaseModel):
         settings = handler(data)
         if url is not None:
             settings._store_url = url
+            # The sites share the process's store (`doctor --site` reads it from theirs).
+            for site in settings.site_list():
+                site.settings._store_url = url
         return settings
 
     @property

@@ -113,8 +113,12 @@ class AudienceService:
                 log.info("No audiences are configured any more: the audience sync stopped.")
             return
         if self.syncer is not None:
-            self.syncer.interval = settings.audiences_sync_interval
-            return
+            if self.syncer.sync.dry_run == settings.dry_run:
+                self.syncer.interval = settings.audiences_sync_interval
+                return
+            # dry_run turned on or off: a loop of the other kind replaces this one.
+            await self.syncer.stop()
+            self.syncer = None
         if self.store is None:
             self.store = await self._open_store()
         if self._session is None:

@@ -13,6 +13,7 @@ import pytest
 from gateway.commands.audiencecheck import META_MIN_AUDIENCE, check_audiences
 from gateway.commands.doctor import diagnose
 from gateway.commands.findings import Finding, Level
+from gateway.delivery.audiences import AudienceState
 from gateway.delivery.audiences_sync import AudienceSync, targets
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
@@ -121,3 +122,41 @@ async def test_doctor_fails_without_a_token_or_an_account(tmp_path: Path) -> Non
     assert await check_audiences(settings()) == []
     with pytest.raises(ValueError, match="ad_account_id"):
         Settings.model_validate({"pixel_id": [PIXEL], "access_token": TOKEN, "audiences": [CART]})
+
+
+async def test_doctor_site_reads_that_sites_audiences(
+    stores: Any, store_location: Path | str
+) -> None:
+    _, audiences = stores
+    where = {"buffer": str(store_location)}
+    config = Settings.model_validate(
+        {
+            "access_token": TOKEN,
+            "ad_account_id": ACCOUNT,
+            "audiences": [CART],
+            "sites": [
+                {
+                    "name": name,
+                    "hosts": [f"{name}.example"],
+                    "upstream": "http://127.0.0.1:9",
+                    "pixel_id": [pixel],
+                }
+                for name, pixel in (("a", "1234567890"), ("b", "1234567891"))
+            ],
+            **where,
+        }
+    )
+    await audiences.save(
+        AudienceState(
+            "b", CART["name"], "9", size=500, last_error="token expired", blocked_token="f00d"
+        )
+    )
+    (site_b,) = (s for s in config.site_list() if s.name == "b")
+    # A site's settings name the process's store, a PostgreSQL one too.
+    assert (site_b.settings.store_url, site_b.settings.buffer) == (config.store_url, config.buffer)
+    found = await check_audiences(site_b.settings, site="b")
+    (parked,) = [f for f in found if f.level is Level.FAIL]
+    assert f"'b/{CART['name']}' is parked" in parked.message
+    (site_a,) = (s for s in config.site_list() if s.name == "a")
+    found = await check_audiences(site_a.settings, site="a")
+    assert [f.level for f in found] == [Level.OK, Level.NOTE]  # a's own: never synced

@@ -338,6 +338,17 @@ async def test_audiences_added_by_a_reload_start_the_sync_and_removing_them_stop
         # A second reload with the same audiences keeps the one loop running.
         await reload(front.app, make_settings(tmp_path, fake.url, audiences=[AUDIENCE], **base))
         assert service.syncer is syncer
+        # dry_run switched on: a dry loop replaces the live one and Meta hears nothing more.
+        await reload(
+            front.app,
+            make_settings(tmp_path, fake.url, audiences=[AUDIENCE], dry_run=True, **base),
+        )
+        dry = service.syncer
+        assert dry is not None and dry is not syncer and dry.sync.dry_run
+        calls = fake.requests
+        await wait_for(lambda: dry.runs >= 2)
+        assert fake.requests == calls
+        syncer = dry
         await reload(front.app, make_settings(tmp_path, fake.url, **base))
         assert service.syncer is None
         runs = syncer.runs
