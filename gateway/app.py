@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
+    AUDIENCES,
     BUFFER_READER,
     INTAKE,
     METRICS,
@@ -24,8 +25,11 @@ from gateway.appkeys import (
     STITCHES,
     Runtime,
 )
+from gateway.delivery.audiences import SqliteAudiences
+from gateway.delivery.audiences_task import AudienceService
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.audiences import PgAudiences
 from gateway.delivery.postgres.outbox import PgOutbox, open_postgres
 from gateway.delivery.postgres.reads import PgReader
 from gateway.delivery.postgres.stitches import PgStitches
@@ -35,7 +39,13 @@ from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
-from gateway.delivery.store import KeyMismatch, OutboxStore, StitchStore, StoreReader
+from gateway.delivery.store import (
+    AudienceStore,
+    KeyMismatch,
+    OutboxStore,
+    StitchStore,
+    StoreReader,
+)
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
@@ -84,6 +94,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.cleanup_ctx.append(_stitches_ctx)
     app.cleanup_ctx.append(_reader_ctx)
     app.cleanup_ctx.append(_sender_ctx)
+    app.cleanup_ctx.append(_audiences_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_get(f"{prefix}/status", get_status)
@@ -214,6 +225,25 @@ async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _audiences_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Custom Audiences: the store the dashboard reads, and the periodic sync (one process
+    # at a time holds its lease); opened once audiences are configured, at start or reload.
+    service = AudienceService(
+        lambda: _audience_store(app), lambda: app[RUNTIME].settings, metrics=app[METRICS]
+    )
+    app[AUDIENCES] = service
+    await service.apply()
+    yield
+    await service.close()
+
+
+async def _audience_store(app: web.Application) -> AudienceStore:
+    outbox = app[OUTBOX]
+    if isinstance(outbox, PgOutbox):
+        return PgAudiences(outbox.db)
+    return await SqliteAudiences.open(app[RUNTIME].settings.buffer)
+
+
 def _policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(
         base=settings.retry_base, cap=settings.retry_cap, max_attempts=settings.max_attempts
@@ -238,6 +268,8 @@ async def reload(
     sender.pixel_sites = pixel_sites(settings)
     sender.policy = _policy(settings)
     await sender.reconcile_blocks()
+    if AUDIENCES in app:
+        await app[AUDIENCES].apply()
     log.info("Reloaded the configuration.")
 
 

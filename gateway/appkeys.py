@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.delivery.audiences_task import AudienceService
 from gateway.delivery.sender import Sender
 from gateway.delivery.store import OutboxStore, StitchStore, StoreReader
 from gateway.edge.intake import Intake
@@ -67,3 +68,4 @@ BUFFER_READER = web.AppKey("buffer_reader", StoreReader)
 PROXIED_RULES = web.AppKey("proxied_rules", ProxiedRules)
 INTAKE = web.AppKey("intake", Intake)
 STITCHES = web.AppKey("stitches", StitchStore)
+AUDIENCES = web.AppKey("audiences", AudienceService)

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_forget_parser(sub)
+    from gateway.commands.audiences import add_parser as add_audiences_parser
+
+    add_audiences_parser(sub, buffer_arg)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -183,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_queue_command(args)
         if args.command == "forget":
             return run_forget_command(args)
+        if args.command == "audiences":
+            from gateway.commands.audiences import run_audiences_command
+
+            return run_audiences_command(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "check":

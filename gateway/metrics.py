@@ -158,6 +158,28 @@ class Metrics:
             "Time sends spent held by the rate limit.",
             [SITE],
         )
+        # Audience names come from the config only (bounded). Without [[sites]] the plain
+        # series; with them the `site` ones, as two sites may share an audience's name.
+        self._audience_syncs = counter(
+            "capi_gateway_audience_syncs",
+            "Audience syncs by audience and outcome (synced, failed, parked, dry_run).",
+            ["audience", "outcome"],
+        )
+        self._site_audience_syncs = counter(
+            "capi_gateway_site_audience_syncs",
+            "Audience syncs of each [[sites]] site by audience and outcome.",
+            ["site", "audience", "outcome"],
+        )
+        self._audience_rows = counter(
+            "capi_gateway_audience_rows",
+            "Rows Meta confirmed added to or removed from an audience, by change.",
+            ["audience", "change"],
+        )
+        self._site_audience_rows = counter(
+            "capi_gateway_site_audience_rows",
+            "Rows Meta confirmed added to or removed from each [[sites]] site's audiences.",
+            ["site", "audience", "change"],
+        )
         workers = Gauge(
             "capi_gateway_workers",
             "Worker processes serving.",
@@ -268,6 +290,19 @@ class Metrics:
         label = site or ""
         self._waits.labels(label).inc()
         self._waited.labels(label).inc(seconds)
+
+    def audience_synced(
+        self, site: str | None, audience: str, outcome: str, *, added: int, removed: int
+    ) -> None:
+        """Count one audience sync and the rows Meta confirmed added and removed."""
+        if site is None:
+            self._audience_syncs.labels(audience, outcome).inc()
+            self._audience_rows.labels(audience, "added").inc(added)
+            self._audience_rows.labels(audience, "removed").inc(removed)
+        else:
+            self._site_audience_syncs.labels(site, audience, outcome).inc()
+            self._site_audience_rows.labels(site, audience, "added").inc(added)
+            self._site_audience_rows.labels(site, audience, "removed").inc(removed)
 
     def _name_label(self, name: str, *, new: bool) -> str:
         if not name:

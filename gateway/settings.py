@@ -20,11 +20,13 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gateway import __version__
+from gateway.audiencesettings import AudienceSettings, ad_account, check_audiences
 from gateway.sitesettings import Site, SiteTable, resolve_sites
 
 PARTNER_AGENT = f"capi-gateway/{__version__}"
@@ -317,6 +319,28 @@ class Settings(BaseModel):
     rules_scan_bytes: int = Field(default=1024 * 1024, ge=0, le=64 * 1024 * 1024)
     """decoded bytes of a page scanned for rules that read meta tags, JSON-LD or selectors"""
 
+    # audiences (gateway/audiencesettings.py)
+    ad_account_id: str | None = None
+    """ad account (`act_<id>` or the digits) whose Custom Audiences `[[audiences]]` fill"""
+    audiences_access_token: str | None = Field(default=None, repr=False)
+    """token for the Custom Audience API (needs `ads_management`); default: the first pixel's"""
+    audiences_sync_interval: float = Field(default=3600.0, gt=0)
+    """how often `serve` syncs the audiences to Meta (only changes are sent)"""
+    audiences: list[AudienceSettings] = Field(default_factory=list)
+    """`[[audiences]]` tables: `name`, `events`, `exclude_events`, `window`, `min_value`,
+    `currency`, `min_count`, `description` (see "Audiences")"""
+
+    @field_validator("ad_account_id", mode="before")
+    @classmethod
+    def _ad_account(cls, value: Any) -> str | None:
+        return ad_account(value)
+
+    @field_validator("audiences")
+    @classmethod
+    def _audiences(cls, value: list[AudienceSettings], info: ValidationInfo) -> Any:
+        check_audiences(value, info.data)
+        return value
+
     sites: list[SiteTable] = Field(default_factory=list)
     """`[[sites]]` tables: `name`, `hosts`, `default`, and the site's own per-site settings
     (see "Several sites"); without them one implicit site uses the top-level settings"""
@@ -363,6 +387,7 @@ class Settings(BaseModel):
         "pageview_hold",
         "assembly_hold",
         "profile_ttl",
+        "audiences_sync_interval",
         mode="before",
     )
     @classmethod
@@ -406,7 +431,7 @@ class Settings(BaseModel):
             PixelSettings(id=item)
         return value
 
-    @field_validator("access_token", "admin_token")
+    @field_validator("access_token", "admin_token", "audiences_access_token")
     @classmethod
     def _token(cls, value: str | None) -> str | None:
         return check_token(value)
@@ -477,6 +502,9 @@ class Settings(BaseModel):
         settings = handler(data)
         if url is not None:
             settings._store_url = url
+            # The sites share the process's store (`doctor --site` reads it from theirs).
+            for site in settings.site_list():
+                site.settings._store_url = url
         return settings
 
     @property

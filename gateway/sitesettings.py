@@ -47,6 +47,9 @@ PER_SITE_KEYS = frozenset(
         "upstream_connect_timeout",
         "upstream_read_timeout",
         "upstream_total_timeout",
+        "ad_account_id",
+        "audiences_access_token",
+        "audiences",
     }
 )
 # Keys a site owns outright: never inherited from the top level, never shared.

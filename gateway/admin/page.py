@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.admin.chart import layout, series_groups
 from gateway.admin.data import Coverage, Dashboard
@@ -49,8 +50,10 @@ def render_dashboard(
     sites: Sequence[str] = (),
     site: str | None = None,
     tenant: bool = False,
+    audiences: Sequence[Any] = (),
 ) -> str:
-    """The whole dashboard page; `sites`: the site selector's choices, `site`: the one shown."""
+    """The whole dashboard page; `sites`: the site selector's choices, `site`: the one shown;
+    `audiences`: the audiences panel's rows (gateway/admin/audiences.py)."""
     s = d.delivery
     tiles = [
         ("sent", "Sent", s.sent, "delivered in the last 24\u00a0h"),
@@ -79,6 +82,7 @@ def render_dashboard(
         tiles=tiles,
         match_keys=MATCH_KEYS,
         coverage=[(c, _cells(c)) for c in d.coverage],
+        audiences=audiences,
     )
 
 

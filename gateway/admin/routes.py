@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from gateway import __version__
+from gateway.admin.audiences import audience_rows
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
 from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
 from gateway.admin.session import (
@@ -195,6 +196,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         dry_run=settings.dry_run,
         version=__version__,
         testing=pixels_in_test_mode(settings),
+        audiences=await audience_rows(request.app, shown),
     )
     response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
     if auth.cookie:

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.commands.audiencecheck import check_audiences
 from gateway.commands.findings import Finding, Level, exit_code, mask, render
 from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
 from gateway.commands.upstreamcheck import check_upstream
@@ -64,6 +65,7 @@ async def diagnose(
     rules, found = check_rules(settings)
     findings += found
     findings += await check_buffer(settings, rules, site=site)
+    findings += await check_audiences(settings, site=site)
     findings += await check_upstream(settings)
     findings += await check_graph(settings, graph_timeout=graph_timeout)
     return findings

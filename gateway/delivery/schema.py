@@ -118,6 +118,35 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN site TEXT;
     CREATE INDEX events_site ON events (site, created_at);
     """,
+    # 7: Custom Audiences (gateway/delivery/audiences.py): per (site, audience) its Meta id
+    # and last sync; the rows last sent to Meta (so a sync sends only changes); one lease
+    # row so that one process syncs at a time. `site` is '' without sites.
+    """
+    CREATE TABLE audiences (
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        audience_id TEXT,
+        synced_at REAL,
+        size INTEGER NOT NULL DEFAULT 0,
+        coverage TEXT,
+        last_result TEXT,
+        last_error TEXT,
+        blocked_token TEXT,
+        PRIMARY KEY (site, name)
+    );
+    CREATE TABLE audience_members (
+        site TEXT NOT NULL,
+        name TEXT NOT NULL,
+        row_hash TEXT NOT NULL,
+        row TEXT NOT NULL,
+        PRIMARY KEY (site, name, row_hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE audience_lease (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        owner TEXT NOT NULL,
+        expires REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,11 +15,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.delivery.audiences import AudienceState
 from gateway.delivery.forget import Person
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
+from gateway.pipeline.audiences import Hit, Row
 
 
 class OutboxFull(Exception):
@@ -209,3 +211,50 @@ class StoreReader(Protocol):
 
     async def site_states(self, sites: Sequence[str]) -> dict[str, dict[str, int]]:
         """Rows per state of each of `sites` (every state present, every site listed)."""
+
+
+class AudienceStore(Protocol):
+    """Custom Audiences: the window's events and profiles in, each audience's sync state kept
+    (gateway/delivery/audiences.py, gateway/delivery/postgres/audiences.py)."""
+
+    async def close(self) -> None:
+        """Release what the store holds."""
+
+    async def hits(
+        self, site: str | None, names: Sequence[str], *, since: float, now: float
+    ) -> list[Hit]:
+        """The site's events named `names` since `since`, each with its visitor (the fbp
+        key hash of its profile)."""
+
+    async def profiles(
+        self, visitors: Iterable[str], *, now: float
+    ) -> dict[str, dict[str, list[str]]]:
+        """The live profiles of `visitors`."""
+
+    async def states(self, site: str | None = None) -> list[AudienceState]:
+        """Every audience's state (of `site` only, when given)."""
+
+    async def state(self, site: str | None, name: str) -> AudienceState:
+        """One audience's state (blank when never synced)."""
+
+    async def sent_rows(self, site: str | None, name: str) -> dict[str, Row]:
+        """The rows Meta holds for the audience, by row hash."""
+
+    async def save(self, state: AudienceState) -> None:
+        """Write an audience's state."""
+
+    async def apply(
+        self,
+        site: str | None,
+        name: str,
+        *,
+        added: Mapping[str, Row] | None = None,
+        removed: Iterable[str] = (),
+    ) -> None:
+        """Record rows Meta confirmed added and removed."""
+
+    async def claim(self, owner: str, *, lease: float, now: float) -> bool:
+        """Take or renew the sync lease; False when another process holds it."""
+
+    async def release(self, owner: str) -> None:
+        """Give the sync lease back."""

@@ -23,7 +23,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, METRICS, RUNTIME
+from gateway.appkeys import AUDIENCES, BUFFER_READER, METRICS, RUNTIME
+from gateway.delivery.audiences import AudienceState
+from gateway.delivery.audiences_sync import targets
+from gateway.delivery.audiences_task import AudienceService
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.store import StoreReader
 from gateway.metrics import MULTIPROC_ENV, SITE, Metrics
@@ -167,6 +170,77 @@ class _Unsited:
             yield metric
 
 
+class _AudienceCollector:
+    """Each configured audience's state as of its last sync: rows Meta holds, parked, when.
+
+    Configured audiences only (names and sites from the config): the state of an audience
+    removed from the config is not shown. Without [[sites]] the plain series, with them the
+    `site` ones (two sites may use the same audience name)."""
+
+    def __init__(self, audiences: Sequence[tuple[str | None, str, AudienceState | None]]) -> None:
+        self.audiences = audiences
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.audiences:
+            return
+        with_sites = any(site is not None for site, _, _ in self.audiences)
+        prefix, labels = (
+            ("capi_gateway_site_audience", ["site", "audience"])
+            if with_sites
+            else ("capi_gateway_audience", ["audience"])
+        )
+        members = GaugeMetricFamily(
+            f"{prefix}_members",
+            "Rows (members) Meta holds for each audience, as of its last sync.",
+            labels=labels,
+        )
+        parked = GaugeMetricFamily(
+            f"{prefix}_parked",
+            "1 while an audience waits for a new token (Meta refused the last), else 0.",
+            labels=labels,
+        )
+        failing = GaugeMetricFamily(
+            f"{prefix}_failing",
+            "1 when an audience's last sync ended in an error, else 0.",
+            labels=labels,
+        )
+        synced = GaugeMetricFamily(
+            f"{prefix}_last_sync_timestamp_seconds",
+            "When each audience last synced in full (Unix time; absent before the first).",
+            labels=labels,
+        )
+        for site, name, state in self.audiences:
+            values = [site or "", name] if with_sites else [name]
+            members.add_metric(values, float(state.size if state else 0))
+            parked.add_metric(values, 1.0 if state and state.blocked_token else 0.0)
+            failing.add_metric(values, 1.0 if state and state.last_error else 0.0)
+            if state is not None and state.synced_at is not None:
+                synced.add_metric(values, state.synced_at)
+        yield from (members, parked, failing, synced)
+
+
+async def audience_states(
+    service: AudienceService | None, settings: Settings, sites: Sequence[str] | None
+) -> list[tuple[str | None, str, AudienceState | None]]:
+    """The configured audiences (of `sites` only, when given) with their stored state; empty
+    when none is configured or the store cannot be read (logged)."""
+    if service is None or service.store is None:
+        return []
+    chosen = [t for t in targets(settings) if sites is None or t.site in sites]
+    if not chosen:
+        return []
+    try:
+        states = {(s.site, s.name): s for s in await service.store.states()}
+    except Exception as exc:
+        # The scrape still answers without the audience series.
+        log.error("Reading the audiences for /metrics failed: %s", exc)
+        return []
+    return [(t.site, t.audience.name, states.get((t.site, t.audience.name))) for t in chosen]
+
+
 class _TenantSeries:
     """The `site`-labelled series of `sites` only, out of the process-wide registry."""
 
@@ -206,6 +280,7 @@ async def render(
     *,
     sites: Sequence[str] = (),
     tenant: bool = False,
+    audiences: Sequence[tuple[str | None, str, AudienceState | None]] = (),
 ) -> tuple[bytes, str]:
     """The exposition body and its content type (OpenMetrics when asked for).
 
@@ -230,6 +305,8 @@ async def render(
         scrape.register(_TenantSeries(metrics.registry, sites))
     if per_site is not None:
         scrape.register(_SiteCollector(per_site))
+    if audiences:
+        scrape.register(_AudienceCollector(audiences))
     encoder, content_type = choose_encoder(accept)
     return encoder(scrape), content_type
 
@@ -239,13 +316,17 @@ async def get_metrics(request: web.Request) -> web.StreamResponse:
     scope = operator_scope(request)
     if isinstance(scope, web.Response):
         return scope
-    configured = [site.name for site in request.app[RUNTIME].settings.site_list()]
+    settings = request.app[RUNTIME].settings
+    configured = [site.name for site in settings.site_list()]
     body, content_type = await render(
         request.app[METRICS],
         request.app.get(BUFFER_READER),
         request.headers.get("Accept", ""),
         sites=configured if scope is None else sorted(scope),
         tenant=scope is not None,
+        audiences=await audience_states(
+            request.app.get(AUDIENCES), settings, None if scope is None else sorted(scope)
+        ),
     )
     return web.Response(
         body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"}

@@ -181,6 +181,35 @@ CREATE INDEX profile_links_profile ON profile_links (profile);
 CREATE INDEX profile_links_expires ON profile_links (expires_at);
 """
 
+# Custom Audiences (SQLite's migration 7, gateway/delivery/postgres/audiences.py): per
+# (site, audience) its Meta id and last sync, the rows last sent, and the sync lease.
+_V_AUDIENCES = """
+CREATE TABLE audiences (
+    site text NOT NULL,
+    name text NOT NULL,
+    audience_id text,
+    synced_at double precision,
+    size integer NOT NULL DEFAULT 0,
+    coverage jsonb,
+    last_result jsonb,
+    last_error text,
+    blocked_token text,
+    PRIMARY KEY (site, name)
+);
+CREATE TABLE audience_members (
+    site text NOT NULL,
+    name text NOT NULL,
+    row_hash text NOT NULL,
+    "row" jsonb NOT NULL,
+    PRIMARY KEY (site, name, row_hash)
+);
+CREATE TABLE audience_lease (
+    id integer PRIMARY KEY CHECK (id = 1),
+    owner text NOT NULL,
+    expires double precision NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -190,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "events.site", _V2),
     Migration(3, "events.profile_keys, profile_links", _V3),
+    Migration(4, "audiences, audience_members, audience_lease", _V_AUDIENCES),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

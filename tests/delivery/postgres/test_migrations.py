@@ -26,6 +26,9 @@ TABLES = {
     "profile_links",
     "queue_counts",
     "schema_migrations",
+    "audiences",
+    "audience_members",
+    "audience_lease",
 }
 
 
