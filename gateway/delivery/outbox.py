@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import socket
 import sqlite3
 import time
@@ -35,6 +34,7 @@ from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person
 from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.leases import pid_gone
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
@@ -124,7 +124,7 @@ class Outbox:
         after the whole lease; a live process keeps its leases (a reused pid only delays).
         """
         async with self._transaction() as conn:
-            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), _pid_gone)
+            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), pid_gone)
         if count:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.wake()
@@ -202,7 +202,7 @@ class Outbox:
         try:
             async with self._transaction() as conn:
                 outcomes = await assembler.store(
-                    conn,
+                    assembler.SqliteSql(conn),
                     rows,
                     [self.hold_of(ev) for ev in rows],
                     sealer=self.sealer,
@@ -302,16 +302,16 @@ class Outbox:
         if self.profiles is None or not claimed:
             return claimed
         stored_keys = {int(r[0]): r[9] for r in rows}
+
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
         # writer should not wait for profile lookups.
-        async with self._lock:
-            done = await assembler.completions(
-                self._conn,
-                {row.id: row.event for row in claimed},
-                self.profiles,
-                now,
-                stored_keys,
-            )
+        async def lookup(wanted: list[str]) -> assembler.Found:
+            async with self._lock:
+                return await profiles.lookup(self._conn, wanted, now=now)
+
+        done = await assembler.completions(
+            lookup, {row.id: row.event for row in claimed}, self.profiles, stored_keys
+        )
         if not done:
             return claimed
         async with self._transaction() as conn:
@@ -513,16 +513,3 @@ def _dead(ids: Sequence[int] | None) -> tuple[str, list[int]]:
         return " WHERE state='dead'", []
     values = [int(i) for i in ids]
     return f" WHERE state='dead' AND id IN ({','.join('?' * len(values))})", values
-
-
-def _pid_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        # Our own pid on a lease older than this outbox (pid 1 in a restarted container).
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # someone else's live process
-    return False

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.delivery.leases import pid_of
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.normalize import CLEAR_FIELDS
@@ -275,7 +276,7 @@ async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[
         owners = [str(r[0]) for r in await cur.fetchall() if r[0] is not None]
     count = 0
     for owner in owners:
-        pid = _pid_of(owner, host)
+        pid = pid_of(owner, host)
         if pid is None or not dead(pid):
             continue
         cur = await conn.execute(
@@ -285,14 +286,6 @@ async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[
         )
         count += cur.rowcount
     return count
-
-
-def _pid_of(owner: str, host: str) -> int | None:
-    """The pid in an owner `host:pid:nonce` (gateway.delivery.sender) of this host."""
-    if not owner.startswith(host + ":"):
-        return None
-    parts = owner[len(host) + 1 :].split(":")
-    return int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
 
 
 async def update_leased(

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery import profiles
+from gateway.delivery import assembler
 from gateway.delivery.forget import Person
 from gateway.delivery.groupcommit import Pending, next_batch
-from gateway.delivery.outbox import _pid_gone as pid_gone
+from gateway.delivery.leases import pid_gone, pid_of
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
@@ -34,11 +34,9 @@ from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.postgres.results import Results, affected
 from gateway.delivery.postgres.upkeep import Upkeep
 from gateway.delivery.profiles import ProfilePolicy
-from gateway.delivery.rows import _pid_of as pid_of
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
 from gateway.models import NewEvent, row_key
-from gateway.pipeline import assembly
 from gateway.pipeline.assembly import Outcome
 from gateway.settings import ConfigError, Settings
 
@@ -199,7 +197,15 @@ class PgOutbox(Results, Upkeep):
         now = time.time()
 
         async def work(conn: Conn) -> list[Outcome]:
-            return await self._store(conn, rows, holds, now)
+            return await assembler.store(
+                pg_rows.PgSql(conn),
+                rows,
+                holds,
+                sealer=self.sealer,
+                policy=self.profiles,
+                now=now,
+                key_order=True,
+            )
 
         try:
             outcomes = await self.db.run(work)
@@ -219,56 +225,6 @@ class PgOutbox(Results, Upkeep):
                 p.done.set_result(outcomes[at : at + len(p.events)])
             at += len(p.events)
         self.wake(now + min(holds))
-
-    async def _store(
-        self, conn: Conn, rows: Sequence[NewEvent], holds: Sequence[float], now: float
-    ) -> list[Outcome]:
-        first: dict[tuple[str, str, str], int] = {}
-        for index, ev in enumerate(rows):
-            first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
-        # Key order: two replicas inserting overlapping batches take the index locks in one
-        # order, so they wait for each other instead of deadlocking.
-        heads = sorted(first.values(), key=lambda i: rows[i].row_key())
-        policy = self.profiles
-        # Hashed once here: learning below and the completion at claim both use them.
-        keys: list[list[str]] = (
-            [profiles.visitor_keys(policy, ev.clear, ev.links) for ev in rows]
-            if policy is not None
-            else [[] for _ in rows]
-        )
-        inserted = await pg_rows.insert(
-            conn,
-            [rows[i] for i in heads],
-            [self.sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
-            [holds[i] for i in heads],
-            now,
-            [profiles.join_keys(keys[i]) for i in heads] if policy is not None else None,
-        )
-        outcomes: list[Outcome] = ["new"] * len(rows)
-        states: list[assembly.State | None] = [None] * len(rows)
-        copies = [
-            i
-            for i, ev in enumerate(rows)
-            if first[(ev.pixel_id, ev.event_name, ev.event_id)] != i
-            or (ev.pixel_id, ev.event_name, ev.event_id) not in inserted
-        ]
-        if copies:
-            results = await pg_rows.assemble(
-                conn,
-                [rows[i] for i in copies],
-                [holds[i] for i in copies],
-                self.sealer.open,
-                self.sealer.seal,
-                now,
-                [keys[i] for i in copies] if policy is not None else None,
-            )
-            for i, (outcome, state, row_keys) in zip(copies, results, strict=True):
-                outcomes[i], states[i] = outcome, state
-                if policy is not None:
-                    keys[i] = row_keys
-        if policy is not None:
-            await _learn(conn, rows, outcomes, states, keys, policy, now)
-        return outcomes
 
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""
@@ -319,8 +275,15 @@ class PgOutbox(Results, Upkeep):
             return claimed
         policy = self.profiles
         stored_keys = {int(r["id"]): r["profile_keys"] for r in rows}
-        done = await self._completions(
-            {row.id: row.event for row in claimed}, policy, at, stored_keys
+
+        async def lookup(wanted: list[str]) -> assembler.Found:
+            async def read(conn: Conn) -> assembler.Found:
+                return await pg_rows.lookup(conn, wanted, now=at)
+
+            return await self.db.run(read, transaction=False)
+
+        done = await assembler.completions(
+            lookup, {row.id: row.event for row in claimed}, policy, stored_keys
         )
         if not done:
             return claimed
@@ -335,38 +298,6 @@ class PgOutbox(Results, Upkeep):
             else row
             for row in claimed
         ]
-
-    async def _completions(
-        self,
-        events: dict[int, dict[str, Any]],
-        policy: ProfilePolicy,
-        now: float,
-        stored_keys: dict[int, str | None],
-    ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
-        # A row without `profile_keys` (stored while profiles were off) is found by its fbp.
-        keys = {
-            row_id: profiles.split_keys(stored_keys[row_id])
-            if stored_keys.get(row_id) is not None
-            else profiles.visitor_keys(policy, event.get("user_data", {}))
-            for row_id, event in events.items()
-        }
-
-        async def read(conn: Conn) -> dict[str, dict[str, list[str]]]:
-            return await pg_rows.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
-
-        found = await self.db.run(read, transaction=False)
-        out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
-        for row_id, event in events.items():
-            added: tuple[str, ...] = ()
-            for key in keys[row_id]:
-                profile = found.get(key)
-                # Most events of a known visitor carry what their profile holds already.
-                if profile is not None and not assembly.carries(event, profile):
-                    event, more = assembly.complete(event, profile)
-                    added += more
-            if added:
-                out[row_id] = (event, added)
-        return out
 
     def _open_row(self, r: asyncpg.Record) -> Claimed:
         event: dict[str, Any] = json.loads(r["payload"])
@@ -399,51 +330,6 @@ class PgOutbox(Results, Upkeep):
         """Counts per state and per event name (from the counters), oldest pending age,
         blocked pixels: the SQLite store's shape."""
         return await queue_stats(self.db)
-
-
-async def _learn(
-    conn: Conn,
-    rows: Sequence[NewEvent],
-    outcomes: Sequence[Outcome],
-    states: Sequence[assembly.State | None],
-    keys: Sequence[Sequence[str]],
-    policy: ProfilePolicy,
-    now: float,
-) -> None:
-    """One upsert per distinct profile of the batch, as the SQLite store's `assembler._learn`.
-
-    A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
-    written when an event carries both), so an event with stitch keys and no fbp (a
-    webhook or backend call whose visit was not found) still feeds and finds it.
-    """
-    items: list[tuple[str, dict[str, list[str]]]] = []
-    pairs: list[tuple[str, str]] = []  # (stitch key, fbp key)
-    orphans: list[tuple[dict[str, list[str]], list[str]]] = []  # no fbp: ids, stitch keys
-    for ev, outcome, state, event_keys in zip(rows, outcomes, states, keys, strict=True):
-        if outcome == "late" or not event_keys:
-            continue
-        payload = state.payload if state else ev.payload
-        if assembly.is_restricted(payload):
-            continue
-        ids = assembly.hashed_identifiers(payload)
-        fbps = [k for k in event_keys if not k.startswith(profiles.LINK)]
-        links = [k for k in event_keys if k.startswith(profiles.LINK)]
-        if fbps:
-            pairs += [(link, fbps[0]) for link in links]
-            if ids:
-                items += [(key, ids) for key in fbps]
-        elif ids and links:
-            orphans.append((ids, links))
-    if orphans:
-        # Links of this batch first (the checkout page just stored), then stored ones.
-        batch = dict(pairs)
-        wanted = [k for _, links in orphans for k in links if k not in batch]
-        stored = await pg_rows.resolve(conn, wanted, now=now) if wanted else {}
-        for ids, links in orphans:
-            targets = {batch.get(k) or stored.get(k) for k in links}
-            items += [(target, ids) for target in sorted(t for t in targets if t)]
-    await pg_rows.link(conn, pairs, ttl=policy.ttl, now=now)
-    await pg_rows.learn(conn, items, ttl=policy.ttl, now=now)
 
 
 async def check_key(db: Database, sealer: Sealer) -> None:

@@ -340,3 +340,46 @@ async def record_completed(
         "UPDATE events SET payload = $1::jsonb, match_keys = $2 WHERE id = $3 AND lease_owner = $4",
         params,
     )
+
+
+class PgSql:
+    """`gateway.delivery.assembler.AssemblySql` on a connection in a PostgreSQL transaction."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def insert(
+        self,
+        rows: Sequence[NewEvent],
+        sealed: Sequence[bytes | None],
+        holds: Sequence[float],
+        now: float,
+        profile_keys: Sequence[str | None] | None,
+    ) -> set[Key]:
+        return await insert(self.conn, rows, sealed, holds, now, profile_keys)
+
+    async def assemble(
+        self,
+        copies: Sequence[NewEvent],
+        holds: Sequence[float],
+        open_sealed: Callable[[bytes | None, str], dict[str, Any]],
+        seal: Callable[[dict[str, Any], str], bytes | None],
+        now: float,
+        profile_keys: Sequence[Sequence[str]] | None,
+    ) -> list[tuple[assembly.Outcome, assembly.State | None, list[str]]]:
+        return await assemble(self.conn, copies, holds, open_sealed, seal, now, profile_keys)
+
+    async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
+        return await resolve(self.conn, links, now=now)
+
+    async def link(self, pairs: Iterable[tuple[str, str]], *, ttl: float, now: float) -> None:
+        await link(self.conn, pairs, ttl=ttl, now=now)
+
+    async def learn(
+        self,
+        items: Sequence[tuple[str, Mapping[str, Sequence[str]]]],
+        *,
+        ttl: float,
+        now: float,
+    ) -> int:
+        return await learn(self.conn, items, ttl=ttl, now=now)
