@@ -373,6 +373,7 @@ async def open_postgres(
             max_buffer_mb=settings.max_buffer_mb,
             assembly_hold=settings.assembly_hold,
             profiles=policy,
+            reconnect_timeout=settings.store_connect_timeout,
         )
     except (DatabaseUnavailable, SchemaError, KeyMismatch) as exc:
         raise ConfigError(f"buffer: {exc}") from exc
