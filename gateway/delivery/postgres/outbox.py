@@ -29,6 +29,7 @@ from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.migrations import SchemaError, migrate
+from gateway.delivery.postgres.notify import DueListener, announce, new_sender_id
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.postgres.results import Results, affected
@@ -75,6 +76,9 @@ class PgOutbox(Results, Upkeep):
         self._writer: asyncio.Task[None] | None = None
         self.new_work = asyncio.Event()
         self._wake_at = math.inf
+        # Other replicas' commits wake this one's sender through LISTEN/NOTIFY.
+        self._me = new_sender_id()
+        self.listener: DueListener | None = None
         self.commits = 0
         self.committed_rows = 0
         self.merged = 0
@@ -113,6 +117,10 @@ class PgOutbox(Results, Upkeep):
             profiles=profiles,
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        box.listener = DueListener(
+            dsn, box._me, box.wake, connect_timeout=min(5.0, reconnect_timeout)
+        )
+        box.listener.start()
         await box.reclaim_dead_leases()
         return box
 
@@ -125,6 +133,8 @@ class PgOutbox(Results, Upkeep):
             self._queue.put_nowait(None)
             await self._writer
             self._writer = None
+        if self.listener is not None:
+            await self.listener.close()
         await self.db.close()
 
     async def reclaim_dead_leases(self) -> int:
@@ -197,7 +207,7 @@ class PgOutbox(Results, Upkeep):
         now = time.time()
 
         async def work(conn: Conn) -> list[Outcome]:
-            return await assembler.store(
+            outcomes = await assembler.store(
                 pg_rows.PgSql(conn),
                 rows,
                 holds,
@@ -206,6 +216,10 @@ class PgOutbox(Results, Upkeep):
                 now=now,
                 key_order=True,
             )
+            if any(o != "late" for o in outcomes):
+                # One notice per group commit, delivered only if it commits.
+                await announce(conn, self._me, now + min(holds))
+            return outcomes
 
         try:
             outcomes = await self.db.run(work)
