@@ -8,6 +8,7 @@ themselves are pure (`gateway/pipeline/assembly.py`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -25,11 +26,15 @@ from gateway.pipeline.assembly import Outcome
 log = logging.getLogger("gateway.outbox")
 
 Merged = tuple[Outcome, assembly.State | None, list[str]]
-Found = dict[str, dict[str, list[str]]]
 
 
 class AssemblySql(Protocol):
     """A backend's statements for one group commit, bound to its transaction's connection."""
+
+    # Whether rows may be stored with `profile_seen` (schema migration 7): only where one
+    # writer at a time commits, with `now` taken under its lock, so that a profile changed
+    # by a later commit always has a later `updated_at`.
+    tracks_seen: bool
 
     async def insert(
         self,
@@ -38,8 +43,17 @@ class AssemblySql(Protocol):
         holds: Sequence[float],
         now: float,
         profile_keys: Sequence[str | None] | None,
+        profile_seen: Sequence[float | None] | None,
     ) -> set[tuple[str, str, str]]:
         """Insert new rows; the keys of those inserted (the others are copies)."""
+        ...
+
+    async def lookup(self, keys: Iterable[str], *, now: float) -> dict[str, profiles.Dated]:
+        """The live profiles under these keys."""
+        ...
+
+    async def unsee(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """Clear `profile_seen` of the rows of these event keys."""
         ...
 
     async def assemble(
@@ -76,6 +90,8 @@ class AssemblySql(Protocol):
 class SqliteSql:
     """`AssemblySql` on the SQLite store's connection (rows.py and profiles.py)."""
 
+    tracks_seen = True
+
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
 
@@ -86,8 +102,17 @@ class SqliteSql:
         holds: Sequence[float],
         now: float,
         profile_keys: Sequence[str | None] | None,
+        profile_seen: Sequence[float | None] | None,
     ) -> set[tuple[str, str, str]]:
-        return await rows_sql.insert(self.conn, rows, sealed, holds, now, profile_keys)
+        return await rows_sql.insert(
+            self.conn, rows, sealed, holds, now, profile_keys, profile_seen
+        )
+
+    async def lookup(self, keys: Iterable[str], *, now: float) -> dict[str, profiles.Dated]:
+        return await profiles.lookup(self.conn, keys, now=now)
+
+    async def unsee(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        await rows_sql.unsee(self.conn, keys)
 
     async def assemble(
         self,
@@ -144,12 +169,18 @@ async def store(
         if policy is not None
         else [[] for _ in rows]
     )
+    seen = (
+        await _seen(sql, rows, heads, keys, len(first) < len(rows), now)
+        if policy is not None and sql.tracks_seen
+        else {}
+    )
     inserted = await sql.insert(
         [rows[i] for i in heads],
         [sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
         [holds[i] for i in heads],
         now,
         [profiles.join_keys(keys[i]) for i in heads] if policy is not None else None,
+        [seen.get(i) for i in heads] if seen else None,
     )
     outcomes: list[Outcome] = ["new"] * len(rows)
     states: list[assembly.State | None] = [None] * len(rows)
@@ -179,8 +210,59 @@ async def store(
                     rows[i].event_name,
                 )
     if policy is not None:
-        await _learn(sql, rows, outcomes, states, keys, policy, now)
+        learned = await _learn(sql, rows, outcomes, states, keys, policy, now)
+        # A row marked seen whose profile gained, in this same commit, an identifier it
+        # lacks (another event of the visitor in the batch) must be compared at claim.
+        stale = [
+            (rows[i].pixel_id, rows[i].event_name, rows[i].event_id)
+            for i in seen
+            if learned.get(keys[i][0], frozenset()) - _names(rows[i].payload)
+        ]
+        if stale:
+            await sql.unsee(stale)
     return outcomes
+
+
+def _names(payload: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(assembly.hashed_identifiers(payload))
+
+
+async def _seen(
+    sql: AssemblySql,
+    rows: Sequence[NewEvent],
+    heads: Sequence[int],
+    keys: Sequence[Sequence[str]],
+    has_copies: bool,
+    now: float,
+) -> dict[int, float]:
+    """Rows (index -> `now`) that carry every identifier their visitor's profile holds:
+    the claim completes them only if the profile changes after this commit.
+
+    Only rows found by their fbp alone (a stitch key leads to another visitor's profile
+    through links that change on their own) and none with a copy in this batch.
+    """
+    candidates = [
+        i for i in heads if len(keys[i]) == 1 and not keys[i][0].startswith(profiles.LINK)
+    ]
+    if has_copies and candidates:
+        count: dict[tuple[str, str, str], int] = {}
+        for ev in rows:
+            k = (ev.pixel_id, ev.event_name, ev.event_id)
+            count[k] = count.get(k, 0) + 1
+        candidates = [
+            i
+            for i in candidates
+            if count[(rows[i].pixel_id, rows[i].event_name, rows[i].event_id)] == 1
+        ]
+    if not candidates:
+        return {}
+    stored = await sql.lookup({keys[i][0] for i in candidates}, now=now)
+    out: dict[int, float] = {}
+    for i in candidates:
+        profile = stored.get(keys[i][0])
+        if profile is None or not frozenset(json.loads(profile[1])) - _names(rows[i].payload):
+            out[i] = now
+    return out
 
 
 async def _learn(
@@ -191,8 +273,9 @@ async def _learn(
     keys: Sequence[Sequence[str]],
     policy: ProfilePolicy,
     now: float,
-) -> None:
-    """One upsert per distinct profile of the batch (the backend's `learn` unites them).
+) -> dict[str, frozenset[str]]:
+    """One upsert per distinct profile of the batch (the backend's `learn` unites them);
+    per profile key, the names of the identifiers it learned.
 
     A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
     written when an event carries both), so an event with stitch keys and no fbp (a
@@ -226,24 +309,32 @@ async def _learn(
             items += [(target, ids) for target in sorted(t for t in targets if t)]
     if pairs:
         await sql.link(pairs, ttl=policy.ttl, now=now)
+    learned: dict[str, frozenset[str]] = {}
     if items:
         await sql.learn(items, ttl=policy.ttl, now=now)
+        for key, ids in items:
+            learned[key] = learned.get(key, frozenset()) | frozenset(ids)
+    return learned
 
 
 async def completions(
-    lookup: Callable[[list[str]], Awaitable[Found]],
+    lookup: Callable[[list[str]], Awaitable[dict[str, profiles.Dated]]],
     events: Mapping[int, dict[str, Any]],
     policy: ProfilePolicy,
     stored_keys: Mapping[int, str | None] | None = None,
+    seen: Mapping[int, float | None] | None = None,
 ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
     """Claimed events (row id -> event as sent) completed from their visitors' profiles,
     one `lookup` (profile keys -> live profiles) per batch: those that gained identifiers,
     with the keys added.
 
     `stored_keys`: the rows' `profile_keys` columns; a row without one (stored while
-    profiles were off) is found by its fbp.
+    profiles were off) is found by its fbp. `seen`: the rows' `profile_seen` columns; a
+    row that carried its whole profile when stored is compared only if the profile was
+    updated since.
     """
     stored = stored_keys or {}
+    seen_at = seen or {}
     keys = {
         row_id: profiles.split_keys(stored[row_id])
         if stored.get(row_id) is not None
@@ -257,12 +348,19 @@ async def completions(
     found = await lookup(wanted)
     if not found:
         return out
+    parsed: dict[str, dict[str, list[str]]] = {}
     for row_id, event in events.items():
         added: tuple[str, ...] = ()
+        since = seen_at.get(row_id)
         for key in keys[row_id]:
-            profile = found.get(key)
+            dated = found.get(key)
+            if dated is None or (since is not None and dated[0] <= since):
+                continue
+            profile = parsed.get(key)
+            if profile is None:
+                profile = parsed[key] = json.loads(dated[1])
             # Most events of a known visitor carry what their profile holds already.
-            if profile is not None and not assembly.carries(event, profile):
+            if not assembly.carries(event, profile):
                 event, more = assembly.complete(event, profile)
                 added += more
         if added:

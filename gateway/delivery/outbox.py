@@ -201,6 +201,9 @@ class Outbox:
         now = time.time()
         try:
             async with self._transaction() as conn:
+                # Taken under the write lock: commits of several workers get increasing
+                # times, which `profile_seen` relies on (see assembler.AssemblySql).
+                now = time.time()
                 outcomes = await assembler.store(
                     assembler.SqliteSql(conn),
                     rows,
@@ -305,12 +308,16 @@ class Outbox:
 
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
         # writer should not wait for profile lookups.
-        async def lookup(wanted: list[str]) -> assembler.Found:
+        async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
             async with self._lock:
                 return await profiles.lookup(self._conn, wanted, now=now)
 
         done = await assembler.completions(
-            lookup, {row.id: row.event for row in claimed}, self.profiles, stored_keys
+            lookup,
+            {row.id: row.event for row in claimed},
+            self.profiles,
+            stored_keys,
+            {int(r[0]): r[10] for r in rows},
         )
         if not done:
             return claimed

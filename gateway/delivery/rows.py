@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +19,14 @@ from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
-# Rows per INSERT statement: 17 bound values each stays far below SQLite's variable limit.
+# Rows per INSERT statement: 18 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
-    "site, profile_keys"
+    "site, profile_keys, profile_seen"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?)"
+_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?,?)"
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
@@ -40,7 +40,7 @@ MERGEABLE_STATES = ("pending", "blocked")
 # Claimed rows come back in this column order (see `claim`).
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
-    "profile_keys"
+    "profile_keys, profile_seen"
 )
 
 
@@ -51,22 +51,25 @@ async def insert(
     holds: Sequence[float],
     now: float,
     profile_keys: Sequence[str | None] | None = None,
+    profile_seen: Sequence[float | None] | None = None,
 ) -> set[tuple[str, str, str]]:
     """Insert rows as pending, due after their hold; the keys that were new.
 
-    A row whose key is already stored is skipped here (see `assemble`). `profile_keys`:
-    per row, its `profile_keys` column (see `profiles.join_keys`).
+    A row whose key is already stored is skipped here (see `assemble`). `profile_keys`,
+    `profile_seen`: per row, those columns (see `profiles.join_keys`, schema migration 7).
     """
     pkeys = profile_keys if profile_keys is not None else [None] * len(rows)
+    seen = profile_seen if profile_seen is not None else [None] * len(rows)
     inserted: set[tuple[str, str, str]] = set()
     for start in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[start : start + _INSERT_CHUNK]
         params: list[Any] = []
-        for ev, blob, hold, pkey in zip(
+        for ev, blob, hold, pkey, seen_at in zip(
             chunk,
             sealed[start : start + _INSERT_CHUNK],
             holds[start : start + _INSERT_CHUNK],
             pkeys[start : start + _INSERT_CHUNK],
+            seen[start : start + _INSERT_CHUNK],
             strict=True,
         ):
             keys = match_keys(ev.payload.get("user_data"), ev.clear)
@@ -87,6 +90,7 @@ async def insert(
                 json.dumps([assembly.label(ev.source, ev.rule)]),
                 ev.site,
                 pkey,
+                seen_at,
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         async with conn.execute(sql + _ON_CONFLICT, params) as cur:
@@ -360,4 +364,12 @@ async def record_completed(
         )
     await conn.executemany(
         "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?", params
+    )
+
+
+async def unsee(conn: aiosqlite.Connection, keys: Iterable[tuple[str, str, str]]) -> None:
+    """Clear `profile_seen` on the rows of these event keys: their profile gained more."""
+    await conn.executemany(
+        "UPDATE events SET profile_seen=NULL WHERE pixel_id=? AND event_name=? AND event_id=?",
+        list(keys),
     )

@@ -118,6 +118,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN site TEXT;
     CREATE INDEX events_site ON events (site, created_at);
     """,
+    # 7: `profile_seen`: the time of the commit that stored the row when, as of that commit,
+    # the row carried every identifier its visitor's profile held (NULL: not known). The
+    # claim completes such a row only if its profile changed later, instead of reading and
+    # comparing every claimed row's profile (gateway/delivery/assembler.py).
+    "ALTER TABLE events ADD COLUMN profile_seen REAL;",
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

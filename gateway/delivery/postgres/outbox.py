@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery import assembler
+from gateway.delivery import assembler, profiles
 from gateway.delivery.forget import Person
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.leases import pid_gone, pid_of
@@ -290,8 +290,8 @@ class PgOutbox(Results, Upkeep):
         policy = self.profiles
         stored_keys = {int(r["id"]): r["profile_keys"] for r in rows}
 
-        async def lookup(wanted: list[str]) -> assembler.Found:
-            async def read(conn: Conn) -> assembler.Found:
+        async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
+            async def read(conn: Conn) -> dict[str, profiles.Dated]:
                 return await pg_rows.lookup(conn, wanted, now=at)
 
             return await self.db.run(read, transaction=False)

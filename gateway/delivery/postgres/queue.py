@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # Claimed rows come back in this column order: the SQLite store's `rows.CLAIMED_COLUMNS`.
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
-    "profile_keys"
+    "profile_keys, profile_seen"
 )
 # Expired leases taken back per claim: a dead replica's rows return over a few claims
 # rather than in one long statement.

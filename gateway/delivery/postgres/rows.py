@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery.profiles import LINK, union_ids
+from gateway.delivery.profiles import LINK, Dated, union_ids
 from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
@@ -31,12 +31,13 @@ Key = tuple[str, str, str]
 _INSERT = """
 INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
     payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
-    sources, site, profile_keys)
-SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st, pk
+    sources, site, profile_keys, profile_seen)
+SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st, pk,
+    ps
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[],
-    $15::text[])
-    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk)
+    $15::text[], $16::float8[])
+    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk, ps)
 ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
 RETURNING pixel_id, event_name, event_id
 """
@@ -78,6 +79,7 @@ async def insert(
     holds: Sequence[float],
     now: float,
     profile_keys: Sequence[str | None] | None = None,
+    profile_seen: Sequence[float | None] | None = None,
 ) -> set[Key]:
     """Insert rows as pending, due after their hold; the keys that were new.
 
@@ -103,6 +105,7 @@ async def insert(
         now,
         [ev.site for ev in rows],
         list(profile_keys) if profile_keys is not None else [None] * len(rows),
+        list(profile_seen) if profile_seen is not None else [None] * len(rows),
     )
     return {(r["pixel_id"], r["event_name"], r["event_id"]) for r in inserted}
 
@@ -262,32 +265,30 @@ async def learn(
     return len(keys)
 
 
-async def lookup(
-    conn: Conn, hashes: Iterable[str], *, now: float
-) -> dict[str, dict[str, list[str]]]:
-    """The live profiles under `hashes` (`profiles.visitor_keys`): key -> identifier ->
-    hashed values; a stitch key (`LINK`-marked) finds the profile its link leads to."""
+async def lookup(conn: Conn, hashes: Iterable[str], *, now: float) -> dict[str, Dated]:
+    """The live profiles under `hashes` (`profiles.visitor_keys`): key -> (updated_at,
+    identifiers as JSON); a stitch key (`LINK`-marked) finds the profile its link leads to."""
     wanted = {h for h in hashes if h}
     plain = sorted(h for h in wanted if not h.startswith(LINK))
     linked = sorted(h[1:] for h in wanted if h.startswith(LINK))
-    out: dict[str, dict[str, list[str]]] = {}
+    out: dict[str, Dated] = {}
     if plain:
         for r in await conn.fetch(
-            "SELECT key_hash, ids::text AS ids FROM profiles "
+            "SELECT key_hash, updated_at, ids::text AS ids FROM profiles "
             "WHERE key_hash = ANY($1::text[]) AND expires_at > $2",
             plain,
             now,
         ):
-            out[r["key_hash"]] = json.loads(r["ids"])
+            out[r["key_hash"]] = (float(r["updated_at"]), r["ids"])
     if linked:
         for r in await conn.fetch(
-            "SELECT l.key_hash, p.ids::text AS ids FROM profile_links AS l "
+            "SELECT l.key_hash, p.updated_at, p.ids::text AS ids FROM profile_links AS l "
             "JOIN profiles AS p ON p.key_hash = l.profile "
             "WHERE l.key_hash = ANY($1::text[]) AND l.expires_at > $2 AND p.expires_at > $2",
             linked,
             now,
         ):
-            out[LINK + r["key_hash"]] = json.loads(r["ids"])
+            out[LINK + r["key_hash"]] = (float(r["updated_at"]), r["ids"])
     return out
 
 
@@ -348,6 +349,10 @@ class PgSql:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
+    # Replicas' clocks and concurrent transactions make `profile_seen` unsafe here: every
+    # claimed row's profile is compared (the rows are stored without it).
+    tracks_seen = False
+
     async def insert(
         self,
         rows: Sequence[NewEvent],
@@ -355,8 +360,15 @@ class PgSql:
         holds: Sequence[float],
         now: float,
         profile_keys: Sequence[str | None] | None,
+        profile_seen: Sequence[float | None] | None,
     ) -> set[Key]:
-        return await insert(self.conn, rows, sealed, holds, now, profile_keys)
+        return await insert(self.conn, rows, sealed, holds, now, profile_keys, profile_seen)
+
+    async def lookup(self, keys: Iterable[str], *, now: float) -> dict[str, Dated]:
+        return await lookup(self.conn, keys, now=now)
+
+    async def unsee(self, keys: Iterable[Key]) -> None:
+        return None
 
     async def assemble(
         self,

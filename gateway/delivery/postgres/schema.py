@@ -181,6 +181,9 @@ CREATE INDEX profile_links_profile ON profile_links (profile);
 CREATE INDEX profile_links_expires ON profile_links (expires_at);
 """
 
+# When a row was found to carry all of its visitor's profile (SQLite's migration 7).
+_V4 = "ALTER TABLE events ADD COLUMN profile_seen double precision;"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -190,6 +193,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "events.site", _V2),
     Migration(3, "events.profile_keys, profile_links", _V3),
+    Migration(4, "events.profile_seen", _V4),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
