@@ -52,6 +52,7 @@ _CLAIM = f"""
 WITH due AS (
     SELECT id FROM events
     WHERE state = 'pending' AND next_attempt_at <= $3 AND pixel_id <> ALL($5::text[])
+        AND NOT EXISTS (SELECT 1 FROM blocked_pixels AS b WHERE b.pixel_id = events.pixel_id)
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
@@ -85,15 +86,26 @@ class Wakes:
 
 
 async def claim(
-    conn: Conn, owner: str, *, limit: int, lease: float, now: float, skip: Sequence[str] = ()
+    conn: Conn,
+    owner: str,
+    *,
+    limit: int,
+    lease: float,
+    now: float,
+    skip: Sequence[str] = (),
+    upkeep: bool = True,
 ) -> list[asyncpg.Record]:
     """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`; rows in
     id order.
 
-    Rows another transaction holds (a claim, a merge) are skipped, never waited for.
+    Rows another transaction holds (a claim, a merge) are skipped, never waited for. With
+    `upkeep` (run it in a transaction), expired leases are taken back and rows of blocked
+    pixels parked first; without it the claim is one statement, which needs no explicit
+    transaction (the rows of a blocked pixel are left pending, not claimed).
     """
-    await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
-    await conn.execute(_PARK)
+    if upkeep:
+        await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
+        await conn.execute(_PARK)
     rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit, list(skip))
     return sorted(rows, key=lambda r: int(r["id"]))
 

@@ -236,29 +236,22 @@ async def learn(
     ttl: float,
     now: float,
 ) -> int:
-    """Add identifiers to visitor profiles (locked in key order, united as on SQLite)."""
+    """Add identifiers to visitor profiles in one upsert (united in SQL, as on SQLite)."""
     added: dict[str, str] = {}
     for key_hash, ids in items:
         profile = {name: list(values) for name, values in ids.items()}
         added[key_hash] = union_ids(added.get(key_hash, "{}"), _dumps(profile))
     if not added:
         return 0
+    # Key order: replicas learning overlapping profiles lock them in one order.
     keys = sorted(added)
-    stored = {
-        r["key_hash"]: r["ids"]
-        for r in await conn.fetch(
-            "SELECT key_hash, ids::text AS ids FROM profiles WHERE key_hash = ANY($1::text[]) "
-            "ORDER BY key_hash FOR UPDATE",
-            keys,
-        )
-    }
     await conn.execute(
         "INSERT INTO profiles AS p (key_hash, ids, updated_at, expires_at) "
         "SELECT k, i::jsonb, $3, $4 FROM unnest($1::text[], $2::text[]) AS u(k, i) "
-        "ON CONFLICT (key_hash) DO UPDATE SET ids = excluded.ids, "
+        "ON CONFLICT (key_hash) DO UPDATE SET ids = capigw_profile_union(p.ids, excluded.ids), "
         "updated_at = excluded.updated_at, expires_at = excluded.expires_at",
         keys,
-        [union_ids(stored.get(k, "{}"), added[k]) for k in keys],
+        [added[k] for k in keys],
         now,
         now + ttl,
     )

@@ -184,6 +184,31 @@ CREATE INDEX profile_links_expires ON profile_links (expires_at);
 # When a row was found to carry all of its visitor's profile (SQLite's migration 7).
 _V4 = "ALTER TABLE events ADD COLUMN profile_seen double precision;"
 
+# The union of two profiles in SQL (`profiles.union_ids`, which SQLite calls as a Python
+# function): values already known first, new ones after, at most 5 per identifier
+# (`assembly.MAX_VALUES`). Learning is then one upsert per group commit, with no read and
+# no lock taken before it.
+_V5 = """
+CREATE FUNCTION capigw_profile_union(stored jsonb, added jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT coalesce(jsonb_object_agg(name, vals), '{}'::jsonb) FROM (
+    SELECT name, (
+        SELECT coalesce(jsonb_agg(v ORDER BY first), '[]'::jsonb) FROM (
+            SELECT v, min(o) AS first FROM (
+                SELECT v, o FROM jsonb_array_elements_text(
+                    coalesce(stored -> name, '[]'::jsonb)) WITH ORDINALITY AS s(v, o)
+                UNION ALL
+                SELECT v, 1000000 + o FROM jsonb_array_elements_text(
+                    coalesce(added -> name, '[]'::jsonb)) WITH ORDINALITY AS a(v, o)
+            ) AS both_sides
+            GROUP BY v ORDER BY min(o) LIMIT 5
+        ) AS kept
+    ) AS vals
+    FROM (SELECT jsonb_object_keys(stored) UNION SELECT jsonb_object_keys(added)) AS n(name)
+) AS per_name
+$$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -194,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "events.site", _V2),
     Migration(3, "events.profile_keys, profile_links", _V3),
     Migration(4, "events.profile_seen", _V4),
+    Migration(5, "capigw_profile_union()", _V5),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
