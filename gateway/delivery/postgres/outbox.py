@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.outbox")
 
-# Seconds between the claims that also take back expired leases and park blocked rows.
+# Seconds between the claims that also take back expired leases.
 CLAIM_UPKEEP_EVERY = 1.0
 
 
@@ -284,8 +284,8 @@ class PgOutbox(Results, Upkeep):
         (any replica's rows)."""
         at = time.time() if now is None else now
 
-        # Taking back expired leases and parking blocked pixels' rows once a second is
-        # enough; the claims between are one statement, one round trip, no transaction.
+        # Taking back expired leases once a second is enough; the claims between are one
+        # statement, one round trip, no transaction.
         upkeep = at >= self._next_upkeep
         if upkeep:
             self._next_upkeep = at + CLAIM_UPKEEP_EVERY
