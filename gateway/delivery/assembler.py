@@ -45,11 +45,11 @@ class AssemblySql(Protocol):
         profile_keys: Sequence[str | None] | None,
         profile_seen: Sequence[float | None] | None,
     ) -> set[tuple[str, str, str]]:
-        """Insert new rows; the keys of those inserted (the others are copies)."""
-        ...
+        """Insert new rows; the keys of those inserted (the others are copies).
 
-    async def lookup(self, keys: Iterable[str], *, now: float) -> dict[str, profiles.Dated]:
-        """The live profiles under these keys."""
+        `profile_seen`: per row, the time to record as `profile_seen` if no profile exists
+        yet under its one profile key (None: not marked).
+        """
         ...
 
     async def unsee(self, keys: Iterable[tuple[str, str, str]]) -> None:
@@ -107,9 +107,6 @@ class SqliteSql:
         return await rows_sql.insert(
             self.conn, rows, sealed, holds, now, profile_keys, profile_seen
         )
-
-    async def lookup(self, keys: Iterable[str], *, now: float) -> dict[str, profiles.Dated]:
-        return await profiles.lookup(self.conn, keys, now=now)
 
     async def unsee(self, keys: Iterable[tuple[str, str, str]]) -> None:
         await rows_sql.unsee(self.conn, keys)
@@ -170,7 +167,7 @@ async def store(
         else [[] for _ in rows]
     )
     seen = (
-        await _seen(sql, rows, heads, keys, len(first) < len(rows), now)
+        _seen(rows, heads, keys, len(first) < len(rows), now)
         if policy is not None and sql.tracks_seen
         else {}
     )
@@ -227,19 +224,18 @@ def _names(payload: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(assembly.hashed_identifiers(payload))
 
 
-async def _seen(
-    sql: AssemblySql,
+def _seen(
     rows: Sequence[NewEvent],
     heads: Sequence[int],
     keys: Sequence[Sequence[str]],
     has_copies: bool,
     now: float,
 ) -> dict[int, float]:
-    """Rows (index -> `now`) that carry every identifier their visitor's profile holds:
-    the claim completes them only if the profile changes after this commit.
-
-    Only rows found by their fbp alone (a stitch key leads to another visitor's profile
-    through links that change on their own) and none with a copy in this batch.
+    """Rows (index -> `now`) that may be stored as carrying their whole profile: those found
+    by their fbp alone (a stitch key leads to another visitor's profile through links that
+    change on their own), none with a copy in this batch. The backend marks them only if
+    no profile exists under their key yet; `store` unmarks those whose profile learns, in
+    the same commit, an identifier they lack.
     """
     candidates = [
         i for i in heads if len(keys[i]) == 1 and not keys[i][0].startswith(profiles.LINK)
@@ -254,15 +250,7 @@ async def _seen(
             for i in candidates
             if count[(rows[i].pixel_id, rows[i].event_name, rows[i].event_id)] == 1
         ]
-    if not candidates:
-        return {}
-    stored = await sql.lookup({keys[i][0] for i in candidates}, now=now)
-    out: dict[int, float] = {}
-    for i in candidates:
-        profile = stored.get(keys[i][0])
-        if profile is None or not frozenset(json.loads(profile[1])) - _names(rows[i].payload):
-            out[i] = now
-    return out
+    return dict.fromkeys(candidates, now)
 
 
 async def _learn(

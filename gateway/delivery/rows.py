@@ -19,14 +19,19 @@ from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
-# Rows per INSERT statement: 18 bound values each stays far below SQLite's variable limit.
+# Rows per INSERT statement: 19 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
     "site, profile_keys, profile_seen"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?,?)"
+# `profile_seen` is recorded only while no profile exists under the row's key (the key
+# passed twice: once for the column, once for this test, one index probe in the insert).
+_ROW_SQL = (
+    "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?,"
+    "CASE WHEN EXISTS (SELECT 1 FROM profiles WHERE key_hash = ?) THEN NULL ELSE ? END)"
+)
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
@@ -55,8 +60,9 @@ async def insert(
 ) -> set[tuple[str, str, str]]:
     """Insert rows as pending, due after their hold; the keys that were new.
 
-    A row whose key is already stored is skipped here (see `assemble`). `profile_keys`,
-    `profile_seen`: per row, those columns (see `profiles.join_keys`, schema migration 7).
+    A row whose key is already stored is skipped here (see `assemble`). `profile_keys`:
+    per row, its column (see `profiles.join_keys`); `profile_seen`: per row, the time to
+    record if no profile exists yet under its `profile_keys` (schema migration 7).
     """
     pkeys = profile_keys if profile_keys is not None else [None] * len(rows)
     seen = profile_seen if profile_seen is not None else [None] * len(rows)
@@ -90,6 +96,7 @@ async def insert(
                 json.dumps([assembly.label(ev.source, ev.rule)]),
                 ev.site,
                 pkey,
+                pkey if seen_at is not None else None,
                 seen_at,
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))

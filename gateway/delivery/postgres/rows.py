@@ -357,9 +357,6 @@ class PgSql:
     ) -> set[Key]:
         return await insert(self.conn, rows, sealed, holds, now, profile_keys, profile_seen)
 
-    async def lookup(self, keys: Iterable[str], *, now: float) -> dict[str, Dated]:
-        return await lookup(self.conn, keys, now=now)
-
     async def unsee(self, keys: Iterable[Key]) -> None:
         return None
 
