@@ -210,10 +210,12 @@ async def store(
         learned = await _learn(sql, rows, outcomes, states, keys, policy, now)
         # A row marked seen whose profile gained, in this same commit, an identifier it
         # lacks (another event of the visitor in the batch) must be compared at claim.
+        # Only rows this commit inserted (a head that met a stored copy merged into it).
         stale = [
-            (rows[i].pixel_id, rows[i].event_name, rows[i].event_id)
+            key
             for i in seen
-            if learned.get(keys[i][0], frozenset()) - _names(rows[i].payload)
+            if (key := (rows[i].pixel_id, rows[i].event_name, rows[i].event_id)) in inserted
+            and learned.get(keys[i][0], frozenset()) - _names(rows[i].payload)
         ]
         if stale:
             await sql.unsee(stale)

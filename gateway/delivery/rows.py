@@ -222,7 +222,10 @@ async def _save(
     if row.state in MERGEABLE_STATES:
         await conn.execute(
             "UPDATE events SET payload=?, sealed=?, sources=?, ranks=?, match_keys=?, "
-            "event_time=?, next_attempt_at=?, twin=?, profile_keys=? WHERE id=?",
+            # A merged row may carry other profile keys than when it was stored: its
+            # profile is compared again at claim (profile_seen cleared).
+            "event_time=?, next_attempt_at=?, twin=?, profile_keys=?, profile_seen=NULL "
+            "WHERE id=?",
             (
                 json.dumps(state.payload, separators=(",", ":")),
                 seal(state.clear, ident),

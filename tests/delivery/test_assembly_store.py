@@ -371,3 +371,22 @@ async def test_a_row_of_a_known_visitor_is_completed_with_what_the_profile_held(
     }
     assert claimed["c1"].profile_added == ()
     assert claimed["c2"].profile_added == ("ph",)
+
+
+async def test_a_late_copy_of_a_visitors_event_is_recorded_with_profiles_on(
+    box: OutboxStore,
+) -> None:
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    await box.add([copy("api", event_id="s1", hashed={"em": EM}, clear=visitor, hold=0)])
+    (row,) = await box.claim("w", limit=10, lease=30)
+    await box.mark_sent([row.id], "w", fbtrace_id=None)
+    # One batch: a copy of the sent event (late) beside a new event of the same visitor.
+    outcomes = await box.add(
+        [
+            copy("api", event_id="s1", hashed={"em": EM, "ph": PH}, clear=visitor),
+            copy("api", event_id="s2", hashed={"em": EM}, clear=visitor, hold=0),
+        ]
+    )
+    assert outcomes == ["late", "new"]
+    (s2,) = await box.claim("w", limit=10, lease=30)
+    assert s2.event_id == "s2" and s2.profile_added == ()

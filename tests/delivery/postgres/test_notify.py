@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app import build_app
+from gateway.appkeys import OUTBOX, SENDER
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.seal import Sealer
+from tests.conftest import auth, make_settings, wait_for, web_event
 from tests.delivery.postgres.test_pool import server_back_after
 from tests.delivery.test_assembly_store import copy
+from tests.fakes.graph import FakeGraph
 from tests.fakes.pgcluster import Cluster
 
 KEY = bytes(range(32))
@@ -92,3 +99,40 @@ async def test_the_listener_reconnects_after_a_server_restart(
     quiet(b)
     assert await a.add([copy("api", event_id="after-restart", hold=0)]) == ["new"]
     await woken(b)
+
+
+async def test_an_idle_sender_on_another_replica_sends_at_once(
+    postgres_store_dsn: str, fake_graph: FakeGraph, tmp_path: Path
+) -> None:
+    """Replica A accepts an event but does not send (its sender is stopped); replica B's
+    sender, idle with a 30 s poll interval, is woken by A's NOTIFY and sends it."""
+    clients: list[TestClient[Any, Any]] = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            settings = make_settings(
+                tmp_path / name,
+                fake_graph.url,
+                buffer=postgres_store_dsn,
+                encryption_key=KEY.hex(),
+                poll_interval=30,
+            )
+            client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
+            await client.start_server()
+            clients.append(client)
+        a, b = clients
+        await a.app[SENDER].stop(0)
+        b_outbox = b.app[OUTBOX]
+        assert isinstance(b_outbox, PgOutbox) and b_outbox.listener is not None
+        await asyncio.wait_for(b_outbox.listener.listening.wait(), 10)
+        await asyncio.sleep(0.3)  # B's sender has made its first claims and sleeps
+        started = time.monotonic()
+        resp = await a.post(
+            "/_capi/events", json={"data": [web_event(event_id="via-notify")]}, headers=auth()
+        )
+        assert resp.status == 202, await resp.text()
+        await wait_for(lambda: fake_graph.event_ids() == ["via-notify"], timeout=10)
+        assert time.monotonic() - started < 10  # not the 30 s poll
+    finally:
+        for client in clients:
+            await client.close()
