@@ -215,15 +215,20 @@ async def store(
             key
             for i in seen
             if (key := (rows[i].pixel_id, rows[i].event_name, rows[i].event_id)) in inserted
-            and learned.get(keys[i][0], frozenset()) - _names(rows[i].payload)
+            and _gained(learned.get(keys[i][0]), i, rows[i].payload)
         ]
         if stale:
             await sql.unsee(stale)
     return outcomes
 
 
-def _names(payload: Mapping[str, Any]) -> frozenset[str]:
-    return frozenset(assembly.hashed_identifiers(payload))
+def _gained(
+    learned: tuple[frozenset[str], frozenset[int]] | None, row: int, payload: Mapping[str, Any]
+) -> bool:
+    """Whether a profile learned, in this commit, an identifier row `row` lacks."""
+    if learned is None or learned[1] == {row}:
+        return False  # nothing learned, or only what this row itself carries
+    return bool(learned[0] - frozenset(assembly.hashed_identifiers(payload)))
 
 
 def _seen(
@@ -263,18 +268,22 @@ async def _learn(
     keys: Sequence[Sequence[str]],
     policy: ProfilePolicy,
     now: float,
-) -> dict[str, frozenset[str]]:
+) -> dict[str, tuple[frozenset[str], frozenset[int]]]:
     """One upsert per distinct profile of the batch (the backend's `learn` unites them);
-    per profile key, the names of the identifiers it learned.
+    per profile key, the names of the identifiers it learned and the rows they came from
+    (-1: an event found the profile through a stitch link).
 
     A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
     written when an event carries both), so an event with stitch keys and no fbp (a
     webhook or backend call whose visit was not found) still feeds and finds it.
     """
     items: list[tuple[str, dict[str, list[str]]]] = []
+    sources: list[int] = []  # per item, the row it came from (-1: through a stitch link)
     pairs: list[tuple[str, str]] = []  # (stitch key, fbp key)
     orphans: list[tuple[dict[str, list[str]], list[str]]] = []  # no fbp: ids, stitch keys
-    for ev, outcome, state, event_keys in zip(rows, outcomes, states, keys, strict=True):
+    for index, (ev, outcome, state, event_keys) in enumerate(
+        zip(rows, outcomes, states, keys, strict=True)
+    ):
         if outcome == "late" or not event_keys:
             continue
         payload = state.payload if state else ev.payload
@@ -287,6 +296,7 @@ async def _learn(
             pairs += [(link, fbps[0]) for link in links]
             if ids:
                 items += [(key, ids) for key in fbps]
+                sources += [index] * len(fbps)
         elif ids and links:
             orphans.append((ids, links))
     if orphans:
@@ -296,14 +306,17 @@ async def _learn(
         stored = await sql.resolve(wanted, now=now) if wanted else {}
         for ids, links in orphans:
             targets = {batch.get(k) or stored.get(k) for k in links}
-            items += [(target, ids) for target in sorted(t for t in targets if t)]
+            found = sorted(t for t in targets if t)
+            items += [(target, ids) for target in found]
+            sources += [-1] * len(found)
     if pairs:
         await sql.link(pairs, ttl=policy.ttl, now=now)
-    learned: dict[str, frozenset[str]] = {}
+    learned: dict[str, tuple[frozenset[str], frozenset[int]]] = {}
     if items:
         await sql.learn(items, ttl=policy.ttl, now=now)
-        for key, ids in items:
-            learned[key] = learned.get(key, frozenset()) | frozenset(ids)
+        for (key, ids), source in zip(items, sources, strict=True):
+            names, rows_from = learned.get(key, (frozenset(), frozenset()))
+            learned[key] = (names | frozenset(ids), rows_from | {source})
     return learned
 
 
