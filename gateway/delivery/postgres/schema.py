@@ -209,6 +209,10 @@ SELECT coalesce(jsonb_object_agg(name, vals), '{}'::jsonb) FROM (
 $$;
 """
 
+# `profiles_updated` duplicated `profiles_expires` (expires_at = updated_at + ttl): one index
+# write less per learned profile; the `profile_max` cut orders by expires_at, as on SQLite.
+_V6 = "DROP INDEX IF EXISTS profiles_updated;"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -220,6 +224,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "events.profile_keys, profile_links", _V3),
     Migration(4, "events.profile_seen", _V4),
     Migration(5, "capigw_profile_union()", _V5),
+    Migration(6, "drop profiles_updated", _V6),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
