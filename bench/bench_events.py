@@ -413,6 +413,8 @@ async def benchmark(
             Row("load generator CPU, A", a.client_cpu / a.seconds * 100, "%"),
             Row("load generator CPU, B", b.client_cpu / b.seconds * 100, "%"),
             Row("preload accepted ev/s (sender parked)", preload.rate, "ev/s"),
+            # Anything but 202 (or no answer) means the figures above are not comparable.
+            Row("requests not answered 202, A / B", _refused(a) + _refused(b), "req"),
         ]
         details = {
             "phases": {
@@ -455,6 +457,11 @@ def print_table(results: dict[str, list[Row]]) -> None:
         target = f">= {row.target:,.0f} {row.unit}" if row.target is not None else "-"
         to_target = " / ".join(f"{c.ratio:.2f}x" for c in cells if c.ratio is not None) or "-"
         print(f"{row.metric:<{width}}{values}  {ratio:>7}  {target:>14}  {to_target:>9}")
+
+
+def _refused(res: PhaseResult) -> int:
+    """Requests of a phase answered with anything but 202, or not answered."""
+    return res.failures + sum(n for status, n in res.statuses.items() if status != 202)
 
 
 def _per_event(cpu_seconds: float, events: float) -> float:

@@ -167,6 +167,9 @@ class Settings(BaseModel):
     """disk bound of the outbox (503 above it)"""
     group_commit_ms: float = Field(default=5.0, ge=0, le=1000)
     """longest wait to gather events into one transaction"""
+    store_connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    """PostgreSQL store: how long to keep reconnecting (at start, after a restart or
+    failover) before a write answers 503 and `serve` gives up at start-up"""
 
     # sender
     send_timeout: float = Field(default=1.5, gt=0)
@@ -388,6 +391,7 @@ class Settings(BaseModel):
         "assembly_hold",
         "profile_ttl",
         "audiences_sync_interval",
+        "store_connect_timeout",
         mode="before",
     )
     @classmethod

@@ -145,7 +145,11 @@ async def _run_postgres(args: argparse.Namespace, settings: Settings) -> int:
     """The queue subcommands on a PostgreSQL store (every replica's events)."""
     assert settings.store_url is not None
     try:
-        db = await Database.open(settings.store_url, health_interval=0)
+        db = await Database.open(
+            settings.store_url,
+            health_interval=0,
+            reconnect_timeout=settings.store_connect_timeout,
+        )
     except DatabaseUnavailable as exc:
         raise ConfigError(f"buffer: {exc}") from exc
     try:

@@ -153,7 +153,8 @@ class SqliteAudiences:
         self, visitors: Iterable[str], *, now: float
     ) -> dict[str, dict[str, list[str]]]:
         """The live profiles (hashed identifiers) of `visitors` (fbp key hashes)."""
-        return await profiles.lookup(self._conn, visitors, now=now)
+        found = await profiles.lookup(self._conn, visitors, now=now)
+        return {key: json.loads(ids) for key, (_, ids) in found.items()}
 
     async def states(self, site: str | None = None) -> list[AudienceState]:
         """Every audience's state (of `site` only, when given), by site and name."""

@@ -19,11 +19,10 @@ import contextlib
 import json
 import logging
 import math
-import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,10 @@ from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.leases import pid_gone
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
+from gateway.delivery.results import Results
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
@@ -46,7 +47,7 @@ from gateway.pipeline.assembly import Outcome
 log = logging.getLogger("gateway.outbox")
 
 
-class Outbox:
+class Outbox(Results):
     """The SQLite outbox. Create with `await Outbox.open(...)`, end with `close()`."""
 
     def __init__(
@@ -124,7 +125,7 @@ class Outbox:
         after the whole lease; a live process keeps its leases (a reused pid only delays).
         """
         async with self._transaction() as conn:
-            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), _pid_gone)
+            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), pid_gone)
         if count:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.wake()
@@ -201,8 +202,11 @@ class Outbox:
         now = time.time()
         try:
             async with self._transaction() as conn:
+                # Taken under the write lock: commits of several workers get increasing
+                # times, which `profile_seen` relies on (see assembler.AssemblySql).
+                now = time.time()
                 outcomes = await assembler.store(
-                    conn,
+                    assembler.SqliteSql(conn),
                     rows,
                     [self.hold_of(ev) for ev in rows],
                     sealer=self.sealer,
@@ -302,16 +306,20 @@ class Outbox:
         if self.profiles is None or not claimed:
             return claimed
         stored_keys = {int(r[0]): r[9] for r in rows}
+
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
         # writer should not wait for profile lookups.
-        async with self._lock:
-            done = await assembler.completions(
-                self._conn,
-                {row.id: row.event for row in claimed},
-                self.profiles,
-                now,
-                stored_keys,
-            )
+        async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
+            async with self._lock:
+                return await profiles.lookup(self._conn, wanted, now=now)
+
+        done = await assembler.completions(
+            lookup,
+            {row.id: row.event for row in claimed},
+            self.profiles,
+            stored_keys,
+            {int(r[0]): r[10] for r in rows},
+        )
         if not done:
             return claimed
         async with self._transaction() as conn:
@@ -338,115 +346,6 @@ class Outbox:
             test_event_code=r[6],
             event=event,
         )
-
-    async def next_due(self) -> float | None:
-        """Epoch seconds when the earliest pending row becomes due, None when none."""
-        async with (
-            self._lock,
-            self._conn.execute(
-                "SELECT MIN(next_attempt_at) FROM events WHERE state='pending'"
-            ) as cur,
-        ):
-            row = await cur.fetchone()
-        return float(row[0]) if row and row[0] is not None else None
-
-    async def mark_sent(
-        self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False
-    ) -> None:
-        """Record a confirmed delivery (or a dry-run record)."""
-        state = "sent-dry" if dry else "sent"
-        await self._update(
-            ids,
-            owner,
-            "state=?, sent_at=?, fbtrace_id=?, last_error=NULL, lease_owner=NULL, "
-            "lease_expires=NULL",
-            (state, time.time(), fbtrace_id),
-        )
-
-    async def mark_retry(
-        self, ids: Iterable[int], owner: str, *, at: float, error: str, fbtrace_id: str | None
-    ) -> None:
-        """Put rows back as pending, due at `at`."""
-        await self._update(
-            ids,
-            owner,
-            "state='pending', next_attempt_at=?, last_error=?, fbtrace_id=?, "
-            "lease_owner=NULL, lease_expires=NULL",
-            (at, error, fbtrace_id),
-        )
-
-    async def mark_dead(
-        self, ids: Iterable[int], owner: str, *, error: str, fbtrace_id: str | None
-    ) -> None:
-        """Dead-letter rows with the reason (kept for `dead_retention`)."""
-        await self._update(
-            ids,
-            owner,
-            "state='dead', sent_at=?, last_error=?, fbtrace_id=?, lease_owner=NULL, "
-            "lease_expires=NULL",
-            (time.time(), error, fbtrace_id),
-        )
-
-    async def release(self, ids: Iterable[int], owner: str) -> None:
-        """Give leased rows back untouched (shutdown): the attempt did not happen."""
-        await self._update(
-            ids,
-            owner,
-            "state='pending', attempts=MAX(attempts-1, 0), lease_owner=NULL, lease_expires=NULL",
-            (),
-        )
-
-    async def _update(
-        self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
-    ) -> None:
-        id_list = list(ids)
-        if id_list:
-            async with self._transaction() as conn:
-                await rows_sql.update_leased(conn, id_list, owner, assignments, values)
-
-    # blocked pixels -------------------------------------------------------------
-
-    async def block_pixel(
-        self,
-        pixel_id: str,
-        ids: Iterable[int],
-        owner: str,
-        *,
-        token_fingerprint: str,
-        reason: str,
-        fbtrace_id: str | None,
-    ) -> None:
-        """Park a pixel whose token Meta refused, with the rows of the failed batch."""
-        async with self._transaction() as conn:
-            await rows_sql.update_leased(
-                conn,
-                list(ids),
-                owner,
-                "state='blocked', last_error=?, fbtrace_id=?, lease_owner=NULL, lease_expires=NULL",
-                (reason, fbtrace_id),
-            )
-            await rows_sql.park_pixel(
-                conn,
-                pixel_id,
-                token_fingerprint=token_fingerprint,
-                reason=reason,
-                fbtrace_id=fbtrace_id,
-            )
-
-    async def blocked_pixels(self) -> dict[str, str]:
-        """Blocked pixel id -> fingerprint of the token that was refused."""
-        async with (
-            self._lock,
-            self._conn.execute("SELECT pixel_id, token_fingerprint FROM blocked_pixels") as cur,
-        ):
-            return {r[0]: r[1] for r in await cur.fetchall()}
-
-    async def unblock_pixel(self, pixel_id: str) -> int:
-        """Release a pixel's parked rows for sending now; returns how many."""
-        async with self._transaction() as conn:
-            count = await rows_sql.release_pixel(conn, pixel_id)
-        self.wake()
-        return int(count)
 
     # housekeeping -----------------------------------------------------------------
 
@@ -530,16 +429,3 @@ def _dead(ids: Sequence[int] | None, sites: Collection[str] | None = None) -> tu
         where += f" AND site IN ({','.join('?' * len(sites))})"
         values += sorted(sites)
     return where, values
-
-
-def _pid_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        # Our own pid on a lease older than this outbox (pid 1 in a restarted container).
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # someone else's live process
-    return False

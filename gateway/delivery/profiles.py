@@ -98,34 +98,39 @@ def split_keys(column: str | None) -> list[str]:
     return column.split(",") if column else []
 
 
+# A stored profile as `lookup` returns it: (updated_at, identifiers as JSON text). The text
+# is parsed only when a claimed event needs it (`assembler.completions`).
+Dated = tuple[float, str]
+
+
 async def lookup(
     conn: aiosqlite.Connection, hashes: Iterable[str], *, now: float
-) -> dict[str, dict[str, list[str]]]:
-    """The live profiles under `hashes` (`visitor_keys`): key -> identifier -> hashed
-    values; a stitch key finds the profile its link leads to."""
+) -> dict[str, Dated]:
+    """The live profiles under `hashes` (`visitor_keys`): key -> (updated_at, identifiers
+    as JSON); a stitch key finds the profile its link leads to."""
     wanted = {h for h in hashes if h}
     plain = sorted(h for h in wanted if not h.startswith(LINK))
     linked = sorted(h[1:] for h in wanted if h.startswith(LINK))
-    out: dict[str, dict[str, list[str]]] = {}
+    out: dict[str, Dated] = {}
     for start in range(0, len(plain), _CHUNK):
         part = plain[start : start + _CHUNK]
         async with conn.execute(
-            f"SELECT key_hash, ids FROM profiles WHERE key_hash IN ({','.join('?' * len(part))})"
-            " AND expires_at > ?",
+            "SELECT key_hash, updated_at, ids FROM profiles "
+            f"WHERE key_hash IN ({','.join('?' * len(part))}) AND expires_at > ?",
             (*part, now),
         ) as cur:
-            for key_hash, ids in await cur.fetchall():
-                out[key_hash] = json.loads(ids)
+            for key_hash, updated_at, ids in await cur.fetchall():
+                out[key_hash] = (float(updated_at), ids)
     for start in range(0, len(linked), _CHUNK):
         part = linked[start : start + _CHUNK]
         async with conn.execute(
-            "SELECT l.key_hash, p.ids FROM profile_links l JOIN profiles p ON "
+            "SELECT l.key_hash, p.updated_at, p.ids FROM profile_links l JOIN profiles p ON "
             f"p.key_hash = l.profile WHERE l.key_hash IN ({','.join('?' * len(part))}) "
             "AND l.expires_at > ? AND p.expires_at > ?",
             (*part, now, now),
         ) as cur:
-            for key_hash, ids in await cur.fetchall():
-                out[LINK + key_hash] = json.loads(ids)
+            for key_hash, updated_at, ids in await cur.fetchall():
+                out[LINK + key_hash] = (float(updated_at), ids)
     return out
 
 

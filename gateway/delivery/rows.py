@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
+from gateway.delivery.leases import pid_of
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
-# Rows per INSERT statement: 17 bound values each stays far below SQLite's variable limit.
+# Rows per INSERT statement: 19 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
-    "site, profile_keys"
+    "site, profile_keys, profile_seen"
 )
-_ROW_SQL = "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?)"
+# `profile_seen` is recorded only while no profile exists under the row's key (the key
+# passed twice: once for the column, once for this test, one index probe in the insert).
+_ROW_SQL = (
+    "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?,"
+    "CASE WHEN EXISTS (SELECT 1 FROM profiles WHERE key_hash = ?) THEN NULL ELSE ? END)"
+)
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
 # source (proxy PageView, rule, /events, webhook) is the server's side.
 BROWSER_SOURCE = "collect"
@@ -39,7 +45,7 @@ MERGEABLE_STATES = ("pending", "blocked")
 # Claimed rows come back in this column order (see `claim`).
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
-    "profile_keys"
+    "profile_keys, profile_seen"
 )
 
 
@@ -50,22 +56,26 @@ async def insert(
     holds: Sequence[float],
     now: float,
     profile_keys: Sequence[str | None] | None = None,
+    profile_seen: Sequence[float | None] | None = None,
 ) -> set[tuple[str, str, str]]:
     """Insert rows as pending, due after their hold; the keys that were new.
 
     A row whose key is already stored is skipped here (see `assemble`). `profile_keys`:
-    per row, its `profile_keys` column (see `profiles.join_keys`).
+    per row, its column (see `profiles.join_keys`); `profile_seen`: per row, the time to
+    record if no profile exists yet under its `profile_keys` (schema migration 7).
     """
     pkeys = profile_keys if profile_keys is not None else [None] * len(rows)
+    seen = profile_seen if profile_seen is not None else [None] * len(rows)
     inserted: set[tuple[str, str, str]] = set()
     for start in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[start : start + _INSERT_CHUNK]
         params: list[Any] = []
-        for ev, blob, hold, pkey in zip(
+        for ev, blob, hold, pkey, seen_at in zip(
             chunk,
             sealed[start : start + _INSERT_CHUNK],
             holds[start : start + _INSERT_CHUNK],
             pkeys[start : start + _INSERT_CHUNK],
+            seen[start : start + _INSERT_CHUNK],
             strict=True,
         ):
             keys = match_keys(ev.payload.get("user_data"), ev.clear)
@@ -86,6 +96,8 @@ async def insert(
                 json.dumps([assembly.label(ev.source, ev.rule)]),
                 ev.site,
                 pkey,
+                pkey if seen_at is not None else None,
+                seen_at,
             )
         sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         async with conn.execute(sql + _ON_CONFLICT, params) as cur:
@@ -210,7 +222,10 @@ async def _save(
     if row.state in MERGEABLE_STATES:
         await conn.execute(
             "UPDATE events SET payload=?, sealed=?, sources=?, ranks=?, match_keys=?, "
-            "event_time=?, next_attempt_at=?, twin=?, profile_keys=? WHERE id=?",
+            # A merged row may carry other profile keys than when it was stored: its
+            # profile is compared again at claim (profile_seen cleared).
+            "event_time=?, next_attempt_at=?, twin=?, profile_keys=?, profile_seen=NULL "
+            "WHERE id=?",
             (
                 json.dumps(state.payload, separators=(",", ":")),
                 seal(state.clear, ident),
@@ -275,7 +290,7 @@ async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[
         owners = [str(r[0]) for r in await cur.fetchall() if r[0] is not None]
     count = 0
     for owner in owners:
-        pid = _pid_of(owner, host)
+        pid = pid_of(owner, host)
         if pid is None or not dead(pid):
             continue
         cur = await conn.execute(
@@ -285,14 +300,6 @@ async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[
         )
         count += cur.rowcount
     return count
-
-
-def _pid_of(owner: str, host: str) -> int | None:
-    """The pid in an owner `host:pid:nonce` (gateway.delivery.sender) of this host."""
-    if not owner.startswith(host + ":"):
-        return None
-    parts = owner[len(host) + 1 :].split(":")
-    return int(parts[0]) if len(parts) == 2 and parts[0].isdigit() else None
 
 
 async def update_leased(
@@ -367,4 +374,12 @@ async def record_completed(
         )
     await conn.executemany(
         "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?", params
+    )
+
+
+async def unsee(conn: aiosqlite.Connection, keys: Iterable[tuple[str, str, str]]) -> None:
+    """Clear `profile_seen` on the rows of these event keys: their profile gained more."""
+    await conn.executemany(
+        "UPDATE events SET profile_seen=NULL WHERE pixel_id=? AND event_name=? AND event_id=?",
+        list(keys),
     )

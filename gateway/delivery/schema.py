@@ -118,7 +118,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN site TEXT;
     CREATE INDEX events_site ON events (site, created_at);
     """,
-    # 7: Custom Audiences (gateway/delivery/audiences.py): per (site, audience) its Meta id
+    # 7: `profile_seen`: the time of the commit that stored the row when, as of that commit,
+    # the row carried every identifier its visitor's profile held (NULL: not known). The
+    # claim completes such a row only if its profile changed later, instead of reading and
+    # comparing every claimed row's profile (gateway/delivery/assembler.py).
+    "ALTER TABLE events ADD COLUMN profile_seen REAL;",
+    # 8: Custom Audiences (gateway/delivery/audiences.py): per (site, audience) its Meta id
     # and last sync; the rows last sent to Meta (so a sync sends only changes); one lease
     # row so that one process syncs at a time. `site` is '' without sites.
     """

@@ -325,3 +325,68 @@ async def test_expired_stitch_links_are_purged_with_their_profiles(box: OutboxSt
     assert (await profile_count(box), await link_count(box)) == (1, 1)
     await box.expire_and_purge(retention=86400, dead_retention=86400, now=time.time() + 7200)
     assert (await profile_count(box), await link_count(box)) == (0, 0)
+
+
+async def test_a_row_that_carried_its_whole_profile_still_gets_what_is_learned_later(
+    box: OutboxStore,
+) -> None:
+    """Rows stored carrying all of their profile are compared at claim only if the profile
+    changed since (SQLite's `profile_seen`): whatever changed, they must get it."""
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    # The first event of a new visitor: it is its whole profile.
+    await box.add([copy("api", event_id="a1", hashed={"em": EM}, clear=visitor)])
+    # Same batch: two events of another visitor, each with one identifier; each lacks the
+    # other's, which the profile learns in that same commit.
+    other = {"client_user_agent": "UA/1", "fbp": "fb.1.1700000000000.7"}
+    await box.add(
+        [
+            copy("api", event_id="b1", hashed={"em": EM}, clear=other),
+            copy("api", event_id="b2", hashed={"ph": PH}, clear=other),
+        ]
+    )
+    # A later commit adds a phone to the first visitor's profile.
+    await box.add([copy("api", event_id="a2", hashed={"ph": PH}, clear=visitor)])
+    # A PageView of a third visitor whose profile was learned earlier, and one of the first.
+    await box.add([copy("proxy", event_id="pv", name="PageView", clear=visitor)])
+    claimed = {
+        c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
+    }
+    assert claimed["a1"].profile_added == ("ph",)
+    assert claimed["a2"].profile_added == ("em",)
+    assert claimed["b1"].profile_added == ("ph",)
+    assert claimed["b2"].profile_added == ("em",)
+    assert claimed["pv"].profile_added == ("em", "ph")
+
+
+async def test_a_row_of_a_known_visitor_is_completed_with_what_the_profile_held(
+    box: OutboxStore,
+) -> None:
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    await box.add([copy("api", event_id="c1", hashed={"em": EM, "ph": PH}, clear=visitor)])
+    # Stored after the profile knew em and ph, carrying only em: ph comes from the profile
+    # although the profile does not change after this row is stored.
+    await box.add([copy("api", event_id="c2", hashed={"em": EM}, clear=visitor)])
+    claimed = {
+        c.event_id: c for c in await box.claim("w", limit=10, lease=30, now=time.time() + 120)
+    }
+    assert claimed["c1"].profile_added == ()
+    assert claimed["c2"].profile_added == ("ph",)
+
+
+async def test_a_late_copy_of_a_visitors_event_is_recorded_with_profiles_on(
+    box: OutboxStore,
+) -> None:
+    visitor = {"client_user_agent": "UA/1", "fbp": FBP}
+    await box.add([copy("api", event_id="s1", hashed={"em": EM}, clear=visitor, hold=0)])
+    (row,) = await box.claim("w", limit=10, lease=30)
+    await box.mark_sent([row.id], "w", fbtrace_id=None)
+    # One batch: a copy of the sent event (late) beside a new event of the same visitor.
+    outcomes = await box.add(
+        [
+            copy("api", event_id="s1", hashed={"em": EM, "ph": PH}, clear=visitor),
+            copy("api", event_id="s2", hashed={"em": EM}, clear=visitor, hold=0),
+        ]
+    )
+    assert outcomes == ["late", "new"]
+    (s2,) = await box.claim("w", limit=10, lease=30)
+    assert s2.event_id == "s2" and s2.profile_added == ()

@@ -105,7 +105,8 @@ class PgAudiences:
         wanted = list(visitors)
 
         async def read(conn: Conn) -> dict[str, dict[str, list[str]]]:
-            return await pg_rows.lookup(conn, wanted, now=now)
+            found = await pg_rows.lookup(conn, wanted, now=now)
+            return {key: json.loads(ids) for key, (_, ids) in found.items()}
 
         return await self.db.run(read, transaction=False)
 

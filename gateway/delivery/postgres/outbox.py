@@ -21,24 +21,23 @@ from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery import profiles
+from gateway.delivery import assembler, profiles
 from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending, next_batch
-from gateway.delivery.outbox import _pid_gone as pid_gone
+from gateway.delivery.leases import pid_gone, pid_of
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.migrations import SchemaError, migrate
+from gateway.delivery.postgres.notify import DueListener, announce, new_sender_id
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.postgres.results import Results, affected
 from gateway.delivery.postgres.upkeep import Upkeep
 from gateway.delivery.profiles import ProfilePolicy
-from gateway.delivery.rows import _pid_of as pid_of
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
 from gateway.models import NewEvent, row_key
-from gateway.pipeline import assembly
 from gateway.pipeline.assembly import Outcome
 from gateway.settings import ConfigError, Settings
 
@@ -48,6 +47,9 @@ if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
 
 log = logging.getLogger("gateway.outbox")
+
+# Seconds between the claims that also take back expired leases.
+CLAIM_UPKEEP_EVERY = 1.0
 
 
 class PgOutbox(Results, Upkeep):
@@ -77,6 +79,10 @@ class PgOutbox(Results, Upkeep):
         self._writer: asyncio.Task[None] | None = None
         self.new_work = asyncio.Event()
         self._wake_at = math.inf
+        # Other replicas' commits wake this one's sender through LISTEN/NOTIFY.
+        self._me = new_sender_id()
+        self._next_upkeep = 0.0
+        self.listener: DueListener | None = None
         self.commits = 0
         self.committed_rows = 0
         self.merged = 0
@@ -115,6 +121,10 @@ class PgOutbox(Results, Upkeep):
             profiles=profiles,
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
+        box.listener = DueListener(
+            dsn, box._me, box.wake, connect_timeout=min(5.0, reconnect_timeout)
+        )
+        box.listener.start()
         await box.reclaim_dead_leases()
         return box
 
@@ -127,6 +137,8 @@ class PgOutbox(Results, Upkeep):
             self._queue.put_nowait(None)
             await self._writer
             self._writer = None
+        if self.listener is not None:
+            await self.listener.close()
         await self.db.close()
 
     async def reclaim_dead_leases(self) -> int:
@@ -199,7 +211,19 @@ class PgOutbox(Results, Upkeep):
         now = time.time()
 
         async def work(conn: Conn) -> list[Outcome]:
-            return await self._store(conn, rows, holds, now)
+            outcomes = await assembler.store(
+                pg_rows.PgSql(conn),
+                rows,
+                holds,
+                sealer=self.sealer,
+                policy=self.profiles,
+                now=now,
+                key_order=True,
+            )
+            if any(o != "late" for o in outcomes):
+                # One notice per group commit, delivered only if it commits.
+                await announce(conn, self._me, now + min(holds))
+            return outcomes
 
         try:
             outcomes = await self.db.run(work)
@@ -219,56 +243,6 @@ class PgOutbox(Results, Upkeep):
                 p.done.set_result(outcomes[at : at + len(p.events)])
             at += len(p.events)
         self.wake(now + min(holds))
-
-    async def _store(
-        self, conn: Conn, rows: Sequence[NewEvent], holds: Sequence[float], now: float
-    ) -> list[Outcome]:
-        first: dict[tuple[str, str, str], int] = {}
-        for index, ev in enumerate(rows):
-            first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
-        # Key order: two replicas inserting overlapping batches take the index locks in one
-        # order, so they wait for each other instead of deadlocking.
-        heads = sorted(first.values(), key=lambda i: rows[i].row_key())
-        policy = self.profiles
-        # Hashed once here: learning below and the completion at claim both use them.
-        keys: list[list[str]] = (
-            [profiles.visitor_keys(policy, ev.clear, ev.links, ev.site) for ev in rows]
-            if policy is not None
-            else [[] for _ in rows]
-        )
-        inserted = await pg_rows.insert(
-            conn,
-            [rows[i] for i in heads],
-            [self.sealer.seal(rows[i].clear, rows[i].row_key()) for i in heads],
-            [holds[i] for i in heads],
-            now,
-            [profiles.join_keys(keys[i]) for i in heads] if policy is not None else None,
-        )
-        outcomes: list[Outcome] = ["new"] * len(rows)
-        states: list[assembly.State | None] = [None] * len(rows)
-        copies = [
-            i
-            for i, ev in enumerate(rows)
-            if first[(ev.pixel_id, ev.event_name, ev.event_id)] != i
-            or (ev.pixel_id, ev.event_name, ev.event_id) not in inserted
-        ]
-        if copies:
-            results = await pg_rows.assemble(
-                conn,
-                [rows[i] for i in copies],
-                [holds[i] for i in copies],
-                self.sealer.open,
-                self.sealer.seal,
-                now,
-                [keys[i] for i in copies] if policy is not None else None,
-            )
-            for i, (outcome, state, row_keys) in zip(copies, results, strict=True):
-                outcomes[i], states[i] = outcome, state
-                if policy is not None:
-                    keys[i] = row_keys
-        if policy is not None:
-            await _learn(conn, rows, outcomes, states, keys, policy, now)
-        return outcomes
 
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""
@@ -310,17 +284,32 @@ class PgOutbox(Results, Upkeep):
         (any replica's rows)."""
         at = time.time() if now is None else now
 
-        async def work(conn: Conn) -> list[asyncpg.Record]:
-            return await queue.claim(conn, owner, limit=limit, lease=lease, now=at, skip=skip)
+        # Taking back expired leases once a second is enough; the claims between are one
+        # statement, one round trip, no transaction.
+        upkeep = at >= self._next_upkeep
+        if upkeep:
+            self._next_upkeep = at + CLAIM_UPKEEP_EVERY
 
-        rows = await self.db.run(work)
+        async def work(conn: Conn) -> list[asyncpg.Record]:
+            return await queue.claim(
+                conn, owner, limit=limit, lease=lease, now=at, skip=skip, upkeep=upkeep
+            )
+
+        rows = await self.db.run(work, transaction=upkeep)
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed
         policy = self.profiles
         stored_keys = {int(r["id"]): r["profile_keys"] for r in rows}
-        done = await self._completions(
-            {row.id: row.event for row in claimed}, policy, at, stored_keys
+
+        async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
+            async def read(conn: Conn) -> dict[str, profiles.Dated]:
+                return await pg_rows.lookup(conn, wanted, now=at)
+
+            return await self.db.run(read, transaction=False)
+
+        done = await assembler.completions(
+            lookup, {row.id: row.event for row in claimed}, policy, stored_keys
         )
         if not done:
             return claimed
@@ -335,38 +324,6 @@ class PgOutbox(Results, Upkeep):
             else row
             for row in claimed
         ]
-
-    async def _completions(
-        self,
-        events: dict[int, dict[str, Any]],
-        policy: ProfilePolicy,
-        now: float,
-        stored_keys: dict[int, str | None],
-    ) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
-        # A row without `profile_keys` (stored while profiles were off) is found by its fbp.
-        keys = {
-            row_id: profiles.split_keys(stored_keys[row_id])
-            if stored_keys.get(row_id) is not None
-            else profiles.visitor_keys(policy, event.get("user_data", {}))
-            for row_id, event in events.items()
-        }
-
-        async def read(conn: Conn) -> dict[str, dict[str, list[str]]]:
-            return await pg_rows.lookup(conn, (k for ks in keys.values() for k in ks), now=now)
-
-        found = await self.db.run(read, transaction=False)
-        out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
-        for row_id, event in events.items():
-            added: tuple[str, ...] = ()
-            for key in keys[row_id]:
-                profile = found.get(key)
-                # Most events of a known visitor carry what their profile holds already.
-                if profile is not None and not assembly.carries(event, profile):
-                    event, more = assembly.complete(event, profile)
-                    added += more
-            if added:
-                out[row_id] = (event, added)
-        return out
 
     def _open_row(self, r: asyncpg.Record) -> Claimed:
         event: dict[str, Any] = json.loads(r["payload"])
@@ -405,51 +362,6 @@ class PgOutbox(Results, Upkeep):
         """Counts per state and per event name (from the counters), oldest pending age,
         blocked pixels: the SQLite store's shape."""
         return await queue_stats(self.db)
-
-
-async def _learn(
-    conn: Conn,
-    rows: Sequence[NewEvent],
-    outcomes: Sequence[Outcome],
-    states: Sequence[assembly.State | None],
-    keys: Sequence[Sequence[str]],
-    policy: ProfilePolicy,
-    now: float,
-) -> None:
-    """One upsert per distinct profile of the batch, as the SQLite store's `assembler._learn`.
-
-    A profile lives under the visitor's fbp; an event's stitch keys lead to it (a link
-    written when an event carries both), so an event with stitch keys and no fbp (a
-    webhook or backend call whose visit was not found) still feeds and finds it.
-    """
-    items: list[tuple[str, dict[str, list[str]]]] = []
-    pairs: list[tuple[str, str]] = []  # (stitch key, fbp key)
-    orphans: list[tuple[dict[str, list[str]], list[str]]] = []  # no fbp: ids, stitch keys
-    for ev, outcome, state, event_keys in zip(rows, outcomes, states, keys, strict=True):
-        if outcome == "late" or not event_keys:
-            continue
-        payload = state.payload if state else ev.payload
-        if assembly.is_restricted(payload):
-            continue
-        ids = assembly.hashed_identifiers(payload)
-        fbps = [k for k in event_keys if not k.startswith(profiles.LINK)]
-        links = [k for k in event_keys if k.startswith(profiles.LINK)]
-        if fbps:
-            pairs += [(link, fbps[0]) for link in links]
-            if ids:
-                items += [(key, ids) for key in fbps]
-        elif ids and links:
-            orphans.append((ids, links))
-    if orphans:
-        # Links of this batch first (the checkout page just stored), then stored ones.
-        batch = dict(pairs)
-        wanted = [k for _, links in orphans for k in links if k not in batch]
-        stored = await pg_rows.resolve(conn, wanted, now=now) if wanted else {}
-        for ids, links in orphans:
-            targets = {batch.get(k) or stored.get(k) for k in links}
-            items += [(target, ids) for target in sorted(t for t in targets if t)]
-    await pg_rows.link(conn, pairs, ttl=policy.ttl, now=now)
-    await pg_rows.learn(conn, items, ttl=policy.ttl, now=now)
 
 
 async def check_key(db: Database, sealer: Sealer) -> None:
@@ -493,6 +405,7 @@ async def open_postgres(
             max_buffer_mb=settings.max_buffer_mb,
             assembly_hold=settings.assembly_hold,
             profiles=policy,
+            reconnect_timeout=settings.store_connect_timeout,
         )
     except (DatabaseUnavailable, SchemaError, KeyMismatch) as exc:
         raise ConfigError(f"buffer: {exc}") from exc

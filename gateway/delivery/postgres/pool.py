@@ -123,7 +123,8 @@ class Database:
                     dsn,
                     min_size=min_size,
                     max_size=max_size,
-                    timeout=connect_timeout,
+                    # A short store_connect_timeout bounds one attempt too.
+                    timeout=min(connect_timeout, reconnect_timeout),
                     command_timeout=command_timeout,
                     server_settings={"search_path": SCHEMA, "application_name": "capi-gateway"},
                 )

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # Claimed rows come back in this column order: the SQLite store's `rows.CLAIMED_COLUMNS`.
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
-    "profile_keys"
+    "profile_keys, profile_seen"
 )
 # Expired leases taken back per claim: a dead replica's rows return over a few claims
 # rather than in one long statement.
@@ -40,18 +40,19 @@ WITH expired AS (
 UPDATE events AS e SET state = 'pending', lease_owner = NULL, lease_expires = NULL
 FROM expired WHERE e.id = expired.id
 """
-_PARK = """
-WITH parked AS (
+# Rows of blocked pixels are parked in the same statement (other replicas may have stored
+# them after the block); they are not claimable, so the two parts touch different rows.
+_CLAIM = f"""
+WITH parkable AS (
     SELECT e.id FROM events AS e JOIN blocked_pixels AS b ON b.pixel_id = e.pixel_id
     WHERE e.state = 'pending'
     FOR UPDATE OF e SKIP LOCKED
-)
-UPDATE events AS e SET state = 'blocked' FROM parked WHERE e.id = parked.id
-"""
-_CLAIM = f"""
-WITH due AS (
+), parked AS (
+    UPDATE events AS e SET state = 'blocked' FROM parkable WHERE e.id = parkable.id
+), due AS (
     SELECT id FROM events
     WHERE state = 'pending' AND next_attempt_at <= $3 AND pixel_id <> ALL($5::text[])
+        AND NOT EXISTS (SELECT 1 FROM blocked_pixels AS b WHERE b.pixel_id = events.pixel_id)
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
@@ -85,15 +86,25 @@ class Wakes:
 
 
 async def claim(
-    conn: Conn, owner: str, *, limit: int, lease: float, now: float, skip: Sequence[str] = ()
+    conn: Conn,
+    owner: str,
+    *,
+    limit: int,
+    lease: float,
+    now: float,
+    skip: Sequence[str] = (),
+    upkeep: bool = True,
 ) -> list[asyncpg.Record]:
     """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`; rows in
     id order.
 
-    Rows another transaction holds (a claim, a merge) are skipped, never waited for.
+    Rows another transaction holds (a claim, a merge) are skipped, never waited for. The
+    rows of blocked pixels are parked by the same statement. With `upkeep` (run it in a
+    transaction) expired leases are taken back first; without it the claim is one
+    statement, which needs no explicit transaction.
     """
-    await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
-    await conn.execute(_PARK)
+    if upkeep:
+        await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
     rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit, list(skip))
     return sorted(rows, key=lambda r: int(r["id"]))
 

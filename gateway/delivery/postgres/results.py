@@ -80,7 +80,8 @@ class Results(Wakes):
         async def work(conn: Conn) -> None:
             await update_leased(conn, id_list, owner, assignments, values)
 
-        await self.db.run(work)
+        # One statement: atomic on its own, no BEGIN/COMMIT round trips.
+        await self.db.run(work, transaction=False)
 
     # blocked pixels -------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery.profiles import LINK, union_ids
+from gateway.delivery.profiles import LINK, Dated, union_ids
 from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
@@ -31,12 +31,13 @@ Key = tuple[str, str, str]
 _INSERT = """
 INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
     payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
-    sources, site, profile_keys)
-SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st, pk
+    sources, site, profile_keys, profile_seen)
+SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st, pk,
+    ps
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[],
-    $15::text[])
-    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk)
+    $15::text[], $16::float8[])
+    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk, ps)
 ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
 RETURNING pixel_id, event_name, event_id
 """
@@ -78,6 +79,7 @@ async def insert(
     holds: Sequence[float],
     now: float,
     profile_keys: Sequence[str | None] | None = None,
+    profile_seen: Sequence[float | None] | None = None,
 ) -> set[Key]:
     """Insert rows as pending, due after their hold; the keys that were new.
 
@@ -103,6 +105,7 @@ async def insert(
         now,
         [ev.site for ev in rows],
         list(profile_keys) if profile_keys is not None else [None] * len(rows),
+        list(profile_seen) if profile_seen is not None else [None] * len(rows),
     )
     return {(r["pixel_id"], r["event_name"], r["event_id"]) for r in inserted}
 
@@ -233,61 +236,52 @@ async def learn(
     ttl: float,
     now: float,
 ) -> int:
-    """Add identifiers to visitor profiles (locked in key order, united as on SQLite)."""
+    """Add identifiers to visitor profiles in one upsert (united in SQL, as on SQLite)."""
     added: dict[str, str] = {}
     for key_hash, ids in items:
         profile = {name: list(values) for name, values in ids.items()}
         added[key_hash] = union_ids(added.get(key_hash, "{}"), _dumps(profile))
     if not added:
         return 0
+    # Key order: replicas learning overlapping profiles lock them in one order.
     keys = sorted(added)
-    stored = {
-        r["key_hash"]: r["ids"]
-        for r in await conn.fetch(
-            "SELECT key_hash, ids::text AS ids FROM profiles WHERE key_hash = ANY($1::text[]) "
-            "ORDER BY key_hash FOR UPDATE",
-            keys,
-        )
-    }
     await conn.execute(
         "INSERT INTO profiles AS p (key_hash, ids, updated_at, expires_at) "
         "SELECT k, i::jsonb, $3, $4 FROM unnest($1::text[], $2::text[]) AS u(k, i) "
-        "ON CONFLICT (key_hash) DO UPDATE SET ids = excluded.ids, "
+        "ON CONFLICT (key_hash) DO UPDATE SET ids = capigw_profile_union(p.ids, excluded.ids), "
         "updated_at = excluded.updated_at, expires_at = excluded.expires_at",
         keys,
-        [union_ids(stored.get(k, "{}"), added[k]) for k in keys],
+        [added[k] for k in keys],
         now,
         now + ttl,
     )
     return len(keys)
 
 
-async def lookup(
-    conn: Conn, hashes: Iterable[str], *, now: float
-) -> dict[str, dict[str, list[str]]]:
-    """The live profiles under `hashes` (`profiles.visitor_keys`): key -> identifier ->
-    hashed values; a stitch key (`LINK`-marked) finds the profile its link leads to."""
+async def lookup(conn: Conn, hashes: Iterable[str], *, now: float) -> dict[str, Dated]:
+    """The live profiles under `hashes` (`profiles.visitor_keys`): key -> (updated_at,
+    identifiers as JSON); a stitch key (`LINK`-marked) finds the profile its link leads to."""
     wanted = {h for h in hashes if h}
     plain = sorted(h for h in wanted if not h.startswith(LINK))
     linked = sorted(h[1:] for h in wanted if h.startswith(LINK))
-    out: dict[str, dict[str, list[str]]] = {}
+    out: dict[str, Dated] = {}
     if plain:
         for r in await conn.fetch(
-            "SELECT key_hash, ids::text AS ids FROM profiles "
+            "SELECT key_hash, updated_at, ids::text AS ids FROM profiles "
             "WHERE key_hash = ANY($1::text[]) AND expires_at > $2",
             plain,
             now,
         ):
-            out[r["key_hash"]] = json.loads(r["ids"])
+            out[r["key_hash"]] = (float(r["updated_at"]), r["ids"])
     if linked:
         for r in await conn.fetch(
-            "SELECT l.key_hash, p.ids::text AS ids FROM profile_links AS l "
+            "SELECT l.key_hash, p.updated_at, p.ids::text AS ids FROM profile_links AS l "
             "JOIN profiles AS p ON p.key_hash = l.profile "
             "WHERE l.key_hash = ANY($1::text[]) AND l.expires_at > $2 AND p.expires_at > $2",
             linked,
             now,
         ):
-            out[LINK + r["key_hash"]] = json.loads(r["ids"])
+            out[LINK + r["key_hash"]] = (float(r["updated_at"]), r["ids"])
     return out
 
 
@@ -340,3 +334,54 @@ async def record_completed(
         "UPDATE events SET payload = $1::jsonb, match_keys = $2 WHERE id = $3 AND lease_owner = $4",
         params,
     )
+
+
+class PgSql:
+    """`gateway.delivery.assembler.AssemblySql` on a connection in a PostgreSQL transaction."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    # Replicas' clocks and concurrent transactions make `profile_seen` unsafe here: every
+    # claimed row's profile is compared (the rows are stored without it).
+    tracks_seen = False
+
+    async def insert(
+        self,
+        rows: Sequence[NewEvent],
+        sealed: Sequence[bytes | None],
+        holds: Sequence[float],
+        now: float,
+        profile_keys: Sequence[str | None] | None,
+        profile_seen: Sequence[float | None] | None,
+    ) -> set[Key]:
+        return await insert(self.conn, rows, sealed, holds, now, profile_keys, profile_seen)
+
+    async def unsee(self, keys: Iterable[Key]) -> None:
+        return None
+
+    async def assemble(
+        self,
+        copies: Sequence[NewEvent],
+        holds: Sequence[float],
+        open_sealed: Callable[[bytes | None, str], dict[str, Any]],
+        seal: Callable[[dict[str, Any], str], bytes | None],
+        now: float,
+        profile_keys: Sequence[Sequence[str]] | None,
+    ) -> list[tuple[assembly.Outcome, assembly.State | None, list[str]]]:
+        return await assemble(self.conn, copies, holds, open_sealed, seal, now, profile_keys)
+
+    async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
+        return await resolve(self.conn, links, now=now)
+
+    async def link(self, pairs: Iterable[tuple[str, str]], *, ttl: float, now: float) -> None:
+        await link(self.conn, pairs, ttl=ttl, now=now)
+
+    async def learn(
+        self,
+        items: Sequence[tuple[str, Mapping[str, Sequence[str]]]],
+        *,
+        ttl: float,
+        now: float,
+    ) -> int:
+        return await learn(self.conn, items, ttl=ttl, now=now)

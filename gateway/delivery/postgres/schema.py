@@ -181,7 +181,39 @@ CREATE INDEX profile_links_profile ON profile_links (profile);
 CREATE INDEX profile_links_expires ON profile_links (expires_at);
 """
 
-# Custom Audiences (SQLite's migration 7, gateway/delivery/postgres/audiences.py): per
+# When a row was found to carry all of its visitor's profile (SQLite's migration 7).
+_V4 = "ALTER TABLE events ADD COLUMN profile_seen double precision;"
+
+# The union of two profiles in SQL (`profiles.union_ids`, which SQLite calls as a Python
+# function): values already known first, new ones after, at most 5 per identifier
+# (`assembly.MAX_VALUES`). Learning is then one upsert per group commit, with no read and
+# no lock taken before it.
+_V5 = """
+CREATE FUNCTION capigw_profile_union(stored jsonb, added jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT coalesce(jsonb_object_agg(name, vals), '{}'::jsonb) FROM (
+    SELECT name, (
+        SELECT coalesce(jsonb_agg(v ORDER BY first), '[]'::jsonb) FROM (
+            SELECT v, min(o) AS first FROM (
+                SELECT v, o FROM jsonb_array_elements_text(
+                    coalesce(stored -> name, '[]'::jsonb)) WITH ORDINALITY AS s(v, o)
+                UNION ALL
+                SELECT v, 1000000 + o FROM jsonb_array_elements_text(
+                    coalesce(added -> name, '[]'::jsonb)) WITH ORDINALITY AS a(v, o)
+            ) AS both_sides
+            GROUP BY v ORDER BY min(o) LIMIT 5
+        ) AS kept
+    ) AS vals
+    FROM (SELECT jsonb_object_keys(stored) UNION SELECT jsonb_object_keys(added)) AS n(name)
+) AS per_name
+$$;
+"""
+
+# `profiles_updated` duplicated `profiles_expires` (expires_at = updated_at + ttl): one index
+# write less per learned profile; the `profile_max` cut orders by expires_at, as on SQLite.
+_V6 = "DROP INDEX IF EXISTS profiles_updated;"
+
+# Custom Audiences (SQLite's migration 8, gateway/delivery/postgres/audiences.py): per
 # (site, audience) its Meta id and last sync, the rows last sent, and the sync lease.
 _V_AUDIENCES = """
 CREATE TABLE audiences (
@@ -219,7 +251,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "events.site", _V2),
     Migration(3, "events.profile_keys, profile_links", _V3),
-    Migration(4, "audiences, audience_members, audience_lease", _V_AUDIENCES),
+    Migration(4, "events.profile_seen", _V4),
+    Migration(5, "capigw_profile_union()", _V5),
+    Migration(6, "drop profiles_updated", _V6),
+    Migration(7, "audiences, audience_members, audience_lease", _V_AUDIENCES),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

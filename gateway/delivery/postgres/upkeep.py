@@ -78,9 +78,11 @@ class Upkeep(Wakes):
                 "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 now,
             )
+            # Every write sets expires_at = now + ttl: it orders profiles by last update
+            # too (as on SQLite), so one index serves expiry and this cut.
             await self._batched(
                 "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
-                "ORDER BY updated_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                "ORDER BY expires_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 self.profiles.max_profiles,
             )
             # Links lead nowhere once expired or once their profile is gone.
