@@ -13,8 +13,9 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import profiles
+from gateway.delivery import insights, profiles
 from gateway.delivery import rows as rows_sql
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
@@ -32,8 +33,10 @@ async def store(
     sealer: Sealer,
     policy: ProfilePolicy | None,
     now: float,
+    insight: InsightPolicy | None = None,
 ) -> list[Outcome]:
-    """Insert new events, merge copies into stored ones, learn profiles; per row its outcome."""
+    """Insert new events, merge copies into stored ones, learn profiles, record insights
+    (facts and touchpoints, with `insight`); per row its outcome."""
     first: dict[tuple[str, str, str], int] = {}
     for index, ev in enumerate(rows):
         first.setdefault((ev.pixel_id, ev.event_name, ev.event_id), index)
@@ -82,6 +85,11 @@ async def store(
                 )
     if policy is not None:
         await _learn(conn, rows, outcomes, states, keys, policy, now)
+    if insight is not None:
+        new = {
+            i for i in heads if (rows[i].pixel_id, rows[i].event_name, rows[i].event_id) in inserted
+        }
+        await insights.record(conn, insight, rows, outcomes, new, now)
     return outcomes
 
 

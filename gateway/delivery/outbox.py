@@ -30,11 +30,12 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import assembler, housekeeping, profiles, reads
+from gateway.delivery import assembler, housekeeping, insights, profiles, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person
 from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.schema import connect, write_transaction
@@ -84,6 +85,8 @@ class Outbox:
         # Copies of events merged into a pending event, and copies that came after the send.
         self.merged = 0
         self.late = 0
+        # Facts and touchpoints for reports (None: not recorded); set by the app.
+        self.insights: InsightPolicy | None = None
 
     @classmethod
     async def open(
@@ -208,6 +211,7 @@ class Outbox:
                     sealer=self.sealer,
                     policy=self.profiles,
                     now=now,
+                    insight=self.insights,
                 )
             self.commits += 1
             self.committed_rows += len(rows)
@@ -462,6 +466,11 @@ class Outbox:
         if self.profiles is not None:
             async with self._transaction() as conn:
                 await profiles.purge(conn, max_profiles=self.profiles.max_profiles, now=now)
+        if self.insights is not None:
+            async with self._transaction() as conn:
+                await insights.purge(
+                    conn, retention=self.insights.retention, now=time.time() if now is None else now
+                )
         return result
 
     async def purge_sent_oldest(self, *, fraction: float) -> int:

@@ -118,6 +118,40 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN site TEXT;
     CREATE INDEX events_site ON events (site, created_at);
     """,
+    # 7: insights (gateway/delivery/insights.py): one compact fact per accepted event
+    # (reports outlive the outbox's `retention` and read no payload JSON) and one touchpoint
+    # per visit; `site` is '' without sites, `visitor` the profile key of the `_fbp`.
+    """
+    CREATE TABLE insight_events (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL DEFAULT '',
+        visitor TEXT,
+        event_name TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        value REAL,
+        currency TEXT,
+        content_ids TEXT,
+        match_keys TEXT
+    );
+    CREATE INDEX insight_events_name_at ON insight_events (event_name, at);
+    CREATE INDEX insight_events_at ON insight_events (at);
+    CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at);
+    CREATE TABLE touchpoints (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL DEFAULT '',
+        visitor TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        source TEXT,
+        medium TEXT,
+        campaign TEXT,
+        click_id TEXT,
+        referrer_host TEXT,
+        landing_path TEXT
+    );
+    CREATE INDEX touchpoints_visitor ON touchpoints (visitor, at);
+    CREATE INDEX touchpoints_at ON touchpoints (at);
+""",
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.delivery.forget import Person
+from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.insights import ConversionRow, TouchRow, Window
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
@@ -58,6 +60,8 @@ class OutboxStore(Protocol):
     committed_rows: int
     merged: int
     late: int
+    # Facts and touchpoints for reports, recorded with each commit (None: not recorded).
+    insights: InsightPolicy | None
 
     async def close(self) -> None:
         """Flush what was accepted and close."""
@@ -203,3 +207,28 @@ class StoreReader(Protocol):
 
     async def site_states(self, sites: Sequence[str]) -> dict[str, dict[str, int]]:
         """Rows per state of each of `sites` (every state present, every site listed)."""
+
+
+class InsightReader(Protocol):
+    """What reports read: facts and touchpoints over a `Window` (see delivery/insights.py)."""
+
+    async def close(self) -> None:
+        """Release what the reader holds."""
+
+    async def counts(self, w: Window) -> list[tuple[str, str | None, int, float | None]]:
+        """(event name, currency, events, value sum) of the range."""
+
+    async def visitors(self, w: Window, events: Sequence[str] | None = None) -> int:
+        """Distinct visitors of the range (with one of `events`, when given)."""
+
+    async def funnel(self, w: Window, steps: Sequence[str]) -> list[int]:
+        """Visitors at each step, in order."""
+
+    async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
+        """Conversion events of the range, oldest first."""
+
+    async def touches(self, w: Window) -> list[TouchRow]:
+        """Touchpoints of the range, oldest first."""
+
+    async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
+        """(UTC day number, currency, value) of `events`."""

@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.forget import Person
+from gateway.delivery.postgres import insights
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import match_keys
 from gateway.delivery.seal import Sealer, SealError
@@ -39,21 +40,29 @@ async def forget(
     events, seen = await _scrub_events(conn, sealer, person, site)
     fbps = person.fbps | seen
     policy = ProfilePolicy.from_key(key, ttl=1, max_profiles=1)
-    status = await conn.execute(
+    fbp_keys = [policy.key_hash("fbp", fbp) for fbp in sorted(fbps)]
+    gone = await conn.fetch(
         "DELETE FROM profiles WHERE key_hash = ANY($1::text[]) OR EXISTS ("
         "SELECT 1 FROM jsonb_each(ids) AS e, jsonb_array_elements_text(e.value) AS v "
-        "WHERE v = ANY($2::text[]))",
-        [policy.key_hash("fbp", fbp) for fbp in sorted(fbps)],
+        "WHERE v = ANY($2::text[])) RETURNING key_hash",
+        fbp_keys,
         sorted(person.hashes),
     )
-    profiles = int(status.rsplit(" ", 1)[-1])
+    profiles = len(gone)
+    # A visitor is known by their fbp's key, or by the key of a profile holding their hashes.
+    touchpoints = await insights.forget(conn, [*fbp_keys, *(r["key_hash"] for r in gone)])
     # Links lead nowhere once their profile is gone.
     await conn.execute(
         "DELETE FROM profile_links AS l WHERE NOT EXISTS "
         "(SELECT 1 FROM profiles AS p WHERE p.key_hash = l.profile)"
     )
     stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps)
-    return {"events": events, "profiles": profiles, "stitches": stitches}
+    return {
+        "events": events,
+        "profiles": profiles,
+        "stitches": stitches,
+        "touchpoints": touchpoints,
+    }
 
 
 async def _scrub_events(

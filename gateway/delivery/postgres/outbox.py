@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 from gateway.delivery import profiles
 from gateway.delivery.forget import Person
 from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.outbox import _pid_gone as pid_gone
+from gateway.delivery.postgres import insights as pg_insights
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
@@ -81,6 +83,8 @@ class PgOutbox(Results, Upkeep):
         self.committed_rows = 0
         self.merged = 0
         self.late = 0
+        # Facts and touchpoints for reports (None: not recorded); set by the app.
+        self.insights: InsightPolicy | None = None
 
     @classmethod
     async def open(
@@ -268,6 +272,13 @@ class PgOutbox(Results, Upkeep):
                     keys[i] = row_keys
         if policy is not None:
             await _learn(conn, rows, outcomes, states, keys, policy, now)
+        if self.insights is not None:
+            new = {
+                i
+                for i in heads
+                if (rows[i].pixel_id, rows[i].event_name, rows[i].event_id) in inserted
+            }
+            await pg_insights.record(conn, self.insights, rows, outcomes, new, now)
         return outcomes
 
     def hold_of(self, ev: NewEvent) -> float:

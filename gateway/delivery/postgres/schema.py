@@ -181,6 +181,40 @@ CREATE INDEX profile_links_profile ON profile_links (profile);
 CREATE INDEX profile_links_expires ON profile_links (expires_at);
 """
 
+# Insights (SQLite's migration 7): one compact fact per accepted event and one touchpoint per
+# visit, read by reports; `site` is '' without sites, `visitor` the profile key of the `_fbp`.
+_V4 = """
+CREATE TABLE insight_events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site text NOT NULL DEFAULT '',
+    visitor text,
+    event_name text NOT NULL,
+    at bigint NOT NULL,
+    value double precision,
+    currency text,
+    content_ids text,
+    match_keys text
+);
+CREATE INDEX insight_events_name_at ON insight_events (event_name, at);
+CREATE INDEX insight_events_at ON insight_events (at);
+CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at);
+CREATE TABLE touchpoints (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site text NOT NULL DEFAULT '',
+    visitor text NOT NULL,
+    at bigint NOT NULL,
+    channel text NOT NULL,
+    source text,
+    medium text,
+    campaign text,
+    click_id text,
+    referrer_host text,
+    landing_path text
+);
+CREATE INDEX touchpoints_visitor ON touchpoints (visitor, at);
+CREATE INDEX touchpoints_at ON touchpoints (at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -190,6 +224,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(2, "events.site", _V2),
     Migration(3, "events.profile_keys, profile_links", _V3),
+    Migration(4, "insight_events, touchpoints", _V4),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,291 @@
+"""The insights tables on the SQLite file: facts and touchpoints written with each group
+commit, purged after `touchpoint_retention`, erased by `forget`, read by reports.
+
+Write functions run inside the outbox's write transaction; `SqliteInsights` reads on its
+own connection (WAL readers never wait for the writer). The SQL of the reads is written
+once, with `?` placeholders, and shared with the PostgreSQL backend (`postgres/insights.py`
+numbers them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.delivery import insightfacts as facts_
+from gateway.delivery import profiles
+from gateway.delivery.insightfacts import Fact, InsightPolicy, Seen
+from gateway.models import NewEvent
+from gateway.pipeline.assembly import Outcome
+
+_CHUNK = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A report's range: epoch seconds [since, until), and a site ('' none; None every site)."""
+
+    since: int
+    until: int
+    site: str | None = None
+
+    def where(self, alias: str = "") -> tuple[str, list[Any]]:
+        """` AND ...` over `at` (and `site`), with its values."""
+        sql = f" AND {alias}at >= ? AND {alias}at < ?"
+        values: list[Any] = [self.since, self.until]
+        if self.site is not None:
+            sql += f" AND {alias}site = ?"
+            values.append(self.site)
+        return sql, values
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionRow:
+    """A conversion event as attribution reads it."""
+
+    visitor: str | None
+    event_name: str
+    at: int
+    value: float | None
+    currency: str | None
+    match_keys: str
+
+
+@dataclass(frozen=True, slots=True)
+class TouchRow:
+    """A stored touchpoint as reports read it."""
+
+    visitor: str
+    at: int
+    channel: str
+    source: str | None
+    campaign: str | None
+    landing_path: str | None
+
+
+# The reads, in `?` form ------------------------------------------------------------------
+
+
+def counts_sql(w: Window) -> tuple[str, list[Any]]:
+    """Events, value sum per event name and currency."""
+    where, values = w.where()
+    return (
+        "SELECT event_name, currency, COUNT(*), SUM(value) FROM insight_events "
+        f"WHERE 1=1{where} GROUP BY event_name, currency",
+        values,
+    )
+
+
+def visitors_sql(w: Window, events: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """Distinct visitors (with one of `events`, when given)."""
+    where, values = w.where()
+    if events is not None:
+        where += f" AND event_name IN ({','.join('?' * len(events))})"
+        values += list(events)
+    return f"SELECT COUNT(DISTINCT visitor) FROM insight_events WHERE 1=1{where}", values
+
+
+def funnel_sql(w: Window, steps: Sequence[str]) -> tuple[str, list[Any]]:
+    """Visitors reaching each step in order: each step's earliest time after the last's."""
+    parts: list[str] = []
+    values: list[Any] = []
+    for index, step in enumerate(steps):
+        where, wv = w.where("e.")
+        if index == 0:
+            parts.append(
+                "s0 AS (SELECT e.visitor, MIN(e.at) AS t FROM insight_events e "
+                f"WHERE e.event_name = ? AND e.visitor IS NOT NULL{where} GROUP BY e.visitor)"
+            )
+        else:
+            parts.append(
+                f"s{index} AS (SELECT e.visitor, MIN(e.at) AS t FROM insight_events e "
+                f"JOIN s{index - 1} p ON e.visitor = p.visitor AND e.at >= p.t "
+                f"WHERE e.event_name = ?{where} GROUP BY e.visitor)"
+            )
+        values += [step, *wv]
+    select = ", ".join(f"(SELECT COUNT(*) FROM s{i})" for i in range(len(steps)))
+    return f"WITH {', '.join(parts)} SELECT {select}", values
+
+
+def conversions_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
+    """Conversion events of the range, oldest first."""
+    where, values = w.where()
+    return (
+        "SELECT visitor, event_name, at, value, currency, match_keys FROM insight_events "
+        f"WHERE event_name IN ({','.join('?' * len(events))}){where} ORDER BY at, id",
+        [*events, *values],
+    )
+
+
+def touches_sql(w: Window) -> tuple[str, list[Any]]:
+    """Touchpoints of the range, oldest first."""
+    where, values = w.where()
+    return (
+        "SELECT visitor, at, channel, source, campaign, landing_path FROM touchpoints "
+        f"WHERE 1=1{where} ORDER BY at, id",
+        values,
+    )
+
+
+def daily_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
+    """Value of `events` per UTC day and currency."""
+    where, values = w.where()
+    return (
+        "SELECT at / 86400 AS day, currency, SUM(value), COUNT(*) FROM insight_events "
+        f"WHERE event_name IN ({','.join('?' * len(events))}){where} AND value IS NOT NULL "
+        "GROUP BY day, currency ORDER BY day, currency",
+        [*events, *values],
+    )
+
+
+# Writes (inside the outbox's transaction) ---------------------------------------------------
+
+
+async def record(
+    conn: aiosqlite.Connection,
+    policy: InsightPolicy,
+    rows: Sequence[NewEvent],
+    outcomes: Sequence[Outcome],
+    new: set[int],
+    now: float,
+) -> None:
+    """Write the facts of the events stored as new and the touchpoints their page views start."""
+    found = facts_.facts(policy, rows, outcomes, new)
+    if not found:
+        return
+    await _resolve(conn, found, now)
+    pages = facts_.page_views(rows, new)
+    # What the store knew before this batch: read before the batch's own facts go in.
+    visitors = {(rows[i].site or "", policy.visitor(str(rows[i].clear["fbp"]))) for i in pages}
+    seen = await _seen(conn, visitors)
+    await conn.executemany(
+        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+        [facts_.fact_values(f) for f in found],
+    )
+    touches = facts_.touches(policy, rows, pages, seen)
+    if touches:
+        await conn.executemany(
+            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [facts_.touch_values(t) for t in touches],
+        )
+
+
+async def _resolve(conn: aiosqlite.Connection, found: Sequence[Fact], now: float) -> None:
+    """Give facts without an fbp the visitor their stitch keys lead to (profiles on)."""
+    wanted = [k for f in found if f.visitor is None for k in f.links]
+    if not wanted:
+        return
+    leads = await profiles.resolve(conn, wanted, now=now)
+    for f in found:
+        if f.visitor is None:
+            f.visitor = next((leads[k] for k in f.links if k in leads), None)
+
+
+async def _seen(
+    conn: aiosqlite.Connection, visitors: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Seen]:
+    """Per (site, visitor): the last page view stored and the current visit's source."""
+    out: dict[tuple[str, str], Seen] = {}
+    for site, visitor in visitors:
+        async with conn.execute(
+            "SELECT MAX(at) FROM insight_events WHERE visitor = ? AND event_name = 'PageView' "
+            "AND site = ?",
+            (visitor, site),
+        ) as cur:
+            row = await cur.fetchone()
+        last = float(row[0]) if row and row[0] is not None else None
+        current = None
+        if last is not None:
+            async with conn.execute(
+                "SELECT channel, source, medium, campaign, click_id, referrer_host, landing_path "
+                "FROM touchpoints WHERE visitor = ? AND site = ? ORDER BY at DESC, id DESC "
+                "LIMIT 1",
+                (visitor, site),
+            ) as cur:
+                touch = await cur.fetchone()
+            current = facts_.source_of(tuple(touch)) if touch else None
+        out[(site, visitor)] = Seen(last, current)
+    return out
+
+
+async def purge(conn: aiosqlite.Connection, *, retention: float, now: float) -> int:
+    """Delete facts and touchpoints older than `retention`; returns how many rows."""
+    cut = int(now - retention)
+    cur = await conn.execute("DELETE FROM insight_events WHERE at < ?", (cut,))
+    count = int(cur.rowcount)
+    cur = await conn.execute("DELETE FROM touchpoints WHERE at < ?", (cut,))
+    return count + int(cur.rowcount)
+
+
+async def forget(conn: aiosqlite.Connection, visitors: Iterable[str]) -> int:
+    """Delete the touchpoints of `visitors` and detach their facts; returns touchpoints gone.
+
+    Facts stay as anonymous counts (an event happened, with its value): they name no one
+    once their visitor key is gone.
+    """
+    keys = sorted(set(visitors))
+    total = 0
+    for start in range(0, len(keys), _CHUNK):
+        part = keys[start : start + _CHUNK]
+        marks = ",".join("?" * len(part))
+        cur = await conn.execute(f"DELETE FROM touchpoints WHERE visitor IN ({marks})", part)
+        total += int(cur.rowcount)
+        await conn.execute(
+            f"UPDATE insight_events SET visitor = NULL WHERE visitor IN ({marks})", part
+        )
+    return total
+
+
+# Reads -------------------------------------------------------------------------------------
+
+
+class SqliteInsights:
+    """Report reads on a read-only connection to the buffer file."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteInsights:
+        """Open the buffer file for reading (it must exist and be migrated)."""
+        conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        return cls(conn)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._conn.close()
+
+    async def _all(self, query: tuple[str, list[Any]]) -> list[Any]:
+        async with self._conn.execute(query[0], query[1]) as cur:
+            return list(await cur.fetchall())
+
+    async def counts(self, w: Window) -> list[tuple[str, str | None, int, float | None]]:
+        """(event name, currency, events, value sum) of the range."""
+        return [(r[0], r[1], int(r[2]), r[3]) for r in await self._all(counts_sql(w))]
+
+    async def visitors(self, w: Window, events: Sequence[str] | None = None) -> int:
+        """Distinct visitors of the range (with one of `events`, when given)."""
+        rows = await self._all(visitors_sql(w, events))
+        return int(rows[0][0]) if rows else 0
+
+    async def funnel(self, w: Window, steps: Sequence[str]) -> list[int]:
+        """Visitors at each step, in order."""
+        rows = await self._all(funnel_sql(w, steps))
+        return [int(v) for v in rows[0]] if rows else [0] * len(steps)
+
+    async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
+        """Conversion events of the range."""
+        return [ConversionRow(*r) for r in await self._all(conversions_sql(w, events))]
+
+    async def touches(self, w: Window) -> list[TouchRow]:
+        """Touchpoints of the range."""
+        return [TouchRow(*r) for r in await self._all(touches_sql(w))]
+
+    async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
+        """(UTC day number, currency, value) of `events`."""
+        return [(int(r[0]), r[1], float(r[2])) for r in await self._all(daily_sql(w, events))]
