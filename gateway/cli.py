@@ -1,4 +1,4 @@
-"""`capi-gateway` command line: serve, check, rules, demo, queue and forget."""
+"""`capi-gateway` command line: serve, check, rules, demo, queue, forget and report."""
 
 from __future__ import annotations
 
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_forget_parser(sub)
+    from gateway.commands.report import add_parser as add_report_parser
+
+    add_report_parser(sub)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -183,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_queue_command(args)
         if args.command == "forget":
             return run_forget_command(args)
+        if args.command == "report":
+            from gateway.commands.report import run_report_command
+
+            return run_report_command(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "check":

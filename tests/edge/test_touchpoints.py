@@ -14,6 +14,7 @@ starts a visit; then the events, in order):
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from gateway.delivery.forget import Person
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import SCHEMA
+from tests.commands.test_doctor import cli
 from tests.conftest import UA, auth
 from tests.edge.conftest import StartGateway
 from tests.fakes.upstream import Front
@@ -283,3 +285,25 @@ def _key(gw: Front) -> bytes:
     from gateway.delivery.seal import load_key
 
     return load_key(gw.app[RUNTIME].settings)
+
+
+async def test_the_report_command_prints_the_same_json(
+    start: StartGateway, backend: dict[str, Any], tmp_path: Path
+) -> None:
+    gw = await start(**backend)
+    await journeys(gw)
+    buffer = str(backend["buffer"])
+    for name, extra in (
+        ("summary", ()),
+        ("funnel", ()),
+        ("attribution", ("--model", "linear", "--by", "source")),
+    ):
+        result = await cli("report", name, "--json", "--buffer", buffer, *extra, cwd=tmp_path)
+        assert result.code == 0, result.err
+        params = dict(zip(extra[::2], extra[1::2], strict=True))
+        expected = await report(gw, name, **{k.lstrip("-"): v for k, v in params.items()})
+        assert json.loads(result.out) == expected
+    text = await cli("report", "funnel", "--buffer", buffer, cwd=tmp_path)
+    assert text.code == 0 and "AddToCart" in text.out and "(-33%)" in text.out
+    bad = await cli("report", "summary", "--since", "soon", "--buffer", buffer, cwd=tmp_path)
+    assert bad.code == 2 and "'soon' is not a date" in bad.err
