@@ -14,6 +14,7 @@ from typing import Any
 from gateway import __version__
 from gateway.commands.forget import add_forget_parser, run_forget_command
 from gateway.config import Sources, load_settings
+from gateway.insights.policy import check_channels
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings, buffer_arg
@@ -219,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_rules_test(args, settings)
         settings.check_ready_to_send()
+        check_channels(settings)
         # Rule files are checked before anything starts (or forks): a typo is a clear
         # message and exit 2, not a crashing worker.
         rules = load_rules(settings.rules) if settings.rules is not None else None

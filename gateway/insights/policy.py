@@ -44,3 +44,11 @@ def insight_policy(settings: Settings, key: bytes) -> InsightPolicy:
         own_hosts=hosts,
         rules=rules,
     )
+
+
+def check_channels(settings: Settings) -> None:
+    """ConfigError naming the key when a `[insights] channels` rule (top level or a site's)
+    is not a valid rule; run before serving, and by `capi-gateway check`."""
+    channel_rules(settings)
+    for site in settings.site_list():
+        channel_rules(site.settings, f"sites.{site.name}.insights")
