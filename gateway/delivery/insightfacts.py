@@ -7,9 +7,10 @@ Why a facts table and not the outbox: delivered rows leave the outbox after `ret
 columns (site, visitor, event name, time, value, currency, content ids, match keys) written
 in the same transaction as the event, so a report counts every accepted event, sent or held.
 
-The visitor is the profile key (`ProfilePolicy.key_hash("fbp", _fbp)`), so facts,
-touchpoints and profiles agree on who is who; an event without an fbp (a webhook, a backend
-call) finds its visitor through its stitch keys when profiles are on.
+The visitor is the profile key (`ProfilePolicy.key_hash("fbp", _fbp)`, its first 16 hex
+digits: `visitor_of`), so facts, touchpoints and profiles agree on who is who; an event
+without an fbp (a webhook, a backend call) finds its visitor through its stitch keys when
+profiles are on.
 
 A touchpoint is written for a PageView that starts a visit (`starts_visit`): the previous
 state of the visitor (the last page view's time, the current visit's source) is read from
@@ -68,7 +69,17 @@ class InsightPolicy:
 
     def visitor(self, fbp: str) -> str:
         """The stored visitor key of an `_fbp` value."""
-        return self.lookup.key_hash("fbp", fbp)
+        return visitor_of(self.lookup.key_hash("fbp", fbp))
+
+
+# Hex digits of a profile key kept as the visitor key: 64 bits make a collision among even
+# millions of visitors negligible, and keep the report indexes a quarter of the size.
+VISITOR_DIGITS = 16
+
+
+def visitor_of(profile_key: str) -> str:
+    """The visitor key of a profile key (`ProfilePolicy.key_hash("fbp", …)`)."""
+    return profile_key[:VISITOR_DIGITS]
 
 
 @dataclass(slots=True)

@@ -120,7 +120,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 7: insights (gateway/delivery/insights.py): one compact fact per accepted event
     # (reports outlive the outbox's `retention` and read no payload JSON) and one touchpoint
-    # per visit; `site` is '' without sites, `visitor` the profile key of the `_fbp`.
+    # per visit; `site` is '' without sites, `visitor` the profile key of the `_fbp` (16 hex
+    # digits). The indexes cover the report reads (no table lookups over a million rows).
     """
     CREATE TABLE insight_events (
         id INTEGER PRIMARY KEY,
@@ -133,9 +134,10 @@ MIGRATIONS: tuple[str, ...] = (
         content_ids TEXT,
         match_keys TEXT
     );
-    CREATE INDEX insight_events_name_at ON insight_events (event_name, at);
+    CREATE INDEX insight_events_name ON insight_events
+        (event_name, at, visitor, currency, value, site);
+    CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);
     CREATE INDEX insight_events_at ON insight_events (at);
-    CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at);
     CREATE TABLE touchpoints (
         id INTEGER PRIMARY KEY,
         site TEXT NOT NULL DEFAULT '',

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from gateway.delivery.forget import Person
 from gateway.delivery.insightfacts import InsightPolicy
-from gateway.delivery.insights import ConversionRow, TouchRow, Window
+from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
@@ -215,8 +215,8 @@ class InsightReader(Protocol):
     async def close(self) -> None:
         """Release what the reader holds."""
 
-    async def counts(self, w: Window) -> list[tuple[str, str | None, int, float | None]]:
-        """(event name, currency, events, value sum) of the range."""
+    async def counts(self, w: Window) -> list[NameCount]:
+        """Events per name of the range, with their value per currency."""
 
     async def visitors(self, w: Window, events: Sequence[str] | None = None) -> int:
         """Distinct visitors of the range (with one of `events`, when given)."""
@@ -227,8 +227,11 @@ class InsightReader(Protocol):
     async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
         """Conversion events of the range, oldest first."""
 
-    async def touches(self, w: Window) -> list[TouchRow]:
-        """Touchpoints of the range, oldest first."""
+    async def touches(
+        self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
+    ) -> list[TouchRow]:
+        """Touchpoints of the range, oldest first; with `converted` (a range and event
+        names), only those of visitors with such an event in that range."""
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""

@@ -56,18 +56,20 @@ async def summary(store: InsightReader, q: Query, cfg: InsightSettings) -> dict[
     events: dict[str, dict[str, Any]] = {}
     conv_value: dict[str, float] = defaultdict(float)
     conv_count: dict[str, int] = defaultdict(int)
-    for name, currency, count, value in await store.counts(w):
-        entry = events.setdefault(name, {"count": 0, "value": {}})
-        entry["count"] += count
-        if currency and value is not None:
-            entry["value"][currency] = _round(entry["value"].get(currency, 0.0) + value)
-            if name in cfg.conversion_events:
+    for found in await store.counts(w):
+        events[found.name] = {
+            "count": found.count,
+            "value": {c: _round(v) for c, (_, v) in sorted(found.values.items())},
+        }
+        if found.name in cfg.conversion_events:
+            for currency, (count, value) in found.values.items():
                 conv_value[currency] += value
                 conv_count[currency] += count
     visitors = await store.visitors(w)
     converters = await store.visitors(w, cfg.conversion_events)
     conversions = await store.conversions(w, cfg.conversion_events)
-    pages, channels = _top_sources(conversions, await _touches(store, w, cfg), cfg.lookback)
+    touches = await _touches(store, w, cfg, converters=True)
+    pages, channels = _top_sources(conversions, touches, cfg.lookback)
     return {
         "visitors": visitors,
         "events": dict(sorted(events.items())),
@@ -95,22 +97,29 @@ async def funnel(store: InsightReader, q: Query, cfg: InsightSettings) -> dict[s
 
 async def attribution(store: InsightReader, q: Query, cfg: InsightSettings) -> dict[str, Any]:
     """Each conversion of the range credited to its visitor's visits under `q.model`."""
-    journeys = await load_journeys(store, q.window, cfg)
+    journeys = await load_journeys(store, q.window, cfg, every_visitor=q.model == "data_driven")
     result = attribute(
         journeys, model=q.model, by=q.by, lookback=cfg.lookback, half_life=cfg.half_life
     )
     return result.to_json()
 
 
-async def _touches(store: InsightReader, w: Window, cfg: InsightSettings) -> list[TouchRow]:
-    """The touchpoints conversions of `w` can look back to."""
-    return await store.touches(Window(int(w.since - cfg.lookback), w.until, w.site))
+async def _touches(
+    store: InsightReader, w: Window, cfg: InsightSettings, *, converters: bool
+) -> list[TouchRow]:
+    """The touchpoints conversions of `w` can look back to: of every visitor, or only of
+    those who converted in `w` (all that every model but `data_driven` needs)."""
+    back = Window(int(w.since - cfg.lookback), w.until, w.site)
+    return await store.touches(back, (w, cfg.conversion_events) if converters else None)
 
 
-async def load_journeys(store: InsightReader, w: Window, cfg: InsightSettings) -> list[Journey]:
-    """Every visitor's journey: touches from `lookback` before the range (converting or
-    not: the data-driven model needs both), conversions in the range."""
-    touches = await _touches(store, w, cfg)
+async def load_journeys(
+    store: InsightReader, w: Window, cfg: InsightSettings, *, every_visitor: bool = True
+) -> list[Journey]:
+    """The visitors' journeys: touches from `lookback` before the range, conversions in the
+    range; of every visitor (converting or not: the data-driven model needs both) or of
+    converting visitors only."""
+    touches = await _touches(store, w, cfg, converters=not every_visitor)
     conversions = await store.conversions(w, cfg.conversion_events)
     return journeys_of(touches, conversions)
 
@@ -190,7 +199,7 @@ async def coverage(
     """Per conversion event name and channel (and over all channels: channel ""), the share
     of events carrying each match key; and conversions per channel (last non-direct visit)."""
     conversions = await store.conversions(w, cfg.conversion_events)
-    per = _per_visitor(await _touches(store, w, cfg))
+    per = _per_visitor(await _touches(store, w, cfg, converters=True))
     groups: dict[tuple[str, str], list[set[str]]] = defaultdict(list)
     by_channel: dict[str, float] = defaultdict(float)
     for c in conversions:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.delivery import insightfacts as facts_
 from gateway.delivery import insights as sql
 from gateway.delivery.insightfacts import Fact, InsightPolicy, Seen
-from gateway.delivery.insights import ConversionRow, TouchRow, Window
+from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
@@ -67,7 +67,8 @@ async def _resolve(conn: Conn, found: Sequence[Fact], now: float) -> None:
     leads = await pg_rows.resolve(conn, wanted, now=now)
     for f in found:
         if f.visitor is None:
-            f.visitor = next((leads[k] for k in f.links if k in leads), None)
+            lead = next((leads[k] for k in f.links if k in leads), None)
+            f.visitor = facts_.visitor_of(lead) if lead else None
 
 
 async def _seen(conn: Conn, visitors: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
@@ -108,7 +109,7 @@ async def _seen(conn: Conn, visitors: Iterable[tuple[str, str]]) -> dict[tuple[s
 
 async def forget(conn: Conn, visitors: Iterable[str]) -> int:
     """Delete the touchpoints of `visitors` and detach their facts (see the SQLite store)."""
-    keys = sorted(set(visitors))
+    keys = sorted({facts_.visitor_of(v) for v in visitors})
     if not keys:
         return 0
     count = affected(
@@ -146,9 +147,16 @@ class PgInsights:
 
         return await self.db.run(read, transaction=False)
 
-    async def counts(self, w: Window) -> list[tuple[str, str | None, int, float | None]]:
-        """(event name, currency, events, value sum) of the range."""
-        return [(r[0], r[1], int(r[2]), r[3]) for r in await self._all(sql.counts_sql(w))]
+    async def counts(self, w: Window) -> list[NameCount]:
+        """Events per name of the range, with their value per currency."""
+        found: dict[str, NameCount] = {}
+        for name, currency, count, with_value, value in await self._all(sql.counts_sql(w)):
+            entry = found.setdefault(name, NameCount(name, 0, {}))
+            entry = NameCount(name, entry.count + int(count), entry.values)
+            if currency is not None and with_value:
+                entry.values[currency] = (int(with_value), float(value))
+            found[name] = entry
+        return sorted(found.values(), key=lambda e: e.name)
 
     async def visitors(self, w: Window, events: Sequence[str] | None = None) -> int:
         """Distinct visitors of the range (with one of `events`, when given)."""
@@ -164,9 +172,11 @@ class PgInsights:
         """Conversion events of the range."""
         return [ConversionRow(*r) for r in await self._all(sql.conversions_sql(w, events))]
 
-    async def touches(self, w: Window) -> list[TouchRow]:
-        """Touchpoints of the range."""
-        return [TouchRow(*r) for r in await self._all(sql.touches_sql(w))]
+    async def touches(
+        self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
+    ) -> list[TouchRow]:
+        """Touchpoints of the range (of converting visitors only, with `converted`)."""
+        return [TouchRow(*r) for r in await self._all(sql.touches_sql(w, converted))]
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""

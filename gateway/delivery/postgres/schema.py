@@ -195,9 +195,10 @@ CREATE TABLE insight_events (
     content_ids text,
     match_keys text
 );
-CREATE INDEX insight_events_name_at ON insight_events (event_name, at);
+CREATE INDEX insight_events_name ON insight_events
+    (event_name, at, visitor, currency, value, site);
+CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);
 CREATE INDEX insight_events_at ON insight_events (at);
-CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at);
 CREATE TABLE touchpoints (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     site text NOT NULL DEFAULT '',
