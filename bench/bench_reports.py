@@ -46,6 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
+import asyncpg
 import psutil
 from aiohttp import web
 
@@ -53,7 +54,7 @@ from gateway.delivery.insightfacts import FACT_COLUMNS, TOUCH_COLUMNS
 from gateway.delivery.insights import SqliteInsights, Window
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.migrations import migrate
-from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.pool import SCHEMA, Database
 from gateway.delivery.schema import connect
 from gateway.delivery.store import InsightReader
 from gateway.insights.reports import Query, attribution, funnel, summary
@@ -106,6 +107,9 @@ def generate(
             value, currency = round(rnd.uniform(10, 300), 2), rnd.choice(("EUR", "EUR", "USD"))
         keys_present = "em,fbp,fbc,client_user_agent" if rnd.random() < 0.6 else "fbp"
         facts.append(("", visitor, name, at, value, currency, None, keys_present))
+    # A store writes rows as they happen: in time order, as here.
+    facts.sort(key=lambda f: f[3])
+    touches.sort(key=lambda t: t[2])
     return facts, touches
 
 
@@ -125,18 +129,26 @@ async def fill_sqlite(path: Path, facts: list[Any], touches: list[Any]) -> None:
         await conn.close()
 
 
-async def fill_postgres(db: Database, facts: list[Any], touches: list[Any]) -> None:
-    async def work(conn: Any) -> None:
+async def fill_postgres(dsn: str, facts: list[Any], touches: list[Any]) -> None:
+    # Its own connection: one COPY of a million rows outlasts the pool's command timeout.
+    conn = await asyncpg.connect(dsn)
+    try:
         await conn.copy_records_to_table(
-            "insight_events", records=facts, columns=[c.strip() for c in FACT_COLUMNS.split(",")]
+            "insight_events",
+            records=facts,
+            columns=[c.strip() for c in FACT_COLUMNS.split(",")],
+            schema_name=SCHEMA,
         )
         await conn.copy_records_to_table(
-            "touchpoints", records=touches, columns=[c.strip() for c in TOUCH_COLUMNS.split(",")]
+            "touchpoints",
+            records=touches,
+            columns=[c.strip() for c in TOUCH_COLUMNS.split(",")],
+            schema_name=SCHEMA,
         )
-
-    await db.run(work)
-    await db.fetchval("ANALYZE insight_events")
-    await db.fetchval("ANALYZE touchpoints")
+        await conn.execute(f"ANALYZE {SCHEMA}.insight_events")
+        await conn.execute(f"ANALYZE {SCHEMA}.touchpoints")
+    finally:
+        await conn.close()
 
 
 Report = Callable[[InsightReader], Awaitable[Any]]
@@ -207,7 +219,7 @@ async def part_reports(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await migrate(db)
             t0 = time.perf_counter()
-            await fill_postgres(db, facts, touches)
+            await fill_postgres(cluster.dsn("reports"), facts, touches)
             print(f"PostgreSQL filled in {time.perf_counter() - t0:.1f} s", flush=True)
             del facts, touches
             sqlite_reader = await SqliteInsights.open(path)
@@ -343,7 +355,9 @@ async def part_proxy(args: argparse.Namespace) -> dict[str, Any]:
                         await asyncio.sleep(0.5)  # the last group commits
                         per = (sum(proc.cpu_times()[:2]) - c0) / args.pages
                     cpu[mode].append(per)
-                    print(f"  round {round_ + 1} touchpoints {mode:<3} {per * 1e6:7.0f} µs CPU/page")
+                    print(
+                        f"  round {round_ + 1} touchpoints {mode:<3} {per * 1e6:7.0f} µs CPU/page"
+                    )
     off, on = min(cpu["off"]), min(cpu["on"])
     print(
         f"gateway CPU per tagged page, best of {args.rounds}: off {off * 1e6:.0f} µs, "

@@ -148,11 +148,12 @@ def funnel_sql(w: Window, steps: Sequence[str]) -> tuple[str, list[Any]]:
 
 
 def conversions_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
-    """Conversion events of the range, oldest first."""
+    """Conversion events of the range, their id last (`in_order` sorts them: an ORDER BY
+    would lead SQLite to walk the time index over every event of the range instead)."""
     where, values = w.where()
     return (
-        "SELECT visitor, event_name, at, value, currency, match_keys FROM insight_events "
-        f"WHERE event_name IN ({','.join('?' * len(events))}){where} ORDER BY at, id",
+        "SELECT visitor, event_name, at, value, currency, match_keys, id FROM insight_events "
+        f"WHERE event_name IN ({','.join('?' * len(events))}){where}",
         [*events, *values],
     )
 
@@ -160,8 +161,8 @@ def conversions_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
 def touches_sql(
     w: Window, converted: tuple[Window, Sequence[str]] | None = None
 ) -> tuple[str, list[Any]]:
-    """Touchpoints of the range, oldest first; with `converted` (a range and event names)
-    only those of visitors with such an event in that range."""
+    """Touchpoints of the range, their id last (see `conversions_sql`); with `converted` (a
+    range and event names) only those of visitors with such an event in that range."""
     where, values = w.where()
     if converted is not None:
         cw, events = converted
@@ -172,8 +173,8 @@ def touches_sql(
         )
         values += [*events, *inner_values]
     return (
-        "SELECT visitor, at, channel, source, campaign, landing_path FROM touchpoints "
-        f"WHERE 1=1{where} ORDER BY at, id",
+        "SELECT visitor, at, channel, source, campaign, landing_path, id FROM touchpoints "
+        f"WHERE 1=1{where}",
         values,
     )
 
@@ -187,6 +188,12 @@ def daily_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
         "GROUP BY day, currency ORDER BY day, currency",
         [*events, *values],
     )
+
+
+def in_order(rows: Sequence[Sequence[Any]], at: int) -> list[Sequence[Any]]:
+    """Rows of `conversions_sql` (`at` 2) or `touches_sql` (`at` 1) oldest first, ties in
+    the order they were stored, without their trailing id."""
+    return [r[:-1] for r in sorted(rows, key=lambda r: (r[at], r[-1]))]
 
 
 # Writes (inside the outbox's transaction) ---------------------------------------------------
@@ -339,13 +346,14 @@ class SqliteInsights:
 
     async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
         """Conversion events of the range."""
-        return [ConversionRow(*r) for r in await self._all(conversions_sql(w, events))]
+        rows = await self._all(conversions_sql(w, events))
+        return [ConversionRow(*r) for r in in_order(rows, 2)]
 
     async def touches(
         self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
     ) -> list[TouchRow]:
         """Touchpoints of the range (of converting visitors only, with `converted`)."""
-        return [TouchRow(*r) for r in await self._all(touches_sql(w, converted))]
+        return [TouchRow(*r) for r in in_order(await self._all(touches_sql(w, converted)), 1)]
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""

@@ -151,7 +151,8 @@ MIGRATIONS: tuple[str, ...] = (
         referrer_host TEXT,
         landing_path TEXT
     );
-    CREATE INDEX touchpoints_visitor ON touchpoints (visitor, at);
+    CREATE INDEX touchpoints_visitor ON touchpoints
+        (visitor, at, site, channel, source, campaign, landing_path);
     CREATE INDEX touchpoints_at ON touchpoints (at);
 """,
 )

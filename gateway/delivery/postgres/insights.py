@@ -170,13 +170,15 @@ class PgInsights:
 
     async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
         """Conversion events of the range."""
-        return [ConversionRow(*r) for r in await self._all(sql.conversions_sql(w, events))]
+        rows = await self._all(sql.conversions_sql(w, events))
+        return [ConversionRow(*r) for r in sql.in_order(rows, 2)]
 
     async def touches(
         self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
     ) -> list[TouchRow]:
         """Touchpoints of the range (of converting visitors only, with `converted`)."""
-        return [TouchRow(*r) for r in await self._all(sql.touches_sql(w, converted))]
+        rows = await self._all(sql.touches_sql(w, converted))
+        return [TouchRow(*r) for r in sql.in_order(rows, 1)]
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""

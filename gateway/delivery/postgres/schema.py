@@ -212,7 +212,8 @@ CREATE TABLE touchpoints (
     referrer_host text,
     landing_path text
 );
-CREATE INDEX touchpoints_visitor ON touchpoints (visitor, at);
+CREATE INDEX touchpoints_visitor ON touchpoints
+    (visitor, at, site, channel, source, campaign, landing_path);
 CREATE INDEX touchpoints_at ON touchpoints (at);
 """
 
