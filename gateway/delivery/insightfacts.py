@@ -14,13 +14,15 @@ profiles are on.
 
 A touchpoint is written for a PageView that starts a visit (`starts_visit`): the previous
 state of the visitor (the last page view's time, the current visit's source) is read from
-the store in the same write transaction, one query per group commit, so it is right across
-workers and replicas without any per-process cache.
+the store in the same write transaction, at most two queries per group commit, so it is
+right across workers and replicas; a bounded cache (`VisitCache`) spares the read for the
+common case a stale entry cannot get wrong (an untagged view within the visit timeout).
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +33,14 @@ from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import match_keys
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
-from gateway.pipeline.channels import ChannelRules, VisitSource, starts_visit, visit_source
+from gateway.pipeline.channels import (
+    DIRECT_SOURCE,
+    NOT_SET,
+    ChannelRules,
+    VisitSource,
+    starts_visit,
+    visit_source,
+)
 
 # Content ids kept per fact: enough for catalog coverage, bounded for odd carts.
 _MAX_CONTENT_IDS = 50
@@ -47,6 +56,7 @@ class InsightPolicy:
     # Per site ('' without sites): the hosts whose referrers are internal, the channel rules.
     own_hosts: Mapping[str, frozenset[str]] = field(default_factory=dict)
     rules: Mapping[str, ChannelRules | None] = field(default_factory=dict)
+    cache: VisitCache = field(default_factory=lambda: VisitCache())
 
     @classmethod
     def from_key(
@@ -149,59 +159,140 @@ def facts(
     return out
 
 
-def page_views(rows: Sequence[NewEvent], new: set[int]) -> list[int]:
-    """Indexes into `rows` of the new PageViews with a visitor (those that may start a visit)."""
-    return [
-        index
-        for index in sorted(new)
-        if rows[index].event_name == "PageView"
-        and isinstance(rows[index].clear.get("fbp"), str)
-        and rows[index].clear.get("fbp")
-    ]
+@dataclass(frozen=True, slots=True)
+class PageSeen:
+    """A new PageView of a known visitor, with the source it shows."""
+
+    site: str
+    visitor: str
+    at: float
+    source: VisitSource
+
+
+def page_views(policy: InsightPolicy, rows: Sequence[NewEvent], new: set[int]) -> list[PageSeen]:
+    """The new PageViews with an fbp and a URL, in time order, with their sources."""
+    out = []
+    for index in sorted(new, key=lambda i: rows[i].event_time):
+        ev = rows[index]
+        fbp = ev.clear.get("fbp")
+        url = ev.payload.get("event_source_url")
+        if ev.event_name != "PageView" or not isinstance(fbp, str) or not fbp:
+            continue
+        if not isinstance(url, str) or not url:
+            continue
+        site = ev.site or ""
+        referrer = ev.payload.get("referrer_url")
+        source = visit_source(
+            url=url,
+            referrer=referrer if isinstance(referrer, str) else None,
+            own_hosts=policy.own_hosts.get(site, frozenset()) | _host(url),
+            rules=policy.rules.get(site),
+        )
+        out.append(PageSeen(site, policy.visitor(fbp), float(ev.event_time), source))
+    return out
+
+
+def untagged(source: VisitSource) -> bool:
+    """No campaign, click id or external referrer: such a view only continues a visit that
+    has not timed out (`starts_visit`)."""
+    return source.source == DIRECT_SOURCE and source.campaign == NOT_SET and not source.click_id
+
+
+class VisitCache:
+    """The last known state of recently seen visitors, in front of the store.
+
+    It answers only what a stale entry cannot get wrong: an untagged page view within
+    `visit_timeout` of the last view it knows continues the visit (another worker or replica
+    can only have seen the visitor more recently, which keeps the visit going all the more).
+    A tagged view, a time-out or a visitor it does not know is read from the store. States
+    of a batch are staged and kept only once its transaction has committed (`settle`).
+    """
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._known: OrderedDict[tuple[str, str], Seen] = OrderedDict()
+        self._staged: dict[tuple[str, str], Seen] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str]) -> Seen | None:
+        """The known state of a visitor, if any."""
+        return self._known.get(key)
+
+    def stage(self, states: Mapping[tuple[str, str], Seen]) -> None:
+        """States a batch being committed leaves behind."""
+        self._staged.update(states)
+
+    def settle(self) -> None:
+        """The batch committed: keep its states (the oldest beyond `size` go)."""
+        for key, seen in self._staged.items():
+            self._known[key] = seen
+            self._known.move_to_end(key)
+        self._staged.clear()
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+    def discard(self) -> None:
+        """The batch did not commit: forget its states."""
+        self._staged.clear()
+
+
+def from_cache(
+    policy: InsightPolicy, pages: Sequence[PageSeen]
+) -> tuple[dict[tuple[str, str], Seen], set[tuple[str, str]]]:
+    """Visitors whose views the cache settles (their state after the batch) and those to
+    read from the store."""
+    by_key: dict[tuple[str, str], list[PageSeen]] = {}
+    for page in pages:
+        by_key.setdefault((page.site, page.visitor), []).append(page)
+    settled: dict[tuple[str, str], Seen] = {}
+    unknown: set[tuple[str, str]] = set()
+    for key, views in by_key.items():
+        known = policy.cache.get(key)
+        last = known.last_seen if known is not None else None
+        ok = known is not None and last is not None
+        for view in views:
+            if not ok or last is None or not untagged(view.source):
+                ok = False
+                break
+            if view.at - last >= policy.visit_timeout:
+                ok = False
+                break
+            last = max(last, view.at)
+        if ok and known is not None and last is not None:
+            settled[key] = Seen(last, known.current)
+            policy.cache.hits += 1
+        else:
+            unknown.add(key)
+            policy.cache.misses += 1
+    return settled, unknown
 
 
 def touches(
-    policy: InsightPolicy,
-    rows: Sequence[NewEvent],
-    pages: Sequence[int],
-    seen: Mapping[tuple[str, str], Seen],
-) -> list[Touch]:
-    """The touchpoints of a batch's page views, given what was known before the batch.
-
-    Page views of one visitor in the batch are taken in time order, each seeing the last.
-    """
+    policy: InsightPolicy, pages: Sequence[PageSeen], seen: Mapping[tuple[str, str], Seen]
+) -> tuple[list[Touch], dict[tuple[str, str], Seen]]:
+    """The touchpoints of the views of visitors in `seen` (what the store knew before the
+    batch), taken in time order, each seeing the last; and each visitor's state after."""
     state = dict(seen)
     out = []
-    for index in sorted(pages, key=lambda i: rows[i].event_time):
-        ev = rows[index]
-        site = ev.site or ""
-        visitor = policy.visitor(str(ev.clear["fbp"]))
-        url = ev.payload.get("event_source_url")
-        if not isinstance(url, str) or not url:
+    for page in pages:
+        key = (page.site, page.visitor)
+        if key not in seen:
             continue
-        referrer = ev.payload.get("referrer_url")
-        own = policy.own_hosts.get(site, frozenset()) | _host(url)
-        current = visit_source(
-            url=url,
-            referrer=referrer if isinstance(referrer, str) else None,
-            own_hosts=own,
-            rules=policy.rules.get(site),
-        )
-        before = state.get((site, visitor), Seen(None, None))
-        now = float(ev.event_time)
+        before = state[key]
         if starts_visit(
-            current,
+            page.source,
             previous=before.current,
             previous_seen_at=before.last_seen,
-            now=now,
+            now=page.at,
             visit_timeout=policy.visit_timeout,
         ):
-            out.append(Touch(site, visitor, int(ev.event_time), current))
-            state[(site, visitor)] = Seen(now, current)
+            out.append(Touch(page.site, page.visitor, int(page.at), page.source))
+            state[key] = Seen(page.at, page.source)
         else:
-            last = before.last_seen if before.last_seen is not None else now
-            state[(site, visitor)] = Seen(max(now, last), before.current)
-    return out
+            last = before.last_seen if before.last_seen is not None else page.at
+            state[key] = Seen(max(page.at, last), before.current)
+    return out, state
 
 
 def touch_values(t: Touch) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ from gateway.delivery import profiles
 from gateway.delivery.insightfacts import Fact, InsightPolicy, Seen
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
+from gateway.pipeline.channels import VisitSource
 
 _CHUNK = 400
 
@@ -207,25 +208,27 @@ async def record(
     new: set[int],
     now: float,
 ) -> None:
-    """Write the facts of the events stored as new and the touchpoints their page views start."""
+    """Write the facts of the events stored as new and the touchpoints their page views
+    start; the visitors' states are staged in `policy.cache` (kept once committed)."""
     found = facts_.facts(policy, rows, outcomes, new)
     if not found:
         return
     await _resolve(conn, found, now)
-    pages = facts_.page_views(rows, new)
+    pages = facts_.page_views(policy, rows, new)
+    settled, unknown = facts_.from_cache(policy, pages)
     # What the store knew before this batch: read before the batch's own facts go in.
-    visitors = {(rows[i].site or "", policy.visitor(str(rows[i].clear["fbp"]))) for i in pages}
-    seen = await _seen(conn, visitors)
+    seen = await _seen(conn, unknown) if unknown else {}
     await conn.executemany(
         f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
         [facts_.fact_values(f) for f in found],
     )
-    touches = facts_.touches(policy, rows, pages, seen)
+    touches, states = facts_.touches(policy, pages, seen)
     if touches:
         await conn.executemany(
             f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [facts_.touch_values(t) for t in touches],
         )
+    policy.cache.stage({**settled, **states})
 
 
 async def _resolve(conn: aiosqlite.Connection, found: Sequence[Fact], now: float) -> None:
@@ -241,37 +244,47 @@ async def _resolve(conn: aiosqlite.Connection, found: Sequence[Fact], now: float
 
 
 async def _seen(
-    conn: aiosqlite.Connection, visitors: Iterable[tuple[str, str]]
+    conn: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Seen]:
-    """Per (site, visitor): the last page view stored and the current visit's source."""
-    out: dict[tuple[str, str], Seen] = {}
-    for site, visitor in visitors:
+    """Per (site, visitor): the last page view stored and the current visit's source (its
+    newest touchpoint), two queries for the whole batch."""
+    wanted = set(keys)
+    visitors = sorted({v for _, v in wanted})
+    last: dict[tuple[str, str], float] = {}
+    current: dict[tuple[str, str], VisitSource] = {}
+    for start in range(0, len(visitors), _CHUNK):
+        part = visitors[start : start + _CHUNK]
+        marks = ",".join("?" * len(part))
         async with conn.execute(
-            "SELECT MAX(at) FROM insight_events WHERE visitor = ? AND event_name = 'PageView' "
-            "AND site = ?",
-            (visitor, site),
+            "SELECT site, visitor, MAX(at) FROM insight_events WHERE event_name = 'PageView' "
+            f"AND visitor IN ({marks}) GROUP BY visitor, site",
+            part,
         ) as cur:
-            row = await cur.fetchone()
-        last = float(row[0]) if row and row[0] is not None else None
-        current = None
-        if last is not None:
-            async with conn.execute(
-                "SELECT channel, source, medium, campaign, click_id, referrer_host, landing_path "
-                "FROM touchpoints WHERE visitor = ? AND site = ? ORDER BY at DESC, id DESC "
-                "LIMIT 1",
-                (visitor, site),
-            ) as cur:
-                touch = await cur.fetchone()
-            current = facts_.source_of(tuple(touch)) if touch else None
-        out[(site, visitor)] = Seen(last, current)
-    return out
+            for site, visitor, at in await cur.fetchall():
+                last[(site, visitor)] = float(at)
+        async with conn.execute(
+            "SELECT site, visitor, channel, source, medium, campaign, click_id, referrer_host, "
+            "landing_path FROM touchpoints WHERE id IN (SELECT MAX(id) FROM touchpoints "
+            f"WHERE visitor IN ({marks}) GROUP BY visitor, site)",
+            part,
+        ) as cur:
+            for row in await cur.fetchall():
+                current[(row[0], row[1])] = facts_.source_of(tuple(row[2:]))
+    return {key: Seen(last.get(key), current.get(key) if key in last else None) for key in wanted}
 
 
 async def purge(conn: aiosqlite.Connection, *, retention: float, now: float) -> int:
     """Delete facts and touchpoints older than `retention`; returns how many rows."""
     cut = int(now - retention)
-    cur = await conn.execute("DELETE FROM insight_events WHERE at < ?", (cut,))
-    count = int(cur.rowcount)
+    count = 0
+    async with conn.execute(names_sql()[0]) as names:
+        found = [name for (name,) in await names.fetchall()]
+    for name in found:
+        # Name by name: a range of the name index each (no index on time alone to keep up).
+        cur = await conn.execute(
+            "DELETE FROM insight_events WHERE event_name = ? AND at < ?", (name, cut)
+        )
+        count += int(cur.rowcount)
     cur = await conn.execute("DELETE FROM touchpoints WHERE at < ?", (cut,))
     return count + int(cur.rowcount)
 

@@ -216,11 +216,15 @@ class Outbox:
             self.commits += 1
             self.committed_rows += len(rows)
         except Exception as exc:
+            if self.insights is not None:
+                self.insights.cache.discard()
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        if self.insights is not None:
+            self.insights.cache.settle()
         self.merged += outcomes.count("merged")
         self.late += outcomes.count("late")
         at = 0

@@ -137,7 +137,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX insight_events_name ON insight_events
         (event_name, at, visitor, currency, value, site);
     CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);
-    CREATE INDEX insight_events_at ON insight_events (at);
     CREATE TABLE touchpoints (
         id INTEGER PRIMARY KEY,
         site TEXT NOT NULL DEFAULT '',

@@ -8,6 +8,7 @@ times the test chooses; reads go through each backend's `InsightReader`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.delivery.insights import SqliteInsights, Window
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.seal import Sealer
 from gateway.delivery.store import InsightReader, OutboxStore
 from gateway.insights.reports import Query, attribution, funnel, summary
 from gateway.insightsettings import InsightSettings
@@ -189,3 +191,46 @@ async def test_reports_over_a_range(box: OutboxStore, reader: InsightReader) -> 
     q7 = Query(Window(T0 - 3600, T0 + 3600), model="first_click")
     wide = await attribution(reader, q7, InsightSettings(lookback=50 * 86400))
     assert {r["key"] for r in wide["rows"]} == {"Paid Social", "Direct"}
+
+
+async def test_two_writers_agree_on_visits(store_location: Path | str) -> None:
+    """Two outboxes on one store (workers on a file, replicas on PostgreSQL), each with its
+    own visit cache: a visit one starts is seen by the other, which never counts it twice."""
+    boxes: list[OutboxStore] = []
+    for _ in range(2):
+        one: OutboxStore
+        if isinstance(store_location, Path):
+            one = await Outbox.open(store_location, Sealer(KEY), group_commit_ms=1)
+        else:
+            one = await PgOutbox.open(store_location, Sealer(KEY), group_commit_ms=1)
+        one.insights = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=90 * 86400)
+        boxes.append(one)
+    a, b = boxes
+    try:
+        paid = "/?utm_source=fb&utm_medium=paid_social&utm_campaign=a"
+        mail = "/?utm_source=news&utm_medium=email&utm_campaign=b"
+        await a.add([view(T0, paid)])
+        await b.add([view(T0 + 60, mail)])  # B: a new campaign, a new visit
+        await a.add([view(T0 + 120, "/next")])  # A's cache: within the visit, no read
+        await a.add([view(T0 + 180, mail)])  # A reads the store: B's visit goes on
+        await b.add([view(T0 + 240, paid)])  # B reads the store: campaign a again
+        # The untagged view was the only one the cache settled without a read.
+        assert a.insights is not None and b.insights is not None
+        assert (a.insights.cache.hits, b.insights.cache.hits) == (1, 0)
+        reader: InsightReader
+        if isinstance(a, PgOutbox):
+            reader = PgInsights(a.db)
+        else:
+            assert isinstance(a, Outbox)
+            reader = await SqliteInsights.open(a.path)
+        try:
+            assert await channels(reader) == [
+                (0, "Paid Social", "a"),
+                (60, "Email", "b"),
+                (240, "Paid Social", "a"),
+            ]
+        finally:
+            await reader.close()
+    finally:
+        for one in boxes:
+            await one.close()

@@ -39,25 +39,27 @@ async def record(
     new: set[int],
     now: float,
 ) -> None:
-    """Write the facts of the events stored as new and the touchpoints their page views start."""
+    """Write the facts of the events stored as new and the touchpoints their page views
+    start; the visitors' states are staged in `policy.cache` (kept once committed)."""
     found = facts_.facts(policy, rows, outcomes, new)
     if not found:
         return
     await _resolve(conn, found, now)
-    pages = facts_.page_views(rows, new)
-    visitors = {(rows[i].site or "", policy.visitor(str(rows[i].clear["fbp"]))) for i in pages}
-    seen = await _seen(conn, visitors) if visitors else {}
+    pages = facts_.page_views(policy, rows, new)
+    settled, unknown = facts_.from_cache(policy, pages)
+    seen = await _seen(conn, unknown) if unknown else {}
     await conn.executemany(
         f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
         [facts_.fact_values(f) for f in found],
     )
-    touches = facts_.touches(policy, rows, pages, seen)
+    touches, states = facts_.touches(policy, pages, seen)
     if touches:
         await conn.executemany(
             f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) "
             "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
             [facts_.touch_values(t) for t in touches],
         )
+    policy.cache.stage({**settled, **states})
 
 
 async def _resolve(conn: Conn, found: Sequence[Fact], now: float) -> None:

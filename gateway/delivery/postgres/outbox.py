@@ -208,11 +208,15 @@ class PgOutbox(Results, Upkeep):
         try:
             outcomes = await self.db.run(work)
         except Exception as exc:
+            if self.insights is not None:
+                self.insights.cache.discard()
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        if self.insights is not None:
+            self.insights.cache.settle()
         self.commits += 1
         self.committed_rows += len(rows)
         self.merged += outcomes.count("merged")
