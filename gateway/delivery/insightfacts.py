@@ -34,14 +34,15 @@ from gateway.delivery.rows import match_keys
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
 from gateway.pipeline.channels import (
-    DIRECT_SOURCE,
-    NOT_SET,
+    CLICK_IDS,
     ChannelRules,
     VisitSource,
     starts_visit,
     visit_source,
 )
 
+# `_fbp` values whose visitor keys are remembered, at most.
+_MEMO = 50_000
 # Content ids kept per fact: enough for catalog coverage, bounded for odd carts.
 _MAX_CONTENT_IDS = 50
 
@@ -57,6 +58,7 @@ class InsightPolicy:
     own_hosts: Mapping[str, frozenset[str]] = field(default_factory=dict)
     rules: Mapping[str, ChannelRules | None] = field(default_factory=dict)
     cache: VisitCache = field(default_factory=lambda: VisitCache())
+    memo: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_key(
@@ -78,8 +80,14 @@ class InsightPolicy:
         )
 
     def visitor(self, fbp: str) -> str:
-        """The stored visitor key of an `_fbp` value."""
-        return visitor_of(self.lookup.key_hash("fbp", fbp))
+        """The stored visitor key of an `_fbp` value (remembered: a visitor's views come
+        in runs, and each one's fact and touchpoint both ask)."""
+        known = self.memo.get(fbp)
+        if known is None:
+            if len(self.memo) >= _MEMO:
+                self.memo.clear()
+            known = self.memo[fbp] = visitor_of(self.lookup.key_hash("fbp", fbp))
+        return known
 
 
 # Hex digits of a profile key kept as the visitor key: 64 bits make a collision among even
@@ -159,18 +167,54 @@ def facts(
     return out
 
 
-@dataclass(frozen=True, slots=True)
 class PageSeen:
-    """A new PageView of a known visitor, with the source it shows."""
+    """A new PageView of a known visitor; its source is worked out only when needed."""
 
-    site: str
-    visitor: str
-    at: float
-    source: VisitSource
+    __slots__ = ("_source", "at", "own", "referrer", "rules", "site", "untagged", "url", "visitor")
+
+    def __init__(
+        self,
+        site: str,
+        visitor: str,
+        at: float,
+        url: str,
+        referrer: str | None,
+        own: frozenset[str],
+        rules: ChannelRules | None,
+    ) -> None:
+        self.site, self.visitor, self.at = site, visitor, at
+        self.url, self.referrer, self.own, self.rules = url, referrer, own, rules
+        self.untagged = _plainly_untagged(url, referrer, own)
+        self._source: VisitSource | None = None
+
+    @property
+    def source(self) -> VisitSource:
+        """Where the view came from (`visit_source`), computed once."""
+        if self._source is None:
+            self._source = visit_source(
+                url=self.url, referrer=self.referrer, own_hosts=self.own, rules=self.rules
+            )
+        return self._source
+
+
+# Query parameters that can tag a visit, lowercased: any of them means "work it out".
+_TAGS = ("utm_", *(name.lower() for name in CLICK_IDS))
+
+
+def _plainly_untagged(url: str, referrer: str | None, own: frozenset[str]) -> bool:
+    """True only when the view surely has no campaign, click id or external referrer: the
+    common internal page, told apart without computing its channel."""
+    query = url.partition("?")[2].lower()
+    if query and any(tag in query for tag in _TAGS):
+        return False
+    if not referrer:
+        return True
+    host = _host(referrer)
+    return len(host) == 1 and next(iter(host)) in own
 
 
 def page_views(policy: InsightPolicy, rows: Sequence[NewEvent], new: set[int]) -> list[PageSeen]:
-    """The new PageViews with an fbp and a URL, in time order, with their sources."""
+    """The new PageViews with an fbp and a URL, in time order."""
     out = []
     for index in sorted(new, key=lambda i: rows[i].event_time):
         ev = rows[index]
@@ -182,20 +226,18 @@ def page_views(policy: InsightPolicy, rows: Sequence[NewEvent], new: set[int]) -
             continue
         site = ev.site or ""
         referrer = ev.payload.get("referrer_url")
-        source = visit_source(
-            url=url,
-            referrer=referrer if isinstance(referrer, str) else None,
-            own_hosts=policy.own_hosts.get(site, frozenset()) | _host(url),
-            rules=policy.rules.get(site),
+        out.append(
+            PageSeen(
+                site,
+                policy.visitor(fbp),
+                float(ev.event_time),
+                url,
+                referrer if isinstance(referrer, str) else None,
+                policy.own_hosts.get(site, frozenset()) | _host(url),
+                policy.rules.get(site),
+            )
         )
-        out.append(PageSeen(site, policy.visitor(fbp), float(ev.event_time), source))
     return out
-
-
-def untagged(source: VisitSource) -> bool:
-    """No campaign, click id or external referrer: such a view only continues a visit that
-    has not timed out (`starts_visit`)."""
-    return source.source == DIRECT_SOURCE and source.campaign == NOT_SET and not source.click_id
 
 
 class VisitCache:
@@ -252,7 +294,7 @@ def from_cache(
         last = known.last_seen if known is not None else None
         ok = known is not None and last is not None
         for view in views:
-            if not ok or last is None or not untagged(view.source):
+            if not ok or last is None or not view.untagged:
                 ok = False
                 break
             if view.at - last >= policy.visit_timeout:

@@ -21,7 +21,6 @@ from gateway.delivery import profiles
 from gateway.delivery.insightfacts import Fact, InsightPolicy, Seen
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
-from gateway.pipeline.channels import VisitSource
 
 _CHUNK = 400
 
@@ -247,30 +246,25 @@ async def _seen(
     conn: aiosqlite.Connection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Seen]:
     """Per (site, visitor): the last page view stored and the current visit's source (its
-    newest touchpoint), two queries for the whole batch."""
+    newest touchpoint); one query for the whole batch."""
     wanted = set(keys)
     visitors = sorted({v for _, v in wanted})
-    last: dict[tuple[str, str], float] = {}
-    current: dict[tuple[str, str], VisitSource] = {}
+    found: dict[tuple[str, str], Seen] = {}
     for start in range(0, len(visitors), _CHUNK):
         part = visitors[start : start + _CHUNK]
-        marks = ",".join("?" * len(part))
         async with conn.execute(
-            "SELECT site, visitor, MAX(at) FROM insight_events WHERE event_name = 'PageView' "
-            f"AND visitor IN ({marks}) GROUP BY visitor, site",
-            part,
-        ) as cur:
-            for site, visitor, at in await cur.fetchall():
-                last[(site, visitor)] = float(at)
-        async with conn.execute(
-            "SELECT site, visitor, channel, source, medium, campaign, click_id, referrer_host, "
-            "landing_path FROM touchpoints WHERE id IN (SELECT MAX(id) FROM touchpoints "
-            f"WHERE visitor IN ({marks}) GROUP BY visitor, site)",
+            "SELECT p.site, p.visitor, p.last, t.channel, t.source, t.medium, t.campaign, "
+            "t.click_id, t.referrer_host, t.landing_path FROM (SELECT site, visitor, "
+            "MAX(at) AS last FROM insight_events WHERE event_name = 'PageView' AND visitor "
+            f"IN ({','.join('?' * len(part))}) GROUP BY visitor, site) AS p "
+            "LEFT JOIN touchpoints AS t ON t.id = (SELECT MAX(id) FROM touchpoints AS n "
+            "WHERE n.visitor = p.visitor AND n.site = p.site)",
             part,
         ) as cur:
             for row in await cur.fetchall():
-                current[(row[0], row[1])] = facts_.source_of(tuple(row[2:]))
-    return {key: Seen(last.get(key), current.get(key) if key in last else None) for key in wanted}
+                current = facts_.source_of(tuple(row[3:])) if row[3] is not None else None
+                found[(row[0], row[1])] = Seen(float(row[2]), current)
+    return {key: found.get(key, Seen(None, None)) for key in wanted}
 
 
 async def purge(conn: aiosqlite.Connection, *, retention: float, now: float) -> int:
