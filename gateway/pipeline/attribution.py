@@ -33,9 +33,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
+
+from gateway.pipeline.markov import path_removal_effects
 
 MODELS: tuple[str, ...] = (
     "first_click",
@@ -54,10 +57,6 @@ NO_TOUCH_KEY: Mapping[str, str] = {
     "source": "(direct)",
     "campaign": "(not set)",
 }
-
-# Markov chain solving: stop when no absorption probability moves by more than this.
-_TOLERANCE = 1e-12
-_MAX_SWEEPS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +155,15 @@ def credits(model: str, touches: Sequence[Touch], at: float, *, half_life: float
     )
 
 
+def _in_time_order(touches: Sequence[Touch]) -> tuple[Sequence[Touch], list[float]]:
+    """The touches and their times, sorted (stably) if a caller handed them out of order."""
+    times = [t.at for t in touches]
+    if any(later < earlier for earlier, later in pairwise(times)):
+        touches = sorted(touches, key=lambda t: t.at)
+        times.sort()
+    return touches, times
+
+
 def _last_non_direct(touches: Sequence[Touch], lo: int, hi: int) -> int:
     for i in range(hi - 1, lo - 1, -1):
         if touches[i].channel != DIRECT_CHANNEL:
@@ -229,8 +237,7 @@ def attribute(
         conversions = journey.conversions
         if not conversions:
             continue
-        touches = journey.touches
-        times = [t.at for t in touches]
+        touches, times = _in_time_order(journey.touches)
         for conversion in conversions:
             count += 1
             at = conversion.at
@@ -295,111 +302,21 @@ def journey_paths(
     never converted) give a path ending in null. Other touches are in no path.
     """
     for journey in journeys:
-        touches = journey.touches
-        times = [t.at for t in touches]
+        touches, times = _in_time_order(journey.touches)
         for conversion in journey.conversions:
             lo = bisect_left(times, conversion.at - lookback)
             hi = bisect_right(times, conversion.at)
             yield tuple(getattr(touches[i], by) for i in range(lo, hi)), True
-        start = bisect_right(times, journey.conversions[-1].at) if journey.conversions else 0
+        last = max((c.at for c in journey.conversions), default=None)
+        start = 0 if last is None else bisect_right(times, last)
         if start < len(touches):
             yield tuple(getattr(touches[i], by) for i in range(start, len(touches))), False
-
-
-@dataclass(frozen=True, slots=True)
-class _Chain:
-    states: tuple[str, ...]
-    # Per transient state (and the start state, last): (successor index, probability) and
-    # the probability of converting in one step. Transitions to null are implied.
-    edges: tuple[tuple[tuple[int, float], ...], ...]
-    to_conversion: tuple[float, ...]
-
-
-def _build_chain(paths: Iterable[tuple[tuple[str, ...], bool]]) -> _Chain:
-    index: dict[str, int] = {}
-    counts: defaultdict[tuple[int, Hashable], int] = defaultdict(int)
-    outs: defaultdict[int, int] = defaultdict(int)
-    start = -1
-    for keys, converted in paths:
-        previous = start
-        for key in keys:
-            state = index.setdefault(key, len(index))
-            if state == previous:
-                # A self-loop changes no absorption probability (p_i = Σ_{j≠i} P_ij p_j /
-                # (1 - P_ii)); leaving it out keeps the chain smaller.
-                continue
-            counts[(previous, state)] += 1
-            outs[previous] += 1
-            previous = state
-        counts[(previous, "conv" if converted else "null")] += 1
-        outs[previous] += 1
-    n = len(index)
-    edges: list[list[tuple[int, float]]] = [[] for _ in range(n + 1)]
-    to_conversion = [0.0] * (n + 1)
-    for (origin, target), amount in counts.items():
-        row = n if origin == start else origin
-        probability = amount / outs[origin]
-        if target == "conv":
-            to_conversion[row] += probability
-        elif isinstance(target, int):
-            edges[row].append((target, probability))
-    return _Chain(
-        states=tuple(sorted(index, key=index.__getitem__)),
-        edges=tuple(tuple(e) for e in edges),
-        to_conversion=tuple(to_conversion),
-    )
-
-
-def _absorb(chain: _Chain, removed: int | None, warm: list[float] | None) -> list[float]:
-    """P(reaching conversion) from every state, `removed` sent to null (Gauss-Seidel)."""
-    n = len(chain.states)
-    p = list(warm) if warm is not None else [0.0] * n
-    if removed is not None:
-        p[removed] = 0.0
-    edges, conv = chain.edges, chain.to_conversion
-    order = [i for i in range(n) if i != removed]
-    for _ in range(_MAX_SWEEPS):
-        moved = 0.0
-        for i in order:
-            value = conv[i]
-            for j, probability in edges[i]:
-                value += probability * p[j]
-            change = abs(value - p[i])
-            if change > moved:
-                moved = change
-            p[i] = value
-        if moved <= _TOLERANCE:
-            break
-    return p
-
-
-def _start_probability(chain: _Chain, p: list[float], removed: int | None) -> float:
-    start = len(chain.states)
-    return chain.to_conversion[start] + sum(
-        probability * p[j] for j, probability in chain.edges[start] if j != removed
-    )
 
 
 def removal_effects(
     journeys: Iterable[Journey], *, by: str = "channel", lookback: float = 30 * 86400
 ) -> dict[str, float]:
-    """The removal effect of every key in a first-order Markov chain of all journeys.
-
-    States are start, the keys of the `by` dimension, conversion and null; the transition
-    probability P(a → b) is the number of a → b steps over all steps leaving a, counted on the
-    paths of `journey_paths` (consecutive repeats of one key are one state visit). With p(s)
-    the probability of reaching conversion from s (p(conv) = 1, p(null) = 0,
-    p(s) = Σ_b P(s → b) p(b)), P(conv) = p(start), and P_{-k}(conv) the same with k's
-    transitions sent to null, the removal effect is RE(k) = 1 - P_{-k}(conv) / P(conv)
-    (0 for every key when nothing converts).
-    """
-    chain = _build_chain(journey_paths(journeys, by=by, lookback=lookback))
-    p = _absorb(chain, None, None)
-    total = _start_probability(chain, p, None)
-    if total <= 0:
-        return dict.fromkeys(chain.states, 0.0)
-    effects: dict[str, float] = {}
-    for k, key in enumerate(chain.states):
-        without = _start_probability(chain, _absorb(chain, k, p), k)
-        effects[key] = min(1.0, max(0.0, 1.0 - without / total))
-    return effects
+    """The removal effect RE(k) = 1 - P_{-k}(conv) / P(conv) of every key of dimension `by`
+    in the first-order Markov chain of all journeys' paths (`journey_paths`); the chain and
+    how it is solved are described in `gateway.pipeline.markov`."""
+    return path_removal_effects(journey_paths(journeys, by=by, lookback=lookback))

@@ -2,7 +2,10 @@
 
 Only what the data supports: a rule looks only at groups of at least `min_events` events (or
 visitors, or conversions), and every recommendation carries the figure that triggered it.
-The rules and their thresholds (module constants):
+Coverage may come per channel and, with channel "", over all channels: a finding on the
+all-channel row stands for the same finding on its channel rows, which are then left out
+(a channel row speaks only when the whole does not). The rules and their thresholds
+(module constants):
 
 - `email_coverage`: a conversion event (`EMAIL_EVENTS`) carries `em` in less than 60% of
   cases (`EMAIL_MIN`): capture the email where it is typed (a checkout rule) or send it from
@@ -21,6 +24,8 @@ The rules and their thresholds (module constants):
   email and ad links with utm parameters.
 - `unassigned_share`: more than 10% of last-click conversions are Unassigned
   (`UNASSIGNED_MAX`): use utm_medium values the channel grouping knows.
+- `no_conversions`: no conversion at all from at least 1,000 visitors (`SILENT_VISITORS`;
+  at a shop's usual 1-3% that would be 10 to 30): check the conversion rule fires.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ FUNNEL_INVERTED = 1.5
 CATALOG_MIN = 0.9
 DIRECT_MAX = 0.5
 UNASSIGNED_MAX = 0.1
+SILENT_VISITORS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,59 +111,74 @@ def _from(channel: str) -> str:
 
 
 def _coverage(facts: InsightFacts, min_events: int) -> list[Recommendation]:
+    """Per row; a finding on an event's all-channel row (channel "") stands for its channel
+    rows: those are kept only for findings the event as a whole does not have."""
+    found = [(cov, rec) for cov in facts.coverage for rec in _coverage_row(cov, min_events)]
+    overall = {(cov.event_name, rec.kind) for cov, rec in found if not cov.channel}
+    return [
+        rec for cov, rec in found if not cov.channel or (cov.event_name, rec.kind) not in overall
+    ]
+
+
+def _coverage_row(cov: KeyCoverage, min_events: int) -> list[Recommendation]:
     out: list[Recommendation] = []
-    for cov in facts.coverage:
-        if cov.events < min_events:
-            continue
-        keys = cov.keys
-        em = keys.get("em", 0.0)
-        label = f"{cov.event_name} events{_from(cov.channel)}"
-        if cov.event_name in EMAIL_EVENTS and em < EMAIL_MIN:
-            best = max(
-                ((k, keys.get(k, 0.0)) for k in ("fbc", "fbp", "external_id", "ph")),
+    if cov.events < min_events:
+        return out
+    keys = cov.keys
+    em = keys.get("em", 0.0)
+    label = f"{cov.event_name} events{_from(cov.channel)}"
+    if cov.event_name in EMAIL_EVENTS and em < EMAIL_MIN:
+        # The contrast that says "these buyers are known, just not by email": the ad
+        # click (fbc) first, else the best other identifier.
+        best = (
+            ("fbc", keys.get("fbc", 0.0))
+            if keys.get("fbc", 0.0) > em
+            else max(
+                ((k, keys.get(k, 0.0)) for k in ("external_id", "fbp", "ph")),
                 key=lambda item: item[1],
             )
-            contrast = (
-                f"carry {best[0]} in {_pct(best[1])} of cases but email in {_pct(em)}"
-                if best[1] > em
-                else f"carry email in only {_pct(em)} of cases"
+        )
+        contrast = (
+            f"carry {best[0]} in {_pct(best[1])} of cases but email in {_pct(em)}"
+            if best[1] > em
+            else f"carry email in only {_pct(em)} of cases"
+        )
+        out.append(
+            Recommendation(
+                kind="email_coverage",
+                text=(
+                    f"{label} {contrast}: add a rule that reads the email where it is typed "
+                    "(e.g. the checkout form), or send it from the backend."
+                ),
+                figure=f"em on {_pct(em)} of {cov.events} {label}",
             )
-            out.append(
-                Recommendation(
-                    kind="email_coverage",
-                    text=(
-                        f"{label} {contrast}: add a rule that reads the email where it is typed "
-                        "(e.g. the checkout form), or send it from the backend."
-                    ),
-                    figure=f"em on {_pct(em)} of {cov.events} {label}",
-                )
+        )
+    fbc = keys.get("fbc", 0.0)
+    if cov.channel == "Paid Social" and fbc < FBC_MIN:
+        out.append(
+            Recommendation(
+                kind="fbc_missing",
+                text=(
+                    f"{label} carry fbc in only {_pct(fbc)} of cases: the fbclid of the ad "
+                    "click is lost before the gateway sees it (a redirect that drops the "
+                    "query string, or a landing page outside the gateway)."
+                ),
+                figure=f"fbc on {_pct(fbc)} of {cov.events} {label}",
             )
-        fbc = keys.get("fbc", 0.0)
-        if cov.channel == "Paid Social" and fbc < FBC_MIN:
-            out.append(
-                Recommendation(
-                    kind="fbc_missing",
-                    text=(
-                        f"{label} carry fbc in only {_pct(fbc)} of cases: the fbclid of the ad "
-                        "click is lost before the gateway sees it (a redirect that drops the "
-                        "query string, or a landing page outside the gateway)."
-                    ),
-                    figure=f"fbc on {_pct(fbc)} of {cov.events} {label}",
-                )
+        )
+    fbp = keys.get("fbp", 0.0)
+    if keys.get("client_user_agent", 0.0) >= BROWSER_UA_MIN and fbp < FBP_MIN:
+        out.append(
+            Recommendation(
+                kind="fbp_missing",
+                text=(
+                    f"{label} come from browsers but carry fbp in only {_pct(fbp)} of cases: "
+                    "check that the _fbp cookie is set on the site's domain and that the "
+                    "consent banner passes consent to the gateway."
+                ),
+                figure=f"fbp on {_pct(fbp)} of {cov.events} {label}",
             )
-        fbp = keys.get("fbp", 0.0)
-        if keys.get("client_user_agent", 0.0) >= BROWSER_UA_MIN and fbp < FBP_MIN:
-            out.append(
-                Recommendation(
-                    kind="fbp_missing",
-                    text=(
-                        f"{label} come from browsers but carry fbp in only {_pct(fbp)} of cases: "
-                        "check that the _fbp cookie is set on the site's domain and that the "
-                        "consent banner passes consent to the gateway."
-                    ),
-                    figure=f"fbp on {_pct(fbp)} of {cov.events} {label}",
-                )
-            )
+        )
     return out
 
 
@@ -195,9 +216,14 @@ def _funnel(facts: InsightFacts, min_events: int) -> list[Recommendation]:
 def _catalog(facts: InsightFacts, min_events: int) -> list[Recommendation]:
     if facts.content_ids_in_catalog is None:
         return []
+    # An event's all-channel row (channel "") when there is one, else its rows added up.
     events: dict[str, int] = {}
     for cov in facts.coverage:
-        events[cov.event_name] = events.get(cov.event_name, 0) + cov.events
+        if cov.channel:
+            events[cov.event_name] = events.get(cov.event_name, 0) + cov.events
+    for cov in facts.coverage:
+        if not cov.channel:
+            events[cov.event_name] = cov.events
     out: list[Recommendation] = []
     for name, share in sorted(facts.content_ids_in_catalog.items()):
         count = events.get(name, 0)
@@ -218,6 +244,18 @@ def _catalog(facts: InsightFacts, min_events: int) -> list[Recommendation]:
 
 def _channels(facts: InsightFacts, min_events: int) -> list[Recommendation]:
     total = sum(facts.conversions_by_channel.values())
+    if total <= 0 and facts.visitors >= max(SILENT_VISITORS, min_events):
+        return [
+            Recommendation(
+                kind="no_conversions",
+                text=(
+                    f"No conversion was recorded from {facts.visitors} visitors: check that the "
+                    "rule or webhook that records the conversion (e.g. Purchase) fires, with "
+                    "`capi-gateway rules test` on the thank-you page."
+                ),
+                figure=f"0 conversions from {facts.visitors} visitors",
+            )
+        ]
     if total < min_events or total <= 0:
         return []
     out: list[Recommendation] = []

@@ -92,7 +92,12 @@ async def test_forget_by_email_removes_everything_of_that_person(
     assert code == 0
     # Her event, her profile (found by the email), her two stitched visits (under the email,
     # and under an order id, found by the fbp her event carried).
-    assert json.loads(capsys.readouterr().out) == {"events": 1, "profiles": 1, "stitches": 2, "touchpoints": 0}
+    assert json.loads(capsys.readouterr().out) == {
+        "events": 1,
+        "profiles": 1,
+        "stitches": 2,
+        "touchpoints": 0,
+    }
     payloads = dict(table(path, "SELECT event_id, payload FROM events"))
     assert json.loads(payloads["jane-1"])["user_data"] == {}
     assert json.loads(payloads["other-1"])["user_data"] == {"em": OTHER}

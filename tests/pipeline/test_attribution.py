@@ -356,3 +356,14 @@ def test_credits_function_sums_to_one(
     assert len(weights) == len(touches)
     assert math.fsum(weights) == pytest.approx(1.0)
     assert all(w >= 0 for w in weights)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_touches_out_of_order_are_put_in_time_order(model: str) -> None:
+    shuffled = Journey(
+        touches=(THREE.touches[2], THREE.touches[0], THREE.touches[1]),
+        conversions=THREE.conversions,
+    )
+    assert attribute([shuffled], model=model, half_life=WEEK) == attribute(
+        [THREE], model=model, half_life=WEEK
+    )
