@@ -9,6 +9,7 @@ numbers them).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,6 +306,11 @@ async def forget(conn: aiosqlite.Connection, visitors: Iterable[str]) -> int:
 # Reads -------------------------------------------------------------------------------------
 
 
+def read_only_uri(path: Path) -> str:
+    """The file as a read-only SQLite URI, percent-encoded (a space or a `?` stays a path)."""
+    return f"{Path(os.path.abspath(path)).as_uri()}?mode=ro"
+
+
 class SqliteInsights:
     """Report reads on a read-only connection to the buffer file."""
 
@@ -314,7 +320,7 @@ class SqliteInsights:
     @classmethod
     async def open(cls, path: Path) -> SqliteInsights:
         """Open the buffer file for reading (it must exist and be migrated)."""
-        conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        conn = await aiosqlite.connect(read_only_uri(path), uri=True)
         await conn.execute("PRAGMA busy_timeout = 10000")
         return cls(conn)
 
