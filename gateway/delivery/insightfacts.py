@@ -22,7 +22,6 @@ common case a stale entry cannot get wrong (an untagged view within the visit ti
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 from gateway.delivery import profiles
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import match_keys
+from gateway.delivery.visitcache import Seen, VisitCache
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
 from gateway.pipeline.channels import (
@@ -124,14 +124,6 @@ class Touch:
     visitor: str
     at: int
     source: VisitSource
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """What the store knows of a visitor before a batch: last page view, current visit."""
-
-    last_seen: float | None
-    current: VisitSource | None
 
 
 def facts(
@@ -238,45 +230,6 @@ def page_views(policy: InsightPolicy, rows: Sequence[NewEvent], new: set[int]) -
             )
         )
     return out
-
-
-class VisitCache:
-    """The last known state of recently seen visitors, in front of the store.
-
-    It answers only what a stale entry cannot get wrong: an untagged page view within
-    `visit_timeout` of the last view it knows continues the visit (another worker or replica
-    can only have seen the visitor more recently, which keeps the visit going all the more).
-    A tagged view, a time-out or a visitor it does not know is read from the store. States
-    of a batch are staged and kept only once its transaction has committed (`settle`).
-    """
-
-    def __init__(self, size: int = 100_000) -> None:
-        self.size = size
-        self._known: OrderedDict[tuple[str, str], Seen] = OrderedDict()
-        self._staged: dict[tuple[str, str], Seen] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[str, str]) -> Seen | None:
-        """The known state of a visitor, if any."""
-        return self._known.get(key)
-
-    def stage(self, states: Mapping[tuple[str, str], Seen]) -> None:
-        """States a batch being committed leaves behind."""
-        self._staged.update(states)
-
-    def settle(self) -> None:
-        """The batch committed: keep its states (the oldest beyond `size` go)."""
-        for key, seen in self._staged.items():
-            self._known[key] = seen
-            self._known.move_to_end(key)
-        self._staged.clear()
-        while len(self._known) > self.size:
-            self._known.popitem(last=False)
-
-    def discard(self) -> None:
-        """The batch did not commit: forget its states."""
-        self._staged.clear()
 
 
 def from_cache(

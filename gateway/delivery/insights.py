@@ -19,7 +19,8 @@ import aiosqlite
 
 from gateway.delivery import insightfacts as facts_
 from gateway.delivery import profiles
-from gateway.delivery.insightfacts import Fact, InsightPolicy, Seen
+from gateway.delivery.insightfacts import Fact, InsightPolicy
+from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
 

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import insightfacts as facts_
 from gateway.delivery import insights as sql
-from gateway.delivery.insightfacts import Fact, InsightPolicy, Seen
+from gateway.delivery.insightfacts import Fact, InsightPolicy
 from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
+from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
 
