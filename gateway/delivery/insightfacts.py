@@ -14,7 +14,7 @@ profiles are on.
 
 A touchpoint is written for a PageView that starts a visit (`starts_visit`): the previous
 state of the visitor (the last page view's time, the current visit's source) is read from
-the store in the same write transaction, at most two queries per group commit, so it is
+the store in the same write transaction, one query per group commit, so it is
 right across workers and replicas; a bounded cache (`VisitCache`) spares the read for the
 common case a stale entry cannot get wrong (an untagged view within the visit timeout).
 """

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -55,9 +56,9 @@ class NameCount:
     values: dict[str, tuple[int, float]]
 
 
-@dataclass(frozen=True, slots=True)
-class ConversionRow:
-    """A conversion event as attribution reads it."""
+class ConversionRow(NamedTuple):
+    """A conversion event as attribution reads it (a named tuple: reports read tens of
+    thousands, and a tuple is made several times faster than a frozen dataclass)."""
 
     visitor: str | None
     event_name: str
@@ -67,9 +68,9 @@ class ConversionRow:
     match_keys: str
 
 
-@dataclass(frozen=True, slots=True)
-class TouchRow:
-    """A stored touchpoint as reports read it."""
+class TouchRow(NamedTuple):
+    """A stored touchpoint as reports read it (a named tuple: the data-driven model reads
+    every visit of the range, hundreds of thousands)."""
 
     visitor: str
     at: int
@@ -195,7 +196,7 @@ def daily_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
 def in_order(rows: Sequence[Sequence[Any]], at: int) -> list[Sequence[Any]]:
     """Rows of `conversions_sql` (`at` 2) or `touches_sql` (`at` 1) oldest first, ties in
     the order they were stored, without their trailing id."""
-    return [r[:-1] for r in sorted(rows, key=lambda r: (r[at], r[-1]))]
+    return [r[:-1] for r in sorted(rows, key=itemgetter(at, -1))]
 
 
 # Writes (inside the outbox's transaction) ---------------------------------------------------
@@ -361,13 +362,14 @@ class SqliteInsights:
     async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
         """Conversion events of the range."""
         rows = await self._all(conversions_sql(w, events))
-        return [ConversionRow(*r) for r in in_order(rows, 2)]
+        return [ConversionRow._make(r) for r in in_order(rows, 2)]
 
     async def touches(
         self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
     ) -> list[TouchRow]:
         """Touchpoints of the range (of converting visitors only, with `converted`)."""
-        return [TouchRow(*r) for r in in_order(await self._all(touches_sql(w, converted)), 1)]
+        rows = await self._all(touches_sql(w, converted))
+        return [TouchRow._make(r) for r in in_order(rows, 1)]
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""

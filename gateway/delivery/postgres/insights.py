@@ -174,14 +174,14 @@ class PgInsights:
     async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
         """Conversion events of the range."""
         rows = await self._all(sql.conversions_sql(w, events))
-        return [ConversionRow(*r) for r in sql.in_order(rows, 2)]
+        return [ConversionRow._make(r) for r in sql.in_order(rows, 2)]
 
     async def touches(
         self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
     ) -> list[TouchRow]:
         """Touchpoints of the range (of converting visitors only, with `converted`)."""
         rows = await self._all(sql.touches_sql(w, converted))
-        return [TouchRow(*r) for r in sql.in_order(rows, 1)]
+        return [TouchRow._make(r) for r in sql.in_order(rows, 1)]
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""
