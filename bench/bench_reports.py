@@ -106,7 +106,8 @@ def generate(
         if name == "Purchase":
             value, currency = round(rnd.uniform(10, 300), 2), rnd.choice(("EUR", "EUR", "USD"))
         keys_present = "em,fbp,fbc,client_user_agent" if rnd.random() < 0.6 else "fbp"
-        facts.append(("", visitor, name, at, value, currency, None, keys_present))
+        event_id = f"e{len(facts)}" if name != "PageView" else None
+        facts.append(("", visitor, name, at, value, currency, None, keys_present, event_id))
     # A store writes rows as they happen: in time order, as here.
     facts.sort(key=lambda f: f[3])
     touches.sort(key=lambda t: t[2])
@@ -118,7 +119,7 @@ async def fill_sqlite(path: Path, facts: list[Any], touches: list[Any]) -> None:
     try:
         await conn.execute("BEGIN")
         await conn.executemany(
-            f"INSERT INTO insight_events ({FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", facts
+            f"INSERT INTO insight_events ({FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", facts
         )
         await conn.executemany(
             f"INSERT INTO touchpoints ({TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", touches

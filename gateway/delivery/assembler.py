@@ -89,7 +89,7 @@ async def store(
         new = {
             i for i in heads if (rows[i].pixel_id, rows[i].event_name, rows[i].event_id) in inserted
         }
-        await insights.record(conn, insight, rows, outcomes, new, now)
+        await insights.record(conn, insight, rows, outcomes, new, now, states)
     return outcomes
 
 

@@ -32,7 +32,7 @@ from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import match_keys
 from gateway.delivery.visitcache import Seen, VisitCache
 from gateway.models import NewEvent
-from gateway.pipeline.assembly import Outcome
+from gateway.pipeline.assembly import Outcome, State
 from gateway.pipeline.channels import (
     CLICK_IDS,
     ChannelRules,
@@ -112,6 +112,8 @@ class Fact:
     currency: str | None
     content_ids: str | None
     match_keys: str
+    # Kept for events a later copy can still change (not PageViews): see `merged`.
+    event_id: str | None = None
     # Stitch keys to find the visitor by when the event carries no fbp.
     links: tuple[str, ...] = ()
 
@@ -129,12 +131,15 @@ class Touch:
 def facts(
     policy: InsightPolicy, rows: Sequence[NewEvent], outcomes: Sequence[Outcome], new: set[int]
 ) -> list[Fact]:
-    """One fact per event stored as new (`new`: indexes of rows inserted, not merged)."""
+    """One fact per event stored as new (`new`: indexes of rows inserted, not merged); an
+    event sent to several pixels (one row each) is one fact."""
     out = []
+    taken: set[tuple[str, str]] = set()
     for index in sorted(new):
-        if outcomes[index] != "new":
-            continue
         ev = rows[index]
+        if outcomes[index] != "new" or (ev.event_name, ev.event_id) in taken:
+            continue
+        taken.add((ev.event_name, ev.event_id))
         fbp = ev.clear.get("fbp")
         visitor = policy.visitor(fbp) if isinstance(fbp, str) and fbp else None
         links: tuple[str, ...] = ()
@@ -153,10 +158,45 @@ def facts(
                 currency=_currency(custom.get("currency")),
                 content_ids=_content_ids(custom.get("content_ids")),
                 match_keys=match_keys(ev.payload.get("user_data"), ev.clear),
+                event_id=ev.event_id if ev.event_name != "PageView" else None,
                 links=links,
             )
         )
     return out
+
+
+def merged(
+    rows: Sequence[NewEvent],
+    outcomes: Sequence[Outcome],
+    states: Sequence[State | None],
+) -> list[tuple[Any, ...]]:
+    """What copies merged into stored events change in their facts (the payment webhook
+    is the record of a Purchase's amount): (value, currency, content ids, match keys,
+    event name, event id) per merged copy, PageViews aside (nothing of theirs is counted)."""
+    out = []
+    for ev, outcome, state in zip(rows, outcomes, states, strict=True):
+        if outcome != "merged" or state is None or ev.event_name == "PageView":
+            continue
+        custom = state.payload.get("custom_data")
+        custom = custom if isinstance(custom, dict) else {}
+        out.append(
+            (
+                _number(custom.get("value")),
+                _currency(custom.get("currency")),
+                _content_ids(custom.get("content_ids")),
+                match_keys(state.payload.get("user_data"), state.clear),
+                ev.event_name,
+                ev.event_id,
+            )
+        )
+    return out
+
+
+# `merged`'s values, set on the fact of the same event.
+MERGE_SQL = (
+    "UPDATE insight_events SET value = ?, currency = ?, content_ids = ?, match_keys = ? "
+    "WHERE event_name = ? AND event_id = ?"
+)
 
 
 class PageSeen:
@@ -310,12 +350,22 @@ def touch_values(t: Touch) -> tuple[Any, ...]:
 TOUCH_COLUMNS = (
     "site, visitor, at, channel, source, medium, campaign, click_id, referrer_host, landing_path"
 )
-FACT_COLUMNS = "site, visitor, event_name, at, value, currency, content_ids, match_keys"
+FACT_COLUMNS = "site, visitor, event_name, at, value, currency, content_ids, match_keys, event_id"
 
 
 def fact_values(f: Fact) -> tuple[Any, ...]:
     """A fact row's values in `FACT_COLUMNS` order."""
-    return (f.site, f.visitor, f.event_name, f.at, f.value, f.currency, f.content_ids, f.match_keys)
+    return (
+        f.site,
+        f.visitor,
+        f.event_name,
+        f.at,
+        f.value,
+        f.currency,
+        f.content_ids,
+        f.match_keys,
+        f.event_id,
+    )
 
 
 def source_of(row: Sequence[Any]) -> VisitSource:

@@ -23,7 +23,7 @@ from gateway.delivery import profiles
 from gateway.delivery.insightfacts import Fact, InsightPolicy
 from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
-from gateway.pipeline.assembly import Outcome
+from gateway.pipeline.assembly import Outcome, State
 
 _CHUNK = 400
 
@@ -209,9 +209,13 @@ async def record(
     outcomes: Sequence[Outcome],
     new: set[int],
     now: float,
+    states: Sequence[State | None] | None = None,
 ) -> None:
     """Write the facts of the events stored as new and the touchpoints their page views
     start; the visitors' states are staged in `policy.cache` (kept once committed)."""
+    changed = facts_.merged(rows, outcomes, states) if states is not None else []
+    if changed:
+        await conn.executemany(facts_.MERGE_SQL, changed)
     found = facts_.facts(policy, rows, outcomes, new)
     if not found:
         return
@@ -221,16 +225,16 @@ async def record(
     # What the store knew before this batch: read before the batch's own facts go in.
     seen = await _seen(conn, unknown) if unknown else {}
     await conn.executemany(
-        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
         [facts_.fact_values(f) for f in found],
     )
-    touches, states = facts_.touches(policy, pages, seen)
+    touches, after = facts_.touches(policy, pages, seen)
     if touches:
         await conn.executemany(
             f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [facts_.touch_values(t) for t in touches],
         )
-    policy.cache.stage({**settled, **states})
+    policy.cache.stage({**settled, **after})
 
 
 async def _resolve(conn: aiosqlite.Connection, found: Sequence[Fact], now: float) -> None:

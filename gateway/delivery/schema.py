@@ -132,8 +132,10 @@ MIGRATIONS: tuple[str, ...] = (
         value REAL,
         currency TEXT,
         content_ids TEXT,
-        match_keys TEXT
+        match_keys TEXT,
+        event_id TEXT
     );
+    CREATE INDEX insight_events_event ON insight_events (event_id) WHERE event_id IS NOT NULL;
     CREATE INDEX insight_events_name ON insight_events
         (event_name, at, visitor, currency, value, site);
     CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);

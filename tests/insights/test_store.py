@@ -7,6 +7,9 @@ times the test chooses; reads go through each backend's `InsightReader`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -234,3 +237,65 @@ async def test_two_writers_agree_on_visits(store_location: Path | str) -> None:
     finally:
         for one in boxes:
             await one.close()
+
+
+async def test_a_later_copy_sets_the_counted_value_and_two_pixels_count_once(
+    box: OutboxStore, reader: InsightReader
+) -> None:
+    """The thank-you page says 19.90; the payment webhook, merged into the same Purchase
+    while it is held, says 24.90: the report counts what the outbox will send. The same
+    event sent to two pixels is one conversion."""
+    page = dataclasses.replace(conversion(T0, "Purchase", 19.9), source="rule", rule="thanks")
+    webhook_payload = {**page.payload, "custom_data": {"value": 24.9, "currency": "EUR"}}
+    webhook = NewEvent(
+        pixel_id=page.pixel_id,
+        event_name="Purchase",
+        event_id=page.event_id,
+        event_time=T0,
+        payload=webhook_payload,
+        clear={},
+        source="webhook",
+        rule="stripe",
+    )
+    other_pixel = NewEvent(
+        pixel_id="222222",
+        event_name="Purchase",
+        event_id="order-2",
+        event_time=T0,
+        payload={
+            **page.payload,
+            "event_id": "order-2",
+            "custom_data": {"value": 5.0, "currency": "EUR"},
+        },
+        clear=page.clear,
+        source="api",
+    )
+    same_for_first = NewEvent(
+        pixel_id="111111",
+        event_name="Purchase",
+        event_id="order-2",
+        event_time=T0,
+        payload=other_pixel.payload,
+        clear=page.clear,
+        source="api",
+    )
+    assert await box.add([page]) == ["new"]
+    assert await box.add([webhook]) == ["merged"]
+    await box.add([other_pixel, same_for_first])
+    sent = await stored_value(box, page.event_id)
+    assert sent != 19.9  # the webhook's amount won: the fact must follow it
+    got = await summary(reader, Query(Window(T0 - 60, T0 + 60)), InsightSettings())
+    assert got["events"]["Purchase"] == {"count": 2, "value": {"EUR": round(sent + 5.0, 4)}}
+
+
+async def stored_value(box: OutboxStore, event_id: str) -> float:
+    """The value the outbox row of `event_id` will send."""
+    sql = f"SELECT payload FROM events WHERE event_id = '{event_id}' AND pixel_id = '111111'"
+    if isinstance(box, PgOutbox):
+        text = await box.db.fetchval(sql.replace("SELECT payload", "SELECT payload::text"))
+    else:
+        assert isinstance(box, Outbox)
+        with sqlite3.connect(box.path) as conn:
+            (text,) = conn.execute(sql).fetchone()
+    value = json.loads(str(text))["custom_data"]["value"]
+    return float(value)

@@ -18,7 +18,7 @@ from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
-from gateway.pipeline.assembly import Outcome
+from gateway.pipeline.assembly import Outcome, State
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
@@ -39,9 +39,13 @@ async def record(
     outcomes: Sequence[Outcome],
     new: set[int],
     now: float,
+    states: Sequence[State | None] | None = None,
 ) -> None:
     """Write the facts of the events stored as new and the touchpoints their page views
     start; the visitors' states are staged in `policy.cache` (kept once committed)."""
+    changed = facts_.merged(rows, outcomes, states) if states is not None else []
+    if changed:
+        await conn.executemany(numbered((facts_.MERGE_SQL, []))[0], changed)
     found = facts_.facts(policy, rows, outcomes, new)
     if not found:
         return
@@ -50,17 +54,17 @@ async def record(
     settled, unknown = facts_.from_cache(policy, pages)
     seen = await _seen(conn, unknown) if unknown else {}
     await conn.executemany(
-        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
         [facts_.fact_values(f) for f in found],
     )
-    touches, states = facts_.touches(policy, pages, seen)
+    touches, after = facts_.touches(policy, pages, seen)
     if touches:
         await conn.executemany(
             f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) "
             "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
             [facts_.touch_values(t) for t in touches],
         )
-    policy.cache.stage({**settled, **states})
+    policy.cache.stage({**settled, **after})
 
 
 async def _resolve(conn: Conn, found: Sequence[Fact], now: float) -> None:

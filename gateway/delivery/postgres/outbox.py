@@ -282,7 +282,7 @@ class PgOutbox(Results, Upkeep):
                 for i in heads
                 if (rows[i].pixel_id, rows[i].event_name, rows[i].event_id) in inserted
             }
-            await pg_insights.record(conn, self.insights, rows, outcomes, new, now)
+            await pg_insights.record(conn, self.insights, rows, outcomes, new, now, states)
         return outcomes
 
     def hold_of(self, ev: NewEvent) -> float:

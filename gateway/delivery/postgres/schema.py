@@ -193,8 +193,10 @@ CREATE TABLE insight_events (
     value double precision,
     currency text,
     content_ids text,
-    match_keys text
+    match_keys text,
+    event_id text
 );
+CREATE INDEX insight_events_event ON insight_events (event_id) WHERE event_id IS NOT NULL;
 CREATE INDEX insight_events_name ON insight_events
     (event_name, at, visitor, currency, value, site);
 CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);
