@@ -85,8 +85,10 @@ class Outbox:
         # Copies of events merged into a pending event, and copies that came after the send.
         self.merged = 0
         self.late = 0
-        # Facts and touchpoints for reports (None: not recorded); set by the app.
+        # Facts and touchpoints for reports (None: not recorded); set by the app. They do
+        # not count towards `max_buffer_mb` (see `reads.used_bytes`).
         self.insights: InsightPolicy | None = None
+        self._insight_bytes = reads.InsightBytes(limit=max_bytes)
 
     @classmethod
     async def open(
@@ -281,10 +283,7 @@ class Outbox:
         Free pages and the WAL do not count: new rows reuse them rather than grow the file.
         """
         async with self._lock:
-            pages = await self._scalar("PRAGMA page_count")
-            free = await self._scalar("PRAGMA freelist_count")
-            size = await self._scalar("PRAGMA page_size")
-        return int((pages - free) * size)
+            return await reads.used_bytes(self._conn, self._insight_bytes)
 
     # leasing and results ------------------------------------------------------------
 

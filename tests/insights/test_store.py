@@ -299,3 +299,33 @@ async def stored_value(box: OutboxStore, event_id: str) -> float:
             (text,) = conn.execute(sql).fetchone()
     value = json.loads(str(text))["custom_data"]["value"]
     return float(value)
+
+
+async def test_insights_do_not_count_towards_max_buffer_mb(tmp_path: Path) -> None:
+    """Reports' rows are bounded by `touchpoint_retention`; `max_buffer_mb` bounds the
+    outbox, which must never refuse events because the reports' tables grew."""
+    path = tmp_path / "o.db"
+    box = await Outbox.open(path, Sealer(KEY), group_commit_ms=1)
+    box.insights = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=90 * 86400)
+    await box.add([conversion(T0, "Purchase", 1.0, fbp=f"fb.1.1.{i}") for i in range(800)])
+    await box.close()
+    with sqlite3.connect(path) as conn:
+        pages, free, size = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+        (insights,) = conn.execute(
+            "SELECT SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM sqlite_master "
+            "WHERE tbl_name IN ('insight_events', 'touchpoints'))"
+        ).fetchone()
+    total = (pages - free) * size
+    assert insights > 8 * 4096
+    # A bound the file is over, but its outbox is not.
+    bound = (total - insights / 2) / 1048576
+    box = await Outbox.open(path, Sealer(KEY), group_commit_ms=1, max_buffer_mb=bound)
+    box.insights = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=90 * 86400)
+    try:
+        assert await box.used_bytes() == total - insights
+        assert await box.add([conversion(T0 + 1, "Lead")]) == ["new"]
+    finally:
+        await box.close()

@@ -26,6 +26,8 @@ TABLES = {
     "profile_links",
     "queue_counts",
     "schema_migrations",
+    "insight_events",
+    "touchpoints",
 }
 
 
