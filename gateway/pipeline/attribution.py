@@ -19,11 +19,12 @@ Models, for touches t_1 … t_n (time order) of one conversion at time T:
   half-life older counts half as much; equal timestamps get equal weights.
 - `position_based`: 40% to t_1, 40% to t_n, 20% shared equally by t_2 … t_(n-1); 50/50 when
   n = 2; 100% when n = 1.
-- `data_driven`: the removal effect over a first-order Markov chain (Anderl et al. 2016), see
-  `removal_effects`. Each conversion's credit is split among the distinct keys on its path in
-  proportion to their removal effects: credit(k) = RE(k) / Σ_{j on path} RE(j). When every
-  key on the path has RE 0 (possible when the chain has no converting path through them),
-  the conversion falls back to `linear`.
+- `data_driven`: the removal effect over a first-order Markov chain (Anderl et al. 2016) of
+  all journeys' paths, converting or not (`journey_paths`; the chain and its exact solution
+  are in `gateway.pipeline.markov`). Each conversion's credit is split among the distinct
+  keys on its path in proportion to their removal effects: credit(k) = RE(k) / Σ_{j on
+  path} RE(j). If every key on the path had RE 0 the conversion would fall back to `linear`
+  (a safeguard: a key on a converting path has RE > 0 in exact arithmetic).
 
 Rows are per key of the chosen dimension (`by`: channel, source or campaign) and sorted by
 credited conversions, largest first (then by key).
