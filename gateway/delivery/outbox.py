@@ -513,11 +513,6 @@ class Outbox:
         async with self._lock:
             return await reads.queue_stats(self._conn)
 
-    async def _scalar(self, sql: str) -> int:
-        async with self._conn.execute(sql) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
 
 def _dead(ids: Sequence[int] | None) -> tuple[str, list[int]]:
     """The WHERE clause selecting dead letters, all of them or those of `ids`."""
