@@ -57,6 +57,8 @@ from gateway.edge.sites import install, proxied
 from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
+from gateway.insights.policy import insight_policy
+from gateway.insights.routes import add_report_routes
 from gateway.log import request_id_middleware
 from gateway.ops.health import get_health
 from gateway.ops.prometheus import get_metrics, metrics_for_settings
@@ -100,6 +102,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_get(f"{prefix}/status", get_status)
     app.router.add_get(f"{prefix}/metrics", get_metrics)
     add_admin_routes(app, prefix)
+    add_report_routes(app, prefix)
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
@@ -132,8 +135,10 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
         key, ttl=settings.profile_ttl, max_profiles=settings.profile_max
     )
     outbox: OutboxStore
+    insight = insight_policy(settings, key)
     if settings.store_url is not None:
         outbox = await open_postgres(settings, Sealer(key), policy)
+        outbox.insights = insight
         app[OUTBOX] = outbox
         app[INTAKE] = Intake(outbox, app[METRICS])
         yield
@@ -158,6 +163,7 @@ async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     except KeyMismatch as exc:
         await outbox.close()
         raise ConfigError(f"buffer: {exc}") from exc
+    outbox.insights = insight
     app[OUTBOX] = outbox
     # Every accepted event is stored through this one object (see gateway.edge.intake).
     app[INTAKE] = Intake(outbox, app[METRICS])

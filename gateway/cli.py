@@ -1,4 +1,4 @@
-"""`capi-gateway` command line: serve, check, rules, demo, queue and forget."""
+"""`capi-gateway` command line: serve, check, rules, demo, queue, forget and report."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from gateway import __version__
 from gateway.commands.forget import add_forget_parser, run_forget_command
 from gateway.config import Sources, load_settings
+from gateway.insights.policy import check_channels
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings, buffer_arg
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commands.audiences import add_parser as add_audiences_parser
 
     add_audiences_parser(sub, buffer_arg)
+    from gateway.commands.report import add_parser as add_report_parser
+
+    add_report_parser(sub)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -190,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.commands.audiences import run_audiences_command
 
             return run_audiences_command(args)
+        if args.command == "report":
+            from gateway.commands.report import run_report_command
+
+            return run_report_command(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "check":
@@ -219,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_rules_test(args, settings)
         settings.check_ready_to_send()
+        check_channels(settings)
         # Rule files are checked before anything starts (or forks): a typo is a clear
         # message and exit 2, not a crashing worker.
         rules = load_rules(settings.rules) if settings.rules is not None else None

@@ -43,6 +43,7 @@ _DEFAULT_TEXT = {
     "scrub_query_params": "built-in list",
     "fbevents_url": "Meta's `fbevents.js`",
     "upstream_total_timeout": "`0` (none)",
+    "insights": "see [Insights](#insights-reports-and-attribution)",
 }
 # Keys best set through one particular environment variable although they have no flag.
 _FLAG_TEXT = {"secret": "env `CAPIGW_SECRET`"}

@@ -27,6 +27,7 @@ from pydantic import (
 
 from gateway import __version__
 from gateway.audiencesettings import AudienceSettings, ad_account, check_audiences
+from gateway.insightsettings import InsightSettings
 from gateway.sitesettings import Site, SiteTable, resolve_sites
 
 PARTNER_AGENT = f"capi-gateway/{__version__}"
@@ -297,6 +298,15 @@ class Settings(BaseModel):
     profile_max: int = Field(default=200_000, ge=1)
     """visitor profiles kept at most (least recently updated dropped first)"""
 
+    # insights (reports and the marketer's dashboard page)
+    visit_timeout: float = Field(default=30 * 60.0, gt=0)
+    """a page view after this much inactivity starts a new visit (a touchpoint)"""
+    touchpoint_retention: float = Field(default=90 * 86400.0, gt=0)
+    """how long touchpoints and the per-event facts reports read are kept (the longest
+    range a report can cover)"""
+    insights: InsightSettings = Field(default_factory=InsightSettings)
+    """`[insights]`: `lookback`, `half_life`, `conversion_events`, `funnel`, `channels`"""
+
     # operator endpoints (status, metrics, admin)
     admin_token: str | None = Field(default=None, repr=False)
     """Bearer token of `/status`, `/metrics` and `/admin`; without one they answer only
@@ -392,6 +402,8 @@ class Settings(BaseModel):
         "profile_ttl",
         "audiences_sync_interval",
         "store_connect_timeout",
+        "visit_timeout",
+        "touchpoint_retention",
         mode="before",
     )
     @classmethod

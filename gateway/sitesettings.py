@@ -50,6 +50,7 @@ PER_SITE_KEYS = frozenset(
         "ad_account_id",
         "audiences_access_token",
         "audiences",
+        "insights",
     }
 )
 # Keys a site owns outright: never inherited from the top level, never shared.

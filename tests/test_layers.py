@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.settings",
             "gateway.sitesettings",
             "gateway.audiencesettings",
+            "gateway.insightsettings",
             "gateway.config",
             "gateway.metrics",
             "gateway.html.",
@@ -39,7 +40,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("delivery", ("gateway.delivery.",)),
     # appkeys types the app state that the edge's handlers read.
     ("edge", ("gateway.edge.", "gateway.appkeys")),
-    ("operator side", ("gateway.ops.", "gateway.admin.", "gateway.commands.", "gateway.front.")),
+    (
+        "operator side",
+        (
+            "gateway.ops.",
+            "gateway.admin.",
+            "gateway.commands.",
+            "gateway.front.",
+            "gateway.insights.",
+        ),
+    ),
     (
         "app",
         (

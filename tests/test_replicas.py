@@ -173,7 +173,7 @@ async def test_events_spread_over_replicas_are_sent_once_and_counted_by_each(
         CAPIGW_ENCRYPTION_KEY=KEY,
     )
     assert forgot.code == 0, forgot.text
-    assert json.loads(forgot.out) == {"events": 0, "profiles": 0, "stitches": 0}
+    assert json.loads(forgot.out) == {"events": 0, "profiles": 0, "stitches": 0, "touchpoints": 0}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.admin.audiences import audience_rows
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
+from gateway.admin.insightspage import render_insights
 from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
 from gateway.admin.session import (
     COOKIE,
@@ -41,6 +42,7 @@ from gateway.appkeys import OUTBOX, RUNTIME
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.postgres.pool import DatabaseUnavailable
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.reads import reading
 from gateway.delivery.seal import load_key
@@ -49,6 +51,10 @@ from gateway.edge.pages import page_secret
 from gateway.edge.sites import proxied
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
+from gateway.insights.reports import ReportError
+from gateway.insights.reports import dashboard as report_dashboard
+from gateway.insights.routes import INSIGHTS, query_of, settings_for
+from gateway.insights.timerange import RangeError
 from gateway.ops.access import (
     admin_allowed,
     bearer_matches,
@@ -127,6 +133,7 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
     app.router.add_post(f"{prefix}/admin/discard", post_discard)
     app.router.add_post(f"{prefix}/admin/forget", post_forget)
     app.router.add_get(f"{prefix}/admin/assets/{{name}}", get_asset)
+    app.router.add_get(f"{prefix}/admin/insights", get_insights)
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -197,6 +204,52 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         version=__version__,
         testing=pixels_in_test_mode(settings),
         audiences=await audience_rows(request.app, shown),
+    )
+    response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
+    if auth.cookie:
+        _set_cookie(request, response, auth.cookie)
+    return response
+
+
+async def get_insights(request: web.Request) -> web.StreamResponse:
+    """The marketer's page: revenue, funnel, attribution, recommendations."""
+    auth = _authenticate(request)
+    if isinstance(auth, web.Response):
+        return auth
+    if auth is None:
+        return _sign_in_first(request)
+    settings = request.app[RUNTIME].settings
+    shown, choices = _site_selection(request, auth)
+    # One site at a time (a tenant of several sees its first until it picks another).
+    site = shown[0] if shown else None
+    params = {k: request.query.get(k) for k in ("since", "until", "model", "by")}
+    params["since"] = params["since"] or "30d"
+    params["site"] = site
+    try:
+        q = query_of(params, settings, None)
+    except (ReportError, RangeError) as exc:
+        return json_error(400, "invalid parameter", str(exc))
+    try:
+        data = await report_dashboard(request.app[INSIGHTS], q, settings_for(settings, site))
+    except (sqlite3.Error, OSError, DatabaseUnavailable) as exc:
+        log.error("Reading the store for the insights page failed: %s", exc)
+        return json_error(
+            503, "store unavailable", f"cannot read the store: {exc}", headers={"Retry-After": "5"}
+        )
+    html = render_insights(
+        data,
+        prefix=settings.prefix,
+        since=q.window.since,
+        until=q.window.until,
+        chosen={
+            "since": str(params["since"]),
+            "until": params["until"] or "",
+            "model": q.model,
+            "by": q.by,
+        },
+        sites=choices,
+        site=site,
+        version=__version__,
     )
     response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
     if auth.cookie:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.front.command import check_front_config
+from gateway.insights.policy import check_channels
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet, load_rules
 from gateway.settings import ConfigError, Settings
@@ -37,6 +38,10 @@ def run_check(args: argparse.Namespace, load: Callable[[argparse.Namespace], Set
     if settings is not None:
         rules_dir = settings.rules
         problems += _check_settings(settings, rules_only=_rules_only(args, settings))
+        try:
+            check_channels(settings)
+        except ConfigError as exc:
+            problems.append(f"config error: {exc}")
     rules: RuleSet | None = None
     if rules_dir is not None:
         found, rules = _check_rules(rules_dir)

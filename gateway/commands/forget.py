@@ -70,7 +70,8 @@ def run_forget_command(args: argparse.Namespace) -> int:
     else:
         print(
             f"removed: identifiers from {counts['events']} unsent event(s), "
-            f"{counts['profiles']} visitor profile(s), {counts['stitches']} stitched visit(s)"
+            f"{counts['profiles']} visitor profile(s), {counts['stitches']} stitched visit(s), "
+            f"{counts['touchpoints']} touchpoint(s)"
         )
     return 0
 

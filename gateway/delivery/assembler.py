@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from gateway.delivery import profiles
+from gateway.delivery import insights, profiles
 from gateway.delivery import rows as rows_sql
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
@@ -86,6 +87,18 @@ class AssemblySql(Protocol):
         """Unite identifiers into profiles; how many profiles were written."""
         ...
 
+    async def record_insights(
+        self,
+        policy: InsightPolicy,
+        rows: Sequence[NewEvent],
+        outcomes: Sequence[Outcome],
+        new: set[int],
+        now: float,
+        states: Sequence[assembly.State | None],
+    ) -> None:
+        """Write the commit's report facts and touchpoints (`new`: the rows inserted)."""
+        ...
+
 
 class SqliteSql:
     """`AssemblySql` on the SQLite store's connection (rows.py and profiles.py)."""
@@ -139,6 +152,17 @@ class SqliteSql:
     ) -> int:
         return await profiles.learn(self.conn, items, ttl=ttl, now=now)
 
+    async def record_insights(
+        self,
+        policy: InsightPolicy,
+        rows: Sequence[NewEvent],
+        outcomes: Sequence[Outcome],
+        new: set[int],
+        now: float,
+        states: Sequence[assembly.State | None],
+    ) -> None:
+        await insights.record(self.conn, policy, rows, outcomes, new, now, states)
+
 
 async def store(
     sql: AssemblySql,
@@ -149,8 +173,10 @@ async def store(
     policy: ProfilePolicy | None,
     now: float,
     key_order: bool = False,
+    insight: InsightPolicy | None = None,
 ) -> list[Outcome]:
-    """Insert new events, merge copies into stored ones, learn profiles; per row its outcome.
+    """Insert new events, merge copies into stored ones, learn profiles, record insights
+    (facts and touchpoints, with `insight`); per row its outcome.
 
     `key_order`: insert in event-key order (PostgreSQL: two replicas inserting overlapping
     batches then take the index locks in one order and wait instead of deadlocking);
@@ -219,6 +245,11 @@ async def store(
         ]
         if stale:
             await sql.unsee(stale)
+    if insight is not None:
+        new = {
+            i for i in heads if (rows[i].pixel_id, rows[i].event_name, rows[i].event_id) in inserted
+        }
+        await sql.record_insights(insight, rows, outcomes, new, now, states)
     return outcomes
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import profiles
+from gateway.delivery import insights, profiles
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.rows import match_keys
 from gateway.delivery.seal import Sealer, SealError
@@ -119,14 +119,20 @@ async def forget(
     events, seen_fbps = await _scrub_events(conn, sealer, person, site)
     fbps = person.fbps | seen_fbps
     policy = ProfilePolicy.from_key(key, ttl=1, max_profiles=1)
+    fbp_keys = [policy.key_hash("fbp", fbp) for fbp in fbps]
+    # A visitor is known by their fbp's key, or by the key of a profile holding their hashes.
+    visitors = fbp_keys + await profiles.holding(conn, person.hashes)
     removed_profiles = await profiles.forget(
-        conn,
-        key_hashes=[policy.key_hash("fbp", fbp) for fbp in fbps],
-        identifiers=person.hashes,
-        site=site,
+        conn, key_hashes=fbp_keys, identifiers=person.hashes, site=site
     )
+    touchpoints = await insights.forget(conn, visitors, site=site)
     stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps, site)
-    return {"events": events, "profiles": removed_profiles, "stitches": stitches}
+    return {
+        "events": events,
+        "profiles": removed_profiles,
+        "stitches": stitches,
+        "touchpoints": touchpoints,
+    }
 
 
 async def _scrub_events(

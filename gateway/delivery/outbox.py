@@ -29,11 +29,12 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import assembler, housekeeping, profiles, reads
+from gateway.delivery import assembler, housekeeping, insights, profiles, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.profiles import register as register_profiles
@@ -85,6 +86,10 @@ class Outbox(Results):
         # Copies of events merged into a pending event, and copies that came after the send.
         self.merged = 0
         self.late = 0
+        # Facts and touchpoints for reports (None: not recorded); set by the app. They do
+        # not count towards `max_buffer_mb` (see `reads.used_bytes`).
+        self.insights: InsightPolicy | None = None
+        self._insight_bytes = reads.InsightBytes(limit=max_bytes)
 
     @classmethod
     async def open(
@@ -212,15 +217,20 @@ class Outbox(Results):
                     sealer=self.sealer,
                     policy=self.profiles,
                     now=now,
+                    insight=self.insights,
                 )
             self.commits += 1
             self.committed_rows += len(rows)
         except Exception as exc:
+            if self.insights is not None:
+                self.insights.cache.discard()
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        if self.insights is not None:
+            self.insights.cache.settle()
         self.merged += outcomes.count("merged")
         self.late += outcomes.count("late")
         at = 0
@@ -277,10 +287,7 @@ class Outbox(Results):
         Free pages and the WAL do not count: new rows reuse them rather than grow the file.
         """
         async with self._lock:
-            pages = await self._scalar("PRAGMA page_count")
-            free = await self._scalar("PRAGMA freelist_count")
-            size = await self._scalar("PRAGMA page_size")
-        return int((pages - free) * size)
+            return await reads.used_bytes(self._conn, self._insight_bytes)
 
     # leasing and results ------------------------------------------------------------
 
@@ -361,6 +368,11 @@ class Outbox(Results):
         if self.profiles is not None:
             async with self._transaction() as conn:
                 await profiles.purge(conn, max_profiles=self.profiles.max_profiles, now=now)
+        if self.insights is not None:
+            async with self._transaction() as conn:
+                await insights.purge(
+                    conn, retention=self.insights.retention, now=time.time() if now is None else now
+                )
         return result
 
     async def purge_sent_oldest(self, *, fraction: float) -> int:
@@ -411,11 +423,6 @@ class Outbox(Results):
         """Counts per state and per event name, oldest pending age, blocked pixels."""
         async with self._lock:
             return await reads.queue_stats(self._conn)
-
-    async def _scalar(self, sql: str) -> int:
-        async with self._conn.execute(sql) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
 
 def _dead(ids: Sequence[int] | None, sites: Collection[str] | None = None) -> tuple[str, list[Any]]:

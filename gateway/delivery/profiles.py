@@ -283,6 +283,17 @@ async def forget(
     return total
 
 
+async def holding(conn: aiosqlite.Connection, identifiers: Iterable[str]) -> list[str]:
+    """The key hashes of the profiles holding any of the hashed `identifiers`."""
+    out: list[str] = []
+    for value in sorted(set(identifiers)):
+        async with conn.execute(
+            "SELECT key_hash FROM profiles WHERE instr(ids, ?) > 0", (json.dumps(value),)
+        ) as cur:
+            out += [str(r[0]) for r in await cur.fetchall()]
+    return out
+
+
 async def count(conn: aiosqlite.Connection, *, now: float | None = None) -> int:
     """How many live profiles the file holds."""
     now = time.time() if now is None else now

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -70,6 +72,7 @@ class BufferReader:
         self._conn = conn
         self._lock = asyncio.Lock()
         self.limit_bytes = limit_bytes
+        self._insights = InsightBytes(limit=limit_bytes)
 
     @classmethod
     async def open(cls, path: Path, *, limit_bytes: int) -> BufferReader:
@@ -84,7 +87,7 @@ class BufferReader:
     async def used_bytes(self) -> int:
         """Bytes of pages in use (free pages are reused before the file grows), as the outbox."""
         async with self._lock:
-            return await used_bytes(self._conn)
+            return await used_bytes(self._conn, self._insights)
 
     async def has_delivered(self) -> bool:
         """True when delivered rows exist: the outbox purges those first to make room."""
@@ -149,7 +152,7 @@ class BufferReader:
             last_delivery=float(last) if last is not None else None,
             blocked=await blocked_pixels(conn),
             last_dead=dead,
-            used_bytes=await used_bytes(conn),
+            used_bytes=await used_bytes(conn, self._insights),
             limit_bytes=self.limit_bytes,
         )
 
@@ -228,12 +231,58 @@ async def blocked_pixels(conn: aiosqlite.Connection) -> tuple[BlockedPixel, ...]
         )
 
 
-async def used_bytes(conn: aiosqlite.Connection) -> int:
-    """Bytes of pages in use (free pages are reused before the file grows)."""
+async def used_bytes(conn: aiosqlite.Connection, insights: InsightBytes | None = None) -> int:
+    """Bytes of pages in use (free pages are reused before the file grows); with `insights`,
+    less the insights tables' (they are bounded by `touchpoint_retention`, and reports
+    must never make the outbox refuse events: PostgreSQL counts the events table alone)."""
     pages = await _scalar(conn, "PRAGMA page_count")
     free = await _scalar(conn, "PRAGMA freelist_count")
     size = await _scalar(conn, "PRAGMA page_size")
-    return int((pages - free) * size)
+    used = int((pages - free) * size)
+    if insights is None:
+        return used
+    outbox = used - await insights.measure(conn)
+    if outbox > insights.limit:
+        # Over the bound by an old measurement: measure now before refusing anything.
+        outbox = used - await insights.measure(conn, fresh=True)
+    return outbox
+
+
+@dataclass
+class InsightBytes:
+    """Bytes the insights tables and their indexes occupy, measured at most every `every`
+    seconds (dbstat walks their pages: about 0.15 s for 200 MB)."""
+
+    limit: int = 0  # the bound: above it, a measurement is always fresh
+    every: float = 60.0
+    value: int = 0
+    at: float = -math.inf
+
+    async def measure(self, conn: aiosqlite.Connection, *, fresh: bool = False) -> int:
+        """The last measurement, taken again when it is `every` seconds old (or `fresh`)."""
+        now = time.monotonic()
+        if now - self.at < self.every and not fresh:
+            return self.value
+        self.at = now
+        try:
+            async with conn.execute(
+                "SELECT name FROM sqlite_master WHERE tbl_name IN ('insight_events', 'touchpoints')"
+            ) as cur:
+                names = [str(r[0]) for r in await cur.fetchall()]
+            if not names:
+                self.value = 0
+                return 0
+            self.value = int(
+                await _scalar(
+                    conn,
+                    "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat('main', 1) WHERE name IN "
+                    f"({','.join('?' * len(names))})",
+                    *names,
+                )
+            )
+        except sqlite3.OperationalError:
+            self.value = 0  # an SQLite without dbstat: the insights count with the outbox
+        return self.value
 
 
 async def queue_stats(

@@ -152,6 +152,44 @@ MIGRATIONS: tuple[str, ...] = (
         expires REAL NOT NULL
     );
     """,
+    # 9: insights (gateway/delivery/insights.py): one compact fact per accepted event
+    # (reports outlive the outbox's `retention` and read no payload JSON) and one touchpoint
+    # per visit; `site` is '' without sites, `visitor` the profile key of the `_fbp` (16 hex
+    # digits). The indexes cover the report reads (no table lookups over a million rows).
+    """
+    CREATE TABLE insight_events (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL DEFAULT '',
+        visitor TEXT,
+        event_name TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        value REAL,
+        currency TEXT,
+        content_ids TEXT,
+        match_keys TEXT,
+        event_id TEXT
+    );
+    CREATE INDEX insight_events_event ON insight_events (event_id) WHERE event_id IS NOT NULL;
+    CREATE INDEX insight_events_name ON insight_events
+        (event_name, at, visitor, currency, value, site);
+    CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);
+    CREATE TABLE touchpoints (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL DEFAULT '',
+        visitor TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        source TEXT,
+        medium TEXT,
+        campaign TEXT,
+        click_id TEXT,
+        referrer_host TEXT,
+        landing_path TEXT
+    );
+    CREATE INDEX touchpoints_visitor ON touchpoints
+        (visitor, at, site, channel, source, campaign, landing_path);
+    CREATE INDEX touchpoints_at ON touchpoints (at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

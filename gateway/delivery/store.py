@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from gateway.delivery.audiences import AudienceState
 from gateway.delivery.forget import Person
+from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
@@ -60,6 +62,8 @@ class OutboxStore(Protocol):
     committed_rows: int
     merged: int
     late: int
+    # Facts and touchpoints for reports, recorded with each commit (None: not recorded).
+    insights: InsightPolicy | None
 
     async def close(self) -> None:
         """Flush what was accepted and close."""
@@ -258,3 +262,31 @@ class AudienceStore(Protocol):
 
     async def release(self, owner: str) -> None:
         """Give the sync lease back."""
+
+
+class InsightReader(Protocol):
+    """What reports read: facts and touchpoints over a `Window` (see delivery/insights.py)."""
+
+    async def close(self) -> None:
+        """Release what the reader holds."""
+
+    async def counts(self, w: Window) -> list[NameCount]:
+        """Events per name of the range, with their value per currency."""
+
+    async def visitors(self, w: Window, events: Sequence[str] | None = None) -> int:
+        """Distinct visitors of the range (with one of `events`, when given)."""
+
+    async def funnel(self, w: Window, steps: Sequence[str]) -> list[int]:
+        """Visitors at each step, in order."""
+
+    async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
+        """Conversion events of the range, oldest first."""
+
+    async def touches(
+        self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
+    ) -> list[TouchRow]:
+        """Touchpoints of the range, oldest first; with `converted` (a range and event
+        names), only those of visitors with such an event in that range."""
+
+    async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
+        """(UTC day number, currency, value) of `events`."""

@@ -93,7 +93,12 @@ async def test_forget_by_email_removes_everything_of_that_person(
     assert code == 0
     # Her event, her profile (found by the email), her two stitched visits (under the email,
     # and under an order id, found by the fbp her event carried).
-    assert json.loads(capsys.readouterr().out) == {"events": 1, "profiles": 1, "stitches": 2}
+    assert json.loads(capsys.readouterr().out) == {
+        "events": 1,
+        "profiles": 1,
+        "stitches": 2,
+        "touchpoints": 0,
+    }
     payloads = dict(table(path, "SELECT event_id, payload FROM events"))
     assert json.loads(payloads["jane-1"])["user_data"] == {}
     assert json.loads(payloads["other-1"])["user_data"] == {"em": OTHER}
@@ -198,7 +203,7 @@ async def test_forget_erases_the_person_on_either_store(open_store: Opener) -> N
         other = VisitorContext({"fbp": "fb.1.1.other"}, None, {}, None, None, time.time())
         await stitches.put({"order_id": "B2"}, other, ttl=3600)
         counts = await box.forget(Person.of(email=["Jane@Example.com"]), KEY)
-        assert counts == {"events": 1, "profiles": 1, "stitches": 2}
+        assert counts == {"events": 1, "profiles": 1, "stitches": 2, "touchpoints": 0}
         assert await stitches.get("order_id", "A1") is None
         assert await stitches.get("order_id", "B2") is not None
         await box.add([event("jane-2", {}, FBP, name="PageView")])

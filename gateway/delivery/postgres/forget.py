@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.forget import Person, stitch_kinds
+from gateway.delivery.postgres import insights
 from gateway.delivery.profiles import ProfilePolicy, site_key
 from gateway.delivery.rows import match_keys
 from gateway.delivery.seal import Sealer, SealError
@@ -46,29 +47,36 @@ async def forget(
     )
     if site is None:
         # Any site's profile under those hashes: `<site>:<hash>` ends with ":<hash>".
-        status = await conn.execute(
+        gone = await conn.fetch(
             "DELETE FROM profiles WHERE key_hash = ANY($1::text[]) "
-            f"OR split_part(key_hash, ':', 2) = ANY($1::text[]) OR {held}",
+            f"OR split_part(key_hash, ':', 2) = ANY($1::text[]) OR {held} RETURNING key_hash",
             hashes,
             sorted(person.hashes),
         )
     else:
-        status = await conn.execute(
+        gone = await conn.fetch(
             f"DELETE FROM profiles WHERE key_hash = ANY($1::text[]) OR ({held} "
-            "AND left(key_hash, $3) = $4)",
+            "AND left(key_hash, $3) = $4) RETURNING key_hash",
             [site_key(site, h) for h in hashes],
             sorted(person.hashes),
             len(site) + 1,
             f"{site}:",
         )
-    profiles = int(status.rsplit(" ", 1)[-1])
+    profiles = len(gone)
+    # A visitor is known by their fbp's key, or by the key of a profile holding their hashes.
+    touchpoints = await insights.forget(conn, [*hashes, *(r["key_hash"] for r in gone)], site=site)
     # Links lead nowhere once their profile is gone.
     await conn.execute(
         "DELETE FROM profile_links AS l WHERE NOT EXISTS "
         "(SELECT 1 FROM profiles AS p WHERE p.key_hash = l.profile)"
     )
     stitches = await _forget_stitches(conn, sealer, derive_lookup_key(key), person, fbps, site)
-    return {"events": events, "profiles": profiles, "stitches": stitches}
+    return {
+        "events": events,
+        "profiles": profiles,
+        "stitches": stitches,
+        "touchpoints": touchpoints,
+    }
 
 
 async def _scrub_events(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.delivery import assembler, profiles
 from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone, pid_of
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
@@ -87,6 +88,8 @@ class PgOutbox(Results, Upkeep):
         self.committed_rows = 0
         self.merged = 0
         self.late = 0
+        # Facts and touchpoints for reports (None: not recorded); set by the app.
+        self.insights: InsightPolicy | None = None
 
     @classmethod
     async def open(
@@ -219,6 +222,7 @@ class PgOutbox(Results, Upkeep):
                 policy=self.profiles,
                 now=now,
                 key_order=True,
+                insight=self.insights,
             )
             if any(o != "late" for o in outcomes):
                 # One notice per group commit, delivered only if it commits.
@@ -228,11 +232,15 @@ class PgOutbox(Results, Upkeep):
         try:
             outcomes = await self.db.run(work)
         except Exception as exc:
+            if self.insights is not None:
+                self.insights.cache.discard()
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        if self.insights is not None:
+            self.insights.cache.settle()
         self.commits += 1
         self.committed_rows += len(rows)
         self.merged += outcomes.count("merged")

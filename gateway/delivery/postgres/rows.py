@@ -17,10 +17,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.profiles import LINK, Dated, union_ids
 from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
+from gateway.pipeline.assembly import Outcome
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
 if TYPE_CHECKING:
@@ -385,3 +387,17 @@ class PgSql:
         now: float,
     ) -> int:
         return await learn(self.conn, items, ttl=ttl, now=now)
+
+    async def record_insights(
+        self,
+        policy: InsightPolicy,
+        rows: Sequence[NewEvent],
+        outcomes: Sequence[Outcome],
+        new: set[int],
+        now: float,
+        states: Sequence[assembly.State | None],
+    ) -> None:
+        # Imported here: the insights module reads profiles through this one.
+        from gateway.delivery.postgres import insights
+
+        await insights.record(self.conn, policy, rows, outcomes, new, now, states)

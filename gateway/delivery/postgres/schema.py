@@ -242,6 +242,44 @@ CREATE TABLE audience_lease (
 );
 """
 
+# Insights (SQLite's migration 9): one compact fact per accepted event and one touchpoint per
+# visit, read by reports; `site` is '' without sites, `visitor` the profile key of the `_fbp`.
+_V_INSIGHTS = """
+CREATE TABLE insight_events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site text NOT NULL DEFAULT '',
+    visitor text,
+    event_name text NOT NULL,
+    at bigint NOT NULL,
+    value double precision,
+    currency text,
+    content_ids text,
+    match_keys text,
+    event_id text
+);
+CREATE INDEX insight_events_event ON insight_events (event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX insight_events_name ON insight_events
+    (event_name, at, visitor, currency, value, site);
+CREATE INDEX insight_events_visitor ON insight_events (visitor, event_name, at, site);
+CREATE INDEX insight_events_at ON insight_events (at);
+CREATE TABLE touchpoints (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site text NOT NULL DEFAULT '',
+    visitor text NOT NULL,
+    at bigint NOT NULL,
+    channel text NOT NULL,
+    source text,
+    medium text,
+    campaign text,
+    click_id text,
+    referrer_host text,
+    landing_path text
+);
+CREATE INDEX touchpoints_visitor ON touchpoints
+    (visitor, at, site, channel, source, campaign, landing_path);
+CREATE INDEX touchpoints_at ON touchpoints (at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -255,6 +293,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "capigw_profile_union()", _V5),
     Migration(6, "drop profiles_updated", _V6),
     Migration(7, "audiences, audience_members, audience_lease", _V_AUDIENCES),
+    Migration(8, "insight_events, touchpoints", _V_INSIGHTS),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,6 +13,8 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.postgres.insights import PURGE_SQL
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.queue import Wakes
 from gateway.delivery.postgres.results import affected
@@ -39,6 +41,7 @@ class Upkeep(Wakes):
     db: Database
     new_work: asyncio.Event
     profiles: ProfilePolicy | None
+    insights: InsightPolicy | None
     # The bounds, per instance so that tests can make them small.
     purge_batch: int = PURGE_BATCH
     max_dead: int = MAX_DEAD
@@ -93,6 +96,9 @@ class Upkeep(Wakes):
                 "LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 now,
             )
+        if self.insights is not None:
+            for statement in PURGE_SQL:
+                await self._batched(statement, int(now - self.insights.retention))
         return expired, purged
 
     async def _batched(self, sql: str, *args: object) -> int:

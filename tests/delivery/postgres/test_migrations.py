@@ -29,6 +29,8 @@ TABLES = {
     "audiences",
     "audience_members",
     "audience_lease",
+    "insight_events",
+    "touchpoints",
 }
 
 

@@ -1,0 +1,195 @@
+"""The insights tables on PostgreSQL: facts and touchpoints written with each group commit,
+read by reports. The same rows and reads as the SQLite store's (`delivery/insights.py`,
+whose `?` SQL is numbered here); the previous state of a batch's visitors is one query.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from gateway.delivery import insightfacts as facts_
+from gateway.delivery import insights as sql
+from gateway.delivery.insightfacts import Fact, InsightPolicy
+from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
+from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.results import affected
+from gateway.delivery.visitcache import Seen
+from gateway.models import NewEvent
+from gateway.pipeline.assembly import Outcome, State
+
+if TYPE_CHECKING:
+    from gateway.delivery.postgres.pool import Conn
+
+_MARK = re.compile(r"\?")
+
+
+def numbered(query: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
+    """SQLite's `?` placeholders as `$1, $2, ...`."""
+    counter = iter(range(1, 10_000))
+    return _MARK.sub(lambda _: f"${next(counter)}", query[0]), query[1]
+
+
+async def record(
+    conn: Conn,
+    policy: InsightPolicy,
+    rows: Sequence[NewEvent],
+    outcomes: Sequence[Outcome],
+    new: set[int],
+    now: float,
+    states: Sequence[State | None] | None = None,
+) -> None:
+    """Write the facts of the events stored as new and the touchpoints their page views
+    start; the visitors' states are staged in `policy.cache` (kept once committed)."""
+    changed = facts_.merged(rows, outcomes, states) if states is not None else []
+    if changed:
+        await conn.executemany(numbered((facts_.MERGE_SQL, []))[0], changed)
+    found = facts_.facts(policy, rows, outcomes, new)
+    if not found:
+        return
+    await _resolve(conn, found, now)
+    pages = facts_.page_views(policy, rows, new)
+    settled, unknown = facts_.from_cache(policy, pages)
+    seen = await _seen(conn, unknown) if unknown else {}
+    await conn.executemany(
+        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+        [facts_.fact_values(f) for f in found],
+    )
+    touches, after = facts_.touches(policy, pages, seen)
+    if touches:
+        await conn.executemany(
+            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+            [facts_.touch_values(t) for t in touches],
+        )
+    policy.cache.stage({**settled, **after})
+
+
+async def _resolve(conn: Conn, found: Sequence[Fact], now: float) -> None:
+    wanted = [k for f in found if f.visitor is None for k in f.links]
+    if not wanted:
+        return
+    leads = await pg_rows.resolve(conn, wanted, now=now)
+    for f in found:
+        if f.visitor is None:
+            lead = next((leads[k] for k in f.links if k in leads), None)
+            f.visitor = facts_.visitor_of(lead) if lead else None
+
+
+async def _seen(conn: Conn, visitors: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
+    """Per (site, visitor): the last page view stored and the current visit's source."""
+    pairs = sorted(visitors)
+    sites = [s for s, _ in pairs]
+    keys = [v for _, v in pairs]
+    rows = await conn.fetch(
+        "SELECT w.site, w.visitor, "
+        "(SELECT MAX(e.at) FROM insight_events e WHERE e.visitor = w.visitor "
+        " AND e.event_name = 'PageView' AND e.site = w.site) AS last, t.* "
+        "FROM unnest($1::text[], $2::text[]) AS w(site, visitor) "
+        "LEFT JOIN LATERAL (SELECT channel, source, medium, campaign, click_id, referrer_host, "
+        " landing_path FROM touchpoints p WHERE p.visitor = w.visitor AND p.site = w.site "
+        " ORDER BY p.at DESC, p.id DESC LIMIT 1) t ON true",
+        sites,
+        keys,
+    )
+    out: dict[tuple[str, str], Seen] = {}
+    for r in rows:
+        last = float(r["last"]) if r["last"] is not None else None
+        current = None
+        if last is not None and r["channel"] is not None:
+            current = facts_.source_of(
+                (
+                    r["channel"],
+                    r["source"],
+                    r["medium"],
+                    r["campaign"],
+                    r["click_id"],
+                    r["referrer_host"],
+                    r["landing_path"],
+                )
+            )
+        out[(r["site"], r["visitor"])] = Seen(last, current)
+    return out
+
+
+async def forget(conn: Conn, visitors: Iterable[str], *, site: str | None = None) -> int:
+    """Delete the touchpoints of `visitors` and detach their facts (see the SQLite store);
+    with `site`, that site's only."""
+    keys = sorted({facts_.visitor_of(v) for v in visitors})
+    if not keys:
+        return 0
+    scope = " AND site = $2" if site is not None else ""
+    args: list[Any] = [keys] if site is None else [keys, site]
+    count = affected(
+        await conn.execute(f"DELETE FROM touchpoints WHERE visitor = ANY($1::text[]){scope}", *args)
+    )
+    await conn.execute(
+        f"UPDATE insight_events SET visitor = NULL WHERE visitor = ANY($1::text[]){scope}", *args
+    )
+    return count
+
+
+PURGE_SQL = (
+    "DELETE FROM insight_events WHERE id IN (SELECT id FROM insight_events WHERE at < $1 LIMIT $2)",
+    "DELETE FROM touchpoints WHERE id IN (SELECT id FROM touchpoints WHERE at < $1 LIMIT $2)",
+)
+
+
+class PgInsights:
+    """Report reads on the store's pool."""
+
+    def __init__(self, db: Database, *, owned: bool = False) -> None:
+        self.db = db
+        self._owned = owned
+
+    async def close(self) -> None:
+        """Close the pool when it is this reader's own (the CLI's)."""
+        if self._owned:
+            await self.db.close()
+
+    async def _all(self, query: tuple[str, list[Any]]) -> list[Any]:
+        text, values = numbered(query)
+
+        async def read(conn: Conn) -> list[Any]:
+            return list(await conn.fetch(text, *values))
+
+        return await self.db.run(read, transaction=False)
+
+    async def counts(self, w: Window) -> list[NameCount]:
+        """Events per name of the range, with their value per currency."""
+        found: dict[str, NameCount] = {}
+        for name, currency, count, with_value, value in await self._all(sql.counts_sql(w)):
+            entry = found.setdefault(name, NameCount(name, 0, {}))
+            entry = NameCount(name, entry.count + int(count), entry.values)
+            if currency is not None and with_value:
+                entry.values[currency] = (int(with_value), float(value))
+            found[name] = entry
+        return sorted(found.values(), key=lambda e: e.name)
+
+    async def visitors(self, w: Window, events: Sequence[str] | None = None) -> int:
+        """Distinct visitors of the range (with one of `events`, when given)."""
+        rows = await self._all(sql.visitors_sql(w, events))
+        return int(rows[0][0]) if rows else 0
+
+    async def funnel(self, w: Window, steps: Sequence[str]) -> list[int]:
+        """Visitors at each step, in order."""
+        rows = await self._all(sql.funnel_sql(w, steps))
+        return [int(v) for v in rows[0]] if rows else [0] * len(steps)
+
+    async def conversions(self, w: Window, events: Sequence[str]) -> list[ConversionRow]:
+        """Conversion events of the range."""
+        rows = await self._all(sql.conversions_sql(w, events))
+        return [ConversionRow._make(r) for r in sql.in_order(rows, 2)]
+
+    async def touches(
+        self, w: Window, converted: tuple[Window, Sequence[str]] | None = None
+    ) -> list[TouchRow]:
+        """Touchpoints of the range (of converting visitors only, with `converted`)."""
+        rows = await self._all(sql.touches_sql(w, converted))
+        return [TouchRow._make(r) for r in sql.in_order(rows, 1)]
+
+    async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
+        """(UTC day number, currency, value) of `events`."""
+        return [(int(r[0]), r[1], float(r[2])) for r in await self._all(sql.daily_sql(w, events))]
