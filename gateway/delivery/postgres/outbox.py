@@ -26,6 +26,7 @@ from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone, pid_of
+from gateway.delivery.postgres import insights as pg_insights
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
@@ -215,7 +216,7 @@ class PgOutbox(Results, Upkeep):
 
         async def work(conn: Conn) -> list[Outcome]:
             outcomes = await assembler.store(
-                pg_rows.PgSql(conn),
+                pg_rows.PgSql(conn, record=pg_insights.record),
                 rows,
                 holds,
                 sealer=self.sealer,

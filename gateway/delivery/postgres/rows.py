@@ -13,7 +13,7 @@ a copy.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -341,8 +341,11 @@ async def record_completed(
 class PgSql:
     """`gateway.delivery.assembler.AssemblySql` on a connection in a PostgreSQL transaction."""
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, record: Callable[..., Awaitable[None]] | None = None) -> None:
         self.conn = conn
+        # `postgres.insights.record`, handed in by the outbox: that module reads through
+        # this one, so this one cannot import it.
+        self._record = record
 
     # Replicas' clocks and concurrent transactions make `profile_seen` unsafe here: every
     # claimed row's profile is compared (the rows are stored without it).
@@ -397,7 +400,6 @@ class PgSql:
         now: float,
         states: Sequence[assembly.State | None],
     ) -> None:
-        # Imported here: the insights module reads profiles through this one.
-        from gateway.delivery.postgres import insights
-
-        await insights.record(self.conn, policy, rows, outcomes, new, now, states)
+        if self._record is None:
+            raise RuntimeError("PgSql: insights recorded without a recorder")
+        await self._record(self.conn, policy, rows, outcomes, new, now, states)
