@@ -47,6 +47,7 @@ PER_SITE_KEYS = frozenset(
         "upstream_connect_timeout",
         "upstream_read_timeout",
         "upstream_total_timeout",
+        "catalog",
     }
 )
 # Keys a site owns outright: never inherited from the top level, never shared.

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.errors",
             "gateway.settings",
             "gateway.sitesettings",
+            "gateway.catalogsettings",
             "gateway.config",
             "gateway.metrics",
             "gateway.html.",
