@@ -486,12 +486,39 @@ def _from_doc(doc: _Doc, ctx: _Ctx) -> tuple[list[CatalogItem], bool]:
         declared = True
         parent = doc.one(node, "isVariantOf")
         if isinstance(parent, Mapping) and _is_group(parent):
-            item = _item(doc, ctx, node, parent, _group_id(parent))
+            found = [_item(doc, ctx, node, parent, _group_id(parent))]
+        elif len(offers := _variant_offers(doc, node)) > 1:
+            gid = _group_id(node) if node.get("productGroupID") or node.get("productID") else None
+            gid = gid or _slug(ctx.link)
+            found = [_item(doc, ctx, _offer_variant(node, o), node, gid) for o in offers]
         else:
-            item = _item(doc, ctx, node, None, None)
-        if item is not None:
-            items.append(item)
+            found = [_item(doc, ctx, node, None, None)]
+        items += [item for item in found if item is not None]
     return items, declared
+
+
+def _variant_offers(doc: _Doc, node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A Product's offers when they are its variants (Shopify: one offer per variant sku)."""
+    offers = [o for o in doc.many(node, "offers") if isinstance(o, Mapping)]
+    skus = [_ident(o.get("sku")) for o in offers]
+    if len(offers) > 1 and all(skus) and len(set(skus)) == len(skus):
+        return offers
+    return []
+
+
+_VARIANT_OWN = frozenset({"offers", "sku", "mpn", "url", *_GTIN_KEYS})
+
+
+def _offer_variant(node: Mapping[str, Any], offer: Mapping[str, Any]) -> dict[str, Any]:
+    variant = {k: v for k, v in node.items() if k not in _VARIANT_OWN}
+    variant.update(offers=offer, sku=offer.get("sku"), url=offer.get("url"))
+    return variant
+
+
+def _slug(link: str) -> str | None:
+    """The last path segment of a link ("canvas-tote"): a readable group id."""
+    parts = [p for p in urlsplit(link).path.split("/") if p]
+    return parts[-1][:_MAX_ID] if parts else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,8 +95,8 @@ def parse_amount(value: Any) -> Decimal | None:
         amount = Decimal(repr(value))
     elif isinstance(value, str):
         m = _NUMBER.search(value)
-        if m is None:
-            return None
+        if m is None or value[: m.start()].rstrip().endswith("-"):
+            return None  # a negative amount is no price
         text = re.sub(r"[\s'\u00a0\u202f]", "", m.group(0)).rstrip(".,")
         last = max(text.rfind("."), text.rfind(","))
         if last >= 0:
