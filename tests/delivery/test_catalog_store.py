@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.delivery.catalog import SqliteCatalog
 from gateway.delivery.catalogstate import Done, Seen
-from gateway.delivery.postgres.catalog import PgCatalog
-from gateway.delivery.postgres.pool import Database
 from gateway.delivery.store import CatalogStore
 
 SITE = ""
@@ -30,18 +25,9 @@ def seen(item_id: str, price: str = "9.90 EUR", **extra: Any) -> Seen:
 
 
 @pytest.fixture
-async def catalog(store_location: Path | str) -> AsyncIterator[CatalogStore]:
-    store: CatalogStore
-    db: Database | None = None
-    if isinstance(store_location, Path):
-        store = await SqliteCatalog.open(store_location)
-    else:
-        db = await Database.open(store_location, health_interval=0)
-        store = PgCatalog(db)
-    yield store
-    await store.close()
-    if db is not None:
-        await db.close()
+def cat(catalog_store: CatalogStore) -> CatalogStore:
+    """The catalog store of the test's backend (short name)."""
+    return catalog_store
 
 
 async def sync_all(store: CatalogStore, now: float, *, owner: str = "w1") -> list[Any]:
@@ -52,147 +38,145 @@ async def sync_all(store: CatalogStore, now: float, *, owner: str = "w1") -> lis
 
 
 async def test_first_sight_is_due_at_once_and_an_unchanged_page_sends_nothing(
-    catalog: CatalogStore,
+    cat: CatalogStore,
 ) -> None:
-    result = await catalog.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
+    result = await cat.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
     assert result.new == ("mug",)
-    work = await sync_all(catalog, T0)
+    work = await sync_all(cat, T0)
     assert [(w.item_id, w.action, w.data["price"]) for w in work] == [("mug", "UPDATE", "9.90 EUR")]
-    again = await catalog.seen(SITE, URL, [seen("mug")], now=T0 + 5, min_interval=MIN)
+    again = await cat.seen(SITE, URL, [seen("mug")], now=T0 + 5, min_interval=MIN)
     assert again.unchanged == ("mug",)
-    assert await catalog.claim(SITE, "w1", limit=100, lease=60, now=T0 + 10_000) == []
-    status = await catalog.status(SITE)
+    assert await cat.claim(SITE, "w1", limit=100, lease=60, now=T0 + 10_000) == []
+    status = await cat.status(SITE)
     assert status["items"] == {"pending": 0, "synced": 1, "error": 0, "deleted": 0}
 
 
-async def test_a_change_waits_out_min_interval(catalog: CatalogStore) -> None:
-    await catalog.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
-    await sync_all(catalog, T0)
-    result = await catalog.seen(SITE, URL, [seen("mug", "7.90 EUR")], now=T0 + 60, min_interval=MIN)
+async def test_a_change_waits_out_min_interval(cat: CatalogStore) -> None:
+    await cat.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
+    await sync_all(cat, T0)
+    result = await cat.seen(SITE, URL, [seen("mug", "7.90 EUR")], now=T0 + 60, min_interval=MIN)
     assert result.changed == ("mug",)
-    assert await catalog.claim(SITE, "w1", limit=100, lease=60, now=T0 + 120) == []
-    work = await sync_all(catalog, T0 + MIN + 1)
+    assert await cat.claim(SITE, "w1", limit=100, lease=60, now=T0 + 120) == []
+    work = await sync_all(cat, T0 + MIN + 1)
     assert [w.data["price"] for w in work] == ["7.90 EUR"]
 
 
-async def test_a_change_undone_before_sending_goes_back_to_synced(catalog: CatalogStore) -> None:
-    await catalog.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
-    await sync_all(catalog, T0)
-    await catalog.seen(SITE, URL, [seen("mug", "7.90 EUR")], now=T0 + 1, min_interval=MIN)
-    await catalog.seen(SITE, URL, [seen("mug")], now=T0 + 2, min_interval=MIN)
-    assert (await catalog.status(SITE))["items"]["synced"] == 1
-    assert await catalog.claim(SITE, "w1", limit=100, lease=60, now=T0 + 2 * MIN) == []
+async def test_a_change_undone_before_sending_goes_back_to_synced(
+    cat: CatalogStore,
+) -> None:
+    await cat.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
+    await sync_all(cat, T0)
+    await cat.seen(SITE, URL, [seen("mug", "7.90 EUR")], now=T0 + 1, min_interval=MIN)
+    await cat.seen(SITE, URL, [seen("mug")], now=T0 + 2, min_interval=MIN)
+    assert (await cat.status(SITE))["items"]["synced"] == 1
+    assert await cat.claim(SITE, "w1", limit=100, lease=60, now=T0 + 2 * MIN) == []
 
 
 async def test_misses_delete_after_the_configured_count_and_a_visit_resets_them(
-    catalog: CatalogStore,
+    cat: CatalogStore,
 ) -> None:
-    await catalog.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
-    await sync_all(catalog, T0)
-    assert await catalog.missed(SITE, URL, now=T0 + 1, delete_after=3) == []
-    assert await catalog.missed(SITE, URL, now=T0 + 2, delete_after=3) == []
-    await catalog.seen(SITE, URL, [seen("mug")], now=T0 + 3, min_interval=MIN)  # back again
-    assert await catalog.missed(SITE, URL, now=T0 + 4, delete_after=3) == []
-    assert await catalog.missed(SITE, URL, now=T0 + 5, delete_after=3) == []
-    assert await catalog.missed(SITE, URL, now=T0 + 6, delete_after=3) == ["mug"]
-    assert URL in await catalog.known_urls(SITE)  # pending deletion is not deleted yet
-    assert await catalog.feed(SITE) == []
-    work = await sync_all(catalog, T0 + 7)
+    await cat.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
+    await sync_all(cat, T0)
+    assert await cat.missed(SITE, URL, now=T0 + 1, delete_after=3) == []
+    assert await cat.missed(SITE, URL, now=T0 + 2, delete_after=3) == []
+    await cat.seen(SITE, URL, [seen("mug")], now=T0 + 3, min_interval=MIN)  # back again
+    assert await cat.missed(SITE, URL, now=T0 + 4, delete_after=3) == []
+    assert await cat.missed(SITE, URL, now=T0 + 5, delete_after=3) == []
+    assert await cat.missed(SITE, URL, now=T0 + 6, delete_after=3) == ["mug"]
+    assert URL in await cat.known_urls(SITE)  # pending deletion is not deleted yet
+    assert await cat.feed(SITE) == []
+    work = await sync_all(cat, T0 + 7)
     assert [w.request() for w in work] == [{"method": "DELETE", "data": {"id": "mug"}}]
-    assert (await catalog.status(SITE))["items"]["deleted"] == 1
-    assert URL not in await catalog.known_urls(SITE)
+    assert (await cat.status(SITE))["items"]["deleted"] == 1
+    assert URL not in await cat.known_urls(SITE)
 
 
 async def test_a_product_gone_from_its_page_is_deleted_unless_the_read_was_partial(
-    catalog: CatalogStore,
+    cat: CatalogStore,
 ) -> None:
-    await catalog.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0, min_interval=MIN)
-    await sync_all(catalog, T0)
-    partial = await catalog.seen(
-        SITE, URL, [seen("mug")], now=T0 + 1, min_interval=MIN, complete=False
-    )
+    await cat.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0, min_interval=MIN)
+    await sync_all(cat, T0)
+    partial = await cat.seen(SITE, URL, [seen("mug")], now=T0 + 1, min_interval=MIN, complete=False)
     assert partial.removed == ()
-    result = await catalog.seen(SITE, URL, [seen("mug")], now=T0 + 2, min_interval=MIN)
+    result = await cat.seen(SITE, URL, [seen("mug")], now=T0 + 2, min_interval=MIN)
     assert result.removed == ("cup",)
-    work = await sync_all(catalog, T0 + 3)
+    work = await sync_all(cat, T0 + 3)
     assert [w.request() for w in work] == [{"method": "DELETE", "data": {"id": "cup"}}]
-    assert [d["id"] for d in await catalog.feed(SITE)] == ["mug"]
+    assert [d["id"] for d in await cat.feed(SITE)] == ["mug"]
     # A deleted product that comes back is sent again at once.
-    back = await catalog.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0 + 4, min_interval=1)
+    back = await cat.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0 + 4, min_interval=1)
     assert back.changed == ("cup",)
-    assert [w.item_id for w in await sync_all(catalog, T0 + 5)] == ["cup"]
+    assert [w.item_id for w in await sync_all(cat, T0 + 5)] == ["cup"]
 
 
-async def test_meta_errors_are_kept_with_their_message(catalog: CatalogStore) -> None:
-    await catalog.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0, min_interval=MIN)
-    work = await catalog.claim(SITE, "w1", limit=100, lease=60, now=T0)
-    await catalog.set_handle(SITE, [w.item_id for w in work], "w1", "h-1")
+async def test_meta_errors_are_kept_with_their_message(cat: CatalogStore) -> None:
+    await cat.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0, min_interval=MIN)
+    work = await cat.claim(SITE, "w1", limit=100, lease=60, now=T0)
+    await cat.set_handle(SITE, [w.item_id for w in work], "w1", "h-1")
     done = [
         Done(w.item_id, w.content_hash, w.action, "Invalid price" if w.item_id == "cup" else None)
         for w in work
     ]
-    await catalog.finish(SITE, "w1", done, now=T0 + 1, min_interval=MIN)
-    status = await catalog.status(SITE)
+    await cat.finish(SITE, "w1", done, now=T0 + 1, min_interval=MIN)
+    status = await cat.status(SITE)
     assert status["items"] == {"pending": 0, "synced": 1, "error": 1, "deleted": 0}
     assert status["errors"] == [{"id": "cup", "url": URL, "message": "Invalid price", "at": T0 + 1}]
     # The same data is not sent again; a fixed page is, after the interval.
-    await catalog.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0 + 2, min_interval=MIN)
-    assert await catalog.claim(SITE, "w1", limit=100, lease=60, now=T0 + 2 * MIN) == []
-    await catalog.seen(
-        SITE, URL, [seen("mug"), seen("cup", "1.00 EUR")], now=T0 + 3, min_interval=MIN
-    )
-    assert [w.item_id for w in await sync_all(catalog, T0 + MIN + 2)] == ["cup"]
-    assert (await catalog.status(SITE))["errors"] == []
+    await cat.seen(SITE, URL, [seen("mug"), seen("cup")], now=T0 + 2, min_interval=MIN)
+    assert await cat.claim(SITE, "w1", limit=100, lease=60, now=T0 + 2 * MIN) == []
+    await cat.seen(SITE, URL, [seen("mug"), seen("cup", "1.00 EUR")], now=T0 + 3, min_interval=MIN)
+    assert [w.item_id for w in await sync_all(cat, T0 + MIN + 2)] == ["cup"]
+    assert (await cat.status(SITE))["errors"] == []
 
 
-async def test_leases_keep_two_workers_apart_and_expire(catalog: CatalogStore) -> None:
-    await catalog.seen(SITE, URL, [seen(f"i{n}") for n in range(10)], now=T0, min_interval=MIN)
-    first = await catalog.claim(SITE, "w1", limit=6, lease=60, now=T0)
-    second = await catalog.claim(SITE, "w2", limit=6, lease=60, now=T0)
+async def test_leases_keep_two_workers_apart_and_expire(cat: CatalogStore) -> None:
+    await cat.seen(SITE, URL, [seen(f"i{n}") for n in range(10)], now=T0, min_interval=MIN)
+    first = await cat.claim(SITE, "w1", limit=6, lease=60, now=T0)
+    second = await cat.claim(SITE, "w2", limit=6, lease=60, now=T0)
     assert len(first) == 6 and len(second) == 4
     assert not {w.item_id for w in first} & {w.item_id for w in second}
-    assert await catalog.claim(SITE, "w3", limit=100, lease=60, now=T0 + 1) == []
+    assert await cat.claim(SITE, "w3", limit=100, lease=60, now=T0 + 1) == []
     # w2's lease runs out: w3 takes its items; w2's late verdict no longer counts.
-    taken = await catalog.claim(SITE, "w3", limit=100, lease=60, now=T0 + 61)
+    taken = await cat.claim(SITE, "w3", limit=100, lease=60, now=T0 + 61)
     assert {w.item_id for w in taken} == {w.item_id for w in first + second}
-    await catalog.finish(
+    await cat.finish(
         SITE, "w2", [Done(w.item_id, w.content_hash, w.action, "late") for w in second],
         now=T0 + 62, min_interval=MIN,
     )  # fmt: skip
-    assert (await catalog.status(SITE))["items"]["error"] == 0
+    assert (await cat.status(SITE))["items"]["error"] == 0
 
 
-async def test_retry_release_and_request_sync(catalog: CatalogStore) -> None:
-    await catalog.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
-    work = await catalog.claim(SITE, "w1", limit=10, lease=60, now=T0)
-    await catalog.retry(SITE, [w.item_id for w in work], "w1", at=T0 + 500, error="HTTP 500")
-    assert await catalog.claim(SITE, "w1", limit=10, lease=60, now=T0 + 1) == []
-    assert await catalog.request_sync(SITE, now=T0 + 2) == 1
-    again = await catalog.claim(SITE, "w1", limit=10, lease=60, now=T0 + 2)
+async def test_retry_release_and_request_sync(cat: CatalogStore) -> None:
+    await cat.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
+    work = await cat.claim(SITE, "w1", limit=10, lease=60, now=T0)
+    await cat.retry(SITE, [w.item_id for w in work], "w1", at=T0 + 500, error="HTTP 500")
+    assert await cat.claim(SITE, "w1", limit=10, lease=60, now=T0 + 1) == []
+    assert await cat.request_sync(SITE, now=T0 + 2) == 1
+    again = await cat.claim(SITE, "w1", limit=10, lease=60, now=T0 + 2)
     assert [w.attempts for w in again] == [1]
-    await catalog.release(SITE, [w.item_id for w in again], "w1")
-    assert len(await catalog.claim(SITE, "w2", limit=10, lease=60, now=T0 + 3)) == 1
+    await cat.release(SITE, [w.item_id for w in again], "w1")
+    assert len(await cat.claim(SITE, "w2", limit=10, lease=60, now=T0 + 3)) == 1
 
 
-async def test_parking_and_sync_notes(catalog: CatalogStore) -> None:
-    assert await catalog.blocked(SITE) is None
-    await catalog.block(SITE, token_fingerprint="abc", reason="token expired", now=T0)
-    assert await catalog.blocked(SITE) == "abc"
-    assert (await catalog.status(SITE))["blocked"] == "token expired"
-    await catalog.unblock(SITE)
-    assert await catalog.blocked(SITE) is None
-    await catalog.note_sync(SITE, now=T0 + 5, result="ok")
-    status = await catalog.status(SITE)
+async def test_parking_and_sync_notes(cat: CatalogStore) -> None:
+    assert await cat.blocked(SITE) is None
+    await cat.block(SITE, token_fingerprint="abc", reason="token expired", now=T0)
+    assert await cat.blocked(SITE) == "abc"
+    assert (await cat.status(SITE))["blocked"] == "token expired"
+    await cat.unblock(SITE)
+    assert await cat.blocked(SITE) is None
+    await cat.note_sync(SITE, now=T0 + 5, result="ok")
+    status = await cat.status(SITE)
     assert status["last_sync"] == T0 + 5 and status["last_result"] == "ok"
 
 
-async def test_sites_are_apart(catalog: CatalogStore) -> None:
-    await catalog.seen("a", URL, [seen("mug")], now=T0, min_interval=MIN)
-    await catalog.seen("b", URL, [seen("mug", "1.00 EUR")], now=T0, min_interval=MIN)
-    assert (await catalog.status("a"))["items"]["pending"] == 1
-    assert [d["price"] for d in await catalog.feed("b")] == ["1.00 EUR"]
-    assert [w.item_id for w in await catalog.claim("a", "w", limit=9, lease=9, now=T0)] == ["mug"]
-    assert await catalog.status("c") == {
+async def test_sites_are_apart(cat: CatalogStore) -> None:
+    await cat.seen("a", URL, [seen("mug")], now=T0, min_interval=MIN)
+    await cat.seen("b", URL, [seen("mug", "1.00 EUR")], now=T0, min_interval=MIN)
+    assert (await cat.status("a"))["items"]["pending"] == 1
+    assert [d["price"] for d in await cat.feed("b")] == ["1.00 EUR"]
+    assert [w.item_id for w in await cat.claim("a", "w", limit=9, lease=9, now=T0)] == ["mug"]
+    assert await cat.status("c") == {
         "configured": True,
         "items": {"pending": 0, "synced": 0, "error": 0, "deleted": 0},
         "last_sync": None,
