@@ -15,6 +15,8 @@ from aiohttp import web
 from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
     BUFFER_READER,
+    CATALOG,
+    CATALOG_SENDER,
     INTAKE,
     METRICS,
     OUTBOX,
@@ -27,8 +29,12 @@ from gateway.appkeys import (
     STITCHES,
     Runtime,
 )
+from gateway.catalogsettings import catalog_sites
+from gateway.delivery.catalog import SqliteCatalog
+from gateway.delivery.catalogsync import CatalogSender, CatalogSyncOptions
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.catalog import PgCatalog
 from gateway.delivery.postgres.outbox import PgOutbox, open_postgres
 from gateway.delivery.postgres.reads import PgReader
 from gateway.delivery.postgres.stitches import PgStitches
@@ -38,7 +44,14 @@ from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
-from gateway.delivery.store import KeyMismatch, OutboxStore, StitchStore, StoreReader
+from gateway.delivery.store import (
+    CatalogStore,
+    KeyMismatch,
+    OutboxStore,
+    StitchStore,
+    StoreReader,
+)
+from gateway.edge.catalog import CatalogPages
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
@@ -82,6 +95,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.cleanup_ctx.append(_stitches_ctx)
     app.cleanup_ctx.append(_reader_ctx)
     app.cleanup_ctx.append(_sender_ctx)
+    app.cleanup_ctx.append(_catalog_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_get(f"{prefix}/status", get_status)
@@ -134,12 +148,66 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     pages.triggers = proxied_rules.triggers
     app[PAGES] = pages
     app[PROXIED_RULES] = proxied_rules
+    products = catalog_pages(app, "", settings)
     app[PROXY] = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
+        session,
+        ProxyOptions.from_settings(settings),
+        pages,
+        proxied_rules,
+        metrics=app[METRICS],
+        catalog=products,
     )
     yield
     await proxied_rules.drain()
+    await products.close()
     await session.close()
+
+
+def catalog_pages(app: web.Application, site: str, settings: Settings) -> CatalogPages:
+    """The product reader of one site (idle while the site has no `[catalog]`)."""
+    return CatalogPages(
+        site,
+        settings.catalog,
+        app[CATALOG],
+        metrics=app[METRICS],
+        wake=app[CATALOG_SENDER].wake.set,
+    )
+
+
+async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Catalog item state lives in the store; its sender runs beside the events' sender.
+    settings = app[RUNTIME].settings
+    outbox = app[OUTBOX]
+    store: CatalogStore
+    if isinstance(outbox, PgOutbox):
+        store = PgCatalog(outbox.db)
+    else:
+        store = await SqliteCatalog.open(settings.buffer)
+    app[CATALOG] = store
+    session = aiohttp.ClientSession(trust_env=False)
+    graph = GraphClient(
+        session,
+        graph_url=settings.graph_url,
+        graph_version=settings.graph_version,
+        timeout=max(settings.send_timeout, 10.0),  # a 5,000-item call takes Meta a while
+        partner_agent=PARTNER_AGENT,
+    )
+    sender = CatalogSender(
+        store,
+        graph,
+        catalog_sites(settings),
+        CatalogSyncOptions.from_settings(
+            poll_interval=settings.poll_interval, dry_run=settings.dry_run
+        ),
+        _policy(settings),
+        metrics=app[METRICS],
+    )
+    app[CATALOG_SENDER] = sender
+    sender.start()
+    yield
+    await sender.stop()
+    await session.close()
+    await store.close()
 
 
 async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
@@ -271,6 +339,10 @@ async def reload(
     await sender.reconcile_blocks()
     if PAGES in app:
         app[PAGES].configure(settings)
+    products = app[PROXY].catalog if PROXY in app else None
+    if products is not None:
+        products.configure(settings.catalog)
+    app[CATALOG_SENDER].configure(catalog_sites(settings), _policy(settings))
     log.info("Reloaded the configuration.")
 
 

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, STITCHES, Runtime
+from gateway.appkeys import CATALOG, CATALOG_SENDER, INTAKE, METRICS, STITCHES, Runtime
 from gateway.delivery.seal import load_key
+from gateway.edge.catalog import CatalogPages
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
@@ -85,7 +86,18 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
     stages.pages = pages
     stages.proxied_rules = proxied_rules
     stages.proxy = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
+        session,
+        ProxyOptions.from_settings(settings),
+        pages,
+        proxied_rules,
+        metrics=app[METRICS],
+        catalog=CatalogPages(
+            stages.name,
+            settings.catalog,
+            app[CATALOG],
+            metrics=app[METRICS],
+            wake=app[CATALOG_SENDER].wake.set,
+        ),
     )
     return session
 
@@ -98,6 +110,8 @@ async def sites_ctx(app: web.Application) -> AsyncIterator[None]:
     for each, _ in app[SITE_STARTED]:
         if each.proxied_rules is not None:
             await each.proxied_rules.drain()
+        if each.proxy is not None and each.proxy.catalog is not None:
+            await each.proxy.catalog.close()
     for _, session in app[SITE_STARTED]:
         await session.close()
 
@@ -135,6 +149,8 @@ def reload_sites(app: web.Application, settings: Settings, fresh: dict[str, Runt
             if stages.pages is not None:
                 stages.pages.configure(runtime.settings)
             stages.proxy.options = ProxyOptions.from_settings(runtime.settings)
+            if stages.proxy.catalog is not None:
+                stages.proxy.catalog.configure(runtime.settings.catalog)
         else:
             stages = SiteStages(site.name, runtime)
             app[SITE_STARTED].append((stages, _start_site(app, stages)))
