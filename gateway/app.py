@@ -67,6 +67,7 @@ from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
 from gateway.log import request_id_middleware
+from gateway.ops.catalog import add_catalog_routes
 from gateway.ops.health import get_health
 from gateway.ops.prometheus import get_metrics, metrics_for_settings
 from gateway.ops.status import get_status
@@ -101,6 +102,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_get(f"{prefix}/status", get_status)
     app.router.add_get(f"{prefix}/metrics", get_metrics)
     add_admin_routes(app, prefix)
+    add_catalog_routes(app, prefix)
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
