@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_forget_parser(sub)
+    from gateway.commands.catalog import add_parser as add_catalog_parser
+
+    add_catalog_parser(sub)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -181,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.commands.queue import run_queue_command
 
             return run_queue_command(args)
+        if args.command == "catalog":
+            from gateway.commands.catalog import run_catalog_command
+
+            return run_catalog_command(args)
         if args.command == "forget":
             return run_forget_command(args)
         if args.command == "demo":
