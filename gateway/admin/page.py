@@ -9,8 +9,9 @@ sized by attributes, never by inline styles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.admin.chart import layout, series_groups
 from gateway.admin.data import Coverage, Dashboard
@@ -49,8 +50,10 @@ def render_dashboard(
     sites: Sequence[str] = (),
     site: str | None = None,
     tenant: bool = False,
+    catalog: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The whole dashboard page; `sites`: the site selector's choices, `site`: the one shown."""
+    """The whole dashboard page; `sites`: the site selector's choices, `site`: the one shown;
+    `catalog`: the catalog panels (gateway.admin.catalog)."""
     s = d.delivery
     tiles = [
         ("sent", "Sent", s.sent, "delivered in the last 24\u00a0h"),
@@ -74,6 +77,7 @@ def render_dashboard(
         sites=sites,
         site=site,
         tenant=tenant,
+        catalog=catalog,
         c=layout(d.timeline),
         series=series_groups(d.timeline),
         tiles=tiles,

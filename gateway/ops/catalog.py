@@ -163,3 +163,36 @@ def add_catalog_routes(app: web.Application, prefix: str) -> None:
     """Register the catalog's endpoints (before the prefix's catch-all)."""
     app.router.add_get(f"{prefix}/catalog", get_catalog)
     app.router.add_get(f"{prefix}/catalog.{{format:csv|xml}}", get_catalog_feed)
+
+
+# Advantage+ catalog ads match events to products by `content_ids`: the events that matter.
+MATCHED_EVENTS = ("ViewContent", "AddToCart", "Purchase")
+_SHOWN_IDS = 10
+
+
+async def content_id_share(
+    store: CatalogStore, site: str, *, since: float, limit: int = 20000
+) -> dict[str, dict[str, Any]]:
+    """Per event name: how many recent events there are, how many have every content id in
+    the catalog (`share` of them), how many carry none, and the ids the catalog lacks
+    (most frequent first)."""
+    known = {str(item.get("id")) for item in await store.feed(site)}
+    out: dict[str, dict[str, Any]] = {}
+    missing: dict[str, dict[str, int]] = {}
+    for name, ids in await store.content_ids(site, MATCHED_EVENTS, since=since, limit=limit):
+        entry = out.setdefault(name, {"events": 0, "matching": 0, "without_ids": 0})
+        entry["events"] += 1
+        if not ids:
+            entry["without_ids"] += 1
+            continue
+        absent = [i for i in ids if i not in known]
+        if not absent:
+            entry["matching"] += 1
+        for item_id in absent:
+            counts = missing.setdefault(name, {})
+            counts[item_id] = counts.get(item_id, 0) + 1
+    for name, entry in out.items():
+        entry["share"] = round(entry["matching"] / entry["events"], 4) if entry["events"] else None
+        counts = missing.get(name, {})
+        entry["mismatching_ids"] = sorted(counts, key=lambda i: (-counts[i], i))[:_SHOWN_IDS]
+    return {name: out[name] for name in MATCHED_EVENTS if name in out}
