@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -23,7 +23,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, METRICS, RUNTIME
+from gateway.appkeys import BUFFER_READER, CATALOG, METRICS, RUNTIME
+from gateway.catalogsettings import catalog_sites
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.store import StoreReader
 from gateway.metrics import MULTIPROC_ENV, Metrics
@@ -141,6 +142,27 @@ class _SiteCollector:
         yield depth
 
 
+class _CatalogCollector:
+    """Catalog items per site ('' without sites) and state, read from the store per scrape."""
+
+    def __init__(self, items: Mapping[str, Mapping[str, int]]) -> None:
+        self.items = items
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "capi_gateway_catalog_items",
+            "Catalog items by site and sync state (pending, synced, error, deleted).",
+            labels=["site", "state"],
+        )
+        for site, states in self.items.items():
+            for state, count in states.items():
+                gauge.add_metric([site, state], float(count))
+        yield gauge
+
+
 class _TenantSeries:
     """The `site`-labelled counters of `sites` only, out of the process-wide registry."""
 
@@ -182,6 +204,7 @@ async def render(
     *,
     sites: Sequence[str] = (),
     tenant: bool = False,
+    catalog: Mapping[str, Mapping[str, int]] | None = None,
 ) -> tuple[bytes, str]:
     """The exposition body and its content type (OpenMetrics when asked for).
 
@@ -206,6 +229,8 @@ async def render(
         scrape.register(_TenantSeries(metrics.registry, sites))
     if per_site is not None:
         scrape.register(_SiteCollector(per_site))
+    if catalog:
+        scrape.register(_CatalogCollector(catalog))
     encoder, content_type = choose_encoder(accept)
     return encoder(scrape), content_type
 
@@ -215,13 +240,22 @@ async def get_metrics(request: web.Request) -> web.StreamResponse:
     scope = operator_scope(request)
     if isinstance(scope, web.Response):
         return scope
-    configured = [site.name for site in request.app[RUNTIME].settings.site_list()]
+    settings = request.app[RUNTIME].settings
+    configured = [site.name for site in settings.site_list()]
+    catalog: dict[str, Mapping[str, int]] = {}
+    for target in catalog_sites(settings):
+        if scope is None or target.site in scope:
+            try:
+                catalog[target.site] = (await request.app[CATALOG].status(target.site))["items"]
+            except Exception as exc:
+                log.error("Reading the catalog state for /metrics failed: %s", exc)
     body, content_type = await render(
         request.app[METRICS],
         request.app.get(BUFFER_READER),
         request.headers.get("Accept", ""),
         sites=configured if scope is None else sorted(scope),
         tenant=scope is not None,
+        catalog=catalog,
     )
     return web.Response(
         body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"}

@@ -121,6 +121,11 @@ async def test_first_sight_creates_and_a_price_change_updates(
     body = await status_when(client, lambda b: b["items"]["synced"] == 1)
     assert body["configured"] is True and body["catalog_id"] == CATALOG_ID
     assert body["last_sync"] is not None and body["items"]["pending"] == 0
+    metrics = await (await client.get("/_capi/metrics")).text()
+    assert 'capi_gateway_catalog_items{site="",state="synced"} 1.0' in metrics
+    assert 'capi_gateway_catalog_batches_total{outcome="sent"} 2.0' in metrics
+    assert 'capi_gateway_catalog_items_sent_total{result="synced"} 2.0' in metrics
+    assert 'capi_gateway_catalog_pages_total{outcome="read"} 3.0' in metrics
 
 
 async def test_min_interval_holds_a_change_back(
