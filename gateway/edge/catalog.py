@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,10 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _MISS_STATUS = frozenset({404, 410})
 QUEUE_SIZE = 256
 _REFRESH = 60.0  # seconds between re-reads of the known product URLs (other replicas add)
+# A page seen again unchanged is not written again for this long (its last_seen may lag by
+# as much); the most recent pages are remembered, up to `_RECENT_MAX`.
+_RECHECK = 300.0
+_RECENT_MAX = 10_000
 MAX_PAGE_BYTES = 2_000_000
 
 
@@ -144,6 +149,7 @@ class CatalogPages:
         self._known: set[str] = set()
         self._known_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._recent: OrderedDict[str, tuple[frozenset[tuple[str, str]], float]] = OrderedDict()
         self.dropped = 0
 
     def configure(self, settings: CatalogSettings | None) -> None:
@@ -225,6 +231,7 @@ class CatalogPages:
             self._known = await self.store.known_urls(self.site)
             self._known_at = now
         if isinstance(job, _Miss):
+            self._recent.pop(job.url, None)
             deleted = await self.store.missed(
                 self.site, job.url, now=now, delete_after=settings.delete_after
             )
@@ -240,15 +247,26 @@ class CatalogPages:
             return  # a page with no product, and none was ever seen here
         for problem in found.problems:
             log.info("A product on %s gave no catalog item: %s", job.url, problem)
+        seen = [Seen(i.id, i.content_hash(), i.data()) for i in found.items]
+        shown = frozenset((i.item_id, i.content_hash) for i in seen)
+        recent = self._recent.get(job.url)
+        if recent is not None and recent[0] == shown and now - recent[1] < _RECHECK:
+            # The page shows what it showed a moment ago: nothing to write (the common case).
+            self.metrics.catalog_page("read")
+            return
         complete = job.ended and not job.page.truncated and not found.problems
         result = await self.store.seen(
             self.site,
             job.url,
-            [Seen(i.id, i.content_hash(), i.data()) for i in found.items],
+            seen,
             now=now,
             min_interval=settings.min_interval,
             complete=complete,
         )
+        self._recent[job.url] = (shown, now)
+        self._recent.move_to_end(job.url)
+        if len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
         self.metrics.catalog_page("read")
         if found.items:
             self._known.add(job.url)
