@@ -42,6 +42,10 @@ _REFRESH = 60.0  # seconds between re-reads of the known product URLs (other rep
 # as much); the most recent pages are remembered, up to `_RECENT_MAX`.
 _RECHECK = 300.0
 _RECENT_MAX = 10_000
+# A URL read less than this long ago is not read again: a product's change is then seen
+# within a minute of it (sends wait out `min_interval` anyway), and a popular page costs one
+# read a minute instead of one per view. Never longer than `min_interval`.
+REREAD_AFTER = 60.0
 MAX_PAGE_BYTES = 2_000_000
 
 
@@ -150,6 +154,8 @@ class CatalogPages:
         self._known_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, tuple[frozenset[tuple[str, str]], float]] = OrderedDict()
+        self._read_at: OrderedDict[str, float] = OrderedDict()
+        self.reread_after = REREAD_AFTER
         self.dropped = 0
 
     def configure(self, settings: CatalogSettings | None) -> None:
@@ -183,6 +189,15 @@ class CatalogPages:
         decoder = open_decoder(headers.get("Content-Encoding"))
         if decoder is None and headers.get("Content-Encoding", "identity").lower() != "identity":
             return None  # an encoding we cannot read (zstd, stacked)
+        url = _page_url(request)
+        now = time.monotonic()
+        last = self._read_at.get(url)
+        if last is not None and now - last < min(self.reread_after, settings.min_interval):
+            return None
+        self._read_at[url] = now
+        self._read_at.move_to_end(url)
+        if len(self._read_at) > _RECENT_MAX:
+            self._read_at.popitem(last=False)
         who = visitor(request)
         return CatalogTap(
             self,
@@ -191,7 +206,7 @@ class CatalogPages:
                 charset=hdr.content_type_param(headers, "charset") or "utf-8",
             ),
             decoder,
-            url=_page_url(request),
+            url=url,
             request_url=who.origin + request.raw_path,
             origin=who.origin,
         )
@@ -232,6 +247,7 @@ class CatalogPages:
             self._known_at = now
         if isinstance(job, _Miss):
             self._recent.pop(job.url, None)
+            self._read_at.pop(job.url, None)
             deleted = await self.store.missed(
                 self.site, job.url, now=now, delete_after=settings.delete_after
             )

@@ -132,6 +132,7 @@ async def test_min_interval_holds_a_change_back(
     start: Start, shop: Shop, meta: FakeCatalog
 ) -> None:
     client = await start(min_interval="1h")
+    client.app[PROXY].catalog.reread_after = 0  # read every view, not once a minute
     await client.get("/p/2")
     await until(lambda: "SKU-2" in meta.items)
     product = shop.products["/p/2"]
@@ -201,6 +202,21 @@ async def test_meta_per_item_errors_are_shown_with_metas_message(
             "at": body["errors"][0]["at"],
         }
     ]
+
+
+async def test_a_page_is_read_at_most_once_a_minute(
+    start: Start, shop: Shop, meta: FakeCatalog
+) -> None:
+    client = await start(min_interval="1h")
+    await client.get("/p/1")
+    await until(lambda: "SKU-1" in meta.items)
+    product = shop.products["/p/1"]
+    assert product is not None
+    product.price = "1.00"
+    await client.get("/p/1")  # within the minute: not read at all
+    await settle(client)
+    body = await status_when(client, lambda b: b["items"]["synced"] == 1)
+    assert body["items"]["pending"] == 0
 
 
 async def test_gzip_pages_and_untagged_pages_are_read_too(
