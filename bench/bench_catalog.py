@@ -251,36 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crawl-pages", type=int, default=10_000)
     parser.add_argument("--crawl-rate", type=float, default=5000.0)
     parser.add_argument("--skip-crawl", action="store_true")
+    parser.add_argument("--skip-proxy", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     os.chdir(Path(__file__).resolve().parent.parent)  # `-m tests.fakes.shop` from the root
     with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
         work = Path(tmp)
-        shop_proc, shop = start_shop(work, PRODUCTS + args.requests * args.rounds)
-        try:
-            rows = proxy_rounds(work, shop, args)
-        finally:
-            stop_process(shop_proc, grace=5)
-        print(
-            f"\nProduct pages through the proxy ({args.requests} requests per run, "
-            f"concurrency {args.concurrency}):"
-        )
-        print("hot: the same 200 pages again and again; cold: pages never viewed before")
-        print(f"{'round':>5} {'pages':>5} {'catalog':>8} {'req/s':>9} {'CPU ms/req':>11}")
-        for row in rows:
-            print(
-                f"{row['round']:>5} {row['pages']:>5} {row['catalog']:>8} {row['rps']:>9.0f} "
-                f"{row['cpu_ms_per_request']:>11.3f}"
-            )
-        for kind in ("hot", "cold"):
-            for n in range(1, args.rounds + 1):
-                pair = {r["catalog"]: r for r in rows if r["round"] == n and r["pages"] == kind}
-                cpu_ratio = pair["on"]["cpu_ms_per_request"] / pair["off"]["cpu_ms_per_request"]
-                rps_ratio = pair["on"]["rps"] / pair["off"]["rps"]
-                print(
-                    f"{kind} round {n}: CPU per request on/off = {cpu_ratio:.3f}, "
-                    f"req/s on/off = {rps_ratio:.3f}"
-                )
+        rows: list[dict[str, Any]] = []
+        if not args.skip_proxy:
+            shop_proc, shop = start_shop(work, PRODUCTS + args.requests * args.rounds)
+            try:
+                rows = proxy_rounds(work, shop, args)
+            finally:
+                stop_process(shop_proc, grace=5)
+            print_proxy(rows, args)
         crawl = None
         if not args.skip_crawl:
             crawl = crawl_run(work, args)
@@ -292,6 +276,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps({"proxy": rows, "crawl": crawl}, indent=2))
     return 0
+
+
+def print_proxy(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The side-by-side table and the on/off ratios."""
+    print(
+        f"\nProduct pages through the proxy ({args.requests} requests per run, "
+        f"concurrency {args.concurrency}):"
+    )
+    print("hot: the same 200 pages again and again; cold: pages never viewed before")
+    print(f"{'round':>5} {'pages':>5} {'catalog':>8} {'req/s':>9} {'CPU ms/req':>11}")
+    for row in rows:
+        print(
+            f"{row['round']:>5} {row['pages']:>5} {row['catalog']:>8} {row['rps']:>9.0f} "
+            f"{row['cpu_ms_per_request']:>11.3f}"
+        )
+    for kind in ("hot", "cold"):
+        for n in range(1, args.rounds + 1):
+            pair = {r["catalog"]: r for r in rows if r["round"] == n and r["pages"] == kind}
+            off = max(1e-9, pair["off"]["cpu_ms_per_request"])
+            cpu_ratio = pair["on"]["cpu_ms_per_request"] / off
+            rps_ratio = pair["on"]["rps"] / pair["off"]["rps"]
+            print(
+                f"{kind} round {n}: CPU per request on/off = {cpu_ratio:.3f}, "
+                f"req/s on/off = {rps_ratio:.3f}"
+            )
 
 
 if __name__ == "__main__":
