@@ -14,6 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
 from gateway.appkeys import CATALOG, PROXY
+from gateway.html.products import read_page
+from gateway.pipeline.catalog import products_from_page
 from tests.conftest import TOKEN, GatewayFactory, make_settings
 from tests.fakes.catalog import FakeCatalog, start_fake_catalog
 from tests.fakes.shop import Product, Shop, start_shop
@@ -255,3 +257,28 @@ async def test_without_a_catalog_nothing_is_read(gateway: GatewayFactory, shop: 
     assert body["configured"] is False
     assert await client.app[CATALOG].rows("") == []
     assert (await client.get("/_capi/catalog.xml")).status == 404
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "catalog"
+
+
+async def test_real_shop_pages_reach_meta_as_read_whole(
+    start: Start, shop: Shop, meta: FakeCatalog
+) -> None:
+    """Every fixture page of a real shape (Offer, AggregateOffer, ProductGroup, sale price,
+    out of stock, microdata, Open Graph, broken JSON-LD), streamed through the proxy in
+    chunks, gives Meta exactly the items the page gives when read whole."""
+    shop.gzip = True
+    expected: dict[str, dict[str, Any]] = {}
+    client = await start()
+    origin = f"http://{client.host}:{client.port}"
+    for fixture in sorted(FIXTURES.glob("*.html")):
+        path = f"/real/{fixture.stem}"
+        body = fixture.read_bytes()
+        shop.raw[path] = body
+        found = products_from_page(read_page(body), url=origin + path, public_origin=origin)
+        expected.update({item.id: item.data() for item in found.items})
+        assert (await client.get(path)).status == 200
+    assert len(expected) >= 8  # the fixtures hold that many products at least
+    await until(lambda: set(meta.items) == set(expected))
+    assert meta.items == expected

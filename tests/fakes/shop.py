@@ -98,6 +98,8 @@ class Shop:
     delay: dict[str, float] = field(default_factory=dict)
     gzip: bool = False
     url: str = ""
+    # Pages served as they are (text/html), ahead of `products`: real shops' markup.
+    raw: dict[str, bytes] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
 
     def add(self, n: int) -> None:
@@ -131,9 +133,12 @@ class Shop:
             await asyncio.sleep(self.delay[path])
         if path in self.status:
             return web.Response(status=self.status[path], text="not available")
-        if path not in self.products:
+        if path in self.raw:
+            body = self.raw[path]
+        elif path in self.products:
+            body = product_page(self.products[path], path=path).encode()
+        else:
             return web.Response(status=404, text="no such page")
-        body = product_page(self.products[path], path=path).encode()
         headers = {"Content-Type": "text/html; charset=utf-8"}
         if self.gzip:
             body = gzip_codec.compress(body)
