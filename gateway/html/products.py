@@ -49,7 +49,6 @@ META_NAMES = frozenset(
 )  # fmt: skip
 _CANONICAL = parse_selector("link[rel~=canonical]")
 _WANTS = Wants(meta=META_NAMES, jsonld=True, selectors=(_CANONICAL,))
-_SCOPE_WORDS = (b"itemscope", b"ITEMSCOPE", b"itemScope", b"Itemscope")
 _SLICE = 4096  # characters the microdata parser reads before checking it may stop
 _LOOKBACK = 4096  # how far before "itemscope" its tag may start
 _MAX_ITEMS = 50
@@ -121,9 +120,12 @@ class _Microdata(HTMLParser):
         self.over = False
         self.started = False  # an itemscope tag was read since the parser was switched on
 
-    def idle(self) -> bool:
-        """No item or element open, not inside raw text: the parser may stop here."""
-        return self.started and not self.stack and self.cdata_elem is None
+    def idle(self, fed: int) -> bool:
+        """No item or element open, not inside raw text, and read past where it was switched
+        on (`fed` characters ago): the parser may stop here."""
+        if self.stack or self.cdata_elem is not None:
+            return False
+        return self.started or len(self.rawdata) < fed
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a: dict[str, str] = {}
@@ -230,26 +232,12 @@ class _Microdata(HTMLParser):
             item[prop] = [old, value]
 
 
-def _find_scope(data: bytes, pos: int) -> tuple[int, int]:
-    """(start, end) of the next "itemscope" from pos, or (-1, -1).
-
-    Plain finds: a case-insensitive regex costs ten times as much on every page. The spellings
-    are the ones found in the wild (React renders its itemScope prop in lowercase).
-    """
-    best = -1
-    for word in _SCOPE_WORDS:
-        at = data.find(word, pos)
-        if at >= 0 and (best < 0 or at < best):
-            best = at
-    return (best, best + 9) if best >= 0 else (-1, -1)
-
-
 class ProductReader:
     """Feed decoded HTML in any chunking; `close` gives the page's product declarations."""
 
     __slots__ = (
-        "_charset", "_cut", "_decoder", "_from", "_max_bytes", "_md", "_on", "_scan", "_seen",
-        "_tail",
+        "_charset", "_cut", "_decoder", "_fed", "_from", "_max_bytes", "_md", "_on", "_scan",
+        "_seen", "_tail",
     )  # fmt: skip
 
     def __init__(
@@ -270,6 +258,7 @@ class ProductReader:
         self._cut = False
         self._md = _Microdata()
         self._on = False  # the microdata parser is reading (an item is open)
+        self._fed = 0  # characters it read since it was switched on
         self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, chunk: bytes) -> None:
@@ -292,17 +281,18 @@ class ProductReader:
         """Look for the next itemscope; from its tag on, the bytes for the parser (or b"")."""
         data = self._tail + chunk if self._tail else chunk
         pos = self._from
-        while True:
-            at, end = _find_scope(data, pos)
-            if at < 0:
-                break
+        # A lowercased copy and plain finds: a case-insensitive regex costs ten times as much,
+        # on every page.
+        low = data.lower()
+        while (at := low.find(b"itemscope", pos)) >= 0:
             start = data.rfind(b"<", max(0, at - _LOOKBACK), at)
             if start >= 0:
                 self._on, self._tail, self._from = True, b"", 0
                 self._decoder = codecs.getincrementaldecoder(self._charset)("replace")
                 self._md.started = False
+                self._fed = 0
                 return data[start:]
-            pos = end  # no tag start near enough: a stray word, look further
+            pos = at + 9  # no tag start near enough: a stray word, look further
         # Keep enough to find the tag of an "itemscope" that starts in the next chunk.
         cut = max(0, len(data) - _LOOKBACK - 16)
         self._tail = data[cut:]
@@ -315,8 +305,10 @@ class ProductReader:
         text = self._decoder.decode(chunk)
         md = self._md
         for i in range(0, len(text), _SLICE):
-            md.feed(text[i : i + _SLICE])
-            if md.idle():
+            piece = text[i : i + _SLICE]
+            md.feed(piece)
+            self._fed += len(piece)
+            if md.idle(self._fed):
                 # Back to the cheap search: the parser costs ~20x the scanner per byte.
                 pending = self._decoder.getstate()[0]
                 rest = md.rawdata + text[i + _SLICE :]

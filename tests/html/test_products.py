@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,16 @@ def test_microdata_bounds() -> None:
 def test_read_page_rejects_unknown_bounds() -> None:
     with pytest.raises(TypeError, match="max_item"):
         read_page(b"", max_item=3)
+
+
+def test_many_stray_itemscope_words_stay_linear() -> None:
+    # Each stray word switches the microdata parser on at the nearest "<"; it must switch off
+    # again after it, or a page of them would be parsed (and searched) over and over.
+    body = b"<html><body>" + b"<p>itemscope</p>\n" * 20_000 + b"</body></html>"
+    reader = ProductReader()
+    start = time.process_time()
+    for i in range(0, len(body), 16_384):
+        reader.feed(body[i : i + 16_384])
+    got = reader.close()
+    assert got.microdata == ()
+    assert time.process_time() - start < 5.0  # quadratic behaviour takes minutes
