@@ -190,8 +190,11 @@ async def test_crawl_delay_is_a_lower_bound_on_the_interval(shop: Shop, collect:
     for n in range(3):
         shop.put(f"/p/{n}", product_page(f"S{n}"))
     assert len(await collect(concurrency=4, rate=1000.0)) == 3
+    # robots.txt, the sitemap and 3 pages, 0.3 s apart; arrivals carry scheduling jitter.
     starts = [t for t, _ in shop.arrivals]
-    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.29
+    assert len(starts) == 5
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.25
+    assert starts[-1] - starts[0] >= 4 * 0.3 - 0.05
 
 
 async def test_robots_rules_for_our_user_agent(shop: Shop, collect: Collect) -> None:
