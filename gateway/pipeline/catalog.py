@@ -54,6 +54,7 @@ _GROUP_TYPE = "productgroup"
 _LISTS = frozenset({"itemlist", "listitem", "breadcrumblist", "offercatalog", "collectionpage"})
 _GTIN_KEYS = ("gtin", "gtin14", "gtin13", "gtin12", "gtin8", "isbn")
 _WS = re.compile(r"\s+")
+_TAG = re.compile(r"<(?:[A-Za-z/!][^<>]*)?>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +262,9 @@ def _text(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     if "&" in value:
-        value = html.unescape(value)
+        value = html.unescape(value)  # WooCommerce and others escape twice
+    if "<" in value:
+        value = _TAG.sub(" ", value)  # HTML in a description: Meta shows text
     value = _WS.sub(" ", value).strip()
     return value or None
 

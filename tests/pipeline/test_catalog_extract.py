@@ -340,6 +340,12 @@ def test_nested_in_web_page_main_entity_and_arrays() -> None:
     assert [i.id for i in got.items] == ["N-1"]
 
 
+def test_html_in_names_and_descriptions_becomes_text() -> None:
+    doc = ld(name="Mug &lt;b&gt;", description="<p>Soft &amp; warm,<br/>size <10 cm</p>")
+    (item,) = products_from_page(page(json_ld=(doc,)), url="/p", public_origin=ORIGIN).items
+    assert (item.title, item.description) == ("Mug", "Soft & warm, size <10 cm")
+
+
 def test_duplicate_ids_keep_the_first() -> None:
     got = products_from_page(
         page(json_ld=(ld(name="First"), ld(name="Second"))), url="/p", public_origin=ORIGIN
