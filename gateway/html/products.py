@@ -10,25 +10,27 @@ crawler downloads it) and keeps only what a product extractor needs:
 
 JSON-LD, meta tags and the canonical link come from the rules' streaming scanner
 (`gateway.html.scan.HtmlScan`), so tokenizing follows the browser there. Microdata needs the
-element tree (nesting and text content), which that scanner deliberately does not build; the
-stdlib `html.parser` reads it instead, but only from the first tag carrying `itemscope`:
-a page without microdata costs one substring search per chunk.
+element tree (nesting and text content), which that scanner deliberately does not build;
+`gateway.html.microdata.MicrodataWalker` walks the tags with the same tokenizer regexes,
+switched on at an `itemscope` tag and off once no element is open: a page without
+microdata costs one substring search per chunk, one with a product block pays for the block.
 
 Bounded: past `max_bytes` nothing more is read (`truncated`); JSON-LD beyond
-`max_json_ld_bytes` in total is dropped (`truncated`); microdata keeps at most
-`_MAX_ITEMS` items, `_MAX_VALUES` values each and `_MAX_TEXT` characters per value.
-Results do not depend on how the body is chunked.
+`max_json_ld_bytes` in total is dropped (`truncated`); microdata has the walker's bounds
+(`truncated` when one is hit). Results do not depend on how the body is chunked.
+
+Cost: reading is one more streaming scan of the page, about a third more CPU than the rules'
+scanner alone (bench/bench_crawl.py); a proxy need not read every view of a page it read a
+moment ago.
 """
 
 from __future__ import annotations
 
-import codecs
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import Any
 
+from gateway.html.microdata import MicrodataWalker
 from gateway.html.query import parse_selector
 from gateway.html.scan import HtmlScan, Wants
 from gateway.html.tokens import codec_name, unwrap
@@ -50,12 +52,7 @@ META_NAMES = frozenset(
 )  # fmt: skip
 _CANONICAL = parse_selector("link[rel~=canonical]")
 _WANTS = Wants(meta=META_NAMES, jsonld=True, selectors=(_CANONICAL,))
-_ITEMSCOPE = re.compile(rb"(?i)itemscope")
 _LOOKBACK = 4096  # how far before "itemscope" its tag may start
-_MAX_ITEMS = 50
-_MAX_VALUES = 200
-_MAX_TEXT = 10_000
-_MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,146 +86,12 @@ class _Scan(HtmlScan):
         self.ld_raw.append(unwrap(self._text(raw)))
 
 
-# Where a microdata property's value lives, by element (the HTML standard's list).
-_URL_ATTR = {
-    "a": "href", "area": "href", "link": "href", "audio": "src", "embed": "src",
-    "iframe": "src", "img": "src", "source": "src", "track": "src", "video": "src",
-    "object": "data",
-}  # fmt: skip
-_VOID = frozenset("area base br col embed hr img input link meta source track wbr".split())
-
-
-class _Node:
-    __slots__ = ("item", "props", "tag", "text")
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.item: dict[str, Any] | None = None  # the item this element opens
-        self.props: tuple[str, ...] = ()  # properties its text content is the value of
-        self.text: list[str] | None = None
-
-
-class _Microdata(HTMLParser):
-    """Builds microdata items from HTML starting at (or before) the first itemscope."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.items: list[dict[str, Any]] = []
-        self.stack: list[_Node] = []  # open elements inside some item
-        self.scopes: list[dict[str, Any]] = []  # open items, innermost last
-        self.texts = 0  # open elements collecting text
-        self.values = 0
-        self.over = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a: dict[str, str] = {}
-        for k, v in attrs:
-            a.setdefault(k, v or "")
-        scoped = "itemscope" in a
-        if not scoped and not self.scopes:
-            return  # outside every item nothing but a new item matters
-        props = tuple(a.get("itemprop", "").split()) if self.scopes else ()
-        node = _Node(tag)
-        if scoped:
-            item: dict[str, Any] = {"@type": a.get("itemtype", "").strip()}
-            if a.get("itemid"):
-                item["@id"] = a["itemid"].strip()
-            if props:
-                for p in props:
-                    self._add(p, item)
-            elif len(self.items) < _MAX_ITEMS:
-                self.items.append(item)
-            else:
-                self.over = True
-            node.item = item
-        elif props:
-            value = self._attr_value(tag, a)
-            if value is not None:
-                for p in props:
-                    self._add(p, value)
-            elif tag not in _VOID:
-                node.props, node.text = props, []
-                self.texts += 1
-        if tag in _VOID:
-            return
-        if len(self.stack) >= _MAX_DEPTH:
-            self.over = True
-            return
-        self.stack.append(node)
-        if node.item is not None:
-            self.scopes.append(node.item)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag not in _VOID:
-            self.handle_endtag(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        # An end tag closes its open element and any left unclosed inside it.
-        for i in range(len(self.stack) - 1, -1, -1):
-            if self.stack[i].tag == tag:
-                while len(self.stack) > i:
-                    self._close(self.stack.pop())
-                return
-
-    def handle_data(self, data: str) -> None:
-        if self.texts:
-            for node in self.stack:
-                if node.text is not None and sum(map(len, node.text)) < _MAX_TEXT:
-                    node.text.append(data)
-
-    def finish(self) -> None:
-        while self.stack:
-            self._close(self.stack.pop())
-
-    def _close(self, node: _Node) -> None:
-        if node.item is not None and self.scopes and self.scopes[-1] is node.item:
-            self.scopes.pop()
-        if node.text is not None:
-            self.texts -= 1
-            value = " ".join("".join(node.text).split())[:_MAX_TEXT]
-            owner = self.scopes[-1] if self.scopes else None
-            if owner is not None:
-                for p in node.props:
-                    self._add_to(owner, p, value)
-
-    def _attr_value(self, tag: str, a: dict[str, str]) -> str | None:
-        if "content" in a:
-            return a["content"].strip()
-        key = _URL_ATTR.get(tag)
-        if key is not None:
-            return a.get(key, "").strip()
-        if tag in ("data", "meter") and "value" in a:
-            return a["value"].strip()
-        if tag == "time" and "datetime" in a:
-            return a["datetime"].strip()
-        return None
-
-    def _add(self, prop: str, value: Any) -> None:
-        self._add_to(self.scopes[-1], prop, value)
-
-    def _add_to(self, item: dict[str, Any], prop: str, value: Any) -> None:
-        if self.values >= _MAX_VALUES * _MAX_ITEMS:
-            self.over = True
-            return
-        self.values += 1
-        old = item.get(prop)
-        if old is None:
-            item[prop] = value
-        elif isinstance(old, list):
-            if len(old) < _MAX_VALUES:
-                old.append(value)
-            else:
-                self.over = True
-        else:
-            item[prop] = [old, value]
-
-
 class ProductReader:
     """Feed decoded HTML in any chunking; `close` gives the page's product declarations."""
 
     __slots__ = (
-        "_charset", "_cut", "_decoder", "_from", "_max_bytes", "_md", "_scan", "_seen", "_tail",
+        "_charset", "_cut", "_from", "_max_bytes", "_md", "_on", "_pending", "_scan", "_seen",
+        "_tail",
     )  # fmt: skip
 
     def __init__(
@@ -247,8 +110,9 @@ class ProductReader:
         self._tail = b""  # the last bytes before the chunk, while looking for itemscope
         self._from = 0  # where in the tail that search goes on
         self._cut = False
-        self._md: _Microdata | None = None
-        self._decoder: codecs.IncrementalDecoder | None = None
+        self._md = MicrodataWalker(self._charset)
+        self._on = False  # the microdata walker is reading (an item is open)
+        self._pending = b""  # an unfinished token it waits to see whole
 
     def feed(self, chunk: bytes) -> None:
         """Read the next piece of the body (decoded from any Content-Encoding)."""
@@ -262,40 +126,58 @@ class ProductReader:
             chunk = chunk[:room]
         self._seen += len(chunk)
         self._scan.feed(chunk)
-        if self._md is None:
-            data = self._tail + chunk if self._tail else chunk
-            pos = self._from
-            while (m := _ITEMSCOPE.search(data, pos)) is not None:
-                start = data.rfind(b"<", max(0, m.start() - _LOOKBACK), m.start())
-                if start >= 0:
-                    self._md = _Microdata()
-                    self._decoder = codecs.getincrementaldecoder(self._charset)("replace")
-                    self._tail = b""
-                    chunk = data[start:]
-                    break
-                pos = m.end()  # no tag start near enough: a stray word, look further
-            else:
-                # Keep enough to find the tag of an "itemscope" that starts in the next chunk.
-                cut = max(0, len(data) - _LOOKBACK - 16)
-                self._tail = data[cut:]
-                self._from = max(pos, len(data) - 8) - cut
-                return
-        assert self._decoder is not None
-        self._md.feed(self._decoder.decode(chunk))
+        data = chunk
+        while data:
+            data = self._parse(data) if self._on else self._search(data)
+
+    def _search(self, chunk: bytes) -> bytes:
+        """Look for the next itemscope; from its tag on, the bytes for the parser (or b"")."""
+        data = self._tail + chunk if self._tail else chunk
+        pos = self._from
+        # A lowercased copy and plain finds: a case-insensitive regex costs ten times as much,
+        # on every page.
+        low = data.lower()
+        while (at := low.find(b"itemscope", pos)) >= 0:
+            start = data.rfind(b"<", max(0, at - _LOOKBACK), at)
+            if start >= 0:
+                self._on, self._tail, self._from = True, b"", 0
+                self._md.reset()
+                return data[start:]
+            pos = at + 9  # no tag start near enough: a stray word, look further
+        # Keep enough to find the tag of an "itemscope" that starts in the next chunk.
+        cut = max(0, len(data) - _LOOKBACK - 16)
+        self._tail = data[cut:]
+        self._from = max(pos, len(data) - 8) - cut
+        return b""
+
+    def _parse(self, chunk: bytes) -> bytes:
+        """Microdata walker on; once no element is open, the bytes left to search (or b"")."""
+        data = self._pending + chunk if self._pending else chunk
+        md, p, n = self._md, 0, len(data)
+        while p < n:
+            q = md.step(data, p)
+            if q < 0:
+                break
+            p = q
+            if md.idle:  # back to the cheap search: the walk costs more per byte
+                self._on, self._pending = False, b""
+                return data[p:]
+        self._pending = data[p:]
+        return b""
 
     def close(self) -> PageData:
         """End of the body (or of what will be read of it): everything collected."""
         found = self._scan.finish()
         md: tuple[Mapping[str, Any], ...] = ()
         over = self._scan.ld_over
-        if self._md is not None:
-            assert self._decoder is not None
-            self._md.feed(self._decoder.decode(b"", final=True))
-            self._md.close()
-            self._md.finish()
-            md = tuple(self._md.items)
-            over = over or self._md.over
-            self._md = None
+        if self._on:
+            walker, data, p = self._md, self._pending, 0
+            while p < len(data):
+                p = walker.step(data, p, final=True)
+            walker.finish()
+            self._on, self._pending = False, b""
+        md = tuple(self._md.items)
+        over = over or self._md.over
         meta = tuple((name, v) for name in sorted(found.meta) for v in found.meta[name])
         canonical = next(
             (h for e in found.elements.get(_CANONICAL, []) if (h := e.get("href", "").strip())),

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from gateway.html.products import PageData
 from gateway.pipeline.catalog_values import (
@@ -51,8 +51,10 @@ _MAX_IMAGES = 20  # additional images Meta keeps
 _MAX_ITEMS = 500  # variants per page
 _PRODUCT_TYPES = frozenset({"product", "individualproduct", "productmodel", "someproducts"})
 _GROUP_TYPE = "productgroup"
+_LISTS = frozenset({"itemlist", "listitem", "breadcrumblist", "offercatalog", "collectionpage"})
 _GTIN_KEYS = ("gtin", "gtin14", "gtin13", "gtin12", "gtin8", "isbn")
 _WS = re.compile(r"\s+")
+_TAG = re.compile(r"<(?:[A-Za-z/!][^<>]*)?>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +238,8 @@ class _Doc:
             if _is_group(value) or _is_product(value):
                 yield value
                 return
+            if _type_names(value) & _LISTS:
+                return  # a category page's list names products described on their own pages
             for k, v in value.items():
                 if k != "@context" and isinstance(v, Mapping | list):
                     yield from walk(v, depth + 1)
@@ -258,7 +262,9 @@ def _text(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     if "&" in value:
-        value = html.unescape(value)
+        value = html.unescape(value)  # WooCommerce and others escape twice
+    if "<" in value:
+        value = _TAG.sub(" ", value)  # HTML in a description: Meta shows text
     value = _WS.sub(" ", value).strip()
     return value or None
 
@@ -272,6 +278,7 @@ def _ident(value: Any) -> str | None:
 class _Ctx:
     page_url: str  # the public URL of the page (base for relative links)
     link: str
+    paths: frozenset[str]  # the page's own paths (request and canonical), normalised
     og_images: tuple[str, ...]
     id_source: str
     problems: list[str] = field(default_factory=list)
@@ -469,6 +476,8 @@ def _from_doc(doc: _Doc, ctx: _Ctx) -> tuple[list[CatalogItem], bool]:
         if not _is_group(node):
             continue
         declared = True
+        if not _on_this_page(node, ctx):
+            continue
         gid = _group_id(node)
         variants = [v for v in doc.many(node, "hasVariant") if isinstance(v, Mapping)]
         for variant in variants:
@@ -484,6 +493,8 @@ def _from_doc(doc: _Doc, ctx: _Ctx) -> tuple[list[CatalogItem], bool]:
         if _is_group(node) or id(node) in consumed:
             continue
         declared = True
+        if not _on_this_page(node, ctx):
+            continue
         parent = doc.one(node, "isVariantOf")
         if isinstance(parent, Mapping) and _is_group(parent):
             found = [_item(doc, ctx, node, parent, _group_id(parent))]
@@ -495,6 +506,24 @@ def _from_doc(doc: _Doc, ctx: _Ctx) -> tuple[list[CatalogItem], bool]:
             found = [_item(doc, ctx, node, None, None)]
         items += [item for item in found if item is not None]
     return items, declared
+
+
+def _path(url: str) -> str:
+    return unquote(urlsplit(url).path).rstrip("/") or "/"
+
+
+def _on_this_page(node: Mapping[str, Any], ctx: _Ctx) -> bool:
+    """False (a problem noted) for a product whose own `url` is another page's.
+
+    A page may describe products it only lists (related products, a category's grid): those
+    are read from their own pages, and must not be taken for this page's product.
+    """
+    own = _abs(node.get("url"), ctx.page_url)
+    if own is None or _path(own) in ctx.paths:
+        return True
+    label = _text(node.get("name")) or _text(node.get("sku")) or "a product"
+    ctx.problems.append(f"product {label!r} describes another page ({own}): skipped")
+    return False
 
 
 def _variant_offers(doc: _Doc, node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -668,7 +697,9 @@ def products_from_page(
             image = _abs(value, page_url)
             if image and image not in og_images:
                 og_images.append(image)
-    ctx = _Ctx(page_url, link, tuple(og_images), id_source)
+    ctx = _Ctx(
+        page_url, link, frozenset({_path(page_url), _path(link)}), tuple(og_images), id_source
+    )
     declared = False
     items: list[CatalogItem] = []
     for i, raw in enumerate(page.json_ld, 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,69 @@ def test_microdata_bounds() -> None:
 def test_read_page_rejects_unknown_bounds() -> None:
     with pytest.raises(TypeError, match="max_item"):
         read_page(b"", max_item=3)
+
+
+def test_many_stray_itemscope_words_stay_linear() -> None:
+    # Each stray word switches the microdata parser on at the nearest "<"; it must switch off
+    # again after it, or a page of them would be parsed (and searched) over and over.
+    body = b"<html><body>" + b"<p>itemscope</p>\n" * 20_000 + b"</body></html>"
+    reader = ProductReader()
+    start = time.process_time()
+    for i in range(0, len(body), 16_384):
+        reader.feed(body[i : i + 16_384])
+    got = reader.close()
+    assert got.microdata == ()
+    assert time.process_time() - start < 5.0  # quadratic behaviour takes minutes
+
+
+TRICKY = b"""<html><body><div itemscope itemtype="https://schema.org/Product">
+<span itemprop="name">Tom &amp; Jerry&nbsp;mug</span>
+<script>var s = "<span itemprop='name'>not me</span></div>";</script>
+<style>.a > b { content: "</div>" }</style>
+<!-- <span itemprop="name">commented out</span> </div> -->
+<title itemprop="alternateName">Mug &lt;1&gt;</title>
+<ul><li itemprop="color">blue<li itemprop="color">white</ul>
+<p itemprop="description">Caf\xc3\xa9 <br> mug</p>
+<img itemprop="image" src="/a.jpg"/><img itemprop="image" src='/b.jpg' src="/ignored.jpg">
+<div itemprop="offers" itemscope itemtype="https://schema.org/Offer"><meta itemprop="price"
+ content="9.50" ><link itemprop="availability" href="https://schema.org/InStock"></div>
+<span data-x="a > b" itemprop="sku">M-1</span>
+</div>
+<p>after the item</p><div itemscope itemtype="https://schema.org/Thing"><b itemprop="n">2</b></div>
+</body></html>"""
+
+
+def test_microdata_walker_follows_the_tokenizer() -> None:
+    got = read_page(TRICKY)
+    assert got.microdata == (
+        {
+            "@type": "https://schema.org/Product",
+            "name": "Tom & Jerry\xa0mug".replace("\xa0", " "),
+            "alternateName": "Mug <1>",
+            "color": ["blue", "white"],
+            "description": "Café mug",
+            "image": ["/a.jpg", "/b.jpg"],
+            "offers": {
+                "@type": "https://schema.org/Offer",
+                "price": "9.50",
+                "availability": "https://schema.org/InStock",
+            },
+            "sku": "M-1",
+        },
+        {"@type": "https://schema.org/Thing", "n": "2"},
+    )
+    assert chunked(TRICKY, list(range(len(TRICKY)))) == got
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(0, len(TRICKY)), max_size=40))
+def test_microdata_walker_any_chunking(cuts: list[int]) -> None:
+    assert chunked(TRICKY, cuts) == read_page(TRICKY)
+
+
+def test_unfinished_markup_at_the_end() -> None:
+    for tail in (b"<!-- never closed", b"<script>never closed", b"<span itemprop", b"<"):
+        body = b'<div itemscope><b itemprop="n">x</b>' + tail
+        got = read_page(body)
+        assert got.microdata == ({"@type": "", "n": "x"},)
+        assert chunked(body, list(range(len(body)))) == got

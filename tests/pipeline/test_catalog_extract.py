@@ -207,6 +207,35 @@ def test_shopify_offers_per_variant_become_variants() -> None:
     ]
 
 
+def test_a_category_page_gives_no_items_for_the_products_it_lists() -> None:
+    got = extract("category_page.html")
+    assert got.items == ()
+    # The JSON-LD list is not read at all; the microdata grid names each product's own page.
+    assert got.problems == (
+        "product 'Trail Runner 2' describes another page "
+        "(https://shop.example/products/trail-runner-2): skipped",
+        "product 'Road Runner' describes another page "
+        "(https://shop.example/products/road-runner): skipped",
+    )
+
+
+def test_a_related_product_beside_the_page_product_is_skipped() -> None:
+    related = ld(sku="OTHER", url="/products/other")
+    own = ld(sku="MINE", url="https://shop.example/products/mine/")  # trailing slash: same
+    got = products_from_page(
+        page(json_ld=(own, related)), url="/products/mine", public_origin=ORIGIN
+    )
+    assert [i.id for i in got.items] == ["MINE"]
+    assert len(got.problems) == 1 and "describes another page" in got.problems[0]
+    # Reached under another path (a Shopify collection URL), the canonical one counts.
+    via = products_from_page(
+        page(json_ld=(own,), canonical="/products/mine"),
+        url="/collections/x/products/mine",
+        public_origin=ORIGIN,
+    )
+    assert [i.id for i in via.items] == ["MINE"]
+
+
 def test_a_page_without_products() -> None:
     got = products_from_page(
         read_page(b"<html><head><title>About us</title></head><body>Hi</body></html>"),
@@ -309,6 +338,12 @@ def test_nested_in_web_page_main_entity_and_arrays() -> None:
     )
     got = products_from_page(page(json_ld=(doc,)), url="/p", public_origin=ORIGIN)
     assert [i.id for i in got.items] == ["N-1"]
+
+
+def test_html_in_names_and_descriptions_becomes_text() -> None:
+    doc = ld(name="Mug &lt;b&gt;", description="<p>Soft &amp; warm,<br/>size <10 cm</p>")
+    (item,) = products_from_page(page(json_ld=(doc,)), url="/p", public_origin=ORIGIN).items
+    assert (item.title, item.description) == ("Mug", "Soft & warm, size <10 cm")
 
 
 def test_duplicate_ids_keep_the_first() -> None:
