@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.commands.catalog import check_catalog
+from gateway.commands.catalogcheck import check_catalog
 from gateway.commands.findings import Finding, Level, exit_code, mask, render
 from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
 from gateway.commands.upstreamcheck import check_upstream

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
 from gateway.appkeys import PROXY
-from gateway.commands.catalog import check_catalog
+from gateway.commands.catalogcheck import check_catalog
 from gateway.commands.findings import Level
 from tests.conftest import TOKEN, auth, make_settings, web_event
 from tests.fakes.catalog import FakeCatalog, start_fake_catalog
