@@ -4,10 +4,13 @@ reads them as they stream, and a fake Catalog Batch API receives the changes (is
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -282,3 +285,29 @@ async def test_real_shop_pages_reach_meta_as_read_whole(
     assert len(expected) >= 8  # the fixtures hold that many products at least
     await until(lambda: set(meta.items) == set(expected))
     assert meta.items == expected
+
+
+async def test_feeds_need_admin_auth_or_the_feed_token(
+    start: Start, shop: Shop, meta: FakeCatalog
+) -> None:
+    client = await start(feed_token="feed-secret-123", settings={"admin_token": "adm-token-1"})
+    await client.get("/p/1")
+    await client.get("/p/2")
+    await until(lambda: {"SKU-1", "SKU-2"} <= set(meta.items))
+    assert (await client.get("/_capi/catalog")).status == 401
+    admin = {"Authorization": "Bearer adm-token-1"}
+    assert (await client.get("/_capi/catalog", headers=admin)).status == 200
+    assert (await client.get("/_capi/catalog.xml?token=wrong")).status == 401
+    resp = await client.get("/_capi/catalog.xml?token=feed-secret-123")
+    assert resp.status == 200 and resp.content_type == "application/xml"
+    xml = await resp.text()
+    root = ElementTree.fromstring(xml)
+    g = "{http://base.google.com/ns/1.0}"
+    items = root.findall("./channel/item")
+    assert sorted(i.findtext(f"{g}id") for i in items) == ["SKU-1", "SKU-2"]
+    first = next(i for i in items if i.findtext(f"{g}id") == "SKU-1")
+    assert first.findtext(f"{g}price") == "19.90 EUR"
+    assert first.findtext(f"{g}availability") == "in stock"
+    csv_text = await (await client.get("/_capi/catalog.csv", headers=admin)).text()
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert {r["id"]: r["price"] for r in rows} == {"SKU-1": "19.90 EUR", "SKU-2": "19.90 EUR"}
