@@ -20,6 +20,7 @@ from gateway.delivery.catalogstate import (
     COLUMNS,
     MAX_ERRORS,
     Done,
+    PageSeen,
     Row,
     Seen,
     SeenResult,
@@ -27,7 +28,7 @@ from gateway.delivery.catalogstate import (
     content_ids_of,
     plan_done,
     plan_missed,
-    plan_seen,
+    plan_pages,
     status_of,
 )
 from gateway.delivery.schema import connect, write_transaction
@@ -60,6 +61,13 @@ class SqliteCatalog:
         await self._conn.close()
 
     # reading rows ----------------------------------------------------------------------
+
+    async def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """All rows of a SELECT outside a write: under the connection's lock, so that no
+        statement of ours is open while another coroutine begins a write on it (its stale
+        read snapshot would make BEGIN IMMEDIATE fail with "database is locked")."""
+        async with self._lock, self._conn.execute(sql, tuple(args)) as cur:
+            return list(await cur.fetchall())
 
     async def _by_ids(self, site: str, ids: Sequence[str]) -> dict[str, Row]:
         out: dict[str, Row] = {}
@@ -98,21 +106,30 @@ class SqliteCatalog:
         complete: bool = True,
     ) -> SeenResult:
         """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
+        page = PageSeen(url, items, complete)
+        return (await self.seen_pages(site, [page], now=now, min_interval=min_interval))[0]
+
+    async def seen_pages(
+        self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float
+    ) -> list[SeenResult]:
+        """`seen` for several pages in one transaction (one read of their rows, one write)."""
+        ids = sorted({i.item_id for p in pages for i in p.items})
+        urls = sorted({p.url for p in pages if p.complete})
         async with write_transaction(self._conn, self._lock):
-            existing = await self._by_ids(site, [i.item_id for i in items])
-            at_url = await self._at_url(site, url) if complete else []
-            writes, result = plan_seen(
-                site,
-                url,
-                items,
-                existing,
-                at_url,
-                now=now,
-                min_interval=min_interval,
-                complete=complete,
-            )
+            rows = await self._by_ids(site, ids)
+            for start in range(0, len(urls), _CHUNK):
+                part = urls[start : start + _CHUNK]
+                async with self._conn.execute(
+                    f"SELECT {_COLS} FROM catalog_items WHERE site=? "
+                    f"AND url IN ({', '.join('?' * len(part))})",
+                    (site, *part),
+                ) as cur:
+                    for values in await cur.fetchall():
+                        row = Row.of(tuple(values))
+                        rows[row.item_id] = row
+            writes, results = plan_pages(site, pages, rows, now=now, min_interval=min_interval)
             await self._write(writes)
-        return result
+        return results
 
     async def missed(self, site: str, url: str, *, now: float, delete_after: int) -> list[str]:
         """A 404/410 at `url`; the ids this deletes (after `delete_after` in a row)."""
@@ -125,10 +142,10 @@ class SqliteCatalog:
 
     async def known_urls(self, site: str) -> set[str]:
         """URLs of the site's items that are not deleted."""
-        async with self._conn.execute(
+        found = await self._read(
             "SELECT DISTINCT url FROM catalog_items WHERE site=? AND state != 'deleted'", (site,)
-        ) as cur:
-            return {str(r[0]) for r in await cur.fetchall()}
+        )
+        return {str(r[0]) for r in found}
 
     # syncing ------------------------------------------------------------------------------
 
@@ -213,11 +230,8 @@ class SqliteCatalog:
 
     async def blocked(self, site: str) -> str | None:
         """The fingerprint of the refused token while parked, else None."""
-        async with self._conn.execute(
-            "SELECT blocked_token FROM catalog_syncs WHERE site=?", (site,)
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else str(row[0])
+        found = await self._read("SELECT blocked_token FROM catalog_syncs WHERE site=?", (site,))
+        return None if not found or found[0][0] is None else str(found[0][0])
 
     async def unblock(self, site: str) -> None:
         """Lift the park (a new token)."""
@@ -236,27 +250,26 @@ class SqliteCatalog:
                 (now, site, now),
             )
             changed = cur.rowcount
-        async with self._conn.execute(
+        found = await self._read(
             "SELECT COUNT(*) FROM catalog_items WHERE site=? AND state='pending'", (site,)
-        ) as count:
-            row = await count.fetchone()
-        return int(row[0]) if row else changed
+        )
+        return int(found[0][0]) if found else changed
 
     # operator views ------------------------------------------------------------------------
 
     async def status(self, site: str, *, configured: bool = True) -> dict[str, Any]:
         """Items per state, last sync, parked token, erroring items with Meta's message."""
-        async with self._conn.execute(
+        counted = await self._read(
             "SELECT state, COUNT(*) FROM catalog_items WHERE site=? GROUP BY state", (site,)
-        ) as cur:
-            counts = {str(s): int(n) for s, n in await cur.fetchall()}
+        )
+        counts = {str(s): int(n) for s, n in counted}
         errors = await self.rows(site, state="error", limit=MAX_ERRORS)
-        async with self._conn.execute(
+        last = await self._read(
             "SELECT at, result, message, blocked_reason FROM catalog_syncs WHERE site=?", (site,)
-        ) as cur:
-            found = await cur.fetchone()
+        )
         sync = None
-        if found is not None:
+        if last:
+            found = last[0]
             sync = {"at": found[0], "result": found[1], "message": found[2], "blocked": found[3]}
         return status_of(counts, errors, sync, configured=configured)
 
@@ -264,20 +277,20 @@ class SqliteCatalog:
         """The site's items (of one state), most recently seen first."""
         where, args = ("site=?", [site]) if state is None else ("site=? AND state=?", [site, state])
         order = "error_at DESC" if state == "error" else "last_seen DESC"
-        async with self._conn.execute(
+        found = await self._read(
             f"SELECT {_COLS} FROM catalog_items WHERE {where} ORDER BY {order}, item_id LIMIT ?",
             (*args, limit),
-        ) as cur:
-            return [Row.of(tuple(v)) for v in await cur.fetchall()]
+        )
+        return [Row.of(tuple(v)) for v in found]
 
     async def feed(self, site: str) -> list[dict[str, Any]]:
         """Every item's Meta data except deleted ones (and those being deleted), by id."""
-        async with self._conn.execute(
+        found = await self._read(
             "SELECT data FROM catalog_items WHERE site=? AND state!='deleted' "
             "AND NOT (state='pending' AND action='DELETE') ORDER BY item_id",
             (site,),
-        ) as cur:
-            return [json.loads(r[0]) for r in await cur.fetchall()]
+        )
+        return [json.loads(r[0]) for r in found]
 
     async def content_ids(
         self, site: str, events: Sequence[str], *, since: float, limit: int = 20000
@@ -286,11 +299,10 @@ class SqliteCatalog:
         marks = ", ".join("?" * len(events))
         only = "site IS NULL" if site == "" else "site=?"
         args: list[Any] = [] if site == "" else [site]
-        async with self._conn.execute(
+        found = await self._read(
             f"SELECT event_name, json_extract(payload, '$.custom_data.content_ids') FROM events "
             f"WHERE {only} AND event_name IN ({marks}) AND created_at>=? "
             "ORDER BY created_at DESC LIMIT ?",
             (*args, *events, since, limit),
-        ) as cur:
-            found = await cur.fetchall()
+        )
         return [(str(name), content_ids_of(raw)) for name, raw in found]

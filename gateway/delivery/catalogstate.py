@@ -132,6 +132,41 @@ class SeenResult:
     removed: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PageSeen:
+    """One 200 page's products (`complete`: the page was read whole, so a product of the
+    URL missing from it is gone)."""
+
+    url: str
+    items: Sequence[Seen]
+    complete: bool = True
+
+
+def plan_pages(
+    site: str,
+    pages: Sequence[PageSeen],
+    rows: Mapping[str, Row],
+    *,
+    now: float,
+    min_interval: float,
+) -> tuple[list[Row], list[SeenResult]]:
+    """`plan_seen` for several pages in order (`rows`: every row of their ids and URLs), each
+    page seeing what the pages before it wrote; the rows to write, one result per page."""
+    current = dict(rows)
+    results: list[SeenResult] = []
+    for page in pages:
+        existing = {i.item_id: current[i.item_id] for i in page.items if i.item_id in current}
+        at_url = [r for r in current.values() if r.url == page.url] if page.complete else []
+        writes, result = plan_seen(
+            site, page.url, page.items, existing, at_url,
+            now=now, min_interval=min_interval, complete=page.complete,
+        )  # fmt: skip
+        current.update((w.item_id, w) for w in writes)
+        results.append(result)
+    changed = [current[k] for k in current if k not in rows or current[k] != rows[k]]
+    return changed, results
+
+
 def _due(row: Row | None, now: float, min_interval: float) -> float:
     # First sight goes out at the next sync; a change waits out the item's interval.
     if row is None or row.last_sent_at is None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.delivery.catalogstate import Done, Row, Seen, SeenResult, Work
+from gateway.delivery.catalogstate import Done, PageSeen, Row, Seen, SeenResult, Work
 from gateway.delivery.forget import Person
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
@@ -226,6 +226,11 @@ class CatalogStore(Protocol):
         complete: bool = True,
     ) -> SeenResult:
         """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
+
+    async def seen_pages(
+        self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float
+    ) -> list[SeenResult]:
+        """`seen` for several pages in one transaction, in order; one result per page."""
 
     async def missed(self, site: str, url: str, *, now: float, delete_after: int) -> list[str]:
         """A 404/410 at `url`; the ids this deletes (after `delete_after` in a row)."""

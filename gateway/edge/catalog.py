@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.catalogsettings import CatalogSettings
-from gateway.delivery.catalogstate import Seen
+from gateway.delivery.catalogstate import PageSeen, Seen
 from gateway.delivery.store import CatalogStore
 from gateway.edge import headers as hdr
 from gateway.edge.encoding import Decoder, open_decoder
@@ -37,6 +37,7 @@ log = logging.getLogger("gateway.catalog")
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _MISS_STATUS = frozenset({404, 410})
 QUEUE_SIZE = 256
+BATCH = 64  # pages recorded per store transaction
 _REFRESH = 60.0  # seconds between re-reads of the known product URLs (other replicas add)
 # A page seen again unchanged is not written again for this long (its last_seen may lag by
 # as much); the most recent pages are remembered, up to `_RECENT_MAX`.
@@ -218,6 +219,8 @@ class CatalogPages:
         except asyncio.QueueFull:
             self.dropped += 1
             self.metrics.catalog_page("dropped")
+            # Not read after all: the URL's next view reads it again.
+            self._read_at.pop(job.url, None)
             return
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
@@ -228,16 +231,19 @@ class CatalogPages:
 
     async def _work(self) -> None:
         while not self._queue.empty():
-            job = self._queue.get_nowait()
+            jobs = [self._queue.get_nowait() for _ in range(min(BATCH, self._queue.qsize()))]
             try:
-                await self._handle(job)
+                await self._handle(jobs)
             except Exception as exc:
                 self.metrics.catalog_page("failed")
-                log.error("Recording the products of %s failed: %s", job.url, exc)
+                log.error("Recording the products of %d page(s) failed: %s", len(jobs), exc)
+                for job in jobs:
+                    self._read_at.pop(job.url, None)
             finally:
-                self._queue.task_done()
+                for _ in jobs:
+                    self._queue.task_done()
 
-    async def _handle(self, job: _Page | _Miss) -> None:
+    async def _handle(self, jobs: list[_Page | _Miss]) -> None:
         settings = self.settings
         if settings is None:
             return
@@ -245,49 +251,65 @@ class CatalogPages:
         if now - self._known_at > _REFRESH:
             self._known = await self.store.known_urls(self.site)
             self._known_at = now
-        if isinstance(job, _Miss):
-            self._recent.pop(job.url, None)
-            self._read_at.pop(job.url, None)
-            deleted = await self.store.missed(
-                self.site, job.url, now=now, delete_after=settings.delete_after
-            )
-            if deleted:
-                log.info("Product(s) %s gone from %s: deleting them.", ", ".join(deleted), job.url)
-                self._wake()
+        pages: list[PageSeen] = []
+        shown: list[frozenset[tuple[str, str]]] = []
+        for job in jobs:
+            if isinstance(job, _Miss):
+                await self._missed(job.url, settings, now)
+                continue
+            page = self._extract(job, settings, now)
+            if page is not None:
+                pages.append(page)
+                shown.append(frozenset((i.item_id, i.content_hash) for i in page.items))
+        if not pages:
             return
+        # The batch's pages in one transaction: a burst of new pages (a crawler, a launch)
+        # costs one write per batch, not one per page.
+        results = await self.store.seen_pages(
+            self.site, pages, now=now, min_interval=settings.min_interval
+        )
+        wake = False
+        for page, items, result in zip(pages, shown, results, strict=True):
+            self._recent[page.url] = (items, now)
+            self._recent.move_to_end(page.url)
+            if page.items:
+                self._known.add(page.url)
+            wake = wake or bool(result.new or result.changed or result.removed)
+        while len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
+        if wake:
+            self._wake()
+
+    async def _missed(self, url: str, settings: CatalogSettings, now: float) -> None:
+        self._recent.pop(url, None)
+        self._read_at.pop(url, None)
+        deleted = await self.store.missed(
+            self.site, url, now=now, delete_after=settings.delete_after
+        )
+        if deleted:
+            log.info("Product(s) %s gone from %s: deleting them.", ", ".join(deleted), url)
+            self._wake()
+
+    def _extract(self, job: _Page, settings: CatalogSettings, now: float) -> PageSeen | None:
+        """The page's products to record, or None when there is nothing to write."""
+        self.metrics.catalog_page("read")
         found = products_from_page(
             job.page, url=job.request_url, public_origin=job.origin, id_source=settings.id_source
         )
         if not found.items and job.url not in self._known:
-            self.metrics.catalog_page("read")
-            return  # a page with no product, and none was ever seen here
+            return None  # a page with no product, and none was ever seen here
         for problem in found.problems:
             log.info("A product on %s gave no catalog item: %s", job.url, problem)
         seen = [Seen(i.id, i.content_hash(), i.data()) for i in found.items]
-        shown = frozenset((i.item_id, i.content_hash) for i in seen)
         recent = self._recent.get(job.url)
-        if recent is not None and recent[0] == shown and now - recent[1] < _RECHECK:
-            # The page shows what it showed a moment ago: nothing to write (the common case).
-            self.metrics.catalog_page("read")
-            return
+        if (
+            recent is not None
+            and recent[0] == frozenset((i.item_id, i.content_hash) for i in seen)
+            and now - recent[1] < _RECHECK
+        ):
+            return None  # what it showed a moment ago: nothing to write (the common case)
         complete = job.ended and not job.page.truncated and not found.problems
-        result = await self.store.seen(
-            self.site,
-            job.url,
-            seen,
-            now=now,
-            min_interval=settings.min_interval,
-            complete=complete,
-        )
-        self._recent[job.url] = (shown, now)
-        self._recent.move_to_end(job.url)
-        if len(self._recent) > _RECENT_MAX:
-            self._recent.popitem(last=False)
-        self.metrics.catalog_page("read")
-        if found.items:
-            self._known.add(job.url)
-        if result.new or result.changed or result.removed:
-            self._wake()
+        return PageSeen(job.url, seen, complete)
 
     async def drain(self) -> None:
         """Wait until every queued page is stored (shutdown, tests)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.delivery.catalogstate import Done, Seen
+from gateway.delivery.catalogstate import Done, PageSeen, Seen
 from gateway.delivery.store import CatalogStore
 
 SITE = ""
@@ -184,3 +184,28 @@ async def test_sites_are_apart(cat: CatalogStore) -> None:
         "blocked": None,
         "errors": [],
     }
+
+
+async def test_several_pages_in_one_transaction_see_each_other(cat: CatalogStore) -> None:
+    other = "https://shop.example/p/cup"
+    await cat.seen(SITE, URL, [seen("mug"), seen("lid")], now=T0, min_interval=MIN)
+    await sync_all(cat, T0)
+    results = await cat.seen_pages(
+        SITE,
+        [
+            PageSeen(other, [seen("cup"), seen("lid", "2.00 EUR")]),  # lid moved to the cup page
+            PageSeen(URL, [seen("mug")]),  # so the mug page no longer deletes it
+            PageSeen(URL, [seen("mug")]),  # a repeat in the same batch is unchanged
+        ],
+        now=T0 + 1,
+        min_interval=1,
+    )
+    assert [(r.new, r.changed, r.unchanged, r.removed) for r in results] == [
+        (("cup",), ("lid",), (), ()),
+        ((), (), ("mug",), ()),
+        ((), (), ("mug",), ()),
+    ]
+    rows = {r.item_id: r for r in await cat.rows(SITE)}
+    assert rows["lid"].url == other and rows["lid"].state == "pending"
+    work = await sync_all(cat, T0 + 2)
+    assert sorted((w.item_id, w.action) for w in work) == [("cup", "UPDATE"), ("lid", "UPDATE")]

@@ -16,6 +16,7 @@ from gateway.delivery.catalogstate import (
     COLUMNS,
     MAX_ERRORS,
     Done,
+    PageSeen,
     Row,
     Seen,
     SeenResult,
@@ -23,7 +24,7 @@ from gateway.delivery.catalogstate import (
     content_ids_of,
     plan_done,
     plan_missed,
-    plan_seen,
+    plan_pages,
     status_of,
 )
 from gateway.delivery.postgres.pool import Database
@@ -89,22 +90,29 @@ class PgCatalog:
         complete: bool = True,
     ) -> SeenResult:
         """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
+        page = PageSeen(url, items, complete)
+        return (await self.seen_pages(site, [page], now=now, min_interval=min_interval))[0]
 
-        async def work(conn: Conn) -> SeenResult:
-            existing = await _by_ids(conn, site, [i.item_id for i in items])
-            at_url = await _at_url(conn, site, url) if complete else []
-            writes, result = plan_seen(
+    async def seen_pages(
+        self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float
+    ) -> list[SeenResult]:
+        """`seen` for several pages in one transaction (one read of their rows, one write)."""
+        ids = sorted({i.item_id for p in pages for i in p.items})
+        urls = sorted({p.url for p in pages if p.complete})
+
+        async def work(conn: Conn) -> list[SeenResult]:
+            found = await conn.fetch(
+                f"SELECT {_COLS} FROM catalog_items WHERE site=$1 "
+                "AND (item_id = ANY($2::text[]) OR url = ANY($3::text[])) "
+                "ORDER BY item_id FOR UPDATE",
                 site,
-                url,
-                items,
-                existing,
-                at_url,
-                now=now,
-                min_interval=min_interval,
-                complete=complete,
+                ids,
+                urls,
             )
+            rows = {r["item_id"]: Row.of(tuple(r)) for r in found}
+            writes, results = plan_pages(site, pages, rows, now=now, min_interval=min_interval)
             await _write(conn, writes)
-            return result
+            return results
 
         return await self.db.run(work)
 
