@@ -175,18 +175,30 @@ def proxy_rounds(work: Path, shop: str, args: argparse.Namespace) -> list[dict[s
                             "cpu_ms_per_request": 1000 * used / len(paths),
                         }
                     )
-        status = asyncio.run(_status(gateways["on"][1]))
+        time.sleep(2.0)
+        status, dropped = asyncio.run(_status(gateways["on"][1]))
     finally:
         for proc, _ in gateways.values():
             stop_process(proc, grace=5)
-    print(f"catalog after the runs: {status['items']}")
+    viewed = PRODUCTS + args.requests * args.rounds
+    print(
+        f"catalog after the runs: {status['items']} of {viewed} products viewed; "
+        f"{dropped:.0f} page(s) dropped by the full queue (read again on their next view)"
+    )
     return rows
 
 
-async def _status(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/_capi/catalog") as resp:
-        body: dict[str, Any] = await resp.json()
-        return body
+async def _status(url: str) -> tuple[dict[str, Any], float]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/_capi/catalog") as resp:
+            body: dict[str, Any] = await resp.json()
+        async with session.get(f"{url}/_capi/metrics") as resp:
+            text = await resp.text()
+    dropped = 0.0
+    for line in text.splitlines():
+        if line.startswith('capi_gateway_catalog_pages_total{outcome="dropped"}'):
+            dropped = float(line.rsplit(" ", 1)[1])
+    return body, dropped
 
 
 def crawl_run(work: Path, args: argparse.Namespace) -> dict[str, Any]:

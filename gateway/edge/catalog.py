@@ -158,6 +158,7 @@ class CatalogPages:
         self._read_at: OrderedDict[str, float] = OrderedDict()
         self.reread_after = REREAD_AFTER
         self.dropped = 0
+        self._loading: asyncio.Task[None] | None = None
 
     def configure(self, settings: CatalogSettings | None) -> None:
         """Swap in reloaded `[catalog]` settings (None: the site has no catalog any more)."""
@@ -165,8 +166,11 @@ class CatalogPages:
 
     async def load(self) -> None:
         """Read the URLs products were seen at (so a 404 there counts from the start)."""
-        self._known = await self.store.known_urls(self.site)
-        self._known_at = time.time()
+        try:
+            self._known = await self.store.known_urls(self.site)
+            self._known_at = time.time()
+        except Exception as exc:
+            log.error("Reading the catalog's product URLs failed: %s", exc)
 
     # on the request path (cheap) -----------------------------------------------------------
 
@@ -177,10 +181,14 @@ class CatalogPages:
         settings = self.settings
         if settings is None or request.method != "GET":
             return None
+        if self._known_at == 0.0 and self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(
+                self.load(), name="catalog-known-urls"
+            )
         if status in _MISS_STATUS:
             url = _page_url(request)
             if url in self._known or self._known_at == 0.0:
-                # Until the known URLs are read (the first job reads them), ask the store.
+                # Until the known URLs are read (just after start), ask the store.
                 self.submit(_Miss(url))
             return None
         if status != 200 or no_body or hdr.media_type(headers) not in _HTML_TYPES:
@@ -318,6 +326,9 @@ class CatalogPages:
 
     async def close(self) -> None:
         """Finish what is queued, within a few seconds."""
+        if self._loading is not None and not self._loading.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._loading), 5.0)
         if self._task is not None and not self._task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._task), 5.0)
