@@ -15,7 +15,7 @@ from xml.etree import ElementTree
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import build_app
+from gateway.app import build_app, reload
 from gateway.appkeys import CATALOG, PROXY
 from gateway.html.products import read_page
 from gateway.pipeline.catalog import products_from_page
@@ -311,3 +311,25 @@ async def test_feeds_need_admin_auth_or_the_feed_token(
     csv_text = await (await client.get("/_capi/catalog.csv", headers=admin)).text()
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert {r["id"]: r["price"] for r in rows} == {"SKU-1": "19.90 EUR", "SKU-2": "19.90 EUR"}
+
+
+async def test_an_expired_token_parks_until_a_reload_brings_a_new_one(
+    start: Start, shop: Shop, meta: FakeCatalog, tmp_path: Path
+) -> None:
+    client = await start(access_token="EAAB-expired-catalog-token")
+    await client.get("/p/1")
+    body = await status_when(client, lambda b: b["blocked"] is not None)
+    assert "access token" in body["blocked"] and body["items"]["pending"] == 1
+    calls = len(meta.batch_calls())
+    await asyncio.sleep(1.0)
+    assert len(meta.batch_calls()) == calls  # parked: no retries burnt
+    fresh = make_settings(
+        tmp_path,
+        meta.url,
+        upstream=shop.url,
+        catalog={"catalog_id": CATALOG_ID, "min_interval": 0, "access_token": TOKEN},
+    )
+    await reload(client.app, fresh)
+    await until(lambda: "SKU-1" in meta.items)
+    body = await status_when(client, lambda b: b["items"]["synced"] == 1)
+    assert body["blocked"] is None
