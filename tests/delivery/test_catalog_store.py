@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.delivery.catalog import SqliteCatalog
 from gateway.delivery.catalogstate import Done, PageSeen, Seen
+from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.store import CatalogStore
 
 SITE = ""
@@ -209,3 +213,28 @@ async def test_several_pages_in_one_transaction_see_each_other(cat: CatalogStore
     assert rows["lid"].url == other and rows["lid"].state == "pending"
     work = await sync_all(cat, T0 + 2)
     assert sorted((w.item_id, w.action) for w in work) == [("cup", "UPDATE"), ("lid", "UPDATE")]
+
+
+async def test_an_older_buffer_gains_the_catalog_tables_and_keeps_its_events(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    mine = next(i for i, sql in enumerate(MIGRATIONS) if "CREATE TABLE catalog_items" in sql)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for sql in MIGRATIONS[:mine]:
+            conn.executescript(sql)
+        conn.execute(f"PRAGMA user_version = {mine}")
+        conn.execute(
+            "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
+            "next_attempt_at, created_at) VALUES ('1', 'Lead', 'e1', 0, 'api', '{}', 0, 0)"
+        )
+    store = await SqliteCatalog.open(path)
+    try:
+        await store.seen(SITE, URL, [seen("mug")], now=T0, min_interval=MIN)
+        assert [r.item_id for r in await store.rows(SITE)] == ["mug"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("SELECT event_id FROM events").fetchall() == [("e1",)]

@@ -26,6 +26,8 @@ TABLES = {
     "profile_links",
     "queue_counts",
     "schema_migrations",
+    "catalog_items",
+    "catalog_syncs",
 }
 
 
