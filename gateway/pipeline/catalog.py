@@ -190,10 +190,10 @@ class _Doc:
     def _all(self, value: Any, depth: int) -> Iterator[Mapping[str, Any]]:
         if depth > 12:
             return
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             yield value
             for v in value.values():
-                if isinstance(v, Mapping | list):
+                if isinstance(v, dict | list):
                     yield from self._all(v, depth + 1)
         elif isinstance(value, list):
             for v in value:
@@ -201,7 +201,7 @@ class _Doc:
 
     def resolve(self, value: Any) -> Any:
         """A bare {"@id": ...} reference becomes the node it names (when the doc has it)."""
-        if isinstance(value, Mapping) and set(value) == {"@id"}:
+        if isinstance(value, dict) and len(value) == 1 and "@id" in value:
             return self.by_id.get(str(value["@id"]), value)
         return value
 
@@ -229,7 +229,7 @@ class _Doc:
                 for v in value:
                     yield from walk(v, depth + 1)
                 return
-            if not isinstance(value, Mapping):
+            if not isinstance(value, dict):
                 return
             value = self.resolve(value)
             if id(value) in seen:
@@ -241,7 +241,7 @@ class _Doc:
             if _type_names(value) & _LISTS:
                 return  # a category page's list names products described on their own pages
             for k, v in value.items():
-                if k != "@context" and isinstance(v, Mapping | list):
+                if k != "@context" and isinstance(v, dict | list):
                     yield from walk(v, depth + 1)
 
         yield from walk(list(self.roots), 0)
@@ -251,7 +251,7 @@ def _text(value: Any) -> str | None:
     """A plain string from a schema.org value (a name, or a node with a name/@value)."""
     if isinstance(value, list):
         value = value[0] if value else None
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         value = value.get("name", value.get("@value"))
         if isinstance(value, list):
             value = value[0] if value else None
@@ -285,13 +285,15 @@ class _Ctx:
 
 
 def _abs(url: Any, base: str) -> str | None:
-    text = url.get("url", url.get("contentUrl")) if isinstance(url, Mapping) else url
+    text = url.get("url", url.get("contentUrl")) if isinstance(url, dict) else url
     if isinstance(text, list):
         text = text[0] if text else None
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not (text := text.strip()):
         return None
+    if text.startswith(("https://", "http://")) and " " not in text:
+        return text  # already absolute (the usual case): urljoin costs more than the rest
     try:
-        out = urljoin(base, text.strip())
+        out = urljoin(base, text)
     except ValueError:
         return None
     return out if urlsplit(out).scheme in ("http", "https") else None
@@ -349,7 +351,7 @@ def _offer_prices(
         price = _price_of(offer.get("lowPrice"))
     listed: Decimal | None = None
     for spec in doc.many(offer, "priceSpecification"):
-        if not isinstance(spec, Mapping):
+        if not isinstance(spec, dict):
             continue
         amount = _price_of(spec.get("price"))
         if amount is None:
@@ -368,13 +370,13 @@ def _pick_offer(doc: _Doc, nodes: Sequence[Mapping[str, Any] | None]) -> Mapping
     fallback: Mapping[str, Any] | None = None
     for node in nodes:
         for offer in doc.many(node, "offers"):
-            if not isinstance(offer, Mapping):
+            if not isinstance(offer, dict):
                 continue
             price, _, _ = _offer_prices(doc, offer)
             if price is not None:
                 return offer
             for inner in doc.many(offer, "offers"):
-                if isinstance(inner, Mapping) and _offer_prices(doc, inner)[0] is not None:
+                if isinstance(inner, dict) and _offer_prices(doc, inner)[0] is not None:
                     return inner
             fallback = fallback or offer
     return fallback
@@ -479,7 +481,7 @@ def _from_doc(doc: _Doc, ctx: _Ctx) -> tuple[list[CatalogItem], bool]:
         if not _on_this_page(node, ctx):
             continue
         gid = _group_id(node)
-        variants = [v for v in doc.many(node, "hasVariant") if isinstance(v, Mapping)]
+        variants = [v for v in doc.many(node, "hasVariant") if isinstance(v, dict)]
         for variant in variants:
             consumed.add(id(variant))
             item = _item(doc, ctx, variant, node, gid)
@@ -496,7 +498,7 @@ def _from_doc(doc: _Doc, ctx: _Ctx) -> tuple[list[CatalogItem], bool]:
         if not _on_this_page(node, ctx):
             continue
         parent = doc.one(node, "isVariantOf")
-        if isinstance(parent, Mapping) and _is_group(parent):
+        if isinstance(parent, dict) and _is_group(parent):
             found = [_item(doc, ctx, node, parent, _group_id(parent))]
         elif len(offers := _variant_offers(doc, node)) > 1:
             gid = _group_id(node) if node.get("productGroupID") or node.get("productID") else None
@@ -528,7 +530,7 @@ def _on_this_page(node: Mapping[str, Any], ctx: _Ctx) -> bool:
 
 def _variant_offers(doc: _Doc, node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """A Product's offers when they are its variants (Shopify: one offer per variant sku)."""
-    offers = [o for o in doc.many(node, "offers") if isinstance(o, Mapping)]
+    offers: list[Mapping[str, Any]] = [o for o in doc.many(node, "offers") if isinstance(o, dict)]
     skus = [_ident(o.get("sku")) for o in offers]
     if len(offers) > 1 and all(skus) and len(set(skus)) == len(skus):
         return offers
@@ -711,7 +713,7 @@ def products_from_page(
         items += found
         declared = declared or said
     if not items and page.microdata:
-        found, said = _from_doc(_Doc(list(page.microdata)), ctx)
+        found, said = _from_doc(_Doc([dict(m) for m in page.microdata]), ctx)
         items += found
         declared = declared or said
     if not items:
