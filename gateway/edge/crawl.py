@@ -29,7 +29,7 @@ import time
 import urllib.robotparser
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -52,6 +52,7 @@ _PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
 _HTML = ("text/html", "application/xhtml+xml")
 _DOCTYPE = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _CHUNK = 65_536
+_PIECE = 262_144  # uncompressed sitemap bytes parsed before its URLs are handed on
 
 
 class CrawlError(Exception):
@@ -218,23 +219,32 @@ class _SitemapReader:
         self.first = True
         self.size = 0
         self.tail = b""
+        self.listed = 0  # <loc>s read so far
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> Iterator[None]:
+        """Parse a chunk of the body, pausing after each piece of at most _PIECE bytes
+        (uncompressed) so the caller can hand the URLs on: a gzip chunk may inflate a
+        thousandfold, and nothing is to pile up."""
         if self.first and chunk:
             self.first = False
             if chunk[:2] == b"\x1f\x8b":  # gzip, whatever the URL or headers say
                 self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self.inflate is not None:
-            room = _SITEMAP_MAX - self.size + 1
-            chunk = self.inflate.decompress(chunk, room)
-        self.size += len(chunk)
-        if self.size > _SITEMAP_MAX:
-            raise ValueError(f"it is bigger than {_SITEMAP_MAX} bytes uncompressed")
-        if _DOCTYPE.search(self.tail + chunk):
-            raise ValueError("it declares a DOCTYPE or entities (refused)")
-        self.tail = chunk[-9:]
-        self.parser.feed(chunk)
-        self._drain()
+        while chunk:
+            if self.inflate is not None:
+                piece = self.inflate.decompress(chunk, _PIECE)
+                chunk = self.inflate.unconsumed_tail
+            else:
+                piece, chunk = chunk[:_PIECE], chunk[_PIECE:]
+            self.size += len(piece)
+            if self.size > _SITEMAP_MAX:
+                raise ValueError(f"it is bigger than {_SITEMAP_MAX} bytes uncompressed")
+            window = self.tail + piece
+            if b"<!" in window and _DOCTYPE.search(window):
+                raise ValueError("it declares a DOCTYPE or entities (refused)")
+            self.tail = piece[-9:]
+            self.parser.feed(piece)
+            self._drain()
+            yield
 
     def close(self) -> None:
         self.parser.close()
@@ -250,6 +260,7 @@ class _SitemapReader:
                 continue
             local = elem.tag.rsplit("}", 1)[-1]
             if local == "loc" and elem.text:
+                self.listed += 1
                 if self.root is not None and self.root.tag.endswith("sitemapindex"):
                     self.on_sitemap(elem.text.strip())
                 else:
@@ -295,18 +306,21 @@ async def _walk_sitemaps(
                 if resp.status != 200:
                     raise ValueError(f"it answered {resp.status}")
                 async for chunk in resp.content.iter_chunked(_CHUNK):
-                    reader.feed(chunk)
-                    while found:  # hand URLs on as they come, waiting when workers lag
-                        loc = found.popleft()
-                        if not await _offer(
-                            loc, pages, fetch, robots, user_agent, seen_pages, max_pages
-                        ):
-                            return
+                    for _ in reader.feed(chunk):
+                        while found:  # hand URLs on as they come, waiting when workers lag
+                            loc = found.popleft()
+                            if not await _offer(
+                                loc, pages, fetch, robots, user_agent, seen_pages, max_pages
+                            ):
+                                return
                 reader.close()
             read += 1
         except (aiohttp.ClientError, TimeoutError, ValueError, ParseError, zlib.error) as e:
             problem = f"sitemap {listed} could not be read: {e or type(e).__name__}"
-            if read or listed != first:
+            if reader.listed:  # cut short: what it listed so far still counts
+                read += 1
+                log.warning("Sitemap %r was read only in part: %s", listed, e)
+            elif read or listed != first:
                 log.warning("Sitemap %r could not be read: %s", listed, e)
             elif fallback:
                 pending.extend(fallback)  # robots.txt names others: read those instead

@@ -369,3 +369,14 @@ async def test_crawl_through_the_gateway_in_front_of_the_shop(
     assert [(i.id, i.link) for i in page.products.items] == [("SKU-2", f"{PUBLIC}/p/2")]
     # ...and every request reached the shop through the gateway.
     assert shop.paths() == ["/robots.txt", "/maps/a.xml", "/p/2"]
+
+
+async def test_a_gzip_bomb_sitemap_is_refused_past_50_mib(shop: Shop, collect: Collect) -> None:
+    # ~60 MiB of XML inflating from a few dozen KiB: read in bounded pieces, then refused.
+    urls = urlset(f"{shop.url}/p/1")
+    bomb = urls.replace("</urlset>", "<!-- " + "x" * (60 * 1024 * 1024) + " --></urlset>")
+    shop.put("/sitemap.xml", gzip.compress(bomb.encode(), 1), ctype="application/gzip")
+    shop.put("/p/1", product_page("S1"))
+    got = await collect()
+    # The URL before the padding was handed on before the bound was hit.
+    assert [p.url for p in got] == [f"{shop.url}/p/1"]
