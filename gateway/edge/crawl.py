@@ -132,6 +132,7 @@ class _Fetcher:
         self.site = site
         self.bucket = bucket
         self.headers = {"User-Agent": user_agent}
+        self.allowed: Callable[[str], bool] = lambda url: True  # robots.txt, once read
 
     @contextlib.asynccontextmanager
     async def get(self, url: str, accept: str) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -148,6 +149,10 @@ class _Fetcher:
                 nxt = self.site.local(urljoin(url, location))
                 if nxt is None:
                     raise aiohttp.ClientError(f"redirect off the site to {location!r}")
+                if not self.allowed(nxt):
+                    raise aiohttp.ClientError(
+                        f"redirect to {location!r}, which robots.txt disallows"
+                    )
                 url = nxt
                 continue
             try:
@@ -426,6 +431,7 @@ async def crawl(
         bucket = _Bucket(1.0 / rate)
         fetch = _Fetcher(http, site, bucket, user_agent)
         robots, delay = await _robots(fetch)
+        fetch.allowed = lambda url: robots.can_fetch(user_agent, url)
         if delay is not None:
             bucket.at_least(delay)
         first = sitemap or site.base + "/sitemap.xml"

@@ -275,15 +275,20 @@ async def test_max_pages(shop: Shop, collect: Collect) -> None:
 
 
 async def test_redirects_are_followed_on_the_site_only(shop: Shop, collect: Collect) -> None:
-    shop.put("/sitemap.xml", urlset(f"{shop.url}/old", f"{shop.url}/away"))
+    shop.put("/robots.txt", "User-agent: *\nDisallow: /secret\n", ctype="text/plain")
+    shop.put("/sitemap.xml", urlset(f"{shop.url}/old", f"{shop.url}/away", f"{shop.url}/hush"))
     shop.put("/old", "/p/new", status=302)
     shop.put("/away", "https://elsewhere.example/p", status=301)
+    shop.put("/hush", "/secret", status=302)
     shop.put("/p/new", product_page("NEW"))
     pages = {p.url: p for p in await collect()}
     moved = pages[f"{shop.url}/old"]
     assert moved.products is not None and [i.id for i in moved.products.items] == ["NEW"]
     away = pages[f"{shop.url}/away"]
     assert away.status == 0 and away.products is None and "off the site" in (away.error or "")
+    hush = pages[f"{shop.url}/hush"]
+    assert hush.products is None and "disallows" in (hush.error or "")
+    assert "/secret" not in shop.paths()
 
 
 async def test_a_failing_page_is_an_error_not_the_end(shop: Shop, collect: Collect) -> None:
