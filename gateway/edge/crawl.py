@@ -38,7 +38,7 @@ from xml.etree.ElementTree import Element, ParseError, XMLPullParser
 import aiohttp
 
 from gateway.html.products import ProductReader
-from gateway.pipeline.catalog import PageProducts, products_from_page
+from gateway.pipeline.catalog import ID_SOURCES, PageProducts, products_from_page
 
 __all__ = ["CrawlError", "CrawledPage", "crawl", "crawl_delay"]
 
@@ -419,6 +419,8 @@ async def crawl(
     """
     if concurrency < 1 or rate <= 0 or max_pages < 1:
         raise ValueError("concurrency and max_pages must be at least 1 and rate above 0")
+    if id_source not in ID_SOURCES:
+        raise ValueError(f"id_source must be one of {', '.join(ID_SOURCES)}, not {id_source!r}")
     base_scheme, base_host = _origin(site_url)
     site = _Site(
         f"{base_scheme}://{base_host}",

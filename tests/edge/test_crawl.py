@@ -330,6 +330,9 @@ async def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="http"):
         async for _ in crawl("ftp://x", public_origin=PUBLIC):
             pass
+    with pytest.raises(ValueError, match="id_source"):
+        async for _ in crawl("http://127.0.0.1:9", public_origin=PUBLIC, id_source="name"):
+            pass
     with pytest.raises(ValueError, match="concurrency"):
         async for _ in crawl("http://127.0.0.1:9", public_origin=PUBLIC, concurrency=0):
             pass
