@@ -214,7 +214,11 @@ async def _robots(fetch: _Fetcher) -> tuple[urllib.robotparser.RobotFileParser, 
 
 
 class _SitemapReader:
-    """Streams one sitemap body (XML, maybe gzip) and reports each <loc> as it ends."""
+    """Streams one sitemap body (XML or text, maybe gzip) and reports each URL it lists.
+
+    XML: each <loc> as its element ends (a <sitemapindex> lists sitemaps). Text (the
+    protocol's other form): one URL per line, told apart by its first byte not being "<".
+    """
 
     def __init__(self, on_page: Callable[[str], None], on_sitemap: Callable[[str], None]) -> None:
         self.parser: XMLPullParser[Element] = XMLPullParser(events=("start", "end"))
@@ -225,6 +229,8 @@ class _SitemapReader:
         self.size = 0
         self.tail = b""
         self.listed = 0  # <loc>s read so far
+        self.text: bool | None = None  # a text sitemap (known from its first byte)
+        self.line = b""  # a text sitemap's unfinished last line
 
     def feed(self, chunk: bytes) -> Iterator[None]:
         """Parse a chunk of the body, pausing after each piece of at most _PIECE bytes
@@ -247,13 +253,31 @@ class _SitemapReader:
             if b"<!" in window and _DOCTYPE.search(window):
                 raise ValueError("it declares a DOCTYPE or entities (refused)")
             self.tail = piece[-9:]
-            self.parser.feed(piece)
-            self._drain()
+            if self.text is None and (start := piece.lstrip(b"\xef\xbb\xbf \t\r\n")):
+                self.text = not start.startswith(b"<")
+            if self.text:
+                self._lines(piece)
+            elif self.text is False:
+                self.parser.feed(piece)
+                self._drain()
             yield
 
     def close(self) -> None:
-        self.parser.close()
-        self._drain()
+        if self.text:
+            self._lines(b"\n")
+        else:
+            self.parser.close()
+            self._drain()
+
+    def _lines(self, piece: bytes) -> None:
+        *lines, self.line = (self.line + piece).split(b"\n")
+        if len(self.line) > 4096:  # no URL is that long: not a sitemap
+            raise ValueError("it is neither XML nor one URL per line")
+        for raw in lines:
+            url = raw.decode("utf-8", "replace").strip().lstrip("\ufeff")
+            if url.startswith(("http://", "https://")):
+                self.listed += 1
+                self.on_page(url)
 
     def _drain(self) -> None:
         for got in self.parser.read_events():

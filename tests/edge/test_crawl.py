@@ -388,3 +388,13 @@ async def test_a_gzip_bomb_sitemap_is_refused_past_50_mib(shop: Shop, collect: C
     got = await collect()
     # The URL before the padding was handed on before the bound was hit.
     assert [p.url for p in got] == [f"{shop.url}/p/1"]
+
+
+async def test_a_text_sitemap(shop: Shop, collect: Collect) -> None:
+    shop.put("/robots.txt", f"Sitemap: {PUBLIC}/sitemap.txt\n", ctype="text/plain")
+    lines = f"\ufeff{PUBLIC}/p/1\r\n  {PUBLIC}/p/2\nnot a url\n{PUBLIC}/p/3"
+    shop.put("/sitemap.txt", lines, ctype="text/plain")
+    for n in (1, 2, 3):
+        shop.put(f"/p/{n}", product_page(f"S{n}"))
+    got = sorted(p.url for p in await collect())
+    assert got == [f"{PUBLIC}/p/1", f"{PUBLIC}/p/2", f"{PUBLIC}/p/3"]
