@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.edge.crawl import CrawledPage, CrawlError, crawl, crawl_delay
+from gateway.edge.crawl import CrawledPage, CrawlError, crawl
+from gateway.edge.sitemaps import crawl_delay
 from tests.conftest import make_settings
 from tests.fakes.graph import FakeGraph
 from tests.fakes.upstream import run_gateway
