@@ -11,10 +11,12 @@ everything, a 5xx or no answer stops the crawl, as it is no permission). Every r
 robots, sitemaps, pages, redirects — waits its turn in one token bucket of `rate` per second
 (burst 1) and at most `concurrency` are in flight.
 
-Memory stays bounded however big the site: sitemaps are parsed as they stream in (gzip
-too), each listed URL goes into a small queue that the page workers drain, a page body is
-only read up to the product reader's bound, and what is kept per URL is an 8-byte digest
-(to skip duplicates) for at most `max_pages` pages. Parsing sitemaps and robots.txt
+Memory stays bounded however big the site: a sitemap is downloaded to a temporary file
+(at most 50 MiB; handing its URLs on at the crawl's rate may take hours, longer than any
+server keeps a response open) and parsed from there in pieces (gzip too), each listed URL
+goes into a small queue that the page workers drain, a page body is only read up to the
+product reader's bound, and what is kept per URL is an 8-byte digest (to skip duplicates)
+for at most `max_pages` pages. Parsing sitemaps and robots.txt
 text is gateway.edge.sitemaps' job (no I/O there).
 """
 
@@ -24,18 +26,20 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import tempfile
 import time
 import urllib.robotparser
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import IO
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from xml.etree.ElementTree import ParseError
 
 import aiohttp
 
-from gateway.edge.sitemaps import SitemapReader, crawl_delay
+from gateway.edge.sitemaps import SITEMAP_MAX, SitemapReader, crawl_delay
 from gateway.html.products import ProductReader
 from gateway.pipeline.catalog import ID_SOURCES, PageProducts, products_from_page
 
@@ -214,10 +218,11 @@ async def _walk_sitemaps(
 
         reader = SitemapReader(found.append, child)
         try:
-            async with fetch.get(url, "application/xml, text/xml, */*") as resp:
-                if resp.status != 200:
-                    raise ValueError(f"it answered {resp.status}")
-                async for chunk in resp.content.iter_chunked(_CHUNK):
+            with tempfile.TemporaryFile() as spool:
+                await _download(fetch, url, spool)
+                # Parsed from disk, not from the socket: handing 50,000 URLs on at the crawl's
+                # rate takes hours, far longer than any server keeps a response open.
+                while chunk := spool.read(_CHUNK):
                     for _ in reader.feed(chunk):
                         while found:  # hand URLs on as they come, waiting when workers lag
                             loc = found.popleft()
@@ -243,6 +248,20 @@ async def _walk_sitemaps(
                 return
     if not read:
         raise CrawlError(problem or "no sitemap to read")
+
+
+async def _download(fetch: _Fetcher, url: str, spool: IO[bytes]) -> None:
+    """The body of a sitemap into `spool` (rewound), at most SITEMAP_MAX bytes as sent."""
+    async with fetch.get(url, "application/xml, text/xml, */*") as resp:
+        if resp.status != 200:
+            raise ValueError(f"it answered {resp.status}")
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > SITEMAP_MAX:
+                raise ValueError(f"it is bigger than {SITEMAP_MAX} bytes")
+            spool.write(chunk)
+    spool.seek(0)
 
 
 async def _offer(
