@@ -179,16 +179,15 @@ class ProductReader:
     def close(self) -> PageData:
         """End of the body (or of what will be read of it): everything collected."""
         found = self._scan.finish()
-        md: tuple[Mapping[str, Any], ...] = ()
-        over = self._scan.ld_dropped
+        walker = self._md
         if self._on:
-            walker, data, p = self._md, self._pending, 0
+            data, p = self._pending, 0
             while p < len(data):
-                p = walker.step(data, p, final=True)
+                p = walker.step(data, p, final=True)  # never -1 when final
             walker.finish()
             self._on, self._pending = False, b""
-        md = tuple(self._md.items)
-        over = over or self._md.over
+        md: tuple[Mapping[str, Any], ...] = tuple(walker.items)
+        over = self._scan.ld_dropped or walker.over
         meta = tuple((name, v) for name in sorted(found.meta) for v in found.meta[name])
         canonical = next(
             (h for e in found.elements.get(_CANONICAL, []) if (h := e.get("href", "").strip())),
