@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.html.products import PageData
 from gateway.pipeline.catalog_item import FEED_COLUMNS, CatalogItem, PageProducts, feed_row
 from gateway.pipeline.catalog_og import from_open_graph
-from gateway.pipeline.catalog_schema import Doc, from_doc
+from gateway.pipeline.catalog_schema import Doc, from_doc, own_products
 from gateway.pipeline.catalog_values import ID_SOURCES, PageContext, absolute, path_of
 
 __all__ = [
@@ -111,16 +111,24 @@ def products_from_page(
     )
     declared = False
     items: list[CatalogItem] = []
+    docs: list[Doc] = []
     for i, raw in enumerate(page.json_ld, 1):
         data = _load(raw, i, ctx.problems)
         if data is None:
             declared = declared or bool(_MENTIONS_PRODUCT.search(raw))
-            continue
-        found, said = from_doc(Doc([data]), ctx)
+        else:
+            docs.append(Doc([data]))
+    # One product is the page's own whatever its `url` says (a locale prefix, an old slug);
+    # among several, those naming another page are only listed here.
+    ctx.check_urls = sum(map(own_products, docs)) > 1
+    for doc in docs:
+        found, said = from_doc(doc, ctx)
         items += found
         declared = declared or said
     if not items and page.microdata:
-        found, said = from_doc(Doc([dict(m) for m in page.microdata]), ctx)
+        doc = Doc([dict(m) for m in page.microdata])
+        ctx.check_urls = own_products(doc) > 1
+        found, said = from_doc(doc, ctx)
         items += found
         declared = declared or said
     if not items:

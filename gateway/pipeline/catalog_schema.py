@@ -34,7 +34,7 @@ from gateway.pipeline.catalog_values import (
     text_of,
 )
 
-__all__ = ["Doc", "from_doc"]
+__all__ = ["Doc", "from_doc", "own_products"]
 
 _PRODUCT_TYPES = frozenset({"product", "individualproduct", "productmodel", "someproducts"})
 _GROUP_TYPE = "productgroup"
@@ -335,12 +335,22 @@ def from_doc(doc: Doc, ctx: PageContext) -> tuple[list[CatalogItem], bool]:
     return items, declared
 
 
+def own_products(doc: Doc) -> int:
+    """How many products a document declares (a group with its variants counts once)."""
+    nodes = list(doc.products())
+    variants = {id(v) for n in nodes if _is_group(n) for v in doc.many(n, "hasVariant")}
+    return sum(1 for n in nodes if id(n) not in variants)
+
+
 def _on_this_page(node: Mapping[str, Any], ctx: PageContext) -> bool:
     """False (a problem noted) for a product whose own `url` is another page's.
 
     A page may describe products it only lists (related products, a category's grid): those
-    are read from their own pages, and must not be taken for this page's product.
+    are read from their own pages, and must not be taken for this page's product. Checked
+    only when the page declares several (`ctx.check_urls`).
     """
+    if not ctx.check_urls:
+        return True
     own = absolute(node.get("url"), ctx.page_url)
     if own is None or path_of(own) in ctx.paths:
         return True

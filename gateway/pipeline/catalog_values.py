@@ -200,6 +200,7 @@ class PageContext:
     og_images: tuple[str, ...]
     id_source: str
     problems: list[str] = field(default_factory=list)
+    check_urls: bool = True  # several products declared: skip those naming another page
 
 
 def absolute(url: Any, base: str) -> str | None:

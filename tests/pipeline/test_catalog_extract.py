@@ -234,6 +234,10 @@ def test_a_related_product_beside_the_page_product_is_skipped() -> None:
         public_origin=ORIGIN,
     )
     assert [i.id for i in via.items] == ["MINE"]
+    # Alone on its page, a product is the page's own whatever its url says (a locale
+    # prefix, an old slug).
+    alone = products_from_page(page(json_ld=(related,)), url="/en/p", public_origin=ORIGIN)
+    assert [i.id for i in alone.items] == ["OTHER"] and alone.problems == ()
 
 
 def test_a_page_without_products() -> None:
