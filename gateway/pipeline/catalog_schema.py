@@ -199,7 +199,8 @@ def _pick_offer(doc: Doc, nodes: Sequence[Mapping[str, Any] | None]) -> Mapping[
                 return offer
             for inner in doc.many(offer, "offers"):
                 if isinstance(inner, dict) and _offer_prices(doc, inner)[0] is not None:
-                    return inner
+                    # The aggregate's currency, availability... hold unless the offer says.
+                    return {**{k: v for k, v in offer.items() if k != "offers"}, **inner}
             fallback = fallback or offer
     return fallback
 

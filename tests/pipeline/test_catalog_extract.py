@@ -97,6 +97,17 @@ def test_aggregate_offer_takes_the_low_price_and_maps_limited_availability() -> 
     assert item.image_link == "https://shop.example/media/beans.png"
 
 
+def test_aggregate_offer_with_inner_offers_keeps_its_currency() -> None:
+    offers = {
+        "@type": "AggregateOffer",
+        "priceCurrency": "SEK",
+        "availability": "https://schema.org/PreOrder",
+        "offers": [{"@type": "Offer"}, {"@type": "Offer", "price": "199"}],
+    }
+    got = products_from_page(page(json_ld=(ld(offers=offers),)), url="/p", public_origin=ORIGIN)
+    assert [(i.price, i.availability) for i in got.items] == [("199.00 SEK", "preorder")]
+
+
 def test_product_group_gives_one_item_per_variant() -> None:
     got = extract("product_group.html")
     assert got.problems == ()
