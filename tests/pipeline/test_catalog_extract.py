@@ -557,7 +557,7 @@ _product = st.fixed_dictionaries(
 _ITEM_PRICE = r"^\d+(\.\d+)? [A-Z]{3}$"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(docs=st.lists(_json | _product, max_size=3), micro=st.lists(_json | _product, max_size=2))
 def test_any_json_ld_or_microdata_gives_valid_items_or_problems(
     docs: list[Any], micro: list[Any]
