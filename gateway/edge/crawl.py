@@ -11,11 +11,13 @@ everything, a 5xx or no answer stops the crawl, as it is no permission). Every r
 robots, sitemaps, pages, redirects — waits its turn in one token bucket of `rate` per second
 (burst 1) and at most `concurrency` are in flight.
 
-Memory stays bounded however big the site: sitemaps are parsed as they stream in (gzip
-too), each listed URL goes into a small queue that the page workers drain, a page body is
-only read up to the product reader's bound, and what is kept per URL is an 8-byte digest
-(to skip duplicates) for at most `max_pages` pages. Sitemaps are read with a DOCTYPE
-refused outright, so no entity can be declared, let alone expanded.
+Memory stays bounded however big the site: a sitemap is downloaded to a temporary file
+(at most 50 MiB; handing its URLs on at the crawl's rate may take hours, longer than any
+server keeps a response open) and parsed from there in pieces (gzip too), each listed URL
+goes into a small queue that the page workers drain, a page body is only read up to the
+product reader's bound, and what is kept per URL is an 8-byte digest (to skip duplicates)
+for at most `max_pages` pages. Parsing sitemaps and robots.txt
+text is gateway.edge.sitemaps' job (no I/O there).
 """
 
 from __future__ import annotations
@@ -24,33 +26,32 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
+import tempfile
 import time
 import urllib.robotparser
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO
 from urllib.parse import urljoin, urlsplit, urlunsplit
-from xml.etree.ElementTree import Element, ParseError, XMLPullParser
+from xml.etree.ElementTree import ParseError
 
 import aiohttp
 
+from gateway.edge.sitemaps import SITEMAP_MAX, SitemapReader, crawl_delay
 from gateway.html.products import ProductReader
-from gateway.pipeline.catalog import PageProducts, products_from_page
+from gateway.pipeline.catalog import ID_SOURCES, PageProducts, products_from_page
 
-__all__ = ["CrawlError", "CrawledPage", "crawl", "crawl_delay"]
+__all__ = ["CrawlError", "CrawledPage", "crawl"]
 
 log = logging.getLogger("gateway.crawl")
 
 _ROBOTS_MAX = 512_000  # what Google reads of a robots.txt
-_SITEMAP_MAX = 52_428_800  # 50 MiB uncompressed: the sitemap protocol's limit
 _MAX_SITEMAPS = 50_000  # per crawl, index entries included
 _MAX_REDIRECTS = 5
 _PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
 _HTML = ("text/html", "application/xhtml+xml")
-_DOCTYPE = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _CHUNK = 65_536
 
 
@@ -131,6 +132,7 @@ class _Fetcher:
         self.site = site
         self.bucket = bucket
         self.headers = {"User-Agent": user_agent}
+        self.allowed: Callable[[str], bool] = lambda url: True  # robots.txt, once read
 
     @contextlib.asynccontextmanager
     async def get(self, url: str, accept: str) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -147,6 +149,10 @@ class _Fetcher:
                 nxt = self.site.local(urljoin(url, location))
                 if nxt is None:
                     raise aiohttp.ClientError(f"redirect off the site to {location!r}")
+                if not self.allowed(nxt):
+                    raise aiohttp.ClientError(
+                        f"redirect to {location!r}, which robots.txt disallows"
+                    )
                 url = nxt
                 continue
             try:
@@ -155,34 +161,6 @@ class _Fetcher:
                 resp.release()
             return
         raise aiohttp.ClientError(f"more than {_MAX_REDIRECTS} redirects")
-
-
-def crawl_delay(lines: list[str], user_agent: str) -> float | None:
-    """Crawl-delay for `user_agent` (its own group, else "*"), decimals allowed.
-
-    urllib.robotparser reads whole seconds only; Bing and Yandex honour "0.5" too.
-    """
-    ours = user_agent.split("/")[0].lower()
-    delays: dict[str, float] = {}
-    agents: list[str] = []
-    in_rules = False
-    for raw in lines:
-        key, _, value = raw.split("#", 1)[0].partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if key == "user-agent":
-            if in_rules:
-                agents, in_rules = [], False
-            agents.append(value.lower())
-        elif key:
-            in_rules = True
-            if key == "crawl-delay":
-                with contextlib.suppress(ValueError):
-                    delay = float(value)
-                    if 0 <= delay < 86_400:
-                        for agent in agents:
-                            delays.setdefault(agent, delay)
-    mine = [d for a, d in delays.items() if a != "*" and a and a in ours]
-    return mine[0] if mine else delays.get("*")
 
 
 async def _robots(fetch: _Fetcher) -> tuple[urllib.robotparser.RobotFileParser, float | None]:
@@ -205,57 +183,6 @@ async def _robots(fetch: _Fetcher) -> tuple[urllib.robotparser.RobotFileParser, 
     except (aiohttp.ClientError, TimeoutError) as e:
         raise CrawlError(f"{url} could not be read ({e or type(e).__name__})") from e
     return rp, delay
-
-
-class _SitemapReader:
-    """Streams one sitemap body (XML, maybe gzip) and reports each <loc> as it ends."""
-
-    def __init__(self, on_page: Callable[[str], None], on_sitemap: Callable[[str], None]) -> None:
-        self.parser: XMLPullParser[Element] = XMLPullParser(events=("start", "end"))
-        self.on_page, self.on_sitemap = on_page, on_sitemap
-        self.root: Element | None = None
-        self.inflate: Any = None
-        self.first = True
-        self.size = 0
-        self.tail = b""
-
-    def feed(self, chunk: bytes) -> None:
-        if self.first and chunk:
-            self.first = False
-            if chunk[:2] == b"\x1f\x8b":  # gzip, whatever the URL or headers say
-                self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self.inflate is not None:
-            room = _SITEMAP_MAX - self.size + 1
-            chunk = self.inflate.decompress(chunk, room)
-        self.size += len(chunk)
-        if self.size > _SITEMAP_MAX:
-            raise ValueError(f"it is bigger than {_SITEMAP_MAX} bytes uncompressed")
-        if _DOCTYPE.search(self.tail + chunk):
-            raise ValueError("it declares a DOCTYPE or entities (refused)")
-        self.tail = chunk[-9:]
-        self.parser.feed(chunk)
-        self._drain()
-
-    def close(self) -> None:
-        self.parser.close()
-        self._drain()
-
-    def _drain(self) -> None:
-        for got in self.parser.read_events():
-            event, elem = got  # type: ignore[misc]  # ("start" | "end", Element) as asked
-            assert isinstance(elem, Element)
-            if event == "start":
-                if self.root is None:
-                    self.root = elem
-                continue
-            local = elem.tag.rsplit("}", 1)[-1]
-            if local == "loc" and elem.text:
-                if self.root is not None and self.root.tag.endswith("sitemapindex"):
-                    self.on_sitemap(elem.text.strip())
-                else:
-                    self.on_page(elem.text.strip())
-            elif local in ("url", "sitemap") and self.root is not None:
-                self.root.clear()  # done with it: keep nothing of what was read
 
 
 async def _walk_sitemaps(
@@ -289,24 +216,28 @@ async def _walk_sitemaps(
             if len(pending) + len(seen_maps) < _MAX_SITEMAPS:
                 pending.append(loc)
 
-        reader = _SitemapReader(found.append, child)
+        reader = SitemapReader(found.append, child)
         try:
-            async with fetch.get(url, "application/xml, text/xml, */*") as resp:
-                if resp.status != 200:
-                    raise ValueError(f"it answered {resp.status}")
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    reader.feed(chunk)
-                    while found:  # hand URLs on as they come, waiting when workers lag
-                        loc = found.popleft()
-                        if not await _offer(
-                            loc, pages, fetch, robots, user_agent, seen_pages, max_pages
-                        ):
-                            return
+            with tempfile.TemporaryFile() as spool:
+                await _download(fetch, url, spool)
+                # Parsed from disk, not from the socket: handing 50,000 URLs on at the crawl's
+                # rate takes hours, far longer than any server keeps a response open.
+                while chunk := spool.read(_CHUNK):
+                    for _ in reader.feed(chunk):
+                        while found:  # hand URLs on as they come, waiting when workers lag
+                            loc = found.popleft()
+                            if not await _offer(
+                                loc, pages, fetch, robots, user_agent, seen_pages, max_pages
+                            ):
+                                return
                 reader.close()
             read += 1
         except (aiohttp.ClientError, TimeoutError, ValueError, ParseError, zlib.error) as e:
             problem = f"sitemap {listed} could not be read: {e or type(e).__name__}"
-            if read or listed != first:
+            if reader.listed:  # cut short: what it listed so far still counts
+                read += 1
+                log.warning("Sitemap %r was read only in part: %s", listed, e)
+            elif read or listed != first:
                 log.warning("Sitemap %r could not be read: %s", listed, e)
             elif fallback:
                 pending.extend(fallback)  # robots.txt names others: read those instead
@@ -317,6 +248,20 @@ async def _walk_sitemaps(
                 return
     if not read:
         raise CrawlError(problem or "no sitemap to read")
+
+
+async def _download(fetch: _Fetcher, url: str, spool: IO[bytes]) -> None:
+    """The body of a sitemap into `spool` (rewound), at most SITEMAP_MAX bytes as sent."""
+    async with fetch.get(url, "application/xml, text/xml, */*") as resp:
+        if resp.status != 200:
+            raise ValueError(f"it answered {resp.status}")
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > SITEMAP_MAX:
+                raise ValueError(f"it is bigger than {SITEMAP_MAX} bytes")
+            spool.write(chunk)
+    spool.seek(0)
 
 
 async def _offer(
@@ -400,6 +345,8 @@ async def crawl(
     """
     if concurrency < 1 or rate <= 0 or max_pages < 1:
         raise ValueError("concurrency and max_pages must be at least 1 and rate above 0")
+    if id_source not in ID_SOURCES:
+        raise ValueError(f"id_source must be one of {', '.join(ID_SOURCES)}, not {id_source!r}")
     base_scheme, base_host = _origin(site_url)
     site = _Site(
         f"{base_scheme}://{base_host}",
@@ -412,6 +359,7 @@ async def crawl(
         bucket = _Bucket(1.0 / rate)
         fetch = _Fetcher(http, site, bucket, user_agent)
         robots, delay = await _robots(fetch)
+        fetch.allowed = lambda url: robots.can_fetch(user_agent, url)
         if delay is not None:
             bucket.at_least(delay)
         first = sitemap or site.base + "/sitemap.xml"

@@ -69,7 +69,7 @@ class PageData:
 class _Scan(HtmlScan):
     """The rules' scanner, keeping JSON-LD as text instead of parsing it."""
 
-    __slots__ = ("ld_budget", "ld_bytes", "ld_over", "ld_raw")
+    __slots__ = ("ld_added", "ld_budget", "ld_bytes", "ld_opened", "ld_over", "ld_raw")
 
     def __init__(self, *, charset: str, max_bytes: int, max_item: int) -> None:
         super().__init__(_WANTS, charset=charset, max_bytes=max_bytes, max_item=max_item)
@@ -77,8 +77,19 @@ class _Scan(HtmlScan):
         self.ld_bytes = 0
         self.ld_budget = max_item
         self.ld_over = False
+        self.ld_opened = self.ld_added = 0
+
+    @property
+    def ld_dropped(self) -> bool:
+        """A JSON-LD script was too big to keep (the scanner skips those silently)."""
+        return self.ld_over or self.ld_opened > self.ld_added
+
+    def _enter_special(self, name: bytes, *, ld: bool) -> None:
+        self.ld_opened += ld
+        super()._enter_special(name, ld=ld)
 
     def _add_jsonld(self, raw: bytes | bytearray) -> None:
+        self.ld_added += 1
         self.ld_bytes += len(raw)
         if self.ld_bytes > self.ld_budget:
             self.ld_over = True
@@ -168,16 +179,15 @@ class ProductReader:
     def close(self) -> PageData:
         """End of the body (or of what will be read of it): everything collected."""
         found = self._scan.finish()
-        md: tuple[Mapping[str, Any], ...] = ()
-        over = self._scan.ld_over
+        walker = self._md
         if self._on:
-            walker, data, p = self._md, self._pending, 0
+            data, p = self._pending, 0
             while p < len(data):
-                p = walker.step(data, p, final=True)
+                p = walker.step(data, p, final=True)  # never -1 when final
             walker.finish()
             self._on, self._pending = False, b""
-        md = tuple(self._md.items)
-        over = over or self._md.over
+        md: tuple[Mapping[str, Any], ...] = tuple(walker.items)
+        over = self._scan.ld_dropped or walker.over
         meta = tuple((name, v) for name in sorted(found.meta) for v in found.meta[name])
         canonical = next(
             (h for e in found.elements.get(_CANONICAL, []) if (h := e.get("href", "").strip())),

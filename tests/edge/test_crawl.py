@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.edge.crawl import CrawledPage, CrawlError, crawl, crawl_delay
+from gateway.edge.crawl import CrawledPage, CrawlError, crawl
+from gateway.edge.sitemaps import crawl_delay
 from tests.conftest import make_settings
 from tests.fakes.graph import FakeGraph
 from tests.fakes.upstream import run_gateway
@@ -275,15 +276,20 @@ async def test_max_pages(shop: Shop, collect: Collect) -> None:
 
 
 async def test_redirects_are_followed_on_the_site_only(shop: Shop, collect: Collect) -> None:
-    shop.put("/sitemap.xml", urlset(f"{shop.url}/old", f"{shop.url}/away"))
+    shop.put("/robots.txt", "User-agent: *\nDisallow: /secret\n", ctype="text/plain")
+    shop.put("/sitemap.xml", urlset(f"{shop.url}/old", f"{shop.url}/away", f"{shop.url}/hush"))
     shop.put("/old", "/p/new", status=302)
     shop.put("/away", "https://elsewhere.example/p", status=301)
+    shop.put("/hush", "/secret", status=302)
     shop.put("/p/new", product_page("NEW"))
     pages = {p.url: p for p in await collect()}
     moved = pages[f"{shop.url}/old"]
     assert moved.products is not None and [i.id for i in moved.products.items] == ["NEW"]
     away = pages[f"{shop.url}/away"]
     assert away.status == 0 and away.products is None and "off the site" in (away.error or "")
+    hush = pages[f"{shop.url}/hush"]
+    assert hush.products is None and "disallows" in (hush.error or "")
+    assert "/secret" not in shop.paths()
 
 
 async def test_a_failing_page_is_an_error_not_the_end(shop: Shop, collect: Collect) -> None:
@@ -324,6 +330,9 @@ async def test_connection_refused_is_a_crawl_error() -> None:
 async def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="http"):
         async for _ in crawl("ftp://x", public_origin=PUBLIC):
+            pass
+    with pytest.raises(ValueError, match="id_source"):
+        async for _ in crawl("http://127.0.0.1:9", public_origin=PUBLIC, id_source="name"):
             pass
     with pytest.raises(ValueError, match="concurrency"):
         async for _ in crawl("http://127.0.0.1:9", public_origin=PUBLIC, concurrency=0):
@@ -369,3 +378,24 @@ async def test_crawl_through_the_gateway_in_front_of_the_shop(
     assert [(i.id, i.link) for i in page.products.items] == [("SKU-2", f"{PUBLIC}/p/2")]
     # ...and every request reached the shop through the gateway.
     assert shop.paths() == ["/robots.txt", "/maps/a.xml", "/p/2"]
+
+
+async def test_a_gzip_bomb_sitemap_is_refused_past_50_mib(shop: Shop, collect: Collect) -> None:
+    # ~60 MiB of XML inflating from a few dozen KiB: read in bounded pieces, then refused.
+    urls = urlset(f"{shop.url}/p/1")
+    bomb = urls.replace("</urlset>", "<!-- " + "x" * (60 * 1024 * 1024) + " --></urlset>")
+    shop.put("/sitemap.xml", gzip.compress(bomb.encode(), 1), ctype="application/gzip")
+    shop.put("/p/1", product_page("S1"))
+    got = await collect()
+    # The URL before the padding was handed on before the bound was hit.
+    assert [p.url for p in got] == [f"{shop.url}/p/1"]
+
+
+async def test_a_text_sitemap(shop: Shop, collect: Collect) -> None:
+    shop.put("/robots.txt", f"Sitemap: {PUBLIC}/sitemap.txt\n", ctype="text/plain")
+    lines = f"\ufeff{PUBLIC}/p/1\r\n  {PUBLIC}/p/2\nnot a url\n{PUBLIC}/p/3"
+    shop.put("/sitemap.txt", lines, ctype="text/plain")
+    for n in (1, 2, 3):
+        shop.put(f"/p/{n}", product_page(f"S{n}"))
+    got = sorted(p.url for p in await collect())
+    assert got == [f"{PUBLIC}/p/1", f"{PUBLIC}/p/2", f"{PUBLIC}/p/3"]

@@ -214,3 +214,17 @@ def test_unfinished_markup_at_the_end() -> None:
         got = read_page(body)
         assert got.microdata == ({"@type": "", "n": "x"},)
         assert chunked(body, list(range(len(body)))) == got
+
+
+def test_a_json_ld_script_too_big_to_keep_marks_the_page_truncated() -> None:
+    # A product that cannot be read must not look like a product gone from its page.
+    big = (
+        b'<script type="application/ld+json">{"@type":"Product","d":"'
+        + b"x" * 5000
+        + b'"}</script>'
+    )
+    body = b"<html><head>" + big + b"</head><body>" + b"y" * 100 + b"</body></html>"
+    got = read_page(body, max_json_ld_bytes=1000)
+    assert got.json_ld == () and got.truncated
+    assert chunked(body, list(range(0, len(body), 97)), max_json_ld_bytes=1000) == got
+    assert not read_page(body).truncated

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.html.products import PageData, read_page
@@ -95,6 +95,17 @@ def test_aggregate_offer_takes_the_low_price_and_maps_limited_availability() -> 
     # no canonical: the request URL without its query, on the public origin
     assert item.link == "https://shop.example/x/aggregate_offer"
     assert item.image_link == "https://shop.example/media/beans.png"
+
+
+def test_aggregate_offer_with_inner_offers_keeps_its_currency() -> None:
+    offers = {
+        "@type": "AggregateOffer",
+        "priceCurrency": "SEK",
+        "availability": "https://schema.org/PreOrder",
+        "offers": [{"@type": "Offer"}, {"@type": "Offer", "price": "199"}],
+    }
+    got = products_from_page(page(json_ld=(ld(offers=offers),)), url="/p", public_origin=ORIGIN)
+    assert [(i.price, i.availability) for i in got.items] == [("199.00 SEK", "preorder")]
 
 
 def test_product_group_gives_one_item_per_variant() -> None:
@@ -234,6 +245,10 @@ def test_a_related_product_beside_the_page_product_is_skipped() -> None:
         public_origin=ORIGIN,
     )
     assert [i.id for i in via.items] == ["MINE"]
+    # Alone on its page, a product is the page's own whatever its url says (a locale
+    # prefix, an old slug).
+    alone = products_from_page(page(json_ld=(related,)), url="/en/p", public_origin=ORIGIN)
+    assert [i.id for i in alone.items] == ["OTHER"] and alone.problems == ()
 
 
 def test_a_page_without_products() -> None:
@@ -491,3 +506,80 @@ def test_feed_row() -> None:
         "https://shop.example/img/tr2-side.jpg,https://shop.example/x/img/tr2-sole.jpg"
     )
     assert row["price"] == "49.90 EUR"
+
+
+# --- hostile input ---------------------------------------------------------------------------
+
+_KEYS = (
+    "@type @id @graph name sku offers price lowPrice priceCurrency priceSpecification priceType "
+    "image url hasVariant isVariantOf brand gtin13 availability itemCondition mainEntity "
+    "productGroupID description mpn productID"
+).split()
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.sampled_from(["Product", "ProductGroup", "Offer", "AggregateOffer", "EUR", "1.5", "x"])
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(_KEYS), children, max_size=6)
+    ),
+    max_leaves=30,
+)
+# Products that nearly make sense, each field possibly replaced by anything.
+_maybe = lambda good: st.one_of(good, good, good, _json)  # noqa: E731
+_offer = st.fixed_dictionaries(
+    {
+        "@type": _maybe(st.sampled_from(["Offer", "AggregateOffer"])),
+        "price": _maybe(st.sampled_from(["9.99", "1,299.00", "0", "-1", "abc"])),
+        "lowPrice": _maybe(st.just("5")),
+        "priceCurrency": _maybe(st.sampled_from(["EUR", "JPY", "KWD", "eur", "XXX", ""])),
+        "availability": _maybe(st.sampled_from(["https://schema.org/InStock", "SoldOut", "?"])),
+        "priceSpecification": _maybe(
+            st.fixed_dictionaries(
+                {"price": st.just("19.99"), "priceType": st.just("StrikethroughPrice")}
+            )
+        ),
+    }
+)
+_product = st.fixed_dictionaries(
+    {
+        "@type": _maybe(st.sampled_from(["Product", "ProductGroup", ["Product", "Thing"]])),
+        "name": _maybe(st.text(max_size=30)),
+        "sku": _maybe(st.text(max_size=10)),
+        "image": _maybe(st.sampled_from(["/a.jpg", "https://x.example/b.jpg", "javascript:x"])),
+        "url": _maybe(st.sampled_from(["/p", "/q", "https://shop.example/p"])),
+        "offers": _maybe(_offer | st.lists(_offer, max_size=3)),
+        "hasVariant": _maybe(st.lists(st.deferred(lambda: _product), max_size=2)),
+    }
+)
+_ITEM_PRICE = r"^\d+(\.\d+)? [A-Z]{3}$"
+
+
+@settings(max_examples=150, deadline=None)
+@given(docs=st.lists(_json | _product, max_size=3), micro=st.lists(_json | _product, max_size=2))
+def test_any_json_ld_or_microdata_gives_valid_items_or_problems(
+    docs: list[Any], micro: list[Any]
+) -> None:
+    import re
+
+    got = products_from_page(
+        page(
+            json_ld=tuple(json.dumps(d) for d in docs),
+            microdata=tuple(m for m in micro if isinstance(m, dict)),
+            meta=(("og:image", "/i.jpg"),),
+        ),
+        url="/p",
+        public_origin=ORIGIN,
+    )
+    for item in got.items:
+        assert re.match(_ITEM_PRICE, item.price)
+        assert item.sale_price is None or re.match(_ITEM_PRICE, item.sale_price)
+        assert item.availability in {
+            "in stock", "out of stock", "preorder", "available for order", "discontinued",
+        }  # fmt: skip
+        assert item.condition in {"new", "refurbished", "used"}
+        assert item.id and len(item.id) <= 100 and item.title
+        assert item.link.startswith("https://") and item.image_link.startswith("http")
+        assert CatalogItem.from_data(item.data()) == item
