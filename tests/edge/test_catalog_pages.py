@@ -333,3 +333,31 @@ async def test_an_expired_token_parks_until_a_reload_brings_a_new_one(
     await until(lambda: "SKU-1" in meta.items)
     body = await status_when(client, lambda b: b["items"]["synced"] == 1)
     assert body["blocked"] is None
+
+
+async def test_through_the_proxy_on_postgresql(
+    tmp_path: Path, shop: Shop, meta: FakeCatalog, postgres_store_dsn: str
+) -> None:
+    """The same path with the PostgreSQL store: first sight, a 410 twice deletes."""
+    settings = make_settings(
+        tmp_path,
+        meta.url,
+        upstream=shop.url,
+        buffer=postgres_store_dsn,
+        encryption_key="ab" * 32,
+        catalog={"catalog_id": CATALOG_ID, "min_interval": 0, "delete_after": 2},
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
+    await client.start_server()
+    try:
+        await client.get("/p/1")
+        await client.get("/p/2")
+        await until(lambda: {"SKU-1", "SKU-2"} <= set(meta.items))
+        shop.status["/p/2"] = 410
+        for _ in range(2):
+            assert (await client.get("/p/2")).status == 410
+        await until(lambda: "SKU-2" not in meta.items)
+        body = await status_when(client, lambda b: b["items"]["deleted"] == 1)
+        assert body["items"]["synced"] == 1
+    finally:
+        await client.close()
