@@ -118,3 +118,58 @@ def test_a_catalog_without_any_token_is_refused_at_start(tmp_path: Path) -> None
         'pixel_id = [123456789012]\naccess_token = "EAAB"\n[catalog]\ncatalog_id = "12345678"\n',
     )
     with_pixel_token.check_ready_to_send()
+
+
+async def test_a_tenant_sees_its_own_catalog_only(tmp_path: Path) -> None:
+    async with (
+        start_shop(products=1) as shop_a,
+        start_shop(products=1) as shop_b,
+        start_fake_catalog(token=TOKEN) as meta,
+    ):
+        settings = make_settings(
+            tmp_path,
+            meta.url,
+            pixel_id=[],
+            events_api_keys=[],
+            admin_token="global-admin-token",
+            catalog={"catalog_id": CATALOG_A, "min_interval": 0},
+            sites=[
+                {
+                    "name": "alpha",
+                    "hosts": ["a.example"],
+                    "upstream": shop_a.url,
+                    "pixel_id": ["100000000001"],
+                    "admin_token": "tenant-alpha-token",
+                },
+                {
+                    "name": "beta",
+                    "hosts": ["b.example"],
+                    "upstream": shop_b.url,
+                    "pixel_id": ["100000000002"],
+                    "catalog": {"catalog_id": CATALOG_B, "min_interval": 0},
+                },
+            ],
+        )
+        async with run_gateway(settings) as gw:
+            for host in ("a.example", "b.example"):
+                async with gw.session.get(gw.url + "/p/1", headers={"Host": host}) as resp:
+                    assert resp.status == 200
+            tenant = {"Authorization": "Bearer tenant-alpha-token"}
+            deadline = time.monotonic() + 8
+            while True:
+                async with gw.session.get(gw.url + "/_capi/catalog", headers=tenant) as resp:
+                    assert resp.status == 200
+                    body: dict[str, Any] = await resp.json()
+                if body["items"]["synced"] == 1:
+                    break
+                assert time.monotonic() < deadline, body
+                await asyncio.sleep(0.05)
+            assert set(body["sites"]) == {"alpha"} and body["catalog_id"] == CATALOG_A
+            async with gw.session.get(gw.url + "/_capi/catalog.csv", headers=tenant) as resp:
+                assert resp.status == 200 and "SKU-1" in await resp.text()
+            async with gw.session.get(
+                gw.url + "/_capi/catalog.csv?site=beta", headers=tenant
+            ) as resp:
+                assert resp.status == 404  # not the tenant's catalog
+            async with gw.session.get(gw.url + "/_capi/catalog") as resp:
+                assert resp.status == 401
