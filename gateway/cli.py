@@ -310,6 +310,7 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import (
         DEMO_API_KEY,
+        DEMO_CATALOG_ID,
         DEMO_PIXEL_ID,
         DEMO_WEBHOOK_SECRETS,
         default_rules_dir,
@@ -325,6 +326,8 @@ def _demo(args: argparse.Namespace) -> int:
     def make(upstream: str) -> Settings:
         # The demo takes the `CAPIGW_` settings (CAPIGW_ASSEMBLY_HOLD, ...) like `serve`, but
         # no Meta credentials, and always runs dry: nothing leaves the machine.
+        own = os.environ.get("CAPIGW_CATALOG") or os.environ.get("CAPIGW_CATALOG_ID")
+        catalog = {} if own else {"catalog_id": DEMO_CATALOG_ID}
         return load_settings(
             Sources(
                 environ={k: v for k, v in os.environ.items() if k.startswith("CAPIGW_")},
@@ -339,6 +342,8 @@ def _demo(args: argparse.Namespace) -> int:
                     "log_format": "text",
                     # `curl` is a bot to the gateway: the demo says why a page has no tag.
                     "debug_headers": True,
+                    # A catalog read off the shop's product pages (dry: recorded only).
+                    "catalog": catalog,
                 },
             )
         )
