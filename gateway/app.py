@@ -15,7 +15,6 @@ from aiohttp import web
 from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
     BUFFER_READER,
-    CATALOG,
     CATALOG_SENDER,
     INTAKE,
     METRICS,
@@ -29,12 +28,10 @@ from gateway.appkeys import (
     STITCHES,
     Runtime,
 )
+from gateway.catalogapp import catalog_ctx, catalog_pages
 from gateway.catalogsettings import catalog_sites
-from gateway.delivery.catalog import SqliteCatalog
-from gateway.delivery.catalogsync import CatalogSender, CatalogSyncOptions
 from gateway.delivery.graph import GraphClient
 from gateway.delivery.outbox import Outbox
-from gateway.delivery.postgres.catalog import PgCatalog
 from gateway.delivery.postgres.outbox import PgOutbox, open_postgres
 from gateway.delivery.postgres.reads import PgReader
 from gateway.delivery.postgres.stitches import PgStitches
@@ -44,14 +41,7 @@ from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.seal import Sealer, load_key
 from gateway.delivery.sender import Sender, SenderOptions
 from gateway.delivery.stitch import Stitches
-from gateway.delivery.store import (
-    CatalogStore,
-    KeyMismatch,
-    OutboxStore,
-    StitchStore,
-    StoreReader,
-)
-from gateway.edge.catalog import CatalogPages
+from gateway.delivery.store import KeyMismatch, OutboxStore, StitchStore, StoreReader
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
@@ -96,7 +86,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.cleanup_ctx.append(_stitches_ctx)
     app.cleanup_ctx.append(_reader_ctx)
     app.cleanup_ctx.append(_sender_ctx)
-    app.cleanup_ctx.append(_catalog_ctx)
+    app.cleanup_ctx.append(catalog_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_get(f"{prefix}/status", get_status)
@@ -163,53 +153,6 @@ async def _proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     await proxied_rules.drain()
     await products.close()
     await session.close()
-
-
-def catalog_pages(app: web.Application, site: str, settings: Settings) -> CatalogPages:
-    """The product reader of one site (idle while the site has no `[catalog]`)."""
-    return CatalogPages(
-        site,
-        settings.catalog,
-        app[CATALOG],
-        metrics=app[METRICS],
-        wake=app[CATALOG_SENDER].wake.set,
-    )
-
-
-async def _catalog_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Catalog item state lives in the store; its sender runs beside the events' sender.
-    settings = app[RUNTIME].settings
-    outbox = app[OUTBOX]
-    store: CatalogStore
-    if isinstance(outbox, PgOutbox):
-        store = PgCatalog(outbox.db)
-    else:
-        store = await SqliteCatalog.open(settings.buffer)
-    app[CATALOG] = store
-    session = aiohttp.ClientSession(trust_env=False)
-    graph = GraphClient(
-        session,
-        graph_url=settings.graph_url,
-        graph_version=settings.graph_version,
-        timeout=max(settings.send_timeout, 10.0),  # a 5,000-item call takes Meta a while
-        partner_agent=PARTNER_AGENT,
-    )
-    sender = CatalogSender(
-        store,
-        graph,
-        catalog_sites(settings),
-        CatalogSyncOptions.from_settings(
-            poll_interval=settings.poll_interval, dry_run=settings.dry_run
-        ),
-        _policy(settings),
-        metrics=app[METRICS],
-    )
-    app[CATALOG_SENDER] = sender
-    sender.start()
-    yield
-    await sender.stop()
-    await session.close()
-    await store.close()
 
 
 async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import CATALOG, CATALOG_SENDER, INTAKE, METRICS, STITCHES, Runtime
+from gateway.appkeys import INTAKE, METRICS, STITCHES, Runtime
+from gateway.catalogapp import catalog_pages
 from gateway.delivery.seal import load_key
-from gateway.edge.catalog import CatalogPages
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
@@ -91,13 +91,7 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
         pages,
         proxied_rules,
         metrics=app[METRICS],
-        catalog=CatalogPages(
-            stages.name,
-            settings.catalog,
-            app[CATALOG],
-            metrics=app[METRICS],
-            wake=app[CATALOG_SENDER].wake.set,
-        ),
+        catalog=catalog_pages(app, stages.name, settings),
     )
     return session
 

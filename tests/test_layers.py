@@ -45,6 +45,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "gateway.app",
             "gateway.siteapp",
+            "gateway.catalogapp",
             "gateway.cli",
             "gateway.workers",
             "gateway.demo",
