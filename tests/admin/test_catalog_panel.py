@@ -57,7 +57,7 @@ async def fill(client: TestClient[Any, Any]) -> None:
     ]
     resp = await client.post("/_capi/events", json={"data": events}, headers=auth())
     assert resp.status == 202, await resp.text()
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 15
     while True:
         body = await (await client.get("/_capi/catalog")).json()
         if body["items"]["synced"] == 2 and body["items"]["error"] == 1:

@@ -65,7 +65,7 @@ async def start(tmp_path: Path, shop: Shop, meta: FakeCatalog) -> AsyncIterator[
         await client.close()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -90,7 +90,7 @@ async def status_when(
     client: TestClient[Any, Any], predicate: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
     """The status once `predicate` holds for it (Meta's verdict is recorded after its poll)."""
-    deadline = time.monotonic() + 8.0
+    deadline = time.monotonic() + 15.0
     while True:
         body = await status(client)
         if predicate(body):
