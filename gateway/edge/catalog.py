@@ -167,7 +167,8 @@ class CatalogPages:
     async def load(self) -> None:
         """Read the URLs products were seen at (so a 404 there counts from the start)."""
         try:
-            self._known = await self.store.known_urls(self.site)
+            # Added to, never replaced: URLs recorded while the read ran stay known.
+            self._known |= await self.store.known_urls(self.site)
             self._known_at = time.time()
         except Exception as exc:
             log.error("Reading the catalog's product URLs failed: %s", exc)
@@ -257,7 +258,7 @@ class CatalogPages:
             return
         now = time.time()
         if now - self._known_at > _REFRESH:
-            self._known = await self.store.known_urls(self.site)
+            self._known |= await self.store.known_urls(self.site)
             self._known_at = now
         pages: list[PageSeen] = []
         shown: list[frozenset[tuple[str, str]]] = []
