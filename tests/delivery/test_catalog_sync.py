@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from gateway.catalogsettings import CatalogSettings, CatalogTarget
-from gateway.delivery.catalogstate import Seen
-from gateway.delivery.catalogsync import CatalogSender, CatalogSyncOptions
+from gateway.delivery.catalogstate import Seen, Work
+from gateway.delivery.catalogsync import CatalogSender, CatalogSyncOptions, item_errors
 from gateway.delivery.graph import GraphClient, appsecret_proof
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.store import CatalogStore
@@ -187,3 +187,23 @@ async def test_the_background_loop_sends_first_sight_and_stops(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     await s.stop()
+
+
+def test_item_errors_name_items_by_id_or_by_line() -> None:
+    work = [Work("a", "UPDATE", {"id": "a"}, "h", 0), Work("b", "DELETE", {}, "h", 0)]
+    entry = {
+        "status": "finished",
+        "errors": [
+            {"line": 1, "message": "No such item"},
+            {"id": "a", "message": "Invalid price"},
+            {"id": "a", "message": "Missing image"},
+            "junk",
+        ],
+    }
+    assert item_errors(entry, work) == {"a": "Invalid price; Missing image", "b": "No such item"}
+    assert item_errors({"status": "finished", "errors": []}, work) == {}
+    # A batch Meta gave up on without saying which item: every item carries why.
+    assert item_errors({"status": "error"}, work) == {
+        "a": "Meta's batch status is 'error'",
+        "b": "Meta's batch status is 'error'",
+    }
