@@ -4,7 +4,9 @@ For a site with a `[catalog]`, a GET answered 200 with HTML on a path its `pages
 allow (default: every page) gets a `ProductReader` fed the decoded body as it passes; when
 the body has gone by, the page's products are extracted and upserted by one background
 task per site, through a bounded queue (full: the page is dropped and counted, never
-delayed). A 404/410 for a URL a product was seen at counts a miss (deleted after
+delayed), up to `BATCH` pages per store transaction. A URL is read at most once a minute,
+and a page showing what it showed last time writes nothing: steady traffic costs a dict
+lookup per page. A 404/410 for a URL a product was seen at counts a miss (deleted after
 `delete_after` in a row); a 5xx or a timeout counts nothing. A fully read 200 page of a
 known product URL that no longer carries the product deletes it.
 """
