@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app, reload
 from gateway.appkeys import CATALOG, PROXY
+from gateway.delivery.catalog import SqliteCatalog
 from gateway.html.products import read_page
 from gateway.pipeline.catalog import products_from_page
 from tests.conftest import TOKEN, GatewayFactory, make_settings
@@ -361,3 +362,21 @@ async def test_through_the_proxy_on_postgresql(
         assert body["items"]["synced"] == 1
     finally:
         await client.close()
+
+
+async def test_pages_read_just_before_shutdown_are_recorded(
+    tmp_path: Path, shop: Shop, meta: FakeCatalog
+) -> None:
+    settings = make_settings(
+        tmp_path, meta.url, upstream=shop.url, catalog={"catalog_id": CATALOG_ID}
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
+    await client.start_server()
+    for n in (1, 2, 3):
+        assert (await client.get(f"/p/{n}")).status == 200
+    await client.close()  # at once: the queue is flushed before the store closes
+    store = await SqliteCatalog.open(settings.buffer)
+    try:
+        assert sorted(r.item_id for r in await store.rows("")) == ["SKU-1", "SKU-2", "SKU-3"]
+    finally:
+        await store.close()
