@@ -3,6 +3,7 @@ and by absence, leases, Meta's verdicts, parking, status and feeds."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.delivery.catalog import SqliteCatalog
-from gateway.delivery.catalogstate import Done, PageSeen, Seen
+from gateway.delivery.catalogstate import COLUMNS, Done, PageSeen, Row, Seen
 from gateway.delivery.schema import MIGRATIONS, SCHEMA_VERSION
 from gateway.delivery.store import CatalogStore
 
@@ -238,3 +239,9 @@ async def test_an_older_buffer_gains_the_catalog_tables_and_keeps_its_events(
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT event_id FROM events").fetchall() == [("e1",)]
+
+
+def test_row_values_follow_the_columns() -> None:
+    assert [f.name for f in dataclasses.fields(Row)] == list(COLUMNS)
+    row = Row(*range(len(COLUMNS)))
+    assert row.values() == tuple(range(len(COLUMNS))) and Row.of(row.values()) == row
