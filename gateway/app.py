@@ -16,6 +16,7 @@ from gateway.admin.routes import add_admin_routes
 from gateway.appkeys import (
     AUDIENCES,
     BUFFER_READER,
+    CATALOG_SENDER,
     INTAKE,
     METRICS,
     OUTBOX,
@@ -25,6 +26,8 @@ from gateway.appkeys import (
     STITCHES,
     Runtime,
 )
+from gateway.catalogapp import catalog_ctx
+from gateway.catalogsettings import catalog_sites
 from gateway.delivery.audiences import SqliteAudiences
 from gateway.delivery.audiences_task import AudienceService
 from gateway.delivery.graph import GraphClient
@@ -60,6 +63,7 @@ from gateway.errors import json_error
 from gateway.insights.policy import insight_policy
 from gateway.insights.routes import add_report_routes
 from gateway.log import request_id_middleware
+from gateway.ops.catalog import add_catalog_routes
 from gateway.ops.health import get_health
 from gateway.ops.prometheus import get_metrics, metrics_for_settings
 from gateway.ops.status import get_status
@@ -97,12 +101,14 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.cleanup_ctx.append(_reader_ctx)
     app.cleanup_ctx.append(_sender_ctx)
     app.cleanup_ctx.append(_audiences_ctx)
+    app.cleanup_ctx.append(catalog_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
     app.router.add_get(f"{prefix}/status", get_status)
     app.router.add_get(f"{prefix}/metrics", get_metrics)
     add_admin_routes(app, prefix)
     add_report_routes(app, prefix)
+    add_catalog_routes(app, prefix)
     app.router.add_post(f"{prefix}/events", post_events)
     app.router.add_post(f"{prefix}/hooks/{{hook}}", post_hook)
     app.router.add_get(f"{prefix}/px.js", get_px_js)
@@ -276,6 +282,7 @@ async def reload(
     await sender.reconcile_blocks()
     if AUDIENCES in app:
         await app[AUDIENCES].apply()
+    app[CATALOG_SENDER].configure(catalog_sites(settings), _policy(settings))
     log.info("Reloaded the configuration.")
 
 

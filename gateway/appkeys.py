@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.delivery.audiences_task import AudienceService
+from gateway.delivery.catalogsync import CatalogSender
 from gateway.delivery.sender import Sender
-from gateway.delivery.store import OutboxStore, StitchStore, StoreReader
+from gateway.delivery.store import CatalogStore, OutboxStore, StitchStore, StoreReader
 from gateway.edge.intake import Intake
 from gateway.edge.pages import PageViews
 from gateway.edge.proxied_rules import ProxiedRules
@@ -69,3 +70,5 @@ PROXIED_RULES = web.AppKey("proxied_rules", ProxiedRules)
 INTAKE = web.AppKey("intake", Intake)
 STITCHES = web.AppKey("stitches", StitchStore)
 AUDIENCES = web.AppKey("audiences", AudienceService)
+CATALOG = web.AppKey("catalog", CatalogStore)
+CATALOG_SENDER = web.AppKey("catalog_sender", CatalogSender)

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commands.report import add_parser as add_report_parser
 
     add_report_parser(sub)
+    from gateway.commands.catalog import add_parser as add_catalog_parser
+
+    add_catalog_parser(sub)
     queue = sub.add_parser("queue", help="inspect and manage the outbox")
     qsub = queue.add_subparsers(dest="queue_command", required=True)
     for name, text in (
@@ -188,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.commands.queue import run_queue_command
 
             return run_queue_command(args)
+        if args.command == "catalog":
+            from gateway.commands.catalog import run_catalog_command
+
+            return run_catalog_command(args)
         if args.command == "forget":
             return run_forget_command(args)
         if args.command == "audiences":
@@ -319,6 +326,7 @@ def _serve(args: argparse.Namespace, settings: Settings, rules: RuleSet | None) 
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import (
         DEMO_API_KEY,
+        DEMO_CATALOG_ID,
         DEMO_PIXEL_ID,
         DEMO_WEBHOOK_SECRETS,
         default_rules_dir,
@@ -334,6 +342,8 @@ def _demo(args: argparse.Namespace) -> int:
     def make(upstream: str) -> Settings:
         # The demo takes the `CAPIGW_` settings (CAPIGW_ASSEMBLY_HOLD, ...) like `serve`, but
         # no Meta credentials, and always runs dry: nothing leaves the machine.
+        own = os.environ.get("CAPIGW_CATALOG") or os.environ.get("CAPIGW_CATALOG_ID")
+        catalog = {} if own else {"catalog_id": DEMO_CATALOG_ID}
         return load_settings(
             Sources(
                 environ={k: v for k, v in os.environ.items() if k.startswith("CAPIGW_")},
@@ -348,6 +358,8 @@ def _demo(args: argparse.Namespace) -> int:
                     "log_format": "text",
                     # `curl` is a bot to the gateway: the demo says why a page has no tag.
                     "debug_headers": True,
+                    # A catalog read off the shop's product pages (dry: recorded only).
+                    "catalog": catalog,
                 },
             )
         )

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from gateway.catalogsettings import CatalogSettings
 from gateway.settings import ConfigError, PixelSettings, Settings
 from gateway.sitesettings import PER_SITE_KEYS
 
@@ -45,6 +46,10 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
         key = name[len("CAPIGW_") :].lower()
         if not raw.strip():
             continue  # an empty variable is an unset one (shell and compose habit)
+        if key == "catalog_id":
+            # The one `[catalog]` key with a variable of its own (design.md's contract).
+            values["catalog"] = {**values.get("catalog", {}), "catalog_id": raw.strip()}
+            continue
         if key not in Settings.model_fields:
             close = difflib.get_close_matches(key, list(Settings.model_fields), n=1, cutoff=0.6)
             hint = (
@@ -112,6 +117,9 @@ def load_settings(sources: Sources) -> Settings:
         for key, value in values.items():
             if key == "config":
                 continue
+            if key == "catalog" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                # CAPIGW_CATALOG_ID fills in a `[catalog]` table that leaves it out.
+                value = {**merged[key], **value}
             merged[key] = value
             origin[key] = name
     try:
@@ -146,6 +154,8 @@ def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
     # `[[pixels]]` tables have their own keys; everything else is a top-level setting.
     if len(loc) == 3 and loc[0] == "pixels":
         return list(PixelSettings.model_fields)
+    if len(loc) == 2 and loc[0] == "catalog":
+        return list(CatalogSettings.model_fields)
     if loc and loc[0] == "sites":
         return ["name", "hosts", "default", *sorted(PER_SITE_KEYS), "events_api_keys"]
     return list(Settings.model_fields)

@@ -19,6 +19,8 @@ from gateway.settings import Settings
 DEMO_API_KEY = "demo-key"
 # The pixel of the demo shop's pages (a local stand-in of fbevents.js) and of the gateway.
 DEMO_PIXEL_ID = "1234567890"
+# A made-up catalog: the demo runs dry, so its catalog sync records and sends nothing.
+DEMO_CATALOG_ID = "1000000000001"
 # Secrets of the example webhooks in rules/ (demo only: set your own in production).
 DEMO_WEBHOOK_SECRETS = {
     "STRIPE_WEBHOOK_SECRET": "whsec_demo",
@@ -100,6 +102,9 @@ def banner(settings: Settings, public: str) -> str:
         f"Events wait {_hold(settings)} for their copies first (CAPIGW_ASSEMBLY_HOLD)\n"
         f"  page      curl -s -A 'Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0' {public}/ "
         f"  # curl's own User-Agent is a bot's: no tag\n"
+        f"  catalog   open a product page, then CAPIGW_CATALOG_ID={DEMO_CATALOG_ID} {cli} "
+        f"catalog status --buffer {buffer}  "
+        f"(or {public}{settings.prefix}/catalog): its products, read off the pages\n"
         f"  rules     {settings.rules or 'none (pass --rules DIR)'}\n"
         f"  webhooks  {public}{settings.prefix}/hooks/stripe|bookings|crm, signed with "
         f"{', '.join(f'{k}={v}' for k, v in DEMO_WEBHOOK_SECRETS.items())}\n"

@@ -95,7 +95,15 @@ async def product(request: web.Request) -> web.StreamResponse:
         "@type": "Product",
         "sku": item.sku,
         "name": item.name,
-        "offers": {"@type": "Offer", "price": str(item.price), "priceCurrency": CURRENCY},
+        "description": item.blurb,
+        # Meta's catalog needs an image: the demo's catalog sync reads this page.
+        "image": f"/product/{item.sku}/image.svg",
+        "offers": {
+            "@type": "Offer",
+            "price": str(item.price),
+            "priceCurrency": CURRENCY,
+            "availability": "https://schema.org/InStock",
+        },
     }
     head = f'<script type="application/ld+json">{json.dumps(ld)}</script>'
     body = (

@@ -180,6 +180,21 @@ class Metrics:
             "Rows Meta confirmed added to or removed from each [[sites]] site's audiences.",
             ["site", "audience", "change"],
         )
+        self._catalog_batches = counter(
+            "capi_gateway_catalog_batches",
+            "Catalog Batch API calls, by outcome (sent, retry, throttled, blocked, dry_run, ...).",
+            ["outcome"],
+        )
+        self._catalog_items = counter(
+            "capi_gateway_catalog_items_sent",
+            "Catalog items Meta answered for, by result (synced, deleted, error, dry_run).",
+            ["result"],
+        )
+        self._catalog_pages = counter(
+            "capi_gateway_catalog_pages",
+            "Pages read for products, by outcome (read, dropped: the queue was full, failed).",
+            ["outcome"],
+        )
         workers = Gauge(
             "capi_gateway_workers",
             "Worker processes serving.",
@@ -303,6 +318,19 @@ class Metrics:
             self._site_audience_syncs.labels(site, audience, outcome).inc()
             self._site_audience_rows.labels(site, audience, "added").inc(added)
             self._site_audience_rows.labels(site, audience, "removed").inc(removed)
+
+    def catalog_batch(self, outcome: str) -> None:
+        """Count one Catalog Batch API call (or a dry-run record of one)."""
+        self._catalog_batches.labels(outcome).inc()
+
+    def catalog_items(self, result: str, count: int) -> None:
+        """Count items Meta answered for (synced, deleted, error) or a dry run recorded."""
+        if count:
+            self._catalog_items.labels(result).inc(count)
+
+    def catalog_page(self, outcome: str) -> None:
+        """Count one page handed to (or dropped by) the catalog's background reader."""
+        self._catalog_pages.labels(outcome).inc()
 
     def _name_label(self, name: str, *, new: bool) -> str:
         if not name:

@@ -27,6 +27,7 @@ from pydantic import (
 
 from gateway import __version__
 from gateway.audiencesettings import AudienceSettings, ad_account, check_audiences
+from gateway.catalogsettings import CatalogSettings, catalog_sites
 from gateway.insightsettings import InsightSettings
 from gateway.sitesettings import Site, SiteTable, resolve_sites
 
@@ -354,6 +355,11 @@ class Settings(BaseModel):
         check_audiences(value, info.data)
         return value
 
+    catalog: CatalogSettings | None = None
+    """`[catalog]` table: `catalog_id`, `access_token`, `pages`, `min_interval`,
+    `delete_after`, `id_source`, `feed_token` — products seen on pages synced to a Meta
+    catalog (see "Catalog sync"); per site in `[[sites]]`"""
+
     sites: list[SiteTable] = Field(default_factory=list)
     """`[[sites]]` tables: `name`, `hosts`, `default`, and the site's own per-site settings
     (see "Several sites"); without them one implicit site uses the top-level settings"""
@@ -639,6 +645,13 @@ class Settings(BaseModel):
             )
         if self.dry_run:
             return
+        for target in catalog_sites(self):
+            if not target.access_token:
+                where = f"sites.{target.site}.catalog" if target.site else "catalog"
+                raise ConfigError(
+                    f"{where}.access_token: catalog {target.catalog.catalog_id} has no token; "
+                    "set access_token in [catalog] (or a pixel token), or run with --dry-run"
+                )
         for pixel in pixels:
             if not pixel.access_token:
                 raise ConfigError(

@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.appkeys import INTAKE, METRICS, PAGES, PROXIED_RULES, PROXY, RUNTIME, STITCHES, Runtime
+from gateway.catalogapp import catalog_pages
 from gateway.delivery.seal import load_key
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
@@ -109,7 +110,12 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
     stages.pages = pages
     stages.proxied_rules = proxied_rules
     stages.proxy = Proxy(
-        session, ProxyOptions.from_settings(settings), pages, proxied_rules, metrics=app[METRICS]
+        session,
+        ProxyOptions.from_settings(settings),
+        pages,
+        proxied_rules,
+        metrics=app[METRICS],
+        catalog=catalog_pages(app, stages.name, settings),
     )
     return session
 
@@ -136,6 +142,8 @@ async def sites_ctx(app: web.Application) -> AsyncIterator[None]:
     for each, _ in app[SITE_STARTED]:
         if each.proxied_rules is not None:
             await each.proxied_rules.drain()
+        if each.proxy is not None and each.proxy.catalog is not None:
+            await each.proxy.catalog.close()
     for _, session in app[SITE_STARTED]:
         await session.close()
 
@@ -182,6 +190,8 @@ def reload_sites(app: web.Application, settings: Settings, fresh: dict[str, Runt
             if stages.pages is not None:
                 stages.pages.configure(runtime.settings)
             stages.proxy.options = ProxyOptions.from_settings(runtime.settings)
+            if stages.proxy.catalog is not None:
+                stages.proxy.catalog.configure(runtime.settings.catalog)
         else:
             stages = SiteStages(site.name, runtime)
             app[SITE_STARTED].append((stages, _start_site(app, stages)))
@@ -214,6 +224,8 @@ def _reload_single(app: web.Application, settings: Settings) -> None:
         if single.pages is not None:
             single.pages.configure(settings)
         single.proxy.options = ProxyOptions.from_settings(settings)
+        if single.proxy.catalog is not None:
+            single.proxy.catalog.configure(settings.catalog)
         return
     single = _single(app)
     app[SITE_STARTED].append((single, _start_site(app, single)))

@@ -51,6 +51,7 @@ PER_SITE_KEYS = frozenset(
         "audiences_access_token",
         "audiences",
         "insights",
+        "catalog",
     }
 )
 # Keys a site owns outright: never inherited from the top level, never shared.

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.sitesettings",
             "gateway.audiencesettings",
             "gateway.insightsettings",
+            "gateway.catalogsettings",
             "gateway.config",
             "gateway.metrics",
             "gateway.html.",
@@ -55,6 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "gateway.app",
             "gateway.siteapp",
+            "gateway.catalogapp",
             "gateway.cli",
             "gateway.workers",
             "gateway.demo",

@@ -9,7 +9,7 @@ sized by attributes, never by inline styles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +51,11 @@ def render_dashboard(
     site: str | None = None,
     tenant: bool = False,
     audiences: Sequence[Any] = (),
+    catalog: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The whole dashboard page; `sites`: the site selector's choices, `site`: the one shown;
-    `audiences`: the audiences panel's rows (gateway/admin/audiences.py)."""
+    `audiences`: the audiences panel's rows (gateway/admin/audiences.py); `catalog`: the
+    catalog panels (gateway.admin.catalog)."""
     s = d.delivery
     tiles = [
         ("sent", "Sent", s.sent, "delivered in the last 24\u00a0h"),
@@ -77,6 +79,7 @@ def render_dashboard(
         sites=sites,
         site=site,
         tenant=tenant,
+        catalog=catalog,
         c=layout(d.timeline),
         series=series_groups(d.timeline),
         tiles=tiles,

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.admin.audiences import audience_rows
+from gateway.admin.catalog import catalog_panels
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
 from gateway.admin.insightspage import render_insights
 from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
@@ -38,7 +39,7 @@ from gateway.admin.session import (
     verify,
 )
 from gateway.admin.tenants import tenant_keys, tenant_session
-from gateway.appkeys import OUTBOX, RUNTIME
+from gateway.appkeys import CATALOG, OUTBOX, RUNTIME
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
@@ -183,6 +184,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
                     sites=shown,
                     pixels=pixels,
                 )
+        panels = await catalog_panels(request.app[CATALOG], settings, shown)
     except (sqlite3.Error, OSError) as exc:
         log.error("Reading the outbox for the dashboard failed: %s", exc)
         return json_error(
@@ -204,6 +206,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         version=__version__,
         testing=pixels_in_test_mode(settings),
         audiences=await audience_rows(request.app, shown),
+        catalog=panels,
     )
     response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
     if auth.cookie:

@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.commands.audiencecheck import check_audiences
+from gateway.commands.catalogcheck import check_catalog
 from gateway.commands.findings import Finding, Level, exit_code, mask, render
 from gateway.commands.graphcheck import GRAPH_TIMEOUT, check_graph
 from gateway.commands.upstreamcheck import check_upstream
@@ -68,6 +69,7 @@ async def diagnose(
     findings += await check_audiences(settings, site=site)
     findings += await check_upstream(settings)
     findings += await check_graph(settings, graph_timeout=graph_timeout)
+    findings += await check_catalog(settings, site=site)
     return findings
 
 

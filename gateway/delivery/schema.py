@@ -190,6 +190,44 @@ MIGRATIONS: tuple[str, ...] = (
         (visitor, at, site, channel, source, campaign, landing_path);
     CREATE INDEX touchpoints_at ON touchpoints (at);
     """,
+    # 10: catalog sync (gateway/delivery/catalog.py, rules in catalogstate.py): one row per
+    # (site, item id) seen on a product page ('' without sites), what Meta holds of it and
+    # what is still to send; `catalog_syncs`: each site's last sync and a parked token.
+    """
+    CREATE TABLE catalog_items (
+        site TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        data TEXT NOT NULL,
+        state TEXT NOT NULL,
+        action TEXT NOT NULL,
+        synced_hash TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        due_at REAL NOT NULL,
+        last_sent_at REAL,
+        error TEXT,
+        error_at REAL,
+        misses INTEGER NOT NULL DEFAULT 0,
+        handle TEXT,
+        lease_owner TEXT,
+        lease_expires REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (site, item_id)
+    );
+    CREATE INDEX catalog_items_url ON catalog_items (site, url);
+    CREATE INDEX catalog_items_due ON catalog_items (site, state, due_at);
+    CREATE TABLE catalog_syncs (
+        site TEXT PRIMARY KEY,
+        at REAL,
+        result TEXT,
+        message TEXT,
+        blocked_token TEXT,
+        blocked_reason TEXT,
+        blocked_at REAL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

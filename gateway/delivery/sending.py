@@ -202,7 +202,7 @@ class Delivery:
             )
             return
         self._note_error(pixel.id, result)
-        error = _describe(result)
+        error = describe_result(result)
         if outcome is Outcome.INVALID and len(items) > 1:
             # One bad event voids the whole request: split to find it, send the rest.
             half = len(items) // 2
@@ -282,7 +282,7 @@ class Delivery:
     def _note_error(self, pixel_id: str, result: SendResult) -> None:
         self.last_error = {
             "pixel_id": pixel_id,
-            "message": _describe(result),
+            "message": describe_result(result),
             "fbtrace_id": result.fbtrace_id,
             "at": time.time(),
         }
@@ -294,7 +294,7 @@ def _log_ids(items: list[Claimed], result: SendResult) -> dict[str, Any]:
     return {"event_ids": ids, "fbtrace_id": result.fbtrace_id}
 
 
-def _describe(result: SendResult) -> str:
+def describe_result(result: SendResult) -> str:
     parts = [result.message or result.outcome.value]
     if result.code is not None:
         parts.append(f"code {result.code}" + (f"/{result.subcode}" if result.subcode else ""))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.delivery.audiences import AudienceState
+from gateway.delivery.catalogstate import Done, PageSeen, Seen, SeenResult, Work
+from gateway.delivery.catalogstate import Row as CatalogRow
 from gateway.delivery.forget import Person
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
@@ -290,3 +292,88 @@ class InsightReader(Protocol):
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""
+
+
+class CatalogStore(Protocol):
+    """Catalog item state per (site, item id) of either backend (rules in `catalogstate`).
+
+    `site` is the `[[sites]]` name, '' without sites. Writes of one call are one transaction.
+    """
+
+    async def close(self) -> None:
+        """Release what the store holds."""
+
+    async def seen(
+        self,
+        site: str,
+        url: str,
+        items: Sequence[Seen],
+        *,
+        now: float,
+        min_interval: float,
+        complete: bool = True,
+    ) -> SeenResult:
+        """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
+
+    async def seen_pages(
+        self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float
+    ) -> list[SeenResult]:
+        """`seen` for several pages in one transaction, in order; one result per page."""
+
+    async def missed(self, site: str, url: str, *, now: float, delete_after: int) -> list[str]:
+        """A 404/410 at `url`; the ids this deletes (after `delete_after` in a row)."""
+
+    async def known_urls(self, site: str) -> set[str]:
+        """URLs of the site's items that are not deleted."""
+
+    async def claim(
+        self, site: str, owner: str, *, limit: int, lease: float, now: float
+    ) -> list[Work]:
+        """Lease up to `limit` due pending items of `site` to `owner`."""
+
+    async def set_handle(self, site: str, ids: Sequence[str], owner: str, handle: str) -> None:
+        """Note the batch handle Meta gave the leased items."""
+
+    async def finish(
+        self, site: str, owner: str, done: Sequence[Done], *, now: float, min_interval: float
+    ) -> None:
+        """Record Meta's verdict per item (synced, deleted or error with its message)."""
+
+    async def retry(
+        self, site: str, ids: Sequence[str], owner: str, *, at: float, error: str
+    ) -> None:
+        """Give leased items back as pending, due at `at`, one attempt more."""
+
+    async def release(self, site: str, ids: Sequence[str], owner: str) -> None:
+        """Give leased items back untouched."""
+
+    async def note_sync(self, site: str, *, now: float, result: str, message: str = "") -> None:
+        """Remember a sync's outcome (`ok`, `dry-run`, `error`, ...) for status."""
+
+    async def block(self, site: str, *, token_fingerprint: str, reason: str, now: float) -> None:
+        """Park the site's catalog: Meta refused this token."""
+
+    async def blocked(self, site: str) -> str | None:
+        """The fingerprint of the refused token while parked, else None."""
+
+    async def unblock(self, site: str) -> None:
+        """Lift the park (a new token)."""
+
+    async def request_sync(self, site: str, *, now: float) -> int:
+        """Make every pending item of `site` due now; returns how many."""
+
+    async def status(self, site: str, *, configured: bool = True) -> dict[str, Any]:
+        """Items per state, last sync, parked token, erroring items with Meta's message."""
+
+    async def rows(
+        self, site: str, *, state: str | None = None, limit: int = 1000
+    ) -> list[CatalogRow]:
+        """The site's items (of one state), most recently seen first."""
+
+    async def feed(self, site: str) -> list[dict[str, Any]]:
+        """Every item's Meta data except deleted ones, by id."""
+
+    async def content_ids(
+        self, site: str, events: Sequence[str], *, since: float, limit: int = 20000
+    ) -> list[tuple[str, list[str]]]:
+        """(event name, content_ids) of the site's stored events of `events` since `since`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,6 +20,7 @@ from yarl import URL
 
 from gateway.edge import headers as hdr
 from gateway.edge.bodies import BodyCopy
+from gateway.edge.catalog import CatalogPages, CatalogTap
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.proxied_rules import PageTap, ProxiedRules, Run
@@ -109,11 +110,14 @@ class Proxy:
         proxied_rules: ProxiedRules | None = None,
         *,
         metrics: Metrics | None = None,
+        catalog: CatalogPages | None = None,
     ) -> None:
         self.session = session
         self.options = options
         self.pages = pages
         self.proxied_rules = proxied_rules
+        # The site's product reader (None: no catalog store, e.g. in unit tests).
+        self.catalog = catalog
         self.metrics = metrics or pages.counters.metrics
         self.health = UpstreamHealth(str(options.upstream))
         self.shares = ClientShares(options.per_client)
@@ -272,11 +276,48 @@ class Proxy:
         response.headers.extend(headers)
         no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
         tap = self._tap(run, upstream.status, headers, plan, no_body)
+        products = self._catalog_tap(request, upstream.status, headers, plan, no_body)
+        raw = _raw_feed(tap, products)
         try:
-            return await self._stream(request, upstream, response, headers, plan, tap, no_body)
+            return await self._stream(
+                request,
+                upstream,
+                response,
+                headers,
+                plan,
+                raw,
+                no_body,
+                products.ended if products is not None else None,
+            )
         finally:
             if tap is not None:
                 self._finish(tap, request)
+            if products is not None:
+                products.finish()
+
+    def _catalog_tap(
+        self,
+        request: web.Request,
+        status: int,
+        headers: CIMultiDict[str],
+        plan: PagePlan | None,
+        no_body: bool,
+    ) -> CatalogTap | None:
+        if self.catalog is None:
+            return None
+        try:
+            products = self.catalog.tap(request, status, headers, no_body=no_body)
+        except Exception:
+            # The catalog must never cost the visitor the page.
+            log.exception("Reading %s for products failed.", request.path)
+            return None
+        if products is not None and plan is not None:
+            # The rewriter decodes the body already: both readers share its decoded pieces.
+            rules_tap = plan.rewrite.tap
+            plan.rewrite.tap = (
+                products.decoded if rules_tap is None else _both(rules_tap, products.decoded)
+            )
+        return products
 
     def _tags_head(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> bool:
         try:
@@ -331,8 +372,9 @@ class Proxy:
         response: web.StreamResponse,
         headers: CIMultiDict[str],
         plan: PagePlan | None,
-        tap: PageTap | None,
+        raw: Callable[[bytes], None] | None,
         no_body: bool,
+        ended: Callable[[], None] | None = None,
     ) -> web.StreamResponse:
         if (
             not no_body
@@ -347,13 +389,15 @@ class Proxy:
             if not no_body:
                 if plan is not None:
                     await _stream_rewritten(upstream, response, plan)
-                elif tap is not None:
+                elif raw is not None:
                     async for chunk in upstream.content.iter_any():
-                        tap.raw(chunk)
+                        raw(chunk)
                         await response.write(chunk)
                 else:
                     async for chunk in upstream.content.iter_any():
                         await response.write(chunk)
+                if ended is not None:
+                    ended()
             await response.write_eof()
         except ConnectionResetError:
             # The visitor went away (closed the tab, a load tester stopped): nothing to
@@ -367,6 +411,23 @@ class Proxy:
             _abort(request)
             return response
         return response
+
+
+def _both(
+    first: Callable[[bytes], None], second: Callable[[bytes], None]
+) -> Callable[[bytes], None]:
+    def feed(piece: bytes) -> None:
+        first(piece)
+        second(piece)
+
+    return feed
+
+
+def _raw_feed(tap: PageTap | None, products: CatalogTap | None) -> Callable[[bytes], None] | None:
+    """What reads the origin's chunks when the page is not rewritten: rules, products, both."""
+    if tap is None:
+        return None if products is None else products.raw
+    return tap.raw if products is None else _both(tap.raw, products.raw)
 
 
 async def _stream_rewritten(

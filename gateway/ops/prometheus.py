@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -23,7 +23,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.appkeys import AUDIENCES, BUFFER_READER, METRICS, RUNTIME
+from gateway.appkeys import AUDIENCES, BUFFER_READER, CATALOG, METRICS, RUNTIME
+from gateway.catalogsettings import catalog_sites
 from gateway.delivery.audiences import AudienceState
 from gateway.delivery.audiences_sync import targets
 from gateway.delivery.audiences_task import AudienceService
@@ -241,6 +242,27 @@ async def audience_states(
     return [(t.site, t.audience.name, states.get((t.site, t.audience.name))) for t in chosen]
 
 
+class _CatalogCollector:
+    """Catalog items per site ('' without sites) and state, read from the store per scrape."""
+
+    def __init__(self, items: Mapping[str, Mapping[str, int]]) -> None:
+        self.items = items
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "capi_gateway_catalog_items",
+            "Catalog items by site and sync state (pending, synced, error, deleted).",
+            labels=["site", "state"],
+        )
+        for site, states in self.items.items():
+            for state, count in states.items():
+                gauge.add_metric([site, state], float(count))
+        yield gauge
+
+
 class _TenantSeries:
     """The `site`-labelled series of `sites` only, out of the process-wide registry."""
 
@@ -281,6 +303,7 @@ async def render(
     sites: Sequence[str] = (),
     tenant: bool = False,
     audiences: Sequence[tuple[str | None, str, AudienceState | None]] = (),
+    catalog: Mapping[str, Mapping[str, int]] | None = None,
 ) -> tuple[bytes, str]:
     """The exposition body and its content type (OpenMetrics when asked for).
 
@@ -307,6 +330,8 @@ async def render(
         scrape.register(_SiteCollector(per_site))
     if audiences:
         scrape.register(_AudienceCollector(audiences))
+    if catalog:
+        scrape.register(_CatalogCollector(catalog))
     encoder, content_type = choose_encoder(accept)
     return encoder(scrape), content_type
 
@@ -318,12 +343,20 @@ async def get_metrics(request: web.Request) -> web.StreamResponse:
         return scope
     settings = request.app[RUNTIME].settings
     configured = [site.name for site in settings.site_list()]
+    catalog: dict[str, Mapping[str, int]] = {}
+    for target in catalog_sites(settings):
+        if scope is None or target.site in scope:
+            try:
+                catalog[target.site] = (await request.app[CATALOG].status(target.site))["items"]
+            except Exception as exc:
+                log.error("Reading the catalog state for /metrics failed: %s", exc)
     body, content_type = await render(
         request.app[METRICS],
         request.app.get(BUFFER_READER),
         request.headers.get("Accept", ""),
         sites=configured if scope is None else sorted(scope),
         tenant=scope is not None,
+        catalog=catalog,
         audiences=await audience_states(
             request.app.get(AUDIENCES), settings, None if scope is None else sorted(scope)
         ),

@@ -15,11 +15,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.delivery.catalog import SqliteCatalog
 from gateway.delivery.outbox import Outbox
+from gateway.delivery.postgres.catalog import PgCatalog
 from gateway.delivery.postgres.outbox import PgOutbox
-from gateway.delivery.postgres.pool import SCHEMA
+from gateway.delivery.postgres.pool import SCHEMA, Database
 from gateway.delivery.seal import Sealer
-from gateway.delivery.store import OutboxStore
+from gateway.delivery.store import CatalogStore, OutboxStore
 
 KEY = bytes(range(32))
 BACKENDS = ("sqlite", "postgresql")
@@ -113,3 +115,19 @@ async def event_rows(box: OutboxStore) -> list[dict[str, Any]]:
         return [dict(r) for r in await conn.fetch("SELECT * FROM events ORDER BY id")]
 
     return await box.db.run(read, transaction=False)
+
+
+@pytest.fixture
+async def catalog_store(store_location: Path | str) -> AsyncIterator[CatalogStore]:
+    """The catalog store of each backend on `store_location`, closed after the test."""
+    store: CatalogStore
+    db: Database | None = None
+    if isinstance(store_location, Path):
+        store = await SqliteCatalog.open(store_location)
+    else:
+        db = await Database.open(store_location, health_interval=0)
+        store = PgCatalog(db)
+    yield store
+    await store.close()
+    if db is not None:
+        await db.close()

@@ -280,6 +280,46 @@ CREATE INDEX touchpoints_visitor ON touchpoints
 CREATE INDEX touchpoints_at ON touchpoints (at);
 """
 
+# Catalog sync (SQLite's migration 10; rules in gateway/delivery/catalogstate.py): one row per
+# (site, item id) seen on a product page ('' without sites), what Meta holds and what is
+# still to send; claims take due pending rows `FOR UPDATE SKIP LOCKED` through
+# `catalog_items_due`. `catalog_syncs`: each site's last sync and a parked token.
+_V_CATALOG = """
+CREATE TABLE catalog_items (
+    site text NOT NULL,
+    item_id text NOT NULL,
+    url text NOT NULL,
+    content_hash text NOT NULL,
+    data text NOT NULL,
+    state text NOT NULL,
+    action text NOT NULL,
+    synced_hash text,
+    first_seen double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    due_at double precision NOT NULL,
+    last_sent_at double precision,
+    error text,
+    error_at double precision,
+    misses integer NOT NULL DEFAULT 0,
+    handle text,
+    lease_owner text,
+    lease_expires double precision,
+    attempts integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (site, item_id)
+);
+CREATE INDEX catalog_items_url ON catalog_items (site, url);
+CREATE INDEX catalog_items_due ON catalog_items (site, due_at) WHERE state = 'pending';
+CREATE TABLE catalog_syncs (
+    site text PRIMARY KEY,
+    at double precision,
+    result text,
+    message text,
+    blocked_token text,
+    blocked_reason text,
+    blocked_at double precision
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -294,6 +334,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "drop profiles_updated", _V6),
     Migration(7, "audiences, audience_members, audience_lease", _V_AUDIENCES),
     Migration(8, "insight_events, touchpoints", _V_INSIGHTS),
+    Migration(9, "catalog_items, catalog_syncs", _V_CATALOG),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

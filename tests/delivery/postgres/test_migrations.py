@@ -31,6 +31,8 @@ TABLES = {
     "audience_lease",
     "insight_events",
     "touchpoints",
+    "catalog_items",
+    "catalog_syncs",
 }
 
 
