@@ -63,8 +63,10 @@ from tests.fakes.processes import (
     HOST,
     ROOT,
     Gateway,
+    clean_env,
     free_port,
     queue_stats,
+    serve_args,
     spawn,
     start_gateway,
     stop_process,
@@ -452,10 +454,16 @@ async def create_outbox(buffer: Path) -> None:
 
 
 def start_bench_gateway(
-    workdir: Path, name: str, upstream: str, procs: Procs, extra: dict[str, str], workers: int
+    workdir: Path,
+    name: str,
+    upstream: str,
+    procs: Procs,
+    extra: dict[str, str],
+    workers: int,
+    root: Path | None = None,
 ) -> Gateway:
     """`capi-gateway serve --upstream ... --workers N --dry-run`, waited for until every
-    worker listens."""
+    worker listens; `root`: the checkout to run instead of this one (its .venv)."""
     env = {
         "CAPIGW_UPSTREAM": upstream,
         "CAPIGW_WORKERS": str(workers),
@@ -466,15 +474,18 @@ def start_bench_gateway(
     for suffix in ("", "-wal", "-shm", ".key"):  # a --workdir kept from an earlier run
         buffer.with_name(buffer.name + suffix).unlink(missing_ok=True)
     asyncio.run(create_outbox(buffer))
-    gw = start_gateway(
-        buffer,
-        GRAPH_URL,
-        workdir / f"{name}.log",
-        pixel=PIXEL,
-        token=TOKEN,
-        api_key=API_KEY,
-        env=env,
-    )
+    if root is None:
+        gw = start_gateway(
+            buffer,
+            GRAPH_URL,
+            workdir / f"{name}.log",
+            pixel=PIXEL,
+            token=TOKEN,
+            api_key=API_KEY,
+            env=env,
+        )
+    else:
+        gw = start_other_gateway(root, buffer, workdir / f"{name}.log", env)
     procs.add(gw.proc)
 
     async def healthy() -> None:
@@ -498,6 +509,18 @@ def start_bench_gateway(
             return gw
         time.sleep(0.05)
     raise AssertionError(f"the gateway's {workers} workers did not listen:\n{tail(gw.log)}")
+
+
+def start_other_gateway(root: Path, buffer: Path, log: Path, env: dict[str, str]) -> Gateway:
+    """The gateway of another checkout (`--compare DIR`: its own .venv and code)."""
+    cli = root / ".venv" / "bin" / "capi-gateway"
+    if not cli.exists():
+        raise AssertionError(f"{cli} does not exist: make a venv in {root} first")
+    port = free_port()
+    more = ["--pixel-id", PIXEL, "--access-token", TOKEN, "--graph-url", GRAPH_URL]
+    cmd = [str(cli), *serve_args(port, buffer, *more, "--api-key", API_KEY)]
+    proc = spawn(cmd, log, env=clean_env(**env), cwd=root)
+    return Gateway(proc, f"http://{HOST}:{port}", log)
 
 
 # -- load -----------------------------------------------------------------------------------
