@@ -27,8 +27,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import bench_proxy as bp  # noqa: E402
-from tests.fakes.processes import wait_healthy  # noqa: E402
+import bench_proxy as bp
+
+from tests.fakes.processes import wait_healthy
 
 
 def main(argv: list[str] | None = None) -> int:
