@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--raw", action="store_true", help="collapsed stacks (.txt) instead of an SVG"
     )
+    parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
     parser.add_argument("--root", type=Path, help="profile this checkout (its .venv) instead")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             svg = args.out / f"{args.tag}-{f.key}.{'txt' if args.raw else 'svg'}"
             spy = subprocess.Popen(
                 [py_spy, "record", "--pid", str(gw.proc.pid), "--rate", str(args.rate)]
-                + ["--duration", str(args.seconds + 1), "--output", str(svg), "--nonblocking"]
-                + (["--format", "raw"] if args.raw else []),
+                + ["--duration", str(args.seconds + 1), "--output", str(svg)]
+                + ([] if args.native else ["--nonblocking"])
+                + (
+                    (["--format", "raw"] if args.raw else [])
+                    + (["--native"] if args.native else [])
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )

@@ -33,9 +33,14 @@ class VisitorRules:
     # `trusted_peer`'s answers by peer address: a handful of peers (the front proxy's
     # keep-alive connections) ask on every request; parsing each time costs more.
     _peers: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
-    # The client IP of a request from each untrusted peer (the peer itself, normalised):
-    # every proxied request asks (per-client upstream shares), assets included.
+    # Each peer as `client_ip` reads it (normalised) and whether it is a trusted proxy:
+    # every proxied request asks for its client IP (per-client upstream shares), assets
+    # included, and parsing addresses with `ipaddress` each time costs more than the rest.
     _peer_ips: dict[str, tuple[str | None, bool]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    # Client IPs by (trusted peer, X-Forwarded-For lines, Forwarded lines).
+    _chains: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str | None] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -51,8 +56,9 @@ class VisitorRules:
         return found
 
     def client_ip(self, peer: str | None, headers: CIMultiDictProxy[str]) -> str | None:
-        """`identity.client_ip` of a request from `peer`, the peer's part remembered per
-        address: unless the peer is a trusted proxy, the answer is the peer itself."""
+        """`identity.client_ip` of a request from `peer`, remembered per peer address (and
+        per forwarded chain, bounded): unless the peer is a trusted proxy that forwards
+        someone, the answer is the peer itself."""
         if peer is None:
             return None
         found = self._peer_ips.get(peer)
@@ -63,12 +69,18 @@ class VisitorRules:
         address, via_proxy = found
         if not via_proxy:
             return address
-        return ident.client_ip(
-            peer,
-            headers.getall("X-Forwarded-For", ()),
-            headers.getall("Forwarded", ()),
-            self.trusted,
-        )
+        xff = tuple(headers.getall("X-Forwarded-For", ()))
+        forwarded = tuple(headers.getall("Forwarded", ()))
+        if not xff and not forwarded:
+            return address  # a trusted proxy that forwards no one: the peer itself
+        # Behind a front proxy every asset of a page repeats its visitor's chain.
+        key = (peer, xff, forwarded)
+        ip = self._chains.get(key, _UNSET)
+        if ip is _UNSET:
+            if len(self._chains) >= _PEER_CACHE:
+                self._chains.clear()
+            ip = self._chains[key] = ident.client_ip(peer, xff, forwarded, self.trusted)
+        return cast("str | None", ip)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VisitorRules:
