@@ -117,6 +117,8 @@ class Proxy:
         self.metrics = metrics or pages.counters.metrics
         self.health = UpstreamHealth(str(options.upstream))
         self.shares = ClientShares(options.per_client)
+        # The upstream's scheme://host:port, once: every request's target starts with it.
+        self._origin = str(options.upstream.origin())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request and stream the answer back."""
@@ -231,7 +233,7 @@ class Proxy:
             # Absolute form ("GET http://host/path"): aiohttp took the host from it (it
             # wins over Host, RFC 9112 §3.2.2); the site gets the origin form.
             raw = request.rel_url.raw_path_qs
-        return URL(str(self.options.upstream.origin()) + raw, encoded=True)
+        return URL(self._origin + raw, encoded=True)
 
     def _headers(self, request: web.Request) -> CIMultiDict[str]:
         return hdr.upstream_request_headers(
