@@ -63,8 +63,10 @@ from tests.fakes.processes import (
     HOST,
     ROOT,
     Gateway,
+    clean_env,
     free_port,
     queue_stats,
+    serve_args,
     spawn,
     start_gateway,
     stop_process,
@@ -452,10 +454,16 @@ async def create_outbox(buffer: Path) -> None:
 
 
 def start_bench_gateway(
-    workdir: Path, name: str, upstream: str, procs: Procs, extra: dict[str, str], workers: int
+    workdir: Path,
+    name: str,
+    upstream: str,
+    procs: Procs,
+    extra: dict[str, str],
+    workers: int,
+    root: Path | None = None,
 ) -> Gateway:
     """`capi-gateway serve --upstream ... --workers N --dry-run`, waited for until every
-    worker listens."""
+    worker listens; `root`: the checkout to run instead of this one (its .venv)."""
     env = {
         "CAPIGW_UPSTREAM": upstream,
         "CAPIGW_WORKERS": str(workers),
@@ -466,15 +474,18 @@ def start_bench_gateway(
     for suffix in ("", "-wal", "-shm", ".key"):  # a --workdir kept from an earlier run
         buffer.with_name(buffer.name + suffix).unlink(missing_ok=True)
     asyncio.run(create_outbox(buffer))
-    gw = start_gateway(
-        buffer,
-        GRAPH_URL,
-        workdir / f"{name}.log",
-        pixel=PIXEL,
-        token=TOKEN,
-        api_key=API_KEY,
-        env=env,
-    )
+    if root is None:
+        gw = start_gateway(
+            buffer,
+            GRAPH_URL,
+            workdir / f"{name}.log",
+            pixel=PIXEL,
+            token=TOKEN,
+            api_key=API_KEY,
+            env=env,
+        )
+    else:
+        gw = start_other_gateway(root, buffer, workdir / f"{name}.log", env)
     procs.add(gw.proc)
 
     async def healthy() -> None:
@@ -498,6 +509,18 @@ def start_bench_gateway(
             return gw
         time.sleep(0.05)
     raise AssertionError(f"the gateway's {workers} workers did not listen:\n{tail(gw.log)}")
+
+
+def start_other_gateway(root: Path, buffer: Path, log: Path, env: dict[str, str]) -> Gateway:
+    """The gateway of another checkout (`--compare DIR`: its own .venv and code)."""
+    cli = root / ".venv" / "bin" / "capi-gateway"
+    if not cli.exists():
+        raise AssertionError(f"{cli} does not exist: make a venv in {root} first")
+    port = free_port()
+    more = ["--pixel-id", PIXEL, "--access-token", TOKEN, "--graph-url", GRAPH_URL]
+    cmd = [str(cli), *serve_args(port, buffer, *more, "--api-key", API_KEY)]
+    proc = spawn(cmd, log, env=clean_env(**env), cwd=root)
+    return Gateway(proc, f"http://{HOST}:{port}", log)
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -661,6 +684,13 @@ TARGET_ASSEMBLY = 0.85
 # Routing by host among 50 sites costs < 5% against 1 site: gateway CPU per request, which a
 # shared machine disturbs far less than req/s (the req/s ratio is printed beside it).
 TARGET_SITES_CPU = 1.05
+# `--compare DIR`: variants run from another checkout ("before"), by variant key.
+ROOTS: dict[str, Path] = {}
+BEFORE = "-before"
+# Issue 19, lever 1: gateway CPU per request with one worker, and the added p50 at --rate.
+TARGET_ASSET_US = 120.0
+TARGET_PAGE_US = 320.0
+TARGET_LEAN_ADDED_P50_MS = 0.8
 
 
 def sites_env(count: int) -> dict[str, str]:
@@ -856,10 +886,12 @@ def benchmark(args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> 
         checks = check_responses({"direct": origin, "nginx": proxy}, bodies)
         for key, base in (("direct", origin), ("nginx", proxy)):
             measures += measure_path(key, base, wrk, args, nginx_family, None)[0]
-        for key, workers, extra in (
-            (gateway_path(v, n), n, extra) for n in args.workers for v, _, extra in VARIANTS
+        for key, workers, extra, root in (
+            (gateway_path(v, n), n, extra, ROOTS.get(v))
+            for n in args.workers
+            for v, _, extra in VARIANTS
         ):
-            gw = start_bench_gateway(workdir, key, origin, procs, extra, workers)
+            gw = start_bench_gateway(workdir, key, origin, procs, extra, workers, root=root)
             family = procs.family(gw.proc)
             print(f"{label_of(key)}: {gw.url} ({workers} worker(s)), upstream {origin}")
             checks.update(check_responses({key: gw.url}, bodies))
@@ -1077,6 +1109,79 @@ def print_scaling(measures: list[Measure], args: argparse.Namespace) -> list[dic
     return rows
 
 
+def _us(m: Measure | None) -> float | None:
+    if m is None or m.gateway_cpu is None:
+        return None
+    return m.gateway_cpu / max(m.wrk.requests, 1) * 1e6
+
+
+def print_before_after(measures: list[Measure], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`--compare`: each variant before and after, per worker count and file: gateway CPU
+    per request (the figure a shared machine does not distort), req/s, and the open-loop
+    p50 added to the direct one; then issue 19's lever-1 targets (1 worker)."""
+    rows: list[dict[str, Any]] = []
+    files = {f.key: f.label for f in FILES}
+    pairs = [(key, label) for key, label, _ in VARIANTS if key + BEFORE in ROOTS]
+    if not pairs:
+        return rows
+    head = (
+        f"{'file':<10} {'gateway':<24} {'w':>2} {'µs before':>9} {'µs after':>9} {'after/b':>7} "
+        f"{'req/s before':>12} {'req/s after':>12} {'+p50 before':>11} {'+p50 after':>10}"
+    )
+    print()
+    print(
+        "Before (--compare) and after: gateway CPU µs per request of the wrk run, wrk req/s, "
+        f"and the open-loop p50 at {args.rate:g} req/s minus the direct p50 (ms)."
+    )
+    print(head)
+    print("-" * len(head))
+    for f in FILES:
+        direct = _get(measures, f.key, "direct")
+        base = direct.latency.pct(0.5) if direct else float("nan")
+        for key, label in pairs:
+            for n in args.workers:
+                old = _get(measures, f.key, gateway_path(key + BEFORE, n))
+                new = _get(measures, f.key, gateway_path(key, n))
+                if old is None or new is None:
+                    continue
+                b, a = _us(old), _us(new)
+                row = {
+                    "file": f.key,
+                    "variant": key,
+                    "workers": n,
+                    "us_before": b,
+                    "us_after": a,
+                    "rps_before": old.wrk.rps,
+                    "rps_after": new.wrk.rps,
+                    "added_p50_before_ms": old.latency.pct(0.5) - base,
+                    "added_p50_after_ms": new.latency.pct(0.5) - base,
+                }
+                rows.append(row)
+                print(
+                    f"{files[f.key]:<10} {label:<24} {n:>2} {_f(b, '.0f'):>9} {_f(a, '.0f'):>9} "
+                    f"{_f(a / b if a and b else None, '.2f') + 'x':>7} "
+                    f"{old.wrk.rps:>12,.0f} {new.wrk.rps:>12,.0f} "
+                    f"{row['added_p50_before_ms']:>+11.2f} {row['added_p50_after_ms']:>+10.2f}"
+                )
+    print()
+    for f in FILES:
+        page = f.key == "html"
+        new = _get(measures, f.key, gateway_path("gateway", 1))
+        if new is None:
+            continue
+        us = _us(new) or float("nan")
+        target = TARGET_PAGE_US if page else TARGET_ASSET_US
+        direct = _get(measures, f.key, "direct")
+        added = new.latency.pct(0.5) - (direct.latency.pct(0.5) if direct else float("nan"))
+        print(
+            f"issue 19, {files[f.key]}, 1 worker: {us:.0f} µs per request (target <= "
+            f"{target:g}: {'met' if us <= target else 'NOT met'}), added p50 {added:+.2f} ms "
+            f"(target <= {TARGET_LEAN_ADDED_P50_MS:g}: "
+            f"{'met' if added <= TARGET_LEAN_ADDED_P50_MS else 'NOT met'})"
+        )
+    return rows
+
+
 def parse_workers(text: str) -> list[int]:
     """`1,2` -> [1, 2]: the worker counts to compare, each run in turn."""
     try:
@@ -1113,14 +1218,43 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="compare the gateway with no, 1 and 50 [[sites]] instead of the usual variants",
     )
+    parser.add_argument(
+        "--variants",
+        help="only these gateway variants, comma-separated (e.g. gateway,gateway-noinject)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also run each gateway variant from the checkout in DIR (its .venv), as "
+        "'before', back to back with this one, and print the two side by side",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--workdir", type=Path, help="keep the site, configs and logs here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
+    global VARIANTS, TAGGING  # one run measures one set of variants
     if args.sites:
-        global VARIANTS  # one run measures one set of variants
         VARIANTS = SITE_VARIANTS
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - {key for key, _, _ in VARIANTS})
+        if unknown:
+            parser.error(f"unknown variants {unknown}: {[key for key, _, _ in VARIANTS]}")
+        VARIANTS = tuple(v for v in VARIANTS if v[0] in wanted)
+    if args.compare is not None:
+        root = args.compare.resolve()
+        if not (root / ".venv" / "bin" / "capi-gateway").exists():
+            parser.error(f"--compare: {root}/.venv/bin/capi-gateway does not exist")
+        # Before and after of each variant back to back, so a load spike hits both alike.
+        VARIANTS = tuple(
+            pair
+            for key, label, extra in VARIANTS
+            for pair in ((key + BEFORE, f"{label} (before)", extra), (key, label, extra))
+        )
+        ROOTS.update({key: root for key, _, _ in VARIANTS if key.endswith(BEFORE)})
+        TAGGING = TAGGING | {key + BEFORE for key in TAGGING}
     if min(args.seconds, args.rate, args.latency_seconds) <= 0 or args.warmup < 0:
         parser.error("--seconds, --rate and --latency-seconds must be positive")
     if args.concurrency < 1 or args.threads < 1 or args.seconds > 600 or args.latency_seconds > 600:
@@ -1157,6 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({fifty / one:.2f}x); gateway CPU per request above: hundreds of µs"
         )
     scaling = print_scaling(measures, args)
+    compared = print_before_after(measures, args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         results = [m.summary() for m in measures]
@@ -1171,9 +1306,12 @@ def main(argv: list[str] | None = None) -> int:
                     [nginx, "-v"], capture_output=True, text=True, check=False
                 ).stderr.strip(),
             },
-            "args": {k: v for k, v in vars(args).items() if k not in {"json", "workdir"}},
+            "args": {
+                k: v for k, v in vars(args).items() if k not in {"json", "workdir", "compare"}
+            },
             "workers": args.workers,
             "workers_side_by_side": scaling,
+            "before_after": compared,
             "results": results,
             "targets": [{**t, "measured": round(t["measured"], 3)} for t in targets],
             "checks": outcome["checks"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sqlite3
@@ -81,6 +82,8 @@ from gateway.siteapp import (
 )
 
 log = logging.getLogger("gateway.app")
+# The youngest GC generation's threshold while serving (CPython's default is 700).
+_GC_YOUNG = 20_000
 
 
 def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Application:
@@ -323,6 +326,7 @@ async def serve(
             f"listen: cannot listen on {settings.listen} ({exc.strerror}); "
             "choose another --listen address"
         ) from exc
+    _tune_gc()
     log.info(
         "capi-gateway listening on http://%s:%d%s (%s).",
         host,
@@ -366,6 +370,22 @@ async def serve(
         await runner.cleanup()
         await sender_stopped
         log.info("Stopped.")
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the request path's back.
+
+    What start-up built (modules, settings, rules, pydantic schemas: most of the heap) lives
+    as long as the process: frozen, full collections no longer walk it again and again.
+    Each request allocates a few hundred short-lived containers, so the youngest generation
+    is collected every few requests at the default threshold (700); a larger one collects
+    the same garbage in fewer, equally cheap passes. Memory stays bounded: cycles are still
+    found, a few thousand allocations later.
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(_GC_YOUNG, second, third)
 
 
 def _reload_from(

@@ -64,6 +64,7 @@ class Metrics:
             MultiProcessCollector(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
             own = None  # read back from the files, not from this process's objects
         self._custom_names: set[str] = set()
+        self._proxied_by_class: dict[int, Any] = {}
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=labels, registry=own)
@@ -259,10 +260,16 @@ class Metrics:
 
     def proxied(self, status: int, site: str | None = None) -> None:
         """Count one proxied request by the status class it was answered with (and site)."""
-        status_class = f"{status // 100}xx"
-        self._proxied.labels(status_class).inc()
+        # Every proxied request passes here: the labelled child is looked up once per class
+        # (labels() validates and joins its values under a lock on every call).
+        child = self._proxied_by_class.get(status // 100)
+        if child is None:
+            child = self._proxied_by_class[status // 100] = self._proxied.labels(
+                f"{status // 100}xx"
+            )
+        child.inc()
         if site is not None:
-            self._site_proxied.labels(site, status_class).inc()
+            self._site_proxied.labels(site, f"{status // 100}xx").inc()
 
     def upstream_latency(self, seconds: float, *, site: str | None = None) -> None:
         """Observe the time the site took to send its response headers."""

@@ -151,6 +151,15 @@ def networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
     return parse_networks(cidrs)
 
 
+def peer_address(peer: str, trusted: Sequence[Network]) -> tuple[str | None, bool]:
+    """The socket peer as `client_ip` reads it, and whether it is a trusted proxy (then
+    `client_ip` looks at the forwarded headers; otherwise the answer is this address)."""
+    addr = _parse_address(peer)
+    if addr is None:
+        return None, False
+    return str(addr), _trusted(addr, trusted)
+
+
 def client_ip(
     peer: str | None,
     x_forwarded_for: Sequence[str],

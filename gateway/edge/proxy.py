@@ -121,6 +121,8 @@ class Proxy:
         self.metrics = metrics or pages.counters.metrics
         self.health = UpstreamHealth(str(options.upstream))
         self.shares = ClientShares(options.per_client)
+        # The upstream's scheme://host:port, once: every request's target starts with it.
+        self._origin = str(options.upstream.origin())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Forward one request and stream the answer back."""
@@ -235,7 +237,7 @@ class Proxy:
             # Absolute form ("GET http://host/path"): aiohttp took the host from it (it
             # wins over Host, RFC 9112 §3.2.2); the site gets the origin form.
             raw = request.rel_url.raw_path_qs
-        return URL(str(self.options.upstream.origin()) + raw, encoded=True)
+        return URL(self._origin + raw, encoded=True)
 
     def _headers(self, request: web.Request) -> CIMultiDict[str]:
         return hdr.upstream_request_headers(
@@ -384,21 +386,23 @@ class Proxy:
             # HTTP/1.0 has no chunks: the body ends when the connection does. aiohttp sends it
             # close-delimited but keeps a keep-alive connection open, so the client would wait.
             response.force_close()
+        if not no_body and _arrived(upstream.content):
+            # Body bytes came with the headers (a small asset, a whole page): the status
+            # line and headers leave in the same write as the first of them, one syscall
+            # (and one trip through the loopback stack) less. A body still on its way (a
+            # stream of events) gets its headers at once, as before.
+            response._send_headers_immediately = False
         try:
             await response.prepare(request)
-            if not no_body:
+            if no_body:
+                await response.write_eof()
+            else:
                 if plan is not None:
                     await _stream_rewritten(upstream, response, plan)
-                elif raw is not None:
-                    async for chunk in upstream.content.iter_any():
-                        raw(chunk)
-                        await response.write(chunk)
                 else:
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
+                    await _stream_as_is(upstream.content, response, raw)
                 if ended is not None:
                     ended()
-            await response.write_eof()
         except ConnectionResetError:
             # The visitor went away (closed the tab, a load tester stopped): nothing to
             # tell anyone; leaving the block closes the upstream request too.
@@ -430,22 +434,48 @@ def _raw_feed(tap: PageTap | None, products: CatalogTap | None) -> Callable[[byt
     return tap.raw if products is None else _both(tap.raw, products.raw)
 
 
+def _arrived(content: aiohttp.StreamReader) -> bool:
+    """True when some of the body (or its end) is already buffered: no wait for it."""
+    return content.total_bytes > 0 or content.is_eof()
+
+
+async def _stream_as_is(
+    content: aiohttp.StreamReader,
+    response: web.StreamResponse,
+    raw: Callable[[bytes], None] | None,
+) -> None:
+    """The body unchanged, chunk by chunk as it arrives; its end in the same write as its
+    last chunk (the terminating chunk of a chunked answer is no write of its own)."""
+    while chunk := await content.readany():
+        if raw is not None:
+            raw(chunk)
+        if content.at_eof():
+            await response.write_eof(chunk)
+            return
+        await response.write(chunk)
+    await response.write_eof()
+
+
 async def _stream_rewritten(
     upstream: aiohttp.ClientResponse, response: web.StreamResponse, plan: PagePlan
 ) -> None:
     rewrite = plan.rewrite
-    async for chunk in upstream.content.iter_any():
+    content = upstream.content
+    while chunk := await content.readany():
         out = rewrite.feed(chunk)
         if rewrite.injected and not plan.submitted:
             # The page now carries the event id: only now is the server twin worth storing.
             plan.submit()
+        if content.at_eof():
+            break  # the last chunk leaves with the tail and the end, in one write
         if out:
             await response.write(out)
+    else:
+        out = b""
     tail = rewrite.finish()
     if rewrite.injected and not plan.submitted:
         plan.submit()
-    if tail:
-        await response.write(tail)
+    await response.write_eof(out + tail if tail else out)
 
 
 class _Body:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from gateway.edge import identity as ident
 from gateway.settings import Settings
@@ -32,6 +33,16 @@ class VisitorRules:
     # `trusted_peer`'s answers by peer address: a handful of peers (the front proxy's
     # keep-alive connections) ask on every request; parsing each time costs more.
     _peers: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
+    # Each peer as `client_ip` reads it (normalised) and whether it is a trusted proxy:
+    # every proxied request asks for its client IP (per-client upstream shares), assets
+    # included, and parsing addresses with `ipaddress` each time costs more than the rest.
+    _peer_ips: dict[str, tuple[str | None, bool]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    # Client IPs by (trusted peer, X-Forwarded-For lines, Forwarded lines).
+    _chains: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def peer_trusted(self, peer: str | None) -> bool:
         """`identity.trusted_peer` for these rules, remembered per peer address."""
@@ -43,6 +54,33 @@ class VisitorRules:
                 self._peers.clear()  # crude but bounded: many distinct peers, no proxy
             found = self._peers[peer] = ident.trusted_peer(peer, self.trusted)
         return found
+
+    def client_ip(self, peer: str | None, headers: CIMultiDictProxy[str]) -> str | None:
+        """`identity.client_ip` of a request from `peer`, remembered per peer address (and
+        per forwarded chain, bounded): unless the peer is a trusted proxy that forwards
+        someone, the answer is the peer itself."""
+        if peer is None:
+            return None
+        found = self._peer_ips.get(peer)
+        if found is None:
+            if len(self._peer_ips) >= _PEER_CACHE:
+                self._peer_ips.clear()
+            found = self._peer_ips[peer] = ident.peer_address(peer, self.trusted)
+        address, via_proxy = found
+        if not via_proxy:
+            return address
+        xff = tuple(headers.getall("X-Forwarded-For", ()))
+        forwarded = tuple(headers.getall("Forwarded", ()))
+        if not xff and not forwarded:
+            return address  # a trusted proxy that forwards no one: the peer itself
+        # Behind a front proxy every asset of a page repeats its visitor's chain.
+        key = (peer, xff, forwarded)
+        ip = self._chains.get(key, _UNSET)
+        if ip is _UNSET:
+            if len(self._chains) >= _PEER_CACHE:
+                self._chains.clear()
+            ip = self._chains[key] = ident.client_ip(peer, xff, forwarded, self.trusted)
+        return cast("str | None", ip)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VisitorRules:
@@ -146,12 +184,7 @@ class Visitor:
 
         def compute() -> str | None:
             request = self._req
-            return ident.client_ip(
-                request.remote,
-                request.headers.getall("X-Forwarded-For", ()),
-                request.headers.getall("Forwarded", ()),
-                self._rule_set.trusted,
-            )
+            return self._rule_set.client_ip(request.remote, request.headers)
 
         return self._once("ip", compute)
 

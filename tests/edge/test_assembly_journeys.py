@@ -44,9 +44,9 @@ def row(shop: Shop, event_id: str) -> dict[str, Any]:
     return dict(found)
 
 
-def profiles(shop: Shop) -> int:
+def profiles(shop: Shop, table: str = "profiles") -> int:
     with contextlib.closing(sqlite3.connect(shop.buffer)) as conn:
-        (count,) = conn.execute("SELECT COUNT(*) FROM profiles").fetchone()
+        (count,) = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
     return int(count)
 
 

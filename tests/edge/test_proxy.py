@@ -640,6 +640,44 @@ async def test_server_sent_events_arrive_unbuffered(gw: Front) -> None:
     assert max(delays) < UNBUFFERED, delays
 
 
+async def test_headers_of_a_stream_leave_before_its_first_event(gw: Front) -> None:
+    # Headers wait for the body only when the body is already there: a stream whose first
+    # event comes later gets its status line and headers at once.
+    async with gw.session.get(gw.url + "/sse", headers=BROWSER) as resp:
+        headers_at = time.monotonic()
+        first = await resp.content.readuntil(b"\n\n")
+    event_made_at = json.loads(first.split(b"data: ", 1)[1])["t"]
+    assert headers_at < event_made_at
+
+
+@pytest.mark.parametrize("path", ["/bytes/100", "/bytes/300000", "/html", "/sse"])
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+async def test_bodies_end_cleanly_on_one_connection(gw: Front, path: str, version: str) -> None:
+    # The headers, the last chunk and the end of a body may leave in one write: three
+    # pipelined requests on one connection must still parse strictly, each body whole.
+    def request(close: bool) -> str:
+        return (
+            f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nUser-Agent: {UA}\r\n"
+            f"Accept: text/html\r\nSec-Fetch-Dest: document\r\n"
+            f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
+        )
+
+    count = 3 if version == "1.1" else 1
+    data = "".join(request(i == count - 1) for i in range(count)).encode()
+    responses = parse_responses(await raw_exchange(gw.url, data, timeout=10), ["GET"] * count)
+    assert len(responses) == count
+    for resp in responses:
+        assert resp.status == 200
+        if path.startswith("/bytes/"):
+            assert len(resp.body) == int(path.rsplit("/", 1)[1])
+        elif path == "/sse":
+            assert resp.body.count(b"\n\n") == 5
+        else:
+            assert resp.body.count(b"data-event-id=") == 1
+        if version == "1.0":
+            assert resp.framing in ("length", "close")
+
+
 @pytest.mark.parametrize("enc", ["identity", "gzip", "br"])
 async def test_injected_page_streams_unbuffered(gw: Front, enc: str) -> None:
     delays: list[float] = []

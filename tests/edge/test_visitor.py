@@ -126,6 +126,33 @@ async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
     assert facts["client_ip"] == "127.0.0.1"
 
 
+@pytest.mark.parametrize("dual_stack", [False, True], ids=["ipv4", "ipv4-mapped"])
+async def test_client_ips_remembered_per_peer_follow_each_forwarded_chain(
+    tmp_path: Path, dual_stack: bool
+) -> None:
+    # One VisitorRules serves every request (as in the gateway): what it remembers about a
+    # peer must never answer for another chain, nor for a request that forwards no one.
+    chains = [
+        ("198.51.100.4, 203.0.113.9", "203.0.113.9"),
+        ("203.0.113.77", "203.0.113.77"),
+        ("198.51.100.4, 203.0.113.9", "203.0.113.9"),
+        ("10.1.2.3, 127.0.0.1", "10.1.2.3"),  # a trusted hop is skipped
+        ("unknown", "127.0.0.1"),  # unreadable: the last hop read (the peer)
+    ]
+    async with facts_server(tmp_path, dual_stack=dual_stack) as url:
+        for chain, want in chains:
+            facts = await ask(url, **{**FORWARDED, "X-Forwarded-For": chain})
+            assert facts["client_ip"] == want, chain
+        facts = await ask(url, Forwarded='for="[2001:db8::5]:4711"')
+        assert facts["client_ip"] == "2001:db8::5"
+        facts = await ask(url)
+        assert facts["client_ip"] == "127.0.0.1"  # nothing forwarded: the peer itself
+    async with facts_server(tmp_path, dual_stack=dual_stack, trusted_proxies=[]) as url:
+        for chain, _ in chains:
+            facts = await ask(url, **{**FORWARDED, "X-Forwarded-For": chain})
+            assert facts["client_ip"] == "127.0.0.1", chain
+
+
 async def test_identity_consent_and_speculation(tmp_path: Path) -> None:
     fbp = "fb.1.1763840000000.1234567890"
     fbc = "fb.1.1763840000000.IwAR0click"
