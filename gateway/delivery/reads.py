@@ -233,8 +233,7 @@ async def blocked_pixels(conn: aiosqlite.Connection) -> tuple[BlockedPixel, ...]
 
 async def used_bytes(conn: aiosqlite.Connection, insights: InsightBytes | None = None) -> int:
     """Bytes of pages in use (free pages are reused before the file grows); with `insights`,
-    less the insights tables' (they are bounded by `touchpoint_retention`, and reports
-    must never make the outbox refuse events: PostgreSQL counts the events table alone)."""
+    less the tables of `APART` (see there)."""
     pages = await _scalar(conn, "PRAGMA page_count")
     free = await _scalar(conn, "PRAGMA freelist_count")
     size = await _scalar(conn, "PRAGMA page_size")
@@ -248,9 +247,23 @@ async def used_bytes(conn: aiosqlite.Connection, insights: InsightBytes | None =
     return outbox
 
 
+# Tables beside the outbox that `max_buffer_mb` does not bound (each has its own bound:
+# `touchpoint_retention`, the catalog's and the audiences' sizes): reports, the catalog and
+# audiences must never make the outbox refuse events. PostgreSQL counts `events` alone.
+APART = (
+    "insight_events",
+    "touchpoints",
+    "catalog_items",
+    "catalog_syncs",
+    "audiences",
+    "audience_members",
+    "audience_lease",
+)
+
+
 @dataclass
 class InsightBytes:
-    """Bytes the insights tables and their indexes occupy, measured at most every `every`
+    """Bytes the tables of `APART` and their indexes occupy, measured at most every `every`
     seconds (dbstat walks their pages: about 0.15 s for 200 MB)."""
 
     limit: int = 0  # the bound: above it, a measurement is always fresh
@@ -266,7 +279,8 @@ class InsightBytes:
         self.at = now
         try:
             async with conn.execute(
-                "SELECT name FROM sqlite_master WHERE tbl_name IN ('insight_events', 'touchpoints')"
+                f"SELECT name FROM sqlite_master WHERE tbl_name IN ({','.join('?' * len(APART))})",
+                APART,
             ) as cur:
                 names = [str(r[0]) for r in await cur.fetchall()]
             if not names:
