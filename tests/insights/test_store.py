@@ -21,6 +21,7 @@ from gateway.delivery.insights import SqliteInsights, Window
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.reads import APART
 from gateway.delivery.seal import Sealer
 from gateway.delivery.store import InsightReader, OutboxStore
 from gateway.insights.reports import Query, attribution, funnel, summary
@@ -316,7 +317,8 @@ async def test_insights_do_not_count_towards_max_buffer_mb(tmp_path: Path) -> No
         )
         (insights,) = conn.execute(
             "SELECT SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM sqlite_master "
-            "WHERE tbl_name IN ('insight_events', 'touchpoints'))"
+            f"WHERE tbl_name IN ({','.join('?' * len(APART))}))",
+            APART,
         ).fetchone()
     total = (pages - free) * size
     assert insights > 8 * 4096
