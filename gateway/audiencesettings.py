@@ -14,20 +14,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+from gateway.durations import parse_duration
+
 _ACCOUNT = re.compile(r"^(?:act_)?([0-9]{3,25})$")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,100}$")
 
 
 def _duration(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match and float(match.group(1)) > 0:
-            return float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds > 0:
+        return seconds
     raise ValueError(f"{value!r} is not a window: use a duration such as 14d, 36h or seconds")
 
 

@@ -15,13 +15,11 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.durations import parse_duration
+
 # Where a product's id comes from on its page (catx's `products_from_page(id_source=...)`).
 ID_SOURCES = ("sku", "productID", "gtin", "mpn", "url")
 _CATALOG_ID = re.compile(r"^[0-9]{5,25}$")
-# Kept apart from gateway.settings.parse_duration on purpose: settings imports this module,
-# and the layer test forbids the import circle a shared helper would close.
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class CatalogSettings(BaseModel):
@@ -58,13 +56,12 @@ class CatalogSettings(BaseModel):
     @field_validator("min_interval", mode="before")
     @classmethod
     def _interval(cls, value: Any) -> float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-        if isinstance(value, str):
-            match = _DURATION.match(value)
-            if match:
-                return float(match.group(1)) * _UNITS[match.group(2)]
-        raise ValueError(f"{value!r} is not a duration: use seconds or a string like 15m, 1h")
+        try:
+            return parse_duration(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration: use seconds or a string like 15m, 1h"
+            ) from None
 
     @field_validator("pages", mode="before")
     @classmethod

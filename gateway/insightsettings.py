@@ -9,28 +9,11 @@ the gateway starts, since that model lives above this layer.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def duration(value: Any) -> float:
-    """Seconds from a number or a string such as `30m`, `7d` (settings' own rules)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30m, 7d")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration: use seconds or a string like 30m, 7d")
+from gateway.durations import parse_duration
 
 
 class InsightSettings(BaseModel):
@@ -56,4 +39,4 @@ class InsightSettings(BaseModel):
     @field_validator("lookback", "half_life", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
-        return duration(value)
+        return parse_duration(value)

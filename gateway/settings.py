@@ -28,6 +28,7 @@ from pydantic import (
 from gateway import __version__
 from gateway.audiencesettings import AudienceSettings, ad_account, check_audiences
 from gateway.catalogsettings import CatalogSettings, catalog_sites
+from gateway.durations import parse_duration
 from gateway.insightsettings import InsightSettings
 from gateway.sitesettings import Site, SiteTable, resolve_sites
 
@@ -42,8 +43,6 @@ def buffer_arg(value: str) -> Path | str:
     return value if value.startswith(POSTGRES_SCHEMES) else Path(value)
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _PIXEL_ID = re.compile(r"^[0-9]{5,20}$")
 _DRY_RUN_PIXEL = "dry-run"
 
@@ -66,21 +65,6 @@ def check_token(value: str | None) -> str | None:
             "starts with 'Bearer ': give the token alone (the gateway adds the scheme)"
         )
     return value
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as `90s`, `15m`, `7d`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 15m, 7d")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration: use seconds or a string like 30s, 15m, 7d")
 
 
 class PixelSettings(BaseModel):

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.models",
             "gateway.errors",
             "gateway.settings",
+            "gateway.durations",
             "gateway.sitesettings",
             "gateway.audiencesettings",
             "gateway.insightsettings",

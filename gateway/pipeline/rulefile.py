@@ -17,9 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from gateway.durations import parse_duration
 from gateway.models import STANDARD_EVENTS
 from gateway.pipeline.normalize import ALIASES, HASHED_FIELDS
-from gateway.settings import parse_duration
 
 # Where a value may come from, per kind of rule.
 REQUEST_SOURCES = (
