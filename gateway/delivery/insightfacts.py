@@ -145,7 +145,7 @@ def facts(
         visitor = policy.visitor(fbp) if isinstance(fbp, str) and fbp else None
         links: tuple[str, ...] = ()
         if visitor is None and ev.links:
-            keys = profiles.visitor_keys(policy.lookup, {}, ev.links)
+            keys = profiles.visitor_keys(policy.lookup, {}, ev.links, ev.site)
             links = tuple(k for k in keys if k.startswith(profiles.LINK))
         custom = ev.payload.get("custom_data")
         custom = custom if isinstance(custom, dict) else {}

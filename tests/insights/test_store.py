@@ -21,6 +21,7 @@ from gateway.delivery.insights import SqliteInsights, Window
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.reads import APART
 from gateway.delivery.seal import Sealer
 from gateway.delivery.store import InsightReader, OutboxStore
@@ -195,6 +196,21 @@ async def test_reports_over_a_range(box: OutboxStore, reader: InsightReader) -> 
     q7 = Query(Window(T0 - 3600, T0 + 3600), model="first_click")
     wide = await attribution(reader, q7, InsightSettings(lookback=50 * 86400))
     assert {r["key"] for r in wide["rows"]} == {"Paid Social", "Direct"}
+
+
+async def test_a_sites_event_without_fbp_finds_its_visitor_through_stitch_keys(
+    box: OutboxStore, reader: InsightReader
+) -> None:
+    # With [[sites]] profile links are the site's own (`<site>:<hash>`): the facts must look
+    # them up the same way, or a backend's Purchase without fbp loses its visitor.
+    box.profiles = ProfilePolicy.from_key(KEY, ttl=86400, max_profiles=1000)
+    order = (("order_id", "A-1"),)
+    await box.add([dataclasses.replace(conversion(T0, "AddToCart"), site="alpha", links=order)])
+    backend = dataclasses.replace(conversion(T0 + 60, "Purchase", 10.0, fbp=None), site="alpha")
+    await box.add([dataclasses.replace(backend, links=order)])
+    window = Window(T0 - 60, T0 + 3600, site="alpha")
+    assert await reader.visitors(window, ["AddToCart"]) == 1
+    assert await reader.visitors(window, ["Purchase"]) == 1
 
 
 async def test_two_writers_agree_on_visits(store_location: Path | str) -> None:
