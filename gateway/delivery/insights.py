@@ -182,6 +182,49 @@ def touches_sql(
     )
 
 
+# Joins a visitor's keys into one path string; a key holding it makes the path ambiguous.
+PATH_SEPARATOR = "\x1f"
+PATH_KEYS = ("channel", "source", "campaign")
+
+
+def idle_paths_sql(
+    w: Window, converted: tuple[Window, Sequence[str]], by: str, *, agg: str
+) -> tuple[str, list[Any]]:
+    """The touchpoints of the range of visitors *without* an event of `converted` in its
+    range, reduced to one path per visitor (its `by` keys joined in time order, ties in
+    stored order, as `in_order`) and grouped: (path, keys on it, visitors). `agg` is the
+    engine's string aggregate (group_concat, string_agg), used as a window function: SQLite
+    before 3.44 has no ORDER BY inside an aggregate, a window's order is defined."""
+    if by not in PATH_KEYS:
+        raise ValueError(f"by: {by!r} is not one of {', '.join(PATH_KEYS)}")
+    key = by if by == "channel" else f"COALESCE({by}, '')"
+    where, values = w.where()
+    cw, events = converted
+    inner, inner_values = cw.where()
+    return (
+        "SELECT path, n, COUNT(*) FROM (SELECT "
+        f"{agg}({key}, CAST(? AS TEXT)) OVER v AS path, COUNT(*) OVER v AS n, "
+        f"ROW_NUMBER() OVER v AS r FROM touchpoints WHERE 1=1{where} AND visitor NOT IN "
+        "(SELECT visitor FROM insight_events WHERE visitor IS NOT NULL AND event_name IN "
+        f"({','.join('?' * len(events))}){inner}) WINDOW v AS (PARTITION BY visitor "
+        "ORDER BY at, id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) AS p "
+        "WHERE r = 1 GROUP BY path, n",
+        [PATH_SEPARATOR, *values, *events, *inner_values],
+    )
+
+
+def idle_paths_of(rows: Iterable[Sequence[Any]]) -> list[tuple[tuple[str, ...], int]] | None:
+    """Rows of `idle_paths_sql` as (keys, visitors); None when a key held the separator
+    (the path cannot be split back: the caller reads the touchpoints instead)."""
+    out: list[tuple[tuple[str, ...], int]] = []
+    for path, n, count in rows:
+        keys = tuple(path.split(PATH_SEPARATOR))
+        if len(keys) != n:
+            return None
+        out.append((keys, int(count)))
+    return out
+
+
 def daily_sql(w: Window, events: Sequence[str]) -> tuple[str, list[Any]]:
     """Value of `events` per UTC day and currency."""
     where, values = w.where()
@@ -380,6 +423,12 @@ class SqliteInsights:
         """Touchpoints of the range (of converting visitors only, with `converted`)."""
         rows = await self._all(touches_sql(w, converted))
         return [TouchRow._make(r) for r in in_order(rows, 1)]
+
+    async def idle_paths(
+        self, w: Window, converted: tuple[Window, Sequence[str]], by: str
+    ) -> list[tuple[tuple[str, ...], int]] | None:
+        """Paths of the visitors without a conversion (see `idle_paths_sql`), or None."""
+        return idle_paths_of(await self._all(idle_paths_sql(w, converted, by, agg="group_concat")))
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""
