@@ -106,7 +106,7 @@ async def test_grouped_idle_paths_credit_exactly_as_full_journeys(
         assert got["conversions"] > 20
 
 
-async def test_a_key_holding_the_separator_falls_back_to_touches(
+async def test_a_key_holding_the_separator_is_read_right(
     box: OutboxStore, reader: InsightReader
 ) -> None:
     await box.add([view(T0, f"/?utm_source=a{PATH_SEPARATOR}b&utm_medium=email", fbp="fb.1.1.1")])
@@ -119,7 +119,13 @@ async def test_a_key_holding_the_separator_falls_back_to_touches(
     sources = {t.source for t in touches}
     if f"a{PATH_SEPARATOR}b" not in sources:
         pytest.skip("the recorder dropped the control character: nothing to split")
-    assert await reader.idle_paths(back, (window, cfg.conversion_events), "source") is None
+    idle = await reader.idle_paths(back, (window, cfg.conversion_events), "source")
+    # PostgreSQL joins keys into one string and cannot split this one back; SQLite's rows
+    # are grouped in Python and keep it whole.
+    if isinstance(reader, PgInsights):
+        assert idle is None
+    else:
+        assert idle == [((f"a{PATH_SEPARATOR}b",), 1)]
     got = await attribution(reader, Query(window, model="data_driven", by="source"), cfg)
     journeys = await load_journeys(reader, window, cfg)
     assert got == attribute(journeys, model="data_driven", by="source").to_json()

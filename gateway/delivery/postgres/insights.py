@@ -194,7 +194,7 @@ class PgInsights:
         self, w: Window, converted: tuple[Window, Sequence[str]], by: str
     ) -> list[tuple[tuple[str, ...], int]] | None:
         """Paths of the visitors without a conversion (see `idle_paths_sql`), or None."""
-        rows = await self._all(sql.idle_paths_sql(w, converted, by, agg="string_agg"))
+        rows = await self._all(sql.idle_paths_sql(w, converted, by))
         return sql.idle_paths_of(rows)
 
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
