@@ -8,6 +8,7 @@ range, conversions in it) and hands them to `gateway.pipeline.attribution.attrib
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import gc
@@ -109,8 +110,16 @@ async def attribution(store: InsightReader, q: Query, cfg: InsightSettings) -> d
     idle: list[tuple[tuple[str, ...], int]] | None = []
     if q.model == "data_driven":
         back = Window(int(w.since - cfg.lookback), w.until, w.site)
-        idle = await store.idle_paths(back, (w, cfg.conversion_events), q.by)
-    touches, conversions = await _load(store, w, cfg, every_visitor=idle is None)
+        # Side by side: on PostgreSQL the server groups paths while this process decodes
+        # the converting visitors' rows (SQLite's one connection takes them in turn).
+        idle, (touches, conversions) = await asyncio.gather(
+            store.idle_paths(back, (w, cfg.conversion_events), q.by),
+            _load(store, w, cfg, every_visitor=False),
+        )
+        if idle is None:
+            touches, conversions = await _load(store, w, cfg, every_visitor=True)
+    else:
+        touches, conversions = await _load(store, w, cfg, every_visitor=False)
     with _bulk():
         result = attribute(
             journeys_of(touches, conversions),
