@@ -61,7 +61,7 @@ from gateway.edge.sites import install, proxied
 from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
-from gateway.insights.policy import insight_policy
+from gateway.insights.policy import check_channels, insight_policy, reloaded_policy
 from gateway.insights.routes import add_report_routes
 from gateway.log import request_id_middleware
 from gateway.ops.catalog import add_catalog_routes
@@ -273,6 +273,10 @@ async def reload(
 ) -> None:
     """Swap in new settings and rules (SIGHUP): credentials, pixels, limits, rule files, sites."""
     fresh = fresh or Runtime.from_settings(settings)
+    outbox = app.get(OUTBOX)
+    if outbox is not None and outbox.insights is not None:
+        # Before anything is swapped: a bad channel rule leaves the running policy.
+        outbox.insights = reloaded_policy(outbox.insights, settings)
     app[RUNTIME].settings = settings
     app[RUNTIME].context = fresh.context
     app[RUNTIME].rules = fresh.rules
@@ -396,6 +400,7 @@ def _reload_from(
             settings = load()
             fresh = Runtime.from_settings(settings)
             sites = site_runtimes(settings)
+            check_channels(settings)
             if not sites and settings.upstream is None and proxied(app):
                 raise ConfigError(
                     "upstream: the reloaded configuration has neither [[sites]] nor an "

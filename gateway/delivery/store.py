@@ -290,6 +290,13 @@ class InsightReader(Protocol):
         """Touchpoints of the range, oldest first; with `converted` (a range and event
         names), only those of visitors with such an event in that range."""
 
+    async def idle_paths(
+        self, w: Window, converted: tuple[Window, Sequence[str]], by: str
+    ) -> list[tuple[tuple[str, ...], int]] | None:
+        """The touchpoints of the range of visitors with no event of `converted` in its
+        range, as distinct paths (their `by` keys in time order) with how many visitors
+        took each; None when a key cannot be told apart in a path (read `touches`)."""
+
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""
 

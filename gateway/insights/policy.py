@@ -6,6 +6,8 @@ own `ChannelRule` model: a bad rule is a config error naming the key.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pydantic import ValidationError
 
 from gateway.delivery.insightfacts import InsightPolicy
@@ -30,15 +32,36 @@ def channel_rules(settings: Settings, where: str = "insights") -> ChannelRules |
     return ChannelRules(rules) if rules else None
 
 
-def insight_policy(settings: Settings, key: bytes) -> InsightPolicy:
-    """The policy of the gateway's store: visit timeout, retention, hosts and rules per site."""
+def _per_site(
+    settings: Settings,
+) -> tuple[dict[str, frozenset[str]], dict[str, ChannelRules | None]]:
     hosts: dict[str, frozenset[str]] = {"": frozenset()}
     rules: dict[str, ChannelRules | None] = {"": channel_rules(settings)}
     for site in settings.site_list():
         hosts[site.name] = frozenset(h.lstrip("*.") for h in site.hosts)
         rules[site.name] = channel_rules(site.settings, f"sites.{site.name}.insights")
+    return hosts, rules
+
+
+def insight_policy(settings: Settings, key: bytes) -> InsightPolicy:
+    """The policy of the gateway's store: visit timeout, retention, hosts and rules per site."""
+    hosts, rules = _per_site(settings)
     return InsightPolicy.from_key(
         key,
+        visit_timeout=settings.visit_timeout,
+        retention=settings.touchpoint_retention,
+        own_hosts=hosts,
+        rules=rules,
+    )
+
+
+def reloaded_policy(current: InsightPolicy, settings: Settings) -> InsightPolicy:
+    """`current` under reloaded settings (SIGHUP): visit timeout, retention, sites' hosts
+    and channel rules anew; the visitor keys (the store's key does not change without a
+    restart) and the visit cache kept, so that a reload starts no visit by itself."""
+    hosts, rules = _per_site(settings)
+    return dataclasses.replace(
+        current,
         visit_timeout=settings.visit_timeout,
         retention=settings.touchpoint_retention,
         own_hosts=hosts,

@@ -8,6 +8,7 @@ range, conversions in it) and hands them to `gateway.pipeline.attribution.attrib
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import gc
@@ -98,8 +99,27 @@ async def funnel(store: InsightReader, q: Query, cfg: InsightSettings) -> dict[s
 
 
 async def attribution(store: InsightReader, q: Query, cfg: InsightSettings) -> dict[str, Any]:
-    """Each conversion of the range credited to its visitor's visits under `q.model`."""
-    touches, conversions = await _load(store, q.window, cfg, every_visitor=q.model == "data_driven")
+    """Each conversion of the range credited to its visitor's visits under `q.model`.
+
+    The data-driven chain also needs the journeys of visitors who did not convert: the
+    store hands those over already reduced to distinct paths with counts (a few thousand
+    rows for hundreds of thousands of visits), so only converting visitors' touches are
+    loaded, as for every other model. The credits are the same as from full journeys.
+    """
+    w = q.window
+    idle: list[tuple[tuple[str, ...], int]] | None = []
+    if q.model == "data_driven":
+        back = Window(int(w.since - cfg.lookback), w.until, w.site)
+        # Side by side: on PostgreSQL the server groups paths while this process decodes
+        # the converting visitors' rows (SQLite's one connection takes them in turn).
+        idle, (touches, conversions) = await asyncio.gather(
+            store.idle_paths(back, (w, cfg.conversion_events), q.by),
+            _load(store, w, cfg, every_visitor=False),
+        )
+        if idle is None:
+            touches, conversions = await _load(store, w, cfg, every_visitor=True)
+    else:
+        touches, conversions = await _load(store, w, cfg, every_visitor=False)
     with _bulk():
         result = attribute(
             journeys_of(touches, conversions),
@@ -107,6 +127,7 @@ async def attribution(store: InsightReader, q: Query, cfg: InsightSettings) -> d
             by=q.by,
             lookback=cfg.lookback,
             half_life=cfg.half_life,
+            idle_paths=idle or (),
         )
     return result.to_json()
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from gateway.pipeline.markov import path_removal_effects
+from gateway.pipeline.markov import counted_removal_effects
 
 MODELS: tuple[str, ...] = (
     "first_click",
@@ -220,8 +220,15 @@ def attribute(
     by: str = "channel",
     lookback: float = 30 * 86400,
     half_life: float = 7 * 86400,
+    idle_paths: Iterable[tuple[tuple[str, ...], int]] = (),
 ) -> Attribution:
-    """Credit every conversion of every journey to its touches in the lookback, under `model`."""
+    """Credit every conversion of every journey to its touches in the lookback, under `model`.
+
+    `idle_paths` are journeys without a conversion already reduced to what the data-driven
+    chain needs of them: (keys of `by` in time order, how many visitors took that path). A
+    report passes those instead of building every such journey; the result is the same as
+    with the journeys themselves. Other models ignore them (nothing to credit).
+    """
     _check(model, half_life)
     if by not in BY:
         raise ValueError(f"unknown attribution dimension {by!r}: use one of {', '.join(BY)}")
@@ -230,7 +237,7 @@ def attribute(
     effects: Mapping[str, float] | None = None
     if model == "data_driven":
         journeys = list(journeys)
-        effects = removal_effects(journeys, by=by, lookback=lookback)
+        effects = removal_effects(journeys, by=by, lookback=lookback, idle_paths=idle_paths)
     no_touch = NO_TOUCH_KEY[by]
     totals = _Totals()
     count = 0
@@ -315,9 +322,20 @@ def journey_paths(
 
 
 def removal_effects(
-    journeys: Iterable[Journey], *, by: str = "channel", lookback: float = 30 * 86400
+    journeys: Iterable[Journey],
+    *,
+    by: str = "channel",
+    lookback: float = 30 * 86400,
+    idle_paths: Iterable[tuple[tuple[str, ...], int]] = (),
 ) -> dict[str, float]:
     """The removal effect RE(k) = 1 - P_{-k}(conv) / P(conv) of every key of dimension `by`
-    in the first-order Markov chain of all journeys' paths (`journey_paths`); the chain and
-    how it is solved are described in `gateway.pipeline.markov`."""
-    return path_removal_effects(journey_paths(journeys, by=by, lookback=lookback))
+    in the first-order Markov chain of all journeys' paths (`journey_paths`), plus the
+    null-ending `idle_paths` of journeys without a conversion, given with their counts; the
+    chain and how it is solved are described in `gateway.pipeline.markov`."""
+    paths: dict[tuple[tuple[str, ...], bool], int] = defaultdict(int)
+    for path in journey_paths(journeys, by=by, lookback=lookback):
+        paths[path] += 1
+    for keys, count in idle_paths:
+        if keys and count > 0:
+            paths[(keys, False)] += count
+    return counted_removal_effects((keys, done, n) for (keys, done), n in paths.items())

@@ -27,9 +27,9 @@ MAX_STATES = 120
 
 
 def _build_chain(
-    paths: list[tuple[tuple[str, ...], bool]],
+    paths: list[tuple[tuple[str, ...], bool, int]],
 ) -> tuple[dict[str, int], int, list[list[float]], list[float], list[float], float]:
-    """Index keys into states and count transitions.
+    """Index keys into states and count transitions (each path `count` times).
 
     The `MAX_STATES - 1` keys seen most often keep a state of their own; the rest share one
     last state. Gives (state of each key, number of states, Q = transient-to-transient
@@ -37,9 +37,9 @@ def _build_chain(
     states, start's probability of converting in one step).
     """
     seen: defaultdict[str, int] = defaultdict(int)
-    for keys, _ in paths:
+    for keys, _, weight in paths:
         for key in keys:
-            seen[key] += 1
+            seen[key] += weight
     ranked = sorted(seen, key=lambda k: (-seen[k], k))
     own = ranked[: MAX_STATES - 1] if len(ranked) > MAX_STATES else ranked
     index = {key: i for i, key in enumerate(own)}
@@ -50,7 +50,7 @@ def _build_chain(
     counts = [[0] * n for _ in range(n + 1)]
     converted_counts = [0] * (n + 1)
     outs = [0] * (n + 1)
-    for keys, converted in paths:
+    for keys, converted, weight in paths:
         previous = start
         for key in keys:
             state = index[key]
@@ -58,12 +58,12 @@ def _build_chain(
                 # A self-loop changes no absorption probability (p_i = Σ_{j≠i} P_ij p_j /
                 # (1 - P_ii)) and no hitting probability: leaving it out keeps I - Q regular.
                 continue
-            counts[previous][state] += 1
-            outs[previous] += 1
+            counts[previous][state] += weight
+            outs[previous] += weight
             previous = state
         if converted:
-            converted_counts[previous] += 1
-        outs[previous] += 1
+            converted_counts[previous] += weight
+        outs[previous] += weight
     q = [[(x / outs[i] if outs[i] else 0.0) for x in counts[i]] for i in range(n)]
     c = [(converted_counts[i] / outs[i] if outs[i] else 0.0) for i in range(n)]
     s_out = outs[start]
@@ -98,6 +98,15 @@ def _inverse(matrix: list[list[float]]) -> list[list[float]]:
 def path_removal_effects(paths: Iterable[tuple[tuple[str, ...], bool]]) -> dict[str, float]:
     """RE(k) of every key on `paths` ((keys in time order, converted?) each); all 0 when
     nothing converts."""
+    return counted_removal_effects((keys, converted, 1) for keys, converted in paths)
+
+
+def counted_removal_effects(
+    paths: Iterable[tuple[tuple[str, ...], bool, int]],
+) -> dict[str, float]:
+    """`path_removal_effects` of paths given once each with how many times they occur
+    ((keys, converted?, count)): the same chain, hence exactly the same effects, as each
+    path repeated `count` times (integer counts: every probability is the same quotient)."""
     index, n, q, c, s, start_converts = _build_chain(list(paths))
     if n == 0:
         return {}

@@ -23,11 +23,13 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import OUTBOX, PAGES
+from gateway.app import reload
+from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.delivery.forget import Person
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import SCHEMA
+from gateway.settings import ConfigError
 from tests.commands.test_doctor import cli
 from tests.conftest import UA, auth
 from tests.edge.conftest import StartGateway
@@ -307,3 +309,34 @@ async def test_the_report_command_prints_the_same_json(
     assert text.code == 0 and "AddToCart" in text.out and "(-33%)" in text.out
     bad = await cli("report", "summary", "--since", "soon", "--buffer", buffer, cwd=tmp_path)
     assert bad.code == 2 and "'soon' is not a date" in bad.err
+
+
+async def test_a_reload_applies_new_channel_rules(
+    start: StartGateway, backend: dict[str, Any]
+) -> None:
+    gw = await start(**backend)
+    promo = "/html?utm_source=partner&utm_medium=promo&utm_campaign=june"
+    await page(gw, promo)
+    before = (await touchpoints(gw))[-1][0]
+    assert before != "Promo"
+    settings = gw.app[RUNTIME].settings
+    rules = [{"channel": "Promo", "medium": "promo"}]
+    changed = settings.model_copy(
+        update={
+            "insights": settings.insights.model_copy(update={"channels": rules}),
+            "visit_timeout": 600.0,
+        }
+    )
+    await reload(gw.app, changed)
+    await page(gw, promo)  # a new visitor: a visit of its own
+    assert (await touchpoints(gw))[-1][0] == "Promo"
+    policy = gw.app[OUTBOX].insights
+    assert policy is not None and policy.visit_timeout == 600.0
+    # A bad rule is refused before anything changes: the running rules stay.
+    broken = changed.model_copy(
+        update={"insights": settings.insights.model_copy(update={"channels": [{"x": 1}]})}
+    )
+    with pytest.raises(ConfigError, match=r"insights\.channels\[0\]"):
+        await reload(gw.app, broken)
+    await page(gw, promo)
+    assert (await touchpoints(gw))[-1][0] == "Promo"

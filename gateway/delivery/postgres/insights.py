@@ -190,6 +190,13 @@ class PgInsights:
         rows = await self._all(sql.touches_sql(w, converted))
         return [TouchRow._make(r) for r in sql.in_order(rows, 1)]
 
+    async def idle_paths(
+        self, w: Window, converted: tuple[Window, Sequence[str]], by: str
+    ) -> list[tuple[tuple[str, ...], int]] | None:
+        """Paths of the visitors without a conversion (see `idle_paths_sql`), or None."""
+        rows = await self._all(sql.idle_paths_sql(w, converted, by))
+        return sql.idle_paths_of(rows)
+
     async def daily(self, w: Window, events: Sequence[str]) -> list[tuple[int, str | None, float]]:
         """(UTC day number, currency, value) of `events`."""
         return [(int(r[0]), r[1], float(r[2])) for r in await self._all(sql.daily_sql(w, events))]
