@@ -29,6 +29,14 @@ log = logging.getLogger("gateway.outbox")
 Merged = tuple[Outcome, assembly.State | None, list[str]]
 
 
+def hold_of(ev: NewEvent, assembly_hold: float) -> float:
+    """Seconds `ev` waits before its first send: its own hold, else none for a PageView
+    and `assembly_hold` for every other event (both outboxes)."""
+    if ev.hold is not None:
+        return ev.hold
+    return 0.0 if ev.event_name == "PageView" else assembly_hold
+
+
 class AssemblySql(Protocol):
     """A backend's statements for one group commit, bound to its transaction's connection."""
 

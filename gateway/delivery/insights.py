@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import aiosqlite
 
 from gateway.delivery import insightfacts as facts_
-from gateway.delivery import profiles
-from gateway.delivery.insightfacts import Fact, InsightPolicy
+from gateway.delivery import insightrecord, profiles
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome, State
@@ -285,6 +285,34 @@ def in_order(rows: Sequence[Sequence[Any]], at: int) -> list[Sequence[Any]]:
 # Writes (inside the outbox's transaction) ---------------------------------------------------
 
 
+class SqliteFacts:
+    """`insightrecord.FactsSql` on the SQLite store's connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def merge(self, changed: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(facts_.MERGE_SQL, changed)
+
+    async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
+        return await profiles.resolve(self.conn, links, now=now)
+
+    async def seen(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
+        return await _seen(self.conn, keys)
+
+    async def insert_facts(self, values: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(
+            f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            values,
+        )
+
+    async def insert_touches(self, values: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(
+            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            values,
+        )
+
+
 async def record(
     conn: aiosqlite.Connection,
     policy: InsightPolicy,
@@ -294,42 +322,8 @@ async def record(
     now: float,
     states: Sequence[State | None] | None = None,
 ) -> None:
-    """Write the facts of the events stored as new and the touchpoints their page views
-    start; the visitors' states are staged in `policy.cache` (kept once committed)."""
-    changed = facts_.merged(rows, outcomes, states) if states is not None else []
-    if changed:
-        await conn.executemany(facts_.MERGE_SQL, changed)
-    found = facts_.facts(policy, rows, outcomes, new)
-    if not found:
-        return
-    await _resolve(conn, found, now)
-    pages = facts_.page_views(policy, rows, new)
-    settled, unknown = facts_.from_cache(policy, pages)
-    # What the store knew before this batch: read before the batch's own facts go in.
-    seen = await _seen(conn, unknown) if unknown else {}
-    await conn.executemany(
-        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-        [facts_.fact_values(f) for f in found],
-    )
-    touches, after = facts_.touches(policy, pages, seen)
-    if touches:
-        await conn.executemany(
-            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [facts_.touch_values(t) for t in touches],
-        )
-    policy.cache.stage({**settled, **after})
-
-
-async def _resolve(conn: aiosqlite.Connection, found: Sequence[Fact], now: float) -> None:
-    """Give facts without an fbp the visitor their stitch keys lead to (profiles on)."""
-    wanted = [k for f in found if f.visitor is None for k in f.links]
-    if not wanted:
-        return
-    leads = await profiles.resolve(conn, wanted, now=now)
-    for f in found:
-        if f.visitor is None:
-            lead = next((leads[k] for k in f.links if k in leads), None)
-            f.visitor = facts_.visitor_of(lead) if lead else None
+    """`insightrecord.record` on the SQLite store's transaction."""
+    await insightrecord.record(SqliteFacts(conn), policy, rows, outcomes, new, now, states)
 
 
 async def _seen(

@@ -10,8 +10,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import insightfacts as facts_
+from gateway.delivery import insightrecord
 from gateway.delivery import insights as sql
-from gateway.delivery.insightfacts import Fact, InsightPolicy
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.pool import Database
@@ -32,6 +33,36 @@ def numbered(query: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
     return _MARK.sub(lambda _: f"${next(counter)}", query[0]), query[1]
 
 
+class PgFacts:
+    """`insightrecord.FactsSql` on a connection in a PostgreSQL transaction."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def merge(self, changed: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(numbered((facts_.MERGE_SQL, []))[0], changed)
+
+    async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
+        return await pg_rows.resolve(self.conn, links, now=now)
+
+    async def seen(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
+        return await _seen(self.conn, keys)
+
+    async def insert_facts(self, values: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(
+            f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+            values,
+        )
+
+    async def insert_touches(self, values: Sequence[tuple[Any, ...]]) -> None:
+        await self.conn.executemany(
+            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+            values,
+        )
+
+
 async def record(
     conn: Conn,
     policy: InsightPolicy,
@@ -41,41 +72,8 @@ async def record(
     now: float,
     states: Sequence[State | None] | None = None,
 ) -> None:
-    """Write the facts of the events stored as new and the touchpoints their page views
-    start; the visitors' states are staged in `policy.cache` (kept once committed)."""
-    changed = facts_.merged(rows, outcomes, states) if states is not None else []
-    if changed:
-        await conn.executemany(numbered((facts_.MERGE_SQL, []))[0], changed)
-    found = facts_.facts(policy, rows, outcomes, new)
-    if not found:
-        return
-    await _resolve(conn, found, now)
-    pages = facts_.page_views(policy, rows, new)
-    settled, unknown = facts_.from_cache(policy, pages)
-    seen = await _seen(conn, unknown) if unknown else {}
-    await conn.executemany(
-        f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-        [facts_.fact_values(f) for f in found],
-    )
-    touches, after = facts_.touches(policy, pages, seen)
-    if touches:
-        await conn.executemany(
-            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-            [facts_.touch_values(t) for t in touches],
-        )
-    policy.cache.stage({**settled, **after})
-
-
-async def _resolve(conn: Conn, found: Sequence[Fact], now: float) -> None:
-    wanted = [k for f in found if f.visitor is None for k in f.links]
-    if not wanted:
-        return
-    leads = await pg_rows.resolve(conn, wanted, now=now)
-    for f in found:
-        if f.visitor is None:
-            lead = next((leads[k] for k in f.links if k in leads), None)
-            f.visitor = facts_.visitor_of(lead) if lead else None
+    """`insightrecord.record` on a PostgreSQL transaction."""
+    await insightrecord.record(PgFacts(conn), policy, rows, outcomes, new, now, states)
 
 
 async def _seen(conn: Conn, visitors: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:

@@ -255,9 +255,7 @@ class PgOutbox(Results, Upkeep):
 
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""
-        if ev.hold is not None:
-            return ev.hold
-        return 0.0 if ev.event_name == "PageView" else self.assembly_hold
+        return assembler.hold_of(ev, self.assembly_hold)
 
     async def _check_size(self) -> None:
         now = time.monotonic()

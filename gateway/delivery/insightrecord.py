@@ -1,0 +1,77 @@
+"""One group commit's report facts and touchpoints, written inside the commit's transaction.
+
+The order of the steps is shared by both stores; the SQL comes from the backend as a
+`FactsSql` (`gateway.delivery.insights.SqliteFacts`, `gateway.delivery.postgres.insights.PgFacts`),
+as the event assembly's does (`gateway.delivery.assembler.AssemblySql`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from gateway.delivery import insightfacts as facts_
+from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.visitcache import Seen
+from gateway.models import NewEvent
+from gateway.pipeline.assembly import Outcome, State
+
+
+class FactsSql(Protocol):
+    """A backend's statements for the facts of one group commit, on its transaction."""
+
+    async def merge(self, changed: Sequence[tuple[Any, ...]]) -> None:
+        """Set what merged copies changed on their events' facts (`facts_.MERGE_SQL`)."""
+        ...
+
+    async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
+        """Stitch-key links -> the profile key they lead to."""
+        ...
+
+    async def seen(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
+        """Per (site, visitor): the last page view stored and the current visit's source."""
+        ...
+
+    async def insert_facts(self, values: Sequence[tuple[Any, ...]]) -> None:
+        """Insert facts (`facts_.fact_values`)."""
+        ...
+
+    async def insert_touches(self, values: Sequence[tuple[Any, ...]]) -> None:
+        """Insert touchpoints (`facts_.touch_values`)."""
+        ...
+
+
+async def record(
+    sql: FactsSql,
+    policy: InsightPolicy,
+    rows: Sequence[NewEvent],
+    outcomes: Sequence[Outcome],
+    new: set[int],
+    now: float,
+    states: Sequence[State | None] | None = None,
+) -> None:
+    """Write the facts of the events stored as new and the touchpoints their page views
+    start; the visitors' states are staged in `policy.cache` (kept once committed)."""
+    changed = facts_.merged(rows, outcomes, states) if states is not None else []
+    if changed:
+        await sql.merge(changed)
+    found = facts_.facts(policy, rows, outcomes, new)
+    if not found:
+        return
+    wanted = [k for f in found if f.visitor is None for k in f.links]
+    if wanted:
+        # Facts without an fbp: the visitor their stitch keys lead to (profiles on).
+        leads = await sql.resolve(wanted, now=now)
+        for f in found:
+            if f.visitor is None:
+                lead = next((leads[k] for k in f.links if k in leads), None)
+                f.visitor = facts_.visitor_of(lead) if lead else None
+    pages = facts_.page_views(policy, rows, new)
+    settled, unknown = facts_.from_cache(policy, pages)
+    # What the store knew before this batch: read before the batch's own facts go in.
+    seen = await sql.seen(unknown) if unknown else {}
+    await sql.insert_facts([facts_.fact_values(f) for f in found])
+    touches, after = facts_.touches(policy, pages, seen)
+    if touches:
+        await sql.insert_touches([facts_.touch_values(t) for t in touches])
+    policy.cache.stage({**settled, **after})
