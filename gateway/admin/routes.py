@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qs
 
@@ -24,44 +24,45 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.admin.audiences import audience_rows
+from gateway.admin.auth import (
+    ADMIN,
+    AdminState,
+    Auth,
+    any_token,
+    auth_key,
+    authenticate,
+    cookie_path,
+    prefixed,
+    same_origin,
+    see_other,
+    session_of,
+    set_cookie,
+    sign_in_first,
+    signing_key,
+    tenant_keys_of,
+    tenant_session_of,
+    wants_html,
+)
 from gateway.admin.catalog import catalog_panels
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
 from gateway.admin.insightspage import render_insights
 from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
-from gateway.admin.session import (
-    COOKIE,
-    SESSION_TTL,
-    Session,
-    csrf_ok,
-    csrf_token,
-    issue,
-    session_key,
-    verify,
-)
-from gateway.admin.tenants import tenant_keys, tenant_session
+from gateway.admin.session import COOKIE, csrf_ok, csrf_token, issue
 from gateway.appkeys import CATALOG, OUTBOX, RUNTIME
 from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import DatabaseUnavailable
-from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.reads import reading
-from gateway.delivery.seal import load_key
 from gateway.edge.bodies import read_whole
-from gateway.edge.pages import page_secret
-from gateway.edge.sites import proxied
-from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.insights.reports import ReportError
 from gateway.insights.reports import dashboard as report_dashboard
 from gateway.insights.routes import INSIGHTS, query_of, settings_for
 from gateway.insights.timerange import RangeError
 from gateway.ops.access import (
-    admin_allowed,
     bearer_matches,
     client_address,
-    require_admin,
-    tenant_sites,
 )
 from gateway.pipeline.extract import Extractor
 
@@ -88,21 +89,6 @@ _PAGE_HEADERS = {
 }
 
 
-@dataclass(slots=True)
-class AdminState:
-    """What the dashboard keeps between requests."""
-
-    cache: DayCache = field(default_factory=DayCache)
-    # One cache per site selection (a tenant's sites, or one site picked): bounded by config.
-    site_caches: dict[tuple[str, ...], DayCache] = field(default_factory=dict)
-    # Guessing the token through the form: ten tries, then one every six seconds per peer.
-    logins: RateLimits = field(default_factory=lambda: RateLimits(1 / 6, 10))
-    key: bytes | None = None  # the outbox key, read on first use
-
-
-ADMIN = web.AppKey("admin", AdminState)
-
-
 @dataclass(frozen=True, slots=True)
 class _Hook:
     """A `[[webhook]]` mapping, listed with the rules."""
@@ -113,14 +99,6 @@ class _Hook:
     file: str
     # A webhook maps its payload, not a request: no extractors for the hints to read.
     extractors: tuple[Extractor, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Auth:
-    session: Session | None  # None: the request carried the admin token itself
-    cookie: str | None = None  # a new session's cookie to set
-    # A tenant's sites (signed in with a site's own admin_token); None: the global operator.
-    sites: frozenset[str] | None = None
 
 
 def add_admin_routes(app: web.Application, prefix: str) -> None:
@@ -142,11 +120,11 @@ def add_admin_routes(app: web.Application, prefix: str) -> None:
 
 async def get_admin(request: web.Request) -> web.StreamResponse:
     """The dashboard page."""
-    auth = _authenticate(request)
+    auth = authenticate(request)
     if isinstance(auth, web.Response):
         return auth
     if auth is None:
-        return _sign_in_first(request)
+        return sign_in_first(request)
     settings = request.app[RUNTIME].settings
     rules = _rules(request)
     shown, choices = _site_selection(request, auth)
@@ -196,7 +174,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     html = render_dashboard(
         data,
         prefix=settings.prefix,
-        csrf=csrf_token(_auth_key(request, auth), auth.session) if auth.session else "",
+        csrf=csrf_token(auth_key(request, auth), auth.session) if auth.session else "",
         notice=_notice(request),
         signed_in=bool((settings.admin_token or auth.sites) and auth.session),
         sites=choices,
@@ -210,17 +188,17 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
     )
     response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
     if auth.cookie:
-        _set_cookie(request, response, auth.cookie)
+        set_cookie(request, response, auth.cookie)
     return response
 
 
 async def get_insights(request: web.Request) -> web.StreamResponse:
     """The marketer's page: revenue, funnel, attribution, recommendations."""
-    auth = _authenticate(request)
+    auth = authenticate(request)
     if isinstance(auth, web.Response):
         return auth
     if auth is None:
-        return _sign_in_first(request)
+        return sign_in_first(request)
     settings = request.app[RUNTIME].settings
     shown, choices = _site_selection(request, auth)
     # One site at a time (a tenant of several sees its first until it picks another).
@@ -256,12 +234,12 @@ async def get_insights(request: web.Request) -> web.StreamResponse:
     )
     response = web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
     if auth.cookie:
-        _set_cookie(request, response, auth.cookie)
+        set_cookie(request, response, auth.cookie)
     return response
 
 
 def _site_selection(
-    request: web.Request, auth: _Auth
+    request: web.Request, auth: Auth
 ) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     """The sites whose events to show (None: all) and the selector's choices.
 
@@ -278,18 +256,18 @@ def _site_selection(
 
 async def get_login(request: web.Request) -> web.StreamResponse:
     """The sign-in form (only when an admin token is configured)."""
-    signed_in = _session(request) is not None or _tenant_session(request) is not None
-    if not _any_token(request) or signed_in:
-        return _see_other(request, "/admin")
+    signed_in = session_of(request) is not None or tenant_session_of(request) is not None
+    if not any_token(request) or signed_in:
+        return see_other(request, "/admin")
     return _login_page(request, "", 200)
 
 
 async def post_login(request: web.Request) -> web.StreamResponse:
     """Check the token from the form; a session cookie and the dashboard when it matches."""
     settings = request.app[RUNTIME].settings
-    if not _any_token(request):
-        return _see_other(request, "/admin")
-    if not _same_origin(request):
+    if not any_token(request):
+        return see_other(request, "/admin")
+    if not same_origin(request):
         return json_error(403, "forbidden", "sign in from the dashboard's own page")
     # Keyed on the client the trusted proxies name (behind nginx every socket peer is the
     # same), and only wrong tokens count: nobody else's guesses lock an operator out.
@@ -305,10 +283,10 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     given = (form.get("token") or [""])[0].strip()
     key = None
     if settings.admin_token and bearer_matches(f"Bearer {given}", settings.admin_token):
-        key = _key(request)
+        key = signing_key(request)
     else:
         # A site's own admin_token: a session for that tenant's sites, under its own key.
-        for token, (tenant_key, _) in _tenant_keys(request).items():
+        for token, (tenant_key, _) in tenant_keys_of(request).items():
             if bearer_matches(f"Bearer {given}", token):
                 key = tenant_key
     if key is None:
@@ -317,8 +295,8 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         return _login_page(request, "That is not the admin token.", 403)
     value, _ = issue(key, now=int(time.time()))
     log.info("Dashboard sign-in.")
-    response = _see_other(request, "/admin")
-    _set_cookie(request, response, value)
+    response = see_other(request, "/admin")
+    set_cookie(request, response, value)
     return response
 
 
@@ -327,8 +305,8 @@ async def post_logout(request: web.Request) -> web.StreamResponse:
     checked = await _action(request)
     if isinstance(checked, web.Response):
         return checked
-    response = _see_other(request, "/admin/login")
-    response.del_cookie(COOKIE, path=_cookie_path(request))
+    response = see_other(request, "/admin/login")
+    response.del_cookie(COOKIE, path=cookie_path(request))
     return response
 
 
@@ -382,7 +360,7 @@ async def post_forget(request: web.Request) -> web.StreamResponse:
         )
     except PersonError as exc:
         return json_error(400, "invalid form", str(exc))
-    _key(request)  # loads the outbox key into the admin state
+    signing_key(request)  # loads the outbox key into the admin state
     key = request.app[ADMIN].key
     assert key is not None
     counts = await request.app[OUTBOX].forget(person, key, sites=sites)
@@ -419,19 +397,19 @@ async def _action(
     A tenant (a site's own admin_token) acts on its own sites' rows only: the store
     leaves another site's rows alone even when their ids are sent.
     """
-    auth = _authenticate(request)
+    auth = authenticate(request)
     if isinstance(auth, web.Response):
         return auth
     if auth is None:
-        return _sign_in_first(request)
-    if auth.session is not None and not _same_origin(request):
+        return sign_in_first(request)
+    if auth.session is not None and not same_origin(request):
         return json_error(403, "forbidden", "dashboard actions come from the dashboard's page")
     form = await _form(request)
     if isinstance(form, web.Response):
         return form
     if auth.session is not None:
         given = request.headers.get("X-CSRF-Token") or (form.get("csrf") or [""])[0]
-        if not csrf_ok(_auth_key(request, auth), auth.session, given):
+        if not csrf_ok(auth_key(request, auth), auth.session, given):
             return json_error(
                 403, "forbidden", "missing or stale CSRF token: reload the dashboard and retry"
             )
@@ -457,129 +435,9 @@ def _ids(form: dict[str, list[str]], *, allow_all: bool) -> list[int] | web.Resp
 
 
 def _done(request: web.Request, what: str, count: int) -> web.StreamResponse:
-    if _wants_html(request):
-        return _see_other(request, f"/admin?done={what}&n={count}#delivery")
+    if wants_html(request):
+        return see_other(request, f"/admin?done={what}&n={count}#delivery")
     return web.json_response({what: count}, headers={"Cache-Control": "no-store"})
-
-
-# -- sessions -------------------------------------------------------------------------------
-
-
-def _authenticate(request: web.Request) -> _Auth | web.Response | None:
-    """The request's credentials; None when it must sign in; a 403 when it may not."""
-    settings = request.app[RUNTIME].settings
-    tenant = tenant_sites(request)
-    if tenant:
-        return _Auth(None, sites=tenant)
-    tenant_session = _tenant_session(request)
-    if tenant_session is not None:
-        return _Auth(tenant_session[0], sites=tenant_session[1])
-    session = _session(request)
-    if settings.admin_token:
-        if session is not None:
-            return _Auth(session)
-        return _Auth(None) if admin_allowed(request) else None
-    denied = require_admin(request)
-    if denied is not None:
-        return denied
-    if session is not None:
-        return _Auth(session)
-    # A local visitor needs no sign-in, but its actions still need a session to bind
-    # their CSRF token to: one is issued on the first visit.
-    value, session = issue(_key(request), now=int(time.time()))
-    return _Auth(session, value)
-
-
-def _sign_in_first(request: web.Request) -> web.Response:
-    """A browser is sent to the sign-in form, a script gets the 401."""
-    if _wants_html(request):
-        return _see_other(request, "/admin/login")
-    denied = require_admin(request)
-    assert denied is not None
-    return denied
-
-
-def _session(request: web.Request) -> Session | None:
-    return verify(_key(request), request.cookies.get(COOKIE), now=int(time.time()))
-
-
-def _any_token(request: web.Request) -> bool:
-    """True when someone signs in: a global or a site's admin token is configured."""
-    return bool(request.app[RUNTIME].settings.admin_token or _tenant_keys(request))
-
-
-def _tenant_keys(request: web.Request) -> dict[str, tuple[bytes, frozenset[str]]]:
-    settings = request.app[RUNTIME].settings
-    if not any(site.admin_token for site in settings.site_list()):
-        return {}
-    return tenant_keys(settings, page_secret(settings, _outbox_key(request)))
-
-
-def _tenant_session(request: web.Request) -> tuple[Session, frozenset[str]] | None:
-    return tenant_session(_tenant_keys(request), request.cookies.get(COOKIE))
-
-
-def _auth_key(request: web.Request, auth: _Auth) -> bytes:
-    """The key the session of `auth` is signed (and its CSRF token made) with."""
-    if auth.sites is not None:
-        for key, names in _tenant_keys(request).values():
-            if names == auth.sites:
-                return key
-    return _key(request)
-
-
-def _outbox_key(request: web.Request) -> bytes:
-    state = request.app[ADMIN]
-    if state.key is None:
-        state.key = load_key(request.app[RUNTIME].settings)
-    return state.key
-
-
-def _key(request: web.Request) -> bytes:
-    state = request.app[ADMIN]
-    settings = request.app[RUNTIME].settings
-    if state.key is None:
-        state.key = load_key(settings)
-    # Derived per request: a reload may change `secret` or `admin_token`.
-    return session_key(page_secret(settings, state.key), settings.admin_token)
-
-
-def _set_cookie(request: web.Request, response: web.StreamResponse, value: str) -> None:
-    response.set_cookie(
-        COOKIE,
-        value,
-        max_age=SESSION_TTL,
-        path=_cookie_path(request),
-        httponly=True,
-        samesite="Strict",
-        secure=_origin(request).startswith("https:"),
-    )
-
-
-def _cookie_path(request: web.Request) -> str:
-    return f"{request.app[RUNTIME].settings.prefix}/admin"
-
-
-# -- request details ------------------------------------------------------------------------
-
-
-def _origin(request: web.Request) -> str:
-    if proxied(request.app):
-        return visitor(request).origin
-    return f"{request.scheme}://{request.host}"
-
-
-def _same_origin(request: web.Request) -> bool:
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
-    origin = request.headers.get("Origin")
-    return origin is None or origin == _origin(request)
-
-
-def _wants_html(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "text/html" in accept or "application/json" not in accept
 
 
 async def _form(request: web.Request) -> dict[str, list[str]] | web.Response:
@@ -596,16 +454,6 @@ async def _form(request: web.Request) -> dict[str, list[str]] | web.Response:
         return json_error(400, "invalid form", "the form is not valid URL-encoded UTF-8")
 
 
-def _path(request: web.Request, tail: str) -> str:
-    return request.app[RUNTIME].settings.prefix + tail
-
-
-def _see_other(request: web.Request, tail: str) -> web.Response:
-    return web.Response(
-        status=303, headers={"Location": _path(request, tail), "Cache-Control": "no-store"}
-    )
-
-
 def _notice(request: web.Request) -> str:
     what, count = request.query.get("done"), request.query.get("n", "")
     if what not in ("retried", "discarded") or not count.isdigit():
@@ -616,7 +464,7 @@ def _notice(request: web.Request) -> str:
 
 
 def _login_page(request: web.Request, error: str, status: int) -> web.Response:
-    html = render_login(prefix=_path(request, ""), error=error, version=__version__)
+    html = render_login(prefix=prefixed(request, ""), error=error, version=__version__)
     return web.Response(text=html, status=status, content_type="text/html", headers=_PAGE_HEADERS)
 
 
