@@ -162,3 +162,16 @@ async def test_test_mode_is_said_at_start_up_and_in_status(tmp_path: Path) -> No
     assert any("test_event_code is set for pixel(s) 1234****" in w for w in status["warnings"])
     assert "Test mode: test_event_code is set for pixel(s) 1234****" in log.read_text()
     assert TOKEN not in log.read_text()
+
+
+def test_a_bad_channel_rule_is_an_error_without_a_config_ok_above_it(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'pixel_id = ["{PIXEL}"]\naccess_token = "{TOKEN}"\n\n'
+        '[[insights.channels]]\nchannel = "X"\nmedium = "("\n'
+    )
+    result = run(tmp_path, "check", "--config", str(config))
+    assert result.returncode == 2
+    (line,) = problems(result)
+    assert "insights.channels[0]: medium" in line
+    assert "config OK" not in result.stdout

@@ -37,11 +37,14 @@ def run_check(args: argparse.Namespace, load: Callable[[argparse.Namespace], Set
     rules_dir: Path | None = args.rules or _rules_in_file(args.config)
     if settings is not None:
         rules_dir = settings.rules
-        problems += _check_settings(settings, rules_only=_rules_only(args, settings))
         try:
             check_channels(settings)
         except ConfigError as exc:
             problems.append(f"config error: {exc}")
+        # "config OK" must not print above a config error of the channel rules.
+        problems += _check_settings(
+            settings, rules_only=_rules_only(args, settings), summary=not problems
+        )
     rules: RuleSet | None = None
     if rules_dir is not None:
         found, rules = _check_rules(rules_dir)
@@ -90,7 +93,7 @@ def _rules_only(args: argparse.Namespace, settings: Settings) -> bool:
     return not any(meta)
 
 
-def _check_settings(settings: Settings, *, rules_only: bool) -> list[str]:
+def _check_settings(settings: Settings, *, rules_only: bool, summary: bool = True) -> list[str]:
     try:
         settings.check_ready_to_send()
     except ConfigError as exc:
@@ -100,6 +103,8 @@ def _check_settings(settings: Settings, *, rules_only: bool) -> list[str]:
             "note: no pixel configured, so only the rule files were checked; `serve` needs "
             "META_PIXEL_ID and META_ACCESS_TOKEN (or --dry-run)"
         )
+        return []
+    if not summary:
         return []
     pixels = settings.effective_pixels()
     print(
