@@ -56,6 +56,12 @@ def add_parser(sub: Any) -> None:
         c.add_argument("--key-file", type=Path, help=argparse.SUPPRESS)
         c.add_argument("--site", help="the catalog of this [[sites]] site")
         c.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("status", "sync"):
+            c.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="as `serve --dry-run`: record what would be sent, never call Meta",
+            )
         if name == "list":
             c.add_argument("--state", help=f"only items in this state ({', '.join(STATES)})")
             c.add_argument("--limit", type=int, default=100)
@@ -74,6 +80,8 @@ def add_parser(sub: Any) -> None:
 def run_catalog_command(args: argparse.Namespace) -> int:
     """Run one catalog subcommand; the exit code is 0 on success."""
     settings = store_settings(args)
+    if getattr(args, "dry_run", False):
+        settings = settings.model_copy(update={"dry_run": True})
     targets = catalog_sites(settings)
     if args.site is not None:
         targets = [t for t in targets if t.site == args.site]
@@ -127,7 +135,9 @@ async def _run(args: argparse.Namespace, settings: Settings, targets: list[Catal
     async with open_catalog(settings, create=command == "crawl") as store:
         if command == "status":
             sites = None if args.site is None else [args.site]
-            return _print_status(await catalog_status(store, settings, sites), args.json)
+            return _print_status(
+                _served_mode(await catalog_status(store, settings, sites)), args.json
+            )
         target = targets[0]
         if command == "list":
             return await _list(store, target, args)
@@ -136,6 +146,14 @@ async def _run(args: argparse.Namespace, settings: Settings, targets: list[Catal
         if command == "sync":
             return await _sync(store, settings, target, args.json)
         return await _crawl(store, settings, target, args)
+
+
+def _served_mode(body: dict[str, Any]) -> dict[str, Any]:
+    """`dry_run` as the serving gateway has it: this command does not see `serve`'s
+    `--dry-run`, but the store does when the last sync of a catalog was a dry run."""
+    results = [one.get("last_result") for one in body.get("sites", {}).values()]
+    results.append(body.get("last_result"))
+    return {**body, "dry_run": body["dry_run"] or "dry-run" in results}
 
 
 def _print_status(body: dict[str, Any], as_json: bool) -> int:

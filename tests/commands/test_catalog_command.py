@@ -156,6 +156,22 @@ async def test_dry_run_sync_records_without_calling_meta(
     assert meta.calls == []
 
 
+async def test_dry_run_flag_and_status_say_how_the_catalog_was_synced(
+    tmp_path: Path, shop: Shop, meta: FakeCatalog
+) -> None:
+    config = write_config(tmp_path, tmp_path / "o.db", shop, meta)
+    await cli("crawl", "--public-origin", PUBLIC, "--rate", "500", cwd=tmp_path, config=config)
+    before = json.loads((await cli("status", "--json", cwd=tmp_path, config=config)).out)
+    assert before["dry_run"] is False
+    synced = await cli("sync", "--dry-run", "--json", cwd=tmp_path, config=config)
+    assert json.loads(synced.out)["outcome"] == "dry-run"
+    assert meta.calls == []
+    # Without the flag, status reads the mode off the store: a gateway serving with
+    # --dry-run (as the demo does) is reported as such, as `{prefix}/catalog` reports it.
+    after = json.loads((await cli("status", "--json", cwd=tmp_path, config=config)).out)
+    assert after["dry_run"] is True and after["last_result"] == "dry-run"
+
+
 async def test_commands_explain_a_missing_catalog(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(f'buffer = "{tmp_path / "o.db"}"\ndry_run = true\n')
