@@ -25,6 +25,7 @@ from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.proxied_rules import PageTap, ProxiedRules, Run
 from gateway.edge.shares import ClientShares
+from gateway.edge.upstream import UpstreamClient, UpstreamResponse
 from gateway.edge.upstream_health import UpstreamHealth
 from gateway.edge.visitor import visitor
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
@@ -34,6 +35,10 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.proxy")
 
 _NO_BODY_STATUS = frozenset({204, 304})
+# Requests the lean client carries (when they have no body): nearly every asset and page.
+_LEAN_METHODS = frozenset({"GET", "HEAD"})
+# What answers a request upstream: the lean client's, or aiohttp's for bodies.
+Answer = aiohttp.ClientResponse | UpstreamResponse
 
 
 class _BodyTooLarge(Exception):
@@ -99,6 +104,20 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """The lean keep-alive client of a worker for body-less GET and HEAD requests."""
+    assert settings.upstream is not None
+    return UpstreamClient(
+        URL(settings.upstream),
+        limit=settings.upstream_connections,
+        keepalive=settings.upstream_keepalive,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        total_timeout=settings.upstream_total_timeout or None,
+        max_header_bytes=settings.max_header_bytes,
+    )
+
+
 class Proxy:
     """The catch-all handler in front of the upstream."""
 
@@ -111,8 +130,11 @@ class Proxy:
         *,
         metrics: Metrics | None = None,
         catalog: CatalogPages | None = None,
+        client: UpstreamClient | None = None,
     ) -> None:
         self.session = session
+        # Body-less GET and HEAD go through the lean client when there is one.
+        self.client = client
         self.options = options
         self.pages = pages
         self.proxied_rules = proxied_rules
@@ -175,18 +197,26 @@ class Proxy:
                 return self._too_slow(request)
             data = bytes(body.prefix) if complete else body.chunks()
             complete_body = complete
-        call = self.session.request(
-            request.method,
-            self._target(request),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            timeout=self.options.timeout,
-            compress=None,
-        )
         started = time.monotonic()
         try:
-            upstream = await (body.guard(call) if body is not None and not complete_body else call)
+            upstream: Answer
+            if body is None and self.client is not None and request.method in _LEAN_METHODS:
+                upstream = await self.client.request(
+                    request.method, self._raw_target(request), headers
+                )
+            else:
+                call = self.session.request(
+                    request.method,
+                    self._target(request),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=self.options.timeout,
+                    compress=None,
+                )
+                upstream = await (
+                    body.guard(call) if body is not None and not complete_body else call
+                )
         except _BodyTooLarge:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
         except _ClientTooSlow:
@@ -230,14 +260,23 @@ class Proxy:
         request.writer.output_size = 0  # the response proper has not started
         return None
 
+    async def close(self) -> None:
+        """Close the lean client's pooled connections (the session is closed by its owner)."""
+        if self.client is not None:
+            await self.client.close()
+
     def _target(self, request: web.Request) -> URL:
+        return URL(self._origin + self._raw_target(request), encoded=True)
+
+    @staticmethod
+    def _raw_target(request: web.Request) -> str:
         # raw_path keeps the path and query byte-identical (no decode/re-encode).
         raw = request.raw_path
         if not raw.startswith("/"):
             # Absolute form ("GET http://host/path"): aiohttp took the host from it (it
             # wins over Host, RFC 9112 §3.2.2); the site gets the origin form.
             raw = request.rel_url.raw_path_qs
-        return URL(self._origin + raw, encoded=True)
+        return raw
 
     def _headers(self, request: web.Request) -> CIMultiDict[str]:
         return hdr.upstream_request_headers(
@@ -251,7 +290,7 @@ class Proxy:
         )
 
     async def _respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, run: Run | None
+        self, request: web.Request, upstream: Answer, run: Run | None
     ) -> web.StreamResponse:
         public_origin = visitor(request).origin
         headers = hdr.client_response_headers(
@@ -370,7 +409,7 @@ class Proxy:
     async def _stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Answer,
         response: web.StreamResponse,
         headers: CIMultiDict[str],
         plan: PagePlan | None,
@@ -456,9 +495,7 @@ async def _stream_as_is(
     await response.write_eof()
 
 
-async def _stream_rewritten(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, plan: PagePlan
-) -> None:
+async def _stream_rewritten(upstream: Answer, response: web.StreamResponse, plan: PagePlan) -> None:
     rewrite = plan.rewrite
     content = upstream.content
     while chunk := await content.readany():
