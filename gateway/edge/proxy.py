@@ -167,11 +167,12 @@ class Proxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         limit = self.options.max_upload
-        if request.content_length is not None and request.content_length > limit:
+        length = request.content_length  # parsed anew on each read: once is enough
+        if length is not None and length > limit:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
         headers = self._headers(request)
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
+        if length is not None:
+            headers["Content-Length"] = str(length)
         run = self._begin(request)
         body = (
             _Body(

@@ -59,6 +59,8 @@ class _Conn(BaseProtocol):
         self.done = False  # the current answer is complete
         self.should_close = False
         self.closed = False
+        self.busy = False  # an exchange is under way (its answer may still be streaming)
+        self.head = False  # the parser is set up for a HEAD answer
         self.counted = True  # holds one of the client's `limit` slots
         self.idle_since = 0.0
         self.last_read = 0.0
@@ -70,22 +72,30 @@ class _Conn(BaseProtocol):
     def start(self, head: bool) -> asyncio.Future[tuple[Any, StreamReader]]:
         """Get ready for one answer (written right after) and return its future."""
         client = self.client
-        self._parser = HttpResponseParser(
-            self,
-            self._loop,
-            _READ_LIMIT,
-            max_line_size=client.max_header_bytes,
-            max_field_size=client.max_header_bytes,
-            payload_exception=aiohttp.ClientPayloadError,
-            response_with_body=not head,
-            read_until_eof=True,
-            auto_decompress=False,
-        )
+        if head or self.head or self._parser is None:
+            # One parser per connection, as aiohttp's server keeps one per connection: a
+            # complete message leaves llhttp ready for the next. HEAD needs its own (no
+            # body follows its Content-Length).
+            self._parser = HttpResponseParser(
+                self,
+                self._loop,
+                _READ_LIMIT,
+                max_line_size=client.max_header_bytes,
+                max_field_size=client.max_header_bytes,
+                payload_exception=aiohttp.ClientPayloadError,
+                response_with_body=not head,
+                read_until_eof=True,
+                auto_decompress=False,
+            )
+            self.head = head
+        self.busy = True
         self.got = self.done = False
         self.payload = None
         waiter = self.waiter = self._loop.create_future()
         now = self.last_read = self._loop.time()
-        if client.read_timeout:
+        if client.read_timeout and self.read_timer is None:
+            # Left running between exchanges and moved on lazily (see _read_due): most
+            # exchanges arm no timer at all.
             self.read_timer = self._loop.call_at(now + client.read_timeout, self._read_due)
         if client.total_timeout:
             self.deadline = self._loop.call_at(now + client.total_timeout, self._time_out)
@@ -93,7 +103,7 @@ class _Conn(BaseProtocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None:
+        if not self.busy or parser is None:
             if data:
                 # Bytes while idle are nobody's answer: this connection cannot be trusted.
                 self.should_close = True
@@ -127,7 +137,9 @@ class _Conn(BaseProtocol):
 
     def _complete(self) -> None:
         self.done = True
-        self._stop_timers()
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
     def pause_reading(self) -> None:
         super().pause_reading()
@@ -139,17 +151,19 @@ class _Conn(BaseProtocol):
     def resume_reading(self, resume_parser: bool = True) -> None:
         super().resume_reading(resume_parser)
         timeout = self.client.read_timeout
-        if timeout and self.read_timer is None and not self.done and not self.closed:
+        if timeout and self.read_timer is None and self.busy and not self.done and not self.closed:
             self.last_read = self._loop.time()
             self.read_timer = self._loop.call_at(self.last_read + timeout, self._read_due)
 
     def _read_due(self) -> None:
-        # One timer per exchange, moved on lazily: cheaper than re-arming on every read.
+        # Moved on lazily rather than re-armed on every read or exchange: cheaper.
+        self.read_timer = None
+        if not self.busy or self.done or self.closed:
+            return  # idle or answered: nothing to time until the next exchange
         due = self.last_read + self.client.read_timeout
         if due > self._loop.time():
             self.read_timer = self._loop.call_at(due, self._read_due)
             return
-        self.read_timer = None
         self._time_out()
 
     def _time_out(self) -> None:
@@ -371,7 +385,7 @@ class UpstreamClient:
         if not conn.reusable or self._closed:
             conn.close()
             return
-        conn._parser = None
+        conn.busy = False
         conn.payload = None
         conn.idle_since = conn._loop.time()
         self._idle.append(conn)

@@ -432,3 +432,22 @@ async def test_the_gateway_does_not_502_when_the_site_drops_a_kept_alive_connect
             async with gw.session.get(gw.url + "/asset.js") as resp:
                 assert resp.status == 200 and await resp.read() == b"ok"
         assert o.connections == 2
+
+
+async def test_the_read_timeout_holds_on_a_reused_connection() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await asyncio.sleep(3)
+
+    async with origin(script) as o, client(o.url, read_timeout=0.3) as c:
+        assert await get(c) == (200, b"ok")
+        await asyncio.sleep(0.4)  # the timer of the first exchange fires while idle: harmless
+        began = time.monotonic()
+        response = await c.request("GET", "/", headers())
+        with pytest.raises(TimeoutError):
+            await response.content.read()
+        response.release()
+        assert time.monotonic() - began < 1.5 and o.connections == 1
