@@ -65,6 +65,7 @@ class Metrics:
             own = None  # read back from the files, not from this process's objects
         self._custom_names: set[str] = set()
         self._proxied_by_class: dict[int, Any] = {}
+        self._upstream_by_site: dict[str, Any] = {}
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=labels, registry=own)
@@ -273,7 +274,12 @@ class Metrics:
 
     def upstream_latency(self, seconds: float, *, site: str | None = None) -> None:
         """Observe the time the site took to send its response headers."""
-        self._upstream.labels(site or "").observe(seconds)
+        # Once per proxied request too: the child looked up once per site, as above.
+        key = site or ""
+        child = self._upstream_by_site.get(key)
+        if child is None:
+            child = self._upstream_by_site[key] = self._upstream.labels(key)
+        child.observe(seconds)
 
     def page_tagged(self, *, site: str | None = None) -> None:
         """Count one HTML page that got the tag."""

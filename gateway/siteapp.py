@@ -20,7 +20,7 @@ from gateway.catalogapp import catalog_pages
 from gateway.delivery.seal import load_key
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
-from gateway.edge.proxy import Proxy, ProxyOptions, upstream_session
+from gateway.edge.proxy import Proxy, ProxyOptions, upstream_client, upstream_session
 from gateway.edge.sites import SITES, SiteRouter, SiteStages, single_stages, site_stages, sites_on
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
@@ -116,6 +116,7 @@ def _start_site(app: web.Application, stages: SiteStages) -> aiohttp.ClientSessi
         proxied_rules,
         metrics=app[METRICS],
         catalog=catalog_pages(app, stages.name, settings),
+        client=upstream_client(settings),
     )
     return session
 
@@ -144,7 +145,9 @@ async def sites_ctx(app: web.Application) -> AsyncIterator[None]:
             await each.proxied_rules.drain()
         if each.proxy is not None and each.proxy.catalog is not None:
             await each.proxy.catalog.close()
-    for _, session in app[SITE_STARTED]:
+    for each, session in app[SITE_STARTED]:
+        if each.proxy is not None:
+            await each.proxy.close()
         await session.close()
 
 

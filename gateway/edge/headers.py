@@ -112,6 +112,8 @@ def client_response_headers(
     """Upstream response headers for the client: end-to-end, redirects pointed at us."""
     out = end_to_end(upstream_headers)
     for name in ("Location", "Content-Location"):
+        if name not in out:
+            continue  # most answers have neither: no popall/re-add round trip
         values = out.popall(name, [])
         for value in values:
             out.add(name, rewrite_location(value, upstream, public_origin))

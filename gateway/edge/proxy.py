@@ -7,10 +7,9 @@ client session; an upstream fault is a 502/504 page, never a 500 from us.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -19,12 +18,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.edge import headers as hdr
-from gateway.edge.bodies import BodyCopy
 from gateway.edge.catalog import CatalogPages, CatalogTap
 from gateway.edge.encoding import RewriteError
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.proxied_rules import PageTap, ProxiedRules, Run
 from gateway.edge.shares import ClientShares
+from gateway.edge.uploads import BodyTooLarge, ClientTooSlow, RequestBody
+from gateway.edge.upstream import UpstreamClient, UpstreamResponse
 from gateway.edge.upstream_health import UpstreamHealth
 from gateway.edge.visitor import visitor
 from gateway.edge.websocket import is_websocket_upgrade, relay_websocket
@@ -34,14 +34,10 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.proxy")
 
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-class _BodyTooLarge(Exception):
-    """The client sent more than max_upload_mb."""
-
-
-class _ClientTooSlow(Exception):
-    """The client stopped sending its body for longer than client_body_timeout."""
+# Requests the lean client carries (when they have no body): nearly every asset and page.
+_LEAN_METHODS = frozenset({"GET", "HEAD"})
+# What answers a request upstream: the lean client's, or aiohttp's for bodies.
+Answer = aiohttp.ClientResponse | UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +95,20 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+def upstream_client(settings: Settings) -> UpstreamClient:
+    """The lean keep-alive client of a worker for body-less GET and HEAD requests."""
+    assert settings.upstream is not None
+    return UpstreamClient(
+        URL(settings.upstream),
+        limit=settings.upstream_connections,
+        keepalive=settings.upstream_keepalive,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        total_timeout=settings.upstream_total_timeout or None,
+        max_header_bytes=settings.max_header_bytes,
+    )
+
+
 class Proxy:
     """The catch-all handler in front of the upstream."""
 
@@ -111,8 +121,11 @@ class Proxy:
         *,
         metrics: Metrics | None = None,
         catalog: CatalogPages | None = None,
+        client: UpstreamClient | None = None,
     ) -> None:
         self.session = session
+        # Body-less GET and HEAD go through the lean client when there is one.
+        self.client = client
         self.options = options
         self.pages = pages
         self.proxied_rules = proxied_rules
@@ -145,14 +158,15 @@ class Proxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         limit = self.options.max_upload
-        if request.content_length is not None and request.content_length > limit:
+        length = request.content_length  # parsed anew on each read: once is enough
+        if length is not None and length > limit:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
         headers = self._headers(request)
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
+        if length is not None:
+            headers["Content-Length"] = str(length)
         run = self._begin(request)
         body = (
-            _Body(
+            RequestBody(
                 request.content,
                 limit,
                 self.options.client_body_timeout,
@@ -169,27 +183,35 @@ class Proxy:
             # slow upload then holds no pooled upstream connection while it trickles in.
             try:
                 complete = await body.buffer(self.options.buffer_body)
-            except _BodyTooLarge:
+            except BodyTooLarge:
                 return _error(request, 413, "Request body too large", f"at most {limit} bytes")
-            except _ClientTooSlow:
+            except ClientTooSlow:
                 return self._too_slow(request)
             data = bytes(body.prefix) if complete else body.chunks()
             complete_body = complete
-        call = self.session.request(
-            request.method,
-            self._target(request),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            timeout=self.options.timeout,
-            compress=None,
-        )
         started = time.monotonic()
         try:
-            upstream = await (body.guard(call) if body is not None and not complete_body else call)
-        except _BodyTooLarge:
+            upstream: Answer
+            if body is None and self.client is not None and request.method in _LEAN_METHODS:
+                upstream = await self.client.request(
+                    request.method, self._raw_target(request), headers
+                )
+            else:
+                call = self.session.request(
+                    request.method,
+                    self._target(request),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=self.options.timeout,
+                    compress=None,
+                )
+                upstream = await (
+                    body.guard(call) if body is not None and not complete_body else call
+                )
+        except BodyTooLarge:
             return _error(request, 413, "Request body too large", f"at most {limit} bytes")
-        except _ClientTooSlow:
+        except ClientTooSlow:
             return self._too_slow(request)
         except TimeoutError:
             self.health.record("timeout", status=504)
@@ -230,14 +252,23 @@ class Proxy:
         request.writer.output_size = 0  # the response proper has not started
         return None
 
+    async def close(self) -> None:
+        """Close the lean client's pooled connections (the session is closed by its owner)."""
+        if self.client is not None:
+            await self.client.close()
+
     def _target(self, request: web.Request) -> URL:
+        return URL(self._origin + self._raw_target(request), encoded=True)
+
+    @staticmethod
+    def _raw_target(request: web.Request) -> str:
         # raw_path keeps the path and query byte-identical (no decode/re-encode).
         raw = request.raw_path
         if not raw.startswith("/"):
             # Absolute form ("GET http://host/path"): aiohttp took the host from it (it
             # wins over Host, RFC 9112 §3.2.2); the site gets the origin form.
             raw = request.rel_url.raw_path_qs
-        return URL(self._origin + raw, encoded=True)
+        return raw
 
     def _headers(self, request: web.Request) -> CIMultiDict[str]:
         return hdr.upstream_request_headers(
@@ -251,7 +282,7 @@ class Proxy:
         )
 
     async def _respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, run: Run | None
+        self, request: web.Request, upstream: Answer, run: Run | None
     ) -> web.StreamResponse:
         public_origin = visitor(request).origin
         headers = hdr.client_response_headers(
@@ -370,7 +401,7 @@ class Proxy:
     async def _stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Answer,
         response: web.StreamResponse,
         headers: CIMultiDict[str],
         plan: PagePlan | None,
@@ -456,9 +487,7 @@ async def _stream_as_is(
     await response.write_eof()
 
 
-async def _stream_rewritten(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, plan: PagePlan
-) -> None:
+async def _stream_rewritten(upstream: Answer, response: web.StreamResponse, plan: PagePlan) -> None:
     rewrite = plan.rewrite
     content = upstream.content
     while chunk := await content.readany():
@@ -476,100 +505,6 @@ async def _stream_rewritten(
     if rewrite.injected and not plan.submitted:
         plan.submit()
     await response.write_eof(out + tail if tail else out)
-
-
-class _Body:
-    """The visitor's request body on its way up, with the size limit and stall deadline.
-
-    aiohttp does not reliably end the upstream call when the body generator fails, so
-    `guard` races the call against the generator's failure and reports ours first.
-    """
-
-    def __init__(
-        self,
-        content: aiohttp.StreamReader,
-        limit: int,
-        stall: float,
-        *,
-        min_rate: int = 0,
-        copy: BodyCopy | None = None,
-    ) -> None:
-        self.content = content
-        self.limit = limit
-        self.stall = stall
-        self.min_rate = min_rate
-        self.copy = copy
-        self.prefix = bytearray()
-        self.total = 0
-        self.started = time.monotonic()
-        self.failed: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
-
-    async def buffer(self, bound: int) -> bool:
-        """Read up to `bound` bytes into `prefix`; True when that was the whole body."""
-        while len(self.prefix) <= bound:
-            chunk = await self._next()
-            if not chunk:
-                return True
-            self.prefix += chunk
-        return False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, chunk by chunk (what `buffer` read first), while within its bounds."""
-        if self.prefix:
-            yield bytes(self.prefix)
-            self.prefix = bytearray()
-        while chunk := await self._next():
-            yield chunk
-
-    async def _next(self) -> bytes:
-        try:
-            chunk = await asyncio.wait_for(self.content.readany(), self._patience())
-        except TimeoutError:
-            # A slow-body client must not hold a gateway and an upstream connection.
-            raise self._fail(_ClientTooSlow()) from None
-        self.total += len(chunk)
-        if self.total > self.limit:
-            # Raising (not ending) makes aiohttp abort the upstream request instead of
-            # finishing it with a truncated body.
-            raise self._fail(_BodyTooLarge())
-        if chunk and self.copy is not None:
-            self.copy.feed(chunk)
-        return chunk
-
-    def _patience(self) -> float:
-        """How long the next read may take: the stall bound, and the minimum average rate
-        (after a grace of one stall bound), so a byte every few seconds is not enough."""
-        if not self.min_rate:
-            return self.stall
-        allowed = self.stall + self.total / self.min_rate
-        left = allowed - (time.monotonic() - self.started)
-        return max(0.0, min(self.stall, left))
-
-    def _fail(self, exc: Exception) -> Exception:
-        if not self.failed.done():
-            self.failed.set_result(exc)
-        return exc
-
-    async def _failure(self) -> aiohttp.ClientResponse:
-        # Same result type as the call, so the two can be raced with asyncio.wait.
-        # Shielded: cancelling this watcher must not cancel the shared future.
-        raise await asyncio.shield(self.failed)
-
-    async def guard(self, call: Awaitable[aiohttp.ClientResponse]) -> aiohttp.ClientResponse:
-        """The upstream response, unless the body failed first (then raise why)."""
-        task = asyncio.ensure_future(call)
-        watcher = asyncio.ensure_future(self._failure())
-        try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not task.done():
-                task.cancel()
-        if self.failed.done() and not self.failed.cancelled():
-            if task.done() and not task.cancelled() and task.exception() is None:
-                task.result().close()
-            raise self.failed.result()
-        return task.result()
 
 
 def _abort(request: web.Request) -> None:
