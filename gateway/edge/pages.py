@@ -29,7 +29,7 @@ from gateway.edge.csp import CspDecision
 from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
-from gateway.edge.intake import Intake, Stored
+from gateway.edge.intake import Intake, Refused, Stored
 from gateway.edge.visitor import Visitor, visitor
 from gateway.metrics import Metrics
 from gateway.models import NewEvent
@@ -354,11 +354,11 @@ class PageViews:
     def _store(self, rows: list[NewEvent]) -> None:
         self.counters.tagged()
         if rows:
-            self.intake.later(self._add(rows), "pageview")
+            self.intake.store_later(rows, self._settled)
 
-    async def _add(self, rows: list[NewEvent]) -> None:
+    def _settled(self, result: Stored | Refused) -> None:
         # The intake counts and logs a refusal; the page has long gone out either way.
-        if isinstance(await self.intake.store(rows), Stored):
+        if isinstance(result, Stored):
             self.counters.saved()
         else:
             self.counters.failed()
