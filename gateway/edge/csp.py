@@ -42,6 +42,9 @@ class CspDecision:
     reason: str  # short text for logs/metrics when not allowed, "" otherwise
 
 
+_NO_POLICY = CspDecision(True, None, "")
+
+
 @dataclass(frozen=True, slots=True)
 class _Origin:
     scheme: str
@@ -52,6 +55,8 @@ class _Origin:
 def decide(policies: Sequence[str], *, script_path: str, origin: str) -> CspDecision:
     """policies: the values of every Content-Security-Policy response header (NOT -Report-Only;
     each header may hold several comma-separated policies). All must allow the script."""
+    if not policies:
+        return _NO_POLICY  # most pages: nothing to parse, not even the origin
     parts = urlsplit(origin)
     scheme = parts.scheme.lower()
     here = _Origin(

@@ -47,7 +47,7 @@ def _unb64(text: str) -> bytes | None:
 def _mac(secret: bytes, client: str, payload: bytes) -> bytes:
     # Fixed-size client digest before the variable-length payload keeps the input unambiguous.
     client_digest = hashlib.sha256(client.encode("utf-8", "surrogatepass")).digest()
-    return hmac.new(secret, _LABEL + client_digest + payload, hashlib.sha256).digest()
+    return hmac.digest(secret, _LABEL + client_digest + payload, "sha256")
 
 
 def sign(secret: bytes, event_id: str, *, issued: int, client: str) -> str:
