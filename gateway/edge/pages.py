@@ -13,7 +13,6 @@ import hmac
 import html
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -154,6 +153,7 @@ class PageViews:
             self.static_attrs["data-fbevents"] = settings.fbevents_url
         if consent_attr:
             self.static_attrs["data-consent"] = consent_attr
+        self.static_rendered = _render(self.static_attrs)
 
     # the plan -------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class PageViews:
         if decision is None:
             return None
         consent = who.consent
-        event_id = str(uuid.uuid4())
+        event_id = pagetoken.new_event_id()
         triggers = self.triggers(request) if self.triggers is not None else None
         tag = self._tag(event_id, who, decision.nonce, ldu=consent.ldu, triggers=triggers)
         rewrite = open_rewrite(
@@ -275,19 +275,19 @@ class PageViews:
         token = pagetoken.sign(
             self.secret, event_id, issued=int(time.time()), client=who.page_client()
         )
-        attrs = {
-            "src": self.script,
-            "data-event-id": event_id,
-            "data-token": token,
-            **self.static_attrs,
-        }
+        # The id (a UUID) and the token (base64url) need no escaping; the page-independent
+        # attributes were rendered once, in the same order as before.
+        rendered = f'src="{html.escape(self.script, quote=True)}" data-event-id="{event_id}" '
+        rendered += f'data-token="{token}" {self.static_rendered}'
+        more: dict[str, str] = {}
         if ldu:
-            attrs["data-ldu"] = "1"
+            more["data-ldu"] = "1"
         if triggers:
-            attrs["data-triggers"] = triggers
+            more["data-triggers"] = triggers
         if nonce:
-            attrs["nonce"] = nonce
-        rendered = " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
+            more["nonce"] = nonce
+        if more:
+            rendered += " " + _render(more)
         return f"<script {rendered}></script>".encode("ascii")
 
     def _cookies(
@@ -373,6 +373,10 @@ def page_secret(settings: Settings, key: bytes) -> bytes:
     if settings.secret:
         return settings.secret.encode()
     return hmac.new(key, b"capi-gateway page token v1", hashlib.sha256).digest()
+
+
+def _render(attrs: dict[str, str]) -> str:
+    return " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
 
 
 def _parses(url: str) -> bool:
