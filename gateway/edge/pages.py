@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -294,13 +295,13 @@ class PageViews:
         self, request: web.Request, who: Visitor, out: list[str]
     ) -> tuple[str | None, str | None]:
         secure = who.scheme == "https"
-        domain = cookies.cookie_domain(who.host, self.settings.cookie_domain)
+        domain, index = _cookie_domain(who.host, self.settings.cookie_domain)
         choice = cookies.decide_cookies(
             who.fbp,
             who.fbc,
             cookies.fbclid_from(request.query_string, request.headers.get("Referer")),
             now_ms=int(time.time() * 1000),
-            index=cookies.subdomain_index(domain),
+            index=index,
         )
         max_age = int(self.settings.cookie_lifetime)
         if choice.set_fbp and choice.fbp:
@@ -373,6 +374,13 @@ def page_secret(settings: Settings, key: bytes) -> bytes:
     if settings.secret:
         return settings.secret.encode()
     return hmac.new(key, b"capi-gateway page token v1", hashlib.sha256).digest()
+
+
+@lru_cache(maxsize=256)
+def _cookie_domain(host: str, override: str | None) -> tuple[str | None, int]:
+    # A site answers under a few hosts: the public-suffix lookup runs once per host.
+    domain = cookies.cookie_domain(host, override)
+    return domain, cookies.subdomain_index(domain)
 
 
 def _render(attrs: dict[str, str]) -> str:
