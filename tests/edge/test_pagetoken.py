@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import re
 import uuid
@@ -197,3 +199,13 @@ def test_a_forked_worker_does_not_reuse_the_parents_pool_of_ids() -> None:
     os.waitpid(pid, 0)
     os.close(read)
     assert child != pagetoken.new_event_id()
+
+
+@pytest.mark.parametrize("size", [1, 32, 63, 64, 65, 200])
+def test_the_page_token_mac_is_hmac_sha256(size: int) -> None:
+    secret = bytes(range(1, 256))[:size]
+    message = b"label\x00" + bytes(range(100))
+    assert (
+        pagetoken._keyed(secret).digest(message)
+        == hmac.new(secret, message, hashlib.sha256).digest()
+    )
