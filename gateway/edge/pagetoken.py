@@ -85,7 +85,11 @@ def _client_digest(client: str) -> bytes:
 
 
 class _RandomIds:
-    """Random (version 4) UUID strings from one `os.urandom` call per 256 of them."""
+    """Random (version 4) UUID strings from one `os.urandom` call per 256 of them.
+
+    For the event loop's thread only (no lock): two threads sharing the pool could take
+    the same slice.
+    """
 
     _BATCH = 256
 
