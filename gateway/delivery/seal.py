@@ -20,6 +20,8 @@ from gateway.settings import ConfigError, Settings, decode_key
 log = logging.getLogger("gateway.seal")
 
 _NONCE = 12
+# `json.dumps` with any option builds a new encoder per call; this one is built once.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class SealError(Exception):
@@ -37,7 +39,7 @@ class Sealer:
         if not fields:
             return None
         nonce = os.urandom(_NONCE)
-        plain = json.dumps(fields, separators=(",", ":")).encode()
+        plain = _ENCODE(fields).encode()
         return nonce + self._aead.encrypt(nonce, plain, row_key.encode())
 
     def open(self, blob: bytes | None, row_key: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlsplit
 
 from publicsuffixlist import PublicSuffixList
@@ -196,6 +197,12 @@ _COOKIE_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
 _COOKIE_VALUE_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*", re.ASCII)
 
 
+@lru_cache(maxsize=8)
+def _http_date(when: int) -> str:
+    # Every page of the same second (and lifetime) gets the same text: formatted once.
+    return email.utils.formatdate(when, usegmt=True)
+
+
 def set_cookie_header(
     name: str,
     value: str,
@@ -217,7 +224,7 @@ def set_cookie_header(
         raise ValueError("max_age must be >= 0")
     issued = time.time() if now is None else now
     # Expires too, for the few clients that ignore Max-Age.
-    expires = email.utils.formatdate(issued + max_age, usegmt=True)
+    expires = _http_date(int(issued + max_age))
     parts = [f"{name}={value}", f"Max-Age={max_age}", f"Expires={expires}"]
     if domain is not None:
         parts.append(f"Domain={domain}")

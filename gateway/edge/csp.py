@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["CspDecision", "decide"]
@@ -42,6 +43,9 @@ class CspDecision:
     reason: str  # short text for logs/metrics when not allowed, "" otherwise
 
 
+_NO_POLICY = CspDecision(True, None, "")
+
+
 @dataclass(frozen=True, slots=True)
 class _Origin:
     scheme: str
@@ -52,11 +56,10 @@ class _Origin:
 def decide(policies: Sequence[str], *, script_path: str, origin: str) -> CspDecision:
     """policies: the values of every Content-Security-Policy response header (NOT -Report-Only;
     each header may hold several comma-separated policies). All must allow the script."""
-    parts = urlsplit(origin)
-    scheme = parts.scheme.lower()
-    here = _Origin(
-        scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORT.get(scheme, 0)
-    )
+    # Raises ValueError for an origin no parser takes (a made-up Host): never tagged.
+    here = _origin_of(origin)
+    if not policies:
+        return _NO_POLICY  # most pages: no policy to parse
     path = unquote(urlsplit(script_path).path or "/")
     needs: list[list[str]] = []  # per policy that only a nonce satisfies: its nonces
     offered: list[str] = []  # every valid nonce seen, first first
@@ -83,6 +86,16 @@ def decide(policies: Sequence[str], *, script_path: str, origin: str) -> CspDeci
     if not common:
         return CspDecision(False, None, "policies require different nonces")
     return CspDecision(True, common[0], "")
+
+
+@lru_cache(maxsize=256)
+def _origin_of(origin: str) -> _Origin:
+    # A site answers under a few origins: each is parsed once (a ValueError is not kept).
+    parts = urlsplit(origin)
+    scheme = parts.scheme.lower()
+    return _Origin(
+        scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORT.get(scheme, 0)
+    )
 
 
 def _parse(policy: str) -> dict[str, list[str]]:

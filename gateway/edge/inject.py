@@ -26,6 +26,7 @@ unchanged and `gave_up` is set. After `<html>`/`<head>` the candidate point is s
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = ["HeadInjector", "html_charset_is_ascii_compatible"]
 
@@ -253,15 +254,25 @@ def html_charset_is_ascii_compatible(content_type: str | None, head_bytes: bytes
     Never inject there: the inserted ASCII bytes would corrupt the text. `head_bytes` is the
     start of the body (up to 1024 bytes are looked at).
     """
+    if not head_bytes:
+        return _content_type_is_ascii_compatible(content_type)
     if head_bytes.startswith(_UTF8_BOM):
         return True  # the BOM wins over every declaration in browsers
     if head_bytes[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head_bytes[:4]:
         return False
-    if content_type:
-        m = _CT_CHARSET.search(content_type)
-        if m and _WIDE.match(m.group(1).encode("ascii", "replace")):
-            return False
+    if not _content_type_is_ascii_compatible(content_type):
+        return False
     # Browsers read a UTF-16 <meta> as UTF-8 (it was readable as ASCII), but a page that says
     # UTF-16 anywhere is confused enough to leave alone.
     m2 = _META_CHARSET.search(head_bytes[:_PRESCAN])
     return not (m2 and _WIDE.match(m2.group(1)))
+
+
+@lru_cache(maxsize=64)
+def _content_type_is_ascii_compatible(content_type: str | None) -> bool:
+    # A site sends a handful of Content-Type values: each is read once.
+    if content_type:
+        m = _CT_CHARSET.search(content_type)
+        if m and _WIDE.match(m.group(1).encode("ascii", "replace")):
+            return False
+    return True

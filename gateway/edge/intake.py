@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,10 @@ class Intake:
         self.metrics = metrics
         self.refusals = 0  # stores refused since start (any source)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Background rows (PageViews) waiting for the one task that stores them, with
+        # what to call with each hand-over's own result.
+        self._waiting: list[tuple[list[NewEvent], Callable[[Stored | Refused], None]]] = []
+        self._pump: asyncio.Task[None] | None = None
 
     async def store(self, rows: list[NewEvent]) -> Stored | Refused:
         """Store `rows`; a refusal (counted, logged) instead of raising on a store fault.
@@ -117,6 +121,39 @@ class Intake:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def store_later(self, rows: list[NewEvent], done: Callable[[Stored | Refused], None]) -> None:
+        """Store `rows` in the background; `done` gets their own `Stored` or `Refused`.
+
+        What is handed over while a store is under way goes in the next one: one task and
+        one group-commit item per commit instead of a task per page. Counted and logged as
+        `store` does; a refusal counts once per hand-over.
+        """
+        self._waiting.append((rows, done))
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(
+                self._store_waiting(), name="pageview"
+            )
+            self._tasks.add(self._pump)
+            self._pump.add_done_callback(self._tasks.discard)
+
+    async def _store_waiting(self) -> None:
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, []
+                result = await self.store([row for rows, _ in waiting for row in rows])
+                if isinstance(result, Refused):
+                    self.refusals += len(waiting) - 1
+                at = 0
+                for rows, done in waiting:
+                    if isinstance(result, Stored):
+                        part = Stored(rows, result.outcomes[at : at + len(rows)])
+                        at += len(rows)
+                        done(part)
+                    else:
+                        done(result)
+        finally:
+            self._pump = None
 
     async def drain(self) -> None:
         """Wait until every background store handed over is stored or refused."""

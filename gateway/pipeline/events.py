@@ -168,7 +168,7 @@ def _one(
         )
     for name in ("event_source_url", "referrer_url"):
         url = getattr(ev, name)
-        if url is not None and not _is_http_url(url):
+        if url is not None and not is_http_url(url):
             bad(name, f"{url!r} is not an absolute http(s) URL")
     if ev.action_source == "website" and not ev.event_source_url:
         bad("event_source_url", "website events need event_source_url (the page's URL)")
@@ -237,7 +237,8 @@ def _event_time(value: int | None, now: float, skew: float, bad: Any) -> int:
     return value
 
 
-def _is_http_url(url: str) -> bool:
+def is_http_url(url: str) -> bool:
+    """True for an absolute http(s) URL with a host whose port (if any) parses."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - urlsplit checks the port only when asked

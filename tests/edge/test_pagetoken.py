@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import os
 import re
+import uuid
 
 import pytest
 
+from gateway.edge import pagetoken
 from gateway.edge.pagetoken import TokenClaims, sign, verify
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -172,3 +177,35 @@ def test_other_replica_with_same_secret_verifies() -> None:
     # Stateless: a token is checkable from its text, the secret and the request alone.
     token = sign(bytes(SECRET), EVENT, issued=T0, client=CLIENT)
     assert verify(bytes(bytearray(SECRET)), token, client=CLIENT, now=T0, ttl=TTL) is not None
+
+
+def test_new_event_ids_are_distinct_version_4_uuids() -> None:
+    ids = [pagetoken.new_event_id() for _ in range(3 * 256 + 5)]  # past several pools
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_a_forked_worker_does_not_reuse_the_parents_pool_of_ids() -> None:
+    pagetoken.new_event_id()  # the pool is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, pagetoken.new_event_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child != pagetoken.new_event_id()
+
+
+@pytest.mark.parametrize("size", [1, 32, 63, 64, 65, 200])
+def test_the_page_token_mac_is_hmac_sha256(size: int) -> None:
+    secret = bytes(range(1, 256))[:size]
+    message = b"label\x00" + bytes(range(100))
+    assert (
+        pagetoken._keyed(secret).digest(message)
+        == hmac.new(secret, message, hashlib.sha256).digest()
+    )
