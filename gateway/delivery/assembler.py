@@ -399,9 +399,12 @@ async def completions(
         return out
     parsed: dict[str, dict[str, list[str]]] = {}
     for row_id, event in events.items():
+        row_keys = keys[row_id]
+        if not any(key in found for key in row_keys):
+            continue  # most rows: their profile was not read back (see `lookup`)
         added: tuple[str, ...] = ()
         since = seen_at.get(row_id)
-        for key in keys[row_id]:
+        for key in row_keys:
             dated = found.get(key)
             if dated is None or (since is not None and dated[0] <= since):
                 continue

@@ -310,7 +310,10 @@ class Outbox(Results):
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed
-        stored_keys = {int(r[0]): r[9] for r in rows}
+        stored_keys: dict[int, str | None] = {}
+        seen: dict[int, float | None] = {}
+        for r in rows:
+            stored_keys[int(r[0])], seen[int(r[0])] = r[9], r[10]
         newer = _unchanged_since(rows)
 
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
@@ -324,7 +327,7 @@ class Outbox(Results):
             {row.id: row.event for row in claimed},
             self.profiles,
             stored_keys,
-            {int(r[0]): r[10] for r in rows},
+            seen,
         )
         if not done:
             return claimed
