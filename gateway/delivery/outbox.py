@@ -314,7 +314,7 @@ class Outbox(Results):
         seen: dict[int, float | None] = {}
         for r in rows:
             stored_keys[int(r[0])], seen[int(r[0])] = r[9], r[10]
-        newer = _unchanged_since(rows)
+        newer = profiles.unchanged_since([(r[9], r[10]) for r in rows])
 
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
         # writer should not wait for profile lookups.
@@ -425,28 +425,6 @@ class Outbox(Results):
         """Counts per state and per event name, oldest pending age, blocked pixels."""
         async with self._lock:
             return await reads.queue_stats(self._conn)
-
-
-def _unchanged_since(rows: Sequence[Any]) -> dict[str, float] | None:
-    """Per profile key of claimed rows (in `rows_sql.CLAIMED_COLUMNS` order), the time
-    after which its profile can add something to them: the earliest `profile_seen` of the
-    rows under it, for keys whose rows are all marked. A profile not updated since would
-    be read only to be skipped (`assembler.completions`), so it is not read back at all.
-    None when a row has no `profile_keys` (its keys are worked out from its fbp later)."""
-    floors: dict[str, float] = {}
-    compared: set[str] = set()
-    for r in rows:
-        if r[9] is None:
-            return None
-        seen_at = r[10]
-        for key in profiles.split_keys(r[9]):
-            if seen_at is None:
-                compared.add(key)
-            else:
-                floors[key] = min(floors.get(key, seen_at), float(seen_at))
-    for key in compared:
-        floors.pop(key, None)
-    return floors
 
 
 def _dead(ids: Sequence[int] | None, sites: Collection[str] | None = None) -> tuple[str, list[Any]]:

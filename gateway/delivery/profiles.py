@@ -103,6 +103,28 @@ def split_keys(column: str | None) -> list[str]:
 Dated = tuple[float, str]
 
 
+def unchanged_since(rows: Iterable[tuple[str | None, float | None]]) -> dict[str, float] | None:
+    """Per profile key of claimed rows ((`profile_keys`, `profile_seen`) each), the time
+    after which its profile can add something to them: the earliest `profile_seen` of the
+    rows under it, for keys whose rows are all marked. A profile not updated since would
+    be read only to be skipped (`assembler.completions`), so `lookup(newer=…)` does not
+    read it back. None when a row has no `profile_keys` (its keys come from its fbp later).
+    """
+    floors: dict[str, float] = {}
+    compared: set[str] = set()
+    for column, seen_at in rows:
+        if column is None:
+            return None
+        for key in split_keys(column):
+            if seen_at is None:
+                compared.add(key)
+            else:
+                floors[key] = min(floors.get(key, seen_at), float(seen_at))
+    for key in compared:
+        floors.pop(key, None)
+    return floors
+
+
 async def lookup(
     conn: aiosqlite.Connection,
     hashes: Iterable[str],

@@ -94,15 +94,16 @@ async def test_lookup_newer_skips_only_profiles_not_updated_since(tmp_path: Path
 
 
 def test_unchanged_since_keeps_keys_a_row_must_compare() -> None:
-    from gateway.delivery.outbox import _unchanged_since
-
-    def row(keys: str | None, seen: float | None) -> tuple[object, ...]:
-        return (1, "p", "E", "e", 0, 0, None, "{}", None, keys, seen)
-
-    rows = [row("k1", 10.0), row("k1", 5.0), row("k2", 7.0), row("k2", None), row("k3,~l", 3.0)]
-    assert _unchanged_since(rows) == {"k1": 5.0, "k3": 3.0, "~l": 3.0}
+    rows: list[tuple[str | None, float | None]] = [
+        ("k1", 10.0),
+        ("k1", 5.0),
+        ("k2", 7.0),
+        ("k2", None),
+        ("k3,~l", 3.0),
+    ]
+    assert profiles.unchanged_since(rows) == {"k1": 5.0, "k3": 3.0, "~l": 3.0}
     # A row stored with profiles off is found by its fbp later: nothing is filtered.
-    assert _unchanged_since([*rows, row(None, None)]) is None
+    assert profiles.unchanged_since([*rows, (None, None)]) is None
 
 
 async def test_a_claim_without_blocked_pixels_does_not_walk_the_pending_rows(
