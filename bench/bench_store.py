@@ -1,12 +1,13 @@
 """What event assembly and visitor profiles cost at the store, in-process (not a test).
 
-    python bench/bench_store.py [--rounds 4] [--batches 50] [--load worst|mix]
+    python bench/bench_store.py [--rounds 4] [--batches 50] [--load worst|mix] [--no-insights]
 
 The outbox alone on a temp file (no HTTP, no pipeline): `Outbox.add` of batches of 100
 ready events, then claim + mark sent of all of them, once with assembly off (no profiles,
 no hold) and once on (profiles, a 1 s hold), alternating for `--rounds` rounds so that a
 busy machine disturbs both alike. CPU seconds of the whole process (the event loop and the
-SQLite thread) per event; the table gives the medians and the ratio on/off.
+SQLite thread) per event; the table gives the medians and the ratio on/off. Report facts
+and touchpoints are recorded with every commit, as `serve` does (`--no-insights`: not).
 
 Loads: `worst` (every event a Purchase with an email and external_id of a new visitor, so
 every one writes a profile; one in ten a copy of a recent event with a phone added) and
@@ -29,6 +30,7 @@ from pathlib import Path
 
 # `python bench/bench_store.py` puts bench/ on sys.path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
@@ -98,7 +100,9 @@ class Load:
         return out
 
 
-async def one_run(on: bool, batches: int, load: Load) -> tuple[float, float]:
+async def one_run(
+    on: bool, batches: int, load: Load, *, insights: bool = True
+) -> tuple[float, float]:
     """(add, claim + mark sent) CPU µs per event, assembly on or off."""
     with tempfile.TemporaryDirectory(prefix="capigw-store-") as tmp:
         policy = ProfilePolicy.from_key(KEY, ttl=3600, max_profiles=1_000_000) if on else None
@@ -109,6 +113,8 @@ async def one_run(on: bool, batches: int, load: Load) -> tuple[float, float]:
             assembly_hold=1.0 if on else 0.0,
             profiles=policy,
         )
+        if insights:
+            box.insights = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=90 * 86400)
         try:
             data = [load.batch() for _ in range(batches)]
             began = time.process_time()
@@ -133,14 +139,25 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="alternating off/on rounds")
     parser.add_argument("--batches", type=int, default=50, help="batches of 100 per run")
     parser.add_argument("--load", choices=("worst", "mix"), default="worst")
+    parser.add_argument(
+        "--no-insights", action="store_true", help="record no report facts or touchpoints"
+    )
     args = parser.parse_args(argv)
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     for _ in range(max(args.rounds, 1)):
         for mode in runs:
-            runs[mode].append(await one_run(mode == "on", args.batches, Load(args.load)))
+            runs[mode].append(
+                await one_run(
+                    mode == "on", args.batches, Load(args.load), insights=not args.no_insights
+                )
+            )
     add = {m: statistics.median(a for a, _ in r) for m, r in runs.items()}
     send = {m: statistics.median(s for _, s in r) for m, r in runs.items()}
-    print(f"load {args.load}, {args.rounds} rounds of {args.batches} x {BATCH} events")
+    facts = "without" if args.no_insights else "with"
+    print(
+        f"load {args.load}, {args.rounds} rounds of {args.batches} x {BATCH} events, "
+        f"{facts} report facts"
+    )
     print(f"{'CPU µs per event (median)':<30}{'off':>10}{'on':>10}{'on/off':>9}")
     for label, figures in (("Outbox.add", add), ("claim + mark sent", send)):
         ratio = figures["on"] / figures["off"]

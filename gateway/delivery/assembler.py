@@ -200,6 +200,9 @@ async def store(
         if policy is not None
         else [[] for _ in rows]
     )
+    if insight is not None and policy is not None:
+        # The facts' visitor is the same keyed hash of the fbp: not computed twice.
+        insight.prime(policy, [ev.clear.get("fbp") for ev in rows], keys)
     seen = (
         _seen(rows, heads, keys, len(first) < len(rows), now)
         if policy is not None and sql.tracks_seen
@@ -262,12 +265,12 @@ async def store(
 
 
 def _gained(
-    learned: tuple[frozenset[str], frozenset[int]] | None, row: int, payload: Mapping[str, Any]
+    learned: tuple[set[str], set[int]] | None, row: int, payload: Mapping[str, Any]
 ) -> bool:
     """Whether a profile learned, in this commit, an identifier row `row` lacks."""
     if learned is None or learned[1] == {row}:
         return False  # nothing learned, or only what this row itself carries
-    return bool(learned[0] - frozenset(assembly.hashed_identifiers(payload)))
+    return bool(learned[0] - assembly.hashed_identifiers(payload).keys())
 
 
 def _seen(
@@ -307,7 +310,7 @@ async def _learn(
     keys: Sequence[Sequence[str]],
     policy: ProfilePolicy,
     now: float,
-) -> dict[str, tuple[frozenset[str], frozenset[int]]]:
+) -> dict[str, tuple[set[str], set[int]]]:
     """One upsert per distinct profile of the batch (the backend's `learn` unites them);
     per profile key, the names of the identifiers it learned and the rows they came from
     (-1: an event found the profile through a stitch link).
@@ -350,12 +353,16 @@ async def _learn(
             sources += [-1] * len(found)
     if pairs:
         await sql.link(pairs, ttl=policy.ttl, now=now)
-    learned: dict[str, tuple[frozenset[str], frozenset[int]]] = {}
+    learned: dict[str, tuple[set[str], set[int]]] = {}
     if items:
         await sql.learn(items, ttl=policy.ttl, now=now)
         for (key, ids), source in zip(items, sources, strict=True):
-            names, rows_from = learned.get(key, (frozenset(), frozenset()))
-            learned[key] = (names | frozenset(ids), rows_from | {source})
+            entry = learned.get(key)
+            if entry is None:
+                learned[key] = (set(ids), {source})
+            else:
+                entry[0].update(ids)
+                entry[1].add(source)
     return learned
 
 
@@ -392,9 +399,12 @@ async def completions(
         return out
     parsed: dict[str, dict[str, list[str]]] = {}
     for row_id, event in events.items():
+        row_keys = keys[row_id]
+        if not any(key in found for key in row_keys):
+            continue  # most rows: their profile was not read back (see `lookup`)
         added: tuple[str, ...] = ()
         since = seen_at.get(row_id)
-        for key in keys[row_id]:
+        for key in row_keys:
             dated = found.get(key)
             if dated is None or (since is not None and dated[0] <= since):
                 continue

@@ -79,6 +79,21 @@ class InsightPolicy:
             dict(rules or {}),
         )
 
+    def prime(
+        self, profiles_policy: ProfilePolicy, fbps: Sequence[Any], keys: Sequence[Sequence[str]]
+    ) -> None:
+        """Remember the visitors of events whose profile keys (`profiles.visitor_keys`,
+        the fbp's first) were hashed under the same key as this policy's: `visitor` then
+        finds them instead of hashing each fbp a second time."""
+        if profiles_policy.lookup_key != self.lookup.lookup_key:
+            return
+        memo = self.memo
+        for fbp, event_keys in zip(fbps, keys, strict=True):
+            if isinstance(fbp, str) and fbp and event_keys and fbp not in memo:
+                if len(memo) >= _MEMO:
+                    memo.clear()
+                memo[fbp] = visitor_of(event_keys[0])
+
     def visitor(self, fbp: str) -> str:
         """The stored visitor key of an `_fbp` value (remembered: a visitor's views come
         in runs, and each one's fact and touchpoint both ask)."""

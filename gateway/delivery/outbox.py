@@ -310,20 +310,24 @@ class Outbox(Results):
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed
-        stored_keys = {int(r[0]): r[9] for r in rows}
+        stored_keys: dict[int, str | None] = {}
+        seen: dict[int, float | None] = {}
+        for r in rows:
+            stored_keys[int(r[0])], seen[int(r[0])] = r[9], r[10]
+        newer = profiles.unchanged_since([(r[9], r[10]) for r in rows])
 
         # Outside the claim's write transaction: the rows are ours now, and the group-commit
         # writer should not wait for profile lookups.
         async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
             async with self._lock:
-                return await profiles.lookup(self._conn, wanted, now=now)
+                return await profiles.lookup(self._conn, wanted, now=now, newer=newer)
 
         done = await assembler.completions(
             lookup,
             {row.id: row.event for row in claimed},
             self.profiles,
             stored_keys,
-            {int(r[0]): r[10] for r in rows},
+            seen,
         )
         if not done:
             return claimed

@@ -103,15 +103,57 @@ def split_keys(column: str | None) -> list[str]:
 Dated = tuple[float, str]
 
 
+def unchanged_since(rows: Iterable[tuple[str | None, float | None]]) -> dict[str, float] | None:
+    """Per profile key of claimed rows ((`profile_keys`, `profile_seen`) each), the time
+    after which its profile can add something to them: the earliest `profile_seen` of the
+    rows under it, for keys whose rows are all marked. A profile not updated since would
+    be read only to be skipped (`assembler.completions`), so `lookup(newer=…)` does not
+    read it back. None when a row has no `profile_keys` (its keys come from its fbp later).
+    """
+    floors: dict[str, float] = {}
+    compared: set[str] = set()
+    for column, seen_at in rows:
+        if column is None:
+            return None
+        for key in split_keys(column):
+            if seen_at is None:
+                compared.add(key)
+            else:
+                floors[key] = min(floors.get(key, seen_at), float(seen_at))
+    for key in compared:
+        floors.pop(key, None)
+    return floors
+
+
 async def lookup(
-    conn: aiosqlite.Connection, hashes: Iterable[str], *, now: float
+    conn: aiosqlite.Connection,
+    hashes: Iterable[str],
+    *,
+    now: float,
+    newer: Mapping[str, float] | None = None,
 ) -> dict[str, Dated]:
     """The live profiles under `hashes` (`visitor_keys`): key -> (updated_at, identifiers
-    as JSON); a stitch key finds the profile its link leads to."""
+    as JSON); a stitch key finds the profile its link leads to.
+
+    `newer`: per fbp key, a time; the profile is returned only if updated after it (the
+    claim's rows that carried their whole profile then: most profiles are not read back).
+    """
     wanted = {h for h in hashes if h}
-    plain = sorted(h for h in wanted if not h.startswith(LINK))
+    floors = newer or {}
+    plain = sorted(h for h in wanted if not h.startswith(LINK) and h not in floors)
+    dated = sorted((h, floors[h]) for h in wanted if h in floors and not h.startswith(LINK))
     linked = sorted(h[1:] for h in wanted if h.startswith(LINK))
     out: dict[str, Dated] = {}
+    for start in range(0, len(dated), _CHUNK):
+        pairs = dated[start : start + _CHUNK]
+        async with conn.execute(
+            "SELECT p.key_hash, p.updated_at, p.ids FROM (VALUES "
+            f"{','.join(['(?,?)'] * len(pairs))}) AS w JOIN profiles p "
+            "ON p.key_hash = w.column1 WHERE p.updated_at > w.column2 AND p.expires_at > ?",
+            (*(v for pair in pairs for v in pair), now),
+        ) as cur:
+            for key_hash, updated_at, ids in await cur.fetchall():
+                out[key_hash] = (float(updated_at), ids)
     for start in range(0, len(plain), _CHUNK):
         part = plain[start : start + _CHUNK]
         async with conn.execute(
@@ -204,7 +246,12 @@ async def learn(
     """
     merged: dict[str, dict[str, list[str]]] = {}
     for key_hash, ids in items:
-        profile = merged.setdefault(key_hash, {})
+        profile = merged.get(key_hash)
+        if profile is None:
+            # The common case, a visitor's one event of the commit: its lists as they are
+            # (copied: a later item of the same visitor extends them).
+            merged[key_hash] = {name: list(values[:MAX_VALUES]) for name, values in ids.items()}
+            continue
         for name, values in ids.items():
             have = profile.setdefault(name, [])
             have += [v for v in values if v not in have][: MAX_VALUES - len(have)]

@@ -14,6 +14,14 @@ from pathlib import Path
 
 import aiosqlite
 
+# The page cache of each connection, in KiB (SQLite's default is 2 MiB). One group commit
+# of 100 events touches ~100 random leaf pages in each of the event key index, the facts'
+# visitor and event id indexes and the profiles table; at 2 MiB (500 pages) those B-trees
+# evict one another's pages between commits, so each insert re-reads its page from the OS
+# (measured: the facts' INSERT cost 1.7x as much with profiles on as off, the same with
+# 32 MiB). The cache fills only as pages are read: a small file never uses it all.
+CACHE_KIB = 32 * 1024
+
 # Every state a row can be in; `sent-dry` is what --dry-run records instead of a send.
 STATES = ("pending", "inflight", "sent", "sent-dry", "blocked", "dead")
 
@@ -265,6 +273,7 @@ async def connect(path: Path, *, durable: bool = True, create: bool = True) -> a
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     try:
         await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         await _wal(conn)
         # FULL syncs the WAL at every commit: a 202 survives power loss, not just a crash.
         # Group commit keeps that affordable.

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
 from gateway.delivery.postgres.outbox import PgOutbox
-from gateway.delivery.schema import SCHEMA_VERSION, SchemaError
+from gateway.delivery.schema import CACHE_KIB, SCHEMA_VERSION, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.store import OutboxStore
 from gateway.models import NewEvent
@@ -231,3 +231,15 @@ async def test_postgres_purges_in_batches_and_bounds_dead_letters(
         assert (await box.stats())["states"]["dead"] == 3
     finally:
         await box.close()
+
+
+async def test_sqlite_connections_keep_a_page_cache_for_the_random_indexes(tmp_path: Path) -> None:
+    # At SQLite's default 2 MiB the profiles and the facts' indexes evict one another's
+    # pages between group commits (issue 14: the facts cost more with profiles on).
+    conn = await connect(tmp_path / "o.db")
+    try:
+        async with conn.execute("PRAGMA cache_size") as cur:
+            row = await cur.fetchone()
+    finally:
+        await conn.close()
+    assert row is not None and row[0] == -CACHE_KIB and CACHE_KIB >= 32 * 1024

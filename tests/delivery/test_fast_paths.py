@@ -1,0 +1,124 @@
+"""Issue 14's fast paths on the SQLite store give what the general paths give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.delivery import profiles
+from gateway.delivery.insightfacts import InsightPolicy, visitor_of
+from gateway.delivery.profiles import ProfilePolicy
+from gateway.delivery.schema import connect
+
+KEY = bytes(range(32))
+OTHER = bytes(range(1, 33))
+
+
+def _general(items: list[tuple[str, dict[str, list[str]]]]) -> dict[str, dict[str, list[str]]]:
+    """The union `learn` writes, computed the general way (every item merged in turn)."""
+    merged: dict[str, dict[str, list[str]]] = {}
+    for key_hash, ids in items:
+        profile = merged.setdefault(key_hash, {})
+        for name, values in ids.items():
+            have = profile.setdefault(name, [])
+            have += [v for v in values if v not in have][: profiles.MAX_VALUES - len(have)]
+    return merged
+
+
+async def test_learn_writes_the_same_profiles_as_the_general_union(tmp_path: Path) -> None:
+    long = [f"{i:064x}" for i in range(8)]  # over the bound
+    shared = {"em": ["a" * 64], "ph": ["b" * 64]}  # one event's ids under two profile keys
+    items = [
+        ("k1", {"em": long, "fn": []}),
+        ("k2", shared),
+        ("k3", shared),
+        ("k2", {"em": ["c" * 64, "a" * 64], "ct": ["d" * 64]}),  # extends k2 only
+        ("k4", {"em": ["e" * 64, "e" * 64]}),
+    ]
+    expected = _general([(k, {n: list(v) for n, v in ids.items()}) for k, ids in items])
+    conn = await connect(tmp_path / "o.db")
+    await profiles.register(conn)
+    try:
+        assert await profiles.learn(conn, items, ttl=60, now=1000.0) == 4
+        async with conn.execute("SELECT key_hash, ids FROM profiles ORDER BY key_hash") as cur:
+            stored = {k: json.loads(ids) for k, ids in await cur.fetchall()}
+    finally:
+        await conn.close()
+    assert stored == expected
+    assert stored["k3"] == {"em": ["a" * 64], "ph": ["b" * 64]}  # k2's growth is not k3's
+    assert len(stored["k1"]["em"]) == profiles.MAX_VALUES
+    assert shared == {"em": ["a" * 64], "ph": ["b" * 64]}  # the caller's lists untouched
+
+
+def test_primed_visitors_are_the_hashed_ones() -> None:
+    policy = ProfilePolicy.from_key(KEY, ttl=60, max_profiles=10)
+    fbps = ["fb.1.1.1", None, "fb.1.1.2", ""]
+    keys = [
+        profiles.visitor_keys(policy, {"fbp": "fb.1.1.1"}, (), "alpha"),
+        [],
+        profiles.visitor_keys(policy, {"fbp": "fb.1.1.2"}, (("order", "o-1"),)),
+        [],
+    ]
+    primed = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=86400)
+    primed.prime(policy, fbps, keys)
+    assert set(primed.memo) == {"fb.1.1.1", "fb.1.1.2"}
+    hashed = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=86400)
+    for fbp in ("fb.1.1.1", "fb.1.1.2"):
+        assert primed.visitor(fbp) == hashed.visitor(fbp)
+        assert primed.visitor(fbp) == visitor_of(policy.key_hash("fbp", fbp))
+
+
+def test_no_priming_under_another_key() -> None:
+    policy = ProfilePolicy.from_key(OTHER, ttl=60, max_profiles=10)
+    insight = InsightPolicy.from_key(KEY, visit_timeout=1800, retention=86400)
+    insight.prime(policy, ["fb.1.1.1"], [profiles.visitor_keys(policy, {"fbp": "fb.1.1.1"})])
+    assert insight.memo == {}
+
+
+async def test_lookup_newer_skips_only_profiles_not_updated_since(tmp_path: Path) -> None:
+    conn = await connect(tmp_path / "o.db")
+    await profiles.register(conn)
+    try:
+        await profiles.learn(conn, [("old", {"em": ["a" * 64]})], ttl=60, now=1000.0)
+        await profiles.learn(conn, [("new", {"em": ["b" * 64]})], ttl=60, now=1010.0)
+        everything = await profiles.lookup(conn, ["old", "new"], now=1020.0)
+        assert set(everything) == {"old", "new"}
+        newer = {"old": 1000.0, "new": 1005.0}
+        assert await profiles.lookup(conn, ["old", "new"], now=1020.0, newer=newer) == {
+            "new": everything["new"]
+        }
+        # A key without a time is read as before.
+        assert set(await profiles.lookup(conn, ["old"], now=1020.0, newer={"x": 0.0})) == {"old"}
+    finally:
+        await conn.close()
+
+
+def test_unchanged_since_keeps_keys_a_row_must_compare() -> None:
+    rows: list[tuple[str | None, float | None]] = [
+        ("k1", 10.0),
+        ("k1", 5.0),
+        ("k2", 7.0),
+        ("k2", None),
+        ("k3,~l", 3.0),
+    ]
+    assert profiles.unchanged_since(rows) == {"k1": 5.0, "k3": 3.0, "~l": 3.0}
+    # A row stored with profiles off is found by its fbp later: nothing is filtered.
+    assert profiles.unchanged_since([*rows, (None, None)]) is None
+
+
+async def test_a_claim_without_blocked_pixels_does_not_walk_the_pending_rows(
+    tmp_path: Path,
+) -> None:
+    from gateway.delivery import rows as rows_sql
+
+    conn = await connect(tmp_path / "o.db")
+    statements: list[str] = []
+    try:
+        await conn.set_trace_callback(statements.append)
+        await rows_sql.claim(conn, "me", limit=10, lease=60, now=1000.0)
+        assert not [s for s in statements if "SET state='blocked'" in s]
+        await conn.execute("INSERT INTO blocked_pixels VALUES ('p', 'f', 'r', NULL, 0)")
+        await rows_sql.claim(conn, "me", limit=10, lease=60, now=1000.0)
+        assert [s for s in statements if "SET state='blocked'" in s]
+    finally:
+        await conn.close()
