@@ -40,10 +40,11 @@ WITH expired AS (
 UPDATE events AS e SET state = 'pending', lease_owner = NULL, lease_expires = NULL
 FROM expired WHERE e.id = expired.id
 """
-# Rows of blocked pixels that other replicas stored after the block are parked with the
-# upkeep claims, once a second: the claim below never takes them meanwhile, and parking on
-# every claim scanned every pending row (the whole backlog) each time. The EXISTS is a
-# one-time filter: with no pixel blocked the statement reads nothing.
+# Rows of a blocked pixel are parked when stored (`rows.insert`); those a transaction stored
+# while the block was being committed are parked by the upkeep claims, once a second, and
+# never claimed meanwhile. Parking on every claim scanned every pending row (the whole
+# backlog) each time. The EXISTS is a one-time filter: with no pixel blocked the statement
+# reads nothing.
 _PARK = """
 WITH parkable AS (
     SELECT e.id FROM events AS e JOIN blocked_pixels AS b ON b.pixel_id = e.pixel_id
