@@ -4,7 +4,8 @@ Accepted and delivered events/s with batches of 100 for SQLite (one `serve`) and
 and 3 `serve` replicas on one PostgreSQL database (a fresh database per count), in one run,
 with the CPU µs spent per accepted event by the gateways and by PostgreSQL, so the point
 where the cores run out is visible. `--store pg` starts a throwaway cluster with
-PostgreSQL's durable defaults (tests/fakes/pgcluster.py); a URL names a server whose user
+PostgreSQL's durable defaults (tests/fakes/pgcluster.py, with the default 128 MB of
+shared_buffers); a URL names a server whose user
 may create databases. Clients spread requests over the replicas round-robin, as a load
 balancer would. `--statements N` (with `pg`) loads pg_stat_statements into the cluster and
 prints, per replica count, the N statements that took the most time while clients posted:
@@ -247,13 +248,17 @@ def _server(store: str, statements: bool) -> Iterator[tuple[str, int | None]]:
     a throwaway cluster runs with pg_stat_statements loaded."""
     if store == "pg":
         with throwaway_cluster(durable=True) as cluster:
+            # PostgreSQL's default shared_buffers (the test clusters' 32 MB made backends
+            # evict and write dirty pages themselves within a few seconds of load, a cost
+            # no production server pays).
+            cluster.options += ("shared_buffers=128MB",)
             if statements:
                 # Statements run by triggers and SQL functions too (the queue counters).
                 cluster.options += (
                     "shared_preload_libraries=pg_stat_statements",
                     "pg_stat_statements.track=all",
                 )
-                cluster.restart()
+            cluster.restart()
             pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
             yield cluster.dsn(), pid
         return
