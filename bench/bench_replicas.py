@@ -119,7 +119,8 @@ async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int,
 
 
 _TOP = """
-SELECT calls, total_exec_time, rows, wal_bytes, toplevel, query FROM pg_stat_statements
+SELECT calls, total_exec_time, rows, wal_bytes, toplevel, query,
+    shared_blks_hit + shared_blks_read AS blocks FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)
 ORDER BY total_exec_time DESC
 """
@@ -151,13 +152,20 @@ async def _print_statements(admin: str, dsn: str, accepted: int, top: int) -> No
     finally:
         await conn.close()
     events = max(accepted, 1)
-    total = sum(float(r["total_exec_time"]) for r in rows if r["toplevel"])
-    calls = sum(int(r["calls"]) for r in rows if r["toplevel"])
+    top_level = [r for r in rows if r["toplevel"]]
+    total = sum(float(r["total_exec_time"]) for r in top_level)
+    calls = sum(int(r["calls"]) for r in top_level)
+    wal = sum(int(r["wal_bytes"]) for r in top_level)
+    blocks = sum(int(r["blocks"]) for r in top_level)
     print(
         f"   statements: {calls / events * BATCH:.1f} top-level calls per 100 events, "
-        f"{total * 1000 / events:.1f} µs/event executing (wall, incl. waits)"
+        f"{total * 1000 / events:.1f} µs/event executing (wall, incl. waits), "
+        f"{wal / events:,.0f} WAL bytes and {blocks / events:.1f} buffer reads per event"
     )
-    print(f"   {'calls/100ev':>11} {'µs/ev':>7} {'rows/call':>9} {'WAL B/ev':>9}  statement")
+    print(
+        f"   {'calls/100ev':>11} {'µs/ev':>7} {'rows/call':>9} {'WAL B/ev':>9} "
+        f"{'bufs/ev':>7}  statement"
+    )
     for r in rows[:top]:
         query = " ".join(str(r["query"]).split())
         nested = "" if r["toplevel"] else "(nested) "
@@ -165,7 +173,8 @@ async def _print_statements(admin: str, dsn: str, accepted: int, top: int) -> No
             f"   {int(r['calls']) / events * BATCH:>11.2f} "
             f"{float(r['total_exec_time']) * 1000 / events:>7.1f} "
             f"{int(r['rows']) / max(int(r['calls']), 1):>9.1f} "
-            f"{int(r['wal_bytes']) / events:>9.0f}  {nested}{query[:110]}"
+            f"{int(r['wal_bytes']) / events:>9.0f} {int(r['blocks']) / events:>7.1f}  "
+            f"{nested}{query[:100]}"
         )
 
 
