@@ -331,9 +331,7 @@ async def record_completed(
         user_data = dict(event.get("user_data") or {})
         hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
         clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
-        params.append(
-            (_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id)
-        )
+        params.append((_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id))
     # One statement over arrays, not one execution per completed row.
     await conn.execute(
         "UPDATE events AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
