@@ -130,6 +130,8 @@ async def _wal_lsn(admin: str) -> int:
     conn = await asyncpg.connect(admin)
     try:
         return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    except asyncpg.PostgresError:
+        return 0  # a server that does not say (a standby): no WAL column
     finally:
         await conn.close()
 
@@ -139,6 +141,8 @@ async def _reset_statements(admin: str) -> None:
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
+    except asyncpg.PostgresError:
+        pass  # not loaded on a server named by URL: `_print_statements` says so
     finally:
         await conn.close()
 
@@ -149,6 +153,10 @@ async def _print_statements(admin: str, dsn: str, accepted: int, top: int) -> No
     conn = await asyncpg.connect(admin)
     try:
         rows = await conn.fetch(_TOP, name)
+    except asyncpg.PostgresError as exc:
+        # A server named by URL without pg_stat_statements in shared_preload_libraries.
+        print(f"   statements: not available ({exc})")
+        return
     finally:
         await conn.close()
     events = max(accepted, 1)
