@@ -506,6 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         help="compare SQLite with 1, 2, 3 replicas on PostgreSQL: a postgresql:// URL of a "
         "server that may create databases, or `pg` for a throwaway cluster (bench_replicas.py)",
     )
+    parser.add_argument(
+        "--statements",
+        type=int,
+        default=0,
+        help="with --store pg: print the N costliest statements per replica count "
+        "(pg_stat_statements)",
+    )
     args = parser.parse_args(argv)
     if args.store is not None:
         from bench_replicas import run_store_bench

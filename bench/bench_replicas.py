@@ -4,9 +4,12 @@ Accepted and delivered events/s with batches of 100 for SQLite (one `serve`) and
 and 3 `serve` replicas on one PostgreSQL database (a fresh database per count), in one run,
 with the CPU µs spent per accepted event by the gateways and by PostgreSQL, so the point
 where the cores run out is visible. `--store pg` starts a throwaway cluster with
-PostgreSQL's durable defaults (tests/fakes/pgcluster.py); a URL names a server whose user
+PostgreSQL's durable defaults (tests/fakes/pgcluster.py, with the default 128 MB of
+shared_buffers); a URL names a server whose user
 may create databases. Clients spread requests over the replicas round-robin, as a load
-balancer would.
+balancer would. `--statements N` (with `pg`) loads pg_stat_statements into the cluster and
+prints, per replica count, the N statements that took the most time while clients posted:
+calls per batch of 100 accepted events, execution µs and WAL bytes per accepted event.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class StoreRun:
     gateway_us: float  # gateway CPU µs per accepted event
     database_us: float  # PostgreSQL CPU µs per accepted event (0 for SQLite)
     errors: int
+    wal_bytes: float = 0.0  # WAL bytes per accepted event (0 for SQLite)
 
 
 def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
@@ -114,12 +118,81 @@ async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int,
         return accepted, errors, time.perf_counter() - began
 
 
+_TOP = """
+SELECT calls, total_exec_time, rows, wal_bytes, toplevel, query,
+    shared_blks_hit + shared_blks_read AS blocks FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1)
+ORDER BY total_exec_time DESC
+"""
+
+
+async def _wal_lsn(admin: str) -> int:
+    conn = await asyncpg.connect(admin)
+    try:
+        return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    except asyncpg.PostgresError:
+        return 0  # a server that does not say (a standby): no WAL column
+    finally:
+        await conn.close()
+
+
+async def _reset_statements(admin: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await conn.execute("SELECT pg_stat_statements_reset()")
+    except asyncpg.PostgresError:
+        pass  # not loaded on a server named by URL: `_print_statements` says so
+    finally:
+        await conn.close()
+
+
+async def _print_statements(admin: str, dsn: str, accepted: int, top: int) -> None:
+    """The `top` statements by execution time since the reset, per accepted event."""
+    name = urlsplit(dsn).path.lstrip("/")
+    conn = await asyncpg.connect(admin)
+    try:
+        rows = await conn.fetch(_TOP, name)
+    except asyncpg.PostgresError as exc:
+        # A server named by URL without pg_stat_statements in shared_preload_libraries.
+        print(f"   statements: not available ({exc})")
+        return
+    finally:
+        await conn.close()
+    events = max(accepted, 1)
+    top_level = [r for r in rows if r["toplevel"]]
+    total = sum(float(r["total_exec_time"]) for r in top_level)
+    calls = sum(int(r["calls"]) for r in top_level)
+    wal = sum(int(r["wal_bytes"]) for r in top_level)
+    blocks = sum(int(r["blocks"]) for r in top_level)
+    print(
+        f"   statements: {calls / events * BATCH:.1f} top-level calls per 100 events, "
+        f"{total * 1000 / events:.1f} µs/event executing (wall, incl. waits), "
+        f"{wal / events:,.0f} WAL bytes and {blocks / events:.1f} buffer reads per event"
+    )
+    print(
+        f"   {'calls/100ev':>11} {'µs/ev':>7} {'rows/call':>9} {'WAL B/ev':>9} "
+        f"{'bufs/ev':>7}  statement"
+    )
+    for r in rows[:top]:
+        query = " ".join(str(r["query"]).split())
+        nested = "" if r["toplevel"] else "(nested) "
+        print(
+            f"   {int(r['calls']) / events * BATCH:>11.2f} "
+            f"{float(r['total_exec_time']) * 1000 / events:>7.1f} "
+            f"{int(r['rows']) / max(int(r['calls']), 1):>9.1f} "
+            f"{int(r['wal_bytes']) / events:>9.0f} {int(r['blocks']) / events:>7.1f}  "
+            f"{nested}{query[:100]}"
+        )
+
+
 async def _one(
     label: str,
     buffers: list[str],
     workdir: Path,
     args: argparse.Namespace,
     postmaster: int | None,
+    admin: str | None = None,
 ) -> StoreRun:
     print(f"-- {label} --", flush=True)
     with stop_at_exit() as procs:
@@ -137,6 +210,10 @@ async def _one(
             database = Sampler(postmaster) if postmaster is not None else None
             for s in [*samplers, *([database] if database else [])]:
                 s.start()
+            statements = getattr(args, "statements", 0)
+            if admin is not None and statements:
+                await _reset_statements(admin)
+            wal0 = await _wal_lsn(admin) if admin is not None else 0
             gw_cpu0 = sum(s.cpu_seconds() for s in samplers)
             db_cpu0 = database.cpu_seconds() if database else 0.0
             base = (await fake.get(control, "stats"))["events_received"]
@@ -146,6 +223,9 @@ async def _one(
             )
             gw_cpu = sum(s.cpu_seconds() for s in samplers) - gw_cpu0
             db_cpu = (database.cpu_seconds() - db_cpu0) if database else 0.0
+            wal = (await _wal_lsn(admin) - wal0) if admin is not None else 0
+            if admin is not None and statements:
+                await _print_statements(admin, buffers[0], accepted, statements)
             deadline = time.monotonic() + args.drain_timeout
             received = 0
             while time.monotonic() < deadline:
@@ -168,20 +248,34 @@ async def _one(
         gw_cpu / max(accepted, 1) * 1e6,
         db_cpu / max(accepted, 1) * 1e6,
         errors,
+        wal / max(accepted, 1),
     )
     print(
         f"   accepted {run.accepted:,.0f} ev/s, delivered {run.delivered:,.0f} ev/s, "
-        f"CPU {run.gateway_us:,.0f} + {run.database_us:,.0f} µs/event, errors {errors}",
+        f"CPU {run.gateway_us:,.0f} + {run.database_us:,.0f} µs/event, "
+        f"WAL {run.wal_bytes:,.0f} B/event, errors {errors}",
         flush=True,
     )
     return run
 
 
 @contextlib.contextmanager
-def _server(store: str) -> Iterator[tuple[str, int | None]]:
-    """(admin URL, postmaster pid or None) of the server `--store` names."""
+def _server(store: str, statements: bool) -> Iterator[tuple[str, int | None]]:
+    """(admin URL, postmaster pid or None) of the server `--store` names; with `statements`
+    a throwaway cluster runs with pg_stat_statements loaded."""
     if store == "pg":
         with throwaway_cluster(durable=True) as cluster:
+            # PostgreSQL's default shared_buffers (the test clusters' 32 MB made backends
+            # evict and write dirty pages themselves within a few seconds of load, a cost
+            # no production server pays).
+            cluster.options += ("shared_buffers=128MB",)
+            if statements:
+                # Statements run by triggers and SQL functions too (the queue counters).
+                cluster.options += (
+                    "shared_preload_libraries=pg_stat_statements",
+                    "pg_stat_statements.track=all",
+                )
+            cluster.restart()
             pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
             yield cluster.dsn(), pid
         return
@@ -201,20 +295,23 @@ async def _database(admin: str) -> str:
 def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     """SQLite, then 1, 2, 3 replicas on PostgreSQL; prints the table and returns the runs."""
     runs = [asyncio.run(_one("sqlite", [str(root / "sqlite.db")], root, args, None))]
-    with _server(args.store) as (admin, postmaster):
+    statements = int(getattr(args, "statements", 0) or 0)
+    with _server(args.store, statements > 0 and args.store == "pg") as (admin, postmaster):
         for count in (1, 2, 3):
             dsn = asyncio.run(_database(admin))
-            runs.append(asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster)))
+            runs.append(
+                asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster, admin))
+            )
     one = runs[1].accepted or 1.0
     print()
     print(
         f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
-        f"{'gw µs/ev':>10}{'db µs/ev':>10}{'errors':>8}"
+        f"{'gw µs/ev':>10}{'db µs/ev':>10}{'WAL B/ev':>10}{'errors':>8}"
     )
     for r in runs:
         print(
             f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}{r.accepted / one:>9.2f}x"
-            f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.errors:>8}"
+            f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.wal_bytes:>10,.0f}{r.errors:>8}"
         )
     print(
         f"(batches of {BATCH}, {args.concurrency} clients, {args.seconds:g} s; "

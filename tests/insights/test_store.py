@@ -347,3 +347,29 @@ async def test_insights_do_not_count_towards_max_buffer_mb(tmp_path: Path) -> No
         assert await box.add([conversion(T0 + 1, "Lead")]) == ["new"]
     finally:
         await box.close()
+
+
+async def test_copies_merged_in_one_group_commit_leave_the_last_value_on_the_fact(
+    box: OutboxStore, reader: InsightReader
+) -> None:
+    """Two copies of one Purchase in one batch, each outranking the one before: the fact
+    follows the row's final value (PostgreSQL writes a commit's fact changes as one
+    statement, where two changes of one fact must not race)."""
+    beacon = dataclasses.replace(conversion(T0, "Purchase", 10.0), source="collect")
+    rule = dataclasses.replace(
+        beacon,
+        payload={**beacon.payload, "custom_data": {"value": 20.0, "currency": "EUR"}},
+        source="rule",
+        rule="thanks",
+    )
+    webhook = dataclasses.replace(
+        beacon,
+        payload={**beacon.payload, "custom_data": {"value": 30.0, "currency": "EUR"}},
+        source="webhook",
+        rule="stripe",
+    )
+    assert await box.add([beacon]) == ["new"]
+    assert await box.add([rule, webhook]) == ["merged", "merged"]
+    assert await stored_value(box, beacon.event_id) == 30.0
+    got = await summary(reader, Query(Window(T0 - 60, T0 + 60)), InsightSettings())
+    assert got["events"]["Purchase"] == {"count": 1, "value": {"EUR": 30.0}}

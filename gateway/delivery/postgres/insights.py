@@ -33,6 +33,40 @@ def numbered(query: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
     return _MARK.sub(lambda _: f"${next(counter)}", query[0]), query[1]
 
 
+# Each statement takes a whole group commit's rows as arrays (one execution, one round
+# trip), not one execution per row: a fact per accepted event made the per-row form the
+# most frequent statement of the hot path (90 executions per 100 accepted events).
+_INSERT_FACTS = f"""
+INSERT INTO insight_events ({facts_.FACT_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float8[],
+    $6::text[], $7::text[], $8::text[], $9::text[])
+"""
+_INSERT_TOUCHES = f"""
+INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+"""
+# `facts_.MERGE_SQL` over arrays.
+_MERGE = """
+UPDATE insight_events AS f SET value = u.value, currency = u.currency,
+    content_ids = u.content_ids, match_keys = u.match_keys
+FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+    AS u(value, currency, content_ids, match_keys, event_name, event_id)
+WHERE f.event_name = u.event_name AND f.event_id = u.event_id
+"""
+
+
+def columns(values: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows of `width` values as `width` column lists (the arrays `unnest` takes)."""
+    return [[row[i] for row in values] for i in range(width)]
+
+
+def last_per_event(changed: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The last change per (event name, event id): applied one by one the last one wins,
+    while one `UPDATE ... FROM` joining a row to several changes applies any one of them."""
+    return list({(c[4], c[5]): c for c in changed}.values())
+
+
 class PgFacts:
     """`insightrecord.FactsSql` on a connection in a PostgreSQL transaction."""
 
@@ -40,7 +74,8 @@ class PgFacts:
         self.conn = conn
 
     async def merge(self, changed: Sequence[tuple[Any, ...]]) -> None:
-        await self.conn.executemany(numbered((facts_.MERGE_SQL, []))[0], changed)
+        if changed:
+            await self.conn.execute(_MERGE, *columns(last_per_event(changed), 6))
 
     async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
         return await pg_rows.resolve(self.conn, links, now=now)
@@ -49,18 +84,12 @@ class PgFacts:
         return await _seen(self.conn, keys)
 
     async def insert_facts(self, values: Sequence[tuple[Any, ...]]) -> None:
-        await self.conn.executemany(
-            f"INSERT INTO insight_events ({facts_.FACT_COLUMNS}) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-            values,
-        )
+        if values:
+            await self.conn.execute(_INSERT_FACTS, *columns(values, 9))
 
     async def insert_touches(self, values: Sequence[tuple[Any, ...]]) -> None:
-        await self.conn.executemany(
-            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-            values,
-        )
+        if values:
+            await self.conn.execute(_INSERT_TOUCHES, *columns(values, 10))
 
 
 async def record(

@@ -40,16 +40,21 @@ WITH expired AS (
 UPDATE events AS e SET state = 'pending', lease_owner = NULL, lease_expires = NULL
 FROM expired WHERE e.id = expired.id
 """
-# Rows of blocked pixels are parked in the same statement (other replicas may have stored
-# them after the block); they are not claimable, so the two parts touch different rows.
-_CLAIM = f"""
+# Rows of a blocked pixel are parked when stored (`rows.insert`); those a transaction stored
+# while the block was being committed are parked by the upkeep claims, once a second, and
+# never claimed meanwhile. Parking on every claim scanned every pending row (the whole
+# backlog) each time. The EXISTS is a one-time filter: with no pixel blocked the statement
+# reads nothing.
+_PARK = """
 WITH parkable AS (
     SELECT e.id FROM events AS e JOIN blocked_pixels AS b ON b.pixel_id = e.pixel_id
-    WHERE e.state = 'pending'
+    WHERE e.state = 'pending' AND EXISTS (SELECT 1 FROM blocked_pixels)
     FOR UPDATE OF e SKIP LOCKED
-), parked AS (
-    UPDATE events AS e SET state = 'blocked' FROM parkable WHERE e.id = parkable.id
-), due AS (
+)
+UPDATE events AS e SET state = 'blocked' FROM parkable WHERE e.id = parkable.id
+"""
+_CLAIM = f"""
+WITH due AS (
     SELECT id FROM events
     WHERE state = 'pending' AND next_attempt_at <= $3 AND pixel_id <> ALL($5::text[])
         AND NOT EXISTS (SELECT 1 FROM blocked_pixels AS b WHERE b.pixel_id = events.pixel_id)
@@ -98,13 +103,14 @@ async def claim(
     """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`; rows in
     id order.
 
-    Rows another transaction holds (a claim, a merge) are skipped, never waited for. The
-    rows of blocked pixels are parked by the same statement. With `upkeep` (run it in a
-    transaction) expired leases are taken back first; without it the claim is one
-    statement, which needs no explicit transaction.
+    Rows another transaction holds (a claim, a merge) are skipped, never waited for. With
+    `upkeep` (run it in a transaction) expired leases are taken back and the pending rows
+    of blocked pixels parked first; without it the claim is one statement, which needs no
+    explicit transaction.
     """
     if upkeep:
         await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
+        await conn.execute(_PARK)
     rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit, list(skip))
     return sorted(rows, key=lambda r: int(r["id"]))
 

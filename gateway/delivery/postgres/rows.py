@@ -34,8 +34,9 @@ _INSERT = """
 INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
     payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
     sources, site, profile_keys, profile_seen)
-SELECT p, n, i, t, s, r, tc, pl::jsonb, se, 'pending', due, $13, 0, mk, mk, src::jsonb, st, pk,
-    ps
+SELECT p, n, i, t, s, r, tc, pl::jsonb, se,
+    CASE WHEN p IN (SELECT pixel_id FROM blocked_pixels) THEN 'blocked' ELSE 'pending' END,
+    due, $13, 0, mk, mk, src::jsonb, st, pk, ps
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
     $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[],
     $15::text[], $16::float8[])
@@ -83,7 +84,8 @@ async def insert(
     profile_keys: Sequence[str | None] | None = None,
     profile_seen: Sequence[float | None] | None = None,
 ) -> set[Key]:
-    """Insert rows as pending, due after their hold; the keys that were new.
+    """Insert rows as pending, due after their hold (parked at once if their pixel is
+    blocked: claims do not look for them); the keys that were new.
 
     `profile_keys`: per row, its `profile_keys` column (see `profiles.join_keys`).
     """
@@ -329,12 +331,16 @@ async def record_completed(
         user_data = dict(event.get("user_data") or {})
         hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
         clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
-        params.append(
-            (_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id, owner)
-        )
-    await conn.executemany(
-        "UPDATE events SET payload = $1::jsonb, match_keys = $2 WHERE id = $3 AND lease_owner = $4",
-        params,
+        params.append((_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id))
+    # One statement over arrays, not one execution per completed row.
+    await conn.execute(
+        "UPDATE events AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(payload, match_keys, id) "
+        "WHERE e.id = u.id AND e.lease_owner = $4",
+        [p[0] for p in params],
+        [p[1] for p in params],
+        [p[2] for p in params],
+        owner,
     )
 
 

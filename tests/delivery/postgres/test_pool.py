@@ -191,3 +191,25 @@ async def test_a_statement_prepared_before_another_replica_migrated_runs_again(
     finally:
         await replica.close()
         await other.close()
+
+
+async def test_a_released_connection_costs_no_reset_round_trip(postgres_dsn: str) -> None:
+    """`run` hands back its connection without asyncpg's session reset (`RESET ALL` and
+    co., one round trip per use); `connection()`, whose users take session locks, still
+    resets its own (the migrations' advisory lock cannot outlive it)."""
+    db = await Database.open(postgres_dsn, min_size=1, max_size=1, health_interval=0)
+    other = await Database.open(postgres_dsn, min_size=1, max_size=1, health_interval=0)
+    try:
+
+        async def mine(conn: Conn) -> int:
+            return int(await conn.fetchval("SELECT pg_backend_pid()"))
+
+        pid = await db.run(mine, transaction=False)
+        last = await other.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+        assert last == "SELECT pg_backend_pid()"
+        async with db.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+        assert await other.fetchval("SELECT pg_try_advisory_lock(4242)") is True
+    finally:
+        await other.close()
+        await db.close()

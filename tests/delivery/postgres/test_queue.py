@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -169,3 +171,33 @@ async def test_claim_takes_the_oldest_due_first(db: Database, limit: int) -> Non
     early = await add_rows(db, 2, due=now - 10)
     got = await _claim(db, "a", limit, now=now)
     assert got == sorted((early + late)[:limit])
+
+
+async def test_blocked_pixels_rows_are_parked_by_the_upkeep_claim_only(db: Database) -> None:
+    """A claim between upkeeps reads no pending row beyond the due ones it takes: a
+    blocked pixel's rows wait, unclaimed, for the next upkeep claim to park them; with no
+    pixel blocked the parking statement reads nothing at all."""
+    blocked = await add_rows(db, 3, pixel_id="111")
+    fine = await add_rows(db, 2, pixel_id="222")
+    plan = json.loads(str(await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + queue._PARK)))
+    scans = [n for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "events"]
+    assert scans and all(n["Actual Loops"] == 0 for n in scans if "Scan" in n["Node Type"])
+    await db.fetchval(
+        "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, since) "
+        "VALUES ('111', 'fp', 'token refused', 0)"
+    )
+
+    async def plain(conn: Conn) -> list[int]:
+        rows = await queue.claim(conn, "a", limit=10, lease=LEASE, now=time.time(), upkeep=False)
+        return [int(r["id"]) for r in rows]
+
+    assert sorted(await db.run(plain, transaction=False)) == sorted(fine)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE state = 'pending'") == 3
+    assert await _claim(db, "a", 10) == []
+    assert await db.fetchval("SELECT count(*) FROM events WHERE state = 'blocked'") == len(blocked)
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
