@@ -21,6 +21,8 @@ from gateway.pipeline.normalize import CLEAR_FIELDS
 
 # Rows per INSERT statement: 19 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
+# json.dumps with options builds an encoder per call: one, built once (same output).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
@@ -87,7 +89,7 @@ async def insert(
                 ev.source,
                 ev.rule,
                 ev.test_event_code,
-                json.dumps(ev.payload, separators=(",", ":")),
+                _compact(ev.payload),
                 blob,
                 now + hold,
                 now,
@@ -227,7 +229,7 @@ async def _save(
             "event_time=?, next_attempt_at=?, twin=?, profile_keys=?, profile_seen=NULL "
             "WHERE id=?",
             (
-                json.dumps(state.payload, separators=(",", ":")),
+                _compact(state.payload),
                 seal(state.clear, ident),
                 json.dumps(list(state.sources)),
                 json.dumps(state.ranks, separators=(",", ":"), sort_keys=True),
@@ -242,7 +244,7 @@ async def _save(
         return
     await conn.execute(
         "UPDATE events SET late=?, twin=? WHERE id=?",
-        (json.dumps(row.late, separators=(",", ":")), row.twin, row.id),
+        (_compact(row.late), row.twin, row.id),
     )
 
 
@@ -372,7 +374,7 @@ async def record_completed(
         clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
         params.append(
             (
-                json.dumps({**event, "user_data": hashed}, separators=(",", ":")),
+                _compact({**event, "user_data": hashed}),
                 match_keys(hashed, clear),
                 row_id,
                 owner,

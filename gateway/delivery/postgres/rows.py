@@ -71,8 +71,12 @@ WHERE e.id = u.id
 """
 
 
+# json.dumps with options builds an encoder per call: one, built once (same output).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODE(value)
 
 
 async def insert(
