@@ -176,6 +176,7 @@ def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> lis
             procs,
             {"CAPIGW_RULES": str(ROOT / "rules")},
             args.workers,
+            live=True,  # nginx, which serves the site, starts once the gateway's port is known
         )
         generated = run_cli(
             "front-config", "nginx", "--rules", str(ROOT / "rules"),

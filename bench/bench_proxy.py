@@ -461,9 +461,12 @@ def start_bench_gateway(
     extra: dict[str, str],
     workers: int,
     root: Path | None = None,
+    *,
+    live: bool = False,
 ) -> Gateway:
     """`capi-gateway serve --upstream ... --workers N --dry-run`, waited for until every
-    worker listens; `root`: the checkout to run instead of this one (its .venv)."""
+    worker listens; `root`: the checkout to run instead of this one (its .venv); `live`:
+    only alive, for a site not started yet (`/health` is not ready while it is down)."""
     env = {
         "CAPIGW_UPSTREAM": upstream,
         "CAPIGW_WORKERS": str(workers),
@@ -490,7 +493,7 @@ def start_bench_gateway(
 
     async def healthy() -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            await wait_healthy(gw, session, timeout=30)
+            await wait_healthy(gw, session, timeout=30, live=live)
 
     asyncio.run(healthy())
     port = int(gw.url.rsplit(":", 1)[1])
