@@ -197,7 +197,8 @@ class Settings(BaseModel):
     upstream_keepalive: float = Field(default=4.0, gt=0)
     """idle upstream connections are closed after this (keep it below the site's own)"""
     upstream_connections: int = Field(default=256, ge=1)
-    """pooled connections to the upstream per worker"""
+    """pooled connections to the upstream per worker, for body-less GET/HEAD and, apart,
+    for requests with a body and WebSockets (up to twice this in all)"""
     max_header_bytes: int = Field(default=32768, ge=1024)
     """longest request line / header field, both ways"""
     max_request_headers_kb: int = Field(default=64, ge=1)
