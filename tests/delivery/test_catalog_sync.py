@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.catalogsettings import CatalogSettings, CatalogTarget
+from gateway.delivery import retry
 from gateway.delivery.catalogstate import Seen, Work
 from gateway.delivery.catalogsync import CatalogSender, CatalogSyncOptions, item_errors
 from gateway.delivery.graph import GraphClient, appsecret_proof
@@ -92,8 +93,14 @@ async def test_items_go_in_one_call_and_their_verdicts_are_recorded(
 
 
 async def test_a_5xx_is_retried_with_backoff_and_nothing_is_lost(
-    catalog_store: CatalogStore, fake: FakeCatalog, session: aiohttp.ClientSession
+    catalog_store: CatalogStore,
+    fake: FakeCatalog,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Full jitter may draw a wait of a few milliseconds, shorter than the next call takes:
+    # the longest wait makes "backing off" a certainty instead of a 99 % chance.
+    monkeypatch.setattr(retry.random, "uniform", lambda low, high: high)
     now = time.time()
     await catalog_store.seen("", URL, [seen("a")], now=now, min_interval=900)
     fake.fail_next(1, status=500, code=2)
