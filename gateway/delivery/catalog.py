@@ -22,7 +22,7 @@ from gateway.delivery.catalogstate import (
     Done,
     PageSeen,
     Row,
-    Seen,
+    SeenOnePage,
     SeenResult,
     Work,
     content_ids_of,
@@ -42,7 +42,7 @@ _UPSERT = (
 _CHUNK = 500  # bound parameters per IN (...) list, below SQLite's limit
 
 
-class SqliteCatalog:
+class SqliteCatalog(SeenOnePage):
     """The catalog store on the buffer file. Create with `await SqliteCatalog.open(path)`."""
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
@@ -94,20 +94,6 @@ class SqliteCatalog:
             await self._conn.executemany(_UPSERT, [r.values() for r in rows])
 
     # what pages show ---------------------------------------------------------------------
-
-    async def seen(
-        self,
-        site: str,
-        url: str,
-        items: Sequence[Seen],
-        *,
-        now: float,
-        min_interval: float,
-        complete: bool = True,
-    ) -> SeenResult:
-        """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
-        page = PageSeen(url, items, complete)
-        return (await self.seen_pages(site, [page], now=now, min_interval=min_interval))[0]
 
     async def seen_pages(
         self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float

@@ -144,6 +144,32 @@ class PageSeen:
     complete: bool = True
 
 
+class SeenOnePage:
+    """`seen` of one page as `seen_pages` of a list of one: shared by both backends."""
+
+    __slots__ = ()
+
+    async def seen_pages(
+        self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float
+    ) -> list[SeenResult]:
+        """`seen` for several pages in one transaction, in order; one result per page."""
+        raise NotImplementedError
+
+    async def seen(
+        self,
+        site: str,
+        url: str,
+        items: Sequence[Seen],
+        *,
+        now: float,
+        min_interval: float,
+        complete: bool = True,
+    ) -> SeenResult:
+        """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
+        page = PageSeen(url, items, complete)
+        return (await self.seen_pages(site, [page], now=now, min_interval=min_interval))[0]
+
+
 def plan_pages(
     site: str,
     pages: Sequence[PageSeen],

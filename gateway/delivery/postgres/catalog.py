@@ -18,7 +18,7 @@ from gateway.delivery.catalogstate import (
     Done,
     PageSeen,
     Row,
-    Seen,
+    SeenOnePage,
     SeenResult,
     Work,
     content_ids_of,
@@ -70,7 +70,7 @@ async def _write(conn: Conn, rows: Sequence[Row]) -> None:
         await conn.executemany(_UPSERT, [r.values() for r in rows])
 
 
-class PgCatalog:
+class PgCatalog(SeenOnePage):
     """The catalog store on the store's PostgreSQL database (the outbox's pool)."""
 
     def __init__(self, db: Database) -> None:
@@ -78,20 +78,6 @@ class PgCatalog:
 
     async def close(self) -> None:
         """Nothing of its own: the pool is the outbox's."""
-
-    async def seen(
-        self,
-        site: str,
-        url: str,
-        items: Sequence[Seen],
-        *,
-        now: float,
-        min_interval: float,
-        complete: bool = True,
-    ) -> SeenResult:
-        """A 200 page at `url` showed `items` (with `complete`, the URL's other items go)."""
-        page = PageSeen(url, items, complete)
-        return (await self.seen_pages(site, [page], now=now, min_interval=min_interval))[0]
 
     async def seen_pages(
         self, site: str, pages: Sequence[PageSeen], *, now: float, min_interval: float
