@@ -1,7 +1,7 @@
 """Site-wide benchmark: whole page views through nginx alone, nginx + gateway, the gateway alone.
 
     python bench/bench_front.py [--seconds 5] [--rounds 3] [--concurrency 32] [--threads 2]
-                                [--assets 40] [--workers 1] [--json PATH]
+                                [--assets 40] [--workers 1] [--compare DIR] [--json PATH]
 
 A page view is one tagged HTML document (20 KB, `Sec-Fetch-Dest: document`, a browser's
 User-Agent: the gateway tags it, issues `_fbp` and stores a PageView, as shipped) and
@@ -16,8 +16,14 @@ times interleaved (the median is shown), all on
   front of `capi-gateway serve --dry-run --rules rules/` and the origin;
 - the gateway alone: wrk straight at the gateway, which proxies everything.
 
+`--compare DIR` adds the same gateway setups run from another checkout with its own .venv
+("before", e.g. the tree of the day issue 19 was filed), interleaved in the same rounds:
+"gateway alone (before)", and "nginx + gateway (before)" when that checkout has
+`front-config` (its own generated config, in the same nginx).
+
 Page views/s = requests/s / (1 + assets). It prints one table side by side with the ratio
-to nginx alone; target: nginx + gateway >= 0.8x nginx alone. Not a test; asserts nothing.
+to nginx alone, and after/before with --compare; target: nginx + gateway >= 0.8x nginx
+alone. Not a test; asserts nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from bench_proxy import (
     wait_listening,
 )
 
-from tests.fakes.processes import HOST, ROOT, free_port, run_cli, spawn
+from tests.fakes.processes import HOST, ROOT, clean_env, free_port, spawn
 
 TARGET = 0.8  # nginx + gateway page views/s >= 0.8 x nginx alone
 DOCUMENT = "/products/merino-crew.html"
@@ -178,28 +184,44 @@ def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> lis
             args.workers,
             live=True,  # nginx, which serves the site, starts once the gateway's port is known
         )
-        generated = run_cli(
-            "front-config", "nginx", "--rules", str(ROOT / "rules"),
-            "--upstream", f"http://{HOST}:{origin}", "--gateway", gw.url,
-            "--listen", f"{HOST}:{front}",
-        ).stdout  # fmt: skip
-        conf = nginx_conf(work, nginx, origin, proxy, args.nginx_workers)
-        # The generated file goes where the user would put it: in the http {} context.
-        conf = conf.rstrip().removesuffix("}") + f"    include {work}/front.conf;\n}}\n"
-        (work / "front.conf").write_text(generated)
-        (work / "nginx.conf").write_text(conf)
-        log = work / "nginx-error.log"
-        cmd = [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(log)]
-        ng = spawn([*cmd, "-g", "daemon off;"], work / "nginx-stdout.log")
-        procs.add(ng)
-        for port in (origin, proxy, front):
-            wait_listening(f"http://{HOST}:{port}{DOCUMENT}", ng, log, timeout=10)
-        per_view = len(requests)
+        fronts = {"front.conf": front_config(ROOT, origin, gw.url, front)}
         setups = [
             ("nginx alone", f"http://{HOST}:{proxy}", None),
             ("nginx + gateway (front-config)", f"http://{HOST}:{front}", gw.proc),
             ("gateway alone", gw.url, gw.proc),
         ]
+        if args.compare is not None:
+            before = start_bench_gateway(
+                work,
+                "gateway-before",
+                f"http://{HOST}:{origin}",
+                procs,
+                {"CAPIGW_RULES": str(args.compare / "rules")},
+                args.workers,
+                root=args.compare,
+                live=True,
+            )
+            setups.append(("gateway alone (before)", before.url, before.proc))
+            if has_front_config(args.compare):
+                front_before = free_port()
+                generated = front_config(args.compare, origin, before.url, front_before)
+                fronts["front-before.conf"] = _renamed(generated)
+                url = f"http://{HOST}:{front_before}"
+                setups.append(("nginx + gateway (before)", url, before.proc))
+        conf = nginx_conf(work, nginx, origin, proxy, args.nginx_workers)
+        # The generated files go where the user would put one: in the http {} context.
+        conf = conf.rstrip().removesuffix("}")
+        for name, text in fronts.items():
+            (work / name).write_text(text)
+            conf += f"    include {work}/{name};\n"
+        (work / "nginx.conf").write_text(conf + "}\n")
+        log = work / "nginx-error.log"
+        cmd = [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(log)]
+        ng = spawn([*cmd, "-g", "daemon off;"], work / "nginx-stdout.log")
+        procs.add(ng)
+        for _, url, _ in setups:
+            wait_listening(f"{url}{DOCUMENT}", ng, log, timeout=10)
+        per_view = len(requests)
         # Rounds interleave the setups, so a load spike from elsewhere on the machine hits
         # them alike; each figure is the median over the rounds.
         runs: dict[str, list[Result]] = {name: [] for name, _, _ in setups}
@@ -207,6 +229,31 @@ def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> lis
             for name, url, gproc in setups:
                 runs[name].append(measure(name, url, wrk, script, args, procs, gproc, ng, per_view))
         return [_median(name, found) for name, found in runs.items()]
+
+
+def front_config(root: Path, origin: int, gateway: str, listen: int) -> str:
+    """`capi-gateway front-config nginx` of the checkout at `root`, for its rules."""
+    cmd = [str(root / ".venv" / "bin" / "capi-gateway"), "front-config", "nginx"]
+    cmd += ["--rules", str(root / "rules"), "--upstream", f"http://{HOST}:{origin}"]
+    cmd += ["--gateway", gateway, "--listen", f"{HOST}:{listen}"]
+    done = subprocess.run(
+        cmd, cwd=root, env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}")
+    return done.stdout
+
+
+def has_front_config(root: Path) -> bool:
+    """Whether the checkout at `root` has `capi-gateway front-config` (issue 19, lever 2)."""
+    cmd = [str(root / ".venv" / "bin" / "capi-gateway"), "front-config", "--help"]
+    done = subprocess.run(cmd, cwd=root, env=clean_env(), capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+def _renamed(conf: str) -> str:
+    """A second generated config in the same nginx: its own upstream and variable names."""
+    return re.sub(r"(?<![A-Za-z0-9_/])capi_", "capib_", conf)
 
 
 def _median(name: str, found: list[Result]) -> Result:
@@ -251,6 +298,18 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     front = results[1].page_views / base
     verdict = "met" if front >= TARGET else "NOT met"
     print(f"\nTarget nginx + gateway >= {TARGET}x nginx alone: {front:.2f}x ({verdict}).")
+    by_name = {r.setup: r for r in results}
+    for after, before in (
+        ("gateway alone", "gateway alone (before)"),
+        ("nginx + gateway (front-config)", "nginx + gateway (before)"),
+    ):
+        if before in by_name:
+            now, then = by_name[after], by_name[before]
+            print(
+                f"{after}: {now.page_views / max(then.page_views, 1e-9):.2f}x the page views/s "
+                f"of {before!r}, {now.cpu_per_view / max(then.cpu_per_view, 1e-9):.2f}x its "
+                "CPU per page view"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=int, default=40, help="assets per page view")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also run the gateway setups from this checkout (its own .venv), interleaved",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep configs and logs here")
     args = parser.parse_args(argv)
@@ -269,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds 1..600, --concurrency 1..1000, --assets >= 0")
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds 1..20")
+    if args.compare is not None:
+        args.compare = args.compare.resolve()
+        if not (args.compare / ".venv" / "bin" / "capi-gateway").exists():
+            parser.error(f"--compare: {args.compare}/.venv/bin/capi-gateway does not exist")
     nginx, wrk = ensure_tools()
     with tempfile.TemporaryDirectory(prefix="bench-front-") as tmp:
         work = args.workdir or Path(tmp)

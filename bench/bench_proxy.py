@@ -453,6 +453,17 @@ async def create_outbox(buffer: Path) -> None:
     await conn.close()
 
 
+# create_outbox() in another checkout's interpreter (`--compare DIR`).
+_CREATE_OUTBOX = """
+import asyncio, sys
+from pathlib import Path
+from gateway.delivery.schema import connect
+async def create() -> None:
+    await (await connect(Path(sys.argv[1]))).close()
+asyncio.run(create())
+"""
+
+
 def start_bench_gateway(
     workdir: Path,
     name: str,
@@ -476,7 +487,12 @@ def start_bench_gateway(
     buffer = workdir / f"{name}.db"
     for suffix in ("", "-wal", "-shm", ".key"):  # a --workdir kept from an earlier run
         buffer.with_name(buffer.name + suffix).unlink(missing_ok=True)
-    asyncio.run(create_outbox(buffer))
+    if root is None:
+        asyncio.run(create_outbox(buffer))
+    else:  # its own schema, which may be older than this checkout's
+        python = root / ".venv" / "bin" / "python"
+        cmd = [python, "-c", _CREATE_OUTBOX, buffer]
+        subprocess.run(cmd, cwd=root, env=clean_env(), check=True, timeout=60)
     if root is None:
         gw = start_gateway(
             buffer,
@@ -522,8 +538,16 @@ def start_other_gateway(root: Path, buffer: Path, log: Path, env: dict[str, str]
     port = free_port()
     more = ["--pixel-id", PIXEL, "--access-token", TOKEN, "--graph-url", GRAPH_URL]
     cmd = [str(cli), *serve_args(port, buffer, *more, "--api-key", API_KEY)]
-    proc = spawn(cmd, log, env=clean_env(**env), cwd=root)
+    full = clean_env(**env)
+    if not _knows_setting(root, "assembly_hold"):  # a tree from before event assembly
+        del full["CAPIGW_ASSEMBLY_HOLD"]
+    proc = spawn(cmd, log, env=full, cwd=root)
     return Gateway(proc, f"http://{HOST}:{port}", log)
+
+
+def _knows_setting(root: Path, name: str) -> bool:
+    """Whether the checkout at `root` documents the setting `name` (its README's reference)."""
+    return f"`{name}`" in (root / "README.md").read_text(encoding="utf-8")
 
 
 # -- load -----------------------------------------------------------------------------------
