@@ -11,7 +11,6 @@ import email.utils
 import ipaddress
 import random
 import re
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from functools import lru_cache
 from urllib.parse import parse_qsl, urlsplit
 
 from publicsuffixlist import PublicSuffixList
+
+from gateway.edge.randompool import random_bytes
 
 # ---------------------------------------------------------------------------------------------
 # Cookie domain
@@ -131,7 +132,10 @@ def _check_ms(now_ms: int, index: int) -> None:
 def new_fbp(now_ms: int, index: int, rng: random.Random | None = None) -> str:
     """A fresh `fb.{index}.{now_ms}.{random}`, random in 0..2**31-1 like Meta's param builder."""
     _check_ms(now_ms, index)
-    number = rng.randrange(_FBP_RANDOM_BOUND) if rng else secrets.randbelow(_FBP_RANDOM_BOUND)
+    if rng is not None:
+        number = rng.randrange(_FBP_RANDOM_BOUND)
+    else:  # the bound is 2**31: 31 of 32 random bits, uniform
+        number = int.from_bytes(random_bytes.take(4), "big") & (_FBP_RANDOM_BOUND - 1)
     return f"fb.{index}.{now_ms}.{number}"
 
 

@@ -12,10 +12,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+from gateway.edge.randompool import random_bytes
 
 _VERSION = 1
 _LABEL = b"capi-gateway page token v1\x00"  # domain separation from other uses of the secret
@@ -84,40 +85,16 @@ def _client_digest(client: str) -> bytes:
     return hashlib.sha256(client.encode("utf-8", "surrogatepass")).digest()
 
 
-class _RandomIds:
-    """Random (version 4) UUID strings from one `os.urandom` call per 256 of them.
-
-    For the event loop's thread only (no lock): two threads sharing the pool could take
-    the same slice.
-    """
-
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._pool = b""
-        self._at = 0
-        # A forked worker must not hand out the ids left in its parent's pool.
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._pool, self._at = b"", 0
-
-    def __call__(self) -> str:
-        if self._at >= len(self._pool):
-            self._pool, self._at = os.urandom(16 * self._BATCH), 0
-        raw = self._pool[self._at : self._at + 16]
-        self._at += 16
-        # The version (4) and variant (10) bits of RFC 9562, as uuid.uuid4() sets them.
-        n = (int.from_bytes(raw, "big") & _ID_MASK) | _ID_BITS
-        h = f"{n:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+def new_event_id() -> str:
+    """A fresh page event id: a random UUID as `str(uuid.uuid4())`, without its system call."""
+    n = (int.from_bytes(random_bytes.take(16), "big") & _ID_MASK) | _ID_BITS
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+# The version (4) and variant (10) bits of RFC 9562, as uuid.uuid4() sets them.
 _ID_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _ID_BITS = (0x4000 << 64) | (0x8000 << 48)
-
-new_event_id = _RandomIds()
-"""A fresh page event id: a random UUID as `str(uuid.uuid4())`, without a system call each."""
 
 
 def sign(secret: bytes, event_id: str, *, issued: int, client: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import string
 import time
@@ -474,3 +475,19 @@ def test_set_cookie_header_http_host_only() -> None:
 def test_set_cookie_header_rejects_injection(name: str, value: str, domain: str | None) -> None:
     with pytest.raises(ValueError):
         set_cookie_header(name, value, domain=domain, max_age=60, secure=True)
+
+
+def test_new_fbp_draws_from_the_workers_pool_not_a_system_call_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = os.urandom
+
+    def counted(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", counted)
+    values = [new_fbp(NOW_MS, 1) for _ in range(500)]
+    assert len(calls) <= 2  # 500 x 4 bytes from pools of 4 KiB
+    assert len(set(values)) > 495 and all(valid_fbp(v) for v in values)
