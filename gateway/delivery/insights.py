@@ -336,7 +336,7 @@ async def _seen(
     found: dict[tuple[str, str], Seen] = {}
     for start in range(0, len(visitors), _CHUNK):
         part = visitors[start : start + _CHUNK]
-        async with conn.execute(
+        for row in await conn.execute_fetchall(
             "SELECT p.site, p.visitor, p.last, t.channel, t.source, t.medium, t.campaign, "
             "t.click_id, t.referrer_host, t.landing_path FROM (SELECT site, visitor, "
             "MAX(at) AS last FROM insight_events WHERE event_name = 'PageView' AND visitor "
@@ -344,10 +344,9 @@ async def _seen(
             "LEFT JOIN touchpoints AS t ON t.id = (SELECT MAX(id) FROM touchpoints AS n "
             "WHERE n.visitor = p.visitor AND n.site = p.site)",
             part,
-        ) as cur:
-            for row in await cur.fetchall():
-                current = facts_.source_of(tuple(row[3:])) if row[3] is not None else None
-                found[(row[0], row[1])] = Seen(float(row[2]), current)
+        ):
+            current = facts_.source_of(tuple(row[3:])) if row[3] is not None else None
+            found[(row[0], row[1])] = Seen(float(row[2]), current)
     return {key: found.get(key, Seen(None, None)) for key in wanted}
 
 

@@ -146,33 +146,30 @@ async def lookup(
     out: dict[str, Dated] = {}
     for start in range(0, len(dated), _CHUNK):
         pairs = dated[start : start + _CHUNK]
-        async with conn.execute(
+        for key_hash, updated_at, ids in await conn.execute_fetchall(
             "SELECT p.key_hash, p.updated_at, p.ids FROM (VALUES "
             f"{','.join(['(?,?)'] * len(pairs))}) AS w JOIN profiles p "
             "ON p.key_hash = w.column1 WHERE p.updated_at > w.column2 AND p.expires_at > ?",
             (*(v for pair in pairs for v in pair), now),
-        ) as cur:
-            for key_hash, updated_at, ids in await cur.fetchall():
-                out[key_hash] = (float(updated_at), ids)
+        ):
+            out[key_hash] = (float(updated_at), ids)
     for start in range(0, len(plain), _CHUNK):
         part = plain[start : start + _CHUNK]
-        async with conn.execute(
+        for key_hash, updated_at, ids in await conn.execute_fetchall(
             "SELECT key_hash, updated_at, ids FROM profiles "
             f"WHERE key_hash IN ({','.join('?' * len(part))}) AND expires_at > ?",
             (*part, now),
-        ) as cur:
-            for key_hash, updated_at, ids in await cur.fetchall():
-                out[key_hash] = (float(updated_at), ids)
+        ):
+            out[key_hash] = (float(updated_at), ids)
     for start in range(0, len(linked), _CHUNK):
         part = linked[start : start + _CHUNK]
-        async with conn.execute(
+        for key_hash, updated_at, ids in await conn.execute_fetchall(
             "SELECT l.key_hash, p.updated_at, p.ids FROM profile_links l JOIN profiles p ON "
             f"p.key_hash = l.profile WHERE l.key_hash IN ({','.join('?' * len(part))}) "
             "AND l.expires_at > ? AND p.expires_at > ?",
             (*part, now, now),
-        ) as cur:
-            for key_hash, updated_at, ids in await cur.fetchall():
-                out[LINK + key_hash] = (float(updated_at), ids)
+        ):
+            out[LINK + key_hash] = (float(updated_at), ids)
     return out
 
 
@@ -184,13 +181,12 @@ async def resolve(
     out: dict[str, str] = {}
     for start in range(0, len(wanted), _CHUNK):
         part = wanted[start : start + _CHUNK]
-        async with conn.execute(
+        for key_hash, profile in await conn.execute_fetchall(
             "SELECT key_hash, profile FROM profile_links WHERE "
             f"key_hash IN ({','.join('?' * len(part))}) AND expires_at > ?",
             (*part, now),
-        ) as cur:
-            for key_hash, profile in await cur.fetchall():
-                out[LINK + key_hash] = profile
+        ):
+            out[LINK + key_hash] = profile
     return out
 
 

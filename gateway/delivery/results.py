@@ -34,13 +34,13 @@ class Results:
 
     async def next_due(self) -> float | None:
         """Epoch seconds when the earliest pending row becomes due, None when none."""
-        async with (
-            self._lock,
-            self._conn.execute(
-                "SELECT MIN(next_attempt_at) FROM events WHERE state='pending'"
-            ) as cur,
-        ):
-            row = await cur.fetchone()
+        async with self._lock:  # one trip to the connection's thread, not three
+            found = list(
+                await self._conn.execute_fetchall(
+                    "SELECT MIN(next_attempt_at) FROM events WHERE state='pending'"
+                )
+            )
+        row = found[0] if found else None
         return float(row[0]) if row and row[0] is not None else None
 
     async def mark_sent(
