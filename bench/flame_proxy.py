@@ -1,7 +1,7 @@
 """Flame graphs of a 1-worker gateway under wrk, one per file (not a test).
 
     python bench/flame_proxy.py --out bench/flames --tag after [--seconds 8] [--rate 250]
-                                [--root /work/main] [--files css,js,html]
+                                [--root /work/main] [--files css,js,html] [--env K=V]
 
 Starts the origin (nginx, as bench_proxy.py does) and `capi-gateway serve --workers 1
 --dry-run` as shipped (tagged page, `_fbp`, a PageView stored and dry-run sent), then for
@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
     parser.add_argument("--root", type=Path, help="profile this checkout (its .venv) instead")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a gateway setting for the run, e.g. CAPIGW_RULES=rules (bench_front's gateway)",
+    )
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     nginx, wrk = bp.ensure_tools()
@@ -55,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         bp.write_site(work / "www")
         _, origin, _ = bp.start_nginx(nginx, work, procs, 1)
-        gw = bp.start_bench_gateway(work, "gateway", origin, procs, {}, 1, root=args.root)
+        extra = dict(item.split("=", 1) for item in args.env)
+        gw = bp.start_bench_gateway(work, "gateway", origin, procs, extra, 1, root=args.root)
 
         async def healthy() -> None:
             async with aiohttp.ClientSession() as session:
