@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -240,10 +242,15 @@ class Consent:
         return fields
 
 
+_CASELESS = (CIMultiDict, CIMultiDictProxy)
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive lookup that also works on a plain dict."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or isinstance(headers, _CASELESS):
+        # A request's headers look names up caselessly already: an absent one (nearly
+        # every page lacks the four prefetch headers) needs no walk over all of them.
         return value
     lowered = name.lower()
     for key, val in headers.items():

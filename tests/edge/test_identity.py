@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.edge.identity import (
     DEFAULT_BOT_PATTERNS,
@@ -269,6 +270,9 @@ def test_compile_bots_custom_and_errors() -> None:
 )
 def test_is_prefetch(headers: dict[str, str], expected: bool) -> None:
     assert is_prefetch(headers) is expected
+    # A request's own headers (a caseless multidict, names as the client spelt them).
+    received = CIMultiDictProxy(CIMultiDict((k.swapcase(), v) for k, v in headers.items()))
+    assert is_prefetch(received) is expected
 
 
 # -- the one trusted-peer check ----------------------------------------------------------------
