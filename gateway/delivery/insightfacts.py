@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -239,10 +240,18 @@ class PageSeen:
     def source(self) -> VisitSource:
         """Where the view came from (`visit_source`), computed once."""
         if self._source is None:
-            self._source = visit_source(
-                url=self.url, referrer=self.referrer, own_hosts=self.own, rules=self.rules
-            )
+            self._source = _visit_source(self.url, self.referrer, self.own, self.rules)
         return self._source
+
+
+@lru_cache(maxsize=1024)
+def _visit_source(
+    url: str, referrer: str | None, own: frozenset[str], rules: ChannelRules | None
+) -> VisitSource:
+    # Landing pages repeat (the home page, a campaign's page, each with no referrer or the
+    # same one): parsed and classified once while they are recent. Rules compare by
+    # identity, so a reload's new rules never meet an old answer.
+    return visit_source(url=url, referrer=referrer, own_hosts=own, rules=rules)
 
 
 # Query parameters that can tag a visit, lowercased: any of them means "work it out".
@@ -399,6 +408,7 @@ def source_of(row: Sequence[Any]) -> VisitSource:
     )
 
 
+@lru_cache(maxsize=1024)
 def _host(url: str) -> frozenset[str]:
     try:
         host = urlsplit(url).hostname

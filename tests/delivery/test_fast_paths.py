@@ -162,3 +162,25 @@ async def test_reads_of_each_group_commit_take_one_trip_to_the_connections_threa
     finally:
         conn._execute = real  # type: ignore[method-assign]
         await outbox.close()
+
+
+def test_a_repeated_landing_page_is_classified_once_per_set_of_rules() -> None:
+    from gateway.delivery.insightfacts import PageSeen
+    from gateway.pipeline.channelgroups import ChannelRules
+    from gateway.pipeline.channels import visit_source
+
+    url, referrer, own = (
+        "https://shop.example/p/1?utm_source=news",
+        None,
+        frozenset({"shop.example"}),
+    )
+    rules = ChannelRules()
+
+    def seen(rules: ChannelRules | None) -> PageSeen:
+        return PageSeen("", "v", 1.0, url, referrer, own, rules)
+
+    first, again, other = seen(rules).source, seen(rules).source, seen(ChannelRules()).source
+    assert first is again  # the same page, the same rules: worked out once
+    assert other is not first  # a reload's rules never meet an old answer
+    assert first == other == visit_source(url=url, referrer=referrer, own_hosts=own, rules=rules)
+    assert (first.source, first.landing_path) == ("news", "/p/1")
