@@ -253,7 +253,7 @@ def has_front_config(root: Path) -> bool:
 
 def _renamed(conf: str) -> str:
     """A second generated config in the same nginx: its own upstream and variable names."""
-    return re.sub(r"(?<![A-Za-z0-9_/])capi_", "capib_", conf)
+    return re.sub(r"(?<![A-Za-z0-9_])capi_", "capib_", conf)
 
 
 def _median(name: str, found: list[Result]) -> Result:
