@@ -350,7 +350,8 @@ def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
             runs.append(
                 asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster, admin))
             )
-    one = next((r.accepted for r in runs if r.label == "pg x1"), 0.0) or 1.0
+    # Ratios to pg x1 only when it ran (`--replicas` without 1: none).
+    one = next((r.accepted for r in runs if r.label == "pg x1"), 0.0)
     print()
     print(
         f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
@@ -358,7 +359,8 @@ def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     )
     for r in runs:
         print(
-            f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}{r.accepted / one:>9.2f}x"
+            f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}"
+            f"{f'{r.accepted / one:.2f}x' if one else '-':>10}"
             f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.wal_bytes:>10,.0f}{r.errors:>8}"
         )
     print(
