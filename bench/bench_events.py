@@ -513,6 +513,19 @@ def main(argv: list[str] | None = None) -> int:
         help="with --store pg: print the N costliest statements per replica count "
         "(pg_stat_statements)",
     )
+    parser.add_argument(
+        "--waits",
+        type=int,
+        default=0,
+        help="with --store: print the N commonest (wait event, statement) pairs of the "
+        "database's active backends while clients posted (pg_stat_activity, every 10 ms)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=lambda text: sorted({int(part) for part in text.split(",") if part.strip()}),
+        default=[0, 1, 2, 3],
+        help="with --store: replica counts to run, 0 for SQLite (default: 0,1,2,3)",
+    )
     args = parser.parse_args(argv)
     if args.store is not None:
         from bench_replicas import run_store_bench

@@ -118,6 +118,41 @@ async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int,
         return accepted, errors, time.perf_counter() - began
 
 
+_WAITS = """
+SELECT coalesce(wait_event_type, 'CPU') || ':' || coalesce(wait_event, '-') AS wait,
+    left(regexp_replace(query, '\\s+', ' ', 'g'), 50) || coalesce(' <- ' || (
+        SELECT left(regexp_replace(b.query, '\\s+', ' ', 'g'), 40) FROM pg_stat_activity AS b
+        WHERE b.pid = (pg_blocking_pids(a.pid))[1]), '') AS query
+FROM pg_stat_activity AS a
+WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()
+"""
+
+
+async def _sample_waits(admin: str, dsn: str, stop: asyncio.Event) -> dict[tuple[str, str], int]:
+    """What the database's active backends wait on, sampled every 10 ms until `stop`."""
+    name = urlsplit(dsn).path.lstrip("/")
+    seen: dict[tuple[str, str], int] = {}
+    conn = await asyncpg.connect(admin)
+    try:
+        while not stop.is_set():
+            for r in await conn.fetch(_WAITS, name):
+                key = (str(r["wait"]), str(r["query"]))
+                seen[key] = seen.get(key, 0) + 1
+            seen[("samples", "")] = seen.get(("samples", ""), 0) + 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.01)
+    finally:
+        await conn.close()
+    return seen
+
+
+def _print_waits(seen: dict[tuple[str, str], int], top: int) -> None:
+    samples = max(seen.pop(("samples", ""), 1), 1)
+    print(f"   waits: active backends per sample ({samples} samples), by wait and statement")
+    for (wait, query), n in sorted(seen.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"   {n / samples:>6.2f}  {wait:<28} {query}")
+
+
 _TOP = """
 SELECT calls, total_exec_time, rows, wal_bytes, toplevel, query,
     shared_blks_hit + shared_blks_read AS blocks FROM pg_stat_statements
@@ -217,6 +252,13 @@ async def _one(
             gw_cpu0 = sum(s.cpu_seconds() for s in samplers)
             db_cpu0 = database.cpu_seconds() if database else 0.0
             base = (await fake.get(control, "stats"))["events_received"]
+            waits = getattr(args, "waits", 0)
+            stop_waits = asyncio.Event()
+            sampling = (
+                asyncio.create_task(_sample_waits(admin, buffers[0], stop_waits))
+                if admin is not None and waits
+                else None
+            )
             started = time.perf_counter()
             accepted, errors, seconds = await _load(
                 [f"{gw.url}/_capi/events" for gw in gateways], args.concurrency, args.seconds
@@ -224,6 +266,9 @@ async def _one(
             gw_cpu = sum(s.cpu_seconds() for s in samplers) - gw_cpu0
             db_cpu = (database.cpu_seconds() - db_cpu0) if database else 0.0
             wal = (await _wal_lsn(admin) - wal0) if admin is not None else 0
+            if sampling is not None:
+                stop_waits.set()
+                _print_waits(await sampling, waits)
             if admin is not None and statements:
                 await _print_statements(admin, buffers[0], accepted, statements)
             deadline = time.monotonic() + args.drain_timeout
@@ -294,15 +339,19 @@ async def _database(admin: str) -> str:
 
 def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     """SQLite, then 1, 2, 3 replicas on PostgreSQL; prints the table and returns the runs."""
-    runs = [asyncio.run(_one("sqlite", [str(root / "sqlite.db")], root, args, None))]
+    counts = getattr(args, "replicas", None) or [0, 1, 2, 3]
+    runs = []
+    if 0 in counts:
+        runs.append(asyncio.run(_one("sqlite", [str(root / "sqlite.db")], root, args, None)))
     statements = int(getattr(args, "statements", 0) or 0)
     with _server(args.store, statements > 0 and args.store == "pg") as (admin, postmaster):
-        for count in (1, 2, 3):
+        for count in [c for c in counts if c > 0]:
             dsn = asyncio.run(_database(admin))
             runs.append(
                 asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster, admin))
             )
-    one = runs[1].accepted or 1.0
+    # Ratios to pg x1 only when it ran (`--replicas` without 1: none).
+    one = next((r.accepted for r in runs if r.label == "pg x1"), 0.0)
     print()
     print(
         f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
@@ -310,7 +359,8 @@ def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     )
     for r in runs:
         print(
-            f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}{r.accepted / one:>9.2f}x"
+            f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}"
+            f"{f'{r.accepted / one:.2f}x' if one else '-':>10}"
             f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.wal_bytes:>10,.0f}{r.errors:>8}"
         )
     print(

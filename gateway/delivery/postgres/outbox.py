@@ -303,6 +303,8 @@ class PgOutbox(Results, Upkeep):
             )
 
         rows = await self.db.run(work, transaction=upkeep)
+        if not rows and not skip:
+            self.empty_claim_at = min(at, time.time())
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed

@@ -53,17 +53,23 @@ WITH parkable AS (
 )
 UPDATE events AS e SET state = 'blocked' FROM parkable WHERE e.id = parkable.id
 """
+# Two shapes the planner would otherwise pick on plain tables, each reading every row of
+# `events` per claim: blocked pixels' rows are filtered by a hashed subplan, not NOT EXISTS
+# (as an anti-join, with one pixel in the table and any pixel blocked, it estimates that no
+# row passes, then scans the table and sorts instead of reading `events_due` in order); the
+# claimed rows are updated by primary key (`= ANY` of an array), not joined back to the CTE
+# (a hash join over a sequential scan of the table while it has up to ~100k rows).
 _CLAIM = f"""
 WITH due AS (
     SELECT id FROM events
     WHERE state = 'pending' AND next_attempt_at <= $3 AND pixel_id <> ALL($5::text[])
-        AND NOT EXISTS (SELECT 1 FROM blocked_pixels AS b WHERE b.pixel_id = events.pixel_id)
+        AND (pixel_id IN (SELECT pixel_id FROM blocked_pixels)) IS NOT TRUE
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
 UPDATE events AS e
 SET state = 'inflight', lease_owner = $1, lease_expires = $2, attempts = e.attempts + 1
-FROM due WHERE e.id = due.id
+WHERE e.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING {", ".join(f"e.{c.strip()}" for c in CLAIMED_COLUMNS.split(","))}
 """
 

@@ -15,7 +15,22 @@ from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.queue import Wakes
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from gateway.delivery.postgres.pool import Conn
+
+
+# Seconds an idle sender waits before claiming again when the earliest pending row is one
+# the claim skipped: held by another transaction (a claim, a group commit merging a copy
+# into it: its commit wakes the sender anyway) or of a blocked pixel (parked by the next
+# upkeep claim, within `CLAIM_UPKEEP_EVERY`).
+HELD_RETRY = 0.05
+# The first pending row in `events_due` order and whether its pixel is blocked. Not a
+# filter on blocked pixels: with one it plans as a scan of every pending row.
+NEXT_DUE = """
+SELECT next_attempt_at, pixel_id IN (SELECT pixel_id FROM blocked_pixels) AS blocked
+FROM events WHERE state = 'pending' ORDER BY next_attempt_at, id LIMIT 1
+"""
 
 
 class Results(Wakes):
@@ -23,13 +38,27 @@ class Results(Wakes):
 
     db: Database
     new_work: asyncio.Event
+    # When the last claim without skipped pixels found nothing (epoch seconds; 0: never).
+    empty_claim_at: float = 0.0
 
     async def next_due(self) -> float | None:
-        """Epoch seconds when the earliest pending row becomes due, None when none."""
-        due = await self.db.fetchval(
-            "SELECT min(next_attempt_at) FROM events WHERE state = 'pending'"
-        )
-        return float(str(due)) if due is not None else None
+        """Epoch seconds when the earliest pending row becomes due, None when none.
+
+        A row that a claim would skip (held by another transaction: it was due when the last
+        claim came back empty; or of a blocked pixel, not parked yet) counts as due in
+        `HELD_RETRY` seconds, or the idle sender would claim again and again without sleeping.
+        """
+
+        async def first(conn: Conn) -> asyncpg.Record | None:
+            return await conn.fetchrow(NEXT_DUE)
+
+        row = await self.db.run(first, transaction=False)
+        if row is None:
+            return None
+        at = float(row["next_attempt_at"])
+        if row["blocked"] or at <= self.empty_claim_at:
+            return max(at, time.time() + HELD_RETRY)
+        return at
 
     async def mark_sent(
         self, ids: Iterable[int], owner: str, *, fbtrace_id: str | None, dry: bool = False

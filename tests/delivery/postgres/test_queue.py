@@ -201,3 +201,26 @@ def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from _nodes(child)
+
+
+async def test_a_claim_reads_due_rows_in_order_while_a_pixel_is_blocked(db: Database) -> None:
+    """With one pixel's rows in the table and another pixel blocked, the claim still walks
+    `events_due` from its first entry: no scan of the whole table and sort per claim."""
+    await add_rows(db, 5000)
+    await db.fetchval(
+        "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, since) "
+        "VALUES ('999', 'fp', 'token refused', 0)"
+    )
+    await db.fetchval("ANALYZE events")
+    await db.fetchval("ANALYZE blocked_pixels")
+
+    async def plan(conn: Conn) -> Any:
+        return await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + queue._CLAIM, "a", time.time() + LEASE, time.time(), 100, []
+        )
+
+    nodes = list(_nodes(json.loads(str(await db.run(plan, transaction=False)))[0]["Plan"]))
+    scans = [n for n in nodes if n.get("Relation Name") == "events" and "Scan" in n["Node Type"]]
+    assert [n.get("Index Name") for n in scans if n["Node Type"] != "Index Scan"] == []
+    assert "Sort" not in {n["Node Type"] for n in nodes}
+    assert len(await _claim(db, "a", 100)) == 100
