@@ -60,7 +60,14 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     pg_errors.InvalidCachedStatementError,
 )
 
-_PING_FAILED: tuple[type[BaseException], ...] = (*LOST, asyncpg.PostgresError)
+# InterfaceError: a ping cut by its timeout mid-query leaves asyncpg cancelling it, and the
+# release that follows can fail with "another operation is in progress" (the pool drops that
+# connection). That is a failed ping, not a reason for the health check to die.
+_PING_FAILED: tuple[type[BaseException], ...] = (
+    *LOST,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 class DatabaseUnavailable(Exception):
