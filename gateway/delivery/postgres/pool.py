@@ -50,6 +50,11 @@ LOST: tuple[type[BaseException], ...] = (
     pg_errors.AdminShutdownError,  # 57P01: pg_ctl stop/restart, failover
     pg_errors.CrashShutdownError,  # 57P02
     pg_errors.TooManyConnectionsError,  # 53300: other replicas hold every slot for now
+    # A pooled connection the server ended while it sat idle (pg_ctl stop sends FATAL, then
+    # closes): asyncpg may hand it out having read the error but not yet the close, and the
+    # next statement fails with "cannot switch to state 11; another operation (2) is in
+    # progress".
+    pg_errors.InternalClientError,
 )
 # PostgreSQL's own advice for these is: run the transaction again.
 _TRANSIENT: tuple[type[BaseException], ...] = (
