@@ -10,6 +10,7 @@ text) so that this module sits below all of them.
 from __future__ import annotations
 
 import collections
+import glob
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +40,27 @@ _MAX_CUSTOM_NAMES = 50
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+# A counter file starts with its used length (4 bytes) and 4 bytes of padding.
+_HEADER_BYTES = 8
+
+
+class _WorkerFiles(MultiProcessCollector):
+    """Every worker's counter files, but none a starting worker has created and not sized.
+
+    prometheus_client opens a worker's file (empty) and then grows it to its first page: a
+    scrape reading it in between failed to parse its header and answered 500. An empty file
+    holds no values yet, so leaving it out loses nothing.
+    """
+
+    def collect(self) -> Iterable[Any]:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) >= _HEADER_BYTES:
+                    files.append(path)
+            except OSError:  # a dead worker's live gauge file, removed since the glob
+                continue
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
 
 
 class Metrics:
@@ -62,7 +84,7 @@ class Metrics:
                 # prometheus_client picks file-backed values when it is imported, if the
                 # variable is set by then; the parent imported it before setting it.
                 values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-            MultiProcessCollector(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+            _WorkerFiles(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
             own = None  # read back from the files, not from this process's objects
         self._custom_names: set[str] = set()
         self._proxied_by_class: dict[int, Any] = {}

@@ -114,7 +114,16 @@ def _cell(text: str) -> str:
 
 
 def field_docs(model: type[BaseModel]) -> dict[str, str]:
-    """Field name -> the docstring under its declaration in the class source."""
+    """Field name -> the docstring under its declaration in the source of the class or of
+    the bases it takes fields from (Settings is put together from one base per area)."""
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if issubclass(cls, BaseModel) and cls is not BaseModel:
+            docs.update(_own_field_docs(cls))
+    return docs
+
+
+def _own_field_docs(model: type[BaseModel]) -> dict[str, str]:
     # Read here rather than with pydantic's use_attribute_docstrings, which would parse the
     # source at every import of the settings module.
     tree = ast.parse(textwrap.dedent(inspect.getsource(model)))

@@ -28,6 +28,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.models",
             "gateway.errors",
             "gateway.settings",
+            "gateway.edgesettings",
+            "gateway.deliverysettings",
             "gateway.durations",
             "gateway.sitesettings",
             "gateway.audiencesettings",

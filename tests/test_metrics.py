@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,3 +54,21 @@ async def test_the_site_label_is_left_out_without_sites_and_kept_with_them() -> 
     tenant, _ = await render(metrics, None, "", sites=["shop"], tenant=True)
     assert 'capi_gateway_delivered_events_total{mode="live",site="shop"} 1.0' in tenant.decode()
     assert 'mode="live"} 2.0' not in tenant.decode()
+
+
+def test_a_scrape_skips_a_worker_file_created_but_not_yet_sized(tmp_path: Path) -> None:
+    """A worker starting (a replacement after a crash) creates its counter file empty and
+    then grows it: a scrape by another worker in between must still answer."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    from gateway.metrics import _WorkerFiles
+
+    written = MmapedDict(str(tmp_path / "counter_100.db"))
+    key = mmap_key("capi_gateway_pages_tagged", "capi_gateway_pages_tagged_total", [], [], "x")
+    written.write_value(key, 3.0, 0.0)
+    written.close()
+    (tmp_path / "counter_200.db").touch()  # the starting worker's, still empty
+
+    collector = _WorkerFiles(None, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    values = {s.name: s.value for m in collector.collect() for s in m.samples}
+    assert values == {"capi_gateway_pages_tagged_total": 3.0}

@@ -1,7 +1,7 @@
 """The dashboard's reads as one small interface both stores provide.
 
 The admin side asks these questions and never sees which store answers: `SqliteDashboard`
-runs them on a read-only connection to the outbox file (delivery/reads.py), and
+runs them on a read-only connection to the outbox file (delivery/dashboardreads.py), and
 `gateway.delivery.postgres.dashboard.PgDashboard` on the PostgreSQL store's pool.
 """
 

@@ -9,6 +9,7 @@ tests/artifacts/admin-phone.png.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -69,7 +70,12 @@ def settled(buffer: Path) -> bool:
 
 
 def spread_over_the_hour(buffer: Path) -> None:
-    """Date the rows back over the last hour, as if they had come in minute after minute."""
+    """Date the rows back over the last hour, as if they had come in minute after minute.
+
+    Blocking: call it off the event loop. The gateway runs in this process, and a write
+    transaction of its own (a sender's claim) can be open across an await; run on the loop,
+    this write would wait out its busy timeout for a COMMIT the blocked loop never sends.
+    """
     now = time.time()
     with sqlite3.connect(buffer) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
@@ -172,7 +178,7 @@ async def test_the_dashboard_reads_well_at_phone_width(
     await post_events(gw, events)
     buffer = gw.app[RUNTIME].settings.buffer
     await wait_for(lambda: settled(buffer), timeout=WAIT)
-    spread_over_the_hour(buffer)
+    await asyncio.to_thread(spread_over_the_hour, buffer)
 
     tab = await open_tab(**PHONE)
     await tab.page.goto(gw.url + "/_capi/admin")

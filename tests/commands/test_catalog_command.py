@@ -5,14 +5,19 @@ Meta's per-item errors; on a SQLite file and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from gateway.cli import main
 from tests.fakes.catalog import FakeCatalog, start_fake_catalog
 from tests.fakes.processes import clean_env, gateway_cmd
 from tests.fakes.shop import Shop, start_shop
@@ -30,6 +35,31 @@ class Result:
 
 
 async def cli(*args: str, cwd: Path, config: Path) -> Result:
+    """`capi-gateway catalog ARGS --config CONFIG` in a thread (it runs its own event loop).
+
+    In-process: each spawned interpreter costs seconds of imports on a loaded machine, and
+    a file here runs the command some twenty times; `script` runs the real one.
+    """
+    del cwd  # every path the commands use is in the config, absolute
+    return await asyncio.to_thread(_main, ["catalog", *args, "--config", str(config)])
+
+
+def _main(argv: list[str]) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, clean_env(), clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+async def script(*args: str, cwd: Path, config: Path) -> Result:
+    """The `capi-gateway` script itself, in a process of its own."""
     proc = await asyncio.create_subprocess_exec(
         *gateway_cmd(),
         "catalog",
@@ -175,7 +205,7 @@ async def test_dry_run_flag_and_status_say_how_the_catalog_was_synced(
 async def test_commands_explain_a_missing_catalog(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(f'buffer = "{tmp_path / "o.db"}"\ndry_run = true\n')
-    result = await cli("sync", cwd=tmp_path, config=config)
+    result = await script("sync", cwd=tmp_path, config=config)
     assert result.code != 0 and "no [catalog] is configured" in result.err
-    status = await cli("status", "--json", cwd=tmp_path, config=config)
+    status = await script("status", "--json", cwd=tmp_path, config=config)
     assert json.loads(status.out)["configured"] is False

@@ -7,7 +7,9 @@ Graph API serves in this test's event loop; the finer checks call `diagnose` dir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiohttp import web
 
 from gateway.admin.data import coverage_hints
+from gateway.cli import main
 from gateway.commands.doctor import check_buffer, diagnose
 from gateway.commands.findings import EXIT_OFFLINE, Finding, Level, exit_code
 from gateway.commands.graphcheck import check_graph, clock_finding
@@ -65,6 +69,28 @@ async def cli(*args: str, cwd: Path, **env: str) -> Result:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def in_process(*args: str, cwd: Path, **env: str) -> Result:
+    """`cli` in a thread of this process (the command runs its own event loop), with the
+    environment `cli` gives the script: a spawned interpreter costs seconds of imports on a
+    loaded machine. Every path the commands use is given, absolute (`cwd` is not applied)."""
+    del cwd
+    return await asyncio.to_thread(_main, list(args), clean_env(**env))
+
+
+def _main(argv: list[str], env: dict[str, str]) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, env, clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def event(event_id: str, *, name: str = "Purchase", em: bool = True) -> NewEvent:
@@ -174,7 +200,7 @@ async def test_healthy_installation_exits_0(tmp_path: Path, graph: FakeGraph) ->
 
 
 async def test_refused_token_exits_1_with_the_fix(tmp_path: Path, graph: FakeGraph) -> None:
-    result = await cli(
+    result = await in_process(
         *doctor_args(tmp_path, graph.url),
         cwd=tmp_path,
         META_ACCESS_TOKEN="EAAB-revoked-token-also-never-printed",
@@ -190,7 +216,7 @@ async def test_refused_token_exits_1_with_the_fix(tmp_path: Path, graph: FakeGra
 
 async def test_unreachable_graph_api_is_offline_exit_3(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = await cli(*doctor_args(tmp_path, url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
+    result = await in_process(*doctor_args(tmp_path, url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
     assert result.code == EXIT_OFFLINE == 3, result.text
     assert f"offline: could not reach {url} (connection refused" in result.out
     assert "FAIL" not in result.out
@@ -208,7 +234,7 @@ async def test_offline_does_not_hide_a_local_problem(tmp_path: Path) -> None:
 async def test_bad_config_file_names_the_key(tmp_path: Path, graph: FakeGraph) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text('max_buffer_mb = "plenty"\n')
-    result = await cli(
+    result = await in_process(
         *doctor_args(tmp_path, graph.url, "--config", str(config)),
         cwd=tmp_path,
         META_ACCESS_TOKEN=TOKEN,
@@ -243,7 +269,9 @@ async def test_corrupt_buffer_exits_1_with_recovery_steps(tmp_path: Path, graph:
         # Scribble over pages in the middle (not the header): a torn or damaged disk.
         fh.seek(page * 2)
         fh.write(b"\xa5" * page * 3)
-    result = await cli(*doctor_args(tmp_path, graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
+    result = await in_process(
+        *doctor_args(tmp_path, graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN
+    )
     assert result.code == 1, result.text
     (line,) = [ln for ln in result.out.splitlines() if ln.startswith("FAIL")]
     assert f"{path} is damaged or not an outbox" in line
@@ -260,7 +288,7 @@ async def test_not_a_database_file(tmp_path: Path) -> None:
 
 async def test_json_output(tmp_path: Path, graph: FakeGraph) -> None:
     await make_outbox(tmp_path / "outbox.db", dead=1)
-    result = await cli(
+    result = await in_process(
         *doctor_args(tmp_path, graph.url, "--json"), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN
     )
     assert result.code == 0, result.text
@@ -391,7 +419,9 @@ async def test_prints_the_dashboards_coverage_hints(tmp_path: Path, graph: FakeG
     assert expected, "the dashboard has a hint for this buffer"
     found = await diagnose(settings(tmp_path, graph.url))
     assert [f.message for f in found if f.level is Level.HINT] == expected
-    result = await cli(*doctor_args(tmp_path, graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
+    result = await in_process(
+        *doctor_args(tmp_path, graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN
+    )
     assert result.code == 0, result.text
     assert f"hint     coverage {expected[0]}" in result.out
 

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.commands.testevent import TEST_EXTERNAL_ID, build_event
 from gateway.settings import PARTNER_AGENT, Settings
-from tests.commands.test_doctor import cli
+from tests.commands.test_doctor import cli, in_process
 from tests.fakes.graph import FakeGraph, start_fake_graph
 from tests.fakes.processes import free_port
 
@@ -65,7 +65,7 @@ async def test_flag_code_wins_over_the_configured_one_for_every_pixel(
     config.write_text(
         f'[[pixels]]\nid = "{PIXEL}"\ntest_event_code = "FROMFILE"\n[[pixels]]\nid = "{PIXEL_2}"\n'
     )
-    result = await cli(
+    result = await in_process(
         "send-test-event",
         "--config",
         str(config),
@@ -81,7 +81,7 @@ async def test_flag_code_wins_over_the_configured_one_for_every_pixel(
     assert result.out.count("events_received=1") == 2
 
     graph.reset()
-    result = await cli(
+    result = await in_process(
         "send-test-event",
         "--config",
         str(config),
@@ -97,7 +97,7 @@ async def test_flag_code_wins_over_the_configured_one_for_every_pixel(
 
 
 async def test_refuses_to_send_without_a_test_event_code(tmp_path: Path, graph: FakeGraph) -> None:
-    result = await cli(*args(graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
+    result = await in_process(*args(graph.url), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
     assert result.code == 2, result.text
     (line,) = result.err.strip().splitlines()
     assert line.startswith("capi-gateway: config error: test_event_code: ")
@@ -108,7 +108,7 @@ async def test_refuses_to_send_without_a_test_event_code(tmp_path: Path, graph: 
 async def test_refused_token_prints_metas_error_and_the_fix(
     tmp_path: Path, graph: FakeGraph
 ) -> None:
-    result = await cli(
+    result = await in_process(
         *args(graph.url, "--test-event-code", "T1"),
         cwd=tmp_path,
         META_ACCESS_TOKEN="EAAB-wrong-token-never-printed",
@@ -124,7 +124,7 @@ async def test_meta_rejecting_the_event_prints_its_message(
     tmp_path: Path, graph: FakeGraph
 ) -> None:
     graph.fail_next(status=400, code=100, subcode=2804003, message="Invalid parameter - bad url")
-    result = await cli(
+    result = await in_process(
         *args(graph.url, "--test-event-code", "T1"), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN
     )
     assert result.code == 1, result.text
@@ -135,7 +135,9 @@ async def test_meta_rejecting_the_event_prints_its_message(
 
 async def test_unreachable_graph_api_is_offline(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = await cli(*args(url, "--test-event-code", "T1"), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN)
+    result = await in_process(
+        *args(url, "--test-event-code", "T1"), cwd=tmp_path, META_ACCESS_TOKEN=TOKEN
+    )
     assert result.code == 3, result.text
     assert result.out.startswith(f"offline: could not reach {url} (connection refused")
     # The same fix line as doctor's offline finding.

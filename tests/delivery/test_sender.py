@@ -231,12 +231,15 @@ async def test_dry_run_never_calls_meta(gateway: GatewayFactory, fake_graph: Fak
 async def test_pixel_rate_limit_spaces_requests(
     gateway: GatewayFactory, fake_graph: FakeGraph
 ) -> None:
-    client = await gateway(batch_size=1, pixel_rate=20, pixel_burst=1)
+    client = await gateway(batch_size=1, pixel_rate=10, pixel_burst=1)
     await post(client, [web_event(event_id=f"r{i}") for i in range(4)])
     await settled(client, sent=4)
     assert len(fake_graph.requests) == 4
-    bucket = client.app[SENDER]._buckets[PIXEL]
-    assert bucket.waits >= 2
+    # What Meta sees: four requests over at least three tenths of a second (less a margin
+    # for the first request's connect). Not how often the sender had to wait: a loaded
+    # machine's store round trips can space the sends by themselves.
+    arrived = [r.received_at for r in fake_graph.requests]
+    assert arrived[-1] - arrived[0] >= 0.25, arrived
 
 
 async def test_held_events_wake_the_sender_when_due_not_at_every_commit(

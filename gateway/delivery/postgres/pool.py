@@ -50,6 +50,11 @@ LOST: tuple[type[BaseException], ...] = (
     pg_errors.AdminShutdownError,  # 57P01: pg_ctl stop/restart, failover
     pg_errors.CrashShutdownError,  # 57P02
     pg_errors.TooManyConnectionsError,  # 53300: other replicas hold every slot for now
+    # A pooled connection the server ended while it sat idle (pg_ctl stop sends FATAL, then
+    # closes): asyncpg may hand it out having read the error but not yet the close, and the
+    # next statement fails with "cannot switch to state 11; another operation (2) is in
+    # progress".
+    pg_errors.InternalClientError,
 )
 # PostgreSQL's own advice for these is: run the transaction again.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -60,7 +65,14 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     pg_errors.InvalidCachedStatementError,
 )
 
-_PING_FAILED: tuple[type[BaseException], ...] = (*LOST, asyncpg.PostgresError)
+# InterfaceError: a ping cut by its timeout mid-query leaves asyncpg cancelling it, and the
+# release that follows can fail with "another operation is in progress" (the pool drops that
+# connection). That is a failed ping, not a reason for the health check to die.
+_PING_FAILED: tuple[type[BaseException], ...] = (
+    *LOST,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 class DatabaseUnavailable(Exception):
