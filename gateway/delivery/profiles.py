@@ -181,7 +181,7 @@ async def lookup(
 def plain_key(column: str | None) -> bool:
     """Whether a `profile_keys` column is one fbp key (no stitch link, no second key): the
     rows `changed` compares in SQL."""
-    return bool(column) and "," not in column and not column.startswith(LINK)
+    return column is not None and column != "" and "," not in column and column[0] != LINK
 
 
 async def changed(
