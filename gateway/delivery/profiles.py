@@ -306,13 +306,20 @@ async def purge(conn: aiosqlite.Connection, *, max_profiles: int, now: float | N
     now = time.time() if now is None else now
     cur = await conn.execute("DELETE FROM profiles WHERE expires_at <= ?", (now,))
     count = int(cur.rowcount)
-    # Every write sets expires_at = now + ttl: it orders profiles by last update too.
-    cur = await conn.execute(
-        "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
-        "ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
-        (max_profiles,),
-    )
-    count += int(cur.rowcount)
+    # Every write sets expires_at = now + ttl: it orders profiles by last update too. The
+    # excess is taken from the oldest end of the index: an OFFSET past the `max_profiles`
+    # newest would walk them all on every purge, with nothing to delete as a rule. COUNT(*)
+    # counts the index's pages' cells, not its rows one by one.
+    async with conn.execute("SELECT COUNT(*) FROM profiles") as cur:
+        row = await cur.fetchone()
+    excess = (int(row[0]) if row else 0) - max_profiles
+    if excess > 0:
+        cur = await conn.execute(
+            "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
+            "ORDER BY expires_at, key_hash LIMIT ?)",
+            (excess,),
+        )
+        count += int(cur.rowcount)
     # Links lead nowhere once their profile is gone.
     await conn.execute(
         "DELETE FROM profile_links WHERE expires_at <= ? "

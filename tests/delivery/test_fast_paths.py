@@ -196,3 +196,30 @@ async def test_changed_completes_as_the_general_lookup_does(
         finally:
             await conn.close()
     assert assembler.completed({n: dict(e) for n, e in events.items()}, hits) == general
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    expires=st.lists(st.integers(0, 1000), unique=True, max_size=30),
+    max_profiles=st.integers(1, 40),
+)
+async def test_purge_keeps_what_the_offset_walk_kept(expires: list[int], max_profiles: int) -> None:
+    now = 100.0  # profiles expiring at or before it go first
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = await connect(Path(tmp) / "o.db")
+        statements: list[str] = []
+        try:
+            await conn.executemany(
+                "INSERT INTO profiles (key_hash, ids, updated_at, expires_at) VALUES (?,'{}',0,?)",
+                [(f"k{at}", float(at)) for at in expires],
+            )
+            await conn.set_trace_callback(statements.append)
+            deleted = await profiles.purge(conn, max_profiles=max_profiles, now=now)
+            async with conn.execute("SELECT key_hash FROM profiles") as cur:
+                kept = {str(r[0]) for r in await cur.fetchall()}
+        finally:
+            await conn.close()
+    live = sorted((at for at in expires if at > now), reverse=True)
+    assert kept == {f"k{at}" for at in live[:max_profiles]}  # the newest, as the walk kept
+    assert deleted == len(expires) - len(kept)
+    assert not [s for s in statements if "OFFSET" in s]
