@@ -408,16 +408,39 @@ async def completions(
             dated = found.get(key)
             if dated is None or (since is not None and dated[0] <= since):
                 continue
-            profile = parsed.get(key)
-            if profile is None:
-                profile = parsed[key] = json.loads(dated[1])
-            # Most events of a known visitor carry what their profile holds already.
-            if not assembly.carries(event, profile):
-                event, more = assembly.complete(event, profile)
-                added += more
+            event, more = _complete(event, key, dated[1], parsed)
+            added += more
         if added:
             out[row_id] = (event, added)
     return out
+
+
+def completed(
+    events: Mapping[int, dict[str, Any]], hits: Iterable[tuple[int, str, str]]
+) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
+    """`completions` for rows of one profile key each whose profiles SQL already chose
+    (`profiles.changed`): `hits` are (row id, profile key, identifiers as JSON) of the rows
+    a live profile may add to; the same result as `completions` gives for those rows."""
+    out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for row_id, key, ids in hits:
+        event, added = _complete(events[row_id], key, ids, parsed)
+        if added:
+            out[row_id] = (event, added)
+    return out
+
+
+def _complete(
+    event: dict[str, Any], key: str, ids: str, parsed: dict[str, dict[str, list[str]]]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """`event` completed from the profile under `key` (its JSON parsed once per batch)."""
+    profile = parsed.get(key)
+    if profile is None:
+        profile = parsed[key] = json.loads(ids)
+    # Most events of a known visitor carry what their profile holds already.
+    if assembly.carries(event, profile):
+        return event, ()
+    return assembly.complete(event, profile)
 
 
 async def record(

@@ -310,25 +310,30 @@ class Outbox(Results):
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
             return claimed
-        stored_keys: dict[int, str | None] = {}
-        seen: dict[int, float | None] = {}
-        for r in rows:
-            stored_keys[int(r[0])], seen[int(r[0])] = r[9], r[10]
-        newer = profiles.unchanged_since([(r[9], r[10]) for r in rows])
+        # Rows under one fbp key (nearly all) are compared with their profiles in SQL, and
+        # only those a profile may add to come back; the others (stored while profiles were
+        # off, or with stitch keys) go the general way. Outside the claim's write
+        # transaction: the rows are ours now, and the group-commit writer should not wait.
+        plain = [int(r[0]) for r in rows if profiles.plain_key(r[9])]
+        others = [r for r in rows if not profiles.plain_key(r[9])]
+        async with self._lock:
+            hits = await profiles.changed(self._conn, plain, now=now) if plain else []
+        events = {row.id: row.event for row in claimed}
+        done = assembler.completed(events, hits)
+        if others:
+            newer = profiles.unchanged_since([(r[9], r[10]) for r in others])
 
-        # Outside the claim's write transaction: the rows are ours now, and the group-commit
-        # writer should not wait for profile lookups.
-        async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
-            async with self._lock:
-                return await profiles.lookup(self._conn, wanted, now=now, newer=newer)
+            async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
+                async with self._lock:
+                    return await profiles.lookup(self._conn, wanted, now=now, newer=newer)
 
-        done = await assembler.completions(
-            lookup,
-            {row.id: row.event for row in claimed},
-            self.profiles,
-            stored_keys,
-            seen,
-        )
+            done |= await assembler.completions(
+                lookup,
+                {int(r[0]): events[int(r[0])] for r in others},
+                self.profiles,
+                {int(r[0]): r[9] for r in others},
+                {int(r[0]): r[10] for r in others},
+            )
         if not done:
             return claimed
         async with self._transaction() as conn:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from gateway.delivery import profiles
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.delivery import assembler, profiles
 from gateway.delivery.insightfacts import InsightPolicy, visitor_of
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.schema import connect
@@ -184,3 +188,99 @@ def test_a_repeated_landing_page_is_classified_once_per_set_of_rules() -> None:
     assert other is not first  # a reload's rules never meet an old answer
     assert first == other == visit_source(url=url, referrer=referrer, own_hosts=own, rules=rules)
     assert (first.source, first.landing_path) == ("news", "/p/1")
+
+
+# -- the claim's completion of rows under one fbp key, in SQL -------------------------------
+
+_NOW = 100.0
+_IDS = st.dictionaries(
+    st.sampled_from(["em", "ph", "external_id", "ct"]),
+    st.lists(st.sampled_from(["a" * 64, "b" * 64, "c" * 64]), min_size=1, max_size=2),
+    max_size=3,
+)
+_PROFILES = st.dictionaries(
+    st.sampled_from(["k0", "k1", "k2"]),
+    st.tuples(_IDS, st.sampled_from([10.0, 20.0, 30.0]), st.sampled_from([50.0, 200.0])),
+)
+_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["k0", "k1", "k2", "k3"]),  # k3: no profile at all
+        st.sampled_from([None, 10.0, 20.0, 30.0]),  # profile_seen
+        _IDS,  # the identifiers the event carries
+        st.booleans(),  # opt_out
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored=_PROFILES, rows=_ROWS)
+async def test_changed_completes_as_the_general_lookup_does(
+    stored: dict[str, tuple[dict[str, list[str]], float, float]],
+    rows: list[tuple[str, float | None, dict[str, list[str]], bool]],
+) -> None:
+    policy = ProfilePolicy.from_key(KEY, ttl=60, max_profiles=10)
+    events: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = await connect(Path(tmp) / "o.db")
+        try:
+            await conn.executemany(
+                "INSERT INTO profiles (key_hash, ids, updated_at, expires_at) VALUES (?,?,?,?)",
+                [(k, json.dumps(ids), at, until) for k, (ids, at, until) in stored.items()],
+            )
+            for n, (key, seen, ids, opt_out) in enumerate(rows, start=1):
+                user_data: dict[str, Any] = {k: v[0] if len(v) == 1 else v for k, v in ids.items()}
+                events[n] = {"event_name": "Purchase", "user_data": user_data}
+                if opt_out:
+                    events[n]["opt_out"] = True
+                await conn.execute(
+                    "INSERT INTO events (id, pixel_id, event_name, event_id, event_time, source, "
+                    "payload, next_attempt_at, created_at, profile_keys, profile_seen) "
+                    "VALUES (?, 'p', 'Purchase', ?, 1, 'events', ?, 0, 0, ?, ?)",
+                    (n, f"e{n}", json.dumps(events[n]), key, seen),
+                )
+            newer = profiles.unchanged_since([(key, seen) for key, seen, _, _ in rows])
+
+            async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
+                return await profiles.lookup(conn, wanted, now=_NOW, newer=newer)
+
+            general = await assembler.completions(
+                lookup,
+                {n: dict(e) for n, e in events.items()},
+                policy,
+                {n: row[0] for n, row in enumerate(rows, start=1)},
+                {n: row[1] for n, row in enumerate(rows, start=1)},
+            )
+            assert all(profiles.plain_key(row[0]) for row in rows)
+            hits = await profiles.changed(conn, list(events), now=_NOW)
+        finally:
+            await conn.close()
+    assert assembler.completed({n: dict(e) for n, e in events.items()}, hits) == general
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    expires=st.lists(st.integers(0, 1000), unique=True, max_size=30),
+    max_profiles=st.integers(1, 40),
+)
+async def test_purge_keeps_what_the_offset_walk_kept(expires: list[int], max_profiles: int) -> None:
+    now = 100.0  # profiles expiring at or before it go first
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = await connect(Path(tmp) / "o.db")
+        statements: list[str] = []
+        try:
+            await conn.executemany(
+                "INSERT INTO profiles (key_hash, ids, updated_at, expires_at) VALUES (?,'{}',0,?)",
+                [(f"k{at}", float(at)) for at in expires],
+            )
+            await conn.set_trace_callback(statements.append)
+            deleted = await profiles.purge(conn, max_profiles=max_profiles, now=now)
+            async with conn.execute("SELECT key_hash FROM profiles") as cur:
+                kept = {str(r[0]) for r in await cur.fetchall()}
+        finally:
+            await conn.close()
+    live = sorted((at for at in expires if at > now), reverse=True)
+    assert kept == {f"k{at}" for at in live[:max_profiles]}  # the newest, as the walk kept
+    assert deleted == len(expires) - len(kept)
+    assert not [s for s in statements if "OFFSET" in s]
