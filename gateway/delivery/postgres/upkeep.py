@@ -70,10 +70,16 @@ class Upkeep(Wakes):
             now - retention,
             now - dead_retention,
         )
-        purged += await self._batched(
+        # The bounds cut the excess from the oldest end: an OFFSET past the newest
+        # `max_dead` (or `max_profiles`) would walk them all on every upkeep run, with
+        # nothing to delete as a rule. The dead letters' number comes from the counters.
+        dead = await self.db.fetchval(
+            "SELECT coalesce(sum(n), 0)::bigint FROM queue_counts WHERE state = 'dead'"
+        )
+        purged += await self._trim(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = 'dead' "
-            "ORDER BY sent_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            self.max_dead,
+            "ORDER BY sent_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            int(str(dead)) - self.max_dead,
         )
         if self.profiles is not None:
             await self._batched(
@@ -83,10 +89,10 @@ class Upkeep(Wakes):
             )
             # Every write sets expires_at = now + ttl: it orders profiles by last update
             # too (as on SQLite), so one index serves expiry and this cut.
-            await self._batched(
+            await self._trim(
                 "DELETE FROM profiles WHERE key_hash IN (SELECT key_hash FROM profiles "
-                "ORDER BY expires_at DESC OFFSET $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                self.profiles.max_profiles,
+                "ORDER BY expires_at, key_hash LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                await self._profiles_over(self.profiles.max_profiles),
             )
             # Links lead nowhere once expired or once their profile is gone.
             await self._batched(
@@ -100,6 +106,35 @@ class Upkeep(Wakes):
             for statement in PURGE_SQL:
                 await self._batched(statement, int(now - self.insights.retention))
         return expired, purged
+
+    async def _profiles_over(self, bound: int) -> int:
+        """How many profiles are over `bound`: the planner's estimate while it is well
+        under (no walk of the table every run), an exact count near or past it."""
+        estimate = await self.db.fetchval(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass('profiles')"
+        )
+        # -1: never analyzed yet (a young table); autovacuum re-analyzes after 10 %
+        # growth, so an estimate under half the bound cannot hide an excess.
+        if estimate is not None and 0 <= int(str(estimate)) < bound // 2:
+            return 0
+        return int(str(await self.db.fetchval("SELECT count(*) FROM profiles"))) - bound
+
+    async def _trim(self, sql: str, excess: int) -> int:
+        """Run `sql` (its one parameter a row count) in batches until `excess` rows are
+        gone or a batch comes back short (another replica trimmed meanwhile)."""
+        total = 0
+        while excess > 0:
+            size = min(excess, self.purge_batch)
+
+            async def work(conn: Conn, size: int = size) -> int:
+                return affected(await conn.execute(sql, size))
+
+            done = await self.db.run(work)
+            total += done
+            excess -= done
+            if done < size:
+                break
+        return total
 
     async def _batched(self, sql: str, *args: object) -> int:
         """Run `sql` (its last parameter the batch size) until a batch comes back short."""
