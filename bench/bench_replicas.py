@@ -58,6 +58,12 @@ class StoreRun:
     database_us: float  # PostgreSQL CPU µs per accepted event (0 for SQLite)
     errors: int
     wal_bytes: float = 0.0  # WAL bytes per accepted event (0 for SQLite)
+    # What else the cores did per accepted event: this process posting the batches, and the
+    # fake Graph API taking the deliveries; `busy` is the share of all cores in use while
+    # the clients posted (near 1.0: the cores ran out, more replicas cannot add).
+    load_us: float = 0.0
+    graph_us: float = 0.0
+    busy: float = 0.0
 
 
 def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
@@ -242,6 +248,9 @@ async def _one(
             for gw in gateways:
                 await wait_healthy(gw, control, timeout=30)
             samplers = [Sampler(gw.proc.pid) for gw in gateways]
+            graph = Sampler(fake.proc.pid)
+            graph.start()
+            me = psutil.Process()
             database = Sampler(postmaster) if postmaster is not None else None
             for s in [*samplers, *([database] if database else [])]:
                 s.start()
@@ -259,10 +268,18 @@ async def _one(
                 if admin is not None and waits
                 else None
             )
+            graph_cpu0 = graph.cpu_seconds()
+            load_cpu0 = sum(me.cpu_times()[:2])
+            machine0 = psutil.cpu_times()
             started = time.perf_counter()
             accepted, errors, seconds = await _load(
                 [f"{gw.url}/_capi/events" for gw in gateways], args.concurrency, args.seconds
             )
+            machine1 = psutil.cpu_times()
+            load_cpu = sum(me.cpu_times()[:2]) - load_cpu0
+            graph_cpu = graph.cpu_seconds() - graph_cpu0
+            idle = (machine1.idle + machine1.iowait) - (machine0.idle + machine0.iowait)
+            total = sum(machine1) - sum(machine0)
             gw_cpu = sum(s.cpu_seconds() for s in samplers) - gw_cpu0
             db_cpu = (database.cpu_seconds() - db_cpu0) if database else 0.0
             wal = (await _wal_lsn(admin) - wal0) if admin is not None else 0
@@ -282,7 +299,7 @@ async def _one(
                     break
                 await asyncio.sleep(0.05)
             drained = time.perf_counter() - started
-            for s in [*samplers, *([database] if database else [])]:
+            for s in [*samplers, graph, *([database] if database else [])]:
                 s.finish()
         for gw in gateways:
             stop_process(gw.proc, grace=10)
@@ -294,6 +311,9 @@ async def _one(
         db_cpu / max(accepted, 1) * 1e6,
         errors,
         wal / max(accepted, 1),
+        load_cpu / max(accepted, 1) * 1e6,
+        graph_cpu / max(accepted, 1) * 1e6,
+        1.0 - idle / total if total > 0 else 0.0,
     )
     print(
         f"   accepted {run.accepted:,.0f} ev/s, delivered {run.delivered:,.0f} ev/s, "
@@ -355,16 +375,19 @@ def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     print()
     print(
         f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
-        f"{'gw µs/ev':>10}{'db µs/ev':>10}{'WAL B/ev':>10}{'errors':>8}"
+        f"{'gw µs/ev':>10}{'db µs/ev':>10}{'load µs/ev':>12}{'graph µs/ev':>13}"
+        f"{'cores busy':>12}{'WAL B/ev':>10}{'errors':>8}"
     )
     for r in runs:
         print(
             f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}"
             f"{f'{r.accepted / one:.2f}x' if one else '-':>10}"
-            f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.wal_bytes:>10,.0f}{r.errors:>8}"
+            f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.load_us:>12,.0f}"
+            f"{r.graph_us:>13,.0f}{r.busy:>12.0%}{r.wal_bytes:>10,.0f}{r.errors:>8}"
         )
     print(
         f"(batches of {BATCH}, {args.concurrency} clients, {args.seconds:g} s; "
-        f"{psutil.cpu_count()} CPUs shared by load generator, gateways and database)"
+        f"{psutil.cpu_count()} CPUs shared by load generator, gateways, database and fake "
+        "Graph API; cores busy: all CPUs' use while the clients posted)"
     )
     return runs
