@@ -68,12 +68,23 @@ def _refusal(exc: BaseException) -> Refused:
     )
 
 
+# How long background rows (PageViews) wait to be stored together. A commit has a fixed
+# cost (a transaction, the facts, the sender's claim of what it made due) of several
+# hundred µs: at a few hundred pages a second each page paid it alone, ~1.8 ms of CPU per
+# page where a saturated gateway pays ~0.55 ms. Nobody waits on these rows (the page has
+# gone out), so gathering them costs no latency; a crash loses at most this much more.
+LATER_WINDOW = 0.05
+
+
 class Intake:
     """Stores accepted events with one policy for store faults; counts what happened."""
 
-    def __init__(self, outbox: OutboxStore, metrics: Metrics) -> None:
+    def __init__(
+        self, outbox: OutboxStore, metrics: Metrics, *, later_window: float = LATER_WINDOW
+    ) -> None:
         self.outbox = outbox
         self.metrics = metrics
+        self.later_window = later_window
         self.refusals = 0  # stores refused since start (any source)
         self._tasks: set[asyncio.Task[None]] = set()
         # Background rows (PageViews) waiting for the one task that stores them, with
@@ -125,9 +136,9 @@ class Intake:
     def store_later(self, rows: list[NewEvent], done: Callable[[Stored | Refused], None]) -> None:
         """Store `rows` in the background; `done` gets their own `Stored` or `Refused`.
 
-        What is handed over while a store is under way goes in the next one: one task and
-        one group-commit item per commit instead of a task per page. Counted and logged as
-        `store` does; a refusal counts once per hand-over.
+        What is handed over within `later_window`, or while a store is under way, goes in
+        one store: one task and one group-commit item per commit instead of a task per
+        page. Counted and logged as `store` does; a refusal counts once per hand-over.
         """
         self._waiting.append((rows, done))
         if self._pump is None:
@@ -140,6 +151,8 @@ class Intake:
     async def _store_waiting(self) -> None:
         try:
             while self._waiting:
+                if self.later_window > 0:
+                    await asyncio.sleep(self.later_window)
                 waiting, self._waiting = self._waiting, []
                 result = await self.store([row for rows, _ in waiting for row in rows])
                 if isinstance(result, Refused):

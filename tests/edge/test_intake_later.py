@@ -34,7 +34,7 @@ def _rows(name: str, pixels: int = 1) -> list[NewEvent]:
 
 async def test_hand_overs_during_a_store_go_in_one_next_store_each_with_its_own_result() -> None:
     outbox = SlowOutbox()
-    intake = Intake(cast(OutboxStore, outbox), Metrics())
+    intake = Intake(cast(OutboxStore, outbox), Metrics(), later_window=0)
     results: dict[str, Any] = {}
 
     def done(name: str) -> Any:
@@ -56,7 +56,7 @@ async def test_hand_overs_during_a_store_go_in_one_next_store_each_with_its_own_
 async def test_a_refused_store_reaches_every_hand_over_and_counts_each() -> None:
     outbox = SlowOutbox(fail=True)
     outbox.go.set()
-    intake = Intake(cast(OutboxStore, outbox), Metrics())
+    intake = Intake(cast(OutboxStore, outbox), Metrics(), later_window=0)
     results: list[Stored | Refused] = []
     for name in ("a", "b", "c"):
         intake.store_later(_rows(name), results.append)
@@ -64,3 +64,17 @@ async def test_a_refused_store_reaches_every_hand_over_and_counts_each() -> None
     assert len(outbox.calls) == 1
     assert len(results) == 3 and all(isinstance(r, Refused) for r in results)
     assert intake.refusals == 3
+
+
+async def test_hand_overs_within_the_window_are_stored_together() -> None:
+    # At a few hundred pages a second each page used to be a commit of its own.
+    outbox = SlowOutbox()
+    outbox.go.set()
+    intake = Intake(cast(OutboxStore, outbox), Metrics(), later_window=0.05)
+    results: list[Stored | Refused] = []
+    for name in ("a", "b", "c"):
+        intake.store_later(_rows(name), results.append)
+        await asyncio.sleep(0.005)  # pages a few ms apart
+    await intake.drain()
+    assert outbox.calls == [["a", "b", "c"]]
+    assert len(results) == 3 and all(isinstance(r, Stored) for r in results)
