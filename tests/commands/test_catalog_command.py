@@ -5,21 +5,15 @@ Meta's per-item errors; on a SQLite file and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
-import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
-from gateway.cli import main
 from tests.fakes.catalog import FakeCatalog, start_fake_catalog
-from tests.fakes.processes import clean_env, gateway_cmd
+from tests.fakes.processes import CliResult, clean_env, cli_in_thread, gateway_cmd
 from tests.fakes.shop import Shop, start_shop
 
 CATALOG_ID = "444000111222333"
@@ -27,11 +21,7 @@ TOKEN = "EAAB-catalog-cli-token"
 PUBLIC = "https://shop.example"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
+Result = CliResult
 
 
 async def cli(*args: str, cwd: Path, config: Path) -> Result:
@@ -41,21 +31,7 @@ async def cli(*args: str, cwd: Path, config: Path) -> Result:
     a file here runs the command some twenty times; `script` runs the real one.
     """
     del cwd  # every path the commands use is in the config, absolute
-    return await asyncio.to_thread(_main, ["catalog", *args, "--config", str(config)])
-
-
-def _main(argv: list[str]) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        mock.patch.dict(os.environ, clean_env(), clear=True),
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return Result(code, out.getvalue(), err.getvalue())
+    return await cli_in_thread(["catalog", *args, "--config", str(config)], clean_env())
 
 
 async def script(*args: str, cwd: Path, config: Path) -> Result:

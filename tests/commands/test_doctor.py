@@ -7,25 +7,20 @@ Graph API serves in this test's event loop; the finer checks call `diagnose` dir
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import io
 import json
 import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from aiohttp import web
 
 from gateway.admin.data import coverage_hints
-from gateway.cli import main
 from gateway.commands.doctor import check_buffer, diagnose
 from gateway.commands.findings import EXIT_OFFLINE, Finding, Level, exit_code
 from gateway.commands.graphcheck import check_graph, clock_finding
@@ -36,7 +31,7 @@ from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
 from gateway.settings import Settings
 from tests.fakes.graph import FakeGraph, start_fake_graph
-from tests.fakes.processes import clean_env, free_port, gateway_cmd
+from tests.fakes.processes import CliResult, clean_env, cli_in_thread, free_port, gateway_cmd
 
 PIXEL = "123456789012345"
 TOKEN = "EAAB-doctor-secret-token-never-printed"
@@ -45,15 +40,7 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) Doctor/1.0"
 EMAIL_HASH = hashlib.sha256(b"jane@example.com").hexdigest()
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
+Result = CliResult
 
 
 async def cli(*args: str, cwd: Path, **env: str) -> Result:
@@ -76,21 +63,7 @@ async def in_process(*args: str, cwd: Path, **env: str) -> Result:
     environment `cli` gives the script: a spawned interpreter costs seconds of imports on a
     loaded machine. Every path the commands use is given, absolute (`cwd` is not applied)."""
     del cwd
-    return await asyncio.to_thread(_main, list(args), clean_env(**env))
-
-
-def _main(argv: list[str], env: dict[str, str]) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        mock.patch.dict(os.environ, env, clear=True),
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return Result(code, out.getvalue(), err.getvalue())
+    return await cli_in_thread(list(args), clean_env(**env))
 
 
 def event(event_id: str, *, name: str = "Purchase", em: bool = True) -> NewEvent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 
@@ -33,6 +35,42 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What a `capi-gateway` command printed and the code it exited with."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+async def cli_in_thread(argv: list[str], env: Mapping[str, str]) -> CliResult:
+    """`capi-gateway ARGV` run by `gateway.cli.main` in a thread of this process (the
+    command runs its own event loop) with `env` as its whole environment: a spawned
+    interpreter costs seconds of imports on a loaded machine. Paths must be absolute."""
+    return await asyncio.to_thread(_cli_main, argv, dict(env))
+
+
+def _cli_main(argv: list[str], env: dict[str, str]) -> CliResult:
+    from gateway.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, env, clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def clean_env(**extra: str) -> dict[str, str]:
