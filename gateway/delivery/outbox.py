@@ -314,8 +314,13 @@ class Outbox(Results):
         # only those a profile may add to come back; the others (stored while profiles were
         # off, or with stitch keys) go the general way. Outside the claim's write
         # transaction: the rows are ours now, and the group-commit writer should not wait.
-        plain = [int(r[0]) for r in rows if profiles.plain_key(r[9])]
-        others = [r for r in rows if not profiles.plain_key(r[9])]
+        plain: list[int] = []
+        others = []
+        for r in rows:
+            if profiles.plain_key(r[9]):
+                plain.append(int(r[0]))
+            else:
+                others.append(r)
         async with self._lock:
             hits = await profiles.changed(self._conn, plain, now=now) if plain else []
         events = {row.id: row.event for row in claimed}

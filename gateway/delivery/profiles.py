@@ -195,13 +195,14 @@ async def changed(
     out: list[tuple[int, str, str]] = []
     for start in range(0, len(row_ids), _ID_CHUNK):
         part = row_ids[start : start + _ID_CHUNK]
-        async with conn.execute(
+        # One trip to the connection's thread (a claim's hot path), as `lookup` does.
+        rows = await conn.execute_fetchall(
             "SELECT e.id, p.key_hash, p.ids FROM events e JOIN profiles p "
             f"ON p.key_hash = e.profile_keys WHERE e.id IN ({','.join('?' * len(part))}) "
             "AND p.expires_at > ? AND (e.profile_seen IS NULL OR p.updated_at > e.profile_seen)",
             (*part, now),
-        ) as cur:
-            out += [(int(r[0]), str(r[1]), str(r[2])) for r in await cur.fetchall()]
+        )
+        out += [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
     return out
 
 
