@@ -51,7 +51,8 @@ import psutil
 from aiohttp import web
 
 from gateway.delivery.insightfacts import FACT_COLUMNS, TOUCH_COLUMNS
-from gateway.delivery.insights import SqliteInsights, Window
+from gateway.delivery.insightreads import Window
+from gateway.delivery.insights import SqliteInsights
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.migrations import migrate
 from gateway.delivery.postgres.pool import SCHEMA, Database

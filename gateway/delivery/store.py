@@ -20,7 +20,7 @@ from gateway.delivery.catalogstate import Done, PageSeen, Seen, SeenResult, Work
 from gateway.delivery.catalogstate import Row as CatalogRow
 from gateway.delivery.forget import Person
 from gateway.delivery.insightfacts import InsightPolicy
-from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
+from gateway.delivery.insightreads import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.stitch import VisitorContext
 from gateway.models import NewEvent
@@ -267,7 +267,7 @@ class AudienceStore(Protocol):
 
 
 class InsightReader(Protocol):
-    """What reports read: facts and touchpoints over a `Window` (see delivery/insights.py)."""
+    """What reports read: facts and touchpoints over a `Window` (see delivery/insightreads.py)."""
 
     async def close(self) -> None:
         """Release what the reader holds."""

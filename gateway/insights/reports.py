@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.delivery.insights import ConversionRow, TouchRow, Window
+from gateway.delivery.insightreads import ConversionRow, TouchRow, Window
 from gateway.delivery.store import InsightReader
 from gateway.insightsettings import InsightSettings
 from gateway.pipeline.attribution import BY, MODELS, Conversion, Journey, Touch, attribute

@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.appkeys import OUTBOX, RUNTIME
-from gateway.delivery.insights import SqliteInsights, Window
+from gateway.delivery.insightreads import Window
+from gateway.delivery.insights import SqliteInsights
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import DatabaseUnavailable

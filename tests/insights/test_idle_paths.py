@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.delivery.insightfacts import InsightPolicy
-from gateway.delivery.insights import PATH_SEPARATOR, SqliteInsights, Window
+from gateway.delivery.insightreads import PATH_SEPARATOR, Window
+from gateway.delivery.insights import SqliteInsights
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox

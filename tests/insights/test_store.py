@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from gateway.delivery.insightfacts import InsightPolicy
-from gateway.delivery.insights import SqliteInsights, Window
+from gateway.delivery.insightreads import Window
+from gateway.delivery.insights import SqliteInsights
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox

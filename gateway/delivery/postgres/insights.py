@@ -1,6 +1,6 @@
 """The insights tables on PostgreSQL: facts and touchpoints written with each group commit,
-read by reports. The same rows and reads as the SQLite store's (`delivery/insights.py`,
-whose `?` SQL is numbered here); the previous state of a batch's visitors is one query.
+read by reports. The same rows and reads as the SQLite store's (`delivery/insights.py`;
+the `?` SQL of `delivery/insightreads.py` is numbered here); the previous state of a batch's visitors is one query.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import insightfacts as facts_
+from gateway.delivery import insightreads as sql
 from gateway.delivery import insightrecord
-from gateway.delivery import insights as sql
 from gateway.delivery.insightfacts import InsightPolicy
-from gateway.delivery.insights import ConversionRow, NameCount, TouchRow, Window
+from gateway.delivery.insightreads import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
