@@ -1,6 +1,7 @@
 """The insights tables on PostgreSQL: facts and touchpoints written with each group commit,
 read by reports. The same rows and reads as the SQLite store's (`delivery/insights.py`;
-the `?` SQL of `delivery/insightreads.py` is numbered here); the previous state of a batch's visitors is one query.
+the `?` SQL of `delivery/insightreads.py` is numbered here); the previous state of a
+batch's visitors is one query.
 """
 
 from __future__ import annotations
