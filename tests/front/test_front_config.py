@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.front.command import coverage_warnings
+from gateway.front.nginx import nginx, nginx_rule_regex
 from gateway.front.portable import Untranslatable, translate
-from gateway.front.render import Backend, Front, FrontError, caddy, nginx, nginx_rule_regex
+from gateway.front.render import Backend, Front, FrontError, caddy
 from gateway.front.routes import ODD_PATH, page_rules, rule_routes
 from gateway.pipeline.rules import RequestFacts, RuleSet, load_rules
 
