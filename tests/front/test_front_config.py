@@ -24,7 +24,7 @@ from gateway.front.command import coverage_warnings
 from gateway.front.nginx import nginx, nginx_rule_regex
 from gateway.front.portable import Untranslatable, translate
 from gateway.front.render import Backend, Front, FrontError, caddy
-from gateway.front.routes import ODD_PATH, page_rules, rule_routes
+from gateway.front.routes import ODD_PATH, PLAIN_TARGET, literal_paths, page_rules, rule_routes
 from gateway.pipeline.rules import RequestFacts, RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +91,49 @@ def test_odd_paths_are_the_ones_a_front_would_normalize() -> None:
         assert odd.search(path), path
     for path in ("/static/app.js", "/product/tee-01?x=%20&y=//", "/a:b@c,d;e=f"):
         assert not odd.search(path), path
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    target=st.text(alphabet=SAFE + '%?/. \u00e9"', max_size=14).map(lambda t: "/" + t)
+    | st.text(alphabet="ab/.?%", max_size=6)
+)
+def test_nginx_plain_target_test_is_exactly_the_odd_path_test_turned_around(target: str) -> None:
+    assert bool(re.search(ODD_PATH, target)) is not bool(re.search(PLAIN_TARGET, target))
+
+
+def test_only_literal_paths_without_hosts_become_hash_keys(tmp_path: Path) -> None:
+    text = (
+        RULES_TOML
+        + NASTY
+        + (
+            '[[rule]]\nname = "lit"\nevent = "Lead"\nmethod = ["POST", "GET"]\n'
+            'path = ["/api/cart", "/thank-you"]\n'
+        )
+    )
+    routes = {r.rule: r for r in rule_routes(_rules(tmp_path, text))}
+    assert literal_paths(routes["lit"]) == ("/api/cart", "/thank-you")
+    for name in ("glob", "hosted", "regex", "both", "nasty", "nasty-regex"):
+        assert literal_paths(routes[name]) is None, name
+    config = nginx(_front(_rules(tmp_path, text)))
+    assert '"/api/cart" $capi_via_GET_POST;' in config
+    assert "map $request_method $capi_via_GET_POST {" in config
+
+
+def test_coverage_of_a_literal_path_counts_its_methods(tmp_path: Path) -> None:
+    post = '[[rule]]\nname = "cart"\nevent = "Lead"\nmethod = "POST"\npath = "/api/cart"\n'
+    text = nginx(_front(_rules(tmp_path, post)))
+    assert coverage_warnings(text, _rules(tmp_path, post), "/_capi") == []
+    get = post.replace('"cart"', '"cart-view"').replace('"POST"', '"GET"')
+    [warning] = coverage_warnings(text, _rules(tmp_path, post + get), "/_capi")
+    assert "rule 'cart-view'" in warning
+    anymethod = post.replace('method = "POST"\n', "")
+    assert (
+        coverage_warnings(
+            nginx(_front(_rules(tmp_path, anymethod))), _rules(tmp_path, post + get), "/_capi"
+        )
+        == []
+    )
 
 
 def _rules(tmp_path: Path, text: str) -> RuleSet:
