@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_front import _renamed, has_front_config, lua_script, write_site
+from bench_front import _renamed, has_front_config, lua_script, without_documents, write_site
 from bench_proxy import UA, ensure_tools, nginx_conf
 
 from tests.fakes.processes import HOST, ROOT, clean_env, free_port, spawn, stop_process
@@ -72,6 +72,9 @@ upstream plain_origin {
 """
 
 
+JIT = False  # --pcre-jit: `pcre_jit on;` in the main context of every measured config
+
+
 @dataclass
 class Cost:
     """One config's cost per request."""
@@ -90,9 +93,10 @@ def http_settings(work: Path, nginx: str) -> str:
     return head
 
 
-def proxy_conf(work: Path, nginx: str, body: str) -> str:
+def proxy_conf(work: Path, nginx: str, body: str, jit: bool = False) -> str:
     """The whole nginx.conf of the measured proxy: one process, no master."""
-    return http_settings(work, nginx) + body + "\n}\n"
+    main = "pcre_jit on;\n" if jit else ""
+    return main + http_settings(work, nginx) + body + "\n}\n"
 
 
 def origin_conf(work: Path, nginx: str, port: int) -> str:
@@ -151,7 +155,7 @@ def run_proxy(
     """The proxy for one config under `wrap` (valgrind or nothing); (process, port)."""
     port = free_port()
     conf = work / f"{name}.conf"
-    conf.write_text(proxy_conf(work, nginx, body.replace("@LISTEN@", f"{HOST}:{port}")))
+    conf.write_text(proxy_conf(work, nginx, body.replace("@LISTEN@", f"{HOST}:{port}"), JIT))
     log = work / f"{name}-error.log"
     cmd = [*wrap, nginx, "-p", str(work), "-c", str(conf), "-e", str(log)]
     cmd += ["-g", "daemon off; master_process off;"]
@@ -203,7 +207,7 @@ def strace_counts(
         tracer.wait(timeout=30)
         stop_process(proc, grace=5)
     text = out.read_text()
-    total = re.search(r"^\s*100\.00\s+\S+\s+\S+\s+\S+\s+(\d+)", text, re.M)
+    total = re.search(r"^\s*100\.00\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+total$", text, re.M)
     if total is None:
         raise AssertionError(f"cannot read {out}:\n{text}")
     connects = re.search(r"^\s*[\d.]+\s+\S+\s+\S+\s+(\d+)(?:\s+\d+)?\s+connect$", text, re.M)
@@ -221,12 +225,6 @@ def generated(root: Path, origin: int) -> str:
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}")
     return done.stdout.replace(f"listen {HOST}:9;", "listen @LISTEN@;")
-
-
-def without_documents(conf: str) -> str:
-    """An older generated config with its document tests deleted (documents to the site)."""
-    kept = [line for line in conf.splitlines() if not re.search(r'"~\^\(\?:document|"~\^:', line)]
-    return "\n".join(kept) + "\n"
 
 
 def configs(args: argparse.Namespace, origin: int) -> dict[str, str]:
@@ -255,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", help="comma-separated config names to measure")
     parser.add_argument("--strace", action="store_true", help="also count syscalls per request")
+    parser.add_argument("--pcre-jit", action="store_true", help="pcre_jit on in every config")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep configs, logs and profiles here")
     args = parser.parse_args(argv)
@@ -263,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--views LOW,HIGH with 1 <= LOW < HIGH <= 1000")
     if args.compare is not None:
         args.compare = args.compare.resolve()
+    global JIT
+    JIT = args.pcre_jit
     nginx, _ = ensure_tools()
     with tempfile.TemporaryDirectory(prefix="callgrind-front-") as tmp:
         work = args.workdir or Path(tmp)

@@ -29,6 +29,13 @@ from gateway.front.routes import (
 )
 
 _TAB = "    "
+_PLACE = [
+    "# Put this file in the http {} context (e.g. /etc/nginx/conf.d/). `pcre_jit on;` in the",
+    "# main context (outside http {}) makes its one or two regexes per request cheaper.",
+]
+# Where a path ends in a raw request target: at its query or at the end. A rule's `$` may
+# hold there only where it held at the end of the path alone (matching more is harmless).
+TARGET_END = r"(?=\?|$)"
 _VIA = re.compile(r'^"(/[^"]*)" (1|\$capi_via((?:_[A-Z]+)+)[a-z0-9_]*);$')
 
 
@@ -40,7 +47,7 @@ def ng_quote(pattern: str) -> str:
 def nginx(front: Front) -> str:
     """The nginx config: maps deciding the backend, two upstreams, one server block."""
     out = header(front, "nginx")
-    out.append("# Put this file in the http {} context (e.g. /etc/nginx/conf.d/).")
+    out += _PLACE
     out += _shared(front, "")
     out += _site(front, "", "")
     return "\n".join(out)
@@ -57,7 +64,7 @@ def nginx_sites(fronts: Sequence[Front], *, standalone: bool) -> str:
     first = all_page_rules(fronts)
     shared = site_ident(first.name or "") if standalone else ""
     out = header(first, "nginx", sites=[f.name or "" for f in fronts])
-    out.append("# Put this file in the http {} context (e.g. /etc/nginx/conf.d/).")
+    out += _PLACE
     out += _shared(first, shared)
     for front in fronts:
         out += _site(front, shared, site_ident(front.name or ""))
@@ -98,8 +105,9 @@ def _shared(front: Front, sh: str) -> list[str]:
         f"{_TAB}'' '';",
         "}",
         "",
-        "# Last in every chain: paths nginx would match decoded or normalized while rules see",
-        "# them as sent go to the gateway (the test accepts the plain ones in one pass).",
+        "# Last in a chain without patterned rules: paths nginx would match decoded or",
+        "# normalized while rules see them as sent go to the gateway (the test accepts the",
+        "# plain ones in one pass).",
         f"map $request_uri $capi_odd_path{sh} {{",
         f"{_TAB}default 1;",
         f"{_TAB}{ng_quote(PLAIN_TARGET)} 0;",
@@ -172,14 +180,19 @@ def _site(front: Front, sh: str, me: str) -> list[str]:
         out += [f"{_TAB}{method} 1;" for method in names]
         out += ["}", ""]
     if patterned:
+        # On a plain target (the first alternative fails) the raw path is nginx's $uri, so the
+        # rules can read it there: one PCRE call decides both.
+        alternatives = [f"[^ ]+ [^ ]* (?!{PLAIN_TARGET[1:]})"]
+        alternatives += [nginx_rule_regex(r, end=TARGET_END)[1:] for r in patterned]
         out += [
-            "# Every other rule, one regex for all (nginx calls PCRE once per regex tried).",
-            f'map "$request_method $host $uri" $capi_rule{me} {{',
-            f"{_TAB}default $capi_odd_path{sh};",
+            "# Odd paths and every other rule: one regex for all (one PCRE call).",
+            f'map "$request_method $host $request_uri" $capi_rule{me} {{',
+            f"{_TAB}default 0;",
+            *(f"{_TAB}# {describe(route)}" for route in patterned),
+            f"{_TAB}{ng_quote('^(?:' + '|'.join(alternatives) + ')')} 1;",
+            "}",
+            "",
         ]
-        out += [f"{_TAB}# {describe(route)}" for route in patterned]
-        alternatives = "|".join(nginx_rule_regex(route)[1:] for route in patterned)
-        out += [f"{_TAB}{ng_quote('^(?:' + alternatives + ')')} 1;", "}", ""]
     out += [
         f"upstream capi_site{me} {{",
         f"{_TAB}server {front.site.authority};",
@@ -260,12 +273,13 @@ def _proxy_headers(host: str, sh: str = "") -> list[str]:
     ]
 
 
-def nginx_rule_regex(route: Route) -> str:
-    """The route as one regex over "$request_method $host $uri"."""
+def nginx_rule_regex(route: Route, *, end: str = "$") -> str:
+    """The route as one regex over "$request_method $host $uri" (`end` = TARGET_END: over
+    "$request_method $host $request_uri")."""
     methods = "(?:" + "|".join(route.methods) + ")" if route.methods else "[^ ]+"
     host = host_pattern(route).text or "[^ ]*"
     # The path starts right after the second space; a rule's own `^` must hold there.
-    path = path_pattern(route, start="(?<= )").text or ""
+    path = path_pattern(route, start="(?<= )", end=end).text or ""
     return f"^{methods} {host} {path}"
 
 
@@ -292,7 +306,8 @@ def nginx_uncovered(text: str, routes: Sequence[Route], prefix: str) -> tuple[bo
     for route in routes:
         if ng_quote(nginx_rule_regex(route)) + " 1;" in lines:
             continue
-        if f"|{ng_quote(nginx_rule_regex(route)[1:])[2:-1]}|" in combined:
+        alternative = ng_quote(nginx_rule_regex(route, end=TARGET_END)[1:])[2:-1]
+        if f"|{alternative}|" in combined:
             continue
         paths = literal_paths(route)
         if paths is not None and all(_via_covers(via, path, route) for path in paths):

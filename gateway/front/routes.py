@@ -104,19 +104,19 @@ def host_pattern(route: Route) -> Pattern:
     return Pattern(text, all(p.exact for p in parts))
 
 
-def path_pattern(route: Route, *, start: str = "^") -> Pattern:
+def path_pattern(route: Route, *, start: str = "^", end: str = "$") -> Pattern:
     """The route's path test, to be put right after the start of the path.
 
-    Globs end anchored; a regex is a search (`.*` first). `start` is what the pattern's
-    own `^` becomes (see `portable.translate`).
+    Globs end anchored; a regex is a search (`.*` first). `start` and `end` are what the
+    pattern's own `^` and `$` become (see `portable.translate`).
     """
     try:
         if route.paths is not None:
-            parts = [translate(p, start=start) for p in route.paths]
-            text = "(?:" + "|".join(p.pattern for p in parts) + ")$"
+            parts = [translate(p, start=start, end=end) for p in route.paths]
+            text = "(?:" + "|".join(p.pattern for p in parts) + ")" + end
             return Pattern(text, all(p.exact for p in parts))
         if route.regex is not None:
-            found = translate(route.regex, start=start)
+            found = translate(route.regex, start=start, end=end)
             return Pattern(".*" + found.pattern, found.exact)
     except Untranslatable:
         return Pattern(None, False)

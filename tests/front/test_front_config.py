@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.front.command import coverage_warnings
-from gateway.front.nginx import nginx, nginx_rule_regex
+from gateway.front.nginx import TARGET_END, nginx, nginx_rule_regex
 from gateway.front.portable import Untranslatable, translate
 from gateway.front.render import Backend, Front, FrontError, caddy
 from gateway.front.routes import ODD_PATH, PLAIN_TARGET, literal_paths, page_rules, rule_routes
@@ -189,6 +189,37 @@ def test_the_nginx_regex_of_a_rule_matches_every_request_the_rule_does(
         if rule.trigger == "request" and rule.match_request(facts) is not None:
             line = f"{method} {host} {path}"
             assert re.search(nginx_rule_regex(routes[rule.name]), line), (rule.name, line)
+            # The form nginx reads the raw request target with (query included).
+            raw = nginx_rule_regex(routes[rule.name], end=TARGET_END)
+            for target in (path, path + "?", path + "?a=1&b=/x"):
+                assert re.search(raw, f"{method} {host} {target}"), (rule.name, target)
+
+
+def _merged_regex(text: str) -> re.Pattern[str]:
+    [line] = [x.strip() for x in text.splitlines() if x.strip().startswith('"~^(?:[^ ]+ [^ ]* (?!')]
+    return re.compile(line.removeprefix('"~').removesuffix('" 1;').replace("\\\\", "\\"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT"]),
+    path=st.sampled_from(["/form/1/send", "/docs/a", "/api/cart", "/b/z", "/static/a.js"])
+    | st.text(alphabet=SAFE + "%. ", max_size=10).map(lambda t: "/" + t),
+    query=st.sampled_from(["", "?", "?q=1", "?a=/b//c&d=%20"]),
+)
+def test_the_merged_nginx_regex_takes_odd_targets_and_every_patterned_rule(
+    tmp_path_factory: pytest.TempPathFactory, method: str, path: str, query: str
+) -> None:
+    ruleset = _rules(tmp_path_factory.mktemp("rules"), RULES_TOML)
+    merged = _merged_regex(nginx(_front(ruleset)))
+    line = f"{method} shop.example {path}{query}"
+    if re.search(ODD_PATH, path + query):
+        assert merged.search(line), line
+    facts = RequestFacts(host="shop.example", method=method, path=path, query={})
+    if any(r.trigger == "request" and r.match_request(facts) for r in ruleset.rules):
+        assert merged.search(line), line
+    if path == "/static/a.js":
+        assert not merged.search(line), line  # an asset costs one failed match, no more
 
 
 def _front(ruleset: RuleSet, **more: object) -> Front:
