@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.front.command import coverage_warnings
-from gateway.front.nginx import TARGET_END, nginx, nginx_rule_regex
+from gateway.front.nginx import TARGET_END, ng_quote, nginx, nginx_rule_regex
 from gateway.front.portable import Untranslatable, translate
 from gateway.front.render import Backend, Front, FrontError, caddy
 from gateway.front.routes import ODD_PATH, PLAIN_TARGET, literal_paths, page_rules, rule_routes
@@ -333,3 +333,14 @@ def test_the_command_prints_a_config_or_names_what_is_missing(
     text = capsys.readouterr().out
     assert "server 127.0.0.1:8080;" in text and "server 127.0.0.1:3000;" in text
     assert "rule 'purchase' (" in text and "listen 80;" in text
+
+
+def test_check_still_reads_a_file_of_the_one_regex_per_rule_generator(tmp_path: Path) -> None:
+    ruleset = _rules(tmp_path, RULES_TOML)
+    routes = rule_routes(ruleset)
+    # What front-config nginx wrote before the map chain: a regex line per rule.
+    old = ['"~^[^ ]+ [^ ]* /_capi(?:/|$)" 1;']
+    old += [ng_quote(nginx_rule_regex(route)) + " 1;" for route in routes]
+    assert coverage_warnings("\n".join(old), ruleset, "/_capi") == []
+    [warning] = coverage_warnings("\n".join(old[:-1]), ruleset, "/_capi")
+    assert f"rule {routes[-1].rule!r}" in warning
