@@ -1,7 +1,8 @@
 """nginx's own cost per request of a front-proxy config, in instructions and syscalls.
 
     python bench/callgrind_front.py [--views 5,25] [--assets 40] [--compare DIR]
-                                    [--conf NAME=PATH ...] [--strace] [--json PATH]
+                                    [--conf NAME=PATH ...] [--only NAMES] [--strace]
+                                    [--pcre-jit] [--wrk SECONDS,ROUNDS] [--json PATH]
 
 Wall-clock req/s on a shared machine moves with whatever else runs; the instructions nginx
 executes per request do not. For each config, one nginx runs under
@@ -27,6 +28,11 @@ Configs (each is a file in the `http {}` context next to the same settings as be
 - `--conf NAME=PATH`: any other file, with `@LISTEN@` and `@ORIGIN@` replaced by the
   proxy's listen address and the origin's `host:port` (for bisecting a config by hand).
 
+`--wrk SECONDS,ROUNDS` measures instead, without valgrind, the CPU per request of one
+ordinary nginx worker serving every config on a port of its own under wrk (32 connections,
+the page view's requests), the configs interleaved in each round; the median and every
+round are printed. Noisy on a shared machine, unlike the instruction counts.
+
 `--strace` also counts, without valgrind, the syscalls of the proxy per request
 (`strace -c -f`) and the upstream connections it opened (`connect`), which shows whether
 keep-alive to the origin is reused. Not a test; asserts nothing but the responses' status.
@@ -40,12 +46,15 @@ import json
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -93,9 +102,9 @@ def http_settings(work: Path, nginx: str) -> str:
     return head
 
 
-def proxy_conf(work: Path, nginx: str, body: str, jit: bool = False) -> str:
-    """The whole nginx.conf of the measured proxy: one process, no master."""
-    main = "pcre_jit on;\n" if jit else ""
+def main_conf(work: Path, nginx: str, body: str) -> str:
+    """The whole nginx.conf of the measured proxy around `body` (server blocks and maps)."""
+    main = "pcre_jit on;\n" if JIT else ""
     return main + http_settings(work, nginx) + body + "\n}\n"
 
 
@@ -155,7 +164,7 @@ def run_proxy(
     """The proxy for one config under `wrap` (valgrind or nothing); (process, port)."""
     port = free_port()
     conf = work / f"{name}.conf"
-    conf.write_text(proxy_conf(work, nginx, body.replace("@LISTEN@", f"{HOST}:{port}"), JIT))
+    conf.write_text(main_conf(work, nginx, body.replace("@LISTEN@", f"{HOST}:{port}")))
     log = work / f"{name}-error.log"
     cmd = [*wrap, nginx, "-p", str(work), "-c", str(conf), "-e", str(log)]
     cmd += ["-g", "daemon off; master_process off;"]
@@ -214,6 +223,44 @@ def strace_counts(
     return int(total.group(1)) / sent, int(connects.group(1)) if connects else 0, sent
 
 
+def wrk_rounds(
+    nginx: str, work: Path, found: dict[str, str], seconds: int, rounds: int
+) -> dict[str, list[float]]:
+    """CPU µs per request of one ordinary nginx worker serving every config on its own port,
+    under wrk (bench_front's request list, 32 connections), `rounds` times interleaved."""
+    body, ports = "", {}
+    for i, (name, text) in enumerate(found.items()):
+        ports[name] = free_port()
+        text = text.replace("@LISTEN@", f"{HOST}:{ports[name]}")
+        # Each config its own upstream and variable names, in one http {} block.
+        body += re.sub(r"(?<![A-Za-z0-9_])(?:capib?|plain)_", f"c{i}_", text) + "\n"
+    conf = work / "wrk.conf"
+    conf.write_text(main_conf(work, nginx, body))
+    cmd = [nginx, "-p", str(work), "-c", str(conf), "-e", str(work / "wrk-error.log")]
+    proc = spawn([*cmd, "-g", "daemon off;"], work / "wrk-stdout.log", cwd=work)
+    cpu: dict[str, list[float]] = {name: [] for name in found}
+    try:
+        for port in ports.values():
+            wait_port(port, proc, timeout=10)
+        worker = psutil.Process(proc.pid).children()[0]
+        for _ in range(rounds):
+            for name, port in ports.items():
+                url = f"http://{HOST}:{port}"
+                load = ["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(work / "pageview.lua")]
+                before = sum(worker.cpu_times()[:2])
+                out = subprocess.run(
+                    [*load, url], capture_output=True, text=True, timeout=seconds + 30, check=True
+                ).stdout
+                used = sum(worker.cpu_times()[:2]) - before
+                done = re.search(r"(\d+) requests in", out)
+                if done is None or "Non-2xx" in out:
+                    raise AssertionError(f"wrk on {name}:\n{out}")
+                cpu[name].append(used / int(done.group(1)) * 1e6)
+    finally:
+        stop_process(proc, grace=5)
+    return cpu
+
+
 def generated(root: Path, origin: int) -> str:
     """`front-config nginx` of the checkout at `root`, its gateway pointed at the origin."""
     cmd = [str(root / ".venv" / "bin" / "capi-gateway"), "front-config", "nginx"]
@@ -254,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated config names to measure")
     parser.add_argument("--strace", action="store_true", help="also count syscalls per request")
     parser.add_argument("--pcre-jit", action="store_true", help="pcre_jit on in every config")
+    parser.add_argument(
+        "--wrk",
+        metavar="SECONDS,ROUNDS",
+        help="instead of callgrind: nginx's CPU per request under wrk, interleaved rounds",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep configs, logs and profiles here")
     args = parser.parse_args(argv)
@@ -281,9 +333,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_port(origin_port, origin, timeout=10)
             wanted = set(args.only.split(",")) if args.only else None
-            for name, body in configs(args, origin_port).items():
-                if wanted is not None and name not in wanted:
-                    continue
+            found = {
+                name: body
+                for name, body in configs(args, origin_port).items()
+                if wanted is None or name in wanted
+            }
+            if args.wrk:
+                seconds, rounds = (int(v) for v in args.wrk.split(","))
+                per_request = wrk_rounds(nginx, work, found, seconds, rounds)
+                base_cpu = statistics.median(next(iter(per_request.values())))
+                print(f"\n{'config':<34}{'CPU us/req':>11}{'vs first':>10}  rounds")
+                for name, values in per_request.items():
+                    mid = statistics.median(values)
+                    print(
+                        f"{name:<34}{mid:>11.1f}{mid / base_cpu:>9.2f}x  "
+                        + " ".join(f"{v:.1f}" for v in values)
+                    )
+                return 0
+            for name, body in found.items():
                 ident = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
                 ir_low, n_low = callgrind_ir(nginx, work, ident, body, page, low)
                 ir_high, n_high = callgrind_ir(nginx, work, ident, body, page, high)

@@ -135,7 +135,8 @@ def _site(front: Front, sh: str, me: str) -> list[str]:
         if paths is None:
             patterned.append(route)
             continue
-        for path in paths:
+        # nginx lowercases map keys and the value it looks up: `/Cart` and `/cart` are one.
+        for path in (p.lower() for p in paths):
             if path in literal and literal[path] is None:
                 continue
             methods = literal.setdefault(path, set())
@@ -317,6 +318,7 @@ def nginx_uncovered(text: str, routes: Sequence[Route], prefix: str) -> tuple[bo
 
 
 def _via_covers(via: dict[str, set[str] | None], path: str, route: Route) -> bool:
+    path = path.lower()
     if path not in via:
         return False
     methods = via[path]

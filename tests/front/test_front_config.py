@@ -273,7 +273,15 @@ def test_addresses_are_validated() -> None:
 
 @needs("nginx")
 def test_nginx_accepts_the_generated_config_even_for_nasty_rules(tmp_path: Path) -> None:
-    site = nginx(_front(_rules(tmp_path, NASTY + RULES_TOML), preserve_host=False))
+    # Two literal paths one map key apart only by case: nginx lowercases keys (one key).
+    cases = "".join(
+        f'[[rule]]\nname = "c{i}"\nevent = "Lead"\nmethod = "{m}"\npath = "{p}"\n'
+        for i, (m, p) in enumerate([("POST", "/Cart"), ("GET", "/cart"), ("PUT", "/CART")])
+    )
+    ruleset = _rules(tmp_path, NASTY + RULES_TOML + cases)
+    site = nginx(_front(ruleset, preserve_host=False))
+    assert '"/cart" $capi_via_GET_POST_PUT;' in site
+    assert coverage_warnings(site, ruleset, "/_capi") == []
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
