@@ -2,6 +2,7 @@
 
     python bench/bench_front.py [--seconds 5] [--rounds 3] [--concurrency 32] [--threads 2]
                                 [--assets 40] [--workers 1] [--compare DIR] [--json PATH]
+                                [--documents-to-site]
 
 A page view is one tagged HTML document (20 KB, `Sec-Fetch-Dest: document`, a browser's
 User-Agent: the gateway tags it, issues `_fbp` and stores a PageView, as shipped) and
@@ -20,6 +21,11 @@ times interleaved (the median is shown), all on
 ("before", e.g. the tree of the day issue 19 was filed), interleaved in the same rounds:
 "gateway alone (before)", and "nginx + gateway (before)" when that checkout has
 `front-config` (its own generated config, in the same nginx).
+
+`--documents-to-site` adds "nginx, front-config, documents to site" (and its "before"
+twin with --compare): the generated config with its document tests deleted, so that
+nothing of a page view reaches the gateway — nginx's cost of the routing alone, against
+nginx alone.
 
 Page views/s = requests/s / (1 + assets). It prints one table side by side with the ratio
 to nginx alone, and after/before with --compare; target: nginx + gateway >= 0.8x nginx
@@ -57,7 +63,12 @@ from bench_proxy import (
 
 from tests.fakes.processes import HOST, ROOT, clean_env, free_port, spawn
 
+DOCUMENT_LINE = re.compile(
+    r'"~\^\(\?:document|"~\^:|^\s*(?:document|iframe|frame) 1;$|"~text/html" 1;'
+)
+
 TARGET = 0.8  # nginx + gateway page views/s >= 0.8 x nginx alone
+DOCS_TO_SITE = "nginx, front-config, docs to site"
 DOCUMENT = "/products/merino-crew.html"
 
 
@@ -190,6 +201,11 @@ def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> lis
             ("nginx + gateway (front-config)", f"http://{HOST}:{front}", gw.proc),
             ("gateway alone", gw.url, gw.proc),
         ]
+        if args.documents_to_site:
+            port = free_port()
+            text = without_documents(front_config(ROOT, origin, gw.url, port))
+            fronts["front-nodocs.conf"] = _renamed(text, "capid_")
+            setups.append((DOCS_TO_SITE, f"http://{HOST}:{port}", gw.proc))
         if args.compare is not None:
             before = start_bench_gateway(
                 work,
@@ -208,6 +224,13 @@ def benchmark(args: argparse.Namespace, work: Path, nginx: str, wrk: str) -> lis
                 fronts["front-before.conf"] = _renamed(generated)
                 url = f"http://{HOST}:{front_before}"
                 setups.append(("nginx + gateway (before)", url, before.proc))
+                if args.documents_to_site:
+                    port = free_port()
+                    text = front_config(args.compare, origin, before.url, port)
+                    fronts["front-before-nodocs.conf"] = _renamed(without_documents(text), "capic_")
+                    setups.append(
+                        (DOCS_TO_SITE + " (before)", f"http://{HOST}:{port}", before.proc)
+                    )
         conf = nginx_conf(work, nginx, origin, proxy, args.nginx_workers)
         # The generated files go where the user would put one: in the http {} context.
         conf = conf.rstrip().removesuffix("}")
@@ -244,6 +267,16 @@ def front_config(root: Path, origin: int, gateway: str, listen: int) -> str:
     return done.stdout
 
 
+def without_documents(conf: str) -> str:
+    """A generated config with its document tests deleted, so documents go to the site.
+
+    Knows both forms: the document map's two regexes (before) and the `Sec-Fetch-Dest`
+    keys and `Accept` regex of the map chain (now).
+    """
+    kept = [line for line in conf.splitlines() if not DOCUMENT_LINE.search(line)]
+    return "\n".join(kept) + "\n"
+
+
 def has_front_config(root: Path) -> bool:
     """Whether the checkout at `root` has `capi-gateway front-config` (issue 19, lever 2)."""
     cmd = [str(root / ".venv" / "bin" / "capi-gateway"), "front-config", "--help"]
@@ -251,9 +284,9 @@ def has_front_config(root: Path) -> bool:
     return done.returncode == 0
 
 
-def _renamed(conf: str) -> str:
-    """A second generated config in the same nginx: its own upstream and variable names."""
-    return re.sub(r"(?<![A-Za-z0-9_])capi_", "capib_", conf)
+def _renamed(conf: str, prefix: str = "capib_") -> str:
+    """Another generated config in the same nginx: its own upstream and variable names."""
+    return re.sub(r"(?<![A-Za-z0-9_])capi_", prefix, conf)
 
 
 def _median(name: str, found: list[Result]) -> Result:
@@ -284,13 +317,13 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
         f"interleaved rounds; gateway --workers "
         f"{args.workers}; nginx worker_processes {args.nginx_workers}\n"
     )
-    head = f"{'setup':<32}{'page views/s':>14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+    head = f"{'setup':<44}{'page views/s':>14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
     head += f"{'errors':>8}{'gw CPU':>8}{'nginx CPU':>10}{'CPU us/pv':>11}{'vs nginx':>10}"
     head += "  rounds (views/s)"
     print(head)
     for r in results:
         print(
-            f"{r.setup:<32}{r.page_views:>14,.0f}{r.rps:>10,.0f}{r.p50:>9.2f}{r.p99:>9.2f}"
+            f"{r.setup:<44}{r.page_views:>14,.0f}{r.rps:>10,.0f}{r.p50:>9.2f}{r.p99:>9.2f}"
             f"{r.errors:>8}{r.gateway_cpu:>8.0%}{r.nginx_cpu:>10.0%}{r.cpu_per_view:>11,.0f}"
             f"{r.page_views / base:>9.2f}x"
             f"  {r.low:,.0f}-{r.high:,.0f}"
@@ -302,6 +335,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
     for after, before in (
         ("gateway alone", "gateway alone (before)"),
         ("nginx + gateway (front-config)", "nginx + gateway (before)"),
+        (DOCS_TO_SITE, DOCS_TO_SITE + " (before)"),
     ):
         if before in by_name:
             now, then = by_name[after], by_name[before]
@@ -326,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="DIR",
         help="also run the gateway setups from this checkout (its own .venv), interleaved",
+    )
+    parser.add_argument(
+        "--documents-to-site",
+        action="store_true",
+        help="also the generated config with documents routed to the site (nginx's own cost)",
     )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--workdir", type=Path, help="keep configs and logs here")

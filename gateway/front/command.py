@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Sources, load_settings
+from gateway.front.nginx import nginx, nginx_sites, nginx_uncovered
 from gateway.front.render import (
     Backend,
     Front,
@@ -19,10 +20,6 @@ from gateway.front.render import (
     caddy,
     caddy_rule_matchers,
     caddy_sites,
-    ng_quote,
-    nginx,
-    nginx_rule_regex,
-    nginx_sites,
 )
 from gateway.front.routes import page_rules, prefix_pattern, rule_routes
 from gateway.pipeline.rulefile import RuleError
@@ -168,26 +165,23 @@ def coverage_warnings(
     flavor = "caddy" if "reverse_proxy" in text else "nginx"
     if site is not None:
         text = _site_section(text, site)
-    lines = {line.strip() for line in text.splitlines()}
     out: list[str] = []
     of = f" of site {site!r}" if site is not None else ""
+    routes = rule_routes(rules) if rules is not None else []
     if flavor == "nginx":
-        prefix_line = ng_quote("^[^ ]+ [^ ]* " + prefix_pattern(prefix)[1:]) + " 1;"
+        has_prefix, missing = nginx_uncovered(text, routes, prefix)
     else:
-        prefix_line = f'not path_regexp "{prefix_pattern(prefix)}"'
-    if prefix_line not in lines:
+        lines = {line.strip() for line in text.splitlines()}
+        has_prefix = f'not path_regexp "{prefix_pattern(prefix)}"' in lines
+        blocks = _caddy_blocks(text)
+        missing = [route for route in routes if caddy_rule_matchers(route) not in blocks]
+    if not has_prefix:
         out.append(f"the front config{of} does not send {prefix} to the gateway (px.js, /collect)")
-    blocks = _caddy_blocks(text) if flavor == "caddy" else []
-    for route in rule_routes(rules) if rules is not None else []:
-        if flavor == "nginx":
-            covered = ng_quote(nginx_rule_regex(route)) + " 1;" in lines
-        else:
-            covered = caddy_rule_matchers(route) in blocks
-        if not covered:
-            out.append(
-                f"{route.label} is not covered by the front config{of}: its requests would "
-                f"bypass the gateway; regenerate it with `capi-gateway front-config {flavor}`"
-            )
+    for route in missing:
+        out.append(
+            f"{route.label} is not covered by the front config{of}: its requests would "
+            f"bypass the gateway; regenerate it with `capi-gateway front-config {flavor}`"
+        )
     return out
 
 

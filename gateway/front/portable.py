@@ -51,14 +51,15 @@ class Portable:
     exact: bool
 
 
-def translate(pattern: str, *, start: str = "^") -> Portable:
+def translate(pattern: str, *, start: str = "^", end: str = "$") -> Portable:
     """`pattern` (Python syntax, re.search semantics) as a portable regex.
 
     `start` renders `^`/`\\A`: a caller that embeds the result after other text passes
-    an assertion that holds where the embedded part begins.
+    an assertion that holds where the embedded part begins; `end` renders `$`/`\\Z` the
+    same way for where it ends (e.g. before a query string).
     """
     parsed = sre_parse.parse(pattern)
-    out = _Emitter(start)
+    out = _Emitter(start, end)
     text = out.seq(parsed, parsed.state.flags)
     return Portable(text, out.exact)
 
@@ -118,8 +119,9 @@ def _category(cat: Any) -> set[int]:
 
 
 class _Emitter:
-    def __init__(self, start: str) -> None:
+    def __init__(self, start: str, end: str) -> None:
         self.start = start
+        self.end = end
         self.exact = True
 
     def seq(self, items: Any, flags: int) -> str:
@@ -193,7 +195,7 @@ class _Emitter:
             # No newline ever reaches a rule on the fast route, so the line forms agree.
             return self.start
         if where in (sre.AT_END, sre.AT_END_STRING, sre.AT_END_LINE):
-            return "$"
+            return self.end
         if where is sre.AT_BOUNDARY:
             return "\\b"
         if where is sre.AT_NON_BOUNDARY:

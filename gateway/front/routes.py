@@ -20,13 +20,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.front.portable import Untranslatable, translate
+from gateway.front.portable import Untranslatable, sre, sre_parse, translate
 from gateway.pipeline.rules import Rule, RuleSet
 
 # A raw request target whose path needs no decoding or normalizing: printable ASCII
 # pchars only (no '%'), no '//' and no segment starting with '.'.
 ODD_PATH = r"^[^?]*?(?:[^?A-Za-z0-9._~!&()*+,;=:@/-]|//|/\.)"
 DOCUMENT_DESTS = ("document", "iframe", "frame")
+# The same test turned around, for nginx: a request target that is *not* odd. Written as
+# what to accept (no lazy scan trying three alternatives at every character), so PCRE
+# walks the path once; `^/` plus segments, none empty or starting with '.'.
+_PCHAR = "A-Za-z0-9._~!&()*+,;=:@-"
+PLAIN_TARGET = rf"^[{_PCHAR}]*(?:/[{_PCHAR.replace('.', '')}][{_PCHAR}]*)*/?(?:\?|$)"
+# Characters a literal rule path may have to be written as an nginx map key as is.
+_LITERAL_KEY = re.compile(r"/[A-Za-z0-9._~!&()*+,=:@/-]*")
+_METHOD = re.compile(r"[A-Z]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,23 +104,48 @@ def host_pattern(route: Route) -> Pattern:
     return Pattern(text, all(p.exact for p in parts))
 
 
-def path_pattern(route: Route, *, start: str = "^") -> Pattern:
+def path_pattern(route: Route, *, start: str = "^", end: str = "$") -> Pattern:
     """The route's path test, to be put right after the start of the path.
 
-    Globs end anchored; a regex is a search (`.*` first). `start` is what the pattern's
-    own `^` becomes (see `portable.translate`).
+    Globs end anchored; a regex is a search (`.*` first). `start` and `end` are what the
+    pattern's own `^` and `$` become (see `portable.translate`).
     """
     try:
         if route.paths is not None:
-            parts = [translate(p, start=start) for p in route.paths]
-            text = "(?:" + "|".join(p.pattern for p in parts) + ")$"
+            parts = [translate(p, start=start, end=end) for p in route.paths]
+            text = "(?:" + "|".join(p.pattern for p in parts) + ")" + end
             return Pattern(text, all(p.exact for p in parts))
         if route.regex is not None:
-            found = translate(route.regex, start=start)
+            found = translate(route.regex, start=start, end=end)
             return Pattern(".*" + found.pattern, found.exact)
     except Untranslatable:
         return Pattern(None, False)
     return Pattern(None, True)
+
+
+def literal_paths(route: Route) -> tuple[str, ...] | None:
+    """The exact paths a route matches when that is all it tests, else None.
+
+    Such a route needs no regex in the front: nginx looks its paths up in a hash (and its
+    methods in another). Host tests, flags, and any path that is more than literal
+    characters, or that would need quoting, leave the route to the regex stage.
+    """
+    if route.hosts is not None or route.paths is None:
+        return None
+    if route.methods is not None and not all(_METHOD.fullmatch(m) for m in route.methods):
+        return None
+    found = []
+    for pattern in route.paths:
+        parsed = sre_parse.parse(pattern)
+        if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
+            return None
+        if not all(op is sre.LITERAL for op, _ in parsed):
+            return None
+        text = "".join(chr(av) for _, av in parsed)
+        if not _LITERAL_KEY.fullmatch(text):
+            return None
+        found.append(text)
+    return tuple(found)
 
 
 def prefix_pattern(prefix: str) -> str:

@@ -21,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.front.command import coverage_warnings
+from gateway.front.nginx import TARGET_END, ng_quote, nginx, nginx_rule_regex
 from gateway.front.portable import Untranslatable, translate
-from gateway.front.render import Backend, Front, FrontError, caddy, nginx, nginx_rule_regex
-from gateway.front.routes import ODD_PATH, page_rules, rule_routes
+from gateway.front.render import Backend, Front, FrontError, caddy
+from gateway.front.routes import ODD_PATH, PLAIN_TARGET, literal_paths, page_rules, rule_routes
 from gateway.pipeline.rules import RequestFacts, RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +93,49 @@ def test_odd_paths_are_the_ones_a_front_would_normalize() -> None:
         assert not odd.search(path), path
 
 
+@settings(max_examples=500, deadline=None)
+@given(
+    target=st.text(alphabet=SAFE + '%?/. \u00e9"', max_size=14).map(lambda t: "/" + t)
+    | st.text(alphabet="ab/.?%", max_size=6)
+)
+def test_nginx_plain_target_test_is_exactly_the_odd_path_test_turned_around(target: str) -> None:
+    assert bool(re.search(ODD_PATH, target)) is not bool(re.search(PLAIN_TARGET, target))
+
+
+def test_only_literal_paths_without_hosts_become_hash_keys(tmp_path: Path) -> None:
+    text = (
+        RULES_TOML
+        + NASTY
+        + (
+            '[[rule]]\nname = "lit"\nevent = "Lead"\nmethod = ["POST", "GET"]\n'
+            'path = ["/api/cart", "/thank-you"]\n'
+        )
+    )
+    routes = {r.rule: r for r in rule_routes(_rules(tmp_path, text))}
+    assert literal_paths(routes["lit"]) == ("/api/cart", "/thank-you")
+    for name in ("glob", "hosted", "regex", "both", "nasty", "nasty-regex"):
+        assert literal_paths(routes[name]) is None, name
+    config = nginx(_front(_rules(tmp_path, text)))
+    assert '"/api/cart" $capi_via_GET_POST;' in config
+    assert "map $request_method $capi_via_GET_POST {" in config
+
+
+def test_coverage_of_a_literal_path_counts_its_methods(tmp_path: Path) -> None:
+    post = '[[rule]]\nname = "cart"\nevent = "Lead"\nmethod = "POST"\npath = "/api/cart"\n'
+    text = nginx(_front(_rules(tmp_path, post)))
+    assert coverage_warnings(text, _rules(tmp_path, post), "/_capi") == []
+    get = post.replace('"cart"', '"cart-view"').replace('"POST"', '"GET"')
+    [warning] = coverage_warnings(text, _rules(tmp_path, post + get), "/_capi")
+    assert "rule 'cart-view'" in warning
+    anymethod = post.replace('method = "POST"\n', "")
+    assert (
+        coverage_warnings(
+            nginx(_front(_rules(tmp_path, anymethod))), _rules(tmp_path, post + get), "/_capi"
+        )
+        == []
+    )
+
+
 def _rules(tmp_path: Path, text: str) -> RuleSet:
     (tmp_path / "r.toml").write_text(text)
     return load_rules(tmp_path)
@@ -145,6 +189,37 @@ def test_the_nginx_regex_of_a_rule_matches_every_request_the_rule_does(
         if rule.trigger == "request" and rule.match_request(facts) is not None:
             line = f"{method} {host} {path}"
             assert re.search(nginx_rule_regex(routes[rule.name]), line), (rule.name, line)
+            # The form nginx reads the raw request target with (query included).
+            raw = nginx_rule_regex(routes[rule.name], end=TARGET_END)
+            for target in (path, path + "?", path + "?a=1&b=/x"):
+                assert re.search(raw, f"{method} {host} {target}"), (rule.name, target)
+
+
+def _merged_regex(text: str) -> re.Pattern[str]:
+    [line] = [x.strip() for x in text.splitlines() if x.strip().startswith('"~^(?:[^ ]+ [^ ]* (?!')]
+    return re.compile(line.removeprefix('"~').removesuffix('" 1;').replace("\\\\", "\\"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT"]),
+    path=st.sampled_from(["/form/1/send", "/docs/a", "/api/cart", "/b/z", "/static/a.js"])
+    | st.text(alphabet=SAFE + "%. ", max_size=10).map(lambda t: "/" + t),
+    query=st.sampled_from(["", "?", "?q=1", "?a=/b//c&d=%20"]),
+)
+def test_the_merged_nginx_regex_takes_odd_targets_and_every_patterned_rule(
+    tmp_path_factory: pytest.TempPathFactory, method: str, path: str, query: str
+) -> None:
+    ruleset = _rules(tmp_path_factory.mktemp("rules"), RULES_TOML)
+    merged = _merged_regex(nginx(_front(ruleset)))
+    line = f"{method} shop.example {path}{query}"
+    if re.search(ODD_PATH, path + query):
+        assert merged.search(line), line
+    facts = RequestFacts(host="shop.example", method=method, path=path, query={})
+    if any(r.trigger == "request" and r.match_request(facts) for r in ruleset.rules):
+        assert merged.search(line), line
+    if path == "/static/a.js":
+        assert not merged.search(line), line  # an asset costs one failed match, no more
 
 
 def _front(ruleset: RuleSet, **more: object) -> Front:
@@ -198,7 +273,15 @@ def test_addresses_are_validated() -> None:
 
 @needs("nginx")
 def test_nginx_accepts_the_generated_config_even_for_nasty_rules(tmp_path: Path) -> None:
-    site = nginx(_front(_rules(tmp_path, NASTY + RULES_TOML), preserve_host=False))
+    # Two literal paths one map key apart only by case: nginx lowercases keys (one key).
+    cases = "".join(
+        f'[[rule]]\nname = "c{i}"\nevent = "Lead"\nmethod = "{m}"\npath = "{p}"\n'
+        for i, (m, p) in enumerate([("POST", "/Cart"), ("GET", "/cart"), ("PUT", "/CART")])
+    )
+    ruleset = _rules(tmp_path, NASTY + RULES_TOML + cases)
+    site = nginx(_front(ruleset, preserve_host=False))
+    assert '"/cart" $capi_via_GET_POST_PUT;' in site
+    assert coverage_warnings(site, ruleset, "/_capi") == []
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
@@ -258,3 +341,14 @@ def test_the_command_prints_a_config_or_names_what_is_missing(
     text = capsys.readouterr().out
     assert "server 127.0.0.1:8080;" in text and "server 127.0.0.1:3000;" in text
     assert "rule 'purchase' (" in text and "listen 80;" in text
+
+
+def test_check_still_reads_a_file_of_the_one_regex_per_rule_generator(tmp_path: Path) -> None:
+    ruleset = _rules(tmp_path, RULES_TOML)
+    routes = rule_routes(ruleset)
+    # What front-config nginx wrote before the map chain: a regex line per rule.
+    old = ['"~^[^ ]+ [^ ]* /_capi(?:/|$)" 1;']
+    old += [ng_quote(nginx_rule_regex(route)) + " 1;" for route in routes]
+    assert coverage_warnings("\n".join(old), ruleset, "/_capi") == []
+    [warning] = coverage_warnings("\n".join(old[:-1]), ruleset, "/_capi")
+    assert f"rule {routes[-1].rule!r}" in warning

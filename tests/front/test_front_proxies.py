@@ -99,6 +99,7 @@ async def start_site() -> AsyncIterator[Site]:
     app.middlewares.append(record)
     app.router.add_get("/static/{name}", asset)
     app.router.add_route("*", "/api/cart", api)
+    app.router.add_route("*", "/api/items/{id}", api)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     port = free_port()
@@ -371,3 +372,63 @@ async def test_a_new_rule_changes_the_routing_and_check_warns_until_regenerated(
                             assert r.status == 200
                     assert site.hops("POST", "/api/cart") == [hops]
             await wait_rules(tmp_path / "outbox.db", {"api-cart"})
+
+
+ROUTING_RULES = """
+[[rule]]
+name = "cart-post"
+event = "Lead"
+method = "POST"
+path = "/api/cart"
+[[rule]]
+name = "item-get"
+event = "Lead"
+method = "GET"
+path = "/api/items/{id}"
+[[rule]]
+name = "any-method"
+event = "Lead"
+path = "/api/any"
+"""
+
+
+async def test_each_stage_of_the_nginx_map_chain_routes_what_it_must(tmp_path: Path) -> None:
+    """Documents by header (hash, or Accept without Sec-Fetch-Dest), a literal rule path by
+    path and method (hashes), a patterned one by regex; the same paths with another method,
+    and fetches that only look like documents, go straight to the site."""
+    need(NGINX, "nginx", "bench/install-nginx.sh")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.toml").write_text(ROUTING_RULES)
+    port = free_port()
+    front = f"http://127.0.0.1:{port}"
+    cases = [
+        # (method, path, headers, hops at the site: 2 = through the gateway)
+        ("GET", "/static/a.js", {"Sec-Fetch-Dest": "document", "Accept": "*/*"}, 2),
+        ("GET", "/static/b.js", {"Sec-Fetch-Dest": "iframe", "Accept": "*/*"}, 2),
+        ("GET", "/static/c.js", {"Accept": "text/html,*/*"}, 2),
+        ("GET", "/static/d.js", {"Sec-Fetch-Dest": "empty", "Accept": "text/html"}, 1),
+        ("GET", "/static/e.js", {"Sec-Fetch-Dest": "script", "Accept": "*/*"}, 1),
+        ("POST", "/api/cart", FETCH, 2),
+        ("GET", "/api/cart", FETCH, 1),
+        ("PUT", "/api/cart", FETCH, 1),
+        ("GET", "/api/items/7", FETCH, 2),
+        ("POST", "/api/items/7", FETCH, 1),
+        ("GET", "/api/items/7/more", FETCH, 1),
+        ("DELETE", "/api/any", FETCH, 2),
+    ]
+    async with start_site() as site:
+        with gateway_process(tmp_path, rules, site.url) as gw:
+            async with aiohttp.ClientSession() as session:
+                await wait_healthy(gw, session)
+                config = generate("nginx", rules, site, gw, f"127.0.0.1:{port}")
+                assert '"/api/cart" $capi_via_POST;' in config  # a hash, not a regex
+                with run_front("nginx", config, tmp_path) as proc:
+                    await wait_up(front, proc, tmp_path / "nginx" / "error.log")
+                    for method, path, headers, _ in cases:
+                        async with session.request(
+                            method, front + path, headers=headers, allow_redirects=False
+                        ) as resp:
+                            await resp.read()
+        for method, path, _, hops in cases:
+            assert site.hops(method, path) == [hops], (method, path, site.hops(method, path))
