@@ -29,6 +29,7 @@ from gateway.delivery.leases import pid_gone, pid_of
 from gateway.delivery.postgres import insights as pg_insights
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres.commitcache import CommitCache
 from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.migrations import SchemaError, migrate
 from gateway.delivery.postgres.notify import DueListener, announce, new_sender_id
@@ -52,6 +53,8 @@ log = logging.getLogger("gateway.outbox")
 
 # Seconds between the claims that also take back expired leases.
 CLAIM_UPKEEP_EVERY = 1.0
+# Group commits of one replica in flight at once (each on a connection of the pool).
+WRITERS = 3
 
 
 class PgOutbox(Results, Upkeep):
@@ -66,6 +69,7 @@ class PgOutbox(Results, Upkeep):
         max_bytes: int,
         assembly_hold: float,
         profiles: ProfilePolicy | None,
+        writers: int = WRITERS,
     ) -> None:
         self.db = db
         self.path = db.name
@@ -74,6 +78,7 @@ class PgOutbox(Results, Upkeep):
         self.profiles = profiles if profiles is not None and profiles.enabled else None
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._window = group_commit_ms / 1000.0
+        self._writers = max(1, writers)
         self._max_bytes = max_bytes
         self._size_checked = 0.0
         self._over_limit = False
@@ -104,6 +109,7 @@ class PgOutbox(Results, Upkeep):
         profiles: ProfilePolicy | None = None,
         reconnect_timeout: float = 10.0,
         pool_size: int = 10,
+        writers: int = WRITERS,
     ) -> PgOutbox:
         """Connect, migrate (once across replicas), check the key and start the writer.
 
@@ -123,6 +129,7 @@ class PgOutbox(Results, Upkeep):
             max_bytes=int(max_buffer_mb * 1024 * 1024),
             assembly_hold=assembly_hold,
             profiles=profiles,
+            writers=writers,
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
         box.listener = DueListener(
@@ -202,19 +209,42 @@ class PgOutbox(Results, Upkeep):
         return await asyncio.shield(item.done)
 
     async def _write_loop(self) -> None:
+        # Up to `writers` group commits in flight. One at a time, a commit that waited (on
+        # its fsync, or on a row lock: a copy of an event another replica's transaction has
+        # just inserted, until that one commits) stalled this replica's whole intake, and
+        # one replica left a third of the cores idle. A slot is taken before the next batch,
+        # so while every slot is busy requests gather into a larger batch, as before.
+        slots = asyncio.Semaphore(self._writers)
+        running: set[asyncio.Task[None]] = set()
         while True:
+            await slots.acquire()
             batch, stop = await next_batch(self._queue, self._window)
             if batch:
-                await self._commit(batch)
+                task = asyncio.create_task(self._commit(batch), name="outbox-commit")
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+            else:
+                slots.release()
             if stop:
+                if running:
+                    await asyncio.wait(running)
                 return
 
     async def _commit(self, batch: list[Pending]) -> None:
         rows = [ev for p in batch for ev in p.events]
         holds = [self.hold_of(ev) for ev in rows]
         now = time.time()
+        # Commits overlap (`_write_loop`): each stages its visitors' states apart and keeps
+        # them only if it commits itself.
+        cache = insight = None
+        if self.insights is not None:
+            cache = CommitCache(self.insights.cache)
+            insight = replace(self.insights, cache=cache)
 
         async def work(conn: Conn) -> list[Outcome]:
+            if cache is not None:
+                cache.discard()  # a run again after a lost connection stages afresh
             outcomes = await assembler.store(
                 pg_rows.PgSql(conn, record=pg_insights.record),
                 rows,
@@ -223,7 +253,7 @@ class PgOutbox(Results, Upkeep):
                 policy=self.profiles,
                 now=now,
                 key_order=True,
-                insight=self.insights,
+                insight=insight,
             )
             if any(o != "late" for o in outcomes):
                 # One notice per group commit, delivered only if it commits.
@@ -233,15 +263,15 @@ class PgOutbox(Results, Upkeep):
         try:
             outcomes = await self.db.run(work)
         except Exception as exc:
-            if self.insights is not None:
-                self.insights.cache.discard()
+            if cache is not None:
+                cache.discard()
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
-        if self.insights is not None:
-            self.insights.cache.settle()
+        if cache is not None:
+            cache.settle()
         self.commits += 1
         self.committed_rows += len(rows)
         self.merged += outcomes.count("merged")
