@@ -66,10 +66,11 @@ class StoreRun:
     busy: float = 0.0
 
 
-def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
+def _serve(buffer: str, graph_url: str, log: Path, tree: Path | None = None) -> Gateway:
+    """`serve` of this checkout, or with `tree` of that one (its .venv's script, its cwd)."""
     port = free_port()
     cmd = [
-        *gateway_cmd(),
+        *(gateway_cmd() if tree is None else [str(tree / ".venv" / "bin" / "capi-gateway")]),
         "serve",
         "--listen",
         f"{HOST}:{port}",
@@ -90,13 +91,23 @@ def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
         CAPIGW_LOG_LEVEL="warning",
         CAPIGW_ASSEMBLY_HOLD="0",
     )
-    return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+    if tree is None:
+        return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+    return Gateway(spawn(cmd, log, env=env, cwd=tree), f"http://{HOST}:{port}", log)
 
 
 async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
     """Clients post batches round-robin over `urls` for `seconds`: (accepted, errors, s)."""
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     accepted = errors = 0
+    opened = 0
+
+    async def on_open(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_open)
     stop_at = time.monotonic() + seconds
 
     async def client(n: int, session: aiohttp.ClientSession) -> None:
@@ -117,10 +128,11 @@ async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int,
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60), trace_configs=[trace]
     ) as session:
         began = time.perf_counter()
         await asyncio.gather(*(client(n, session) for n in range(concurrency)))
+        print(f"   connections opened by the clients: {opened}", flush=True)
         return accepted, errors, time.perf_counter() - began
 
 
@@ -234,6 +246,7 @@ async def _one(
     args: argparse.Namespace,
     postmaster: int | None,
     admin: str | None = None,
+    tree: Path | None = None,
 ) -> StoreRun:
     print(f"-- {label} --", flush=True)
     with stop_at_exit() as procs:
@@ -241,7 +254,7 @@ async def _one(
         procs.append(fake.proc)
         gateways = []
         for i, buffer in enumerate(buffers):
-            gw = _serve(buffer, fake.url, workdir / f"gw-{label}-{i}.log")
+            gw = _serve(buffer, fake.url, workdir / f"gw-{label}-{i}.log", tree)
             procs.append(gw.proc)
             gateways.append(gw)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
@@ -360,25 +373,43 @@ async def _database(admin: str) -> str:
 def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     """SQLite, then 1, 2, 3 replicas on PostgreSQL; prints the table and returns the runs."""
     counts = getattr(args, "replicas", None) or [0, 1, 2, 3]
+    compare: Path | None = getattr(args, "compare", None)
+    rounds = max(1, int(getattr(args, "rounds", 1) or 1))
+    # This checkout's gateway ("pg xN") and, with --compare, the other's ("B xN"), one after
+    # the other at each count and round, so both see the same load from the other benches.
+    trees: list[tuple[str, Path | None]] = [("pg", None)]
+    if compare is not None:
+        trees.append(("B", compare.resolve()))
     runs = []
-    if 0 in counts:
-        runs.append(asyncio.run(_one("sqlite", [str(root / "sqlite.db")], root, args, None)))
     statements = int(getattr(args, "statements", 0) or 0)
     with _server(args.store, statements > 0 and args.store == "pg") as (admin, postmaster):
-        for count in [c for c in counts if c > 0]:
-            dsn = asyncio.run(_database(admin))
-            runs.append(
-                asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster, admin))
-            )
-    # Ratios to pg x1 only when it ran (`--replicas` without 1: none).
-    one = next((r.accepted for r in runs if r.label == "pg x1"), 0.0)
+        for _ in range(rounds):
+            if 0 in counts:
+                sqlite = root / f"sqlite-{secrets.token_hex(4)}.db"
+                runs.append(asyncio.run(_one("sqlite", [str(sqlite)], root, args, None)))
+            for count in [c for c in counts if c > 0]:
+                for name, tree in trees:
+                    dsn = asyncio.run(_database(admin))
+                    label = f"{name} x{count}"
+                    runs.append(
+                        asyncio.run(_one(label, [dsn] * count, root, args, postmaster, admin, tree))
+                    )
+    # Ratios to each tree's x1 of the same round only when it ran (`--replicas` without 1:
+    # none).
+    ones: dict[tuple[int, str], float] = {}
+    per_round = len(runs) // rounds
+    for index, r in enumerate(runs):
+        name, _, count = r.label.partition(" x")
+        if count == "1":
+            ones[(index // per_round, name)] = r.accepted
     print()
     print(
-        f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
+        f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs x1':>10}"
         f"{'gw µs/ev':>10}{'db µs/ev':>10}{'load µs/ev':>12}{'graph µs/ev':>13}"
         f"{'cores busy':>12}{'WAL B/ev':>10}{'errors':>8}"
     )
-    for r in runs:
+    for index, r in enumerate(runs):
+        one = ones.get((index // per_round, r.label.partition(" x")[0]), 0.0)
         print(
             f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}"
             f"{f'{r.accepted / one:.2f}x' if one else '-':>10}"
