@@ -383,16 +383,22 @@ def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     runs = []
     statements = int(getattr(args, "statements", 0) or 0)
     with _server(args.store, statements > 0 and args.store == "pg") as (admin, postmaster):
-        for _ in range(rounds):
+        for n in range(rounds):
+            # A folder per round: the fake's and gateways' logs are looked into for their
+            # start, and one written by the round before would answer for them.
+            workdir = root / f"round-{n}"
+            workdir.mkdir(parents=True, exist_ok=True)
             if 0 in counts:
-                sqlite = root / f"sqlite-{secrets.token_hex(4)}.db"
-                runs.append(asyncio.run(_one("sqlite", [str(sqlite)], root, args, None)))
+                sqlite = workdir / "sqlite.db"
+                runs.append(asyncio.run(_one("sqlite", [str(sqlite)], workdir, args, None)))
             for count in [c for c in counts if c > 0]:
                 for name, tree in trees:
                     dsn = asyncio.run(_database(admin))
                     label = f"{name} x{count}"
                     runs.append(
-                        asyncio.run(_one(label, [dsn] * count, root, args, postmaster, admin, tree))
+                        asyncio.run(
+                            _one(label, [dsn] * count, workdir, args, postmaster, admin, tree)
+                        )
                     )
     # Ratios to each tree's x1 of the same round only when it ran (`--replicas` without 1:
     # none).
