@@ -30,7 +30,6 @@ from gateway.delivery.postgres import insights as pg_insights
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.commitcache import CommitCache
-from gateway.delivery.postgres.deferred import CopyRaced, DeferredSql
 from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.migrations import SchemaError, migrate
 from gateway.delivery.postgres.notify import DueListener, announce, new_sender_id
@@ -95,8 +94,6 @@ class PgOutbox(Results, Upkeep):
         self.committed_rows = 0
         self.merged = 0
         self.late = 0
-        # Group commits run again because a row taken for new was stored meanwhile.
-        self.raced = 0
         # Facts and touchpoints for reports (None: not recorded); set by the app.
         self.insights: InsightPolicy | None = None
 
@@ -245,18 +242,11 @@ class PgOutbox(Results, Upkeep):
             cache = CommitCache(self.insights.cache)
             insight = replace(self.insights, cache=cache)
 
-        deferred = True
-
         async def work(conn: Conn) -> list[Outcome]:
             if cache is not None:
                 cache.discard()  # a run again after a lost connection stages afresh
-            sql = (
-                DeferredSql(conn, record=pg_insights.record)
-                if deferred
-                else pg_rows.PgSql(conn, record=pg_insights.record)
-            )
             outcomes = await assembler.store(
-                sql,
+                pg_rows.PgSql(conn, record=pg_insights.record),
                 rows,
                 holds,
                 sealer=self.sealer,
@@ -265,22 +255,13 @@ class PgOutbox(Results, Upkeep):
                 key_order=True,
                 insight=insight,
             )
-            if isinstance(sql, DeferredSql):
-                await sql.flush()
             if any(o != "late" for o in outcomes):
                 # One notice per group commit, delivered only if it commits.
                 await announce(conn, self._me, now + min(holds))
             return outcomes
 
         try:
-            try:
-                outcomes = await self.db.run(work)
-            except CopyRaced:
-                # A copy met its row only at the deferred insert: inserting first, this run
-                # waits for that row's transaction if need be and merges into it.
-                self.raced += 1
-                deferred = False
-                outcomes = await self.db.run(work)
+            outcomes = await self.db.run(work)
         except Exception as exc:
             if cache is not None:
                 cache.discard()
