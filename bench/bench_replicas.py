@@ -7,7 +7,11 @@ where the cores run out is visible. `--store pg` starts a throwaway cluster with
 PostgreSQL's durable defaults (tests/fakes/pgcluster.py, with the default 128 MB of
 shared_buffers); a URL names a server whose user
 may create databases. Clients spread requests over the replicas round-robin, as a load
-balancer would. `--statements N` (with `pg`) loads pg_stat_statements into the cluster and
+balancer would, each on a kept-alive connection per replica (the run prints how many TCP
+connections the clients opened: one per client and replica, no reconnects). `--compare
+TREE` runs another checkout's gateway (its .venv) right after this one's at each replica
+count, and `--rounds N` repeats the lot, so A and B see the same load from elsewhere.
+`--statements N` (with `pg`) loads pg_stat_statements into the cluster and
 prints, per replica count, the N statements that took the most time while clients posted:
 calls per batch of 100 accepted events, execution µs and WAL bytes per accepted event.
 """

@@ -1,7 +1,8 @@
 """The PostgreSQL outbox: the store interface (`gateway.delivery.store`) over a shared database.
 
 Each replica group-commits what its requests accept (one transaction per window of
-`group_commit_ms`, like the SQLite outbox) and `add` returns only after that commit; copies
+`group_commit_ms`, like the SQLite outbox, with up to `WRITERS` of them in flight at once)
+and `add` returns only after that commit; copies
 of a stored event merge into it under a row lock (`rows.assemble`). Any replica claims any
 due row (`FOR UPDATE SKIP LOCKED`, leases; `queue.claim`), so a dead replica's rows go to
 the others when its lease expires. Upkeep deletes in batches so no purge holds long locks;
