@@ -529,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare",
         type=Path,
+        action="append",
         help="with --store: also run the gateway of this other checkout (its .venv), "
-        "interleaved with this one's at each replica count (e.g. /work/wt/base)",
+        "interleaved with this one's at each replica count (e.g. /work/wt/base); repeatable",
     )
     parser.add_argument(
         "--rounds",

@@ -377,13 +377,14 @@ async def _database(admin: str) -> str:
 def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     """SQLite, then 1, 2, 3 replicas on PostgreSQL; prints the table and returns the runs."""
     counts = getattr(args, "replicas", None) or [0, 1, 2, 3]
-    compare: Path | None = getattr(args, "compare", None)
+    compare: list[Path] = getattr(args, "compare", None) or []
     rounds = max(1, int(getattr(args, "rounds", 1) or 1))
-    # This checkout's gateway ("pg xN") and, with --compare, the other's ("B xN"), one after
-    # the other at each count and round, so both see the same load from the other benches.
+    # This checkout's gateway ("pg xN") and, with --compare, the others' ("B xN", "C xN"),
+    # one after the other at each count and round, so all see the same load from elsewhere.
     trees: list[tuple[str, Path | None]] = [("pg", None)]
-    if compare is not None:
-        trees.append(("B", compare.resolve()))
+    for index, tree in enumerate(compare):
+        trees.append((chr(ord("B") + index), tree.resolve()))
+        print(f"{trees[-1][0]}: {trees[-1][1]}")
     runs = []
     statements = int(getattr(args, "statements", 0) or 0)
     with _server(args.store, statements > 0 and args.store == "pg") as (admin, postmaster):
