@@ -1,9 +1,9 @@
 """The PostgreSQL outbox: the store interface (`gateway.delivery.store`) over a shared database.
 
 Each replica group-commits what its requests accept (one transaction per window of
-`group_commit_ms`, like the SQLite outbox, with up to `WRITERS` of them in flight at once)
-and `add` returns only after that commit; copies
-of a stored event merge into it under a row lock (`rows.assemble`). Any replica claims any
+`group_commit_ms`, like the SQLite outbox; up to `WRITERS` in flight at once while no other
+replica writes) and `add` returns only after that commit; copies of a stored event merge
+into it under a row lock (`rows.assemble`). Any replica claims any
 due row (`FOR UPDATE SKIP LOCKED`, leases; `queue.claim`), so a dead replica's rows go to
 the others when its lease expires. Upkeep deletes in batches so no purge holds long locks;
 queue depth comes from the trigger-kept counters. A lost connection is retried by the pool
@@ -24,25 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import assembler, profiles
 from gateway.delivery.forget import Person, add_counts
-from gateway.delivery.groupcommit import Pending, next_batch
+from gateway.delivery.groupcommit import Pending
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone, pid_of
-from gateway.delivery.postgres import insights as pg_insights
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres import rows as pg_rows
-from gateway.delivery.postgres.commitcache import CommitCache
 from gateway.delivery.postgres.forget import forget as forget_person
+from gateway.delivery.postgres.intake import WRITERS, Intake
 from gateway.delivery.postgres.migrations import SchemaError, migrate
-from gateway.delivery.postgres.notify import DueListener, announce, new_sender_id
+from gateway.delivery.postgres.notify import DueListener, new_sender_id
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.postgres.results import Results, affected
-from gateway.delivery.postgres.upkeep import Upkeep
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer, SealError
-from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
-from gateway.models import NewEvent, row_key
-from gateway.pipeline.assembly import Outcome
+from gateway.delivery.store import Claimed, KeyMismatch
+from gateway.models import row_key
 from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -54,11 +51,9 @@ log = logging.getLogger("gateway.outbox")
 
 # Seconds between the claims that also take back expired leases.
 CLAIM_UPKEEP_EVERY = 1.0
-# Group commits of one replica in flight at once (each on a connection of the pool).
-WRITERS = 3
 
 
-class PgOutbox(Results, Upkeep):
+class PgOutbox(Intake, Results):
     """The outbox on PostgreSQL. Create with `await PgOutbox.open(dsn, ...)`, end with `close()`."""
 
     def __init__(
@@ -80,6 +75,8 @@ class PgOutbox(Results, Upkeep):
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._window = group_commit_ms / 1000.0
         self._writers = max(1, writers)
+        # When another replica's commit was last announced (`_overlap`).
+        self._others_at = -math.inf
         self._max_bytes = max_bytes
         self._size_checked = 0.0
         self._over_limit = False
@@ -134,7 +131,7 @@ class PgOutbox(Results, Upkeep):
         )
         box._writer = asyncio.create_task(box._write_loop(), name="outbox-writer")
         box.listener = DueListener(
-            dsn, box._me, box.wake, connect_timeout=min(5.0, reconnect_timeout)
+            dsn, box._me, box._heard, connect_timeout=min(5.0, reconnect_timeout)
         )
         box.listener.start()
         await box.reclaim_dead_leases()
@@ -193,119 +190,6 @@ class PgOutbox(Results, Upkeep):
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.wake()
         return count
-
-    # writing ------------------------------------------------------------------
-
-    async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
-        """Store events durably; per event "new", "merged" or "late"."""
-        if not events:
-            return []
-        if self._closing:
-            raise OutboxClosed("the outbox is shutting down")
-        await self._check_size()
-        if self._closing:
-            raise OutboxClosed("the outbox is shutting down")
-        item = Pending(events)
-        self._queue.put_nowait(item)
-        return await asyncio.shield(item.done)
-
-    async def _write_loop(self) -> None:
-        # Up to `writers` group commits in flight. One at a time, a commit that waited (on
-        # its fsync, or on a row lock: a copy of an event another replica's transaction has
-        # just inserted, until that one commits) stalled this replica's whole intake, and
-        # one replica left a third of the cores idle. A slot is taken before the next batch,
-        # so while every slot is busy requests gather into a larger batch, as before.
-        slots = asyncio.Semaphore(self._writers)
-        running: set[asyncio.Task[None]] = set()
-        while True:
-            await slots.acquire()
-            batch, stop = await next_batch(self._queue, self._window)
-            if batch:
-                task = asyncio.create_task(self._commit(batch), name="outbox-commit")
-                running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: slots.release())
-            else:
-                slots.release()
-            if stop:
-                if running:
-                    await asyncio.wait(running)
-                return
-
-    async def _commit(self, batch: list[Pending]) -> None:
-        rows = [ev for p in batch for ev in p.events]
-        holds = [self.hold_of(ev) for ev in rows]
-        now = time.time()
-        # Commits overlap (`_write_loop`): each stages its visitors' states apart and keeps
-        # them only if it commits itself.
-        cache = insight = None
-        if self.insights is not None:
-            cache = CommitCache(self.insights.cache)
-            insight = replace(self.insights, cache=cache)
-
-        async def work(conn: Conn) -> list[Outcome]:
-            if cache is not None:
-                cache.discard()  # a run again after a lost connection stages afresh
-            outcomes = await assembler.store(
-                pg_rows.PgSql(conn, record=pg_insights.record),
-                rows,
-                holds,
-                sealer=self.sealer,
-                policy=self.profiles,
-                now=now,
-                key_order=True,
-                insight=insight,
-            )
-            if any(o != "late" for o in outcomes):
-                # One notice per group commit, delivered only if it commits.
-                await announce(conn, self._me, now + min(holds))
-            return outcomes
-
-        try:
-            outcomes = await self.db.run(work)
-        except Exception as exc:
-            if cache is not None:
-                cache.discard()
-            log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_exception(exc)
-            return
-        if cache is not None:
-            cache.settle()
-        self.commits += 1
-        self.committed_rows += len(rows)
-        self.merged += outcomes.count("merged")
-        self.late += outcomes.count("late")
-        at = 0
-        for p in batch:
-            if not p.done.done():
-                p.done.set_result(outcomes[at : at + len(p.events)])
-            at += len(p.events)
-        self.wake(now + min(holds))
-
-    def hold_of(self, ev: NewEvent) -> float:
-        """Seconds `ev` waits before its first send: its own hold, else the default."""
-        return assembler.hold_of(ev, self.assembly_hold)
-
-    async def _check_size(self) -> None:
-        now = time.monotonic()
-        if now - self._size_checked < 5.0:
-            if self._over_limit:
-                raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
-            return
-        self._size_checked = now
-        used = await self.used_bytes()
-        if used > self._max_bytes:
-            await self.purge_sent_oldest(fraction=0.5)
-            used = await self.used_bytes()
-        self._over_limit = used > self._max_bytes
-        if self._over_limit:
-            raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
-
-    async def used_bytes(self) -> int:
-        """Bytes of the events table with its indexes and TOAST (PostgreSQL's own figure)."""
-        return int(str(await self.db.fetchval("SELECT pg_total_relation_size('events')")))
 
     # leasing and results ------------------------------------------------------------
 

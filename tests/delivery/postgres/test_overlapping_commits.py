@@ -72,3 +72,42 @@ def test_each_commit_keeps_only_its_own_visitors_once_it_commits() -> None:
     assert shared.get(("", "b")) == Seen(3.0, None)
     committed.hits += 2
     assert shared.hits == 2
+
+
+async def test_while_another_replica_writes_a_replica_commits_one_batch_at_a_time(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    peer = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        assert box.listener is not None
+        await asyncio.wait_for(box.listener.listening.wait(), 5)
+        assert await peer.add([_event("peer's")]) == ["new"]
+        for _ in range(100):  # the peer's notice reaches `box`
+            if box.listener.notices:
+                break
+            await asyncio.sleep(0.05)
+        assert box.listener.notices
+
+        blocker = other.transaction()
+        await blocker.start()
+        await other.execute(
+            "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
+            "next_attempt_at, created_at) VALUES ('1', 'Purchase', 'held', 1, 'api', $1, 0, 0)",
+            json.dumps({"event_name": "Purchase"}),
+        )
+        waiting = asyncio.create_task(box.add([_event("held")]))
+        await asyncio.sleep(0.3)
+        behind = asyncio.create_task(box.add([_event("behind")]))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        assert not behind.done()  # queued behind the waiting commit, not beside it
+
+        await blocker.rollback()
+        assert await asyncio.wait_for(waiting, 5) == ["new"]
+        assert await asyncio.wait_for(behind, 5) == ["new"]
+    finally:
+        await other.close()
+        await peer.close()
+        await box.close()
