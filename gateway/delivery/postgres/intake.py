@@ -111,9 +111,11 @@ class Intake(Upkeep):
         groups: accepted events/s at 2 and 3 replicas fell by about a quarter (median of
         nine interleaved runs each) with three commits per replica in flight.
         """
-        if time.monotonic() - self._others_at < OTHERS_QUIET:
-            return 1
-        return self._writers
+        return 1 if self.others_writing() else self._writers
+
+    def others_writing(self) -> bool:
+        """Whether another replica announced a commit in the last `OTHERS_QUIET` seconds."""
+        return time.monotonic() - self._others_at < OTHERS_QUIET
 
     def _heard(self, at: float) -> None:
         """Another replica committed rows due at `at` (0: the listener reconnected)."""
