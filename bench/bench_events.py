@@ -526,6 +526,19 @@ def main(argv: list[str] | None = None) -> int:
         default=[0, 1, 2, 3],
         help="with --store: replica counts to run, 0 for SQLite (default: 0,1,2,3)",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        help="with --store: also run the gateway of this other checkout (its .venv), "
+        "interleaved with this one's at each replica count (e.g. /work/wt/base); repeatable",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --store: run every configuration this many times, interleaved",
+    )
     args = parser.parse_args(argv)
     if args.store is not None:
         from bench_replicas import run_store_bench

@@ -7,7 +7,11 @@ where the cores run out is visible. `--store pg` starts a throwaway cluster with
 PostgreSQL's durable defaults (tests/fakes/pgcluster.py, with the default 128 MB of
 shared_buffers); a URL names a server whose user
 may create databases. Clients spread requests over the replicas round-robin, as a load
-balancer would. `--statements N` (with `pg`) loads pg_stat_statements into the cluster and
+balancer would, each on a kept-alive connection per replica (the run prints how many TCP
+connections the clients opened: one per client and replica, no reconnects). `--compare
+TREE` runs another checkout's gateway (its .venv) right after this one's at each replica
+count, and `--rounds N` repeats the lot, so A and B see the same load from elsewhere.
+`--statements N` (with `pg`) loads pg_stat_statements into the cluster and
 prints, per replica count, the N statements that took the most time while clients posted:
 calls per batch of 100 accepted events, execution µs and WAL bytes per accepted event.
 """
@@ -66,10 +70,11 @@ class StoreRun:
     busy: float = 0.0
 
 
-def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
+def _serve(buffer: str, graph_url: str, log: Path, tree: Path | None = None) -> Gateway:
+    """`serve` of this checkout, or with `tree` of that one (its .venv's script, its cwd)."""
     port = free_port()
     cmd = [
-        *gateway_cmd(),
+        *(gateway_cmd() if tree is None else [str(tree / ".venv" / "bin" / "capi-gateway")]),
         "serve",
         "--listen",
         f"{HOST}:{port}",
@@ -90,13 +95,23 @@ def _serve(buffer: str, graph_url: str, log: Path) -> Gateway:
         CAPIGW_LOG_LEVEL="warning",
         CAPIGW_ASSEMBLY_HOLD="0",
     )
-    return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+    if tree is None:
+        return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+    return Gateway(spawn(cmd, log, env=env, cwd=tree), f"http://{HOST}:{port}", log)
 
 
 async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int, int, float]:
     """Clients post batches round-robin over `urls` for `seconds`: (accepted, errors, s)."""
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     accepted = errors = 0
+    opened = 0
+
+    async def on_open(*_: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_open)
     stop_at = time.monotonic() + seconds
 
     async def client(n: int, session: aiohttp.ClientSession) -> None:
@@ -117,10 +132,11 @@ async def _load(urls: list[str], concurrency: int, seconds: float) -> tuple[int,
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60), trace_configs=[trace]
     ) as session:
         began = time.perf_counter()
         await asyncio.gather(*(client(n, session) for n in range(concurrency)))
+        print(f"   connections opened by the clients: {opened}", flush=True)
         return accepted, errors, time.perf_counter() - began
 
 
@@ -234,6 +250,7 @@ async def _one(
     args: argparse.Namespace,
     postmaster: int | None,
     admin: str | None = None,
+    tree: Path | None = None,
 ) -> StoreRun:
     print(f"-- {label} --", flush=True)
     with stop_at_exit() as procs:
@@ -241,7 +258,7 @@ async def _one(
         procs.append(fake.proc)
         gateways = []
         for i, buffer in enumerate(buffers):
-            gw = _serve(buffer, fake.url, workdir / f"gw-{label}-{i}.log")
+            gw = _serve(buffer, fake.url, workdir / f"gw-{label}-{i}.log", tree)
             procs.append(gw.proc)
             gateways.append(gw)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as control:
@@ -360,25 +377,50 @@ async def _database(admin: str) -> str:
 def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
     """SQLite, then 1, 2, 3 replicas on PostgreSQL; prints the table and returns the runs."""
     counts = getattr(args, "replicas", None) or [0, 1, 2, 3]
+    compare: list[Path] = getattr(args, "compare", None) or []
+    rounds = max(1, int(getattr(args, "rounds", 1) or 1))
+    # This checkout's gateway ("pg xN") and, with --compare, the others' ("B xN", "C xN"),
+    # one after the other at each count and round, so all see the same load from elsewhere.
+    trees: list[tuple[str, Path | None]] = [("pg", None)]
+    for index, tree in enumerate(compare):
+        trees.append((chr(ord("B") + index), tree.resolve()))
+        print(f"{trees[-1][0]}: {trees[-1][1]}")
     runs = []
-    if 0 in counts:
-        runs.append(asyncio.run(_one("sqlite", [str(root / "sqlite.db")], root, args, None)))
     statements = int(getattr(args, "statements", 0) or 0)
     with _server(args.store, statements > 0 and args.store == "pg") as (admin, postmaster):
-        for count in [c for c in counts if c > 0]:
-            dsn = asyncio.run(_database(admin))
-            runs.append(
-                asyncio.run(_one(f"pg x{count}", [dsn] * count, root, args, postmaster, admin))
-            )
-    # Ratios to pg x1 only when it ran (`--replicas` without 1: none).
-    one = next((r.accepted for r in runs if r.label == "pg x1"), 0.0)
+        for n in range(rounds):
+            # A folder per round: the fake's and gateways' logs are looked into for their
+            # start, and one written by the round before would answer for them.
+            workdir = root / f"round-{n}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            if 0 in counts:
+                sqlite = workdir / "sqlite.db"
+                runs.append(asyncio.run(_one("sqlite", [str(sqlite)], workdir, args, None)))
+            for count in [c for c in counts if c > 0]:
+                for name, tree in trees:
+                    dsn = asyncio.run(_database(admin))
+                    label = f"{name} x{count}"
+                    runs.append(
+                        asyncio.run(
+                            _one(label, [dsn] * count, workdir, args, postmaster, admin, tree)
+                        )
+                    )
+    # Ratios to each tree's x1 of the same round only when it ran (`--replicas` without 1:
+    # none).
+    ones: dict[tuple[int, str], float] = {}
+    per_round = len(runs) // rounds
+    for index, r in enumerate(runs):
+        name, _, count = r.label.partition(" x")
+        if count == "1":
+            ones[(index // per_round, name)] = r.accepted
     print()
     print(
-        f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs pg x1':>10}"
+        f"{'store':<10}{'accepted ev/s':>15}{'delivered ev/s':>16}{'vs x1':>10}"
         f"{'gw µs/ev':>10}{'db µs/ev':>10}{'load µs/ev':>12}{'graph µs/ev':>13}"
         f"{'cores busy':>12}{'WAL B/ev':>10}{'errors':>8}"
     )
-    for r in runs:
+    for index, r in enumerate(runs):
+        one = ones.get((index // per_round, r.label.partition(" x")[0]), 0.0)
         print(
             f"{r.label:<10}{r.accepted:>15,.0f}{r.delivered:>16,.0f}"
             f"{f'{r.accepted / one:.2f}x' if one else '-':>10}"

@@ -14,8 +14,9 @@ What PostgreSQL adds:
   `INSERT ... ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE`;
 - `queue_counts`: rows per (event_name, state), kept by statement-level triggers in the
   writing transaction, so queue depth is a read of a few dozen rows rather than COUNT(*)
-  over millions. Each backend adds to its own shard (`pg_backend_pid() % 16`), so replicas
-  writing at once do not queue behind one counter row; readers sum the shards.
+  over millions. Each backend adds to its own shard (`pg_backend_pid() % 64`, inserts,
+  updates and deletes in ranges of their own since migration 10), so replicas writing at
+  once do not queue behind one counter row; readers sum the shards.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 # Every state a row can be in; the same as the SQLite store's.
 STATES = ("pending", "inflight", "sent", "sent-dry", "blocked", "dead")
 COUNTER_SHARDS = 16
+# Since migration 10: per kind of statement (see `_V10`).
+COUNTER_SHARDS_V10 = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +323,50 @@ CREATE TABLE catalog_syncs (
 );
 """
 
+# The counters' shards again: 64 per kind of statement, inserts, updates and deletes each in
+# a range of their own. A group commit holds its counter row (its insert's shard) until it
+# commits; with 16 shards for everything, a claim or a recorded result whose backend
+# shared that shard waited for the whole group commit, and if the group commit then went
+# for a row the claim had just locked (a copy to merge), the two deadlocked until
+# PostgreSQL's one-second `deadlock_timeout` broke it (sampled at 2 replicas: claims and
+# merges each waiting on the other, 0.29 backends each). Now a claim's or a result's
+# counter rows are never an insert's, and two writers of one kind share a row a quarter
+# as often. Rows of the old shards stay and are summed with the rest.
+_V10 = f"""
+CREATE OR REPLACE FUNCTION queue_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    my_shard smallint := pg_backend_pid() % {COUNTER_SHARDS_V10}
+        + CASE TG_OP WHEN 'INSERT' THEN 0 WHEN 'UPDATE' THEN {COUNTER_SHARDS_V10}
+          ELSE {2 * COUNTER_SHARDS_V10} END;
+BEGIN
+    -- Rows are upserted in key order so two writers sharing a shard lock them in the
+    -- same order (a deadlock would cost a retry, not a count).
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO queue_counts AS q (event_name, state, shard, n)
+        SELECT event_name, state, my_shard, count(*)
+        FROM new_rows GROUP BY event_name, state ORDER BY event_name, state
+        ON CONFLICT (event_name, state, shard) DO UPDATE SET n = q.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO queue_counts AS q (event_name, state, shard, n)
+        SELECT event_name, state, my_shard, -count(*)
+        FROM old_rows GROUP BY event_name, state ORDER BY event_name, state
+        ON CONFLICT (event_name, state, shard) DO UPDATE SET n = q.n + excluded.n;
+    ELSE
+        INSERT INTO queue_counts AS q (event_name, state, shard, n)
+        SELECT event_name, state, my_shard, sum(d)
+        FROM (
+            SELECT event_name, state, 1 AS d FROM new_rows
+            UNION ALL
+            SELECT event_name, state, -1 AS d FROM old_rows
+        ) AS moves
+        GROUP BY event_name, state HAVING sum(d) <> 0 ORDER BY event_name, state
+        ON CONFLICT (event_name, state, shard) DO UPDATE SET n = q.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -335,6 +382,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "audiences, audience_members, audience_lease", _V_AUDIENCES),
     Migration(8, "insight_events, touchpoints", _V_INSIGHTS),
     Migration(9, "catalog_items, catalog_syncs", _V_CATALOG),
+    Migration(10, "queue counter shards apart for inserts, updates and deletes", _V10),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
