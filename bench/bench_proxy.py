@@ -692,6 +692,7 @@ BASE_PATHS = {"direct": "direct (origin)", "nginx": "nginx proxy"}
 # - no PageView: a consent cookie is required (CAPIGW_CONSENT) and the client sends none, so
 #   the page is still tagged but no cookie is set and nothing is stored;
 # - INJECT=false: the HTML streams through like any other response (proxying alone);
+# - no linger: as shipped, but the sender claims held rows as they come due (send_linger=0);
 # - no assembly: as shipped, but without visitor profiles (`CAPIGW_PROFILE_TTL=0`) or a
 #   hold before the first send: what event assembly and profiles cost per page.
 VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
@@ -703,9 +704,18 @@ VARIANTS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ),
     ("gateway-nostore", "gateway, no PageView", {"CAPIGW_CONSENT": "bench_consent"}),
     ("gateway-noinject", "gateway, INJECT=false", {"CAPIGW_INJECT": "false"}),
+    # The sender claiming held rows as each commit's come due (before `send_linger`).
+    ("gateway-nolinger", "gateway, send_linger=0", {"CAPIGW_SEND_LINGER": "0"}),
 )
 TAGGING = frozenset(
-    {"gateway", "gateway-noassembly", "gateway-nostore", "gateway-sites1", "gateway-sites50"}
+    {
+        "gateway",
+        "gateway-noassembly",
+        "gateway-nolinger",
+        "gateway-nostore",
+        "gateway-sites1",
+        "gateway-sites50",
+    }
 )
 TARGET_ASSEMBLY = 0.85
 # Routing by host among 50 sites costs < 5% against 1 site: gateway CPU per request, which a

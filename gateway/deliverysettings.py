@@ -140,6 +140,11 @@ class DeliverySettings(BaseModel):
     """requests a pixel may burst"""
     poll_interval: float = Field(default=1.0, gt=0)
     """how often an idle sender looks for due rows"""
+    send_linger: float = Field(default=1.0, ge=0, le=60)
+    """rows that became due on a timer (a hold ended, a retry's backoff) wait until this
+    long after the sender's last claim, so that they go in one claim and one request
+    instead of one per group commit; rows stored with no hold are claimed at once (0: no
+    linger)"""
     blocked_probe_interval: float = Field(default=900.0, gt=0)
     """how often a blocked pixel's token is re-checked"""
     shutdown_grace: float = Field(default=10.0, ge=0)

@@ -169,6 +169,7 @@ class Settings(EdgeSettings, DeliverySettings, ListenSettings):
         "retry_base",
         "retry_cap",
         "poll_interval",
+        "send_linger",
         "blocked_probe_interval",
         "shutdown_grace",
         "upstream_connect_timeout",

@@ -57,6 +57,8 @@ def make_settings(tmp_path: Path, graph_url: str, **overrides: Any) -> Settings:
         "pageview_hold": 0,
         # Likewise an event does not wait for copies of it, unless a test asks.
         "assembly_hold": 0,
+        # Nor a retried row for the sender's linger (tests of the linger set it).
+        "send_linger": 0,
     }
     values.update(overrides)
     return Settings.model_validate(values)

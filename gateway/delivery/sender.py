@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -63,6 +64,10 @@ class Sender(Delivery):
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._next_probe = 0.0
+        # When the last claim began (monotonic): rows due on a timer wait for `linger`
+        # after it, so that a steady trickle of held rows is claimed once a linger, not
+        # once per group commit.
+        self._claimed_at = -math.inf
         # Releases of rows whose send was cut short: stop() waits for every one of them,
         # even when the task that started it was cancelled meanwhile.
         self._releases: set[asyncio.Future[None]] = set()
@@ -79,12 +84,19 @@ class Sender(Delivery):
         """Claim and send until `stop()`."""
         await self.reconcile_blocks()
         next_maintenance = 0.0
+        drained = False
         while not self._stopping.is_set():
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + _MAINTENANCE_EVERY
                 await self._maintain()
             # On its own clock: a probe interval under a minute is kept, not rounded up.
             await self._probe_if_due()
+            if drained:
+                # The last claim took every due row it could see: claiming again at once
+                # would be an empty write transaction. Wait for a commit or a due row.
+                drained = False
+                await self._idle()
+                continue
             await self._slots.acquire()
             if self._stopping.is_set():
                 self._slots.release()
@@ -92,6 +104,7 @@ class Sender(Delivery):
             self.outbox.new_work.clear()
             self._freed.clear()
             skip = self._saturated()
+            self._claimed_at = time.monotonic()
             try:
                 rows = await self.outbox.claim(
                     self.owner, limit=self.options.batch_size, lease=self.options.lease, skip=skip
@@ -117,6 +130,7 @@ class Sender(Delivery):
             task = asyncio.create_task(self._deliver(rows, pixels), name="sender-batch")
             self._tasks.add(task)
             task.add_done_callback(self._finished)
+            drained = not skip and len(rows) < self.options.batch_size
 
     def _saturated(self) -> tuple[str, ...]:
         """Pixels holding their share of the send slots (half of them, with several pixels)."""
@@ -195,7 +209,10 @@ class Sender(Delivery):
             due = None
         if due is not None:
             timeout = max(0.0, min(timeout, due - time.time()))
-        end = time.monotonic() + timeout
+        # Rows due on a timer (a hold that ended, a retry's backoff, another process's
+        # commit) are not waited on by anyone: they go at most `linger` after the last claim.
+        linger_until = self._claimed_at + self.options.linger
+        end = max(time.monotonic() + timeout, linger_until)
         while not self._stopping.is_set():
             remaining = end - time.monotonic()
             if remaining <= 0:
@@ -206,12 +223,13 @@ class Sender(Delivery):
                 return
             # Woken by a commit: claim only once something is due. Held rows (the
             # assembly hold) would otherwise cost an empty claim transaction per commit.
+            # Rows stored without a hold are claimed at once: someone may wait on them.
             wake_at = self.outbox.take_wake_at()
             wait = wake_at - time.time()
             if wait <= 0:
                 return
             self.outbox.new_work.clear()
-            end = min(end, time.monotonic() + wait)
+            end = max(min(end, time.monotonic() + wait), linger_until)
 
     async def _maintain(self) -> None:
         try:

@@ -51,6 +51,7 @@ class SenderOptions:
     dry_run: bool
     pixel_rate: float
     pixel_burst: int
+    linger: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> SenderOptions:
@@ -66,6 +67,7 @@ class SenderOptions:
             dry_run=s.dry_run,
             pixel_rate=s.pixel_rate,
             pixel_burst=s.pixel_burst,
+            linger=s.send_linger,
         )
 
 

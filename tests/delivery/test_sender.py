@@ -293,3 +293,51 @@ async def test_a_store_away_while_the_sender_idles_does_not_end_it(
     await wait_for(lambda: "after-the-outage" in fake_graph.event_ids(), timeout=10)
     task = client.app[SENDER]._run_task
     assert task is not None and not task.done()
+
+
+async def test_held_rows_trickling_in_go_in_one_request_per_linger(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    # Behind a front proxy, documents come one by one and each group commit holds a
+    # PageView or two: each used to cost a claim, a Graph request and a mark-sent.
+    client = await gateway(assembly_hold=0.1, send_linger=1.5, poll_interval=30)
+    await asyncio.sleep(0.2)  # the sender's first claim at start
+    for n in range(8):
+        await post(client, [web_event(event_id=f"trickle-{n}")])
+        await asyncio.sleep(0.06)
+    await wait_for(lambda: len(fake_graph.event_ids()) == 8, timeout=15)
+    assert sorted(fake_graph.event_ids()) == sorted(f"trickle-{n}" for n in range(8))
+    assert len(fake_graph.requests) <= 2, [r.received_at for r in fake_graph.requests]
+
+
+async def test_rows_stored_without_a_hold_are_not_lingered(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway(assembly_hold=0, send_linger=30, poll_interval=30)
+    await asyncio.sleep(0.2)
+    for n in range(2):  # the second comes right after a claim: no linger for it either
+        started = time.monotonic()
+        await post(client, [web_event(event_id=f"now-{n}")])
+        await wait_for(lambda n=n: f"now-{n}" in fake_graph.event_ids(), timeout=10)
+        assert time.monotonic() - started < 5
+
+
+async def test_a_claim_that_took_every_due_row_is_not_followed_by_an_empty_one(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway(poll_interval=30)
+    outbox = client.app[OUTBOX]
+    await asyncio.sleep(0.2)  # the sender's first claim at start
+    claims: list[int] = []
+    claim = outbox.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        found = await claim(*args, **kwargs)
+        claims.append(len(found))
+        return found
+
+    outbox.claim = counted  # type: ignore[method-assign]
+    await post(client, [web_event(event_id="one"), web_event(event_id="two")])
+    await wait_for(lambda: len(fake_graph.event_ids()) == 2, timeout=10)
+    await asyncio.sleep(0.3)
+    assert claims == [2]
