@@ -55,7 +55,7 @@ from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
 from gateway.edge.identity import networks
 from gateway.edge.intake import Intake
-from gateway.edge.limits import header_size_middleware
+from gateway.edge.limits import headers_too_large
 from gateway.edge.pixel import get_px_js
 from gateway.edge.sites import install, proxied
 from gateway.edge.visitor import VISITOR_RULES
@@ -94,10 +94,11 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app[STARTED_AT] = time.time()
     app[METRICS] = metrics_for_settings(settings)
     app[VISITOR_RULES] = lambda: app[RUNTIME].visitors
-    # Read per request so that a reload's trusted_proxies apply.
-    app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
+    # Both read per request so that a reload applies; the header bound runs inside the id
+    # middleware (its 431 carries the id) rather than as a layer of its own.
+    too_large = headers_too_large(lambda: app[RUNTIME].settings.max_request_headers_kb * 1024)
     app.middlewares.append(
-        header_size_middleware(lambda: app[RUNTIME].settings.max_request_headers_kb * 1024)
+        request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies, too_large)
     )
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_stitches_ctx)
