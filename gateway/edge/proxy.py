@@ -96,6 +96,9 @@ class Proxy:
             self.shares.give_back(client)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        client = self.client
+        if client is not None and not request.body_exists and request.method in _LEAN_METHODS:
+            return await self._forward_lean(request, client)
         limit = self.options.max_upload
         length = request.content_length  # parsed anew on each read: once is enough
         if length is not None and length > limit:
@@ -130,46 +133,73 @@ class Proxy:
             complete_body = complete
         started = time.monotonic()
         try:
-            upstream: Answer
-            if body is None and self.client is not None and request.method in _LEAN_METHODS:
-                upstream = await self.client.request(
-                    request.method, self._raw_target(request), headers
-                )
-            else:
-                call = self.session.request(
-                    request.method,
-                    self._target(request),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=self.options.timeout,
-                    compress=None,
-                )
-                upstream = await (
-                    body.guard(call) if body is not None and not complete_body else call
-                )
+            # Uploads (and everything without the lean client) go through aiohttp's client.
+            call = self.session.request(
+                request.method,
+                self._target(request),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self.options.timeout,
+                compress=None,
+            )
+            upstream: Answer = await (
+                body.guard(call) if body is not None and not complete_body else call
+            )
         except BodyTooLarge:
             return error_page(request, 413, "Request body too large", f"at most {limit} bytes")
         except ClientTooSlow:
             return self._too_slow(request)
         except TimeoutError:
-            self.health.record("timeout", status=504)
-            log.warning("Upstream timed out for %s %s.", request.method, request.path)
-            return error_page(request, 504, "Gateway Timeout", "the site took too long to answer")
+            return self._timed_out(request)
         except (aiohttp.ClientError, OSError) as exc:
-            self.health.record("unreachable", status=502)
-            log.warning(
-                "Upstream unreachable for %s %s: %s", request.method, request.path, reason(exc)
-            )
-            return error_page(request, 502, "Bad Gateway", "the site could not be reached")
-        self.metrics.upstream_latency(time.monotonic() - started, site=self.pages.site)
-        self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
+            return self._unreachable(request, exc)
+        self._answered(upstream, started)
         try:
             if run is None and self._passes(upstream):
                 return await pass_through(request, upstream, self.options)
             return await self._respond(request, upstream, run)
         finally:
             upstream.release()
+
+    async def _forward_lean(
+        self, request: web.Request, client: UpstreamClient
+    ) -> web.StreamResponse:
+        """A body-less GET or HEAD (nearly every asset and page) through the lean client:
+        no upload to read, bound or guard."""
+        headers = self._headers(request)
+        length = request.content_length
+        if length is not None:  # a GET's "Content-Length: 0" goes on as sent
+            headers["Content-Length"] = str(length)
+        run = self._begin(request)
+        started = time.monotonic()
+        try:
+            upstream = await client.request(request.method, self._raw_target(request), headers)
+        except TimeoutError:
+            return self._timed_out(request)
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._unreachable(request, exc)
+        self._answered(upstream, started)
+        try:
+            if run is None and self._passes(upstream):
+                return await pass_through(request, upstream, self.options)
+            return await self._respond(request, upstream, run)
+        finally:
+            upstream.release()
+
+    def _answered(self, upstream: Answer, started: float) -> None:
+        self.metrics.upstream_latency(time.monotonic() - started, site=self.pages.site)
+        self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
+
+    def _timed_out(self, request: web.Request) -> web.Response:
+        self.health.record("timeout", status=504)
+        log.warning("Upstream timed out for %s %s.", request.method, request.path)
+        return error_page(request, 504, "Gateway Timeout", "the site took too long to answer")
+
+    def _unreachable(self, request: web.Request, exc: BaseException) -> web.Response:
+        self.health.record("unreachable", status=502)
+        log.warning("Upstream unreachable for %s %s: %s", request.method, request.path, reason(exc))
+        return error_page(request, 502, "Bad Gateway", "the site could not be reached")
 
     def _passes(self, upstream: Answer) -> bool:
         """True for an answer nothing of ours reads or changes (no rule ran for the request):
