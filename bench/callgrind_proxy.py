@@ -125,6 +125,16 @@ def measure(
     results: dict[str, float] = {}
     try:
         _wait_up(port, proc, log, timeout=300)
+        if args.idle:
+            # What the process executes with no request at all (timers, background tasks):
+            # under valgrind a run lasts ~50x longer, so that share is ~50x overstated.
+            for part in work.glob(out.name + "*"):
+                part.unlink()
+            _control(proc.pid, "--zero")
+            time.sleep(args.idle)
+            _control(proc.pid, "--dump")
+            time.sleep(0.5)
+            results["idle Ir/s"] = _total(out) / args.idle
         for f in bp.FILES:
             if f.key not in args.files.split(","):
                 continue
@@ -133,8 +143,10 @@ def measure(
             for part in work.glob(out.name + "*"):
                 part.unlink()
             _control(proc.pid, "--zero")
+            started = time.monotonic()
             asyncio.run(load(port, wire, args.requests, args.connections))
             _control(proc.pid, "--dump")
+            results[f.key + " s"] = time.monotonic() - started
             time.sleep(0.5)
             results[f.key] = _total(out) / args.requests
             if args.keep is not None:
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", default="css,js")
     parser.add_argument("--root", type=Path, action="append", default=[])
     parser.add_argument("--floor", action="append", default=[], choices=("fixed", "lean-proxy"))
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="also count N seconds without requests"
+    )
     parser.add_argument("--no-self", action="store_true", help="skip this checkout's gateway")
     parser.add_argument(
         "--keep", type=Path, help="copy the dumps here (for callgrind_annotate)"
@@ -187,9 +202,18 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--upstream", origin]
             rows.append((mode, measure(mode, cmd, clean_env(), ROOT, port, work, args, procs)))
     files = args.files.split(",")
-    print(f"{'target':<40}" + "".join(f"{f + ' Ir/req':>16}" for f in files))
+    head = "".join(f"{f + ' Ir/req':>16}" for f in files)
+    if args.idle:
+        head += f"{'idle Ir/s':>16}" + "".join(f"{f + ' less idle':>16}" for f in files)
+    print(f"{'target':<40}{head}")
     for name, results in rows:
         cells = "".join(f"{results.get(f, float('nan')):>16,.0f}" for f in files)
+        if args.idle:
+            idle = results.get("idle Ir/s", 0.0)
+            cells += f"{idle:>16,.0f}"
+            for f in files:
+                less = results.get(f, 0.0) - idle * results.get(f + " s", 0.0) / args.requests
+                cells += f"{less:>16,.0f}"
         print(f"{name:<40}{cells}")
     return 0
 
