@@ -168,10 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--idle", type=float, default=0.0, help="also count N seconds without requests"
     )
+    parser.add_argument("--asyncio", action="store_true", help="floors on asyncio's own loop")
     parser.add_argument("--no-self", action="store_true", help="skip this checkout's gateway")
-    parser.add_argument(
-        "--keep", type=Path, help="copy the dumps here (for callgrind_annotate)"
-    )
+    parser.add_argument("--keep", type=Path, help="copy the dumps here (for callgrind_annotate)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (callgrind_control)")
@@ -191,15 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             more += ["--graph-url", bp.GRAPH_URL, "--api-key", bp.API_KEY]
             cli = root / ".venv" / "bin" / "capi-gateway"
             cmd = [str(python), str(cli), *serve_args(port, buffer, *more)]
-            env = clean_env(
-                CAPIGW_UPSTREAM=origin, CAPIGW_WORKERS="1", CAPIGW_DRY_RUN="true"
-            )
+            env = clean_env(CAPIGW_UPSTREAM=origin, CAPIGW_WORKERS="1", CAPIGW_DRY_RUN="true")
             name = "gateway" if root == ROOT else f"gateway {root}"
             rows.append((name, measure(f"gw{port}", cmd, env, root, port, work, args, procs)))
         for mode in args.floor:
             port = free_port()
             cmd = [sys.executable, str(_FLOOR), "--serve", mode, "--port", str(port)]
-            cmd += ["--upstream", origin]
+            cmd += ["--upstream", origin, *(["--asyncio"] if args.asyncio else [])]
             rows.append((mode, measure(mode, cmd, clean_env(), ROOT, port, work, args, procs)))
     files = args.files.split(",")
     head = "".join(f"{f + ' Ir/req':>16}" for f in files)

@@ -118,12 +118,14 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_get(f"{prefix}/px.js", get_px_js)
     # The router is empty without [[sites]]; installed all the same so that a reload can
     # add the first site (or remove the last) without new routes (gateway.siteapp).
-    install(app, router(settings))
+    holder = install(app, router(settings))
     app.router.add_post(f"{prefix}/collect", _collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.append(sites_ctx)
     # Everything outside the prefix belongs to the site (the host's site with [[sites]]).
-    app.router.add_route("*", "/{path:.*}", site_proxy, expect_handler=site_expect)
+    app.router.add_route(
+        "*", "/{path:.*}", site_proxy(holder, app[METRICS]), expect_handler=site_expect
+    )
     return app
 
 

@@ -26,6 +26,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+_PLAIN_CONNECTION = frozenset({"keep-alive"})
 _REQUEST_ONLY_DROP = frozenset({"expect", "content-length"})
 _TRUSTED_DROP = HOP_BY_HOP | _REQUEST_ONLY_DROP
 _UNTRUSTED_DROP = _TRUSTED_DROP | {
@@ -59,7 +60,12 @@ def end_to_end(headers: Headers, *, keep: Iterable[str] = ()) -> CIMultiDict[str
 
 def drop_hop_by_hop(headers: CIMultiDict[str], *, keep: Iterable[str] = ()) -> None:
     """Take the hop-by-hop fields (and those Connection names) out of `headers`, in place."""
-    drop = HOP_BY_HOP | connection_tokens(headers) if "Connection" in headers else HOP_BY_HOP
+    drop = HOP_BY_HOP
+    if "Connection" in headers:
+        line = headers.getall("Connection")
+        # Nearly every answer says just "keep-alive" (hop-by-hop already): nothing to add.
+        if len(line) != 1 or line[0].strip().lower() not in _PLAIN_CONNECTION:
+            drop = HOP_BY_HOP | connection_tokens(headers)
     if keep:
         drop = drop - {k.lower() for k in keep}
     for name in drop:
