@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             cli = root / ".venv" / "bin" / "capi-gateway"
             cmd = [str(python), str(cli), *serve_args(port, buffer, *more)]
             env = clean_env(CAPIGW_UPSTREAM=origin, CAPIGW_WORKERS="1", CAPIGW_DRY_RUN="true")
+            if not bp._knows_setting(root, "assembly_hold"):  # a tree from before assembly
+                del env["CAPIGW_ASSEMBLY_HOLD"]
             name = "gateway" if root == ROOT else f"gateway {root}"
             rows.append((name, measure(f"gw{port}", cmd, env, root, port, work, args, procs)))
         for mode in args.floor:
