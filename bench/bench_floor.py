@@ -2,8 +2,9 @@
 
     python bench/bench_floor.py [--seconds 5] [--concurrency 32] [--files css,js]
 
-Each floor is one process, one event loop, access log off, under the same wrk as
-bench_proxy.py (nginx as the origin):
+Each floor is one process, one event loop (the gateway's: uvloop when installed;
+`--asyncio` for asyncio's own), access log off, under the same wrk as bench_proxy.py
+(nginx as the origin):
 - `fixed`: a bare aiohttp server whose handler answers a fixed 100-byte body (no upstream);
 - `aiohttp-proxy`: a bare aiohttp server forwarding through an aiohttp ClientSession set up
   as the gateway's was (no header rules, no metrics, no page plan);
@@ -102,12 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--files", default="css,js")
+    parser.add_argument(
+        "--asyncio", action="store_true", help="asyncio's own loop, not the gateway's (uvloop)"
+    )
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(_serve(args.serve, args.port, args.upstream))
+        if args.asyncio:
+            asyncio.run(_serve(args.serve, args.port, args.upstream))
+        else:
+            # The gateway's own loop (uvloop when installed): the floor must not differ from
+            # the gateway in what runs the server, or the gap includes the loop's cost.
+            from gateway.cli import run
+
+            run(_serve(args.serve, args.port, args.upstream))
         return 0
     nginx, wrk = bp.ensure_tools()
     files = [f for f in bp.FILES if f.key in args.files.split(",")]
@@ -120,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             log = work / f"{mode}.log"
             cmd = [sys.executable, __file__, "--serve", mode, "--port", str(port)]
+            cmd += ["--asyncio"] if args.asyncio else []
             proc = subprocess.Popen(
                 [*cmd, "--upstream", origin], stdout=log.open("wb"), stderr=subprocess.STDOUT
             )

@@ -55,7 +55,7 @@ from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
 from gateway.edge.identity import networks
 from gateway.edge.intake import Intake
-from gateway.edge.limits import header_size_middleware
+from gateway.edge.limits import headers_too_large
 from gateway.edge.pixel import get_px_js
 from gateway.edge.sites import install, proxied
 from gateway.edge.visitor import VISITOR_RULES
@@ -94,10 +94,11 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app[STARTED_AT] = time.time()
     app[METRICS] = metrics_for_settings(settings)
     app[VISITOR_RULES] = lambda: app[RUNTIME].visitors
-    # Read per request so that a reload's trusted_proxies apply.
-    app.middlewares.append(request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies))
+    # Both read per request so that a reload applies; the header bound runs inside the id
+    # middleware (its 431 carries the id) rather than as a layer of its own.
+    too_large = headers_too_large(lambda: app[RUNTIME].settings.max_request_headers_kb * 1024)
     app.middlewares.append(
-        header_size_middleware(lambda: app[RUNTIME].settings.max_request_headers_kb * 1024)
+        request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies, too_large)
     )
     app.cleanup_ctx.append(_outbox_ctx)
     app.cleanup_ctx.append(_stitches_ctx)
@@ -117,12 +118,14 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_get(f"{prefix}/px.js", get_px_js)
     # The router is empty without [[sites]]; installed all the same so that a reload can
     # add the first site (or remove the last) without new routes (gateway.siteapp).
-    install(app, router(settings))
+    holder = install(app, router(settings))
     app.router.add_post(f"{prefix}/collect", _collect)
     app.router.add_route("*", prefix + "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.append(sites_ctx)
     # Everything outside the prefix belongs to the site (the host's site with [[sites]]).
-    app.router.add_route("*", "/{path:.*}", site_proxy, expect_handler=site_expect)
+    app.router.add_route(
+        "*", "/{path:.*}", site_proxy(holder, app[METRICS]), expect_handler=site_expect
+    )
     return app
 
 

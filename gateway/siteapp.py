@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.appkeys import INTAKE, METRICS, PAGES, PROXIED_RULES, PROXY, RUNTIME, STITCHES, Runtime
 from gateway.catalogapp import catalog_pages
@@ -21,9 +22,18 @@ from gateway.delivery.seal import load_key
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_client, upstream_session
-from gateway.edge.sites import SITES, SiteRouter, SiteStages, single_stages, site_stages, sites_on
+from gateway.edge.sites import (
+    SITES,
+    SiteHolder,
+    SiteRouter,
+    SiteStages,
+    single_stages,
+    site_stages,
+    sites_on,
+)
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.app")
@@ -43,23 +53,27 @@ def _misdirected(request: web.Request) -> web.Response:
     )
 
 
-async def site_proxy(request: web.Request) -> web.StreamResponse:
-    """Everything outside the prefix: to the host's site, or the one upstream without sites."""
-    holder = request.app[SITES]
-    if not holder.router.by_name:
-        # The hot path without sites: one look at the holder, as `_proxy` used to.
-        single = holder.single
-        if single is None or single.proxy is None:
-            raise web.HTTPNotFound()  # nothing proxied: as if there were no such route
-        response = await single.proxy.handle(request)
-        request.app[METRICS].proxied(response.status)
+def site_proxy(holder: SiteHolder, metrics: Metrics) -> Handler:
+    """The handler of everything outside the prefix: to the host's site, or the one upstream
+    without sites. Bound to the app's holder and metrics once, not looked up per request."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not holder.router.by_name:
+            # The hot path without sites: one look at the holder.
+            single = holder.single
+            if single is None or single.proxy is None:
+                raise web.HTTPNotFound()  # nothing proxied: as if there were no such route
+            response = await single.proxy.handle(request)
+            metrics.proxied(response.status)
+            return response
+        stages = site_stages(request)
+        if stages is None or stages.proxy is None:
+            return _misdirected(request)
+        response = await stages.proxy.handle(request)
+        metrics.proxied(response.status, stages.name)
         return response
-    stages = site_stages(request)
-    if stages is None or stages.proxy is None:
-        return _misdirected(request)
-    response = await stages.proxy.handle(request)
-    request.app[METRICS].proxied(response.status, stages.name)
-    return response
+
+    return handle
 
 
 async def site_expect(request: web.Request) -> web.StreamResponse | None:

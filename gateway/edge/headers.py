@@ -6,7 +6,7 @@ of the forwarding headers can be tested without a socket.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -26,7 +26,15 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+_PLAIN_CONNECTION = frozenset({"keep-alive"})
 _REQUEST_ONLY_DROP = frozenset({"expect", "content-length"})
+_TRUSTED_DROP = HOP_BY_HOP | _REQUEST_ONLY_DROP
+_UNTRUSTED_DROP = _TRUSTED_DROP | {
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+}
 # Validators and digests of a body we rewrite are wrong afterwards.
 _REWRITTEN_DROP = ("Content-Length", "Content-MD5", "Digest", "Repr-Digest", "Content-Digest")
 
@@ -43,16 +51,26 @@ def connection_tokens(headers: Headers) -> set[str]:
 
 def end_to_end(headers: Headers, *, keep: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop fields; `keep` names survive (e.g. Upgrade for WebSocket)."""
-    drop = HOP_BY_HOP | connection_tokens(headers) if "Connection" in headers else HOP_BY_HOP
-    if keep:
-        drop = drop - {k.lower() for k in keep}
     # One copy in C (order, case and repeated fields kept), then the few hop-by-hop names
     # taken out: cheaper than re-adding every field from Python on every request.
     out = CIMultiDict(headers)
-    for name in drop:
-        if name in out:
-            del out[name]
+    drop_hop_by_hop(out, keep=keep)
     return out
+
+
+def drop_hop_by_hop(headers: CIMultiDict[str], *, keep: Iterable[str] = ()) -> None:
+    """Take the hop-by-hop fields (and those Connection names) out of `headers`, in place."""
+    drop = HOP_BY_HOP
+    if "Connection" in headers:
+        line = headers.getall("Connection")
+        # Nearly every answer says just "keep-alive" (hop-by-hop already): nothing to add.
+        if len(line) != 1 or line[0].strip().lower() not in _PLAIN_CONNECTION:
+            drop = HOP_BY_HOP | connection_tokens(headers)
+    if keep:
+        drop = drop - {k.lower() for k in keep}
+    for name in drop:
+        if name in headers:
+            del headers[name]
 
 
 def upstream_request_headers(
@@ -66,17 +84,19 @@ def upstream_request_headers(
     preserve_host: bool,
 ) -> CIMultiDict[str]:
     """Headers for the upstream request: end-to-end fields plus X-Forwarded-*."""
-    out = end_to_end(incoming)
-    for name in _REQUEST_ONLY_DROP:
-        out.popall(name, None)
+    out = CIMultiDict(incoming)
     # Forwarding headers from an untrusted peer are the client's claims: drop them, so the
-    # site never sees a spoofed chain with our hop appended as if it vouched for it.
-    prior_for = out.popall("X-Forwarded-For", []) if peer_trusted else []
+    # site never sees a spoofed chain with our hop appended as if it vouched for it. One
+    # pass over one set of names (every request, every asset, comes by here).
+    drop = _TRUSTED_DROP if peer_trusted else _UNTRUSTED_DROP
+    if "Connection" in out:
+        drop = drop | connection_tokens(out)
+    for name in drop:
+        if name in out:
+            del out[name]
+    prior_for = out.popall("X-Forwarded-For", ()) if peer_trusted else ()
     prior_proto = out.getone("X-Forwarded-Proto", None) if peer_trusted else None
     prior_host = out.getone("X-Forwarded-Host", None) if peer_trusted else None
-    for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"):
-        if not peer_trusted or name == "X-Forwarded-For":
-            out.popall(name, None)
     chain = [part.strip() for line in prior_for for part in line.split(",") if part.strip()]
     if peer:
         chain.append(peer)
@@ -111,13 +131,22 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     """Upstream response headers for the client: end-to-end, redirects pointed at us."""
     out = end_to_end(upstream_headers)
-    for name in ("Location", "Content-Location"):
-        if name not in out:
-            continue  # most answers have neither: no popall/re-add round trip
-        values = out.popall(name, [])
-        for value in values:
-            out.add(name, rewrite_location(value, upstream, public_origin))
+    rewrite_locations(out, upstream, lambda: public_origin)
     return out
+
+
+def rewrite_locations(headers: CIMultiDict[str], upstream: URL, origin: Callable[[], str]) -> None:
+    """Point Location and Content-Location on the upstream's origin at `origin()`, in place.
+
+    `origin` is asked only when there is such a field: most answers have none.
+    """
+    for name in ("Location", "Content-Location"):
+        if name not in headers:
+            continue  # no popall/re-add round trip
+        public_origin = origin()
+        values = headers.popall(name, [])
+        for value in values:
+            headers.add(name, rewrite_location(value, upstream, public_origin))
 
 
 def prepare_rewritten(headers: CIMultiDict[str]) -> None:
