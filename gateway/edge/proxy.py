@@ -154,13 +154,7 @@ class Proxy:
             return self._timed_out(request)
         except (aiohttp.ClientError, OSError) as exc:
             return self._unreachable(request, exc)
-        self._answered(upstream, started)
-        try:
-            if run is None and self._passes(upstream):
-                return await pass_through(request, upstream, self.options)
-            return await self._respond(request, upstream, run)
-        finally:
-            upstream.release()
+        return await self._reply(request, upstream, run, started)
 
     async def _forward_lean(
         self, request: web.Request, client: UpstreamClient
@@ -179,6 +173,13 @@ class Proxy:
             return self._timed_out(request)
         except (aiohttp.ClientError, OSError) as exc:
             return self._unreachable(request, exc)
+        return await self._reply(request, upstream, run, started)
+
+    async def _reply(
+        self, request: web.Request, upstream: Answer, run: Run | None, started: float
+    ) -> web.StreamResponse:
+        """The site's answer relayed as it is, or through the page path when something of
+        ours reads it; its connection handed back either way."""
         self._answered(upstream, started)
         try:
             if run is None and self._passes(upstream):
