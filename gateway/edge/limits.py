@@ -10,7 +10,6 @@ from collections.abc import Callable
 from itertools import chain
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import json_error
 
@@ -41,17 +40,3 @@ def headers_too_large(
         return response
 
     return check
-
-
-def header_size_middleware(limit_bytes: Callable[[], int]) -> Middleware:
-    """Answer 431 to a request whose header lines add up to more than `limit_bytes()`."""
-    check = headers_too_large(limit_bytes)
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = check(request)
-        if refused is not None:
-            return refused
-        return await handler(request)
-
-    return middleware
