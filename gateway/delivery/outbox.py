@@ -41,7 +41,8 @@ from gateway.delivery.profiles import register as register_profiles
 from gateway.delivery.results import Results
 from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError
-from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed, OutboxFull
+from gateway.delivery.sizeguard import SizeGuard
+from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed
 from gateway.models import NewEvent, row_key
 from gateway.pipeline.assembly import Outcome
 
@@ -70,9 +71,14 @@ class Outbox(Results):
         self._lock = asyncio.Lock()
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._window = group_commit_ms / 1000.0
-        self._max_bytes = max_bytes
-        self._size_checked = 0.0
-        self._over_limit = False
+        # Measured at most once a second: page_count is cheap on the writer's connection.
+        self._size = SizeGuard(
+            str(path),
+            max_bytes,
+            every=1.0,
+            used=self.used_bytes,
+            purge=lambda: self.purge_sent_oldest(fraction=0.5),
+        )
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         # Set after each commit so an idle sender wakes at once instead of polling; with
@@ -181,7 +187,7 @@ class Outbox(Results):
         if not events:
             return []
         try:
-            await self._check_size()
+            await self._size.check()
         except (ValueError, sqlite3.ProgrammingError) as exc:
             if self._closing:
                 raise OutboxClosed("the outbox is shutting down") from exc
@@ -257,27 +263,6 @@ class Outbox(Results):
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""
         return assembler.hold_of(ev, self.assembly_hold)
-
-    async def _check_size(self) -> None:
-        now = time.monotonic()
-        if now - self._size_checked < 1.0:
-            if self._over_limit:
-                raise OutboxFull(f"buffer {self.path} is over max_buffer_mb")
-            return
-        self._size_checked = now
-        used = await self.used_bytes()
-        if used > self._max_bytes:
-            # Delivered rows are only kept for the record: give their room back first.
-            await self.purge_sent_oldest(fraction=0.5)
-            used = await self.used_bytes()
-        self._over_limit = used > self._max_bytes
-        if self._over_limit:
-            log.error(
-                "Outbox %s holds %.1f MiB, over max_buffer_mb: refusing new events.",
-                str(self.path),
-                used / 1048576,
-            )
-            raise OutboxFull(f"buffer {self.path} is over max_buffer_mb")
 
     async def used_bytes(self) -> int:
         """Bytes of database pages in use.

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery.outbox import Outbox, OutboxClosed, OutboxFull
+from gateway.delivery.outbox import Outbox, OutboxClosed
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.schema import CACHE_KIB, SCHEMA_VERSION, SchemaError, connect
 from gateway.delivery.seal import Sealer, SealError
-from gateway.delivery.store import OutboxStore
+from gateway.delivery.store import OutboxFull, OutboxStore
 from gateway.models import NewEvent
 from tests.delivery.stores import count_rows, fetch
 
@@ -143,12 +143,12 @@ async def test_expiry_and_retention(box: OutboxStore) -> None:
 
 async def test_over_the_disk_bound_refuses_instead_of_dropping(tmp_path: Path) -> None:
     outbox = await Outbox.open(tmp_path / "full.db", Sealer(KEY))
-    outbox._max_bytes = await outbox.used_bytes() + 64 * 1024
+    outbox._size.max_bytes = await outbox.used_bytes() + 64 * 1024
     try:
         with pytest.raises(OutboxFull):
             for i in range(50):
                 await outbox.add([event(f"f{i}-{j}") for j in range(50)])
-                outbox._size_checked = 0  # re-measure on every call in this test
+                outbox._size.checked_at = 0  # re-measure on every call in this test
         # Nothing already accepted was dropped.
         assert await count(outbox) >= 50
     finally:
@@ -161,8 +161,8 @@ async def test_delivered_rows_make_room_before_refusing(tmp_path: Path) -> None:
         await outbox.add([event(f"d{i}") for i in range(400)])
         rows = await outbox.claim("w", limit=400, lease=30)
         await outbox.mark_sent([r.id for r in rows], "w", fbtrace_id=None)
-        outbox._max_bytes = await outbox.used_bytes() - 1
-        outbox._size_checked = 0
+        outbox._size.max_bytes = await outbox.used_bytes() - 1
+        outbox._size.checked_at = 0
         await outbox.add([event("fits")])
         assert await count(outbox, "state='sent'") < 400
         assert await count(outbox, "event_id='fits'") == 1
@@ -172,7 +172,7 @@ async def test_delivered_rows_make_room_before_refusing(tmp_path: Path) -> None:
 
 async def test_close_flushes_and_then_refuses(tmp_path: Path) -> None:
     outbox = await Outbox.open(tmp_path / "c.db", Sealer(KEY), group_commit_ms=50)
-    outbox._size_checked = time.monotonic()  # no size check: the add queues at once
+    outbox._size.checked_at = time.monotonic()  # no size check: the add queues at once
     pending = asyncio.ensure_future(outbox.add([event("late")]))
     await asyncio.sleep(0)
     await outbox.close()

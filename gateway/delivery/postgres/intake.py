@@ -26,7 +26,8 @@ from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.upkeep import Upkeep
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
-from gateway.delivery.store import OutboxClosed, OutboxFull
+from gateway.delivery.sizeguard import SizeGuard
+from gateway.delivery.store import OutboxClosed
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome
 
@@ -63,9 +64,7 @@ class Intake(Upkeep):
     _others_at: float
     _me: str
     _closing: bool
-    _max_bytes: int
-    _size_checked: float
-    _over_limit: bool
+    _size: SizeGuard
 
     async def add(self, events: Sequence[NewEvent]) -> list[Outcome]:
         """Store events durably; per event "new", "merged" or "late"."""
@@ -73,7 +72,7 @@ class Intake(Upkeep):
             return []
         if self._closing:
             raise OutboxClosed("the outbox is shutting down")
-        await self._check_size()
+        await self._size.check()
         if self._closing:
             raise OutboxClosed("the outbox is shutting down")
         item = Pending(events)
@@ -178,21 +177,6 @@ class Intake(Upkeep):
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""
         return assembler.hold_of(ev, self.assembly_hold)
-
-    async def _check_size(self) -> None:
-        now = time.monotonic()
-        if now - self._size_checked < 5.0:
-            if self._over_limit:
-                raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
-            return
-        self._size_checked = now
-        used = await self.used_bytes()
-        if used > self._max_bytes:
-            await self.purge_sent_oldest(fraction=0.5)
-            used = await self.used_bytes()
-        self._over_limit = used > self._max_bytes
-        if self._over_limit:
-            raise OutboxFull(f"the store at {self.path} is over max_buffer_mb")
 
     async def used_bytes(self) -> int:
         """Bytes of the events table with its indexes and TOAST (PostgreSQL's own figure)."""

@@ -38,6 +38,7 @@ from gateway.delivery.postgres.reads import queue_stats
 from gateway.delivery.postgres.results import Results, affected
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer, SealError
+from gateway.delivery.sizeguard import SizeGuard
 from gateway.delivery.store import Claimed, KeyMismatch
 from gateway.models import row_key
 from gateway.settings import ConfigError, Settings
@@ -79,9 +80,14 @@ class PgOutbox(Intake, Results):
         self._writers = max(1, writers)
         # When another replica's commit was last announced (`_overlap`).
         self._others_at = -math.inf
-        self._max_bytes = max_bytes
-        self._size_checked = 0.0
-        self._over_limit = False
+        # Measured at most every 5 s: pg_total_relation_size stats every file of the table.
+        self._size = SizeGuard(
+            db.name,
+            max_bytes,
+            every=5.0,
+            used=self.used_bytes,
+            purge=lambda: self.purge_sent_oldest(fraction=0.5),
+        )
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self.new_work = asyncio.Event()
