@@ -1,4 +1,4 @@
-"""`{prefix}/admin`: the operator's dashboard, its login, and the dead-letter actions.
+"""`{prefix}/admin`: the operator's dashboard, the insights page and the login.
 
 Who gets in: with `admin_token` set, a browser signs in once with the token (a form) and
 then carries a signed session cookie (HttpOnly, SameSite=Strict, Path={prefix}/admin); a
@@ -6,9 +6,8 @@ script may send `Authorization: Bearer <token>` instead. Without a token, peers 
 `admin_networks` (loopback: the demo) get a session cookie on their first visit without
 signing in, and everybody else a 403 saying how to set one (see `gateway.ops.access`).
 
-Actions (retry or discard a dead letter, retry them all) are POSTs that carry the
-session's CSRF token and are refused from another origin; Bearer requests need neither,
-as a browser never adds that header on its own.
+The POST actions (retry or discard dead letters, forget a person, sign out) live in
+`gateway.admin.actions`.
 """
 
 from __future__ import annotations
@@ -18,11 +17,18 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from importlib import resources
-from urllib.parse import parse_qs
 
 from aiohttp import web
 
 from gateway import __version__
+from gateway.admin.actions import (
+    notice_of,
+    post_discard,
+    post_forget,
+    post_logout,
+    post_retry,
+    read_form,
+)
 from gateway.admin.audiences import audience_rows
 from gateway.admin.auth import (
     ADMIN,
@@ -31,7 +37,6 @@ from gateway.admin.auth import (
     any_token,
     auth_key,
     authenticate,
-    cookie_path,
     prefixed,
     same_origin,
     see_other,
@@ -41,20 +46,17 @@ from gateway.admin.auth import (
     signing_key,
     tenant_keys_of,
     tenant_session_of,
-    wants_html,
 )
 from gateway.admin.catalog import catalog_panels
 from gateway.admin.data import DayCache, RuleLike, load_dashboard
 from gateway.admin.insightspage import render_insights
 from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
-from gateway.admin.session import COOKIE, csrf_ok, csrf_token, issue
+from gateway.admin.session import csrf_token, issue
 from gateway.appkeys import CATALOG, OUTBOX, RUNTIME
-from gateway.delivery.forget import Person, PersonError
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import DatabaseUnavailable
 from gateway.delivery.reads import reading
-from gateway.edge.bodies import read_whole
 from gateway.errors import json_error
 from gateway.insights.reports import ReportError
 from gateway.insights.reports import dashboard as report_dashboard
@@ -68,8 +70,6 @@ from gateway.pipeline.extract import Extractor
 
 log = logging.getLogger("gateway.admin")
 
-_FORM_LIMIT = 64 * 1024
-_MAX_IDS = 1000
 _ASSETS = {
     "admin.css": "text/css",
     "admin.js": "application/javascript",
@@ -175,7 +175,7 @@ async def get_admin(request: web.Request) -> web.StreamResponse:
         data,
         prefix=settings.prefix,
         csrf=csrf_token(auth_key(request, auth), auth.session) if auth.session else "",
-        notice=_notice(request),
+        notice=notice_of(request),
         signed_in=bool((settings.admin_token or auth.sites) and auth.session),
         sites=choices,
         site=shown[0] if shown is not None and len(shown) == 1 else None,
@@ -277,7 +277,7 @@ async def post_login(request: web.Request) -> web.StreamResponse:
         response = _login_page(request, "Too many attempts: wait a little and try again.", 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
-    form = await _form(request)
+    form = await read_form(request)
     if isinstance(form, web.Response):
         return form
     given = (form.get("token") or [""])[0].strip()
@@ -300,80 +300,6 @@ async def post_login(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def post_logout(request: web.Request) -> web.StreamResponse:
-    """End the browser's session."""
-    checked = await _action(request)
-    if isinstance(checked, web.Response):
-        return checked
-    response = see_other(request, "/admin/login")
-    response.del_cookie(COOKIE, path=cookie_path(request))
-    return response
-
-
-# -- actions --------------------------------------------------------------------------------
-
-
-async def post_retry(request: web.Request) -> web.StreamResponse:
-    """Queue dead letters (`id` fields, or `all=1`) for sending again now."""
-    checked = await _action(request)
-    if isinstance(checked, web.Response):
-        return checked
-    form, sites = checked
-    ids = _ids(form, allow_all=True)
-    if isinstance(ids, web.Response):
-        return ids
-    count = await request.app[OUTBOX].requeue_dead(ids, sites=sites)
-    log.info("Dashboard: %d dead letter(s) queued for sending again%s.", count, _by(sites))
-    return _done(request, "retried", count)
-
-
-async def post_discard(request: web.Request) -> web.StreamResponse:
-    """Delete the dead letters of the `id` fields."""
-    checked = await _action(request)
-    if isinstance(checked, web.Response):
-        return checked
-    form, sites = checked
-    ids = _ids(form, allow_all=False)
-    if isinstance(ids, web.Response):
-        return ids
-    assert ids is not None
-    count = await request.app[OUTBOX].discard_dead(ids, sites=sites)
-    log.info("Dashboard: %d dead letter(s) discarded%s.", count, _by(sites))
-    return _done(request, "discarded", count)
-
-
-async def post_forget(request: web.Request) -> web.StreamResponse:
-    """Erase a person (`email`, `phone`, `external_id`, `fbp` fields): their profile,
-    stitched visits and the identifiers of unsent events. Answers the counts as JSON."""
-    checked = await _action(request)
-    if isinstance(checked, web.Response):
-        return checked
-    form, sites = checked
-    settings = request.app[RUNTIME].settings
-    try:
-        person = Person.of(
-            email=form.get("email", []),
-            phone=form.get("phone", []),
-            external_id=form.get("external_id", []),
-            fbp=form.get("fbp", []),
-            default_country=settings.default_country,
-        )
-    except PersonError as exc:
-        return json_error(400, "invalid form", str(exc))
-    signing_key(request)  # loads the outbox key into the admin state
-    key = request.app[ADMIN].key
-    assert key is not None
-    counts = await request.app[OUTBOX].forget(person, key, sites=sites)
-    log.info(
-        "Dashboard: forgot a person (%d event(s), %d profile(s), %d stitched visit(s))%s.",
-        counts["events"],
-        counts["profiles"],
-        counts["stitches"],
-        _by(sites),
-    )
-    return web.json_response({"forgotten": counts}, headers={"Cache-Control": "no-store"})
-
-
 async def get_asset(request: web.Request) -> web.StreamResponse:
     """The dashboard's stylesheet and script, from the package."""
     name = request.match_info["name"]
@@ -386,81 +312,6 @@ async def get_asset(request: web.Request) -> web.StreamResponse:
         charset="utf-8",
         headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
     )
-
-
-async def _action(
-    request: web.Request,
-) -> tuple[dict[str, list[str]], frozenset[str] | None] | web.Response:
-    """The form of an allowed, same-origin POST carrying its CSRF token, and the sites it
-    may act on (None: the global operator, every row); else the refusal.
-
-    A tenant (a site's own admin_token) acts on its own sites' rows only: the store
-    leaves another site's rows alone even when their ids are sent.
-    """
-    auth = authenticate(request)
-    if isinstance(auth, web.Response):
-        return auth
-    if auth is None:
-        return sign_in_first(request)
-    if auth.session is not None and not same_origin(request):
-        return json_error(403, "forbidden", "dashboard actions come from the dashboard's page")
-    form = await _form(request)
-    if isinstance(form, web.Response):
-        return form
-    if auth.session is not None:
-        given = request.headers.get("X-CSRF-Token") or (form.get("csrf") or [""])[0]
-        if not csrf_ok(auth_key(request, auth), auth.session, given):
-            return json_error(
-                403, "forbidden", "missing or stale CSRF token: reload the dashboard and retry"
-            )
-    return form, auth.sites
-
-
-def _by(sites: frozenset[str] | None) -> str:
-    return "" if sites is None else f" by the tenant of {', '.join(sorted(sites))}"
-
-
-def _ids(form: dict[str, list[str]], *, allow_all: bool) -> list[int] | web.Response | None:
-    if allow_all and (form.get("all") or [""])[0] == "1":
-        return None
-    raw = form.get("id") or []
-    if not raw:
-        return json_error(400, "invalid form", "name the dead letters with id=N fields")
-    if len(raw) > _MAX_IDS:
-        return json_error(400, "invalid form", f"at most {_MAX_IDS} ids per request")
-    try:
-        return [int(v) for v in raw]
-    except ValueError:
-        return json_error(400, "invalid form", "every id must be a row number")
-
-
-def _done(request: web.Request, what: str, count: int) -> web.StreamResponse:
-    if wants_html(request):
-        return see_other(request, f"/admin?done={what}&n={count}#delivery")
-    return web.json_response({what: count}, headers={"Cache-Control": "no-store"})
-
-
-async def _form(request: web.Request) -> dict[str, list[str]] | web.Response:
-    if request.content_length is not None and request.content_length > _FORM_LIMIT:
-        return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
-    raw = await read_whole(request.content, _FORM_LIMIT)
-    if raw is None:
-        return json_error(413, "form too large", f"at most {_FORM_LIMIT} bytes")
-    if raw and request.content_type != "application/x-www-form-urlencoded":
-        return json_error(415, "unsupported form", "send application/x-www-form-urlencoded")
-    try:
-        return parse_qs(raw.decode("utf-8"), max_num_fields=_MAX_IDS + 10)
-    except (UnicodeDecodeError, ValueError):
-        return json_error(400, "invalid form", "the form is not valid URL-encoded UTF-8")
-
-
-def _notice(request: web.Request) -> str:
-    what, count = request.query.get("done"), request.query.get("n", "")
-    if what not in ("retried", "discarded") or not count.isdigit():
-        return ""
-    if what == "retried":
-        return f"{int(count)} dead letter(s) queued for sending again."
-    return f"{int(count)} dead letter(s) discarded."
 
 
 def _login_page(request: web.Request, error: str, status: int) -> web.Response:
