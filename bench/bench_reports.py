@@ -50,9 +50,10 @@ import asyncpg
 import psutil
 from aiohttp import web
 
-from gateway.delivery.insightfacts import FACT_COLUMNS, TOUCH_COLUMNS
+from gateway.delivery.insightfacts import FACT_COLUMNS
 from gateway.delivery.insightreads import Window
 from gateway.delivery.insights import SqliteInsights
+from gateway.delivery.insightvisits import TOUCH_COLUMNS
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.migrations import migrate
 from gateway.delivery.postgres.pool import SCHEMA, Database

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from gateway.delivery import insightfacts as facts_
+from gateway.delivery import insightvisits as visits_
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
@@ -37,7 +38,7 @@ class FactsSql(Protocol):
         ...
 
     async def insert_touches(self, values: Sequence[tuple[Any, ...]]) -> None:
-        """Insert touchpoints (`facts_.touch_values`)."""
+        """Insert touchpoints (`visits_.touch_values`)."""
         ...
 
 
@@ -66,12 +67,12 @@ async def record(
             if f.visitor is None:
                 lead = next((leads[k] for k in f.links if k in leads), None)
                 f.visitor = facts_.visitor_of(lead) if lead else None
-    pages = facts_.page_views(policy, rows, new)
-    settled, unknown = facts_.from_cache(policy, pages)
+    pages = visits_.page_views(policy, rows, new)
+    settled, unknown = visits_.from_cache(policy, pages)
     # What the store knew before this batch: read before the batch's own facts go in.
     seen = await sql.seen(unknown) if unknown else {}
     await sql.insert_facts([facts_.fact_values(f) for f in found])
-    touches, after = facts_.touches(policy, pages, seen)
+    touches, after = visits_.touches(policy, pages, seen)
     if touches:
-        await sql.insert_touches([facts_.touch_values(t) for t in touches])
+        await sql.insert_touches([visits_.touch_values(t) for t in touches])
     policy.cache.stage({**settled, **after})

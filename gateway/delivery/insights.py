@@ -17,6 +17,7 @@ import aiosqlite
 
 from gateway.delivery import insightfacts as facts_
 from gateway.delivery import insightrecord, profiles
+from gateway.delivery import insightvisits as visits_
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.insightreads import (
     ConversionRow,
@@ -67,7 +68,7 @@ class SqliteFacts:
 
     async def insert_touches(self, values: Sequence[tuple[Any, ...]]) -> None:
         await self.conn.executemany(
-            f"INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO touchpoints ({visits_.TOUCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             values,
         )
 
@@ -104,7 +105,7 @@ async def _seen(
             "WHERE n.visitor = p.visitor AND n.site = p.site)",
             part,
         ):
-            current = facts_.source_of(tuple(row[3:])) if row[3] is not None else None
+            current = visits_.source_of(tuple(row[3:])) if row[3] is not None else None
             found[(row[0], row[1])] = Seen(float(row[2]), current)
     return {key: found.get(key, Seen(None, None)) for key in wanted}
 

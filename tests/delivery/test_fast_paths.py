@@ -169,7 +169,7 @@ async def test_reads_of_each_group_commit_take_one_trip_to_the_connections_threa
 
 
 def test_a_repeated_landing_page_is_classified_once_per_set_of_rules() -> None:
-    from gateway.delivery.insightfacts import PageSeen
+    from gateway.delivery.insightvisits import PageSeen
     from gateway.pipeline.channelgroups import ChannelRules
     from gateway.pipeline.channels import visit_source
 

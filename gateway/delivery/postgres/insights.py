@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.delivery import insightfacts as facts_
 from gateway.delivery import insightreads as sql
 from gateway.delivery import insightrecord
+from gateway.delivery import insightvisits as visits_
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.insightreads import ConversionRow, NameCount, TouchRow, Window
 from gateway.delivery.postgres import rows as pg_rows
@@ -43,7 +44,7 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::float
     $6::text[], $7::text[], $8::text[], $9::text[])
 """
 _INSERT_TOUCHES = f"""
-INSERT INTO touchpoints ({facts_.TOUCH_COLUMNS})
+INSERT INTO touchpoints ({visits_.TOUCH_COLUMNS})
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
 """
@@ -127,7 +128,7 @@ async def _seen(conn: Conn, visitors: Iterable[tuple[str, str]]) -> dict[tuple[s
         last = float(r["last"]) if r["last"] is not None else None
         current = None
         if last is not None and r["channel"] is not None:
-            current = facts_.source_of(
+            current = visits_.source_of(
                 (
                     r["channel"],
                     r["source"],
