@@ -72,6 +72,7 @@ from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
 from gateway.siteapp import (
+    install_lane,
     pixel_sites,
     reload_sites,
     router,
@@ -126,6 +127,8 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_route(
         "*", "/{path:.*}", site_proxy(holder, app[METRICS]), expect_handler=site_expect
     )
+    # Assets no rule, catalog or tag reads skip the router and the middleware (issue 19).
+    install_lane(app, holder)
     return app
 
 

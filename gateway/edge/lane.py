@@ -1,0 +1,311 @@
+"""The asset lane: a request the gateway relays unchanged, decided before aiohttp's
+Application machinery and answered with as little per-request object work as possible.
+
+Nearly every request a site gets is an asset (a style sheet, a script, an image) that no
+rule, catalog or page tag reads. Through the Application each paid for the router, the
+match info, the request id middleware, the `Visitor`, a `StreamResponse` and its header
+preparation — about a third of the gateway's own CPU per asset. The lane sits in front of
+the Application (`gateway.siteapp.install_lane` makes it the server's request handler) and
+takes a request only when everything that could want it says no from the request alone:
+
+- GET or HEAD without a body, no `Expect`, no `Upgrade` (WebSockets), origin-form target;
+- not under the gateway's prefix; headers within `max_request_headers_kb` (else the 431);
+- not a document navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
+  Sec-Fetch-Dest): those are the pages the gateway tags;
+- a site answers for the host, with no `[catalog]` (its reader sees every GET) and no rule
+  that may match the path (`RuleSet.candidates`, read per request: a reload applies);
+- the client holds less than its upstream share (else the full path answers the 503);
+- no `on_response_prepare` hook on the app (the lane makes no StreamResponse to show it).
+
+Everything else goes to the Application as before. An answer that turns out to be HTML
+(a page we may tag or count) leaves the lane too: the request is routed then and the page
+path takes the answer already in hand. The relay keeps every pass-through rule: hop-by-hop
+fields dropped, redirects pointed at the public origin, 304 ETags weakened, HEAD/204/304
+without a body, close-delimited bodies for HTTP/1.0, metrics and upstream health counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sized
+from contextlib import AbstractContextManager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.edge import headers as hdr
+from gateway.edge.limits import header_bytes
+from gateway.edge.passthrough import NO_BODY_STATUS, Answer, reason
+from gateway.edge.proxy import Proxy
+from gateway.edge.sites import SiteHolder
+from gateway.edge.visitor import VisitorRules
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway.proxy")
+
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_V11 = aiohttp.HttpVersion11
+# Names the lane leaves to the Application when a request carries them.
+_NOT_ASSET_HEADERS = ("Upgrade", "Expect")
+
+
+class Sent:
+    """What the lane hands back to aiohttp's RequestHandler: an answer already written.
+
+    The handler calls `prepare` and `write_eof` on whatever it gets (both no-ops here),
+    reads `keep_alive` to decide on the connection, and an access logger may read
+    `status`, `body_length` and `headers`. A `StreamResponse` would cost its own
+    construction and header preparation on every asset.
+    """
+
+    __slots__ = ("body_length", "headers", "keep_alive", "status")
+    prepared = True
+
+    def __init__(self, status: int, headers: CIMultiDict[str], keep_alive: bool) -> None:
+        self.status = status
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body_length = 0
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        """Nothing left to prepare: the status line and headers are out."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        """Nothing left to end: the body (or its absence) is out."""
+
+
+class Lane:
+    """Picks the requests the lane takes and relays them; the rest go to `full`.
+
+    `settings` and `rules` are read per request (a reload applies). `identify(request)`
+    sets the request id for the log records of a lane request that goes wrong and yields
+    it (the Application's middleware does the same for its requests). `route(request)`
+    gives a lane request the match info the Application's handlers read, for an answer
+    that leaves the lane.
+    """
+
+    def __init__(
+        self,
+        holder: SiteHolder,
+        metrics: Metrics,
+        settings: Callable[[], Settings],
+        rules: Callable[[], VisitorRules],
+        full: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        identify: Callable[[web.Request], AbstractContextManager[str]],
+        route: Callable[[web.Request], Awaitable[None]],
+        prepare_hooks: Sized = (),
+    ) -> None:
+        self.holder = holder
+        self.metrics = metrics
+        self.settings = settings
+        self.rules = rules
+        self.full = full
+        self.identify = identify
+        self.route = route
+        # The app's `on_response_prepare` signal: a hook expects every response to pass it
+        # (a StreamResponse): with any, the lane leaves every request to the Application.
+        self.prepare_hooks = prepare_hooks
+        # Requests the lane relayed, and those it gave back after seeing an HTML answer.
+        self.taken = 0
+        self.handed_back = 0
+
+    async def __call__(self, request: web.Request) -> Any:
+        """aiohttp's request handler: the lane's relay, or the Application's `_handle`."""
+        picked = self.pick(request)
+        if picked is None:
+            return await self.full(request)
+        proxy, site, client, trusted, scheme, host = picked
+        shares = proxy.shares
+        shares.take(client)
+        try:
+            response = await self._relay(request, proxy, trusted, scheme, host)
+        finally:
+            shares.give_back(client)
+        self.metrics.proxied(response.status, site)
+        return response
+
+    # -- the decision --------------------------------------------------------------------
+
+    def pick(self, request: web.Request) -> tuple[Proxy, str | None, str, bool, str, str] | None:
+        """The proxy, site, client and forwarding facts of a lane request, else None."""
+        if request.method not in ("GET", "HEAD") or request.body_exists or self.prepare_hooks:
+            return None
+        raw = request.raw_path
+        settings = self.settings()
+        prefix = settings.prefix
+        if not raw.startswith("/") or raw.startswith(prefix):
+            return None
+        headers = request.headers
+        for name in _NOT_ASSET_HEADERS:
+            if name in headers:
+                return None
+        dest = headers.get("Sec-Fetch-Dest")
+        if dest is None:
+            if "text/html" in headers.get("Accept", ""):
+                return None
+        elif dest == "document":
+            return None
+        if header_bytes(request) > settings.max_request_headers_kb * 1024:
+            return None  # the Application's 431
+        path = request.path
+        if path.startswith(prefix):
+            return None  # an encoded prefix ("/%5Fcapi/..."): the router decides
+        rules = self.rules()
+        peer = request.remote
+        trusted = rules.peer_trusted(peer)
+        scheme, host = request.scheme, request.host
+        if trusted:
+            scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+            host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+        holder = self.holder
+        router = holder.router
+        site: str | None = None
+        if router.by_name:
+            stages = router.match(host)
+            if stages is None:
+                return None  # the Application's 421
+            site, rules = stages.name, stages.runtime.visitors
+        else:
+            stages = holder.single
+            if stages is None:
+                return None
+        proxy = stages.proxy
+        if proxy is None or proxy.client is None:
+            return None
+        catalog = proxy.catalog
+        if catalog is not None and catalog.settings is not None:
+            return None
+        proxied_rules = proxy.proxied_rules
+        if proxied_rules is not None:
+            ruleset = proxied_rules.rules
+            if ruleset.rules and ruleset.candidates(path):
+                return None
+        client = rules.client_ip(peer, headers) or ""
+        if proxy.shares.held(client) >= proxy.shares.per_client:
+            return None  # the Application's 503 (counted there)
+        return proxy, site, client, trusted, scheme, host
+
+    # -- the relay -----------------------------------------------------------------------
+
+    async def _relay(
+        self, request: web.Request, proxy: Proxy, trusted: bool, scheme: str, host: str
+    ) -> Any:
+        options = proxy.options
+        headers = hdr.upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            peer_trusted=trusted,
+            scheme=request.scheme,
+            host=request.host,
+            upstream_host=options.upstream.raw_authority,
+            preserve_host=options.preserve_host,
+        )
+        length = request.content_length
+        if length is not None:  # a GET's "Content-Length: 0" goes on as sent
+            headers["Content-Length"] = str(length)
+        client = proxy.client
+        assert client is not None
+        started = time.monotonic()
+        try:
+            upstream = await client.request(request.method, request.raw_path, headers)
+        except TimeoutError:
+            with self.identify(request) as rid:
+                response = proxy._timed_out(request)
+            response.headers["X-Request-ID"] = rid
+            return response
+        except (aiohttp.ClientError, OSError) as exc:
+            with self.identify(request) as rid:
+                response = proxy._unreachable(request, exc)
+            # The gateway's own page carries the id, as the Application's middleware gives it.
+            response.headers["X-Request-ID"] = rid
+            return response
+        try:
+            proxy._answered(upstream, started)
+            if hdr.media_type(upstream.headers) in _HTML_TYPES:
+                # A page after all: the page path decides (tag, HEAD headers, counts).
+                self.handed_back += 1
+                with self.identify(request):
+                    await self.route(request)
+                    return await proxy._respond(request, upstream, None)
+            self.taken += 1
+            return await self._write(request, upstream, options.upstream, scheme, host)
+        finally:
+            upstream.release()
+
+    async def _write(
+        self, request: web.Request, upstream: Answer, origin: URL, scheme: str, host: str
+    ) -> Sent:
+        """The site's answer written as it is, minus what is hop-by-hop (the relay's rules)."""
+        status = upstream.status
+        headers = CIMultiDict(upstream.headers)
+        hdr.drop_hop_by_hop(headers)
+        hdr.rewrite_locations(headers, origin, lambda: f"{scheme}://{host}")
+        if status == 304:
+            hdr.weaken_revalidated(headers, request.headers.getall("If-None-Match", ()))
+        version = request.version
+        keep_alive = request.keep_alive
+        writer = request._payload_writer
+        no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
+        # What aiohttp's StreamResponse would do to these headers (RFC 9112 §6), no more.
+        if no_body:
+            if status in NO_BODY_STATUS or status < 200:
+                headers.popall("Content-Length", None)
+        else:
+            length = headers.get("Content-Length")
+            if length is None:
+                if version >= _V11:
+                    writer.enable_chunking()
+                    headers["Transfer-Encoding"] = "chunked"
+                else:
+                    # HTTP/1.0 has no chunks: the body ends when the connection does.
+                    keep_alive = False
+            else:
+                writer.length = int(length)
+            if length != "0" and "Content-Type" not in headers:
+                headers["Content-Type"] = "application/octet-stream"
+        if "Date" not in headers:
+            headers["Date"] = rfc822_formatted_time()
+        if "Server" not in headers:
+            headers["Server"] = SERVER_SOFTWARE
+        if keep_alive:
+            if version < _V11:
+                headers["Connection"] = "keep-alive"
+        elif version >= _V11:
+            headers["Connection"] = "close"
+        sent = Sent(status, headers, keep_alive)
+        await writer.write_headers(
+            f"HTTP/{version[0]}.{version[1]} {status} {upstream.reason}", headers
+        )
+        try:
+            if no_body:
+                await writer.write_eof()
+                return sent
+            content = upstream.content
+            # The headers leave with the first chunk (one write for a small asset) and the end
+            # with the last (no write of its own for the terminating chunk).
+            while chunk := await content.readany():
+                sent.body_length += len(chunk)
+                if content.at_eof():
+                    await writer.write_eof(chunk)
+                    return sent
+                await writer.write(chunk)
+            await writer.write_eof()
+        except ConnectionResetError:
+            log.debug("Client left during %s %s.", request.method, request.path)
+            sent.keep_alive = False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The status line may be out: the only honest signal left is a broken connection.
+            with self.identify(request):
+                log.warning("Upstream body broke off for %s: %s", request.path, reason(exc))
+            sent.keep_alive = False
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+        return sent
