@@ -117,8 +117,7 @@ def install_lane(app: web.Application, holder: SiteHolder) -> Lane:
     lane = Lane(
         holder,
         app[METRICS],
-        lambda: app[RUNTIME].settings,
-        lambda: app[RUNTIME].visitors,
+        app[RUNTIME],
         full,
         identify,
         route,

@@ -30,23 +30,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sized
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_writer import StreamWriter, _serialize_headers
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.appkeys import Runtime
 from gateway.edge import headers as hdr
 from gateway.edge.limits import header_bytes
 from gateway.edge.passthrough import NO_BODY_STATUS, Answer, reason
 from gateway.edge.proxy import Proxy
 from gateway.edge.sites import SiteHolder
-from gateway.edge.visitor import VisitorRules
 from gateway.metrics import Metrics
-from gateway.settings import Settings
 
 log = logging.getLogger("gateway.proxy")
 
@@ -84,19 +84,18 @@ class Sent:
 class Lane:
     """Picks the requests the lane takes and relays them; the rest go to `full`.
 
-    `settings` and `rules` are read per request (a reload applies). `identify(request)`
-    sets the request id for the log records of a lane request that goes wrong and yields
-    it (the Application's middleware does the same for its requests). `route(request)`
-    gives a lane request the match info the Application's handlers read, for an answer
-    that leaves the lane.
+    `runtime` is the app's (a reload replaces its settings and visitor rules in place).
+    `identify(request)` sets the request id for the log records of a lane request that goes
+    wrong and yields it (the Application's middleware does the same for its requests).
+    `route(request)` gives a lane request the match info the Application's handlers read,
+    for an answer that leaves the lane.
     """
 
     def __init__(
         self,
         holder: SiteHolder,
         metrics: Metrics,
-        settings: Callable[[], Settings],
-        rules: Callable[[], VisitorRules],
+        runtime: Runtime,
         full: Callable[[web.Request], Awaitable[web.StreamResponse]],
         identify: Callable[[web.Request], AbstractContextManager[str]],
         route: Callable[[web.Request], Awaitable[None]],
@@ -104,8 +103,7 @@ class Lane:
     ) -> None:
         self.holder = holder
         self.metrics = metrics
-        self.settings = settings
-        self.rules = rules
+        self.runtime = runtime
         self.full = full
         self.identify = identify
         self.route = route
@@ -121,11 +119,50 @@ class Lane:
         picked = self.pick(request)
         if picked is None:
             return await self.full(request)
+        # One coroutine for the whole relay: each level more is resumed on every wake-up.
         proxy, site, client, trusted, scheme, host = picked
         shares = proxy.shares
         shares.take(client)
         try:
-            response = await self._relay(request, proxy, trusted, scheme, host)
+            options = proxy.options
+            headers = hdr.upstream_request_headers(
+                request.headers,
+                peer=request.remote,
+                peer_trusted=trusted,
+                scheme=request.scheme,
+                host=request.host,
+                upstream_host=options.upstream.raw_authority,
+                preserve_host=options.preserve_host,
+            )
+            length = request.headers.get("Content-Length")
+            if length is not None:  # a GET's "Content-Length: 0" goes on as sent
+                headers["Content-Length"] = length
+            upstream_client = proxy.client
+            assert upstream_client is not None
+            started = time.monotonic()
+            try:
+                upstream = await upstream_client.request(request.method, request.raw_path, headers)
+            except TimeoutError:
+                response: Any = self._own(request, proxy._timed_out, request)
+            except (aiohttp.ClientError, OSError) as exc:
+                response = self._own(request, proxy._unreachable, request, exc)
+            else:
+                try:
+                    proxy._answered(upstream, started)
+                    if hdr.media_type(upstream.headers) in _HTML_TYPES:
+                        # A page after all: the page path decides (tag, HEAD headers, counts).
+                        self.handed_back += 1
+                        with self.identify(request):
+                            await self.route(request)
+                            response = await proxy._respond(request, upstream, None)
+                    else:
+                        self.taken += 1
+                        sent = _head(request, upstream, options.upstream, scheme, host)
+                        response = sent
+                        if sent.body_length >= 0:
+                            await self._body(request, upstream.content, sent)
+                finally:
+                    upstream.release()
         finally:
             shares.give_back(client)
         self.metrics.proxied(response.status, site)
@@ -138,7 +175,8 @@ class Lane:
         if request.method not in ("GET", "HEAD") or request.body_exists or self.prepare_hooks:
             return None
         raw = request.raw_path
-        settings = self.settings()
+        runtime = self.runtime
+        settings = runtime.settings
         prefix = settings.prefix
         if not raw.startswith("/") or raw.startswith(prefix):
             return None
@@ -157,7 +195,7 @@ class Lane:
         path = request.path
         if path.startswith(prefix):
             return None  # an encoded prefix ("/%5Fcapi/..."): the router decides
-        rules = self.rules()
+        rules = runtime.visitors
         peer = request.remote
         trusted = rules.peer_trusted(peer)
         scheme, host = request.scheme, request.host
@@ -188,113 +226,33 @@ class Lane:
             if ruleset.rules and ruleset.candidates(path):
                 return None
         client = rules.client_ip(peer, headers) or ""
-        if proxy.shares.held(client) >= proxy.shares.per_client:
+        shares = proxy.shares
+        if shares.held(client) >= shares.per_client:
             return None  # the Application's 503 (counted there)
         return proxy, site, client, trusted, scheme, host
 
     # -- the relay -----------------------------------------------------------------------
 
-    async def _relay(
-        self, request: web.Request, proxy: Proxy, trusted: bool, scheme: str, host: str
-    ) -> Any:
-        options = proxy.options
-        headers = hdr.upstream_request_headers(
-            request.headers,
-            peer=request.remote,
-            peer_trusted=trusted,
-            scheme=request.scheme,
-            host=request.host,
-            upstream_host=options.upstream.raw_authority,
-            preserve_host=options.preserve_host,
-        )
-        length = request.content_length
-        if length is not None:  # a GET's "Content-Length: 0" goes on as sent
-            headers["Content-Length"] = str(length)
-        client = proxy.client
-        assert client is not None
-        started = time.monotonic()
-        try:
-            upstream = await client.request(request.method, request.raw_path, headers)
-        except TimeoutError:
-            with self.identify(request) as rid:
-                response = proxy._timed_out(request)
-            response.headers["X-Request-ID"] = rid
-            return response
-        except (aiohttp.ClientError, OSError) as exc:
-            with self.identify(request) as rid:
-                response = proxy._unreachable(request, exc)
-            # The gateway's own page carries the id, as the Application's middleware gives it.
-            response.headers["X-Request-ID"] = rid
-            return response
-        try:
-            proxy._answered(upstream, started)
-            if hdr.media_type(upstream.headers) in _HTML_TYPES:
-                # A page after all: the page path decides (tag, HEAD headers, counts).
-                self.handed_back += 1
-                with self.identify(request):
-                    await self.route(request)
-                    return await proxy._respond(request, upstream, None)
-            self.taken += 1
-            return await self._write(request, upstream, options.upstream, scheme, host)
-        finally:
-            upstream.release()
+    def _own(
+        self, request: web.Request, make: Callable[..., web.Response], *args: Any
+    ) -> web.Response:
+        """A page of the gateway's own (502, 504) with its request id, as the Application's
+        middleware gives one (and the id on the warning it logs)."""
+        with self.identify(request) as rid:
+            response = make(*args)
+        response.headers["X-Request-ID"] = rid
+        return response
 
-    async def _write(
-        self, request: web.Request, upstream: Answer, origin: URL, scheme: str, host: str
-    ) -> Sent:
-        """The site's answer written as it is, minus what is hop-by-hop (the relay's rules)."""
-        status = upstream.status
-        headers = CIMultiDict(upstream.headers)
-        hdr.drop_hop_by_hop(headers)
-        hdr.rewrite_locations(headers, origin, lambda: f"{scheme}://{host}")
-        if status == 304:
-            hdr.weaken_revalidated(headers, request.headers.getall("If-None-Match", ()))
-        version = request.version
-        keep_alive = request.keep_alive
+    async def _body(self, request: web.Request, content: aiohttp.StreamReader, sent: Sent) -> None:
+        """The site's body as it arrives; the headers leave with its first chunk (one write
+        for a small asset) and its end with the last (no write of its own)."""
         writer = request._payload_writer
-        no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
-        # What aiohttp's StreamResponse would do to these headers (RFC 9112 §6), no more.
-        if no_body:
-            if status in NO_BODY_STATUS or status < 200:
-                headers.popall("Content-Length", None)
-        else:
-            length = headers.get("Content-Length")
-            if length is None:
-                if version >= _V11:
-                    writer.enable_chunking()
-                    headers["Transfer-Encoding"] = "chunked"
-                else:
-                    # HTTP/1.0 has no chunks: the body ends when the connection does.
-                    keep_alive = False
-            else:
-                writer.length = int(length)
-            if length != "0" and "Content-Type" not in headers:
-                headers["Content-Type"] = "application/octet-stream"
-        if "Date" not in headers:
-            headers["Date"] = rfc822_formatted_time()
-        if "Server" not in headers:
-            headers["Server"] = SERVER_SOFTWARE
-        if keep_alive:
-            if version < _V11:
-                headers["Connection"] = "keep-alive"
-        elif version >= _V11:
-            headers["Connection"] = "close"
-        sent = Sent(status, headers, keep_alive)
-        await writer.write_headers(
-            f"HTTP/{version[0]}.{version[1]} {status} {upstream.reason}", headers
-        )
         try:
-            if no_body:
-                await writer.write_eof()
-                return sent
-            content = upstream.content
-            # The headers leave with the first chunk (one write for a small asset) and the end
-            # with the last (no write of its own for the terminating chunk).
             while chunk := await content.readany():
                 sent.body_length += len(chunk)
                 if content.at_eof():
                     await writer.write_eof(chunk)
-                    return sent
+                    return
                 await writer.write(chunk)
             await writer.write_eof()
         except ConnectionResetError:
@@ -308,4 +266,62 @@ class Lane:
             transport = request.transport
             if transport is not None:
                 transport.abort()
+
+
+def _head(request: web.Request, upstream: Answer, origin: URL, scheme: str, host: str) -> Sent:
+    """The status line and the site's fields, minus what is hop-by-hop (the relay's rules),
+    framed as aiohttp's StreamResponse would frame them (RFC 9112 §6), handed to the writer.
+
+    A body-less answer is written whole here (`body_length` -1: nothing more to send).
+    """
+    status = upstream.status
+    headers = CIMultiDict(upstream.headers)
+    hdr.drop_hop_by_hop(headers)
+    hdr.rewrite_locations(headers, origin, lambda: f"{scheme}://{host}")
+    if status == 304:
+        hdr.weaken_revalidated(headers, request.headers.getall("If-None-Match", ()))
+    version = request.version
+    keep_alive = request.keep_alive
+    writer = cast(StreamWriter, request._payload_writer)
+    no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
+    if no_body:
+        if status in NO_BODY_STATUS or status < 200:
+            headers.popall("Content-Length", None)
+    else:
+        length = headers.get("Content-Length")
+        if length is None:
+            if version >= _V11:
+                writer.enable_chunking()
+                headers["Transfer-Encoding"] = "chunked"
+            else:
+                # HTTP/1.0 has no chunks: the body ends when the connection does.
+                keep_alive = False
+        else:
+            writer.length = int(length)
+        if length != "0" and "Content-Type" not in headers:
+            headers["Content-Type"] = "application/octet-stream"
+    if "Date" not in headers:
+        headers["Date"] = rfc822_formatted_time()
+    if "Server" not in headers:
+        headers["Server"] = SERVER_SOFTWARE
+    if keep_alive:
+        if version < _V11:
+            headers["Connection"] = "keep-alive"
+    elif version >= _V11:
+        headers["Connection"] = "close"
+    sent = Sent(status, headers, keep_alive)
+    # What StreamWriter.write_headers does, without a coroutine: serialized in C (refuses
+    # CR/LF in names and values), sent with the first body chunk or the end.
+    writer._headers_buf = _serialize_headers(
+        f"HTTP/{version[0]}.{version[1]} {status} {upstream.reason}", headers
+    )
+    writer._headers_written = False
+    if no_body:
+        writer.set_eof()
+        sent.body_length = -1
         return sent
+    content = upstream.content
+    if not (content.total_bytes > 0 or content.is_eof()):
+        # A body still on its way (a stream of events): its headers go at once.
+        writer.send_headers()
+    return sent

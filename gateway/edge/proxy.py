@@ -190,7 +190,11 @@ class Proxy:
 
     def _answered(self, upstream: Answer, started: float) -> None:
         self.metrics.upstream_latency(time.monotonic() - started, site=self.pages.site)
-        self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
+        status = upstream.status
+        if status < 500:
+            self.health.ok()
+        else:
+            self.health.record("5xx", status=status)
 
     def _timed_out(self, request: web.Request) -> web.Response:
         self.health.record("timeout", status=504)
