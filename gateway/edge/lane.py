@@ -42,18 +42,22 @@ from yarl import URL
 
 from gateway.appkeys import Runtime
 from gateway.edge import headers as hdr
-from gateway.edge.limits import header_bytes
+from gateway.edge.lanewire import Framing, asset_request, client_response, upstream_request
 from gateway.edge.passthrough import NO_BODY_STATUS, Answer, reason
 from gateway.edge.proxy import Proxy
 from gateway.edge.sites import SiteHolder
+from gateway.edge.upstream import UpstreamResponse
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.proxy")
 
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _V11 = aiohttp.HttpVersion11
-# Names the lane leaves to the Application when a request carries them.
-_NOT_ASSET_HEADERS = ("Upgrade", "Expect")
+_HTML_BYTES = frozenset(name.encode() for name in _HTML_TYPES)
+
+
+def _html(content_type: bytes) -> bool:
+    return content_type.split(b";", 1)[0].strip().lower() in _HTML_BYTES
 
 
 class Sent:
@@ -68,7 +72,7 @@ class Sent:
     __slots__ = ("body_length", "headers", "keep_alive", "status")
     prepared = True
 
-    def __init__(self, status: int, headers: CIMultiDict[str], keep_alive: bool) -> None:
+    def __init__(self, status: int, headers: hdr.Headers, keep_alive: bool) -> None:
         self.status = status
         self.headers = headers
         self.keep_alive = keep_alive
@@ -125,23 +129,40 @@ class Lane:
         shares.take(client)
         try:
             options = proxy.options
-            headers = hdr.upstream_request_headers(
-                request.headers,
-                peer=request.remote,
-                peer_trusted=trusted,
-                scheme=request.scheme,
-                host=request.host,
-                upstream_host=options.upstream.raw_authority,
-                preserve_host=options.preserve_host,
-            )
-            length = request.headers.get("Content-Length")
-            if length is not None:  # a GET's "Content-Length: 0" goes on as sent
-                headers["Content-Length"] = length
+            method = request.method
+            raw = request.raw_path
+            wire = None
+            if raw.isascii():
+                wire = upstream_request(
+                    f"{method} {raw} HTTP/1.1".encode("ascii"),
+                    request.raw_headers,
+                    peer=request.remote,
+                    peer_trusted=trusted,
+                    scheme=request.scheme,
+                    host=request.host,
+                    upstream_host=options.upstream.raw_authority,
+                    preserve_host=options.preserve_host,
+                )
+            if wire is None:
+                # A Connection line naming fields, a target that is not ASCII.
+                headers = hdr.upstream_request_headers(
+                    request.headers,
+                    peer=request.remote,
+                    peer_trusted=trusted,
+                    scheme=request.scheme,
+                    host=request.host,
+                    upstream_host=options.upstream.raw_authority,
+                    preserve_host=options.preserve_host,
+                )
+                length = request.headers.get("Content-Length")
+                if length is not None:  # a GET's "Content-Length: 0" goes on as sent
+                    headers["Content-Length"] = length
+                wire = _serialize_headers(f"{method} {raw} HTTP/1.1", headers)
             upstream_client = proxy.client
             assert upstream_client is not None
             started = time.monotonic()
             try:
-                upstream = await upstream_client.request(request.method, request.raw_path, headers)
+                upstream = await upstream_client.send(method, wire)
             except TimeoutError:
                 response: Any = self._own(request, proxy._timed_out, request)
             except (aiohttp.ClientError, OSError) as exc:
@@ -149,7 +170,15 @@ class Lane:
             else:
                 try:
                     proxy._answered(upstream, started)
-                    if hdr.media_type(upstream.headers) in _HTML_TYPES:
+                    status = upstream.status
+                    copied = None
+                    if status >= 200 and status not in NO_BODY_STATUS:
+                        copied = client_response(upstream.raw_headers)
+                    if (
+                        copied[1].type is not None and _html(copied[1].type)
+                        if copied is not None
+                        else hdr.media_type(upstream.headers) in _HTML_TYPES
+                    ):
                         # A page after all: the page path decides (tag, HEAD headers, counts).
                         self.handed_back += 1
                         with self.identify(request):
@@ -157,7 +186,11 @@ class Lane:
                             response = await proxy._respond(request, upstream, None)
                     else:
                         self.taken += 1
-                        sent = _head(request, upstream, options.upstream, scheme, host)
+                        sent = (
+                            _head(request, upstream, options.upstream, scheme, host)
+                            if copied is None
+                            else _head_copied(request, upstream, *copied)
+                        )
                         response = sent
                         if sent.body_length >= 0:
                             await self._body(request, upstream.content, sent)
@@ -180,18 +213,10 @@ class Lane:
         prefix = settings.prefix
         if not raw.startswith("/") or raw.startswith(prefix):
             return None
-        headers = request.headers
-        for name in _NOT_ASSET_HEADERS:
-            if name in headers:
-                return None
-        dest = headers.get("Sec-Fetch-Dest")
-        if dest is None:
-            if "text/html" in headers.get("Accept", ""):
-                return None
-        elif dest == "document":
+        # Upgrade, Expect, a navigation, too many header bytes (the Application's 431).
+        if not asset_request(request.raw_headers, settings.max_request_headers_kb * 1024):
             return None
-        if header_bytes(request) > settings.max_request_headers_kb * 1024:
-            return None  # the Application's 431
+        headers = request.headers
         path = request.path
         if path.startswith(prefix):
             return None  # an encoded prefix ("/%5Fcapi/..."): the router decides
@@ -325,3 +350,45 @@ def _head(request: web.Request, upstream: Answer, origin: URL, scheme: str, host
         # A body still on its way (a stream of events): its headers go at once.
         writer.send_headers()
     return sent
+
+
+def _head_copied(
+    request: web.Request, upstream: UpstreamResponse, lines: list[bytes], framing: Framing
+) -> Sent:
+    """`_head` for fields copied on the wire (`lanewire.client_response`): a status with a
+    body, no field to rewrite."""
+    version = request.version
+    keep_alive = request.keep_alive
+    writer = cast(StreamWriter, request._payload_writer)
+    length = framing.length
+    if length is None:
+        if version >= _V11:
+            writer.enable_chunking()
+            lines.append(b"Transfer-Encoding: chunked")
+        else:
+            keep_alive = False  # HTTP/1.0: the body ends when the connection does
+    else:
+        writer.length = int(length)
+    if framing.type is None and length != b"0":
+        lines.append(b"Content-Type: application/octet-stream")
+    if not framing.date:
+        lines.append(b"Date: " + rfc822_formatted_time().encode("ascii"))
+    if not framing.server:
+        lines.append(_SERVER_LINE)
+    if keep_alive:
+        if version < _V11:
+            lines.append(b"Connection: keep-alive")
+    elif version >= _V11:
+        lines.append(b"Connection: close")
+    status = upstream.status
+    lines.insert(0, f"HTTP/{version[0]}.{version[1]} {status} {upstream.reason}".encode())
+    lines.append(b"\r\n")
+    writer._headers_buf = b"\r\n".join(lines)
+    writer._headers_written = False
+    content = upstream.content
+    if not (content.total_bytes > 0 or content.is_eof()):
+        writer.send_headers()  # a body still on its way: its headers go at once
+    return Sent(status, upstream.headers, keep_alive)
+
+
+_SERVER_LINE = b"Server: " + SERVER_SOFTWARE.encode("ascii")

@@ -35,13 +35,15 @@ __all__ = ["IDEMPOTENT", "UpstreamClient", "UpstreamError", "UpstreamResponse", 
 class UpstreamResponse:
     """The status, headers and streamed body of one answer (what the proxy reads)."""
 
-    __slots__ = ("_conn", "content", "headers", "reason", "status")
+    __slots__ = ("_conn", "content", "headers", "raw_headers", "reason", "status")
 
     def __init__(self, conn: _Conn, message: Any, payload: StreamReader) -> None:
         self._conn: _Conn | None = conn
         self.status: int = message.code
         self.reason: str = message.reason
         self.headers: CIMultiDictProxy[str] = message.headers
+        # The fields as the parser split them, bytes (the asset lane copies these).
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
         self.content = payload
 
     def release(self) -> None:
@@ -97,7 +99,10 @@ class UpstreamClient:
         or OSError for the 502 ones.
         """
         # C serializer: refuses CR/LF in names and values (no header injection).
-        wire = _serialize_headers(f"{method} {target} HTTP/1.1", headers)
+        return await self.send(method, _serialize_headers(f"{method} {target} HTTP/1.1", headers))
+
+    async def send(self, method: str, wire: bytes) -> UpstreamResponse:
+        """`request` for a request already on the wire (request line, fields, blank line)."""
         head = method == "HEAD"
         # A warm idle connection without a coroutine of its own (nearly every request), and
         # the exchange awaited here: each coroutine level more is resumed on every wake-up.
