@@ -78,7 +78,7 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         # First in the registry: every collection folds the per-request tallies first.
-        self.registry.register(FoldFirst(lambda: self._tally.fold()))
+        self.registry.register(FoldFirst(lambda: self.tally.fold()))
         own: CollectorRegistry | None = self.registry
         if multiprocess_dir is not None:
             multiprocess_dir.mkdir(parents=True, exist_ok=True)
@@ -122,9 +122,7 @@ class Metrics:
             _LATENCY_BUCKETS,
             [SITE],
         )
-        self._tally = ProxyTally(
-            self._proxied, self._site_proxied, self._upstream, _LATENCY_BUCKETS
-        )
+        self.tally = ProxyTally(self._proxied, self._site_proxied, self._upstream, _LATENCY_BUCKETS)
         self._tagged = counter("capi_gateway_pages_tagged", "HTML pages tagged with px.js.", [SITE])
         self._skipped = counter(
             "capi_gateway_pages_skipped", "HTML pages left untagged, by reason.", [SITE, "reason"]
@@ -296,11 +294,11 @@ class Metrics:
         """Count one proxied request by the status class it was answered with (and site)."""
         # Every proxied request passes here: summed in plain numbers, folded into the series
         # before each collection (gateway.tally).
-        self._tally.proxied(status, site)
+        self.tally.proxied(status, site)
 
     def upstream_latency(self, seconds: float, *, site: str | None = None) -> None:
         """Observe the time the site took to send its response headers."""
-        self._tally.latency(seconds, site or "")
+        self.tally.latency(seconds, site or "")
 
     def page_tagged(self, *, site: str | None = None) -> None:
         """Count one HTML page that got the tag."""

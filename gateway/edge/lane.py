@@ -42,7 +42,13 @@ from yarl import URL
 
 from gateway.appkeys import Runtime
 from gateway.edge import headers as hdr
-from gateway.edge.lanewire import Framing, asset_request, client_response, upstream_request
+from gateway.edge.lanewire import (
+    Framing,
+    RequestScan,
+    asset_request,
+    client_response,
+    upstream_request,
+)
 from gateway.edge.passthrough import NO_BODY_STATUS, Answer, reason
 from gateway.edge.proxy import Proxy
 from gateway.edge.sites import SiteHolder
@@ -54,6 +60,11 @@ log = logging.getLogger("gateway.proxy")
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _V11 = aiohttp.HttpVersion11
 _HTML_BYTES = frozenset(name.encode() for name in _HTML_TYPES)
+
+
+def _text(value: bytes) -> str:
+    """A field value as aiohttp's parser decodes it."""
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _html(content_type: bytes) -> bool:
@@ -106,7 +117,8 @@ class Lane:
         prepare_hooks: Sized = (),
     ) -> None:
         self.holder = holder
-        self.metrics = metrics
+        # Proxied counts and upstream latencies go to the metrics' tally directly.
+        self.tally = metrics.tally
         self.runtime = runtime
         self.full = full
         self.identify = identify
@@ -124,7 +136,7 @@ class Lane:
         if picked is None:
             return await self.full(request)
         # One coroutine for the whole relay: each level more is resumed on every wake-up.
-        proxy, site, client, trusted, scheme, host = picked
+        proxy, site, client, trusted, scheme, host, given_host, scan = picked
         shares = proxy.shares
         shares.take(client)
         try:
@@ -135,11 +147,11 @@ class Lane:
             if raw.isascii():
                 wire = upstream_request(
                     f"{method} {raw} HTTP/1.1".encode("ascii"),
-                    request.raw_headers,
+                    scan,
                     peer=request.remote,
                     peer_trusted=trusted,
                     scheme=request.scheme,
-                    host=request.host,
+                    host=given_host,
                     upstream_host=options.upstream.raw_authority,
                     preserve_host=options.preserve_host,
                 )
@@ -169,10 +181,15 @@ class Lane:
                 response = self._own(request, proxy._unreachable, request, exc)
             else:
                 try:
-                    proxy._answered(upstream, started)
+                    # What `Proxy._answered` counts, without its calls.
                     status = upstream.status
+                    self.tally.latency(time.monotonic() - started, site or "")
+                    if status < 500:
+                        proxy.health.ok()
+                    else:
+                        proxy.health.record("5xx", status=status)
                     copied = None
-                    if status >= 200 and status not in NO_BODY_STATUS:
+                    if method == "GET" and status >= 200 and status not in NO_BODY_STATUS:
                         copied = client_response(upstream.raw_headers)
                     if (
                         copied[1].type is not None and _html(copied[1].type)
@@ -186,24 +203,40 @@ class Lane:
                             response = await proxy._respond(request, upstream, None)
                     else:
                         self.taken += 1
-                        sent = (
+                        response = (
                             _head(request, upstream, options.upstream, scheme, host)
                             if copied is None
                             else _head_copied(request, upstream, *copied)
                         )
-                        response = sent
-                        if sent.body_length >= 0:
-                            await self._body(request, upstream.content, sent)
+                        if response.body_length >= 0:
+                            # The body as it arrives, in this coroutine; the headers leave
+                            # with its first chunk (one write for a small asset) and its
+                            # end with the last (no write of its own).
+                            content = upstream.content
+                            writer = request._payload_writer
+                            try:
+                                while chunk := await content.readany():
+                                    response.body_length += len(chunk)
+                                    if content.at_eof():
+                                        await writer.write_eof(chunk)
+                                        break
+                                    await writer.write(chunk)
+                                else:
+                                    await writer.write_eof()
+                            except (ConnectionResetError, aiohttp.ClientError, TimeoutError) as exc:
+                                self._broken(request, response, exc)
                 finally:
                     upstream.release()
         finally:
             shares.give_back(client)
-        self.metrics.proxied(response.status, site)
+        self.tally.proxied(response.status, site)
         return response
 
     # -- the decision --------------------------------------------------------------------
 
-    def pick(self, request: web.Request) -> tuple[Proxy, str | None, str, bool, str, str] | None:
+    def pick(
+        self, request: web.Request
+    ) -> tuple[Proxy, str | None, str, bool, str, str, str, RequestScan] | None:
         """The proxy, site, client and forwarding facts of a lane request, else None."""
         if request.method not in ("GET", "HEAD") or request.body_exists or self.prepare_hooks:
             return None
@@ -214,19 +247,22 @@ class Lane:
         if not raw.startswith("/") or raw.startswith(prefix):
             return None
         # Upgrade, Expect, a navigation, too many header bytes (the Application's 431).
-        if not asset_request(request.raw_headers, settings.max_request_headers_kb * 1024):
+        scan = asset_request(request.raw_headers, settings.max_request_headers_kb * 1024)
+        if scan is None:
             return None
-        headers = request.headers
-        path = request.path
+        path = raw.split("?", 1)[0] if "%" not in raw else request.path
         if path.startswith(prefix):
             return None  # an encoded prefix ("/%5Fcapi/..."): the router decides
         rules = runtime.visitors
         peer = request.remote
         trusted = rules.peer_trusted(peer)
-        scheme, host = request.scheme, request.host
+        given_host = request.host if scan.host is None else _text(scan.host)
+        scheme, host = request.scheme, given_host
         if trusted:
-            scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
-            host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+            if scan.proto is not None:
+                scheme = _text(scan.proto).split(",")[0].strip()
+            if scan.xfh is not None:
+                host = _text(scan.xfh).split(",")[0].strip()
         holder = self.holder
         router = holder.router
         site: str | None = None
@@ -250,11 +286,11 @@ class Lane:
             ruleset = proxied_rules.rules
             if ruleset.rules and ruleset.candidates(path):
                 return None
-        client = rules.client_ip(peer, headers) or ""
+        client = rules.client_ip_of(peer, scan.forwarding) or ""
         shares = proxy.shares
         if shares.held(client) >= shares.per_client:
             return None  # the Application's 503 (counted there)
-        return proxy, site, client, trusted, scheme, host
+        return proxy, site, client, trusted, scheme, host, given_host, scan
 
     # -- the relay -----------------------------------------------------------------------
 
@@ -268,29 +304,18 @@ class Lane:
         response.headers["X-Request-ID"] = rid
         return response
 
-    async def _body(self, request: web.Request, content: aiohttp.StreamReader, sent: Sent) -> None:
-        """The site's body as it arrives; the headers leave with its first chunk (one write
-        for a small asset) and its end with the last (no write of its own)."""
-        writer = request._payload_writer
-        try:
-            while chunk := await content.readany():
-                sent.body_length += len(chunk)
-                if content.at_eof():
-                    await writer.write_eof(chunk)
-                    return
-                await writer.write(chunk)
-            await writer.write_eof()
-        except ConnectionResetError:
+    def _broken(self, request: web.Request, sent: Sent, exc: BaseException) -> None:
+        """The body did not make it: the visitor left, or the site's broke off."""
+        sent.keep_alive = False
+        if isinstance(exc, ConnectionResetError):
             log.debug("Client left during %s %s.", request.method, request.path)
-            sent.keep_alive = False
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The status line may be out: the only honest signal left is a broken connection.
-            with self.identify(request):
-                log.warning("Upstream body broke off for %s: %s", request.path, reason(exc))
-            sent.keep_alive = False
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
+            return
+        # The status line may be out: the only honest signal left is a broken connection.
+        with self.identify(request):
+            log.warning("Upstream body broke off for %s: %s", request.path, reason(exc))
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
 
 
 def _head(request: web.Request, upstream: Answer, origin: URL, scheme: str, host: str) -> Sent:

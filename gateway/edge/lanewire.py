@@ -21,55 +21,104 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 _HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 # The Connection value that names no other field ("keep-alive" is hop-by-hop already).
 _PLAIN_CONNECTION = b"keep-alive"
-# Request fields an untrusted client may not claim (gateway.edge.headers._UNTRUSTED_DROP),
-# and Expect (the gateway answers 100-continue itself; the lane takes no Expect anyway).
-_REQUEST_DROP = _HOP | {
-    b"expect",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"forwarded",
+# How the request scan treats a lowered name (absent: an end-to-end field, copied).
+_DROP, _CONNECTION, _HOST, _XFF, _XFP, _XFH, _FORWARDED = range(7)
+_DEST, _ACCEPT, _REFUSE = 7, 8, 9
+_REQUEST_KINDS = {
+    **dict.fromkeys(_HOP, _DROP),
+    b"connection": _CONNECTION,
+    b"host": _HOST,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"forwarded": _FORWARDED,
+    b"sec-fetch-dest": _DEST,
+    b"accept": _ACCEPT,
+    # An upgrade (WebSocket) or `Expect: 100-continue`: the Application's.
+    b"upgrade": _REFUSE,
+    b"expect": _REFUSE,
 }
-# A trusted proxy's forwarding fields stay (extended): hop-by-hop and Expect go.
-_TRUSTED_DROP = _HOP | {b"expect"}
-# What the request scan reads (a value of _KINDS per lowered name).
-_DEST, _ACCEPT, _UPGRADE = 1, 2, 3
-_KINDS = {b"sec-fetch-dest": _DEST, b"accept": _ACCEPT, b"upgrade": _UPGRADE, b"expect": _UPGRADE}
 # Response fields whose value the relay must change: the multidict path does that.
 _REWRITTEN = frozenset({b"location", b"content-location"})
 _LENGTH, _TYPE, _DATE, _SERVER = 1, 2, 3, 4
 _FRAMING = {b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE, b"server": _SERVER}
 
 
-def asset_request(raw: RawHeaders, limit: int) -> bool:
-    """True when nothing in a request's fields keeps it off the lane: no Upgrade or Expect,
-    not a document navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
-    Sec-Fetch-Dest), and its header lines within `limit` bytes (else the Application's 431)."""
+class RequestScan:
+    """A request's fields read in one pass: the end-to-end ones to copy, and the forwarding
+    ones the proxy reads or rewrites (values as the parser gave them)."""
+
+    __slots__ = ("forwarded", "host", "lines", "named", "proto", "xff", "xfh")
+
+    def __init__(self) -> None:
+        # "Name: value" of every field but Host, hop-by-hop and forwarding ones, in order.
+        self.lines: list[bytes] = []
+        self.host: bytes | None = None
+        self.xff: list[bytes] = []
+        self.forwarded: list[bytes] = []
+        self.proto: bytes | None = None
+        self.xfh: bytes | None = None
+        # A Connection line names other fields: the multidict rules drop those.
+        self.named = False
+
+    def forwarding(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The X-Forwarded-For and Forwarded lines as aiohttp's parser decodes them."""
+        return (
+            tuple(value.decode("utf-8", "surrogateescape") for value in self.xff),
+            tuple(value.decode("utf-8", "surrogateescape") for value in self.forwarded),
+        )
+
+
+def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
+    """The scan of a request nothing in whose fields keeps it off the lane, else None: an
+    Upgrade or Expect, a document navigation (`Sec-Fetch-Dest: document`, or `Accept:
+    text/html` without Sec-Fetch-Dest), header lines past `limit` bytes (the 431)."""
+    scan = RequestScan()
+    lines = scan.lines
     size = 0
     dest: bytes | None = None
     html = False
+    kinds = _REQUEST_KINDS
     for name, value in raw:
         size += len(name) + len(value) + 4  # ": " and CRLF
-        kind = _KINDS.get(name.lower())
+        kind = kinds.get(name.lower())
         if kind is None:
+            lines.append(name + b": " + value)
+        elif kind == _DROP:
             continue
-        if kind == _DEST:
-            if dest is None:
-                dest = value
-        elif kind == _ACCEPT:
-            html = html or b"text/html" in value
-        else:
-            return False
+        elif kind >= _DEST:
+            if kind == _REFUSE:
+                return None
+            if kind == _DEST:
+                if dest is None:
+                    dest = value
+            else:
+                html = html or b"text/html" in value
+            lines.append(name + b": " + value)
+        elif kind == _CONNECTION:
+            scan.named = scan.named or value.strip().lower() != _PLAIN_CONNECTION
+        elif kind == _HOST:
+            if scan.host is None:
+                scan.host = value
+        elif kind == _XFF:
+            scan.xff.append(value)
+        elif kind == _FORWARDED:
+            scan.forwarded.append(value)
+        elif kind == _XFP:
+            if scan.proto is None:
+                scan.proto = value
+        elif scan.xfh is None:
+            scan.xfh = value
     if size > limit:
-        return False
+        return None
     if dest is None:
-        return not html
-    return dest.strip().lower() != b"document"
+        return None if html else scan
+    return None if dest.strip().lower() == b"document" else scan
 
 
 def upstream_request(
     request_line: bytes,
-    raw: RawHeaders,
+    scan: RequestScan,
     *,
     peer: str | None,
     peer_trusted: bool,
@@ -80,52 +129,34 @@ def upstream_request(
 ) -> bytes | None:
     """The request for the site, as `headers.upstream_request_headers` makes it (the
     forwarding fields of a trusted peer extended, an untrusted one's dropped); None when a
-    Connection line names other fields (the multidict path drops those too)."""
-    lines = [request_line]
-    host_line = b"Host: " + (host if preserve_host else upstream_host).encode("latin-1")
-    drop = _TRUSTED_DROP if peer_trusted else _REQUEST_DROP
+    Connection line names other fields (the multidict path drops those too).
+
+    Fields of different names may come in another order than there (RFC 9110 §5.3: that
+    order carries no meaning); repeated fields keep theirs."""
+    if scan.named:
+        return None
+    lines = [request_line, *scan.lines]
+    lines.append(b"Host: " + _bytes(host if preserve_host else upstream_host))
     chain: list[bytes] = []
-    proto = forwarded_host = b""
-    for name, value in raw:
-        lowered = name.lower()
-        if lowered in drop:
-            if lowered == b"connection" and value.strip().lower() != _PLAIN_CONNECTION:
-                return None
-            continue
-        if lowered == b"host":
-            if host_line:
-                lines.append(host_line)
-                host_line = b""
-            continue
-        if peer_trusted:
-            # The chain so far goes last, our hop appended; the first Proto and Host stay
-            # where they are (an empty one replaced by ours).
-            if lowered == b"x-forwarded-for":
-                chain += [part.strip() for part in value.split(b",") if part.strip()]
-                continue
-            if lowered == b"x-forwarded-proto":
-                if proto:
-                    continue
-                proto = value or scheme.encode("latin-1")
-                value = proto
-            elif lowered == b"x-forwarded-host":
-                if forwarded_host:
-                    continue
-                forwarded_host = value or host.encode("latin-1")
-                value = forwarded_host
-        lines.append(name + b": " + value)
+    proto = forwarded_host = None
+    if peer_trusted:
+        for line in scan.xff:
+            chain += [part.strip() for part in line.split(b",") if part.strip()]
+        lines += [b"Forwarded: " + value for value in scan.forwarded]
+        proto, forwarded_host = scan.proto, scan.xfh
     if peer:
-        chain.append(peer.encode("latin-1"))
+        chain.append(_bytes(peer))
     if chain:
         lines.append(b"X-Forwarded-For: " + b", ".join(chain))
-    if not proto:
-        lines.append(b"X-Forwarded-Proto: " + scheme.encode("latin-1"))
-    if not forwarded_host:
-        lines.append(b"X-Forwarded-Host: " + host.encode("latin-1"))
-    if host_line:
-        lines.append(host_line)
+    lines.append(b"X-Forwarded-Proto: " + (proto or _bytes(scheme)))
+    lines.append(b"X-Forwarded-Host: " + (forwarded_host or _bytes(host)))
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+def _bytes(text: str) -> bytes:
+    """A value aiohttp decoded (or one of ours) back to its bytes."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 class Framing:

@@ -8,6 +8,7 @@ Visitor, the page path) by wrapping the lane's `full` handler, and what the lane
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,33 @@ async def test_http10_clients_on_the_lane(gw: Front) -> None:
     assert first.header("Connection") == ["keep-alive"] and first.body == seeded_bytes(10)
     assert second.body == seeded_bytes(20)
     assert (lane.taken, reached.count) == (3, 0)
+
+
+async def test_head_of_a_chunked_answer_has_no_body(start: StartGateway) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/css\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                    + (b"" if head.startswith(b"HEAD ") else b"3\r\nabc\r\n0\r\n\r\n")
+                )
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        gw = await start(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        lane, _ = watch(gw)
+        request = (
+            b"HEAD /a.css HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /a.css HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        head, after = parse_responses(await raw_exchange(gw.url, request), ["HEAD", "GET"])
+        assert head.status == 200 and head.body == b""
+        assert after.body == b"abc"  # nothing of the HEAD's leaked into the next answer
+        assert lane.taken == 2
 
 
 async def test_a_chunked_answer_is_rechunked_for_http11(gw: Front) -> None:

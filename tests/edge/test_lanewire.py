@@ -71,9 +71,11 @@ def test_the_request_for_the_site_is_the_multidict_rules(
     extra: Pairs, preserve_host: bool, trusted: bool
 ) -> None:
     pairs = BROWSER + extra
+    scan = asset_request(raw(pairs), 1 << 16)
+    assert scan is not None
     wire = upstream_request(
         b"GET /a.css?v=1 HTTP/1.1",
-        raw(pairs),
+        scan,
         peer="198.51.100.7",
         peer_trusted=trusted,
         scheme="http",
@@ -90,9 +92,11 @@ def test_the_request_for_the_site_is_the_multidict_rules(
 
 def test_a_connection_line_naming_fields_steps_aside() -> None:
     pairs = [*BROWSER, ("Connection", "X-Secret"), ("X-Secret", "hop")]
+    scan = asset_request(raw(pairs), 1 << 16)
+    assert scan is not None
     wire = upstream_request(
         b"GET / HTTP/1.1",
-        raw(pairs),
+        scan,
         peer=None,
         peer_trusted=False,
         scheme="http",
@@ -115,15 +119,34 @@ def test_a_connection_line_naming_fields_steps_aside() -> None:
     ],
 )
 def test_what_keeps_a_request_off_the_lane(extra: Pairs, taken: bool) -> None:
-    assert asset_request(raw(BROWSER + extra), 2048) is taken
+    assert (asset_request(raw(BROWSER + extra), 2048) is not None) is taken
 
 
 def test_navigations_are_not_assets() -> None:
-    assert not asset_request(raw([("Sec-Fetch-Dest", "Document")]), 4096)
-    assert not asset_request(raw([("Accept", "text/html,*/*;q=0.8")]), 4096)
-    assert asset_request(raw([("Accept", "text/html"), ("Sec-Fetch-Dest", "image")]), 4096)
+    assert asset_request(raw([("Sec-Fetch-Dest", "Document")]), 4096) is None
+    assert asset_request(raw([("Accept", "text/html,*/*;q=0.8")]), 4096) is None
+    image = [("Accept", "text/html"), ("Sec-Fetch-Dest", "image")]
+    assert asset_request(raw(image), 4096) is not None
     # The size counts every line as sent: name, ": ", value, CRLF.
-    assert asset_request(raw([("A", "b")]), 6) and not asset_request(raw([("A", "b")]), 5)
+    assert asset_request(raw([("A", "b")]), 6) is not None
+    assert asset_request(raw([("A", "b")]), 5) is None
+
+
+def test_the_scan_reads_the_forwarding_fields_as_aiohttp_decodes_them() -> None:
+    pairs = [
+        ("Host", "shop.example"),
+        ("X-Forwarded-For", "203.0.113.1, 10.0.0.1"),
+        ("X-Forwarded-For", "10.0.0.2"),
+        ("Forwarded", "for=198.51.100.1"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "www.shop.example"),
+    ]
+    scan = asset_request((*raw(pairs), (b"X-Forwarded-Host", "caf\u00e9".encode())), 4096)
+    assert scan is not None
+    assert scan.host == b"shop.example" and scan.proto == b"https"
+    assert scan.xfh == b"www.shop.example"
+    assert scan.forwarding() == (("203.0.113.1, 10.0.0.1", "10.0.0.2"), ("for=198.51.100.1",))
+    assert scan.lines == []
 
 
 def test_the_response_fields_are_the_multidict_rules() -> None:
