@@ -129,7 +129,13 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     )
     # Assets no rule, catalog or tag reads skip the router and the middleware (issue 19).
     install_lane(app, holder)
+    app.on_cleanup.append(_fold_metrics)
     return app
+
+
+async def _fold_metrics(app: web.Application) -> None:
+    # The last proxied counts of a stopping worker reach the series (files with --workers).
+    app[METRICS].tally.fold()
 
 
 async def _collect(request: web.Request) -> web.StreamResponse:
