@@ -91,7 +91,9 @@ def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
                 return None
             if kind == _DEST:
                 if dest is None:
-                    dest = value
+                    dest = value.strip().lower()
+                    if dest == b"document":
+                        return None  # a navigation: a page the gateway may tag
             else:
                 html = html or b"text/html" in value
             lines.append(name + b": " + value)
@@ -111,9 +113,7 @@ def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
             scan.xfh = value
     if size > limit:
         return None
-    if dest is None:
-        return None if html else scan
-    return None if dest.strip().lower() == b"document" else scan
+    return None if dest is None and html else scan
 
 
 def upstream_request(
