@@ -168,7 +168,8 @@ class Proxy:
         run = self._begin(request)
         started = time.monotonic()
         try:
-            upstream = await client.request(request.method, self._raw_target(request), headers)
+            wire = client.wire(request.method, self._raw_target(request), headers)
+            upstream = await client.send(request.method, wire)  # a coroutine fewer than request
         except TimeoutError:
             return self._timed_out(request)
         except (aiohttp.ClientError, OSError) as exc:
@@ -190,11 +191,7 @@ class Proxy:
 
     def _answered(self, upstream: Answer, started: float) -> None:
         self.metrics.upstream_latency(time.monotonic() - started, site=self.pages.site)
-        status = upstream.status
-        if status < 500:
-            self.health.ok()
-        else:
-            self.health.record("5xx", status=status)
+        self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
 
     def _timed_out(self, request: web.Request) -> web.Response:
         self.health.record("timeout", status=504)

@@ -98,8 +98,13 @@ class UpstreamClient:
         Raises TimeoutError subclasses for the 504 cases, aiohttp.ClientError subclasses
         or OSError for the 502 ones.
         """
+        return await self.send(method, self.wire(method, target, headers))
+
+    @staticmethod
+    def wire(method: str, target: str, headers: CIMultiDict[str]) -> bytes:
+        """The request line and fields as `send` takes them."""
         # C serializer: refuses CR/LF in names and values (no header injection).
-        return await self.send(method, _serialize_headers(f"{method} {target} HTTP/1.1", headers))
+        return _serialize_headers(f"{method} {target} HTTP/1.1", headers)
 
     async def send(self, method: str, wire: bytes) -> UpstreamResponse:
         """`request` for a request already on the wire (request line, fields, blank line)."""
