@@ -72,6 +72,7 @@ from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
 from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
 from gateway.siteapp import (
+    install_lane,
     pixel_sites,
     reload_sites,
     router,
@@ -126,7 +127,15 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.router.add_route(
         "*", "/{path:.*}", site_proxy(holder, app[METRICS]), expect_handler=site_expect
     )
+    # Assets no rule, catalog or tag reads skip the router and the middleware (issue 19).
+    install_lane(app, holder)
+    app.on_cleanup.append(_fold_metrics)
     return app
+
+
+async def _fold_metrics(app: web.Application) -> None:
+    # The last proxied counts of a stopping worker reach the series (files with --workers).
+    app[METRICS].tally.fold()
 
 
 async def _collect(request: web.Request) -> web.StreamResponse:

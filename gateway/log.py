@@ -10,6 +10,7 @@ masked as a last line of defence: callers must still never log tokens or custome
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -17,7 +18,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -197,6 +198,25 @@ def valid_request_id(value: str | None) -> str | None:
     return value if _VALID_REQUEST_ID.fullmatch(value) else None
 
 
+def request_id_for(request: web.BaseRequest, trusted_proxies: Sequence[str]) -> str:
+    """The id of a request: a trusted proxy's `X-Request-ID` (a plain identifier), else new."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _peer_trusted(request.remote, trusted_proxies):
+        return valid_request_id(given) or new_request_id()
+    return new_request_id()
+
+
+@contextlib.contextmanager
+def identified(request: web.BaseRequest, trusted_proxies: Sequence[str]) -> Iterator[str]:
+    """The request's id (`request_id_for`) set for the log records made inside the block."""
+    rid = request_id_for(request, trusted_proxies)
+    token = request_id.set(rid)
+    try:
+        yield rid
+    finally:
+        request_id.reset(token)
+
+
 def request_id_middleware(
     trusted_proxies: Callable[[], Sequence[str]],
     check: Callable[[web.Request], web.StreamResponse | None] | None = None,
@@ -213,11 +233,7 @@ def request_id_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = None
-        given = request.headers.get(REQUEST_ID_HEADER)
-        if given is not None and _peer_trusted(request.remote, trusted_proxies()):
-            rid = valid_request_id(given)
-        rid = rid or new_request_id()
+        rid = request_id_for(request, trusted_proxies())
         token = request_id.set(rid)
         try:
             refused = check(request) if check is not None else None

@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.models import STANDARD_EVENTS, NewEvent
+from gateway.tally import FoldFirst, ProxyTally
 
 EventOutcome = Literal["accepted", "duplicate", "rejected"]
 
@@ -76,6 +77,8 @@ class Metrics:
         # leave them out in both modes so one dashboard fits either (process-wide switch).
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
+        # First in the registry: every collection folds the per-request tallies first.
+        self.registry.register(FoldFirst(lambda: self.tally.fold()))
         own: CollectorRegistry | None = self.registry
         if multiprocess_dir is not None:
             multiprocess_dir.mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,6 @@ class Metrics:
             _WorkerFiles(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
             own = None  # read back from the files, not from this process's objects
         self._custom_names: set[str] = set()
-        self._proxied_by_class: dict[int, Any] = {}
-        self._upstream_by_site: dict[str, Any] = {}
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=labels, registry=own)
@@ -121,6 +122,7 @@ class Metrics:
             _LATENCY_BUCKETS,
             [SITE],
         )
+        self.tally = ProxyTally(self._proxied, self._site_proxied, self._upstream, _LATENCY_BUCKETS)
         self._tagged = counter("capi_gateway_pages_tagged", "HTML pages tagged with px.js.", [SITE])
         self._skipped = counter(
             "capi_gateway_pages_skipped", "HTML pages left untagged, by reason.", [SITE, "reason"]
@@ -290,25 +292,13 @@ class Metrics:
 
     def proxied(self, status: int, site: str | None = None) -> None:
         """Count one proxied request by the status class it was answered with (and site)."""
-        # Every proxied request passes here: the labelled child is looked up once per class
-        # (labels() validates and joins its values under a lock on every call).
-        child = self._proxied_by_class.get(status // 100)
-        if child is None:
-            child = self._proxied_by_class[status // 100] = self._proxied.labels(
-                f"{status // 100}xx"
-            )
-        child.inc()
-        if site is not None:
-            self._site_proxied.labels(site, f"{status // 100}xx").inc()
+        # Every proxied request passes here: summed in plain numbers, folded into the series
+        # before each collection (gateway.tally).
+        self.tally.proxied(status, site)
 
     def upstream_latency(self, seconds: float, *, site: str | None = None) -> None:
         """Observe the time the site took to send its response headers."""
-        # Once per proxied request too: the child looked up once per site, as above.
-        key = site or ""
-        child = self._upstream_by_site.get(key)
-        if child is None:
-            child = self._upstream_by_site[key] = self._upstream.labels(key)
-        child.observe(seconds)
+        self.tally.latency(seconds, site or "")
 
     def page_tagged(self, *, site: str | None = None) -> None:
         """Count one HTML page that got the tag."""

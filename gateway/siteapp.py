@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +20,7 @@ from aiohttp.typedefs import Handler
 from gateway.appkeys import INTAKE, METRICS, PAGES, PROXIED_RULES, PROXY, RUNTIME, STITCHES, Runtime
 from gateway.catalogapp import catalog_pages
 from gateway.delivery.seal import load_key
+from gateway.edge.lane import Lane
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy, ProxyOptions, upstream_client, upstream_session
@@ -33,6 +35,7 @@ from gateway.edge.sites import (
 )
 from gateway.edge.visitor import visitor
 from gateway.errors import json_error
+from gateway.log import identified
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -41,6 +44,7 @@ log = logging.getLogger("gateway.app")
 # Every site's stages ever started, with its upstream pool (a reload's retired ones too):
 # drained and closed at exit, never under a request still streaming through them.
 SITE_STARTED = web.AppKey("site_started", list[tuple[SiteStages, aiohttp.ClientSession]])
+LANE = web.AppKey("lane", Lane)
 
 
 def _misdirected(request: web.Request) -> web.Response:
@@ -87,6 +91,42 @@ async def site_expect(request: web.Request) -> web.StreamResponse | None:
     if stages is None or stages.proxy is None:
         return _misdirected(request)
     return await stages.proxy.expect(request)
+
+
+def install_lane(app: web.Application, holder: SiteHolder) -> Lane:
+    """Put the asset lane (`gateway.edge.lane`) in front of the app's own request handling.
+
+    aiohttp's server calls `app._handle` for every request (`AppRunner` and the test
+    server alike read it when they build the server): shadowed on this app by the lane,
+    which hands the requests it does not take to the original. aiohttp is pinned (3.14);
+    tests/edge/test_lane.py pins that the server calls the lane.
+    """
+    full = app._handle
+
+    def identify(request: web.Request) -> AbstractContextManager[str]:
+        return identified(request, app[RUNTIME].settings.trusted_proxies)
+
+    async def route(request: web.Request) -> None:
+        # What `Application._handle` does before its handlers run: the match info that
+        # `request.app` (and so `visitor`, `runtime_for`, ...) reads.
+        match_info = await app.router.resolve(request)
+        match_info.add_app(app)
+        match_info.freeze()
+        request._match_info = match_info
+
+    lane = Lane(
+        holder,
+        app[METRICS],
+        app[RUNTIME],
+        full,
+        identify,
+        route,
+        app.on_response_prepare,
+    )
+    app[LANE] = lane
+    # Not `app._handle = ...`: aiohttp's debug mode warns about new attributes on an app.
+    object.__setattr__(app, "_handle", lane)
+    return lane
 
 
 def router(settings: Settings) -> SiteRouter:

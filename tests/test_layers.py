@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.catalogsettings",
             "gateway.config",
             "gateway.metrics",
+            "gateway.tally",
             "gateway.html.",
         ),
     ),

@@ -168,7 +168,8 @@ class Proxy:
         run = self._begin(request)
         started = time.monotonic()
         try:
-            upstream = await client.request(request.method, self._raw_target(request), headers)
+            wire = client.wire(request.method, self._raw_target(request), headers)
+            upstream = await client.send(request.method, wire)  # a coroutine fewer than request
         except TimeoutError:
             return self._timed_out(request)
         except (aiohttp.ClientError, OSError) as exc:

@@ -35,13 +35,15 @@ __all__ = ["IDEMPOTENT", "UpstreamClient", "UpstreamError", "UpstreamResponse", 
 class UpstreamResponse:
     """The status, headers and streamed body of one answer (what the proxy reads)."""
 
-    __slots__ = ("_conn", "content", "headers", "reason", "status")
+    __slots__ = ("_conn", "content", "headers", "raw_headers", "reason", "status")
 
     def __init__(self, conn: _Conn, message: Any, payload: StreamReader) -> None:
         self._conn: _Conn | None = conn
         self.status: int = message.code
         self.reason: str = message.reason
         self.headers: CIMultiDictProxy[str] = message.headers
+        # The fields as the parser split them, bytes (the asset lane copies these).
+        self.raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
         self.content = payload
 
     def release(self) -> None:
@@ -96,19 +98,42 @@ class UpstreamClient:
         Raises TimeoutError subclasses for the 504 cases, aiohttp.ClientError subclasses
         or OSError for the 502 ones.
         """
+        return await self.send(method, self.wire(method, target, headers))
+
+    @staticmethod
+    def wire(method: str, target: str, headers: CIMultiDict[str]) -> bytes:
+        """The request line and fields as `send` takes them."""
         # C serializer: refuses CR/LF in names and values (no header injection).
-        wire = _serialize_headers(f"{method} {target} HTTP/1.1", headers)
+        return _serialize_headers(f"{method} {target} HTTP/1.1", headers)
+
+    async def send(self, method: str, wire: bytes) -> UpstreamResponse:
+        """`request` for a request already on the wire (request line, fields, blank line)."""
         head = method == "HEAD"
-        conn = await self._acquire(fresh=False)
+        # A warm idle connection without a coroutine of its own (nearly every request), and
+        # the exchange awaited here: each coroutine level more is resumed on every wake-up.
+        conn = self._take_idle() or await self._acquire(fresh=False)
         try:
-            return await self._exchange(conn, wire, head)
+            message, payload = await self._send(conn, wire, head)
         except _Dropped:
+            conn.close()
             if method not in IDEMPOTENT:
                 raise
-        conn = await self._acquire(fresh=True)
-        return await self._exchange(conn, wire, head)
+            conn = await self._acquire(fresh=True)
+            try:
+                message, payload = await self._send(conn, wire, head)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            # Timed out, garbled, or the visitor left: nothing more will be read here.
+            conn.close()
+            raise
+        return UpstreamResponse(conn, message, payload if payload is not None else EMPTY_PAYLOAD)
 
-    async def _exchange(self, conn: _Conn, wire: bytes, head: bool) -> UpstreamResponse:
+    def _send(
+        self, conn: _Conn, wire: bytes, head: bool
+    ) -> asyncio.Future[tuple[Any, StreamReader]]:
+        """Write the request on `conn`; the future of its answer's status and headers."""
         waiter = conn.start(head)
         transport = conn.transport
         if transport is None or transport.is_closing():
@@ -119,13 +144,7 @@ class UpstreamClient:
                 else UpstreamError("the site closed the connection")
             )
         transport.write(wire)
-        try:
-            message, payload = await waiter
-        except BaseException:
-            # Timed out, garbled, or the visitor left: nothing more will be read here.
-            conn.close()
-            raise
-        return UpstreamResponse(conn, message, payload if payload is not None else EMPTY_PAYLOAD)
+        return waiter
 
     # -- the pool --------------------------------------------------------------------------
 

@@ -54,6 +54,17 @@ class UpstreamHealth:
         else:
             self.last_error = {"kind": outcome, "status": status, "at": round(now, 3)}
 
+    def ok(self) -> None:
+        """`record("ok")` now, without its lookups: every proxied asset comes by here."""
+        now = time.time()
+        number = int(now // _BUCKET)
+        bucket = self._ring[number % _BUCKETS]
+        if bucket[0] != number:
+            bucket[:] = [number, 0, 0, 0, 0]
+        bucket[1] += 1
+        self.totals["ok"] += 1
+        self.last_ok = now
+
     def recent(self, now: float | None = None) -> dict[str, int]:
         """Requests per outcome over the last WINDOW seconds."""
         now = time.time() if now is None else now

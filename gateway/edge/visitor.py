@@ -59,6 +59,19 @@ class VisitorRules:
         """`identity.client_ip` of a request from `peer`, remembered per peer address (and
         per forwarded chain, bounded): unless the peer is a trusted proxy that forwards
         someone, the answer is the peer itself."""
+        return self.client_ip_of(
+            peer,
+            lambda: (
+                tuple(headers.getall("X-Forwarded-For", ())),
+                tuple(headers.getall("Forwarded", ())),
+            ),
+        )
+
+    def client_ip_of(
+        self, peer: str | None, forwarding: Callable[[], tuple[tuple[str, ...], tuple[str, ...]]]
+    ) -> str | None:
+        """`client_ip` with the X-Forwarded-For and Forwarded lines from `forwarding()`,
+        asked only when the peer is a trusted proxy."""
         if peer is None:
             return None
         found = self._peer_ips.get(peer)
@@ -69,8 +82,7 @@ class VisitorRules:
         address, via_proxy = found
         if not via_proxy:
             return address
-        xff = tuple(headers.getall("X-Forwarded-For", ()))
-        forwarded = tuple(headers.getall("Forwarded", ()))
+        xff, forwarded = forwarding()
         if not xff and not forwarded:
             return address  # a trusted proxy that forwards no one: the peer itself
         # Behind a front proxy every asset of a page repeats its visitor's chain.

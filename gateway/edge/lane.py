@@ -1,0 +1,288 @@
+"""The asset lane: a request the gateway relays unchanged, decided before aiohttp's
+Application machinery and answered with as little per-request object work as possible.
+
+Nearly every request a site gets is an asset (a style sheet, a script, an image) that no
+rule, catalog or page tag reads. Through the Application each paid for the router, the
+match info, the request id middleware, the `Visitor`, a `StreamResponse` and its header
+preparation — about a third of the gateway's own CPU per asset. The lane sits in front of
+the Application (`gateway.siteapp.install_lane` makes it the server's request handler) and
+takes a request only when everything that could want it says no from the request alone:
+
+- GET or HEAD without a body, no `Expect`, no `Upgrade` (WebSockets), origin-form target;
+- not under the gateway's prefix; headers within `max_request_headers_kb` (else the 431);
+- not a document navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
+  Sec-Fetch-Dest): those are the pages the gateway tags;
+- a site answers for the host, with no `[catalog]` (its reader sees every GET) and no rule
+  that may match the path (`RuleSet.candidates`, read per request: a reload applies);
+- the client holds less than its upstream share (else the full path answers the 503);
+- no `on_response_prepare` hook on the app (the lane makes no StreamResponse to show it).
+
+Everything else goes to the Application as before. An answer that turns out to be HTML
+(a page we may tag or count) leaves the lane too: the request is routed then and the page
+path takes the answer already in hand. The relay keeps every pass-through rule: hop-by-hop
+fields dropped, redirects pointed at the public origin, 304 ETags weakened, HEAD/204/304
+without a body, close-delimited bodies for HTTP/1.0, metrics and upstream health counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sized
+from contextlib import AbstractContextManager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_writer import _serialize_headers
+
+from gateway.appkeys import Runtime
+from gateway.edge import headers as hdr
+from gateway.edge.laneanswer import Sent, head_copied, head_rewritten
+from gateway.edge.lanewire import (
+    RequestScan,
+    asset_request,
+    client_response,
+    upstream_request,
+)
+from gateway.edge.passthrough import NO_BODY_STATUS, reason
+from gateway.edge.proxy import Proxy
+from gateway.edge.sites import SiteHolder
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway.proxy")
+
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_V11 = aiohttp.HttpVersion11
+_HTML_BYTES = frozenset(name.encode() for name in _HTML_TYPES)
+
+
+def _text(value: bytes) -> str:
+    """A field value as aiohttp's parser decodes it."""
+    return value.decode("utf-8", "surrogateescape")
+
+
+def _html(content_type: bytes) -> bool:
+    return content_type.split(b";", 1)[0].strip().lower() in _HTML_BYTES
+
+
+class Lane:
+    """Picks the requests the lane takes and relays them; the rest go to `full`.
+
+    `runtime` is the app's (a reload replaces its settings and visitor rules in place).
+    `identify(request)` sets the request id for the log records of a lane request that goes
+    wrong and yields it (the Application's middleware does the same for its requests).
+    `route(request)` gives a lane request the match info the Application's handlers read,
+    for an answer that leaves the lane.
+    """
+
+    def __init__(
+        self,
+        holder: SiteHolder,
+        metrics: Metrics,
+        runtime: Runtime,
+        full: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        identify: Callable[[web.Request], AbstractContextManager[str]],
+        route: Callable[[web.Request], Awaitable[None]],
+        prepare_hooks: Sized = (),
+    ) -> None:
+        self.holder = holder
+        # Proxied counts and upstream latencies go to the metrics' tally directly.
+        self.tally = metrics.tally
+        self.runtime = runtime
+        self.full = full
+        self.identify = identify
+        self.route = route
+        # The app's `on_response_prepare` signal: a hook expects every response to pass it
+        # (a StreamResponse): with any, the lane leaves every request to the Application.
+        self.prepare_hooks = prepare_hooks
+        # Requests the lane relayed, and those it gave back after seeing an HTML answer.
+        self.taken = 0
+        self.handed_back = 0
+
+    async def __call__(self, request: web.Request) -> Any:
+        """aiohttp's request handler: the lane's relay, or the Application's `_handle`."""
+        picked = self.pick(request)
+        if picked is None:
+            return await self.full(request)
+        # One coroutine for the whole relay: each level more is resumed on every wake-up.
+        proxy, site, client, trusted, scheme, host, given_host, scan = picked
+        shares = proxy.shares
+        shares.take(client)
+        try:
+            options = proxy.options
+            method = request.method
+            raw = request.raw_path
+            wire = None
+            if raw.isascii():
+                wire = upstream_request(
+                    f"{method} {raw} HTTP/1.1".encode("ascii"),
+                    scan,
+                    peer=request.remote,
+                    peer_trusted=trusted,
+                    scheme=request.scheme,
+                    host=given_host,
+                    upstream_host=options.upstream.raw_authority,
+                    preserve_host=options.preserve_host,
+                )
+            if wire is None:
+                # A Connection line naming fields, a target that is not ASCII.
+                headers = hdr.upstream_request_headers(
+                    request.headers,
+                    peer=request.remote,
+                    peer_trusted=trusted,
+                    scheme=request.scheme,
+                    host=request.host,
+                    upstream_host=options.upstream.raw_authority,
+                    preserve_host=options.preserve_host,
+                )
+                length = request.headers.get("Content-Length")
+                if length is not None:  # a GET's "Content-Length: 0" goes on as sent
+                    headers["Content-Length"] = length
+                wire = _serialize_headers(f"{method} {raw} HTTP/1.1", headers)
+            upstream_client = proxy.client
+            assert upstream_client is not None
+            started = time.monotonic()
+            try:
+                upstream = await upstream_client.send(method, wire)
+            except TimeoutError:
+                response: Any = self._own(request, proxy._timed_out, request)
+            except (aiohttp.ClientError, OSError) as exc:
+                response = self._own(request, proxy._unreachable, request, exc)
+            else:
+                try:
+                    # What `Proxy._answered` counts, without its calls.
+                    status = upstream.status
+                    self.tally.latency(time.monotonic() - started, site or "")
+                    if status < 500:
+                        proxy.health.ok()
+                    else:
+                        proxy.health.record("5xx", status=status)
+                    copied = None
+                    if method == "GET" and status >= 200 and status not in NO_BODY_STATUS:
+                        copied = client_response(upstream.raw_headers)
+                    if (
+                        copied[1].type is not None and _html(copied[1].type)
+                        if copied is not None
+                        else hdr.media_type(upstream.headers) in _HTML_TYPES
+                    ):
+                        # A page after all: the page path decides (tag, HEAD headers, counts).
+                        self.handed_back += 1
+                        with self.identify(request):
+                            await self.route(request)
+                            response = await proxy._respond(request, upstream, None)
+                    else:
+                        self.taken += 1
+                        response = (
+                            head_rewritten(request, upstream, options.upstream, scheme, host)
+                            if copied is None
+                            else head_copied(request, upstream, *copied)
+                        )
+                        if response.body_length >= 0:
+                            # The body as it arrives, in this coroutine; the headers leave
+                            # with its first chunk (one write for a small asset) and its
+                            # end with the last (no write of its own).
+                            content = upstream.content
+                            writer = request._payload_writer
+                            try:
+                                while chunk := await content.readany():
+                                    response.body_length += len(chunk)
+                                    if content.at_eof():
+                                        await writer.write_eof(chunk)
+                                        break
+                                    await writer.write(chunk)
+                                else:
+                                    await writer.write_eof()
+                            except (ConnectionResetError, aiohttp.ClientError, TimeoutError) as exc:
+                                self._broken(request, response, exc)
+                finally:
+                    upstream.release()
+        finally:
+            shares.give_back(client)
+        self.tally.proxied(response.status, site)
+        return response
+
+    # -- the decision --------------------------------------------------------------------
+
+    def pick(
+        self, request: web.Request
+    ) -> tuple[Proxy, str | None, str, bool, str, str, str, RequestScan] | None:
+        """The proxy, site, client and forwarding facts of a lane request, else None."""
+        if request.method not in ("GET", "HEAD") or request.body_exists or self.prepare_hooks:
+            return None
+        raw = request.raw_path
+        runtime = self.runtime
+        settings = runtime.settings
+        prefix = settings.prefix
+        if not raw.startswith("/") or raw.startswith(prefix):
+            return None
+        # Upgrade, Expect, a navigation, too many header bytes (the Application's 431).
+        scan = asset_request(request.raw_headers, settings.max_request_headers_kb * 1024)
+        if scan is None:
+            return None
+        path = raw.split("?", 1)[0] if "%" not in raw else request.path
+        if path.startswith(prefix):
+            return None  # an encoded prefix ("/%5Fcapi/..."): the router decides
+        rules = runtime.visitors
+        peer = request.remote
+        trusted = rules.peer_trusted(peer)
+        given_host = request.host if scan.host is None else _text(scan.host)
+        scheme, host = request.scheme, given_host
+        if trusted:
+            if scan.proto is not None:
+                scheme = _text(scan.proto).split(",")[0].strip()
+            if scan.xfh is not None:
+                host = _text(scan.xfh).split(",")[0].strip()
+        holder = self.holder
+        router = holder.router
+        site: str | None = None
+        if router.by_name:
+            stages = router.match(host)
+            if stages is None:
+                return None  # the Application's 421
+            site, rules = stages.name, stages.runtime.visitors
+        else:
+            stages = holder.single
+            if stages is None:
+                return None
+        proxy = stages.proxy
+        if proxy is None or proxy.client is None:
+            return None
+        catalog = proxy.catalog
+        if catalog is not None and catalog.settings is not None:
+            return None
+        proxied_rules = proxy.proxied_rules
+        if proxied_rules is not None:
+            ruleset = proxied_rules.rules
+            if ruleset.rules and ruleset.candidates(path):
+                return None
+        client = rules.client_ip_of(peer, scan.forwarding) or ""
+        shares = proxy.shares
+        if shares.held(client) >= shares.per_client:
+            return None  # the Application's 503 (counted there)
+        return proxy, site, client, trusted, scheme, host, given_host, scan
+
+    # -- the relay -----------------------------------------------------------------------
+
+    def _own(
+        self, request: web.Request, make: Callable[..., web.Response], *args: Any
+    ) -> web.Response:
+        """A page of the gateway's own (502, 504) with its request id, as the Application's
+        middleware gives one (and the id on the warning it logs)."""
+        with self.identify(request) as rid:
+            response = make(*args)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    def _broken(self, request: web.Request, sent: Sent, exc: BaseException) -> None:
+        """The body did not make it: the visitor left, or the site's broke off."""
+        sent.keep_alive = False
+        if isinstance(exc, ConnectionResetError):
+            log.debug("Client left during %s %s.", request.method, request.path)
+            return
+        # The status line may be out: the only honest signal left is a broken connection.
+        with self.identify(request):
+            log.warning("Upstream body broke off for %s: %s", request.path, reason(exc))
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
