@@ -89,6 +89,7 @@ class Metrics:
         self._custom_names: set[str] = set()
         self._proxied_by_class: dict[int, Any] = {}
         self._upstream_by_site: dict[str, Any] = {}
+        self._tagged_by_site: dict[str, Any] = {}
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=labels, registry=own)
@@ -312,7 +313,12 @@ class Metrics:
 
     def page_tagged(self, *, site: str | None = None) -> None:
         """Count one HTML page that got the tag."""
-        self._tagged.labels(site or "").inc()
+        # Once per tagged page: the child looked up once per site, as above.
+        key = site or ""
+        child = self._tagged_by_site.get(key)
+        if child is None:
+            child = self._tagged_by_site[key] = self._tagged.labels(key)
+        child.inc()
 
     def page_skipped(self, reason: str, *, site: str | None = None) -> None:
         """Count one HTML page left untagged."""
