@@ -1,7 +1,7 @@
 """Instructions per proxied request, counted by callgrind (not a test).
 
     python bench/callgrind_proxy.py [--requests 2000] [--files css,js] [--connections 8]
-                                    [--rate N] [--root DIR ...] [--floor lean-proxy ...]
+                                    [--root DIR ...] [--floor lean-proxy ...]
 
 CPU seconds per request move with the load the other processes put on the machine;
 the instructions the gateway's process executes for a fixed number of requests do not.
@@ -11,9 +11,6 @@ bench_proxy.py runs it), each `--root DIR`'s gateway (its .venv), and each `--fl
 of bench_floor.py. For each file it sends `--requests` warm-up requests, zeroes the
 counters, sends `--requests` more (keep-alive, `--connections` at once, the headers of
 bench_proxy.py) and dumps: instructions of that process per request, all threads.
-`--rate N` paces both loads to N requests a second: a tagged page's count includes its share
-of the PageView commits, and how many pages share a commit follows the request rate, which
-in a closed loop follows how fast valgrind runs on the machine at that moment.
 """
 
 from __future__ import annotations
@@ -43,15 +40,10 @@ def _request(path: str, headers: dict[str, str], port: int) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def _one_connection(
-    port: int, wire: bytes, count: int, due: list[float] | None = None
-) -> None:
+async def _one_connection(port: int, wire: bytes, count: int) -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
-    loop = asyncio.get_running_loop()
     try:
-        for i in range(count):
-            if due is not None:
-                await asyncio.sleep(max(0.0, due[i] - loop.time()))
+        for _ in range(count):
             writer.write(wire)
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
@@ -69,28 +61,11 @@ async def _one_connection(
         writer.close()
 
 
-async def load(
-    port: int, wire: bytes, requests: int, connections: int, rate: float | None = None
-) -> None:
-    """`requests` keep-alive requests over `connections` connections at once; with `rate`,
-    paced to that many a second over all connections (each waits for its previous answer).
-
-    A paced load makes the gateway's batches (PageViews per commit) the same whatever speed
-    valgrind runs at on a loaded machine, so two trees' counts can be compared."""
+async def load(port: int, wire: bytes, requests: int, connections: int) -> None:
+    """`requests` keep-alive requests over `connections` connections at once."""
     share, extra = divmod(requests, connections)
-    start = asyncio.get_running_loop().time()
-
-    def due(i: int, count: int) -> list[float] | None:
-        if rate is None:
-            return None
-        return [start + (k * connections + i) / rate for k in range(count)]
-
     await asyncio.gather(
-        *(
-            _one_connection(port, wire, n, due(i, n))
-            for i in range(connections)
-            for n in [share + (i < extra)]
-        )
+        *(_one_connection(port, wire, share + (i < extra)) for i in range(connections))
     )
 
 
@@ -164,12 +139,12 @@ def measure(
             if f.key not in args.files.split(","):
                 continue
             wire = _request(f.path, f.headers, port)
-            asyncio.run(load(port, wire, args.requests, args.connections, args.rate))
+            asyncio.run(load(port, wire, args.requests, args.connections))
             for part in work.glob(out.name + "*"):
                 part.unlink()
             _control(proc.pid, "--zero")
             started = time.monotonic()
-            asyncio.run(load(port, wire, args.requests, args.connections, args.rate))
+            asyncio.run(load(port, wire, args.requests, args.connections))
             _control(proc.pid, "--dump")
             results[f.key + " s"] = time.monotonic() - started
             time.sleep(0.5)
@@ -192,11 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", action="append", default=[], choices=("fixed", "lean-proxy"))
     parser.add_argument(
         "--idle", type=float, default=0.0, help="also count N seconds without requests"
-    )
-    parser.add_argument(
-        "--rate",
-        type=float,
-        help="pace the requests to this many a second (same batches on any machine load)",
     )
     parser.add_argument("--asyncio", action="store_true", help="floors on asyncio's own loop")
     parser.add_argument("--no-self", action="store_true", help="skip this checkout's gateway")
