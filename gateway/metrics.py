@@ -90,6 +90,7 @@ class Metrics:
             _WorkerFiles(self.registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
             own = None  # read back from the files, not from this process's objects
         self._custom_names: set[str] = set()
+        self._tagged_by_site: dict[str, Any] = {}
 
         def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(name, doc, labelnames=labels, registry=own)
@@ -302,7 +303,12 @@ class Metrics:
 
     def page_tagged(self, *, site: str | None = None) -> None:
         """Count one HTML page that got the tag."""
-        self._tagged.labels(site or "").inc()
+        # Once per tagged page: the child looked up once per site, as above.
+        key = site or ""
+        child = self._tagged_by_site.get(key)
+        if child is None:
+            child = self._tagged_by_site[key] = self._tagged.labels(key)
+        child.inc()
 
     def page_skipped(self, reason: str, *, site: str | None = None) -> None:
         """Count one HTML page left untagged."""

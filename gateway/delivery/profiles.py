@@ -26,6 +26,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.pipeline.assembly import MAX_VALUES
+from gateway.pipeline.keyedhash import keyed_sha256
 
 _LOOKUP_LABEL = b"capi-gateway profile lookup key v1"
 _SEP = "\x1f"
@@ -55,8 +56,9 @@ class ProfilePolicy:
     def key_hash(self, kind: str, value: str) -> str:
         """The stored form of a visitor's first-party id (kind "fbp")."""
         message = f"{kind}{_SEP}{value}".encode("utf-8", "surrogatepass")
-        # The one-shot C digest: a third of `hmac.new`'s cost, and it runs per stored event.
-        return hmac.digest(self.lookup_key, message, "sha256").hex()
+        # From states padded with the key once: less than half of even the one-shot
+        # `hmac.digest`, and it runs per stored event (every PageView).
+        return keyed_sha256(self.lookup_key).digest(message).hex()
 
 
 # Marks a stitch key's hash in `profile_keys`: it leads to a profile through `profile_links`.

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import aiosqlite
@@ -95,7 +96,7 @@ async def insert(
                 now,
                 keys,
                 keys,
-                json.dumps([assembly.label(ev.source, ev.rule)]),
+                _sources(ev.source, ev.rule),
                 ev.site,
                 pkey,
                 pkey if seen_at is not None else None,
@@ -106,6 +107,12 @@ async def insert(
         for r in await conn.execute_fetchall(sql + _ON_CONFLICT, params):
             inserted.add((r[0], r[1], r[2]))
     return inserted
+
+
+@lru_cache(maxsize=256)
+def _sources(source: str, rule: str | None) -> str:
+    """The `sources` column of a new row: a handful of (source, rule) pairs recur."""
+    return json.dumps([assembly.label(source, rule)])
 
 
 @dataclass(slots=True)

@@ -361,13 +361,8 @@ def is_bot(user_agent: str | None, bots: re.Pattern[str]) -> bool:
     """True for a crawler, monitor or HTTP library; a missing or blank User-Agent counts."""
     if user_agent is None or not user_agent.strip():
         return True
-    return _search_bots(user_agent, bots)
-
-
-@functools.lru_cache(maxsize=4096)
-def _search_bots(user_agent: str, bots: re.Pattern[str]) -> bool:
-    # A few dozen alternatives over a 120-byte UA cost ~45 µs per page; visitors repeat
-    # their UA on every page, and a few thousand distinct UAs cover most traffic.
+    # Callers that ask per request remember the answer per UA (`VisitorRules.is_bot`): a
+    # cache keyed by the pattern too would hash the whole compiled pattern on every call.
     return bots.search(user_agent) is not None
 
 

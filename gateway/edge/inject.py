@@ -123,7 +123,9 @@ class HeadInjector:
             self.gave_up = where == _GIVE_UP
             return bytes(buf)
         self.injected = True
-        return b"".join((buf[:where], self._tag, buf[where:]))
+        # Views, not slices: the page is copied once, into the joined result.
+        with memoryview(buf) as view:
+            return b"".join((view[:where], self._tag, view[where:]))
 
     def _emit(self, upto: int) -> bytes:
         if upto <= 0:

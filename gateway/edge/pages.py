@@ -133,6 +133,8 @@ class PageViews:
         # Only real pixel ids go into the page: the dry-run placeholder means "none".
         self.pixel_ids = ",".join(p.id for p in pixels if p.id.isdigit())
         self.script = f"{settings.prefix}/px.js?v={__version__}"
+        # The tag's start up to its event id is the same on every page: escaped once.
+        self.tag_start = f'<script src="{html.escape(self.script, quote=True)}" data-event-id="'
         self.collect_context = Context(
             targets=self.context.targets,
             default_country=settings.default_country,
@@ -161,9 +163,10 @@ class PageViews:
     def plan(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> PagePlan | None:
         """A plan for an HTML document the gateway should tag, else None."""
         settings = self.settings
-        if request.method != "GET" or hdr.media_type(headers) not in _HTML_TYPES:
+        if request.method != "GET":
             return None
         who = visitor(request)
+        # `_taggable` tests the status and the media type first.
         decision = self._taggable(request, status, headers, who, count=True)
         if decision is None:
             return None
@@ -247,9 +250,11 @@ class PageViews:
         return decision
 
     def _skip_reason(self, request: web.Request, headers: CIMultiDict[str], who: Visitor) -> str:
-        if any(name in request.headers for name in _FRAGMENT_HEADERS):
-            return "fragment"
-        dest = request.headers.get("Sec-Fetch-Dest")
+        request_headers = request.headers
+        for name in _FRAGMENT_HEADERS:
+            if name in request_headers:
+                return "fragment"
+        dest = request_headers.get("Sec-Fetch-Dest")
         if dest is not None and dest not in _DOCUMENT_DESTS:
             return "fragment"
         if "attachment" in headers.get("Content-Disposition", "").lower():
@@ -278,18 +283,17 @@ class PageViews:
         )
         # The id (a UUID) and the token (base64url) need no escaping; the page-independent
         # attributes were rendered once, in the same order as before.
-        rendered = f'src="{html.escape(self.script, quote=True)}" data-event-id="{event_id}" '
-        rendered += f'data-token="{token}" {self.static_rendered}'
-        more: dict[str, str] = {}
-        if ldu:
-            more["data-ldu"] = "1"
-        if triggers:
-            more["data-triggers"] = triggers
-        if nonce:
-            more["nonce"] = nonce
-        if more:
-            rendered += " " + _render(more)
-        return f"<script {rendered}></script>".encode("ascii")
+        tag = f'{self.tag_start}{event_id}" data-token="{token}" {self.static_rendered}'
+        if ldu or triggers or nonce:
+            more: dict[str, str] = {}
+            if ldu:
+                more["data-ldu"] = "1"
+            if triggers:
+                more["data-triggers"] = triggers
+            if nonce:
+                more["nonce"] = nonce
+            tag += " " + _render(more)
+        return (tag + "></script>").encode("ascii")
 
     def _cookies(
         self, request: web.Request, who: Visitor, out: list[str]

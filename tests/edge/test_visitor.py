@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.app import reload
 from gateway.appkeys import RUNTIME
+from gateway.edge import visitor as visitor_module
 from gateway.edge.visitor import VISITOR_RULES, Visitor, VisitorRules, visitor
 from tests.conftest import UA, make_settings
 from tests.edge.conftest import StartGateway
@@ -173,6 +174,21 @@ async def test_identity_consent_and_speculation(tmp_path: Path) -> None:
     assert refused["consent"] == [False, False, False] and refused["gpc"] is False
     assert refused["user_data"] == {"client_user_agent": UA, "client_ip_address": "127.0.0.1"}
     assert bot["bot"] is True and bot["prefetch"] is True
+
+
+def test_bot_answers_are_remembered_per_rules_and_bounded(tmp_path: Path) -> None:
+    """Each rule set answers from its own patterns and keeps at most _UA_CACHE answers."""
+    default = VisitorRules.from_settings(make_settings(tmp_path, "http://127.0.0.1:9"))
+    custom = VisitorRules.from_settings(
+        make_settings(tmp_path, "http://127.0.0.1:9", bot_user_agents=["mymonitor"])
+    )
+    assert default.is_bot(BOT) and not default.is_bot(UA)
+    # The same UA, another rule set: its own answer, not the first set's remembered one.
+    assert not custom.is_bot(BOT) and custom.is_bot("MyMonitor/2")
+    for i in range(visitor_module._UA_CACHE + 10):
+        assert not default.is_bot(f"{UA} build/{i}")
+    assert len(default._bot_uas) <= visitor_module._UA_CACHE
+    assert default.is_bot(BOT)
 
 
 def test_user_data_prefers_the_ids_the_response_settled_on() -> None:
