@@ -18,7 +18,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +172,7 @@ class PgOutbox(Intake, Results):
 
         async def owners(conn: Conn) -> list[str]:
             rows = await conn.fetch(
-                "SELECT DISTINCT lease_owner FROM events WHERE state = 'inflight' "
+                "SELECT DISTINCT lease_owner FROM event_queue WHERE state = 'inflight' "
                 "AND starts_with(lease_owner, $1)",
                 host + ":",
             )
@@ -189,7 +189,7 @@ class PgOutbox(Intake, Results):
         async def work(conn: Conn) -> int:
             return affected(
                 await conn.execute(
-                    "UPDATE events SET state = 'pending', lease_owner = NULL, "
+                    "UPDATE event_queue SET state = 'pending', lease_owner = NULL, "
                     "lease_expires = NULL WHERE state = 'inflight' "
                     "AND lease_owner = ANY($1::text[])",
                     dead,
@@ -235,7 +235,7 @@ class PgOutbox(Intake, Results):
         if upkeep:
             self._next_upkeep = at + CLAIM_UPKEEP_EVERY
 
-        async def work(conn: Conn) -> list[asyncpg.Record]:
+        async def work(conn: Conn) -> list[dict[str, Any]]:
             return await queue.claim(
                 conn, owner, limit=limit, lease=lease, now=at, skip=skip, upkeep=upkeep
             )
@@ -274,7 +274,7 @@ class PgOutbox(Intake, Results):
             for row in claimed
         ]
 
-    def _open_row(self, r: asyncpg.Record) -> Claimed:
+    def _open_row(self, r: Mapping[str, Any]) -> Claimed:
         event: dict[str, Any] = json.loads(r["payload"])
         clear = self.sealer.open(
             r["sealed"], row_key(r["pixel_id"], r["event_name"], r["event_id"])
@@ -318,7 +318,7 @@ async def check_key(db: Database, sealer: Sealer) -> None:
 
     async def read(conn: Conn) -> asyncpg.Record | None:
         return await conn.fetchrow(
-            "SELECT pixel_id, event_name, event_id, sealed FROM events "
+            "SELECT pixel_id, event_name, event_id, sealed FROM event_data "
             "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
         )
 

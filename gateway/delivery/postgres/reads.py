@@ -72,11 +72,13 @@ class PgReader:
             only, values = site_filter(sites, first=1)
             states = await state_counts(conn, sites)
             oldest = await oldest_pending(conn, sites)
+            # Without sites these read the narrow rows alone (schema migration 11).
+            table = "events" if only else "event_queue"
             last = await conn.fetchval(
-                f"SELECT max(sent_at) FROM events WHERE state = 'sent'{only}", *values
+                f"SELECT max(sent_at) FROM {table} WHERE state = 'sent'{only}", *values
             )
             dead = await conn.fetchrow(
-                "SELECT pixel_id, last_error, fbtrace_id, sent_at FROM events "
+                f"SELECT pixel_id, last_error, fbtrace_id, sent_at FROM {table} "
                 f"WHERE state = 'dead'{only} ORDER BY sent_at DESC LIMIT 1",
                 *values,
             )
@@ -151,8 +153,11 @@ async def state_counts(conn: Conn, sites: Sequence[str] | None = None) -> dict[s
 async def oldest_pending(conn: Conn, sites: Sequence[str] | None = None) -> float | None:
     """When the oldest event still waiting to be sent was stored (Unix time)."""
     only, values = site_filter(sites, first=1)
+    # Without sites, the narrow rows alone (their `events_open` index); the site is the
+    # event's (schema migration 11).
+    table = "events" if only else "event_queue"
     oldest = await conn.fetchval(
-        f"SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight'){only}",
+        f"SELECT min(created_at) FROM {table} WHERE state IN ('pending', 'inflight'){only}",
         *values,
     )
     return None if oldest is None else float(oldest)

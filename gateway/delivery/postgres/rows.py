@@ -30,19 +30,33 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str, str]
 
+# The event goes into `event_data` once and its delivery state into the narrow `event_queue`
+# row (schema migration 11), due after its hold; a copy of a stored key inserts neither.
+# DISTINCT ON: two rows of one key in a batch get one queue row, as they get one event.
 _INSERT = """
-INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
-    payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
-    sources, site, profile_keys, profile_seen)
-SELECT p, n, i, t, s, r, tc, pl::jsonb, se,
-    CASE WHEN p IN (SELECT pixel_id FROM blocked_pixels) THEN 'blocked' ELSE 'pending' END,
-    due, $13, 0, mk, mk, src::jsonb, st, pk, ps
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[],
-    $15::text[], $16::float8[])
-    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk, ps)
-ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
-RETURNING pixel_id, event_name, event_id
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+        $6::text[], $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[],
+        $12::text[], $14::text[], $15::text[], $16::float8[])
+        WITH ORDINALITY AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk, ps, o)
+), stored AS (
+    INSERT INTO event_data (pixel_id, event_name, event_id, event_time, source, rule,
+        test_event_code, payload, sealed, created_at, match_keys, received_keys, sources,
+        site, profile_keys, profile_seen)
+    SELECT p, n, i, t, s, r, tc, pl::jsonb, se, $13, mk, mk, src::jsonb, st, pk, ps
+    FROM u ORDER BY o
+    ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
+    RETURNING id, pixel_id, event_name, event_id
+), queued AS (
+    INSERT INTO event_queue (id, pixel_id, event_name, state, next_attempt_at, created_at)
+    SELECT DISTINCT ON (stored.id) stored.id, stored.pixel_id, stored.event_name,
+        CASE WHEN stored.pixel_id IN (SELECT pixel_id FROM blocked_pixels)
+            THEN 'blocked' ELSE 'pending' END,
+        u.due, $13
+    FROM stored JOIN u ON (u.p, u.n, u.i) = (stored.pixel_id, stored.event_name, stored.event_id)
+    ORDER BY stored.id, u.o
+)
+SELECT pixel_id, event_name, event_id FROM stored
 """
 _LOCK = """
 SELECT id, pixel_id, event_name, event_id, payload::text AS payload, sealed, state, source,
@@ -54,18 +68,24 @@ WHERE (pixel_id, event_name, event_id) IN (
 ORDER BY id
 FOR UPDATE
 """
+# The queue row is written only when the copy moved the due time (a copy without a hold).
 _SAVE_MERGED = """
-UPDATE events AS e SET payload = u.payload::jsonb, sealed = u.sealed,
+WITH u AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[],
+        $6::text[], $7::bigint[], $8::float8[], $9::bool[], $10::text[])
+        AS u(id, payload, sealed, sources, ranks, match_keys, event_time, due, twin,
+            profile_keys)
+), due AS (
+    UPDATE event_queue AS q SET next_attempt_at = u.due
+    FROM u WHERE q.id = u.id AND q.next_attempt_at IS DISTINCT FROM u.due
+)
+UPDATE event_data AS e SET payload = u.payload::jsonb, sealed = u.sealed,
     sources = u.sources::jsonb, ranks = u.ranks::jsonb, match_keys = u.match_keys,
-    event_time = u.event_time, next_attempt_at = u.due, twin = u.twin,
-    profile_keys = u.profile_keys
-FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[],
-    $7::bigint[], $8::float8[], $9::bool[], $10::text[])
-    AS u(id, payload, sealed, sources, ranks, match_keys, event_time, due, twin, profile_keys)
-WHERE e.id = u.id
+    event_time = u.event_time, twin = u.twin, profile_keys = u.profile_keys
+FROM u WHERE e.id = u.id
 """
 _SAVE_LATE = """
-UPDATE events AS e SET late = u.late::jsonb, twin = u.twin
+UPDATE event_data AS e SET late = u.late::jsonb, twin = u.twin
 FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS u(id, late, twin)
 WHERE e.id = u.id
 """
@@ -345,9 +365,9 @@ async def record_completed(
         params.append((_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id))
     # One statement over arrays, not one execution per completed row.
     await conn.execute(
-        "UPDATE events AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
-        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(payload, match_keys, id) "
-        "WHERE e.id = u.id AND e.lease_owner = $4",
+        "UPDATE event_data AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(payload, match_keys, id), "
+        "event_queue AS q WHERE e.id = u.id AND q.id = u.id AND q.lease_owner = $4",
         [p[0] for p in params],
         [p[1] for p in params],
         [p[2] for p in params],
