@@ -229,8 +229,7 @@ class PgOutbox(Intake, Results):
             await asyncio.sleep(wait)
         at = time.time() if now is None else now
 
-        # Taking back expired leases once a second is enough; the claims between are one
-        # statement, one round trip, no transaction.
+        # Taking back expired leases once a second is enough.
         upkeep = at >= self._next_upkeep
         if upkeep:
             self._next_upkeep = at + CLAIM_UPKEEP_EVERY
@@ -240,7 +239,7 @@ class PgOutbox(Intake, Results):
                 conn, owner, limit=limit, lease=lease, now=at, skip=skip, upkeep=upkeep
             )
 
-        rows = await self.db.run(work, transaction=upkeep)
+        rows = await self.db.run(work)
         if len(rows) < limit and self.others_writing():
             self._claim_after = time.monotonic() + SHARED_CLAIM_GAP
         if not rows and not skip:

@@ -127,9 +127,10 @@ async def claim(
     id order.
 
     Rows another transaction holds (a claim, a merge) are skipped, never waited for. With
-    `upkeep` (run it in a transaction) expired leases are taken back and the pending rows
-    of blocked pixels parked first; without it the claim is one statement, which needs no
-    explicit transaction.
+    `upkeep` expired leases are taken back and the pending rows of blocked pixels parked
+    first. Run it in a transaction: the claim (on `event_queue`) and the read of the
+    claimed events (`event_data`) are two statements, and a connection lost between them
+    must not leave the rows leased to a sender that never saw them.
     """
     if upkeep:
         await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
