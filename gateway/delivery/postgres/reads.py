@@ -14,6 +14,7 @@ import asyncpg
 
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
+from gateway.delivery.postgres.queue_schema import EVENTS_BYTES
 from gateway.delivery.postgres.schema import STATES
 from gateway.delivery.reads import BlockedPixel, DeadLetter, QueueSnapshot
 
@@ -37,7 +38,7 @@ class PgReader:
         """Bytes of the events table with its indexes."""
 
         async def read(conn: Conn) -> int:
-            return int(await conn.fetchval("SELECT pg_total_relation_size('events')"))
+            return int(await conn.fetchval(EVENTS_BYTES))
 
         return await self._read(read)
 
@@ -85,7 +86,7 @@ class PgReader:
             blocked = await conn.fetch(
                 "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
             )
-            used = await conn.fetchval("SELECT pg_total_relation_size('events')")
+            used = await conn.fetchval(EVENTS_BYTES)
             return QueueSnapshot(
                 states=states,
                 oldest_pending_age=max(0.0, now - oldest) if oldest is not None else None,

@@ -11,6 +11,7 @@ from gateway.delivery.postgres.migrations import migrate
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.queue import queue_depth
+from gateway.delivery.postgres.reads import PgReader
 from gateway.delivery.postgres.schema import MIGRATIONS
 from gateway.delivery.seal import Sealer
 from gateway.models import NewEvent
@@ -158,5 +159,23 @@ async def test_a_claim_and_its_result_leave_the_event_row_as_stored(
         assert await box.db.fetchval(version.format("event_queue"), row_id) != queued
         [row] = await _rows(box.db)
         assert (row["state"], row["attempts"], row["fbtrace_id"]) == ("sent", 1, "tr")
+    finally:
+        await box.close()
+
+
+async def test_the_buffer_size_counts_both_tables(postgres_store_dsn: str) -> None:
+    """`max_buffer_mb` is judged on the events' bytes: `event_data` and `event_queue` with
+    their indexes (the `events` view itself has none)."""
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    try:
+        assert await box.add([_event(f"size-{i}") for i in range(200)]) == ["new"] * 200
+        tables = await box.db.fetchval(
+            "SELECT pg_total_relation_size('event_data') + pg_total_relation_size('event_queue')"
+        )
+        assert isinstance(tables, int) and tables > 0
+        assert await box.used_bytes() == tables
+        reader = PgReader(box.db, limit_bytes=1)
+        assert await reader.used_bytes() == tables
+        assert (await reader.snapshot()).used_bytes == tables
     finally:
         await box.close()
