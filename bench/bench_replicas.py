@@ -147,6 +147,9 @@ def _serve(buffer: str, graph_url: str, log: Path, tree: Path | None = None) -> 
     )
     if tree is None:
         return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+    # The other checkout's own code: a PYTHONPATH naming this one (a snapshot of it run
+    # while the checkout is edited) would make the comparison one of this code with itself.
+    env.pop("PYTHONPATH", None)
     return Gateway(spawn(cmd, log, env=env, cwd=tree), f"http://{HOST}:{port}", log)
 
 
