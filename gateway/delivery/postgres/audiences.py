@@ -65,7 +65,7 @@ class PgAudiences:
             # on site only for a plain comparison.
             rows = await conn.fetch(
                 "SELECT profile_keys, event_name, event_time, payload::text AS payload "
-                f"FROM events WHERE {'site IS NULL' if site is None else 'site = $4'} "
+                f"FROM event_data WHERE {'site IS NULL' if site is None else 'site = $4'} "
                 "AND created_at >= $1 AND event_time >= $2 AND event_name = ANY($3::text[]) "
                 "AND profile_keys IS NOT NULL",
                 since,

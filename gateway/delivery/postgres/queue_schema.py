@@ -60,9 +60,7 @@ DATA_COLUMNS = (
 )
 
 # The bytes the events take, indexes and TOAST included: both tables (the view has none).
-EVENTS_BYTES = (
-    "SELECT pg_total_relation_size('event_data') + pg_total_relation_size('event_queue')"
-)
+EVENTS_BYTES = "SELECT pg_total_relation_size('event_data') + pg_total_relation_size('event_queue')"
 _DATA_SET = ", ".join(f"{c} = NEW.{c}" for c in DATA_COLUMNS)
 _QUEUE_SET = ", ".join(f"{c} = NEW.{c}" for c in QUEUE_COLUMNS)
 
