@@ -58,15 +58,20 @@ WITH u AS (
 )
 SELECT pixel_id, event_name, event_id FROM stored
 """
+# The event rows a batch's copies merge into, locked; their queue rows locked `FOR KEY SHARE`
+# only: enough to keep claims (`FOR UPDATE SKIP LOCKED`) and expiry off an event while a copy
+# merges into it, not enough to make a sender's result (an UPDATE of non-key columns) wait
+# for the group commit's end. Whether a copy merges or comes late is decided on the state
+# read here: a row being sent (inflight) is late either way.
 _LOCK = """
-SELECT id, pixel_id, event_name, event_id, payload::text AS payload, sealed, state, source,
-    rule, sources::text AS sources, ranks::text AS ranks, twin, next_attempt_at, attempts,
-    late::text AS late, profile_keys
-FROM events
-WHERE (pixel_id, event_name, event_id) IN (
+SELECT d.id, d.pixel_id, d.event_name, d.event_id, d.payload::text AS payload, d.sealed, q.state,
+    d.source, d.rule, d.sources::text AS sources, d.ranks::text AS ranks, d.twin,
+    q.next_attempt_at, q.attempts, d.late::text AS late, d.profile_keys
+FROM event_data AS d JOIN event_queue AS q ON q.id = d.id
+WHERE (d.pixel_id, d.event_name, d.event_id) IN (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
-ORDER BY id
-FOR UPDATE
+ORDER BY d.id
+FOR UPDATE OF d FOR KEY SHARE OF q
 """
 # The queue row is written only when the copy moved the due time (a copy without a hold).
 _SAVE_MERGED = """

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+from gateway.delivery.postgres import rows as rows_sql
 from gateway.delivery.postgres.migrations import migrate
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import Database
@@ -177,5 +179,30 @@ async def test_the_buffer_size_counts_both_tables(postgres_store_dsn: str) -> No
         reader = PgReader(box.db, limit_bytes=1)
         assert await reader.used_bytes() == tables
         assert (await reader.snapshot()).used_bytes == tables
+    finally:
+        await box.close()
+
+
+async def test_a_merge_holds_claims_off_but_not_a_senders_result(postgres_store_dsn: str) -> None:
+    """While a group commit holds the rows its copies merge into, no claim takes them, but
+    the result of a send already under way (a late copy's row) is recorded at once instead
+    of waiting for that commit's end."""
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    try:
+        assert await box.add([_event("sending"), _event("waiting")]) == ["new", "new"]
+        [sending] = await box.claim("replica-a", limit=1, lease=60)
+        assert sending.event_id == "sending"
+        async with box.db.connection() as conn, conn.transaction():
+            # The lock step of another group commit with a copy of each.
+            locked = await conn.fetch(
+                rows_sql._LOCK, ["1", "1"], ["Purchase", "Purchase"], ["sending", "waiting"]
+            )
+            assert {r["state"] for r in locked} == {"inflight", "pending"}
+            await asyncio.wait_for(
+                box.mark_sent([sending.id], "replica-a", fbtrace_id="tr"), timeout=3
+            )
+            assert await box.claim("replica-b", limit=10, lease=60) == []
+        [waiting] = await box.claim("replica-b", limit=10, lease=60)
+        assert waiting.event_id == "waiting"
     finally:
         await box.close()
