@@ -15,7 +15,7 @@ from gateway.delivery import insightreads as sql
 from gateway.delivery import insightrecord
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.insightreads import ConversionRow, NameCount, TouchRow, Window
-from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres import profilerows
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.visitcache import Seen
@@ -83,7 +83,7 @@ class PgFacts:
             await self.conn.execute(_MERGE, *columns(last_per_event(changed), 6))
 
     async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
-        return await pg_rows.resolve(self.conn, links, now=now)
+        return await profilerows.resolve(self.conn, links, now=now)
 
     async def seen(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
         return await _seen(self.conn, keys)

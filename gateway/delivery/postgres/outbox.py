@@ -27,7 +27,7 @@ from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone, pid_of
-from gateway.delivery.postgres import queue
+from gateway.delivery.postgres import profilerows, queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.intake import WRITERS, Intake
@@ -252,7 +252,7 @@ class PgOutbox(Intake, Results):
 
         async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
             async def read(conn: Conn) -> dict[str, profiles.Dated]:
-                return await pg_rows.lookup(conn, wanted, now=at)
+                return await profilerows.lookup(conn, wanted, now=at)
 
             return await self.db.run(read, transaction=False)
 
