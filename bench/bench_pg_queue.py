@@ -44,14 +44,22 @@ from tests.fakes.pgcluster import throwaway_cluster
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
 
+# The event once into `event_data`, its delivery state into `event_queue` (migration 11;
+# every row of a batch here is new and due at $8's one value).
 _INSERT = """
-INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, sealed,
-                    next_attempt_at, created_at, match_keys, received_keys, sources)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
-                     $6::jsonb[], $7::bytea[], $8::float8[], $9::float8[], $10::text[],
-                     $11::text[], $12::jsonb[])
-ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
-RETURNING id
+WITH stored AS (
+    INSERT INTO event_data (pixel_id, event_name, event_id, event_time, source, payload,
+                            sealed, created_at, match_keys, received_keys, sources)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                         $6::jsonb[], $7::bytea[], $9::float8[], $10::text[],
+                         $11::text[], $12::jsonb[])
+    ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
+    RETURNING id, pixel_id, event_name, created_at
+), queued AS (
+    INSERT INTO event_queue (id, pixel_id, event_name, next_attempt_at, created_at)
+    SELECT id, pixel_id, event_name, ($8::float8[])[1], created_at FROM stored
+)
+SELECT id FROM stored
 """
 _PAYLOAD = json.dumps(
     {
@@ -118,7 +126,7 @@ async def _deliver(pools: list[Database], seconds: float, batch: int) -> tuple[i
         async def claim_and_mark(conn: Conn) -> int:
             rows = await queue.claim(conn, owner, limit=batch, lease=60, now=time.time())
             await conn.execute(
-                "UPDATE events SET state = 'sent', sent_at = $1, lease_owner = NULL, "
+                "UPDATE event_queue SET state = 'sent', sent_at = $1, lease_owner = NULL, "
                 "lease_expires = NULL WHERE id = ANY($2::bigint[]) AND lease_owner = $3",
                 time.time(),
                 [int(r["id"]) for r in rows],
@@ -154,9 +162,9 @@ async def _case(
 ) -> dict[str, float]:
     pools = [await Database.open(dsn, max_size=4, health_interval=0) for _ in range(replicas)]
     try:
-        await pools[0].fetchval("TRUNCATE events, queue_counts")
+        await pools[0].fetchval("TRUNCATE event_data, event_queue, queue_counts")
         if not counters:
-            await pools[0].fetchval("ALTER TABLE events DISABLE TRIGGER USER")
+            await pools[0].fetchval("ALTER TABLE event_queue DISABLE TRIGGER USER")
         # Every connection open before the CPU count starts: backends that exit take theirs.
         await asyncio.gather(*(db.fetchval("SELECT 1") for db in pools for _ in range(4)))
         figures: dict[str, float] = {}

@@ -14,6 +14,11 @@ count, and `--rounds N` repeats the lot, so A and B see the same load from elsew
 `--statements N` (with `pg`) loads pg_stat_statements into the cluster and
 prints, per replica count, the N statements that took the most time while clients posted:
 calls per batch of 100 accepted events, execution µs and WAL bytes per accepted event.
+With a throwaway cluster (`pg`) every run also counts, from the first post until the drain
+ends (so every accepted event was stored, claimed and sent in the window), the database's
+writes per accepted event from its WAL records (pg_walinspect): bytes, heap tuples written
+(inserts and updates, HOT ones apart), row locks and B-tree index entries added, which the
+machine's load does not move.
 """
 
 from __future__ import annotations
@@ -70,6 +75,49 @@ class StoreRun:
     load_us: float = 0.0
     graph_us: float = 0.0
     busy: float = 0.0
+    # From the first post until the drain ended, per accepted event (pg_walinspect; None:
+    # not available): WAL bytes, and WAL records by kind (heap inserts, updates, HOT
+    # updates, row locks, B-tree index entries).
+    writes: dict[str, float] | None = None
+
+
+# WAL record kinds (pg_walinspect's "resource_manager/record_type") counted per event.
+WRITE_KINDS = {
+    "heap ins": (
+        "Heap/INSERT",
+        "Heap2/MULTI_INSERT",
+        "Heap2/MULTI_INSERT+INIT",
+        "Heap/INSERT+INIT",
+    ),
+    "heap upd": ("Heap/UPDATE", "Heap/UPDATE+INIT"),
+    "HOT upd": ("Heap/HOT_UPDATE", "Heap/HOT_UPDATE+INIT"),
+    "locks": ("Heap/LOCK",),
+    "idx ins": ("Btree/INSERT_LEAF", "Btree/INSERT_UPPER", "Btree/INSERT_POST"),
+}
+
+
+async def _wal_writes(admin: str, start: int, end: int, events: int) -> dict[str, float] | None:
+    """WAL bytes and records by kind between two LSNs, per accepted event."""
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        rows = await conn.fetch(
+            'SELECT "resource_manager/record_type" AS kind, count, combined_size '
+            "FROM pg_get_wal_stats('0/0'::pg_lsn + $1::numeric, '0/0'::pg_lsn + $2::numeric, "
+            "true) WHERE count > 0",
+            start,
+            end,
+        )
+    except asyncpg.PostgresError:
+        return None  # an older server, or a role that may not read the WAL
+    finally:
+        await conn.close()
+    per = max(events, 1)
+    counts = {str(r["kind"]): int(r["count"]) for r in rows}
+    out = {"WAL B": sum(int(r["combined_size"]) for r in rows) / per}
+    for name, kinds in WRITE_KINDS.items():
+        out[name] = sum(counts.get(k, 0) for k in kinds) / per
+    return out
 
 
 def _serve(buffer: str, graph_url: str, log: Path, tree: Path | None = None) -> Gateway:
@@ -99,6 +147,9 @@ def _serve(buffer: str, graph_url: str, log: Path, tree: Path | None = None) -> 
     )
     if tree is None:
         return Gateway(spawn(cmd, log, env=env), f"http://{HOST}:{port}", log)
+    # The other checkout's own code: a PYTHONPATH naming this one (a snapshot of it run
+    # while the checkout is edited) would make the comparison one of this code with itself.
+    env.pop("PYTHONPATH", None)
     return Gateway(spawn(cmd, log, env=env, cwd=tree), f"http://{HOST}:{port}", log)
 
 
@@ -334,6 +385,11 @@ async def _one(
                     break
                 await asyncio.sleep(0.05)
             drained = grew_at - started
+            writes = (
+                await _wal_writes(admin, wal0, await _wal_lsn(admin), accepted)
+                if admin is not None and postmaster is not None
+                else None
+            )
             for s in [*samplers, graph, *([database] if database else [])]:
                 s.finish()
         for gw in gateways:
@@ -349,6 +405,7 @@ async def _one(
         load_cpu / max(accepted, 1) * 1e6,
         graph_cpu / max(accepted, 1) * 1e6,
         1.0 - idle / total if total > 0 else 0.0,
+        writes,
     )
     print(
         f"   accepted {run.accepted:,.0f} ev/s, delivered {run.delivered:,.0f} ev/s, "
@@ -445,6 +502,15 @@ def run_store_bench(args: argparse.Namespace, root: Path) -> list[StoreRun]:
             f"{r.gateway_us:>10,.0f}{r.database_us:>10,.0f}{r.load_us:>12,.0f}"
             f"{r.graph_us:>13,.0f}{r.busy:>12.0%}{r.wal_bytes:>10,.0f}{r.errors:>8}"
         )
+    counted = [r for r in runs if r.writes]
+    if counted:
+        print()
+        print("database writes per accepted event, first post to end of drain (pg_walinspect):")
+        names = list(counted[0].writes or {})
+        print(f"{'store':<10}" + "".join(f"{n:>10}" for n in names))
+        for r in counted:
+            w = r.writes or {}
+            print(f"{r.label:<10}" + "".join(f"{w.get(n, 0.0):>10,.2f}" for n in names))
     print(
         f"(batches of {BATCH}, {args.concurrency} clients, {args.seconds:g} s; "
         f"{psutil.cpu_count()} CPUs shared by load generator, gateways, database and fake "

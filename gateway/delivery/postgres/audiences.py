@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.delivery import profiles
 from gateway.delivery.audiences import AudienceState, event_hit, site_key, visitor_of
-from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres import profilerows
 from gateway.delivery.postgres.pool import Database
 from gateway.pipeline.audiences import Hit, Row
 
@@ -65,7 +65,7 @@ class PgAudiences:
             # on site only for a plain comparison.
             rows = await conn.fetch(
                 "SELECT profile_keys, event_name, event_time, payload::text AS payload "
-                f"FROM events WHERE {'site IS NULL' if site is None else 'site = $4'} "
+                f"FROM event_data WHERE {'site IS NULL' if site is None else 'site = $4'} "
                 "AND created_at >= $1 AND event_time >= $2 AND event_name = ANY($3::text[]) "
                 "AND profile_keys IS NOT NULL",
                 since,
@@ -88,7 +88,7 @@ class PgAudiences:
                 if not any(not k.startswith(profiles.LINK) for k in keys)
                 for k in keys
             }
-            links = await pg_rows.resolve(conn, wanted, now=now) if wanted else {}
+            links = await profilerows.resolve(conn, wanted, now=now) if wanted else {}
             out = []
             for keys, event_name, event_time, payload in keyed:
                 visitor = visitor_of(keys, links)
@@ -105,7 +105,7 @@ class PgAudiences:
         wanted = list(visitors)
 
         async def read(conn: Conn) -> dict[str, dict[str, list[str]]]:
-            found = await pg_rows.lookup(conn, wanted, now=now)
+            found = await profilerows.lookup(conn, wanted, now=now)
             return {key: json.loads(ids) for key, (_, ids) in found.items()}
 
         return await self.db.run(read, transaction=False)

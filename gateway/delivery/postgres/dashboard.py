@@ -42,10 +42,11 @@ class PgDashboard:
         only, values = site_filter(sites, first=2)
 
         async def read(conn: Conn) -> list[tuple[str, int, int]]:
-            # floor, not a cast: a cast to integer rounds where SQLite's truncates.
+            # floor, not a cast: a cast to integer rounds where SQLite's truncates. The
+            # event's own columns: no join with its queue row (schema migration 11).
             rows = await conn.fetch(
                 "SELECT event_name, floor((created_at - $1) / 60)::bigint AS minute, "
-                f"count(*) AS n FROM events WHERE created_at >= $1{only} "
+                f"count(*) AS n FROM event_data WHERE created_at >= $1{only} "
                 "GROUP BY event_name, minute",
                 float(start),
                 *values,
@@ -62,7 +63,7 @@ class PgDashboard:
 
         async def read(conn: Conn) -> dict[tuple[str, bool], int]:
             rows = await conn.fetch(
-                "SELECT state, attempts > 0 AS tried, count(*) AS n FROM events "
+                f"SELECT state, attempts > 0 AS tried, count(*) AS n FROM {_queue(only)} "
                 f"WHERE state IN ('pending', 'inflight', 'dead', 'blocked'){only} "
                 "GROUP BY 1, 2",
                 *values,
@@ -79,7 +80,7 @@ class PgDashboard:
 
         async def read(conn: Conn) -> dict[str, int]:
             rows = await conn.fetch(
-                "SELECT state, count(*) AS n FROM events "
+                f"SELECT state, count(*) AS n FROM {_queue(only)} "
                 f"WHERE state IN ('sent', 'sent-dry') AND sent_at >= $1{only} GROUP BY state",
                 float(since),
                 *values,
@@ -162,7 +163,7 @@ class PgDashboard:
                 "FROM (SELECT event_name, source, rule, event_id, twin, "
                 "',' || match_keys || ',' AS k, "
                 "',' || COALESCE(received_keys, match_keys) || ',' AS r "
-                f"FROM events WHERE created_at >= $1 AND created_at < $2{only}) AS hour "
+                f"FROM event_data WHERE created_at >= $1 AND created_at < $2{only}) AS hour "
                 "GROUP BY event_name, source, rule",
                 float(start),
                 float(end),
@@ -172,3 +173,9 @@ class PgDashboard:
             return [tuple(r) for r in rows]
 
         return await self._read(read)
+
+
+def _queue(only: str) -> str:
+    """Where to count by delivery state: the narrow rows alone, or with a site filter the
+    `events` view (the site is the event's; schema migration 11)."""
+    return "events" if only else "event_queue"

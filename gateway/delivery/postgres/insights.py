@@ -16,7 +16,7 @@ from gateway.delivery import insightrecord
 from gateway.delivery import insightvisits as visits_
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.insightreads import ConversionRow, NameCount, TouchRow, Window
-from gateway.delivery.postgres import rows as pg_rows
+from gateway.delivery.postgres import profilerows
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.visitcache import Seen
@@ -48,13 +48,17 @@ INSERT INTO touchpoints ({visits_.TOUCH_COLUMNS})
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
     $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
 """
-# `facts_.MERGE_SQL` over arrays.
+# `facts_.MERGE_SQL` over arrays. The `= ANY` of the event ids is no filter (the join has
+# it) but a plan: without it the planner ANDs `insight_events_event` with a range of
+# `insight_events_name` per copy, every fact of that event name (15,000 index entries per
+# copy on a table of 30,000 facts; 2.3 ms against 0.08), and the group commit held its row
+# locks, which the copies of other commits and the senders' results wait on, that long.
 _MERGE = """
 UPDATE insight_events AS f SET value = u.value, currency = u.currency,
     content_ids = u.content_ids, match_keys = u.match_keys
 FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
     AS u(value, currency, content_ids, match_keys, event_name, event_id)
-WHERE f.event_name = u.event_name AND f.event_id = u.event_id
+WHERE f.event_name = u.event_name AND f.event_id = u.event_id AND f.event_id = ANY($6::text[])
 """
 
 
@@ -80,7 +84,7 @@ class PgFacts:
             await self.conn.execute(_MERGE, *columns(last_per_event(changed), 6))
 
     async def resolve(self, links: Iterable[str], *, now: float) -> dict[str, str]:
-        return await pg_rows.resolve(self.conn, links, now=now)
+        return await profilerows.resolve(self.conn, links, now=now)
 
     async def seen(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Seen]:
         return await _seen(self.conn, keys)

@@ -23,6 +23,7 @@ from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.commitcache import CommitCache
 from gateway.delivery.postgres.notify import announce
 from gateway.delivery.postgres.pool import Database
+from gateway.delivery.postgres.queue_schema import EVENTS_BYTES
 from gateway.delivery.postgres.upkeep import Upkeep
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.seal import Sealer
@@ -180,4 +181,4 @@ class Intake(Upkeep):
 
     async def used_bytes(self) -> int:
         """Bytes of the events table with its indexes and TOAST (PostgreSQL's own figure)."""
-        return int(str(await self.db.fetchval("SELECT pg_total_relation_size('events')")))
+        return int(str(await self.db.fetchval(EVENTS_BYTES)))

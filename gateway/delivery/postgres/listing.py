@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.delivery.postgres.queue import delete_events
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.reads import EventFilter
 
@@ -78,8 +79,9 @@ async def requeue(db: Database, which: EventFilter) -> int:
 
     async def work(conn: Conn) -> int:
         status = await conn.execute(
-            f"UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = {now_mark}, "
-            f"lease_owner = NULL, lease_expires = NULL{clause}",
+            "UPDATE event_queue SET state = 'pending', attempts = 0, "
+            f"next_attempt_at = {now_mark}, lease_owner = NULL, lease_expires = NULL "
+            f"WHERE id IN (SELECT id FROM events{clause})",
             *values,
             time.time(),
         )
@@ -87,7 +89,7 @@ async def requeue(db: Database, which: EventFilter) -> int:
         # fixed (as on SQLite).
         await conn.execute(
             "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
-            "(SELECT DISTINCT pixel_id FROM events WHERE state = 'blocked')"
+            "(SELECT DISTINCT pixel_id FROM event_queue WHERE state = 'blocked')"
         )
         return affected(status)
 
@@ -97,10 +99,7 @@ async def requeue(db: Database, which: EventFilter) -> int:
 async def delete_rows(db: Database, which: EventFilter) -> int:
     """Delete the rows `which` selects, in batches; returns how many."""
     clause, values = where(which)
-    sql = (
-        f"DELETE FROM events WHERE id IN (SELECT id FROM events{clause} "
-        f"ORDER BY id LIMIT {PURGE_BATCH})"
-    )
+    sql = delete_events(f"SELECT id FROM events{clause} ORDER BY id LIMIT {PURGE_BATCH}")
 
     async def batch(conn: Conn) -> int:
         return affected(await conn.execute(sql, *values))

@@ -18,7 +18,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone, pid_of
-from gateway.delivery.postgres import queue
+from gateway.delivery.postgres import profilerows, queue
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.forget import forget as forget_person
 from gateway.delivery.postgres.intake import WRITERS, Intake
@@ -172,7 +172,7 @@ class PgOutbox(Intake, Results):
 
         async def owners(conn: Conn) -> list[str]:
             rows = await conn.fetch(
-                "SELECT DISTINCT lease_owner FROM events WHERE state = 'inflight' "
+                "SELECT DISTINCT lease_owner FROM event_queue WHERE state = 'inflight' "
                 "AND starts_with(lease_owner, $1)",
                 host + ":",
             )
@@ -189,7 +189,7 @@ class PgOutbox(Intake, Results):
         async def work(conn: Conn) -> int:
             return affected(
                 await conn.execute(
-                    "UPDATE events SET state = 'pending', lease_owner = NULL, "
+                    "UPDATE event_queue SET state = 'pending', lease_owner = NULL, "
                     "lease_expires = NULL WHERE state = 'inflight' "
                     "AND lease_owner = ANY($1::text[])",
                     dead,
@@ -229,18 +229,17 @@ class PgOutbox(Intake, Results):
             await asyncio.sleep(wait)
         at = time.time() if now is None else now
 
-        # Taking back expired leases once a second is enough; the claims between are one
-        # statement, one round trip, no transaction.
+        # Taking back expired leases once a second is enough.
         upkeep = at >= self._next_upkeep
         if upkeep:
             self._next_upkeep = at + CLAIM_UPKEEP_EVERY
 
-        async def work(conn: Conn) -> list[asyncpg.Record]:
+        async def work(conn: Conn) -> list[dict[str, Any]]:
             return await queue.claim(
                 conn, owner, limit=limit, lease=lease, now=at, skip=skip, upkeep=upkeep
             )
 
-        rows = await self.db.run(work, transaction=upkeep)
+        rows = await self.db.run(work)
         if len(rows) < limit and self.others_writing():
             self._claim_after = time.monotonic() + SHARED_CLAIM_GAP
         if not rows and not skip:
@@ -253,7 +252,7 @@ class PgOutbox(Intake, Results):
 
         async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
             async def read(conn: Conn) -> dict[str, profiles.Dated]:
-                return await pg_rows.lookup(conn, wanted, now=at)
+                return await profilerows.lookup(conn, wanted, now=at)
 
             return await self.db.run(read, transaction=False)
 
@@ -274,7 +273,7 @@ class PgOutbox(Intake, Results):
             for row in claimed
         ]
 
-    def _open_row(self, r: asyncpg.Record) -> Claimed:
+    def _open_row(self, r: Mapping[str, Any]) -> Claimed:
         event: dict[str, Any] = json.loads(r["payload"])
         clear = self.sealer.open(
             r["sealed"], row_key(r["pixel_id"], r["event_name"], r["event_id"])
@@ -318,7 +317,7 @@ async def check_key(db: Database, sealer: Sealer) -> None:
 
     async def read(conn: Conn) -> asyncpg.Record | None:
         return await conn.fetchrow(
-            "SELECT pixel_id, event_name, event_id, sealed FROM events "
+            "SELECT pixel_id, event_name, event_id, sealed FROM event_data "
             "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
         )
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.postgres.schema import STATES
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from gateway.delivery.postgres.pool import Conn
 
 # Claimed rows come back in this column order: the SQLite store's `rows.CLAIMED_COLUMNS`.
@@ -26,32 +24,35 @@ CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
     "profile_keys, profile_seen"
 )
+_CLAIMED_NAMES = tuple(c.strip() for c in CLAIMED_COLUMNS.split(","))
 # Expired leases taken back per claim: a dead replica's rows return over a few claims
 # rather than in one long statement.
 RECLAIM_BATCH = 1000
 
 _RECLAIM = """
 WITH expired AS (
-    SELECT id FROM events
+    SELECT id FROM event_queue
     WHERE state = 'inflight' AND lease_expires < $1
     ORDER BY lease_expires LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-UPDATE events AS e SET state = 'pending', lease_owner = NULL, lease_expires = NULL
-FROM expired WHERE e.id = expired.id
+UPDATE event_queue AS e SET state = 'pending', lease_owner = NULL, lease_expires = NULL
+WHERE e.id = ANY(ARRAY(SELECT id FROM expired))
 """
 # Rows of a blocked pixel are parked when stored (`rows.insert`); those a transaction stored
 # while the block was being committed are parked by the upkeep claims, once a second, and
 # never claimed meanwhile. Parking on every claim scanned every pending row (the whole
 # backlog) each time. The EXISTS is a one-time filter: with no pixel blocked the statement
-# reads nothing.
+# reads nothing (in the update too: the narrow `event_queue` looks cheap enough to the planner
+# to scan whole while its statistics are young).
 _PARK = """
 WITH parkable AS (
-    SELECT e.id FROM events AS e JOIN blocked_pixels AS b ON b.pixel_id = e.pixel_id
+    SELECT e.id FROM event_queue AS e JOIN blocked_pixels AS b ON b.pixel_id = e.pixel_id
     WHERE e.state = 'pending' AND EXISTS (SELECT 1 FROM blocked_pixels)
     FOR UPDATE OF e SKIP LOCKED
 )
-UPDATE events AS e SET state = 'blocked' FROM parkable WHERE e.id = parkable.id
+UPDATE event_queue AS e SET state = 'blocked'
+WHERE e.id = ANY(ARRAY(SELECT id FROM parkable)) AND EXISTS (SELECT 1 FROM blocked_pixels)
 """
 # Two shapes the planner would otherwise pick on plain tables, each reading every row of
 # `events` per claim: blocked pixels' rows are filtered by a hashed subplan, not NOT EXISTS
@@ -59,19 +60,35 @@ UPDATE events AS e SET state = 'blocked' FROM parkable WHERE e.id = parkable.id
 # row passes, then scans the table and sorts instead of reading `events_due` in order); the
 # claimed rows are updated by primary key (`= ANY` of an array), not joined back to the CTE
 # (a hash join over a sequential scan of the table while it has up to ~100k rows).
-_CLAIM = f"""
+_CLAIM = """
 WITH due AS (
-    SELECT id FROM events
+    SELECT id FROM event_queue
     WHERE state = 'pending' AND next_attempt_at <= $3 AND pixel_id <> ALL($5::text[])
         AND (pixel_id IN (SELECT pixel_id FROM blocked_pixels)) IS NOT TRUE
     ORDER BY next_attempt_at, id LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
-UPDATE events AS e
+UPDATE event_queue AS e
 SET state = 'inflight', lease_owner = $1, lease_expires = $2, attempts = e.attempts + 1
 WHERE e.id = ANY(ARRAY(SELECT id FROM due))
-RETURNING {", ".join(f"e.{c.strip()}" for c in CLAIMED_COLUMNS.split(","))}
+RETURNING e.id, e.attempts
 """
+# The claimed events, read by a statement of their own after the claim: one snapshot taken
+# after the claim's row locks, so a copy merged (and committed) just before the claim took a
+# row is in what is sent; once claimed, a copy only records itself as late.
+_CLAIMED = f"""
+SELECT {", ".join(c for c in _CLAIMED_NAMES if c != "attempts")}
+FROM event_data WHERE id = ANY($1::bigint[])
+"""
+
+
+def delete_events(chosen: str) -> str:
+    """A DELETE of the events whose ids the query `chosen` selects, from both of their
+    tables (schema migration 11); its status counts each event once."""
+    return (
+        f"WITH gone AS (DELETE FROM event_queue WHERE id IN ({chosen}) RETURNING id) "
+        "DELETE FROM event_data WHERE id IN (SELECT id FROM gone)"
+    )
 
 
 class Wakes:
@@ -105,20 +122,30 @@ async def claim(
     now: float,
     skip: Sequence[str] = (),
     upkeep: bool = True,
-) -> list[asyncpg.Record]:
+) -> list[dict[str, Any]]:
     """Lease up to `limit` due rows of unblocked pixels (none of `skip`) to `owner`; rows in
     id order.
 
     Rows another transaction holds (a claim, a merge) are skipped, never waited for. With
-    `upkeep` (run it in a transaction) expired leases are taken back and the pending rows
-    of blocked pixels parked first; without it the claim is one statement, which needs no
-    explicit transaction.
+    `upkeep` expired leases are taken back and the pending rows of blocked pixels parked
+    first. Run it in a transaction: the claim (on `event_queue`) and the read of the
+    claimed events (`event_data`) are two statements, and a connection lost between them
+    must not leave the rows leased to a sender that never saw them.
     """
     if upkeep:
         await conn.execute(_RECLAIM, now, RECLAIM_BATCH)
         await conn.execute(_PARK)
-    rows = await conn.fetch(_CLAIM, owner, now + lease, now, limit, list(skip))
-    return sorted(rows, key=lambda r: int(r["id"]))
+    taken = {
+        int(r["id"]): int(r["attempts"])
+        for r in await conn.fetch(_CLAIM, owner, now + lease, now, limit, list(skip))
+    }
+    if not taken:
+        return []
+    events = {int(r["id"]): r for r in await conn.fetch(_CLAIMED, list(taken))}
+    return [
+        {c: taken[i] if c == "attempts" else events[i][c] for c in _CLAIMED_NAMES}
+        for i in sorted(events)
+    ]
 
 
 async def queue_depth(conn: Conn) -> dict[str, dict[str, int]]:

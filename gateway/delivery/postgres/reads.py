@@ -14,6 +14,7 @@ import asyncpg
 
 from gateway.delivery.postgres import queue
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
+from gateway.delivery.postgres.queue_schema import EVENTS_BYTES
 from gateway.delivery.postgres.schema import STATES
 from gateway.delivery.reads import BlockedPixel, DeadLetter, QueueSnapshot
 
@@ -37,7 +38,7 @@ class PgReader:
         """Bytes of the events table with its indexes."""
 
         async def read(conn: Conn) -> int:
-            return int(await conn.fetchval("SELECT pg_total_relation_size('events')"))
+            return int(await conn.fetchval(EVENTS_BYTES))
 
         return await self._read(read)
 
@@ -72,18 +73,20 @@ class PgReader:
             only, values = site_filter(sites, first=1)
             states = await state_counts(conn, sites)
             oldest = await oldest_pending(conn, sites)
+            # Without sites these read the narrow rows alone (schema migration 11).
+            table = "events" if only else "event_queue"
             last = await conn.fetchval(
-                f"SELECT max(sent_at) FROM events WHERE state = 'sent'{only}", *values
+                f"SELECT max(sent_at) FROM {table} WHERE state = 'sent'{only}", *values
             )
             dead = await conn.fetchrow(
-                "SELECT pixel_id, last_error, fbtrace_id, sent_at FROM events "
+                f"SELECT pixel_id, last_error, fbtrace_id, sent_at FROM {table} "
                 f"WHERE state = 'dead'{only} ORDER BY sent_at DESC LIMIT 1",
                 *values,
             )
             blocked = await conn.fetch(
                 "SELECT pixel_id, reason, fbtrace_id, since FROM blocked_pixels ORDER BY pixel_id"
             )
-            used = await conn.fetchval("SELECT pg_total_relation_size('events')")
+            used = await conn.fetchval(EVENTS_BYTES)
             return QueueSnapshot(
                 states=states,
                 oldest_pending_age=max(0.0, now - oldest) if oldest is not None else None,
@@ -151,8 +154,11 @@ async def state_counts(conn: Conn, sites: Sequence[str] | None = None) -> dict[s
 async def oldest_pending(conn: Conn, sites: Sequence[str] | None = None) -> float | None:
     """When the oldest event still waiting to be sent was stored (Unix time)."""
     only, values = site_filter(sites, first=1)
+    # Without sites, the narrow rows alone (their `events_open` index); the site is the
+    # event's (schema migration 11).
+    table = "events" if only else "event_queue"
     oldest = await conn.fetchval(
-        f"SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight'){only}",
+        f"SELECT min(created_at) FROM {table} WHERE state IN ('pending', 'inflight'){only}",
         *values,
     )
     return None if oldest is None else float(oldest)

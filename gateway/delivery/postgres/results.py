@@ -29,7 +29,7 @@ HELD_RETRY = 0.05
 # filter on blocked pixels: with one it plans as a scan of every pending row.
 NEXT_DUE = """
 SELECT next_attempt_at, pixel_id IN (SELECT pixel_id FROM blocked_pixels) AS blocked
-FROM events WHERE state = 'pending' ORDER BY next_attempt_at, id LIMIT 1
+FROM event_queue WHERE state = 'pending' ORDER BY next_attempt_at, id LIMIT 1
 """
 
 
@@ -147,7 +147,8 @@ class Results(Wakes):
                 time.time(),
             )
             await conn.execute(
-                "UPDATE events SET state = 'blocked' WHERE state = 'pending' AND pixel_id = $1",
+                "UPDATE event_queue SET state = 'blocked' "
+                "WHERE state = 'pending' AND pixel_id = $1",
                 pixel_id,
             )
 
@@ -168,7 +169,7 @@ class Results(Wakes):
         async def work(conn: Conn) -> int:
             await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id = $1", pixel_id)
             status = await conn.execute(
-                "UPDATE events SET state = 'pending', next_attempt_at = $1 "
+                "UPDATE event_queue SET state = 'pending', next_attempt_at = $1 "
                 "WHERE state = 'blocked' AND pixel_id = $2",
                 time.time(),
                 pixel_id,
@@ -186,7 +187,7 @@ async def update_leased(
     # Only the lease holder may record a result: a row whose lease expired and was taken
     # by another replica belongs to that replica now.
     await conn.execute(
-        f"UPDATE events SET {assignments}, lease_owner = NULL, lease_expires = NULL "
+        f"UPDATE event_queue SET {assignments}, lease_owner = NULL, lease_expires = NULL "
         "WHERE id = ANY($1::bigint[]) AND state = 'inflight' AND lease_owner = $2",
         ids,
         owner,

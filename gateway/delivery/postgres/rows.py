@@ -1,4 +1,4 @@
-"""The SQL of the PostgreSQL outbox's writes: insert, merge copies, learn and read profiles.
+"""The SQL of the PostgreSQL outbox's writes: insert, merge copies (profiles: `profilerows`).
 
 Plain functions on a connection inside the caller's transaction (`Database.run`), like the
 SQLite store's `rows.py`. A group commit's events go in with one `INSERT ... ON CONFLICT DO
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.insightfacts import InsightPolicy
-from gateway.delivery.profiles import LINK, Dated
+from gateway.delivery.postgres.profilerows import learn, link, resolve
 from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
-from gateway.pipeline.assembly import MAX_VALUES, Outcome
+from gateway.pipeline.assembly import Outcome
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
 if TYPE_CHECKING:
@@ -30,42 +30,67 @@ if TYPE_CHECKING:
 
 Key = tuple[str, str, str]
 
+# The event goes into `event_data` once and its delivery state into the narrow `event_queue`
+# row (schema migration 11), due after its hold; a copy of a stored key inserts neither.
+# DISTINCT ON: two rows of one key in a batch get one queue row, as they get one event.
 _INSERT = """
-INSERT INTO events (pixel_id, event_name, event_id, event_time, source, rule, test_event_code,
-    payload, sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys,
-    sources, site, profile_keys, profile_seen)
-SELECT p, n, i, t, s, r, tc, pl::jsonb, se,
-    CASE WHEN p IN (SELECT pixel_id FROM blocked_pixels) THEN 'blocked' ELSE 'pending' END,
-    due, $13, 0, mk, mk, src::jsonb, st, pk, ps
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-    $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[], $12::text[], $14::text[],
-    $15::text[], $16::float8[])
-    AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk, ps)
-ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
-RETURNING pixel_id, event_name, event_id
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+        $6::text[], $7::text[], $8::text[], $9::bytea[], $10::float8[], $11::text[],
+        $12::text[], $14::text[], $15::text[], $16::float8[])
+        WITH ORDINALITY AS u(p, n, i, t, s, r, tc, pl, se, due, mk, src, st, pk, ps, o)
+), stored AS (
+    INSERT INTO event_data (pixel_id, event_name, event_id, event_time, source, rule,
+        test_event_code, payload, sealed, created_at, match_keys, received_keys, sources,
+        site, profile_keys, profile_seen)
+    SELECT p, n, i, t, s, r, tc, pl::jsonb, se, $13, mk, mk, src::jsonb, st, pk, ps
+    FROM u ORDER BY o
+    ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
+    RETURNING id, pixel_id, event_name, event_id
+), queued AS (
+    INSERT INTO event_queue (id, pixel_id, event_name, state, next_attempt_at, created_at)
+    SELECT DISTINCT ON (stored.id) stored.id, stored.pixel_id, stored.event_name,
+        CASE WHEN stored.pixel_id IN (SELECT pixel_id FROM blocked_pixels)
+            THEN 'blocked' ELSE 'pending' END,
+        u.due, $13
+    FROM stored JOIN u ON (u.p, u.n, u.i) = (stored.pixel_id, stored.event_name, stored.event_id)
+    ORDER BY stored.id, u.o
+)
+SELECT pixel_id, event_name, event_id FROM stored
 """
+# The event rows a batch's copies merge into, locked; their queue rows locked `FOR KEY SHARE`
+# only: enough to keep claims (`FOR UPDATE SKIP LOCKED`) and expiry off an event while a copy
+# merges into it, not enough to make a sender's result (an UPDATE of non-key columns) wait
+# for the group commit's end. Whether a copy merges or comes late is decided on the state
+# read here: a row being sent (inflight) is late either way.
 _LOCK = """
-SELECT id, pixel_id, event_name, event_id, payload::text AS payload, sealed, state, source,
-    rule, sources::text AS sources, ranks::text AS ranks, twin, next_attempt_at, attempts,
-    late::text AS late, profile_keys
-FROM events
-WHERE (pixel_id, event_name, event_id) IN (
+SELECT d.id, d.pixel_id, d.event_name, d.event_id, d.payload::text AS payload, d.sealed, q.state,
+    d.source, d.rule, d.sources::text AS sources, d.ranks::text AS ranks, d.twin,
+    q.next_attempt_at, q.attempts, d.late::text AS late, d.profile_keys
+FROM event_data AS d JOIN event_queue AS q ON q.id = d.id
+WHERE (d.pixel_id, d.event_name, d.event_id) IN (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
-ORDER BY id
-FOR UPDATE
+ORDER BY d.id
+FOR UPDATE OF d FOR KEY SHARE OF q
 """
+# The queue row is written only when the copy moved the due time (a copy without a hold).
 _SAVE_MERGED = """
-UPDATE events AS e SET payload = u.payload::jsonb, sealed = u.sealed,
+WITH u AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[],
+        $6::text[], $7::bigint[], $8::float8[], $9::bool[], $10::text[])
+        AS u(id, payload, sealed, sources, ranks, match_keys, event_time, due, twin,
+            profile_keys)
+), due AS (
+    UPDATE event_queue AS q SET next_attempt_at = u.due
+    FROM u WHERE q.id = u.id AND q.next_attempt_at IS DISTINCT FROM u.due
+)
+UPDATE event_data AS e SET payload = u.payload::jsonb, sealed = u.sealed,
     sources = u.sources::jsonb, ranks = u.ranks::jsonb, match_keys = u.match_keys,
-    event_time = u.event_time, next_attempt_at = u.due, twin = u.twin,
-    profile_keys = u.profile_keys
-FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::text[],
-    $7::bigint[], $8::float8[], $9::bool[], $10::text[])
-    AS u(id, payload, sealed, sources, ranks, match_keys, event_time, due, twin, profile_keys)
-WHERE e.id = u.id
+    event_time = u.event_time, twin = u.twin, profile_keys = u.profile_keys
+FROM u WHERE e.id = u.id
 """
 _SAVE_LATE = """
-UPDATE events AS e SET late = u.late::jsonb, twin = u.twin
+UPDATE event_data AS e SET late = u.late::jsonb, twin = u.twin
 FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS u(id, late, twin)
 WHERE e.id = u.id
 """
@@ -237,102 +262,6 @@ def _merge_one(
     return ("merged", row.assembled, row.profile_keys)
 
 
-async def learn(
-    conn: Conn,
-    items: Sequence[tuple[str, Mapping[str, Sequence[str]]]],
-    *,
-    ttl: float,
-    now: float,
-) -> int:
-    """Add identifiers to visitor profiles in one upsert (united in SQL, as on SQLite)."""
-    # A batch's items for one profile united here by `union_ids`' rules, on dicts: one JSON
-    # encoding per profile instead of a decode, union and encode per item.
-    merged: dict[str, dict[str, list[str]]] = {}
-    for key_hash, ids in items:
-        profile = merged.setdefault(key_hash, {})
-        for name, values in ids.items():
-            have = profile.setdefault(name, [])
-            for value in values:
-                if value not in have and len(have) < MAX_VALUES:
-                    have.append(value)
-    if not merged:
-        return 0
-    added = {key_hash: _dumps(profile) for key_hash, profile in merged.items()}
-    # Key order: replicas learning overlapping profiles lock them in one order.
-    keys = sorted(added)
-    await conn.execute(
-        "INSERT INTO profiles AS p (key_hash, ids, updated_at, expires_at) "
-        "SELECT k, i::jsonb, $3, $4 FROM unnest($1::text[], $2::text[]) AS u(k, i) "
-        "ON CONFLICT (key_hash) DO UPDATE SET ids = capigw_profile_union(p.ids, excluded.ids), "
-        "updated_at = excluded.updated_at, expires_at = excluded.expires_at",
-        keys,
-        [added[k] for k in keys],
-        now,
-        now + ttl,
-    )
-    return len(keys)
-
-
-async def lookup(conn: Conn, hashes: Iterable[str], *, now: float) -> dict[str, Dated]:
-    """The live profiles under `hashes` (`profiles.visitor_keys`): key -> (updated_at,
-    identifiers as JSON); a stitch key (`LINK`-marked) finds the profile its link leads to."""
-    wanted = {h for h in hashes if h}
-    plain = sorted(h for h in wanted if not h.startswith(LINK))
-    linked = sorted(h[1:] for h in wanted if h.startswith(LINK))
-    out: dict[str, Dated] = {}
-    if plain:
-        for r in await conn.fetch(
-            "SELECT key_hash, updated_at, ids::text AS ids FROM profiles "
-            "WHERE key_hash = ANY($1::text[]) AND expires_at > $2",
-            plain,
-            now,
-        ):
-            out[r["key_hash"]] = (float(r["updated_at"]), r["ids"])
-    if linked:
-        for r in await conn.fetch(
-            "SELECT l.key_hash, p.updated_at, p.ids::text AS ids FROM profile_links AS l "
-            "JOIN profiles AS p ON p.key_hash = l.profile "
-            "WHERE l.key_hash = ANY($1::text[]) AND l.expires_at > $2 AND p.expires_at > $2",
-            linked,
-            now,
-        ):
-            out[LINK + r["key_hash"]] = (float(r["updated_at"]), r["ids"])
-    return out
-
-
-async def resolve(conn: Conn, links: Iterable[str], *, now: float) -> dict[str, str]:
-    """Stitch keys (`LINK`-marked) -> the fbp key of the profile each leads to, if any."""
-    wanted = sorted({h[1:] for h in links if h.startswith(LINK)})
-    if not wanted:
-        return {}
-    rows = await conn.fetch(
-        "SELECT key_hash, profile FROM profile_links "
-        "WHERE key_hash = ANY($1::text[]) AND expires_at > $2",
-        wanted,
-        now,
-    )
-    return {LINK + r["key_hash"]: str(r["profile"]) for r in rows}
-
-
-async def link(conn: Conn, pairs: Iterable[tuple[str, str]], *, ttl: float, now: float) -> None:
-    """Let each stitch key (`LINK`-marked) lead to a profile's fbp key; the newest visit's
-    profile wins, as with stitched visits (and as on SQLite)."""
-    rows = {key[1:]: profile for key, profile in pairs if key.startswith(LINK)}
-    if not rows:
-        return
-    # Key order: replicas linking overlapping keys lock them in one order (no deadlock).
-    keys = sorted(rows)
-    await conn.execute(
-        "INSERT INTO profile_links AS l (key_hash, profile, expires_at) "
-        "SELECT k, p, $3 FROM unnest($1::text[], $2::text[]) AS u(k, p) "
-        "ON CONFLICT (key_hash) DO UPDATE SET profile = excluded.profile, "
-        "expires_at = excluded.expires_at",
-        keys,
-        [rows[k] for k in keys],
-        now + ttl,
-    )
-
-
 async def record_completed(
     conn: Conn, done: Mapping[int, tuple[dict[str, Any], tuple[str, ...]]], owner: str
 ) -> None:
@@ -345,9 +274,9 @@ async def record_completed(
         params.append((_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id))
     # One statement over arrays, not one execution per completed row.
     await conn.execute(
-        "UPDATE events AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
-        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(payload, match_keys, id) "
-        "WHERE e.id = u.id AND e.lease_owner = $4",
+        "UPDATE event_data AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(payload, match_keys, id), "
+        "event_queue AS q WHERE e.id = u.id AND q.id = u.id AND q.lease_owner = $4",
         [p[0] for p in params],
         [p[1] for p in params],
         [p[2] for p in params],

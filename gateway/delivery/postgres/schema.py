@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.delivery.postgres.queue_schema import v11
+
 # Every state a row can be in; the same as the SQLite store's.
 STATES = ("pending", "inflight", "sent", "sent-dry", "blocked", "dead")
 COUNTER_SHARDS = 16
@@ -383,6 +385,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "insight_events, touchpoints", _V_INSIGHTS),
     Migration(9, "catalog_items, catalog_syncs", _V_CATALOG),
     Migration(10, "queue counter shards apart for inserts, updates and deletes", _V10),
+    Migration(
+        11,
+        "delivery state in event_queue beside write-once event_data; events is a view",
+        v11(STATES),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

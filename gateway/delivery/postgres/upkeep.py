@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.postgres.insights import PURGE_SQL
 from gateway.delivery.postgres.pool import Database
-from gateway.delivery.postgres.queue import Wakes
+from gateway.delivery.postgres.queue import Wakes, delete_events
 from gateway.delivery.postgres.results import affected
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.models import META_WINDOW
@@ -55,7 +55,7 @@ class Upkeep(Wakes):
         (each its own short transaction); bound dead letters and profiles."""
         now = time.time() if now is None else now
         expired = await self._batched(
-            "UPDATE events SET state = 'dead', sent_at = $1, last_error = $2 WHERE id IN ("
+            "UPDATE event_queue SET state = 'dead', sent_at = $1, last_error = $2 WHERE id IN ("
             "SELECT id FROM events WHERE state IN ('pending', 'blocked') AND event_time < $3 "
             "LIMIT $4 FOR UPDATE SKIP LOCKED)",
             now,
@@ -63,10 +63,12 @@ class Upkeep(Wakes):
             now - META_WINDOW,
         )
         purged = await self._batched(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE "
-            "((state IN ('sent', 'sent-dry') AND sent_at < $1) "
-            "OR (state = 'dead' AND sent_at < $2))"
-            " LIMIT $3 FOR UPDATE SKIP LOCKED)",
+            delete_events(
+                "SELECT id FROM event_queue WHERE "
+                "((state IN ('sent', 'sent-dry') AND sent_at < $1) "
+                "OR (state = 'dead' AND sent_at < $2))"
+                " LIMIT $3 FOR UPDATE SKIP LOCKED"
+            ),
             now - retention,
             now - dead_retention,
         )
@@ -77,8 +79,10 @@ class Upkeep(Wakes):
             "SELECT coalesce(sum(n), 0)::bigint FROM queue_counts WHERE state = 'dead'"
         )
         purged += await self._trim(
-            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state = 'dead' "
-            "ORDER BY sent_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            delete_events(
+                "SELECT id FROM event_queue WHERE state = 'dead' "
+                "ORDER BY sent_at, id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            ),
             int(str(dead)) - self.max_dead,
         )
         if self.profiles is not None:
@@ -155,9 +159,11 @@ class Upkeep(Wakes):
         async def work(conn: Conn) -> int:
             return affected(
                 await conn.execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
-                    "('sent', 'sent-dry') ORDER BY sent_at LIMIT (SELECT (count(*) * $1)::bigint"
-                    " + 1 FROM events WHERE state IN ('sent', 'sent-dry')))",
+                    delete_events(
+                        "SELECT id FROM event_queue WHERE state IN ('sent', 'sent-dry') "
+                        "ORDER BY sent_at LIMIT (SELECT (count(*) * $1)::bigint + 1 "
+                        "FROM event_queue WHERE state IN ('sent', 'sent-dry'))"
+                    ),
                     fraction,
                 )
             )
@@ -177,17 +183,18 @@ class Upkeep(Wakes):
 
         async def work(conn: Conn) -> int:
             status = await conn.execute(
-                "UPDATE events SET state = 'pending', attempts = 0, next_attempt_at = $1, "
-                "lease_owner = NULL, lease_expires = NULL WHERE state = 'dead' "
-                "AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[])) "
-                "AND ($3::text[] IS NULL OR site = ANY($3::text[]))",
+                "UPDATE event_queue AS q SET state = 'pending', attempts = 0, "
+                "next_attempt_at = $1, lease_owner = NULL, lease_expires = NULL "
+                "FROM event_data AS d WHERE d.id = q.id AND q.state = 'dead' "
+                "AND ($2::bigint[] IS NULL OR q.id = ANY($2::bigint[])) "
+                "AND ($3::text[] IS NULL OR d.site = ANY($3::text[]))",
                 time.time(),
                 chosen,
                 only,
             )
             await conn.execute(
                 "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
-                "(SELECT DISTINCT pixel_id FROM events WHERE state = 'blocked')"
+                "(SELECT DISTINCT pixel_id FROM event_queue WHERE state = 'blocked')"
             )
             return affected(status)
 
@@ -205,8 +212,10 @@ class Upkeep(Wakes):
         async def work(conn: Conn) -> int:
             return affected(
                 await conn.execute(
-                    "DELETE FROM events WHERE state = 'dead' AND id = ANY($1::bigint[]) "
-                    "AND ($2::text[] IS NULL OR site = ANY($2::text[]))",
+                    delete_events(
+                        "SELECT id FROM events WHERE state = 'dead' AND id = ANY($1::bigint[]) "
+                        "AND ($2::text[] IS NULL OR site = ANY($2::text[])) FOR UPDATE"
+                    ),
                     chosen,
                     only,
                 )
@@ -220,7 +229,7 @@ class Upkeep(Wakes):
         async def read(conn: Conn) -> list[asyncpg.Record]:
             return await conn.fetch(
                 "SELECT event_name, coalesce(received_keys, match_keys) AS received, "
-                "match_keys AS sent, count(*) AS n FROM events "
+                "match_keys AS sent, count(*) AS n FROM event_data "
                 "WHERE created_at >= $1 AND match_keys IS NOT NULL GROUP BY 1, 2, 3",
                 since,
             )

@@ -19,7 +19,9 @@ from tests.delivery.postgres.conftest import add_rows
 
 STARTERS = 6
 TABLES = {
-    "events",
+    # `events` is a view over these two since migration 11.
+    "event_data",
+    "event_queue",
     "blocked_pixels",
     "stitches",
     "profiles",
@@ -80,29 +82,29 @@ async def test_running_again_changes_nothing(db: Database) -> None:
 
 async def test_a_new_migration_is_applied_forward(db: Database) -> None:
     await add_rows(db, 2)
-    extra = Migration(SCHEMA_VERSION + 1, "a test column", "ALTER TABLE events ADD note text")
+    extra = Migration(SCHEMA_VERSION + 1, "a test column", "ALTER TABLE event_data ADD note text")
     assert await migrate(db, (*MIGRATIONS, extra)) == 1
     assert await current_version(db) == SCHEMA_VERSION + 1
-    assert await db.fetchval("SELECT count(*) FROM events WHERE note IS NULL") == 2
+    assert await db.fetchval("SELECT count(*) FROM event_data WHERE note IS NULL") == 2
     # An older release refuses the newer schema instead of writing into it.
     with pytest.raises(SchemaError, match="newer than this release knows"):
         await migrate(db)
 
 
 async def test_a_failing_migration_leaves_the_last_good_version(db: Database) -> None:
-    broken = Migration(SCHEMA_VERSION + 1, "broken", "ALTER TABLE events ADD x text; SELEC 1")
+    broken = Migration(SCHEMA_VERSION + 1, "broken", "ALTER TABLE event_data ADD x text; SELEC 1")
     with pytest.raises(asyncpg.PostgresSyntaxError):
         await migrate(db, (*MIGRATIONS, broken))
     assert await current_version(db) == SCHEMA_VERSION
     assert (
         await db.fetchval(
             "SELECT count(*) FROM information_schema.columns "
-            "WHERE table_schema = 'capigw' AND table_name = 'events' AND column_name = 'x'"
+            "WHERE table_schema = 'capigw' AND table_name = 'event_data' AND column_name = 'x'"
         )
         == 0
     )
     # The lock was given back: the next start migrates.
-    fixed = Migration(SCHEMA_VERSION + 1, "fixed", "ALTER TABLE events ADD x text")
+    fixed = Migration(SCHEMA_VERSION + 1, "fixed", "ALTER TABLE event_data ADD x text")
     assert await migrate(db, (*MIGRATIONS, fixed)) == 1
 
 

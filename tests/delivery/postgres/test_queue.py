@@ -126,13 +126,17 @@ async def test_queue_depth_counters_match_count_star(db: Database) -> None:
     await db.fetchval("UPDATE events SET state = 'sent', sent_at = 1 WHERE id % 3 = 0")
     await db.fetchval("UPDATE events SET state = 'dead' WHERE id % 7 = 0 AND state <> 'sent'")
     await db.fetchval("DELETE FROM events WHERE id % 5 = 0")
-    # A merge: ON CONFLICT ... DO UPDATE of rows that exist, plus one new row.
+    # A merge: ON CONFLICT ... DO UPDATE of events that exist (their `event_data` rows,
+    # since migration 11: a merge leaves the state alone), plus one new row.
+    await db.fetchval(
+        "INSERT INTO event_data (pixel_id, event_name, event_id, event_time, source, payload, "
+        "created_at) SELECT pixel_id, event_name, event_id, event_time, "
+        "'webhook', payload, 0 FROM events WHERE id % 2 = 0 "
+        "ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET source = excluded.source"
+    )
     await db.fetchval(
         "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
-        "next_attempt_at, created_at) SELECT pixel_id, event_name, event_id, event_time, "
-        "'webhook', payload, 0, 0 FROM events WHERE id % 2 = 0 "
-        "UNION ALL SELECT '1', 'Lead', 'new-one', 0, 'api', '{}', 0, 0 "
-        "ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET source = excluded.source"
+        "next_attempt_at, created_at) VALUES ('1', 'Lead', 'new-one', 0, 'api', '{}', 0, 0)"
     )
     depth = await _depth(db)
     assert depth == await _counted(db)
@@ -180,7 +184,7 @@ async def test_blocked_pixels_rows_are_parked_by_the_upkeep_claim_only(db: Datab
     blocked = await add_rows(db, 3, pixel_id="111")
     fine = await add_rows(db, 2, pixel_id="222")
     plan = json.loads(str(await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + queue._PARK)))
-    scans = [n for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "events"]
+    scans = [n for n in _nodes(plan[0]["Plan"]) if n.get("Relation Name") == "event_queue"]
     assert scans and all(n["Actual Loops"] == 0 for n in scans if "Scan" in n["Node Type"])
     await db.fetchval(
         "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, since) "
@@ -211,7 +215,7 @@ async def test_a_claim_reads_due_rows_in_order_while_a_pixel_is_blocked(db: Data
         "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, since) "
         "VALUES ('999', 'fp', 'token refused', 0)"
     )
-    await db.fetchval("ANALYZE events")
+    await db.fetchval("ANALYZE event_queue")
     await db.fetchval("ANALYZE blocked_pixels")
 
     async def plan(conn: Conn) -> Any:
@@ -220,7 +224,9 @@ async def test_a_claim_reads_due_rows_in_order_while_a_pixel_is_blocked(db: Data
         )
 
     nodes = list(_nodes(json.loads(str(await db.run(plan, transaction=False)))[0]["Plan"]))
-    scans = [n for n in nodes if n.get("Relation Name") == "events" and "Scan" in n["Node Type"]]
+    scans = [
+        n for n in nodes if n.get("Relation Name") == "event_queue" and "Scan" in n["Node Type"]
+    ]
     assert [n.get("Index Name") for n in scans if n["Node Type"] != "Index Scan"] == []
     assert "Sort" not in {n["Node Type"] for n in nodes}
     assert len(await _claim(db, "a", 100)) == 100
