@@ -65,6 +65,20 @@ _DATA_SET = ", ".join(f"{c} = NEW.{c}" for c in DATA_COLUMNS)
 _QUEUE_SET = ", ".join(f"{c} = NEW.{c}" for c in QUEUE_COLUMNS)
 
 
+def count_triggers(table: str) -> str:
+    """The statement triggers that keep the queue counters (`queue_counts_apply`) on `table`:
+    `events` from migration 1, `event_queue` from migration 11."""
+    return f"""CREATE TRIGGER events_count_insert AFTER INSERT ON {table}
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+CREATE TRIGGER events_count_update AFTER UPDATE ON {table}
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+CREATE TRIGGER events_count_delete AFTER DELETE ON {table}
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();"""
+
+
 def v11(states: Sequence[str]) -> str:
     """The SQL of migration 11, `states` being every state a row can be in."""
     allowed = ", ".join(f"'{s}'" for s in states)
@@ -101,15 +115,7 @@ CREATE INDEX events_open ON event_queue (created_at) WHERE state IN ('pending', 
 CREATE INDEX events_blocked ON event_queue (pixel_id) WHERE state = 'blocked';
 ALTER TABLE event_data {", ".join(f"DROP COLUMN {c}" for c in QUEUE_COLUMNS)};
 
-CREATE TRIGGER events_count_insert AFTER INSERT ON event_queue
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
-CREATE TRIGGER events_count_update AFTER UPDATE ON event_queue
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
-CREATE TRIGGER events_count_delete AFTER DELETE ON event_queue
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+{count_triggers("event_queue")}
 
 CREATE VIEW events AS
 SELECT d.id, d.pixel_id, d.event_name, d.event_id, d.event_time, d.source, d.rule,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.delivery.postgres.queue_schema import v11
+from gateway.delivery.postgres.queue_schema import count_triggers, v11
 
 # Every state a row can be in; the same as the SQLite store's.
 STATES = ("pending", "inflight", "sent", "sent-dry", "blocked", "dead")
@@ -158,15 +158,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER events_count_insert AFTER INSERT ON events
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
-CREATE TRIGGER events_count_update AFTER UPDATE ON events
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
-CREATE TRIGGER events_count_delete AFTER DELETE ON events
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION queue_counts_apply();
+{count_triggers("events")}
 """
 
 # The site an event belongs to (issue 16's `[[sites]]`; NULL: the default site).
