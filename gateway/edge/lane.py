@@ -12,16 +12,17 @@ takes a request only when everything that could want it says no from the request
 - not under the gateway's prefix; headers within `max_request_headers_kb` (else the 431);
 - not a document navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
   Sec-Fetch-Dest): those are the pages the gateway tags;
-- a site answers for the host, with no `[catalog]` (its reader sees every GET) and no rule
-  that may match the path (`RuleSet.candidates`, read per request: a reload applies);
+- a site answers for the host, with no rule that may match the path (`RuleSet.candidates`,
+  read per request: a reload applies);
 - the client holds less than its upstream share (else the full path answers the 503);
 - no `on_response_prepare` hook on the app (the lane makes no StreamResponse to show it).
 
 Everything else goes to the Application as before. An answer that turns out to be HTML
-(a page we may tag or count) leaves the lane too: the request is routed then and the page
-path takes the answer already in hand. The relay keeps every pass-through rule: hop-by-hop
-fields dropped, redirects pointed at the public origin, 304 ETags weakened, HEAD/204/304
-without a body, close-delimited bodies for HTTP/1.0, metrics and upstream health counted.
+(a page we may tag or count), or a 404/410 on a site with a `[catalog]` (a product gone),
+leaves the lane too: the request is routed then and the page path takes the answer
+already in hand. The relay keeps every pass-through rule: hop-by-hop fields dropped,
+redirects pointed at the public origin, 304 ETags weakened, HEAD/204/304 without a body,
+close-delimited bodies for HTTP/1.0, metrics and upstream health counted.
 """
 
 from __future__ import annotations
@@ -60,6 +61,16 @@ _HTML_BYTES = frozenset(name.encode() for name in _HTML_TYPES)
 def _text(value: bytes) -> str:
     """A field value as aiohttp's parser decodes it."""
     return value.decode("utf-8", "surrogateescape")
+
+
+# A `[catalog]` reads 200 HTML pages (handed back as pages are) and counts a 404/410 of a
+# product URL, whatever its type, as a miss: the only other answers it needs to see.
+_CATALOG_MISS = frozenset({404, 410})
+
+
+def _reads_misses(proxy: Proxy, method: str) -> bool:
+    catalog = proxy.catalog
+    return method == "GET" and catalog is not None and catalog.settings is not None
 
 
 def _html(content_type: bytes) -> bool:
@@ -165,8 +176,9 @@ class Lane:
                         copied[1].type is not None and _html(copied[1].type)
                         if copied is not None
                         else hdr.media_type(upstream.headers) in _HTML_TYPES
-                    ):
-                        # A page after all: the page path decides (tag, HEAD headers, counts).
+                    ) or (status in _CATALOG_MISS and _reads_misses(proxy, method)):
+                        # A page after all: the page path decides (tag, HEAD headers, counts);
+                        # or a product URL gone, which the site's catalog counts as a miss.
                         self.handed_back += 1
                         with self.identify(request):
                             await self.route(request)
@@ -247,9 +259,6 @@ class Lane:
                 return None
         proxy = stages.proxy
         if proxy is None or proxy.client is None:
-            return None
-        catalog = proxy.catalog
-        if catalog is not None and catalog.settings is not None:
             return None
         proxied_rules = proxy.proxied_rules
         if proxied_rules is not None:

@@ -20,6 +20,7 @@ from gateway.appkeys import CATALOG, PROXY
 from gateway.delivery.catalog import SqliteCatalog
 from gateway.html.products import read_page
 from gateway.pipeline.catalog import products_from_page
+from gateway.siteapp import LANE
 from tests.conftest import TOKEN, GatewayFactory, make_settings
 from tests.fakes.catalog import FakeCatalog, start_fake_catalog
 from tests.fakes.shop import Product, Shop, start_shop
@@ -178,6 +179,30 @@ async def test_a_410_deletes_after_delete_after_and_a_503_or_timeout_does_not(
     assert body["items"]["synced"] == 1
     feed = await (await client.get("/_capi/catalog.csv")).text()
     assert "SKU-1" in feed and "SKU-3" not in feed
+
+
+async def test_a_catalog_sites_assets_take_the_lane_and_a_gone_product_leaves_it(
+    start: Start, shop: Shop, meta: FakeCatalog
+) -> None:
+    # The asset lane (issue 19) serves a [catalog] site too: the catalog reads only 200 HTML
+    # pages and 404/410 misses, and both leave the lane for the page path.
+    client = await start(delete_after=1)
+    lane = client.server.app[LANE]
+    asset = {"Accept": "*/*", "Sec-Fetch-Dest": "script"}
+    for _ in range(2):
+        resp = await client.get("/robots.txt", headers=asset)
+        assert resp.status == 200 and "Disallow" in await resp.text()
+    assert (lane.taken, lane.handed_back) == (2, 0)
+    await client.get("/p/2", headers=asset)  # an HTML answer: read by the catalog
+    await until(lambda: "SKU-2" in meta.items)
+    assert lane.handed_back == 1
+    shop.status["/p/2"] = 410  # text/plain: only its status says it is a miss
+    assert (await client.get("/p/2", headers=asset)).status == 410
+    assert (lane.taken, lane.handed_back) == (2, 2)
+    await until(lambda: "SKU-2" not in meta.items)
+    # A HEAD is nothing the catalog reads: relayed on the lane.
+    assert (await client.head("/p/2", headers=asset)).status == 410
+    assert (lane.taken, lane.handed_back) == (3, 2)
 
 
 async def test_a_product_gone_from_its_page_is_deleted(
