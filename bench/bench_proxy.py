@@ -828,8 +828,8 @@ class Measure:
     # Busy CPU of the whole machine during the wrk run less nginx, gateway and wrk: other
     # processes, and kernel network work not charged to any of them.
     other_cpu: float = 0.0
-    # CPU seconds the gateway spent after the run until it idled (the sends of the run's
-    # PageViews, held and batched): the run's work too, or the next file would pay for it.
+    # CPU seconds the gateway spent after the run until it idled (the run's PageViews still
+    # being stored and claimed): the run's work too, or the next file would pay for it.
     after_cpu: float = 0.0
 
     def gateway_us(self) -> float | None:
@@ -1002,7 +1002,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
         f"req/s, p50/p90/p99 (ms): wrk, {args.concurrency} connections, {args.seconds} s. "
         "nginx / gw / wrk: CPU during that run, % of one core\n(nginx = origin + proxy blocks; "
         "gw = all gateway processes). gw µs: gateway CPU per request, with the work it did "
-        "after the run until idle (its PageViews' sends). "
+        "after the run until idle (storing and claiming its PageViews). "
         f"@{rate:g}/s: open-loop latency, ms."
     )
     print(head)
