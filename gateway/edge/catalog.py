@@ -36,7 +36,6 @@ from gateway.pipeline.catalog import products_from_page
 
 log = logging.getLogger("gateway.catalog")
 
-_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _MISS_STATUS = frozenset({404, 410})
 QUEUE_SIZE = 256
 BATCH = 64  # pages recorded per store transaction
@@ -194,7 +193,7 @@ class CatalogPages:
                 # Until the known URLs are read (just after start), ask the store.
                 self.submit(_Miss(url))
             return None
-        if status != 200 or no_body or hdr.media_type(headers) not in _HTML_TYPES:
+        if status != 200 or no_body or hdr.media_type(headers) not in hdr.HTML_TYPES:
             return None
         if not settings.wants(request.path):
             return None

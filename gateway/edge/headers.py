@@ -26,6 +26,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# The media types of a page: what the gateway may tag, count, read products or rules from.
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _PLAIN_CONNECTION = frozenset({"keep-alive"})
 _REQUEST_ONLY_DROP = frozenset({"expect", "content-length"})
 _TRUSTED_DROP = HOP_BY_HOP | _REQUEST_ONLY_DROP

@@ -53,9 +53,8 @@ from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.proxy")
 
-_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _V11 = aiohttp.HttpVersion11
-_HTML_BYTES = frozenset(name.encode() for name in _HTML_TYPES)
+_HTML_BYTES = frozenset(name.encode() for name in hdr.HTML_TYPES)
 
 
 def _text(value: bytes) -> str:
@@ -162,20 +161,15 @@ class Lane:
                 response = self._own(request, proxy._unreachable, request, exc)
             else:
                 try:
-                    # What `Proxy._answered` counts, without its calls.
+                    proxy._answered(upstream, started)
                     status = upstream.status
-                    self.tally.latency(time.monotonic() - started, site or "")
-                    if status < 500:
-                        proxy.health.ok()
-                    else:
-                        proxy.health.record("5xx", status=status)
                     copied = None
                     if method == "GET" and status >= 200 and status not in NO_BODY_STATUS:
                         copied = client_response(upstream.raw_headers)
                     if (
                         copied[1].type is not None and _html(copied[1].type)
                         if copied is not None
-                        else hdr.media_type(upstream.headers) in _HTML_TYPES
+                        else hdr.media_type(upstream.headers) in hdr.HTML_TYPES
                     ) or (status in _CATALOG_MISS and _reads_misses(proxy, method)):
                         # A page after all: the page path decides (tag, HEAD headers, counts);
                         # or a product URL gone, which the site's catalog counts as a miss.

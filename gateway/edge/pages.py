@@ -40,7 +40,6 @@ from gateway.settings import Settings
 
 log = logging.getLogger("gateway.pages")
 
-_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 # Requests for a piece of a page (htmx, Turbo frames, XHR) get no tag and count no view.
 _FRAGMENT_HEADERS = ("HX-Request", "X-Requested-With", "Turbo-Frame", "X-Up-Version")
 _DOCUMENT_DESTS = frozenset({"document", "iframe", "frame"})
@@ -223,7 +222,7 @@ class PageViews:
         count: bool = False,
     ) -> CspDecision | None:
         """The CSP decision for a page the gateway may tag, else None (counted if `count`)."""
-        if status != 200 or hdr.media_type(headers) not in _HTML_TYPES:
+        if status != 200 or hdr.media_type(headers) not in hdr.HTML_TYPES:
             return None
         if not self.settings.inject:
             self._skipped(headers, "inject-off")

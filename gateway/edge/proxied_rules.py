@@ -41,8 +41,6 @@ from gateway.pipeline.webhooks import stitch_values
 
 log = logging.getLogger("gateway.proxied_rules")
 
-_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-
 
 @dataclass(slots=True)
 class RuleCounters:
@@ -223,7 +221,7 @@ class ProxiedRules:
         wants = _merge(rule.wants for rule, _ in kept)
         scan: HtmlScan | None = None
         decoder: Decoder | None = None
-        if not wants.empty and media in _HTML_TYPES and not head_only:
+        if not wants.empty and media in hdr.HTML_TYPES and not head_only:
             decoder = open_decoder(headers.get("Content-Encoding"))
             scan = HtmlScan(wants, charset=_charset(headers), max_bytes=self.scan_limit)
         tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc)

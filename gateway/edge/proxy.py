@@ -43,7 +43,6 @@ log = logging.getLogger("gateway.proxy")
 
 # Requests the lean client carries (when they have no body): nearly every asset and page.
 _LEAN_METHODS = frozenset({"GET", "HEAD"})
-_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 __all__ = ["Proxy", "ProxyOptions", "upstream_client", "upstream_session"]
 
@@ -190,8 +189,13 @@ class Proxy:
             upstream.release()
 
     def _answered(self, upstream: Answer, started: float) -> None:
+        """Count the site's answer: its latency, and the upstream's health."""
         self.metrics.upstream_latency(time.monotonic() - started, site=self.pages.site)
-        self.health.record("5xx" if upstream.status >= 500 else "ok", status=upstream.status)
+        status = upstream.status
+        if status < 500:
+            self.health.ok()  # every proxied asset comes by here: without record's lookups
+        else:
+            self.health.record("5xx", status=status)
 
     def _timed_out(self, request: web.Request) -> web.Response:
         self.health.record("timeout", status=504)
@@ -206,7 +210,7 @@ class Proxy:
     def _passes(self, upstream: Answer) -> bool:
         """True for an answer nothing of ours reads or changes (no rule ran for the request):
         not a page (tags, HEAD's page headers, products), and no catalog miss to count."""
-        if hdr.media_type(upstream.headers) in _HTML_TYPES:
+        if hdr.media_type(upstream.headers) in hdr.HTML_TYPES:
             return False
         # With a [catalog], its reader sees every GET (a 404 is a product gone).
         return self.catalog is None or self.catalog.settings is None
