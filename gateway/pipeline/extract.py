@@ -30,9 +30,8 @@ from gateway.pipeline.rulefile import (
     USER_DATA_TARGETS,
     ItemField,
     SourceSpec,
-    error_location,
-    specific_error,
 )
+from gateway.pipeline.rulemessages import error_location, specific_error
 
 _MAX_LIST = 200  # items kept from a list source (content_ids of a huge cart)
 _MAX_TEXT = 1000

@@ -8,18 +8,17 @@ are errors, never ignored. Compiling the models into matchers lives in `rules`.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import ErrorDetails
 
 from gateway.durations import parse_duration
 from gateway.models import STANDARD_EVENTS
 from gateway.pipeline.normalize import ALIASES, HASHED_FIELDS
+from gateway.pipeline.rulemessages import each_error, first_error
 
 # Where a value may come from, per kind of rule.
 REQUEST_SOURCES = (
@@ -338,7 +337,7 @@ def read_rule_file(
         top = RuleFile.model_validate(data)
     except ValidationError as exc:
         return fail(
-            f"{where}: {_first_error(exc, RuleFile)} (a rule file holds [[rule]] and "
+            f"{where}: {first_error(exc, RuleFile)} (a rule file holds [[rule]] and "
             "[[webhook]] tables)"
         )
     rules: list[RuleModel] = []
@@ -354,16 +353,9 @@ def read_rule_file(
                 # Every key of the table that is wrong, not only the one said first.
                 label = _label(raw, kind, i)
                 problems += [
-                    f"{where}: {label}: {text}" for text in _each_error(exc.__cause__, model)
+                    f"{where}: {label}: {text}" for text in each_error(exc.__cause__, model)
                 ]
     return rules, hooks
-
-
-def _each_error(exc: ValidationError, model: type[BaseModel]) -> list[str]:
-    by_key: dict[str, list[ErrorDetails]] = {}
-    for err in exc.errors():
-        by_key.setdefault(str(err["loc"][0]) if err["loc"] else "", []).append(err)
-    return [_describe(_most_specific(errors), model) for errors in by_key.values()]
 
 
 def _label(raw: dict[str, Any], kind: str, index: int) -> str:
@@ -377,57 +369,7 @@ def _model(model: type[Any], raw: dict[str, Any], where: str, kind: str, index: 
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise RuleError(f"{where}: {label}: {_first_error(exc, model)}") from exc
-
-
-def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    return _describe(specific_error(exc), model)
-
-
-def _describe(err: ErrorDetails, model: type[BaseModel] | None) -> str:
-    loc = error_location(err)
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling against the rules guide in README.md)"
-        known = _known_keys(model) if model is not None and len(err["loc"]) == 1 else []
-        close = difflib.get_close_matches(str(err["loc"][0]), known, n=1, cutoff=0.6)
-        if close:
-            message = f"unknown key; did you mean `{close[0]}`?"
-    elif err["type"] == "missing":
-        message = "required key is missing"
-    return f"{loc}: {message}" if loc else message
-
-
-def _known_keys(model: type[BaseModel]) -> list[str]:
-    return [field.alias or name for name, field in model.model_fields.items()]
-
-
-def specific_error(exc: ValidationError) -> ErrorDetails:
-    """The error that says most: for a union, the member that got furthest into the value."""
-    return _most_specific(exc.errors())
-
-
-def _most_specific(errors: list[ErrorDetails]) -> ErrorDetails:
-    # A table with a misspelt key fails as "not a string" too; its location is the longer one.
-    # A misspelt key is also a missing one: naming the misspelling says more.
-    return max(
-        errors,
-        key=lambda e: (sum(not _is_union_tag(p) for p in e["loc"]), e["type"] == "extra_forbidden"),
-    )
-
-
-def error_location(err: ErrorDetails) -> str:
-    """The dotted key path of a validation error, without pydantic's union member names."""
-    return ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic names union members in locations ("str", "list[str]", "function-after[...]").
-    return isinstance(part, str) and (
-        part
-        in {"str", "int", "float", "bool", "list[str]", "list[int]", "RegexCondition", "ItemField"}
-        or part.startswith(("function-", "is-instance["))
-    )
+        raise RuleError(f"{where}: {label}: {first_error(exc, model)}") from exc
 
 
 def display_path(path: Path) -> str:
