@@ -27,19 +27,19 @@ import contextlib
 import hashlib
 import logging
 import tempfile
-import time
 import urllib.robotparser
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 from xml.etree.ElementTree import ParseError
 
 import aiohttp
 
-from gateway.edge.sitemaps import SITEMAP_MAX, SitemapReader, crawl_delay
+from gateway.edge.crawlfetch import Bucket, CrawlError, Fetcher, Site, read_robots, site_origin
+from gateway.edge.sitemaps import SITEMAP_MAX, SitemapReader
 from gateway.html.products import ProductReader
 from gateway.pipeline.catalog import ID_SOURCES, PageProducts, products_from_page
 
@@ -47,16 +47,9 @@ __all__ = ["CrawlError", "CrawledPage", "crawl"]
 
 log = logging.getLogger("gateway.crawl")
 
-_ROBOTS_MAX = 512_000  # what Google reads of a robots.txt
 _MAX_SITEMAPS = 50_000  # per crawl, index entries included
-_MAX_REDIRECTS = 5
-_PAGE_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10, sock_read=30)
 _HTML = ("text/html", "application/xhtml+xml")
 _CHUNK = 65_536
-
-
-class CrawlError(Exception):
-    """The crawl cannot start: robots.txt or the sitemap could not be read (the message says)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,119 +67,8 @@ class CrawledPage:
     error: str | None
 
 
-class _Bucket:
-    """Token bucket of one token: requests start at least `interval` seconds apart."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self._last = 0.0
-        self._lock = asyncio.Lock()
-
-    def at_least(self, interval: float) -> None:
-        """Space requests at least `interval` apart from now on, the last one included."""
-        if interval > self.interval:
-            self.interval = interval
-            self._next = max(self._next, self._last + interval)
-
-    async def turn(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._last, self._next = slot, slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
-
-@dataclass(slots=True)
-class _Site:
-    """Where requests go, and which listed URLs belong to the site."""
-
-    base: str  # scheme://host[:port] requests go to
-    hosts: frozenset[tuple[str, str]]  # (scheme, netloc) a listed URL may name
-
-    def local(self, url: str) -> str | None:
-        """The URL to fetch for a listed one (moved onto the site), None if off-site."""
-        try:
-            parts = urlsplit(url.strip())
-        except ValueError:
-            return None
-        if (parts.scheme.lower(), parts.netloc.lower()) not in self.hosts:
-            return None
-        b = urlsplit(self.base)
-        return urlunsplit((b.scheme, b.netloc, parts.path or "/", parts.query, ""))
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{url!r} is not an http(s) URL with a host")
-    return parts.scheme.lower(), parts.netloc.lower()
-
-
-class _Fetcher:
-    def __init__(
-        self, session: aiohttp.ClientSession, site: _Site, bucket: _Bucket, user_agent: str
-    ) -> None:
-        self.session = session
-        self.site = site
-        self.bucket = bucket
-        self.headers = {"User-Agent": user_agent}
-        self.allowed: Callable[[str], bool] = lambda url: True  # robots.txt, once read
-
-    @contextlib.asynccontextmanager
-    async def get(self, url: str, accept: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """GET `url`, following redirects that stay on the site (each one waits its turn)."""
-        headers = {**self.headers, "Accept": accept}
-        for _ in range(_MAX_REDIRECTS + 1):
-            await self.bucket.turn()
-            resp = await self.session.get(
-                url, headers=headers, allow_redirects=False, timeout=_PAGE_TIMEOUT
-            )
-            location = resp.headers.get("Location")
-            if resp.status in (301, 302, 303, 307, 308) and location:
-                resp.release()
-                nxt = self.site.local(urljoin(url, location))
-                if nxt is None:
-                    raise aiohttp.ClientError(f"redirect off the site to {location!r}")
-                if not self.allowed(nxt):
-                    raise aiohttp.ClientError(
-                        f"redirect to {location!r}, which robots.txt disallows"
-                    )
-                url = nxt
-                continue
-            try:
-                yield resp
-            finally:
-                resp.release()
-            return
-        raise aiohttp.ClientError(f"more than {_MAX_REDIRECTS} redirects")
-
-
-async def _robots(fetch: _Fetcher) -> tuple[urllib.robotparser.RobotFileParser, float | None]:
-    rp = urllib.robotparser.RobotFileParser()
-    delay: float | None = None
-    url = fetch.site.base + "/robots.txt"
-    try:
-        async with fetch.get(url, "text/plain") as resp:
-            if resp.status in (401, 403):
-                rp.parse(["User-agent: *", "Disallow: /"])
-            elif resp.status >= 500:
-                raise CrawlError(f"{url} answered {resp.status}: no permission to crawl")
-            elif resp.status < 300:
-                body = await resp.content.read(_ROBOTS_MAX)
-                lines = body.decode("utf-8", "replace").splitlines()
-                rp.parse(lines)
-                delay = crawl_delay(lines, fetch.headers["User-Agent"])
-            else:
-                rp.parse([])
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise CrawlError(f"{url} could not be read ({e or type(e).__name__})") from e
-    return rp, delay
-
-
 async def _walk_sitemaps(
-    fetch: _Fetcher,
+    fetch: Fetcher,
     first: str,
     fallback: list[str],
     pages: asyncio.Queue[str | None],
@@ -250,7 +132,7 @@ async def _walk_sitemaps(
         raise CrawlError(problem or "no sitemap to read")
 
 
-async def _download(fetch: _Fetcher, url: str, spool: IO[bytes]) -> None:
+async def _download(fetch: Fetcher, url: str, spool: IO[bytes]) -> None:
     """The body of a sitemap into `spool` (rewound), at most SITEMAP_MAX bytes as sent."""
     async with fetch.get(url, "application/xml, text/xml, */*") as resp:
         if resp.status != 200:
@@ -267,7 +149,7 @@ async def _download(fetch: _Fetcher, url: str, spool: IO[bytes]) -> None:
 async def _offer(
     loc: str,
     pages: asyncio.Queue[str | None],
-    fetch: _Fetcher,
+    fetch: Fetcher,
     robots: urllib.robotparser.RobotFileParser,
     user_agent: str,
     seen: set[bytes],
@@ -298,7 +180,7 @@ def _charset(content_type: str) -> str:
     return "utf-8"
 
 
-async def _page(fetch: _Fetcher, loc: str, public_origin: str, id_source: str) -> CrawledPage:
+async def _page(fetch: Fetcher, loc: str, public_origin: str, id_source: str) -> CrawledPage:
     url = fetch.site.local(loc)
     assert url is not None
     try:
@@ -347,18 +229,18 @@ async def crawl(
         raise ValueError("concurrency and max_pages must be at least 1 and rate above 0")
     if id_source not in ID_SOURCES:
         raise ValueError(f"id_source must be one of {', '.join(ID_SOURCES)}, not {id_source!r}")
-    base_scheme, base_host = _origin(site_url)
-    site = _Site(
+    base_scheme, base_host = site_origin(site_url)
+    site = Site(
         f"{base_scheme}://{base_host}",
-        frozenset({(base_scheme, base_host), _origin(public_origin)}),
+        frozenset({(base_scheme, base_host), site_origin(public_origin)}),
     )
     own = session is None
     http = session or aiohttp.ClientSession()
     tasks: list[asyncio.Task[None]] = []
     try:
-        bucket = _Bucket(1.0 / rate)
-        fetch = _Fetcher(http, site, bucket, user_agent)
-        robots, delay = await _robots(fetch)
+        bucket = Bucket(1.0 / rate)
+        fetch = Fetcher(http, site, bucket, user_agent)
+        robots, delay = await read_robots(fetch)
         fetch.allowed = lambda url: robots.can_fetch(user_agent, url)
         if delay is not None:
             bucket.at_least(delay)
