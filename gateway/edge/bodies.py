@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import StreamReader
 
-from gateway.pipeline.extract import parse_json_text
+from gateway.pipeline.values import parse_json_text
 
 
 class BodyCopy:

@@ -20,7 +20,6 @@ from gateway.pipeline.extract import (
     Extractor,
     Facts,
     compile_extract,
-    dotted,
     extract_required,
     html_needs,
 )
@@ -46,6 +45,7 @@ from gateway.pipeline.rulefile import (
     read_rule_file,
     template_fields,
 )
+from gateway.pipeline.values import dotted
 from gateway.pipeline.webhooks import Webhook, compile_webhooks
 
 

@@ -18,7 +18,6 @@ from gateway.pipeline.extract import (
     Extractor,
     Facts,
     compile_extract,
-    dotted,
     extract_required,
 )
 from gateway.pipeline.matchers import Cond, compile_conditions
@@ -31,6 +30,7 @@ from gateway.pipeline.rulefile import (
     template_fields,
 )
 from gateway.pipeline.signatures import HmacScheme
+from gateway.pipeline.values import dotted
 
 
 @dataclass(frozen=True, slots=True)

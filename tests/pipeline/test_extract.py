@@ -15,13 +15,11 @@ from gateway.pipeline.extract import (
     Extractor,
     Facts,
     compile_extract,
-    dotted,
     extract,
     html_needs,
-    parse_json_text,
-    parse_number,
 )
 from gateway.pipeline.rulefile import BROWSER_SOURCES, REQUEST_SOURCES
+from gateway.pipeline.values import dotted, parse_json_text, parse_number
 
 
 def one(spec: Any, target: str = "content_name", sources: Any = REQUEST_SOURCES) -> Extractor:
