@@ -44,7 +44,7 @@ import aiohttp
 # repository root) is importable from here.
 import bench_proxy as bp
 
-from gateway.pipeline.rules import load_rules
+from gateway.pipeline.ruleload import load_rules
 
 TARGET_COST = 0.20  # 200 rules may cost at most 20 % of the requests/s of 0 rules
 PAGE = bp.FILES[0]  # the 20 KiB HTML product page

@@ -17,7 +17,8 @@ from gateway.edge.proxy import Proxy
 from gateway.edge.visitor import VisitorRules
 from gateway.metrics import Metrics
 from gateway.pipeline.events import Context, Target
-from gateway.pipeline.rules import RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RuleSet
 from gateway.settings import Settings
 
 

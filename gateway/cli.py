@@ -16,7 +16,8 @@ from gateway.commands.forget import add_forget_parser, run_forget_command
 from gateway.config import Sources, load_settings
 from gateway.insights.policy import check_channels
 from gateway.pipeline.rulefile import RuleError
-from gateway.pipeline.rules import RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RuleSet
 from gateway.settings import ConfigError, Settings, buffer_arg
 
 log = logging.getLogger("gateway.cli")

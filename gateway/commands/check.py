@@ -19,7 +19,8 @@ from pathlib import Path
 from gateway.front.command import check_front_config
 from gateway.insights.policy import check_channels
 from gateway.pipeline.rulefile import RuleError
-from gateway.pipeline.rules import RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RuleSet
 from gateway.settings import ConfigError, Settings
 
 EXIT_OK = 0

@@ -116,7 +116,7 @@ def check_config(settings: Settings) -> list[Finding]:
 def check_rules(settings: Settings) -> tuple[Sequence[Any], list[Finding]]:
     """Load the rule files as `serve` would; the loaded rules feed the coverage hints."""
     from gateway.pipeline.rulefile import RuleError
-    from gateway.pipeline.rules import load_rules
+    from gateway.pipeline.ruleload import load_rules
 
     if settings.rules is None:
         return [], [Finding("rules", Level.NOTE, "no rule files configured (rules is unset)")]

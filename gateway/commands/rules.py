@@ -18,7 +18,8 @@ from gateway.edge.triggers import browser_trigger
 from gateway.html.scan import HtmlScan, Wants
 from gateway.pipeline.events import Context, Target, prepare
 from gateway.pipeline.extract import Facts
-from gateway.pipeline.rules import RequestFacts, Rule, RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RequestFacts, Rule, RuleSet
 from gateway.pipeline.urls import scrub_url
 from gateway.pipeline.values import parse_json_text
 from gateway.settings import ConfigError, Settings

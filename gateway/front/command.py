@@ -23,7 +23,8 @@ from gateway.front.render import (
 )
 from gateway.front.routes import page_rules, prefix_pattern, rule_routes
 from gateway.pipeline.rulefile import RuleError
-from gateway.pipeline.rules import RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RuleSet
 from gateway.settings import ConfigError, Settings, split_host_port
 
 FLAVORS = {"nginx": nginx, "caddy": caddy}

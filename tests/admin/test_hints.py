@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.admin.hints import coverage_hint
-from gateway.pipeline.rules import load_rules
+from gateway.pipeline.ruleload import load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = {

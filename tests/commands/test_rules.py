@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
-from gateway.pipeline.rules import load_rules
+from gateway.pipeline.ruleload import load_rules
 from tests.fakes.processes import CLI
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from gateway.demo_shop import shop_app
-from gateway.pipeline.rules import load_rules
+from gateway.pipeline.ruleload import load_rules
 from tests.edge.rules_env import (
     RulesGateway,
     StartRules,

@@ -25,7 +25,8 @@ from gateway.front.nginx import TARGET_END, ng_quote, nginx, nginx_rule_regex
 from gateway.front.portable import Untranslatable, translate
 from gateway.front.render import Backend, Front, FrontError, caddy
 from gateway.front.routes import ODD_PATH, PLAIN_TARGET, literal_paths, page_rules, rule_routes
-from gateway.pipeline.rules import RequestFacts, RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RequestFacts, RuleSet
 
 ROOT = Path(__file__).resolve().parents[2]
 SAFE = "abcXYZ019._~!&()*+,;=:@/-"

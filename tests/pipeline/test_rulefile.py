@@ -19,7 +19,8 @@ from gateway.pipeline.rulefile import (
     read_rule_file,
     template_fields,
 )
-from gateway.pipeline.rules import RuleSet, load_rules
+from gateway.pipeline.ruleload import load_rules
+from gateway.pipeline.rules import RuleSet
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "rules"

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from gateway.pipeline.extract import Facts
 from gateway.pipeline.rulefile import RuleError, RuleModel
-from gateway.pipeline.rules import RequestFacts, Rule, RuleSet, compile_rule
+from gateway.pipeline.ruleload import compile_rule
+from gateway.pipeline.rules import RequestFacts, Rule, RuleSet
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
