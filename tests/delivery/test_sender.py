@@ -327,7 +327,7 @@ async def test_a_claim_that_took_every_due_row_is_not_followed_by_an_empty_one(
 ) -> None:
     client = await gateway(poll_interval=30)
     outbox = client.app[OUTBOX]
-    await asyncio.sleep(0.2)  # the sender's first claim at start
+    await asyncio.sleep(0.2)  # the sender's first claim at start (on a busy machine, later)
     claims: list[int] = []
     claim = outbox.claim
 
@@ -340,4 +340,6 @@ async def test_a_claim_that_took_every_due_row_is_not_followed_by_an_empty_one(
     await post(client, [web_event(event_id="one"), web_event(event_id="two")])
     await wait_for(lambda: len(fake_graph.event_ids()) == 2, timeout=10)
     await asyncio.sleep(0.3)
-    assert claims == [2]
+    # A start claim that came after the 0.2 s (an empty one, before the post) is allowed;
+    # an empty claim after the one that took both rows is what must not happen.
+    assert claims in ([2], [0, 2])
