@@ -33,6 +33,7 @@ from typing import Any
 from gateway.audiencesettings import AudienceSettings
 from gateway.delivery.audiences import AudienceState
 from gateway.delivery.graph import GraphClient, Outcome, SendResult
+from gateway.delivery.graphanswers import local_result
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.store import AudienceStore
 from gateway.metrics import Metrics
@@ -274,7 +275,7 @@ class AudienceSync:
         failure that retries could not overcome, else None."""
         if report.audience_id is None:
             if not target.ad_account_id:
-                return _local_failure("ad_account_id is not set")
+                return local_result("ad_account_id is not set", Outcome.REJECTED)
             result = await self._call(
                 "POST",
                 f"act_{target.ad_account_id}/customaudiences",
@@ -291,7 +292,9 @@ class AudienceSync:
                 return result
             new_id = (result.body or {}).get("id")
             if not isinstance(new_id, str | int):
-                return _local_failure("Meta created the audience but answered without its id")
+                return local_result(
+                    "Meta created the audience but answered without its id", Outcome.REJECTED
+                )
             report.audience_id = str(new_id)
             # Kept at once: a failure below must not create a second audience next time.
             await self.store.save(replace(state, audience_id=report.audience_id))
@@ -341,7 +344,7 @@ class AudienceSync:
     ) -> SendResult:
         assert self.graph is not None  # never called in dry run
         if not target.access_token:
-            return _local_failure("no access token: set audiences_access_token", blocked=True)
+            return local_result("no access token: set audiences_access_token", Outcome.BLOCKED)
         attempt = 0
         while True:
             attempt += 1
@@ -361,17 +364,3 @@ class AudienceSync:
                     retry_after=result.retry_after,
                 )
             )
-
-
-def _local_failure(message: str, *, blocked: bool = False) -> SendResult:
-    return SendResult(
-        outcome=Outcome.BLOCKED if blocked else Outcome.REJECTED,
-        status=None,
-        events_received=None,
-        fbtrace_id=None,
-        code=None,
-        subcode=None,
-        message=message,
-        retry_after=None,
-        body=None,
-    )

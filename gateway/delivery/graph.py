@@ -18,7 +18,7 @@ from gateway.delivery.graphanswers import (
     Outcome,
     SendResult,
     classify,
-    network_failure,
+    local_result,
     one_line,
     read_answer,
     scrub,
@@ -185,9 +185,9 @@ class GraphClient:
                 content_type = resp.content_type
         except TimeoutError:
             # aiohttp's timeout errors subclass TimeoutError (= asyncio.TimeoutError on 3.11+).
-            return network_failure(f"timeout after {self._timeout_s:g} s")
+            return local_result(f"timeout after {self._timeout_s:g} s")
         except (aiohttp.ClientError, OSError) as exc:
-            return network_failure(scrub(_describe(exc), secrets))
+            return local_result(scrub(_describe(exc), secrets))
         return read_answer(status, raw, content_type, header_trace, retry_after, secrets)
 
 

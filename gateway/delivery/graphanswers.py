@@ -140,10 +140,11 @@ def read_answer(
     )
 
 
-def network_failure(message: str) -> SendResult:
-    """The result of an attempt that got no answer: retried."""
+def local_result(message: str, outcome: Outcome = Outcome.RETRY) -> SendResult:
+    """A result that holds nothing Meta said: a network failure (retried) by default, or
+    what the caller decided itself (no token, an answer missing what it needed)."""
     return SendResult(
-        outcome=Outcome.RETRY,
+        outcome=outcome,
         status=None,
         events_received=None,
         fbtrace_id=None,
