@@ -9,6 +9,7 @@ window (`groupcommit.next_batch`) and commits it with the shared assembly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 from gateway.delivery import assembler
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.postgres import inflight
 from gateway.delivery.postgres import insights as pg_insights
 from gateway.delivery.postgres import rows as pg_rows
 from gateway.delivery.postgres.commitcache import CommitCache
@@ -63,6 +65,7 @@ class Intake(Upkeep):
     _window: float
     _writers: int
     _others_at: float
+    _commit_seq: int
     _me: str
     _closing: bool
     _size: SizeGuard
@@ -125,8 +128,64 @@ class Intake(Upkeep):
 
     async def _commit(self, batch: list[Pending]) -> None:
         rows = [ev for p in batch for ev in p.events]
-        holds = [self.hold_of(ev) for ev in rows]
+        keys = [ev.row_key() for ev in rows]
         now = time.time()
+        self._commit_seq += 1
+        owner = f"{self._me}:{self._commit_seq}"
+        outcomes: list[Outcome | None] = [None] * len(rows)
+
+        async def enter(conn: Conn) -> set[str]:
+            return await inflight.register(conn, owner, keys)
+
+        # Rows whose key another open commit inserts (`inflight`) go in a second
+        # transaction once the first has committed: only they wait for that commit.
+        later: list[int] = []
+        try:
+            busy = await self.db.run(enter, transaction=False)
+            later = [i for i, k in enumerate(keys) if k in busy]
+            first = [i for i, k in enumerate(keys) if k not in busy] if later else None
+            await self._store(rows, first, outcomes, now, owner, keys)
+        except Exception as exc:
+            await self._forget(owner, keys)
+            log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        failed: Exception | None = None
+        if later:
+            try:
+                await self._store(rows, later, outcomes, now, None, [])
+            except Exception as exc:
+                failed = exc
+                log.error("Outbox write of %d event(s) failed: %s", len(later), exc)
+        at = 0
+        for p in batch:
+            mine = outcomes[at : at + len(p.events)]
+            at += len(p.events)
+            if p.done.done():
+                continue
+            done = [o for o in mine if o is not None]
+            if len(done) == len(mine):
+                p.done.set_result(done)
+            else:
+                # Part of the request may be stored: a retry merges it (writes are
+                # idempotent by event key), as after a lost COMMIT.
+                p.done.set_exception(failed or RuntimeError("outbox write incomplete"))
+
+    async def _store(
+        self,
+        batch: list[NewEvent],
+        picked: list[int] | None,
+        outcomes: list[Outcome | None],
+        now: float,
+        owner: str | None,
+        keys: list[str],
+    ) -> None:
+        """One transaction: the rows at `picked` of `batch` (None: all), their outcomes set
+        in `outcomes`; with `owner`, its registrations of `keys` leave in it."""
+        rows = batch if picked is None else [batch[i] for i in picked]
+        holds = [self.hold_of(ev) for ev in rows]
         # Commits overlap (`_write_loop`): each stages its visitors' states apart and keeps
         # them only if it commits itself.
         cache = insight = None
@@ -137,43 +196,53 @@ class Intake(Upkeep):
         async def work(conn: Conn) -> list[Outcome]:
             if cache is not None:
                 cache.discard()  # a run again after a lost connection stages afresh
-            outcomes = await assembler.store(
-                pg_rows.PgSql(conn, record=pg_insights.record),
-                rows,
-                holds,
-                sealer=self.sealer,
-                policy=self.profiles,
-                now=now,
-                key_order=True,
-                insight=insight,
-            )
-            if any(o != "late" for o in outcomes):
+            stored: list[Outcome] = []
+            if rows:
+                stored = await assembler.store(
+                    pg_rows.PgSql(conn, record=pg_insights.record),
+                    rows,
+                    holds,
+                    sealer=self.sealer,
+                    policy=self.profiles,
+                    now=now,
+                    key_order=True,
+                    insight=insight,
+                )
+            if owner is not None:
+                await inflight.release(conn, owner, keys)
+            if any(o != "late" for o in stored):
                 # One notice per group commit, delivered only if it commits.
                 await announce(conn, self._me, now + min(holds))
-            return outcomes
+            return stored
 
         try:
-            outcomes = await self.db.run(work)
-        except Exception as exc:
+            stored = await self.db.run(work)
+        except Exception:
             if cache is not None:
                 cache.discard()
-            log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_exception(exc)
-            return
+            raise
         if cache is not None:
             cache.settle()
         self.commits += 1
         self.committed_rows += len(rows)
-        self.merged += outcomes.count("merged")
-        self.late += outcomes.count("late")
-        at = 0
-        for p in batch:
-            if not p.done.done():
-                p.done.set_result(outcomes[at : at + len(p.events)])
-            at += len(p.events)
-        self.wake(now + min(holds))
+        self.merged += stored.count("merged")
+        self.late += stored.count("late")
+        for index, outcome in zip(
+            range(len(batch)) if picked is None else picked, stored, strict=True
+        ):
+            outcomes[index] = outcome
+        if holds:
+            self.wake(now + min(holds))
+
+    async def _forget(self, owner: str, keys: list[str]) -> None:
+        """Remove a failed commit's registrations if the database answers (else they go
+        stale: `inflight.STALE_AFTER`)."""
+
+        async def work(conn: Conn) -> None:
+            await inflight.release(conn, owner, keys)
+
+        with contextlib.suppress(Exception):
+            await self.db.run(work, transaction=False, retry=False)
 
     def hold_of(self, ev: NewEvent) -> float:
         """Seconds `ev` waits before its first send: its own hold, else the default."""

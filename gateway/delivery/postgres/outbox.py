@@ -80,6 +80,8 @@ class PgOutbox(Intake, Results):
         self._writers = max(1, writers)
         # When another replica's commit was last announced (`_overlap`).
         self._others_at = -math.inf
+        # Numbers this replica's group commits (their owner name in `inflight`).
+        self._commit_seq = 0
         # Measured at most every 5 s: pg_total_relation_size stats every file of the table.
         self._size = SizeGuard(
             db.name,

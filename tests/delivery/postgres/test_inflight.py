@@ -1,0 +1,111 @@
+"""A copy of a key another open commit inserts waits alone, not with its whole batch.
+
+Each group commit registers its keys in `event_inflight` first; rows whose key another
+open commit registered go in a second transaction after the first has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import asyncpg
+
+from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.postgres.pool import SCHEMA
+from gateway.delivery.seal import Sealer
+from gateway.models import NewEvent, row_key
+from tests.delivery.stores import KEY
+
+
+def _event(event_id: str) -> NewEvent:
+    return NewEvent("1", "Purchase", event_id, int(time.time()), {}, {}, "api", hold=0)
+
+
+async def _hold(other: asyncpg.Connection, event_id: str) -> asyncpg.transaction.Transaction:
+    """Another replica's open group commit: `event_id` registered, inserted, not committed."""
+    await other.execute(
+        "INSERT INTO event_inflight (key, owner) VALUES ($1, 'peer:1')",
+        row_key("1", "Purchase", event_id),
+    )
+    blocker = other.transaction()
+    await blocker.start()
+    await other.execute(
+        "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
+        "next_attempt_at, created_at) VALUES ('1', 'Purchase', $2, 1, 'api', $1, 0, 0)",
+        json.dumps({"event_name": "Purchase"}),
+        event_id,
+    )
+    await other.execute(
+        "DELETE FROM event_inflight WHERE owner = 'peer:1'"
+    )  # leaves with the commit
+    return blocker
+
+
+async def test_the_rest_of_a_batch_commits_while_a_copy_waits_for_its_original(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    look = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        blocker = await _hold(other, "held")
+        waiting = asyncio.create_task(box.add([_event("held"), _event("free")]))
+        seen = False
+        for _ in range(100):
+            if await look.fetchval("SELECT count(*) FROM events WHERE event_id = 'free'"):
+                seen = True
+                break
+            await asyncio.sleep(0.05)
+        assert seen  # committed while the other transaction still holds "held"
+        assert not waiting.done()  # the copy waits for it
+
+        await blocker.commit()
+        assert await asyncio.wait_for(waiting, 5) == ["merged", "new"]
+        assert await look.fetchval("SELECT count(*) FROM events") == 2
+        assert await look.fetchval("SELECT count(*) FROM event_inflight") == 0
+    finally:
+        await look.close()
+        await other.close()
+        await box.close()
+
+
+async def test_a_copy_whose_original_rolled_back_is_stored_as_new(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        blocker = await _hold(other, "held")
+        waiting = asyncio.create_task(box.add([_event("free"), _event("held")]))
+        await asyncio.sleep(0.3)
+        await blocker.rollback()
+        assert await asyncio.wait_for(waiting, 5) == ["new", "new"]
+        assert await other.fetchval("SELECT count(*) FROM events") == 2
+        assert box.commits == 2
+    finally:
+        await other.close()
+        await box.close()
+
+
+async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        # A replica killed mid-commit left its registration behind an hour ago.
+        await other.execute(
+            "INSERT INTO event_inflight (key, owner, since) "
+            "VALUES ($1, 'gone:1', now() - interval '1 hour')",
+            row_key("1", "Purchase", "old"),
+        )
+        assert await box.add([_event("old"), _event("new")]) == ["new", "new"]
+        assert box.commits == 1  # one transaction: nothing was set apart
+
+        await box.expire_and_purge(retention=3600, dead_retention=3600)
+        assert await other.fetchval("SELECT count(*) FROM event_inflight") == 0
+    finally:
+        await other.close()
+        await box.close()
