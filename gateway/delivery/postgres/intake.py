@@ -66,6 +66,7 @@ class Intake(Upkeep):
     _writers: int
     _others_at: float
     _commit_seq: int
+    _trailing: set[asyncio.Task[None]]
     _me: str
     _closing: bool
     _size: SizeGuard
@@ -91,8 +92,10 @@ class Intake(Upkeep):
         # while none may, requests gather into a larger batch, as before.
         running: set[asyncio.Task[None]] = set()
         while True:
-            while len(running) >= self._overlap():
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            # A commit's set-apart rows (`_commit`) wait beside the next commits, not in
+            # their way; bounded, as they hold a connection each while they wait.
+            while len(running) >= self._overlap() or len(self._trailing) >= self._writers:
+                await asyncio.wait(running | self._trailing, return_when=asyncio.FIRST_COMPLETED)
                 running.difference_update([t for t in running if t.done()])
             batch, stop = await next_batch(self._queue, self._window)
             if batch:
@@ -102,6 +105,8 @@ class Intake(Upkeep):
             if stop:
                 if running:
                     await asyncio.wait(running)
+                if self._trailing:
+                    await asyncio.wait(self._trailing)
                 return
 
     def _overlap(self) -> int:
@@ -152,13 +157,39 @@ class Intake(Upkeep):
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
-        failed: Exception | None = None
+        self._settle(batch, outcomes, None)
         if later:
-            try:
-                await self._store(rows, later, outcomes, now, None, [])
-            except Exception as exc:
-                failed = exc
-                log.error("Outbox write of %d event(s) failed: %s", len(later), exc)
+            # Requests with none of them are answered already; the others after these.
+            task = asyncio.create_task(
+                self._later(batch, rows, later, outcomes, now), name="outbox-commit-later"
+            )
+            self._trailing.add(task)
+            task.add_done_callback(self._trailing.discard)
+
+    async def _later(
+        self,
+        batch: list[Pending],
+        rows: list[NewEvent],
+        later: list[int],
+        outcomes: list[Outcome | None],
+        now: float,
+    ) -> None:
+        """The rows set apart from a commit, in a transaction of their own."""
+        try:
+            await self._store(rows, later, outcomes, now, None, [])
+        except Exception as exc:
+            log.error("Outbox write of %d event(s) failed: %s", len(later), exc)
+            self._settle(batch, outcomes, exc)
+            return
+        self._settle(batch, outcomes, None)
+
+    @staticmethod
+    def _settle(
+        batch: list[Pending], outcomes: list[Outcome | None], failed: Exception | None
+    ) -> None:
+        """Answer each request whose rows all have an outcome; with `failed`, the others
+        fail with it (part of such a request may be stored: a retry merges it, as after a
+        lost COMMIT, since writes are idempotent by event key)."""
         at = 0
         for p in batch:
             mine = outcomes[at : at + len(p.events)]
@@ -168,10 +199,8 @@ class Intake(Upkeep):
             done = [o for o in mine if o is not None]
             if len(done) == len(mine):
                 p.done.set_result(done)
-            else:
-                # Part of the request may be stored: a retry merges it (writes are
-                # idempotent by event key), as after a lost COMMIT.
-                p.done.set_exception(failed or RuntimeError("outbox write incomplete"))
+            elif failed is not None:
+                p.done.set_exception(failed)
 
     async def _store(
         self,

@@ -82,6 +82,8 @@ class PgOutbox(Intake, Results):
         self._others_at = -math.inf
         # Numbers this replica's group commits (their owner name in `inflight`).
         self._commit_seq = 0
+        # Transactions of rows set apart from a commit, still running (`Intake._commit`).
+        self._trailing: set[asyncio.Task[None]] = set()
         # Measured at most every 5 s: pg_total_relation_size stats every file of the table.
         self._size = SizeGuard(
             db.name,

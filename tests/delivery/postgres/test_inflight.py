@@ -109,3 +109,54 @@ async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
     finally:
         await other.close()
         await box.close()
+
+
+async def test_rows_set_apart_wait_beside_the_next_commit_not_in_its_way(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    peer = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        assert box.listener is not None
+        await asyncio.wait_for(box.listener.listening.wait(), 5)
+        assert await peer.add([_event("peer's")]) == ["new"]
+        for _ in range(100):  # the peer's notice reaches `box`: one commit at a time
+            if box.others_writing():
+                break
+            await asyncio.sleep(0.05)
+        assert box.others_writing()
+
+        blocker = await _hold(other, "held")
+        waiting = asyncio.create_task(box.add([_event("held")]))
+        await asyncio.sleep(0.3)
+        assert await asyncio.wait_for(box.add([_event("next")]), 5) == ["new"]
+        assert not waiting.done()
+
+        await blocker.commit()
+        assert await asyncio.wait_for(waiting, 5) == ["merged"]
+    finally:
+        await other.close()
+        await peer.close()
+        await box.close()
+
+
+async def test_a_request_without_rows_set_apart_is_answered_at_the_first_commit(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=200)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        blocker = await _hold(other, "held")
+        # One batch (the 200 ms window) of two requests, one with a copy of "held".
+        waiting = asyncio.create_task(box.add([_event("held"), _event("mine")]))
+        alone = asyncio.create_task(box.add([_event("alone")]))
+        assert await asyncio.wait_for(alone, 5) == ["new"]
+        assert not waiting.done()
+        assert box.commits == 1
+
+        await blocker.commit()
+        assert await asyncio.wait_for(waiting, 5) == ["merged", "new"]
+    finally:
+        await other.close()
+        await box.close()
