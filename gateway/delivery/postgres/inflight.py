@@ -9,7 +9,9 @@ the active backends at two replicas were such waits; none without copies).
 
 So each group commit first registers its keys in `event_inflight` (UNLOGGED: no WAL, and
 a server crash empties it, which is all it needs) in a statement of its own, committed at
-once, which also returns the batch's keys that other open commits registered. Those rows
+once, which also returns the batch's keys that other open commits registered. One row per
+open commit, its keys as an array of 64-bit hashes: a row in and a row out per commit
+(one row per key cost ≈ 7 µs of database time per event, mostly index entries). Those rows
 go into a second transaction after the first one commits; the first removes its keys in
 the transaction that commits them, so they are "in flight" exactly while another insert
 of them would wait. The registry only steers which transaction a row goes in: a key it
@@ -32,21 +34,28 @@ STALE_AFTER = 10.0
 # Schema migration 12.
 V12 = """
 CREATE UNLOGGED TABLE event_inflight (
-    key text NOT NULL,
-    owner text NOT NULL,
+    owner text PRIMARY KEY,
+    keys bigint[] NOT NULL,
     since timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX event_inflight_key ON event_inflight (key);
 """
 
+# A hash collision only sets a row apart that need not have been. ON CONFLICT: a run again
+# after a lost connection, when the first one had registered.
 _REGISTER = """
-WITH k AS (SELECT DISTINCT unnest($2::text[]) AS key),
-reg AS (INSERT INTO event_inflight (key, owner) SELECT key, $1 FROM k)
-SELECT DISTINCT f.key FROM event_inflight AS f JOIN k USING (key)
-WHERE f.owner <> $1 AND f.since > now() - make_interval(secs => $3)
+WITH mine AS (SELECT k, hashtextextended(k, 0) AS h FROM unnest($2::text[]) AS k),
+reg AS (
+    INSERT INTO event_inflight (owner, keys) SELECT $1, array_agg(h) FROM mine
+    ON CONFLICT (owner) DO UPDATE SET keys = excluded.keys, since = now()
+),
+busy AS (
+    SELECT DISTINCT unnest(keys) AS h FROM event_inflight
+    WHERE owner <> $1 AND since > now() - make_interval(secs => $3)
+)
+SELECT DISTINCT k FROM mine JOIN busy USING (h)
 """
 
-_RELEASE = "DELETE FROM event_inflight WHERE key = ANY($2::text[]) AND owner = $1"
+_RELEASE = "DELETE FROM event_inflight WHERE owner = $1"
 
 _PURGE = "DELETE FROM event_inflight WHERE since < now() - make_interval(secs => $1)"
 
@@ -55,12 +64,12 @@ async def register(conn: Conn, owner: str, keys: Sequence[str]) -> set[str]:
     """Register `keys` as in flight for `owner` (outside any transaction); the ones other
     open commits registered."""
     rows = await conn.fetch(_REGISTER, owner, list(keys), STALE_AFTER)
-    return {str(r["key"]) for r in rows}
+    return {str(r["k"]) for r in rows}
 
 
-async def release(conn: Conn, owner: str, keys: Sequence[str]) -> None:
-    """Remove `owner`'s registrations (in the transaction that commits the keys)."""
-    await conn.execute(_RELEASE, owner, list(keys))
+async def release(conn: Conn, owner: str) -> None:
+    """Remove `owner`'s registration (in the transaction that commits its keys)."""
+    await conn.execute(_RELEASE, owner)
 
 
 async def purge_stale(conn: Conn) -> int:

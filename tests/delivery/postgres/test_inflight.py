@@ -26,7 +26,8 @@ def _event(event_id: str) -> NewEvent:
 async def _hold(other: asyncpg.Connection, event_id: str) -> asyncpg.transaction.Transaction:
     """Another replica's open group commit: `event_id` registered, inserted, not committed."""
     await other.execute(
-        "INSERT INTO event_inflight (key, owner) VALUES ($1, 'peer:1')",
+        "INSERT INTO event_inflight (owner, keys) "
+        "VALUES ('peer:1', ARRAY[hashtextextended($1, 0)])",
         row_key("1", "Purchase", event_id),
     )
     blocker = other.transaction()
@@ -97,8 +98,8 @@ async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
     try:
         # A replica killed mid-commit left its registration behind an hour ago.
         await other.execute(
-            "INSERT INTO event_inflight (key, owner, since) "
-            "VALUES ($1, 'gone:1', now() - interval '1 hour')",
+            "INSERT INTO event_inflight (owner, keys, since) "
+            "VALUES ('gone:1', ARRAY[hashtextextended($1, 0)], now() - interval '1 hour')",
             row_key("1", "Purchase", "old"),
         )
         assert await box.add([_event("old"), _event("new")]) == ["new", "new"]
