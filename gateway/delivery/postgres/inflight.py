@@ -7,16 +7,18 @@ inserted so far held up the other replicas' copies in turn: with copies of recen
 arriving at any replica, two replicas' commits took turns instead of overlapping (half of
 the active backends at two replicas were such waits; none without copies).
 
-So each group commit first registers its keys in `event_inflight` (UNLOGGED: no WAL, and
-a server crash empties it, which is all it needs) in a statement of its own, committed at
-once, which also returns the batch's keys that other open commits registered. One row per
-open commit, its keys as an array of 64-bit hashes: a row in and a row out per commit
-(one row per key cost ≈ 7 µs of database time per event, mostly index entries). Those rows
-go into a second transaction after the first one commits; the first removes its keys in
-the transaction that commits them, so they are "in flight" exactly while another insert
-of them would wait. The registry only steers which transaction a row goes in: a key it
-misses (registered a moment later) waits as before, and one left behind by a replica that
-died mid-commit stops counting after `STALE_AFTER` seconds and is deleted by the upkeep.
+So while other replicas write, each group commit first registers its keys in
+`event_inflight` (UNLOGGED: no WAL, and a server crash empties it, which is all it needs)
+in a statement of its own, committed at once, which also returns the batch's keys that
+other open commits registered. One row per open commit, its keys as an array of 64-bit
+hashes: a row in and a row out per commit (one row per key cost ≈ 7 µs of database time
+per event, mostly index entries). A replica alone knows its own open commits' keys and
+registers nothing. The rows whose key is held go into a second transaction after the
+first one commits; the first removes its keys in the transaction that commits them, so
+they are "in flight" exactly while another insert of them would wait. The registry only
+steers which transaction a row goes in: a key it misses (registered a moment later) waits
+as before, and one left behind by a replica that died mid-commit stops counting after
+`STALE_AFTER` seconds and is deleted by the upkeep.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class Intake(Upkeep):
     _others_at: float
     _commit_seq: int
     _trailing: set[asyncio.Task[None]]
+    _open_keys: dict[str, int]
     _me: str
     _closing: bool
     _size: SizeGuard
@@ -147,21 +148,36 @@ class Intake(Upkeep):
         async def enter(conn: Conn) -> set[str]:
             return await inflight.register(conn, owner, keys)
 
-        # Rows whose key another open commit inserts (`inflight`) go in a second
-        # transaction once the first has committed: only they wait for that commit.
+        # Rows whose key another open commit inserts go in a second transaction once the
+        # first has committed: only they wait for that commit. This replica's own open
+        # commits are known here; other replicas' through the database (`inflight`),
+        # registered only while they write: a round trip less per commit while alone.
+        mine = set(keys)
+        busy = {k for k in mine if k in self._open_keys}
+        shared = self.others_writing()
+        for k in mine:
+            self._open_keys[k] = self._open_keys.get(k, 0) + 1
         later: list[int] = []
         try:
-            busy = await self.db.run(enter, transaction=False)
+            if shared:
+                busy |= await self.db.run(enter, transaction=False)
             later = [i for i, k in enumerate(keys) if k in busy]
             first = [i for i, k in enumerate(keys) if k not in busy] if later else None
-            await self._store(rows, first, outcomes, now, owner)
+            await self._store(rows, first, outcomes, now, owner if shared else None)
         except Exception as exc:
-            await self._forget(owner)
+            if shared:
+                await self._forget(owner)
             log.error("Outbox write of %d event(s) failed: %s", len(rows), exc)
             for p in batch:
                 if not p.done.done():
                     p.done.set_exception(exc)
             return
+        finally:
+            for k in mine:
+                if self._open_keys[k] == 1:
+                    del self._open_keys[k]
+                else:
+                    self._open_keys[k] -= 1
         self._settle(batch, outcomes, None)
         if later:
             # Requests with none of them are answered already; the others after these.

@@ -84,6 +84,8 @@ class PgOutbox(Intake, Results):
         self._commit_seq = 0
         # Transactions of rows set apart from a commit, still running (`Intake._commit`).
         self._trailing: set[asyncio.Task[None]] = set()
+        # Keys of this replica's open group commits, and in how many each.
+        self._open_keys: dict[str, int] = {}
         # Measured at most every 5 s: pg_total_relation_size stats every file of the table.
         self._size = SizeGuard(
             db.name,
