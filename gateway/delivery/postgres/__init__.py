@@ -10,6 +10,9 @@
   commit, the merge of event assembly under row locks (`rows`), claims (`queue`), results
   (`results`), upkeep in batches (`upkeep`), erasure (`forget`); the assembly itself is
   `gateway.delivery.assembler`'s, over `rows.PgSql`.
+- `inflight`: the keys of open group commits (an UNLOGGED table), so that a copy of an
+  event another commit has just inserted waits in a transaction of its own, not with its
+  whole batch.
 - `notify`: LISTEN/NOTIFY between replicas: one notice per group commit wakes the idle
   senders of the others.
 - `stitches`: `PgStitches`, visitor contexts for webhooks, on the outbox's pool.

@@ -80,6 +80,12 @@ class PgOutbox(Intake, Results):
         self._writers = max(1, writers)
         # When another replica's commit was last announced (`_overlap`).
         self._others_at = -math.inf
+        # Numbers this replica's group commits (their owner name in `inflight`).
+        self._commit_seq = 0
+        # Transactions of rows set apart from a commit, still running (`Intake._commit`).
+        self._trailing: set[asyncio.Task[None]] = set()
+        # Keys of this replica's open group commits, and in how many each.
+        self._open_keys: dict[str, int] = {}
         # Measured at most every 5 s: pg_total_relation_size stats every file of the table.
         self._size = SizeGuard(
             db.name,

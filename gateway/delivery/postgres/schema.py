@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.delivery.postgres.inflight import V12
 from gateway.delivery.postgres.queue_schema import count_triggers, v11
 
 # Every state a row can be in; the same as the SQLite store's.
@@ -382,6 +383,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "delivery state in event_queue beside write-once event_data; events is a view",
         v11(STATES),
     ),
+    Migration(12, "event_inflight: keys of open group commits (unlogged)", V12),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.postgres import inflight
 from gateway.delivery.postgres.insights import PURGE_SQL
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.queue import Wakes, delete_events
@@ -109,6 +110,12 @@ class Upkeep(Wakes):
         if self.insights is not None:
             for statement in PURGE_SQL:
                 await self._batched(statement, int(now - self.insights.retention))
+
+        # Registrations of group commits that ended without removing them (`inflight`).
+        async def stale(conn: Conn) -> int:
+            return await inflight.purge_stale(conn)
+
+        await self.db.run(stale, transaction=False)
         return expired, purged
 
     async def _profiles_over(self, bound: int) -> int:

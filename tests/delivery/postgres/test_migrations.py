@@ -21,6 +21,7 @@ STARTERS = 6
 TABLES = {
     # `events` is a view over these two since migration 11.
     "event_data",
+    "event_inflight",
     "event_queue",
     "blocked_pixels",
     "stitches",

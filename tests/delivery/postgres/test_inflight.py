@@ -1,0 +1,232 @@
+"""A copy of a key another open commit inserts waits alone, not with its whole batch.
+
+While other replicas write, each group commit registers its keys in `event_inflight`
+first; rows whose key another open commit registered (or one of this replica's own open
+commits holds) go in a second transaction after the first has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import asyncpg
+
+from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.delivery.postgres.pool import SCHEMA
+from gateway.delivery.seal import Sealer
+from gateway.models import NewEvent, row_key
+from tests.delivery.stores import KEY
+
+
+def _event(event_id: str) -> NewEvent:
+    return NewEvent("1", "Purchase", event_id, int(time.time()), {}, {}, "api", hold=0)
+
+
+async def _hold(other: asyncpg.Connection, event_id: str) -> asyncpg.transaction.Transaction:
+    """Another replica's open group commit: `event_id` registered, inserted, not committed."""
+    await other.execute(
+        "INSERT INTO event_inflight (owner, keys) "
+        "VALUES ('peer:1', ARRAY[hashtextextended($1, 0)])",
+        row_key("1", "Purchase", event_id),
+    )
+    blocker = other.transaction()
+    await blocker.start()
+    await other.execute(
+        "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
+        "next_attempt_at, created_at) VALUES ('1', 'Purchase', $2, 1, 'api', $1, 0, 0)",
+        json.dumps({"event_name": "Purchase"}),
+        event_id,
+    )
+    await other.execute(
+        "DELETE FROM event_inflight WHERE owner = 'peer:1'"
+    )  # leaves with the commit
+    return blocker
+
+
+async def _peer_writes(box: PgOutbox, dsn: str) -> PgOutbox:
+    """Another replica that has just committed: `box` registers its keys from now on."""
+    peer = await PgOutbox.open(dsn, Sealer(KEY), group_commit_ms=1)
+    assert box.listener is not None
+    await asyncio.wait_for(box.listener.listening.wait(), 5)
+    assert await peer.add([_event("peer's")]) == ["new"]
+    for _ in range(100):
+        if box.others_writing():
+            break
+        await asyncio.sleep(0.05)
+    assert box.others_writing()
+    return peer
+
+
+async def test_the_rest_of_a_batch_commits_while_a_copy_waits_for_its_original(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    peer = await _peer_writes(box, postgres_store_dsn)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    look = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        blocker = await _hold(other, "held")
+        waiting = asyncio.create_task(box.add([_event("held"), _event("free")]))
+        seen = False
+        for _ in range(100):
+            if await look.fetchval("SELECT count(*) FROM events WHERE event_id = 'free'"):
+                seen = True
+                break
+            await asyncio.sleep(0.05)
+        assert seen  # committed while the other transaction still holds "held"
+        assert not waiting.done()  # the copy waits for it
+
+        await blocker.commit()
+        assert await asyncio.wait_for(waiting, 5) == ["merged", "new"]
+        assert await look.fetchval("SELECT count(*) FROM events WHERE event_id <> 'peer''s'") == 2
+        assert await look.fetchval("SELECT count(*) FROM event_inflight") == 0
+    finally:
+        await look.close()
+        await other.close()
+        await peer.close()
+        await box.close()
+
+
+async def test_a_copy_whose_original_rolled_back_is_stored_as_new(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    peer = await _peer_writes(box, postgres_store_dsn)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        blocker = await _hold(other, "held")
+        commits = box.commits
+        waiting = asyncio.create_task(box.add([_event("free"), _event("held")]))
+        await asyncio.sleep(0.3)
+        await blocker.rollback()
+        assert await asyncio.wait_for(waiting, 5) == ["new", "new"]
+        assert await other.fetchval("SELECT count(*) FROM events") == 3
+        assert box.commits == commits + 2
+    finally:
+        await other.close()
+        await peer.close()
+        await box.close()
+
+
+async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    peer = await _peer_writes(box, postgres_store_dsn)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        # A replica killed mid-commit left its registration behind an hour ago.
+        await other.execute(
+            "INSERT INTO event_inflight (owner, keys, since) "
+            "VALUES ('gone:1', ARRAY[hashtextextended($1, 0)], now() - interval '1 hour')",
+            row_key("1", "Purchase", "old"),
+        )
+        commits = box.commits
+        assert await box.add([_event("old"), _event("new")]) == ["new", "new"]
+        assert box.commits == commits + 1  # one transaction: nothing was set apart
+
+        await box.expire_and_purge(retention=3600, dead_retention=3600)
+        assert await other.fetchval("SELECT count(*) FROM event_inflight") == 0
+    finally:
+        await other.close()
+        await peer.close()
+        await box.close()
+
+
+async def test_rows_set_apart_wait_beside_the_next_commit_not_in_its_way(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    peer = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        assert box.listener is not None
+        await asyncio.wait_for(box.listener.listening.wait(), 5)
+        assert await peer.add([_event("peer's")]) == ["new"]
+        for _ in range(100):  # the peer's notice reaches `box`: one commit at a time
+            if box.others_writing():
+                break
+            await asyncio.sleep(0.05)
+        assert box.others_writing()
+
+        blocker = await _hold(other, "held")
+        waiting = asyncio.create_task(box.add([_event("held")]))
+        await asyncio.sleep(0.3)
+        assert await asyncio.wait_for(box.add([_event("next")]), 5) == ["new"]
+        assert not waiting.done()
+
+        await blocker.commit()
+        assert await asyncio.wait_for(waiting, 5) == ["merged"]
+    finally:
+        await other.close()
+        await peer.close()
+        await box.close()
+
+
+async def test_a_request_without_rows_set_apart_is_answered_at_the_first_commit(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=200)
+    peer = await _peer_writes(box, postgres_store_dsn)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        blocker = await _hold(other, "held")
+        commits = box.commits
+        # One batch (the 200 ms window) of two requests, one with a copy of "held".
+        waiting = asyncio.create_task(box.add([_event("held"), _event("mine")]))
+        alone = asyncio.create_task(box.add([_event("alone")]))
+        assert await asyncio.wait_for(alone, 5) == ["new"]
+        assert not waiting.done()
+        assert box.commits == commits + 1
+
+        await blocker.commit()
+        assert await asyncio.wait_for(waiting, 5) == ["merged", "new"]
+    finally:
+        await other.close()
+        await peer.close()
+        await box.close()
+
+
+async def test_alone_a_replica_sets_apart_copies_of_its_own_open_commits_without_registering(
+    postgres_store_dsn: str,
+) -> None:
+    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
+    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+    try:
+        # Not registered: the box's first commit waits for it inside its INSERT.
+        blocker = other.transaction()
+        await blocker.start()
+        await other.execute(
+            "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
+            "next_attempt_at, created_at) VALUES ('1', 'Purchase', 'held', 1, 'api', $1, 0, 0)",
+            json.dumps({"event_name": "Purchase"}),
+        )
+        first = asyncio.create_task(box.add([_event("held")]))
+        await asyncio.sleep(0.3)
+        assert not first.done()
+        # A copy of the key the box's own open commit holds waits apart; the rest commits.
+        second = asyncio.create_task(box.add([_event("held"), _event("free")]))
+        look = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
+        try:
+            seen = False
+            for _ in range(100):
+                if await look.fetchval("SELECT count(*) FROM events WHERE event_id = 'free'"):
+                    seen = True
+                    break
+                await asyncio.sleep(0.05)
+            assert seen
+            assert not second.done()
+            # Registered, the waiting commit's row would be there until it commits.
+            assert await look.fetchval("SELECT count(*) FROM event_inflight") == 0
+            await blocker.rollback()
+            one, two = await asyncio.wait_for(asyncio.gather(first, second), 5)
+            # Both copies of "held" waited for the other transaction; either goes first.
+            assert sorted([*one, two[0]]) == ["merged", "new"]
+            assert two[1] == "new"
+        finally:
+            await look.close()
+    finally:
+        await other.close()
+        await box.close()
