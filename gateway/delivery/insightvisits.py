@@ -4,7 +4,8 @@ A touchpoint is written for a PageView that starts a visit (`starts_visit`): the
 state of the visitor (the last page view's time, the current visit's source) is read from
 the store in the same write transaction, one query per group commit, so it is right across
 workers and replicas; a bounded cache (`VisitCache`) spares the read for the common case a
-stale entry cannot get wrong (an untagged view within the visit timeout). Shared by both
+stale entry cannot get wrong (an untagged view within the visit timeout), and a visitor
+whose `_fbp` the proxy minted for the view itself has nothing to read. Shared by both
 backends; the visitor key and the policy are `insightfacts`'.
 """
 
