@@ -1,7 +1,7 @@
 """Instructions per proxied request, counted by callgrind (not a test).
 
     python bench/callgrind_proxy.py [--requests 2000] [--files css,js] [--connections 8]
-                                    [--root DIR ...] [--floor lean-proxy ...]
+                                    [--root DIR ...] [--floor lean-proxy ...] [--settle S]
 
 CPU seconds per request move with the load the other processes put on the machine;
 the instructions the gateway's process executes for a fixed number of requests do not.
@@ -11,6 +11,9 @@ bench_proxy.py runs it), each `--root DIR`'s gateway (its .venv), and each `--fl
 of bench_floor.py. For each file it sends `--requests` warm-up requests, zeroes the
 counters, sends `--requests` more (keep-alive, `--connections` at once, the headers of
 bench_proxy.py) and dumps: instructions of that process per request, all threads.
+`--settle S` waits S seconds before the dump, so that what the requests left to do (a
+page's PageView stored, claimed and recorded) is counted; with `--idle` the idle rate
+over the load and the wait is taken out in the "less idle" columns.
 """
 
 from __future__ import annotations
@@ -140,11 +143,15 @@ def measure(
                 continue
             wire = _request(f.path, f.headers, port)
             asyncio.run(load(port, wire, args.requests, args.connections))
+            time.sleep(args.settle)  # the warm-up's own leftovers are not counted
             for part in work.glob(out.name + "*"):
                 part.unlink()
             _control(proc.pid, "--zero")
             started = time.monotonic()
             asyncio.run(load(port, wire, args.requests, args.connections))
+            # The page's PageViews are stored and claimed after it has left (group commits,
+            # the hold, the sender's linger): counted too, as bench_proxy.py counts them.
+            time.sleep(args.settle)
             _control(proc.pid, "--dump")
             results[f.key + " s"] = time.monotonic() - started
             time.sleep(0.5)
@@ -167,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", action="append", default=[], choices=("fixed", "lean-proxy"))
     parser.add_argument(
         "--idle", type=float, default=0.0, help="also count N seconds without requests"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait after the load before counting stops (the work it leaves)",
     )
     parser.add_argument("--asyncio", action="store_true", help="floors on asyncio's own loop")
     parser.add_argument("--no-self", action="store_true", help="skip this checkout's gateway")

@@ -46,6 +46,9 @@ class NewEvent:
     # The stitch keys (name, normalized value: an order id, a hashed email, ...) that tie
     # the event to a visit: the visitor's profile is kept and found under them too.
     links: tuple[tuple[str, str], ...] = ()
+    # The proxy minted the event's `_fbp` on the response it came with: no store can hold an
+    # earlier view of this visitor, so recording its visit reads nothing (see insightrecord).
+    new_visitor: bool = False
 
     def row_key(self) -> str:
         """See `row_key`."""

@@ -42,6 +42,10 @@ class FactsSql(Protocol):
         ...
 
 
+# What the store knows of a visitor it has never seen.
+_NO_VISITS = Seen(None, None)
+
+
 async def record(
     sql: FactsSql,
     policy: InsightPolicy,
@@ -68,9 +72,13 @@ async def record(
                 lead = next((leads[k] for k in f.links if k in leads), None)
                 f.visitor = facts_.visitor_of(lead) if lead else None
     pages = visits_.page_views(policy, rows, new)
-    settled, unknown = visits_.from_cache(policy, pages)
+    settled, unknown, new_visitors = visits_.from_cache(policy, pages)
     # What the store knew before this batch: read before the batch's own facts go in.
     seen = await sql.seen(unknown) if unknown else {}
+    # A visitor whose `_fbp` was minted for a view of this batch has no earlier view anywhere.
+    # (Should its next page, on another worker or replica, commit first, both record a visit
+    # start; a read would have kept the later page's only, unless this view had a campaign.)
+    seen.update(dict.fromkeys(new_visitors, _NO_VISITS))
     await sql.insert_facts([facts_.fact_values(f) for f in found])
     touches, after = visits_.touches(policy, pages, seen)
     if touches:

@@ -4,7 +4,8 @@ A touchpoint is written for a PageView that starts a visit (`starts_visit`): the
 state of the visitor (the last page view's time, the current visit's source) is read from
 the store in the same write transaction, one query per group commit, so it is right across
 workers and replicas; a bounded cache (`VisitCache`) spares the read for the common case a
-stale entry cannot get wrong (an untagged view within the visit timeout). Shared by both
+stale entry cannot get wrong (an untagged view within the visit timeout), and a visitor
+whose `_fbp` the proxy minted for the view itself has nothing to read. Shared by both
 backends; the visitor key and the policy are `insightfacts`'.
 """
 
@@ -41,7 +42,18 @@ class Touch:
 class PageSeen:
     """A new PageView of a known visitor; its source is worked out only when needed."""
 
-    __slots__ = ("_source", "at", "own", "referrer", "rules", "site", "untagged", "url", "visitor")
+    __slots__ = (
+        "_source",
+        "at",
+        "new",
+        "own",
+        "referrer",
+        "rules",
+        "site",
+        "untagged",
+        "url",
+        "visitor",
+    )
 
     def __init__(
         self,
@@ -52,9 +64,11 @@ class PageSeen:
         referrer: str | None,
         own: frozenset[str],
         rules: ChannelRules | None,
+        new: bool = False,
     ) -> None:
         self.site, self.visitor, self.at = site, visitor, at
         self.url, self.referrer, self.own, self.rules = url, referrer, own, rules
+        self.new = new  # the visitor's `_fbp` was minted for this view (`NewEvent.new_visitor`)
         self.untagged = _plainly_untagged(url, referrer, own)
         self._source: VisitSource | None = None
 
@@ -114,6 +128,7 @@ def page_views(policy: InsightPolicy, rows: Sequence[NewEvent], new: set[int]) -
                 referrer if isinstance(referrer, str) else None,
                 policy.own_hosts.get(site, frozenset()) | _host(url),
                 policy.rules.get(site),
+                ev.new_visitor,
             )
         )
     return out
@@ -121,15 +136,20 @@ def page_views(policy: InsightPolicy, rows: Sequence[NewEvent], new: set[int]) -
 
 def from_cache(
     policy: InsightPolicy, pages: Sequence[PageSeen]
-) -> tuple[dict[tuple[str, str], Seen], set[tuple[str, str]]]:
-    """Visitors whose views the cache settles (their state after the batch) and those to
-    read from the store."""
+) -> tuple[dict[tuple[str, str], Seen], set[tuple[str, str]], set[tuple[str, str]]]:
+    """Visitors whose views the cache settles (their state after the batch), those to read
+    from the store, and new ones: their first view (in time order) minted their `_fbp`, so
+    no store holds an earlier one and nothing is read."""
     by_key: dict[tuple[str, str], list[PageSeen]] = {}
     for page in pages:
         by_key.setdefault((page.site, page.visitor), []).append(page)
     settled: dict[tuple[str, str], Seen] = {}
     unknown: set[tuple[str, str]] = set()
+    new: set[tuple[str, str]] = set()
     for key, views in by_key.items():
+        if views[0].new:
+            new.add(key)
+            continue
         known = policy.cache.get(key)
         last = known.last_seen if known is not None else None
         ok = known is not None and last is not None
@@ -147,7 +167,7 @@ def from_cache(
         else:
             unknown.add(key)
             policy.cache.misses += 1
-    return settled, unknown
+    return settled, unknown, new
 
 
 def touches(

@@ -187,7 +187,9 @@ class PageViews:
         if consent.track:
             fbp, fbc = self._cookies(request, who, cookies)
             if not who.prefetch:
-                rows = self._pageview(request, who, event_id, fbp, fbc)
+                # A valid `_fbp` is kept as it came: a different one was minted just now.
+                new_visitor = fbp is not None and fbp != who.fbp
+                rows = self._pageview(request, who, event_id, fbp, fbc, new_visitor)
             else:
                 self.counters.metrics.dropped("prefetch", site=self.site)
         else:
@@ -328,6 +330,7 @@ class PageViews:
         event_id: str,
         fbp: str | None,
         fbc: str | None,
+        new_visitor: bool,
     ) -> list[NewEvent]:
         referer = request.headers.get("Referer")
         # A Referer no URL parser accepts is dropped, not allowed to lose the PageView.
@@ -345,6 +348,7 @@ class PageViews:
             consent_fields=who.consent.event_fields(),
             ctx=self.context,
             hold=self.settings.pageview_hold or None,
+            new_visitor=new_visitor,
         )
         if isinstance(result, list):
             # A view Meta would refuse (no usable identifiers): counted, not stored.

@@ -1,10 +1,10 @@
 """Random bytes for the page path: one `os.urandom` call per 4 KiB instead of one per value.
 
-A tagged page of a new visitor needs an event id (16 bytes) and an `_fbp` number (4 bytes);
-`uuid4()` and `secrets.randbelow` make a `getrandom` system call for each, which costs more
-than the rest of either value. For the event loop's thread only (no lock: two threads
-sharing the pool could take the same slice); a forked worker starts with an empty pool, so
-it never hands out what its parent still holds.
+A tagged page of a new visitor needs an event id (10 random bytes) and an `_fbp` number
+(4 bytes); `os.urandom` and `secrets.randbelow` make a `getrandom` system call for each,
+which costs more than the rest of either value. For the event loop's thread only (no lock:
+two threads sharing the pool could take the same slice); a forked worker starts with an
+empty pool, so it never hands out what its parent still holds.
 """
 
 from __future__ import annotations

@@ -37,8 +37,10 @@ def build(
     ctx: Context,
     hold: float | None = None,
     now: float | None = None,
+    new_visitor: bool = False,
 ) -> Prepared | list[Problem]:
-    """The rows of a PageView for `url`, exactly as `prepare` builds them, with `hold` set."""
+    """The rows of a PageView for `url`, exactly as `prepare` builds them, with `hold` set
+    (and `new_visitor`: the `_fbp` was minted for this page)."""
     now = time.time() if now is None else now
     if not (
         0 < len(event_id) <= _MAX_EVENT_ID
@@ -52,7 +54,7 @@ def build(
         and _plain_consent(consent_fields)
     ):
         event = event_dict(event_id, url, referrer, user_agent, client_ip, fbp, fbc, consent_fields)
-        return _slow(event, ctx, hold, now)
+        return _slow(event, ctx, hold, now, new_visitor)
     clear: dict[str, Any] = {"client_user_agent": user_agent}
     if client_ip:
         clear["client_ip_address"] = client_ip
@@ -85,6 +87,7 @@ def build(
             test_event_code=target.test_event_code,
             hold=hold,
             site=ctx.site,
+            new_visitor=new_visitor,
         )
         for target in ctx.targets
     ]
@@ -92,12 +95,12 @@ def build(
 
 
 def _slow(
-    event: dict[str, Any], ctx: Context, hold: float | None, now: float
+    event: dict[str, Any], ctx: Context, hold: float | None, now: float, new_visitor: bool
 ) -> Prepared | list[Problem]:
     result = prepare([event], ctx, now=now)
-    if isinstance(result, list) or hold is None:
+    if isinstance(result, list) or (hold is None and not new_visitor):
         return result
-    rows = [_with_hold(row, hold) for row in result.rows]
+    rows = [_with_hold(row, hold, new_visitor) for row in result.rows]
     return Prepared(rows=rows, event_ids=result.event_ids)
 
 
@@ -129,7 +132,7 @@ def event_dict(
     return event
 
 
-def _with_hold(row: NewEvent, hold: float) -> NewEvent:
+def _with_hold(row: NewEvent, hold: float | None, new_visitor: bool) -> NewEvent:
     return NewEvent(
         pixel_id=row.pixel_id,
         event_name=row.event_name,
@@ -143,6 +146,7 @@ def _with_hold(row: NewEvent, hold: float) -> NewEvent:
         hold=hold,
         site=row.site,
         links=row.links,
+        new_visitor=new_visitor,
     )
 
 

@@ -180,12 +180,20 @@ def test_other_replica_with_same_secret_verifies() -> None:
     assert verify(bytes(bytearray(SECRET)), token, client=CLIENT, now=T0, ttl=TTL) is not None
 
 
-def test_new_event_ids_are_distinct_version_4_uuids() -> None:
+def test_new_event_ids_are_distinct_version_7_uuids() -> None:
     ids = [pagetoken.new_event_id() for _ in range(3 * 256 + 5)]  # past several pools
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
+
+
+def test_new_event_ids_grow_with_time_and_carry_their_millisecond() -> None:
+    # Appended at the end of the event-key indexes instead of one random page each.
+    times = [T0 + i * 0.001 for i in range(0, 5000, 7)]
+    ids = [pagetoken.new_event_id(t) for t in times]
+    assert ids == sorted(ids)
+    assert [uuid.UUID(i).int >> 80 for i in ids] == [int(t * 1000) for t in times]
 
 
 def test_a_forked_worker_does_not_reuse_the_parents_pool_of_ids() -> None:

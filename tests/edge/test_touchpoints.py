@@ -160,6 +160,30 @@ async def test_visits_are_recorded_with_their_channels(
     ]
 
 
+async def test_a_new_visitors_first_page_reads_no_earlier_visit(
+    start: StartGateway, backend: dict[str, Any]
+) -> None:
+    # The proxy minted the `_fbp` for this very page: no store holds an earlier view of the
+    # visitor, so the visit start is recorded without reading one (no miss of the cache).
+    gw = await start(**backend)
+    policy = gw.app[OUTBOX].insights
+    assert policy is not None
+    ann = await page(gw, PAID_SOCIAL)
+    assert ann
+    assert (policy.cache.hits, policy.cache.misses) == (0, 0)
+    # A cookie the proxy did not mint (the browser pixel's, another replica's) is looked up.
+    await page(gw, EMAIL, "fb.1.1700000000000.333")
+    assert policy.cache.misses == 1
+    # Ann's next page brings a campaign: read from the store, her visit seen there.
+    await page(gw, EMAIL, ann)
+    assert policy.cache.misses == 2
+    assert await touchpoints(gw) == [
+        ("Paid Social", "facebook", "paid_social", "spring", None, "/html"),
+        ("Email", "newsletter", "email", "dec", None, "/html"),
+        ("Email", "newsletter", "email", "dec", None, "/html"),
+    ]
+
+
 async def test_reports_match_the_hand_computed_numbers(
     start: StartGateway, backend: dict[str, Any]
 ) -> None:

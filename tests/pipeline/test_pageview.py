@@ -177,3 +177,24 @@ def test_only_a_user_agent_is_refused_as_prepare_refuses_it() -> None:
         now=NOW,
     )
     assert isinstance(result, list) and result[0].field == "user_data"
+
+
+@pytest.mark.parametrize("url", ["https://shop.example/p/1", "https://shop.example/p/ü"])
+def test_a_minted_fbp_marks_the_rows_on_either_path(url: str) -> None:
+    # The plain URL takes the fast path, the non-ASCII one `prepare`: both say so.
+    fields: dict[str, Any] = dict(
+        event_id="e1",
+        url=url,
+        referrer=None,
+        user_agent="Mozilla/5.0",
+        client_ip="203.0.113.9",
+        fbp="fb.1.1700000000000.123",
+        fbc=None,
+        consent_fields={},
+        ctx=CTX,
+        now=NOW,
+    )
+    for new_visitor, hold in ((True, None), (True, 3.0), (False, None)):
+        result = pageview.build(**fields, hold=hold, new_visitor=new_visitor)
+        assert isinstance(result, Prepared) and result.rows
+        assert {(r.new_visitor, r.hold) for r in result.rows} == {(new_visitor, hold)}
