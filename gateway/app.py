@@ -14,19 +14,6 @@ import aiohttp
 from aiohttp import web
 
 from gateway.admin.routes import add_admin_routes
-from gateway.appkeys import (
-    AUDIENCES,
-    BUFFER_READER,
-    CATALOG_SENDER,
-    INTAKE,
-    METRICS,
-    OUTBOX,
-    RUNTIME,
-    SENDER,
-    STARTED_AT,
-    STITCHES,
-    Runtime,
-)
 from gateway.catalogapp import catalog_ctx
 from gateway.catalogsettings import catalog_sites
 from gateway.delivery.audiences import SqliteAudiences
@@ -49,6 +36,19 @@ from gateway.delivery.store import (
     OutboxStore,
     StitchStore,
     StoreReader,
+)
+from gateway.edge.appkeys import (
+    AUDIENCES,
+    BUFFER_READER,
+    CATALOG_SENDER,
+    INTAKE,
+    METRICS,
+    OUTBOX,
+    RUNTIME,
+    SENDER,
+    STARTED_AT,
+    STITCHES,
+    Runtime,
 )
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway.appkeys import CATALOG, CATALOG_SENDER, METRICS, OUTBOX, RUNTIME
 from gateway.catalogsettings import catalog_sites
 from gateway.delivery.catalog import SqliteCatalog
 from gateway.delivery.catalogsync import CatalogSender, CatalogSyncOptions
@@ -18,6 +17,7 @@ from gateway.delivery.postgres.catalog import PgCatalog
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.retry import RetryPolicy
 from gateway.delivery.store import CatalogStore
+from gateway.edge.appkeys import CATALOG, CATALOG_SENDER, METRICS, OUTBOX, RUNTIME
 from gateway.edge.catalog import CatalogPages
 from gateway.settings import PARTNER_AGENT, Settings
 

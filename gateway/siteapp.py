@@ -17,9 +17,18 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.appkeys import INTAKE, METRICS, PAGES, PROXIED_RULES, PROXY, RUNTIME, STITCHES, Runtime
 from gateway.catalogapp import catalog_pages
 from gateway.delivery.seal import load_key
+from gateway.edge.appkeys import (
+    INTAKE,
+    METRICS,
+    PAGES,
+    PROXIED_RULES,
+    PROXY,
+    RUNTIME,
+    STITCHES,
+    Runtime,
+)
 from gateway.edge.lane import Lane
 from gateway.edge.pages import PageViews, page_secret
 from gateway.edge.proxied_rules import ProxiedRules

@@ -43,8 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("pipeline", ("gateway.pipeline.",)),
     ("delivery", ("gateway.delivery.",)),
-    # appkeys types the app state that the edge's handlers read.
-    ("edge", ("gateway.edge.", "gateway.appkeys")),
+    ("edge", ("gateway.edge.",)),
     (
         "operator side",
         (

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import Runtime
 from gateway.config import Sources, load_settings
+from gateway.edge.appkeys import Runtime
 from gateway.pipeline.events import Prepared, prepare
 from gateway.settings import (
     ConfigError,

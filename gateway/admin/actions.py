@@ -24,8 +24,8 @@ from gateway.admin.auth import (
     wants_html,
 )
 from gateway.admin.session import COOKIE, csrf_ok
-from gateway.appkeys import OUTBOX, RUNTIME
 from gateway.delivery.forget import Person, PersonError
+from gateway.edge.appkeys import OUTBOX, RUNTIME
 from gateway.edge.bodies import read_whole
 from gateway.errors import json_error
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.appkeys import AUDIENCES, RUNTIME
 from gateway.delivery.audiences_sync import targets
+from gateway.edge.appkeys import AUDIENCES, RUNTIME
 from gateway.pipeline.audiences import SCHEMA
 
 log = logging.getLogger("gateway.admin")

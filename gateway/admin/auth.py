@@ -14,9 +14,9 @@ from aiohttp import web
 from gateway.admin.data import DayCache
 from gateway.admin.session import COOKIE, SESSION_TTL, Session, issue, session_key, verify
 from gateway.admin.tenants import tenant_keys, tenant_session
-from gateway.appkeys import RUNTIME
 from gateway.delivery.ratelimit import RateLimits
 from gateway.delivery.seal import load_key
+from gateway.edge.appkeys import RUNTIME
 from gateway.edge.pages import page_secret
 from gateway.edge.sites import proxied
 from gateway.edge.visitor import visitor

@@ -52,11 +52,11 @@ from gateway.admin.data import DayCache, RuleLike, load_dashboard
 from gateway.admin.insightspage import render_insights
 from gateway.admin.page import pixels_in_test_mode, render_dashboard, render_login
 from gateway.admin.session import csrf_token, issue
-from gateway.appkeys import CATALOG, OUTBOX, RUNTIME
 from gateway.delivery.postgres.dashboard import PgDashboard
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import DatabaseUnavailable
 from gateway.delivery.reads import reading
+from gateway.edge.appkeys import CATALOG, OUTBOX, RUNTIME
 from gateway.errors import json_error
 from gateway.insights.reports import ReportError
 from gateway.insights.reports import dashboard as report_dashboard

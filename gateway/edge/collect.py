@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS
 from gateway.edge import pagetoken
+from gateway.edge.appkeys import INTAKE, METRICS
 from gateway.edge.bodies import read_whole
 from gateway.edge.intake import Refused
 from gateway.edge.sites import pages_for, runtime_for

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, RUNTIME, STITCHES, Runtime
+from gateway.edge.appkeys import INTAKE, METRICS, RUNTIME, STITCHES, Runtime
 from gateway.edge.intake import Refused
 from gateway.edge.sites import SITES, sites_on
 from gateway.edge.stitching import StitchLookupFailed, stitch_events

@@ -37,8 +37,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_writer import _serialize_headers
 
-from gateway.appkeys import Runtime
 from gateway.edge import headers as hdr
+from gateway.edge.appkeys import Runtime
 from gateway.edge.laneanswer import Sent, head_copied, head_rewritten
 from gateway.edge.lanewire import (
     RequestScan,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.appkeys import RUNTIME, Runtime
+from gateway.edge.appkeys import RUNTIME, Runtime
 from gateway.edge.pages import PageViews
 from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.proxy import Proxy

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from gateway.appkeys import INTAKE, METRICS, STITCHES
 from gateway.delivery.store import StitchStore
+from gateway.edge.appkeys import INTAKE, METRICS, STITCHES
 from gateway.edge.intake import Refused
 from gateway.edge.sites import runtime_for, site_stages, sites_on
 from gateway.edge.stitching import StitchLookupFailed, stitch_hook_event

@@ -14,13 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import OUTBOX, RUNTIME
 from gateway.delivery.insightreads import Window
 from gateway.delivery.insights import SqliteInsights
 from gateway.delivery.postgres.insights import PgInsights
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import DatabaseUnavailable
 from gateway.delivery.store import InsightReader
+from gateway.edge.appkeys import OUTBOX, RUNTIME
 from gateway.errors import json_error
 from gateway.insights.reports import REPORTS, Query, ReportError, run
 from gateway.insights.timerange import RangeError, parse_range

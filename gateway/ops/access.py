@@ -16,7 +16,7 @@ import hmac
 
 from aiohttp import web
 
-from gateway.appkeys import RUNTIME
+from gateway.edge.appkeys import RUNTIME
 from gateway.edge.identity import networks, trusted_peer
 from gateway.edge.sites import SITES
 from gateway.edge.visitor import visitor

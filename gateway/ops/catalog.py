@@ -18,10 +18,10 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from gateway.appkeys import CATALOG, RUNTIME
 from gateway.catalogsettings import CatalogTarget, catalog_sites
 from gateway.delivery.catalogstate import STATES
 from gateway.delivery.store import CatalogStore
+from gateway.edge.appkeys import CATALOG, RUNTIME
 from gateway.errors import json_error
 from gateway.ops.access import operator_scope
 from gateway.pipeline.catalog import FEED_COLUMNS, CatalogItem, feed_row

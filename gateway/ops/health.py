@@ -26,9 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, OUTBOX, RUNTIME, STARTED_AT
 from gateway.delivery.postgres.pool import DatabaseUnavailable
 from gateway.delivery.store import OutboxStore, StoreReader
+from gateway.edge.appkeys import BUFFER_READER, OUTBOX, RUNTIME, STARTED_AT
 from gateway.edge.sites import SITES, single_stages, sites_on
 
 # SQLite needs room for the WAL to commit at all; below this the disk counts as full.

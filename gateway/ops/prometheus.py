@@ -23,13 +23,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import mark_process_dead
 
 from gateway import __version__
-from gateway.appkeys import AUDIENCES, BUFFER_READER, CATALOG, METRICS, RUNTIME
 from gateway.catalogsettings import catalog_sites
 from gateway.delivery.audiences import AudienceState
 from gateway.delivery.audiences_sync import targets
 from gateway.delivery.audiences_task import AudienceService
 from gateway.delivery.reads import QueueSnapshot
 from gateway.delivery.store import StoreReader
+from gateway.edge.appkeys import AUDIENCES, BUFFER_READER, CATALOG, METRICS, RUNTIME
 from gateway.metrics import MULTIPROC_ENV, SITE, Metrics
 from gateway.ops.access import operator_scope
 from gateway.settings import Settings

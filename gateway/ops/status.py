@@ -20,8 +20,8 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import __version__
-from gateway.appkeys import BUFFER_READER, RUNTIME, SENDER, STARTED_AT
 from gateway.delivery.reads import QueueSnapshot
+from gateway.edge.appkeys import BUFFER_READER, RUNTIME, SENDER, STARTED_AT
 from gateway.edge.sites import SITES, single_stages, sites_on
 from gateway.ops.access import operator_scope
 from gateway.settings import Settings

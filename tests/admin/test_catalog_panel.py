@@ -14,9 +14,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
-from gateway.appkeys import PROXY
 from gateway.commands.catalogcheck import check_catalog
 from gateway.commands.findings import Level
+from gateway.edge.appkeys import PROXY
 from tests.conftest import TOKEN, auth, make_settings, web_event
 from tests.fakes.catalog import FakeCatalog, start_fake_catalog
 from tests.fakes.shop import start_shop

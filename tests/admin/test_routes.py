@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway import __version__
 from gateway.admin import session as admin_session
 from gateway.app import build_app, reload
-from gateway.appkeys import OUTBOX, RUNTIME
 from gateway.delivery.postgres.outbox import PgOutbox
+from gateway.edge.appkeys import OUTBOX, RUNTIME
 from tests.conftest import GatewayFactory, auth, make_settings, wait_for, web_event
 from tests.delivery.stores import fetch
 from tests.fakes.graph import FakeGraph

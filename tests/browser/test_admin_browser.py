@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 from playwright.async_api import Dialog
 
-from gateway.appkeys import RUNTIME
+from gateway.edge.appkeys import RUNTIME
 from tests.browser.conftest import Gateway, StartGateway, Tab
 from tests.browser.site import Site
 from tests.browser.test_pixel import ARTIFACTS, WAIT, beacon_answers, delivered, one

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.appkeys import RUNTIME
+from gateway.edge.appkeys import RUNTIME
 from tests.browser.conftest import Gateway, StartGateway, Tab
 from tests.browser.site import PIXEL
 from tests.browser.test_pixel import ARTIFACTS, WAIT

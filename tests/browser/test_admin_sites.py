@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.appkeys import RUNTIME
+from gateway.edge.appkeys import RUNTIME
 from tests.browser.conftest import StartGateway, Tab
 from tests.browser.site import Site
 from tests.browser.test_pixel import WAIT

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.appkeys import PAGES
+from gateway.edge.appkeys import PAGES
 from tests.browser.conftest import Gateway, StartGateway, Tab
 from tests.browser.test_admin_layout import PHONE
 from tests.browser.test_pixel import ARTIFACTS

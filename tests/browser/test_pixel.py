@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.appkeys import PAGES
 from gateway.demo_shop import shop_app
+from gateway.edge.appkeys import PAGES
 from tests.browser.conftest import Gateway, StartGateway, Tab
 from tests.browser.site import PIXEL, STRICT_CSP, Site, serve
 from tests.conftest import wait_for

@@ -309,7 +309,7 @@ async def test_audiences_added_by_a_reload_start_the_sync_and_removing_them_stop
     tmp_path: Path, fake: FakeAudiences
 ) -> None:
     from gateway.app import reload
-    from gateway.appkeys import AUDIENCES
+    from gateway.edge.appkeys import AUDIENCES
 
     base: dict[str, Any] = {"ad_account_id": ACCOUNT, "audiences_sync_interval": 0.1}
     async with run_gateway(make_settings(tmp_path, fake.url, **base)) as front:

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app, reload
-from gateway.appkeys import OUTBOX, SENDER
+from gateway.edge.appkeys import OUTBOX, SENDER
 from tests.conftest import (
     PIXEL,
     TOKEN,

@@ -26,7 +26,7 @@ import brotli  # type: ignore[import-untyped]
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.appkeys import PAGES, PROXIED_RULES
+from gateway.edge.appkeys import PAGES, PROXIED_RULES
 from tests.browser.site import serve
 from tests.conftest import UA, make_settings, wait_for
 from tests.fakes.graph import FakeGraph

@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app, reload
-from gateway.appkeys import CATALOG, PROXY
 from gateway.delivery.catalog import SqliteCatalog
+from gateway.edge.appkeys import CATALOG, PROXY
 from gateway.html.products import read_page
 from gateway.pipeline.catalog import products_from_page
 from gateway.siteapp import LANE

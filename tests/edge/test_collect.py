@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import PAGES
 from gateway.edge import pagetoken
+from gateway.edge.appkeys import PAGES
 from tests.conftest import PIXEL, UA, wait_for
 from tests.edge.conftest import StartGateway
 from tests.fakes.graph import FakeGraph

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import OUTBOX
+from gateway.edge.appkeys import OUTBOX
 from tests.conftest import PIXEL, UA, GatewayFactory, auth, wait_for, web_event
 from tests.fakes.graph import FakeGraph
 

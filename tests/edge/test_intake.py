@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.appkeys import INTAKE, OUTBOX, PAGES, PROXIED_RULES, RUNTIME
+from gateway.edge.appkeys import INTAKE, OUTBOX, PAGES, PROXIED_RULES, RUNTIME
 from tests.conftest import GatewayFactory, auth, web_event
 from tests.edge.conftest import StartGateway
 from tests.edge.rules_env import RuleSite, StartRules

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from gateway.app import reload
-from gateway.appkeys import RUNTIME
+from gateway.edge.appkeys import RUNTIME
 from gateway.edge.lane import Lane
 from gateway.siteapp import LANE
 from gateway.tally import FoldFirst, ProxyTally

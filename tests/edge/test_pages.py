@@ -14,8 +14,8 @@ import time
 import aiohttp
 import pytest
 
-from gateway.appkeys import OUTBOX, PAGES
 from gateway.edge import pagetoken
+from gateway.edge.appkeys import OUTBOX, PAGES
 from tests.conftest import UA, wait_for
 from tests.edge.conftest import StartGateway
 from tests.fakes.graph import FakeGraph

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from gateway.appkeys import PROXIED_RULES
+from gateway.edge.appkeys import PROXIED_RULES
 from tests.conftest import PIXEL
 from tests.edge.rules_env import (
     PRODUCT_RULE,

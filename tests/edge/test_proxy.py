@@ -22,8 +22,8 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.appkeys import PAGES
 from gateway.edge import pagetoken
+from gateway.edge.appkeys import PAGES
 from tests.conftest import UA
 from tests.edge.conftest import StartGateway
 from tests.fakes.processes import free_port

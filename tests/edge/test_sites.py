@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from gateway.app import _reload_from, reload
-from gateway.appkeys import RUNTIME
 from gateway.cli import main
 from gateway.config import Sources, load_settings
+from gateway.edge.appkeys import RUNTIME
 from gateway.settings import ConfigError
 from tests.conftest import TOKEN, UA, make_settings, wait_for
 from tests.fakes.graph import FakeGraph

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 
 from gateway.app import reload
-from gateway.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.cli import main
 from gateway.delivery.forget import Person
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import SCHEMA
+from gateway.edge.appkeys import OUTBOX, PAGES, RUNTIME
 from gateway.settings import ConfigError
 from tests.commands.test_doctor import cli
 from tests.conftest import UA, auth
@@ -309,8 +309,8 @@ async def test_retention_purges_touchpoints_and_facts(
 
 
 def _key(gw: Front) -> bytes:
-    from gateway.appkeys import RUNTIME
     from gateway.delivery.seal import load_key
+    from gateway.edge.appkeys import RUNTIME
 
     return load_key(gw.app[RUNTIME].settings)
 

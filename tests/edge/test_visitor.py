@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import reload
-from gateway.appkeys import RUNTIME
 from gateway.edge import visitor as visitor_module
+from gateway.edge.appkeys import RUNTIME
 from gateway.edge.visitor import VISITOR_RULES, Visitor, VisitorRules, visitor
 from tests.conftest import UA, make_settings
 from tests.edge.conftest import StartGateway

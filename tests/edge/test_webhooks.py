@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stripe import WebhookSignature
 
-from gateway.appkeys import RUNTIME
+from gateway.edge.appkeys import RUNTIME
 from tests.conftest import GatewayFactory, wait_for
 from tests.fakes.graph import FakeGraph
 

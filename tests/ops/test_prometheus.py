@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.appkeys import PAGES
+from gateway.edge.appkeys import PAGES
 from gateway.metrics import Metrics
 from gateway.ops.prometheus import render
 from tests.conftest import (

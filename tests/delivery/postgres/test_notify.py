@@ -13,9 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
-from gateway.appkeys import OUTBOX, SENDER
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.seal import Sealer
+from gateway.edge.appkeys import OUTBOX, SENDER
 from tests.conftest import auth, make_settings, wait_for, web_event
 from tests.delivery.postgres.test_pool import server_back_after
 from tests.delivery.test_assembly_store import copy

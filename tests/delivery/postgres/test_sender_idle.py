@@ -18,9 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
-from gateway.appkeys import OUTBOX
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import SCHEMA
+from gateway.edge.appkeys import OUTBOX
 from tests.conftest import auth, make_settings, wait_for, web_event
 from tests.delivery.stores import KEY
 from tests.fakes.graph import FakeGraph
