@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gateway.delivery.postgres.pool import Database
+from gateway.models import NewEvent
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
@@ -49,3 +50,22 @@ async def add_rows(
         return [int(r["id"]) for r in rows]
 
     return await db.run(insert)
+
+
+def purchase(event_id: str) -> NewEvent:
+    """A Purchase of pixel 1, due at once, for the intake's tests."""
+    return NewEvent("1", "Purchase", event_id, int(time.time()), {}, {}, "api", hold=0)
+
+
+async def hold_key(other: Any, event_id: str) -> Any:
+    """Another replica's open group commit on connection `other`: `purchase(event_id)`'s key
+    inserted, not committed; the transaction is returned to commit or roll back."""
+    blocker = other.transaction()
+    await blocker.start()
+    await other.execute(
+        "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
+        "next_attempt_at, created_at) VALUES ('1', 'Purchase', $2, 1, 'api', $1, 0, 0)",
+        json.dumps({"event_name": "Purchase"}),
+        event_id,
+    )
+    return blocker

@@ -8,20 +8,15 @@ commits holds) go in a second transaction after the first has committed.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import asyncpg
 
 from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import SCHEMA
 from gateway.delivery.seal import Sealer
-from gateway.models import NewEvent, row_key
+from gateway.models import row_key
+from tests.delivery.postgres.conftest import hold_key, purchase
 from tests.delivery.stores import KEY
-
-
-def _event(event_id: str) -> NewEvent:
-    return NewEvent("1", "Purchase", event_id, int(time.time()), {}, {}, "api", hold=0)
 
 
 async def _hold(other: asyncpg.Connection, event_id: str) -> asyncpg.transaction.Transaction:
@@ -31,14 +26,7 @@ async def _hold(other: asyncpg.Connection, event_id: str) -> asyncpg.transaction
         "VALUES ('peer:1', ARRAY[hashtextextended($1, 0)])",
         row_key("1", "Purchase", event_id),
     )
-    blocker = other.transaction()
-    await blocker.start()
-    await other.execute(
-        "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
-        "next_attempt_at, created_at) VALUES ('1', 'Purchase', $2, 1, 'api', $1, 0, 0)",
-        json.dumps({"event_name": "Purchase"}),
-        event_id,
-    )
+    blocker = await hold_key(other, event_id)
     await other.execute(
         "DELETE FROM event_inflight WHERE owner = 'peer:1'"
     )  # leaves with the commit
@@ -50,7 +38,7 @@ async def _peer_writes(box: PgOutbox, dsn: str) -> PgOutbox:
     peer = await PgOutbox.open(dsn, Sealer(KEY), group_commit_ms=1)
     assert box.listener is not None
     await asyncio.wait_for(box.listener.listening.wait(), 5)
-    assert await peer.add([_event("peer's")]) == ["new"]
+    assert await peer.add([purchase("peer's")]) == ["new"]
     for _ in range(100):
         if box.others_writing():
             break
@@ -68,7 +56,7 @@ async def test_the_rest_of_a_batch_commits_while_a_copy_waits_for_its_original(
     look = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
     try:
         blocker = await _hold(other, "held")
-        waiting = asyncio.create_task(box.add([_event("held"), _event("free")]))
+        waiting = asyncio.create_task(box.add([purchase("held"), purchase("free")]))
         seen = False
         for _ in range(100):
             if await look.fetchval("SELECT count(*) FROM events WHERE event_id = 'free'"):
@@ -98,7 +86,7 @@ async def test_a_copy_whose_original_rolled_back_is_stored_as_new(
     try:
         blocker = await _hold(other, "held")
         commits = box.commits
-        waiting = asyncio.create_task(box.add([_event("free"), _event("held")]))
+        waiting = asyncio.create_task(box.add([purchase("free"), purchase("held")]))
         await asyncio.sleep(0.3)
         await blocker.rollback()
         assert await asyncio.wait_for(waiting, 5) == ["new", "new"]
@@ -124,7 +112,7 @@ async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
             row_key("1", "Purchase", "old"),
         )
         commits = box.commits
-        assert await box.add([_event("old"), _event("new")]) == ["new", "new"]
+        assert await box.add([purchase("old"), purchase("new")]) == ["new", "new"]
         assert box.commits == commits + 1  # one transaction: nothing was set apart
 
         await box.expire_and_purge(retention=3600, dead_retention=3600)
@@ -144,7 +132,7 @@ async def test_rows_set_apart_wait_beside_the_next_commit_not_in_its_way(
     try:
         assert box.listener is not None
         await asyncio.wait_for(box.listener.listening.wait(), 5)
-        assert await peer.add([_event("peer's")]) == ["new"]
+        assert await peer.add([purchase("peer's")]) == ["new"]
         for _ in range(100):  # the peer's notice reaches `box`: one commit at a time
             if box.others_writing():
                 break
@@ -152,9 +140,9 @@ async def test_rows_set_apart_wait_beside_the_next_commit_not_in_its_way(
         assert box.others_writing()
 
         blocker = await _hold(other, "held")
-        waiting = asyncio.create_task(box.add([_event("held")]))
+        waiting = asyncio.create_task(box.add([purchase("held")]))
         await asyncio.sleep(0.3)
-        assert await asyncio.wait_for(box.add([_event("next")]), 5) == ["new"]
+        assert await asyncio.wait_for(box.add([purchase("next")]), 5) == ["new"]
         assert not waiting.done()
 
         await blocker.commit()
@@ -175,8 +163,8 @@ async def test_a_request_without_rows_set_apart_is_answered_at_the_first_commit(
         blocker = await _hold(other, "held")
         commits = box.commits
         # One batch (the 200 ms window) of two requests, one with a copy of "held".
-        waiting = asyncio.create_task(box.add([_event("held"), _event("mine")]))
-        alone = asyncio.create_task(box.add([_event("alone")]))
+        waiting = asyncio.create_task(box.add([purchase("held"), purchase("mine")]))
+        alone = asyncio.create_task(box.add([purchase("alone")]))
         assert await asyncio.wait_for(alone, 5) == ["new"]
         assert not waiting.done()
         assert box.commits == commits + 1
@@ -196,18 +184,12 @@ async def test_alone_a_replica_sets_apart_copies_of_its_own_open_commits_without
     other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
     try:
         # Not registered: the box's first commit waits for it inside its INSERT.
-        blocker = other.transaction()
-        await blocker.start()
-        await other.execute(
-            "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
-            "next_attempt_at, created_at) VALUES ('1', 'Purchase', 'held', 1, 'api', $1, 0, 0)",
-            json.dumps({"event_name": "Purchase"}),
-        )
-        first = asyncio.create_task(box.add([_event("held")]))
+        blocker = await hold_key(other, "held")
+        first = asyncio.create_task(box.add([purchase("held")]))
         await asyncio.sleep(0.3)
         assert not first.done()
         # A copy of the key the box's own open commit holds waits apart; the rest commits.
-        second = asyncio.create_task(box.add([_event("held"), _event("free")]))
+        second = asyncio.create_task(box.add([purchase("held"), purchase("free")]))
         look = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
         try:
             seen = False

@@ -8,8 +8,6 @@ whole replica's intake waited with it; now the next batch commits on another con
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 
 import asyncpg
 
@@ -18,12 +16,8 @@ from gateway.delivery.postgres.outbox import PgOutbox
 from gateway.delivery.postgres.pool import SCHEMA
 from gateway.delivery.seal import Sealer
 from gateway.delivery.visitcache import Seen, VisitCache
-from gateway.models import NewEvent
+from tests.delivery.postgres.conftest import hold_key, purchase
 from tests.delivery.stores import KEY
-
-
-def _event(event_id: str) -> NewEvent:
-    return NewEvent("1", "Purchase", event_id, int(time.time()), {}, {}, "api", hold=0)
 
 
 async def test_a_commit_waiting_on_another_transaction_does_not_hold_up_the_next(
@@ -33,18 +27,12 @@ async def test_a_commit_waiting_on_another_transaction_does_not_hold_up_the_next
     other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
     try:
         # Another replica's transaction, not committed yet, holds the key of "held".
-        blocker = other.transaction()
-        await blocker.start()
-        await other.execute(
-            "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
-            "next_attempt_at, created_at) VALUES ('1', 'Purchase', 'held', 1, 'api', $1, 0, 0)",
-            json.dumps({"event_name": "Purchase"}),
-        )
-        waiting = asyncio.create_task(box.add([_event("held")]))
+        blocker = await hold_key(other, "held")
+        waiting = asyncio.create_task(box.add([purchase("held")]))
         await asyncio.sleep(0.3)
         assert not waiting.done()  # its INSERT waits for the other transaction
 
-        assert await asyncio.wait_for(box.add([_event("free")]), 5) == ["new"]
+        assert await asyncio.wait_for(box.add([purchase("free")]), 5) == ["new"]
         assert not waiting.done()
 
         await blocker.rollback()  # the other replica's insert never happened
@@ -83,23 +71,17 @@ async def test_while_another_replica_writes_a_replica_commits_one_batch_at_a_tim
     try:
         assert box.listener is not None
         await asyncio.wait_for(box.listener.listening.wait(), 5)
-        assert await peer.add([_event("peer's")]) == ["new"]
+        assert await peer.add([purchase("peer's")]) == ["new"]
         for _ in range(100):  # the peer's notice reaches `box`
             if box.listener.notices:
                 break
             await asyncio.sleep(0.05)
         assert box.listener.notices
 
-        blocker = other.transaction()
-        await blocker.start()
-        await other.execute(
-            "INSERT INTO events (pixel_id, event_name, event_id, event_time, source, payload, "
-            "next_attempt_at, created_at) VALUES ('1', 'Purchase', 'held', 1, 'api', $1, 0, 0)",
-            json.dumps({"event_name": "Purchase"}),
-        )
-        waiting = asyncio.create_task(box.add([_event("held")]))
+        blocker = await hold_key(other, "held")
+        waiting = asyncio.create_task(box.add([purchase("held")]))
         await asyncio.sleep(0.3)
-        behind = asyncio.create_task(box.add([_event("behind")]))
+        behind = asyncio.create_task(box.add([purchase("behind")]))
         await asyncio.sleep(0.5)
         assert not waiting.done()
         assert not behind.done()  # queued behind the waiting commit, not beside it
