@@ -2,7 +2,7 @@
 
     python bench/bench_proxy.py [--seconds 5] [--concurrency 32] [--threads 2]
                                 [--rate 100] [--latency-seconds 5] [--workers 1,2] [--sites]
-                                [--json PATH]
+                                [--compare DIR] [--rounds N] [--json PATH]
 
 Everything runs on 127.0.0.1, as subprocesses of this script:
 
@@ -956,17 +956,23 @@ def benchmark(args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> 
         checks = check_responses({"direct": origin, "nginx": proxy}, bodies)
         for key, base in (("direct", origin), ("nginx", proxy)):
             measures += measure_path(key, base, wrk, args, nginx_family, None)[0]
-        for key, workers, extra, root in (
-            (gateway_path(v, n), n, extra, ROOTS.get(v))
+        # Each round runs every gateway (a --compare pair back to back) once more; the
+        # report keeps, per file and gateway, the round with the median CPU per request.
+        rounds: dict[tuple[str, str], list[Measure]] = {}
+        for key, workers, extra, root, round_no in (
+            (gateway_path(v, n), n, extra, ROOTS.get(v), r)
+            for r in range(1, args.rounds + 1)
             for n in args.workers
             for v, _, extra in VARIANTS
         ):
             gw = start_bench_gateway(workdir, key, origin, procs, extra, workers, root=root)
             family = procs.family(gw.proc)
-            print(f"{label_of(key)}: {gw.url} ({workers} worker(s)), upstream {origin}")
+            at = f" (round {round_no} of {args.rounds})" if args.rounds > 1 else ""
+            print(f"{label_of(key)}: {gw.url} ({workers} worker(s)), upstream {origin}{at}")
             checks.update(check_responses({key: gw.url}, bodies))
             found, pages = measure_path(key, gw.url, wrk, args, nginx_family, family)
-            measures += found
+            for m in found:
+                rounds.setdefault((m.file, m.path), []).append(m)
             code = procs.stop(gw.proc, grace=30)
             print(f"  stopping the gateway (exit {code})")
             states = queue_stats(workdir / f"{key}.db")
@@ -974,7 +980,18 @@ def benchmark(args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> 
             pageviews[key] = {"html_answered": pages + 1, "stored": stored, "states": states}
             print(f"  PageViews in the outbox: {stored} for ~{pages + 1} pages answered")
         procs.stop(nginx_proc, grace=10)
-    return {"measures": measures, "checks": checks, "pageviews": pageviews}
+    measures += [median_round(runs) for runs in rounds.values()]
+    per_round = {
+        f"{f} {p}": [round(m.gateway_us() or 0.0) for m in runs] for (f, p), runs in rounds.items()
+    }
+    return {"measures": measures, "checks": checks, "pageviews": pageviews, "rounds": per_round}
+
+
+def median_round(runs: list[Measure]) -> Measure:
+    """The run with the median gateway CPU per request (the lower middle of an even count):
+    one whole run, so its req/s, latencies and CPU belong together."""
+    ordered = sorted(runs, key=lambda m: m.gateway_us() or 0.0)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -1302,6 +1319,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run each gateway variant from the checkout in DIR (its .venv), as "
         "'before', back to back with this one, and print the two side by side",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every gateway (each --compare pair back to back) this many times, "
+        "interleaved, and report the round with the median CPU per request (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--workdir", type=Path, help="keep the site, configs and logs here (default: a temp dir)"
@@ -1328,6 +1352,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         ROOTS.update({key: root for key, _, _ in VARIANTS if key.endswith(BEFORE)})
         TAGGING = TAGGING | {key + BEFORE for key in TAGGING}
+    if not 1 <= args.rounds <= 9:
+        parser.error("--rounds goes from 1 to 9")
     if min(args.seconds, args.rate, args.latency_seconds) <= 0 or args.warmup < 0:
         parser.error("--seconds, --rate and --latency-seconds must be positive")
     if args.concurrency < 1 or args.threads < 1 or args.seconds > 600 or args.latency_seconds > 600:
@@ -1365,6 +1391,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     scaling = print_scaling(measures, args)
     compared = print_before_after(measures, args)
+    if args.rounds > 1:
+        print(
+            f"\nGateway CPU µs per request in each of the {args.rounds} rounds (the tables "
+            "above show the round with the median):"
+        )
+        for name, values in outcome["rounds"].items():
+            print(f"  {name:<48} {', '.join(str(v) for v in values)}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         results = [m.summary() for m in measures]
@@ -1389,6 +1422,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": [{**t, "measured": round(t["measured"], 3)} for t in targets],
             "checks": outcome["checks"],
             "pageviews": outcome["pageviews"],
+            "rounds": outcome["rounds"],
         }
         args.json.write_text(json.dumps(document, indent=2, default=asdict) + "\n")
         print(f"\nwrote {args.json}")
