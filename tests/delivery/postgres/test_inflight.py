@@ -8,6 +8,8 @@ commits holds) go in a second transaction after the first has committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -47,6 +49,30 @@ async def _peer_writes(box: PgOutbox, dsn: str) -> PgOutbox:
     return peer
 
 
+@contextlib.asynccontextmanager
+async def _replicas(
+    dsn: str, *, group_commit_ms: int, peer_wrote: bool = True
+) -> AsyncIterator[tuple[PgOutbox, PgOutbox, asyncpg.Connection]]:
+    """This replica's outbox, another replica's (that has just written, unless told not),
+    and a third connection for another replica's open transactions; all closed after."""
+    box = await PgOutbox.open(dsn, Sealer(KEY), group_commit_ms=group_commit_ms)
+    try:
+        if peer_wrote:
+            peer = await _peer_writes(box, dsn)
+        else:
+            peer = await PgOutbox.open(dsn, Sealer(KEY), group_commit_ms=1)
+        try:
+            other = await asyncpg.connect(dsn, server_settings={"search_path": SCHEMA})
+            try:
+                yield box, peer, other
+            finally:
+                await other.close()
+        finally:
+            await peer.close()
+    finally:
+        await box.close()
+
+
 async def test_the_rest_of_a_batch_commits_while_a_copy_waits_for_its_original(
     postgres_store_dsn: str,
 ) -> None:
@@ -80,10 +106,7 @@ async def test_the_rest_of_a_batch_commits_while_a_copy_waits_for_its_original(
 async def test_a_copy_whose_original_rolled_back_is_stored_as_new(
     postgres_store_dsn: str,
 ) -> None:
-    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
-    peer = await _peer_writes(box, postgres_store_dsn)
-    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
-    try:
+    async with _replicas(postgres_store_dsn, group_commit_ms=1) as (box, _, other):
         blocker = await _hold(other, "held")
         commits = box.commits
         waiting = asyncio.create_task(box.add([purchase("free"), purchase("held")]))
@@ -92,19 +115,12 @@ async def test_a_copy_whose_original_rolled_back_is_stored_as_new(
         assert await asyncio.wait_for(waiting, 5) == ["new", "new"]
         assert await other.fetchval("SELECT count(*) FROM events") == 3
         assert box.commits == commits + 2
-    finally:
-        await other.close()
-        await peer.close()
-        await box.close()
 
 
 async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
     postgres_store_dsn: str,
 ) -> None:
-    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
-    peer = await _peer_writes(box, postgres_store_dsn)
-    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
-    try:
+    async with _replicas(postgres_store_dsn, group_commit_ms=1) as (box, _, other):
         # A replica killed mid-commit left its registration behind an hour ago.
         await other.execute(
             "INSERT INTO event_inflight (owner, keys, since) "
@@ -117,19 +133,16 @@ async def test_a_stale_registration_does_not_count_and_upkeep_deletes_it(
 
         await box.expire_and_purge(retention=3600, dead_retention=3600)
         assert await other.fetchval("SELECT count(*) FROM event_inflight") == 0
-    finally:
-        await other.close()
-        await peer.close()
-        await box.close()
 
 
 async def test_rows_set_apart_wait_beside_the_next_commit_not_in_its_way(
     postgres_store_dsn: str,
 ) -> None:
-    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
-    peer = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=1)
-    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
-    try:
+    async with _replicas(postgres_store_dsn, group_commit_ms=1, peer_wrote=False) as (
+        box,
+        peer,
+        other,
+    ):
         assert box.listener is not None
         await asyncio.wait_for(box.listener.listening.wait(), 5)
         assert await peer.add([purchase("peer's")]) == ["new"]
@@ -147,19 +160,12 @@ async def test_rows_set_apart_wait_beside_the_next_commit_not_in_its_way(
 
         await blocker.commit()
         assert await asyncio.wait_for(waiting, 5) == ["merged"]
-    finally:
-        await other.close()
-        await peer.close()
-        await box.close()
 
 
 async def test_a_request_without_rows_set_apart_is_answered_at_the_first_commit(
     postgres_store_dsn: str,
 ) -> None:
-    box = await PgOutbox.open(postgres_store_dsn, Sealer(KEY), group_commit_ms=200)
-    peer = await _peer_writes(box, postgres_store_dsn)
-    other = await asyncpg.connect(postgres_store_dsn, server_settings={"search_path": SCHEMA})
-    try:
+    async with _replicas(postgres_store_dsn, group_commit_ms=200) as (box, _, other):
         blocker = await _hold(other, "held")
         commits = box.commits
         # One batch (the 200 ms window) of two requests, one with a copy of "held".
@@ -171,10 +177,6 @@ async def test_a_request_without_rows_set_apart_is_answered_at_the_first_commit(
 
         await blocker.commit()
         assert await asyncio.wait_for(waiting, 5) == ["merged", "new"]
-    finally:
-        await other.close()
-        await peer.close()
-        await box.close()
 
 
 async def test_alone_a_replica_sets_apart_copies_of_its_own_open_commits_without_registering(
