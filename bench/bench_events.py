@@ -514,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
         "(pg_stat_statements)",
     )
     parser.add_argument(
+        "--relations",
+        type=int,
+        default=0,
+        help="with --store pg: print the N tables and indexes that took the most WAL per "
+        "accepted event, with their record kinds (pg_walinspect)",
+    )
+    parser.add_argument(
         "--waits",
         type=int,
         default=0,

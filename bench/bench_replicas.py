@@ -18,7 +18,8 @@ With a throwaway cluster (`pg`) every run also counts, from the first post until
 ends (so every accepted event was stored, claimed and sent in the window), the database's
 writes per accepted event from its WAL records (pg_walinspect): bytes, heap tuples written
 (inserts and updates, HOT ones apart), row locks and B-tree index entries added, which the
-machine's load does not move.
+machine's load does not move; `--relations N` splits them by table and index
+(`walrelations.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import aiohttp
 import asyncpg
 import psutil
 from bench_events import API_KEY, GATEWAY_ENV, PIXEL, TOKEN, Sampler, body
+from walrelations import print_relations
 
 from tests.fakes.pgcluster import throwaway_cluster
 from tests.fakes.processes import (
@@ -385,11 +387,15 @@ async def _one(
                     break
                 await asyncio.sleep(0.05)
             drained = grew_at - started
+            wal_end = await _wal_lsn(admin) if admin is not None else 0
             writes = (
-                await _wal_writes(admin, wal0, await _wal_lsn(admin), accepted)
+                await _wal_writes(admin, wal0, wal_end, accepted)
                 if admin is not None and postmaster is not None
                 else None
             )
+            relations = int(getattr(args, "relations", 0) or 0)
+            if relations and admin is not None and postmaster is not None:
+                await print_relations(buffers[0], wal0, wal_end, accepted, relations)
             for s in [*samplers, graph, *([database] if database else [])]:
                 s.finish()
         for gw in gateways:
