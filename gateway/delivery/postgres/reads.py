@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from gateway.delivery.postgres import queue
+from gateway.delivery.postgres.leanindexes import OLDEST_OPEN
 from gateway.delivery.postgres.pool import Database, DatabaseUnavailable
 from gateway.delivery.postgres.queue_schema import EVENTS_BYTES
 from gateway.delivery.postgres.schema import STATES
@@ -154,13 +155,15 @@ async def state_counts(conn: Conn, sites: Sequence[str] | None = None) -> dict[s
 async def oldest_pending(conn: Conn, sites: Sequence[str] | None = None) -> float | None:
     """When the oldest event still waiting to be sent was stored (Unix time)."""
     only, values = site_filter(sites, first=1)
-    # Without sites, the narrow rows alone (their `events_open` index); the site is the
-    # event's (schema migration 11).
-    table = "events" if only else "event_queue"
-    oldest = await conn.fetchval(
-        f"SELECT min(created_at) FROM {table} WHERE state IN ('pending', 'inflight'){only}",
-        *values,
-    )
+    if only:
+        # The site is the event's (schema migration 11).
+        oldest = await conn.fetchval(
+            f"SELECT min(created_at) FROM events WHERE state IN ('pending', 'inflight'){only}",
+            *values,
+        )
+    else:
+        # The narrow rows alone, through their partial indexes (schema migration 13).
+        oldest = await conn.fetchval(OLDEST_OPEN)
     return None if oldest is None else float(oldest)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.delivery.postgres.inflight import V12
+from gateway.delivery.postgres.leanindexes import V13
 from gateway.delivery.postgres.queue_schema import count_triggers, v11
 
 # Every state a row can be in; the same as the SQLite store's.
@@ -384,6 +385,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         v11(STATES),
     ),
     Migration(12, "event_inflight: keys of open group commits (unlogged)", V12),
+    Migration(
+        13, "events_open for pending rows only; BRIN for events_created, insight_events_at", V13
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
