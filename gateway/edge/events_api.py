@@ -18,7 +18,7 @@ from gateway.edge.visitor import visitor
 from gateway.errors import json_error
 from gateway.models import NewEvent
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
-from gateway.pipeline.jsonsafe import non_finite_path
+from gateway.pipeline.jsonsafe import loads_finite, non_finite_path
 
 log = logging.getLogger("gateway.events_api")
 
@@ -151,7 +151,8 @@ async def post_events(request: web.Request) -> web.StreamResponse:
         len(result.event_ids),
         extra={"event_ids": result.event_ids[:100]},
     )
-    items = [{"event_id": i, "outcome": stored.outcome_of(i)} for i in result.event_ids]
+    outcomes = stored.outcomes_by_event()
+    items = [{"event_id": i, "outcome": outcomes.get(i, "new")} for i in result.event_ids]
     return web.json_response(
         {"accepted": len(result.event_ids), "event_ids": result.event_ids, "events": items},
         status=202,
@@ -191,7 +192,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
             return _too_large(limit)
         chunks.append(chunk)
     try:
-        document = json.loads(b"".join(chunks))
+        document, non_finite = loads_finite(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return json_error(400, "invalid JSON", f"the body is not JSON: {exc}")
     except ValueError as exc:
@@ -199,7 +200,7 @@ async def _read_json(request: web.Request, limit: int) -> Any:
         return json_error(400, "invalid JSON", f"the body is not usable JSON: {exc}")
     except RecursionError:
         return json_error(400, "invalid JSON", "the body nests too deeply")
-    bad = non_finite_path(document)
+    bad = non_finite_path(document) if non_finite else None
     if bad is not None:
         return json_error(
             400,

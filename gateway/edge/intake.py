@@ -41,6 +41,14 @@ class Stored:
             [o for r, o in zip(self.rows, self.outcomes, strict=True) if r.event_id == event_id]
         )
 
+    def outcomes_by_event(self) -> dict[str, Outcome]:
+        """`outcome_of` for every event id of the rows, in one pass over them (asked per
+        event id, a request of 100 events compared 10,000 rows)."""
+        by_event: dict[str, list[Outcome]] = {}
+        for row, outcome in zip(self.rows, self.outcomes, strict=True):
+            by_event.setdefault(row.event_id, []).append(outcome)
+        return {event_id: item_outcome(found) for event_id, found in by_event.items()}
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:
