@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from gateway.edge import events_api
 from gateway.edge.appkeys import OUTBOX
+from gateway.pipeline.jsonsafe import non_finite_path
 from tests.conftest import PIXEL, UA, GatewayFactory, auth, wait_for, web_event
 from tests.fakes.graph import FakeGraph
 
@@ -263,3 +265,36 @@ async def test_full_buffer_answers_503_with_retry_after(gateway: GatewayFactory)
     assert resp.status == 503
     assert resp.headers["Retry-After"]
     assert json.loads(await resp.text())["error"] == "buffer full"
+
+
+async def test_a_finite_body_is_not_walked_for_nan(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parser itself reports NaN and Infinity (and floats past the range): the walk that
+    names the field runs for such a body only, not for every request."""
+    walked: list[object] = []
+
+    def counting(document: object, prefix: str = "") -> str | None:
+        walked.append(document)
+        return non_finite_path(document, prefix)
+
+    monkeypatch.setattr(events_api, "non_finite_path", counting)
+    client = await gateway()
+    events = [
+        web_event(event_id=f"finite-{i}", custom_data={"value": 1.5, "currency": "EUR"})
+        for i in range(3)
+    ]
+    resp = await client.post("/_capi/events", json={"data": events}, headers=auth())
+    assert resp.status == 202, await resp.text()
+    assert walked == []
+    raw = json.dumps(
+        {"data": [web_event(custom_data={"value": 1.5, "currency": "EUR", "score": 2})]}
+    )
+    resp = await client.post(
+        "/_capi/events",
+        data=raw.replace('"score": 2', '"score": 1e400').encode(),
+        headers={**auth(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 400
+    assert "data.0.custom_data.score" in (await resp.json())["detail"]
+    assert len(walked) == 1

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from gateway.edge.appkeys import INTAKE, OUTBOX, PAGES, PROXIED_RULES, RUNTIME
+from gateway.edge.intake import Stored
+from gateway.models import NewEvent
 from tests.conftest import GatewayFactory, auth, web_event
 from tests.edge.conftest import StartGateway
 from tests.edge.rules_env import RuleSite, StartRules
@@ -194,3 +196,18 @@ path = "/a/subscribe"
     assert answer.status == 200
     counters = gw.front.app[PROXIED_RULES].counters
     assert counters.rejected == {"subscribe": 1} and counters.stored == {}
+
+
+def test_the_outcomes_per_event_are_those_of_outcome_of() -> None:
+    """One pass over a request's rows gives each event id the outcome `outcome_of` gives it:
+    an event sent to two pixels is "new" if stored anew for either, else "merged" if merged
+    for either, else "late"."""
+
+    def row(pixel: str, event_id: str) -> NewEvent:
+        return NewEvent(pixel, "Purchase", event_id, 0, {}, {}, "api")
+
+    rows = [row("1", "a"), row("2", "a"), row("1", "b"), row("2", "b"), row("1", "c")]
+    stored = Stored(rows, ["late", "new", "late", "merged", "late"])
+    by_event = stored.outcomes_by_event()
+    assert by_event == {"a": "new", "b": "merged", "c": "late"}
+    assert by_event == {i: stored.outcome_of(i) for i in ("a", "b", "c")}
