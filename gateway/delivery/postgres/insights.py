@@ -19,6 +19,7 @@ from gateway.delivery.insightreads import ConversionRow, NameCount, TouchRow, Wi
 from gateway.delivery.postgres import profilerows
 from gateway.delivery.postgres.pool import Database
 from gateway.delivery.postgres.results import affected
+from gateway.delivery.postgres.rows import column
 from gateway.delivery.visitcache import Seen
 from gateway.models import NewEvent
 from gateway.pipeline.assembly import Outcome, State
@@ -62,9 +63,10 @@ WHERE f.event_name = u.event_name AND f.event_id = u.event_id AND f.event_id = A
 """
 
 
-def columns(values: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows of `width` values as `width` column lists (the arrays `unnest` takes)."""
-    return [[row[i] for row in values] for i in range(width)]
+def columns(values: Sequence[tuple[Any, ...]], width: int) -> list[list[Any] | None]:
+    """Rows of `width` values as `width` column lists (the arrays `unnest` takes; NULL for a
+    column of NULLs, see `rows.column`)."""
+    return [column([row[i] for row in values]) for i in range(width)]
 
 
 def last_per_event(changed: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

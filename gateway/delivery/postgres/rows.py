@@ -12,6 +12,7 @@ a copy.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,20 @@ def _dumps(value: Any) -> str:
     return _ENCODE(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _sources_of(label: str) -> str:
+    """A new row's `sources` column: a few labels (sources, rules, mappings) over and over."""
+    return json.dumps([label])
+
+
+def column(values: list[Any]) -> list[Any] | None:
+    """An `unnest` argument: NULL for a column of NULLs (`unnest` of several arrays pads a
+    NULL or shorter one with NULLs). asyncpg checks every element of an array it encodes
+    (a few ABC `isinstance` calls each); most events have no rule, test code, site or
+    `profile_seen`."""
+    return None if all(v is None for v in values) else values
+
+
 async def insert(
     conn: Conn,
     rows: Sequence[NewEvent],
@@ -128,17 +143,17 @@ async def insert(
         [ev.event_id for ev in rows],
         [ev.event_time for ev in rows],
         [ev.source for ev in rows],
-        [ev.rule for ev in rows],
-        [ev.test_event_code for ev in rows],
+        column([ev.rule for ev in rows]),
+        column([ev.test_event_code for ev in rows]),
         [_dumps(ev.payload) for ev in rows],
         list(sealed),
         [now + hold for hold in holds],
         keys,
-        [json.dumps([assembly.label(ev.source, ev.rule)]) for ev in rows],
+        [_sources_of(assembly.label(ev.source, ev.rule)) for ev in rows],
         now,
-        [ev.site for ev in rows],
-        list(profile_keys) if profile_keys is not None else [None] * len(rows),
-        list(profile_seen) if profile_seen is not None else [None] * len(rows),
+        column([ev.site for ev in rows]),
+        column(list(profile_keys)) if profile_keys is not None else None,
+        column(list(profile_seen)) if profile_seen is not None else None,
     )
     return {(r["pixel_id"], r["event_name"], r["event_id"]) for r in inserted}
 
