@@ -1,9 +1,10 @@
 """The dashboard's reads on the PostgreSQL store: delivery/reads.py's dashboard queries.
 
 The same questions and the same answers as on SQLite (`gateway.delivery.dashboard`), each
-bounded by `created_at` (the events_created index), by state or by `sent_at`. They run on
-the outbox's pool outside a transaction, without retrying: a page load while the database
-is away answers at once (as an OSError, which the dashboard turns into a 503).
+bounded by `created_at` (the events_created BRIN index, migration 13), by state or by
+`sent_at`. They run on the outbox's pool outside a transaction, without retrying: a page
+load while the database is away answers at once (as an OSError, which the dashboard turns
+into a 503).
 """
 
 from __future__ import annotations
