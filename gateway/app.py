@@ -6,62 +6,36 @@ import asyncio
 import gc
 import logging
 import signal
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
 from gateway.admin.routes import add_admin_routes
 from gateway.catalogapp import catalog_ctx
 from gateway.catalogsettings import catalog_sites
-from gateway.delivery.audiences import SqliteAudiences
-from gateway.delivery.audiences_task import AudienceService
-from gateway.delivery.graph import GraphClient
-from gateway.delivery.outbox import Outbox
-from gateway.delivery.postgres.audiences import PgAudiences
-from gateway.delivery.postgres.outbox import PgOutbox, open_postgres
-from gateway.delivery.postgres.reads import PgReader
-from gateway.delivery.postgres.stitches import PgStitches
-from gateway.delivery.profiles import ProfilePolicy
-from gateway.delivery.reads import BufferReader
 from gateway.delivery.retry import RetryPolicy
-from gateway.delivery.seal import Sealer, load_key
-from gateway.delivery.sender import Sender, SenderOptions
-from gateway.delivery.stitch import Stitches
-from gateway.delivery.store import (
-    AudienceStore,
-    KeyMismatch,
-    OutboxStore,
-    StitchStore,
-    StoreReader,
-)
 from gateway.edge.appkeys import (
     AUDIENCES,
-    BUFFER_READER,
     CATALOG_SENDER,
-    INTAKE,
     METRICS,
     OUTBOX,
     RUNTIME,
     SENDER,
     STARTED_AT,
-    STITCHES,
     Runtime,
 )
 from gateway.edge.collect import post_collect
 from gateway.edge.connlimit import LimitedSite
 from gateway.edge.events_api import post_events
 from gateway.edge.identity import networks
-from gateway.edge.intake import Intake
 from gateway.edge.limits import headers_too_large
 from gateway.edge.pixel import get_px_js
 from gateway.edge.sites import install, proxied
 from gateway.edge.visitor import VISITOR_RULES
 from gateway.edge.webhooks import post_hook
 from gateway.errors import json_error
-from gateway.insights.policy import check_channels, insight_policy, reloaded_policy
+from gateway.insights.policy import check_channels, reloaded_policy
 from gateway.insights.routes import add_report_routes
 from gateway.log import request_id_middleware
 from gateway.ops.catalog import add_catalog_routes
@@ -70,7 +44,7 @@ from gateway.ops.prometheus import get_metrics, metrics_for_settings
 from gateway.ops.status import get_status
 from gateway.pipeline.rulefile import RuleError
 from gateway.pipeline.rules import RuleSet
-from gateway.settings import PARTNER_AGENT, ConfigError, Settings, split_host_port
+from gateway.settings import ConfigError, Settings, split_host_port
 from gateway.siteapp import (
     install_lane,
     pixel_sites,
@@ -81,6 +55,7 @@ from gateway.siteapp import (
     site_runtimes,
     sites_ctx,
 )
+from gateway.storeapp import install_store
 
 log = logging.getLogger("gateway.app")
 # The youngest GC generation's threshold while serving (CPython's default is 700).
@@ -101,11 +76,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> web.Applicati
     app.middlewares.append(
         request_id_middleware(lambda: app[RUNTIME].settings.trusted_proxies, too_large)
     )
-    app.cleanup_ctx.append(_outbox_ctx)
-    app.cleanup_ctx.append(_stitches_ctx)
-    app.cleanup_ctx.append(_reader_ctx)
-    app.cleanup_ctx.append(_sender_ctx)
-    app.cleanup_ctx.append(_audiences_ctx)
+    install_store(app)
     app.cleanup_ctx.append(catalog_ctx)
     prefix = settings.prefix
     app.router.add_get(f"{prefix}/health", get_health)
@@ -149,134 +120,6 @@ async def _unknown_endpoint(request: web.Request) -> web.StreamResponse:
     return json_error(404, "not found", f"no gateway endpoint at {request.path}")
 
 
-async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[RUNTIME].settings
-    key = load_key(settings)
-    policy = ProfilePolicy.from_key(
-        key, ttl=settings.profile_ttl, max_profiles=settings.profile_max
-    )
-    outbox: OutboxStore
-    insight = insight_policy(settings, key)
-    if settings.store_url is not None:
-        outbox = await open_postgres(settings, Sealer(key), policy)
-        outbox.insights = insight
-        app[OUTBOX] = outbox
-        app[INTAKE] = Intake(outbox, app[METRICS])
-        yield
-        await app[INTAKE].drain()
-        await outbox.close()
-        return
-    try:
-        outbox = await Outbox.open(
-            settings.buffer,
-            Sealer(key),
-            group_commit_ms=settings.group_commit_ms,
-            max_buffer_mb=settings.max_buffer_mb,
-            assembly_hold=settings.assembly_hold,
-            profiles=policy,
-        )
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(
-            f"buffer: cannot open {settings.buffer} ({exc}); point --buffer at a writable file"
-        ) from exc
-    try:
-        await outbox.check_key()
-    except KeyMismatch as exc:
-        await outbox.close()
-        raise ConfigError(f"buffer: {exc}") from exc
-    outbox.insights = insight
-    app[OUTBOX] = outbox
-    # Every accepted event is stored through this one object (see gateway.edge.intake).
-    app[INTAKE] = Intake(outbox, app[METRICS])
-    yield
-    await app[INTAKE].drain()
-    await outbox.close()
-
-
-async def _stitches_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Visitor contexts kept by page rules for later webhooks, in the same buffer file.
-    settings = app[RUNTIME].settings
-    key = load_key(settings)
-    stitches: StitchStore
-    outbox = app[OUTBOX]
-    if isinstance(outbox, PgOutbox):
-        stitches = PgStitches(outbox.db, Sealer(key), key=key)
-    else:
-        stitches = await Stitches.open(settings.buffer, Sealer(key), key=key)
-    app[STITCHES] = stitches
-    yield
-    await stitches.close()
-
-
-async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Health, status and metrics read the buffer on their own connection (see BufferReader).
-    settings = app[RUNTIME].settings
-    limit = int(settings.max_buffer_mb * 1024 * 1024)
-    reader: StoreReader
-    outbox = app[OUTBOX]
-    if isinstance(outbox, PgOutbox):
-        reader = PgReader(outbox.db, limit_bytes=limit)
-    else:
-        reader = await BufferReader.open(settings.buffer, limit_bytes=limit)
-    app[BUFFER_READER] = reader
-    yield
-    await reader.close()
-
-
-async def _sender_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[RUNTIME].settings
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max(8, settings.send_concurrency * 2)),
-        trust_env=False,
-    )
-    graph = GraphClient(
-        session,
-        graph_url=settings.graph_url,
-        graph_version=settings.graph_version,
-        timeout=settings.send_timeout,
-        partner_agent=PARTNER_AGENT,
-    )
-    sender = Sender(
-        app[OUTBOX],
-        graph,
-        settings.all_pixels(),
-        SenderOptions.from_settings(settings),
-        _policy(settings),
-        metrics=app[METRICS],
-    )
-    sender.pixel_sites = pixel_sites(settings)
-    app[SENDER] = sender
-    sender.start()
-    yield
-    await sender.stop(settings.shutdown_grace)
-    await session.close()
-
-
-async def _audiences_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Custom Audiences: the store the dashboard reads, and the periodic sync (one process
-    # at a time holds its lease); opened once audiences are configured, at start or reload.
-    service = AudienceService(
-        lambda: _audience_store(app), lambda: app[RUNTIME].settings, metrics=app[METRICS]
-    )
-    app[AUDIENCES] = service
-    await service.apply()
-    yield
-    await service.close()
-
-
-async def _audience_store(app: web.Application) -> AudienceStore:
-    outbox = app[OUTBOX]
-    if isinstance(outbox, PgOutbox):
-        return PgAudiences(outbox.db)
-    return await SqliteAudiences.open(app[RUNTIME].settings.buffer)
-
-
-def _policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        base=settings.retry_base, cap=settings.retry_cap, max_attempts=settings.max_attempts
-    )
-
-
 async def reload(
     app: web.Application,
     settings: Settings,
@@ -297,11 +140,11 @@ async def reload(
     sender = app[SENDER]
     sender.pixels = {p.id: p for p in settings.all_pixels()}
     sender.pixel_sites = pixel_sites(settings)
-    sender.policy = _policy(settings)
+    sender.policy = RetryPolicy.from_settings(settings)
     await sender.reconcile_blocks()
     if AUDIENCES in app:
         await app[AUDIENCES].apply()
-    app[CATALOG_SENDER].configure(catalog_sites(settings), _policy(settings))
+    app[CATALOG_SENDER].configure(catalog_sites(settings), RetryPolicy.from_settings(settings))
     log.info("Reloaded the configuration.")
 
 

@@ -58,9 +58,7 @@ async def catalog_ctx(app: web.Application) -> AsyncIterator[None]:
         CatalogSyncOptions.from_settings(
             poll_interval=settings.poll_interval, dry_run=settings.dry_run
         ),
-        RetryPolicy(
-            base=settings.retry_base, cap=settings.retry_cap, max_attempts=settings.max_attempts
-        ),
+        RetryPolicy.from_settings(settings),
         metrics=app[METRICS],
     )
     app[CATALOG_SENDER] = sender

@@ -60,6 +60,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.app",
             "gateway.siteapp",
             "gateway.catalogapp",
+            "gateway.storeapp",
             "gateway.cli",
             "gateway.workers",
             "gateway.demo",

@@ -8,6 +8,10 @@ import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_tz
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 # A Retry-After beyond a day is almost certainly a bogus header; honouring it would park
 # events past Meta's 7-day event_time limit after only a handful of attempts.
@@ -36,6 +40,13 @@ class RetryPolicy:
             raise ValueError(f"throttle_factor must be >= 1, got {self.throttle_factor!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The backoff `retry_base`, `retry_cap` and `max_attempts` configure."""
+        return cls(
+            base=settings.retry_base, cap=settings.retry_cap, max_attempts=settings.max_attempts
+        )
 
     def delay(
         self,

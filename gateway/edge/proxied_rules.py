@@ -28,10 +28,11 @@ from gateway.edge.bodies import BodyCopy, media_type, read_fields
 from gateway.edge.encoding import Decoder, open_decoder
 from gateway.edge.intake import Intake, Stored
 from gateway.edge.pages import PageViews
+from gateway.edge.pagetap import PageTap, Run, charset_of, merge_wants
 from gateway.edge.stitching import keep, visit_context
 from gateway.edge.triggers import triggers_json
 from gateway.edge.visitor import visitor
-from gateway.html.scan import HtmlFound, HtmlScan, Wants
+from gateway.html.scan import HtmlScan
 from gateway.models import NewEvent
 from gateway.pipeline.events import Context, prepare
 from gateway.pipeline.extract import Facts
@@ -55,79 +56,6 @@ class RuleCounters:
     def bump(self, table: dict[str, int], name: str, by: int = 1) -> None:
         """Add to one counter."""
         table[name] = table.get(name, 0) + by
-
-
-@dataclass(slots=True)
-class Run:
-    """One request some rules may turn into events."""
-
-    request: web.Request
-    matched: list[tuple[Rule, dict[str, str]]]
-    body: BodyCopy | None
-
-
-class PageTap:
-    """Reads the decoded response as it streams by; builds the events at the end."""
-
-    def __init__(
-        self,
-        proxied_rules: ProxiedRules,
-        run: Run,
-        rules: list[tuple[Rule, dict[str, str]]],
-        facts: Facts,
-        scan: HtmlScan | None,
-        decoder: Decoder | None,
-        fbp: str | None,
-        fbc: str | None,
-    ) -> None:
-        self._proxied_rules = proxied_rules
-        self._run = run
-        self._rules = rules
-        self._facts = facts
-        self._scan = scan
-        self._decoder = decoder
-        self._ids = (fbp, fbc)
-        self._finished = False
-        self._found: HtmlFound | None = None
-
-    def decoded(self, piece: bytes) -> None:
-        """A piece of the decoded body (from the page rewriter's tap)."""
-        scan = self._scan
-        if scan is not None and not scan.done:
-            try:
-                scan.feed(piece)
-            except Exception:
-                self._give_up()
-
-    def raw(self, chunk: bytes) -> None:
-        """A chunk of the body as the origin sent it (decoded here when needed)."""
-        scan = self._scan
-        if scan is None or scan.done or self._decoder is None:
-            return
-        try:
-            for piece in self._decoder.feed(chunk):
-                scan.feed(piece)
-        except Exception:
-            self._give_up()
-
-    def _give_up(self) -> None:
-        # Reading the page must never break it: stop reading, keep what was found.
-        log.exception("Reading %s for rules failed; using what was read.", self._run.request.path)
-        self._decoder = None
-        scan, self._scan = self._scan, None
-        if scan is not None:
-            self._found = scan.finish()
-
-    def finish(self) -> None:
-        """The body has gone by: build the events and hand them to the outbox."""
-        if self._finished:
-            return
-        self._finished = True
-        facts = self._facts
-        found = self._scan.finish() if self._scan is not None else self._found
-        if found is not None:
-            facts = dataclasses.replace(facts, html=found)
-        self._proxied_rules.emit(self._run, self._rules, facts, *self._ids)
 
 
 class ProxiedRules:
@@ -218,13 +146,13 @@ class ProxiedRules:
             headers=lambda name: request.headers.getall(name, []),
             response_headers=lambda name: headers.getall(name, []),
         )
-        wants = _merge(rule.wants for rule, _ in kept)
+        wants = merge_wants(rule.wants for rule, _ in kept)
         scan: HtmlScan | None = None
         decoder: Decoder | None = None
         if not wants.empty and media in hdr.HTML_TYPES and not head_only:
             decoder = open_decoder(headers.get("Content-Encoding"))
-            scan = HtmlScan(wants, charset=_charset(headers), max_bytes=self.scan_limit)
-        tap = PageTap(self, run, kept, facts, scan, decoder, fbp, fbc)
+            scan = HtmlScan(wants, charset=charset_of(headers), max_bytes=self.scan_limit)
+        tap = PageTap(self.emit, run, kept, facts, scan, decoder, fbp, fbc)
         if scan is None:
             tap.finish()
             return None
@@ -374,17 +302,6 @@ def _values(event: Mapping[str, Any]) -> dict[str, Any]:
     return {**event.get("custom_data", {}), **event.get("user_data", {})}
 
 
-def _merge(wants: Any) -> Wants:
-    meta: set[str] = set()
-    jsonld = False
-    selectors: dict[Any, None] = {}
-    for w in wants:
-        meta |= w.meta
-        jsonld = jsonld or w.jsonld
-        selectors.update(dict.fromkeys(w.selectors))
-    return Wants(meta=frozenset(meta), jsonld=jsonld, selectors=tuple(selectors))
-
-
 def _request_facts(request: web.Request) -> RequestFacts:
     return RequestFacts(
         host=request.host.rsplit(":", 1)[0] if request.host else "",
@@ -401,11 +318,3 @@ def _multi(items: Any) -> dict[str, list[str]]:
     for key, value in items:
         out.setdefault(key, []).append(value)
     return out
-
-
-def _charset(headers: Mapping[str, str]) -> str:
-    for param in headers.get("Content-Type", "").split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"') or "utf-8"
-    return "utf-8"

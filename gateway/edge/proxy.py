@@ -19,6 +19,7 @@ from yarl import URL
 from gateway.edge import headers as hdr
 from gateway.edge.catalog import CatalogPages, CatalogTap
 from gateway.edge.pages import PagePlan, PageViews
+from gateway.edge.pagetap import PageTap, Run
 from gateway.edge.passthrough import (
     NO_BODY_STATUS,
     Answer,
@@ -30,7 +31,7 @@ from gateway.edge.passthrough import (
     upstream_client,
     upstream_session,
 )
-from gateway.edge.proxied_rules import PageTap, ProxiedRules, Run
+from gateway.edge.proxied_rules import ProxiedRules
 from gateway.edge.shares import ClientShares
 from gateway.edge.uploads import BodyTooLarge, ClientTooSlow, RequestBody
 from gateway.edge.upstream import UpstreamClient
