@@ -29,7 +29,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import assembler, housekeeping, insights, profiles, reads
+from gateway.delivery import assembler, housekeeping, insights, profiles, queuerows, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.forget import forget as forget_person
@@ -136,7 +136,7 @@ class Outbox(Results):
         after the whole lease; a live process keeps its leases (a reused pid only delays).
         """
         async with self._transaction() as conn:
-            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), pid_gone)
+            count = await queuerows.reclaim_leases(conn, socket.gethostname(), pid_gone)
         if count:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.wake()
@@ -147,7 +147,7 @@ class Outbox(Results):
         async with (
             self._lock,
             self._conn.execute(
-                "SELECT pixel_id, event_name, event_id, sealed FROM events "
+                "SELECT pixel_id, event_name, event_id, sealed FROM event_data "
                 "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
             ) as cur,
         ):
