@@ -223,11 +223,15 @@ def test_a_migrated_file_is_written_as_a_new_one(
         finally:
             await box.close()
 
-    assert asyncio.run(serve(old)) == asyncio.run(serve(new)) == [
-        ("e2", 1),
-        ("e5", 1),
-        ("e6", 1),
-    ]
+    assert (
+        asyncio.run(serve(old))
+        == asyncio.run(serve(new))
+        == [
+            ("e2", 1),
+            ("e5", 1),
+            ("e6", 1),
+        ]
+    )
     states = "SELECT event_id, state, attempts, lease_owner FROM events ORDER BY id"
     assert table(old, states) == table(new, states)
     # The results were written to the migrated file's queue rows.
