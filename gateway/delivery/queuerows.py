@@ -16,6 +16,10 @@ import aiosqlite
 
 from gateway.delivery.leases import pid_of
 
+# Ids per statement: far below SQLite's variable limit. A result for at most this many rows
+# is one statement, which may run as its own transaction (see `update_leased`).
+ID_CHUNK = 900
+
 
 async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[int], bool]) -> int:
     """Give back rows leased by processes of `host` that `dead(pid)` says are gone."""
@@ -44,9 +48,12 @@ async def update_leased(
     assignments: str,
     values: tuple[Any, ...],
 ) -> None:
-    """Apply `assignments` (to queue columns) to the rows of `ids` that `owner` still holds."""
-    for start in range(0, len(ids), 900):
-        part = ids[start : start + 900]
+    """Apply `assignments` (to queue columns) to the rows of `ids` that `owner` still holds.
+
+    Up to ID_CHUNK ids this is one statement: it needs no transaction around it.
+    """
+    for start in range(0, len(ids), ID_CHUNK):
+        part = ids[start : start + ID_CHUNK]
         marks = ",".join("?" * len(part))
         # Only the lease holder may record a result: a row whose lease expired and was
         # taken by another worker belongs to that worker now.

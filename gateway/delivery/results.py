@@ -93,9 +93,17 @@ class Results:
         self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
     ) -> None:
         id_list = list(ids)
-        if id_list:
-            async with self._transaction() as conn:
-                await rows_sql.update_leased(conn, id_list, owner, assignments, values)
+        if not id_list:
+            return
+        if len(id_list) <= rows_sql.ID_CHUNK:
+            # One UPDATE is a transaction of its own (the connection autocommits, and a
+            # write statement takes the write lock as BEGIN IMMEDIATE does): two trips to
+            # the connection's thread fewer than BEGIN, UPDATE, COMMIT, the same one commit.
+            async with self._lock:
+                await rows_sql.update_leased(self._conn, id_list, owner, assignments, values)
+            return
+        async with self._transaction() as conn:
+            await rows_sql.update_leased(conn, id_list, owner, assignments, values)
 
     # blocked pixels -------------------------------------------------------------
 

@@ -286,6 +286,10 @@ async def claim(
     """Lease due rows of unblocked pixels (none of `skip`); raw rows in CLAIMED_COLUMNS order.
 
     The lease is written on the narrow queue rows only; the events are then read by id.
+    Unlike the other functions here this needs no transaction around it (the outbox runs
+    it on its connection in autocommit): each write is one statement, atomic on its own,
+    and the events read last are leased to `owner` by then. A row deleted in between (a
+    purge) is left out.
     """
     # Leases of crashed or stuck workers come back to the pool.
     await conn.execute(

@@ -285,3 +285,25 @@ def test_writes_through_the_events_view_reach_both_tables(tmp_path: Path) -> Non
         conn.execute("DELETE FROM events")
     assert table(path, "SELECT COUNT(*) FROM event_data") == [(0,)]
     assert table(path, "SELECT COUNT(*) FROM event_queue") == [(0,)]
+
+
+async def test_a_claim_and_a_result_are_each_their_own_transactions(tmp_path: Path) -> None:
+    """No BEGIN and COMMIT trips around a claim or a sent-mark: each write is one statement
+    that commits by itself, and another connection (worker) sees it at once."""
+    box = await Outbox.open(tmp_path / "o.db", Sealer(KEY), group_commit_ms=0, durable=False)
+    statements: list[str] = []
+    try:
+        await box.add([new_event(PIXEL_1, "Lead", "t1"), new_event(PIXEL_1, "Lead", "t2")])
+        await box._conn.set_trace_callback(statements.append)
+        claimed = await box.claim("w", limit=10, lease=60, now=time.time() + 10)
+        assert sorted(c.event_id for c in claimed) == ["t1", "t2"]
+        assert table(box.path, "SELECT DISTINCT state, lease_owner FROM event_queue") == [
+            ("inflight", "w")
+        ]
+        await box.mark_sent([c.id for c in claimed], "w", fbtrace_id="T")
+        assert table(box.path, "SELECT DISTINCT state, fbtrace_id FROM event_queue") == [
+            ("sent", "T")
+        ]
+    finally:
+        await box.close()
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == []
