@@ -139,6 +139,7 @@ class _Stored:
     late: dict[str, Any] | None
     profile_keys: list[str]
     changed: bool = False
+    due_changed: bool = False  # `due` moved: the queue row is written too
 
 
 async def assemble(
@@ -189,7 +190,7 @@ async def assemble(
             row.assembled, row.changed = merged.state, True
         if row.attempts == 0 and now + hold < row.due:
             # A copy that may go at once (hold 0: its source has nothing more to wait for).
-            row.due, row.changed = now + hold, True
+            row.due, row.changed, row.due_changed = now + hold, True, True
         out.append(("merged", row.assembled, row.profile_keys))
     for (pixel_id, event_name, event_id), row in found.items():
         if row.changed:
@@ -258,10 +259,10 @@ async def _save(
                 row.id,
             ),
         )
-        await conn.execute(
-            "UPDATE event_queue SET next_attempt_at=? WHERE id=? AND next_attempt_at IS NOT ?",
-            (row.due, row.id, row.due),
-        )
+        if row.due_changed:
+            await conn.execute(
+                "UPDATE event_queue SET next_attempt_at=? WHERE id=?", (row.due, row.id)
+            )
         return
     await conn.execute(
         "UPDATE event_data SET late=?, twin=? WHERE id=?",
