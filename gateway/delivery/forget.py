@@ -171,7 +171,7 @@ async def _scrub_events(
         kept = {k: v for k, v in clear.items() if k not in _CLEAR_IDS}
         await conn.execute(
             # profile_keys go too: what links the row to a profile was the person's.
-            "UPDATE events SET payload=?, sealed=?, match_keys=?, profile_keys=NULL WHERE id=?",
+            "UPDATE event_data SET payload=?, sealed=?, match_keys=?, profile_keys=NULL WHERE id=?",
             (
                 json.dumps(payload, separators=(",", ":")),
                 sealer.seal(kept, ident),

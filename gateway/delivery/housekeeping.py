@@ -20,15 +20,18 @@ async def expire_and_purge(
 ) -> tuple[int, int]:
     """Dead-letter rows past Meta's window; delete old sent and dead rows."""
     now = time.time() if now is None else now
+    # The tables, not the `events` view: SQLite counts no changes made through a view.
     cur = await conn.execute(
-        "UPDATE events SET state='dead', sent_at=?, last_error=? "
-        "WHERE state IN ('pending','blocked') AND event_time < ?",
+        "UPDATE event_queue SET state='dead', sent_at=?, last_error=? "
+        "WHERE state IN ('pending','blocked') "
+        "AND (SELECT event_time FROM event_data d WHERE d.id = event_queue.id) < ?",
         (now, "expired: event_time is older than Meta's 7-day window", now - META_WINDOW),
     )
     expired = int(cur.rowcount)
+    # Deleting the event deletes its queue row (trigger `event_data_delete`).
     cur = await conn.execute(
-        "DELETE FROM events WHERE (state IN ('sent','sent-dry') AND sent_at < ?) "
-        "OR (state='dead' AND sent_at < ?)",
+        "DELETE FROM event_data WHERE id IN (SELECT id FROM event_queue "
+        "WHERE (state IN ('sent','sent-dry') AND sent_at < ?) OR (state='dead' AND sent_at < ?))",
         (now - retention, now - dead_retention),
     )
     return expired, int(cur.rowcount)
@@ -43,21 +46,23 @@ async def requeue(
     inside a write transaction. Returns how many rows were queued.
     """
     cur = await conn.execute(
-        "UPDATE events SET state='pending', attempts=0, next_attempt_at=?, lease_owner=NULL, "
-        f"lease_expires=NULL{where}",
+        "UPDATE event_queue SET state='pending', attempts=0, next_attempt_at=?, lease_owner=NULL, "
+        f"lease_expires=NULL WHERE id IN (SELECT id FROM events{where})",
         [time.time() if now is None else now, *values],
     )
     # Retrying a blocked pixel's events by hand lifts the block: the operator says it's fixed.
     await conn.execute(
         "DELETE FROM blocked_pixels WHERE pixel_id NOT IN "
-        "(SELECT DISTINCT pixel_id FROM events WHERE state='blocked')"
+        "(SELECT DISTINCT pixel_id FROM event_queue WHERE state='blocked')"
     )
     return int(cur.rowcount)
 
 
 async def delete_rows(conn: aiosqlite.Connection, where: str, values: Sequence[Any]) -> int:
     """Delete the rows `where` (a ` WHERE ...` clause) selects; returns how many."""
-    cur = await conn.execute(f"DELETE FROM events{where}", list(values))
+    cur = await conn.execute(
+        f"DELETE FROM event_data WHERE id IN (SELECT id FROM events{where})", list(values)
+    )
     return int(cur.rowcount)
 
 
@@ -71,9 +76,9 @@ async def count_rows(conn: aiosqlite.Connection, where: str, values: Sequence[An
 async def purge_sent_oldest(conn: aiosqlite.Connection, *, fraction: float) -> int:
     """Delete the oldest `fraction` of delivered rows (they are kept only for the record)."""
     cur = await conn.execute(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE state IN "
+        "DELETE FROM event_data WHERE id IN (SELECT id FROM event_queue WHERE state IN "
         "('sent','sent-dry') ORDER BY sent_at LIMIT (SELECT CAST(COUNT(*) * ? AS "
-        "INTEGER) + 1 FROM events WHERE state IN ('sent','sent-dry')))",
+        "INTEGER) + 1 FROM event_queue WHERE state IN ('sent','sent-dry')))",
         (fraction,),
     )
     return int(cur.rowcount)

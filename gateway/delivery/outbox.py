@@ -22,17 +22,15 @@ import math
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import assembler, housekeeping, insights, profiles, reads
+from gateway.delivery import assembler, profiles, queuerows, reads
 from gateway.delivery import rows as rows_sql
-from gateway.delivery.forget import Person, add_counts
-from gateway.delivery.forget import forget as forget_person
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.leases import pid_gone
@@ -43,13 +41,14 @@ from gateway.delivery.schema import connect, write_transaction
 from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.sizeguard import SizeGuard
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed
+from gateway.delivery.upkeep import Upkeep
 from gateway.models import NewEvent, row_key
 from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
 
 
-class Outbox(Results):
+class Outbox(Results, Upkeep):
     """The SQLite outbox. Create with `await Outbox.open(...)`, end with `close()`."""
 
     def __init__(
@@ -136,7 +135,7 @@ class Outbox(Results):
         after the whole lease; a live process keeps its leases (a reused pid only delays).
         """
         async with self._transaction() as conn:
-            count = await rows_sql.reclaim_leases(conn, socket.gethostname(), pid_gone)
+            count = await queuerows.reclaim_leases(conn, socket.gethostname(), pid_gone)
         if count:
             log.info("Took back %d event(s) leased by stopped processes of this host.", count)
             self.wake()
@@ -147,7 +146,7 @@ class Outbox(Results):
         async with (
             self._lock,
             self._conn.execute(
-                "SELECT pixel_id, event_name, event_id, sealed FROM events "
+                "SELECT pixel_id, event_name, event_id, sealed FROM event_data "
                 "WHERE sealed IS NOT NULL ORDER BY id DESC LIMIT 1"
             ) as cur,
         ):
@@ -289,8 +288,12 @@ class Outbox(Results):
         the visitor's profile, recorded on the row (what is sent is what the row shows).
         """
         now = time.time() if now is None else now
-        async with self._transaction() as conn:
-            rows = await rows_sql.claim(conn, owner, limit=limit, lease=lease, now=now, skip=skip)
+        # No transaction around it: each of the claim's writes is one statement, a
+        # transaction of its own (see rows.claim), which saves two trips to the thread.
+        async with self._lock:
+            rows = await rows_sql.claim(
+                self._conn, owner, limit=limit, lease=lease, now=now, skip=skip
+            )
         rows.sort(key=lambda r: int(r[0]))
         claimed = [self._open_row(r) for r in rows]
         if self.profiles is None or not claimed:
@@ -350,86 +353,3 @@ class Outbox(Results):
             test_event_code=r[6],
             event=event,
         )
-
-    # housekeeping -----------------------------------------------------------------
-
-    async def expire_and_purge(
-        self, *, retention: float, dead_retention: float, now: float | None = None
-    ) -> tuple[int, int]:
-        """Dead-letter rows past Meta's window; delete old sent and dead rows (and
-        expired visitor profiles, or the oldest past `profile_max`)."""
-        async with self._lock:
-            result = await housekeeping.expire_and_purge(
-                self._conn, retention=retention, dead_retention=dead_retention, now=now
-            )
-        if self.profiles is not None:
-            async with self._transaction() as conn:
-                await profiles.purge(conn, max_profiles=self.profiles.max_profiles, now=now)
-        if self.insights is not None:
-            async with self._transaction() as conn:
-                await insights.purge(
-                    conn, retention=self.insights.retention, now=time.time() if now is None else now
-                )
-        return result
-
-    async def purge_sent_oldest(self, *, fraction: float) -> int:
-        """Delete the oldest share of delivered rows to make room."""
-        async with self._lock:
-            count = await housekeeping.purge_sent_oldest(self._conn, fraction=fraction)
-        if count:
-            log.warning("Outbox near max_buffer_mb: purged %d delivered rows early.", count)
-        return count
-
-    async def requeue_dead(
-        self, ids: Sequence[int] | None = None, *, sites: Collection[str] | None = None
-    ) -> int:
-        """Queue dead letters (those of `ids`, or all; of `sites` only) for sending now;
-        returns how many."""
-        where, values = _dead(ids, sites)
-        async with self._transaction() as conn:
-            count = await housekeeping.requeue(conn, where, values)
-        self.wake()
-        return count
-
-    async def discard_dead(
-        self, ids: Sequence[int], *, sites: Collection[str] | None = None
-    ) -> int:
-        """Delete the dead letters of `ids` (of `sites` only); returns how many."""
-        where, values = _dead(ids, sites)
-        async with self._transaction() as conn:
-            return await housekeeping.delete_rows(conn, where, values)
-
-    async def match_key_coverage(self, *, since: float) -> dict[str, dict[str, Any]]:
-        """Match keys as received and as sent, per event name (see housekeeping)."""
-        async with self._lock:
-            return await reads.match_key_coverage(self._conn, since=since)
-
-    async def forget(
-        self, person: Person, key: bytes, *, sites: Collection[str] | None = None
-    ) -> dict[str, int]:
-        """Erase a person from unsent events, profiles and stitched visits (see forget.py);
-        `sites`: of those sites only (a tenant's erasure)."""
-        async with self._transaction() as conn:
-            if sites is None:
-                return await forget_person(conn, self.sealer, key, person)
-            return add_counts(
-                [await forget_person(conn, self.sealer, key, person, site=s) for s in sites]
-            )
-
-    async def stats(self) -> dict[str, Any]:
-        """Counts per state and per event name, oldest pending age, blocked pixels."""
-        async with self._lock:
-            return await reads.queue_stats(self._conn)
-
-
-def _dead(ids: Sequence[int] | None, sites: Collection[str] | None = None) -> tuple[str, list[Any]]:
-    """The WHERE clause selecting dead letters, all of them or those of `ids` (of `sites`)."""
-    where, values = " WHERE state='dead'", []
-    if ids is not None:
-        chosen: list[Any] = [int(i) for i in ids]
-        where += f" AND id IN ({','.join('?' * len(chosen))})"
-        values += chosen
-    if sites is not None:
-        where += f" AND site IN ({','.join('?' * len(sites))})"
-        values += sorted(sites)
-    return where, values

@@ -199,7 +199,7 @@ async def changed(
         part = row_ids[start : start + _ID_CHUNK]
         # One trip to the connection's thread (a claim's hot path), as `lookup` does.
         rows = await conn.execute_fetchall(
-            "SELECT e.id, p.key_hash, p.ids FROM events e JOIN profiles p "
+            "SELECT e.id, p.key_hash, p.ids FROM event_data e JOIN profiles p "
             f"ON p.key_hash = e.profile_keys WHERE e.id IN ({','.join('?' * len(part))}) "
             "AND p.expires_at > ? AND (e.profile_seen IS NULL OR p.updated_at > e.profile_seen)",
             (*part, now),

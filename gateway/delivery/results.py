@@ -2,7 +2,7 @@
 
 A mixin of `Outbox` (gateway/delivery/outbox.py), split out for size, like the PostgreSQL
 store's `postgres/results.py`: every result is recorded only on rows the caller still
-holds the lease of (`rows.update_leased`).
+holds the lease of (`queuerows.update_leased`), on its narrow queue row.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import rows as rows_sql
+from gateway.delivery import queuerows as rows_sql
 
 
 class Results:
@@ -37,7 +37,7 @@ class Results:
         async with self._lock:  # one trip to the connection's thread, not three
             found = list(
                 await self._conn.execute_fetchall(
-                    "SELECT MIN(next_attempt_at) FROM events WHERE state='pending'"
+                    "SELECT MIN(next_attempt_at) FROM event_queue WHERE state='pending'"
                 )
             )
         row = found[0] if found else None
@@ -93,9 +93,17 @@ class Results:
         self, ids: Iterable[int], owner: str, assignments: str, values: tuple[Any, ...]
     ) -> None:
         id_list = list(ids)
-        if id_list:
-            async with self._transaction() as conn:
-                await rows_sql.update_leased(conn, id_list, owner, assignments, values)
+        if not id_list:
+            return
+        if len(id_list) <= rows_sql.ID_CHUNK:
+            # One UPDATE is a transaction of its own (the connection autocommits, and a
+            # write statement takes the write lock as BEGIN IMMEDIATE does): two trips to
+            # the connection's thread fewer than BEGIN, UPDATE, COMMIT, the same one commit.
+            async with self._lock:
+                await rows_sql.update_leased(self._conn, id_list, owner, assignments, values)
+            return
+        async with self._transaction() as conn:
+            await rows_sql.update_leased(conn, id_list, owner, assignments, values)
 
     # blocked pixels -------------------------------------------------------------
 

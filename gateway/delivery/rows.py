@@ -1,4 +1,4 @@
-"""The SQL over the outbox's `events` and `blocked_pixels` tables.
+"""The SQL over the outbox's events: stored, merged, claimed, completed.
 
 Plain functions on a connection, each meant to run inside a write transaction the
 caller holds (`Outbox._transaction`); the outbox decides when, these decide how.
@@ -7,7 +7,6 @@ caller holds (`Outbox._transaction`); the outbox decides when, these decide how.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,24 +14,22 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery.leases import pid_of
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
-# Rows per INSERT statement: 19 bound values each stays far below SQLite's variable limit.
+# Rows per INSERT statement: 17 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
 # json.dumps with options builds an encoder per call: one, built once (same output).
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
-    "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
-    "site, profile_keys, profile_seen"
+    "sealed, created_at, match_keys, received_keys, sources, site, profile_keys, profile_seen"
 )
 # `profile_seen` is recorded only while no profile exists under the row's key (the key
 # passed twice: once for the column, once for this test, one index probe in the insert).
 _ROW_SQL = (
-    "(?,?,?,?,?,?,?,?,?,'pending',?,?,0,?,?,?,?,?,"
+    "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
     "CASE WHEN EXISTS (SELECT 1 FROM profiles WHERE key_hash = ?) THEN NULL ELSE ? END)"
 )
 # The browser's side of a twin pair: a beacon mirroring a browser-pixel event. Every other
@@ -41,15 +38,19 @@ BROWSER_SOURCE = "collect"
 # A copy of a stored event is not inserted: `assemble` merges it into the stored row.
 _ON_CONFLICT = (
     " ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING"
-    " RETURNING pixel_id, event_name, event_id"
+    " RETURNING id, pixel_id, event_name, event_id"
 )
 # Rows a later copy may still merge into: not sent, not being sent.
 MERGEABLE_STATES = ("pending", "blocked")
-# Claimed rows come back in this column order (see `claim`).
+# Claimed rows come back in this column order (see `claim`): `attempts` from the queue row,
+# the others from `event_data`, read by the claimed ids.
 CLAIMED_COLUMNS = (
     "id, pixel_id, event_name, event_id, event_time, attempts, test_event_code, payload, sealed, "
     "profile_keys, profile_seen"
 )
+_CLAIMED_DATA = CLAIMED_COLUMNS.replace("attempts", "NULL")
+# Ids per `IN (...)` list: far below SQLite's variable limit.
+_ID_CHUNK = 900
 
 
 async def insert(
@@ -70,6 +71,7 @@ async def insert(
     pkeys = profile_keys if profile_keys is not None else [None] * len(rows)
     seen = profile_seen if profile_seen is not None else [None] * len(rows)
     inserted: set[tuple[str, str, str]] = set()
+    due: dict[str, float] = {}
     for start in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[start : start + _INSERT_CHUNK]
         params: list[Any] = []
@@ -92,7 +94,6 @@ async def insert(
                 ev.test_event_code,
                 _compact(ev.payload),
                 blob,
-                now + hold,
                 now,
                 keys,
                 keys,
@@ -102,10 +103,21 @@ async def insert(
                 pkey if seen_at is not None else None,
                 seen_at,
             )
-        sql = f"INSERT INTO events ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
+            # A key twice in one commit: the first copy is the row, as ON CONFLICT decides.
+            due.setdefault(ev.row_key(), now + hold)
+        sql = f"INSERT INTO event_data ({_COLUMNS}) VALUES " + ",".join([_ROW_SQL] * len(chunk))
         # One trip to the connection's thread, not three (execute, fetch, close).
+        queue: list[Any] = []
         for r in await conn.execute_fetchall(sql + _ON_CONFLICT, params):
-            inserted.add((r[0], r[1], r[2]))
+            inserted.add((r[1], r[2], r[3]))
+            queue += (r[0], r[1], due[row_key(r[1], r[2], r[3])])
+        if queue:
+            # Each new event's delivery state: its narrow queue row, pending until due.
+            await conn.execute(
+                "INSERT INTO event_queue (id, pixel_id, next_attempt_at) VALUES "
+                + ",".join(["(?,?,?)"] * (len(queue) // 3)),
+                queue,
+            )
     return inserted
 
 
@@ -127,6 +139,7 @@ class _Stored:
     late: dict[str, Any] | None
     profile_keys: list[str]
     changed: bool = False
+    due_changed: bool = False  # `due` moved: the queue row is written too
 
 
 async def assemble(
@@ -177,7 +190,7 @@ async def assemble(
             row.assembled, row.changed = merged.state, True
         if row.attempts == 0 and now + hold < row.due:
             # A copy that may go at once (hold 0: its source has nothing more to wait for).
-            row.due, row.changed = now + hold, True
+            row.due, row.changed, row.due_changed = now + hold, True, True
         out.append(("merged", row.assembled, row.profile_keys))
     for (pixel_id, event_name, event_id), row in found.items():
         if row.changed:
@@ -230,11 +243,10 @@ async def _save(
     state = row.assembled
     if row.state in MERGEABLE_STATES:
         await conn.execute(
-            "UPDATE events SET payload=?, sealed=?, sources=?, ranks=?, match_keys=?, "
+            "UPDATE event_data SET payload=?, sealed=?, sources=?, ranks=?, match_keys=?, "
             # A merged row may carry other profile keys than when it was stored: its
             # profile is compared again at claim (profile_seen cleared).
-            "event_time=?, next_attempt_at=?, twin=?, profile_keys=?, profile_seen=NULL "
-            "WHERE id=?",
+            "event_time=?, twin=?, profile_keys=?, profile_seen=NULL WHERE id=?",
             (
                 _compact(state.payload),
                 seal(state.clear, ident),
@@ -242,15 +254,18 @@ async def _save(
                 json.dumps(state.ranks, separators=(",", ":"), sort_keys=True),
                 match_keys(state.payload.get("user_data"), state.clear),
                 int(state.payload.get("event_time", 0)),
-                row.due,
                 row.twin,
                 ",".join(row.profile_keys) or None,
                 row.id,
             ),
         )
+        if row.due_changed:
+            await conn.execute(
+                "UPDATE event_queue SET next_attempt_at=? WHERE id=?", (row.due, row.id)
+            )
         return
     await conn.execute(
-        "UPDATE events SET late=?, twin=? WHERE id=?",
+        "UPDATE event_data SET late=?, twin=? WHERE id=?",
         (_compact(row.late), row.twin, row.id),
     )
 
@@ -269,10 +284,17 @@ async def claim(
     now: float,
     skip: Sequence[str] = (),
 ) -> list[Any]:
-    """Lease due rows of unblocked pixels (none of `skip`); raw rows in CLAIMED_COLUMNS order."""
+    """Lease due rows of unblocked pixels (none of `skip`); raw rows in CLAIMED_COLUMNS order.
+
+    The lease is written on the narrow queue rows only; the events are then read by id.
+    Unlike the other functions here this needs no transaction around it (the outbox runs
+    it on its connection in autocommit): each write is one statement, atomic on its own,
+    and the events read last are leased to `owner` by then. A row deleted in between (a
+    purge) is left out.
+    """
     # Leases of crashed or stuck workers come back to the pool.
     await conn.execute(
-        "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
+        "UPDATE event_queue SET state='pending', lease_owner=NULL, lease_expires=NULL "
         "WHERE state='inflight' AND lease_expires < ?",
         (now,),
     )
@@ -283,90 +305,29 @@ async def claim(
     ]
     if blocked:
         await conn.execute(
-            "UPDATE events SET state='blocked' WHERE state='pending' "
+            "UPDATE event_queue SET state='blocked' WHERE state='pending' "
             f"AND pixel_id IN ({','.join('?' * len(blocked))})",
             blocked,
         )
     others = f" AND pixel_id NOT IN ({','.join('?' * len(skip))})" if skip else ""
-    claimed = await conn.execute_fetchall(
-        "UPDATE events SET state='inflight', lease_owner=?, lease_expires=?, "
-        "attempts=attempts+1 WHERE id IN (SELECT id FROM events "
+    leased = await conn.execute_fetchall(
+        "UPDATE event_queue SET state='inflight', lease_owner=?, lease_expires=?, "
+        "attempts=attempts+1 WHERE id IN (SELECT id FROM event_queue "
         f"WHERE state='pending' AND next_attempt_at <= ?{others} "
-        f"ORDER BY next_attempt_at, id LIMIT ?) RETURNING {CLAIMED_COLUMNS}",
+        "ORDER BY next_attempt_at, id LIMIT ?) RETURNING id, attempts",
         (owner, now + lease, now, *skip, limit),
     )
-    return list(claimed)
-
-
-async def reclaim_leases(conn: aiosqlite.Connection, host: str, dead: Callable[[int], bool]) -> int:
-    """Give back rows leased by processes of `host` that `dead(pid)` says are gone."""
-    async with conn.execute(
-        "SELECT DISTINCT lease_owner FROM events WHERE state='inflight'"
-    ) as cur:
-        owners = [str(r[0]) for r in await cur.fetchall() if r[0] is not None]
-    count = 0
-    for owner in owners:
-        pid = pid_of(owner, host)
-        if pid is None or not dead(pid):
-            continue
-        cur = await conn.execute(
-            "UPDATE events SET state='pending', lease_owner=NULL, lease_expires=NULL "
-            "WHERE state='inflight' AND lease_owner=?",
-            (owner,),
-        )
-        count += cur.rowcount
-    return count
-
-
-async def update_leased(
-    conn: aiosqlite.Connection,
-    ids: Sequence[int],
-    owner: str,
-    assignments: str,
-    values: tuple[Any, ...],
-) -> None:
-    """Apply `assignments` to the rows of `ids` that `owner` still holds."""
-    for start in range(0, len(ids), 900):
-        part = ids[start : start + 900]
-        marks = ",".join("?" * len(part))
-        # Only the lease holder may record a result: a row whose lease expired and was
-        # taken by another worker belongs to that worker now.
-        await conn.execute(
-            f"UPDATE events SET {assignments} WHERE id IN ({marks}) "
-            "AND state='inflight' AND lease_owner=?",
-            (*values, *part, owner),
-        )
-
-
-async def park_pixel(
-    conn: aiosqlite.Connection,
-    pixel_id: str,
-    *,
-    token_fingerprint: str,
-    reason: str,
-    fbtrace_id: str | None,
-) -> None:
-    """Record the pixel as blocked and park its pending rows."""
-    await conn.execute(
-        "INSERT INTO blocked_pixels (pixel_id, token_fingerprint, reason, fbtrace_id, since) "
-        "VALUES (?,?,?,?,?) ON CONFLICT (pixel_id) DO UPDATE SET "
-        "token_fingerprint=excluded.token_fingerprint, reason=excluded.reason, "
-        "fbtrace_id=excluded.fbtrace_id",
-        (pixel_id, token_fingerprint, reason, fbtrace_id, time.time()),
-    )
-    await conn.execute(
-        "UPDATE events SET state='blocked' WHERE state='pending' AND pixel_id=?", (pixel_id,)
-    )
-
-
-async def release_pixel(conn: aiosqlite.Connection, pixel_id: str) -> int:
-    """Lift a pixel's block; its parked rows are due now. Returns how many."""
-    await conn.execute("DELETE FROM blocked_pixels WHERE pixel_id=?", (pixel_id,))
-    cur = await conn.execute(
-        "UPDATE events SET state='pending', next_attempt_at=? WHERE state='blocked' AND pixel_id=?",
-        (time.time(), pixel_id),
-    )
-    return int(cur.rowcount)
+    attempts = {int(r[0]): int(r[1]) for r in leased}
+    ids = list(attempts)
+    claimed: list[Any] = []
+    for start in range(0, len(ids), _ID_CHUNK):
+        part = ids[start : start + _ID_CHUNK]
+        for r in await conn.execute_fetchall(
+            f"SELECT {_CLAIMED_DATA} FROM event_data WHERE id IN ({','.join('?' * len(part))})",
+            part,
+        ):
+            claimed.append((*r[:5], attempts[int(r[0])], *r[6:]))
+    return claimed
 
 
 async def record_completed(
@@ -389,13 +350,15 @@ async def record_completed(
             )
         )
     await conn.executemany(
-        "UPDATE events SET payload=?, match_keys=? WHERE id=? AND lease_owner=?", params
+        "UPDATE event_data SET payload=?, match_keys=? WHERE id=? AND EXISTS "
+        "(SELECT 1 FROM event_queue q WHERE q.id = event_data.id AND q.lease_owner=?)",
+        params,
     )
 
 
 async def unsee(conn: aiosqlite.Connection, keys: Iterable[tuple[str, str, str]]) -> None:
     """Clear `profile_seen` on the rows of these event keys: their profile gained more."""
     await conn.executemany(
-        "UPDATE events SET profile_seen=NULL WHERE pixel_id=? AND event_name=? AND event_id=?",
+        "UPDATE event_data SET profile_seen=NULL WHERE pixel_id=? AND event_name=? AND event_id=?",
         list(keys),
     )

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from gateway.delivery.queueschema import V11
+
 # The page cache of each connection, in KiB (SQLite's default is 2 MiB). One group commit
 # of 100 events touches ~100 random leaf pages in each of the event key index, the facts'
 # visitor and event id indexes and the profiles table; at 2 MiB (500 pages) those B-trees
@@ -236,6 +238,9 @@ MIGRATIONS: tuple[str, ...] = (
         blocked_at REAL
     );
     """,
+    # 11: an event written once (`event_data`), its delivery state in a narrow row
+    # (`event_queue`), `events` a view over both (gateway/delivery/queueschema.py)
+    V11,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -315,14 +320,28 @@ async def migrate(conn: aiosqlite.Connection, path: Path, *, create: bool = True
                 f"({SCHEMA_VERSION}); upgrade capi-gateway or point --buffer at another file"
             )
         for number in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    await conn.execute(statement)
+            for statement in statements(MIGRATIONS[number]):
+                await conn.execute(statement)
         await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         await conn.execute("COMMIT")
     except BaseException:
         await conn.execute("ROLLBACK")
         raise
+
+
+def statements(script: str) -> list[str]:
+    """The statements of a migration, in order (a trigger's body holds `;` too)."""
+    out: list[str] = []
+    part = ""
+    for piece in script.split(";"):
+        part += piece + ";"
+        if sqlite3.complete_statement(part):
+            if part.strip(" \n;"):
+                out.append(part.strip())
+            part = ""
+    if part.strip(" \n;"):
+        out.append(part.strip())
+    return out
 
 
 async def _wal(conn: aiosqlite.Connection) -> None:

@@ -33,9 +33,10 @@ EVENTS = "capi_gateway_events_total"
 
 
 @contextlib.asynccontextmanager
-async def broken_store(buffer: Path, table: str = "events") -> AsyncIterator[None]:
+async def broken_store(buffer: Path, table: str = "event_data") -> AsyncIterator[None]:
     """Every outbox write (or stitch lookup, with `table="stitches"`) fails while inside:
-    the table is renamed away and back.
+    the table is renamed away and back (`event_data`: `events` is a view over it, which
+    SQLite does not rename; the view and its triggers follow the table there and back).
 
     Run in a thread: the gateway's own transactions need the event loop to finish."""
 
