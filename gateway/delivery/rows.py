@@ -17,13 +17,11 @@ import aiosqlite
 
 from gateway.delivery.leases import pid_of
 from gateway.models import NewEvent, row_key
-from gateway.pipeline import assembly
+from gateway.pipeline import assembly, jsonfast
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
 # Rows per INSERT statement: 19 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
-# json.dumps with options builds an encoder per call: one, built once (same output).
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, state, next_attempt_at, created_at, attempts, match_keys, received_keys, sources, "
@@ -90,7 +88,7 @@ async def insert(
                 ev.source,
                 ev.rule,
                 ev.test_event_code,
-                _compact(ev.payload),
+                jsonfast.dumps(ev.payload),
                 blob,
                 now + hold,
                 now,
@@ -201,7 +199,7 @@ async def _load(
     if r is None:  # pragma: no cover - called only for keys the INSERT found stored
         raise LookupError(f"event {ev.row_key()!r} vanished inside its transaction")
     state = assembly.restore(
-        json.loads(r[1]),
+        jsonfast.loads(r[1]),
         open_sealed(r[2], ev.row_key()),
         source=r[4],
         rule=r[5],
@@ -236,7 +234,7 @@ async def _save(
             "event_time=?, next_attempt_at=?, twin=?, profile_keys=?, profile_seen=NULL "
             "WHERE id=?",
             (
-                _compact(state.payload),
+                jsonfast.dumps(state.payload),
                 seal(state.clear, ident),
                 json.dumps(list(state.sources)),
                 json.dumps(state.ranks, separators=(",", ":"), sort_keys=True),
@@ -251,7 +249,7 @@ async def _save(
         return
     await conn.execute(
         "UPDATE events SET late=?, twin=? WHERE id=?",
-        (_compact(row.late), row.twin, row.id),
+        (jsonfast.dumps(row.late), row.twin, row.id),
     )
 
 
@@ -382,7 +380,7 @@ async def record_completed(
         clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
         params.append(
             (
-                _compact({**event, "user_data": hashed}),
+                jsonfast.dumps({**event, "user_data": hashed}),
                 match_keys(hashed, clear),
                 row_id,
                 owner,
