@@ -14,16 +14,17 @@ where nothing compares or hashes the serialized bytes.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 # A run of 19 digits may be an integer orjson reads as a float (past 2**64, or below -2**63);
 # shorter ones always fit. A long fraction or a digit string inside a text also matches:
-# those go to the stdlib too, which is slower there, never wrong.
-_LONG_DIGITS_B = re.compile(rb"\d{19}")
-_LONG_DIGITS_S = re.compile(r"\d{19}")
+# those go to the stdlib too, which is slower there, never wrong. Found by mapping every
+# digit to "0" and everything else to " ": bytes.translate and `in` run in C over the buffer,
+# ~20x faster than re's `\d{19}`, which tries every position in turn.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -39,10 +40,12 @@ def orjson_loads(data: bytes | str) -> Any:
 
     A value it returns holds no NaN or infinity: orjson reads none (`1e400` included).
     """
-    long_digits = (
-        _LONG_DIGITS_S.search(data) if isinstance(data, str) else _LONG_DIGITS_B.search(data)
-    )
-    if long_digits is not None:
+    if isinstance(data, str):
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: the stdlib reads them
+            return REFUSED
+    if _LONG_RUN in data.translate(_DIGITS_ONLY):
         return REFUSED
     try:
         return orjson.loads(data)
