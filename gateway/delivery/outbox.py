@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import socket
@@ -43,6 +42,7 @@ from gateway.delivery.sizeguard import SizeGuard
 from gateway.delivery.store import Claimed, KeyMismatch, OutboxClosed
 from gateway.delivery.upkeep import Upkeep
 from gateway.models import NewEvent, row_key
+from gateway.pipeline import jsonfast
 from gateway.pipeline.assembly import Outcome
 
 log = logging.getLogger("gateway.outbox")
@@ -339,7 +339,7 @@ class Outbox(Results, Upkeep):
         ]
 
     def _open_row(self, r: Any) -> Claimed:
-        event: dict[str, Any] = json.loads(r[7])
+        event: dict[str, Any] = jsonfast.loads(r[7])
         clear = self.sealer.open(r[8], row_key(r[1], r[2], r[3]))
         if clear:
             event["user_data"] = {**event.get("user_data", {}), **clear}

@@ -15,13 +15,11 @@ from typing import Any
 import aiosqlite
 
 from gateway.models import NewEvent, row_key
-from gateway.pipeline import assembly
+from gateway.pipeline import assembly, jsonfast
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
 # Rows per INSERT statement: 17 bound values each stays far below SQLite's variable limit.
 _INSERT_CHUNK = 500
-# json.dumps with options builds an encoder per call: one, built once (same output).
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 _COLUMNS = (
     "pixel_id, event_name, event_id, event_time, source, rule, test_event_code, payload, "
     "sealed, created_at, match_keys, received_keys, sources, site, profile_keys, profile_seen"
@@ -92,7 +90,7 @@ async def insert(
                 ev.source,
                 ev.rule,
                 ev.test_event_code,
-                _compact(ev.payload),
+                jsonfast.dumps(ev.payload),
                 blob,
                 now,
                 keys,
@@ -214,7 +212,7 @@ async def _load(
     if r is None:  # pragma: no cover - called only for keys the INSERT found stored
         raise LookupError(f"event {ev.row_key()!r} vanished inside its transaction")
     state = assembly.restore(
-        json.loads(r[1]),
+        jsonfast.loads(r[1]),
         open_sealed(r[2], ev.row_key()),
         source=r[4],
         rule=r[5],
@@ -248,7 +246,7 @@ async def _save(
             # profile is compared again at claim (profile_seen cleared).
             "event_time=?, twin=?, profile_keys=?, profile_seen=NULL WHERE id=?",
             (
-                _compact(state.payload),
+                jsonfast.dumps(state.payload),
                 seal(state.clear, ident),
                 json.dumps(list(state.sources)),
                 json.dumps(state.ranks, separators=(",", ":"), sort_keys=True),
@@ -266,7 +264,7 @@ async def _save(
         return
     await conn.execute(
         "UPDATE event_data SET late=?, twin=? WHERE id=?",
-        (_compact(row.late), row.twin, row.id),
+        (jsonfast.dumps(row.late), row.twin, row.id),
     )
 
 
@@ -343,7 +341,7 @@ async def record_completed(
         clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}
         params.append(
             (
-                _compact({**event, "user_data": hashed}),
+                jsonfast.dumps({**event, "user_data": hashed}),
                 match_keys(hashed, clear),
                 row_id,
                 owner,

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from gateway.delivery.graph import (
     GraphClient,
@@ -523,3 +525,28 @@ def test_error_label_names_what_metrics_count_a_failure_by() -> None:
     assert result(Outcome.INVALID, 400, 100).error_label() == "100"
     assert result(Outcome.RETRY, 503, None).error_label() == "http_503"
     assert result(Outcome.RETRY, None, None).error_label() == "network"
+
+
+async def test_the_events_body_is_compact_utf8_json(session: aiohttp.ClientSession) -> None:
+    bodies: list[bytes] = []
+
+    async def events(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.json_response({"events_received": 1, "fbtrace_id": "trace"})
+
+    app = web.Application()
+    app.router.add_post(f"/{VERSION}/{PIXEL}/events", events)
+    async with TestServer(app, host="127.0.0.1") as server:
+        client = make_client(session, str(server.make_url("")))
+        event = make_event(0, custom_data={"content_name": "Café ☕", "value": 12.5})
+        result = await client.send(PIXEL, [event], access_token=TOKEN)
+        assert result.outcome is Outcome.SENT
+        # orjson writes no int past 64 bits: that body is the stdlib's, digits and all.
+        big = make_event(1, custom_data={"content_name": "Café", "big": 2**64})
+        assert (await client.send(PIXEL, [big], access_token=TOKEN)).outcome is Outcome.SENT
+    first, second = bodies
+    # UTF-8 as it is (no \\u escapes), no spaces.
+    assert '"custom_data":{"content_name":"Café ☕","value":12.5}'.encode() in first
+    assert json.loads(first)["data"] == [event]
+    assert b'"big":18446744073709551616' in second
+    assert json.loads(second)["data"] == [big]

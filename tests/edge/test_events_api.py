@@ -298,3 +298,68 @@ async def test_a_finite_body_is_not_walked_for_nan(
     assert resp.status == 400
     assert "data.0.custom_data.score" in (await resp.json())["detail"]
     assert len(walked) == 1
+
+
+# -- the body parse: orjson where it reads like json.loads, json.loads otherwise --------------
+
+
+async def test_integers_past_64_bits_are_stored_and_sent_with_all_their_digits(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway()
+    event = web_event(
+        event_id="big-int",
+        custom_data={"value": 5, "currency": "EUR", "order_ref": 2**64, "low": -(2**63) - 1},
+    )
+    # orjson alone would read these as floats and send 1.8446744073709552e+19.
+    resp = await client.post("/_capi/events", data=json.dumps({"data": [event]}), headers=auth())
+    assert resp.status == 202, await resp.text()
+    await wait_for(lambda: len(fake_graph.events) == 1)
+    custom = fake_graph.events[0]["custom_data"]
+    assert (custom["order_ref"], custom["low"]) == (2**64, -(2**63) - 1)
+    assert isinstance(custom["order_ref"], int)
+
+
+async def test_a_utf8_bom_before_the_body_is_read_as_before(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway()
+    body = b"\xef\xbb\xbf" + json.dumps({"data": [web_event(event_id="bom")]}).encode()
+    resp = await client.post("/_capi/events", data=body, headers=auth())
+    assert resp.status == 202, await resp.text()
+    await wait_for(lambda: fake_graph.event_ids() == ["bom"])
+
+
+@pytest.mark.parametrize(
+    "body", [b"{nope", b'{"data": [', b'{"data": []}x', b"\xff\xfe{}", b"", b'{"a": .5}']
+)
+async def test_invalid_json_keeps_the_stdlib_message(gateway: GatewayFactory, body: bytes) -> None:
+    client = await gateway()
+    resp = await client.post("/_capi/events", data=body, headers=auth())
+    assert resp.status == 400
+    try:
+        json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        expected = f"the body is not JSON: {exc}"
+    answer = await resp.json()
+    assert (answer["error"], answer["detail"]) == ("invalid JSON", expected)
+
+
+async def test_a_lone_surrogate_escape_is_stored_and_sent_as_before(
+    gateway: GatewayFactory, fake_graph: FakeGraph
+) -> None:
+    client = await gateway()
+    raw = json.dumps(
+        {
+            "data": [
+                web_event(
+                    event_id="lone", custom_data={"value": 5, "currency": "EUR", "note": "\ud800x"}
+                )
+            ]
+        }
+    )
+    assert "\\ud800x" in raw
+    resp = await client.post("/_capi/events", data=raw, headers=auth())
+    assert resp.status == 202, await resp.text()
+    await wait_for(lambda: len(fake_graph.events) == 1)
+    assert fake_graph.events[0]["custom_data"]["note"] == "\ud800x"

@@ -13,7 +13,6 @@ for `reconnect_timeout`; then `DatabaseUnavailable`, which the intake answers wi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import socket
@@ -41,6 +40,7 @@ from gateway.delivery.seal import Sealer, SealError
 from gateway.delivery.sizeguard import SizeGuard
 from gateway.delivery.store import Claimed, KeyMismatch
 from gateway.models import row_key
+from gateway.pipeline import jsonfast
 from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class PgOutbox(Intake, Results):
         ]
 
     def _open_row(self, r: Mapping[str, Any]) -> Claimed:
-        event: dict[str, Any] = json.loads(r["payload"])
+        event: dict[str, Any] = jsonfast.loads(r["payload"])
         clear = self.sealer.open(
             r["sealed"], row_key(r["pixel_id"], r["event_name"], r["event_id"])
         )

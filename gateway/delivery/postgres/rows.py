@@ -22,7 +22,7 @@ from gateway.delivery.insightfacts import InsightPolicy
 from gateway.delivery.postgres.profilerows import learn, link, resolve
 from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
 from gateway.models import NewEvent, row_key
-from gateway.pipeline import assembly
+from gateway.pipeline import assembly, jsonfast
 from gateway.pipeline.assembly import Outcome
 from gateway.pipeline.normalize import CLEAR_FIELDS
 
@@ -97,12 +97,8 @@ WHERE e.id = u.id
 """
 
 
-# json.dumps with options builds an encoder per call: one, built once (same output).
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _dumps(value: Any) -> str:
-    return _ENCODE(value)
+# Payloads go into jsonb: the document counts, not its bytes (orjson, compact UTF-8).
+_dumps = jsonfast.dumps
 
 
 @functools.lru_cache(maxsize=256)
@@ -145,7 +141,7 @@ async def insert(
         [ev.source for ev in rows],
         column([ev.rule for ev in rows]),
         column([ev.test_event_code for ev in rows]),
-        [_dumps(ev.payload) for ev in rows],
+        [jsonfast.dumps(ev.payload) for ev in rows],
         list(sealed),
         [now + hold for hold in holds],
         keys,
@@ -201,7 +197,7 @@ async def assemble(
             twin=bool(r["twin"]),
             browser=r["source"] == BROWSER_SOURCE,
             assembled=assembly.restore(
-                json.loads(r["payload"]),
+                jsonfast.loads(r["payload"]),
                 open_sealed(r["sealed"], row_key(*key)),
                 source=r["source"],
                 rule=r["rule"],
