@@ -232,14 +232,15 @@ async def test_pixel_rate_limit_spaces_requests(
     gateway: GatewayFactory, fake_graph: FakeGraph
 ) -> None:
     client = await gateway(batch_size=1, pixel_rate=10, pixel_burst=1)
-    await post(client, [web_event(event_id=f"r{i}") for i in range(4)])
-    await settled(client, sent=4)
-    assert len(fake_graph.requests) == 4
-    # What Meta sees: four requests over at least three tenths of a second (less a margin
-    # for the first request's connect). Not how often the sender had to wait: a loaded
-    # machine's store round trips can space the sends by themselves.
+    await post(client, [web_event(event_id=f"r{i}") for i in range(5)])
+    await settled(client, sent=5)
+    assert len(fake_graph.requests) == 5
+    # What Meta sees: after the first request, four more over at least three tenths of a
+    # second (less a margin). The first is left out: its connect can delay it by as much as
+    # a tenth on a loaded machine, so that the second arrives right behind it. Not how
+    # often the sender had to wait: store round trips can space the sends by themselves.
     arrived = [r.received_at for r in fake_graph.requests]
-    assert arrived[-1] - arrived[0] >= 0.25, arrived
+    assert arrived[-1] - arrived[1] >= 0.25, arrived
 
 
 async def test_held_events_wake_the_sender_when_due_not_at_every_commit(
