@@ -249,12 +249,11 @@ async def test_held_events_wake_the_sender_when_due_not_at_every_commit(
     client = await gateway(assembly_hold=1.5, poll_interval=30)
     outbox = client.app[OUTBOX]
     await asyncio.sleep(0.2)  # the sender's first claim and maintenance at start
-    claims = 0
+    claimed_at: list[float] = []
     claim = outbox.claim
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal claims
-        claims += 1
+        claimed_at.append(time.monotonic())
         return await claim(*args, **kwargs)
 
     outbox.claim = counted  # type: ignore[method-assign]
@@ -264,7 +263,10 @@ async def test_held_events_wake_the_sender_when_due_not_at_every_commit(
     await asyncio.sleep(0.5)
     # Five commits of held rows: no claim per commit (each would be an empty write
     # transaction); one at most, should the sender's first claim at start land this late.
-    assert claims <= 1
+    # Only claims before the first row comes due count: on a loaded machine the posts can
+    # outlast the hold, and a claim then is the due-time wake this test wants.
+    early = [at for at in claimed_at if at - started < 1.4]
+    assert len(early) <= 1, [round(at - started, 3) for at in claimed_at]
     # Yet the rows go when due, not after the 30 s poll interval.
     await wait_for(lambda: len(fake_graph.event_ids()) == 5, timeout=15)
     assert time.monotonic() - started < 15
