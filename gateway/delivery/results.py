@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import queuerows as rows_sql
+from gateway.delivery import queuerows
 
 
 class Results:
@@ -95,15 +95,15 @@ class Results:
         id_list = list(ids)
         if not id_list:
             return
-        if len(id_list) <= rows_sql.ID_CHUNK:
+        if len(id_list) <= queuerows.ID_CHUNK:
             # One UPDATE is a transaction of its own (the connection autocommits, and a
             # write statement takes the write lock as BEGIN IMMEDIATE does): two trips to
             # the connection's thread fewer than BEGIN, UPDATE, COMMIT, the same one commit.
             async with self._lock:
-                await rows_sql.update_leased(self._conn, id_list, owner, assignments, values)
+                await queuerows.update_leased(self._conn, id_list, owner, assignments, values)
             return
         async with self._transaction() as conn:
-            await rows_sql.update_leased(conn, id_list, owner, assignments, values)
+            await queuerows.update_leased(conn, id_list, owner, assignments, values)
 
     # blocked pixels -------------------------------------------------------------
 
@@ -119,14 +119,14 @@ class Results:
     ) -> None:
         """Park a pixel whose token Meta refused, with the rows of the failed batch."""
         async with self._transaction() as conn:
-            await rows_sql.update_leased(
+            await queuerows.update_leased(
                 conn,
                 list(ids),
                 owner,
                 "state='blocked', last_error=?, fbtrace_id=?, lease_owner=NULL, lease_expires=NULL",
                 (reason, fbtrace_id),
             )
-            await rows_sql.park_pixel(
+            await queuerows.park_pixel(
                 conn,
                 pixel_id,
                 token_fingerprint=token_fingerprint,
@@ -145,6 +145,6 @@ class Results:
     async def unblock_pixel(self, pixel_id: str) -> int:
         """Release a pixel's parked rows for sending now; returns how many."""
         async with self._transaction() as conn:
-            count = await rows_sql.release_pixel(conn, pixel_id)
+            count = await queuerows.release_pixel(conn, pixel_id)
         self.wake()
         return int(count)

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.delivery.queuerows import ID_CHUNK
 from gateway.models import NewEvent, row_key
 from gateway.pipeline import assembly, jsonfast
 from gateway.pipeline.normalize import CLEAR_FIELDS
@@ -47,8 +48,6 @@ CLAIMED_COLUMNS = (
     "profile_keys, profile_seen"
 )
 _CLAIMED_DATA = CLAIMED_COLUMNS.replace("attempts", "NULL")
-# Ids per `IN (...)` list: far below SQLite's variable limit.
-_ID_CHUNK = 900
 
 
 async def insert(
@@ -318,8 +317,8 @@ async def claim(
     attempts = {int(r[0]): int(r[1]) for r in leased}
     ids = list(attempts)
     claimed: list[Any] = []
-    for start in range(0, len(ids), _ID_CHUNK):
-        part = ids[start : start + _ID_CHUNK]
+    for start in range(0, len(ids), ID_CHUNK):
+        part = ids[start : start + ID_CHUNK]
         for r in await conn.execute_fetchall(
             f"SELECT {_CLAIMED_DATA} FROM event_data WHERE id IN ({','.join('?' * len(part))})",
             part,

@@ -7,7 +7,6 @@ naming the field, rather than sent as invalid JSON later.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -33,28 +32,3 @@ def non_finite_path(document: Any, prefix: str = "") -> str | None:
                 for i, v in reversed(list(enumerate(value)))
             )
     return None
-
-
-def loads_finite(raw: bytes | str) -> tuple[Any, bool]:
-    """`json.loads(raw)` and whether a number in it came out NaN or ±Infinity.
-
-    The parser's own hooks see every `NaN`/`Infinity` literal and every float as it is read,
-    so a document without one needs no second walk (`non_finite_path`, which names the
-    field, is for the rare one that has): the walk was ~3 % of a replica's CPU per accepted
-    event on `POST /_capi/events`.
-    """
-    seen = False
-
-    def constant(name: str) -> float:
-        nonlocal seen
-        seen = True
-        return float(name)
-
-    def number(text: str) -> float:
-        nonlocal seen
-        value = float(text)
-        if not math.isfinite(value):
-            seen = True
-        return value
-
-    return json.loads(raw, parse_constant=constant, parse_float=number), seen
