@@ -1,5 +1,6 @@
-"""One group commit's events in, outcomes out: insert, merge copies, learn profiles; and the
-profile completion of claimed events. Both stores run these inside their transactions.
+"""One group commit's events in, outcomes out: insert, merge copies, learn profiles. Both
+stores run this inside their transactions (the completion of claimed events from their
+visitors' profiles is `gateway.delivery.completion`).
 
 The orchestration is shared; the SQL comes from the backend as an `AssemblySql` (the SQLite
 store's `SqliteSql` below, `gateway.delivery.postgres.rows.PgSql`). The merge rules
@@ -8,9 +9,8 @@ themselves are pure (`gateway/pipeline/assembly.py`).
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiosqlite
@@ -364,89 +364,3 @@ async def _learn(
                 entry[0].update(ids)
                 entry[1].add(source)
     return learned
-
-
-async def completions(
-    lookup: Callable[[list[str]], Awaitable[dict[str, profiles.Dated]]],
-    events: Mapping[int, dict[str, Any]],
-    policy: ProfilePolicy,
-    stored_keys: Mapping[int, str | None] | None = None,
-    seen: Mapping[int, float | None] | None = None,
-) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
-    """Claimed events (row id -> event as sent) completed from their visitors' profiles,
-    one `lookup` (profile keys -> live profiles) per batch: those that gained identifiers,
-    with the keys added.
-
-    `stored_keys`: the rows' `profile_keys` columns; a row without one (stored while
-    profiles were off) is found by its fbp. `seen`: the rows' `profile_seen` columns; a
-    row that carried its whole profile when stored is compared only if the profile was
-    updated since.
-    """
-    stored = stored_keys or {}
-    seen_at = seen or {}
-    keys = {
-        row_id: profiles.split_keys(stored[row_id])
-        if stored.get(row_id) is not None
-        else profiles.visitor_keys(policy, event.get("user_data", {}))
-        for row_id, event in events.items()
-    }
-    wanted = [k for ks in keys.values() for k in ks]
-    out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
-    if not wanted:
-        return out
-    found = await lookup(wanted)
-    if not found:
-        return out
-    parsed: dict[str, dict[str, list[str]]] = {}
-    for row_id, event in events.items():
-        row_keys = keys[row_id]
-        if not any(key in found for key in row_keys):
-            continue  # most rows: their profile was not read back (see `lookup`)
-        added: tuple[str, ...] = ()
-        since = seen_at.get(row_id)
-        for key in row_keys:
-            dated = found.get(key)
-            if dated is None or (since is not None and dated[0] <= since):
-                continue
-            event, more = _complete(event, key, dated[1], parsed)
-            added += more
-        if added:
-            out[row_id] = (event, added)
-    return out
-
-
-def completed(
-    events: Mapping[int, dict[str, Any]], hits: Iterable[tuple[int, str, str]]
-) -> dict[int, tuple[dict[str, Any], tuple[str, ...]]]:
-    """`completions` for rows of one profile key each whose profiles SQL already chose
-    (`profiles.changed`): `hits` are (row id, profile key, identifiers as JSON) of the rows
-    a live profile may add to; the same result as `completions` gives for those rows."""
-    out: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
-    parsed: dict[str, dict[str, list[str]]] = {}
-    for row_id, key, ids in hits:
-        event, added = _complete(events[row_id], key, ids, parsed)
-        if added:
-            out[row_id] = (event, added)
-    return out
-
-
-def _complete(
-    event: dict[str, Any], key: str, ids: str, parsed: dict[str, dict[str, list[str]]]
-) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """`event` completed from the profile under `key` (its JSON parsed once per batch)."""
-    profile = parsed.get(key)
-    if profile is None:
-        profile = parsed[key] = json.loads(ids)
-    # Most events of a known visitor carry what their profile holds already.
-    if assembly.carries(event, profile):
-        return event, ()
-    return assembly.complete(event, profile)
-
-
-async def record(
-    conn: aiosqlite.Connection,
-    done: Mapping[int, tuple[dict[str, Any], tuple[str, ...]]],
-    owner: str,
-) -> None:
-    """Record completed events on the rows `owner` holds (SQLite; run in a write transaction)."""
-    await rows_sql.record_completed(conn, {i: event for i, (event, _) in done.items()}, owner)

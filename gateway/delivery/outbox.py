@@ -22,13 +22,12 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from gateway.delivery import assembler, profiles, queuerows, reads
+from gateway.delivery import assembler, completion, profiles, queuerows, reads
 from gateway.delivery import rows as rows_sql
 from gateway.delivery.groupcommit import Pending, next_batch
 from gateway.delivery.insightfacts import InsightPolicy
@@ -312,7 +311,7 @@ class Outbox(Results, Upkeep):
         async with self._lock:
             hits = await profiles.changed(self._conn, plain, now=now) if plain else []
         events = {row.id: row.event for row in claimed}
-        done = assembler.completed(events, hits)
+        done = completion.completed(events, hits)
         if others:
             newer = profiles.unchanged_since([(r[9], r[10]) for r in others])
 
@@ -320,7 +319,7 @@ class Outbox(Results, Upkeep):
                 async with self._lock:
                     return await profiles.lookup(self._conn, wanted, now=now, newer=newer)
 
-            done |= await assembler.completions(
+            done |= await completion.completions(
                 lookup,
                 {int(r[0]): events[int(r[0])] for r in others},
                 self.profiles,
@@ -330,13 +329,8 @@ class Outbox(Results, Upkeep):
         if not done:
             return claimed
         async with self._transaction() as conn:
-            await assembler.record(conn, done, owner)
-        return [
-            replace(row, event=done[row.id][0], profile_added=done[row.id][1])
-            if row.id in done
-            else row
-            for row in claimed
-        ]
+            await rows_sql.record_completed(conn, done, owner)
+        return completion.applied(claimed, done)
 
     def _open_row(self, r: Any) -> Claimed:
         event: dict[str, Any] = jsonfast.loads(r[7])

@@ -103,7 +103,7 @@ def split_keys(column: str | None) -> list[str]:
 
 
 # A stored profile as `lookup` returns it: (updated_at, identifiers as JSON text). The text
-# is parsed only when a claimed event needs it (`assembler.completions`).
+# is parsed only when a claimed event needs it (`completion.completions`).
 Dated = tuple[float, str]
 
 
@@ -111,7 +111,7 @@ def unchanged_since(rows: Iterable[tuple[str | None, float | None]]) -> dict[str
     """Per profile key of claimed rows ((`profile_keys`, `profile_seen`) each), the time
     after which its profile can add something to them: the earliest `profile_seen` of the
     rows under it, for keys whose rows are all marked. A profile not updated since would
-    be read only to be skipped (`assembler.completions`), so `lookup(newer=…)` does not
+    be read only to be skipped (`completion.completions`), so `lookup(newer=…)` does not
     read it back. None when a row has no `profile_keys` (its keys come from its fbp later).
     """
     floors: dict[str, float] = {}
@@ -189,7 +189,7 @@ async def changed(
     """Of claimed rows whose `profile_keys` is one fbp key (`plain_key`), those a live
     profile may add to: (row id, profile key, identifiers as JSON).
 
-    The test `lookup(newer=…)` and `assembler.completions` make per row, done in SQL: the
+    The test `lookup(newer=…)` and `completion.completions` make per row, done in SQL: the
     row was not stored carrying its whole profile (`profile_seen` NULL) or its profile was
     updated since. The rows are leased to the caller, so their columns are as claimed; most
     (nine in ten in a backlog of new visitors) cost one index probe and no Python.

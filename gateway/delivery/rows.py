@@ -328,13 +328,15 @@ async def claim(
 
 
 async def record_completed(
-    conn: aiosqlite.Connection, done: Mapping[int, Mapping[str, Any]], owner: str
+    conn: aiosqlite.Connection,
+    done: Mapping[int, tuple[dict[str, Any], tuple[str, ...]]],
+    owner: str,
 ) -> None:
-    """Record on claimed rows (row id -> event as sent, clear fields included; they stay
-    sealed and out of the payload) the identifiers their visitors' profiles added, in one
-    statement."""
+    """Record on claimed rows `owner` holds (row id -> event as sent, clear fields included;
+    they stay sealed and out of the payload) the identifiers their visitors' profiles added,
+    in one statement."""
     params = []
-    for row_id, event in done.items():
+    for row_id, (event, _) in done.items():
         user_data = dict(event.get("user_data") or {})
         hashed = {k: v for k, v in user_data.items() if k not in CLEAR_FIELDS}
         clear = {k: v for k, v in user_data.items() if k in CLEAR_FIELDS}

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.delivery import assembler, profiles
+from gateway.delivery import completion, profiles
 from gateway.delivery.insightfacts import InsightPolicy, visitor_of
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.schema import connect
@@ -245,7 +245,7 @@ async def test_changed_completes_as_the_general_lookup_does(
             async def lookup(wanted: list[str]) -> dict[str, profiles.Dated]:
                 return await profiles.lookup(conn, wanted, now=_NOW, newer=newer)
 
-            general = await assembler.completions(
+            general = await completion.completions(
                 lookup,
                 {n: dict(e) for n, e in events.items()},
                 policy,
@@ -256,7 +256,7 @@ async def test_changed_completes_as_the_general_lookup_does(
             hits = await profiles.changed(conn, list(events), now=_NOW)
         finally:
             await conn.close()
-    assert assembler.completed({n: dict(e) for n, e in events.items()}, hits) == general
+    assert completion.completed({n: dict(e) for n, e in events.items()}, hits) == general
 
 
 @settings(max_examples=30, deadline=None)

@@ -18,10 +18,9 @@ import math
 import socket
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery import assembler, profiles
+from gateway.delivery import completion, profiles
 from gateway.delivery.forget import Person, add_counts
 from gateway.delivery.groupcommit import Pending
 from gateway.delivery.insightfacts import InsightPolicy
@@ -262,7 +261,7 @@ class PgOutbox(Intake, Results):
 
             return await self.db.run(read, transaction=False)
 
-        done = await assembler.completions(
+        done = await completion.completions(
             lookup, {row.id: row.event for row in claimed}, policy, stored_keys
         )
         if not done:
@@ -272,12 +271,7 @@ class PgOutbox(Intake, Results):
             await pg_rows.record_completed(conn, done, owner)
 
         await self.db.run(record)
-        return [
-            replace(row, event=done[row.id][0], profile_added=done[row.id][1])
-            if row.id in done
-            else row
-            for row in claimed
-        ]
+        return completion.applied(claimed, done)
 
     def _open_row(self, r: Mapping[str, Any]) -> Claimed:
         event: dict[str, Any] = jsonfast.loads(r["payload"])
