@@ -16,16 +16,10 @@ from datetime import date
 from types import MappingProxyType
 from typing import Any, Final
 
-from gateway.pipeline.geo import (
-    ALPHA2,
-    ALPHA3_TO_ALPHA2,
-    COUNTRY_NAMES,
-    US_STATE_NAMES,
-    country_key,
-    state_key,
-)
+from gateway.pipeline.geo import ALPHA2, ALPHA3_TO_ALPHA2, COUNTRY_NAMES, country_key
 from gateway.pipeline.phone import normalize_phone
 from gateway.pipeline.phone import show_value as _show
+from gateway.pipeline.usstates import US_STATE_NAMES, state_key
 
 
 class NormalizationError(ValueError):

@@ -1,4 +1,5 @@
-"""Reference tables for location normalization: ISO 3166-1 countries and US states.
+"""Reference tables for location normalization: ISO 3166-1 countries (US states are in
+`gateway.pipeline.usstates`).
 
 Written out as literal data (generated once from ISO 3166-1 as published in pycountry 24)
 so the runtime needs no extra dependency. Lookups go through the `*_key` helpers, which fold
@@ -17,10 +18,8 @@ __all__ = [
     "ALPHA2",
     "ALPHA3_TO_ALPHA2",
     "COUNTRY_NAMES",
-    "US_STATE_CODES",
-    "US_STATE_NAMES",
     "country_key",
-    "state_key",
+    "index_names",
 ]
 
 _LEADING_THE: Final = re.compile(r"^\s*the\s+", re.IGNORECASE)
@@ -31,11 +30,6 @@ def country_key(text: str) -> str:
     # Accents are folded so "Côte d'Ivoire", "Cote d'Ivoire" and "COTE DIVOIRE" meet.
     decomposed = unicodedata.normalize("NFKD", _LEADING_THE.sub("", text).replace("&", " and "))
     return "".join(ch for ch in decomposed.casefold() if ch.isalpha())
-
-
-def state_key(text: str) -> str:
-    """Fold a US state name or code (`N.Y.`, `New York`) to its letters-only lowercase key."""
-    return "".join(ch for ch in text.casefold() if ch.isalpha())
 
 
 # (alpha-2, alpha-3, English names: ISO short name first, then common/official names).
@@ -378,78 +372,8 @@ _COUNTRY_ALIASES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     }
 )
 
-# US states, DC and the inhabited territories (USPS codes); Meta wants the code for US states.
-US_STATE_CODES: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "al": "Alabama",
-        "ak": "Alaska",
-        "az": "Arizona",
-        "ar": "Arkansas",
-        "ca": "California",
-        "co": "Colorado",
-        "ct": "Connecticut",
-        "de": "Delaware",
-        "fl": "Florida",
-        "ga": "Georgia",
-        "hi": "Hawaii",
-        "id": "Idaho",
-        "il": "Illinois",
-        "in": "Indiana",
-        "ia": "Iowa",
-        "ks": "Kansas",
-        "ky": "Kentucky",
-        "la": "Louisiana",
-        "me": "Maine",
-        "md": "Maryland",
-        "ma": "Massachusetts",
-        "mi": "Michigan",
-        "mn": "Minnesota",
-        "ms": "Mississippi",
-        "mo": "Missouri",
-        "mt": "Montana",
-        "ne": "Nebraska",
-        "nv": "Nevada",
-        "nh": "New Hampshire",
-        "nj": "New Jersey",
-        "nm": "New Mexico",
-        "ny": "New York",
-        "nc": "North Carolina",
-        "nd": "North Dakota",
-        "oh": "Ohio",
-        "ok": "Oklahoma",
-        "or": "Oregon",
-        "pa": "Pennsylvania",
-        "ri": "Rhode Island",
-        "sc": "South Carolina",
-        "sd": "South Dakota",
-        "tn": "Tennessee",
-        "tx": "Texas",
-        "ut": "Utah",
-        "vt": "Vermont",
-        "va": "Virginia",
-        "wa": "Washington",
-        "wv": "West Virginia",
-        "wi": "Wisconsin",
-        "wy": "Wyoming",
-        "dc": "District of Columbia",
-        "pr": "Puerto Rico",
-        "gu": "Guam",
-        "vi": "U.S. Virgin Islands",
-        "as": "American Samoa",
-        "mp": "Northern Mariana Islands",
-    }
-)
 
-_US_STATE_ALIASES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
-    {
-        "dc": ("Washington DC", "Washington, D.C.", "D.C."),
-        "vi": ("Virgin Islands", "US Virgin Islands", "United States Virgin Islands"),
-        "mp": ("Northern Marianas", "Mariana Islands"),
-    }
-)
-
-
-def _index(pairs: Iterable[tuple[str, str]], fold: Callable[[str], str]) -> Mapping[str, str]:
+def index_names(pairs: Iterable[tuple[str, str]], fold: Callable[[str], str]) -> Mapping[str, str]:
     """Build a read-only folded-name -> code map, refusing a name that points at two codes."""
     table: dict[str, str] = {}
     for name, code in pairs:
@@ -462,13 +386,8 @@ def _index(pairs: Iterable[tuple[str, str]], fold: Callable[[str], str]) -> Mapp
 
 ALPHA2: Final[frozenset[str]] = frozenset(a2 for a2, _, _ in _COUNTRIES)
 ALPHA3_TO_ALPHA2: Final[Mapping[str, str]] = MappingProxyType({a3: a2 for a2, a3, _ in _COUNTRIES})
-COUNTRY_NAMES: Final[Mapping[str, str]] = _index(
+COUNTRY_NAMES: Final[Mapping[str, str]] = index_names(
     [(name, a2) for a2, _, names in _COUNTRIES for name in names]
     + [(name, a2) for a2, names in _COUNTRY_ALIASES.items() for name in names],
     country_key,
-)
-US_STATE_NAMES: Final[Mapping[str, str]] = _index(
-    [(name, code) for code, name in US_STATE_CODES.items()]
-    + [(name, code) for code, names in _US_STATE_ALIASES.items() for name in names],
-    state_key,
 )

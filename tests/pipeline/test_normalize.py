@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.pipeline import geo
+from gateway.pipeline import geo, usstates
 from gateway.pipeline.normalize import (
     ALIASES,
     CLEAR_FIELDS,
@@ -569,8 +569,8 @@ def test_every_alpha2_and_alpha3_normalizes(code: str) -> None:
 
 
 def test_us_state_table_covers_states_dc_and_territories() -> None:
-    assert len(geo.US_STATE_CODES) == 56
-    for code, name in geo.US_STATE_CODES.items():
+    assert len(usstates.US_STATE_CODES) == 56
+    for code, name in usstates.US_STATE_CODES.items():
         assert normalize_value("st", name, country="us") == code
         assert normalize_value("st", name.upper()) == code
 
