@@ -10,8 +10,6 @@ takes a request only when everything that could want it says no from the request
 
 - GET or HEAD without a body, no `Expect`, no `Upgrade` (WebSockets), origin-form target;
 - not under the gateway's prefix; headers within `max_request_headers_kb` (else the 431);
-- not a document navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
-  Sec-Fetch-Dest): those are the pages the gateway tags;
 - a site answers for the host, with no rule that may match the path (`RuleSet.candidates`,
   read per request: a reload applies);
 - the client holds less than its upstream share (else the full path answers the 503);
@@ -20,9 +18,12 @@ takes a request only when everything that could want it says no from the request
 Everything else goes to the Application as before. An answer that turns out to be HTML
 (a page we may tag or count), or a 404/410 on a site with a `[catalog]` (a product gone),
 leaves the lane too: the request is routed then and the page path takes the answer
-already in hand. The relay keeps every pass-through rule: hop-by-hop fields dropped,
-redirects pointed at the public origin, 304 ETags weakened, HEAD/204/304 without a body,
-close-delimited bodies for HTTP/1.0, metrics and upstream health counted.
+already in hand. Document navigations take the lane as well (issue 19): a page's request
+then reaches the site without the router, the middleware and the multidict header rules
+in front of it, and only its answer goes through the page path. The relay keeps every
+pass-through rule: hop-by-hop fields dropped, redirects pointed at the public origin, 304
+ETags weakened, HEAD/204/304 without a body, close-delimited bodies for HTTP/1.0, metrics
+and upstream health counted.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from gateway.edge.appkeys import Runtime
 from gateway.edge.laneanswer import Sent, head_copied, head_rewritten
 from gateway.edge.lanewire import (
     RequestScan,
-    asset_request,
     client_response,
+    lane_request,
     upstream_request,
 )
 from gateway.edge.passthrough import NO_BODY_STATUS, reason
@@ -228,8 +229,8 @@ class Lane:
         prefix = settings.prefix
         if not raw.startswith("/") or raw.startswith(prefix):
             return None
-        # Upgrade, Expect, a navigation, too many header bytes (the Application's 431).
-        scan = asset_request(request.raw_headers, settings.max_request_headers_kb * 1024)
+        # Upgrade, Expect, too many header bytes (the Application's 431).
+        scan = lane_request(request.raw_headers, settings.max_request_headers_kb * 1024)
         if scan is None:
             return None
         path = raw.split("?", 1)[0] if "%" not in raw else request.path

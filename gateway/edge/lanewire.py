@@ -23,7 +23,7 @@ _HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _PLAIN_CONNECTION = b"keep-alive"
 # How the request scan treats a lowered name (absent: an end-to-end field, copied).
 _DROP, _CONNECTION, _HOST, _XFF, _XFP, _XFH, _FORWARDED = range(7)
-_DEST, _ACCEPT, _REFUSE = 7, 8, 9
+_REFUSE = 7
 _REQUEST_KINDS = {
     **dict.fromkeys(_HOP, _DROP),
     b"connection": _CONNECTION,
@@ -32,8 +32,6 @@ _REQUEST_KINDS = {
     b"x-forwarded-proto": _XFP,
     b"x-forwarded-host": _XFH,
     b"forwarded": _FORWARDED,
-    b"sec-fetch-dest": _DEST,
-    b"accept": _ACCEPT,
     # An upgrade (WebSocket) or `Expect: 100-continue`: the Application's.
     b"upgrade": _REFUSE,
     b"expect": _REFUSE,
@@ -69,15 +67,13 @@ class RequestScan:
         )
 
 
-def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
+def lane_request(raw: RawHeaders, limit: int) -> RequestScan | None:
     """The scan of a request nothing in whose fields keeps it off the lane, else None: an
-    Upgrade or Expect, a document navigation (`Sec-Fetch-Dest: document`, or `Accept:
-    text/html` without Sec-Fetch-Dest), header lines past `limit` bytes (the 431)."""
+    Upgrade or Expect, header lines past `limit` bytes (the 431). A navigation takes the
+    lane too: its answer, a page, is handed to the page path once it is in."""
     scan = RequestScan()
     lines = scan.lines
     size = 0
-    dest: bytes | None = None
-    html = False
     kinds = _REQUEST_KINDS
     for name, value in raw:
         size += len(name) + len(value) + 4  # ": " and CRLF
@@ -86,17 +82,8 @@ def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
             lines.append(name + b": " + value)
         elif kind == _DROP:
             continue
-        elif kind >= _DEST:
-            if kind == _REFUSE:
-                return None
-            if kind == _DEST:
-                if dest is None:
-                    dest = value.strip().lower()
-                    if dest == b"document":
-                        return None  # a navigation: a page the gateway may tag
-            else:
-                html = html or b"text/html" in value
-            lines.append(name + b": " + value)
+        elif kind == _REFUSE:
+            return None
         elif kind == _CONNECTION:
             scan.named = scan.named or value.strip().lower() != _PLAIN_CONNECTION
         elif kind == _HOST:
@@ -111,9 +98,7 @@ def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
                 scan.proto = value
         elif scan.xfh is None:
             scan.xfh = value
-    if size > limit:
-        return None
-    return None if dest is None and html else scan
+    return None if size > limit else scan
 
 
 def upstream_request(
