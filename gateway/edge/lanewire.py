@@ -23,7 +23,7 @@ _HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _PLAIN_CONNECTION = b"keep-alive"
 # How the request scan treats a lowered name (absent: an end-to-end field, copied).
 _DROP, _CONNECTION, _HOST, _XFF, _XFP, _XFH, _FORWARDED = range(7)
-_REFUSE = 7
+_REFUSE, _DEST, _ACCEPT = 7, 8, 9
 _REQUEST_KINDS = {
     **dict.fromkeys(_HOP, _DROP),
     b"connection": _CONNECTION,
@@ -32,6 +32,8 @@ _REQUEST_KINDS = {
     b"x-forwarded-proto": _XFP,
     b"x-forwarded-host": _XFH,
     b"forwarded": _FORWARDED,
+    b"sec-fetch-dest": _DEST,
+    b"accept": _ACCEPT,
     # An upgrade (WebSocket) or `Expect: 100-continue`: the Application's.
     b"upgrade": _REFUSE,
     b"expect": _REFUSE,
@@ -46,7 +48,7 @@ class RequestScan:
     """A request's fields read in one pass: the end-to-end ones to copy, and the forwarding
     ones the proxy reads or rewrites (values as the parser gave them)."""
 
-    __slots__ = ("forwarded", "host", "lines", "named", "proto", "xff", "xfh")
+    __slots__ = ("document", "forwarded", "host", "lines", "named", "proto", "xff", "xfh")
 
     def __init__(self) -> None:
         # "Name: value" of every field but Host, hop-by-hop and forwarding ones, in order.
@@ -58,6 +60,9 @@ class RequestScan:
         self.xfh: bytes | None = None
         # A Connection line names other fields: the multidict rules drop those.
         self.named = False
+        # A navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
+        # Sec-Fetch-Dest): its answer is likely a page the gateway tags.
+        self.document = False
 
     def forwarding(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The X-Forwarded-For and Forwarded lines as aiohttp's parser decodes them."""
@@ -74,6 +79,8 @@ def lane_request(raw: RawHeaders, limit: int) -> RequestScan | None:
     scan = RequestScan()
     lines = scan.lines
     size = 0
+    dest: bytes | None = None
+    html = False
     kinds = _REQUEST_KINDS
     for name, value in raw:
         size += len(name) + len(value) + 4  # ": " and CRLF
@@ -82,8 +89,15 @@ def lane_request(raw: RawHeaders, limit: int) -> RequestScan | None:
             lines.append(name + b": " + value)
         elif kind == _DROP:
             continue
-        elif kind == _REFUSE:
-            return None
+        elif kind >= _REFUSE:
+            if kind == _REFUSE:
+                return None
+            if kind == _DEST:
+                if dest is None:  # the first Sec-Fetch-Dest counts
+                    dest = value.strip().lower()
+            else:
+                html = html or b"text/html" in value
+            lines.append(name + b": " + value)
         elif kind == _CONNECTION:
             scan.named = scan.named or value.strip().lower() != _PLAIN_CONNECTION
         elif kind == _HOST:
@@ -98,7 +112,10 @@ def lane_request(raw: RawHeaders, limit: int) -> RequestScan | None:
                 scan.proto = value
         elif scan.xfh is None:
             scan.xfh = value
-    return None if size > limit else scan
+    if size > limit:
+        return None
+    scan.document = dest == b"document" if dest is not None else html
+    return scan
 
 
 def upstream_request(

@@ -122,10 +122,18 @@ def test_what_keeps_a_request_off_the_lane(extra: Pairs, taken: bool) -> None:
     assert (lane_request(raw(BROWSER + extra), 2048) is not None) is taken
 
 
-def test_navigations_take_the_lane_within_the_size_bound() -> None:
+def test_navigations_take_the_lane_marked_as_documents_within_the_size_bound() -> None:
     # Issue 19: the page's request too; its answer is handed to the page path.
-    assert lane_request(raw([("Sec-Fetch-Dest", "Document")]), 4096) is not None
-    assert lane_request(raw([("Accept", "text/html,*/*;q=0.8")]), 4096) is not None
+    def document(pairs: Pairs) -> bool:
+        scan = lane_request(raw(pairs), 4096)
+        assert scan is not None
+        return scan.document
+
+    assert document([("Sec-Fetch-Dest", "Document")])
+    assert document([("Accept", "text/html,*/*;q=0.8")])
+    assert not document([("Accept", "text/html"), ("Sec-Fetch-Dest", "image")])
+    assert not document([("Sec-Fetch-Dest", "script"), ("Sec-Fetch-Dest", "document")])
+    assert not document([("Accept", "*/*")])
     # The size counts every line as sent: name, ": ", value, CRLF.
     assert lane_request(raw([("A", "b")]), 6) is not None
     assert lane_request(raw([("A", "b")]), 5) is None
