@@ -10,8 +10,6 @@ takes a request only when everything that could want it says no from the request
 
 - GET or HEAD without a body, no `Expect`, no `Upgrade` (WebSockets), origin-form target;
 - not under the gateway's prefix; headers within `max_request_headers_kb` (else the 431);
-- not a document navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
-  Sec-Fetch-Dest): those are the pages the gateway tags;
 - a site answers for the host, with no rule that may match the path (`RuleSet.candidates`,
   read per request: a reload applies);
 - the client holds less than its upstream share (else the full path answers the 503);
@@ -20,9 +18,13 @@ takes a request only when everything that could want it says no from the request
 Everything else goes to the Application as before. An answer that turns out to be HTML
 (a page we may tag or count), or a 404/410 on a site with a `[catalog]` (a product gone),
 leaves the lane too: the request is routed then and the page path takes the answer
-already in hand. The relay keeps every pass-through rule: hop-by-hop fields dropped,
-redirects pointed at the public origin, 304 ETags weakened, HEAD/204/304 without a body,
-close-delimited bodies for HTTP/1.0, metrics and upstream health counted.
+already in hand. Document navigations take the lane as well (issue 19): a page's request
+then reaches the site without the router, the middleware and the multidict header rules
+in front of it, its route and visitor are worked out while the site answers, and only
+the answer goes through the page path. The relay keeps every pass-through rule:
+hop-by-hop fields dropped, redirects pointed at the public origin, 304 ETags weakened,
+HEAD/204/304 without a body, close-delimited bodies for HTTP/1.0, metrics and upstream
+health counted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sized
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -42,13 +45,14 @@ from gateway.edge.appkeys import Runtime
 from gateway.edge.laneanswer import Sent, head_copied, head_rewritten
 from gateway.edge.lanewire import (
     RequestScan,
-    asset_request,
     client_response,
+    lane_request,
     upstream_request,
 )
 from gateway.edge.passthrough import NO_BODY_STATUS, reason
 from gateway.edge.proxy import Proxy
 from gateway.edge.sites import SiteHolder
+from gateway.edge.visitor import visitor
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.proxy")
@@ -161,8 +165,13 @@ class Lane:
             upstream_client = proxy.client
             assert upstream_client is not None
             started = time.monotonic()
+            # A navigation: what its page will need of the request is worked out while the
+            # site works on it.
+            meanwhile = (
+                partial(self._expect_page, request) if scan.document and method == "GET" else None
+            )
             try:
-                upstream = await upstream_client.send(method, wire)
+                upstream = await upstream_client.send(method, wire, meanwhile)
             except TimeoutError:
                 response: Any = self._own(request, proxy._timed_out, request)
             except (aiohttp.ClientError, OSError) as exc:
@@ -183,7 +192,8 @@ class Lane:
                         # or a product URL gone, which the site's catalog counts as a miss.
                         self.handed_back += 1
                         with self.identify(request):
-                            await self.route(request)
+                            if request._match_info is None:
+                                await self.route(request)
                             response = await proxy._respond(request, upstream, None)
                     else:
                         self.taken += 1
@@ -228,8 +238,8 @@ class Lane:
         prefix = settings.prefix
         if not raw.startswith("/") or raw.startswith(prefix):
             return None
-        # Upgrade, Expect, a navigation, too many header bytes (the Application's 431).
-        scan = asset_request(request.raw_headers, settings.max_request_headers_kb * 1024)
+        # Upgrade, Expect, too many header bytes (the Application's 431).
+        scan = lane_request(request.raw_headers, settings.max_request_headers_kb * 1024)
         if scan is None:
             return None
         path = raw.split("?", 1)[0] if "%" not in raw else request.path
@@ -270,6 +280,17 @@ class Lane:
         if shares.held(client) >= shares.per_client:
             return None  # the Application's 503 (counted there)
         return proxy, site, client, trusted, scheme, host, given_host, scan
+
+    async def _expect_page(self, request: web.Request) -> None:
+        """Route a navigation and read its visitor while the site answers it: the page path
+        needs both once the page is in (an answer the lane relays wasted ~30 µs)."""
+        try:
+            await self.route(request)
+            who = visitor(request)
+            who.client_ip, who.bot, who.prefetch, who.consent  # noqa: B018 - read once now
+        except Exception:
+            # The page path works the same out again, and reports what fails there.
+            log.debug("Preparing %s for its page failed.", request.path, exc_info=True)
 
     # -- the relay -----------------------------------------------------------------------
 

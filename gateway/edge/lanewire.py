@@ -23,7 +23,7 @@ _HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 _PLAIN_CONNECTION = b"keep-alive"
 # How the request scan treats a lowered name (absent: an end-to-end field, copied).
 _DROP, _CONNECTION, _HOST, _XFF, _XFP, _XFH, _FORWARDED = range(7)
-_DEST, _ACCEPT, _REFUSE = 7, 8, 9
+_REFUSE, _DEST, _ACCEPT = 7, 8, 9
 _REQUEST_KINDS = {
     **dict.fromkeys(_HOP, _DROP),
     b"connection": _CONNECTION,
@@ -48,7 +48,7 @@ class RequestScan:
     """A request's fields read in one pass: the end-to-end ones to copy, and the forwarding
     ones the proxy reads or rewrites (values as the parser gave them)."""
 
-    __slots__ = ("forwarded", "host", "lines", "named", "proto", "xff", "xfh")
+    __slots__ = ("document", "forwarded", "host", "lines", "named", "proto", "xff", "xfh")
 
     def __init__(self) -> None:
         # "Name: value" of every field but Host, hop-by-hop and forwarding ones, in order.
@@ -60,6 +60,9 @@ class RequestScan:
         self.xfh: bytes | None = None
         # A Connection line names other fields: the multidict rules drop those.
         self.named = False
+        # A navigation (`Sec-Fetch-Dest: document`, or `Accept: text/html` without
+        # Sec-Fetch-Dest): its answer is likely a page the gateway tags.
+        self.document = False
 
     def forwarding(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The X-Forwarded-For and Forwarded lines as aiohttp's parser decodes them."""
@@ -69,10 +72,10 @@ class RequestScan:
         )
 
 
-def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
+def lane_request(raw: RawHeaders, limit: int) -> RequestScan | None:
     """The scan of a request nothing in whose fields keeps it off the lane, else None: an
-    Upgrade or Expect, a document navigation (`Sec-Fetch-Dest: document`, or `Accept:
-    text/html` without Sec-Fetch-Dest), header lines past `limit` bytes (the 431)."""
+    Upgrade or Expect, header lines past `limit` bytes (the 431). A navigation takes the
+    lane too: its answer, a page, is handed to the page path once it is in."""
     scan = RequestScan()
     lines = scan.lines
     size = 0
@@ -86,14 +89,12 @@ def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
             lines.append(name + b": " + value)
         elif kind == _DROP:
             continue
-        elif kind >= _DEST:
+        elif kind >= _REFUSE:
             if kind == _REFUSE:
                 return None
             if kind == _DEST:
-                if dest is None:
+                if dest is None:  # the first Sec-Fetch-Dest counts
                     dest = value.strip().lower()
-                    if dest == b"document":
-                        return None  # a navigation: a page the gateway may tag
             else:
                 html = html or b"text/html" in value
             lines.append(name + b": " + value)
@@ -113,7 +114,8 @@ def asset_request(raw: RawHeaders, limit: int) -> RequestScan | None:
             scan.xfh = value
     if size > limit:
         return None
-    return None if dest is None and html else scan
+    scan.document = dest == b"document" if dest is not None else html
+    return scan
 
 
 def upstream_request(

@@ -14,8 +14,8 @@ import html
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -30,8 +30,8 @@ from gateway.edge.csp import decide as csp_decide
 from gateway.edge.encoding import RewriteStream, open_rewrite
 from gateway.edge.inject import HeadInjector, html_charset_is_ascii_compatible
 from gateway.edge.intake import Intake, Refused, Stored
+from gateway.edge.pagecounts import PageCounters
 from gateway.edge.visitor import Visitor, visitor
-from gateway.metrics import Metrics
 from gateway.models import NewEvent
 from gateway.pipeline import pageview
 from gateway.pipeline.events import Context, Target
@@ -51,52 +51,20 @@ class PagePlan:
 
     rewrite: RewriteStream
     cookies: list[str]
-    rows: list[NewEvent]
-    store: Callable[[list[NewEvent]], None]
+    # Builds the PageView's rows and hands them over: called once the page has left, so
+    # the build (tens of µs) is off the visitor's wait (issue 19). None: no PageView.
+    view: Callable[[], list[NewEvent]] | None
+    store: Callable[[Callable[[], list[NewEvent]] | None], None]
     submitted: bool = False
     # The visitor's _fbp/_fbc after this response (sent by the browser or issued now).
     fbp: str | None = None
     fbc: str | None = None
 
     def submit(self) -> None:
-        """Hand the PageView to the outbox (once; it never delays the page)."""
+        """Build the PageView and hand it to the outbox (once; after the page's last write)."""
         self.submitted = True
         # Also without a PageView (no consent, prefetch): `store` counts every tagged page.
-        self.store(self.rows)
-
-
-@dataclass(slots=True)
-class PageCounters:
-    """How often each decision was taken (shown by status and metrics)."""
-
-    injected: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    stored: int = 0
-    store_failed: int = 0
-    # The same decisions as Prometheus metrics, which add up every worker's.
-    metrics: Metrics = field(default_factory=Metrics)
-    # The [[sites]] site these pages belong to: the `site` label of their series.
-    site: str | None = None
-
-    def skip(self, reason: str) -> None:
-        """Count a page left as the upstream sent it."""
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        self.metrics.page_skipped(reason, site=self.site)
-        if reason == "bot":
-            self.metrics.dropped("bot", site=self.site)
-
-    def tagged(self) -> None:
-        """Count a page that got the tag."""
-        self.injected += 1
-        self.metrics.page_tagged(site=self.site)
-
-    def saved(self) -> None:
-        """Count a PageView the store took (the intake counts its rows)."""
-        self.stored += 1
-
-    def failed(self) -> None:
-        """Count a PageView the store refused (the intake counts and logs its rows)."""
-        self.store_failed += 1
+        self.store(self.view)
 
 
 class PageViews:
@@ -182,14 +150,14 @@ class PageViews:
             self._skipped(headers, "encoding")
             return None
         cookies: list[str] = []
-        rows: list[NewEvent] = []
+        view = None
         fbp = fbc = None
         if consent.track:
             fbp, fbc = self._cookies(request, who, cookies)
             if not who.prefetch:
                 # A valid `_fbp` is kept as it came: a different one was minted just now.
                 new_visitor = fbp is not None and fbp != who.fbp
-                rows = self._pageview(request, who, event_id, fbp, fbc, new_visitor)
+                view = partial(self._pageview, request, who, event_id, fbp, fbc, new_visitor)
             else:
                 self.counters.metrics.dropped("prefetch", site=self.site)
         else:
@@ -197,7 +165,7 @@ class PageViews:
             # Tagged, but no cookies and no PageView: say why as for an untagged page.
             self._skipped(headers, "consent")
         return PagePlan(
-            rewrite=rewrite, cookies=cookies, rows=rows, store=self._store, fbp=fbp, fbc=fbc
+            rewrite=rewrite, cookies=cookies, view=view, store=self._store, fbp=fbp, fbc=fbc
         )
 
     def _skipped(self, headers: CIMultiDict[str], reason: str) -> None:
@@ -359,8 +327,17 @@ class PageViews:
 
     # storing --------------------------------------------------------------------
 
-    def _store(self, rows: list[NewEvent]) -> None:
+    def _store(self, view: Callable[[], list[NewEvent]] | None) -> None:
         self.counters.tagged()
+        if view is None:
+            return
+        try:
+            rows = view()
+        except Exception:
+            # The page is out already: a PageView that cannot be built is logged, not raised.
+            log.exception("The PageView of a tagged page was not built.")
+            self.counters.failed()
+            return
         if rows:
             self.intake.store_later(rows, self._settled)
 

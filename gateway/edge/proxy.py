@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +18,7 @@ from yarl import URL
 
 from gateway.edge import headers as hdr
 from gateway.edge.catalog import CatalogPages, CatalogTap
+from gateway.edge.pagebody import both, raw_feed, stream_rewritten
 from gateway.edge.pages import PagePlan, PageViews
 from gateway.edge.pagetap import PageTap, Run
 from gateway.edge.passthrough import (
@@ -296,9 +297,9 @@ class Proxy:
         no_body = request.method == "HEAD" or upstream.status in NO_BODY_STATUS
         tap = self._tap(run, upstream.status, headers, plan, no_body)
         products = self._catalog_tap(request, upstream.status, headers, plan, no_body)
-        raw = _raw_feed(tap, products)
+        raw = raw_feed(tap, products)
         try:
-            body = None if plan is None else lambda: _stream_rewritten(upstream, response, plan)
+            body = None if plan is None else lambda: stream_rewritten(upstream, response, plan)
             ended = products.ended if products is not None else None
             return await send_answer(request, upstream, response, no_body, body, raw, ended)
         finally:
@@ -327,7 +328,7 @@ class Proxy:
             # The rewriter decodes the body already: both readers share its decoded pieces.
             rules_tap = plan.rewrite.tap
             plan.rewrite.tap = (
-                products.decoded if rules_tap is None else _both(rules_tap, products.decoded)
+                products.decoded if rules_tap is None else both(rules_tap, products.decoded)
             )
         return products
 
@@ -376,40 +377,3 @@ class Proxy:
         if tap is not None and plan is not None:
             plan.rewrite.tap = tap.decoded
         return tap
-
-
-def _both(
-    first: Callable[[bytes], None], second: Callable[[bytes], None]
-) -> Callable[[bytes], None]:
-    def feed(piece: bytes) -> None:
-        first(piece)
-        second(piece)
-
-    return feed
-
-
-def _raw_feed(tap: PageTap | None, products: CatalogTap | None) -> Callable[[bytes], None] | None:
-    """What reads the origin's chunks when the page is not rewritten: rules, products, both."""
-    if tap is None:
-        return None if products is None else products.raw
-    return tap.raw if products is None else _both(tap.raw, products.raw)
-
-
-async def _stream_rewritten(upstream: Answer, response: web.StreamResponse, plan: PagePlan) -> None:
-    rewrite = plan.rewrite
-    content = upstream.content
-    while chunk := await content.readany():
-        out = rewrite.feed(chunk)
-        if rewrite.injected and not plan.submitted:
-            # The page now carries the event id: only now is the server twin worth storing.
-            plan.submit()
-        if content.at_eof():
-            break  # the last chunk leaves with the tail and the end, in one write
-        if out:
-            await response.write(out)
-    else:
-        out = b""
-    tail = rewrite.finish()
-    if rewrite.injected and not plan.submitted:
-        plan.submit()
-    await response.write_eof(out + tail if tail else out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp.http_writer import _serialize_headers
@@ -106,14 +107,25 @@ class UpstreamClient:
         # C serializer: refuses CR/LF in names and values (no header injection).
         return _serialize_headers(f"{method} {target} HTTP/1.1", headers)
 
-    async def send(self, method: str, wire: bytes) -> UpstreamResponse:
-        """`request` for a request already on the wire (request line, fields, blank line)."""
+    async def send(
+        self,
+        method: str,
+        wire: bytes,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
+    ) -> UpstreamResponse:
+        """`request` for a request already on the wire (request line, fields, blank line).
+
+        `meanwhile` runs once the request is written, while the site works on it (the
+        page path's own preparations); it must not raise."""
         head = method == "HEAD"
         # A warm idle connection without a coroutine of its own (nearly every request), and
         # the exchange awaited here: each coroutine level more is resumed on every wake-up.
         conn = self._take_idle() or await self._acquire(fresh=False)
         try:
-            message, payload = await self._send(conn, wire, head)
+            answer = self._send(conn, wire, head)
+            if meanwhile is not None:
+                await meanwhile()
+            message, payload = await answer
         except _Dropped:
             conn.close()
             if method not in IDEMPOTENT:

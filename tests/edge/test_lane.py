@@ -86,25 +86,35 @@ async def test_the_server_calls_the_lane_and_an_asset_never_reaches_the_applicat
     assert reached.count == 1
 
 
+async def test_an_upgrade_goes_to_the_application(gw: Front) -> None:
+    lane, reached = watch(gw)
+    sent = {**ASSET, "Upgrade": "h2c", "Connection": "Upgrade"}
+    async with gw.session.get(gw.url + "/bytes/10", headers=sent) as resp:
+        assert resp.status == 200 and await resp.read() == seeded_bytes(10)
+    assert (lane.taken, reached.count) == (0, 1)
+
+
 @pytest.mark.parametrize(
     "headers",
-    [
-        {"Sec-Fetch-Dest": "document"},
-        {"Accept": "text/html,*/*;q=0.8", "Sec-Fetch-Dest": ""},
-        {"Upgrade": "h2c", "Connection": "Upgrade"},
-    ],
-    ids=["navigation", "html-accept", "upgrade"],
+    [{"Sec-Fetch-Dest": "document"}, {"Accept": "text/html,*/*;q=0.8", "Sec-Fetch-Dest": ""}],
+    ids=["navigation", "html-accept"],
 )
-async def test_what_is_not_an_asset_by_its_request_goes_to_the_application(
+async def test_a_navigation_takes_the_lane_and_its_page_the_page_path(
     gw: Front, headers: dict[str, str]
 ) -> None:
+    # Issue 19: a page's request reaches the site without the Application in front of it.
     lane, reached = watch(gw)
     sent = {**ASSET, **headers}
     if sent["Sec-Fetch-Dest"] == "":
         del sent["Sec-Fetch-Dest"]
     async with gw.session.get(gw.url + "/bytes/10", headers=sent) as resp:
         assert resp.status == 200 and await resp.read() == seeded_bytes(10)
-    assert (lane.taken, reached.count) == (0, 1)
+    assert (lane.taken, lane.handed_back, reached.count) == (1, 0, 0)
+    async with gw.session.get(gw.url + "/html", headers=sent) as resp:
+        assert resp.status == 200 and "_fbp=" in resp.headers.get("Set-Cookie", "")
+        page = await resp.read()
+    assert b"/_capi/px.js" in page.split(b"</head>")[0]
+    assert (lane.taken, lane.handed_back, reached.count) == (1, 1, 0)
 
 
 async def test_an_html_answer_leaves_the_lane_for_the_page_path(gw: Front) -> None:

@@ -7,7 +7,7 @@ from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.edge import headers as hdr
-from gateway.edge.lanewire import asset_request, client_response, upstream_request
+from gateway.edge.lanewire import client_response, lane_request, upstream_request
 
 Pairs = list[tuple[str, str]]
 
@@ -71,7 +71,7 @@ def test_the_request_for_the_site_is_the_multidict_rules(
     extra: Pairs, preserve_host: bool, trusted: bool
 ) -> None:
     pairs = BROWSER + extra
-    scan = asset_request(raw(pairs), 1 << 16)
+    scan = lane_request(raw(pairs), 1 << 16)
     assert scan is not None
     wire = upstream_request(
         b"GET /a.css?v=1 HTTP/1.1",
@@ -92,7 +92,7 @@ def test_the_request_for_the_site_is_the_multidict_rules(
 
 def test_a_connection_line_naming_fields_steps_aside() -> None:
     pairs = [*BROWSER, ("Connection", "X-Secret"), ("X-Secret", "hop")]
-    scan = asset_request(raw(pairs), 1 << 16)
+    scan = lane_request(raw(pairs), 1 << 16)
     assert scan is not None
     wire = upstream_request(
         b"GET / HTTP/1.1",
@@ -114,22 +114,29 @@ def test_a_connection_line_naming_fields_steps_aside() -> None:
         ([], True),
         ([("Upgrade", "websocket")], False),
         ([("Expect", "100-continue")], False),
-        ([("Sec-Fetch-Dest", "document")], True),  # the first Sec-Fetch-Dest counts
+        ([("Sec-Fetch-Dest", "document")], True),  # a navigation: its page leaves later
         ([("X-Big", "x" * 3000)], False),
     ],
 )
 def test_what_keeps_a_request_off_the_lane(extra: Pairs, taken: bool) -> None:
-    assert (asset_request(raw(BROWSER + extra), 2048) is not None) is taken
+    assert (lane_request(raw(BROWSER + extra), 2048) is not None) is taken
 
 
-def test_navigations_are_not_assets() -> None:
-    assert asset_request(raw([("Sec-Fetch-Dest", "Document")]), 4096) is None
-    assert asset_request(raw([("Accept", "text/html,*/*;q=0.8")]), 4096) is None
-    image = [("Accept", "text/html"), ("Sec-Fetch-Dest", "image")]
-    assert asset_request(raw(image), 4096) is not None
+def test_navigations_take_the_lane_marked_as_documents_within_the_size_bound() -> None:
+    # Issue 19: the page's request too; its answer is handed to the page path.
+    def document(pairs: Pairs) -> bool:
+        scan = lane_request(raw(pairs), 4096)
+        assert scan is not None
+        return scan.document
+
+    assert document([("Sec-Fetch-Dest", "Document")])
+    assert document([("Accept", "text/html,*/*;q=0.8")])
+    assert not document([("Accept", "text/html"), ("Sec-Fetch-Dest", "image")])
+    assert not document([("Sec-Fetch-Dest", "script"), ("Sec-Fetch-Dest", "document")])
+    assert not document([("Accept", "*/*")])
     # The size counts every line as sent: name, ": ", value, CRLF.
-    assert asset_request(raw([("A", "b")]), 6) is not None
-    assert asset_request(raw([("A", "b")]), 5) is None
+    assert lane_request(raw([("A", "b")]), 6) is not None
+    assert lane_request(raw([("A", "b")]), 5) is None
 
 
 def test_the_scan_reads_the_forwarding_fields_as_aiohttp_decodes_them() -> None:
@@ -141,7 +148,7 @@ def test_the_scan_reads_the_forwarding_fields_as_aiohttp_decodes_them() -> None:
         ("X-Forwarded-Proto", "https"),
         ("X-Forwarded-Host", "www.shop.example"),
     ]
-    scan = asset_request((*raw(pairs), (b"X-Forwarded-Host", "caf\u00e9".encode())), 4096)
+    scan = lane_request((*raw(pairs), (b"X-Forwarded-Host", "caf\u00e9".encode())), 4096)
     assert scan is not None
     assert scan.host == b"shop.example" and scan.proto == b"https"
     assert scan.xfh == b"www.shop.example"

@@ -375,3 +375,19 @@ async def test_a_full_outbox_never_holds_up_the_page(start: StartGateway) -> Non
     assert counters.store_failed == 1 and counters.stored == 0
     # And the next visitor is served just the same.
     assert (await visit(gw)).status == 200
+
+
+async def test_the_pageview_is_built_after_the_page_left(
+    gw: Front, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 19: building the PageView is off the visitor's wait, so a build that fails
+    # (here: made to) finds the tagged page already sent, and is logged and counted.
+    def broken(**_: object) -> object:
+        raise RuntimeError("made to fail")
+
+    monkeypatch.setattr("gateway.edge.pages.pageview.build", broken)
+    page = await visit(gw)
+    assert page.status == 200 and page.tag is not None and page.has_cookie("_fbp")
+    counters = gw.app[PAGES].counters
+    assert (counters.injected, counters.store_failed, counters.stored) == (1, 1, 0)
+    assert "The PageView of a tagged page was not built." in caplog.text

@@ -247,6 +247,57 @@ async def test_a_reused_connection_closed_before_the_answer_is_retried_once() ->
         assert o.connections == 2
 
 
+async def test_meanwhile_runs_once_the_request_is_out_and_before_its_answer() -> None:
+    # Issue 19: the page path prepares what it can while the site works on the request.
+    received, release = asyncio.Event(), asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        received.set()
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+
+    ran: list[str] = []
+
+    async def meanwhile() -> None:
+        await received.wait()  # the site has the request already
+        ran.append("meanwhile")
+        release.set()  # and answers only now
+
+    async with origin(script) as o, client(o.url) as c:
+        wire = c.wire("GET", "/", headers())
+        response = await c.send("GET", wire, meanwhile)
+        try:
+            assert (response.status, await response.content.read()) == (200, b"ok")
+        finally:
+            response.release()
+    assert ran == ["meanwhile"]
+
+
+async def test_meanwhile_runs_once_when_a_dropped_connection_is_retried() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        if i == 0:
+            await read_request(reader)  # the second request: closed on, unanswered
+            return
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+
+    calls: list[int] = []
+
+    async def meanwhile() -> None:
+        calls.append(1)
+
+    async with origin(script) as o, client(o.url) as c:
+        assert await get(c) == (200, b"ok")
+        response = await c.send("GET", c.wire("GET", "/", headers()), meanwhile)
+        response.release()
+        assert response.status == 200 and o.connections == 2 and calls == [1]
+
+
 async def test_a_post_on_a_reused_connection_is_never_retried() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
         await read_request(reader)
