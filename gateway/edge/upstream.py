@@ -124,7 +124,13 @@ class UpstreamClient:
         try:
             answer = self._send(conn, wire, head)
             if meanwhile is not None:
-                await meanwhile()
+                try:
+                    await meanwhile()
+                except BaseException:
+                    # Cancelled while preparing: nobody awaits the answer now, and the
+                    # connection's close must not leave an exception in it unretrieved.
+                    answer.cancel()
+                    raise
             message, payload = await answer
         except _Dropped:
             conn.close()

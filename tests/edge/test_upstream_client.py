@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import struct
 import time
@@ -273,6 +274,39 @@ async def test_meanwhile_runs_once_the_request_is_out_and_before_its_answer() ->
         finally:
             response.release()
     assert ran == ["meanwhile"]
+
+
+async def test_a_request_cancelled_during_meanwhile_leaves_no_unretrieved_answer() -> None:
+    # The visitor leaving (or a deadline) while `meanwhile` runs: the connection is closed,
+    # and the answer's future, which nobody will await now, must not end up holding an
+    # exception that asyncio reports as "never retrieved".
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        await reader.read()  # never answers; until the gateway closes
+
+    started = asyncio.Event()
+
+    async def meanwhile() -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    try:
+        async with origin(script) as o, client(o.url) as c:
+            task = asyncio.create_task(c.send("GET", c.wire("GET", "/", headers()), meanwhile))
+            await started.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)  # the closed connection's connection_lost runs
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
 
 
 async def test_meanwhile_runs_once_when_a_dropped_connection_is_retried() -> None:
