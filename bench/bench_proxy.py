@@ -22,7 +22,9 @@ Everything runs on 127.0.0.1, as subprocesses of this script:
   gateway's against the origin's p50 measured right before it: at a low rate the machine's
   idle wake-ups move the p50 of every path by tenths of a ms over a run).
 
-Per file: direct to the origin, through nginx, and through the gateway and its two variants
+Per file: direct to the origin, through nginx (its proxy block in the origin's process, and a
+second nginx that only proxies, so that its latency pays the process hop the gateway pays
+too), and through the gateway and its two variants
 with each worker count. CPU of nginx, of the gateway (all its processes) and of wrk is
 measured over each wrk run; load generator and servers share the machine's cores. nginx
 and wrk come from bench/install-nginx.sh. See bench/README.md for the figures measured on
@@ -280,8 +282,11 @@ def ensure_tools() -> tuple[str, str]:
     return nginx, wrk
 
 
-def nginx_conf(tmp: Path, nginx: str, origin: int, proxy: int, workers: int) -> str:
-    """One nginx, two server blocks: the static origin and a plain reverse proxy to it."""
+def nginx_conf(
+    tmp: Path, nginx: str, origin: int, proxy: int, workers: int, *, serve_origin: bool = True
+) -> str:
+    """One nginx, two server blocks: the static origin and a plain reverse proxy to it
+    (`serve_origin=False`: the proxy alone, to an origin another nginx serves)."""
     flags = subprocess.run([nginx, "-V"], capture_output=True, text=True, check=False).stderr
     # Temp paths default to /var/lib/nginx, writable by root only: keep them in `tmp`.
     temp = "\n".join(
@@ -296,6 +301,11 @@ def nginx_conf(tmp: Path, nginx: str, origin: int, proxy: int, workers: int) -> 
         if f"--http-{flag}-temp-path" in flags
     )
     # As root the workers would switch to `nobody`; keep them as the user running the bench.
+    origin_block = (
+        f"    server {{\n        listen {HOST}:{origin};\n        root {tmp}/www;\n    }}"
+        if serve_origin
+        else ""
+    )
     user = ""
     if os.geteuid() == 0:
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
@@ -320,10 +330,7 @@ http {{
         server {HOST}:{origin};
         keepalive 32;
     }}
-    server {{
-        listen {HOST}:{origin};
-        root {tmp}/www;
-    }}
+{origin_block}
     server {{
         listen {HOST}:{proxy};
         location / {{
@@ -464,6 +471,27 @@ def start_nginx(
     for url in (origin_url, proxy_url):
         wait_listening(url + FILES[2].path, proc, log, timeout=10)
     return proc, origin_url, proxy_url
+
+
+def start_nginx_apart(
+    nginx: str, tmp: Path, procs: Procs, origin: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A second nginx, one worker, that only proxies to `origin`: the plain proxy's latency
+    with the process hop the gateway pays too (the first nginx's proxy block answers from
+    the origin's own process); (process, proxy URL)."""
+    home = tmp / "nginx-apart"
+    home.mkdir(exist_ok=True)
+    port = free_port()
+    conf = home / "nginx.conf"
+    origin_port = int(origin.rsplit(":", 1)[1])
+    conf.write_text(nginx_conf(home, nginx, origin_port, port, 1, serve_origin=False))
+    log = home / "nginx-error.log"
+    cmd = [nginx, "-p", str(home), "-c", str(conf), "-e", str(log), "-g", "daemon off;"]
+    proc = spawn(cmd, home / "nginx-stdout.log")
+    procs.add(proc)
+    url = f"http://{HOST}:{port}"
+    wait_listening(url + FILES[2].path, proc, log, timeout=10)
+    return proc, url
 
 
 async def create_outbox(buffer: Path) -> None:
@@ -709,7 +737,11 @@ async def open_loop(url: str, headers: dict[str, str], rate: float, seconds: flo
 
 # -- the benchmark --------------------------------------------------------------------------------
 
-BASE_PATHS = {"direct": "direct (origin)", "nginx": "nginx proxy"}
+BASE_PATHS = {
+    "direct": "direct (origin)",
+    "nginx": "nginx proxy",
+    "nginx-apart": "nginx proxy, own process",
+}
 # The gateway's variants, one at a time, each on a fresh buffer:
 # - as shipped: the page is tagged, gets the _fbp cookie, and a PageView is stored;
 # - no PageView: a consent cookie is required (CAPIGW_CONSENT) and the client sends none, so
@@ -824,7 +856,9 @@ class Measure:
     file: str
     path: str
     wrk: WrkResult
-    nginx_cpu: float  # CPU seconds of nginx (origin + proxy blocks) during the wrk run
+    # CPU seconds of nginx during the wrk run (both instances: origin and proxy blocks, and
+    # the own-process proxy).
+    nginx_cpu: float
     gateway_cpu: float | None  # CPU seconds of all gateway processes during the wrk run
     latency: OpenLoop
     # Busy CPU of the whole machine during the wrk run less nginx, gateway and wrk: other
@@ -973,8 +1007,12 @@ def benchmark(args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> 
         nginx_proc, origin, proxy = start_nginx(nginx, workdir, procs, max(args.workers))
         nginx_family = procs.family(nginx_proc)
         print(f"nginx: origin {origin}, proxy {proxy} ({len(nginx_family) - 1} workers)")
-        checks = check_responses({"direct": origin, "nginx": proxy}, bodies)
-        for key, base in (("direct", origin), ("nginx", proxy)):
+        apart_proc, apart = start_nginx_apart(nginx, workdir, procs, origin)
+        nginx_family += procs.family(apart_proc)
+        print(f"nginx, own process: proxy {apart} to the origin")
+        bases = {"direct": origin, "nginx": proxy, "nginx-apart": apart}
+        checks = check_responses(bases, bodies)
+        for key, base in bases.items():
             measures += measure_path(key, base, wrk, args, nginx_family, None)[0]
         # Each round runs every gateway (a --compare pair back to back) once more; the
         # report keeps, per file and gateway, the round with the median CPU per request.
@@ -999,6 +1037,7 @@ def benchmark(args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> 
             stored = sum(states.values())
             pageviews[key] = {"html_answered": pages + 1, "stored": stored, "states": states}
             print(f"  PageViews in the outbox: {stored} for ~{pages + 1} pages answered")
+        procs.stop(apart_proc, grace=10)
         procs.stop(nginx_proc, grace=10)
     measures += [median_round(runs) for runs in rounds.values()]
     per_round = {
@@ -1049,7 +1088,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
     print()
     print(
         f"req/s, p50/p90/p99 (ms): wrk, {args.concurrency} connections, {args.seconds} s. "
-        "nginx / gw / wrk: CPU during that run, % of one core\n(nginx = origin + proxy blocks; "
+        "nginx / gw / wrk: CPU during that run, % of one core\n(nginx = both nginx instances; "
         "gw = all gateway processes). gw µs: gateway CPU per request, with the work it did "
         "after the run until idle (storing and claiming its PageViews). "
         f"@{rate:g}/s: open-loop latency, ms."
@@ -1157,6 +1196,7 @@ def print_table(measures: list[Measure], args: argparse.Namespace) -> list[dict[
                 added(f.key, gateway_path(variant, n), None)
     for f in FILES:
         added(f.key, "nginx", None)
+        added(f.key, "nginx-apart", None)
     width = max(len(t["metric"]) for t in targets) if targets else 10
     print()
     print(f"{'ratio / added latency':<{width}}  {'measured':>10}  {'target':>10}  {'met':>4}")
