@@ -491,7 +491,15 @@ def _rounded(value: float | None) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of phases A and B")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="concurrent clients (default 32; with --store the same count posts to every "
+        "replica count. Two replicas against one on this 2-core machine: 1.14-1.18x at 16, "
+        "median ~1.22x at 32; at 64 one replica's larger group commits cost less per event "
+        "and two reached only 0.81-1.15x; bench/README, issue 15 round 7)",
+    )
     parser.add_argument("--preload", type=int, default=50_000, help="backlog for phase C")
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="bound on preload and on drain"
