@@ -19,7 +19,7 @@ from functools import lru_cache, partial
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import __version__
 from gateway.delivery.ratelimit import RateLimits
@@ -43,6 +43,22 @@ log = logging.getLogger("gateway.pages")
 # Requests for a piece of a page (htmx, Turbo frames, XHR) get no tag and count no view.
 _FRAGMENT_HEADERS = ("HX-Request", "X-Requested-With", "Turbo-Frame", "X-Up-Version")
 _DOCUMENT_DESTS = frozenset({"document", "iframe", "frame"})
+
+
+@dataclass(slots=True, frozen=True)
+class _Prepared:
+    """What a page's plan needs of its request alone (`PageViews.prepare`)."""
+
+    event_id: str
+    token: str
+    triggers: str | None
+    # The Set-Cookie lines and the `_fbp`/`_fbc` they settle on (none without consent).
+    cookies: tuple[str, ...]
+    fbp: str | None
+    fbc: str | None
+
+
+_PREPARED = web.RequestKey("page_prepared", _Prepared)
 
 
 @dataclass(slots=True)
@@ -127,6 +143,32 @@ class PageViews:
 
     # the plan -------------------------------------------------------------------
 
+    def prepare(self, request: web.Request) -> None:
+        """Work out what a navigation's page needs of its request alone (event id, token,
+        triggers, cookies) while the site answers it; `plan` takes it from there.
+
+        A request that cannot be tagged whatever the answer (a fragment, a bot, a
+        prefetch) is left alone: its page path decides and counts as before.
+        """
+        if request.method != "GET":
+            return
+        who = visitor(request)
+        if _fragment(request.headers) or who.bot:
+            return
+        request[_PREPARED] = self._prepare(request, who)
+
+    def _prepare(self, request: web.Request, who: Visitor) -> _Prepared:
+        event_id = pagetoken.new_event_id()
+        token = pagetoken.sign(
+            self.secret, event_id, issued=int(time.time()), client=who.page_client()
+        )
+        triggers = self.triggers(request) if self.triggers is not None else None
+        cookies: list[str] = []
+        fbp = fbc = None
+        if who.consent.track:
+            fbp, fbc = self._cookies(request, who, cookies)
+        return _Prepared(event_id, token, triggers, tuple(cookies), fbp, fbc)
+
     def plan(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> PagePlan | None:
         """A plan for an HTML document the gateway should tag, else None."""
         settings = self.settings
@@ -138,9 +180,9 @@ class PageViews:
         if decision is None:
             return None
         consent = who.consent
-        event_id = pagetoken.new_event_id()
-        triggers = self.triggers(request) if self.triggers is not None else None
-        tag = self._tag(event_id, who, decision.nonce, ldu=consent.ldu, triggers=triggers)
+        prepared = request.get(_PREPARED) or self._prepare(request, who)
+        event_id = prepared.event_id
+        tag = self._tag(prepared, decision.nonce, ldu=consent.ldu)
         rewrite = open_rewrite(
             headers.get("Content-Encoding"),
             HeadInjector(tag, max_scan=settings.inject_max_scan),
@@ -153,7 +195,8 @@ class PageViews:
         view = None
         fbp = fbc = None
         if consent.track:
-            fbp, fbc = self._cookies(request, who, cookies)
+            fbp, fbc = prepared.fbp, prepared.fbc
+            cookies.extend(prepared.cookies)
             if not who.prefetch:
                 # A valid `_fbp` is kept as it came: a different one was minted just now.
                 new_visitor = fbp is not None and fbp != who.fbp
@@ -219,12 +262,7 @@ class PageViews:
         return decision
 
     def _skip_reason(self, request: web.Request, headers: CIMultiDict[str], who: Visitor) -> str:
-        request_headers = request.headers
-        for name in _FRAGMENT_HEADERS:
-            if name in request_headers:
-                return "fragment"
-        dest = request_headers.get("Sec-Fetch-Dest")
-        if dest is not None and dest not in _DOCUMENT_DESTS:
+        if _fragment(request.headers):
             return "fragment"
         if "attachment" in headers.get("Content-Disposition", "").lower():
             return "download"
@@ -238,21 +276,14 @@ class PageViews:
             return "bot"
         return ""
 
-    def _tag(
-        self,
-        event_id: str,
-        who: Visitor,
-        nonce: str | None,
-        *,
-        ldu: bool,
-        triggers: str | None = None,
-    ) -> bytes:
-        token = pagetoken.sign(
-            self.secret, event_id, issued=int(time.time()), client=who.page_client()
-        )
+    def _tag(self, prepared: _Prepared, nonce: str | None, *, ldu: bool) -> bytes:
         # The id (a UUID) and the token (base64url) need no escaping; the page-independent
         # attributes were rendered once, in the same order as before.
-        tag = f'{self.tag_start}{event_id}" data-token="{token}" {self.static_rendered}'
+        tag = (
+            f'{self.tag_start}{prepared.event_id}" data-token="{prepared.token}" '
+            f"{self.static_rendered}"
+        )
+        triggers = prepared.triggers
         if ldu or triggers or nonce:
             more: dict[str, str] = {}
             if ldu:
@@ -365,6 +396,15 @@ def _cookie_domain(host: str, override: str | None) -> tuple[str | None, int]:
     # A site answers under a few hosts: the public-suffix lookup runs once per host.
     domain = cookies.cookie_domain(host, override)
     return domain, cookies.subdomain_index(domain)
+
+
+def _fragment(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether the request asks for a piece of a page (htmx, Turbo, XHR, a subresource)."""
+    for name in _FRAGMENT_HEADERS:
+        if name in headers:
+            return True
+    dest = headers.get("Sec-Fetch-Dest")
+    return dest is not None and dest not in _DOCUMENT_DESTS
 
 
 def _render(attrs: dict[str, str]) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -347,3 +349,47 @@ async def test_counts_wait_for_no_scrape_to_reach_the_series() -> None:
     metrics.proxied(200)
     await asyncio.sleep(0.6)  # FOLD_INTERVAL: another worker's scrape would see it now
     assert metrics._proxied.labels("2xx")._value.get() == 2
+
+
+async def test_a_navigations_page_is_prepared_while_the_site_answers(start: StartGateway) -> None:
+    # Issue 19: the event id, token, triggers and cookies need only the request, so they are
+    # worked out while the site answers, not after: a UUIDv7 event id and an `_fbp` carry
+    # the millisecond they were made in.
+    answered: list[float] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.3)  # the site at work
+                answered.append(time.time())
+                page = b"<!DOCTYPE html><html><head><title>t</title></head><body></body></html>"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(page), page)
+                )
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        gw = await start(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        lane, reached = watch(gw)
+        made: dict[str, float] = {}
+        for dest in ("document", "empty"):  # a navigation; a fetch of HTML (not one)
+            headers = {**ASSET, "Sec-Fetch-Dest": dest, "Accept": "text/html"}
+            async with gw.session.get(gw.url + "/", headers=headers) as resp:
+                page = await resp.text()
+                fbp = resp.cookies.get("_fbp")
+            if dest == "document":
+                assert fbp is not None
+                found = re.search(r'data-event-id="([0-9a-f-]{36})"', page)
+                assert found is not None
+                made["event id"] = int(found.group(1).replace("-", "")[:12], 16) / 1000
+                made["_fbp"] = int(fbp.value.split(".")[2]) / 1000
+            else:
+                assert "data-event-id" not in page  # a fragment: untagged, as before
+        assert (lane.handed_back, reached.count) == (2, 0)
+        for what, at in made.items():
+            # Made before the site answered (a clock tick of slack), not once it had.
+            assert at <= answered[0] - 0.2, f"{what} made {answered[0] - at:.3f} s before"
