@@ -19,6 +19,7 @@ from gateway.errors import json_error
 from gateway.models import NewEvent
 from gateway.pipeline.events import MAX_EVENTS, Problem, prepare
 from gateway.pipeline.jsonfast import REFUSED, orjson_loads
+from gateway.pipeline.jsonfast import dumps as json_dumps
 from gateway.pipeline.jsonsafe import non_finite_path
 
 log = logging.getLogger("gateway.events_api")
@@ -157,6 +158,7 @@ async def post_events(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         {"accepted": len(result.event_ids), "event_ids": result.event_ids, "events": items},
         status=202,
+        dumps=json_dumps,  # a batch's answer names each event: the stdlib's cost showed
     )
 
 

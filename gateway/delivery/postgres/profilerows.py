@@ -7,18 +7,20 @@ call them; the same rules as the SQLite store's profile rows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from gateway.delivery.profiles import LINK, Dated
+from gateway.pipeline import jsonfast
 from gateway.pipeline.assembly import MAX_VALUES
 
 if TYPE_CHECKING:
     from gateway.delivery.postgres.pool import Conn
 
-# json.dumps with options builds an encoder per call: one, built once (same output).
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+# The column is jsonb, which keeps the value, not the text: orjson's compact UTF-8 is as good
+# as the stdlib's escapes, at a fraction of the cost (1.5 % of a replica's CPU at 7,000
+# events/s, one profile per event).
+_ENCODE = jsonfast.dumps
 
 
 async def learn(

@@ -76,8 +76,10 @@ RETURNING e.id, e.attempts
 # The claimed events, read by a statement of their own after the claim: one snapshot taken
 # after the claim's row locks, so a copy merged (and committed) just before the claim took a
 # row is in what is sent; once claimed, a copy only records itself as late.
+# `attempts` lives on the queue row (read by the claim): a placeholder keeps the columns in
+# `CLAIMED_COLUMNS` order for `dict(record)`.
 _CLAIMED = f"""
-SELECT {", ".join(c for c in _CLAIMED_NAMES if c != "attempts")}
+SELECT {", ".join("0 AS attempts" if c == "attempts" else c for c in _CLAIMED_NAMES)}
 FROM event_data WHERE id = ANY($1::bigint[])
 """
 
@@ -141,11 +143,17 @@ async def claim(
     }
     if not taken:
         return []
-    events = {int(r["id"]): r for r in await conn.fetch(_CLAIMED, list(taken))}
-    return [
-        {c: taken[i] if c == "attempts" else events[i][c] for c in _CLAIMED_NAMES}
-        for i in sorted(events)
-    ]
+    claimed = []
+    # dict(record) in C, not a lookup by name per column: ~4 % of a replica's CPU.
+    for r in sorted(await conn.fetch(_CLAIMED, list(taken)), key=_by_id):
+        row = dict(r)
+        row["attempts"] = taken[row["id"]]
+        claimed.append(row)
+    return claimed
+
+
+def _by_id(r: Any) -> int:
+    return int(r["id"])
 
 
 async def queue_depth(conn: Conn) -> dict[str, dict[str, int]]:
