@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from tests.fakes.upstream import (
     start_upstream,
 )
 
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ASSET = {"User-Agent": UA, "Accept": "*/*", "Sec-Fetch-Dest": "script"}
 
 
@@ -59,6 +60,14 @@ class Reached:
 def watch(gw: Front) -> tuple[Lane, Reached]:
     lane = gw.app[LANE]
     return lane, Reached(lane)
+
+
+@contextlib.asynccontextmanager
+async def serving(serve: Serve) -> AsyncIterator[str]:
+    """A site of `serve` (raw asyncio streams) on loopback; its URL."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 async def get(gw: Front, path: str, **headers: str) -> tuple[int, Any, bytes]:
@@ -187,9 +196,8 @@ async def test_head_of_a_chunked_answer_has_no_body(start: StartGateway) -> None
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    async with server:
-        gw = await start(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    async with serving(serve) as origin:
+        gw = await start(upstream=origin)
         lane, _ = watch(gw)
         request = (
             b"HEAD /a.css HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -371,9 +379,8 @@ async def test_a_navigations_page_is_prepared_while_the_site_answers(start: Star
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    async with server:
-        gw = await start(upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    async with serving(serve) as origin:
+        gw = await start(upstream=origin)
         lane, reached = watch(gw)
         made: dict[str, float] = {}
         for dest in ("document", "empty"):  # a navigation; a fetch of HTML (not one)
