@@ -236,3 +236,37 @@ def set_cookie_header(
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
+
+
+@lru_cache(maxsize=256)
+def _domain_and_index(host: str, override: str | None) -> tuple[str | None, int]:
+    # A site answers under a few hosts: the public-suffix lookup runs once per host.
+    domain = cookie_domain(host, override)
+    return domain, subdomain_index(domain)
+
+
+def for_page(
+    host: str,
+    sent_fbp: str | None,
+    sent_fbc: str | None,
+    fbclid: str | None,
+    *,
+    secure: bool,
+    override: str | None,
+    max_age: int,
+    now_ms: int,
+) -> tuple[str | None, str | None, list[str]]:
+    """The `_fbp`/`_fbc` a page's response settles on, and the Set-Cookie lines it sends
+    for those it issues or refreshes."""
+    domain, index = _domain_and_index(host, override)
+    choice = decide_cookies(sent_fbp, sent_fbc, fbclid, now_ms=now_ms, index=index)
+    lines: list[str] = []
+    if choice.set_fbp and choice.fbp:
+        lines.append(
+            set_cookie_header("_fbp", choice.fbp, domain=domain, max_age=max_age, secure=secure)
+        )
+    if choice.set_fbc and choice.fbc:
+        lines.append(
+            set_cookie_header("_fbc", choice.fbc, domain=domain, max_age=max_age, secure=secure)
+        )
+    return choice.fbp, choice.fbc, lines

@@ -286,7 +286,7 @@ class Lane:
     async def _expect_page(self, request: web.Request, proxy: Proxy) -> None:
         """Route a navigation, read its visitor and prepare its page's request-side parts
         (`PageViews.prepare`) while the site answers it: off the visitor's wait once the
-        page is in (an answer the lane relays wastes that work, ~60 µs)."""
+        page is in (an answer the lane relays wastes that work: tens of µs)."""
         try:
             await self.route(request)
             who = visitor(request)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -147,8 +147,8 @@ class PageViews:
         """Work out what a navigation's page needs of its request alone (event id, token,
         triggers, cookies) while the site answers it; `plan` takes it from there.
 
-        A request that cannot be tagged whatever the answer (a fragment, a bot, a
-        prefetch) is left alone: its page path decides and counts as before.
+        A request that cannot be tagged whatever the answer (a fragment, a bot) is left
+        alone: its page path decides and counts as before.
         """
         if request.method != "GET":
             return
@@ -298,29 +298,18 @@ class PageViews:
     def _cookies(
         self, request: web.Request, who: Visitor, out: list[str]
     ) -> tuple[str | None, str | None]:
-        secure = who.scheme == "https"
-        domain, index = _cookie_domain(who.host, self.settings.cookie_domain)
-        choice = cookies.decide_cookies(
+        fbp, fbc, lines = cookies.for_page(
+            who.host,
             who.fbp,
             who.fbc,
             cookies.fbclid_from(request.query_string, request.headers.get("Referer")),
+            secure=who.scheme == "https",
+            override=self.settings.cookie_domain,
+            max_age=int(self.settings.cookie_lifetime),
             now_ms=int(time.time() * 1000),
-            index=index,
         )
-        max_age = int(self.settings.cookie_lifetime)
-        if choice.set_fbp and choice.fbp:
-            out.append(
-                cookies.set_cookie_header(
-                    "_fbp", choice.fbp, domain=domain, max_age=max_age, secure=secure
-                )
-            )
-        if choice.set_fbc and choice.fbc:
-            out.append(
-                cookies.set_cookie_header(
-                    "_fbc", choice.fbc, domain=domain, max_age=max_age, secure=secure
-                )
-            )
-        return choice.fbp, choice.fbc
+        out.extend(lines)
+        return fbp, fbc
 
     def _pageview(
         self,
@@ -389,13 +378,6 @@ def page_secret(settings: Settings, key: bytes) -> bytes:
     if settings.secret:
         return settings.secret.encode()
     return hmac.new(key, b"capi-gateway page token v1", hashlib.sha256).digest()
-
-
-@lru_cache(maxsize=256)
-def _cookie_domain(host: str, override: str | None) -> tuple[str | None, int]:
-    # A site answers under a few hosts: the public-suffix lookup runs once per host.
-    domain = cookies.cookie_domain(host, override)
-    return domain, cookies.subdomain_index(domain)
 
 
 def _fragment(headers: CIMultiDictProxy[str]) -> bool:

@@ -19,6 +19,7 @@ from gateway.edge.cookies import (
     cookie_domain,
     decide_cookies,
     fbclid_from,
+    for_page,
     new_fbp,
     registrable_domain,
     set_cookie_header,
@@ -491,3 +492,18 @@ def test_new_fbp_draws_from_the_workers_pool_not_a_system_call_each(
     values = [new_fbp(NOW_MS, 1) for _ in range(500)]
     assert len(calls) <= 2  # 500 x 4 bytes from pools of 4 KiB
     assert len(set(values)) > 495 and all(valid_fbp(v) for v in values)
+
+
+def test_for_page_issues_what_is_missing_and_keeps_what_came() -> None:
+    now = 1_700_000_000_000
+    fbp, fbc, lines = for_page(
+        "shop.example.co.uk", None, None, "AbC", secure=True, override=None, max_age=90, now_ms=now
+    )
+    assert fbp is not None and fbp.startswith(f"fb.2.{now}.")  # Domain=example.co.uk: 2
+    assert fbc == f"fb.2.{now}.AbC"
+    assert [line.split("=", 1)[0] for line in lines] == ["_fbp", "_fbc"]
+    assert all("Domain=example.co.uk" in line and "Secure" in line for line in lines)
+    kept = for_page(
+        "shop.example.co.uk", fbp, fbc, None, secure=True, override=None, max_age=90, now_ms=now
+    )
+    assert kept[:2] == (fbp, fbc)
