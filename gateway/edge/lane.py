@@ -121,6 +121,8 @@ class Lane:
         # Requests the lane relayed, and those it gave back after seeing an HTML answer.
         self.taken = 0
         self.handed_back = 0
+        # Navigations whose page was prepared while the site answered (`_expect_page`).
+        self.prepared = 0
 
     async def __call__(self, request: web.Request) -> Any:
         """aiohttp's request handler: the lane's relay, or the Application's `_handle`."""
@@ -291,7 +293,7 @@ class Lane:
             await self.route(request)
             who = visitor(request)
             who.client_ip, who.prefetch  # noqa: B018 - read once now
-            proxy.pages.prepare(request)
+            self.prepared += proxy.pages.prepare(request)
         except Exception:
             # The page path works the same out again, and reports what fails there.
             log.debug("Preparing %s for its page failed.", request.path, exc_info=True)

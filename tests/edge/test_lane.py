@@ -396,7 +396,14 @@ async def test_a_navigations_page_is_prepared_while_the_site_answers(start: Star
                 made["_fbp"] = int(fbp.value.split(".")[2]) / 1000
             else:
                 assert "data-event-id" not in page  # a fragment: untagged, as before
-        assert (lane.handed_back, reached.count) == (2, 0)
+        assert (lane.handed_back, lane.prepared, reached.count) == (2, 1, 0)
         for what, at in made.items():
             # Made before the site answered (a clock tick of slack), not once it had.
             assert at <= answered[0] - 0.2, f"{what} made {answered[0] - at:.3f} s before"
+        # With injection off nothing will be tagged: nothing is prepared for it either.
+        off = await start(upstream=origin, inject=False)
+        lane, _ = watch(off)
+        headers = {**ASSET, "Sec-Fetch-Dest": "document", "Accept": "text/html"}
+        async with off.session.get(off.url + "/", headers=headers) as resp:
+            assert "data-event-id" not in await resp.text()
+        assert (lane.handed_back, lane.prepared) == (1, 0)
