@@ -167,11 +167,10 @@ class PageViews:
             self.secret, event_id, issued=int(time.time()), client=who.page_client()
         )
         triggers = self.triggers(request) if self.triggers is not None else None
-        cookies: list[str] = []
-        fbp = fbc = None
-        if who.consent.track:
-            fbp, fbc = self._cookies(request, who, cookies)
-        return _Prepared(event_id, token, triggers, tuple(cookies), fbp, fbc)
+        if not who.consent.track:
+            return _Prepared(event_id, token, triggers, (), None, None)
+        fbp, fbc, lines = self._cookies(request, who)
+        return _Prepared(event_id, token, triggers, tuple(lines), fbp, fbc)
 
     def plan(self, request: web.Request, status: int, headers: CIMultiDict[str]) -> PagePlan | None:
         """A plan for an HTML document the gateway should tag, else None."""
@@ -195,12 +194,9 @@ class PageViews:
             self.counters.skip("encoding")
             self._skipped(headers, "encoding")
             return None
-        cookies: list[str] = []
         view = None
-        fbp = fbc = None
+        fbp, fbc = prepared.fbp, prepared.fbc  # None without consent
         if consent.track:
-            fbp, fbc = prepared.fbp, prepared.fbc
-            cookies.extend(prepared.cookies)
             if not who.prefetch:
                 # A valid `_fbp` is kept as it came: a different one was minted just now.
                 new_visitor = fbp is not None and fbp != who.fbp
@@ -212,7 +208,12 @@ class PageViews:
             # Tagged, but no cookies and no PageView: say why as for an untagged page.
             self._skipped(headers, "consent")
         return PagePlan(
-            rewrite=rewrite, cookies=cookies, view=view, store=self._store, fbp=fbp, fbc=fbc
+            rewrite=rewrite,
+            cookies=list(prepared.cookies),
+            view=view,
+            store=self._store,
+            fbp=fbp,
+            fbc=fbc,
         )
 
     def _skipped(self, headers: CIMultiDict[str], reason: str) -> None:
@@ -300,9 +301,9 @@ class PageViews:
         return (tag + "></script>").encode("ascii")
 
     def _cookies(
-        self, request: web.Request, who: Visitor, out: list[str]
-    ) -> tuple[str | None, str | None]:
-        fbp, fbc, lines = cookies.for_page(
+        self, request: web.Request, who: Visitor
+    ) -> tuple[str | None, str | None, list[str]]:
+        return cookies.for_page(
             who.host,
             who.fbp,
             who.fbc,
@@ -312,8 +313,6 @@ class PageViews:
             max_age=int(self.settings.cookie_lifetime),
             now_ms=int(time.time() * 1000),
         )
-        out.extend(lines)
-        return fbp, fbc
 
     def _pageview(
         self,

@@ -231,18 +231,23 @@ async def test_chunked_body_and_interim_answers() -> None:
 # -- the origin closing ------------------------------------------------------------------------
 
 
-async def test_a_reused_connection_closed_before_the_answer_is_retried_once() -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
+async def _closes_on_the_second(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int
+) -> None:
+    """An origin whose first connection answers one request and closes on the second
+    unanswered; later connections answer every request."""
+    await read_request(reader)
+    writer.write(OK)
+    if i == 0:
+        await read_request(reader)  # the second request: closed on, unanswered
+        return
+    while True:
         await read_request(reader)
         writer.write(OK)
-        if i == 0:
-            await read_request(reader)  # the second request: closed on, unanswered
-            return
-        while True:
-            await read_request(reader)
-            writer.write(OK)
 
-    async with origin(script) as o, client(o.url) as c:
+
+async def test_a_reused_connection_closed_before_the_answer_is_retried_once() -> None:
+    async with origin(_closes_on_the_second) as o, client(o.url) as c:
         assert await get(c) == (200, b"ok")
         assert await get(c) == (200, b"ok")  # no spurious 502
         assert o.connections == 2
@@ -310,22 +315,12 @@ async def test_a_request_cancelled_during_meanwhile_leaves_no_unretrieved_answer
 
 
 async def test_meanwhile_runs_once_when_a_dropped_connection_is_retried() -> None:
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i: int) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        if i == 0:
-            await read_request(reader)  # the second request: closed on, unanswered
-            return
-        while True:
-            await read_request(reader)
-            writer.write(OK)
-
     calls: list[int] = []
 
     async def meanwhile() -> None:
         calls.append(1)
 
-    async with origin(script) as o, client(o.url) as c:
+    async with origin(_closes_on_the_second) as o, client(o.url) as c:
         assert await get(c) == (200, b"ok")
         response = await c.send("GET", c.wire("GET", "/", headers()), meanwhile)
         response.release()
