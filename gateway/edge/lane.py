@@ -52,7 +52,7 @@ from gateway.edge.lanewire import (
 from gateway.edge.passthrough import NO_BODY_STATUS, reason
 from gateway.edge.proxy import Proxy
 from gateway.edge.sites import SiteHolder
-from gateway.edge.visitor import visitor
+from gateway.edge.visitor import Visitor, VisitorRules
 from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.proxy")
@@ -83,9 +83,9 @@ def _html(content_type: bytes) -> bool:
 # What `Lane.pick` found out about a request the lane takes: its site's proxy, the
 # `[[sites]]` name (None for a single site), the client's address (for its share), whether
 # the peer is a trusted proxy, the scheme and host the visitor sees, the Host field as sent,
-# and the scan of its fields. A plain tuple: a NamedTuple's constructor cost ~2.5 k
-# instructions per asset (callgrind_proxy.py).
-Picked = tuple[Proxy, str | None, str, bool, str, str, str, RequestScan]
+# the scan of its fields and the visitor rules of its site. A plain tuple: a NamedTuple's
+# constructor cost ~2.5 k instructions per asset (callgrind_proxy.py).
+Picked = tuple[Proxy, str | None, str, bool, str, str, str, RequestScan, VisitorRules]
 
 
 class Lane:
@@ -130,7 +130,7 @@ class Lane:
         if picked is None:
             return await self.full(request)
         # One coroutine for the whole relay: each level more is resumed on every wake-up.
-        proxy, site, client, trusted, scheme, host, given_host, scan = picked
+        proxy, site, client, trusted, scheme, host, given_host, scan, _ = picked
         shares = proxy.shares
         shares.take(client)
         try:
@@ -170,7 +170,7 @@ class Lane:
             # A navigation: what its page will need of the request is worked out while the
             # site works on it.
             meanwhile = (
-                partial(self._expect_page, request, proxy)
+                partial(self._expect_page, request, proxy, picked)
                 if scan.document and method == "GET"
                 else None
             )
@@ -283,16 +283,28 @@ class Lane:
         shares = proxy.shares
         if shares.held(client) >= shares.per_client:
             return None  # the Application's 503 (counted there)
-        return proxy, site, client, trusted, scheme, host, given_host, scan
+        return proxy, site, client, trusted, scheme, host, given_host, scan, rules
 
-    async def _expect_page(self, request: web.Request, proxy: Proxy) -> None:
-        """Route a navigation, read its visitor and prepare its page's request-side parts
+    async def _expect_page(self, request: web.Request, proxy: Proxy, picked: Picked) -> None:
+        """Route a navigation, settle its visitor and prepare its page's request-side parts
         (`PageViews.prepare`) while the site answers it: off the visitor's wait once the
-        page is in (an answer the lane relays wastes that work: tens of µs)."""
+        page is in (an answer the lane relays wastes that work: tens of µs).
+
+        The visitor is made of what `pick` read (trust, scheme, host, site, address): the
+        same facts `Visitor.of` would read off the fields again."""
+        _, site, client, trusted, scheme, host, _, _, rules = picked
         try:
             await self.route(request)
-            who = visitor(request)
-            who.client_ip, who.prefetch  # noqa: B018 - read once now
+            who = Visitor.known(
+                request,
+                rules,
+                peer_trusted=trusted,
+                scheme=scheme,
+                host=host,
+                site=site,
+                client_ip=client or None,
+            )
+            who.prefetch  # noqa: B018 - read once now
             self.prepared += proxy.pages.prepare(request)
         except Exception:
             # The page path works the same out again, and reports what fails there.

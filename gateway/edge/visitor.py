@@ -185,6 +185,32 @@ class Visitor:
             _rules=rules,
         )
 
+    @classmethod
+    def known(
+        cls,
+        request: web.Request,
+        rules: VisitorRules,
+        *,
+        peer_trusted: bool,
+        scheme: str,
+        host: str,
+        site: str | None,
+        client_ip: str | None,
+    ) -> Visitor:
+        """The Visitor `of` would build, from facts the caller read off the same request
+        (the lane's pick), kept on the request: its fields are not read a second time."""
+        found = request[_KEY] = cls(
+            peer_trusted=peer_trusted,
+            scheme=scheme,
+            host=host,
+            user_agent=request.headers.get("User-Agent", ""),
+            site=site,
+            _request=weakref.ref(request),
+            _rules=rules,
+            _memo={"ip": client_ip},
+        )
+        return found
+
     @property
     def origin(self) -> str:
         """scheme://host as the visitor sees it (trusted proxies may tell us)."""

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from gateway.app import reload
 from gateway.edge.appkeys import RUNTIME
 from gateway.edge.lane import Lane
+from gateway.edge.visitor import SITE_LOOKUP, VISITOR_RULES, Visitor, VisitorRules
 from gateway.siteapp import LANE
 from gateway.tally import FoldFirst, ProxyTally
 from tests.conftest import UA, make_settings
@@ -407,3 +408,56 @@ async def test_a_navigations_page_is_prepared_while_the_site_answers(start: Star
         async with off.session.get(off.url + "/", headers=headers) as resp:
             assert "data-event-id" not in await resp.text()
         assert (lane.handed_back, lane.prepared) == (1, 0)
+
+
+FORWARDING = [
+    {},
+    {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": HOST_B},
+    {"X-Forwarded-For": "198.51.100.1, 203.0.113.9", "X-Forwarded-Proto": "https, http"},
+    {"Forwarded": "for=192.0.2.60;proto=https"},
+    {"X-Forwarded-Host": "www.alpha.example, evil.example", "X-Forwarded-For": "unknown"},
+    {"Host": HOST_B},
+]
+
+
+@pytest.mark.parametrize("trusted", [["127.0.0.0/8"], []], ids=["trusted-peer", "untrusted"])
+async def test_a_navigations_visitor_is_made_of_what_the_lane_read(
+    tmp_path: Path, fake_graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, trusted: list[str]
+) -> None:
+    # The lane reads trust, scheme, host, site and address once (house rule: a fact about a
+    # request is computed once); the Visitor it settles must be the one `Visitor.of` reads
+    # off the fields, forwarded or not, whichever site the host names.
+    made: list[tuple[Visitor, Visitor, str | None, str | None]] = []
+    known = Visitor.known
+
+    def checked(request: web.Request, rules: VisitorRules, **facts: Any) -> Visitor:
+        who = known(request, rules, **facts)
+        app = request.app
+        read = Visitor.of(request, app[VISITOR_RULES](), app.get(SITE_LOOKUP))
+        made.append((who, read, who.client_ip, read.client_ip))
+        return who
+
+    monkeypatch.setattr(Visitor, "known", checked)
+    async with start_upstream() as a, start_upstream() as b:
+        settings = make_settings(
+            tmp_path,
+            fake_graph.url,
+            pixel_id=[],
+            events_api_keys=[],
+            sites=site_tables(a, b),
+            trusted_proxies=trusted,
+        )
+        async with run_gateway(settings) as gw:
+            lane, reached = watch(gw)
+            for extra in FORWARDING:
+                sent = {**ASSET, "Sec-Fetch-Dest": "document", "Host": "www.alpha.example"}
+                async with gw.session.get(gw.url + "/html", headers={**sent, **extra}) as resp:
+                    assert resp.status == 200
+    assert len(made) == len(FORWARDING) == lane.prepared and reached.count == 0
+    for who, read, ip, read_ip in made:
+        assert who == read and who._rules is read._rules and ip == read_ip
+    # Forwarded facts count only from a trusted peer.
+    assert [ip for _, _, ip, _ in made][1:4] == (
+        ["203.0.113.7", "203.0.113.9", "192.0.2.60"] if trusted else ["127.0.0.1"] * 3
+    )
+    assert [who.site for who, *_ in made][:2] == ["alpha", "beta" if trusted else "alpha"]
