@@ -10,7 +10,8 @@ unwanted `<meta>`s and non-JSON-LD scripts/styles with their content; Python onl
 the tags that matter. That regex ends every tag at its first ">", which is the tokenizer's
 answer unless a quoted attribute value contains ">". Such a value always matches `DANGER`,
 so a stretch with one is re-read by the exact regex (which follows quotes like the tokenizer).
-The regexes live in gateway.html.tokens; selectors and JSON-LD paths in gateway.html.query.
+The regexes live in gateway.html.tokens; selectors and JSON-LD paths in gateway.html.query;
+what a scan is asked and what it keeps of the tags it reads in gateway.html.found.
 
 Browser behaviour followed (tests/html/test_scan.py checks it against Chromium):
 
@@ -33,19 +34,10 @@ Browser behaviour followed (tests/html/test_scan.py checks it against Chromium):
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
-from gateway.html.query import (
-    JsonLdIndex,
-    Selector,
-    jsonld_lookup,
-    parse_selector,
-    selector_matches,
-)
+from gateway.html.found import Findings, HtmlFound, Wants, lower_ascii
+from gateway.html.query import Selector, jsonld_lookup, parse_selector, selector_matches
 from gateway.html.tokens import (
     ATTR,
     COMMENT_END,
@@ -69,7 +61,6 @@ from gateway.html.tokens import (
     attr_unescape,
     codec_name,
     plan,
-    unwrap,
 )
 
 __all__ = [
@@ -83,53 +74,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Wants:
-    """What a scan collects.
-
-    Meta names are kept `.lower()`ed (they are the keys of HtmlFound.meta) and compared with
-    the page's name/property/itemprop tokens, lowercased in ASCII as HTML does.
-    """
-
-    meta: frozenset[str] = frozenset()
-    jsonld: bool = False
-    selectors: tuple[Selector, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "meta", frozenset(m.strip().lower() for m in self.meta))
-
-    @property
-    def empty(self) -> bool:
-        """Nothing wanted: a scan would be a no-op."""
-        return not (self.meta or self.jsonld or self.selectors)
-
-
-@dataclass(slots=True)
-class HtmlFound:
-    """Scan results; every wanted meta name and selector is a key (with [] if not found)."""
-
-    meta: dict[str, list[str]]
-    jsonld: list[Any]
-    elements: dict[Selector, list[dict[str, str]]]
-    truncated: bool
-    _index: JsonLdIndex | None = field(default=None, repr=False, compare=False)
-
-    def jsonld_index(self) -> JsonLdIndex:
-        """The JSON-LD objects by type, built on first use (then shared by every lookup)."""
-        if self._index is None:
-            self._index = JsonLdIndex.of(self.jsonld)
-        return self._index
-
-
-_MAX_MATCHES = 100
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _lower(s: str) -> str:
-    # HTML compares names ASCII case-insensitively ("K" U+212A must not become "k").
-    return s.translate(_ASCII_LOWER)
-
-
 # Modes of the scanner.
 _HTML, _TAG, _RAWTEXT, _JSONLD, _INCOMMENT, _BOGUS, _OFF = range(7)
 
@@ -140,10 +84,10 @@ class HtmlScan:
     """Feed decoded HTML bytes in any chunking; `finish` gives what `wants` asked for."""
 
     __slots__ = (
-        "_at", "_buf", "_by_tag", "_charset", "_danger", "_elements", "_esc", "_exact", "_fast",
-        "_fresh", "_is_end", "_jsonld", "_kept", "_ld", "_max_bytes", "_max_item", "_meta",
-        "_mode", "_name", "_p", "_raw", "_rawlen", "_result", "_seen", "_stops", "_sub",
-        "_tagless", "_truncated",
+        "_at", "_buf", "_by_tag", "_charset", "_danger", "_esc", "_exact", "_fast", "_found",
+        "_fresh", "_is_end", "_kept", "_ld", "_max_bytes", "_max_item", "_meta", "_mode",
+        "_name", "_p", "_raw", "_rawlen", "_result", "_seen", "_stops", "_sub", "_tagless",
+        "_truncated",
     )  # fmt: skip
 
     def __init__(
@@ -161,9 +105,8 @@ class HtmlScan:
         self._max_item = max_item
         self._ld = wants.jsonld
         setup = plan(wants.meta, wants.selectors, jsonld=wants.jsonld)
-        self._meta: dict[str, list[str]] = {name: [] for name in setup.meta}
-        self._jsonld: list[Any] = []
-        self._elements: dict[Selector, list[dict[str, str]]] = {s: [] for s in setup.selectors}
+        self._found = Findings(setup.meta, setup.selectors)
+        self._meta = bool(setup.meta)
         self._by_tag = setup.by_tag
         self._tagless = setup.tagless
         self._stops = setup.stops
@@ -215,7 +158,7 @@ class HtmlScan:
         """End of the body: return everything found (call once)."""
         if self._result is None:
             self._eof()
-            self._result = HtmlFound(self._meta, self._jsonld, self._elements, self._truncated)
+            self._result = self._found.result(truncated=self._truncated)
         return self._result
 
     def _eof(self) -> None:
@@ -406,23 +349,19 @@ class HtmlScan:
         attrs: dict[str, str] | None = None
         if name == b"meta" and self._meta:
             attrs = self._attrs(data, body, end)
-            self._add_meta(attrs)
+            self._found.meta(attrs)
         sels = self._by_tag.get(name, ())
         if self._tagless:
             sels = (*sels, *self._tagless)
         if sels:
             attrs = attrs if attrs is not None else self._attrs(data, body, end)
-            tag = name.decode(self._charset, "replace")
-            for sel in sels:
-                hits = self._elements[sel]
-                if len(hits) < _MAX_MATCHES and selector_matches(sel, tag, attrs):
-                    hits.append(dict(attrs))
+            self._found.element(name.decode(self._charset, "replace"), attrs, sels)
         if name in SPECIAL:
             ld = False
             if name == b"script" and self._ld and LD_HINT.search(data, body, end):
                 attrs = attrs if attrs is not None else self._attrs(data, body, end)
                 kind = attrs.get("type", "").split(";")[0].strip(" \t\n\f\r")
-                ld = _lower(kind) == "application/ld+json"
+                ld = lower_ascii(kind) == "application/ld+json"
             self._enter_special(name, ld=ld)
             self._at = end
         return end
@@ -475,18 +414,6 @@ class HtmlScan:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
-    def _add_meta(self, attrs: dict[str, str]) -> None:
-        content = attrs.get("content")
-        if content is None:
-            return
-        seen: set[str] = set()
-        for key in ("name", "property", "itemprop"):
-            for token in _lower(attrs.get(key, "")).split():
-                if token in self._meta and token not in seen:
-                    seen.add(token)
-                    self._meta[token].append(content)
-
     def _add_jsonld(self, raw: Data) -> None:
-        text = unwrap(self._text(raw))
-        with contextlib.suppress(ValueError, RecursionError):  # invalid JSON-LD is skipped
-            self._jsonld.append(json.loads(text))
+        # A JSON-LD script's bytes: parsed and kept (the catalog's reader keeps the text).
+        self._found.jsonld(self._text(raw))
