@@ -185,13 +185,17 @@ class Lane:
                     proxy._answered(upstream, started)
                     status = upstream.status
                     copied = None
-                    if method == "GET" and status >= 200 and status not in NO_BODY_STATUS:
-                        copied = client_response(upstream.raw_headers)
-                    if (
-                        copied[1].type is not None and _html(copied[1].type)
-                        if copied is not None
-                        else hdr.media_type(upstream.headers) in hdr.HTML_TYPES
-                    ) or (status in _CATALOG_MISS and _reads_misses(proxy, method)):
+                    if meanwhile is not None and hdr.media_type(upstream.headers) in hdr.HTML_TYPES:
+                        page = True  # a navigation's page: no relay copy of its fields
+                    else:
+                        if method == "GET" and status >= 200 and status not in NO_BODY_STATUS:
+                            copied = client_response(upstream.raw_headers)
+                        page = (
+                            copied[1].type is not None and _html(copied[1].type)
+                            if copied is not None
+                            else hdr.media_type(upstream.headers) in hdr.HTML_TYPES
+                        )
+                    if page or (status in _CATALOG_MISS and _reads_misses(proxy, method)):
                         # A page after all: the page path decides (tag, HEAD headers, counts);
                         # or a product URL gone, which the site's catalog counts as a miss.
                         self.handed_back += 1
