@@ -139,7 +139,15 @@ def new_fbp(now_ms: int, index: int, rng: random.Random | None = None) -> str:
     return f"fb.{index}.{now_ms}.{number}"
 
 
+def _may_name_fbclid(text: str) -> bool:
+    # Most page URLs and Referers name no fbclid: no query parse (nor URL split) for them.
+    # A name spelled with escapes ("fbcl%69d") still decodes to it, so any "%" parses.
+    return "fbclid" in text or "%" in text
+
+
 def _query_fbclid(query: str) -> str | None:
+    if not _may_name_fbclid(query):
+        return None
     for name, value in parse_qsl(query.lstrip("?"), keep_blank_values=True):
         if name == "fbclid":
             return value or None  # first occurrence, as Meta's builder (parse_qs()[0])
@@ -149,7 +157,7 @@ def _query_fbclid(query: str) -> str | None:
 def fbclid_from(query: Mapping[str, str] | str, referer: str | None) -> str | None:
     """The fbclid of the page URL's query, else of the Referer's; None when absent or malformed."""
     value = _query_fbclid(query) if isinstance(query, str) else (query.get("fbclid") or None)
-    if value is None and referer:
+    if value is None and referer and _may_name_fbclid(referer):
         try:
             value = _query_fbclid(urlsplit(referer).query)
         except ValueError:  # e.g. an unbalanced "[" in the Referer's host

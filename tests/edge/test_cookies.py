@@ -235,6 +235,10 @@ def test_new_fbp_rejects_seconds_and_bad_index(now_ms: int, index: int) -> None:
         ("fbclid=bad.value", None, None),  # would break the fbc's segments
         ("fbclid=bad%20value", None, None),
         ("", "http://[::1/?fbclid=x", None),  # malformed Referer does not raise
+        # A name written with escapes is still the parameter (as parse_qs reads it).
+        (f"fbcl%69d={FBCLID}", None, FBCLID),
+        ("", f"https://x.example/?%66bclid={FBCLID}", FBCLID),
+        ("a=1&b=fbclid", "https://x.example/?q=%20", None),
     ],
 )
 def test_fbclid_from(
