@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from gateway.edge import identity as ident
+from gateway.edge.cookies import read_cookies
 from gateway.settings import Settings
 
 _PEER_CACHE = 4096
@@ -252,10 +253,22 @@ class Visitor:
         """Whether to track this visitor, and with which restrictions (opt-out, LDU)."""
         found: ident.Consent = self._memo.get("consent", _UNSET)
         if found is _UNSET:
-            request = self._req
             found = self._memo["consent"] = ident.consent(
-                request.cookies, request.headers, self._rule_set.consent
+                self._own_cookies, self._req.headers, self._rule_set.consent
             )
+        return found
+
+    @property
+    def _own_cookies(self) -> Mapping[str, str]:
+        # The cookies the gateway reads itself (_fbp, _fbc, the consent ones), out of a plain
+        # header without parsing the site's others; `cookies` for anything else.
+        found: Mapping[str, str] = self._memo.get("own cookies", _UNSET)
+        if found is _UNSET:
+            request = self._req
+            consent = self._rule_set.consent
+            names = ("_fbp", "_fbc", consent.cookie or "_fbp", consent.opt_out_cookie or "_fbc")
+            plain = read_cookies(request.headers.get("Cookie", ""), names)
+            found = self._memo["own cookies"] = request.cookies if plain is None else plain
         return found
 
     @property
@@ -282,12 +295,12 @@ class Visitor:
     @property
     def fbp(self) -> str | None:
         """The `_fbp` cookie the browser sent."""
-        return self.cookies.get("_fbp")
+        return self._own_cookies.get("_fbp")
 
     @property
     def fbc(self) -> str | None:
         """The `_fbc` cookie the browser sent."""
-        return self.cookies.get("_fbc")
+        return self._own_cookies.get("_fbc")
 
     def user_data(self, ids: tuple[str | None, str | None] | None = None) -> dict[str, Any]:
         """The visitor's `user_data` block: user agent, IP, `fbp` and `fbc` (those known).

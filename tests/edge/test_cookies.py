@@ -9,8 +9,11 @@ import string
 import time
 
 import pytest
+from aiohttp._cookie_helpers import parse_cookie_header
 from capi_param_builder import ParamBuilder
 from capi_param_builder.util import EtldPlusOneResolver
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gateway.edge.cookies import (
     FBC_RE,
@@ -21,6 +24,7 @@ from gateway.edge.cookies import (
     fbclid_from,
     for_page,
     new_fbp,
+    read_cookies,
     registrable_domain,
     set_cookie_header,
     subdomain_index,
@@ -511,3 +515,61 @@ def test_for_page_issues_what_is_missing_and_keeps_what_came() -> None:
         "shop.example.co.uk", fbp, fbc, None, secure=True, override=None, max_age=90, now_ms=now
     )
     assert kept[:2] == (fbp, fbc)
+
+
+# -- reading the gateway's own cookies without parsing the site's --------------------------
+
+_NAMES = ("_fbp", "_fbc", "consent", "optout")
+# Headers built of pairs, mostly as browsers write them, with odd names, values and
+# separators mixed in: the plain ones are read directly, the others must say None.
+_PAIR = st.tuples(
+    st.sampled_from([*_NAMES, "_ga", "a", " _fbp", "_fbp ", "x_fbp", '"_fbp"', ""]),
+    st.sampled_from(["=", "=", "=", " = ", ""]),
+    st.sampled_from(
+        [
+            "fb.1.2.3",
+            "fb.1.2.4",
+            "",
+            "a=b",
+            '"q"',
+            '"q',
+            "Wed, 09 Jun 2021 10:18:14 GMT",
+            "x y",
+            "1,2",
+            "a\\b",
+            "\t",
+            "ok ",
+        ]
+    ),
+    st.sampled_from(["; ", ";", "; ", " ; ", " ", ", ", ";;", "\t;"]),
+)
+_HEADERS = st.lists(_PAIR, max_size=6).map(lambda pairs: "".join("".join(p) for p in pairs))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_HEADERS)
+@example("_fbp=fb.1.2.3; _ga=1; _fbp=fb.1.2.4")
+@example(" _fbp=ok  ;consent=yes;\t_fbc=fb.1.2.AbC;")
+def test_read_cookies_gives_what_aiohttps_parser_gives_for_those_names(header: str) -> None:
+    # A plain header is read without aiohttp's parser: for the names asked, the same values
+    # (the last of a repeated name), else None, and the caller parses the header whole.
+    read = read_cookies(header, _NAMES)
+    parsed = {name: morsel.value for name, morsel in parse_cookie_header(header)}
+    if read is not None:
+        assert read == {name: parsed[name] for name in _NAMES if name in parsed}
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("_ga=GA1.1.1; _fbp=fb.1.2.3; _fbc=fb.1.2.AbC", {"_fbp": "fb.1.2.3", "_fbc": "fb.1.2.AbC"}),
+        ("_fbp=fb.1.2.3;_fbp=fb.1.2.4 ;", {"_fbp": "fb.1.2.4"}),
+        ("session=a=b; x_fbp=1", {}),
+        ("", {}),
+        ('_fbp="fb.1.2.3"', None),  # quoted: aiohttp's parser unquotes it
+        ("_fbp = fb.1.2.3", None),
+        ("a=b c=d", None),
+    ],
+)
+def test_read_cookies(header: str, expected: dict[str, str] | None) -> None:
+    assert read_cookies(header, ("_fbp", "_fbc")) == expected

@@ -178,6 +178,23 @@ async def test_identity_consent_and_speculation(tmp_path: Path) -> None:
     assert bot["bot"] is True and bot["prefetch"] is True
 
 
+async def test_the_gateways_cookies_read_alike_from_plain_and_unusual_headers(
+    tmp_path: Path,
+) -> None:
+    # A plain Cookie header is read for _fbp, _fbc and the consent cookies alone; a quoted
+    # value or a spaced "=" goes through aiohttp's whole parser: same answers either way.
+    fbp = "fb.1.1763840000000.1234567890"
+    async with facts_server(
+        tmp_path, consent="consent", consent_values=["yes"], opt_out_cookie="no_ads"
+    ) as url:
+        plain = await ask(url, Cookie=f"_ga=GA1.1.1; consent=yes; _fbp={fbp}; no_ads=1")
+        quoted = await ask(url, Cookie=f'_ga="GA1 1"; consent = yes; _fbp="{fbp}"; no_ads=1')
+        repeated = await ask(url, Cookie=f"_fbp=fb.1.1.1; consent=no; consent=yes; _fbp={fbp}")
+    for facts in (plain, quoted):
+        assert (facts["fbp"], facts["consent"]) == (fbp, [True, True, False])
+    assert (repeated["fbp"], repeated["consent"]) == (fbp, [True, False, False])
+
+
 def test_bot_answers_are_remembered_per_rules_and_bounded(tmp_path: Path) -> None:
     """Each rule set answers from its own patterns and keeps at most _UA_CACHE answers."""
     default = VisitorRules.from_settings(make_settings(tmp_path, "http://127.0.0.1:9"))
