@@ -125,6 +125,30 @@ FILES = (
     File("css", "CSS 100 B", "/static/tiny.css", {**ASSET_HEADERS, "Sec-Fetch-Dest": "style"}),
 )
 SIZES = {"html": 20 * 1024, "js": 20 * 1024, "css": 100}
+# `--returning`: the page as a returning visitor asks for it on a real shop, from another page
+# of the site: its `_fbp` and the site's own cookies (analytics, session, cart), a Referer,
+# and a campaign query on the URL. Every part is read on the page path (cookies, fbclid).
+RETURNING_COOKIE = (
+    "_ga=GA1.1.123456789.1763840000; _fbp=fb.1.1763840000000.1234567890; "
+    "_gcl_au=1.1.1234567.1763840000; session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkw"
+    "IiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJ; "
+    "cart=abc123; _ga_ABC123=GS1.1.1763840000.1.1.1763840100.0.0.0; "
+    "_hjSessionUser_123=eyJpZCI6ImFiYyJ9; lang=en"
+)
+
+
+def returning_files() -> tuple[File, ...]:
+    """FILES with the page asked for as a returning visitor does (`--returning`)."""
+    page = FILES[0]
+    headers = {
+        **page.headers,
+        "Cookie": RETURNING_COOKIE,
+        "Referer": "http://127.0.0.1/collections/knitwear?sort=price&page=2",
+        "Sec-Fetch-Site": "same-origin",
+    }
+    returning = File(page.key, page.label, page.path + "?utm_source=news&utm_medium=email", headers)
+    return (returning, *FILES[1:])
+
 
 _WORDS = (
     "soft merino wool knit keeps you warm without bulk breathable fabric regulates "
@@ -249,7 +273,7 @@ def write_site(root: Path) -> dict[str, bytes]:
         "css": css_file(SIZES["css"]),
     }
     for f in FILES:
-        target = root / f.path.lstrip("/")
+        target = root / f.path.split("?", 1)[0].lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(bodies[f.key])
     return bodies
@@ -1399,12 +1423,20 @@ def main(argv: list[str] | None = None) -> int:
         help="run every gateway (each --compare pair back to back) this many times, "
         "interleaved, and report the round with the median CPU per request (default 1)",
     )
+    parser.add_argument(
+        "--returning",
+        action="store_true",
+        help="ask for the page as a returning visitor: eight cookies (its _fbp among them), "
+        "a Referer and a campaign query (default: a first visit, no cookie, no Referer)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--workdir", type=Path, help="keep the site, configs and logs here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
-    global VARIANTS, TAGGING  # one run measures one set of variants
+    global VARIANTS, TAGGING, FILES  # one run measures one set of variants and requests
+    if args.returning:
+        FILES = returning_files()
     if args.sites:
         VARIANTS = SITE_VARIANTS
     if args.variants:
