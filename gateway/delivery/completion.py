@@ -7,7 +7,6 @@ backend's rows module) so a resend carries it too. The merge itself is pure
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from gateway.delivery import profiles
 from gateway.delivery.profiles import ProfilePolicy
 from gateway.delivery.store import Claimed
-from gateway.pipeline import assembly
+from gateway.pipeline import assembly, jsonfast
 
 # Row id -> (the event completed, the identifier names its profile added).
 Completed = dict[int, tuple[dict[str, Any], tuple[str, ...]]]
@@ -91,7 +90,8 @@ def _complete(
     """`event` completed from the profile under `key` (its JSON parsed once per batch)."""
     profile = parsed.get(key)
     if profile is None:
-        profile = parsed[key] = json.loads(ids)
+        # jsonfast: the same value; the stdlib took 1.2 % of a replica at two (py-spy).
+        profile = parsed[key] = jsonfast.loads(ids)
     # Most events of a known visitor carry what their profile holds already.
     if assembly.carries(event, profile):
         return event, ()

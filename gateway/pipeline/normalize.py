@@ -8,6 +8,7 @@ clear fields cleaned, and the identifier sets Meta refuses named.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -100,6 +101,16 @@ def _ip(value: Any) -> str | None:
     text = value.strip()
     if not text:
         return None
+    try:
+        # The common case, a dotted quad, checked in C: inet_pton takes exactly what
+        # `ipaddress` takes as IPv4 (four decimal octets, none past 255 or with a leading
+        # zero), and such text is already the form `str(address)` gives: ~2 µs per event less
+        # (parse and str() were 2.2 % of a replica at two, py-spy).
+        socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        pass
+    else:
+        return text
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import pickle
 import re
 from datetime import date, timedelta
@@ -456,6 +457,42 @@ def test_other_types_raise(data: dict[str, Any]) -> None:
 )
 def test_client_ip_address(raw: str, normalized: str) -> None:
     assert normalize_user_data({"ip": raw}) == {"client_ip_address": normalized}
+
+
+def _ip_as_before(text: str) -> str | None:
+    """What `ipaddress` alone made of an address, before IPv4 took the inet_pton path."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+_OCTET = st.one_of(
+    st.integers(0, 999).map(str),
+    st.text("0123456789", min_size=1, max_size=4),
+    st.sampled_from(["", "+1", "-1", "0x1", "1e1", "\u0661", " 1", "1\x00"]),
+)
+
+
+@given(st.lists(_OCTET, min_size=1, max_size=6).map(".".join))
+@settings(max_examples=2000)
+def test_client_ip_address_fast_path_agrees(text: str) -> None:
+    expected = _ip_as_before(text)
+    if expected is None:
+        if text.strip():
+            with pytest.raises(NormalizationError):
+                normalize_user_data({"ip": text})
+        return
+    assert normalize_user_data({"ip": text}) == {"client_ip_address": expected}
+
+
+@pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "127.1"])
+def test_client_ip_address_not_ipv4(text: str) -> None:
+    with pytest.raises(NormalizationError):
+        normalize_user_data({"ip": text})
 
 
 @pytest.mark.parametrize("raw", ["not-an-ip", "256.1.1.1", "1.2.3.4:8080", "example.com"])

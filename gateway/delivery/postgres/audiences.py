@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.delivery import profiles
 from gateway.delivery.audiences import AudienceState, event_hit, site_key, visitor_of
 from gateway.delivery.postgres import profilerows
+from gateway.delivery.postgres.payloadjson import PAYLOAD
 from gateway.delivery.postgres.pool import Database
 from gateway.pipeline.audiences import Hit, Row
 
@@ -64,7 +65,7 @@ class PgAudiences:
             # `site = $1` rather than IS NOT DISTINCT FROM: the planner can use an index
             # on site only for a plain comparison.
             rows = await conn.fetch(
-                "SELECT profile_keys, event_name, event_time, payload::text AS payload "
+                f"SELECT profile_keys, event_name, event_time, {PAYLOAD} AS payload "
                 f"FROM event_data WHERE {'site IS NULL' if site is None else 'site = $4'} "
                 "AND created_at >= $1 AND event_time >= $2 AND event_name = ANY($3::text[]) "
                 "AND profile_keys IS NOT NULL",

@@ -27,6 +27,7 @@ from gateway.delivery.catalogstate import (
     plan_pages,
     status_of,
 )
+from gateway.delivery.postgres.payloadjson import PAYLOAD_JSONB
 from gateway.delivery.postgres.pool import Database
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ class PgCatalog(SeenOnePage):
 
         async def read(conn: Conn) -> list[tuple[str, list[str]]]:
             found = await conn.fetch(
-                "SELECT event_name, payload->'custom_data'->'content_ids' FROM event_data "
+                f"SELECT event_name, {PAYLOAD_JSONB}->'custom_data'->'content_ids' FROM event_data "
                 "WHERE site IS NOT DISTINCT FROM $1 AND event_name = ANY($2::text[]) "
                 "AND created_at>=$3 ORDER BY created_at DESC LIMIT $4",
                 site or None,

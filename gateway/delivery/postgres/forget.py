@@ -121,7 +121,8 @@ async def _scrub_events(
     if updates:
         await conn.executemany(
             # profile_keys go too: what links the row to a profile was the person's.
-            "UPDATE event_data SET payload = $1::jsonb, sealed = $2, match_keys = $3, "
+            "UPDATE event_data SET payload = $1::json, payload_jsonb = NULL, sealed = $2, "
+            "match_keys = $3, "
             "profile_keys = NULL WHERE id = $4",
             updates,
         )

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from gateway.delivery.postgres.payloadjson import PAYLOAD
 from gateway.delivery.postgres.schema import STATES
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ CLAIMED_COLUMNS = (
     "profile_keys, profile_seen"
 )
 _CLAIMED_NAMES = tuple(c.strip() for c in CLAIMED_COLUMNS.split(","))
+# Columns read as an expression: the payload from whichever column holds it (migration 14).
+_SELECTED = {"attempts": "0 AS attempts", "payload": f"{PAYLOAD} AS payload"}
 # Expired leases taken back per claim: a dead replica's rows return over a few claims
 # rather than in one long statement.
 RECLAIM_BATCH = 1000
@@ -79,7 +82,7 @@ RETURNING e.id, e.attempts
 # `attempts` lives on the queue row (read by the claim): a placeholder keeps the columns in
 # `CLAIMED_COLUMNS` order for `dict(record)`.
 _CLAIMED = f"""
-SELECT {", ".join("0 AS attempts" if c == "attempts" else c for c in _CLAIMED_NAMES)}
+SELECT {", ".join(_SELECTED.get(c, c) for c in _CLAIMED_NAMES)}
 FROM event_data WHERE id = ANY($1::bigint[])
 """
 

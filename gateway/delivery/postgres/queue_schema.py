@@ -128,7 +128,16 @@ ALTER VIEW events ALTER COLUMN state SET DEFAULT 'pending';
 ALTER VIEW events ALTER COLUMN attempts SET DEFAULT 0;
 ALTER VIEW events ALTER COLUMN twin SET DEFAULT false;
 
-CREATE FUNCTION events_view_write() RETURNS trigger LANGUAGE plpgsql AS $$
+{view_write(_DATA_SET).rstrip()}
+CREATE TRIGGER events_view_write INSTEAD OF INSERT OR UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION events_view_write();
+"""
+
+
+def view_write(data_set: str, create: str = "CREATE") -> str:
+    """The `events` view's INSTEAD OF trigger function (migration 11; migration 14 makes its
+    update of `event_data` also clear `payload_jsonb`): `data_set` is that update's SET list."""
+    return f"""{create} FUNCTION events_view_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO event_data (pixel_id, event_name, created_at, {", ".join(DATA_COLUMNS)})
@@ -149,7 +158,7 @@ BEGIN
         END IF;
         IF ({", ".join(f"NEW.{c}" for c in DATA_COLUMNS)}) IS DISTINCT FROM
                 ({", ".join(f"OLD.{c}" for c in DATA_COLUMNS)}) THEN
-            UPDATE event_data SET {_DATA_SET} WHERE id = OLD.id;
+            UPDATE event_data SET {data_set} WHERE id = OLD.id;
         END IF;
         IF ({", ".join(f"NEW.{c}" for c in QUEUE_COLUMNS)}) IS DISTINCT FROM
                 ({", ".join(f"OLD.{c}" for c in QUEUE_COLUMNS)}) THEN
@@ -163,6 +172,4 @@ BEGIN
     END IF;
 END
 $$;
-CREATE TRIGGER events_view_write INSTEAD OF INSERT OR UPDATE OR DELETE ON events
-    FOR EACH ROW EXECUTE FUNCTION events_view_write();
 """

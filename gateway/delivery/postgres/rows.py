@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.delivery.insightfacts import InsightPolicy
+from gateway.delivery.postgres.payloadjson import PAYLOAD_D
 from gateway.delivery.postgres.profilerows import learn, link, resolve
 from gateway.delivery.rows import BROWSER_SOURCE, MERGEABLE_STATES, match_keys
 from gateway.models import NewEvent, row_key
@@ -44,7 +45,7 @@ WITH u AS (
     INSERT INTO event_data (pixel_id, event_name, event_id, event_time, source, rule,
         test_event_code, payload, sealed, created_at, match_keys, received_keys, sources,
         site, profile_keys, profile_seen)
-    SELECT p, n, i, t, s, r, tc, pl::jsonb, se, $13, mk, mk, src::jsonb, st, pk, ps
+    SELECT p, n, i, t, s, r, tc, pl::json, se, $13, mk, mk, src::jsonb, st, pk, ps
     FROM u ORDER BY o
     ON CONFLICT (pixel_id, event_name, event_id) DO NOTHING
     RETURNING id, pixel_id, event_name, event_id
@@ -64,8 +65,8 @@ SELECT pixel_id, event_name, event_id FROM stored
 # merges into it, not enough to make a sender's result (an UPDATE of non-key columns) wait
 # for the group commit's end. Whether a copy merges or comes late is decided on the state
 # read here: a row being sent (inflight) is late either way.
-_LOCK = """
-SELECT d.id, d.pixel_id, d.event_name, d.event_id, d.payload::text AS payload, d.sealed, q.state,
+_LOCK = f"""
+SELECT d.id, d.pixel_id, d.event_name, d.event_id, {PAYLOAD_D} AS payload, d.sealed, q.state,
     d.source, d.rule, d.sources::text AS sources, d.ranks::text AS ranks, d.twin,
     q.next_attempt_at, q.attempts, d.late::text AS late, d.profile_keys
 FROM event_data AS d JOIN event_queue AS q ON q.id = d.id
@@ -85,7 +86,7 @@ WITH u AS (
     UPDATE event_queue AS q SET next_attempt_at = u.due
     FROM u WHERE q.id = u.id AND q.next_attempt_at IS DISTINCT FROM u.due
 )
-UPDATE event_data AS e SET payload = u.payload::jsonb, sealed = u.sealed,
+UPDATE event_data AS e SET payload = u.payload::json, payload_jsonb = NULL, sealed = u.sealed,
     sources = u.sources::jsonb, ranks = u.ranks::jsonb, match_keys = u.match_keys,
     event_time = u.event_time, twin = u.twin, profile_keys = u.profile_keys
 FROM u WHERE e.id = u.id
@@ -97,7 +98,7 @@ WHERE e.id = u.id
 """
 
 
-# Payloads go into jsonb: the document counts, not its bytes (orjson, compact UTF-8).
+# Payloads go in as `json` text (migration 14, `payloadjson`): orjson's compact UTF-8.
 _dumps = jsonfast.dumps
 
 
@@ -285,7 +286,8 @@ async def record_completed(
         params.append((_dumps({**event, "user_data": hashed}), match_keys(hashed, clear), row_id))
     # One statement over arrays, not one execution per completed row.
     await conn.execute(
-        "UPDATE event_data AS e SET payload = u.payload::jsonb, match_keys = u.match_keys "
+        "UPDATE event_data AS e SET payload = u.payload::json, payload_jsonb = NULL, "
+        "match_keys = u.match_keys "
         "FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(payload, match_keys, id), "
         "event_queue AS q WHERE e.id = u.id AND q.id = u.id AND q.lease_owner = $4",
         [p[0] for p in params],

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from gateway.delivery.postgres.inflight import V12
 from gateway.delivery.postgres.leanindexes import V13
+from gateway.delivery.postgres.payloadjson import V14
 from gateway.delivery.postgres.queue_schema import count_triggers, v11
 
 # Every state a row can be in; the same as the SQLite store's.
@@ -388,6 +389,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         13, "events_open for pending rows only; BRIN for events_created, insight_events_at", V13
     ),
+    Migration(14, "event_data.payload as json text (the jsonb one kept as payload_jsonb)", V14),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
