@@ -266,6 +266,7 @@ class Visitor:
         if found is _UNSET:
             request = self._req
             consent = self._rule_set.consent
+            # Four names always (an unset consent cookie repeats one): no tuple built to size.
             names = ("_fbp", "_fbc", consent.cookie or "_fbp", consent.opt_out_cookie or "_fbc")
             plain = read_cookies(request.headers.get("Cookie", ""), names)
             found = self._memo["own cookies"] = request.cookies if plain is None else plain
