@@ -175,15 +175,7 @@ class Visitor:
             found = sites(host)
             if found is not None:
                 site, rules = found
-        return cls(
-            peer_trusted=trusted,
-            scheme=scheme,
-            host=host,
-            user_agent=request.headers.get("User-Agent", ""),
-            site=site,
-            _request=weakref.ref(request),
-            _rules=rules,
-        )
+        return cls._made(request, rules, trusted, scheme, host, site, {})
 
     @classmethod
     def known(
@@ -199,17 +191,31 @@ class Visitor:
     ) -> Visitor:
         """The Visitor `of` would build, from facts the caller read off the same request
         (the lane's pick), kept on the request: its fields are not read a second time."""
-        found = request[_KEY] = cls(
-            peer_trusted=peer_trusted,
+        memo = {"ip": client_ip}
+        found = request[_KEY] = cls._made(request, rules, peer_trusted, scheme, host, site, memo)
+        return found
+
+    @classmethod
+    def _made(
+        cls,
+        request: web.Request,
+        rules: VisitorRules,
+        trusted: bool,
+        scheme: str,
+        host: str,
+        site: str | None,
+        memo: dict[str, Any],
+    ) -> Visitor:
+        return cls(
+            peer_trusted=trusted,
             scheme=scheme,
             host=host,
             user_agent=request.headers.get("User-Agent", ""),
             site=site,
             _request=weakref.ref(request),
             _rules=rules,
-            _memo={"ip": client_ip},
+            _memo=memo,
         )
-        return found
 
     @property
     def origin(self) -> str:
