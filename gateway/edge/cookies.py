@@ -300,13 +300,12 @@ def for_page(
     for those it issues or refreshes."""
     domain, index = _domain_and_index(host, override)
     choice = decide_cookies(sent_fbp, sent_fbc, fbclid, now_ms=now_ms, index=index)
-    lines: list[str] = []
-    if choice.set_fbp and choice.fbp:
-        lines.append(
-            set_cookie_header("_fbp", choice.fbp, domain=domain, max_age=max_age, secure=secure)
+    lines = [
+        set_cookie_header(name, value, domain=domain, max_age=max_age, secure=secure)
+        for name, value, issue in (
+            ("_fbp", choice.fbp, choice.set_fbp),
+            ("_fbc", choice.fbc, choice.set_fbc),
         )
-    if choice.set_fbc and choice.fbc:
-        lines.append(
-            set_cookie_header("_fbc", choice.fbc, domain=domain, max_age=max_age, secure=secure)
-        )
+        if issue and value
+    ]
     return choice.fbp, choice.fbc, lines

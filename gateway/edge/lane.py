@@ -170,7 +170,7 @@ class Lane:
             # A navigation: what its page will need of the request is worked out while the
             # site works on it.
             meanwhile = (
-                partial(self._expect_page, request, proxy, picked)
+                partial(self._expect_page, request, picked)
                 if scan.document and method == "GET"
                 else None
             )
@@ -289,14 +289,14 @@ class Lane:
             return None  # the Application's 503 (counted there)
         return proxy, site, client, trusted, scheme, host, given_host, scan, rules
 
-    async def _expect_page(self, request: web.Request, proxy: Proxy, picked: Picked) -> None:
+    async def _expect_page(self, request: web.Request, picked: Picked) -> None:
         """Route a navigation, settle its visitor and prepare its page's request-side parts
         (`PageViews.prepare`) while the site answers it: off the visitor's wait once the
         page is in (an answer the lane relays wastes that work: tens of µs).
 
         The visitor is made of what `pick` read (trust, scheme, host, site, address): the
         same facts `Visitor.of` would read off the fields again."""
-        _, site, client, trusted, scheme, host, _, _, rules = picked
+        proxy, site, client, trusted, scheme, host, _, _, rules = picked
         try:
             await self.route(request)
             who = Visitor.known(

@@ -66,7 +66,7 @@ class PagePlan:
     """What the proxy does to one HTML response."""
 
     rewrite: RewriteStream
-    cookies: list[str]
+    cookies: tuple[str, ...]  # Set-Cookie lines
     # Builds the PageView's rows and hands them over: called once the page has left, so
     # the build (tens of µs) is off the visitor's wait (issue 19). None: no PageView.
     view: Callable[[], list[NewEvent]] | None
@@ -209,7 +209,7 @@ class PageViews:
             self._skipped(headers, "consent")
         return PagePlan(
             rewrite=rewrite,
-            cookies=list(prepared.cookies),
+            cookies=prepared.cookies,
             view=view,
             store=self._store,
             fbp=fbp,

@@ -22,9 +22,14 @@ from __future__ import annotations
 
 from gateway.delivery.postgres.queue_schema import DATA_COLUMNS, view_write
 
+
+def _payload_text(alias: str) -> str:
+    return f"COALESCE({alias}payload::text, {alias}payload_jsonb::text)"
+
+
 # An event's payload as text, in a statement over `event_data` (aliased `d`: `PAYLOAD_D`).
-PAYLOAD = "COALESCE(payload::text, payload_jsonb::text)"
-PAYLOAD_D = "COALESCE(d.payload::text, d.payload_jsonb::text)"
+PAYLOAD = _payload_text("")
+PAYLOAD_D = _payload_text("d.")
 # As `jsonb`, for the `->` operators of a read that extracts from it.
 PAYLOAD_JSONB = "COALESCE(payload::jsonb, payload_jsonb)"
 
